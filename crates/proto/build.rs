@@ -1,0 +1,26 @@
+//! Compiles `proto/` with protox (pure Rust, so no `protoc` on any machine),
+//! then generates prost types and pbjson serde impls (proto3 JSON mapping:
+//! camelCase or snake_case field names, enums by name, durations as "1.5s").
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/weft/proxy/v1/config.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    let descriptor_bytes = descriptors.encode_to_vec();
+
+    prost_build::Config::new()
+        .compile_well_known_types()
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .btree_map(["."])
+        .compile_fds(descriptors)?;
+
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_bytes)?
+        .btree_map([".weft"])
+        .build(&[".weft"])?;
+    Ok(())
+}

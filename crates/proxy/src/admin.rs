@@ -1,0 +1,131 @@
+//! Admin (15000), health (15021) and metrics (15090) endpoints, on Istio's
+//! ports so tools and habits carry over. They run on the small control
+//! runtime, never on the data path's threads.
+//!
+//! - admin: `/config_dump`, `/ready`, `/clusters`, `/stats/prometheus`,
+//!   `POST /quitquitquit` (start draining);
+//! - health: `/healthz/ready`;
+//! - metrics: `/stats/prometheus`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::state::ProxyState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Admin,
+    Health,
+    Metrics,
+}
+
+/// Binds now (so a taken port fails start-up), then serves until the
+/// returned future is dropped.
+pub async fn bind(
+    surface: Surface,
+    address: SocketAddr,
+    state: Arc<ProxyState>,
+) -> std::io::Result<impl Future<Output = ()>> {
+    let listener = TcpListener::bind(address).await?;
+    tracing::info!(%address, "{surface:?} endpoint listening");
+    Ok(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(respond(surface, &state, request)) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+fn respond(surface: Surface, state: &ProxyState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let method = request.method();
+    match (surface, method, path) {
+        (Surface::Admin, &Method::GET, "/ready") | (Surface::Health, &Method::GET, "/healthz/ready") => {
+            readiness(state)
+        }
+        (Surface::Admin | Surface::Metrics, &Method::GET, "/stats/prometheus") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.encode(),
+        ),
+        (Surface::Admin, &Method::GET, "/config_dump") => config_dump(state),
+        (Surface::Admin, &Method::GET, "/clusters") => clusters(state),
+        (Surface::Admin, &Method::POST, "/quitquitquit") => {
+            tracing::info!("drain requested through /quitquitquit");
+            state.drain.start();
+            text(StatusCode::OK, "text/plain", "OK\n".into())
+        }
+        _ => text(StatusCode::NOT_FOUND, "text/plain", format!("no {method} {path} here\n")),
+    }
+}
+
+fn readiness(state: &ProxyState) -> Response<Full<Bytes>> {
+    if state.is_ready() {
+        text(StatusCode::OK, "text/plain", "LIVE\n".into())
+    } else if state.drain.is_draining() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n".into())
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "PRE_INITIALIZING: no config yet\n".into())
+    }
+}
+
+fn config_dump(state: &ProxyState) -> Response<Full<Bytes>> {
+    let snapshot = state.snapshot_full();
+    let status = state.status();
+    let dump = serde_json::json!({
+        "source": status.source,
+        "version": snapshot.version(),
+        "lastRejected": status.last_rejected,
+        "config": snapshot.config,
+    });
+    match serde_json::to_string_pretty(&dump) {
+        Ok(body) => text(StatusCode::OK, "application/json", body + "\n"),
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("cannot encode config: {err}\n")),
+    }
+}
+
+/// One line per endpoint, Envoy-like: `cluster::address::field::value`.
+fn clusters(state: &ProxyState) -> Response<Full<Bytes>> {
+    let snapshot = state.snapshot_full();
+    let mut names: Vec<_> = snapshot.clusters().collect();
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = String::new();
+    for cluster in names {
+        for endpoint in &cluster.endpoints {
+            let idle = state.pool.idle_http1(endpoint.address);
+            out.push_str(&format!("{}::{}::weight::{}\n", cluster.name, endpoint.address, endpoint.weight));
+            out.push_str(&format!("{}::{}::idle_http1_connections::{idle}\n", cluster.name, endpoint.address));
+        }
+    }
+    text(StatusCode::OK, "text/plain", out)
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response
+}

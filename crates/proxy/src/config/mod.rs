@@ -1,0 +1,16 @@
+//! Proxy configuration: a file (YAML or JSON rendering of
+//! [`weft_proto::proxy::v1::ProxyConfig`]) is parsed, validated and compiled
+//! into a [`Snapshot`], the read-only lookup tables the data path uses.
+//!
+//! A snapshot is immutable; a new config produces a new snapshot that
+//! requests pick up as they start, so in-flight requests keep theirs.
+
+mod load;
+mod snapshot;
+pub mod watch;
+
+pub use load::{ConfigError, parse_config};
+pub use snapshot::{
+    Cluster, Endpoint, InboundPort, ListenerSpec, PortProtocol, Route, Service, ServicePort,
+    Snapshot, UpstreamProtocol,
+};

@@ -1,0 +1,751 @@
+//! The compiled, validated form of a [`pb::ProxyConfig`]: lookup tables with
+//! every reference resolved, so the data path never fails on a dangling name.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use weft_proto::proxy::v1 as pb;
+
+use super::ConfigError;
+
+/// Istio's `connectionPool.tcp.connectTimeout` default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Long enough for a client's first write on loopback or a LAN, short enough
+/// that a server-first protocol on an undeclared port is only briefly delayed.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// What a port carries, as declared; `Detect` means sniff the first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortProtocol {
+    Detect,
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+    Tls,
+}
+
+impl PortProtocol {
+    fn from_pb(value: i32) -> Option<Self> {
+        Some(match pb::Protocol::try_from(value).ok()? {
+            pb::Protocol::Unspecified => Self::Detect,
+            pb::Protocol::Http => Self::Http,
+            pb::Protocol::Http2 => Self::Http2,
+            pb::Protocol::Grpc => Self::Grpc,
+            pb::Protocol::Tcp => Self::Tcp,
+            pb::Protocol::Tls => Self::Tls,
+        })
+    }
+
+    /// Whether traffic on this port is forwarded as opaque bytes without
+    /// waiting for the client to speak first.
+    pub fn is_opaque(self, server_first: bool) -> bool {
+        server_first || matches!(self, Self::Tcp | Self::Tls)
+    }
+}
+
+/// Which HTTP version the proxy speaks to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    ClientProtocol,
+    Http1,
+    Http2,
+}
+
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    pub kind: pb::ListenerKind,
+    /// EXPLICIT listeners bound to one service port.
+    pub service: Option<(Arc<Service>, u16)>,
+}
+
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    pub fn port(&self, number: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == number)
+    }
+}
+
+pub struct ServicePort {
+    pub port: u16,
+    pub protocol: PortProtocol,
+    pub server_first: bool,
+    /// Never empty: a port without routes gets one route to its cluster.
+    pub routes: Vec<Route>,
+    /// Where opaque TCP for this port goes.
+    pub tcp_cluster: Arc<Cluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Any,
+    Exact(String),
+    Prefix(String),
+}
+
+pub struct Route {
+    pub name: String,
+    pub path: PathMatch,
+    pub timeout: Option<Duration>,
+    clusters: Vec<(Arc<Cluster>, u32)>,
+    total_weight: u32,
+    next: AtomicUsize,
+}
+
+impl Route {
+    pub fn matches(&self, path: &str) -> bool {
+        match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+        }
+    }
+
+    /// Picks a destination cluster in proportion to the weights
+    /// (deterministic rotation, so small samples already follow the split).
+    pub fn pick_cluster(&self) -> &Arc<Cluster> {
+        let mut slot = (self.next.fetch_add(1, Ordering::Relaxed) % self.total_weight as usize) as u32;
+        for (cluster, weight) in &self.clusters {
+            if slot < *weight {
+                return cluster;
+            }
+            slot -= weight;
+        }
+        &self.clusters[0].0
+    }
+}
+
+pub struct Cluster {
+    pub name: String,
+    pub service: String,
+    pub subset: String,
+    pub upstream_protocol: UpstreamProtocol,
+    pub connect_timeout: Duration,
+    pub endpoints: Vec<Endpoint>,
+    /// Endpoint indexes repeated by weight: round-robin walks this ring.
+    rotation: Vec<usize>,
+    next: AtomicUsize,
+}
+
+impl Cluster {
+    /// A one-endpoint cluster for traffic that goes where it was addressed
+    /// (Istio's PassthroughCluster).
+    pub fn passthrough(address: SocketAddr) -> Self {
+        Self::new(
+            "PassthroughCluster".to_string(),
+            String::new(),
+            UpstreamProtocol::ClientProtocol,
+            DEFAULT_CONNECT_TIMEOUT,
+            vec![Endpoint {
+                address,
+                labels: BTreeMap::new(),
+                weight: 1,
+            }],
+        )
+    }
+
+    fn new(
+        name: String,
+        service: String,
+        upstream_protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+        endpoints: Vec<Endpoint>,
+    ) -> Self {
+        let rotation = weighted_rotation(&endpoints);
+        Self {
+            name,
+            service,
+            subset: String::new(),
+            upstream_protocol,
+            connect_timeout,
+            endpoints,
+            rotation,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Round-robin over the endpoints, honouring weights. `None` when the
+    /// cluster has no endpoints (response flag UH).
+    pub fn pick_endpoint(&self) -> Option<&Endpoint> {
+        if self.rotation.is_empty() {
+            return None;
+        }
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.rotation.len();
+        self.endpoints.get(self.rotation[slot])
+    }
+}
+
+/// Spreads each endpoint's turns through the ring (weights reduced by their
+/// common divisor) instead of giving one endpoint a long run.
+fn weighted_rotation(endpoints: &[Endpoint]) -> Vec<usize> {
+    let divisor = endpoints.iter().map(|e| e.weight).fold(0, gcd).max(1);
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.weight / divisor).collect();
+    let max = weights.iter().copied().max().unwrap_or(0);
+    let mut ring = Vec::new();
+    for round in 0..max {
+        for (index, weight) in weights.iter().enumerate() {
+            if round < *weight {
+                ring.push(index);
+            }
+        }
+    }
+    ring
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+}
+
+pub struct InboundPort {
+    pub port: u16,
+    pub protocol: PortProtocol,
+    pub server_first: bool,
+    pub cluster: Arc<Cluster>,
+}
+
+pub struct Snapshot {
+    /// The config as received, for `/config_dump`.
+    pub config: pb::ProxyConfig,
+    pub listeners: Vec<ListenerSpec>,
+    pub outbound_policy: pb::OutboundTrafficPolicy,
+    pub detect_timeout: Duration,
+    services_by_host: HashMap<String, Arc<Service>>,
+    services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    clusters: HashMap<String, Arc<Cluster>>,
+    inbound: HashMap<u16, InboundPort>,
+}
+
+impl Snapshot {
+    /// Validates and compiles; every problem is reported, one per line.
+    pub fn compile(config: pb::ProxyConfig, source_name: &str) -> Result<Self, ConfigError> {
+        let mut problems = Problems::default();
+        let clusters = compile_clusters(&config, &mut problems);
+        let (services_by_host, services_by_vip) =
+            compile_services(&config, &clusters, &mut problems);
+        let inbound = compile_inbound(&config, &mut problems);
+        let listeners = compile_listeners(&config, &services_by_host, &mut problems);
+        let detect_timeout = duration(
+            config.protocol_detection_timeout.as_ref(),
+            "protocolDetectionTimeout",
+            &mut problems,
+        )
+        .unwrap_or(DEFAULT_DETECT_TIMEOUT);
+        let outbound_policy = pb::OutboundTrafficPolicy::try_from(config.outbound_traffic_policy)
+            .unwrap_or(pb::OutboundTrafficPolicy::AllowAny);
+        if !problems.0.is_empty() {
+            return Err(ConfigError::new(source_name, problems.0.join("\n  ")));
+        }
+        Ok(Self {
+            config,
+            listeners,
+            outbound_policy,
+            detect_timeout,
+            services_by_host,
+            services_by_vip,
+            clusters,
+            inbound,
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.config.version
+    }
+
+    /// Looks a service up by host name (case-insensitive, without port).
+    pub fn service_by_host(&self, host: &str) -> Option<&Arc<Service>> {
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.services_by_host.get(&host.to_ascii_lowercase());
+        }
+        self.services_by_host.get(host)
+    }
+
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.services_by_vip.get(&ip)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.clusters.values()
+    }
+
+    pub fn inbound_port(&self, port: u16) -> Option<&InboundPort> {
+        self.inbound.get(&port)
+    }
+
+    pub fn listener(&self, address: SocketAddr) -> Option<&ListenerSpec> {
+        self.listeners.iter().find(|l| l.address == address)
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, path: impl std::fmt::Display, message: impl std::fmt::Display) {
+        self.0.push(format!("{path}: {message}"));
+    }
+}
+
+fn duration(
+    value: Option<&pbjson_types::Duration>,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<Duration> {
+    let value = value?;
+    if value.seconds < 0 || value.nanos < 0 {
+        problems.push(path, "must not be negative");
+        return None;
+    }
+    Some(Duration::new(value.seconds as u64, value.nanos as u32))
+}
+
+fn port_number(value: u32, path: &str, problems: &mut Problems) -> Option<u16> {
+    match u16::try_from(value) {
+        Ok(port) if port > 0 => Some(port),
+        _ => {
+            problems.push(path, format!("must be 1..65535, got {value}"));
+            None
+        }
+    }
+}
+
+fn compile_clusters(
+    config: &pb::ProxyConfig,
+    problems: &mut Problems,
+) -> HashMap<String, Arc<Cluster>> {
+    let mut clusters = HashMap::new();
+    for (index, cluster) in config.clusters.iter().enumerate() {
+        let path = format!("clusters[{index}]");
+        if cluster.name.is_empty() {
+            problems.push(format!("{path}.name"), "is required");
+            continue;
+        }
+        let upstream_protocol = match pb::UpstreamProtocol::try_from(cluster.upstream_protocol) {
+            Ok(pb::UpstreamProtocol::UseClientProtocol) | Err(_) => UpstreamProtocol::ClientProtocol,
+            Ok(pb::UpstreamProtocol::Http1) => UpstreamProtocol::Http1,
+            Ok(pb::UpstreamProtocol::Http2PriorKnowledge) => UpstreamProtocol::Http2,
+        };
+        let connect_timeout = duration(
+            cluster.connect_timeout.as_ref(),
+            &format!("{path}.connectTimeout"),
+            problems,
+        )
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let mut endpoints = Vec::new();
+        for (e_index, endpoint) in cluster.endpoints.iter().enumerate() {
+            match endpoint.address.parse::<SocketAddr>() {
+                Ok(address) => endpoints.push(Endpoint {
+                    address,
+                    labels: endpoint.labels.clone(),
+                    weight: endpoint.weight.max(1),
+                }),
+                Err(_) => problems.push(
+                    format!("{path}.endpoints[{e_index}].address"),
+                    format!("{:?} is not an ip:port address", endpoint.address),
+                ),
+            }
+        }
+        let mut compiled = Cluster::new(
+            cluster.name.clone(),
+            cluster.service.clone(),
+            upstream_protocol,
+            connect_timeout,
+            endpoints,
+        );
+        compiled.subset = cluster.subset.clone();
+        if clusters
+            .insert(cluster.name.clone(), Arc::new(compiled))
+            .is_some()
+        {
+            problems.push(
+                format!("{path}.name"),
+                format!("duplicate cluster {:?}", cluster.name),
+            );
+        }
+    }
+    clusters
+}
+
+type ServiceTables = (HashMap<String, Arc<Service>>, HashMap<IpAddr, Arc<Service>>);
+
+fn compile_services(
+    config: &pb::ProxyConfig,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    problems: &mut Problems,
+) -> ServiceTables {
+    let mut by_host = HashMap::new();
+    let mut by_vip = HashMap::new();
+    for (index, service) in config.services.iter().enumerate() {
+        let path = format!("services[{index}]");
+        if service.name.is_empty() {
+            problems.push(format!("{path}.name"), "is required");
+            continue;
+        }
+        let ports = service
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(p_index, port)| {
+                compile_service_port(service, port, &format!("{path}.ports[{p_index}]"), clusters, problems)
+            })
+            .collect::<Vec<_>>();
+        let mut seen = HashSet::new();
+        for port in &ports {
+            if !seen.insert(port.port) {
+                problems.push(format!("{path}.ports"), format!("port {} is listed twice", port.port));
+            }
+        }
+        let compiled = Arc::new(Service {
+            name: service.name.clone(),
+            namespace: service.namespace.clone(),
+            ports,
+        });
+        let hosts = std::iter::once(&service.name).chain(service.hosts.iter());
+        for host in hosts {
+            let host = host.to_ascii_lowercase();
+            if let Some(other) = by_host.insert(host.clone(), compiled.clone())
+                && other.name != compiled.name
+            {
+                problems.push(
+                    format!("{path}.hosts"),
+                    format!("host {host:?} is also a host of service {:?}", other.name),
+                );
+            }
+        }
+        for (v_index, vip) in service.vips.iter().enumerate() {
+            match vip.parse::<IpAddr>() {
+                Ok(ip) => {
+                    if let Some(other) = by_vip.insert(ip, compiled.clone()) {
+                        problems.push(
+                            format!("{path}.vips[{v_index}]"),
+                            format!("{ip} is also a VIP of service {:?}", other.name),
+                        );
+                    }
+                }
+                Err(_) => problems.push(
+                    format!("{path}.vips[{v_index}]"),
+                    format!("{vip:?} is not an IP address"),
+                ),
+            }
+        }
+    }
+    (by_host, by_vip)
+}
+
+fn compile_service_port(
+    service: &pb::Service,
+    port: &pb::ServicePort,
+    path: &str,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    problems: &mut Problems,
+) -> Option<ServicePort> {
+    let number = port_number(port.port, &format!("{path}.port"), problems)?;
+    let protocol = PortProtocol::from_pb(port.protocol).unwrap_or(PortProtocol::Detect);
+    let explicit_default = !port.cluster.is_empty();
+    let default_name = if explicit_default {
+        port.cluster.clone()
+    } else {
+        format!("outbound|{number}||{}", service.name)
+    };
+    let default_cluster = clusters.get(&default_name).cloned();
+    if explicit_default && default_cluster.is_none() {
+        problems.push(format!("{path}.cluster"), format!("no cluster named {default_name:?}"));
+        return None;
+    }
+    let mut routes = Vec::new();
+    for (r_index, route) in port.routes.iter().enumerate() {
+        let r_path = format!("{path}.routes[{r_index}]");
+        if let Some(compiled) = compile_route(route, &r_path, clusters, problems) {
+            routes.push(compiled);
+        }
+    }
+    if port.routes.is_empty() {
+        let Some(cluster) = default_cluster.clone() else {
+            problems.push(
+                format!("{path}.cluster"),
+                format!("no routes and no cluster named {default_name:?}: add one or set `cluster`"),
+            );
+            return None;
+        };
+        routes.push(Route {
+            name: "default".to_string(),
+            path: PathMatch::Any,
+            timeout: None,
+            clusters: vec![(cluster, 1)],
+            total_weight: 1,
+            next: AtomicUsize::new(0),
+        });
+    }
+    let tcp_cluster = default_cluster.or_else(|| routes.first().map(|r| r.clusters[0].0.clone()))?;
+    Some(ServicePort {
+        port: number,
+        protocol,
+        server_first: port.server_first,
+        routes,
+        tcp_cluster,
+    })
+}
+
+fn compile_route(
+    route: &pb::Route,
+    path: &str,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    problems: &mut Problems,
+) -> Option<Route> {
+    let path_match = match route.r#match.as_ref().and_then(|m| m.path.as_ref()) {
+        None => PathMatch::Any,
+        Some(pb::route_match::Path::PathExact(exact)) => PathMatch::Exact(exact.clone()),
+        Some(pb::route_match::Path::PathPrefix(prefix)) => PathMatch::Prefix(prefix.clone()),
+    };
+    if route.clusters.is_empty() {
+        problems.push(format!("{path}.clusters"), "needs at least one cluster");
+        return None;
+    }
+    let single = route.clusters.len() == 1;
+    let mut targets = Vec::new();
+    for (c_index, target) in route.clusters.iter().enumerate() {
+        match clusters.get(&target.cluster) {
+            Some(cluster) => {
+                let weight = if single { target.weight.max(1) } else { target.weight };
+                if weight > 0 {
+                    targets.push((cluster.clone(), weight));
+                }
+            }
+            None => problems.push(
+                format!("{path}.clusters[{c_index}].cluster"),
+                format!("no cluster named {:?}", target.cluster),
+            ),
+        }
+    }
+    let total_weight: u32 = targets.iter().map(|(_, w)| *w).sum();
+    if total_weight == 0 {
+        if targets.len() == route.clusters.len() {
+            problems.push(format!("{path}.clusters"), "weights add up to 0");
+        }
+        return None;
+    }
+    Some(Route {
+        name: route.name.clone(),
+        path: path_match,
+        timeout: duration(route.timeout.as_ref(), &format!("{path}.timeout"), problems),
+        clusters: targets,
+        total_weight,
+        next: AtomicUsize::new(0),
+    })
+}
+
+fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap<u16, InboundPort> {
+    let mut inbound = HashMap::new();
+    for (index, port) in config.inbound_ports.iter().enumerate() {
+        let path = format!("inboundPorts[{index}]");
+        let Some(number) = port_number(port.port, &format!("{path}.port"), problems) else {
+            continue;
+        };
+        let target = if port.target.is_empty() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), number)
+        } else {
+            match port.target.parse() {
+                Ok(target) => target,
+                Err(_) => {
+                    problems.push(
+                        format!("{path}.target"),
+                        format!("{:?} is not an ip:port address", port.target),
+                    );
+                    continue;
+                }
+            }
+        };
+        let cluster = Cluster::new(
+            format!("inbound|{number}||"),
+            String::new(),
+            UpstreamProtocol::ClientProtocol,
+            DEFAULT_CONNECT_TIMEOUT,
+            vec![Endpoint {
+                address: target,
+                labels: BTreeMap::new(),
+                weight: 1,
+            }],
+        );
+        let compiled = InboundPort {
+            port: number,
+            protocol: PortProtocol::from_pb(port.protocol).unwrap_or(PortProtocol::Detect),
+            server_first: port.server_first,
+            cluster: Arc::new(cluster),
+        };
+        if inbound.insert(number, compiled).is_some() {
+            problems.push(format!("{path}.port"), format!("port {number} is listed twice"));
+        }
+    }
+    inbound
+}
+
+fn compile_listeners(
+    config: &pb::ProxyConfig,
+    services: &HashMap<String, Arc<Service>>,
+    problems: &mut Problems,
+) -> Vec<ListenerSpec> {
+    let mut listeners: Vec<ListenerSpec> = Vec::new();
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let path = format!("listeners[{index}]");
+        let Ok(address) = listener.address.parse::<SocketAddr>() else {
+            problems.push(
+                format!("{path}.address"),
+                format!("{:?} is not an ip:port address", listener.address),
+            );
+            continue;
+        };
+        let kind = pb::ListenerKind::try_from(listener.kind).unwrap_or_default();
+        if kind == pb::ListenerKind::Unspecified {
+            problems.push(
+                format!("{path}.kind"),
+                "is required: OUTBOUND_CAPTURE, INBOUND_CAPTURE or EXPLICIT",
+            );
+            continue;
+        }
+        let mut service = None;
+        if !listener.service.is_empty() {
+            if kind != pb::ListenerKind::Explicit {
+                problems.push(format!("{path}.service"), "only EXPLICIT listeners name a service");
+                continue;
+            }
+            let Some(found) = services.get(&listener.service.to_ascii_lowercase()) else {
+                problems.push(
+                    format!("{path}.service"),
+                    format!("no service named {:?}", listener.service),
+                );
+                continue;
+            };
+            let port = match (listener.service_port, found.ports.as_slice()) {
+                (0, [only]) => only.port,
+                (0, ports) => {
+                    problems.push(
+                        format!("{path}.servicePort"),
+                        format!("service {:?} has {} ports: say which one", found.name, ports.len()),
+                    );
+                    continue;
+                }
+                (number, _) if found.ports.iter().any(|p| u32::from(p.port) == number) => {
+                    number as u16
+                }
+                (number, _) => {
+                    problems.push(
+                        format!("{path}.servicePort"),
+                        format!("service {:?} has no port {number}", found.name),
+                    );
+                    continue;
+                }
+            };
+            service = Some((found.clone(), port));
+        }
+        if listeners.iter().any(|l| l.address == address) {
+            problems.push(format!("{path}.address"), format!("{address} is used by another listener"));
+            continue;
+        }
+        listeners.push(ListenerSpec {
+            name: listener.name.clone(),
+            address,
+            kind,
+            service,
+        });
+    }
+    listeners
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+
+    fn compile(yaml: &str) -> Result<Snapshot, ConfigError> {
+        Snapshot::compile(parse_config(yaml, "t.yaml")?, "t.yaml")
+    }
+
+    const TWO_ENDPOINTS: &str = "
+services:
+- name: web.default.svc.cluster.local
+  hosts: [web, Web.Default]
+  vips: [240.240.0.1]
+  ports: [{port: 80, protocol: HTTP}]
+clusters:
+- name: outbound|80||web.default.svc.cluster.local
+  endpoints:
+  - {address: 127.0.0.1:8001, weight: 2}
+  - {address: 127.0.0.1:8002}
+";
+
+    #[test]
+    fn weighted_round_robin_follows_weights() {
+        let snapshot = compile(TWO_ENDPOINTS).expect("valid");
+        let cluster = snapshot
+            .cluster("outbound|80||web.default.svc.cluster.local")
+            .expect("cluster");
+        let picks: Vec<u16> = (0..6)
+            .map(|_| cluster.pick_endpoint().map(|e| e.address.port()).unwrap_or(0))
+            .collect();
+        assert_eq!(picks.iter().filter(|p| **p == 8001).count(), 4);
+        assert_eq!(picks.iter().filter(|p| **p == 8002).count(), 2);
+    }
+
+    #[test]
+    fn hosts_and_vips_resolve_case_insensitively() {
+        let snapshot = compile(TWO_ENDPOINTS).expect("valid");
+        assert!(snapshot.service_by_host("WEB").is_some());
+        assert!(snapshot.service_by_host("web.default").is_some());
+        assert!(snapshot.service_by_vip("240.240.0.1".parse().expect("ip")).is_some());
+        assert!(snapshot.service_by_host("other").is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let err = compile(
+            "
+listeners:
+- {name: a, address: nowhere, kind: EXPLICIT}
+- {name: b, address: 127.0.0.1:1, kind: EXPLICIT, service: missing}
+services:
+- name: s
+  ports: [{port: 80, routes: [{clusters: [{cluster: gone}]}]}]
+",
+        )
+        .err()
+        .expect("invalid")
+        .to_string();
+        assert!(err.contains("listeners[0].address"), "{err}");
+        assert!(err.contains("listeners[1].service: no service named \"missing\""), "{err}");
+        assert!(err.contains("services[0].ports[0].routes[0].clusters[0].cluster"), "{err}");
+    }
+
+    #[test]
+    fn route_weights_split_traffic() {
+        let snapshot = compile(
+            "
+services:
+- name: s
+  ports: [{port: 80, routes: [{clusters: [{cluster: a, weight: 75}, {cluster: b, weight: 25}]}]}]
+clusters: [{name: a}, {name: b}]
+",
+        )
+        .expect("valid");
+        let route = &snapshot.service_by_host("s").expect("service").ports[0].routes[0];
+        let to_a = (0..100).filter(|_| route.pick_cluster().name == "a").count();
+        assert_eq!(to_a, 75);
+    }
+}

@@ -1,0 +1,279 @@
+//! Forwarding one HTTP request: the per-request path from a routing
+//! decision to a streamed upstream response.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::ProxyBody;
+use super::reply::LocalReply;
+use super::route::{self, Target};
+use crate::config::UpstreamProtocol;
+use crate::flags::ResponseFlag;
+use crate::metrics::Reporter;
+use crate::state::ProxyState;
+use crate::upstream::{HttpVersion, UpstreamError};
+
+/// What the server knows about the downstream connection.
+pub struct HttpConn {
+    pub target: Target,
+    pub reporter: Reporter,
+    pub version: HttpVersion,
+}
+
+/// The hyper service: never fails, every problem becomes a local reply.
+pub async fn handle(
+    state: Arc<ProxyState>,
+    conn: Arc<HttpConn>,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let mut record = RequestRecord {
+        state: &state,
+        reporter: conn.reporter,
+        grpc: is_grpc(request.headers()),
+        service: String::new(),
+        done: false,
+    };
+    let authority = request_authority(&request);
+    let decision = {
+        let snapshot = state.snapshot();
+        route::resolve(&snapshot, &conn.target, authority.as_ref(), request.uri().path())
+    };
+    let decision = match decision {
+        Ok(decision) => decision,
+        Err(reply) => return Ok(record.local_reply(reply)),
+    };
+    record.service.clone_from(&decision.service);
+    let cluster = decision.cluster;
+    let Some(endpoint) = cluster.pick_endpoint() else {
+        return Ok(record.local_reply(LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::NoHealthyUpstream,
+            format!("no healthy upstream: cluster {:?} has no endpoints", cluster.name),
+        )));
+    };
+    let addr = endpoint.address;
+
+    let upgrade = conn.version == HttpVersion::Http1 && is_upgrade_request(request.headers());
+    let version = if upgrade {
+        HttpVersion::Http1
+    } else {
+        upstream_version(cluster.upstream_protocol, conn.version)
+    };
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let upstream_request = prepare_request(request, version, authority, addr, upgrade);
+
+    let send = state.pool.send(addr, version, cluster.connect_timeout, upstream_request);
+    let result = match decision.timeout {
+        None => send.await,
+        Some(timeout) => match tokio::time::timeout(timeout, send).await {
+            Ok(result) => result,
+            Err(_) => {
+                return Ok(record.local_reply(LocalReply::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ResponseFlag::UpstreamRequestTimeout,
+                    format!("upstream {addr} of cluster {:?} did not answer within {timeout:?}", cluster.name),
+                )));
+            }
+        },
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(err) => return Ok(record.local_reply(upstream_failure(&cluster.name, err))),
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(downstream_upgrade) = downstream_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        state.drain.spawn_connection(async move {
+            let (Ok(downstream), Ok(upstream)) = tokio::join!(downstream_upgrade, upstream_upgrade)
+            else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(
+                &mut TokioIo::new(downstream),
+                &mut TokioIo::new(upstream),
+            )
+            .await;
+        });
+    } else {
+        strip_hop_by_hop(response.headers_mut(), false);
+    }
+    record.finish(response.status(), None);
+    Ok(response)
+}
+
+fn upstream_failure(cluster: &str, err: UpstreamError) -> LocalReply {
+    if err.is_connect_failure() {
+        LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::UpstreamConnectFailure,
+            format!("upstream connect error in cluster {cluster:?}: {err}"),
+        )
+    } else {
+        LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::UpstreamConnectionTermination,
+            format!("upstream reset in cluster {cluster:?}: {err}"),
+        )
+    }
+}
+
+fn upstream_version(protocol: UpstreamProtocol, downstream: HttpVersion) -> HttpVersion {
+    match protocol {
+        UpstreamProtocol::Http1 => HttpVersion::Http1,
+        UpstreamProtocol::Http2 => HttpVersion::Http2,
+        UpstreamProtocol::ClientProtocol => downstream,
+    }
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form) or `Host`.
+fn request_authority<B>(request: &Request<B>) -> Option<Authority> {
+    if let Some(authority) = request.uri().authority() {
+        return Some(authority.clone());
+    }
+    let host = request.headers().get(header::HOST)?.to_str().ok()?;
+    host.parse().ok()
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Rewrites a downstream request for the upstream hop: hop-by-hop headers
+/// removed, origin-form URI and `Host` for HTTP/1, absolute URI carrying the
+/// original authority for HTTP/2.
+fn prepare_request(
+    request: Request<Incoming>,
+    version: HttpVersion,
+    authority: Option<Authority>,
+    addr: std::net::SocketAddr,
+    upgrade: bool,
+) -> Request<ProxyBody> {
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match version {
+        HttpVersion::Http1 => {
+            parts.version = Version::HTTP_11;
+            parts.uri = Uri::from(path);
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(authority) = &authority
+                && let Ok(value) = authority.as_str().parse()
+            {
+                parts.headers.insert(header::HOST, value);
+            }
+        }
+        HttpVersion::Http2 => {
+            parts.version = Version::HTTP_2;
+            let authority = authority
+                .or_else(|| addr.to_string().parse().ok())
+                .unwrap_or_else(|| Authority::from_static("localhost"));
+            if let Ok(uri) = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+            {
+                parts.uri = uri;
+            }
+            parts.headers.remove(header::HOST);
+        }
+    }
+    Request::from_parts(parts, ProxyBody::new(body.map_err(Into::into)))
+}
+
+/// Connection-level headers that must not cross a proxy (RFC 9110 §7.6.1),
+/// plus any the `Connection` header names. An upgrade keeps `Connection` and
+/// `Upgrade`; gRPC's `te: trailers` is kept.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::try_from(token.trim()).ok())
+        .filter(|name| !(upgrade && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    if !upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    for name in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+        headers.remove(name);
+    }
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::TRAILER);
+    if headers
+        .get(header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+}
+
+/// Counts the request once: with its status when a response is returned,
+/// or as a downstream disconnect (DC) if hyper drops the handler first.
+struct RequestRecord<'a> {
+    state: &'a ProxyState,
+    reporter: Reporter,
+    grpc: bool,
+    service: String,
+    done: bool,
+}
+
+impl RequestRecord<'_> {
+    fn finish(&mut self, status: StatusCode, flag: Option<ResponseFlag>) {
+        self.done = true;
+        self.state
+            .metrics
+            .record_request(self.reporter, &self.service, self.grpc, status.as_u16(), flag);
+    }
+
+    fn local_reply(&mut self, reply: LocalReply) -> Response<ProxyBody> {
+        tracing::debug!(flag = reply.flag.code(), status = reply.status.as_u16(), "{}", reply.message);
+        self.finish(reply.status, Some(reply.flag));
+        reply.into_response()
+    }
+}
+
+impl Drop for RequestRecord<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state.metrics.record_request(
+                self.reporter,
+                &self.service,
+                self.grpc,
+                0,
+                Some(ResponseFlag::DownstreamDisconnect),
+            );
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Request → service → route → cluster.
+//!
+//! HTTP is routed by authority, as in Istio: the `Host`/`:authority` names
+//! the service; its port comes from the authority or, failing that, the port
+//! the client dialled. Within the service port, the first route whose match
+//! accepts the path wins; no match is a 404 with flag NR.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use http::uri::Authority;
+use weft_proto::proxy::v1::OutboundTrafficPolicy;
+
+use super::reply::LocalReply;
+use crate::config::{Cluster, Service, Snapshot};
+use crate::flags::ResponseFlag;
+
+/// Where a downstream connection's requests go; fixed when it is accepted.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Outbound (captured, or an explicit listener without a service):
+    /// routed by authority. `port` is the port the client dialled.
+    Outbound {
+        port: u16,
+        original_dst: Option<SocketAddr>,
+    },
+    /// An explicit listener bound to one service port.
+    Service { name: String, port: u16 },
+    /// Captured inbound traffic for a port of the local workload.
+    Inbound { port: u16, original_dst: SocketAddr },
+}
+
+/// Where one request goes.
+pub struct Decision {
+    /// The destination service's name, empty when unknown (passthrough).
+    pub service: String,
+    pub cluster: Arc<Cluster>,
+    pub timeout: Option<Duration>,
+}
+
+pub fn resolve(
+    snapshot: &Snapshot,
+    target: &Target,
+    authority: Option<&Authority>,
+    path: &str,
+) -> Result<Decision, LocalReply> {
+    match target {
+        Target::Inbound { port, original_dst } => Ok(match snapshot.inbound_port(*port) {
+            Some(inbound) => Decision {
+                service: String::new(),
+                cluster: inbound.cluster.clone(),
+                timeout: None,
+            },
+            None => passthrough(*original_dst),
+        }),
+        Target::Service { name, port } => {
+            let service = snapshot.service_by_host(name).ok_or_else(|| {
+                no_route(format!("service {name:?} is no longer configured"))
+            })?;
+            route_in_service(service, *port, path)
+        }
+        Target::Outbound { port, original_dst } => {
+            let by_host = authority.and_then(|a| {
+                let service = snapshot.service_by_host(a.host())?;
+                let port = a.port_u16().unwrap_or(*port);
+                service.port(port).map(|_| (service, port))
+            });
+            let by_vip = || {
+                let dst = (*original_dst)?;
+                let service = snapshot.service_by_vip(dst.ip())?;
+                Some((service, dst.port()))
+            };
+            if let Some((service, port)) = by_host.or_else(by_vip) {
+                return route_in_service(service, port, path);
+            }
+            match original_dst {
+                Some(dst) if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
+                    Ok(passthrough(*dst))
+                }
+                _ => Err(no_route(match authority {
+                    Some(a) => format!("no service for host {:?} on port {port}", a.as_str()),
+                    None => "the request has no host and matches no service".to_string(),
+                })),
+            }
+        }
+    }
+}
+
+fn route_in_service(service: &Service, port: u16, path: &str) -> Result<Decision, LocalReply> {
+    let service_port = service
+        .port(port)
+        .ok_or_else(|| no_route(format!("service {:?} has no port {port}", service.name)))?;
+    let route = service_port
+        .routes
+        .iter()
+        .find(|route| route.matches(path))
+        .ok_or_else(|| {
+            no_route(format!("no route of {}:{port} matches path {path:?}", service.name))
+        })?;
+    Ok(Decision {
+        service: service.name.clone(),
+        cluster: route.pick_cluster().clone(),
+        timeout: route.timeout,
+    })
+}
+
+fn passthrough(addr: SocketAddr) -> Decision {
+    Decision {
+        service: String::new(),
+        cluster: Arc::new(Cluster::passthrough(addr)),
+        timeout: None,
+    }
+}
+
+fn no_route(message: String) -> LocalReply {
+    LocalReply::new(StatusCode::NOT_FOUND, ResponseFlag::NoRoute, message)
+}

@@ -1,0 +1,20 @@
+//! weft-proxy: Weft's data plane.
+//!
+//! Follow one connection from accept to upstream:
+//! [`listeners`] accepts → [`connection`] decides where it is headed and
+//! [`detect`]s its protocol → [`http`] (server → route → forward) or
+//! [`tcp`] → [`upstream`] (connect, pool). [`config`] turns a config file
+//! into the [`config::Snapshot`] every step reads; [`state`] holds it.
+
+pub mod admin;
+pub mod config;
+pub mod connection;
+pub mod detect;
+pub mod drain;
+pub mod flags;
+pub mod http;
+pub mod listeners;
+pub mod metrics;
+pub mod state;
+pub mod tcp;
+pub mod upstream;

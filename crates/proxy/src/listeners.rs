@@ -1,0 +1,108 @@
+//! The set of bound listeners, reconciled with each new config.
+//!
+//! Listeners are keyed by address only: a config change that keeps an
+//! address keeps its socket (and its accepted connections); what a listener
+//! does is read from the current snapshot for each new connection.
+//! Binding is all-or-nothing, so a config whose address is taken is
+//! rejected whole and the old listeners keep serving.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ListenerSpec;
+use crate::connection;
+use crate::state::ProxyState;
+
+/// Accept backlog: bursts of new connections wait here, not in SYN retries.
+const BACKLOG: i32 = 1024;
+
+#[derive(Default)]
+pub struct Listeners {
+    active: HashMap<SocketAddr, CancellationToken>,
+}
+
+/// Sockets bound for a new config, not yet accepting.
+pub struct Bound(Vec<(SocketAddr, std::net::TcpListener)>);
+
+impl Listeners {
+    /// Binds each wanted address that is not bound yet.
+    pub fn bind_new(&self, wanted: &[ListenerSpec]) -> Result<Bound, String> {
+        let mut bound = Vec::new();
+        for spec in wanted {
+            if self.active.contains_key(&spec.address) {
+                continue;
+            }
+            let socket = bind(spec.address)
+                .map_err(|err| format!("listener {:?}: cannot listen on {}: {err}", spec.name, spec.address))?;
+            bound.push((spec.address, socket));
+        }
+        Ok(Bound(bound))
+    }
+
+    /// Starts accepting on newly bound sockets and closes listeners whose
+    /// address is no longer wanted (their open connections carry on).
+    pub fn reconcile(&mut self, bound: Bound, wanted: &[ListenerSpec], state: &Arc<ProxyState>, runtime: &Handle) {
+        self.active.retain(|address, stop| {
+            let keep = wanted.iter().any(|spec| spec.address == *address);
+            if !keep {
+                tracing::info!(%address, "listener removed");
+                stop.cancel();
+            }
+            keep
+        });
+        for (address, socket) in bound.0 {
+            let stop = CancellationToken::new();
+            self.active.insert(address, stop.clone());
+            runtime.spawn(accept_loop(socket, address, state.clone(), stop));
+            tracing::info!(%address, "listening");
+        }
+    }
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(socket: std::net::TcpListener, address: SocketAddr, state: Arc<ProxyState>, stop: CancellationToken) {
+    let listener = match TcpListener::from_std(socket) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(%address, "cannot register listener: {err}");
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = state.drain.signaled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                state
+                    .drain
+                    .spawn_connection(connection::handle(state.clone(), stream, address));
+            }
+            Err(err) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(%address, "accept failed: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! weft-proxy: the sidecar and gateway proxy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use weft_proxy::admin::{self, Surface};
+use weft_proxy::config::watch::{read_config, watch_file};
+use weft_proxy::state::ProxyState;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Weft's data-plane proxy. Loads its config from a file (YAML or JSON) and
+/// reloads it when the file changes; a bad file is refused and the last good
+/// config keeps serving.
+#[derive(Parser, Debug)]
+#[command(name = "weft-proxy", version)]
+struct Args {
+    /// Proxy config file (YAML or JSON rendering of weft.proxy.v1.ProxyConfig).
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Admin endpoint: /config_dump, /ready, /clusters, /quitquitquit.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Health endpoint: /healthz/ready.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    health: SocketAddr,
+    /// Prometheus endpoint: /stats/prometheus.
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    metrics: SocketAddr,
+    /// Data-path worker threads (default: cores, at most 2, as for a sidecar).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// How long in-flight work may take to finish after SIGTERM.
+    #[arg(long, default_value = "5s")]
+    drain_timeout: humantime::Duration,
+    /// How often the config file is checked for changes.
+    #[arg(long, default_value = "500ms")]
+    reload_interval: humantime::Duration,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("weft-proxy: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)));
+    let data = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .thread_name("weft-data")
+        .enable_all()
+        .build()?;
+    let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+
+    let state = ProxyState::new(data.handle().clone());
+    let source = args.config.display().to_string();
+    // At start-up there is no last good config to fall back on: refuse to run.
+    let initial = read_config(&args.config)?;
+    state.apply(initial, &source)?;
+
+    control.block_on(async {
+        for (surface, address) in [
+            (Surface::Admin, args.admin),
+            (Surface::Health, args.health),
+            (Surface::Metrics, args.metrics),
+        ] {
+            let server = admin::bind(surface, address, state.clone())
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot listen on {address} for {surface:?}: {err}"))?;
+            tokio::spawn(server);
+        }
+        tokio::spawn(watch_file(args.config.clone(), args.reload_interval.into(), {
+            let state = state.clone();
+            move |parsed| reload(&state, parsed, &source)
+        }));
+        wait_for_shutdown(&state).await?;
+        anyhow::Ok(())
+    })?;
+
+    let drained = {
+        let drain = state.drain.clone();
+        let deadline = args.drain_timeout.into();
+        let open = drain.open_connections();
+        tracing::info!(open, "draining: listeners closed, waiting up to {deadline:?} for connections");
+        data.block_on(async move { drain.wait_connections(deadline).await })
+    };
+    if drained {
+        tracing::info!("drained: all connections finished");
+    } else {
+        tracing::warn!(open = state.drain.open_connections(), "drain deadline passed; closing the rest");
+    }
+    data.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(())
+}
+
+fn reload(
+    state: &Arc<ProxyState>,
+    parsed: Result<weft_proto::proxy::v1::ProxyConfig, weft_proxy::config::ConfigError>,
+    source: &str,
+) {
+    let result = parsed.and_then(|config| state.apply(config, source));
+    if let Err(err) = result {
+        state.reject(&err);
+        tracing::error!("config rejected, the previous config keeps serving:\n  {err}");
+    }
+}
+
+async fn wait_for_shutdown(state: &ProxyState) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
+        _ = state.drain.signaled() => {}
+    }
+    state.drain.start();
+    Ok(())
+}
