@@ -64,7 +64,13 @@ pub fn resolve(
         Target::Outbound { port, original_dst } => {
             let by_host = authority.and_then(|a| {
                 let service = snapshot.service_by_host(a.host())?;
-                let port = a.port_u16().unwrap_or(*port);
+                let port = match (a.port_u16(), service.ports.as_slice()) {
+                    (Some(explicit), _) => explicit,
+                    // No port in the authority: the dialled port, or the
+                    // service's only port (explicit listeners on other ports).
+                    (None, [only]) if service.port(*port).is_none() => only.port,
+                    (None, _) => *port,
+                };
                 service.port(port).map(|_| (service, port))
             });
             let by_vip = || {
