@@ -94,21 +94,25 @@ fn run(args: Args) -> anyhow::Result<()> {
             move |parsed| reload(&state, parsed, &source)
         }));
         wait_for_shutdown(&state).await?;
-        anyhow::Ok(())
-    })?;
-
-    let drained = {
+        // Drain on the data runtime while this one keeps the admin endpoints
+        // answering (`/ready` says DRAINING).
         let drain = state.drain.clone();
         let deadline = args.drain_timeout.into();
-        let open = drain.open_connections();
-        tracing::info!(open, "draining: listeners closed, waiting up to {deadline:?} for connections");
-        data.block_on(async move { drain.wait_connections(deadline).await })
-    };
-    if drained {
-        tracing::info!("drained: all connections finished");
-    } else {
-        tracing::warn!(open = state.drain.open_connections(), "drain deadline passed; closing the rest");
-    }
+        tracing::info!(
+            open = drain.open_connections(),
+            "draining: listeners closed, waiting up to {deadline:?} for connections"
+        );
+        let drained = data
+            .spawn(async move { drain.wait_connections(deadline).await })
+            .await
+            .unwrap_or(false);
+        if drained {
+            tracing::info!("drained: all connections finished");
+        } else {
+            tracing::warn!(open = state.drain.open_connections(), "drain deadline passed; closing the rest");
+        }
+        anyhow::Ok(())
+    })?;
     data.shutdown_timeout(std::time::Duration::from_millis(200));
     Ok(())
 }
@@ -118,9 +122,15 @@ fn reload(
     parsed: Result<weft_proto::proxy::v1::ProxyConfig, weft_proxy::config::ConfigError>,
     source: &str,
 ) {
-    let result = parsed.and_then(|config| state.apply(config, source));
+    let result = match parsed {
+        // `apply` records its own outcome.
+        Ok(config) => state.apply(config, source),
+        Err(err) => {
+            state.reject(&err);
+            Err(err)
+        }
+    };
     if let Err(err) = result {
-        state.reject(&err);
         tracing::error!("config rejected, the previous config keeps serving:\n  {err}");
     }
 }
