@@ -57,13 +57,16 @@ pub async fn bind(
     })
 }
 
-fn respond(surface: Surface, state: &ProxyState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    surface: Surface,
+    state: &ProxyState,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let method = request.method();
     match (surface, method, path) {
-        (Surface::Admin, &Method::GET, "/ready") | (Surface::Health, &Method::GET, "/healthz/ready") => {
-            readiness(state)
-        }
+        (Surface::Admin, &Method::GET, "/ready")
+        | (Surface::Health, &Method::GET, "/healthz/ready") => readiness(state),
         (Surface::Admin | Surface::Metrics, &Method::GET, "/stats/prometheus") => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -76,7 +79,11 @@ fn respond(surface: Surface, state: &ProxyState, request: Request<Incoming>) -> 
             state.drain.start();
             text(StatusCode::OK, "text/plain", "OK\n".into())
         }
-        _ => text(StatusCode::NOT_FOUND, "text/plain", format!("no {method} {path} here\n")),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no {method} {path} here\n"),
+        ),
     }
 }
 
@@ -84,9 +91,17 @@ fn readiness(state: &ProxyState) -> Response<Full<Bytes>> {
     if state.is_ready() {
         text(StatusCode::OK, "text/plain", "LIVE\n".into())
     } else if state.drain.is_draining() {
-        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n".into())
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "DRAINING\n".into(),
+        )
     } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "PRE_INITIALIZING: no config yet\n".into())
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "PRE_INITIALIZING: no config yet\n".into(),
+        )
     }
 }
 
@@ -101,7 +116,11 @@ fn config_dump(state: &ProxyState) -> Response<Full<Bytes>> {
     });
     match serde_json::to_string_pretty(&dump) {
         Ok(body) => text(StatusCode::OK, "application/json", body + "\n"),
-        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("cannot encode config: {err}\n")),
+        Err(err) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("cannot encode config: {err}\n"),
+        ),
     }
 }
 
@@ -114,8 +133,14 @@ fn clusters(state: &ProxyState) -> Response<Full<Bytes>> {
     for cluster in names {
         for endpoint in &cluster.endpoints {
             let idle = state.pool.idle_http1(endpoint.address);
-            out.push_str(&format!("{}::{}::weight::{}\n", cluster.name, endpoint.address, endpoint.weight));
-            out.push_str(&format!("{}::{}::idle_http1_connections::{idle}\n", cluster.name, endpoint.address));
+            out.push_str(&format!(
+                "{}::{}::weight::{}\n",
+                cluster.name, endpoint.address, endpoint.weight
+            ));
+            out.push_str(&format!(
+                "{}::{}::idle_http1_connections::{idle}\n",
+                cluster.name, endpoint.address
+            ));
         }
     }
     text(StatusCode::OK, "text/plain", out)
@@ -124,8 +149,9 @@ fn clusters(state: &ProxyState) -> Response<Full<Bytes>> {
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     response
 }

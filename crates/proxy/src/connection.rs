@@ -78,12 +78,16 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
     let original = match original_dst(&stream) {
         Ok(original) => original,
         Err(err) => {
-            tracing::warn!("outbound capture: no original destination ({err}); is the REDIRECT rule installed?");
+            tracing::warn!(
+                "outbound capture: no original destination ({err}); is the REDIRECT rule installed?"
+            );
             return;
         }
     };
     if stream.local_addr().ok() == Some(original) {
-        tracing::warn!("outbound capture: connection addressed to the capture port itself; closing");
+        tracing::warn!(
+            "outbound capture: connection addressed to the capture port itself; closing"
+        );
         return;
     }
     let vip_port = snapshot
@@ -138,7 +142,8 @@ async fn inbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream)
         return;
     };
     let cluster = port.cluster.clone();
-    let Some((carry, mut io)) = classify(stream, Some((port.protocol, port.server_first)), snapshot).await
+    let Some((carry, mut io)) =
+        classify(stream, Some((port.protocol, port.server_first)), snapshot).await
     else {
         return;
     };

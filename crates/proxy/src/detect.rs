@@ -17,7 +17,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HTTP1_METHODS: &[&[u8]] = &[
-    b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
     b"TRACE ",
 ];
 
@@ -162,9 +169,15 @@ mod tests {
 
     #[tokio::test]
     async fn recognises_each_protocol() {
-        assert_eq!(detect_bytes(&[b"GET / HTTP/1.1\r\n"]).await, Detected::Http1);
+        assert_eq!(
+            detect_bytes(&[b"GET / HTTP/1.1\r\n"]).await,
+            Detected::Http1
+        );
         assert_eq!(detect_bytes(&[H2_PREFACE]).await, Detected::Http2);
-        assert_eq!(detect_bytes(&[&[0x16, 0x03, 0x01, 0x02]]).await, Detected::Tls);
+        assert_eq!(
+            detect_bytes(&[&[0x16, 0x03, 0x01, 0x02]]).await,
+            Detected::Tls
+        );
         assert_eq!(detect_bytes(&[b"\x00\x01binary"]).await, Detected::Opaque);
         assert_eq!(detect_bytes(&[b"GETX"]).await, Detected::Opaque);
     }
@@ -173,7 +186,10 @@ mod tests {
     async fn waits_for_more_bytes_then_times_out_as_opaque() {
         // "PO" could be POST: undecided until the timeout.
         assert_eq!(detect_bytes(&[b"PO"]).await, Detected::Opaque);
-        assert_eq!(detect_bytes(&[b"PRI * HTTP/2.0\r\n"]).await, Detected::Opaque);
+        assert_eq!(
+            detect_bytes(&[b"PRI * HTTP/2.0\r\n"]).await,
+            Detected::Opaque
+        );
         // Silence (a server-first protocol): opaque after the timeout.
         assert_eq!(detect_bytes(&[]).await, Detected::Opaque);
     }

@@ -44,6 +44,8 @@ impl Drain {
     /// true if they all finished.
     pub async fn wait_connections(&self, deadline: Duration) -> bool {
         self.connections.close();
-        tokio::time::timeout(deadline, self.connections.wait()).await.is_ok()
+        tokio::time::timeout(deadline, self.connections.wait())
+            .await
+            .is_ok()
     }
 }

@@ -38,8 +38,12 @@ impl Listeners {
             if self.active.contains_key(&spec.address) {
                 continue;
             }
-            let socket = bind(spec.address)
-                .map_err(|err| format!("listener {:?}: cannot listen on {}: {err}", spec.name, spec.address))?;
+            let socket = bind(spec.address).map_err(|err| {
+                format!(
+                    "listener {:?}: cannot listen on {}: {err}",
+                    spec.name, spec.address
+                )
+            })?;
             bound.push((spec.address, socket));
         }
         Ok(Bound(bound))
@@ -47,7 +51,13 @@ impl Listeners {
 
     /// Starts accepting on newly bound sockets and closes listeners whose
     /// address is no longer wanted (their open connections carry on).
-    pub fn reconcile(&mut self, bound: Bound, wanted: &[ListenerSpec], state: &Arc<ProxyState>, runtime: &Handle) {
+    pub fn reconcile(
+        &mut self,
+        bound: Bound,
+        wanted: &[ListenerSpec],
+        state: &Arc<ProxyState>,
+        runtime: &Handle,
+    ) {
         self.active.retain(|address, stop| {
             let keep = wanted.iter().any(|spec| spec.address == *address);
             if !keep {
@@ -77,7 +87,12 @@ fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-async fn accept_loop(socket: std::net::TcpListener, address: SocketAddr, state: Arc<ProxyState>, stop: CancellationToken) {
+async fn accept_loop(
+    socket: std::net::TcpListener,
+    address: SocketAddr,
+    state: Arc<ProxyState>,
+    stop: CancellationToken,
+) {
     let listener = match TcpListener::from_std(socket) {
         Ok(listener) => listener,
         Err(err) => {

@@ -70,7 +70,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         .thread_name("weft-data")
         .enable_all()
         .build()?;
-    let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
 
     let state = ProxyState::new(data.handle().clone());
     let source = args.config.display().to_string();
@@ -86,13 +88,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         ] {
             let server = admin::bind(surface, address, state.clone())
                 .await
-                .map_err(|err| anyhow::anyhow!("cannot listen on {address} for {surface:?}: {err}"))?;
+                .map_err(|err| {
+                    anyhow::anyhow!("cannot listen on {address} for {surface:?}: {err}")
+                })?;
             tokio::spawn(server);
         }
-        tokio::spawn(watch_file(args.config.clone(), args.reload_interval.into(), {
-            let state = state.clone();
-            move |parsed| reload(&state, parsed, &source)
-        }));
+        tokio::spawn(watch_file(
+            args.config.clone(),
+            args.reload_interval.into(),
+            {
+                let state = state.clone();
+                move |parsed| reload(&state, parsed, &source)
+            },
+        ));
         wait_for_shutdown(&state).await?;
         // Drain on the data runtime while this one keeps the admin endpoints
         // answering (`/ready` says DRAINING).
@@ -109,7 +117,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         if drained {
             tracing::info!("drained: all connections finished");
         } else {
-            tracing::warn!(open = state.drain.open_connections(), "drain deadline passed; closing the rest");
+            tracing::warn!(
+                open = state.drain.open_connections(),
+                "drain deadline passed; closing the rest"
+            );
         }
         anyhow::Ok(())
     })?;

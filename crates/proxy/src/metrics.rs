@@ -62,13 +62,29 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         let requests = Family::default();
-        registry.register("istio_requests", "Requests, by response code and flags", requests.clone());
+        registry.register(
+            "istio_requests",
+            "Requests, by response code and flags",
+            requests.clone(),
+        );
         let tcp_opened = Family::default();
-        registry.register("istio_tcp_connections_opened", "TCP connections opened", tcp_opened.clone());
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            tcp_opened.clone(),
+        );
         let tcp_closed = Family::default();
-        registry.register("istio_tcp_connections_closed", "TCP connections closed", tcp_closed.clone());
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            tcp_closed.clone(),
+        );
         let tcp_sent = Family::default();
-        registry.register("istio_tcp_sent_bytes", "Bytes sent to the downstream on TCP connections", tcp_sent.clone());
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the downstream on TCP connections",
+            tcp_sent.clone(),
+        );
         let tcp_received = Family::default();
         registry.register(
             "istio_tcp_received_bytes",
@@ -76,9 +92,17 @@ impl Default for Metrics {
             tcp_received.clone(),
         );
         let config_reloads = Family::default();
-        registry.register("weft_config_reloads", "Config files applied or rejected", config_reloads.clone());
+        registry.register(
+            "weft_config_reloads",
+            "Config files applied or rejected",
+            config_reloads.clone(),
+        );
         let downstream_active = Gauge::default();
-        registry.register("weft_downstream_connections_active", "Open downstream connections", downstream_active.clone());
+        registry.register(
+            "weft_downstream_connections_active",
+            "Open downstream connections",
+            downstream_active.clone(),
+        );
         Self {
             registry,
             requests,
@@ -112,10 +136,18 @@ impl Metrics {
     }
 
     pub fn record_tcp_open(&self, reporter: Reporter, destination_service: &str) {
-        self.tcp_opened.get_or_create(&tcp_labels(reporter, destination_service)).inc();
+        self.tcp_opened
+            .get_or_create(&tcp_labels(reporter, destination_service))
+            .inc();
     }
 
-    pub fn record_tcp_close(&self, reporter: Reporter, destination_service: &str, sent: u64, received: u64) {
+    pub fn record_tcp_close(
+        &self,
+        reporter: Reporter,
+        destination_service: &str,
+        sent: u64,
+        received: u64,
+    ) {
         let labels = tcp_labels(reporter, destination_service);
         self.tcp_closed.get_or_create(&labels).inc();
         self.tcp_sent.get_or_create(&labels).inc_by(sent);
@@ -124,7 +156,9 @@ impl Metrics {
 
     pub fn record_reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
-        self.config_reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     pub fn downstream_opened(&self) -> DownstreamGuard<'_> {
@@ -159,5 +193,9 @@ fn tcp_labels(reporter: Reporter, destination_service: &str) -> TcpLabels {
 }
 
 fn service_label(name: &str) -> String {
-    if name.is_empty() { "unknown".to_string() } else { name.to_string() }
+    if name.is_empty() {
+        "unknown".to_string()
+    } else {
+        name.to_string()
+    }
 }

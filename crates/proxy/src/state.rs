@@ -102,7 +102,10 @@ impl ProxyState {
     }
 
     pub fn status(&self) -> ConfigStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Ready once a config is serving, until draining starts.

@@ -48,5 +48,7 @@ pub async fn proxy<D>(
             (0, 0)
         }
     };
-    state.metrics.record_tcp_close(reporter, service, sent, received);
+    state
+        .metrics
+        .record_tcp_close(reporter, service, sent, received);
 }

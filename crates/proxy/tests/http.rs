@@ -90,16 +90,28 @@ async fn http1_keep_alive_reuses_one_upstream_connection() {
     let mesh = start_mesh().await;
     let mut client = Http1Client::connect(mesh.web).await.expect("connect");
     for i in 0..20 {
-        let reply = client.get("web", &format!("/item/{i}")).await.expect("request");
+        let reply = client
+            .get("web", &format!("/item/{i}"))
+            .await
+            .expect("request");
         assert_eq!(reply.status, StatusCode::OK);
-        assert_eq!(reply.text(), format!("web-v1 GET /item/{i} host=web version=HTTP/1.1"));
+        assert_eq!(
+            reply.text(),
+            format!("web-v1 GET /item/{i} host=web version=HTTP/1.1")
+        );
         assert_eq!(reply.header("x-backend"), Some("web-v1"));
     }
     assert_eq!(mesh.backend.requests(), 20);
-    assert_eq!(mesh.backend.connections(), 1, "sequential requests share one pooled connection");
+    assert_eq!(
+        mesh.backend.connections(),
+        1,
+        "sequential requests share one pooled connection"
+    );
 
     // A second downstream connection reuses the idle upstream one too.
-    let reply = client::get(mesh.web, "web", "/again").await.expect("request");
+    let reply = client::get(mesh.web, "web", "/again")
+        .await
+        .expect("request");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(mesh.backend.connections(), 1);
 }
@@ -110,12 +122,23 @@ async fn http2_downstream_is_multiplexed_and_keeps_its_authority() {
     let client = Http2Client::connect(mesh.by_host).await.expect("connect");
     let paths: Vec<String> = (0..10).map(|i| format!("/h2/{i}")).collect();
     let replies = paths.iter().map(|path| client.get("web.test:80", path));
-    for (i, reply) in futures_util::future::join_all(replies).await.into_iter().enumerate() {
+    for (i, reply) in futures_util::future::join_all(replies)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         let reply = reply.expect("request");
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        assert_eq!(reply.text(), format!("web-v1 GET /h2/{i} host=web.test:80 version=HTTP/2.0"));
+        assert_eq!(
+            reply.text(),
+            format!("web-v1 GET /h2/{i} host=web.test:80 version=HTTP/2.0")
+        );
     }
-    assert_eq!(mesh.backend.connections(), 1, "HTTP/2 upstream is one multiplexed connection");
+    assert_eq!(
+        mesh.backend.connections(),
+        1,
+        "HTTP/2 upstream is one multiplexed connection"
+    );
 }
 
 #[tokio::test]
@@ -129,15 +152,22 @@ async fn grpc_unary_and_bidirectional_streaming() {
     let mut client = grpc::EchoClient::new(channel);
 
     let reply = client
-        .unary(grpc::pb::EchoRequest { message: "hello".into() })
+        .unary(grpc::pb::EchoRequest {
+            message: "hello".into(),
+        })
         .await
         .expect("unary")
         .into_inner();
-    assert_eq!((reply.message.as_str(), reply.server.as_str()), ("hello", "grpc-v1"));
+    assert_eq!(
+        (reply.message.as_str(), reply.server.as_str()),
+        ("hello", "grpc-v1")
+    );
 
     // A gRPC error status travels in the trailers.
     let status = client
-        .unary(grpc::pb::EchoRequest { message: "fail".into() })
+        .unary(grpc::pb::EchoRequest {
+            message: "fail".into(),
+        })
         .await
         .expect_err("status from trailers");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
@@ -151,7 +181,11 @@ async fn grpc_unary_and_bidirectional_streaming() {
         .expect("bidi")
         .into_inner();
     for i in 0..5 {
-        tx.send(grpc::pb::EchoRequest { message: format!("m{i}") }).await.expect("send");
+        tx.send(grpc::pb::EchoRequest {
+            message: format!("m{i}"),
+        })
+        .await
+        .expect("send");
         let reply = replies.message().await.expect("stream").expect("a reply");
         assert_eq!(reply.message, format!("m{i}"));
     }
@@ -162,7 +196,9 @@ async fn grpc_unary_and_bidirectional_streaming() {
 #[tokio::test]
 async fn websocket_upgrade_echoes_both_ways() {
     let mesh = start_mesh().await;
-    let stream = tokio::net::TcpStream::connect(mesh.ws).await.expect("connect");
+    let stream = tokio::net::TcpStream::connect(mesh.ws)
+        .await
+        .expect("connect");
     let (mut socket, response) = tokio_tungstenite::client_async("ws://ws.test/chat", stream)
         .await
         .expect("upgrade through proxy");
@@ -182,10 +218,19 @@ async fn fifty_mib_bodies_stream_both_ways() {
     let mut client = Http1Client::connect(mesh.web).await.expect("connect");
 
     // Download: verify length and content.
-    let reply = client.get("web", &format!("/bytes/{SIZE}")).await.expect("download");
+    let reply = client
+        .get("web", &format!("/bytes/{SIZE}"))
+        .await
+        .expect("download");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body.len() as u64, SIZE);
-    assert!(reply.body.iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)));
+    assert!(
+        reply
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern_byte(i as u64))
+    );
 
     // Upload, chunked (no content-length): the backend counts what arrived.
     let chunks = futures_util::stream::iter((0..SIZE / 65536).map(|i| {
@@ -205,26 +250,56 @@ async fn fifty_mib_bodies_stream_both_ways() {
 async fn local_replies_name_the_cause_and_flag() {
     let mesh = start_mesh().await;
 
-    let reply = client::get(mesh.by_host, "nowhere.example", "/").await.expect("request");
+    let reply = client::get(mesh.by_host, "nowhere.example", "/")
+        .await
+        .expect("request");
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.header("x-weft-response-flags"), Some("NR"));
-    assert!(reply.text().contains("no service for host \"nowhere.example\""), "{}", reply.text());
+    assert!(
+        reply
+            .text()
+            .contains("no service for host \"nowhere.example\""),
+        "{}",
+        reply.text()
+    );
 
-    let reply = client::get(mesh.by_host, "empty", "/").await.expect("request");
+    let reply = client::get(mesh.by_host, "empty", "/")
+        .await
+        .expect("request");
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.header("x-weft-response-flags"), Some("UH"));
-    assert!(reply.text().contains("no healthy upstream"), "{}", reply.text());
+    assert!(
+        reply.text().contains("no healthy upstream"),
+        "{}",
+        reply.text()
+    );
 
-    let reply = client::get(mesh.by_host, "dead", "/").await.expect("request");
+    let reply = client::get(mesh.by_host, "dead", "/")
+        .await
+        .expect("request");
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.header("x-weft-response-flags"), Some("UF"));
-    assert!(reply.text().contains("upstream connect error"), "{}", reply.text());
-    assert!(reply.text().contains("Connection refused"), "{}", reply.text());
+    assert!(
+        reply.text().contains("upstream connect error"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        reply.text().contains("Connection refused"),
+        "{}",
+        reply.text()
+    );
 
-    let reply = client::get(mesh.web, "web", "/slow/2000").await.expect("request");
+    let reply = client::get(mesh.web, "web", "/slow/2000")
+        .await
+        .expect("request");
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(reply.header("x-weft-response-flags"), Some("UT"));
-    assert!(reply.text().contains("did not answer within 300ms"), "{}", reply.text());
+    assert!(
+        reply.text().contains("did not answer within 300ms"),
+        "{}",
+        reply.text()
+    );
 }
 
 #[tokio::test]
@@ -233,7 +308,9 @@ async fn metrics_count_requests_by_code_and_flag() {
     for _ in 0..3 {
         client::get(mesh.web, "web", "/ok").await.expect("request");
     }
-    client::get(mesh.by_host, "nowhere.example", "/").await.expect("request");
+    client::get(mesh.by_host, "nowhere.example", "/")
+        .await
+        .expect("request");
 
     // A client that gives up mid-request is counted as DC.
     let mut slow = Http1Client::connect(mesh.web).await.expect("connect");
@@ -251,9 +328,18 @@ async fn metrics_count_requests_by_code_and_flag() {
         )
     };
     let web = "web.test.svc.cluster.local";
-    assert!(metrics.contains(&format!("{} 3", line("200", "-", web))), "{metrics}");
-    assert!(metrics.contains(&format!("{} 1", line("404", "NR", "unknown"))), "{metrics}");
-    assert!(metrics.contains(&format!("{} 1", line("0", "DC", web))), "{metrics}");
+    assert!(
+        metrics.contains(&format!("{} 3", line("200", "-", web))),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("{} 1", line("404", "NR", "unknown"))),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("{} 1", line("0", "DC", web))),
+        "{metrics}"
+    );
 }
 
 impl Mesh {

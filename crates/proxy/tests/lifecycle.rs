@@ -27,9 +27,13 @@ clusters: [{{name: db, endpoints: [{{address: "{}"}}]}}]
 "#,
         echo.addr
     );
-    let proxy = ProxyProcess::start(Path::new(BIN), &config).await.expect("proxy");
+    let proxy = ProxyProcess::start(Path::new(BIN), &config)
+        .await
+        .expect("proxy");
 
-    let mut stream = tokio::net::TcpStream::connect(listen).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(listen)
+        .await
+        .expect("connect");
     // Binary bytes that look like no known protocol.
     let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     stream.write_all(&payload).await.expect("write");
@@ -37,20 +41,39 @@ clusters: [{{name: db, endpoints: [{{address: "{}"}}]}}]
     // server's final words, which it sends only after seeing our FIN.
     stream.shutdown().await.expect("shutdown write half");
     let mut received = Vec::new();
-    stream.read_to_end(&mut received).await.expect("read to EOF");
+    stream
+        .read_to_end(&mut received)
+        .await
+        .expect("read to EOF");
     assert_eq!(received.len(), payload.len() + 3);
     assert_eq!(&received[..payload.len()], &payload[..]);
     assert_eq!(&received[payload.len()..], b"bye");
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let metrics = client::get(proxy.metrics, "m", "/stats/prometheus").await.expect("scrape").text();
+    let metrics = client::get(proxy.metrics, "m", "/stats/prometheus")
+        .await
+        .expect("scrape")
+        .text();
     let labels = "{reporter=\"source\",destination_service=\"db\"}";
-    assert!(metrics.contains(&format!("istio_tcp_connections_closed_total{labels} 1")), "{metrics}");
-    assert!(metrics.contains(&format!("istio_tcp_received_bytes_total{labels} 100000")), "{metrics}");
-    assert!(metrics.contains(&format!("istio_tcp_sent_bytes_total{labels} 100003")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("istio_tcp_connections_closed_total{labels} 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("istio_tcp_received_bytes_total{labels} 100000")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("istio_tcp_sent_bytes_total{labels} 100003")),
+        "{metrics}"
+    );
 }
 
-fn web_config(version: &str, listen: std::net::SocketAddr, backend: std::net::SocketAddr) -> String {
+fn web_config(
+    version: &str,
+    listen: std::net::SocketAddr,
+    backend: std::net::SocketAddr,
+) -> String {
     format!(
         r#"
 version: {version}
@@ -63,7 +86,10 @@ clusters: [{{name: web, endpoints: [{{address: "{backend}"}}]}}]
 
 #[tokio::test]
 async fn config_reload_while_requests_flow_loses_none() {
-    let (blue, green) = (HttpBackend::start("blue").await, HttpBackend::start("green").await);
+    let (blue, green) = (
+        HttpBackend::start("blue").await,
+        HttpBackend::start("green").await,
+    );
     let listen = free_addr();
     let proxy = ProxyProcess::start(Path::new(BIN), &web_config("v1", listen, blue.addr))
         .await
@@ -78,7 +104,8 @@ async fn config_reload_while_requests_flow_loses_none() {
     );
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let (stop, ok, failed, green_seen) = (stop.clone(), ok.clone(), failed.clone(), green_seen.clone());
+        let (stop, ok, failed, green_seen) =
+            (stop.clone(), ok.clone(), failed.clone(), green_seen.clone());
         clients.push(tokio::spawn(async move {
             let mut client = Http1Client::connect(listen).await.expect("connect");
             while !stop.load(Ordering::Relaxed) {
@@ -98,7 +125,9 @@ async fn config_reload_while_requests_flow_loses_none() {
     }
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.write_config(&web_config("v2", listen, green.addr)).expect("write v2");
+    proxy
+        .write_config(&web_config("v2", listen, green.addr))
+        .expect("write v2");
     wait_for_version(&proxy, "v2").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -117,7 +146,12 @@ async fn config_reload_while_requests_flow_loses_none() {
         client.await.expect("client task");
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert_eq!(failed, 0, "{failed} of {} requests failed during reload", ok + failed);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during reload",
+        ok + failed
+    );
     assert!(ok > 100, "only {ok} requests were sent");
     assert!(green_seen.load(Ordering::Relaxed) > 0, "v2 never served");
     let reply = client::get(listen, "web", "/").await.expect("after");
@@ -155,7 +189,10 @@ async fn a_bad_config_at_start_is_refused_with_its_reason() {
         .expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("/nonexistent/weft.yaml: cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/weft.yaml: cannot read"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -172,7 +209,10 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Draining: no longer ready, and new connections are refused.
-    assert!(tokio::net::TcpStream::connect(listen).await.is_err(), "listener still open");
+    assert!(
+        tokio::net::TcpStream::connect(listen).await.is_err(),
+        "listener still open"
+    );
     let ready = proxy.admin_get("/ready").await.expect("admin");
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.text(), "DRAINING\n");

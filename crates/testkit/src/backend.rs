@@ -36,7 +36,11 @@ pub struct HttpBackend {
 
 impl HttpBackend {
     pub async fn start(name: &str) -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()), name).await
+        Self::start_on(
+            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+            name,
+        )
+        .await
     }
 
     pub async fn start_on(addr: SocketAddr, name: &str) -> Self {

@@ -2,6 +2,7 @@
 //! connection reuse and pick the protocol exactly.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -12,6 +13,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// No test request may hang a test run: each step gives up after this.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn within<T>(what: &str, step: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(STEP_TIMEOUT, step)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} took longer than {STEP_TIMEOUT:?}"))?
+}
 
 /// A whole response, body collected.
 #[derive(Debug)]
@@ -32,11 +42,15 @@ impl Reply {
 }
 
 pub fn empty() -> Body {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// One HTTP/1.1 keep-alive connection.
@@ -46,7 +60,12 @@ pub struct Http1Client {
 
 impl Http1Client {
     pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        let stream = within("connect", async {
+            TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("connect {addr}"))
+        })
+        .await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
@@ -55,9 +74,12 @@ impl Http1Client {
     }
 
     pub async fn send(&mut self, request: Request<Body>) -> anyhow::Result<Reply> {
-        self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
-        collect(response).await
+        within("HTTP/1.1 request", async {
+            self.sender.ready().await?;
+            let response = self.sender.send_request(request).await?;
+            collect(response).await
+        })
+        .await
     }
 
     pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<Reply> {
@@ -72,8 +94,14 @@ pub struct Http2Client {
 
 impl Http2Client {
     pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
-        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+        let stream = within("connect", async {
+            TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("connect {addr}"))
+        })
+        .await?;
+        let (sender, connection) =
+            http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -84,9 +112,12 @@ impl Http2Client {
     pub async fn get(&self, authority: &str, path: &str) -> anyhow::Result<Reply> {
         let request = Request::get(format!("http://{authority}{path}")).body(empty())?;
         let mut sender = self.sender.clone();
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
-        collect(response).await
+        within("HTTP/2 request", async {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            collect(response).await
+        })
+        .await
     }
 }
 

@@ -59,7 +59,9 @@ pub async fn start(name: &str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         .await
         .unwrap_or_else(|err| panic!("grpc backend cannot bind: {err}"));
     let addr = listener.local_addr().unwrap_or_else(|err| panic!("{err}"));
-    let service = EchoServer::new(Service { name: name.to_string() });
+    let service = EchoServer::new(Service {
+        name: name.to_string(),
+    });
     let task = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(service)

@@ -15,7 +15,11 @@ pub fn privileged_or_skip(test: &str) -> bool {
     if root && tools {
         return true;
     }
-    let why = if root { "`ip` or `iptables` is not installed" } else { "it needs root" };
+    let why = if root {
+        "`ip` or `iptables` is not installed"
+    } else {
+        "it needs root"
+    };
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test} cannot run: {why} (under CI=true this test must run)");
     }
@@ -24,9 +28,8 @@ pub fn privileged_or_skip(test: &str) -> bool {
 }
 
 fn which(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
 pub struct NetNs {
@@ -54,7 +57,9 @@ impl NetNs {
 
     /// The argv prefix that runs a command inside the namespace.
     pub fn prefix(&self) -> Vec<String> {
-        ["ip", "netns", "exec", &self.name].map(String::from).to_vec()
+        ["ip", "netns", "exec", &self.name]
+            .map(String::from)
+            .to_vec()
     }
 
     /// Runs `f` on a thread that has entered the namespace: sockets it
@@ -76,7 +81,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 

@@ -49,7 +49,9 @@ impl ProxyProcess {
 
     /// Starts the proxy without waiting for it.
     pub fn spawn(options: ProxyOptions<'_>) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("weft-proxy-test").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("weft-proxy-test")
+            .tempdir()?;
         // Readable by an unprivileged proxy UID too.
         set_mode(dir.path(), 0o755)?;
         let config_path = dir.path().join("proxy.yaml");
@@ -73,7 +75,10 @@ impl ProxyProcess {
             .arg(metrics.to_string())
             .arg("--reload-interval")
             .arg("100ms")
-            .env("RUST_LOG", std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -51,7 +51,10 @@ mod tests {
         .expect("valid config");
         assert_eq!(cfg.listeners[0].address, "127.0.0.1:15001");
         assert_eq!(cfg.listeners[0].kind, 1);
-        assert_eq!(cfg.protocol_detection_timeout.map(|d| d.nanos), Some(250_000_000));
+        assert_eq!(
+            cfg.protocol_detection_timeout.map(|d| d.nanos),
+            Some(250_000_000)
+        );
     }
 
     #[test]

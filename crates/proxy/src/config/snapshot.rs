@@ -113,7 +113,8 @@ impl Route {
     /// Picks a destination cluster in proportion to the weights
     /// (deterministic rotation, so small samples already follow the split).
     pub fn pick_cluster(&self) -> &Arc<Cluster> {
-        let mut slot = (self.next.fetch_add(1, Ordering::Relaxed) % self.total_weight as usize) as u32;
+        let mut slot =
+            (self.next.fetch_add(1, Ordering::Relaxed) % self.total_weight as usize) as u32;
         for (cluster, weight) in &self.clusters {
             if slot < *weight {
                 return cluster;
@@ -339,7 +340,9 @@ fn compile_clusters(
             continue;
         }
         let upstream_protocol = match pb::UpstreamProtocol::try_from(cluster.upstream_protocol) {
-            Ok(pb::UpstreamProtocol::UseClientProtocol) | Err(_) => UpstreamProtocol::ClientProtocol,
+            Ok(pb::UpstreamProtocol::UseClientProtocol) | Err(_) => {
+                UpstreamProtocol::ClientProtocol
+            }
             Ok(pb::UpstreamProtocol::Http1) => UpstreamProtocol::Http1,
             Ok(pb::UpstreamProtocol::Http2PriorKnowledge) => UpstreamProtocol::Http2,
         };
@@ -404,13 +407,22 @@ fn compile_services(
             .iter()
             .enumerate()
             .filter_map(|(p_index, port)| {
-                compile_service_port(service, port, &format!("{path}.ports[{p_index}]"), clusters, problems)
+                compile_service_port(
+                    service,
+                    port,
+                    &format!("{path}.ports[{p_index}]"),
+                    clusters,
+                    problems,
+                )
             })
             .collect::<Vec<_>>();
         let mut seen = HashSet::new();
         for port in &ports {
             if !seen.insert(port.port) {
-                problems.push(format!("{path}.ports"), format!("port {} is listed twice", port.port));
+                problems.push(
+                    format!("{path}.ports"),
+                    format!("port {} is listed twice", port.port),
+                );
             }
         }
         let compiled = Arc::new(Service {
@@ -467,7 +479,10 @@ fn compile_service_port(
     };
     let default_cluster = clusters.get(&default_name).cloned();
     if explicit_default && default_cluster.is_none() {
-        problems.push(format!("{path}.cluster"), format!("no cluster named {default_name:?}"));
+        problems.push(
+            format!("{path}.cluster"),
+            format!("no cluster named {default_name:?}"),
+        );
         return None;
     }
     let mut routes = Vec::new();
@@ -481,7 +496,9 @@ fn compile_service_port(
         let Some(cluster) = default_cluster.clone() else {
             problems.push(
                 format!("{path}.cluster"),
-                format!("no routes and no cluster named {default_name:?}: add one or set `cluster`"),
+                format!(
+                    "no routes and no cluster named {default_name:?}: add one or set `cluster`"
+                ),
             );
             return None;
         };
@@ -494,7 +511,8 @@ fn compile_service_port(
             next: AtomicUsize::new(0),
         });
     }
-    let tcp_cluster = default_cluster.or_else(|| routes.first().map(|r| r.clusters[0].0.clone()))?;
+    let tcp_cluster =
+        default_cluster.or_else(|| routes.first().map(|r| r.clusters[0].0.clone()))?;
     Some(ServicePort {
         port: number,
         protocol,
@@ -524,7 +542,11 @@ fn compile_route(
     for (c_index, target) in route.clusters.iter().enumerate() {
         match clusters.get(&target.cluster) {
             Some(cluster) => {
-                let weight = if single { target.weight.max(1) } else { target.weight };
+                let weight = if single {
+                    target.weight.max(1)
+                } else {
+                    target.weight
+                };
                 if weight > 0 {
                     targets.push((cluster.clone(), weight));
                 }
@@ -591,7 +613,10 @@ fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap
             cluster: Arc::new(cluster),
         };
         if inbound.insert(number, compiled).is_some() {
-            problems.push(format!("{path}.port"), format!("port {number} is listed twice"));
+            problems.push(
+                format!("{path}.port"),
+                format!("port {number} is listed twice"),
+            );
         }
     }
     inbound
@@ -623,7 +648,10 @@ fn compile_listeners(
         let mut service = None;
         if !listener.service.is_empty() {
             if kind != pb::ListenerKind::Explicit {
-                problems.push(format!("{path}.service"), "only EXPLICIT listeners name a service");
+                problems.push(
+                    format!("{path}.service"),
+                    "only EXPLICIT listeners name a service",
+                );
                 continue;
             }
             let Some(found) = services.get(&listener.service.to_ascii_lowercase()) else {
@@ -638,7 +666,11 @@ fn compile_listeners(
                 (0, ports) => {
                     problems.push(
                         format!("{path}.servicePort"),
-                        format!("service {:?} has {} ports: say which one", found.name, ports.len()),
+                        format!(
+                            "service {:?} has {} ports: say which one",
+                            found.name,
+                            ports.len()
+                        ),
                     );
                     continue;
                 }
@@ -656,7 +688,10 @@ fn compile_listeners(
             service = Some((found.clone(), port));
         }
         if listeners.iter().any(|l| l.address == address) {
-            problems.push(format!("{path}.address"), format!("{address} is used by another listener"));
+            problems.push(
+                format!("{path}.address"),
+                format!("{address} is used by another listener"),
+            );
             continue;
         }
         listeners.push(ListenerSpec {
@@ -698,7 +733,12 @@ clusters:
             .cluster("outbound|80||web.default.svc.cluster.local")
             .expect("cluster");
         let picks: Vec<u16> = (0..6)
-            .map(|_| cluster.pick_endpoint().map(|e| e.address.port()).unwrap_or(0))
+            .map(|_| {
+                cluster
+                    .pick_endpoint()
+                    .map(|e| e.address.port())
+                    .unwrap_or(0)
+            })
             .collect();
         assert_eq!(picks.iter().filter(|p| **p == 8001).count(), 4);
         assert_eq!(picks.iter().filter(|p| **p == 8002).count(), 2);
@@ -709,7 +749,11 @@ clusters:
         let snapshot = compile(TWO_ENDPOINTS).expect("valid");
         assert!(snapshot.service_by_host("WEB").is_some());
         assert!(snapshot.service_by_host("web.default").is_some());
-        assert!(snapshot.service_by_vip("240.240.0.1".parse().expect("ip")).is_some());
+        assert!(
+            snapshot
+                .service_by_vip("240.240.0.1".parse().expect("ip"))
+                .is_some()
+        );
         assert!(snapshot.service_by_host("other").is_none());
     }
 
@@ -729,8 +773,14 @@ services:
         .expect("invalid")
         .to_string();
         assert!(err.contains("listeners[0].address"), "{err}");
-        assert!(err.contains("listeners[1].service: no service named \"missing\""), "{err}");
-        assert!(err.contains("services[0].ports[0].routes[0].clusters[0].cluster"), "{err}");
+        assert!(
+            err.contains("listeners[1].service: no service named \"missing\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("services[0].ports[0].routes[0].clusters[0].cluster"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -745,7 +795,9 @@ clusters: [{name: a}, {name: b}]
         )
         .expect("valid");
         let route = &snapshot.service_by_host("s").expect("service").ports[0].routes[0];
-        let to_a = (0..100).filter(|_| route.pick_cluster().name == "a").count();
+        let to_a = (0..100)
+            .filter(|_| route.pick_cluster().name == "a")
+            .count();
         assert_eq!(to_a, 75);
     }
 }

@@ -43,7 +43,12 @@ pub async fn handle(
     let authority = request_authority(&request);
     let decision = {
         let snapshot = state.snapshot();
-        route::resolve(&snapshot, &conn.target, authority.as_ref(), request.uri().path())
+        route::resolve(
+            &snapshot,
+            &conn.target,
+            authority.as_ref(),
+            request.uri().path(),
+        )
     };
     let decision = match decision {
         Ok(decision) => decision,
@@ -55,7 +60,10 @@ pub async fn handle(
         return Ok(record.local_reply(LocalReply::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ResponseFlag::NoHealthyUpstream,
-            format!("no healthy upstream: cluster {:?} has no endpoints", cluster.name),
+            format!(
+                "no healthy upstream: cluster {:?} has no endpoints",
+                cluster.name
+            ),
         )));
     };
     let addr = endpoint.address;
@@ -69,7 +77,9 @@ pub async fn handle(
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let upstream_request = prepare_request(request, version, authority, addr, upgrade);
 
-    let send = state.pool.send(addr, version, cluster.connect_timeout, upstream_request);
+    let send = state
+        .pool
+        .send(addr, version, cluster.connect_timeout, upstream_request);
     let result = match decision.timeout {
         None => send.await,
         Some(timeout) => match tokio::time::timeout(timeout, send).await {
@@ -78,7 +88,10 @@ pub async fn handle(
                 return Ok(record.local_reply(LocalReply::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     ResponseFlag::UpstreamRequestTimeout,
-                    format!("upstream {addr} of cluster {:?} did not answer within {timeout:?}", cluster.name),
+                    format!(
+                        "upstream {addr} of cluster {:?} did not answer within {timeout:?}",
+                        cluster.name
+                    ),
                 )));
             }
         },
@@ -252,13 +265,22 @@ struct RequestRecord<'a> {
 impl RequestRecord<'_> {
     fn finish(&mut self, status: StatusCode, flag: Option<ResponseFlag>) {
         self.done = true;
-        self.state
-            .metrics
-            .record_request(self.reporter, &self.service, self.grpc, status.as_u16(), flag);
+        self.state.metrics.record_request(
+            self.reporter,
+            &self.service,
+            self.grpc,
+            status.as_u16(),
+            flag,
+        );
     }
 
     fn local_reply(&mut self, reply: LocalReply) -> Response<ProxyBody> {
-        tracing::debug!(flag = reply.flag.code(), status = reply.status.as_u16(), "{}", reply.message);
+        tracing::debug!(
+            flag = reply.flag.code(),
+            status = reply.status.as_u16(),
+            "{}",
+            reply.message
+        );
         self.finish(reply.status, Some(reply.flag));
         reply.into_response()
     }

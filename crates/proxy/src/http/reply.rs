@@ -36,7 +36,10 @@ impl LocalReply {
         );
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         headers.insert(FLAGS_HEADER, HeaderValue::from_static(self.flag.code()));
         response
     }

@@ -56,9 +56,9 @@ pub fn resolve(
             None => passthrough(*original_dst),
         }),
         Target::Service { name, port } => {
-            let service = snapshot.service_by_host(name).ok_or_else(|| {
-                no_route(format!("service {name:?} is no longer configured"))
-            })?;
+            let service = snapshot
+                .service_by_host(name)
+                .ok_or_else(|| no_route(format!("service {name:?} is no longer configured")))?;
             route_in_service(service, *port, path)
         }
         Target::Outbound { port, original_dst } => {
@@ -103,7 +103,10 @@ fn route_in_service(service: &Service, port: u16, path: &str) -> Result<Decision
         .iter()
         .find(|route| route.matches(path))
         .ok_or_else(|| {
-            no_route(format!("no route of {}:{port} matches path {path:?}", service.name))
+            no_route(format!(
+                "no route of {}:{port} matches path {path:?}",
+                service.name
+            ))
         })?;
     Ok(Decision {
         service: service.name.clone(),

@@ -20,9 +20,15 @@ pub enum UpstreamError {
     #[error("connection to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
     #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
     #[error("{addr} closed the connection before answering: {source}")]
-    Reset { addr: SocketAddr, source: hyper::Error },
+    Reset {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 impl UpstreamError {

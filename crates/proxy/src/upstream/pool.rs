@@ -180,7 +180,8 @@ impl Pool {
     /// Idle HTTP/1 connections per endpoint, for `/clusters`.
     pub fn idle_http1(&self, addr: SocketAddr) -> usize {
         let idle = self.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
-        idle.get(&addr).map_or(0, |stack| stack.iter().filter(|s| !s.is_closed()).count())
+        idle.get(&addr)
+            .map_or(0, |stack| stack.iter().filter(|s| !s.is_closed()).count())
     }
 }
 
