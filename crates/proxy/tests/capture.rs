@@ -104,7 +104,7 @@ clusters:
         admin: Some("127.0.0.1:15000".parse().expect("addr")),
         ..ProxyOptions::new(Path::new(BIN), &config)
     };
-    let proxy = ProxyProcess::spawn(options).expect("spawn proxy");
+    let mut proxy = ProxyProcess::spawn(options).expect("spawn proxy");
     proxy
         .wait_ready(Duration::from_secs(20))
         .await

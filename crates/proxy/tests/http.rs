@@ -347,3 +347,40 @@ impl Mesh {
         self.proxy.metrics
     }
 }
+
+#[tokio::test]
+async fn an_http10_upstream_is_answered_as_http11_with_keep_alive() {
+    // A bare HTTP/1.0 server: answers once per connection, then closes.
+    let old = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let old_addr = old.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = old.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nold server").await;
+        }
+    });
+    let listen = free_addr();
+    let config = format!(
+        r#"
+listeners: [{{name: old, address: "{listen}", kind: EXPLICIT, service: old}}]
+services: [{{name: old, ports: [{{port: 80, protocol: HTTP, cluster: old}}]}}]
+clusters: [{{name: old, endpoints: [{{address: "{old_addr}"}}]}}]
+"#
+    );
+    let _proxy = ProxyProcess::start(Path::new(BIN), &config)
+        .await
+        .expect("proxy");
+    let mut client = Http1Client::connect(listen).await.expect("connect");
+    for _ in 0..3 {
+        let reply = client
+            .get("old", "/")
+            .await
+            .expect("request on the same connection");
+        assert_eq!(reply.version, http::Version::HTTP_11);
+        assert_eq!(reply.text(), "old server");
+    }
+}

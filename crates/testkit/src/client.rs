@@ -26,6 +26,7 @@ async fn within<T>(what: &str, step: impl Future<Output = anyhow::Result<T>>) ->
 /// A whole response, body collected.
 #[derive(Debug)]
 pub struct Reply {
+    pub version: http::Version,
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -135,6 +136,7 @@ async fn collect(response: http::Response<hyper::body::Incoming>) -> anyhow::Res
     let (parts, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();
     Ok(Reply {
+        version: parts.version,
         status: parts.status,
         headers: parts.headers,
         body,

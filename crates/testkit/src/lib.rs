@@ -8,13 +8,21 @@ pub mod grpc;
 pub mod netns;
 pub mod proxy;
 
-use std::net::{SocketAddr, TcpListener};
+use std::hash::{BuildHasher, RandomState};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
 /// A loopback address with a port that was free a moment ago.
+///
+/// Each call picks a random address in 127.0.0.0/8 as well as a free port:
+/// tests in parallel (threads or processes) cannot be handed the same
+/// address even when the kernel reuses a port number.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
+    let random = RandomState::new().hash_one(std::process::id());
+    let [a, b, c, ..] = random.to_le_bytes();
+    let ip = Ipv4Addr::new(127, a.max(1), b, c.clamp(1, 254));
+    TcpListener::bind((ip, 0))
         .and_then(|listener| listener.local_addr())
-        .unwrap_or_else(|err| panic!("no free loopback port: {err}"))
+        .unwrap_or_else(|err| panic!("no free port on {ip}: {err}"))
 }
 
 /// A loopback address nothing listens on (connections are refused).

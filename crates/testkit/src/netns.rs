@@ -41,7 +41,10 @@ impl NetNs {
     pub fn create(tag: &str) -> anyhow::Result<Self> {
         let name = format!("weft-{tag}-{}", std::process::id());
         // A leftover from a crashed run of the same pid would block us.
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         run("ip", &["netns", "add", &name])?;
         let netns = Self { name };
         netns.exec(&["ip", "link", "set", "lo", "up"])?;

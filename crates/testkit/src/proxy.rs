@@ -42,7 +42,7 @@ impl<'a> ProxyOptions<'a> {
 impl ProxyProcess {
     /// Starts the proxy on loopback and waits until `/ready` says LIVE.
     pub async fn start(binary: &Path, config: &str) -> anyhow::Result<Self> {
-        let proxy = Self::spawn(ProxyOptions::new(binary, config))?;
+        let mut proxy = Self::spawn(ProxyOptions::new(binary, config))?;
         proxy.wait_ready(Duration::from_secs(20)).await?;
         Ok(proxy)
     }
@@ -93,9 +93,15 @@ impl ProxyProcess {
         })
     }
 
-    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "proxy exited ({status}) before it was ready; log:\n{}",
+                    self.logs()
+                );
+            }
             if let Ok(reply) = client::get(self.admin, "admin", "/ready").await
                 && reply.status == 200
             {

@@ -41,6 +41,7 @@ pub async fn handle(
         done: false,
     };
     let authority = request_authority(&request);
+    let downstream_version = request.version();
     let decision = {
         let snapshot = state.snapshot();
         route::resolve(
@@ -119,6 +120,8 @@ pub async fn handle(
     } else {
         strip_hop_by_hop(response.headers_mut(), false);
     }
+    // Answer in the client's HTTP version, whatever the upstream spoke.
+    *response.version_mut() = downstream_version;
     record.finish(response.status(), None);
     Ok(response)
 }
