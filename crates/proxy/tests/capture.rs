@@ -31,9 +31,15 @@ fn install_capture_rules(netns: &NetNs) -> anyhow::Result<()> {
         "src",
         "127.0.0.1",
     ])?;
-    let rules: [&[&str]; 3] = [
+    // Connections to the workload's ports (18080, 19000) stand in for
+    // traffic arriving from other pods: they go to the inbound port 15006.
+    // (Real inbound capture uses PREROUTING on the pod's interface; the
+    // proxy sees the same SO_ORIGINAL_DST either way.)
+    let rules: [&[&str]; 5] = [
         &["-m", "owner", "--uid-owner", PROXY_UID, "-j", "RETURN"],
         &["-d", "127.0.0.1/32", "-j", "RETURN"],
+        &["--dport", "18080", "-j", "REDIRECT", "--to-ports", "15006"],
+        &["--dport", "19000", "-j", "REDIRECT", "--to-ports", "15006"],
         &["-j", "REDIRECT", "--to-ports", "15001"],
     ];
     for rule in rules {
@@ -69,11 +75,17 @@ async fn captured_traffic(netns: &NetNs) {
     let echo = TcpEcho::start().await;
     // Not a service: reached by passthrough to its original address.
     let outside = HttpBackend::start_on("127.0.0.2:0".parse().expect("addr"), "unlisted").await;
+    // The local workload, reached through the inbound listener.
+    let app = HttpBackend::start_on("127.0.0.1:18080".parse().expect("addr"), "app").await;
+    let undeclared = TcpEcho::start_on("127.0.0.6:19000".parse().expect("addr")).await;
 
     let config = format!(
         r#"
 version: capture
-listeners: [{{name: outbound, address: "0.0.0.0:15001", kind: OUTBOUND_CAPTURE}}]
+listeners:
+- {{name: outbound, address: "0.0.0.0:15001", kind: OUTBOUND_CAPTURE}}
+- {{name: inbound, address: "0.0.0.0:15006", kind: INBOUND_CAPTURE}}
+inboundPorts: [{{port: 18080, protocol: HTTP}}]
 services:
 - {{name: alpha.test.svc.cluster.local, hosts: [alpha], vips: [240.240.0.10], ports: [{{port: 80, protocol: HTTP}}]}}
 - {{name: beta.test.svc.cluster.local, hosts: [beta], vips: [240.240.0.11], ports: [{{port: 80}}]}}
@@ -149,10 +161,30 @@ clusters:
         "unlisted GET /direct host=anything version=HTTP/1.1"
     );
 
+    // Inbound: a declared port goes to the workload on 127.0.0.1.
+    let reply = client::get("127.0.0.5:18080".parse().expect("addr"), "app.test", "/in")
+        .await
+        .expect("inbound request");
+    assert_eq!(reply.text(), "app GET /in host=app.test version=HTTP/1.1");
+    // Inbound to an undeclared port: passed through to the original address.
+    let mut stream = tokio::net::TcpStream::connect(undeclared.addr)
+        .await
+        .expect("connect");
+    stream.write_all(b"raw").await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed).await.expect("read");
+    assert_eq!(echoed, b"rawbye");
+
     // Each backend saw its request come through the proxy.
     assert_eq!(
-        (alpha.requests(), beta.requests(), outside.requests()),
-        (1, 1, 1)
+        (
+            alpha.requests(),
+            beta.requests(),
+            outside.requests(),
+            app.requests()
+        ),
+        (1, 1, 1, 1)
     );
     let metrics = client::get(proxy.metrics, "m", "/stats/prometheus")
         .await
@@ -163,4 +195,9 @@ clusters:
         "{metrics}"
     );
     assert!(metrics.contains("istio_tcp_connections_opened_total{reporter=\"source\",destination_service=\"db.test.svc.cluster.local\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("istio_requests_total{reporter=\"destination\",destination_service=\"unknown\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("istio_tcp_connections_closed_total{reporter=\"destination\",destination_service=\"unknown\"} 1"), "{metrics}");
 }

@@ -162,9 +162,13 @@ pub struct TcpEcho {
 
 impl TcpEcho {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr)
             .await
-            .unwrap_or_else(|err| panic!("echo cannot bind: {err}"));
+            .unwrap_or_else(|err| panic!("echo cannot bind {addr}: {err}"));
         let addr = listener.local_addr().unwrap_or_else(|err| panic!("{err}"));
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
