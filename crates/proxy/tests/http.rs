@@ -384,3 +384,30 @@ clusters: [{{name: old, endpoints: [{{address: "{old_addr}"}}]}}]
         assert_eq!(reply.text(), "old server");
     }
 }
+
+#[tokio::test]
+async fn requests_alternate_round_robin_between_endpoints() {
+    let (one, two) = (
+        HttpBackend::start("one").await,
+        HttpBackend::start("two").await,
+    );
+    let listen = free_addr();
+    let config = format!(
+        r#"
+listeners: [{{name: rr, address: "{listen}", kind: EXPLICIT, service: rr}}]
+services: [{{name: rr, ports: [{{port: 80, protocol: HTTP, cluster: rr}}]}}]
+clusters: [{{name: rr, endpoints: [{{address: "{}"}}, {{address: "{}"}}]}}]
+"#,
+        one.addr, two.addr
+    );
+    let _proxy = ProxyProcess::start(Path::new(BIN), &config)
+        .await
+        .expect("proxy");
+    let mut client = Http1Client::connect(listen).await.expect("connect");
+    let mut answered_by = Vec::new();
+    for _ in 0..6 {
+        let reply = client.get("rr", "/").await.expect("request");
+        answered_by.push(reply.header("x-backend").unwrap_or("?").to_string());
+    }
+    assert_eq!(answered_by, ["one", "two", "one", "two", "one", "two"]);
+}

@@ -203,6 +203,14 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         .await
         .expect("proxy");
 
+    let health = client::get(proxy.health, "h", "/healthz/ready")
+        .await
+        .expect("health");
+    assert_eq!(
+        (health.status, health.text().as_str()),
+        (StatusCode::OK, "LIVE\n")
+    );
+
     let in_flight = tokio::spawn(async move { client::get(listen, "web", "/slow/700").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     proxy.terminate().expect("SIGTERM");
@@ -216,6 +224,10 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     let ready = proxy.admin_get("/ready").await.expect("admin");
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.text(), "DRAINING\n");
+    let health = client::get(proxy.health, "h", "/healthz/ready")
+        .await
+        .expect("health");
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
 
     // The request in flight still completes.
     let reply = in_flight.await.expect("task").expect("in-flight request");

@@ -58,6 +58,18 @@ mod tests {
     }
 
     #[test]
+    fn accepts_json() {
+        let cfg = parse_config(
+            r#"{"version": "j1", "clusters": [{"name": "c", "upstream_protocol": "HTTP1", "endpoints": [{"address": "127.0.0.1:80", "weight": 3}]}]}"#,
+            "a.json",
+        )
+        .expect("valid JSON config");
+        assert_eq!(cfg.version, "j1");
+        assert_eq!(cfg.clusters[0].upstream_protocol, 1);
+        assert_eq!(cfg.clusters[0].endpoints[0].weight, 3);
+    }
+
+    #[test]
     fn error_names_file_and_field_path() {
         let err = parse_config(
             "services:\n- name: a\n  ports:\n  - port: 80\n    protocol: HTPP\n",
