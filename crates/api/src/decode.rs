@@ -1,0 +1,216 @@
+//! Files → resources: multi-document YAML or JSON (a Kubernetes `List` too),
+//! every problem reported with file, document, resource and field path.
+
+use std::fmt;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::field::FieldError;
+use crate::meta::ObjectMeta;
+use crate::resource::Resource;
+
+/// Istio kinds that are real but outside what Weft uses: skipped quietly
+/// with a notice rather than rejected.
+const ISTIO_GROUPS: &[&str] = &[
+    "networking.istio.io",
+    "security.istio.io",
+    "telemetry.istio.io",
+    "extensions.istio.io",
+    "install.istio.io",
+];
+
+/// One problem: `file: Kind ns/name: spec.path: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    /// 1-based position of the document in the file.
+    pub document: usize,
+    /// `Kind namespace/name` when the object got that far.
+    pub resource: Option<String>,
+    pub error: FieldError,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.resource, self.document) {
+            (Some(resource), _) => write!(f, "{}: {resource}: {}", self.file, self.error),
+            // A whole-file problem (unreadable, not YAML).
+            (None, 0) => write!(f, "{}: {}", self.file, self.error),
+            (None, document) => write!(f, "{}: document {document}: {}", self.file, self.error),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub resources: Vec<Resource>,
+    /// Objects skipped because Weft does not use their kind.
+    pub notices: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+impl Decoded {
+    /// Adds another file's or document's results to these.
+    pub fn absorb(&mut self, other: Decoded) {
+        self.resources.extend(other.resources);
+        self.notices.extend(other.notices);
+        self.problems.extend(other.problems);
+    }
+}
+
+pub fn decode_file(path: &Path) -> Decoded {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => decode_str(&text, &name),
+        Err(err) => Decoded {
+            problems: vec![problem(&name, 0, None, "", format!("cannot read: {err}"))],
+            ..Decoded::default()
+        },
+    }
+}
+
+pub fn decode_str(text: &str, file: &str) -> Decoded {
+    let documents: Vec<Value> = match serde_saphyr::from_multiple(text) {
+        Ok(documents) => documents,
+        Err(err) => {
+            return Decoded {
+                problems: vec![problem(
+                    file,
+                    0,
+                    None,
+                    "",
+                    format!("not valid YAML or JSON: {err}"),
+                )],
+                ..Decoded::default()
+            };
+        }
+    };
+    let mut decoded = Decoded::default();
+    for (index, value) in documents.into_iter().enumerate() {
+        decoded.absorb(decode_document(value, file, index + 1));
+    }
+    decoded
+}
+
+/// Decodes one parsed document (an object, a `List`, or nothing).
+pub fn decode_document(value: Value, file: &str, document: usize) -> Decoded {
+    let mut decoded = Decoded::default();
+    let Value::Object(map) = &value else {
+        if !value.is_null() {
+            decoded.problems.push(problem(
+                file,
+                document,
+                None,
+                "",
+                "expected an object with apiVersion and kind",
+            ));
+        }
+        return decoded;
+    };
+    let text = |key: &str| {
+        map.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    if kind == "List"
+        && let Some(Value::Array(items)) = map.get("items")
+    {
+        for item in items.clone() {
+            decoded.absorb(decode_document(item, file, document));
+        }
+        return decoded;
+    }
+    let meta: ObjectMeta = map
+        .get("metadata")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default();
+    let label = format!(
+        "{} {}",
+        if kind.is_empty() { "object" } else { &kind },
+        meta.key()
+    );
+    if api_version.is_empty() || kind.is_empty() {
+        let field = if api_version.is_empty() {
+            "apiVersion"
+        } else {
+            "kind"
+        };
+        decoded.problems.push(problem(
+            file,
+            document,
+            Some(label),
+            field,
+            "Required value",
+        ));
+        return decoded;
+    }
+    let (group, version) = api_version
+        .split_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    let Some(expected) = Resource::group_of(&kind).filter(|g| g.name() == group) else {
+        let why = if ISTIO_GROUPS.contains(&group) {
+            "an Istio kind Weft does not use"
+        } else {
+            "not an Istio resource"
+        };
+        decoded
+            .notices
+            .push(format!("{file}: skipped {label} ({api_version}): {why}"));
+        return decoded;
+    };
+    if !expected.versions().contains(&version) {
+        decoded.problems.push(problem(
+            file,
+            document,
+            Some(label),
+            "apiVersion",
+            format!(
+                "{api_version:?} is not served; use {}",
+                expected
+                    .versions()
+                    .iter()
+                    .map(|v| format!("{group}/{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+        return decoded;
+    }
+    match Resource::decode(&kind, value) {
+        Some(Ok(resource)) => decoded.resources.push(resource),
+        Some(Err(errors)) => decoded
+            .problems
+            .extend(errors.into_iter().map(|error| Problem {
+                file: file.to_string(),
+                document,
+                resource: Some(label.clone()),
+                error,
+            })),
+        // group_of and decode are generated from the same list.
+        None => decoded
+            .notices
+            .push(format!("{file}: skipped {label}: unknown kind")),
+    }
+    decoded
+}
+
+fn problem(
+    file: &str,
+    document: usize,
+    resource: Option<String>,
+    path: &str,
+    message: impl Into<String>,
+) -> Problem {
+    Problem {
+        file: file.to_string(),
+        document,
+        resource,
+        error: FieldError {
+            path: path.to_string(),
+            message: message.into(),
+        },
+    }
+}

@@ -1,0 +1,23 @@
+//! Istio's configuration resources, as users write them: types, decoding of
+//! multi-document YAML and JSON, and validation whose errors name the file,
+//! the document, the resource and the field path.
+//!
+//! ```text
+//! reviews.yaml: VirtualService default/reviews: spec.http[0].route[1].weight: must be 0..100
+//! ```
+//!
+//! Kinds Weft does not use (EnvoyFilter, Telemetry, ordinary Kubernetes
+//! objects, ...) are skipped with a notice, never an error.
+
+pub mod common;
+pub mod decode;
+pub mod field;
+pub mod meta;
+pub mod networking;
+pub mod resource;
+pub mod security;
+
+pub use decode::{Decoded, Problem, decode_file, decode_str};
+pub use field::FieldErrors;
+pub use meta::ObjectMeta;
+pub use resource::{Object, Resource, Spec};

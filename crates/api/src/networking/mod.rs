@@ -1,0 +1,25 @@
+//! `networking.istio.io` kinds.
+
+mod destination_rule;
+mod gateway;
+mod http_route;
+mod service_entry;
+mod sidecar;
+mod traffic_policy;
+mod types;
+mod virtual_service;
+mod workload_entry;
+mod workload_group;
+
+pub use destination_rule::{DestinationRule, Subset};
+pub use gateway::{Gateway, Server, ServerTlsSettings};
+pub use http_route::{HttpMatchRequest, HttpRoute, HttpRouteDestination};
+pub use service_entry::ServiceEntry;
+pub use sidecar::Sidecar;
+pub use traffic_policy::{
+    ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, TrafficPolicy,
+};
+pub use types::{ClientTlsSettings, Destination, Port, PortSelector, StringMatch};
+pub use virtual_service::VirtualService;
+pub use workload_entry::WorkloadEntry;
+pub use workload_group::WorkloadGroup;

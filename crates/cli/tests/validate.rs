@@ -1,0 +1,113 @@
+//! `weft validate` as a user runs it: real files, real process, exit codes.
+
+use std::path::Path;
+use std::process::Command;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn validate(args: &[&Path]) -> (i32, String) {
+    let output = Command::new(WEFT)
+        .arg("validate")
+        .arg("-f")
+        .args(args)
+        .output()
+        .expect("run weft");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.code().unwrap_or(-1), text)
+}
+
+const GOOD: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: shop
+  namespace: retail
+spec:
+  hosts: [shop]
+  http:
+  - route:
+    - destination: {host: shop, subset: v1}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+"#;
+
+const BAD: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 50
+    - destination: {host: reviews, subset: v2}
+      weight: 150
+---
+apiVersion: networking.istio.io/v2
+kind: VirtualService
+metadata:
+  name: future
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+spec: {}
+"#;
+
+#[test]
+fn valid_files_pass_and_other_kinds_are_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("good.yaml"), GOOD).expect("write");
+    let (code, out) = validate(&[dir.path()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("1 valid resources in 1 files, 1 skipped"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_problem_is_named_by_file_resource_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, BAD).expect("write");
+    let (code, out) = validate(&[&bad]);
+    assert_eq!(code, 1, "{out}");
+    let file = bad.display().to_string();
+    assert!(
+        out.contains(&format!(
+            "{file}: VirtualService default/reviews: spec.http[0].route[1].weight: must be 0..100"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{file}: VirtualService default/future: apiVersion: \"networking.istio.io/v2\" is not served"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{file}: PeerAuthentication default/: metadata.name: Required value"
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_yaml_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, "{\"kind\": ").expect("write");
+    let (code, out) = validate(&[&broken]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("{}: not valid YAML or JSON", broken.display())),
+        "{out}"
+    );
+}
