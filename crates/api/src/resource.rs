@@ -76,6 +76,18 @@ fn decode_object<S: Spec>(value: Value) -> Result<Object<S>, Vec<FieldError>> {
     let mut errors = FieldErrors::default();
     if object.metadata.name.is_empty() {
         errors.push("metadata.name", "Required value");
+    } else if !is_dns1123_subdomain(&object.metadata.name) {
+        errors.push(
+            "metadata.name",
+            "must be lowercase letters, digits, '-' and '.', starting and ending with a letter or digit (RFC 1123)",
+        );
+    }
+    let namespace = &object.metadata.namespace;
+    if !(namespace.is_empty() || namespace.len() <= 63 && is_dns1123_label(namespace)) {
+        errors.push(
+            "metadata.namespace",
+            "must be at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+        );
     }
     object.spec.validate(&object.metadata, &mut errors);
     if errors.is_empty() {
@@ -83,6 +95,21 @@ fn decode_object<S: Spec>(value: Value) -> Result<Object<S>, Vec<FieldError>> {
     } else {
         Err(errors.into_vec())
     }
+}
+
+/// Kubernetes object names: RFC 1123 labels joined by dots, at most 253.
+fn is_dns1123_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns1123_label)
+}
+
+fn is_dns1123_label(label: &str) -> bool {
+    let bytes = label.as_bytes();
+    !bytes.is_empty()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
 }
 
 macro_rules! kinds {
@@ -104,6 +131,21 @@ macro_rules! kinds {
                 match self {
                     $(Self::$kind(object) => &object.metadata,)*
                 }
+            }
+
+            pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                match self {
+                    $(Self::$kind(object) => &mut object.metadata,)*
+                }
+            }
+
+            /// The whole object as JSON, as a user would write it.
+            pub fn to_value(&self) -> Value {
+                let encoded = match self {
+                    $(Self::$kind(object) => serde_json::to_value(object),)*
+                };
+                // Serializing plain structs of strings, numbers and maps cannot fail.
+                encoded.unwrap_or(Value::Null)
             }
 
             /// The group of a kind Weft understands.

@@ -1,0 +1,234 @@
+//! The config store: Istio resources keyed by kind, namespace and name, each
+//! with a resource version, persisted so a restart loses nothing.
+//!
+//! Contract:
+//! - An apply request is validated whole before anything changes: one
+//!   invalid object and nothing of that request is applied.
+//! - Every change bumps the store's revision; subscribers are told the new
+//!   revision (a `watch`, so a slow reader only ever sees the latest).
+//! - Re-applying an identical object changes nothing and keeps its version.
+
+mod disk;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::RwLock;
+
+use tokio::sync::watch;
+use weft_api::{Problem, Resource, decode_str};
+
+use disk::Disk;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ResourceKey {
+    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
+        Self {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn of(resource: &Resource) -> Self {
+        let meta = resource.metadata();
+        Self::new(resource.kind(), &meta.namespace, &meta.name)
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub resource: Resource,
+    pub resource_version: u64,
+}
+
+/// What an apply or delete did to one resource, in kubectl's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub key: ResourceKey,
+    pub change: Change,
+    pub resource_version: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("nothing was applied; {} problem(s):\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+    #[error("cannot persist the change, nothing was applied: {0}")]
+    Persist(std::io::Error),
+    #[error("stored state in {path} is unreadable: {message}")]
+    Corrupt { path: String, message: String },
+}
+
+#[derive(Default)]
+struct State {
+    resources: BTreeMap<ResourceKey, Stored>,
+    revision: u64,
+}
+
+pub struct Store {
+    state: RwLock<State>,
+    revisions: watch::Sender<u64>,
+    disk: Option<Disk>,
+}
+
+impl Store {
+    /// A store that forgets everything on exit (tests, dry runs).
+    pub fn in_memory() -> Self {
+        Self::with(State::default(), None)
+    }
+
+    /// A store persisted under `dir`, loading what an earlier run left.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let disk = Disk::open(dir)?;
+        let mut state = State::default();
+        for stored in disk.load()? {
+            state.revision = state.revision.max(stored.resource_version);
+            state
+                .resources
+                .insert(ResourceKey::of(&stored.resource), stored);
+        }
+        Ok(Self::with(state, Some(disk)))
+    }
+
+    fn with(state: State, disk: Option<Disk>) -> Self {
+        let (revisions, _) = watch::channel(state.revision);
+        Self {
+            state: RwLock::new(state),
+            revisions,
+            disk,
+        }
+    }
+
+    /// Decodes and validates `text` (multi-document YAML or JSON) and applies
+    /// every resource in it, or nothing if any object is invalid.
+    pub fn apply_text(&self, text: &str, source: &str) -> Result<Vec<Applied>, StoreError> {
+        let decoded = decode_str(text, source);
+        if !decoded.problems.is_empty() {
+            return Err(StoreError::Invalid(decoded.problems));
+        }
+        self.apply(decoded.resources)
+    }
+
+    /// Applies already validated resources, all or nothing.
+    pub fn apply(&self, resources: Vec<Resource>) -> Result<Vec<Applied>, StoreError> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut revision = state.revision;
+        let mut writes = Vec::new();
+        let mut report = Vec::new();
+        let mut pending: BTreeMap<ResourceKey, Stored> = BTreeMap::new();
+        for mut resource in resources {
+            let meta = resource.metadata_mut();
+            if meta.namespace.is_empty() {
+                meta.namespace = "default".to_string();
+            }
+            meta.other.remove("resourceVersion");
+            let key = ResourceKey::of(&resource);
+            let current = pending.get(&key).or_else(|| state.resources.get(&key));
+            let change = match current {
+                Some(stored) if stored.resource == resource => {
+                    report.push(Applied {
+                        key,
+                        change: Change::Unchanged,
+                        resource_version: stored.resource_version,
+                    });
+                    continue;
+                }
+                Some(_) => Change::Configured,
+                None => Change::Created,
+            };
+            revision += 1;
+            let stored = Stored {
+                resource,
+                resource_version: revision,
+            };
+            writes.push(stored.clone());
+            report.push(Applied {
+                key: key.clone(),
+                change,
+                resource_version: revision,
+            });
+            pending.insert(key, stored);
+        }
+        if let Some(disk) = &self.disk {
+            disk.write_all(&writes).map_err(StoreError::Persist)?;
+        }
+        if revision != state.revision {
+            state.resources.extend(pending);
+            state.revision = revision;
+            self.revisions.send_replace(revision);
+        }
+        Ok(report)
+    }
+
+    /// Deletes one resource; `None` if it did not exist.
+    pub fn delete(&self, key: &ResourceKey) -> Result<Option<Applied>, StoreError> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if !state.resources.contains_key(key) {
+            return Ok(None);
+        }
+        if let Some(disk) = &self.disk {
+            disk.remove(key).map_err(StoreError::Persist)?;
+        }
+        state.resources.remove(key);
+        state.revision += 1;
+        let revision = state.revision;
+        self.revisions.send_replace(revision);
+        Ok(Some(Applied {
+            key: key.clone(),
+            change: Change::Deleted,
+            resource_version: revision,
+        }))
+    }
+
+    pub fn get(&self, key: &ResourceKey) -> Option<Stored> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state.resources.get(key).cloned()
+    }
+
+    /// Resources of a kind (any kind if `None`) in a namespace (any if
+    /// `None`), ordered by kind, namespace and name.
+    pub fn list(&self, kind: Option<&str>, namespace: Option<&str>) -> Vec<Stored> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state
+            .resources
+            .iter()
+            .filter(|(key, _)| kind.is_none_or(|k| key.kind == k))
+            .filter(|(key, _)| namespace.is_none_or(|n| key.namespace == n))
+            .map(|(_, stored)| stored.clone())
+            .collect()
+    }
+
+    /// The revision of the last change (0 for an empty, new store).
+    pub fn revision(&self) -> u64 {
+        *self.revisions.borrow()
+    }
+
+    /// Told the revision after every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revisions.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests;
