@@ -1,3 +1,14 @@
-//! weftd, Weft's control plane. So far: the config store.
+//! weftd, Weft's control plane (Istio's istiod).
+//!
+//! One direction of flow: [`store`] (validated Istio resources) and
+//! [`registry`] (workloads and services) feed the [`compiler`], which turns
+//! the mesh into each proxy's config; [`push`] streams it to the proxies
+//! and records their ACK/NACK in [`status`]; [`api`] serves `weft apply`,
+//! `get`, `delete` and `proxy-status`.
 
+pub mod api;
+pub mod compiler;
+pub mod push;
+pub mod registry;
+pub mod status;
 pub mod store;

@@ -1,12 +1,21 @@
 //! Messages between weftd and weft-proxy.
 //!
-//! [`proxy::v1::ProxyConfig`] is the compiled, proxy-shaped config. The types are
-//! generated from `proto/` by prost, with serde impls (pbjson) following the
-//! proto3 JSON mapping, so the same messages load from a YAML or JSON file.
+//! - [`proxy::v1::ProxyConfig`]: the compiled, proxy-shaped config. The same
+//!   messages load from a YAML or JSON file (pbjson serde impls following the
+//!   proto3 JSON mapping).
+//! - [`discovery::v1`]: the push stream (delta-xDS semantics) that carries
+//!   those messages from weftd to each proxy, as named, versioned resources.
 
 pub mod proxy {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/weft.proxy.v1.rs"));
         include!(concat!(env!("OUT_DIR"), "/weft.proxy.v1.serde.rs"));
+    }
+}
+
+pub mod discovery {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/weft.discovery.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/weft.discovery.v1.serde.rs"));
     }
 }

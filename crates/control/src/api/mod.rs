@@ -1,0 +1,1 @@
+//! The weftd HTTP API (placeholder: being built).

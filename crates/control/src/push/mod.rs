@@ -1,0 +1,1 @@
+//! The push server (placeholder: being built).
