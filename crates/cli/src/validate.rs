@@ -1,4 +1,5 @@
-//! `weft validate -f PATH...`
+//! `weft validate -f PATH...`, and the file reading `apply` and `delete`
+//! share with it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -6,32 +7,29 @@ use std::process::ExitCode;
 
 use weft_api::{Decoded, decode_file, decode_str};
 
+/// What `-f PATH...` named: the files read, what they decode to, and the
+/// directories that could not be listed.
+pub(crate) struct Inputs {
+    pub files: Vec<PathBuf>,
+    pub decoded: Decoded,
+    pub unreadable: Vec<String>,
+}
+
 pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
-    let mut files = Vec::new();
-    let mut total = Decoded::default();
-    let mut unreadable = 0;
-    for path in paths {
-        if path.as_os_str() == "-" {
-            let mut text = String::new();
-            if let Err(err) = std::io::stdin().read_to_string(&mut text) {
-                eprintln!("weft validate: cannot read stdin: {err}");
-                return ExitCode::FAILURE;
-            }
-            files.push(path.clone());
-            total.absorb(decode_str(&text, "<stdin>"));
-        } else if path.is_dir() {
-            let before = files.len();
-            if let Err(err) = collect_files(path, &mut files) {
-                println!("{}: cannot list directory: {err}", path.display());
-                unreadable += 1;
-            }
-            for file in &files[before..] {
-                total.absorb(decode_file(file));
-            }
-        } else {
-            files.push(path.clone());
-            total.absorb(decode_file(path));
+    let inputs = match decode_paths(paths) {
+        Ok(inputs) => inputs,
+        Err(err) => {
+            eprintln!("weft validate: {err}");
+            return ExitCode::FAILURE;
         }
+    };
+    let Inputs {
+        files,
+        decoded: total,
+        unreadable,
+    } = inputs;
+    for line in &unreadable {
+        println!("{line}");
     }
     for problem in &total.problems {
         println!("{problem}");
@@ -45,7 +43,7 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
         0 => String::new(),
         n => format!(", {n} skipped (kinds Weft does not use; -v lists them)"),
     };
-    if total.problems.is_empty() && unreadable == 0 {
+    if total.problems.is_empty() && unreadable.is_empty() {
         println!(
             "{} valid resources in {} files{skipped}",
             total.resources.len(),
@@ -55,12 +53,72 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
     } else {
         println!(
             "{} problems; {} valid resources in {} files{skipped}",
-            total.problems.len() + unreadable,
+            total.problems.len() + unreadable.len(),
             total.resources.len(),
             files.len()
         );
         ExitCode::FAILURE
     }
+}
+
+/// Decodes every file named (directories recursively, `-` for stdin).
+/// Fails only when stdin cannot be read; unreadable files are problems.
+pub(crate) fn decode_paths(paths: &[PathBuf]) -> Result<Inputs, String> {
+    let mut inputs = Inputs {
+        files: Vec::new(),
+        decoded: Decoded::default(),
+        unreadable: Vec::new(),
+    };
+    for path in paths {
+        if path.as_os_str() == "-" {
+            inputs.files.push(path.clone());
+            inputs.decoded.absorb(decode_str(&read_stdin()?, "<stdin>"));
+        } else if path.is_dir() {
+            let before = inputs.files.len();
+            if let Err(err) = collect_files(path, &mut inputs.files) {
+                inputs
+                    .unreadable
+                    .push(format!("{}: cannot list directory: {err}", path.display()));
+            }
+            for file in &inputs.files[before..] {
+                inputs.decoded.absorb(decode_file(file));
+            }
+        } else {
+            inputs.files.push(path.clone());
+            inputs.decoded.absorb(decode_file(path));
+        }
+    }
+    Ok(inputs)
+}
+
+/// The text of every file named, with the name to show for it.
+pub(crate) fn read_texts(paths: &[PathBuf]) -> Result<Vec<(String, String)>, String> {
+    let mut files = Vec::new();
+    let mut texts = Vec::new();
+    for path in paths {
+        if path.as_os_str() == "-" {
+            texts.push(("<stdin>".to_string(), read_stdin()?));
+        } else if path.is_dir() {
+            collect_files(path, &mut files)
+                .map_err(|err| format!("{}: cannot list directory: {err}", path.display()))?;
+        } else {
+            files.push(path.clone());
+        }
+        for file in files.drain(..) {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|err| format!("{}: cannot read: {err}", file.display()))?;
+            texts.push((file.display().to_string(), text));
+        }
+    }
+    Ok(texts)
+}
+
+fn read_stdin() -> Result<String, String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|err| format!("cannot read stdin: {err}"))?;
+    Ok(text)
 }
 
 /// YAML and JSON files under `dir`, sorted, recursively.

@@ -36,10 +36,12 @@ impl StatusBoard {
     /// Creates the entry if needed, then lets `change` edit it.
     pub fn update(&self, id: &str, change: impl FnOnce(&mut ProxyStatus)) {
         let mut proxies = self.proxies.write().unwrap_or_else(|p| p.into_inner());
-        let entry = proxies.entry(id.to_string()).or_insert_with(|| ProxyStatus {
-            id: id.to_string(),
-            ..ProxyStatus::default()
-        });
+        let entry = proxies
+            .entry(id.to_string())
+            .or_insert_with(|| ProxyStatus {
+                id: id.to_string(),
+                ..ProxyStatus::default()
+            });
         change(entry);
     }
 

@@ -19,3 +19,5 @@ pub mod discovery {
         include!(concat!(env!("OUT_DIR"), "/weft.discovery.v1.serde.rs"));
     }
 }
+
+pub mod resources;

@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod state;
 pub mod tcp;
 pub mod upstream;
+pub mod xds;

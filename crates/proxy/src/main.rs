@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use weft_proxy::admin::{self, Surface};
 use weft_proxy::config::watch::{read_config, watch_file};
 use weft_proxy::state::ProxyState;
+use weft_proxy::xds::{self, node};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -21,8 +22,19 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(name = "weft-proxy", version)]
 struct Args {
     /// Proxy config file (YAML or JSON rendering of weft.proxy.v1.ProxyConfig).
-    #[arg(long, short = 'c')]
-    config: PathBuf,
+    #[arg(
+        long,
+        short = 'c',
+        required_unless_present = "control_plane",
+        conflicts_with = "control_plane"
+    )]
+    config: Option<PathBuf>,
+    /// weftd's discovery address (host:port): take config from the control
+    /// plane instead of a file.
+    #[arg(long)]
+    control_plane: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Admin endpoint: /config_dump, /ready, /clusters, /quitquitquit.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -41,6 +53,53 @@ struct Args {
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "500ms")]
     reload_interval: humantime::Duration,
+}
+
+/// Who this proxy's workload is (sent to weftd with --control-plane).
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// Unique proxy id (default: WORKLOAD.NAMESPACE).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// The workload's name.
+    #[arg(long, default_value = "weft-proxy")]
+    workload: String,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// A workload label, KEY=VALUE (repeatable), e.g. app=reviews.
+    #[arg(long = "label", value_parser = node::parse_label)]
+    labels: Vec<(String, String)>,
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// The address other proxies reach this workload at.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// A port the workload serves, PORT[/PROTOCOL] (repeatable).
+    #[arg(long = "port", value_parser = node::parse_port)]
+    ports: Vec<weft_proto::discovery::v1::WorkloadPort>,
+    /// Traffic is intercepted: ask for the 15001/15006 capture listeners.
+    #[arg(long)]
+    capture: bool,
+    /// An explicit listener, ADDRESS=SERVICE[:PORT] or ADDRESS (repeatable).
+    #[arg(long = "listen", value_parser = node::parse_listener)]
+    listeners: Vec<weft_proto::discovery::v1::ExplicitListener>,
+}
+
+impl NodeArgs {
+    fn into_node(self) -> weft_proto::discovery::v1::Node {
+        node::NodeFlags {
+            id: self.node_id,
+            workload: self.workload,
+            namespace: self.namespace,
+            labels: self.labels,
+            service_account: self.service_account,
+            address: self.address,
+            ports: self.ports,
+            capture: self.capture,
+            listeners: self.listeners,
+        }
+        .into_node()
+    }
 }
 
 fn main() -> ExitCode {
@@ -75,10 +134,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
 
     let state = ProxyState::new(data.handle().clone());
-    let source = args.config.display().to_string();
-    // At start-up there is no last good config to fall back on: refuse to run.
-    let initial = read_config(&args.config)?;
-    state.apply(initial, &source)?;
+    if let Some(path) = &args.config {
+        // At start-up there is no last good config to fall back on: refuse to run.
+        let initial = read_config(path)?;
+        state.apply(initial, &path.display().to_string())?;
+    }
 
     control.block_on(async {
         for (surface, address) in [
@@ -93,14 +153,19 @@ fn run(args: Args) -> anyhow::Result<()> {
                 })?;
             tokio::spawn(server);
         }
-        tokio::spawn(watch_file(
-            args.config.clone(),
-            args.reload_interval.into(),
-            {
-                let state = state.clone();
-                move |parsed| reload(&state, parsed, &source)
-            },
-        ));
+        match (&args.config, args.control_plane) {
+            (Some(path), _) => {
+                let source = path.display().to_string();
+                tokio::spawn(watch_file(path.clone(), args.reload_interval.into(), {
+                    let state = state.clone();
+                    move |parsed| reload(&state, parsed, &source)
+                }));
+            }
+            (None, Some(address)) => {
+                tokio::spawn(xds::run(address, args.node.into_node(), state.clone()));
+            }
+            (None, None) => anyhow::bail!("give --config FILE or --control-plane ADDRESS"),
+        }
         wait_for_shutdown(&state).await?;
         // Drain on the data runtime while this one keeps the admin endpoints
         // answering (`/ready` says DRAINING).

@@ -7,6 +7,7 @@ pub mod client;
 pub mod grpc;
 pub mod netns;
 pub mod proxy;
+pub mod weftd;
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};

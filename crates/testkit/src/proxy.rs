@@ -23,18 +23,35 @@ pub struct ProxyProcess {
 /// (e.g. `ip netns exec NAME setpriv --reuid 1337 ...`).
 pub struct ProxyOptions<'a> {
     pub binary: &'a Path,
-    pub config: &'a str,
+    /// A config file's content, or `None` with `--control-plane` in `args`.
+    pub config: Option<&'a str>,
     pub prefix: Vec<String>,
     pub admin: Option<SocketAddr>,
+    /// More flags, e.g. `--control-plane ADDR --node-id a`.
+    pub args: Vec<String>,
 }
 
 impl<'a> ProxyOptions<'a> {
     pub fn new(binary: &'a Path, config: &'a str) -> Self {
         Self {
             binary,
-            config,
+            config: Some(config),
             prefix: Vec::new(),
             admin: None,
+            args: Vec::new(),
+        }
+    }
+
+    /// A proxy fed by weftd at `control_plane`, with node flags in `args`.
+    pub fn control_plane(binary: &'a Path, control_plane: SocketAddr, args: &[&str]) -> Self {
+        let mut all = vec!["--control-plane".to_string(), control_plane.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self {
+            binary,
+            config: None,
+            prefix: Vec::new(),
+            admin: None,
+            args: all,
         }
     }
 }
@@ -55,18 +72,22 @@ impl ProxyProcess {
         // Readable by an unprivileged proxy UID too.
         set_mode(dir.path(), 0o755)?;
         let config_path = dir.path().join("proxy.yaml");
-        std::fs::write(&config_path, options.config)?;
-        set_mode(&config_path, 0o644)?;
+        if let Some(config) = options.config {
+            std::fs::write(&config_path, config)?;
+            set_mode(&config_path, 0o644)?;
+        }
         let log = std::fs::File::create(dir.path().join("proxy.log"))?;
         let admin = options.admin.unwrap_or_else(crate::free_addr);
         let (health, metrics) = (crate::free_addr(), crate::free_addr());
         let mut argv: Vec<String> = options.prefix.clone();
         argv.push(options.binary.display().to_string());
         let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
+        if options.config.is_some() {
+            command.arg("--config").arg(&config_path);
+        }
         command
-            .args(&argv[1..])
-            .arg("--config")
-            .arg(&config_path)
+            .args(&options.args)
             .arg("--admin")
             .arg(admin.to_string())
             .arg("--health")

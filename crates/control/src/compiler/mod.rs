@@ -1,22 +1,169 @@
-//! Mesh state → each proxy's config (placeholder: being built).
+//! Mesh state → each proxy's config.
+//!
+//! [`MeshIndex::build`] does the proxy-independent work once per mesh change:
+//! the registry (services, endpoints, VIPs), every cluster, and every
+//! service's ports with the routes of each VirtualService that could apply.
+//! [`MeshIndex::proxy_config`] then only selects (visibility, Sidecar scope,
+//! which VirtualService the proxy may see) and adds the per-proxy parts
+//! (listeners, inbound ports, short-name aliases), so it stays cheap for
+//! many proxies × many services.
+//!
+//! The output always passes the proxy's own validation
+//! (`weft_proxy::config::Snapshot::compile`); anything that cannot be
+//! expressed is left out and reported by [`MeshIndex::warnings`] (mesh-wide)
+//! or [`ProxyOutput::warnings`] (one proxy).
+
+mod clusters;
+mod hosts;
+mod ports;
+mod proxy;
+mod routes;
+mod scope;
+
+use std::collections::BTreeMap;
 
 use weft_api::Resource;
 use weft_proto::discovery::v1::Node;
-use weft_proto::proxy::v1::ProxyConfig;
+use weft_proto::proxy::v1::{self as pb, ProxyConfig};
 
-use crate::registry::Workload;
+use self::hosts::{HostIndex, Visibility, kube_aliases, kube_parts};
+use self::routes::CompiledVs;
+use self::scope::Sidecars;
+use crate::registry::{Registry, Workload};
+
+pub use self::proxy::ProxyOutput;
 
 /// Everything proxy-independent, compiled once per mesh change.
 #[derive(Debug, Default)]
-pub struct MeshIndex {}
+pub struct MeshIndex {
+    /// Sorted by (hostname, namespace).
+    services: Vec<CompiledService>,
+    clusters: BTreeMap<String, pb::Cluster>,
+    sidecars: Sidecars,
+    warnings: Vec<String>,
+}
+
+/// One service, ready to hand out.
+#[derive(Debug)]
+struct CompiledService {
+    name: String,
+    /// Lower-cased name, for the proxy's case-insensitive host lookup.
+    key: String,
+    namespace: String,
+    visibility: Visibility,
+    /// Names valid from every namespace (`x.ns.svc`, `x.ns`).
+    aliases: Vec<String>,
+    /// `(short name, its namespace)`: `x` works only from inside `ns`.
+    short: Option<(String, String)>,
+    vips: Vec<String>,
+    /// Ports without any VirtualService.
+    plain_ports: Vec<pb::ServicePort>,
+    /// Ports as each applicable VirtualService routes them, preferred first.
+    routed: Vec<RoutedPorts>,
+}
+
+#[derive(Debug)]
+struct RoutedPorts {
+    /// The VirtualService's `exportTo`.
+    visibility: Visibility,
+    ports: Vec<pb::ServicePort>,
+}
 
 impl MeshIndex {
-    pub fn build(_resources: &[Resource], _workloads: &[Workload]) -> Self {
-        Self {}
+    pub fn build(resources: &[Resource], workloads: &[Workload]) -> Self {
+        let registry = Registry::build(resources, workloads);
+        let mut warnings = registry.warnings().to_vec();
+        let services = registry.services();
+        let hosts = HostIndex::new(services);
+        let mut clusters = clusters::build(&registry, &hosts, resources, &mut warnings);
+
+        let mut virtual_services: Vec<CompiledVs> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::VirtualService(object) => CompiledVs::new(object, &mut warnings),
+                _ => None,
+            })
+            .collect();
+        virtual_services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        // Per service: (matched through a wildcard, VirtualService index).
+        // Istio gives each host one VirtualService: exact over wildcard, then
+        // the first by namespace and name.
+        let mut candidates: BTreeMap<usize, BTreeMap<usize, bool>> = BTreeMap::new();
+        for (vs_index, vs) in virtual_services.iter().enumerate() {
+            for host in &vs.hosts {
+                for (service, wildcard) in hosts.matching(host, &vs.namespace) {
+                    let held = candidates.entry(service).or_default().entry(vs_index);
+                    let entry = held.or_insert(wildcard);
+                    *entry &= wildcard;
+                }
+            }
+        }
+
+        let mut compiled = Vec::with_capacity(services.len());
+        for (index, service) in services.iter().enumerate() {
+            let mut order: Vec<(bool, usize)> = candidates
+                .get(&index)
+                .map(|c| c.iter().map(|(vs, wildcard)| (*wildcard, *vs)).collect())
+                .unwrap_or_default();
+            order.sort();
+            let routed = order
+                .into_iter()
+                .map(|(_, vs_index)| {
+                    let vs = &virtual_services[vs_index];
+                    let ports = service
+                        .ports
+                        .iter()
+                        .map(|port| {
+                            let mut out = ports::service_port(port);
+                            if ports::carries_http(port) {
+                                out.routes =
+                                    vs.routes(port, services, &hosts, &mut clusters, &mut warnings);
+                            }
+                            out
+                        })
+                        .collect();
+                    RoutedPorts {
+                        visibility: vs.visibility.clone(),
+                        ports,
+                    }
+                })
+                .collect();
+            let key = service.hostname.to_ascii_lowercase();
+            compiled.push(CompiledService {
+                name: service.hostname.clone(),
+                namespace: service.namespace.clone(),
+                visibility: Visibility::from_export_to(&service.export_to, &service.namespace),
+                aliases: kube_aliases(&key),
+                short: kube_parts(&key).map(|(short, ns)| (short.to_string(), ns.to_string())),
+                vips: service.vips.iter().map(ToString::to_string).collect(),
+                plain_ports: service.ports.iter().map(ports::service_port).collect(),
+                routed,
+                key,
+            });
+        }
+        let sidecars = Sidecars::build(resources, &mut warnings);
+        Self {
+            services: compiled,
+            clusters,
+            sidecars,
+            warnings,
+        }
     }
 
     /// The config of one proxy.
-    pub fn proxy_config(&self, _node: &Node) -> ProxyConfig {
-        ProxyConfig::default()
+    pub fn proxy_config(&self, node: &Node) -> ProxyConfig {
+        self.compile(node).config
+    }
+
+    /// Mesh-wide problems: config left out because the proxy model cannot
+    /// express it yet, conflicts, dangling references. Stable for a given
+    /// input, so a caller can log them once per mesh change.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 }
+
+#[cfg(test)]
+mod corpus_tests;
+#[cfg(test)]
+mod tests;

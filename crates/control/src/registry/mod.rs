@@ -1,9 +1,31 @@
-//! Workloads and services, from every source (placeholder: being built).
+//! The service registry: every service and endpoint the mesh knows, from
+//! every source, in one plain shape.
+//!
+//! Sources (today [`service_entry`]: ServiceEntry + WorkloadEntry + connected
+//! proxies; later Kubernetes Services, EndpointSlices and Pods) only *add*
+//! [`ServiceDef`]s and [`EndpointDef`]s to a [`Registry`]. The compiler reads
+//! nothing else, so a new source never changes the compiler.
+//!
+//! Contract: after [`Registry::build`], services are sorted by
+//! `(hostname, namespace)`, each `(hostname, namespace)` appears once, every
+//! non-wildcard service has at least one VIP, and no VIP belongs to two
+//! services.
 
-use std::collections::BTreeMap;
+mod service_entry;
+mod vip;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use weft_api::Resource;
 use weft_proto::discovery::v1::Node;
+
+pub use vip::{AUTO_VIP_RANGE, auto_vip};
+
+/// Where Istio keeps mesh-wide config (root Sidecar, ...).
+pub const ROOT_NAMESPACE: &str = "istio-system";
+/// Namespace of a resource or proxy that does not name one.
+pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// One instance of a workload: a connected proxy's app, or a WorkloadEntry.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +35,15 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     pub address: IpAddr,
+    /// Ports the workload serves (from the proxy's Hello).
+    pub ports: Vec<WorkloadPort>,
+}
+
+/// A port a workload serves; `name` matches a service port's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadPort {
+    pub name: String,
+    pub port: u32,
 }
 
 impl Workload {
@@ -21,10 +52,259 @@ impl Workload {
     pub fn from_node(node: &Node) -> Option<Self> {
         Some(Self {
             name: node.workload.clone(),
-            namespace: node.namespace.clone(),
+            namespace: namespace_or_default(&node.namespace).to_string(),
             labels: node.labels.clone(),
             service_account: node.service_account.clone(),
             address: node.address.parse().ok()?,
+            ports: node
+                .ports
+                .iter()
+                .map(|p| WorkloadPort {
+                    name: p.name.clone(),
+                    port: p.port,
+                })
+                .collect(),
         })
     }
 }
+
+/// `""` means the default namespace, as Kubernetes has it.
+pub fn namespace_or_default(namespace: &str) -> &str {
+    if namespace.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        namespace
+    }
+}
+
+/// What a service port carries, in Istio's vocabulary (ServiceEntry
+/// `protocol`; on Kubernetes the port name prefix or `appProtocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PortProtocol {
+    Http,
+    Http2,
+    Grpc,
+    GrpcWeb,
+    Https,
+    Tls,
+    Tcp,
+    Mongo,
+    Mysql,
+    Redis,
+    Udp,
+    /// Not declared or not known: detect from the first bytes.
+    Unknown,
+}
+
+impl PortProtocol {
+    /// Case-insensitive, as Istio parses it.
+    pub fn parse(name: &str) -> Self {
+        match name.to_ascii_lowercase().as_str() {
+            "http" | "http_proxy" => Self::Http,
+            "http2" => Self::Http2,
+            "grpc" => Self::Grpc,
+            "grpc-web" => Self::GrpcWeb,
+            "https" => Self::Https,
+            "tls" => Self::Tls,
+            "tcp" => Self::Tcp,
+            "mongo" => Self::Mongo,
+            "mysql" => Self::Mysql,
+            "redis" => Self::Redis,
+            "udp" => Self::Udp,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// ServiceEntry `resolution`: how the proxy finds endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Resolution {
+    /// Forward to the address the client dialed.
+    #[default]
+    None,
+    /// Endpoints are listed (or selected).
+    Static,
+    /// Endpoints are DNS names resolved by the proxy.
+    Dns,
+}
+
+/// ServiceEntry `location`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Location {
+    #[default]
+    MeshExternal,
+    MeshInternal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortDef {
+    pub number: u32,
+    pub name: String,
+    pub protocol: PortProtocol,
+    /// Where endpoints listen when they do not say (`targetPort`).
+    pub target_port: Option<u32>,
+}
+
+/// A service, whatever source it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceDef {
+    /// As written by the user: FQDN, short name or `*.suffix` wildcard.
+    pub hostname: String,
+    pub namespace: String,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePortDef>,
+    /// Istio `exportTo` values as written (`*`, `.`, `~`, namespaces).
+    pub export_to: Vec<String>,
+    pub resolution: Resolution,
+    pub location: Location,
+}
+
+impl ServiceDef {
+    pub fn id(&self) -> ServiceId {
+        ServiceId {
+            hostname: self.hostname.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        self.hostname.starts_with('*')
+    }
+}
+
+/// A service's identity: the same host may exist in several namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceId {
+    pub hostname: String,
+    pub namespace: String,
+}
+
+/// One address serving a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointDef {
+    pub address: IpAddr,
+    /// Service port name → the port this endpoint listens on; overrides the
+    /// service port's `target_port`.
+    pub ports: BTreeMap<String, u32>,
+    pub labels: BTreeMap<String, String>,
+    /// Relative load-balancing weight; 0 means 1.
+    pub weight: u32,
+    pub workload: String,
+    pub service_account: String,
+}
+
+impl EndpointDef {
+    /// The port this endpoint serves `port` on.
+    pub fn port_for(&self, port: &ServicePortDef) -> u32 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
+}
+
+/// All services and their endpoints.
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    services: Vec<ServiceDef>,
+    ids: BTreeSet<ServiceId>,
+    endpoints: BTreeMap<ServiceId, Vec<EndpointDef>>,
+    workload_groups: Vec<WorkloadGroupDef>,
+    warnings: Vec<String>,
+}
+
+/// A WorkloadGroup, kept as metadata only: Weft does not auto-register VMs
+/// from it yet (a VM joins by connecting its proxy, or by a WorkloadEntry).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadGroupDef {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+}
+
+impl Registry {
+    /// Every source, merged: ServiceEntries with their inline or selected
+    /// endpoints (WorkloadEntries and connected `workloads`).
+    pub fn build(resources: &[Resource], workloads: &[Workload]) -> Self {
+        let mut registry = Self::default();
+        service_entry::collect(resources, workloads, &mut registry);
+        registry.finish();
+        registry
+    }
+
+    /// Adds a service; the first definition of a `(hostname, namespace)`
+    /// wins, later ones are reported.
+    pub fn add_service(&mut self, service: ServiceDef, source: &str) {
+        if !self.ids.insert(service.id()) {
+            self.warnings.push(format!(
+                "{source}: host {:?} is already defined in namespace {:?}; ignored",
+                service.hostname, service.namespace
+            ));
+            return;
+        }
+        self.services.push(service);
+    }
+
+    pub fn add_endpoint(&mut self, service: ServiceId, endpoint: EndpointDef) {
+        self.endpoints.entry(service).or_default().push(endpoint);
+    }
+
+    /// Sorts, removes VIP conflicts, and allocates VIPs for services that
+    /// have none. Call once after all sources have added theirs.
+    pub fn finish(&mut self) {
+        self.services
+            .sort_by(|a, b| (&a.hostname, &a.namespace).cmp(&(&b.hostname, &b.namespace)));
+        vip::resolve(&mut self.services, &mut self.warnings);
+        for endpoints in self.endpoints.values_mut() {
+            // Deterministic order, one entry per address and ports: a
+            // workload both listed in a WorkloadEntry and connected is still
+            // one endpoint, while workloads sharing an IP on different ports
+            // (several on one host or VM) stay distinct.
+            endpoints.sort_by(|a, b| {
+                (a.address, &a.ports, &a.workload).cmp(&(b.address, &b.ports, &b.workload))
+            });
+            endpoints.dedup_by(|later, first| {
+                later.address == first.address && later.ports == first.ports
+            });
+        }
+    }
+
+    pub fn services(&self) -> &[ServiceDef] {
+        &self.services
+    }
+
+    pub fn endpoints(&self, service: &ServiceId) -> &[EndpointDef] {
+        self.endpoints.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn workload_groups(&self) -> &[WorkloadGroupDef] {
+        &self.workload_groups
+    }
+
+    /// Problems found while building (duplicates, conflicting VIPs, ...).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+/// `a ⊆ b`: every label of the selector is on the workload.
+pub fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The YAML spelling of an api enum (`"DNS"`), for enums whose Rust type
+/// the api crate does not export.
+pub(crate) fn enum_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

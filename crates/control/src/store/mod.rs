@@ -9,6 +9,7 @@
 //! - Re-applying an identical object changes nothing and keeps its version.
 
 mod disk;
+pub mod files;
 
 use std::collections::BTreeMap;
 use std::fmt;

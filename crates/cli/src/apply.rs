@@ -1,0 +1,161 @@
+//! `weft apply -f PATH...` and `weft delete (KIND NAME | -f PATH...)`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::client::{Answer, Weftd};
+use crate::validate::{decode_paths, read_texts};
+
+/// Validates every file here first (same decoder as weftd), then sends
+/// them as ONE request, so the apply is all or nothing across files.
+pub fn apply(weftd: &Weftd, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let inputs = decode_paths(paths).map_err(anyhow::Error::msg)?;
+    let decoded = inputs.decoded;
+    if !inputs.unreadable.is_empty() || !decoded.problems.is_empty() {
+        for line in &inputs.unreadable {
+            println!("{line}");
+        }
+        for problem in &decoded.problems {
+            println!("{problem}");
+        }
+        eprintln!(
+            "weft apply: nothing applied; {} problem(s)",
+            inputs.unreadable.len() + decoded.problems.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if !decoded.notices.is_empty() {
+        eprintln!(
+            "weft apply: {} object(s) skipped (kinds Weft does not use; `weft validate -v` lists them)",
+            decoded.notices.len()
+        );
+    }
+    if decoded.resources.is_empty() {
+        bail!("no Istio resources Weft uses in the files given; nothing applied");
+    }
+    // The resources as decoded, in one Kubernetes List: one document keeps
+    // the request whole, and weftd decodes exactly what was checked here.
+    let items: Vec<Value> = decoded.resources.iter().map(|r| r.to_value()).collect();
+    let body =
+        serde_json::to_string(&json!({ "apiVersion": "v1", "kind": "List", "items": items }))?;
+    let source = match inputs.files.as_slice() {
+        [only] => only.display().to_string(),
+        _ => "weft apply".to_string(),
+    };
+    let answer = weftd.post("/v1/apply", body, &source)?;
+    match answer.status {
+        StatusCode::OK => {
+            for applied in array(&answer.body, "applied") {
+                println!(
+                    "{}/{} {}",
+                    qualified(text(applied, "kind")),
+                    text(applied, "name"),
+                    text(applied, "change")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StatusCode::UNPROCESSABLE_ENTITY => {
+            print_problems(&answer);
+            eprintln!("weft apply: weftd refused the request; nothing applied");
+            Ok(ExitCode::FAILURE)
+        }
+        _ => bail!("weftd: {}", answer.error()),
+    }
+}
+
+/// `weft delete KIND NAME [-n NS]`.
+pub fn delete_one(
+    weftd: &Weftd,
+    kind: &str,
+    name: &str,
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
+    let answer = weftd.delete(&format!("/v1/resources/{kind}/{namespace}/{name}"))?;
+    match answer.status {
+        StatusCode::OK => {
+            let deleted = &answer.body["deleted"];
+            print_deleted(deleted);
+            Ok(ExitCode::SUCCESS)
+        }
+        StatusCode::NOT_FOUND => {
+            eprintln!("weft delete: {}", answer.error());
+            Ok(ExitCode::FAILURE)
+        }
+        _ => bail!("weftd: {}", answer.error()),
+    }
+}
+
+/// `weft delete -f PATH...`: one request per file, so messages name it.
+pub fn delete_files(weftd: &Weftd, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let texts = read_texts(paths).map_err(anyhow::Error::msg)?;
+    let mut failed = false;
+    for (source, document) in texts {
+        let answer = weftd.post("/v1/delete", document, &source)?;
+        match answer.status {
+            StatusCode::OK => {
+                for deleted in array(&answer.body, "deleted") {
+                    print_deleted(deleted);
+                }
+                for missing in array(&answer.body, "notFound") {
+                    eprintln!(
+                        "weft delete: {} {}/{} not found",
+                        text(missing, "kind"),
+                        text(missing, "namespace"),
+                        text(missing, "name")
+                    );
+                    failed = true;
+                }
+            }
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                print_problems(&answer);
+                failed = true;
+            }
+            _ => bail!("weftd: {}", answer.error()),
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// kubectl's line: `virtualservice.networking.istio.io "reviews" deleted`.
+fn print_deleted(deleted: &Value) {
+    println!(
+        "{} \"{}\" deleted",
+        qualified(text(deleted, "kind")),
+        text(deleted, "name")
+    );
+}
+
+fn print_problems(answer: &Answer) {
+    for problem in array(&answer.body, "problems") {
+        println!("{}", problem.as_str().unwrap_or_default());
+    }
+}
+
+/// `VirtualService` → `virtualservice.networking.istio.io`, as kubectl
+/// names resources.
+pub fn qualified(kind: &str) -> String {
+    match weft_api::Resource::group_of(kind) {
+        Some(group) => format!("{}.{}", kind.to_ascii_lowercase(), group.name()),
+        None => kind.to_ascii_lowercase(),
+    }
+}
+
+pub fn array<'a>(body: &'a Value, key: &str) -> &'a [Value] {
+    body.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+pub fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or_default()
+}

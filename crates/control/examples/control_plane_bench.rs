@@ -1,0 +1,245 @@
+//! Control-plane load: weftd (a real process) with N services and M
+//! endpoints, P simulated proxies on real gRPC streams. Measures the time
+//! from an endpoint change (`POST /v1/apply`) to every proxy having received
+//! and ACKed it, and weftd's CPU time and RSS.
+//!
+//! cargo run --release -p weft-control --example control_plane_bench -- \
+//!     [--services 1000] [--endpoints 10000] [--proxies 100] [--changes 5]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use weft_proto::discovery::v1::discovery_client::DiscoveryClient;
+use weft_proto::discovery::v1::{Ack, Hello, Node, ProxyMessage, proxy_message};
+use weft_testkit::free_addr;
+use weft_testkit::weftd::WeftdProcess;
+
+struct Options {
+    services: usize,
+    endpoints: usize,
+    proxies: usize,
+    changes: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        services: 1000,
+        endpoints: 10_000,
+        proxies: 100,
+        changes: 5,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    for pair in args[1..].chunks(2) {
+        let value = pair.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        match pair[0].as_str() {
+            "--services" => options.services = value,
+            "--endpoints" => options.endpoints = value,
+            "--proxies" => options.proxies = value,
+            "--changes" => options.changes = value,
+            other => eprintln!("ignoring {other}"),
+        }
+    }
+    options
+}
+
+fn mesh_yaml(options: &Options) -> String {
+    let mut yaml = String::new();
+    for s in 0..options.services {
+        yaml.push_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{s}}}\nspec:\n  hosts: [svc-{s}.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n  workloadSelector: {{labels: {{app: svc-{s}}}}}\n---\n"
+        ));
+    }
+    for e in 0..options.endpoints {
+        yaml.push_str(&endpoint_yaml(e, options.services, 1));
+    }
+    yaml
+}
+
+fn endpoint_yaml(e: usize, services: usize, weight: u32) -> String {
+    let s = e % services.max(1);
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: ep-{e}}}\nspec:\n  address: 10.{}.{}.{}\n  ports: {{http: 8080}}\n  weight: {weight}\n  labels: {{app: svc-{s}}}\n---\n",
+        (e >> 16) & 255,
+        (e >> 8) & 255,
+        e & 255
+    )
+}
+
+/// Time each simulated proxy last received and ACKed a push.
+type Received = Arc<Mutex<Vec<Option<Instant>>>>;
+
+async fn simulated_proxy(
+    index: usize,
+    grpc: std::net::SocketAddr,
+    received: Received,
+) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
+        .connect()
+        .await?;
+    let mut client = DiscoveryClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let node = Node {
+        id: format!("sim-{index}"),
+        workload: format!("sim-{index}"),
+        namespace: "default".into(),
+        ..Node::default()
+    };
+    tx.send(ProxyMessage {
+        message: Some(proxy_message::Message::Hello(Hello {
+            node: Some(node),
+            known_versions: Default::default(),
+        })),
+    })
+    .await?;
+    let mut pushes = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    while let Some(push) = pushes.message().await? {
+        tx.send(ProxyMessage {
+            message: Some(proxy_message::Message::Ack(Ack {
+                nonce: push.nonce,
+                version: push.version,
+                error: String::new(),
+            })),
+        })
+        .await?;
+        received.lock().await[index] = Some(Instant::now());
+    }
+    Ok(())
+}
+
+fn weftd_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, rss_kib)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = options();
+    let weftd_bin = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("weftd"))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate weftd next to this example"))?;
+    let state = tempfile::tempdir()?;
+    let weftd = WeftdProcess::start(
+        &weftd_bin,
+        &state.path().join("store"),
+        free_addr(),
+        free_addr(),
+    )
+    .await?;
+    let pid = weftd
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("weftd has no pid"))?;
+
+    let started = Instant::now();
+    let reply = weftd.apply(&mesh_yaml(&options)).await?;
+    anyhow::ensure!(reply.status == 200, "apply failed: {}", reply.text());
+    println!(
+        "applied {} services and {} endpoints in {:?}",
+        options.services,
+        options.endpoints,
+        started.elapsed()
+    );
+
+    let received: Received = Arc::new(Mutex::new(vec![None; options.proxies]));
+    for index in 0..options.proxies {
+        let received = received.clone();
+        let grpc = weftd.grpc;
+        tokio::spawn(async move {
+            if let Err(err) = simulated_proxy(index, grpc, received).await {
+                eprintln!("simulated proxy {index}: {err}");
+            }
+        });
+    }
+    let connect_started = Instant::now();
+    loop {
+        if received.lock().await.iter().all(Option::is_some) {
+            break;
+        }
+        anyhow::ensure!(
+            connect_started.elapsed() < Duration::from_secs(120),
+            "proxies never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "{} proxies connected and synced in {:?}",
+        options.proxies,
+        connect_started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut delays = Vec::new();
+    for change in 0..options.changes {
+        received.lock().await.iter_mut().for_each(|r| *r = None);
+        let applied = Instant::now();
+        let reply = weftd
+            .apply(&endpoint_yaml(0, options.services, 2 + change as u32))
+            .await?;
+        anyhow::ensure!(reply.status == 200, "apply failed: {}", reply.text());
+        loop {
+            let snapshot = received.lock().await.clone();
+            if snapshot.iter().all(Option::is_some) {
+                delays.extend(
+                    snapshot
+                        .into_iter()
+                        .flatten()
+                        .map(|t| t.duration_since(applied)),
+                );
+                break;
+            }
+            anyhow::ensure!(
+                applied.elapsed() < Duration::from_secs(60),
+                "change {change} never reached every proxy"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    delays.sort();
+    let (cpu, rss) = weftd_usage(pid);
+    println!(
+        "endpoint change → ACK by all {} proxies ({} changes): p50 {:?}, p99 {:?}, max {:?}",
+        options.proxies,
+        options.changes,
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.99),
+        delays.last().copied().unwrap_or_default()
+    );
+    println!(
+        "weftd: {cpu:.1} s CPU in total, RSS {:.1} MiB",
+        rss as f64 / 1024.0
+    );
+    Ok(())
+}

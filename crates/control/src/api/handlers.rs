@@ -1,0 +1,272 @@
+//! One function per API call: store or status board in, JSON reply out.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+use weft_api::{ObjectMeta, Resource};
+
+use super::{Failure, Reply, canonical_kind, error, json_reply, known_kinds};
+use crate::status::StatusBoard;
+use crate::store::{Applied, Change, ResourceKey, Store, StoreError, Stored};
+
+/// `POST /v1/apply`: all or nothing, as the store guarantees.
+pub(super) async fn apply(store: Arc<Store>, text: String, source: String) -> Reply {
+    match blocking(move || store.apply_text(&text, &source)).await {
+        Ok(Ok(applied)) => json_reply(
+            StatusCode::OK,
+            &json!({ "applied": applied.iter().map(applied_json).collect::<Vec<_>>() }),
+        ),
+        Ok(Err(StoreError::Invalid(problems))) => json_reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({ "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+        ),
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(failure) => failure.reply(),
+    }
+}
+
+/// `POST /v1/delete`: deletes every object the documents name. Only kind,
+/// namespace and name are read, so a file that no longer validates can
+/// still be deleted with the command that applied it.
+pub(super) async fn delete_named(store: Arc<Store>, text: &str, source: &str) -> Reply {
+    let named = match named_objects(text, source) {
+        Ok(named) => named,
+        Err(problems) => {
+            return json_reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({ "problems": problems }),
+            );
+        }
+    };
+    let outcome = blocking(move || {
+        let (mut deleted, mut not_found) = (Vec::new(), Vec::new());
+        for key in named.keys {
+            match store.delete(&key)? {
+                Some(applied) => deleted.push(applied_json(&applied)),
+                None => not_found.push(key_json(&key)),
+            }
+        }
+        Ok::<_, StoreError>((deleted, not_found, named.skipped))
+    })
+    .await;
+    match outcome {
+        Ok(Ok((deleted, not_found, skipped))) => json_reply(
+            StatusCode::OK,
+            &json!({ "deleted": deleted, "notFound": not_found, "skipped": skipped }),
+        ),
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(failure) => failure.reply(),
+    }
+}
+
+/// `DELETE /v1/resources/<Kind>/<namespace>/<name>`.
+pub(super) async fn delete_one(
+    store: Arc<Store>,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Reply {
+    let key = match key_of(kind, namespace, name) {
+        Ok(key) => key,
+        Err(failure) => return failure.reply(),
+    };
+    let missing = not_found(&key);
+    match blocking(move || store.delete(&key)).await {
+        Ok(Ok(Some(applied))) => json_reply(
+            StatusCode::OK,
+            &json!({ "deleted": applied_json(&applied) }),
+        ),
+        Ok(Ok(None)) => missing,
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(failure) => failure.reply(),
+    }
+}
+
+/// `GET /v1/resources?kind=K&namespace=N`, both optional.
+pub(super) fn list(store: &Store, query: &str) -> Reply {
+    let mut kind = None;
+    let mut namespace = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "kind" if !value.is_empty() => match canonical_kind(value) {
+                Some(canonical) => kind = Some(canonical),
+                None => return error(StatusCode::BAD_REQUEST, unknown_kind(value)),
+            },
+            "namespace" if !value.is_empty() => namespace = Some(value),
+            _ => {}
+        }
+    }
+    let items: Vec<Value> = store
+        .list(kind, namespace)
+        .iter()
+        .map(stored_json)
+        .collect();
+    json_reply(StatusCode::OK, &json!({ "items": items }))
+}
+
+/// `GET /v1/resources/<Kind>/<namespace>/<name>`.
+pub(super) fn get(store: &Store, kind: &str, namespace: &str, name: &str) -> Reply {
+    match key_of(kind, namespace, name) {
+        Ok(key) => match store.get(&key) {
+            Some(stored) => json_reply(StatusCode::OK, &stored_json(&stored)),
+            None => not_found(&key),
+        },
+        Err(failure) => failure.reply(),
+    }
+}
+
+/// `GET /v1/proxies`.
+pub(super) fn proxies(status: &StatusBoard) -> Reply {
+    let proxies: Vec<Value> = status
+        .list()
+        .iter()
+        .map(|proxy| {
+            let mut value = serde_json::to_value(proxy).unwrap_or(Value::Null);
+            if let Some(object) = value.as_object_mut() {
+                object.insert("synced".into(), Value::Bool(proxy.synced()));
+            }
+            value
+        })
+        .collect();
+    json_reply(StatusCode::OK, &json!({ "proxies": proxies }))
+}
+
+/// The objects a delete body names, and the ones skipped (kinds Weft does
+/// not store); or every problem, so nothing is deleted on a typo.
+struct Named {
+    keys: Vec<ResourceKey>,
+    skipped: Vec<String>,
+}
+
+fn named_objects(text: &str, source: &str) -> Result<Named, Vec<String>> {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(text)
+        .map_err(|err| vec![format!("{source}: not valid YAML or JSON: {err}")])?;
+    let mut named = Named {
+        keys: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut problems = Vec::new();
+    let mut pending: Vec<(usize, Value)> = documents
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| (index + 1, value))
+        .rev()
+        .collect();
+    // A stack rather than recursion: a Kubernetes `List` expands in place.
+    while let Some((document, value)) = pending.pop() {
+        let Value::Object(map) = value else {
+            if !value.is_null() {
+                problems.push(format!(
+                    "{source}: document {document}: expected an object with apiVersion and kind"
+                ));
+            }
+            continue;
+        };
+        let kind = text_field(&map, "kind");
+        if kind == "List"
+            && let Some(Value::Array(items)) = map.get("items")
+        {
+            pending.extend(items.iter().rev().map(|item| (document, item.clone())));
+            continue;
+        }
+        let meta: ObjectMeta = map
+            .get("metadata")
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+            .unwrap_or_default();
+        let label = format!(
+            "{} {}",
+            if kind.is_empty() { "object" } else { &kind },
+            meta.key()
+        );
+        if kind.is_empty() {
+            problems.push(format!(
+                "{source}: document {document}: kind: Required value"
+            ));
+        } else if Resource::group_of(&kind).is_none() {
+            named
+                .skipped
+                .push(format!("{source}: skipped {label}: not a kind Weft stores"));
+        } else if meta.name.is_empty() {
+            problems.push(format!("{source}: {label}: metadata.name: Required value"));
+        } else {
+            let namespace = if meta.namespace.is_empty() {
+                "default"
+            } else {
+                &meta.namespace
+            };
+            named
+                .keys
+                .push(ResourceKey::new(&kind, namespace, &meta.name));
+        }
+    }
+    if problems.is_empty() {
+        Ok(named)
+    } else {
+        Err(problems)
+    }
+}
+
+fn text_field(map: &Map<String, Value>, key: &str) -> String {
+    map.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn key_of(kind: &str, namespace: &str, name: &str) -> Result<ResourceKey, Failure> {
+    match canonical_kind(kind) {
+        Some(kind) => Ok(ResourceKey::new(kind, namespace, name)),
+        None => Err(Failure(StatusCode::NOT_FOUND, unknown_kind(kind))),
+    }
+}
+
+fn unknown_kind(kind: &str) -> String {
+    format!("unknown kind {kind:?}; Weft stores {}", known_kinds())
+}
+
+fn not_found(key: &ResourceKey) -> Reply {
+    error(StatusCode::NOT_FOUND, format!("{key} not found"))
+}
+
+/// The object as stored, with its version where Kubernetes keeps it.
+fn stored_json(stored: &Stored) -> Value {
+    let mut value = stored.resource.to_value();
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(stored.resource_version.to_string()),
+        );
+    }
+    value
+}
+
+fn key_json(key: &ResourceKey) -> Value {
+    json!({ "kind": key.kind, "namespace": key.namespace, "name": key.name })
+}
+
+fn applied_json(applied: &Applied) -> Value {
+    let change = match applied.change {
+        Change::Created => "created",
+        Change::Configured => "configured",
+        Change::Unchanged => "unchanged",
+        Change::Deleted => "deleted",
+    };
+    let mut value = key_json(&applied.key);
+    value["change"] = Value::from(change);
+    value["resourceVersion"] = Value::from(applied.resource_version);
+    value
+}
+
+/// Store changes may write to disk: run them off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(work).await.map_err(|err| {
+        Failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the store operation failed: {err}"),
+        )
+    })
+}

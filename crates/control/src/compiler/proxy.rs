@@ -1,0 +1,238 @@
+//! The per-proxy step: select what one proxy sees from a [`MeshIndex`] and
+//! add its own listeners and inbound ports.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use weft_proto::discovery::v1::Node;
+use weft_proto::proxy::v1::{self as pb, ProxyConfig};
+
+use super::hosts::fqdn;
+use super::ports::{cluster_name, is_server_first};
+use super::{CompiledService, MeshIndex};
+use crate::registry::{PortProtocol, namespace_or_default};
+
+/// Istio's capture ports.
+const OUTBOUND_CAPTURE: &str = "0.0.0.0:15001";
+const INBOUND_CAPTURE: &str = "0.0.0.0:15006";
+
+/// One proxy's config, and what had to be left out of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyOutput {
+    pub config: ProxyConfig,
+    /// Problems specific to this proxy (an explicit listener naming an
+    /// unknown service, a duplicate port, ...).
+    pub warnings: Vec<String>,
+}
+
+impl MeshIndex {
+    /// The config of one proxy, with the problems found compiling it.
+    pub fn compile(&self, node: &Node) -> ProxyOutput {
+        let namespace = namespace_or_default(&node.namespace);
+        let mut warnings = Vec::new();
+        let scope = self.sidecars.for_node(namespace, &node.labels);
+        let visible = |s: &&CompiledService| {
+            s.visibility.allows(namespace)
+                && scope.is_none_or(|scope| scope.allows(namespace, &s.namespace, &s.name))
+        };
+        // One service per hostname (the same host may be defined in several
+        // namespaces): the proxy's own namespace first, else the first.
+        let chosen: Vec<&CompiledService> = self
+            .services
+            .chunk_by(|a, b| a.name == b.name)
+            .filter_map(|group| {
+                group
+                    .iter()
+                    .filter(visible)
+                    .min_by_key(|s| s.namespace != namespace)
+            })
+            .collect();
+
+        // Host → index into `services`. Names are claimed before aliases so
+        // that a real hostname always wins over someone else's alias.
+        let mut claimed: HashMap<String, usize> = HashMap::with_capacity(chosen.len() * 4);
+        let mut services: Vec<pb::Service> = Vec::with_capacity(chosen.len());
+        let mut kept: Vec<&CompiledService> = Vec::with_capacity(chosen.len());
+        for service in chosen {
+            if claimed.contains_key(&service.key) {
+                warnings.push(format!(
+                    "service {:?} differs from another only in case; left out",
+                    service.name
+                ));
+                continue;
+            }
+            claimed.insert(service.key.clone(), services.len());
+            let ports = service
+                .routed
+                .iter()
+                .find(|r| r.visibility.allows(namespace))
+                .map_or(&service.plain_ports, |r| &r.ports);
+            services.push(pb::Service {
+                name: service.name.clone(),
+                namespace: service.namespace.clone(),
+                hosts: vec![service.key.clone()],
+                vips: service.vips.clone(),
+                ports: ports.clone(),
+            });
+            kept.push(service);
+        }
+        for (index, service) in kept.iter().enumerate() {
+            let short = service
+                .short
+                .as_ref()
+                .filter(|(_, ns)| ns == namespace)
+                .map(|(short, _)| short);
+            for alias in service.aliases.iter().chain(short) {
+                if !claimed.contains_key(alias) {
+                    claimed.insert(alias.clone(), index);
+                    services[index].hosts.push(alias.clone());
+                }
+            }
+        }
+
+        let clusters = self.clusters_for(&services);
+        let listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
+        let inbound_ports = inbound_ports(node, &mut warnings);
+        let outbound_traffic_policy = scope
+            .and_then(|s| s.outbound_policy)
+            .unwrap_or(pb::OutboundTrafficPolicy::AllowAny);
+        ProxyOutput {
+            config: ProxyConfig {
+                version: String::new(),
+                listeners,
+                services,
+                clusters,
+                inbound_ports,
+                outbound_traffic_policy: outbound_traffic_policy as i32,
+                protocol_detection_timeout: None,
+            },
+            warnings,
+        }
+    }
+
+    /// The clusters `services` refer to: each port's default cluster and
+    /// every route destination, in name order.
+    fn clusters_for(&self, services: &[pb::Service]) -> Vec<pb::Cluster> {
+        let mut names = BTreeSet::new();
+        for service in services {
+            for port in &service.ports {
+                names.insert(cluster_name(port.port, "", &service.name));
+                for route in &port.routes {
+                    names.extend(route.clusters.iter().map(|c| c.cluster.clone()));
+                }
+            }
+        }
+        names
+            .iter()
+            .filter_map(|name| self.clusters.get(name).cloned())
+            .collect()
+    }
+}
+
+fn listeners(
+    node: &Node,
+    namespace: &str,
+    services: &[pb::Service],
+    hosts: &HashMap<String, usize>,
+    warnings: &mut Vec<String>,
+) -> Vec<pb::Listener> {
+    let mut listeners = Vec::new();
+    if node.capture {
+        for (name, address, kind) in [
+            (
+                "virtualOutbound",
+                OUTBOUND_CAPTURE,
+                pb::ListenerKind::OutboundCapture,
+            ),
+            (
+                "virtualInbound",
+                INBOUND_CAPTURE,
+                pb::ListenerKind::InboundCapture,
+            ),
+        ] {
+            listeners.push(pb::Listener {
+                name: name.to_string(),
+                address: address.to_string(),
+                kind: kind as i32,
+                service: String::new(),
+                service_port: 0,
+            });
+        }
+    }
+    for explicit in &node.explicit_listeners {
+        if explicit.address.parse::<SocketAddr>().is_err() {
+            warnings.push(format!(
+                "listener {:?}: not an ip:port address; left out",
+                explicit.address
+            ));
+            continue;
+        }
+        let mut listener = pb::Listener {
+            name: format!("explicit|{}", explicit.address),
+            address: explicit.address.clone(),
+            kind: pb::ListenerKind::Explicit as i32,
+            service: String::new(),
+            service_port: explicit.port,
+        };
+        if !explicit.service.is_empty() {
+            let wanted = explicit.service.to_ascii_lowercase();
+            let found = hosts
+                .get(&wanted)
+                .or_else(|| hosts.get(&fqdn(&wanted, namespace)))
+                .map(|index| &services[*index]);
+            let Some(service) = found else {
+                warnings.push(format!(
+                    "listener {}: no service {:?} visible to this proxy; listener left out",
+                    explicit.address, explicit.service
+                ));
+                continue;
+            };
+            let port_ok = match (explicit.port, service.ports.as_slice()) {
+                (0, [_only]) => true,
+                (0, _) => false,
+                (number, ports) => ports.iter().any(|p| p.port == number),
+            };
+            if !port_ok {
+                warnings.push(format!(
+                    "listener {}: service {:?} has no port {} (ports: {:?}); listener left out",
+                    explicit.address,
+                    service.name,
+                    explicit.port,
+                    service.ports.iter().map(|p| p.port).collect::<Vec<_>>()
+                ));
+                continue;
+            }
+            listener.service = service.name.clone();
+        }
+        if listeners.iter().any(|l| l.address == listener.address) {
+            warnings.push(format!(
+                "listener {}: address already used by another listener; left out",
+                explicit.address
+            ));
+            continue;
+        }
+        listeners.push(listener);
+    }
+    listeners
+}
+
+fn inbound_ports(node: &Node, warnings: &mut Vec<String>) -> Vec<pb::InboundPort> {
+    let mut seen = BTreeSet::new();
+    let mut inbound = Vec::new();
+    for port in &node.ports {
+        if !(1..=65535).contains(&port.port) || !seen.insert(port.port) {
+            warnings.push(format!(
+                "inbound port {}: invalid or listed twice; left out",
+                port.port
+            ));
+            continue;
+        }
+        inbound.push(pb::InboundPort {
+            port: port.port,
+            protocol: port.protocol,
+            server_first: is_server_first(port.port, PortProtocol::Unknown),
+            target: String::new(),
+        });
+    }
+    inbound
+}

@@ -1,0 +1,169 @@
+//! One proxy's stream: compile, diff against what the proxy holds, push,
+//! wait for the ACK or NACK, repeat when the mesh changes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+use weft_proto::discovery::v1::{Node, ProxyMessage, Push, proxy_message};
+use weft_proto::resources::{set_version, split};
+
+use super::mesh::{Connected, Mesh};
+use crate::status::StatusBoard;
+
+/// Resource name → version.
+type Versions = BTreeMap<String, String>;
+
+struct InFlight {
+    nonce: String,
+    version: String,
+    versions: Versions,
+}
+
+pub struct Session {
+    node: Node,
+    /// What the proxy holds and serves (its last ACKed set).
+    held: Versions,
+    connected: Arc<Connected>,
+    status: Arc<StatusBoard>,
+    pushes: u64,
+}
+
+impl Session {
+    pub fn new(
+        node: Node,
+        held: Versions,
+        connected: Arc<Connected>,
+        status: Arc<StatusBoard>,
+    ) -> Self {
+        Self {
+            node,
+            held,
+            connected,
+            status,
+            pushes: 0,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut inbound: Streaming<ProxyMessage>,
+        outbound: mpsc::Sender<Result<Push, Status>>,
+        mut mesh: watch::Receiver<Arc<Mesh>>,
+    ) {
+        let token = self.connected.register(self.node.clone());
+        let held_version = set_version(&self.held);
+        self.status.update(&self.node.id, |status| {
+            status.workload.clone_from(&self.node.workload);
+            status.namespace.clone_from(&self.node.namespace);
+            status.connected = true;
+            status.acked_version.clone_from(&held_version);
+            status.sent_version = held_version;
+            status.error = None;
+        });
+        tracing::info!(node = %self.node.id, "proxy connected");
+
+        let mut in_flight: Option<InFlight> = None;
+        let mut recompute = true;
+        loop {
+            if in_flight.is_none() && recompute {
+                recompute = false;
+                let latest = mesh.borrow_and_update().clone();
+                in_flight = self.next_push(&latest, &outbound).await;
+                if in_flight.is_none() && outbound.is_closed() {
+                    break;
+                }
+            }
+            tokio::select! {
+                changed = mesh.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    recompute = true;
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Ack(ack)) })) => {
+                        match in_flight.take() {
+                            Some(pushed) if pushed.nonce == ack.nonce => self.acknowledged(pushed, ack.error),
+                            other => in_flight = other, // a stale ACK: keep waiting
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::debug!(node = %self.node.id, "stream error: {err}");
+                        break;
+                    }
+                },
+            }
+        }
+        self.connected.unregister(&self.node.id, token);
+        self.status
+            .update(&self.node.id, |status| status.connected = false);
+        tracing::info!(node = %self.node.id, "proxy disconnected");
+    }
+
+    /// Compiles this proxy's config and pushes what differs from what it
+    /// holds; `None` when there is nothing to send.
+    async fn next_push(
+        &mut self,
+        mesh: &Mesh,
+        outbound: &mpsc::Sender<Result<Push, Status>>,
+    ) -> Option<InFlight> {
+        let resources = split(mesh.index.proxy_config(&self.node));
+        let versions: Versions = resources
+            .iter()
+            .map(|(name, resource)| (name.clone(), resource.version.clone()))
+            .collect();
+        let changed: Vec<_> = resources
+            .into_values()
+            .filter(|resource| self.held.get(&resource.name) != Some(&resource.version))
+            .collect();
+        let removed: Vec<String> = self
+            .held
+            .keys()
+            .filter(|name| !versions.contains_key(*name))
+            .cloned()
+            .collect();
+        if changed.is_empty() && removed.is_empty() {
+            return None;
+        }
+        self.pushes += 1;
+        let nonce = self.pushes.to_string();
+        let version = set_version(&versions);
+        let push = Push {
+            nonce: nonce.clone(),
+            version: version.clone(),
+            resources: changed,
+            removed,
+        };
+        if outbound.send(Ok(push)).await.is_err() {
+            return None;
+        }
+        self.status.update(&self.node.id, |status| {
+            status.sent_version.clone_from(&version)
+        });
+        Some(InFlight {
+            nonce,
+            version,
+            versions,
+        })
+    }
+
+    fn acknowledged(&mut self, pushed: InFlight, error: String) {
+        if error.is_empty() {
+            self.held = pushed.versions;
+            self.status.update(&self.node.id, |status| {
+                status.acked_version = pushed.version;
+                status.error = None;
+            });
+        } else {
+            // The proxy keeps serving what it held; the same resources are
+            // sent again with the next change, which may fix them.
+            tracing::warn!(node = %self.node.id, "config refused (NACK): {error}");
+            self.status
+                .update(&self.node.id, |status| status.error = Some(error));
+        }
+    }
+}

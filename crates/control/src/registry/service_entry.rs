@@ -1,0 +1,169 @@
+//! The ServiceEntry source: services from ServiceEntries, endpoints from
+//! their inline `endpoints` or, with a `workloadSelector`, from the
+//! WorkloadEntries and connected workloads of the same namespace.
+
+use std::net::IpAddr;
+
+use weft_api::networking::{ServiceEntry, WorkloadEntry};
+use weft_api::{Object, Resource};
+
+use super::{
+    EndpointDef, Location, PortProtocol, Registry, Resolution, ServiceDef, ServicePortDef,
+    Workload, WorkloadGroupDef, enum_name, labels_match, namespace_or_default,
+};
+
+/// A workload a `workloadSelector` may pick, with its namespace.
+struct Candidate {
+    namespace: String,
+    endpoint: EndpointDef,
+}
+
+pub(super) fn collect(resources: &[Resource], workloads: &[Workload], registry: &mut Registry) {
+    let mut candidates = Vec::new();
+    let mut entries = Vec::new();
+    for resource in resources {
+        match resource {
+            Resource::WorkloadEntry(object) => {
+                let namespace = namespace_or_default(&object.metadata.namespace);
+                let source = resource.label();
+                if let Some(endpoint) =
+                    endpoint_of(&object.spec, &object.metadata.name, &source, registry)
+                {
+                    candidates.push(Candidate {
+                        namespace: namespace.to_string(),
+                        endpoint,
+                    });
+                }
+            }
+            Resource::WorkloadGroup(object) => registry.workload_groups.push(WorkloadGroupDef {
+                name: object.metadata.name.clone(),
+                namespace: namespace_or_default(&object.metadata.namespace).to_string(),
+                labels: object.spec.template.labels.clone(),
+                service_account: object.spec.template.service_account.clone(),
+            }),
+            Resource::ServiceEntry(object) => entries.push(object),
+            _ => {}
+        }
+    }
+    candidates.extend(workloads.iter().map(|w| {
+        Candidate {
+            namespace: namespace_or_default(&w.namespace).to_string(),
+            endpoint: EndpointDef {
+                address: w.address,
+                ports: w
+                    .ports
+                    .iter()
+                    .filter(|p| !p.name.is_empty())
+                    .map(|p| (p.name.clone(), p.port))
+                    .collect(),
+                labels: w.labels.clone(),
+                weight: 0,
+                workload: w.name.clone(),
+                service_account: w.service_account.clone(),
+            },
+        }
+    }));
+    // Sorted so that "first definition wins" does not depend on input order.
+    entries.sort_by(|a, b| {
+        let key =
+            |o: &Object<ServiceEntry>| (o.metadata.namespace.clone(), o.metadata.name.clone());
+        key(a).cmp(&key(b))
+    });
+    for object in entries {
+        add_service_entry(object, &candidates, registry);
+    }
+}
+
+fn add_service_entry(
+    object: &Object<ServiceEntry>,
+    candidates: &[Candidate],
+    registry: &mut Registry,
+) {
+    let spec = &object.spec;
+    let namespace = namespace_or_default(&object.metadata.namespace);
+    let source = format!("ServiceEntry {namespace}/{}", object.metadata.name);
+    let endpoints: Vec<EndpointDef> = match (&spec.endpoints, &spec.workload_selector) {
+        (Some(inline), _) => inline
+            .iter()
+            .filter_map(|entry| endpoint_of(entry, &object.metadata.name, &source, registry))
+            .collect(),
+        (None, Some(selector)) => candidates
+            .iter()
+            .filter(|c| {
+                c.namespace == namespace && labels_match(&selector.labels, &c.endpoint.labels)
+            })
+            .map(|c| c.endpoint.clone())
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let resolution = match spec.resolution.as_ref().map(enum_name).as_deref() {
+        Some("STATIC") => Resolution::Static,
+        Some("DNS" | "DNS_ROUND_ROBIN" | "DYNAMIC_DNS") => Resolution::Dns,
+        _ => Resolution::None,
+    };
+    let location = match spec.location.as_ref().map(enum_name).as_deref() {
+        Some("MESH_INTERNAL") => Location::MeshInternal,
+        _ => Location::MeshExternal,
+    };
+    // CIDRs describe address ranges to capture, not one VIP to dial.
+    let vips: Vec<IpAddr> = spec
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let ports: Vec<ServicePortDef> = spec
+        .ports
+        .iter()
+        .map(|p| ServicePortDef {
+            number: p.number,
+            name: p.name.clone(),
+            protocol: PortProtocol::parse(&p.protocol),
+            target_port: p.target_port,
+        })
+        .collect();
+    for host in &spec.hosts {
+        let service = ServiceDef {
+            hostname: host.clone(),
+            namespace: namespace.to_string(),
+            vips: vips.clone(),
+            ports: ports.clone(),
+            export_to: spec.export_to.clone(),
+            resolution,
+            location,
+        };
+        let id = service.id();
+        registry.add_service(service, &source);
+        for endpoint in &endpoints {
+            registry.add_endpoint(id.clone(), endpoint.clone());
+        }
+    }
+}
+
+/// An endpoint from a WorkloadEntry (standalone or inline); `None` when its
+/// address is not an IP. DNS names would need a resolver, which weftd does
+/// not run (and the proxy model has no DNS clusters yet); `unix://` sockets
+/// cannot be reached from another proxy.
+fn endpoint_of(
+    entry: &WorkloadEntry,
+    name: &str,
+    source: &str,
+    registry: &mut Registry,
+) -> Option<EndpointDef> {
+    let Ok(address) = entry.address.parse::<IpAddr>() else {
+        if !entry.address.is_empty() {
+            registry.warnings.push(format!(
+                "{source}: endpoint address {:?} is not an IP address; skipped (no DNS or unix socket endpoints yet)",
+                entry.address
+            ));
+        }
+        return None;
+    };
+    Some(EndpointDef {
+        address,
+        ports: entry.ports.clone(),
+        labels: entry.labels.clone(),
+        weight: entry.weight.unwrap_or(0),
+        workload: name.to_string(),
+        service_account: entry.service_account.clone(),
+    })
+}

@@ -1,0 +1,134 @@
+//! The control-plane client: one stream to weftd, reconnected with backoff.
+//!
+//! Contract: the proxy serves its last good config whatever weftd does. A
+//! push is applied whole or refused (NACK with the reason); a lost stream
+//! keeps the config and reconnects, announcing what it holds so weftd sends
+//! only the difference.
+
+pub mod node;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_proto::discovery::v1::discovery_client::DiscoveryClient;
+use weft_proto::discovery::v1::{Ack, Hello, Node, ProxyMessage, Push, Resource, proxy_message};
+use weft_proto::resources::{assemble, set_version};
+
+use crate::state::ProxyState;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs forever: connect, stream, apply, and on any loss wait and retry.
+pub async fn run(address: String, node: Node, state: Arc<ProxyState>) {
+    let mut held: BTreeMap<String, Resource> = BTreeMap::new();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let mut got_push = false;
+        match stream(&address, &node, &state, &mut held, &mut got_push).await {
+            Ok(()) => {
+                tracing::warn!("weftd at {address} closed the stream; keeping the last good config")
+            }
+            Err(err) => tracing::warn!(
+                "weftd at {address}: {err}; keeping the last good config, retrying in {backoff:?}"
+            ),
+        }
+        if got_push {
+            backoff = FIRST_BACKOFF;
+        }
+        tokio::time::sleep(jittered(backoff)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// ±20% so proxies that lost weftd together do not come back in lockstep.
+fn jittered(delay: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let factor = 0.8 + f64::from(nanos % 1000) / 2500.0;
+    delay.mul_f64(factor)
+}
+
+async fn stream(
+    address: &str,
+    node: &Node,
+    state: &Arc<ProxyState>,
+    held: &mut BTreeMap<String, Resource>,
+    got_push: &mut bool,
+) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await?;
+    let mut client = DiscoveryClient::new(channel);
+    let (outbound, messages) = mpsc::channel(4);
+    let known_versions = held
+        .iter()
+        .map(|(name, resource)| (name.clone(), resource.version.clone()))
+        .collect();
+    outbound
+        .send(ProxyMessage {
+            message: Some(proxy_message::Message::Hello(Hello {
+                node: Some(node.clone()),
+                known_versions,
+            })),
+        })
+        .await?;
+    let mut pushes = client
+        .stream(ReceiverStream::new(messages))
+        .await?
+        .into_inner();
+    tracing::info!("connected to weftd at {address}");
+    while let Some(push) = pushes.message().await? {
+        *got_push = true;
+        let ack = apply(push, state, held);
+        outbound
+            .send(ProxyMessage {
+                message: Some(proxy_message::Message::Ack(ack)),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Applies a push on top of what is held, all or nothing.
+fn apply(push: Push, state: &Arc<ProxyState>, held: &mut BTreeMap<String, Resource>) -> Ack {
+    let mut candidate = held.clone();
+    for name in &push.removed {
+        candidate.remove(name);
+    }
+    for resource in push.resources {
+        candidate.insert(resource.name.clone(), resource);
+    }
+    let config = assemble(candidate.values(), &push.version);
+    match state.apply(config, "weftd") {
+        Ok(()) => {
+            *held = candidate;
+            Ack {
+                nonce: push.nonce,
+                version: push.version,
+                error: String::new(),
+            }
+        }
+        Err(err) => {
+            tracing::error!(
+                "config from weftd refused (NACK), the previous config keeps serving:\n  {err}"
+            );
+            let versions: BTreeMap<_, _> = held
+                .iter()
+                .map(|(name, resource)| (name.clone(), resource.version.clone()))
+                .collect();
+            Ack {
+                nonce: push.nonce,
+                version: set_version(&versions),
+                error: err.to_string(),
+            }
+        }
+    }
+}

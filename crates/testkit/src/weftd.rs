@@ -1,0 +1,108 @@
+//! A running `weftd` process, started by a test with its own state and ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::client;
+
+pub struct WeftdProcess {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub api: SocketAddr,
+    pub state_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl WeftdProcess {
+    /// Starts weftd and waits until its API answers.
+    pub async fn start(
+        binary: &Path,
+        state_dir: &Path,
+        grpc: SocketAddr,
+        api: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let log = state_dir.with_extension("log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(binary)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--grpc")
+            .arg(grpc.to_string())
+            .arg("--api")
+            .arg(api.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {}", binary.display()))?;
+        let mut weftd = Self {
+            child,
+            grpc,
+            api,
+            state_dir: state_dir.to_path_buf(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = weftd.child.try_wait()? {
+                bail!("weftd exited ({status}); log:\n{}", weftd.logs());
+            }
+            if client::get(api, "weftd", "/v1/proxies")
+                .await
+                .is_ok_and(|r| r.status == 200)
+            {
+                return Ok(weftd);
+            }
+            if Instant::now() > deadline {
+                bail!("weftd API not up after 20s; log:\n{}", weftd.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `POST /v1/apply` with YAML; the reply body.
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<client::Reply> {
+        let request = client::request(
+            http::Method::POST,
+            "weftd",
+            "/v1/apply",
+            client::full(yaml.to_string()),
+        );
+        client::Http1Client::connect(self.api)
+            .await?
+            .send(request)
+            .await
+    }
+
+    /// `GET /v1/proxies` as text (JSON).
+    pub async fn proxies(&self) -> anyhow::Result<String> {
+        Ok(client::get(self.api, "weftd", "/v1/proxies").await?.text())
+    }
+
+    /// Stops weftd abruptly (SIGKILL) and waits for it to be gone.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
