@@ -71,7 +71,8 @@ pub fn decode_file(path: &Path) -> Decoded {
 }
 
 pub fn decode_str(text: &str, file: &str) -> Decoded {
-    let documents: Vec<Value> = match serde_saphyr::from_multiple(text) {
+    let documents: Vec<Value> = match serde_saphyr::from_multiple_with_options(text, yaml_options())
+    {
         Ok(documents) => documents,
         Err(err) => {
             return Decoded {
@@ -91,6 +92,19 @@ pub fn decode_str(text: &str, file: &str) -> Decoded {
         decoded.absorb(decode_document(value, file, index + 1));
     }
     decoded
+}
+
+/// The parser's default budget stops at 1,024 documents; a mesh's config
+/// applied in one go (a thousand ServiceEntries and their WorkloadEntries)
+/// is larger. Limits stay, only sized for that.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 1_000_000;
+    budget.max_nodes = 50_000_000;
+    budget.max_events = 100_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 /// Decodes one parsed document (an object, a `List`, or nothing).

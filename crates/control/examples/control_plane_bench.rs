@@ -17,6 +17,8 @@ use weft_proto::discovery::v1::{Ack, Hello, Node, ProxyMessage, proxy_message};
 use weft_testkit::free_addr;
 use weft_testkit::weftd::WeftdProcess;
 
+static FINISHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 struct Options {
     services: usize,
     endpoints: usize,
@@ -177,7 +179,10 @@ async fn main() -> anyhow::Result<()> {
         let received = received.clone();
         let grpc = weftd.grpc;
         tokio::spawn(async move {
-            if let Err(err) = simulated_proxy(index, grpc, received).await {
+            // Streams end with an error when weftd stops at the end of the run.
+            if let Err(err) = simulated_proxy(index, grpc, received).await
+                && !FINISHED.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 eprintln!("simulated proxy {index}: {err}");
             }
         });

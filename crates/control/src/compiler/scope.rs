@@ -8,7 +8,9 @@ use weft_api::{Object, Resource};
 use weft_proto::proxy::v1 as pb;
 
 use super::hosts::wildcard_matches;
-use crate::registry::{ROOT_NAMESPACE, enum_name, labels_match, namespace_or_default};
+use weft_api::networking::OutboundMode;
+
+use crate::registry::{ROOT_NAMESPACE, labels_match, namespace_or_default};
 
 /// The compiled form of one Sidecar.
 #[derive(Debug)]
@@ -58,9 +60,9 @@ impl SidecarScope {
             .collect();
         let outbound_policy = sidecar.outbound_traffic_policy.as_ref().map(|policy| {
             // Istio's enum default (an unset mode) is REGISTRY_ONLY.
-            match policy.mode.as_ref().map(enum_name).as_deref() {
-                Some("ALLOW_ANY") => pb::OutboundTrafficPolicy::AllowAny,
-                _ => pb::OutboundTrafficPolicy::RegistryOnly,
+            match policy.mode {
+                Some(OutboundMode::AllowAny) => pb::OutboundTrafficPolicy::AllowAny,
+                Some(OutboundMode::RegistryOnly) | None => pb::OutboundTrafficPolicy::RegistryOnly,
             }
         });
         Self {

@@ -83,6 +83,7 @@ pub async fn build_loop(
     let mut store_changes = store.subscribe();
     let mut workload_changes = connected.subscribe();
     let mut generation = 0;
+    let mut last_warnings: Vec<String> = Vec::new();
     loop {
         store_changes.mark_unchanged();
         workload_changes.mark_unchanged();
@@ -93,6 +94,17 @@ pub async fn build_loop(
             .collect();
         generation += 1;
         let index = MeshIndex::build(&resources, &connected.workloads());
+        // Said once per change, not once per rebuild.
+        if index.warnings() != last_warnings.as_slice() {
+            for warning in index
+                .warnings()
+                .iter()
+                .filter(|w| !last_warnings.contains(w))
+            {
+                tracing::warn!("{warning}");
+            }
+            last_warnings = index.warnings().to_vec();
+        }
         publish.send_replace(Arc::new(Mesh { index, generation }));
         tokio::select! {
             changed = store_changes.changed() => if changed.is_err() { return },

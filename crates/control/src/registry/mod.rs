@@ -297,14 +297,5 @@ pub fn labels_match(
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// The YAML spelling of an api enum (`"DNS"`), for enums whose Rust type
-/// the api crate does not export.
-pub(crate) fn enum_name<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -4,12 +4,12 @@
 
 use std::net::IpAddr;
 
-use weft_api::networking::{ServiceEntry, WorkloadEntry};
+use weft_api::networking::{self as api, ServiceEntry, WorkloadEntry};
 use weft_api::{Object, Resource};
 
 use super::{
     EndpointDef, Location, PortProtocol, Registry, Resolution, ServiceDef, ServicePortDef,
-    Workload, WorkloadGroupDef, enum_name, labels_match, namespace_or_default,
+    Workload, WorkloadGroupDef, labels_match, namespace_or_default,
 };
 
 /// A workload a `workloadSelector` may pick, with its namespace.
@@ -96,14 +96,16 @@ fn add_service_entry(
             .collect(),
         (None, None) => Vec::new(),
     };
-    let resolution = match spec.resolution.as_ref().map(enum_name).as_deref() {
-        Some("STATIC") => Resolution::Static,
-        Some("DNS" | "DNS_ROUND_ROBIN" | "DYNAMIC_DNS") => Resolution::Dns,
-        _ => Resolution::None,
+    let resolution = match spec.resolution {
+        Some(api::Resolution::Static) => Resolution::Static,
+        Some(
+            api::Resolution::Dns | api::Resolution::DnsRoundRobin | api::Resolution::DynamicDns,
+        ) => Resolution::Dns,
+        Some(api::Resolution::None) | None => Resolution::None,
     };
-    let location = match spec.location.as_ref().map(enum_name).as_deref() {
-        Some("MESH_INTERNAL") => Location::MeshInternal,
-        _ => Location::MeshExternal,
+    let location = match spec.location {
+        Some(api::Location::MeshInternal) => Location::MeshInternal,
+        Some(api::Location::MeshExternal) | None => Location::MeshExternal,
     };
     // CIDRs describe address ranges to capture, not one VIP to dial.
     let vips: Vec<IpAddr> = spec

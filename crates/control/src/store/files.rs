@@ -105,3 +105,52 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULE: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: NAME}\nspec: {host: NAME}\n";
+
+    fn rule(name: &str) -> String {
+        RULE.replace("NAME", name)
+    }
+
+    #[test]
+    fn the_store_follows_the_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::in_memory();
+        let mut source = DirectorySource::default();
+        let file = dir.path().join("rules.yaml");
+        std::fs::write(&file, format!("{}---\n{}", rule("a"), rule("b"))).expect("write");
+        assert!(source.sync(dir.path(), &store).is_empty());
+        assert_eq!(store.list(None, None).len(), 2);
+
+        // A resource leaving its file is deleted.
+        std::fs::write(&file, rule("a")).expect("write");
+        assert!(source.sync(dir.path(), &store).is_empty());
+        let names: Vec<_> = store
+            .list(None, None)
+            .iter()
+            .map(|s| s.resource.metadata().name.clone())
+            .collect();
+        assert_eq!(names, ["a"]);
+
+        // An invalid file changes nothing and says why.
+        std::fs::write(&file, "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a}\nspec: {}\n").expect("write");
+        let problems = source.sync(dir.path(), &store);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("rules.yaml: DestinationRule default/a: spec.host"),
+            "{problems:?}"
+        );
+        assert_eq!(store.list(None, None).len(), 1);
+
+        // A deleted file takes its resources with it.
+        std::fs::write(&file, rule("a")).expect("write");
+        source.sync(dir.path(), &store);
+        std::fs::remove_file(&file).expect("remove");
+        assert!(source.sync(dir.path(), &store).is_empty());
+        assert!(store.list(None, None).is_empty());
+    }
+}
