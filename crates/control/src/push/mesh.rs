@@ -1,30 +1,76 @@
 //! The mesh as the compiler sees it, rebuilt after every change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prost::Message;
 use tokio::sync::watch;
-use weft_proto::discovery::v1::Node;
+use weft_proto::discovery::v1::{Node, Resource};
+use weft_proto::resources::split;
 
 use crate::compiler::MeshIndex;
 use crate::registry::Workload;
 use crate::store::Store;
+
+/// A proxy's config as named, versioned resources.
+pub type Resources = Arc<BTreeMap<String, Resource>>;
 
 /// One build of the mesh.
 pub struct Mesh {
     pub index: MeshIndex,
     /// Increases with every build.
     pub generation: u64,
+    /// Compiled configs by proxy shape (see [`shape_key`]): replicas of a
+    /// workload share one compilation per build.
+    compiled: Mutex<HashMap<Vec<u8>, Resources>>,
 }
 
 impl Mesh {
-    pub fn empty() -> Self {
+    pub fn new(index: MeshIndex, generation: u64) -> Self {
         Self {
-            index: MeshIndex::build(&[], &[]),
-            generation: 0,
+            index,
+            generation,
+            compiled: Mutex::default(),
         }
     }
+
+    pub fn empty() -> Self {
+        Self::new(MeshIndex::build(&[], &[]), 0)
+    }
+
+    /// This proxy's config, compiled once per shape and build.
+    pub fn resources_for(&self, node: &Node) -> Resources {
+        let key = shape_key(node);
+        if let Some(hit) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return hit.clone();
+        }
+        // Compiled outside the lock: proxies of other shapes need not wait.
+        let resources = Arc::new(split(self.index.proxy_config(node)));
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, resources.clone());
+        resources
+    }
+}
+
+/// What the compiler reads of a node: namespace, labels, capture, explicit
+/// listeners and ports — not its id, workload name, address or account.
+fn shape_key(node: &Node) -> Vec<u8> {
+    let shape = Node {
+        id: String::new(),
+        workload: String::new(),
+        service_account: String::new(),
+        address: String::new(),
+        ..node.clone()
+    };
+    shape.encode_to_vec()
 }
 
 /// Proxies connected now: each registers its workload with its Hello.
@@ -93,7 +139,14 @@ pub async fn build_loop(
             .map(|s| s.resource)
             .collect();
         generation += 1;
+        let started = std::time::Instant::now();
         let index = MeshIndex::build(&resources, &connected.workloads());
+        tracing::debug!(
+            generation,
+            resources = resources.len(),
+            "mesh rebuilt in {:?}",
+            started.elapsed()
+        );
         // Said once per change, not once per rebuild.
         if index.warnings() != last_warnings.as_slice() {
             for warning in index
@@ -105,11 +158,57 @@ pub async fn build_loop(
             }
             last_warnings = index.warnings().to_vec();
         }
-        publish.send_replace(Arc::new(Mesh { index, generation }));
+        publish.send_replace(Arc::new(Mesh::new(index, generation)));
         tokio::select! {
             changed = store_changes.changed() => if changed.is_err() { return },
             changed = workload_changes.changed() => if changed.is_err() { return },
         }
         tokio::time::sleep(debounce).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shop}
+spec:
+  hosts: [shop.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.1}]
+";
+
+    fn node(id: &str, namespace: &str) -> Node {
+        Node {
+            id: id.into(),
+            workload: id.into(),
+            namespace: namespace.into(),
+            address: format!("127.0.0.{}", id.len()),
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn replicas_share_one_compilation_and_get_what_they_would_alone() {
+        let resources = weft_api::decode_str(MESH, "m.yaml").resources;
+        let mesh = Mesh::new(MeshIndex::build(&resources, &[]), 1);
+        let first = mesh.resources_for(&node("a", "default"));
+        let replica = mesh.resources_for(&node("bb", "default"));
+        assert!(Arc::ptr_eq(&first, &replica), "same shape, one compilation");
+        // The shortcut gives exactly what compiling for the replica gives.
+        assert_eq!(
+            *replica,
+            split(mesh.index.proxy_config(&node("bb", "default")))
+        );
+        let elsewhere = mesh.resources_for(&node("a", "other"));
+        assert!(
+            !Arc::ptr_eq(&first, &elsewhere),
+            "another namespace is another shape"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 use weft_proto::discovery::v1::{Node, ProxyMessage, Push, proxy_message};
-use weft_proto::resources::{set_version, split};
+use weft_proto::resources::set_version;
 
 use super::mesh::{Connected, Mesh};
 use crate::status::StatusBoard;
@@ -111,14 +111,15 @@ impl Session {
         mesh: &Mesh,
         outbound: &mpsc::Sender<Result<Push, Status>>,
     ) -> Option<InFlight> {
-        let resources = split(mesh.index.proxy_config(&self.node));
+        let resources = mesh.resources_for(&self.node);
         let versions: Versions = resources
             .iter()
             .map(|(name, resource)| (name.clone(), resource.version.clone()))
             .collect();
         let changed: Vec<_> = resources
-            .into_values()
+            .values()
             .filter(|resource| self.held.get(&resource.name) != Some(&resource.version))
+            .cloned()
             .collect();
         let removed: Vec<String> = self
             .held
