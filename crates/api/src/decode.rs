@@ -42,9 +42,27 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A resource a document names, its spec unchecked (what a delete needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    pub kind: String,
+    /// `default` when the document gives none.
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Whether documents are decoded and validated, or only identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Decode,
+    Identify,
+}
+
 #[derive(Debug, Default)]
 pub struct Decoded {
     pub resources: Vec<Resource>,
+    /// Filled instead of `resources` by [`identify_str`].
+    pub named: Vec<Named>,
     /// Objects skipped because Weft does not use their kind.
     pub notices: Vec<String>,
     pub problems: Vec<Problem>,
@@ -54,6 +72,7 @@ impl Decoded {
     /// Adds another file's or document's results to these.
     pub fn absorb(&mut self, other: Decoded) {
         self.resources.extend(other.resources);
+        self.named.extend(other.named);
         self.notices.extend(other.notices);
         self.problems.extend(other.problems);
     }
@@ -71,6 +90,16 @@ pub fn decode_file(path: &Path) -> Decoded {
 }
 
 pub fn decode_str(text: &str, file: &str) -> Decoded {
+    walk_str(text, file, Mode::Decode)
+}
+
+/// Names the Istio resources in `text` (kind, namespace, name) without
+/// validating their specs: what `weft delete -f` needs.
+pub fn identify_str(text: &str, file: &str) -> Decoded {
+    walk_str(text, file, Mode::Identify)
+}
+
+fn walk_str(text: &str, file: &str, mode: Mode) -> Decoded {
     let documents: Vec<Value> = match serde_saphyr::from_multiple_with_options(text, yaml_options())
     {
         Ok(documents) => documents,
@@ -89,7 +118,7 @@ pub fn decode_str(text: &str, file: &str) -> Decoded {
     };
     let mut decoded = Decoded::default();
     for (index, value) in documents.into_iter().enumerate() {
-        decoded.absorb(decode_document(value, file, index + 1));
+        decoded.absorb(walk_document(value, file, index + 1, mode));
     }
     decoded
 }
@@ -109,6 +138,10 @@ fn yaml_options() -> serde_saphyr::Options {
 
 /// Decodes one parsed document (an object, a `List`, or nothing).
 pub fn decode_document(value: Value, file: &str, document: usize) -> Decoded {
+    walk_document(value, file, document, Mode::Decode)
+}
+
+fn walk_document(value: Value, file: &str, document: usize, mode: Mode) -> Decoded {
     let mut decoded = Decoded::default();
     let Value::Object(map) = &value else {
         if !value.is_null() {
@@ -133,7 +166,7 @@ pub fn decode_document(value: Value, file: &str, document: usize) -> Decoded {
         && let Some(Value::Array(items)) = map.get("items")
     {
         for item in items.clone() {
-            decoded.absorb(decode_document(item, file, document));
+            decoded.absorb(walk_document(item, file, document, mode));
         }
         return decoded;
     }
@@ -191,6 +224,29 @@ pub fn decode_document(value: Value, file: &str, document: usize) -> Decoded {
                     .join(", ")
             ),
         ));
+        return decoded;
+    }
+    if mode == Mode::Identify {
+        if meta.name.is_empty() {
+            decoded.problems.push(problem(
+                file,
+                document,
+                Some(label),
+                "metadata.name",
+                "Required value",
+            ));
+        } else {
+            let namespace = if meta.namespace.is_empty() {
+                "default"
+            } else {
+                &meta.namespace
+            };
+            decoded.named.push(Named {
+                kind,
+                namespace: namespace.to_string(),
+                name: meta.name,
+            });
+        }
         return decoded;
     }
     match Resource::decode(&kind, value) {

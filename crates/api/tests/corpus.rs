@@ -19,30 +19,6 @@ const SETS: &[&str] = &[
     "istio/pkg/config/validation/testdata",
 ];
 
-fn corpus_root() -> Option<PathBuf> {
-    let root = std::env::var_os("WEFT_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
-    root.is_dir().then_some(root)
-}
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|ext| ext == "yaml" || ext == "yml" || ext == "json")
-        {
-            out.push(path);
-        }
-    }
-}
-
 #[derive(Default)]
 struct Tally {
     accepted: usize,
@@ -53,20 +29,15 @@ struct Tally {
 
 #[test]
 fn istio_corpus_valid_objects_pass_and_err_objects_fail() {
-    let Some(root) = corpus_root() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "the Istio corpus (../shared/corpus) is missing; under CI=true this test must run"
-            );
-        }
-        eprintln!("SKIPPED istio corpus check: ../shared/corpus not found (set WEFT_CORPUS)");
+    let Some(root) =
+        weft_testkit::corpus::root_or_skip("istio_corpus_valid_objects_pass_and_err_objects_fail")
+    else {
         return;
     };
-    let mut files = Vec::new();
-    for set in SETS {
-        files_under(&root.join(set), &mut files);
-    }
-    files.sort();
+    let files: Vec<PathBuf> = SETS
+        .iter()
+        .flat_map(|set| weft_testkit::corpus::files_under(&root.join(set)))
+        .collect();
     assert!(
         !files.is_empty(),
         "no corpus files under {}",

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod corpus;
 pub mod grpc;
 pub mod netns;
 pub mod proxy;

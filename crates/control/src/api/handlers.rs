@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use http::StatusCode;
-use serde_json::{Map, Value, json};
-use weft_api::{ObjectMeta, Resource};
+use serde_json::{Value, json};
 
 use super::{Failure, Reply, canonical_kind, error, json_reply, known_kinds};
 use crate::status::StatusBoard;
@@ -141,78 +140,22 @@ struct Named {
 }
 
 fn named_objects(text: &str, source: &str) -> Result<Named, Vec<String>> {
-    let documents: Vec<Value> = serde_saphyr::from_multiple(text)
-        .map_err(|err| vec![format!("{source}: not valid YAML or JSON: {err}")])?;
-    let mut named = Named {
-        keys: Vec::new(),
-        skipped: Vec::new(),
-    };
-    let mut problems = Vec::new();
-    let mut pending: Vec<(usize, Value)> = documents
-        .into_iter()
-        .enumerate()
-        .map(|(index, value)| (index + 1, value))
-        .rev()
-        .collect();
-    // A stack rather than recursion: a Kubernetes `List` expands in place.
-    while let Some((document, value)) = pending.pop() {
-        let Value::Object(map) = value else {
-            if !value.is_null() {
-                problems.push(format!(
-                    "{source}: document {document}: expected an object with apiVersion and kind"
-                ));
-            }
-            continue;
-        };
-        let kind = text_field(&map, "kind");
-        if kind == "List"
-            && let Some(Value::Array(items)) = map.get("items")
-        {
-            pending.extend(items.iter().rev().map(|item| (document, item.clone())));
-            continue;
-        }
-        let meta: ObjectMeta = map
-            .get("metadata")
-            .and_then(|m| serde_json::from_value(m.clone()).ok())
-            .unwrap_or_default();
-        let label = format!(
-            "{} {}",
-            if kind.is_empty() { "object" } else { &kind },
-            meta.key()
-        );
-        if kind.is_empty() {
-            problems.push(format!(
-                "{source}: document {document}: kind: Required value"
-            ));
-        } else if Resource::group_of(&kind).is_none() {
-            named
-                .skipped
-                .push(format!("{source}: skipped {label}: not a kind Weft stores"));
-        } else if meta.name.is_empty() {
-            problems.push(format!("{source}: {label}: metadata.name: Required value"));
-        } else {
-            let namespace = if meta.namespace.is_empty() {
-                "default"
-            } else {
-                &meta.namespace
-            };
-            named
-                .keys
-                .push(ResourceKey::new(&kind, namespace, &meta.name));
-        }
+    let identified = weft_api::identify_str(text, source);
+    if !identified.problems.is_empty() {
+        return Err(identified
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect());
     }
-    if problems.is_empty() {
-        Ok(named)
-    } else {
-        Err(problems)
-    }
-}
-
-fn text_field(map: &Map<String, Value>, key: &str) -> String {
-    map.get(key)
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string()
+    Ok(Named {
+        keys: identified
+            .named
+            .iter()
+            .map(|named| ResourceKey::new(&named.kind, &named.namespace, &named.name))
+            .collect(),
+        skipped: identified.notices,
+    })
 }
 
 fn key_of(kind: &str, namespace: &str, name: &str) -> Result<ResourceKey, Failure> {

@@ -1,7 +1,6 @@
 //! Robustness: real Istio YAML and a large mesh still compile into configs
 //! the proxy accepts.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use weft_api::Resource;
@@ -24,41 +23,16 @@ fn accepted(index: &MeshIndex, namespace: &str) -> usize {
     services
 }
 
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|ext| ext == "yaml" || ext == "yml")
-        {
-            out.push(path);
-        }
-    }
-}
-
 /// Every valid resource of `../shared/corpus` in one mesh: whatever the
 /// conflicts between them, every proxy gets a config it accepts.
 #[test]
 fn istio_corpus_compiles_into_accepted_configs() {
-    let root = std::env::var_os("WEFT_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
-    if !root.is_dir() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the Istio corpus (../shared/corpus) is missing; under CI=true this test must run"
-        );
-        eprintln!("SKIPPED: ../shared/corpus not found (set WEFT_CORPUS)");
+    let Some(root) =
+        weft_testkit::corpus::root_or_skip("istio_corpus_compiles_into_accepted_configs")
+    else {
         return;
-    }
-    let mut files = Vec::new();
-    files_under(&root, &mut files);
-    files.sort();
+    };
+    let files = weft_testkit::corpus::files_under(&root);
     let resources: Vec<Resource> = files
         .iter()
         .flat_map(|f| weft_api::decode_file(f).resources)
