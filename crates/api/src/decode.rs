@@ -284,3 +284,19 @@ fn problem(
         },
     }
 }
+
+/// Test helper: `(path, message)` of every problem of one `S` object named
+/// `t` in namespace `ns`, whose `spec` is given as YAML indented two spaces.
+#[cfg(test)]
+pub(crate) fn spec_problems<S: crate::resource::Spec>(spec: &str) -> Vec<(String, String)> {
+    let yaml = format!(
+        "apiVersion: {}/v1\nkind: {}\nmetadata:\n  name: t\n  namespace: ns\nspec:\n{spec}",
+        S::GROUP.name(),
+        S::KIND
+    );
+    decode_str(&yaml, "t.yaml")
+        .problems
+        .into_iter()
+        .map(|p| (p.error.path, p.error.message))
+        .collect()
+}

@@ -226,17 +226,9 @@ impl Spec for Gateway {
 
 #[cfg(test)]
 mod tests {
-    use crate::decode::decode_str;
 
     fn problems(spec: &str) -> Vec<(String, String)> {
-        let yaml = format!(
-            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: t}}\nspec:\n{spec}"
-        );
-        decode_str(&yaml, "t.yaml")
-            .problems
-            .into_iter()
-            .map(|p| (p.error.path, p.error.message))
-            .collect()
+        crate::decode::spec_problems::<super::Gateway>(spec)
     }
 
     #[test]

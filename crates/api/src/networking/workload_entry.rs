@@ -98,17 +98,9 @@ impl Spec for WorkloadEntry {
 
 #[cfg(test)]
 mod tests {
-    use crate::decode::decode_str;
 
     fn problems(spec: &str) -> Vec<(String, String)> {
-        let yaml = format!(
-            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: t}}\nspec:\n{spec}"
-        );
-        decode_str(&yaml, "t.yaml")
-            .problems
-            .into_iter()
-            .map(|p| (p.error.path, p.error.message))
-            .collect()
+        crate::decode::spec_problems::<super::WorkloadEntry>(spec)
     }
 
     #[test]

@@ -361,17 +361,9 @@ fn check_ips(path: &str, blocks: &[String], errors: &mut FieldErrors) {
 
 #[cfg(test)]
 mod tests {
-    use crate::decode::decode_str;
 
     fn problems(spec: &str) -> Vec<(String, String)> {
-        let yaml = format!(
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: t\nspec:\n{spec}"
-        );
-        decode_str(&yaml, "t.yaml")
-            .problems
-            .into_iter()
-            .map(|p| (p.error.path, p.error.message))
-            .collect()
+        crate::decode::spec_problems::<super::AuthorizationPolicy>(spec)
     }
 
     #[test]

@@ -106,14 +106,7 @@ mod tests {
     use crate::decode::decode_str;
 
     fn problems(spec: &str) -> Vec<(String, String)> {
-        let yaml = format!(
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: t\nspec:\n{spec}"
-        );
-        decode_str(&yaml, "t.yaml")
-            .problems
-            .into_iter()
-            .map(|p| (p.error.path, p.error.message))
-            .collect()
+        crate::decode::spec_problems::<super::PeerAuthentication>(spec)
     }
 
     #[test]

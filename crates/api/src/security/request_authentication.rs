@@ -189,17 +189,9 @@ fn has_http_scheme(uri: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::decode::decode_str;
 
     fn problems(spec: &str) -> Vec<(String, String)> {
-        let yaml = format!(
-            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: t\n  namespace: ns\nspec:\n{spec}"
-        );
-        decode_str(&yaml, "t.yaml")
-            .problems
-            .into_iter()
-            .map(|p| (p.error.path, p.error.message))
-            .collect()
+        crate::decode::spec_problems::<super::RequestAuthentication>(spec)
     }
 
     #[test]
