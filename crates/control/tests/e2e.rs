@@ -344,3 +344,61 @@ async fn a_config_the_proxy_cannot_apply_is_nacked_and_reported() {
     assert!(text.contains("NACK"), "{text}");
     assert!(text.contains("cannot listen on"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_based_routing_as_in_bookinfo() {
+    let mesh = start_mesh().await;
+    let reply = mesh
+        .weftd
+        .apply(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers:
+        end-user: {exact: jason}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+"#,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let listen = mesh.proxies[0].1;
+    // The change is live within a second.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut client = Http1Client::connect(listen).await.expect("connect");
+    loop {
+        let request = weft_testkit::client::request(
+            http::Method::GET,
+            "reviews:9080",
+            "/reviews/1",
+            weft_testkit::client::empty(),
+        );
+        let mut request = request;
+        request
+            .headers_mut()
+            .insert("end-user", http::HeaderValue::from_static("jason"));
+        let reply = client.send(request).await.expect("request");
+        if reply.text().starts_with("reviews-v2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jason never reached v2: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = client
+        .get("reviews:9080", "/reviews/1")
+        .await
+        .expect("request");
+    assert!(reply.text().starts_with("reviews-v1"), "{}", reply.text());
+}

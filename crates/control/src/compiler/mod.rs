@@ -4,7 +4,8 @@
 //! the registry (services, endpoints, VIPs), every cluster, and every
 //! service's ports with the routes of each VirtualService that could apply.
 //! [`MeshIndex::proxy_config`] then only selects (visibility, Sidecar scope,
-//! which VirtualService the proxy may see) and adds the per-proxy parts
+//! which VirtualService the proxy may see, routes limited to some callers by
+//! `sourceLabels` / `sourceNamespace`) and adds the per-proxy parts
 //! (listeners, inbound ports, short-name aliases), so it stays cheap for
 //! many proxies × many services.
 //!
@@ -13,8 +14,11 @@
 //! expressed is left out and reported by [`MeshIndex::warnings`] (mesh-wide)
 //! or [`ProxyOutput::warnings`] (one proxy).
 
+mod checks;
 mod clusters;
+mod delegate;
 mod hosts;
+mod http_rule;
 mod ports;
 mod proxy;
 mod routes;
@@ -26,7 +30,9 @@ use weft_api::Resource;
 use weft_proto::discovery::v1::Node;
 use weft_proto::proxy::v1::{self as pb, ProxyConfig};
 
+use self::delegate::Delegates;
 use self::hosts::{HostIndex, Visibility, kube_aliases, kube_parts};
+use self::http_rule::Source;
 use self::routes::CompiledVs;
 use self::scope::Sidecars;
 use crate::registry::{Registry, Workload};
@@ -67,6 +73,9 @@ struct RoutedPorts {
     /// The VirtualService's `exportTo`.
     visibility: Visibility,
     ports: Vec<pb::ServicePort>,
+    /// Per port, per route: the calling proxies a route is limited to
+    /// (`sourceLabels`, `sourceNamespace`). Empty when no route is limited.
+    sources: Vec<Vec<Option<Source>>>,
 }
 
 impl MeshIndex {
@@ -77,10 +86,13 @@ impl MeshIndex {
         let hosts = HostIndex::new(services);
         let mut clusters = clusters::build(&registry, &hosts, resources, &mut warnings);
 
+        let delegates = Delegates::new(resources);
         let mut virtual_services: Vec<CompiledVs> = resources
             .iter()
             .filter_map(|r| match r {
-                Resource::VirtualService(object) => CompiledVs::new(object, &mut warnings),
+                Resource::VirtualService(object) => {
+                    CompiledVs::new(object, &delegates, &mut warnings)
+                }
                 _ => None,
             })
             .collect();
@@ -110,21 +122,26 @@ impl MeshIndex {
                 .into_iter()
                 .map(|(_, vs_index)| {
                     let vs = &virtual_services[vs_index];
-                    let ports = service
-                        .ports
-                        .iter()
-                        .map(|port| {
-                            let mut out = ports::service_port(port);
-                            if ports::carries_http(port) {
-                                out.routes =
-                                    vs.routes(port, services, &hosts, &mut clusters, &mut warnings);
-                            }
-                            out
-                        })
-                        .collect();
+                    let mut ports = Vec::with_capacity(service.ports.len());
+                    let mut sources = Vec::with_capacity(service.ports.len());
+                    for port in &service.ports {
+                        let mut out = ports::service_port(port);
+                        let mut port_sources = Vec::new();
+                        if ports::carries_http(port) {
+                            let routes =
+                                vs.routes(port, services, &hosts, &mut clusters, &mut warnings);
+                            (out.routes, port_sources) = routes.into_iter().unzip();
+                        }
+                        ports.push(out);
+                        sources.push(port_sources);
+                    }
+                    if sources.iter().flatten().all(Option::is_none) {
+                        sources.clear();
+                    }
                     RoutedPorts {
                         visibility: vs.visibility.clone(),
                         ports,
+                        sources,
                     }
                 })
                 .collect();
@@ -165,5 +182,7 @@ impl MeshIndex {
 
 #[cfg(test)]
 mod corpus_tests;
+#[cfg(test)]
+mod route_tests;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! The per-proxy step: select what one proxy sees from a [`MeshIndex`] and
 //! add its own listeners and inbound ports.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use weft_proto::discovery::v1::Node;
@@ -9,7 +9,7 @@ use weft_proto::proxy::v1::{self as pb, ProxyConfig};
 
 use super::hosts::fqdn;
 use super::ports::{cluster_name, is_server_first};
-use super::{CompiledService, MeshIndex};
+use super::{CompiledService, MeshIndex, RoutedPorts};
 use crate::registry::{PortProtocol, namespace_or_default};
 
 /// Istio's capture ports.
@@ -66,13 +66,16 @@ impl MeshIndex {
                 .routed
                 .iter()
                 .find(|r| r.visibility.allows(namespace))
-                .map_or(&service.plain_ports, |r| &r.ports);
+                .map_or_else(
+                    || service.plain_ports.clone(),
+                    |r| r.ports_for(namespace, &node.labels),
+                );
             services.push(pb::Service {
                 name: service.name.clone(),
                 namespace: service.namespace.clone(),
                 hosts: vec![service.key.clone()],
                 vips: service.vips.clone(),
-                ports: ports.clone(),
+                ports,
             });
             kept.push(service);
         }
@@ -125,6 +128,36 @@ impl MeshIndex {
         names
             .iter()
             .filter_map(|name| self.clusters.get(name).cloned())
+            .collect()
+    }
+}
+
+impl RoutedPorts {
+    /// The ports as a proxy in `namespace` with `labels` sees them: without
+    /// the routes limited to other callers.
+    fn ports_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<pb::ServicePort> {
+        if self.sources.is_empty() {
+            return self.ports.clone();
+        }
+        self.ports
+            .iter()
+            .zip(&self.sources)
+            .map(|(port, sources)| pb::ServicePort {
+                routes: port
+                    .routes
+                    .iter()
+                    .zip(sources)
+                    .filter(|(_, source)| {
+                        source.as_ref().is_none_or(|s| s.admits(namespace, labels))
+                    })
+                    .map(|(route, _)| route.clone())
+                    .collect(),
+                ..port.clone()
+            })
             .collect()
     }
 }

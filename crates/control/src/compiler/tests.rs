@@ -10,7 +10,7 @@ use weft_proto::proxy::v1::{self as pb, ProxyConfig};
 use super::{MeshIndex, ProxyOutput};
 use crate::registry::Workload;
 
-fn mesh(yaml: &str, workloads: &[Workload]) -> MeshIndex {
+pub(super) fn mesh(yaml: &str, workloads: &[Workload]) -> MeshIndex {
     let decoded = weft_api::decode_str(yaml, "test.yaml");
     assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
     MeshIndex::build(&decoded.resources, workloads)
@@ -23,7 +23,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn node(namespace: &str, pairs: &[(&str, &str)]) -> Node {
+pub(super) fn node(namespace: &str, pairs: &[(&str, &str)]) -> Node {
     Node {
         id: "n1".into(),
         workload: "client".into(),
@@ -34,7 +34,12 @@ fn node(namespace: &str, pairs: &[(&str, &str)]) -> Node {
     }
 }
 
-fn workload(name: &str, namespace: &str, address: &str, pairs: &[(&str, &str)]) -> Workload {
+pub(super) fn workload(
+    name: &str,
+    namespace: &str,
+    address: &str,
+    pairs: &[(&str, &str)],
+) -> Workload {
     let mut node = node(namespace, pairs);
     node.workload = name.into();
     node.address = address.into();
@@ -47,7 +52,7 @@ fn workload(name: &str, namespace: &str, address: &str, pairs: &[(&str, &str)]) 
 }
 
 /// Compiles and checks that the proxy accepts the result.
-fn compile(index: &MeshIndex, node: &Node) -> ProxyOutput {
+pub(super) fn compile(index: &MeshIndex, node: &Node) -> ProxyOutput {
     let out = index.compile(node);
     if let Err(err) = weft_proxy::config::Snapshot::compile(out.config.clone(), "x") {
         panic!(
@@ -58,11 +63,11 @@ fn compile(index: &MeshIndex, node: &Node) -> ProxyOutput {
     out
 }
 
-fn config(index: &MeshIndex, node: &Node) -> ProxyConfig {
+pub(super) fn config(index: &MeshIndex, node: &Node) -> ProxyConfig {
     compile(index, node).config
 }
 
-fn service<'a>(config: &'a ProxyConfig, name: &str) -> Option<&'a pb::Service> {
+pub(super) fn service<'a>(config: &'a ProxyConfig, name: &str) -> Option<&'a pb::Service> {
     config.services.iter().find(|s| s.name == name)
 }
 
@@ -82,7 +87,7 @@ fn addresses(cluster: &pb::Cluster) -> Vec<&str> {
         .collect()
 }
 
-const REVIEWS: &str = "
+pub(super) const REVIEWS: &str = "
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews, namespace: shop}
@@ -110,7 +115,7 @@ spec:
   labels: {app: reviews, version: v1}
 ";
 
-const REVIEWS_HOST: &str = "reviews.shop.svc.cluster.local";
+pub(super) const REVIEWS_HOST: &str = "reviews.shop.svc.cluster.local";
 
 #[test]
 fn workload_selector_picks_matching_workloads_of_its_namespace() {
@@ -285,7 +290,7 @@ metadata: {{name: reviews, namespace: shop}}
 spec:
   hosts: [reviews]
   http:
-  - match: [{{uri: {{prefix: /a}}}}, {{headers: {{end-user: {{exact: jason}}}}}}]
+  - match: [{{uri: {{prefix: /a}}}}, {{queryParams: {{user: {{prefix: j}}}}}}]
     route: [{{destination: {{host: reviews, subset: v2}}}}]
   - route: [{{destination: {{host: reviews}}}}]
 "
@@ -293,7 +298,8 @@ spec:
     let index = mesh(&yaml, &[]);
     assert!(
         index.warnings().iter().any(
-            |w| w.contains("VirtualService shop/reviews: http[0] skipped") && w.contains("headers")
+            |w| w.contains("VirtualService shop/reviews: http[0] skipped")
+                && w.contains("queryParams")
         ),
         "{:?}",
         index.warnings()

@@ -6,11 +6,17 @@
 //! requests pick up as they start, so in-flight requests keep theirs.
 
 mod load;
+mod route;
+mod route_match;
 mod snapshot;
 pub mod watch;
 
 pub use load::{ConfigError, parse_config};
+pub use route::{
+    Destination, DirectResponse, Forward, HeaderOps, Redirect, Rewrite, Route, RouteAction,
+};
+pub use route_match::{PathMatch, RequestView, RouteMatch};
 pub use snapshot::{
-    Cluster, Endpoint, InboundPort, ListenerSpec, PortProtocol, Route, Service, ServicePort,
-    Snapshot, UpstreamProtocol,
+    Cluster, Endpoint, InboundPort, ListenerSpec, PortProtocol, Service, ServicePort, Snapshot,
+    UpstreamProtocol,
 };

@@ -10,6 +10,7 @@ use std::time::Duration;
 use weft_proto::proxy::v1 as pb;
 
 use super::ConfigError;
+use super::route::{Route, compile_route};
 
 /// Istio's `connectionPool.tcp.connectTimeout` default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,49 +81,9 @@ pub struct ServicePort {
     pub protocol: PortProtocol,
     pub server_first: bool,
     /// Never empty: a port without routes gets one route to its cluster.
-    pub routes: Vec<Route>,
+    pub routes: Vec<Arc<Route>>,
     /// Where opaque TCP for this port goes.
     pub tcp_cluster: Arc<Cluster>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    Any,
-    Exact(String),
-    Prefix(String),
-}
-
-pub struct Route {
-    pub name: String,
-    pub path: PathMatch,
-    pub timeout: Option<Duration>,
-    clusters: Vec<(Arc<Cluster>, u32)>,
-    total_weight: u32,
-    next: AtomicUsize,
-}
-
-impl Route {
-    pub fn matches(&self, path: &str) -> bool {
-        match &self.path {
-            PathMatch::Any => true,
-            PathMatch::Exact(exact) => path == exact,
-            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
-        }
-    }
-
-    /// Picks a destination cluster in proportion to the weights
-    /// (deterministic rotation, so small samples already follow the split).
-    pub fn pick_cluster(&self) -> &Arc<Cluster> {
-        let mut slot =
-            (self.next.fetch_add(1, Ordering::Relaxed) % self.total_weight as usize) as u32;
-        for (cluster, weight) in &self.clusters {
-            if slot < *weight {
-                return cluster;
-            }
-            slot -= weight;
-        }
-        &self.clusters[0].0
-    }
 }
 
 pub struct Cluster {
@@ -138,6 +99,17 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster without endpoints, for traffic that has nowhere to go.
+    pub fn black_hole() -> Self {
+        Self::new(
+            "BlackHoleCluster".to_string(),
+            String::new(),
+            UpstreamProtocol::ClientProtocol,
+            DEFAULT_CONNECT_TIMEOUT,
+            Vec::new(),
+        )
+    }
+
     /// A one-endpoint cluster for traffic that goes where it was addressed
     /// (Istio's PassthroughCluster).
     pub fn passthrough(address: SocketAddr) -> Self {
@@ -297,15 +269,15 @@ impl Snapshot {
 }
 
 #[derive(Default)]
-struct Problems(Vec<String>);
+pub(super) struct Problems(pub(super) Vec<String>);
 
 impl Problems {
-    fn push(&mut self, path: impl std::fmt::Display, message: impl std::fmt::Display) {
+    pub(super) fn push(&mut self, path: impl std::fmt::Display, message: impl std::fmt::Display) {
         self.0.push(format!("{path}: {message}"));
     }
 }
 
-fn duration(
+pub(super) fn duration(
     value: Option<&pbjson_types::Duration>,
     path: &str,
     problems: &mut Problems,
@@ -489,7 +461,7 @@ fn compile_service_port(
     for (r_index, route) in port.routes.iter().enumerate() {
         let r_path = format!("{path}.routes[{r_index}]");
         if let Some(compiled) = compile_route(route, &r_path, clusters, problems) {
-            routes.push(compiled);
+            routes.push(Arc::new(compiled));
         }
     }
     if port.routes.is_empty() {
@@ -502,75 +474,28 @@ fn compile_service_port(
             );
             return None;
         };
-        routes.push(Route {
-            name: "default".to_string(),
-            path: PathMatch::Any,
-            timeout: None,
-            clusters: vec![(cluster, 1)],
-            total_weight: 1,
-            next: AtomicUsize::new(0),
-        });
+        routes.push(Arc::new(Route::to_cluster(cluster)));
     }
-    let tcp_cluster =
-        default_cluster.or_else(|| routes.first().map(|r| r.clusters[0].0.clone()))?;
+    if routes.is_empty() {
+        // Every route had a problem, already reported.
+        return None;
+    }
+    // Opaque TCP on an HTTP port follows the default cluster, else the first
+    // forwarding route; a port that only redirects or answers has nowhere to
+    // send bytes (Istio's BlackHoleCluster: no endpoints, flag UH).
+    let tcp_cluster = default_cluster
+        .or_else(|| {
+            routes
+                .iter()
+                .find_map(|r| Some(r.forward()?.destinations.first()?.cluster.clone()))
+        })
+        .unwrap_or_else(|| Arc::new(Cluster::black_hole()));
     Some(ServicePort {
         port: number,
         protocol,
         server_first: port.server_first,
         routes,
         tcp_cluster,
-    })
-}
-
-fn compile_route(
-    route: &pb::Route,
-    path: &str,
-    clusters: &HashMap<String, Arc<Cluster>>,
-    problems: &mut Problems,
-) -> Option<Route> {
-    let path_match = match route.r#match.as_ref().and_then(|m| m.path.as_ref()) {
-        None => PathMatch::Any,
-        Some(pb::route_match::Path::PathExact(exact)) => PathMatch::Exact(exact.clone()),
-        Some(pb::route_match::Path::PathPrefix(prefix)) => PathMatch::Prefix(prefix.clone()),
-    };
-    if route.clusters.is_empty() {
-        problems.push(format!("{path}.clusters"), "needs at least one cluster");
-        return None;
-    }
-    let single = route.clusters.len() == 1;
-    let mut targets = Vec::new();
-    for (c_index, target) in route.clusters.iter().enumerate() {
-        match clusters.get(&target.cluster) {
-            Some(cluster) => {
-                let weight = if single {
-                    target.weight.max(1)
-                } else {
-                    target.weight
-                };
-                if weight > 0 {
-                    targets.push((cluster.clone(), weight));
-                }
-            }
-            None => problems.push(
-                format!("{path}.clusters[{c_index}].cluster"),
-                format!("no cluster named {:?}", target.cluster),
-            ),
-        }
-    }
-    let total_weight: u32 = targets.iter().map(|(_, w)| *w).sum();
-    if total_weight == 0 {
-        if targets.len() == route.clusters.len() {
-            problems.push(format!("{path}.clusters"), "weights add up to 0");
-        }
-        return None;
-    }
-    Some(Route {
-        name: route.name.clone(),
-        path: path_match,
-        timeout: duration(route.timeout.as_ref(), &format!("{path}.timeout"), problems),
-        clusters: targets,
-        total_weight,
-        next: AtomicUsize::new(0),
     })
 }
 
@@ -795,8 +720,9 @@ clusters: [{name: a}, {name: b}]
         )
         .expect("valid");
         let route = &snapshot.service_by_host("s").expect("service").ports[0].routes[0];
+        let forward = route.forward().expect("forwarding route");
         let to_a = (0..100)
-            .filter(|_| route.pick_cluster().name == "a")
+            .filter(|_| forward.destinations[forward.pick()].cluster.name == "a")
             .count();
         assert_eq!(to_a, 75);
     }

@@ -13,8 +13,9 @@ use hyper_util::rt::TokioIo;
 
 use super::ProxyBody;
 use super::reply::LocalReply;
-use super::route::{self, Target};
-use crate::config::UpstreamProtocol;
+use super::rewrite;
+use super::route::{self, Decision, Target};
+use crate::config::{RequestView, UpstreamProtocol};
 use crate::flags::ResponseFlag;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
@@ -40,23 +41,36 @@ pub async fn handle(
         service: String::new(),
         done: false,
     };
-    let authority = request_authority(&request);
+    let mut authority = request_authority(&request);
     let downstream_version = request.version();
     let decision = {
         let snapshot = state.snapshot();
-        route::resolve(
-            &snapshot,
-            &conn.target,
-            authority.as_ref(),
-            request.uri().path(),
-        )
+        let view = RequestView {
+            path: request.uri().path(),
+            query: request.uri().query(),
+            method: request.method(),
+            authority: authority.as_ref().map(Authority::as_str),
+            // Downstream connections are plaintext until the proxy
+            // terminates TLS itself.
+            scheme: "http",
+            headers: request.headers(),
+        };
+        route::resolve(&snapshot, &conn.target, authority.as_ref(), &view)
     };
-    let decision = match decision {
-        Ok(decision) => decision,
+    let forwarding = match decision {
+        Ok(Decision::Forward(forwarding)) => forwarding,
+        Ok(Decision::Answer { service, response }) => {
+            record.service = service;
+            record.finish(response.status(), None);
+            return Ok(response);
+        }
         Err(reply) => return Ok(record.local_reply(reply)),
     };
-    record.service.clone_from(&decision.service);
-    let cluster = decision.cluster;
+    record.service.clone_from(&forwarding.service);
+    if let Some(matched) = &forwarding.matched {
+        rewrite::edit_request(matched, &mut request, &mut authority);
+    }
+    let cluster = forwarding.cluster;
     let Some(endpoint) = cluster.pick_endpoint() else {
         return Ok(record.local_reply(LocalReply::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -81,7 +95,7 @@ pub async fn handle(
     let send = state
         .pool
         .send(addr, version, cluster.connect_timeout, upstream_request);
-    let result = match decision.timeout {
+    let result = match forwarding.timeout {
         None => send.await,
         Some(timeout) => match tokio::time::timeout(timeout, send).await {
             Ok(result) => result,
@@ -119,6 +133,9 @@ pub async fn handle(
         });
     } else {
         strip_hop_by_hop(response.headers_mut(), false);
+    }
+    if let Some(matched) = &forwarding.matched {
+        rewrite::edit_response(matched, response.headers_mut());
     }
     // Answer in the client's HTTP version, whatever the upstream spoke.
     *response.version_mut() = downstream_version;

@@ -2,14 +2,19 @@
 //!
 //! 1. [`server`] accepts HTTP/1.1 or HTTP/2 on a downstream connection;
 //! 2. [`route`] resolves the request to a service, route and cluster (or a
-//!    local reply: NR);
-//! 3. [`forward`] picks an endpoint (UH), gets a pooled connection (UF),
+//!    local reply: NR; or the route's own redirect or direct response, built
+//!    by [`rewrite`]);
+//! 3. [`rewrite`] applies the route's path/authority rewrites and request
+//!    header operations;
+//! 4. [`forward`] picks an endpoint (UH), gets a pooled connection (UF),
 //!    sends the request within the route timeout (UT) and streams the
-//!    response back, bodies, trailers and upgrades included;
-//! 4. [`reply`] builds the local replies that name what went wrong.
+//!    response back (with the route's response header operations), bodies,
+//!    trailers and upgrades included;
+//! 5. [`reply`] builds the local replies that name what went wrong.
 
 pub mod forward;
 pub mod reply;
+pub mod rewrite;
 pub mod route;
 pub mod server;
 

@@ -44,3 +44,21 @@ impl LocalReply {
         response
     }
 }
+
+/// A response a route gives by design (redirect, direct response). It
+/// carries no flag, since nothing went wrong (Envoy logs these with `-`).
+pub fn answer(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let has_body = !body.is_empty();
+    let mut response = Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    if has_body {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    response
+}

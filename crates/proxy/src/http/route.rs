@@ -3,18 +3,21 @@
 //! HTTP is routed by authority, as in Istio: the `Host`/`:authority` names
 //! the service; its port comes from the authority or, failing that, the port
 //! the client dialled. Within the service port, the first route whose match
-//! accepts the path wins; no match is a 404 with flag NR.
+//! accepts the request wins (path, headers, query, method, authority,
+//! scheme: see `config::RouteMatch`); no match is a 404 with flag NR.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
 use http::uri::Authority;
+use http::{Response, StatusCode};
 use weft_proto::proxy::v1::OutboundTrafficPolicy;
 
+use super::ProxyBody;
 use super::reply::LocalReply;
-use crate::config::{Cluster, Service, Snapshot};
+use super::rewrite;
+use crate::config::{Cluster, Destination, RequestView, Route, RouteAction, Service, Snapshot};
 use crate::flags::ResponseFlag;
 
 /// Where a downstream connection's requests go; fixed when it is accepted.
@@ -32,34 +35,64 @@ pub enum Target {
     Inbound { port: u16, original_dst: SocketAddr },
 }
 
-/// Where one request goes.
-pub struct Decision {
+/// What to do with one request.
+pub enum Decision {
+    Forward(Forwarding),
+    /// The matched route answers by itself: a redirect or a direct response.
+    Answer {
+        service: String,
+        response: Response<ProxyBody>,
+    },
+}
+
+/// Where one request is forwarded.
+pub struct Forwarding {
     /// The destination service's name, empty when unknown (passthrough).
     pub service: String,
     pub cluster: Arc<Cluster>,
     pub timeout: Option<Duration>,
+    /// The route and destination picked, for rewrites and header edits;
+    /// `None` for inbound and passthrough traffic.
+    pub matched: Option<Matched>,
+}
+
+/// A forwarding route and the index of the destination picked from it.
+pub struct Matched {
+    pub route: Arc<Route>,
+    destination: usize,
+}
+
+impl Matched {
+    pub fn new(route: Arc<Route>, destination: usize) -> Self {
+        Self { route, destination }
+    }
+
+    pub fn destination(&self) -> Option<&Destination> {
+        self.route.forward()?.destinations.get(self.destination)
+    }
 }
 
 pub fn resolve(
     snapshot: &Snapshot,
     target: &Target,
     authority: Option<&Authority>,
-    path: &str,
+    request: &RequestView<'_>,
 ) -> Result<Decision, LocalReply> {
     match target {
         Target::Inbound { port, original_dst } => Ok(match snapshot.inbound_port(*port) {
-            Some(inbound) => Decision {
+            Some(inbound) => Decision::Forward(Forwarding {
                 service: String::new(),
                 cluster: inbound.cluster.clone(),
                 timeout: None,
-            },
+                matched: None,
+            }),
             None => passthrough(*original_dst),
         }),
         Target::Service { name, port } => {
             let service = snapshot
                 .service_by_host(name)
                 .ok_or_else(|| no_route(format!("service {name:?} is no longer configured")))?;
-            route_in_service(service, *port, path)
+            route_in_service(service, *port, request)
         }
         Target::Outbound { port, original_dst } => {
             let by_host = authority.and_then(|a| {
@@ -79,7 +112,7 @@ pub fn resolve(
                 Some((service, dst.port()))
             };
             if let Some((service, port)) = by_host.or_else(by_vip) {
-                return route_in_service(service, port, path);
+                return route_in_service(service, port, request);
             }
             match original_dst {
                 Some(dst) if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
@@ -94,33 +127,64 @@ pub fn resolve(
     }
 }
 
-fn route_in_service(service: &Service, port: u16, path: &str) -> Result<Decision, LocalReply> {
+fn route_in_service(
+    service: &Service,
+    port: u16,
+    request: &RequestView<'_>,
+) -> Result<Decision, LocalReply> {
     let service_port = service
         .port(port)
         .ok_or_else(|| no_route(format!("service {:?} has no port {port}", service.name)))?;
     let route = service_port
         .routes
         .iter()
-        .find(|route| route.matches(path))
+        .find(|route| route.matcher.matches(request))
         .ok_or_else(|| {
             no_route(format!(
-                "no route of {}:{port} matches path {path:?}",
-                service.name
+                "no route of {}:{port} matches {} {:?}",
+                service.name, request.method, request.path
             ))
         })?;
-    Ok(Decision {
+    let forward = match &route.action {
+        RouteAction::Forward(forward) => forward,
+        RouteAction::Redirect(redirect) => {
+            return Ok(Decision::Answer {
+                service: service.name.clone(),
+                response: rewrite::redirect(route, redirect, request),
+            });
+        }
+        RouteAction::Direct(direct) => {
+            return Ok(Decision::Answer {
+                service: service.name.clone(),
+                response: rewrite::direct(route, direct),
+            });
+        }
+    };
+    let destination = forward.pick();
+    let Some(picked) = forward.destinations.get(destination) else {
+        return Err(no_route(format!(
+            "route {:?} of {}:{port} has no destination",
+            route.name, service.name
+        )));
+    };
+    Ok(Decision::Forward(Forwarding {
         service: service.name.clone(),
-        cluster: route.pick_cluster().clone(),
-        timeout: route.timeout,
-    })
+        cluster: picked.cluster.clone(),
+        timeout: forward.timeout,
+        matched: Some(Matched {
+            route: route.clone(),
+            destination,
+        }),
+    }))
 }
 
 fn passthrough(addr: SocketAddr) -> Decision {
-    Decision {
+    Decision::Forward(Forwarding {
         service: String::new(),
         cluster: Arc::new(Cluster::passthrough(addr)),
         timeout: None,
-    }
+        matched: None,
+    })
 }
 
 fn no_route(message: String) -> LocalReply {
