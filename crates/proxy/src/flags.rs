@@ -17,7 +17,25 @@ pub enum ResponseFlag {
     UpstreamConnectionTermination,
     /// DC: the downstream client went away before the response completed.
     DownstreamDisconnect,
+    /// DI: the request was delayed by fault injection.
+    DelayInjected,
+    /// FI: the request was aborted by fault injection.
+    FaultInjected,
+    /// URX: every try allowed by the retry policy failed.
+    UpstreamRetryLimitExceeded,
 }
+
+const ALL: [ResponseFlag; 9] = [
+    ResponseFlag::NoRoute,
+    ResponseFlag::NoHealthyUpstream,
+    ResponseFlag::UpstreamConnectFailure,
+    ResponseFlag::UpstreamRequestTimeout,
+    ResponseFlag::UpstreamConnectionTermination,
+    ResponseFlag::DownstreamDisconnect,
+    ResponseFlag::DelayInjected,
+    ResponseFlag::FaultInjected,
+    ResponseFlag::UpstreamRetryLimitExceeded,
+];
 
 impl ResponseFlag {
     pub fn code(self) -> &'static str {
@@ -28,6 +46,9 @@ impl ResponseFlag {
             Self::UpstreamRequestTimeout => "UT",
             Self::UpstreamConnectionTermination => "UC",
             Self::DownstreamDisconnect => "DC",
+            Self::DelayInjected => "DI",
+            Self::FaultInjected => "FI",
+            Self::UpstreamRetryLimitExceeded => "URX",
         }
     }
 }
@@ -35,5 +56,69 @@ impl ResponseFlag {
 impl fmt::Display for ResponseFlag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
+    }
+}
+
+/// Several flags at once (Envoy shows e.g. `UF,URX`), in [`ResponseFlag`]
+/// declaration order so the same set always prints the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ResponseFlags(u16);
+
+impl ResponseFlags {
+    pub fn with(self, flag: ResponseFlag) -> Self {
+        Self(self.0 | Self::bit(flag))
+    }
+
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub fn contains(self, flag: ResponseFlag) -> bool {
+        self.0 & Self::bit(flag) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Comma-separated codes, `-` for none (Envoy's access log form).
+    pub fn codes(self) -> String {
+        if self.is_empty() {
+            return "-".to_string();
+        }
+        ALL.iter()
+            .filter(|f| self.contains(**f))
+            .map(|f| f.code())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn bit(flag: ResponseFlag) -> u16 {
+        1 << (ALL.iter().position(|f| *f == flag).unwrap_or(0) as u16)
+    }
+}
+
+impl From<ResponseFlag> for ResponseFlags {
+    fn from(flag: ResponseFlag) -> Self {
+        Self::default().with(flag)
+    }
+}
+
+impl From<Option<ResponseFlag>> for ResponseFlags {
+    fn from(flag: Option<ResponseFlag>) -> Self {
+        flag.map(Self::from).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_sets_print_in_a_fixed_order() {
+        let flags = ResponseFlags::from(ResponseFlag::UpstreamRetryLimitExceeded)
+            .with(ResponseFlag::UpstreamConnectFailure);
+        assert_eq!(flags.codes(), "UF,URX");
+        assert_eq!(ResponseFlags::default().codes(), "-");
     }
 }

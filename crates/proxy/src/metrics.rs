@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::flags::ResponseFlag;
+use crate::flags::ResponseFlags;
 
 /// Which side of the call this proxy is: `source` for outbound traffic,
 /// `destination` for inbound.
@@ -33,7 +33,7 @@ struct RequestLabels {
     destination_service: String,
     request_protocol: &'static str,
     response_code: String,
-    response_flags: &'static str,
+    response_flags: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,14 +123,14 @@ impl Metrics {
         destination_service: &str,
         grpc: bool,
         status: u16,
-        flag: Option<ResponseFlag>,
+        flags: impl Into<ResponseFlags>,
     ) {
         let labels = RequestLabels {
             reporter: reporter.as_str(),
             destination_service: service_label(destination_service),
             request_protocol: if grpc { "grpc" } else { "http" },
             response_code: status.to_string(),
-            response_flags: flag.map_or("-", ResponseFlag::code),
+            response_flags: flags.into().codes(),
         };
         self.requests.get_or_create(&labels).inc();
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use weft_api::networking::{HttpMatchRequest, HttpRoute, StringMatch};
 use weft_proto::proxy::v1 as pb;
 
-use super::checks;
+use super::{checks, resilience};
 use crate::registry::labels_match;
 
 /// `(request, response)` changes of an Istio `headers` field; `None` for no
@@ -44,6 +44,9 @@ pub(super) struct Rule {
     pub(super) rewrite: Option<pb::Rewrite>,
     pub(super) request_headers: Option<pb::HeaderOperations>,
     pub(super) response_headers: Option<pb::HeaderOperations>,
+    /// Forwarded requests only.
+    pub(super) retries: Option<pb::RetryPolicy>,
+    pub(super) fault: Option<pb::FaultInjection>,
 }
 
 pub(super) enum Action {
@@ -185,8 +188,6 @@ fn build(
         checks::rewrite(r)?;
     }
     let ignored: Vec<&str> = [
-        ("retries", http.retries.is_some()),
-        ("fault", http.fault.is_some()),
         ("mirror", http.mirror.is_some() || !http.mirrors.is_empty()),
         ("corsPolicy", http.cors_policy.is_some()),
     ]
@@ -206,7 +207,24 @@ fn build(
             "{at}: rewrite only applies to forwarded requests; ignored"
         ));
     }
+    // Retries and faults act around the upstream call; a redirect or direct
+    // response never makes one.
+    let (retries, fault) = if forward {
+        (
+            resilience::retry_policy(http, at, warnings),
+            resilience::fault(http, at, warnings),
+        )
+    } else {
+        if http.fault.is_some() {
+            warnings.push(format!(
+                "{at}: fault only applies to forwarded requests; ignored"
+            ));
+        }
+        (None, None)
+    };
     Ok(Some(Rule {
+        retries,
+        fault,
         name: if http.name.is_empty() {
             default_name.to_string()
         } else {

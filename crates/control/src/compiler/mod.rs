@@ -21,6 +21,7 @@ mod hosts;
 mod http_rule;
 mod ports;
 mod proxy;
+mod resilience;
 mod routes;
 mod scope;
 
@@ -131,6 +132,14 @@ impl MeshIndex {
                             let routes =
                                 vs.routes(port, services, &hosts, &mut clusters, &mut warnings);
                             (out.routes, port_sources) = routes.into_iter().unzip();
+                            // No rule for this port: Istio's default route.
+                            if out.routes.is_empty()
+                                && let Some(route) =
+                                    ports::default_route(port, &service.hostname, &clusters)
+                            {
+                                out.routes.push(route);
+                                port_sources.push(None);
+                            }
                         }
                         ports.push(out);
                         sources.push(port_sources);
@@ -153,7 +162,16 @@ impl MeshIndex {
                 aliases: kube_aliases(&key),
                 short: kube_parts(&key).map(|(short, ns)| (short.to_string(), ns.to_string())),
                 vips: service.vips.iter().map(ToString::to_string).collect(),
-                plain_ports: service.ports.iter().map(ports::service_port).collect(),
+                plain_ports: service
+                    .ports
+                    .iter()
+                    .map(|port| pb::ServicePort {
+                        routes: ports::default_route(port, &service.hostname, &clusters)
+                            .into_iter()
+                            .collect(),
+                        ..ports::service_port(port)
+                    })
+                    .collect(),
                 routed,
                 key,
             });

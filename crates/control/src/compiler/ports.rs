@@ -1,7 +1,11 @@
 //! What a service port means to the proxy: protocol, server-first, and how
 //! to talk to its endpoints.
 
+use std::collections::BTreeMap;
+
 use weft_proto::proxy::v1 as pb;
+
+use super::resilience;
 
 use crate::registry::{PortProtocol, ServicePortDef};
 
@@ -54,6 +58,31 @@ pub(super) fn service_port(port: &ServicePortDef) -> pb::ServicePort {
         routes: Vec::new(),
         cluster: String::new(),
     }
+}
+
+/// The route of an HTTP port no VirtualService routes: everything to the
+/// port's cluster, with Istio's default retry policy. Emitted here rather
+/// than left to the proxy's built-in default route, which has no retries
+/// (a proxy config without weftd means none). `None` for opaque ports and
+/// when the cluster does not exist (the proxy then reports the port).
+pub(super) fn default_route(
+    port: &ServicePortDef,
+    host: &str,
+    clusters: &BTreeMap<String, pb::Cluster>,
+) -> Option<pb::Route> {
+    let cluster = cluster_name(port.number, "", host);
+    if !carries_http(port) || !clusters.contains_key(&cluster) {
+        return None;
+    }
+    Some(pb::Route {
+        name: "default".to_string(),
+        clusters: vec![pb::WeightedCluster {
+            cluster,
+            ..Default::default()
+        }],
+        retries: Some(resilience::default_retry_policy()),
+        ..Default::default()
+    })
 }
 
 /// Istio's cluster naming: `outbound|<port>|<subset>|<host>`.

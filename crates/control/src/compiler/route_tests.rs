@@ -411,7 +411,7 @@ fn missing_delegate_and_unexpressible_rules_are_skipped_with_warnings() {
   - match: [{uri: {prefix: /b}}]
     redirect: {authority: b.example.com, derivePort: FROM_REQUEST_PORT}
   - match: [{uri: {prefix: /c}}]
-    retries: {attempts: 3}
+    mirror: {host: reviews, subset: v1}
     route: [{destination: {host: reviews, subset: v2}}]
   - match: [{uri: {prefix: /d}}]
     redirect: {uri: /x, redirectCode: 300}
@@ -433,7 +433,7 @@ fn missing_delegate_and_unexpressible_rules_are_skipped_with_warnings() {
     );
     assert!(has("http[1] skipped: redirect.derivePort"), "{warnings:?}");
     assert!(
-        has("http[2]: retries not supported yet; ignored"),
+        has("http[2]: mirror not supported yet; ignored"),
         "{warnings:?}"
     );
     // What the proxy would refuse costs the rule, not the whole config.
@@ -449,4 +449,109 @@ fn missing_delegate_and_unexpressible_rules_are_skipped_with_warnings() {
     let config = config(&index, &node("shop", &[]));
     let names: Vec<&str> = routes(&config).iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["reviews.2", "reviews.6"]);
+}
+
+#[test]
+fn retries_default_explicit_and_disabled() {
+    let index = reviews_mesh(&[(
+        "reviews",
+        "  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /default}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {prefix: /explicit}}]
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: 'gateway-error, 409,connect-failure,503,retriable-headers', backoff: 50ms}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {prefix: /none}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {prefix: /moved}}]
+    redirect: {uri: /x}
+",
+    )]);
+    let config = config(&index, &node("shop", &[]));
+    let routes = routes(&config);
+    let default = routes[0].retries.as_ref().expect("default policy");
+    assert_eq!(default.attempts, 2);
+    assert_eq!(
+        default.retry_on,
+        [
+            "connect-failure",
+            "refused-stream",
+            "unavailable",
+            "cancelled",
+            "retriable-status-codes"
+        ]
+    );
+    assert!(
+        default.retriable_status_codes.is_empty(),
+        "Istio ≥1.24: no 503"
+    );
+    let explicit = routes[1].retries.as_ref().expect("explicit policy");
+    assert_eq!(explicit.attempts, 3);
+    assert_eq!(
+        explicit.retry_on,
+        ["gateway-error", "retriable-status-codes", "connect-failure"]
+    );
+    assert_eq!(explicit.retriable_status_codes, [409, 503]);
+    assert_eq!(
+        explicit.per_try_timeout,
+        Some(std::time::Duration::from_secs(2).into())
+    );
+    assert_eq!(
+        explicit.backoff,
+        Some(std::time::Duration::from_millis(50).into())
+    );
+    assert!(routes[2].retries.is_none(), "attempts: 0 disables retries");
+    assert!(
+        routes[3].retries.is_none(),
+        "a redirect makes no upstream call"
+    );
+    assert!(
+        index
+            .warnings()
+            .iter()
+            .any(|w| w.contains("retryOn retriable-headers not supported yet")),
+        "{:?}",
+        index.warnings()
+    );
+}
+
+#[test]
+fn faults_are_mapped() {
+    let index = reviews_mesh(&[(
+        "reviews",
+        "  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /delay}}]
+    fault: {delay: {fixedDelay: 5s, percentage: {value: 12.5}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {prefix: /old}}]
+    fault: {delay: {fixedDelay: 1s, percent: 30}, abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 50}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+",
+    )]);
+    let config = config(&index, &node("shop", &[]));
+    let routes = routes(&config);
+    let fault = routes[0].fault.expect("fault");
+    let delay = fault.delay.expect("delay");
+    assert_eq!(
+        delay.fixed_delay,
+        Some(std::time::Duration::from_secs(5).into())
+    );
+    assert_eq!(delay.percentage, 12.5);
+    assert!(fault.abort.is_none());
+    let fault = routes[1].fault.expect("fault");
+    assert_eq!(fault.delay.expect("delay").percentage, 30.0);
+    let abort = fault.abort.expect("abort");
+    assert_eq!((abort.http_status, abort.percentage), (503, 100.0));
+    let abort = routes[2].fault.and_then(|f| f.abort).expect("abort");
+    assert_eq!((abort.grpc_status, abort.percentage), (14, 50.0));
+    assert!(
+        !index.warnings().iter().any(|w| w.contains("fault")),
+        "{:?}",
+        index.warnings()
+    );
 }

@@ -109,6 +109,8 @@ impl CompiledVs {
                 rewrite: rule.rewrite.clone(),
                 request_headers: rule.request_headers.clone(),
                 response_headers: rule.response_headers.clone(),
+                retries: rule.retries.clone(),
+                fault: rule.fault,
             };
             match &rule.action {
                 Action::Forward(targets) => {

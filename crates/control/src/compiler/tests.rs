@@ -141,7 +141,16 @@ fn workload_selector_picks_matching_workloads_of_its_namespace() {
     assert_eq!(all.service, REVIEWS_HOST);
     let reviews = service(&config, REVIEWS_HOST).expect("reviews visible");
     assert_eq!(reviews.ports[0].protocol, pb::Protocol::Http as i32);
-    assert!(reviews.ports[0].routes.is_empty());
+    // No VirtualService: one route to the port's cluster with Istio's
+    // default retry policy.
+    let [route] = reviews.ports[0].routes.as_slice() else {
+        panic!("one default route: {:?}", reviews.ports[0].routes);
+    };
+    assert_eq!(
+        route.clusters[0].cluster,
+        "outbound|9080||reviews.shop.svc.cluster.local"
+    );
+    assert_eq!(route.retries.as_ref().map(|r| r.attempts), Some(2));
 }
 
 #[test]

@@ -6,12 +6,14 @@
 //! requests pick up as they start, so in-flight requests keep theirs.
 
 mod load;
+mod resilience;
 mod route;
 mod route_match;
 mod snapshot;
 pub mod watch;
 
 pub use load::{ConfigError, parse_config};
+pub use resilience::{Fault, FaultAbort, FaultDelay, RetryOn, RetryPolicy};
 pub use route::{
     Destination, DirectResponse, Forward, HeaderOps, Redirect, Rewrite, Route, RouteAction,
 };

@@ -14,6 +14,7 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use regex::Regex;
 use weft_proto::proxy::v1 as pb;
 
+use super::resilience::{Fault, RetryPolicy, compile_fault, compile_retries};
 use super::route_match::{RouteMatch, regex_problem};
 use super::snapshot::{Cluster, Problems, duration};
 
@@ -37,6 +38,9 @@ pub struct Forward {
     /// Connect plus response headers; `None` waits for ever (Istio's default).
     pub timeout: Option<Duration>,
     pub rewrite: Rewrite,
+    /// `None`: one try only.
+    pub retries: Option<Box<RetryPolicy>>,
+    pub fault: Option<Box<Fault>>,
     total_weight: u32,
     next: AtomicUsize,
 }
@@ -95,6 +99,10 @@ impl Route {
                 }],
                 timeout: None,
                 rewrite: Rewrite::default(),
+                // A config without weftd asks for no retries; weftd sends
+                // explicit default routes with Istio's retry policy.
+                retries: None,
+                fault: None,
                 total_weight: 1,
                 next: AtomicUsize::new(0),
             }),
@@ -259,10 +267,16 @@ fn compile_forward(
     }
     let rewrite = compile_rewrite(route.rewrite.as_ref(), &format!("{path}.rewrite"), problems);
     let timeout = duration(route.timeout.as_ref(), &format!("{path}.timeout"), problems);
+    let retries =
+        compile_retries(route.retries.as_ref(), &format!("{path}.retries"), problems).map(Box::new);
+    let fault =
+        compile_fault(route.fault.as_ref(), &format!("{path}.fault"), problems).map(Box::new);
     Some(RouteAction::Forward(Forward {
         destinations,
         timeout,
         rewrite,
+        retries,
+        fault,
         total_weight,
         next: AtomicUsize::new(0),
     }))

@@ -7,19 +7,18 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::ProxyBody;
 use super::reply::LocalReply;
-use super::rewrite;
 use super::route::{self, Decision, Target};
+use super::{fault, retry, rewrite};
 use crate::config::{RequestView, UpstreamProtocol};
-use crate::flags::ResponseFlag;
+use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
-use crate::upstream::{HttpVersion, UpstreamError};
+use crate::upstream::HttpVersion;
 
 /// What the server knows about the downstream connection.
 pub struct HttpConn {
@@ -39,6 +38,7 @@ pub async fn handle(
         reporter: conn.reporter,
         grpc: is_grpc(request.headers()),
         service: String::new(),
+        extra: ResponseFlags::default(),
         done: false,
     };
     let mut authority = request_authority(&request);
@@ -61,7 +61,7 @@ pub async fn handle(
         Ok(Decision::Forward(forwarding)) => forwarding,
         Ok(Decision::Answer { service, response }) => {
             record.service = service;
-            record.finish(response.status(), None);
+            record.finish(response.status(), ResponseFlags::default());
             return Ok(response);
         }
         Err(reply) => return Ok(record.local_reply(reply)),
@@ -70,18 +70,21 @@ pub async fn handle(
     if let Some(matched) = &forwarding.matched {
         rewrite::edit_request(matched, &mut request, &mut authority);
     }
+    let route = forwarding.matched.as_ref().map(|m| m.route.clone());
+    let forward = route.as_deref().and_then(|r| r.forward());
+    if let Some(fault) = forward.and_then(|f| f.fault.as_ref()) {
+        let injected = fault::decide(fault);
+        if let Some(delay) = injected.delay {
+            tokio::time::sleep(delay).await;
+            record.extra = record.extra.with(ResponseFlag::DelayInjected);
+        }
+        if let Some(abort) = injected.abort {
+            let (status, response) = fault::abort_response(&abort, record.grpc, record.extra);
+            record.finish(status, ResponseFlag::FaultInjected.into());
+            return Ok(response);
+        }
+    }
     let cluster = forwarding.cluster;
-    let Some(endpoint) = cluster.pick_endpoint() else {
-        return Ok(record.local_reply(LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlag::NoHealthyUpstream,
-            format!(
-                "no healthy upstream: cluster {:?} has no endpoints",
-                cluster.name
-            ),
-        )));
-    };
-    let addr = endpoint.address;
 
     let upgrade = conn.version == HttpVersion::Http1 && is_upgrade_request(request.headers());
     let version = if upgrade {
@@ -90,30 +93,21 @@ pub async fn handle(
         upstream_version(cluster.upstream_protocol, conn.version)
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let upstream_request = prepare_request(request, version, authority, addr, upgrade);
-
-    let send = state
-        .pool
-        .send(addr, version, cluster.connect_timeout, upstream_request);
-    let result = match forwarding.timeout {
-        None => send.await,
-        Some(timeout) => match tokio::time::timeout(timeout, send).await {
-            Ok(result) => result,
-            Err(_) => {
-                return Ok(record.local_reply(LocalReply::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    ResponseFlag::UpstreamRequestTimeout,
-                    format!(
-                        "upstream {addr} of cluster {:?} did not answer within {timeout:?}",
-                        cluster.name
-                    ),
-                )));
-            }
-        },
+    let (parts, body) = request.into_parts();
+    let exchange = retry::Exchange {
+        state: &state,
+        cluster: &cluster,
+        version,
+        head: UpstreamHead::new(parts, version, authority, upgrade),
+        timeout: forwarding.timeout,
+        // An upgraded connection cannot be replayed.
+        policy: forward
+            .and_then(|f| f.retries.as_deref())
+            .filter(|_| !upgrade),
     };
-    let mut response = match result {
-        Ok(response) => response,
-        Err(err) => return Ok(record.local_reply(upstream_failure(&cluster.name, err))),
+    let (mut response, flags) = match retry::send(exchange, body).await {
+        Ok(sent) => sent,
+        Err(reply) => return Ok(record.local_reply(reply)),
     };
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -139,24 +133,8 @@ pub async fn handle(
     }
     // Answer in the client's HTTP version, whatever the upstream spoke.
     *response.version_mut() = downstream_version;
-    record.finish(response.status(), None);
+    record.finish(response.status(), flags);
     Ok(response)
-}
-
-fn upstream_failure(cluster: &str, err: UpstreamError) -> LocalReply {
-    if err.is_connect_failure() {
-        LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlag::UpstreamConnectFailure,
-            format!("upstream connect error in cluster {cluster:?}: {err}"),
-        )
-    } else {
-        LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlag::UpstreamConnectionTermination,
-            format!("upstream reset in cluster {cluster:?}: {err}"),
-        )
-    }
 }
 
 fn upstream_version(protocol: UpstreamProtocol, downstream: HttpVersion) -> HttpVersion {
@@ -192,51 +170,87 @@ fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Rewrites a downstream request for the upstream hop: hop-by-hop headers
-/// removed, origin-form URI and `Host` for HTTP/1, absolute URI carrying the
-/// original authority for HTTP/2.
-fn prepare_request(
-    request: Request<Incoming>,
-    version: HttpVersion,
+/// A downstream request's head rewritten for the upstream hop, once, so
+/// each try can be built from it: hop-by-hop headers removed, origin-form
+/// URI and `Host` for HTTP/1, absolute URI carrying the original authority
+/// for HTTP/2.
+pub(super) struct UpstreamHead {
+    parts: http::request::Parts,
     authority: Option<Authority>,
-    addr: std::net::SocketAddr,
-    upgrade: bool,
-) -> Request<ProxyBody> {
-    let (mut parts, body) = request.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    match version {
-        HttpVersion::Http1 => {
-            parts.version = Version::HTTP_11;
-            parts.uri = Uri::from(path);
-            if !parts.headers.contains_key(header::HOST)
-                && let Some(authority) = &authority
-                && let Ok(value) = authority.as_str().parse()
-            {
-                parts.headers.insert(header::HOST, value);
+    version: HttpVersion,
+}
+
+impl UpstreamHead {
+    fn new(
+        mut parts: http::request::Parts,
+        version: HttpVersion,
+        authority: Option<Authority>,
+        upgrade: bool,
+    ) -> Self {
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        match version {
+            HttpVersion::Http1 => {
+                parts.version = Version::HTTP_11;
+                parts.uri = Uri::from(path);
+                if !parts.headers.contains_key(header::HOST)
+                    && let Some(authority) = &authority
+                    && let Ok(value) = authority.as_str().parse()
+                {
+                    parts.headers.insert(header::HOST, value);
+                }
+            }
+            HttpVersion::Http2 => {
+                parts.version = Version::HTTP_2;
+                parts.uri = Uri::from(path);
+                parts.headers.remove(header::HOST);
             }
         }
-        HttpVersion::Http2 => {
-            parts.version = Version::HTTP_2;
-            let authority = authority
+        Self {
+            parts,
+            authority,
+            version,
+        }
+    }
+
+    /// The request of one try to `addr`.
+    pub(super) fn request(
+        &self,
+        addr: std::net::SocketAddr,
+        body: ProxyBody,
+    ) -> Request<ProxyBody> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.parts.method.clone();
+        *request.version_mut() = self.parts.version;
+        *request.headers_mut() = self.parts.headers.clone();
+        *request.uri_mut() = self.parts.uri.clone();
+        if self.version == HttpVersion::Http2 {
+            let authority = self
+                .authority
+                .clone()
                 .or_else(|| addr.to_string().parse().ok())
                 .unwrap_or_else(|| Authority::from_static("localhost"));
+            let path = self
+                .parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
             if let Ok(uri) = Uri::builder()
                 .scheme("http")
                 .authority(authority)
                 .path_and_query(path)
                 .build()
             {
-                parts.uri = uri;
+                *request.uri_mut() = uri;
             }
-            parts.headers.remove(header::HOST);
         }
+        request
     }
-    Request::from_parts(parts, ProxyBody::new(body.map_err(Into::into)))
 }
 
 /// Connection-level headers that must not cross a proxy (RFC 9110 §7.6.1),
@@ -279,29 +293,32 @@ struct RequestRecord<'a> {
     reporter: Reporter,
     grpc: bool,
     service: String,
+    /// Flags for whatever answer is given (DI after an injected delay).
+    extra: ResponseFlags,
     done: bool,
 }
 
 impl RequestRecord<'_> {
-    fn finish(&mut self, status: StatusCode, flag: Option<ResponseFlag>) {
+    fn finish(&mut self, status: StatusCode, flags: ResponseFlags) {
         self.done = true;
         self.state.metrics.record_request(
             self.reporter,
             &self.service,
             self.grpc,
             status.as_u16(),
-            flag,
+            flags.union(self.extra),
         );
     }
 
-    fn local_reply(&mut self, reply: LocalReply) -> Response<ProxyBody> {
+    fn local_reply(&mut self, mut reply: LocalReply) -> Response<ProxyBody> {
+        reply.extra = reply.extra.union(self.extra);
         tracing::debug!(
             flag = reply.flag.code(),
             status = reply.status.as_u16(),
             "{}",
             reply.message
         );
-        self.finish(reply.status, Some(reply.flag));
+        self.finish(reply.status, reply.flags());
         reply.into_response()
     }
 }
@@ -314,7 +331,7 @@ impl Drop for RequestRecord<'_> {
                 &self.service,
                 self.grpc,
                 0,
-                Some(ResponseFlag::DownstreamDisconnect),
+                self.extra.with(ResponseFlag::DownstreamDisconnect),
             );
         }
     }

@@ -10,10 +10,14 @@
 //!    sends the request within the route timeout (UT) and streams the
 //!    response back (with the route's response header operations), bodies,
 //!    trailers and upgrades included;
+//!    [`fault`] first injects the route's delay or abort (DI, FI);
+//!    [`retry`] repeats failed tries under the route's retry policy (URX);
 //! 5. [`reply`] builds the local replies that name what went wrong.
 
+mod fault;
 pub mod forward;
 pub mod reply;
+pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod server;

@@ -1,0 +1,485 @@
+//! Sending a request upstream under the route's retry policy (Istio's
+//! `retries`, Envoy's semantics): up to `attempts + 1` tries, all within the
+//! route timeout, each within `per_try_timeout`; a retry waits a jittered,
+//! growing backoff and prefers an endpoint not tried yet (Istio's
+//! `previous_hosts` predicate).
+//!
+//! A retry must resend the request body, so the body is read through
+//! [`Replay`], which keeps what it forwarded up to [`REPLAY_CAP`]. A try may
+//! be repeated when its body was not read at all (a connect failure) or was
+//! read whole within the cap; a larger or still-streaming body is never
+//! replayed.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::forward::UpstreamHead;
+use super::reply::LocalReply;
+use super::{BoxError, ProxyBody, fault};
+use crate::config::{Cluster, RetryPolicy};
+use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::state::ProxyState;
+use crate::upstream::{HttpVersion, UpstreamError};
+
+/// Most request body bytes kept for a retry.
+pub const REPLAY_CAP: usize = 64 * 1024;
+/// Envoy's backoff ceiling: ten times the base.
+const MAX_BACKOFF_FACTOR: u32 = 10;
+/// How many picks to spend looking for an endpoint not tried yet.
+const HOST_SELECTION_ATTEMPTS: usize = 5;
+
+/// One downstream request on its way to a cluster.
+pub(super) struct Exchange<'a> {
+    pub state: &'a ProxyState,
+    pub cluster: &'a Cluster,
+    pub version: HttpVersion,
+    pub head: UpstreamHead,
+    /// The route timeout: bounds every try and backoff together.
+    pub timeout: Option<Duration>,
+    /// `None` (or an upgrade): one try.
+    pub policy: Option<&'a RetryPolicy>,
+}
+
+/// The upstream's response with the flags to record for it (URX when it is
+/// the last of several failed tries), or the local reply to send instead.
+pub(super) type Sent = Result<(Response<ProxyBody>, ResponseFlags), LocalReply>;
+
+pub(super) async fn send(exchange: Exchange<'_>, body: Incoming) -> Sent {
+    let tries = tries(&exchange, body);
+    match exchange.timeout {
+        None => tries.await,
+        Some(timeout) => match tokio::time::timeout(timeout, tries).await {
+            Ok(sent) => sent,
+            Err(_) => Err(LocalReply::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ResponseFlag::UpstreamRequestTimeout,
+                format!(
+                    "cluster {:?} did not answer within {timeout:?} (the route timeout)",
+                    exchange.cluster.name
+                ),
+            )),
+        },
+    }
+}
+
+enum Outcome {
+    Response(Response<ProxyBody>),
+    Failed(UpstreamError),
+    TimedOut(Duration),
+}
+
+async fn tries(exchange: &Exchange<'_>, body: Incoming) -> Sent {
+    let cluster = exchange.cluster;
+    let Some(policy) = exchange.policy else {
+        let addr = pick(cluster, &[]).ok_or_else(|| no_endpoint(cluster))?;
+        let body = ProxyBody::new(body.map_err(Into::into));
+        return match one_try(exchange, addr, body, None).await {
+            Outcome::Response(response) => Ok((response, ResponseFlags::default())),
+            other => Err(failure(cluster, addr, other)),
+        };
+    };
+    let replay = Replay::new(body);
+    let mut tried = Vec::new();
+    let mut attempt = 0;
+    loop {
+        let addr = pick(cluster, &tried).ok_or_else(|| no_endpoint(cluster))?;
+        tried.push(addr);
+        let outcome = one_try(exchange, addr, replay.body(), policy.per_try_timeout).await;
+        let retriable = should_retry(policy, &outcome);
+        if retriable && attempt < policy.attempts && replay.can_replay() {
+            tracing::debug!(%addr, attempt, "retrying request to cluster {:?}", cluster.name);
+            // Dropping a failed response closes its stream.
+            drop(outcome);
+            tokio::time::sleep(backoff(policy.backoff, attempt)).await;
+            attempt += 1;
+            continue;
+        }
+        let exhausted = retriable && attempt > 0 && attempt == policy.attempts;
+        let extra = if exhausted {
+            ResponseFlags::from(ResponseFlag::UpstreamRetryLimitExceeded)
+        } else {
+            ResponseFlags::default()
+        };
+        return match outcome {
+            Outcome::Response(response) => Ok((response, extra)),
+            other => {
+                let mut reply = failure(cluster, addr, other);
+                reply.extra = reply.extra.union(extra);
+                Err(reply)
+            }
+        };
+    }
+}
+
+async fn one_try(
+    exchange: &Exchange<'_>,
+    addr: SocketAddr,
+    body: ProxyBody,
+    per_try_timeout: Option<Duration>,
+) -> Outcome {
+    let request = exchange.head.request(addr, body);
+    let send = exchange.state.pool.send(
+        addr,
+        exchange.version,
+        exchange.cluster.connect_timeout,
+        request,
+    );
+    let result = match per_try_timeout {
+        None => send.await,
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(result) => result,
+            Err(_) => return Outcome::TimedOut(limit),
+        },
+    };
+    match result {
+        Ok(response) => Outcome::Response(response),
+        Err(err) => Outcome::Failed(err),
+    }
+}
+
+/// An endpoint, preferring one not in `tried` when the cluster has others.
+fn pick(cluster: &Cluster, tried: &[SocketAddr]) -> Option<SocketAddr> {
+    let mut picked = cluster.pick_endpoint()?.address;
+    let picks = HOST_SELECTION_ATTEMPTS.max(cluster.endpoints.len());
+    for _ in 1..picks {
+        if !tried.contains(&picked) {
+            break;
+        }
+        picked = cluster.pick_endpoint()?.address;
+    }
+    Some(picked)
+}
+
+/// Whether `outcome` is a failure the policy retries (Envoy's `retry_on`).
+fn should_retry(policy: &RetryPolicy, outcome: &Outcome) -> bool {
+    let on = &policy.on;
+    match outcome {
+        // Envoy counts a per-try timeout and any reset (connect failures
+        // included) under 5xx, gateway-error and reset.
+        Outcome::TimedOut(_) => on.server_error || on.gateway_error || on.reset,
+        Outcome::Failed(err) => {
+            on.server_error
+                || on.gateway_error
+                || on.reset
+                || (on.connect_failure && err.is_connect_failure())
+                || (on.refused_stream && is_refused_stream(err))
+        }
+        Outcome::Response(response) => {
+            let status = response.status();
+            let code = status.as_u16();
+            (on.server_error && status.is_server_error())
+                || (on.gateway_error && matches!(code, 502..=504))
+                || (on.retriable_4xx && code == 409)
+                || (on.status_codes && policy.status_codes.contains(&status))
+                || grpc_retriable(policy, response.headers())
+        }
+    }
+}
+
+/// gRPC conditions read `grpc-status` from the response headers, where a
+/// trailers-only response (the usual form of a failed call) puts it.
+fn grpc_retriable(policy: &RetryPolicy, headers: &HeaderMap) -> bool {
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    let on = &policy.on;
+    match code {
+        1 => on.grpc_cancelled,
+        4 => on.grpc_deadline_exceeded,
+        8 => on.grpc_resource_exhausted,
+        13 => on.grpc_internal,
+        14 => on.grpc_unavailable,
+        _ => false,
+    }
+}
+
+/// HTTP/2 REFUSED_STREAM: the upstream guarantees it did not process the
+/// request. hyper does not expose the reset reason, so this reads h2's
+/// description of it from the error chain.
+fn is_refused_stream(err: &UpstreamError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if text.contains("REFUSED_STREAM") || text.contains("refused stream") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Envoy's fully jittered exponential backoff: uniform in
+/// [0, base × 2^attempt), capped at 10 × base.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let ceiling = base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(base.saturating_mul(MAX_BACKOFF_FACTOR));
+    ceiling.mul_f64(fault::random_fraction())
+}
+
+fn no_endpoint(cluster: &Cluster) -> LocalReply {
+    LocalReply::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ResponseFlag::NoHealthyUpstream,
+        format!(
+            "no healthy upstream: cluster {:?} has no endpoints",
+            cluster.name
+        ),
+    )
+}
+
+/// The local reply for a try that got no response.
+fn failure(cluster: &Cluster, addr: SocketAddr, outcome: Outcome) -> LocalReply {
+    let name = &cluster.name;
+    match outcome {
+        Outcome::Failed(err) if err.is_connect_failure() => LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::UpstreamConnectFailure,
+            format!("upstream connect error in cluster {name:?}: {err}"),
+        ),
+        Outcome::Failed(err) => LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::UpstreamConnectionTermination,
+            format!("upstream reset in cluster {name:?}: {err}"),
+        ),
+        Outcome::TimedOut(limit) => LocalReply::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            ResponseFlag::UpstreamRequestTimeout,
+            format!("upstream {addr} of cluster {name:?} did not answer within {limit:?}"),
+        ),
+        // Not reached: responses are passed through; kept total for safety.
+        Outcome::Response(response) => LocalReply::new(
+            response.status(),
+            ResponseFlag::UpstreamConnectionTermination,
+            format!("upstream {addr} of cluster {name:?} failed"),
+        ),
+    }
+}
+
+/// The downstream request body, readable once per try. Tries run one after
+/// another; a new try's body makes the previous try's body fail, so a try
+/// still held by its connection can never steal the source from the next.
+struct Replay {
+    shared: Arc<Mutex<Shared>>,
+}
+
+struct Shared {
+    /// `None` once it ended (or failed).
+    source: Option<Incoming>,
+    /// Everything read so far, unless more than the cap was read.
+    chunks: Vec<Bytes>,
+    buffered: usize,
+    trailers: Option<HeaderMap>,
+    /// Something was read from the source.
+    consumed: bool,
+    /// The source ended and everything it gave is in `chunks`/`trailers`.
+    complete: bool,
+    /// More than the cap was read (or reading failed): no replay.
+    overflowed: bool,
+    /// The try whose body may read; older ones fail.
+    generation: u64,
+}
+
+impl Replay {
+    fn new(source: Incoming) -> Self {
+        Self {
+            shared: Arc::new(Mutex::new(Shared {
+                source: Some(source),
+                chunks: Vec::new(),
+                buffered: 0,
+                trailers: None,
+                consumed: false,
+                complete: false,
+                overflowed: false,
+                generation: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a new try could send the whole body again.
+    fn can_replay(&self) -> bool {
+        let shared = self.lock();
+        !shared.overflowed && (!shared.consumed || shared.complete)
+    }
+
+    /// The body for a new try.
+    fn body(&self) -> ProxyBody {
+        let generation = {
+            let mut shared = self.lock();
+            shared.generation += 1;
+            shared.generation
+        };
+        ProxyBody::new(ReplayBody {
+            shared: self.shared.clone(),
+            generation,
+            position: 0,
+            trailers_sent: false,
+        })
+    }
+}
+
+struct ReplayBody {
+    shared: Arc<Mutex<Shared>>,
+    generation: u64,
+    /// Chunks of `Shared::chunks` already sent by this try.
+    position: usize,
+    trailers_sent: bool,
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut shared = this.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if shared.generation != this.generation {
+            return Poll::Ready(Some(Err("request body superseded by a retry".into())));
+        }
+        loop {
+            if !shared.overflowed && this.position < shared.chunks.len() {
+                let chunk = shared.chunks[this.position].clone();
+                this.position += 1;
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if shared.complete {
+                if !this.trailers_sent
+                    && let Some(trailers) = shared.trailers.clone()
+                {
+                    this.trailers_sent = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                return Poll::Ready(None);
+            }
+            let Some(source) = shared.source.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let frame = match Pin::new(source).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    shared.source = None;
+                    shared.complete = true;
+                    continue;
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    shared.source = None;
+                    shared.overflowed = true;
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            shared.consumed = true;
+            // A sender that knows the length stops polling after the last
+            // byte, so the end is noticed here rather than from `None`.
+            if shared.source.as_ref().is_some_and(Body::is_end_stream) {
+                shared.source = None;
+                shared.complete = true;
+            }
+            let frame = match frame.into_data() {
+                Ok(data) => {
+                    if !shared.overflowed {
+                        if shared.buffered + data.len() > REPLAY_CAP {
+                            shared.overflowed = true;
+                            shared.chunks = Vec::new();
+                        } else {
+                            shared.buffered += data.len();
+                            shared.chunks.push(data.clone());
+                            this.position += 1;
+                        }
+                    }
+                    Frame::data(data)
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => {
+                        shared.trailers = Some(trailers.clone());
+                        shared.source = None;
+                        shared.complete = true;
+                        this.trailers_sent = true;
+                        Frame::trailers(trailers)
+                    }
+                    // Unknown frame kinds are not forwarded.
+                    Err(_) => continue,
+                },
+            };
+            return Poll::Ready(Some(Ok(frame)));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        match &shared.source {
+            _ if shared.generation != self.generation => false,
+            Some(source) if !shared.consumed => source.is_end_stream(),
+            _ => {
+                shared.complete
+                    && this_position_done(self.position, &shared)
+                    && (shared.trailers.is_none() || self.trailers_sent)
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let unread: u64 = if shared.overflowed {
+            0
+        } else {
+            shared
+                .chunks
+                .iter()
+                .skip(self.position)
+                .map(|c| c.len() as u64)
+                .sum()
+        };
+        match &shared.source {
+            Some(source) => {
+                let inner = source.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + unread);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + unread);
+                }
+                hint
+            }
+            None => SizeHint::with_exact(unread),
+        }
+    }
+}
+
+fn this_position_done(position: usize, shared: &Shared) -> bool {
+    shared.overflowed || position >= shared.chunks.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_below_a_growing_ceiling() {
+        let base = Duration::from_millis(25);
+        for attempt in 0..20 {
+            let wait = backoff(base, attempt);
+            let ceiling = (base * (1u32 << attempt.min(16))).min(base * 10);
+            assert!(wait < ceiling.max(Duration::from_nanos(1)), "{wait:?}");
+        }
+    }
+}
