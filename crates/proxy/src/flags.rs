@@ -23,9 +23,12 @@ pub enum ResponseFlag {
     FaultInjected,
     /// URX: every try allowed by the retry policy failed.
     UpstreamRetryLimitExceeded,
+    /// UO: a cluster's connection-pool limit (circuit breaker) refused the
+    /// request or connection.
+    UpstreamOverflow,
 }
 
-const ALL: [ResponseFlag; 9] = [
+const ALL: [ResponseFlag; 10] = [
     ResponseFlag::NoRoute,
     ResponseFlag::NoHealthyUpstream,
     ResponseFlag::UpstreamConnectFailure,
@@ -35,6 +38,7 @@ const ALL: [ResponseFlag; 9] = [
     ResponseFlag::DelayInjected,
     ResponseFlag::FaultInjected,
     ResponseFlag::UpstreamRetryLimitExceeded,
+    ResponseFlag::UpstreamOverflow,
 ];
 
 impl ResponseFlag {
@@ -49,6 +53,7 @@ impl ResponseFlag {
             Self::DelayInjected => "DI",
             Self::FaultInjected => "FI",
             Self::UpstreamRetryLimitExceeded => "URX",
+            Self::UpstreamOverflow => "UO",
         }
     }
 }

@@ -3,6 +3,12 @@
 //! Bytes are copied both ways until both sides are done. Half-close is
 //! honoured: when one side finishes sending (FIN), the proxy shuts down its
 //! write half toward the other side and keeps copying the other direction.
+//!
+//! The upstream connection counts against the cluster's maxConnections for
+//! its whole life; over the limit the downstream connection is closed (UO).
+//! A failed connect counts for outlier detection.
+
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -10,7 +16,7 @@ use crate::config::Cluster;
 use crate::flags::ResponseFlag;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
-use crate::upstream;
+use crate::upstream::{self, Resource, TryResult};
 
 pub async fn proxy<D>(
     downstream: &mut D,
@@ -29,7 +35,27 @@ pub async fn proxy<D>(
         );
         return;
     };
-    let mut upstream = match upstream::connect(endpoint.address, cluster.connect_timeout).await {
+    let _counted = match cluster.breaker.acquire(Resource::Connection) {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::info!(
+                flag = ResponseFlag::UpstreamOverflow.code(),
+                "closing TCP connection: {full}"
+            );
+            return;
+        }
+    };
+    let keepalive = cluster.breaker.limits.tcp_keepalive.as_ref();
+    let connected = upstream::connect(endpoint.address, cluster.connect_timeout, keepalive).await;
+    if let Some(outlier) = &cluster.outlier {
+        // Envoy's TCP proxy reports connect failures and successes only.
+        let result = match &connected {
+            Ok(_) => TryResult::Status(200),
+            Err(_) => TryResult::ConnectFailure,
+        };
+        outlier.record(endpoint.address, result, Instant::now());
+    }
+    let mut upstream = match connected {
         Ok(stream) => stream,
         Err(err) => {
             tracing::info!(

@@ -1,5 +1,8 @@
 //! Clusters: per service port one with every endpoint, and one per
 //! DestinationRule subset with the endpoints carrying the subset's labels.
+//! Connection-pool limits and outlier detection are mapped in [`limits`].
+
+mod limits;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -114,6 +117,8 @@ fn cluster(
         endpoints,
         service: service.hostname.clone(),
         subset: subset.to_string(),
+        connection_pool: limits::connection_pool(policies, port.number),
+        outlier_detection: limits::outlier_detection(policies, port.number),
     }
 }
 

@@ -13,6 +13,13 @@ use weft_proto::proxy::v1 as pb;
 use super::{checks, resilience};
 use crate::registry::labels_match;
 
+// Declared here rather than in `compiler/mod.rs` so this feature stays in
+// the files that own VirtualService rules.
+#[path = "mirror_cors.rs"]
+pub(super) mod mirror_cors;
+
+use self::mirror_cors::MirrorRule;
+
 /// `(request, response)` changes of an Istio `headers` field; `None` for no
 /// change. A macro because weft-api does not export the field's type.
 macro_rules! header_operations {
@@ -47,6 +54,9 @@ pub(super) struct Rule {
     /// Forwarded requests only.
     pub(super) retries: Option<pb::RetryPolicy>,
     pub(super) fault: Option<pb::FaultInjection>,
+    /// Forwarded requests only.
+    pub(super) mirrors: Vec<MirrorRule>,
+    pub(super) cors: Option<pb::CorsPolicy>,
 }
 
 pub(super) enum Action {
@@ -187,19 +197,31 @@ fn build(
     {
         checks::rewrite(r)?;
     }
-    let ignored: Vec<&str> = [
-        ("mirror", http.mirror.is_some() || !http.mirrors.is_empty()),
-        ("corsPolicy", http.cors_policy.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    if !ignored.is_empty() {
-        warnings.push(format!(
-            "{at}: {} not supported yet; ignored",
-            ignored.join(", ")
-        ));
-    }
+    // The proxy applies CORS and mirrors on the way to an upstream only.
+    let (mirrors, cors) = if forward {
+        let cors = mirror_cors::cors(http).transpose()?;
+        if mirror_cors::ignores_unmatched_preflights(http) {
+            warnings.push(format!(
+                "{at}: corsPolicy.unmatchedPreflights IGNORE is not supported yet; such preflights are forwarded"
+            ));
+        }
+        (mirror_cors::mirrors(http), cors)
+    } else {
+        let unused: Vec<&str> = [
+            ("mirror", http.mirror.is_some() || !http.mirrors.is_empty()),
+            ("corsPolicy", http.cors_policy.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if !unused.is_empty() {
+            warnings.push(format!(
+                "{at}: {} only applies to forwarded requests; ignored",
+                unused.join(", ")
+            ));
+        }
+        (Vec::new(), None)
+    };
     // Validation forbids it with redirect; with directResponse Istio ignores
     // it too.
     if rewrite.is_some() && !forward {
@@ -225,6 +247,8 @@ fn build(
     Ok(Some(Rule {
         retries,
         fault,
+        mirrors,
+        cors,
         name: if http.name.is_empty() {
             default_name.to_string()
         } else {

@@ -114,7 +114,7 @@ impl MeshIndex {
     }
 
     /// The clusters `services` refer to: each port's default cluster and
-    /// every route destination, in name order.
+    /// every route destination and mirror, in name order.
     fn clusters_for(&self, services: &[pb::Service]) -> Vec<pb::Cluster> {
         let mut names = BTreeSet::new();
         for service in services {
@@ -122,6 +122,7 @@ impl MeshIndex {
                 names.insert(cluster_name(port.port, "", &service.name));
                 for route in &port.routes {
                     names.extend(route.clusters.iter().map(|c| c.cluster.clone()));
+                    names.extend(route.mirrors.iter().map(|m| m.cluster.clone()));
                 }
             }
         }

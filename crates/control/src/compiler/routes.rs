@@ -111,6 +111,8 @@ impl CompiledVs {
                 response_headers: rule.response_headers.clone(),
                 retries: rule.retries.clone(),
                 fault: rule.fault,
+                mirrors: Vec::new(),
+                cors: rule.cors.clone(),
             };
             match &rule.action {
                 Action::Forward(targets) => {
@@ -122,6 +124,17 @@ impl CompiledVs {
                             weight: t.weight,
                             request_headers: t.request_headers.clone(),
                             response_headers: t.response_headers.clone(),
+                        })
+                        .collect();
+                    // Mirror clusters are named (and, when missing, added
+                    // empty) as destinations are, so proxies get them.
+                    route.mirrors = rule
+                        .mirrors
+                        .iter()
+                        .map(|m| {
+                            m.to_pb(self.target_cluster(
+                                &m.target, port, services, hosts, clusters, warnings,
+                            ))
                         })
                         .collect();
                 }

@@ -17,6 +17,8 @@ use weft_proto::proxy::v1 as pb;
 use super::resilience::{Fault, RetryPolicy, compile_fault, compile_retries};
 use super::route_match::{RouteMatch, regex_problem};
 use super::snapshot::{Cluster, Problems, duration};
+use crate::http::cors::{Cors, Problem};
+use crate::http::mirror::Mirror;
 
 pub struct Route {
     pub name: String,
@@ -25,6 +27,8 @@ pub struct Route {
     /// Applied before the picked destination's.
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// `None`: CORS requests pass through untouched.
+    pub cors: Option<Box<Cors>>,
 }
 
 pub enum RouteAction {
@@ -41,6 +45,8 @@ pub struct Forward {
     /// `None`: one try only.
     pub retries: Option<Box<RetryPolicy>>,
     pub fault: Option<Box<Fault>>,
+    /// Fire-and-forget copies of each request.
+    pub mirrors: Vec<Mirror>,
     total_weight: u32,
     next: AtomicUsize,
 }
@@ -103,11 +109,13 @@ impl Route {
                 // explicit default routes with Istio's retry policy.
                 retries: None,
                 fault: None,
+                mirrors: Vec::new(),
                 total_weight: 1,
                 next: AtomicUsize::new(0),
             }),
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
+            cors: None,
         }
     }
 
@@ -201,6 +209,16 @@ pub(super) fn compile_route(
             "only applies to routes that forward to clusters",
         );
     }
+    if !route.mirrors.is_empty() && route.clusters.is_empty() {
+        problems.push(
+            format!("{path}.mirrors"),
+            "only applies to routes that forward to clusters",
+        );
+    }
+    let cors = route
+        .cors
+        .as_ref()
+        .and_then(|c| report(Cors::compile(c), &format!("{path}.cors"), problems));
     // Any problem fails the whole config; compile the rest only to report it.
     if problems.0.len() > before {
         return None;
@@ -211,7 +229,21 @@ pub(super) fn compile_route(
         action: action?,
         request_headers,
         response_headers,
+        cors: cors.map(Box::new),
     })
+}
+
+/// Files the problems of a part compiled outside this module under `path`.
+fn report<T>(result: Result<T, Vec<Problem>>, path: &str, problems: &mut Problems) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(found) => {
+            for (field, message) in found {
+                problems.push(format!("{path}.{field}"), message);
+            }
+            None
+        }
+    }
 }
 
 fn compile_forward(
@@ -271,12 +303,19 @@ fn compile_forward(
         compile_retries(route.retries.as_ref(), &format!("{path}.retries"), problems).map(Box::new);
     let fault =
         compile_fault(route.fault.as_ref(), &format!("{path}.fault"), problems).map(Box::new);
+    let mirrors = report(
+        Mirror::compile_all(&route.mirrors, clusters),
+        path,
+        problems,
+    )
+    .unwrap_or_default();
     Some(RouteAction::Forward(Forward {
         destinations,
         timeout,
         rewrite,
         retries,
         fault,
+        mirrors,
         total_weight,
         next: AtomicUsize::new(0),
     }))
@@ -563,6 +602,31 @@ mod tests {
             assert!(err.contains(&expected), "{expected:?} missing from\n{err}");
         }
         assert!(problems("[{redirect: {}}, {directResponse: {status: 204}}]").is_empty());
+    }
+
+    #[test]
+    fn mirrors_and_cors_are_validated_with_their_paths() {
+        let err = problems(
+            "[{clusters: [{cluster: a}], mirrors: [{cluster: nope}, {cluster: a, percentage: 101, hasPercentage: true}], \
+             cors: {allowOrigins: [{regex: '('}], maxAge: -1s}}, \
+             {directResponse: {status: 200}, mirrors: [{cluster: a}]}]",
+        );
+        let p = "services[0].ports[0].routes";
+        for expected in [
+            format!("{p}[0].mirrors[0].cluster: no cluster named \"nope\""),
+            format!("{p}[0].mirrors[1].percentage: must be 0..100, got 101"),
+            format!("{p}[0].cors.allowOrigins[0].regex: \"(\" is not a valid RE2 regex"),
+            format!("{p}[0].cors.maxAge: must not be negative"),
+            format!("{p}[1].mirrors: only applies to routes that forward"),
+        ] {
+            assert!(err.contains(&expected), "{expected:?} missing from\n{err}");
+        }
+        assert!(
+            problems(
+                "[{clusters: [{cluster: a}], mirrors: [{cluster: a}], cors: {allowOrigins: [{exact: x}]}}]"
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use weft_proto::proxy::v1 as pb;
 
 use super::ConfigError;
+use super::cluster::{compile_limits, compile_outlier};
 use super::route::{Route, compile_route};
+use crate::upstream::{Breaker, Eligible, Limits, Outlier};
 
 /// Istio's `connectionPool.tcp.connectTimeout` default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +95,11 @@ pub struct Cluster {
     pub upstream_protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
     pub endpoints: Vec<Endpoint>,
+    /// Connection-pool limits and their counters. Runtime state lives with
+    /// the compiled cluster, so a config reload starts them afresh.
+    pub breaker: Arc<Breaker>,
+    /// Outlier detection and its per-endpoint state (also reset by reloads).
+    pub outlier: Option<Outlier>,
     /// Endpoint indexes repeated by weight: round-robin walks this ring.
     rotation: Vec<usize>,
     next: AtomicUsize,
@@ -134,6 +141,7 @@ impl Cluster {
         endpoints: Vec<Endpoint>,
     ) -> Self {
         let rotation = weighted_rotation(&endpoints);
+        let breaker = Arc::new(Breaker::new(name.clone(), Limits::default()));
         Self {
             name,
             service,
@@ -141,19 +149,51 @@ impl Cluster {
             upstream_protocol,
             connect_timeout,
             endpoints,
+            breaker,
+            outlier: None,
             rotation,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// Round-robin over the endpoints, honouring weights. `None` when the
-    /// cluster has no endpoints (response flag UH).
+    /// Round-robin over the endpoints, honouring weights and skipping those
+    /// outlier detection ejected. `None` when the cluster has no endpoints
+    /// or all are ejected (response flag UH).
     pub fn pick_endpoint(&self) -> Option<&Endpoint> {
         if self.rotation.is_empty() {
             return None;
         }
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.rotation.len();
-        self.endpoints.get(self.rotation[slot])
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let eligible = match &self.outlier {
+            None => Eligible::All,
+            Some(outlier) => outlier.eligible(Instant::now()),
+        };
+        let ejected = match eligible {
+            Eligible::All => {
+                return self
+                    .endpoints
+                    .get(self.rotation[start % self.rotation.len()]);
+            }
+            Eligible::None => return None,
+            Eligible::Except(ejected) => ejected,
+        };
+        // The next turn in the ring that belongs to an endpoint still in.
+        (0..self.rotation.len())
+            .map(|step| self.rotation[start.wrapping_add(step) % self.rotation.len()])
+            .find(|index| !ejected.get(*index).copied().unwrap_or(false))
+            .and_then(|index| self.endpoints.get(index))
+    }
+
+    /// How many endpoints outlier detection has ejected now.
+    pub fn ejected(&self) -> usize {
+        let Some(outlier) = &self.outlier else {
+            return 0;
+        };
+        let now = Instant::now();
+        self.endpoints
+            .iter()
+            .filter(|e| outlier.is_ejected(e.address, now))
+            .count()
     }
 }
 
@@ -346,6 +386,18 @@ fn compile_clusters(
             endpoints,
         );
         compiled.subset = cluster.subset.clone();
+        let limits = compile_limits(
+            cluster.connection_pool.as_ref(),
+            &format!("{path}.connectionPool"),
+            problems,
+        );
+        compiled.breaker = Arc::new(Breaker::new(cluster.name.clone(), limits));
+        compiled.outlier = compile_outlier(
+            cluster.outlier_detection.as_ref(),
+            &format!("{path}.outlierDetection"),
+            problems,
+        )
+        .map(|policy| Outlier::new(policy, compiled.endpoints.iter().map(|e| e.address)));
         if clusters
             .insert(cluster.name.clone(), Arc::new(compiled))
             .is_some()

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::ProxyBody;
 use super::reply::LocalReply;
 use super::route::{self, Decision, Target};
-use super::{fault, retry, rewrite};
+use super::{cors, fault, mirror, retry, rewrite};
 use crate::config::{RequestView, UpstreamProtocol};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::metrics::Reporter;
@@ -67,10 +68,22 @@ pub async fn handle(
         Err(reply) => return Ok(record.local_reply(reply)),
     };
     record.service.clone_from(&forwarding.service);
+    let route = forwarding.matched.as_ref().map(|m| m.route.clone());
+    // CORS acts first, as Envoy's filter precedes fault injection and the
+    // router: an allowed preflight is answered without going upstream.
+    let cors_policy = route.as_deref().and_then(|r| r.cors.as_deref());
+    let cors_origin = cors_policy.and_then(|c| c.allowed_origin(request.headers()));
+    if let (Some(cors), Some(origin)) = (cors_policy, &cors_origin)
+        && cors::is_preflight(request.method(), request.headers())
+    {
+        let mut response = cors.preflight(origin.clone());
+        *response.version_mut() = downstream_version;
+        record.finish(response.status(), ResponseFlags::default());
+        return Ok(response);
+    }
     if let Some(matched) = &forwarding.matched {
         rewrite::edit_request(matched, &mut request, &mut authority);
     }
-    let route = forwarding.matched.as_ref().map(|m| m.route.clone());
     let forward = route.as_deref().and_then(|r| r.forward());
     if let Some(fault) = forward.and_then(|f| f.fault.as_ref()) {
         let injected = fault::decide(fault);
@@ -94,6 +107,21 @@ pub async fn handle(
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
+    if let Some(mirrors) = forward.map(|f| &f.mirrors).filter(|m| !m.is_empty()) {
+        // Without a body copy (see `mirror`), only bodiless requests are
+        // mirrored; an upgrade is a connection, not a request to copy.
+        if !upgrade && body.is_end_stream() {
+            let original = mirror::Original {
+                parts: &parts,
+                authority: authority.as_ref(),
+                downstream: conn.version,
+                timeout: forwarding.timeout,
+            };
+            mirror::launch(&state, mirrors, &original);
+        } else {
+            tracing::debug!("request with a body or upgrade not mirrored");
+        }
+    }
     let exchange = retry::Exchange {
         state: &state,
         cluster: &cluster,
@@ -130,6 +158,9 @@ pub async fn handle(
     }
     if let Some(matched) = &forwarding.matched {
         rewrite::edit_response(matched, response.headers_mut());
+    }
+    if let (Some(cors), Some(origin)) = (cors_policy, cors_origin) {
+        cors.decorate(origin, response.headers_mut());
     }
     // Answer in the client's HTTP version, whatever the upstream spoke.
     *response.version_mut() = downstream_version;
@@ -181,7 +212,7 @@ pub(super) struct UpstreamHead {
 }
 
 impl UpstreamHead {
-    fn new(
+    pub(super) fn new(
         mut parts: http::request::Parts,
         version: HttpVersion,
         authority: Option<Authority>,

@@ -12,10 +12,14 @@
 //!    trailers and upgrades included;
 //!    [`fault`] first injects the route's delay or abort (DI, FI);
 //!    [`retry`] repeats failed tries under the route's retry policy (URX);
+//!    [`cors`] answers the route's CORS preflights and marks CORS
+//!    responses; [`mirror`] sends fire-and-forget copies to mirror clusters;
 //! 5. [`reply`] builds the local replies that name what went wrong.
 
+pub mod cors;
 mod fault;
 pub mod forward;
+pub mod mirror;
 pub mod reply;
 pub mod retry;
 pub mod rewrite;

@@ -9,12 +9,16 @@
 //! be repeated when its body was not read at all (a connect failure) or was
 //! read whole within the cap; a larger or still-streaming body is never
 //! replayed.
+//!
+//! Circuit breaking: each request holds one of the cluster's maxRequests
+//! until its response body ends, each retry one of its maxRetries until the
+//! retry's try ends; every try's result feeds outlier detection.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
@@ -28,7 +32,7 @@ use super::{BoxError, ProxyBody, fault};
 use crate::config::{Cluster, RetryPolicy};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::state::ProxyState;
-use crate::upstream::{HttpVersion, UpstreamError};
+use crate::upstream::{HttpVersion, Resource, Slot, TryResult, UpstreamError};
 
 /// Most request body bytes kept for a retry.
 pub const REPLAY_CAP: usize = 64 * 1024;
@@ -79,38 +83,67 @@ enum Outcome {
 
 async fn tries(exchange: &Exchange<'_>, body: Incoming) -> Sent {
     let cluster = exchange.cluster;
+    // Held until the response body ends (or the request is dropped).
+    let in_flight = cluster.breaker.acquire(Resource::Request).map_err(|full| {
+        LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::UpstreamOverflow,
+            full.to_string(),
+        )
+    })?;
     let Some(policy) = exchange.policy else {
         let addr = pick(cluster, &[]).ok_or_else(|| no_endpoint(cluster))?;
         let body = ProxyBody::new(body.map_err(Into::into));
         return match one_try(exchange, addr, body, None).await {
-            Outcome::Response(response) => Ok((response, ResponseFlags::default())),
+            Outcome::Response(response) => {
+                Ok((hold(response, in_flight), ResponseFlags::default()))
+            }
             other => Err(failure(cluster, addr, other)),
         };
     };
     let replay = Replay::new(body);
     let mut tried = Vec::new();
     let mut attempt = 0;
+    // The retry in progress, counted against the cluster's maxRetries.
+    let mut _retrying: Option<Slot> = None;
     loop {
         let addr = pick(cluster, &tried).ok_or_else(|| no_endpoint(cluster))?;
         tried.push(addr);
         let outcome = one_try(exchange, addr, replay.body(), policy.per_try_timeout).await;
         let retriable = should_retry(policy, &outcome);
+        let mut overflowed = false;
         if retriable && attempt < policy.attempts && replay.can_replay() {
-            tracing::debug!(%addr, attempt, "retrying request to cluster {:?}", cluster.name);
-            // Dropping a failed response closes its stream.
-            drop(outcome);
-            tokio::time::sleep(backoff(policy.backoff, attempt)).await;
-            attempt += 1;
-            continue;
+            match cluster.breaker.acquire(Resource::Retry) {
+                Ok(slot) => {
+                    tracing::debug!(%addr, attempt, "retrying request to cluster {:?}", cluster.name);
+                    _retrying = Some(slot);
+                    // Dropping a failed response closes its stream.
+                    drop(outcome);
+                    tokio::time::sleep(backoff(policy.backoff, attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(full) => {
+                    // Envoy answers with the last try's result, flagged UO.
+                    tracing::debug!(
+                        flag = ResponseFlag::UpstreamOverflow.code(),
+                        "not retrying: {full}"
+                    );
+                    overflowed = true;
+                }
+            }
         }
         let exhausted = retriable && attempt > 0 && attempt == policy.attempts;
-        let extra = if exhausted {
+        let mut extra = if exhausted {
             ResponseFlags::from(ResponseFlag::UpstreamRetryLimitExceeded)
         } else {
             ResponseFlags::default()
         };
+        if overflowed {
+            extra = extra.with(ResponseFlag::UpstreamOverflow);
+        }
         return match outcome {
-            Outcome::Response(response) => Ok((response, extra)),
+            Outcome::Response(response) => Ok((hold(response, in_flight), extra)),
             other => {
                 let mut reply = failure(cluster, addr, other);
                 reply.extra = reply.extra.union(extra);
@@ -126,23 +159,83 @@ async fn one_try(
     body: ProxyBody,
     per_try_timeout: Option<Duration>,
 ) -> Outcome {
+    let cluster = exchange.cluster;
     let request = exchange.head.request(addr, body);
     let send = exchange.state.pool.send(
         addr,
         exchange.version,
-        exchange.cluster.connect_timeout,
+        &cluster.breaker,
+        cluster.connect_timeout,
         request,
     );
-    let result = match per_try_timeout {
+    let outcome = match per_try_timeout {
         None => send.await,
         Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(result) => result,
-            Err(_) => return Outcome::TimedOut(limit),
+            Err(_) => {
+                record(cluster, addr, Some(TryResult::Timeout));
+                return Outcome::TimedOut(limit);
+            }
         },
     };
-    match result {
-        Ok(response) => Outcome::Response(response),
-        Err(err) => Outcome::Failed(err),
+    match outcome {
+        Ok(response) => {
+            record(
+                cluster,
+                addr,
+                Some(TryResult::Status(response.status().as_u16())),
+            );
+            Outcome::Response(response)
+        }
+        Err(err) => {
+            record(cluster, addr, err.try_result());
+            Outcome::Failed(err)
+        }
+    }
+}
+
+/// Feeds one try's result to the cluster's outlier detection.
+fn record(cluster: &Cluster, addr: SocketAddr, result: Option<TryResult>) {
+    let (Some(outlier), Some(result)) = (&cluster.outlier, result) else {
+        return;
+    };
+    if let Some(time) = outlier.record(addr, result, Instant::now()) {
+        tracing::info!(
+            %addr,
+            "outlier detection ejected an endpoint of cluster {:?} for {time:?}",
+            cluster.name
+        );
+    }
+}
+
+/// Keeps `slot` (the request's maxRequests count) until the body ends or is
+/// dropped.
+fn hold(response: Response<ProxyBody>, slot: Slot) -> Response<ProxyBody> {
+    response.map(|inner| ProxyBody::new(Held { inner, _slot: slot }))
+}
+
+struct Held {
+    inner: ProxyBody,
+    _slot: Slot,
+}
+
+impl Body for Held {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -166,6 +259,8 @@ fn should_retry(policy: &RetryPolicy, outcome: &Outcome) -> bool {
         // Envoy counts a per-try timeout and any reset (connect failures
         // included) under 5xx, gateway-error and reset.
         Outcome::TimedOut(_) => on.server_error || on.gateway_error || on.reset,
+        // A local limit, not the upstream's answer: never retried.
+        Outcome::Failed(UpstreamError::Overflow(_)) => false,
         Outcome::Failed(err) => {
             on.server_error
                 || on.gateway_error
@@ -231,13 +326,18 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 }
 
 fn no_endpoint(cluster: &Cluster) -> LocalReply {
+    let why = if cluster.endpoints.is_empty() {
+        "has no endpoints".to_string()
+    } else {
+        format!(
+            "has all {} endpoints ejected by outlier detection",
+            cluster.endpoints.len()
+        )
+    };
     LocalReply::new(
         StatusCode::SERVICE_UNAVAILABLE,
         ResponseFlag::NoHealthyUpstream,
-        format!(
-            "no healthy upstream: cluster {:?} has no endpoints",
-            cluster.name
-        ),
+        format!("no healthy upstream: cluster {:?} {why}", cluster.name),
     )
 }
 
@@ -245,6 +345,11 @@ fn no_endpoint(cluster: &Cluster) -> LocalReply {
 fn failure(cluster: &Cluster, addr: SocketAddr, outcome: Outcome) -> LocalReply {
     let name = &cluster.name;
     match outcome {
+        Outcome::Failed(UpstreamError::Overflow(full)) => LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::UpstreamOverflow,
+            full.to_string(),
+        ),
         Outcome::Failed(err) if err.is_connect_failure() => LocalReply::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ResponseFlag::UpstreamConnectFailure,

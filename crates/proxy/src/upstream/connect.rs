@@ -3,18 +3,40 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
-use super::UpstreamError;
+use super::{Keepalive, UpstreamError};
 
 /// Connects with a deadline and Nagle off: proxied requests are written
-/// whole, and delaying small writes would only add latency.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+/// whole, and delaying small writes would only add latency. `keepalive`
+/// (the cluster's `tcpKeepalive`) turns on SO_KEEPALIVE with its settings.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<&Keepalive>,
+) -> Result<TcpStream, UpstreamError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| UpstreamError::ConnectTimeout { addr, timeout })?
         .map_err(|source| UpstreamError::Connect { addr, source })?;
     // Best effort: a failure only costs latency.
     let _ = stream.set_nodelay(true);
+    if let Some(keepalive) = keepalive {
+        let mut settings = TcpKeepalive::new();
+        if let Some(time) = keepalive.time {
+            settings = settings.with_time(time);
+        }
+        if let Some(interval) = keepalive.interval {
+            settings = settings.with_interval(interval);
+        }
+        if let Some(probes) = keepalive.probes {
+            settings = settings.with_retries(probes);
+        }
+        // Best effort too: without it a dead peer is noticed later.
+        if let Err(err) = SockRef::from(&stream).set_tcp_keepalive(&settings) {
+            tracing::debug!(%addr, "could not set TCP keepalive: {err}");
+        }
+    }
     Ok(stream)
 }

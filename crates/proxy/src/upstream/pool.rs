@@ -8,13 +8,20 @@
 //! A pooled connection may have been closed by the upstream while idle. When
 //! hyper hands the request back unsent, it is retried once on a new
 //! connection; a request that was sent is never replayed here.
+//!
+//! Cluster limits: every connection holds a maxConnections slot of the
+//! cluster that opened it until it closes; a request finding none free and
+//! no idle connection waits as a pending request (or overflows, UO). An
+//! HTTP/1 connection is not reused after maxRequestsPerConnection requests
+//! nor after idling longer than idleTimeout (checked at checkout and
+//! checkin; there is no timer sweep).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -24,7 +31,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{UpstreamError, connect};
+use super::{Breaker, Keepalive, Resource, Slot, UpstreamError, connect};
 use crate::http::ProxyBody;
 
 /// Most idle HTTP/1 connections kept per endpoint.
@@ -38,40 +45,66 @@ pub enum HttpVersion {
 
 type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>>;
 
+/// A pooled HTTP/1 connection with what the cluster that opened it allows.
+struct Http1Conn {
+    sender: http1::SendRequest<ProxyBody>,
+    /// Counts against the opening cluster's maxConnections until dropped
+    /// (dropping the sender also ends the connection).
+    slot: Slot,
+    served: u32,
+    idle_since: Instant,
+}
+
+impl Http1Conn {
+    fn reusable(&self, now: Instant) -> bool {
+        let limits = &self.slot.breaker().limits;
+        !self.sender.is_closed()
+            && (limits.max_requests_per_connection == 0
+                || self.served < limits.max_requests_per_connection)
+            && now.saturating_duration_since(self.idle_since) < limits.idle_timeout
+    }
+}
+
 #[derive(Default)]
 pub struct Pool {
-    idle_http1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<ProxyBody>>>>,
+    idle_http1: Mutex<HashMap<SocketAddr, Vec<Http1Conn>>>,
     http2: Mutex<HashMap<SocketAddr, H2Slot>>,
 }
 
 impl Pool {
     /// Sends `request` to `addr`, reusing a pooled connection when one is
-    /// free. The response body returns the connection to the pool when done.
+    /// free, within `breaker`'s connection limits. The response body returns
+    /// the connection to the pool when done.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
         version: HttpVersion,
+        breaker: &Arc<Breaker>,
         connect_timeout: Duration,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         match version {
-            HttpVersion::Http1 => self.send_http1(addr, connect_timeout, request).await,
-            HttpVersion::Http2 => self.send_http2(addr, connect_timeout, request).await,
+            HttpVersion::Http1 => {
+                self.send_http1(addr, breaker, connect_timeout, request)
+                    .await
+            }
+            HttpVersion::Http2 => {
+                self.send_http2(addr, breaker, connect_timeout, request)
+                    .await
+            }
         }
     }
 
     async fn send_http1(
         self: &Arc<Self>,
         addr: SocketAddr,
+        breaker: &Arc<Breaker>,
         connect_timeout: Duration,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         loop {
-            let (mut sender, reused) = match self.take_idle_http1(addr) {
-                Some(sender) => (sender, true),
-                None => (connect_http1(addr, connect_timeout).await?, false),
-            };
-            if sender.ready().await.is_err() {
+            let (mut conn, reused) = self.checkout_http1(addr, breaker, connect_timeout).await?;
+            if conn.sender.ready().await.is_err() {
                 if reused {
                     continue;
                 }
@@ -80,16 +113,18 @@ impl Pool {
                     source: std::io::Error::other("connection closed before the request was sent"),
                 });
             }
-            match sender.try_send_request(request).await {
+            conn.served = conn.served.saturating_add(1);
+            match conn.sender.try_send_request(request).await {
                 Ok(response) => {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        // The connection now belongs to the upgraded stream.
+                        // The connection now belongs to the upgraded stream,
+                        // which is no longer counted against the cluster.
                         return Ok(response.map(|body| ProxyBody::new(body.map_err(Into::into))));
                     }
                     let checkin = Checkin {
                         pool: self.clone(),
                         addr,
-                        sender,
+                        conn,
                     };
                     return Ok(response.map(|body| ProxyBody::new(PooledBody::new(body, checkin))));
                 }
@@ -106,9 +141,59 @@ impl Pool {
         }
     }
 
+    /// An idle connection to `addr`, else a new one when maxConnections
+    /// allows, else waits (as one of at most maxPendingRequests) for one to
+    /// be checked in or closed. `true` when reused.
+    async fn checkout_http1(
+        &self,
+        addr: SocketAddr,
+        breaker: &Arc<Breaker>,
+        connect_timeout: Duration,
+    ) -> Result<(Http1Conn, bool), UpstreamError> {
+        // Held while waiting; dropped (released) on return or cancellation.
+        let mut pending: Option<Slot> = None;
+        loop {
+            let freed = breaker.freed();
+            tokio::pin!(freed);
+            // Registered before checking, so a release in between wakes us.
+            freed.as_mut().enable();
+            if let Some(conn) = self.take_idle_http1(addr) {
+                return Ok((conn, true));
+            }
+            match breaker.acquire(Resource::Connection) {
+                Ok(slot) => {
+                    let keepalive = breaker.limits.tcp_keepalive.as_ref();
+                    let sender = connect_http1(addr, connect_timeout, keepalive).await?;
+                    let conn = Http1Conn {
+                        sender,
+                        slot,
+                        served: 0,
+                        idle_since: Instant::now(),
+                    };
+                    return Ok((conn, false));
+                }
+                Err(full) => {
+                    // An idle connection of this cluster to another endpoint
+                    // would otherwise hold the slot forever.
+                    if self.evict_idle_http1(breaker) {
+                        continue;
+                    }
+                    if pending.is_none() {
+                        let slot = breaker.acquire(Resource::Pending).map_err(|waiting| {
+                            UpstreamError::Overflow(super::Overflow(format!("{waiting} ({full})")))
+                        })?;
+                        pending = Some(slot);
+                    }
+                    freed.await;
+                }
+            }
+        }
+    }
+
     async fn send_http2(
         &self,
         addr: SocketAddr,
+        breaker: &Arc<Breaker>,
         connect_timeout: Duration,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
@@ -125,7 +210,12 @@ impl Pool {
                 match shared.as_ref() {
                     Some(sender) if !sender.is_closed() && attempt == 0 => (sender.clone(), true),
                     _ => {
-                        let sender = connect_http2(addr, connect_timeout).await?;
+                        // The shared connection counts as one; a new one is
+                        // refused at once when the cluster has no room.
+                        let counted = breaker
+                            .acquire(Resource::Connection)
+                            .map_err(UpstreamError::Overflow)?;
+                        let sender = connect_http2(addr, connect_timeout, counted).await?;
                         *shared = Some(sender.clone());
                         (sender, false)
                     }
@@ -155,41 +245,66 @@ impl Pool {
         })
     }
 
-    fn take_idle_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+    /// A reusable idle connection to `addr`; stale ones met on the way
+    /// (closed, idle too long) are dropped, which closes them.
+    fn take_idle_http1(&self, addr: SocketAddr) -> Option<Http1Conn> {
+        let now = Instant::now();
         let mut idle = self.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
         let stack = idle.get_mut(&addr)?;
-        while let Some(sender) = stack.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
+        stack.retain(|conn| conn.reusable(now));
+        stack.pop()
     }
 
-    fn return_http1(&self, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
-        if sender.is_closed() {
+    /// Closes one idle connection counted against `breaker`, to any
+    /// endpoint; `false` when there is none.
+    fn evict_idle_http1(&self, breaker: &Arc<Breaker>) -> bool {
+        let evicted = {
+            let mut idle = self.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
+            idle.values_mut().find_map(|stack| {
+                let position = stack
+                    .iter()
+                    .position(|c| Arc::ptr_eq(c.slot.breaker(), breaker))?;
+                Some(stack.swap_remove(position))
+            })
+        };
+        evicted.is_some()
+    }
+
+    fn return_http1(&self, addr: SocketAddr, mut conn: Http1Conn) {
+        let now = Instant::now();
+        conn.idle_since = now;
+        if !conn.reusable(now) {
+            // Dropping `conn` closes it and frees its slot (which notifies).
             return;
         }
+        let breaker = conn.slot.breaker().clone();
         let mut idle = self.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
         let stack = idle.entry(addr).or_default();
+        // The sweep: expired neighbours go as this one arrives.
+        stack.retain(|c| c.reusable(now));
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
-            stack.push(sender);
+            stack.push(conn);
         }
+        drop(idle);
+        // A pending request of the cluster may take it now.
+        breaker.notify_freed();
     }
 
     /// Idle HTTP/1 connections per endpoint, for `/clusters`.
     pub fn idle_http1(&self, addr: SocketAddr) -> usize {
         let idle = self.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
-        idle.get(&addr)
-            .map_or(0, |stack| stack.iter().filter(|s| !s.is_closed()).count())
+        idle.get(&addr).map_or(0, |stack| {
+            stack.iter().filter(|c| !c.sender.is_closed()).count()
+        })
     }
 }
 
 async fn connect_http1(
     addr: SocketAddr,
     timeout: Duration,
+    keepalive: Option<&Keepalive>,
 ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    let stream = connect(addr, timeout).await?;
+    let stream = connect(addr, timeout, keepalive).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -205,8 +320,10 @@ async fn connect_http1(
 async fn connect_http2(
     addr: SocketAddr,
     timeout: Duration,
+    counted: Slot,
 ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-    let stream = connect(addr, timeout).await?;
+    let keepalive = counted.breaker().limits.tcp_keepalive.clone();
+    let stream = connect(addr, timeout, keepalive.as_ref()).await?;
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .adaptive_window(true)
@@ -217,6 +334,8 @@ async fn connect_http2(
         if let Err(err) = connection.await {
             tracing::debug!(%addr, "upstream HTTP/2 connection ended: {err}");
         }
+        // The connection is closed: it no longer counts.
+        drop(counted);
     });
     Ok(sender)
 }
@@ -224,7 +343,7 @@ async fn connect_http2(
 struct Checkin {
     pool: Arc<Pool>,
     addr: SocketAddr,
-    sender: http1::SendRequest<ProxyBody>,
+    conn: Http1Conn,
 }
 
 /// A response body that returns its HTTP/1 connection to the pool once the
@@ -247,8 +366,8 @@ impl PooledBody {
     }
 
     fn check_in(&mut self) {
-        if let Some(Checkin { pool, addr, sender }) = self.checkin.take() {
-            pool.return_http1(addr, sender);
+        if let Some(Checkin { pool, addr, conn }) = self.checkin.take() {
+            pool.return_http1(addr, conn);
         }
     }
 }

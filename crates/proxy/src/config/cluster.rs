@@ -1,0 +1,147 @@
+//! A cluster's connection-pool limits and outlier detection, from
+//! [`pb::ConnectionPool`] and [`pb::OutlierDetection`].
+
+use weft_proto::proxy::v1 as pb;
+
+use super::snapshot::{Problems, duration};
+use crate::upstream::outlier::{DEFAULT_BASE_EJECTION_TIME, DEFAULT_INTERVAL};
+use crate::upstream::{Keepalive, Limits, OutlierPolicy};
+
+/// Unset: no limits (Istio's defaults are all "no limit" too).
+pub(super) fn compile_limits(
+    pool: Option<&pb::ConnectionPool>,
+    path: &str,
+    problems: &mut Problems,
+) -> Limits {
+    let Some(pool) = pool else {
+        return Limits::default();
+    };
+    let defaults = Limits::default();
+    let idle_timeout = duration(
+        pool.idle_timeout.as_ref(),
+        &format!("{path}.idleTimeout"),
+        problems,
+    )
+    .filter(|d| !d.is_zero())
+    .unwrap_or(defaults.idle_timeout);
+    let tcp_keepalive = pool.tcp_keepalive.as_ref().map(|k| Keepalive {
+        probes: (k.probes > 0).then_some(k.probes),
+        time: duration(
+            k.time.as_ref(),
+            &format!("{path}.tcpKeepalive.time"),
+            problems,
+        )
+        .filter(|d| !d.is_zero()),
+        interval: duration(
+            k.interval.as_ref(),
+            &format!("{path}.tcpKeepalive.interval"),
+            problems,
+        )
+        .filter(|d| !d.is_zero()),
+    });
+    Limits {
+        max_connections: pool.max_connections,
+        max_pending_requests: pool.max_pending_requests,
+        max_requests: pool.max_requests,
+        max_requests_per_connection: pool.max_requests_per_connection,
+        max_retries: pool.max_retries,
+        idle_timeout,
+        tcp_keepalive,
+    }
+}
+
+/// Unset: no outlier detection. Unset durations take Istio's defaults.
+pub(super) fn compile_outlier(
+    outlier: Option<&pb::OutlierDetection>,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<OutlierPolicy> {
+    let outlier = outlier?;
+    for (name, value) in [
+        ("maxEjectionPercent", outlier.max_ejection_percent),
+        ("minHealthPercent", outlier.min_health_percent),
+    ] {
+        if value > 100 {
+            problems.push(
+                format!("{path}.{name}"),
+                format!("must be 0..100, got {value}"),
+            );
+        }
+    }
+    let interval = duration(
+        outlier.interval.as_ref(),
+        &format!("{path}.interval"),
+        problems,
+    )
+    .filter(|d| !d.is_zero())
+    .unwrap_or(DEFAULT_INTERVAL);
+    let base_ejection_time = duration(
+        outlier.base_ejection_time.as_ref(),
+        &format!("{path}.baseEjectionTime"),
+        problems,
+    )
+    .filter(|d| !d.is_zero())
+    .unwrap_or(DEFAULT_BASE_EJECTION_TIME);
+    Some(OutlierPolicy {
+        consecutive_5xx: outlier.consecutive_5xx_errors,
+        consecutive_gateway: outlier.consecutive_gateway_errors,
+        interval,
+        base_ejection_time,
+        max_ejection_percent: outlier.max_ejection_percent.min(100),
+        min_health_percent: outlier.min_health_percent.min(100),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, Snapshot, parse_config};
+
+    fn compile(yaml: &str) -> Result<Snapshot, ConfigError> {
+        Snapshot::compile(parse_config(yaml, "t.yaml")?, "t.yaml")
+    }
+
+    #[test]
+    fn limits_and_outlier_detection_compile() {
+        let snapshot = compile(
+            "
+clusters:
+- name: c
+  endpoints: [{address: 127.0.0.1:1}]
+  connectionPool: {maxConnections: 2, maxRequests: 3, idleTimeout: 5s, tcpKeepalive: {probes: 3}}
+  outlierDetection: {consecutive5xxErrors: 4}
+",
+        )
+        .expect("valid");
+        let cluster = snapshot.cluster("c").expect("cluster");
+        let limits = &cluster.breaker.limits;
+        assert_eq!((limits.max_connections, limits.max_requests), (2, 3));
+        assert_eq!(limits.idle_timeout.as_secs(), 5);
+        assert_eq!(
+            limits.tcp_keepalive.as_ref().and_then(|k| k.probes),
+            Some(3)
+        );
+        let outlier = cluster.outlier.as_ref().expect("outlier detection");
+        assert_eq!(outlier.policy.consecutive_5xx, 4);
+        assert_eq!(outlier.policy.base_ejection_time.as_secs(), 30);
+        assert_eq!(outlier.policy.interval.as_secs(), 10);
+    }
+
+    #[test]
+    fn percentages_are_checked() {
+        let err = compile(
+            "
+clusters:
+- name: c
+  outlierDetection: {maxEjectionPercent: 101, minHealthPercent: 200}
+",
+        )
+        .err()
+        .expect("invalid")
+        .to_string();
+        assert!(
+            err.contains("clusters[0].outlierDetection.maxEjectionPercent: must be 0..100"),
+            "{err}"
+        );
+        assert!(err.contains("minHealthPercent"), "{err}");
+    }
+}

@@ -1,0 +1,236 @@
+//! Route-level CORS (Istio's `corsPolicy`, Envoy's CORS filter).
+//!
+//! A request whose `Origin` matches one of the route's allowed origins is a
+//! CORS request: a preflight (`OPTIONS` with
+//! `access-control-request-method`) is answered here, 200 with the policy's
+//! headers, without reaching the upstream; any other request is forwarded
+//! and its response gets `access-control-allow-origin` (plus the exposed
+//! headers and credentials). A request from any other origin is left alone,
+//! preflights included: as Envoy does, they go upstream, which may answer
+//! them itself.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use regex::Regex;
+use weft_proto::proxy::v1 as pb;
+
+use super::ProxyBody;
+use super::reply;
+
+/// A compiled `CorsPolicy`. Header values are built once at load.
+#[derive(Debug)]
+pub struct Cors {
+    origins: Vec<OriginMatch>,
+    allow_methods: Option<HeaderValue>,
+    allow_headers: Option<HeaderValue>,
+    expose_headers: Option<HeaderValue>,
+    /// Whole seconds, as the header carries them.
+    max_age: Option<HeaderValue>,
+    allow_credentials: bool,
+}
+
+/// Origins compare case-sensitively, as Istio's StringMatch does.
+#[derive(Debug)]
+enum OriginMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+/// A problem found at load: the field path below the policy, and what is
+/// wrong with it.
+pub type Problem = (String, String);
+
+impl Cors {
+    pub fn compile(policy: &pb::CorsPolicy) -> Result<Self, Vec<Problem>> {
+        use pb::string_match::Kind;
+        let mut problems = Vec::new();
+        let mut origins = Vec::new();
+        for (index, origin) in policy.allow_origins.iter().enumerate() {
+            let path = format!("allowOrigins[{index}]");
+            match &origin.kind {
+                Some(Kind::Exact(value)) => origins.push(OriginMatch::Exact(value.clone())),
+                Some(Kind::Prefix(value)) => origins.push(OriginMatch::Prefix(value.clone())),
+                // Anchored like every other regex match: the whole origin.
+                Some(Kind::Regex(pattern)) => match Regex::new(pattern)
+                    .and_then(|_| Regex::new(&format!("^(?:{pattern})$")))
+                {
+                    Ok(regex) => origins.push(OriginMatch::Regex(regex)),
+                    Err(err) => problems.push((
+                        format!("{path}.regex"),
+                        format!("{pattern:?} is not a valid RE2 regex: {err}"),
+                    )),
+                },
+                None => problems.push((path, "needs exact, prefix or regex".to_string())),
+            }
+        }
+        let mut list = |field: &str, values: &[String]| {
+            if values.is_empty() {
+                return None;
+            }
+            let joined = values.join(",");
+            match HeaderValue::try_from(joined.as_str()) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    problems.push((
+                        field.to_string(),
+                        format!("{joined:?} is not a valid header value"),
+                    ));
+                    None
+                }
+            }
+        };
+        let allow_methods = list("allowMethods", &policy.allow_methods);
+        let allow_headers = list("allowHeaders", &policy.allow_headers);
+        let expose_headers = list("exposeHeaders", &policy.expose_headers);
+        let max_age = match &policy.max_age {
+            Some(age) if age.seconds < 0 || age.nanos < 0 => {
+                problems.push(("maxAge".to_string(), "must not be negative".to_string()));
+                None
+            }
+            Some(age) => Some(HeaderValue::from(age.seconds)),
+            None => None,
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            origins,
+            allow_methods,
+            allow_headers,
+            expose_headers,
+            max_age,
+            allow_credentials: policy.allow_credentials,
+        })
+    }
+
+    /// The request's `Origin` when the policy allows it; `None` for a
+    /// request without one (not a CORS request) or from another origin.
+    pub fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let origin = headers.get(header::ORIGIN)?;
+        let text = origin.to_str().ok()?;
+        self.origins
+            .iter()
+            .any(|m| match m {
+                OriginMatch::Exact(exact) => text == exact,
+                OriginMatch::Prefix(prefix) => text.starts_with(prefix.as_str()),
+                OriginMatch::Regex(regex) => regex.is_match(text),
+            })
+            .then(|| origin.clone())
+    }
+
+    /// The local answer to a preflight from an allowed `origin`.
+    pub fn preflight(&self, origin: HeaderValue) -> Response<ProxyBody> {
+        let mut response = reply::answer(StatusCode::OK, Bytes::new());
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        for (name, value) in [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, &self.allow_methods),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, &self.allow_headers),
+            (header::ACCESS_CONTROL_MAX_AGE, &self.max_age),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name, value.clone());
+            }
+        }
+        self.credentials(headers);
+        response
+    }
+
+    /// Adds the CORS headers to the upstream's response to an allowed
+    /// `origin`, replacing any the upstream set (as Envoy does).
+    pub fn decorate(&self, origin: HeaderValue, headers: &mut HeaderMap) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        if let Some(expose) = &self.expose_headers {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
+        }
+        self.credentials(headers);
+    }
+
+    fn credentials(&self, headers: &mut HeaderMap) {
+        if self.allow_credentials {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+    }
+}
+
+/// A CORS preflight: `OPTIONS` asking which method it may use.
+pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+    method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> Result<Cors, Vec<Problem>> {
+        let policy: pb::CorsPolicy = serde_saphyr::from_str(yaml).expect("yaml");
+        Cors::compile(&policy)
+    }
+
+    fn origin(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ORIGIN, HeaderValue::from_str(value).expect("value"));
+        headers
+    }
+
+    #[test]
+    fn origins_match_exactly_by_prefix_or_whole_regex() {
+        let cors = policy(
+            "{allowOrigins: [{exact: 'https://a.example'}, {prefix: 'https://b.'}, \
+             {regex: 'https://.*\\.c\\.example'}]}",
+        )
+        .expect("valid");
+        for allowed in [
+            "https://a.example",
+            "https://b.example",
+            "https://x.c.example",
+        ] {
+            assert!(cors.allowed_origin(&origin(allowed)).is_some(), "{allowed}");
+        }
+        for refused in [
+            "https://a.example.evil",
+            "http://b.",
+            "https://x.c.example.evil",
+        ] {
+            assert!(cors.allowed_origin(&origin(refused)).is_none(), "{refused}");
+        }
+        assert!(cors.allowed_origin(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn preflight_and_normal_responses_carry_the_policy() {
+        let cors = policy(
+            "{allowOrigins: [{exact: 'https://a.example'}], allowMethods: [GET, POST], \
+             allowHeaders: [x-a], exposeHeaders: [x-b, x-c], maxAge: 86400s, allowCredentials: true}",
+        )
+        .expect("valid");
+        let allowed = HeaderValue::from_static("https://a.example");
+        let response = cors.preflight(allowed.clone());
+        let headers = response.headers();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(headers["access-control-allow-origin"], "https://a.example");
+        assert_eq!(headers["access-control-allow-methods"], "GET,POST");
+        assert_eq!(headers["access-control-allow-headers"], "x-a");
+        assert_eq!(headers["access-control-max-age"], "86400");
+        assert_eq!(headers["access-control-allow-credentials"], "true");
+        let mut normal = HeaderMap::new();
+        cors.decorate(allowed, &mut normal);
+        assert_eq!(normal["access-control-expose-headers"], "x-b,x-c");
+        assert!(!normal.contains_key("access-control-allow-methods"));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let problems = policy("{allowOrigins: [{regex: '('}, {}], allowMethods: [\"a\\nb\"]}")
+            .expect_err("invalid");
+        let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["allowOrigins[0].regex", "allowOrigins[1]", "allowMethods"]
+        );
+    }
+}
