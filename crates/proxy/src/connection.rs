@@ -7,15 +7,16 @@
 //!   local workload; unknown ports are passed through.
 //! - EXPLICIT: the listener's service, or routing by authority.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use weft_proto::proxy::v1::{ListenerKind, OutboundTrafficPolicy};
 
-use crate::config::{Cluster, PortProtocol, Snapshot};
-use crate::detect::{Detected, PrefixedIo, detect};
+use crate::config::{Cluster, PortProtocol, ServicePort, Snapshot};
+use crate::detect::{Detected, PrefixedIo, detect, peek_sni};
 use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
@@ -46,6 +47,19 @@ pub async fn handle(state: Arc<ProxyState>, stream: TcpStream, listen_addr: Sock
 enum Carry {
     Http(HttpVersion),
     Opaque,
+    /// TLS passed through untouched, with the ClientHello's SNI if any.
+    Tls(Option<String>),
+}
+
+impl Carry {
+    /// The cluster an opaque or TLS connection to `port` goes to; `dst` is
+    /// the original destination IP (none through an explicit listener).
+    fn cluster(&self, port: &ServicePort, dst: Option<IpAddr>) -> Arc<Cluster> {
+        match self {
+            Carry::Tls(sni) => port.tls_target(sni.as_deref(), dst),
+            _ => port.tcp_target(dst),
+        }
+    }
 }
 
 async fn classify(
@@ -54,27 +68,43 @@ async fn classify(
     snapshot: &Snapshot,
 ) -> Option<(Carry, PrefixedIo<TcpStream>)> {
     let mut stream = stream;
-    if let Some((protocol, server_first)) = declared
-        && protocol.is_opaque(server_first)
-    {
-        return Some((Carry::Opaque, PrefixedIo::new(Default::default(), stream)));
-    }
-    let (detected, prefix) = match detect(&mut stream, snapshot.detect_timeout).await {
-        Ok(found) => found,
-        Err(err) => {
-            tracing::debug!("protocol detection failed: {err}");
-            return None;
+    // Both steps share one budget: a slow client delays routing by at most
+    // the detection timeout.
+    let started = tokio::time::Instant::now();
+    let (detected, prefix) = match declared {
+        // A declared TLS port is still peeked: its routes need the SNI.
+        Some((PortProtocol::Tls, false)) => (Detected::Tls, Bytes::new()),
+        Some((protocol, server_first)) if protocol.is_opaque(server_first) => {
+            return Some((Carry::Opaque, PrefixedIo::new(Bytes::new(), stream)));
         }
+        _ => match detect(&mut stream, snapshot.detect_timeout).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::debug!("protocol detection failed: {err}");
+                return None;
+            }
+        },
     };
-    let carry = match detected {
-        Detected::Http1 => Carry::Http(HttpVersion::Http1),
-        Detected::Http2 => Carry::Http(HttpVersion::Http2),
-        Detected::Tls | Detected::Opaque => Carry::Opaque,
+    let (carry, prefix) = match detected {
+        Detected::Http1 => (Carry::Http(HttpVersion::Http1), prefix),
+        Detected::Http2 => (Carry::Http(HttpVersion::Http2), prefix),
+        Detected::Opaque => (Carry::Opaque, prefix),
+        Detected::Tls => {
+            let left = snapshot.detect_timeout.saturating_sub(started.elapsed());
+            match peek_sni(&mut stream, prefix, left).await {
+                Ok((sni, prefix)) => (Carry::Tls(sni), prefix),
+                Err(err) => {
+                    tracing::debug!("reading the TLS ClientHello failed: {err}");
+                    return None;
+                }
+            }
+        }
     };
     Some((carry, PrefixedIo::new(prefix, stream)))
 }
 
 async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream) {
+    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
     let original = match original_dst(&stream) {
         Ok(original) => original,
         Err(err) => {
@@ -106,12 +136,14 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
                 },
                 reporter: Reporter::Source,
                 version,
+                peer,
             };
             server::serve(io, conn, state).await;
         }
-        Carry::Opaque => match vip_port {
+        carry @ (Carry::Opaque | Carry::Tls(_)) => match vip_port {
             Some((service, port)) => {
-                let (cluster, name) = (port.tcp_cluster.clone(), service.name.clone());
+                let cluster = carry.cluster(port, Some(original.ip()));
+                let name = service.name.clone();
                 tcp::proxy(&mut io, &cluster, &name, Reporter::Source, &state).await;
             }
             None if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
@@ -127,6 +159,7 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
 }
 
 async fn inbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream) {
+    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
     let original = match original_dst(&stream) {
         Ok(original) => original,
         Err(err) => {
@@ -156,10 +189,13 @@ async fn inbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream)
                 },
                 reporter: Reporter::Destination,
                 version,
+                peer,
             };
             server::serve(io, conn, state).await;
         }
-        Carry::Opaque => tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await,
+        Carry::Opaque | Carry::Tls(_) => {
+            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await
+        }
     }
 }
 
@@ -170,6 +206,7 @@ async fn explicit(
     listen_addr: SocketAddr,
     service: Option<(Arc<crate::config::Service>, u16)>,
 ) {
+    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
     let declared = service.as_ref().and_then(|(service, port)| {
         let port = service.port(*port)?;
         Some((port.protocol, port.server_first))
@@ -193,16 +230,17 @@ async fn explicit(
                 target,
                 reporter: Reporter::Source,
                 version,
+                peer,
             };
             server::serve(io, conn, state).await;
         }
-        (Carry::Opaque, Some((service, port))) => {
-            let Some(cluster) = service.port(port).map(|p| p.tcp_cluster.clone()) else {
+        (carry @ (Carry::Opaque | Carry::Tls(_)), Some((service, port))) => {
+            let Some(cluster) = service.port(port).map(|p| carry.cluster(p, None)) else {
                 return;
             };
             tcp::proxy(&mut io, &cluster, &service.name, Reporter::Source, &state).await;
         }
-        (Carry::Opaque, None) => tracing::info!(
+        (Carry::Opaque | Carry::Tls(_), None) => tracing::info!(
             flag = "NR",
             "listener {listen_addr} routes by HTTP authority; closing a non-HTTP connection"
         ),

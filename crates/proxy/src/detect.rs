@@ -92,6 +92,156 @@ pub async fn detect<S: AsyncRead + Unpin>(
     }
 }
 
+/// What the bytes of a TLS connection say about its SNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sni {
+    /// A complete ClientHello naming this host (lower-cased).
+    Host(String),
+    /// A complete ClientHello without server_name, or bytes that are not a
+    /// ClientHello at all: waiting longer would not help.
+    Absent,
+    /// The ClientHello is not complete yet.
+    NeedMore,
+}
+
+/// Bound on the ClientHello bytes buffered before giving up on SNI: far
+/// above real hellos (a few KB with post-quantum key shares), small enough
+/// that a client cannot make the proxy hold much per connection.
+pub const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+const RECORD_HEADER: usize = 5;
+const CONTENT_HANDSHAKE: u8 = 0x16;
+const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+const EXTENSION_SERVER_NAME: u16 = 0;
+const NAME_TYPE_HOST: u8 = 0;
+
+/// Finds the SNI in the first bytes of a TLS connection. The ClientHello
+/// may span several handshake records; their fragments are joined.
+pub fn parse_sni(buf: &[u8]) -> Sni {
+    let mut handshake = Vec::new();
+    let mut rest = buf;
+    loop {
+        if rest.len() < RECORD_HEADER {
+            return Sni::NeedMore;
+        }
+        if rest[0] != CONTENT_HANDSHAKE || rest[1] != 0x03 {
+            return Sni::Absent;
+        }
+        let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        let Some(fragment) = rest.get(RECORD_HEADER..RECORD_HEADER + len) else {
+            return Sni::NeedMore;
+        };
+        handshake.extend_from_slice(fragment);
+        rest = &rest[RECORD_HEADER + len..];
+        if handshake.len() < 4 {
+            continue;
+        }
+        if handshake[0] != HANDSHAKE_CLIENT_HELLO {
+            return Sni::Absent;
+        }
+        let body_len = usize::from(handshake[1]) << 16
+            | usize::from(handshake[2]) << 8
+            | usize::from(handshake[3]);
+        if let Some(body) = handshake.get(4..4 + body_len) {
+            return client_hello_sni(body).unwrap_or(Sni::Absent);
+        }
+    }
+}
+
+/// A bounds-checked reader over a ClientHello body.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        let b = self.take(2)?;
+        Some(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// A vector with a one- or two-byte length prefix.
+    fn vec8(&mut self) -> Option<Reader<'a>> {
+        let n = usize::from(self.u8()?);
+        Some(Reader(self.take(n)?))
+    }
+
+    fn vec16(&mut self) -> Option<Reader<'a>> {
+        let n = usize::from(self.u16()?);
+        Some(Reader(self.take(n)?))
+    }
+}
+
+/// `None`: malformed.
+fn client_hello_sni(body: &[u8]) -> Option<Sni> {
+    let mut r = Reader(body);
+    r.take(2 + 32)?; // legacy_version, random
+    r.vec8()?; // session id
+    r.vec16()?; // cipher suites
+    r.vec8()?; // compression methods
+    if r.0.is_empty() {
+        // No extensions at all (TLS 1.0-era hello).
+        return Some(Sni::Absent);
+    }
+    let mut extensions = r.vec16()?;
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let mut data = extensions.vec16()?;
+        if kind != EXTENSION_SERVER_NAME {
+            continue;
+        }
+        let mut names = data.vec16()?;
+        while !names.0.is_empty() {
+            let name_type = names.u8()?;
+            let name = names.vec16()?.0;
+            if name_type == NAME_TYPE_HOST {
+                let host = std::str::from_utf8(name).ok()?;
+                return Some(if host.is_empty() || !host.is_ascii() {
+                    Sni::Absent
+                } else {
+                    Sni::Host(host.to_ascii_lowercase())
+                });
+            }
+        }
+        return Some(Sni::Absent);
+    }
+    Some(Sni::Absent)
+}
+
+/// Reads on from `prefix` (bytes already read from `io`) until the
+/// ClientHello is complete, `timeout` passes, EOF or [`MAX_CLIENT_HELLO`];
+/// an incomplete hello means no SNI. Returns the SNI and every byte read,
+/// to be replayed untouched (passthrough).
+pub async fn peek_sni<S: AsyncRead + Unpin>(
+    io: &mut S,
+    prefix: Bytes,
+    timeout: Duration,
+) -> io::Result<(Option<String>, Bytes)> {
+    let mut buf = BytesMut::from(prefix.as_ref());
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match parse_sni(&buf) {
+            Sni::Host(host) => return Ok((Some(host), buf.freeze())),
+            Sni::Absent => return Ok((None, buf.freeze())),
+            Sni::NeedMore if buf.len() >= MAX_CLIENT_HELLO => return Ok((None, buf.freeze())),
+            Sni::NeedMore => {}
+        }
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Err(_) | Ok(Ok(0)) => return Ok((None, buf.freeze())),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return Err(err),
+        }
+    }
+}
+
 /// An I/O stream that first yields bytes already read from it.
 pub struct PrefixedIo<S> {
     prefix: Bytes,
@@ -205,5 +355,100 @@ mod tests {
         let mut out = String::new();
         io.read_to_string(&mut out).await.expect("read");
         assert_eq!(out, "hello world");
+    }
+
+    /// A minimal ClientHello in one record.
+    fn client_hello(sni: Option<&str>) -> Vec<u8> {
+        let mut ext = Vec::new();
+        // An unrelated extension first (supported_versions), to skip over.
+        ext.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
+        if let Some(host) = sni {
+            let name = host.as_bytes();
+            let list_len = 3 + name.len();
+            ext.extend_from_slice(&[0x00, 0x00]);
+            ext.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
+            ext.extend_from_slice(&(list_len as u16).to_be_bytes());
+            ext.push(0);
+            ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            ext.extend_from_slice(name);
+        }
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[7; 32]);
+        body.push(0); // session id
+        body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]);
+        body.extend_from_slice(&[0x01, 0x00]);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut handshake = vec![HANDSHAKE_CLIENT_HELLO];
+        handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        handshake.extend_from_slice(&body);
+        records(&[&handshake])
+    }
+
+    fn records(fragments: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for fragment in fragments {
+            out.extend_from_slice(&[CONTENT_HANDSHAKE, 0x03, 0x01]);
+            out.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+            out.extend_from_slice(fragment);
+        }
+        out
+    }
+
+    #[test]
+    fn sni_from_a_complete_client_hello() {
+        let hello = client_hello(Some("A.Example.com"));
+        assert_eq!(parse_sni(&hello), Sni::Host("a.example.com".into()));
+        assert_eq!(parse_sni(&client_hello(None)), Sni::Absent);
+    }
+
+    #[test]
+    fn sni_across_records_and_truncated() {
+        let hello = client_hello(Some("db.internal"));
+        let handshake = &hello[5..];
+        let split = records(&[&handshake[..10], &handshake[10..]]);
+        assert_eq!(parse_sni(&split), Sni::Host("db.internal".into()));
+        for cut in [0, 3, 5, 9, hello.len() - 1] {
+            assert_eq!(parse_sni(&hello[..cut]), Sni::NeedMore, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn sni_of_garbage_is_absent() {
+        assert_eq!(parse_sni(b"GET / HTTP/1.1\r\n"), Sni::Absent);
+        // A handshake record that is not a ClientHello (ServerHello).
+        assert_eq!(parse_sni(&records(&[&[2, 0, 0, 1, 0]])), Sni::Absent);
+        // A ClientHello whose body lengths run past its end.
+        assert_eq!(
+            parse_sni(&records(&[&[1, 0, 0, 3, 3, 3, 0xff]])),
+            Sni::Absent
+        );
+        let mut bad_ext = client_hello(Some("a.b"));
+        let last = bad_ext.len() - 1;
+        bad_ext.truncate(last);
+        // Record and handshake lengths still claim the full hello.
+        assert_eq!(parse_sni(&bad_ext), Sni::NeedMore);
+    }
+
+    #[tokio::test]
+    async fn peek_sni_waits_for_the_rest_then_gives_up() {
+        let hello = client_hello(Some("a.example.com"));
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &hello[8..])
+            .await
+            .expect("write");
+        let prefix = Bytes::copy_from_slice(&hello[..8]);
+        let (sni, bytes) = peek_sni(&mut server, prefix, Duration::from_millis(200))
+            .await
+            .expect("peek");
+        assert_eq!(sni.as_deref(), Some("a.example.com"));
+        assert_eq!(bytes.as_ref(), hello.as_slice());
+
+        let (_client, mut server) = tokio::io::duplex(64);
+        let prefix = Bytes::copy_from_slice(&hello[..20]);
+        let (sni, bytes) = peek_sni(&mut server, prefix, Duration::from_millis(30))
+            .await
+            .expect("peek");
+        assert_eq!((sni, bytes.len()), (None, 20));
     }
 }

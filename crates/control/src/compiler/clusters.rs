@@ -1,7 +1,9 @@
 //! Clusters: per service port one with every endpoint, and one per
 //! DestinationRule subset with the endpoints carrying the subset's labels.
-//! Connection-pool limits and outlier detection are mapped in [`limits`].
+//! Connection-pool limits and outlier detection are mapped in [`limits`],
+//! the load balancer in [`balancer`].
 
+mod balancer;
 mod limits;
 
 use std::collections::BTreeMap;
@@ -35,7 +37,7 @@ pub(super) fn build(
         let rule = rules.get(&index).map(|r| &r.spec);
         let top = rule.and_then(|r| r.traffic_policy.as_deref());
         for port in &service.ports {
-            let all = cluster(service, port, "", endpoints, &[top]);
+            let all = cluster(service, port, "", endpoints, &[top], warnings);
             clusters.insert(all.name.clone(), all);
             for subset in rule.map_or(&[][..], |r| r.subsets.as_slice()) {
                 let selected: Vec<EndpointDef> = endpoints
@@ -44,7 +46,7 @@ pub(super) fn build(
                     .cloned()
                     .collect();
                 let policies = [subset.traffic_policy.as_deref(), top];
-                let subset = cluster(service, port, &subset.name, &selected, &policies);
+                let subset = cluster(service, port, &subset.name, &selected, &policies, warnings);
                 clusters.insert(subset.name.clone(), subset);
             }
         }
@@ -98,7 +100,9 @@ fn cluster(
     subset: &str,
     endpoints: &[EndpointDef],
     policies: &[Option<&TrafficPolicy>],
+    warnings: &mut Vec<String>,
 ) -> pb::Cluster {
+    let name = cluster_name(port.number, subset, &service.hostname);
     let endpoints = endpoints
         .iter()
         .filter_map(|e| {
@@ -111,7 +115,8 @@ fn cluster(
         })
         .collect();
     pb::Cluster {
-        name: cluster_name(port.number, subset, &service.hostname),
+        load_balancer: balancer::load_balancer(policies, port.number, &name, warnings),
+        name,
         upstream_protocol: upstream_protocol(port.protocol) as i32,
         connect_timeout: Some(connect_timeout(policies, port.number).into()),
         endpoints,

@@ -141,6 +141,8 @@ impl MeshIndex {
                                 port_sources.push(None);
                             }
                         }
+                        (out.tcp_routes, out.tls_routes) =
+                            vs.l4_routes(port, services, &hosts, &mut clusters, &mut warnings);
                         ports.push(out);
                         sources.push(port_sources);
                     }

@@ -57,6 +57,9 @@ pub(super) fn service_port(port: &ServicePortDef) -> pb::ServicePort {
         server_first: is_server_first(port.number, port.protocol),
         routes: Vec::new(),
         cluster: String::new(),
+        // Filled per VirtualService (`routes::l4_routes`).
+        tcp_routes: Vec::new(),
+        tls_routes: Vec::new(),
     }
 }
 

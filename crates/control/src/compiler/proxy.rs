@@ -114,7 +114,7 @@ impl MeshIndex {
     }
 
     /// The clusters `services` refer to: each port's default cluster and
-    /// every route destination and mirror, in name order.
+    /// every route destination (HTTP, TCP, TLS) and mirror, in name order.
     fn clusters_for(&self, services: &[pb::Service]) -> Vec<pb::Cluster> {
         let mut names = BTreeSet::new();
         for service in services {
@@ -124,6 +124,9 @@ impl MeshIndex {
                     names.extend(route.clusters.iter().map(|c| c.cluster.clone()));
                     names.extend(route.mirrors.iter().map(|m| m.cluster.clone()));
                 }
+                let tcp = port.tcp_routes.iter().flat_map(|r| &r.clusters);
+                let tls = port.tls_routes.iter().flat_map(|r| &r.clusters);
+                names.extend(tcp.chain(tls).map(|c| c.cluster.clone()));
             }
         }
         names

@@ -19,6 +19,11 @@ use super::http_rule::{Action, MESH_GATEWAY, Rule, Source, Target, rule};
 use super::ports::cluster_name;
 use crate::registry::{ServiceDef, ServicePortDef, namespace_or_default};
 
+// Declared here rather than in `compiler/mod.rs`, as `http_rule` does with
+// `mirror_cors`, so VirtualService rules stay in the files that own them.
+#[path = "l4_routes.rs"]
+mod l4_routes;
+
 /// A VirtualService that applies to sidecars, reduced to what the proxy
 /// model can express.
 pub(super) struct CompiledVs {
@@ -27,6 +32,8 @@ pub(super) struct CompiledVs {
     pub(super) hosts: Vec<String>,
     pub(super) visibility: Visibility,
     rules: Vec<Rule>,
+    /// `tcp[]` and `tls[]`.
+    l4: Vec<l4_routes::L4Rule>,
 }
 
 impl CompiledVs {
@@ -46,11 +53,7 @@ impl CompiledVs {
         let namespace = namespace_or_default(&object.metadata.namespace).to_string();
         let vs_name = &object.metadata.name;
         let label = format!("VirtualService {namespace}/{vs_name}");
-        if !spec.tcp.is_empty() || !spec.tls.is_empty() {
-            warnings.push(format!(
-                "{label}: tcp and tls routes are not supported yet; opaque traffic goes to all endpoints"
-            ));
-        }
+        let l4 = l4_routes::rules(spec, vs_name, &label, warnings);
         let mut rules = Vec::new();
         for (index, http) in spec.http.iter().enumerate() {
             let at = format!("{label}: http[{index}]");
@@ -74,6 +77,7 @@ impl CompiledVs {
             namespace,
             hosts: spec.hosts.clone(),
             rules,
+            l4,
         })
     }
 

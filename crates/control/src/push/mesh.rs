@@ -21,22 +21,26 @@ pub struct Mesh {
     pub index: MeshIndex,
     /// Increases with every build.
     pub generation: u64,
+    /// The registrations (`Connected` sequence) this build includes, and
+    /// with them every store change made before them.
+    pub registrations: u64,
     /// Compiled configs by proxy shape (see [`shape_key`]): replicas of a
     /// workload share one compilation per build.
     compiled: Mutex<HashMap<Vec<u8>, Resources>>,
 }
 
 impl Mesh {
-    pub fn new(index: MeshIndex, generation: u64) -> Self {
+    pub fn new(index: MeshIndex, generation: u64, registrations: u64) -> Self {
         Self {
             index,
             generation,
+            registrations,
             compiled: Mutex::default(),
         }
     }
 
     pub fn empty() -> Self {
-        Self::new(MeshIndex::build(&[], &[]), 0)
+        Self::new(MeshIndex::build(&[], &[]), 0, 0)
     }
 
     /// This proxy's config, compiled once per shape and build.
@@ -83,9 +87,10 @@ pub struct Connected {
 }
 
 impl Connected {
-    /// Registers a node; the returned token unregisters exactly this session
-    /// (a proxy that reconnected under the same id stays registered).
-    pub fn register(&self, node: Node) -> u64 {
+    /// Registers a node. Returns the token that unregisters exactly this
+    /// session (a proxy that reconnected under the same id stays registered)
+    /// and the registration sequence a mesh must include to know the node.
+    pub fn register(&self, node: Node) -> (u64, u64) {
         let token = self
             .sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -93,7 +98,7 @@ impl Connected {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         nodes.insert(node.id.clone(), (token, node));
         self.changes.send_modify(|n| *n += 1);
-        token
+        (token, *self.changes.borrow())
     }
 
     pub fn unregister(&self, id: &str, token: u64) {
@@ -132,7 +137,9 @@ pub async fn build_loop(
     let mut last_warnings: Vec<String> = Vec::new();
     loop {
         store_changes.mark_unchanged();
-        workload_changes.mark_unchanged();
+        // Read before the store and workloads: the build then includes at
+        // least these registrations and every store change before them.
+        let registrations = *workload_changes.borrow_and_update();
         let resources: Vec<_> = store
             .list(None, None)
             .into_iter()
@@ -158,7 +165,7 @@ pub async fn build_loop(
             }
             last_warnings = index.warnings().to_vec();
         }
-        publish.send_replace(Arc::new(Mesh::new(index, generation)));
+        publish.send_replace(Arc::new(Mesh::new(index, generation, registrations)));
         tokio::select! {
             changed = store_changes.changed() => if changed.is_err() { return },
             changed = workload_changes.changed() => if changed.is_err() { return },
@@ -196,7 +203,7 @@ spec:
     #[test]
     fn replicas_share_one_compilation_and_get_what_they_would_alone() {
         let resources = weft_api::decode_str(MESH, "m.yaml").resources;
-        let mesh = Mesh::new(MeshIndex::build(&resources, &[]), 1);
+        let mesh = Mesh::new(MeshIndex::build(&resources, &[]), 1, 0);
         let first = mesh.resources_for(&node("a", "default"));
         let replica = mesh.resources_for(&node("bb", "default"));
         assert!(Arc::ptr_eq(&first, &replica), "same shape, one compilation");

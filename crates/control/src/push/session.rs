@@ -12,6 +12,9 @@ use weft_proto::resources::set_version;
 use super::mesh::{Connected, Mesh};
 use crate::status::StatusBoard;
 
+/// How long a new proxy's first push waits for a mesh that includes it.
+const FIRST_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Resource name → version.
 type Versions = BTreeMap<String, String>;
 
@@ -52,7 +55,7 @@ impl Session {
         outbound: mpsc::Sender<Result<Push, Status>>,
         mut mesh: watch::Receiver<Arc<Mesh>>,
     ) {
-        let token = self.connected.register(self.node.clone());
+        let (token, registration) = self.connected.register(self.node.clone());
         let held_version = set_version(&self.held);
         self.status.update(&self.node.id, |status| {
             status.workload.clone_from(&self.node.workload);
@@ -64,6 +67,13 @@ impl Session {
         });
         tracing::info!(node = %self.node.id, "proxy connected");
 
+        // The first push waits for a mesh that knows this proxy (and so
+        // everything applied before it connected): a proxy is never made
+        // ready on config older than what the user already applied.
+        let fresh = mesh.wait_for(|latest| latest.registrations >= registration);
+        if tokio::time::timeout(FIRST_BUILD_WAIT, fresh).await.is_err() {
+            tracing::warn!(node = %self.node.id, "mesh build is slow; pushing the latest one");
+        }
         let mut in_flight: Option<InFlight> = None;
         let mut recompute = true;
         loop {

@@ -1,8 +1,16 @@
-//! A cluster's connection-pool limits and outlier detection, from
-//! [`pb::ConnectionPool`] and [`pb::OutlierDetection`].
+//! A cluster's connection-pool limits, outlier detection and load balancer,
+//! from [`pb::ConnectionPool`], [`pb::OutlierDetection`] and
+//! [`pb::LoadBalancer`].
+
+pub(super) mod balance;
 
 use weft_proto::proxy::v1 as pb;
 
+use self::balance::{
+    Algorithm, Balancer, DEFAULT_MAGLEV_SIZE, DEFAULT_RING_SIZE, HashKey, MAX_MAGLEV_SIZE,
+    MAX_RING_SIZE, Policy,
+};
+use super::Endpoint;
 use super::snapshot::{Problems, duration};
 use crate::upstream::outlier::{DEFAULT_BASE_EJECTION_TIME, DEFAULT_INTERVAL};
 use crate::upstream::{Keepalive, Limits, OutlierPolicy};
@@ -90,6 +98,87 @@ pub(super) fn compile_outlier(
         max_ejection_percent: outlier.max_ejection_percent.min(100),
         min_health_percent: outlier.min_health_percent.min(100),
     })
+}
+
+/// Unset policy: LEAST_REQUEST, Istio's default.
+pub(super) fn compile_balancer(
+    lb: Option<&pb::LoadBalancer>,
+    endpoints: &[Endpoint],
+    path: &str,
+    problems: &mut Problems,
+) -> Balancer {
+    use pb::consistent_hash::{Algorithm as PbAlgorithm, Key};
+    let policy = match lb.map(|lb| pb::load_balancer::Policy::try_from(lb.policy)) {
+        Some(Ok(pb::load_balancer::Policy::RoundRobin)) => Policy::RoundRobin,
+        Some(Ok(pb::load_balancer::Policy::Random)) => Policy::Random,
+        Some(Ok(pb::load_balancer::Policy::Passthrough)) => Policy::Passthrough,
+        Some(Ok(_)) | None => Policy::LeastRequest,
+        Some(Err(_)) => {
+            problems.push(format!("{path}.policy"), "unknown load balancing policy");
+            Policy::LeastRequest
+        }
+    };
+    let hash = lb
+        .and_then(|lb| lb.consistent_hash.as_ref())
+        .and_then(|hash| {
+            let path = format!("{path}.consistentHash");
+            let key = match hash.key.as_ref() {
+                Some(Key::HttpHeaderName(name)) if !name.is_empty() => {
+                    HashKey::Header(name.to_ascii_lowercase())
+                }
+                Some(Key::HttpCookie(cookie)) if !cookie.name.is_empty() => HashKey::Cookie {
+                    name: cookie.name.clone(),
+                    path: cookie.path.clone(),
+                    ttl: duration(
+                        cookie.ttl.as_ref(),
+                        &format!("{path}.httpCookie.ttl"),
+                        problems,
+                    )
+                    .unwrap_or_default(),
+                },
+                Some(Key::UseSourceIp(true)) => HashKey::SourceIp,
+                Some(Key::HttpQueryParameterName(name)) if !name.is_empty() => {
+                    HashKey::QueryParameter(name.clone())
+                }
+                _ => {
+                    problems.push(path, "needs one non-empty hash key");
+                    return None;
+                }
+            };
+            let algorithm = match hash.algorithm {
+                Some(PbAlgorithm::MaglevTableSize(size)) => {
+                    let size = if size == 0 { DEFAULT_MAGLEV_SIZE } else { size };
+                    if size > MAX_MAGLEV_SIZE || !is_prime(size) {
+                        problems.push(
+                            format!("{path}.maglevTableSize"),
+                            format!("must be a prime up to {MAX_MAGLEV_SIZE}, got {size}"),
+                        );
+                    }
+                    Algorithm::Maglev { table_size: size }
+                }
+                Some(PbAlgorithm::RingHashMinimumRingSize(size)) if size > 0 => {
+                    if size > MAX_RING_SIZE {
+                        problems.push(
+                            format!("{path}.ringHashMinimumRingSize"),
+                            format!("must be at most {MAX_RING_SIZE}, got {size}"),
+                        );
+                    }
+                    Algorithm::Ring { minimum_size: size }
+                }
+                _ => Algorithm::Ring {
+                    minimum_size: DEFAULT_RING_SIZE,
+                },
+            };
+            Some((key, algorithm))
+        });
+    Balancer::new(endpoints, policy, hash)
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod resilience;
 mod route;
 mod route_match;
 mod snapshot;
+mod tcp_route;
 pub mod watch;
 
 pub use load::{ConfigError, parse_config};
@@ -23,3 +24,4 @@ pub use snapshot::{
     Cluster, Endpoint, InboundPort, ListenerSpec, PortProtocol, Service, ServicePort, Snapshot,
     UpstreamProtocol,
 };
+pub use tcp_route::{L4Route, Subnet, sni_matches};

@@ -4,14 +4,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use weft_proto::proxy::v1 as pb;
 
 use super::ConfigError;
-use super::cluster::{compile_limits, compile_outlier};
+use super::cluster::balance::{Balancer, Load, Policy};
+use super::cluster::{compile_balancer, compile_limits, compile_outlier};
 use super::route::{Route, compile_route};
+use super::tcp_route::{L4Route, compile_tcp_routes, compile_tls_routes};
 use crate::upstream::{Breaker, Eligible, Limits, Outlier};
 
 /// Istio's `connectionPool.tcp.connectTimeout` default.
@@ -84,8 +85,12 @@ pub struct ServicePort {
     pub server_first: bool,
     /// Never empty: a port without routes gets one route to its cluster.
     pub routes: Vec<Arc<Route>>,
-    /// Where opaque TCP for this port goes.
+    /// Where opaque TCP for this port goes when no TCP route matches.
     pub tcp_cluster: Arc<Cluster>,
+    /// VirtualService `tcp` routes, first match wins (see [`super::tcp_route`]).
+    pub tcp_routes: Vec<L4Route>,
+    /// VirtualService `tls` routes by SNI, first match wins.
+    pub tls_routes: Vec<L4Route>,
 }
 
 pub struct Cluster {
@@ -100,9 +105,9 @@ pub struct Cluster {
     pub breaker: Arc<Breaker>,
     /// Outlier detection and its per-endpoint state (also reset by reloads).
     pub outlier: Option<Outlier>,
-    /// Endpoint indexes repeated by weight: round-robin walks this ring.
-    rotation: Vec<usize>,
-    next: AtomicUsize,
+    /// The DestinationRule's loadBalancer, with its hash table and the
+    /// per-endpoint in-flight counts.
+    balancer: Balancer,
 }
 
 impl Cluster {
@@ -140,7 +145,8 @@ impl Cluster {
         connect_timeout: Duration,
         endpoints: Vec<Endpoint>,
     ) -> Self {
-        let rotation = weighted_rotation(&endpoints);
+        // One endpoint or none (built-in clusters): the policy is moot.
+        let balancer = Balancer::new(&endpoints, Policy::RoundRobin, None);
         let breaker = Arc::new(Breaker::new(name.clone(), Limits::default()));
         Self {
             name,
@@ -151,37 +157,64 @@ impl Cluster {
             endpoints,
             breaker,
             outlier: None,
-            rotation,
-            next: AtomicUsize::new(0),
+            balancer,
         }
     }
 
-    /// Round-robin over the endpoints, honouring weights and skipping those
-    /// outlier detection ejected. `None` when the cluster has no endpoints
-    /// or all are ejected (response flag UH).
+    /// An endpoint under the cluster's policy without request context (TCP,
+    /// mirrors), skipping those outlier detection ejected. `None` when the
+    /// cluster has no endpoints or all are ejected (response flag UH).
     pub fn pick_endpoint(&self) -> Option<&Endpoint> {
-        if self.rotation.is_empty() {
-            return None;
+        let addr = self.choose(None, None, &[])?;
+        self.endpoints.get(self.balancer.index_of(addr)?)
+    }
+
+    /// The address for one try of a request: `hash` from [`Self::affinity`],
+    /// `original_dst` the address a captured client dialled (PASSTHROUGH
+    /// goes there), `tried` the addresses earlier tries used, avoided while
+    /// another endpoint is eligible.
+    pub fn choose(
+        &self,
+        hash: Option<u64>,
+        original_dst: Option<SocketAddr>,
+        tried: &[SocketAddr],
+    ) -> Option<SocketAddr> {
+        if let (Policy::Passthrough, Some(dst), None) = (self.balancer.policy(), original_dst, hash)
+        {
+            return Some(dst);
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let tried: Vec<usize> = tried
+            .iter()
+            .filter_map(|a| self.balancer.index_of(*a))
+            .collect();
         let eligible = match &self.outlier {
             None => Eligible::All,
             Some(outlier) => outlier.eligible(Instant::now()),
         };
-        let ejected = match eligible {
-            Eligible::All => {
-                return self
-                    .endpoints
-                    .get(self.rotation[start % self.rotation.len()]);
-            }
-            Eligible::None => return None,
-            Eligible::Except(ejected) => ejected,
-        };
-        // The next turn in the ring that belongs to an endpoint still in.
-        (0..self.rotation.len())
-            .map(|step| self.rotation[start.wrapping_add(step) % self.rotation.len()])
-            .find(|index| !ejected.get(*index).copied().unwrap_or(false))
-            .and_then(|index| self.endpoints.get(index))
+        let index = match &eligible {
+            Eligible::All => self.balancer.pick(None, hash, &tried),
+            Eligible::None => None,
+            Eligible::Except(ejected) => self.balancer.pick(Some(ejected), hash, &tried),
+        }?;
+        self.endpoints.get(index).map(|e| e.address)
+    }
+
+    /// The request's consistent-hash key (`None` without a hash policy or
+    /// when the key is missing) and a `set-cookie` value to add to the
+    /// response when the proxy generated the hash cookie.
+    pub fn affinity(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> (Option<u64>, Option<String>) {
+        self.balancer.affinity(headers, query, peer)
+    }
+
+    /// Counts a request in flight on `addr` (for LEAST_REQUEST) until the
+    /// returned guard is dropped.
+    pub fn track(&self, addr: SocketAddr) -> Option<Load> {
+        self.balancer.track(addr)
     }
 
     /// How many endpoints outlier detection has ejected now.
@@ -195,27 +228,6 @@ impl Cluster {
             .filter(|e| outlier.is_ejected(e.address, now))
             .count()
     }
-}
-
-/// Spreads each endpoint's turns through the ring (weights reduced by their
-/// common divisor) instead of giving one endpoint a long run.
-fn weighted_rotation(endpoints: &[Endpoint]) -> Vec<usize> {
-    let divisor = endpoints.iter().map(|e| e.weight).fold(0, gcd).max(1);
-    let weights: Vec<u32> = endpoints.iter().map(|e| e.weight / divisor).collect();
-    let max = weights.iter().copied().max().unwrap_or(0);
-    let mut ring = Vec::new();
-    for round in 0..max {
-        for (index, weight) in weights.iter().enumerate() {
-            if round < *weight {
-                ring.push(index);
-            }
-        }
-    }
-    ring
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 pub struct Endpoint {
@@ -398,6 +410,12 @@ fn compile_clusters(
             problems,
         )
         .map(|policy| Outlier::new(policy, compiled.endpoints.iter().map(|e| e.address)));
+        compiled.balancer = compile_balancer(
+            cluster.load_balancer.as_ref(),
+            &compiled.endpoints,
+            &format!("{path}.loadBalancer"),
+            problems,
+        );
         if clusters
             .insert(cluster.name.clone(), Arc::new(compiled))
             .is_some()
@@ -542,12 +560,16 @@ fn compile_service_port(
                 .find_map(|r| Some(r.forward()?.destinations.first()?.cluster.clone()))
         })
         .unwrap_or_else(|| Arc::new(Cluster::black_hole()));
+    let tcp_routes = compile_tcp_routes(&port.tcp_routes, path, clusters, problems);
+    let tls_routes = compile_tls_routes(&port.tls_routes, path, clusters, problems);
     Some(ServicePort {
         port: number,
         protocol,
         server_first: port.server_first,
         routes,
         tcp_cluster,
+        tcp_routes,
+        tls_routes,
     })
 }
 
@@ -698,6 +720,7 @@ services:
   ports: [{port: 80, protocol: HTTP}]
 clusters:
 - name: outbound|80||web.default.svc.cluster.local
+  loadBalancer: {policy: ROUND_ROBIN}
   endpoints:
   - {address: 127.0.0.1:8001, weight: 2}
   - {address: 127.0.0.1:8002}

@@ -26,6 +26,8 @@ pub struct HttpConn {
     pub target: Target,
     pub reporter: Reporter,
     pub version: HttpVersion,
+    /// The downstream peer's IP (consistent hashing by source IP).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The hyper service: never fails, every problem becomes a local reply.
@@ -106,6 +108,12 @@ pub async fn handle(
         upstream_version(cluster.upstream_protocol, conn.version)
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (hash, set_cookie) = cluster.affinity(request.headers(), request.uri().query(), conn.peer);
+    let original_dst = match &conn.target {
+        Target::Outbound { original_dst, .. } => *original_dst,
+        Target::Inbound { original_dst, .. } => Some(*original_dst),
+        Target::Service { .. } => None,
+    };
     let (parts, body) = request.into_parts();
     if let Some(mirrors) = forward.map(|f| &f.mirrors).filter(|m| !m.is_empty()) {
         // Without a body copy (see `mirror`), only bodiless requests are
@@ -132,6 +140,8 @@ pub async fn handle(
         policy: forward
             .and_then(|f| f.retries.as_deref())
             .filter(|_| !upgrade),
+        hash,
+        original_dst,
     };
     let (mut response, flags) = match retry::send(exchange, body).await {
         Ok(sent) => sent,
@@ -161,6 +171,10 @@ pub async fn handle(
     }
     if let (Some(cors), Some(origin)) = (cors_policy, cors_origin) {
         cors.decorate(origin, response.headers_mut());
+    }
+    // The hash cookie the proxy generated, so the client sticks from now on.
+    if let Some(value) = set_cookie.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
     // Answer in the client's HTTP version, whatever the upstream spoke.
     *response.version_mut() = downstream_version;

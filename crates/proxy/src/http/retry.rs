@@ -51,6 +51,10 @@ pub(super) struct Exchange<'a> {
     pub timeout: Option<Duration>,
     /// `None` (or an upgrade): one try.
     pub policy: Option<&'a RetryPolicy>,
+    /// The request's consistent-hash key, when the cluster hashes.
+    pub hash: Option<u64>,
+    /// Where a captured client connected (for PASSTHROUGH balancing).
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// The upstream's response with the flags to record for it (URX when it is
@@ -92,7 +96,7 @@ async fn tries(exchange: &Exchange<'_>, body: Incoming) -> Sent {
         )
     })?;
     let Some(policy) = exchange.policy else {
-        let addr = pick(cluster, &[]).ok_or_else(|| no_endpoint(cluster))?;
+        let addr = pick(exchange, &[]).ok_or_else(|| no_endpoint(cluster))?;
         let body = ProxyBody::new(body.map_err(Into::into));
         return match one_try(exchange, addr, body, None).await {
             Outcome::Response(response) => {
@@ -107,7 +111,7 @@ async fn tries(exchange: &Exchange<'_>, body: Incoming) -> Sent {
     // The retry in progress, counted against the cluster's maxRetries.
     let mut _retrying: Option<Slot> = None;
     loop {
-        let addr = pick(cluster, &tried).ok_or_else(|| no_endpoint(cluster))?;
+        let addr = pick(exchange, &tried).ok_or_else(|| no_endpoint(cluster))?;
         tried.push(addr);
         let outcome = one_try(exchange, addr, replay.body(), policy.per_try_timeout).await;
         let retriable = should_retry(policy, &outcome);
@@ -160,6 +164,8 @@ async fn one_try(
     per_try_timeout: Option<Duration>,
 ) -> Outcome {
     let cluster = exchange.cluster;
+    // In flight on `addr` (for LEAST_REQUEST) until the response body ends.
+    let load = cluster.track(addr);
     let request = exchange.head.request(addr, body);
     let send = exchange.state.pool.send(
         addr,
@@ -185,7 +191,12 @@ async fn one_try(
                 addr,
                 Some(TryResult::Status(response.status().as_u16())),
             );
-            Outcome::Response(response)
+            Outcome::Response(response.map(|inner| {
+                ProxyBody::new(Held {
+                    inner,
+                    _guard: load,
+                })
+            }))
         }
         Err(err) => {
             record(cluster, addr, err.try_result());
@@ -211,15 +222,21 @@ fn record(cluster: &Cluster, addr: SocketAddr, result: Option<TryResult>) {
 /// Keeps `slot` (the request's maxRequests count) until the body ends or is
 /// dropped.
 fn hold(response: Response<ProxyBody>, slot: Slot) -> Response<ProxyBody> {
-    response.map(|inner| ProxyBody::new(Held { inner, _slot: slot }))
+    response.map(|inner| {
+        ProxyBody::new(Held {
+            inner,
+            _guard: slot,
+        })
+    })
 }
 
-struct Held {
+/// A response body that keeps `_guard` (a count) until it ends or is dropped.
+struct Held<G> {
     inner: ProxyBody,
-    _slot: Slot,
+    _guard: G,
 }
 
-impl Body for Held {
+impl<G: Unpin> Body for Held<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -239,15 +256,18 @@ impl Body for Held {
     }
 }
 
-/// An endpoint, preferring one not in `tried` when the cluster has others.
-fn pick(cluster: &Cluster, tried: &[SocketAddr]) -> Option<SocketAddr> {
-    let mut picked = cluster.pick_endpoint()?.address;
+/// An endpoint, preferring one not in `tried` when the cluster has others
+/// (a consistent hash walks on to the next distinct entry by itself).
+fn pick(exchange: &Exchange<'_>, tried: &[SocketAddr]) -> Option<SocketAddr> {
+    let cluster = exchange.cluster;
+    let choose = || cluster.choose(exchange.hash, exchange.original_dst, tried);
+    let mut picked = choose()?;
     let picks = HOST_SELECTION_ATTEMPTS.max(cluster.endpoints.len());
     for _ in 1..picks {
         if !tried.contains(&picked) {
             break;
         }
-        picked = cluster.pick_endpoint()?.address;
+        picked = choose()?;
     }
     Some(picked)
 }

@@ -35,6 +35,8 @@ macro_rules! most_specific {
     };
 }
 
+pub(super) use most_specific;
+
 /// A count Istio validated as non-negative; 0 (and unset) is no limit.
 fn count(value: Option<i32>) -> u32 {
     value.map_or(0, |v| u32::try_from(v).unwrap_or(0))

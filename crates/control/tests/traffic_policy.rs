@@ -1,0 +1,363 @@
+//! Traffic management through weftd + weft-proxy + real backends, with
+//! statistical bounds where the behaviour is probabilistic. Each test applies
+//! Istio YAML to weftd and measures live traffic.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use weft_testkit::client::Http1Client;
+use weft_testkit::free_addr;
+use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
+use weft_testkit::weftd::WeftdProcess;
+
+const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+
+/// How a scripted backend answers its n-th request (0-based).
+type Script = Arc<dyn Fn(usize) -> (u16, Duration) + Send + Sync>;
+
+/// A backend whose answers follow a script; counts what it receives.
+struct Scripted {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Scripted {
+    async fn start(name: &'static str, script: Script) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (script, counter) = (script.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |_request| {
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        let (status, delay) = script(n);
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            let mut response = http::Response::new(Full::new(Bytes::from(name)));
+                            *response.status_mut() =
+                                StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                            response
+                                .headers_mut()
+                                .insert("x-backend", http::HeaderValue::from_static(name));
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            _task: task,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn always(status: u16, delay_ms: u64) -> Script {
+    Arc::new(move |_| (status, Duration::from_millis(delay_ms)))
+}
+
+struct Mesh {
+    weftd: WeftdProcess,
+    listen: SocketAddr,
+    _proxy: ProxyProcess,
+    _state: tempfile::TempDir,
+}
+
+/// weftd with service `shop` whose endpoints are `backends` (labels
+/// version: v1, v2, ...), subsets per version, and one proxy listening for it.
+async fn mesh(backends: &[&Scripted], policy_yaml: &str) -> Mesh {
+    let state = tempfile::tempdir().expect("tempdir");
+    let weftd = WeftdProcess::start(
+        Path::new(WEFTD),
+        &state.path().join("store"),
+        free_addr(),
+        free_addr(),
+    )
+    .await
+    .expect("weftd");
+    let mut yaml = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: shop}\nspec:\n  hosts: [shop.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: shop}}\n",
+    );
+    for (index, backend) in backends.iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: shop-v{n}}}\nspec:\n  address: 127.0.0.1\n  ports: {{http: {port}}}\n  labels: {{app: shop, version: v{n}}}\n",
+            n = index + 1,
+            port = backend.addr.port()
+        ));
+    }
+    if !policy_yaml.is_empty() {
+        yaml.push_str("---\n");
+        yaml.push_str(policy_yaml);
+    }
+    let reply = weftd.apply(&yaml).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let listen = free_addr();
+    let listen_flag = format!("{listen}=shop:80");
+    let binary: PathBuf = Path::new(WEFTD).with_file_name("weft-proxy");
+    let mut proxy = ProxyProcess::spawn(ProxyOptions::control_plane(
+        &binary,
+        weftd.grpc,
+        &[
+            "--node-id",
+            "caller",
+            "--workload",
+            "caller",
+            "--listen",
+            &listen_flag,
+        ],
+    ))
+    .expect("proxy");
+    proxy
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("ready");
+    Mesh {
+        weftd,
+        listen,
+        _proxy: proxy,
+        _state: state,
+    }
+}
+
+const SUBSETS: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: shop}\nspec:\n  host: shop\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
+
+async fn get(client: &mut Http1Client) -> weft_testkit::client::Reply {
+    client.get("shop", "/").await.expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_percent_abort_is_within_5_points() {
+    let backend = Scripted::start("v1", always(200, 0)).await;
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop}\nspec:\n  hosts: [shop]\n  http:\n  - fault:\n      abort: {httpStatus: 503, percentage: {value: 50}}\n    route:\n    - destination: {host: shop}\n";
+    let mesh = mesh(&[&backend], vs).await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    let total = 1000;
+    let mut aborted = 0;
+    for _ in 0..total {
+        let reply = get(&mut client).await;
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(reply.header("x-weft-response-flags"), Some("FI"));
+            aborted += 1;
+        }
+    }
+    let share = aborted as f64 * 100.0 / total as f64;
+    assert!((share - 50.0).abs() <= 5.0, "{share}% aborted");
+    assert_eq!(backend.requests(), total - aborted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_delay_shows_in_latency() {
+    let backend = Scripted::start("v1", always(200, 0)).await;
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop}\nspec:\n  hosts: [shop]\n  http:\n  - fault:\n      delay: {fixedDelay: 300ms, percentage: {value: 100}}\n    route:\n    - destination: {host: shop}\n";
+    let mesh = mesh(&[&backend], vs).await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(get(&mut client).await.status, StatusCode::OK);
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(300), "only {elapsed:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_turn_a_flaky_backend_into_full_success() {
+    // Fails every other request.
+    let backend = Scripted::start(
+        "v1",
+        Arc::new(|n| (if n % 2 == 0 { 503 } else { 200 }, Duration::ZERO)),
+    )
+    .await;
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop}\nspec:\n  hosts: [shop]\n  http:\n  - retries: {attempts: 2, retryOn: 5xx}\n    route:\n    - destination: {host: shop}\n";
+    let mesh = mesh(&[&backend], vs).await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    for _ in 0..200 {
+        assert_eq!(get(&mut client).await.status, StatusCode::OK);
+    }
+    assert!(
+        backend.requests() >= 300,
+        "only {} backend requests",
+        backend.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_try_timeout_cuts_a_slow_endpoint() {
+    let slow = Scripted::start("slow", always(200, 3000)).await;
+    let fast = Scripted::start("fast", always(200, 0)).await;
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop}\nspec:\n  hosts: [shop]\n  http:\n  - timeout: 5s\n    retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}\n    route:\n    - destination: {host: shop}\n";
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: shop}\nspec:\n  host: shop\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n";
+    let mesh = mesh(&[&slow, &fast], &format!("{vs}---\n{dr}")).await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    for _ in 0..6 {
+        let started = Instant::now();
+        let reply = get(&mut client).await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (StatusCode::OK, "fast")
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_then_restores_an_endpoint() {
+    let broken = Arc::new(AtomicBool::new(true));
+    let flag = broken.clone();
+    let flaky = Scripted::start(
+        "flaky",
+        Arc::new(move |_| {
+            (
+                if flag.load(Ordering::SeqCst) {
+                    503
+                } else {
+                    200
+                },
+                Duration::ZERO,
+            )
+        }),
+    )
+    .await;
+    let healthy = Scripted::start("healthy", always(200, 0)).await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: shop}\nspec:\n  host: shop\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}\n";
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop}\nspec:\n  hosts: [shop]\n  http:\n  - retries: {attempts: 0}\n    route:\n    - destination: {host: shop}\n";
+    let mesh = mesh(&[&flaky, &healthy], &format!("{dr}---\n{vs}")).await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    for _ in 0..10 {
+        get(&mut client).await;
+    }
+    // Ejected: the next requests all go to the healthy endpoint.
+    let before = flaky.requests();
+    for _ in 0..20 {
+        assert_eq!(get(&mut client).await.text(), "healthy");
+    }
+    assert_eq!(flaky.requests(), before, "an ejected endpoint got traffic");
+    // It recovers; after the ejection time it is probed and stays in.
+    broken.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for _ in 0..20 {
+        assert_eq!(get(&mut client).await.status, StatusCode::OK);
+    }
+    assert!(flaky.requests() > before, "the endpoint was never restored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_request_overflow_is_refused_with_uo() {
+    let slow = Scripted::start("v1", always(200, 800)).await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: shop}\nspec:\n  host: shop\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n";
+    let mesh = mesh(&[&slow], dr).await;
+    let listen = mesh.listen;
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut client = Http1Client::connect(listen).await.expect("connect");
+                let reply = get(&mut client).await;
+                (
+                    reply.status,
+                    reply.header("x-weft-response-flags").map(str::to_string),
+                    started.elapsed(),
+                )
+            })
+        })
+        .collect();
+    let mut overflowed = 0;
+    for call in calls {
+        let (status, flags, elapsed) = call.await.expect("task");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(flags.as_deref(), Some("UO"));
+            assert!(
+                elapsed < Duration::from_millis(700),
+                "UO must be immediate, took {elapsed:?}"
+            );
+            overflowed += 1;
+        }
+    }
+    assert!(overflowed >= 2, "only {overflowed} of 5 overflowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_traffic_reaches_the_shadow_while_the_caller_sees_the_primary() {
+    let primary = Scripted::start("primary", always(200, 0)).await;
+    let shadow = Scripted::start("shadow", always(500, 0)).await;
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop}\nspec:\n  hosts: [shop]\n  http:\n  - route:\n    - destination: {host: shop, subset: v1}\n    mirror: {host: shop, subset: v2}\n    mirrorPercentage: {value: 100}\n";
+    let mesh = mesh(&[&primary, &shadow], &format!("{SUBSETS}---\n{vs}")).await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    for _ in 0..10 {
+        let reply = get(&mut client).await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (StatusCode::OK, "primary")
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shadow.requests() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "shadow got {} of 10",
+            shadow.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = &mesh.weftd;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_sends_one_header_value_to_one_endpoint() {
+    let a = Scripted::start("a", always(200, 0)).await;
+    let b = Scripted::start("b", always(200, 0)).await;
+    let c = Scripted::start("c", always(200, 0)).await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: shop}\nspec:\n  host: shop\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n";
+    let mesh = mesh(&[&a, &b, &c], dr).await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    let mut homes = std::collections::BTreeSet::new();
+    for user in 0..12 {
+        let mut first = None;
+        for _ in 0..5 {
+            let mut request = weft_testkit::client::request(
+                http::Method::GET,
+                "shop",
+                "/",
+                weft_testkit::client::empty(),
+            );
+            request.headers_mut().insert(
+                "x-user",
+                http::HeaderValue::from_str(&format!("user-{user}")).expect("value"),
+            );
+            let answer = client.send(request).await.expect("request").text();
+            assert_eq!(
+                first.get_or_insert_with(|| answer.clone()),
+                &answer,
+                "user-{user} moved"
+            );
+        }
+        homes.extend(first);
+    }
+    assert!(homes.len() >= 2, "all users on one endpoint: {homes:?}");
+}
