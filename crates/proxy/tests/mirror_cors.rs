@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -26,6 +26,8 @@ struct Seen {
     method: Method,
     path: String,
     host: String,
+    /// The request body as received.
+    body: Bytes,
 }
 
 /// A backend that records every request and answers with its name in
@@ -50,15 +52,23 @@ impl Recorder {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let log = log.clone();
                     async move {
+                        let (parts, body) = request.into_parts();
+                        // Read whole so tests can compare what arrived.
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         log.lock().expect("lock").push(Seen {
-                            method: request.method().clone(),
-                            path: request.uri().path().to_string(),
-                            host: request
-                                .headers()
+                            method: parts.method.clone(),
+                            path: parts.uri.path().to_string(),
+                            host: parts
+                                .headers
                                 .get(http::header::HOST)
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("")
                                 .to_string(),
+                            body,
                         });
                         tokio::time::sleep(delay).await;
                         let mut response = Response::new(Full::new(Bytes::from(name)));
@@ -245,20 +255,56 @@ async fn zero_percent_never_mirrors() {
     assert_eq!(mesh.primary.seen("/never").len(), 10);
 }
 
+/// Bytes that differ along their length, so a reordered or truncated copy
+/// shows.
+fn pattern(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+impl Mesh {
+    async fn post(&self, path: &str, body: Bytes) -> Reply {
+        let length = body.len().to_string();
+        let mut request = client::request(Method::POST, "web", path, client::full(body));
+        request.headers_mut().insert(
+            "content-length",
+            http::HeaderValue::from_str(&length).expect("length"),
+        );
+        let mut client = Http1Client::connect(self.web).await.expect("connect");
+        client.send(request).await.expect("request")
+    }
+}
+
 #[tokio::test]
-async fn requests_with_a_body_are_not_mirrored_but_still_forwarded() {
+async fn bodies_within_the_cap_are_mirrored_with_the_same_bytes() {
     let mesh = start_mesh().await;
-    let mut request = client::request(Method::POST, "web", "/mirror/post", client::full("x"));
-    request
-        .headers_mut()
-        .insert("content-length", http::HeaderValue::from_static("1"));
-    let mut client = Http1Client::connect(mesh.web).await.expect("connect");
-    let reply = client.send(request).await.expect("request");
+    let body = pattern(10 * 1024);
+    let reply = mesh.post("/mirror/post", body.clone()).await;
     assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-backend"), Some("primary"));
+    assert_eq!(reply.text(), "primary");
+    assert_eq!(mesh.primary.wait_for("/mirror/post").await.body, body);
+    let copy = mesh.shadow.wait_for("/mirror/post").await;
+    assert_eq!(copy.method, Method::POST);
+    assert_eq!(copy.host, "web-shadow");
+    assert_eq!(copy.body.len(), body.len());
+    assert_eq!(copy.body, body);
+}
+
+#[tokio::test]
+async fn bodies_over_the_cap_are_forwarded_but_not_mirrored() {
+    let mesh = start_mesh().await;
+    let body = pattern(64 * 1024 + 1);
+    let reply = mesh.post("/mirror/big", body.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-backend"), Some("primary"));
+    assert_eq!(mesh.primary.wait_for("/mirror/big").await.body, body);
     mesh.send(Method::GET, "/mirror/barrier", &[]).await;
     mesh.shadow.wait_for("/mirror/barrier").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(mesh.shadow.seen("/mirror/post").is_empty());
+    assert!(mesh.shadow.seen("/mirror/big").is_empty());
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -115,19 +115,20 @@ pub async fn handle(
         Target::Service { .. } => None,
     };
     let (parts, body) = request.into_parts();
+    let mut body = ProxyBody::new(body.map_err(Into::into));
     if let Some(mirrors) = forward.map(|f| &f.mirrors).filter(|m| !m.is_empty()) {
-        // Without a body copy (see `mirror`), only bodiless requests are
-        // mirrored; an upgrade is a connection, not a request to copy.
-        if !upgrade && body.is_end_stream() {
+        // An upgrade is a connection, not a request to copy.
+        if !upgrade {
             let original = mirror::Original {
                 parts: &parts,
                 authority: authority.as_ref(),
                 downstream: conn.version,
                 timeout: forwarding.timeout,
             };
-            mirror::launch(&state, mirrors, &original);
+            // The body to forward, teed when a copy of it is wanted.
+            body = mirror::launch(&state, mirrors, &original, body);
         } else {
-            tracing::debug!("request with a body or upgrade not mirrored");
+            tracing::debug!("upgrade request not mirrored");
         }
     }
     let exchange = retry::Exchange {

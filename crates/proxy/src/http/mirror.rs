@@ -10,28 +10,40 @@
 //! - Its authority gets Envoy's `-shadow` suffix on the host
 //!   (`reviews:9080` → `reviews-shadow:9080`), so the mirror's logs tell
 //!   copies from real traffic.
-//! - Bodies: the main request body is streamed upstream, not buffered, and
-//!   the retry layer reads it straight from the connection, so there is no
-//!   copy to give a mirror. Only requests without a body (GET, HEAD, or an
-//!   empty body) are mirrored; others are skipped (logged at debug).
-//!   Mirroring small bodies (up to the 64 KiB replay cap) needs
-//!   `retry::send` to accept a teeing body rather than `Incoming`.
+//! - Bodies: the main request body is streamed upstream, never held back
+//!   or buffered whole first. When a copy is wanted, the body is read
+//!   through [`Tee`], which forwards each frame as it comes and keeps a
+//!   reference to its bytes (`Bytes` clones, no copying) up to
+//!   [`MIRROR_BODY_CAP`] (the retry layer's 64 KiB replay cap). When the body
+//!   ends within the cap, the kept bytes go to the copies, which are sent
+//!   only then (Envoy also sends a shadow once the body is complete). A body
+//!   over the cap, one that fails, or one the primary never finishes reading
+//!   is not mirrored (logged at debug). Request trailers are not copied.
+//!   The retry layer's replay buffer is not reused: it exists only for
+//!   routes with retries, drops its bytes on overflow and tells nobody when
+//!   the body ends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::Authority;
 use http::{Request, Version};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
+use tokio::sync::oneshot;
 use weft_proto::proxy::v1 as pb;
 
 use super::cors::Problem;
-use super::fault;
 use super::forward::UpstreamHead;
+use super::retry::REPLAY_CAP;
+use super::{BoxError, ProxyBody, fault};
 use crate::config::{Cluster, UpstreamProtocol};
 use crate::state::ProxyState;
 use crate::upstream::HttpVersion;
@@ -39,6 +51,10 @@ use crate::upstream::HttpVersion;
 /// How long a copy may take, connect to last response byte: a slow mirror
 /// must not pin pooled connections and tasks for long.
 const MIRROR_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Largest request body mirrored: the retry layer's replay cap, so a
+/// request keeps at most that much per purpose.
+pub const MIRROR_BODY_CAP: usize = REPLAY_CAP;
 
 /// Envoy's suffix on the host of a mirrored request.
 const SHADOW_SUFFIX: &str = "-shadow";
@@ -104,10 +120,64 @@ pub(super) struct Original<'a> {
     pub timeout: Option<Duration>,
 }
 
-/// Sends a copy of a bodiless request to each sampled mirror, each from its
-/// own task.
-pub(super) fn launch(state: &Arc<ProxyState>, mirrors: &[Mirror], original: &Original<'_>) {
-    for mirror in mirrors.iter().filter(|m| m.sampled()) {
+/// Starts a copy of the request for each sampled mirror and returns the
+/// body to forward upstream: `body` itself, or a [`Tee`] over it when a
+/// copy of a non-empty body is wanted.
+pub(super) fn launch(
+    state: &Arc<ProxyState>,
+    mirrors: &[Mirror],
+    original: &Original<'_>,
+    body: ProxyBody,
+) -> ProxyBody {
+    let shadows: Vec<Shadow> = mirrors
+        .iter()
+        .filter(|m| m.sampled())
+        .map(|mirror| Shadow::new(mirror, original))
+        .collect();
+    if shadows.is_empty() {
+        return body;
+    }
+    if body.is_end_stream() {
+        // Nothing to wait for: the copies go out now.
+        for shadow in shadows {
+            shadow.spawn(state.clone(), Bytes::new());
+        }
+        return body;
+    }
+    let (done, copied) = oneshot::channel();
+    let state = state.clone();
+    tokio::spawn(async move {
+        // An error means the tee was dropped without a complete copy; it
+        // logged why (or the primary stopped reading the body).
+        let Ok(chunks) = copied.await else {
+            tracing::debug!("request body not copied whole, not mirrored");
+            return;
+        };
+        let body = concat(chunks);
+        for shadow in shadows {
+            shadow.spawn(state.clone(), body.clone());
+        }
+    });
+    ProxyBody::new(Tee {
+        inner: body,
+        copy: Some(Kept {
+            chunks: Vec::new(),
+            len: 0,
+            done,
+        }),
+    })
+}
+
+/// One copy to send, everything but its body.
+struct Shadow {
+    cluster: Arc<Cluster>,
+    version: HttpVersion,
+    head: UpstreamHead,
+    deadline: Duration,
+}
+
+impl Shadow {
+    fn new(mirror: &Mirror, original: &Original<'_>) -> Self {
         let version = match mirror.cluster.upstream_protocol {
             UpstreamProtocol::Http1 => HttpVersion::Http1,
             UpstreamProtocol::Http2 => HttpVersion::Http2,
@@ -123,14 +193,29 @@ pub(super) fn launch(state: &Arc<ProxyState>, mirrors: &[Mirror], original: &Ori
         let deadline = original
             .timeout
             .map_or(MIRROR_DEADLINE, |t| t.min(MIRROR_DEADLINE));
-        let state = state.clone();
-        let cluster = mirror.cluster.clone();
+        Self {
+            cluster: mirror.cluster.clone(),
+            version,
+            head,
+            deadline,
+        }
+    }
+
+    /// Sends the copy from its own task: it never delays the main request.
+    fn spawn(self, state: Arc<ProxyState>, body: Bytes) {
+        let Self {
+            cluster,
+            version,
+            head,
+            deadline,
+        } = self;
         tokio::spawn(async move {
             let Some(addr) = cluster.pick_endpoint().map(|e| e.address) else {
                 tracing::debug!("mirror cluster {:?} has no endpoints", cluster.name);
                 return;
             };
-            let body = Full::new(Bytes::new())
+            // A full body has an exact size: hyper sends its content-length.
+            let body = Full::new(body)
                 .map_err(|never| match never {})
                 .boxed_unsync();
             let request = head.request(addr, body);
@@ -161,6 +246,98 @@ pub(super) fn launch(state: &Arc<ProxyState>, mirrors: &[Mirror], original: &Ori
                 ),
             }
         });
+    }
+}
+
+/// The copied chunks as one buffer (done on the mirror task, not on the
+/// main request's path).
+fn concat(chunks: Vec<Bytes>) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.into_iter().next().unwrap_or_default();
+    }
+    let mut whole = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for chunk in chunks {
+        whole.extend_from_slice(&chunk);
+    }
+    whole.freeze()
+}
+
+/// The main request body, forwarded frame by frame as it arrives, keeping
+/// its data for the mirrors until it ends or grows past the cap.
+struct Tee {
+    inner: ProxyBody,
+    /// `None` once handed to the mirrors or given up.
+    copy: Option<Kept>,
+}
+
+struct Kept {
+    chunks: Vec<Bytes>,
+    len: usize,
+    /// Dropping it unsent tells the mirrors there is no copy.
+    done: oneshot::Sender<Vec<Bytes>>,
+}
+
+impl Tee {
+    fn keep(&mut self, data: &Bytes) {
+        let Some(copy) = self.copy.as_mut() else {
+            return;
+        };
+        if copy.len + data.len() > MIRROR_BODY_CAP {
+            tracing::debug!("request body over {MIRROR_BODY_CAP} bytes, not mirrored");
+            self.copy = None;
+            return;
+        }
+        copy.len += data.len();
+        copy.chunks.push(data.clone());
+    }
+
+    fn finish(&mut self) {
+        if let Some(copy) = self.copy.take() {
+            // The mirrors' task only goes away with the runtime.
+            let _ = copy.done.send(copy.chunks);
+        }
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Pending => {}
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(err))) => {
+                if this.copy.take().is_some() {
+                    tracing::debug!("request body failed, not mirrored: {err}");
+                }
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.keep(data);
+                }
+                // A sender that knows the length stops polling after the
+                // last byte, so the end is noticed here rather than from
+                // `None`.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -10,6 +10,9 @@
 //! read whole within the cap; a larger or still-streaming body is never
 //! replayed.
 //!
+//! The body arrives as a [`ProxyBody`] rather than hyper's `Incoming` so the
+//! caller may wrap it (the mirror's tee copies it on the way through).
+//!
 //! Circuit breaking: each request holds one of the cluster's maxRequests
 //! until its response body ends, each retry one of its maxRetries until the
 //! retry's try ends; every try's result feeds outlier detection.
@@ -23,8 +26,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::forward::UpstreamHead;
 use super::reply::LocalReply;
@@ -61,7 +62,7 @@ pub(super) struct Exchange<'a> {
 /// the last of several failed tries), or the local reply to send instead.
 pub(super) type Sent = Result<(Response<ProxyBody>, ResponseFlags), LocalReply>;
 
-pub(super) async fn send(exchange: Exchange<'_>, body: Incoming) -> Sent {
+pub(super) async fn send(exchange: Exchange<'_>, body: ProxyBody) -> Sent {
     let tries = tries(&exchange, body);
     match exchange.timeout {
         None => tries.await,
@@ -85,7 +86,7 @@ enum Outcome {
     TimedOut(Duration),
 }
 
-async fn tries(exchange: &Exchange<'_>, body: Incoming) -> Sent {
+async fn tries(exchange: &Exchange<'_>, body: ProxyBody) -> Sent {
     let cluster = exchange.cluster;
     // Held until the response body ends (or the request is dropped).
     let in_flight = cluster.breaker.acquire(Resource::Request).map_err(|full| {
@@ -97,7 +98,6 @@ async fn tries(exchange: &Exchange<'_>, body: Incoming) -> Sent {
     })?;
     let Some(policy) = exchange.policy else {
         let addr = pick(exchange, &[]).ok_or_else(|| no_endpoint(cluster))?;
-        let body = ProxyBody::new(body.map_err(Into::into));
         return match one_try(exchange, addr, body, None).await {
             Outcome::Response(response) => {
                 Ok((hold(response, in_flight), ResponseFlags::default()))
@@ -403,7 +403,7 @@ struct Replay {
 
 struct Shared {
     /// `None` once it ended (or failed).
-    source: Option<Incoming>,
+    source: Option<ProxyBody>,
     /// Everything read so far, unless more than the cap was read.
     chunks: Vec<Bytes>,
     buffered: usize,
@@ -419,7 +419,7 @@ struct Shared {
 }
 
 impl Replay {
-    fn new(source: Incoming) -> Self {
+    fn new(source: ProxyBody) -> Self {
         Self {
             shared: Arc::new(Mutex::new(Shared {
                 source: Some(source),
@@ -509,7 +509,7 @@ impl Body for ReplayBody {
                 Poll::Ready(Some(Err(err))) => {
                     shared.source = None;
                     shared.overflowed = true;
-                    return Poll::Ready(Some(Err(err.into())));
+                    return Poll::Ready(Some(Err(err)));
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
