@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use weft_testkit::backend::{Served, serve};
 use weft_testkit::client::Http1Client;
 use weft_testkit::free_addr;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
@@ -28,45 +27,31 @@ type Script = Arc<dyn Fn(usize) -> (u16, Duration) + Send + Sync>;
 struct Scripted {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
-    _task: tokio::task::JoinHandle<()>,
+    _served: Served,
 }
 
 impl Scripted {
     async fn start(name: &'static str, script: Script) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (script, counter) = (script.clone(), counter.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |_request| {
-                        let n = counter.fetch_add(1, Ordering::SeqCst);
-                        let (status, delay) = script(n);
-                        async move {
-                            tokio::time::sleep(delay).await;
-                            let mut response = http::Response::new(Full::new(Bytes::from(name)));
-                            *response.status_mut() =
-                                StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                            response
-                                .headers_mut()
-                                .insert("x-backend", http::HeaderValue::from_static(name));
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let served = serve(move |_request| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let (status, delay) = script(n);
+            async move {
+                tokio::time::sleep(delay).await;
+                let mut response = http::Response::new(Full::new(Bytes::from(name)));
+                *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                response
+                    .headers_mut()
+                    .insert("x-backend", http::HeaderValue::from_static(name));
+                Ok::<_, Infallible>(response)
             }
-        });
+        })
+        .await;
         Self {
-            addr,
+            addr: served.addr,
             requests,
-            _task: task,
+            _served: served,
         }
     }
 

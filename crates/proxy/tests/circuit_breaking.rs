@@ -13,9 +13,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use weft_testkit::backend::{Served, serve};
 use weft_testkit::client::{self, Reply};
 use weft_testkit::free_addr;
 use weft_testkit::proxy::ProxyProcess;
@@ -26,7 +24,6 @@ const SLOW: Duration = Duration::from_millis(1500);
 
 #[derive(Default)]
 struct Seen {
-    connections: AtomicUsize,
     requests: AtomicUsize,
     /// The status to answer with; 0 means 200.
     status: AtomicU16,
@@ -36,30 +33,19 @@ struct Seen {
 struct Backend {
     addr: SocketAddr,
     seen: Arc<Seen>,
-    task: tokio::task::JoinHandle<()>,
+    served: Served,
 }
 
 impl Backend {
     async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Seen::default());
         let shared = seen.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                shared.connections.fetch_add(1, Ordering::SeqCst);
-                let seen = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |r| answer(seen.clone(), r));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, seen, task }
+        let served = serve(move |r| answer(shared.clone(), r)).await;
+        Self {
+            addr: served.addr,
+            seen,
+            served,
+        }
     }
 
     fn requests(&self) -> usize {
@@ -67,17 +53,11 @@ impl Backend {
     }
 
     fn connections(&self) -> usize {
-        self.seen.connections.load(Ordering::SeqCst)
+        self.served.connections()
     }
 
     fn answer_with(&self, status: u16) {
         self.seen.status.store(status, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -12,9 +12,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use weft_testkit::backend::{Served, serve};
 use weft_testkit::client::{self, Reply};
 use weft_testkit::free_addr;
 use weft_testkit::proxy::ProxyProcess;
@@ -27,32 +25,16 @@ const SLOW: Duration = Duration::from_millis(1500);
 /// answer after [`SLOW`].
 struct Backend {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    _served: Served,
 }
 
 impl Backend {
     async fn start(name: &'static str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let service = service_fn(move |r| answer(name, r));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, task }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.task.abort();
+        let served = serve(move |r| answer(name, r)).await;
+        Self {
+            addr: served.addr,
+            _served: served,
+        }
     }
 }
 

@@ -11,9 +11,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use weft_testkit::backend::{Served, serve};
 use weft_testkit::client::{self, Http1Client, Reply};
 use weft_testkit::proxy::ProxyProcess;
 use weft_testkit::{dead_addr, free_addr};
@@ -35,57 +33,48 @@ struct Seen {
 struct Recorder {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
+    _served: Served,
 }
 
 impl Recorder {
     async fn start(name: &'static str, delay: Duration) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let log = log.clone();
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        let (parts, body) = request.into_parts();
-                        // Read whole so tests can compare what arrived.
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        log.lock().expect("lock").push(Seen {
-                            method: parts.method.clone(),
-                            path: parts.uri.path().to_string(),
-                            host: parts
-                                .headers
-                                .get(http::header::HOST)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string(),
-                            body,
-                        });
-                        tokio::time::sleep(delay).await;
-                        let mut response = Response::new(Full::new(Bytes::from(name)));
-                        response
-                            .headers_mut()
-                            .insert("x-backend", http::HeaderValue::from_static(name));
-                        Ok::<_, Infallible>(response)
-                    }
+        let served = serve(move |request: Request<Incoming>| {
+            let log = log.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                // Read whole so tests can compare what arrived.
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                log.lock().expect("lock").push(Seen {
+                    method: parts.method.clone(),
+                    path: parts.uri.path().to_string(),
+                    host: parts
+                        .headers
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string(),
+                    body,
                 });
-                tokio::spawn(async move {
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                tokio::time::sleep(delay).await;
+                let mut response = Response::new(Full::new(Bytes::from(name)));
+                response
+                    .headers_mut()
+                    .insert("x-backend", http::HeaderValue::from_static(name));
+                Ok::<_, Infallible>(response)
             }
-        });
-        Self { addr, seen, task }
+        })
+        .await;
+        Self {
+            addr: served.addr,
+            seen,
+            _served: served,
+        }
     }
 
     fn seen(&self, path: &str) -> Vec<Seen> {
@@ -111,12 +100,6 @@ impl Recorder {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

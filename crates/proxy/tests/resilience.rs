@@ -12,9 +12,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use weft_testkit::backend::{Served, serve};
 use weft_testkit::client::{self, Http1Client, Reply};
 use weft_testkit::proxy::ProxyProcess;
 use weft_testkit::{dead_addr, free_addr, grpc};
@@ -29,29 +27,19 @@ type Counts = Arc<Mutex<HashMap<String, usize>>>;
 struct Flaky {
     addr: SocketAddr,
     counts: Counts,
-    task: tokio::task::JoinHandle<()>,
+    _served: Served,
 }
 
 impl Flaky {
     async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let counts = Counts::default();
         let shared = counts.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let counts = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |r| answer(counts.clone(), r));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, counts, task }
+        let served = serve(move |r| answer(shared.clone(), r)).await;
+        Self {
+            addr: served.addr,
+            counts,
+            _served: served,
+        }
     }
 
     fn count(&self, path: &str) -> usize {
@@ -61,12 +49,6 @@ impl Flaky {
             .get(path)
             .copied()
             .unwrap_or(0)
-    }
-}
-
-impl Drop for Flaky {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -9,10 +9,8 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use weft_testkit::backend::HttpBackend;
+use weft_testkit::backend::{Served, serve};
 use weft_testkit::client::{self, Http1Client, Reply};
 use weft_testkit::free_addr;
 use weft_testkit::proxy::ProxyProcess;
@@ -24,31 +22,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_weft-proxy");
 /// proxy to edit.
 struct HeaderEcho {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    _served: Served,
 }
 
 impl HeaderEcho {
     async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(echo_headers))
-                        .await;
-                });
-            }
-        });
-        Self { addr, task }
-    }
-}
-
-impl Drop for HeaderEcho {
-    fn drop(&mut self) {
-        self.task.abort();
+        let served = serve(echo_headers).await;
+        Self {
+            addr: served.addr,
+            _served: served,
+        }
     }
 }
 

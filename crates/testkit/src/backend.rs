@@ -19,6 +19,62 @@ use tokio::net::TcpListener;
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// A hyper server (HTTP/1.1 and HTTP/2) on a loopback port that answers
+/// every request with `handler` and counts connections; stops when dropped.
+/// The building block for a backend one test file needs.
+pub struct Served {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn serve<H, Fut, B>(handler: H) -> Served
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|err| panic!("test backend cannot bind: {err}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|err| panic!("test backend address: {err}"));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service_fn(handler))
+                    .await;
+            });
+        }
+    });
+    Served {
+        addr,
+        connections,
+        task,
+    }
+}
+
 /// An HTTP/1.1 + HTTP/2 server that says who it is and what it received.
 ///
 /// - any path: `<name> <METHOD> <path> host=<host> version=<HTTP/x>`
