@@ -78,6 +78,33 @@ impl Decoded {
     }
 }
 
+/// Config files under `dir` (`.yaml`, `.yml`, `.json`), recursively, in
+/// path order: what `weft validate -f DIR`, `weft apply -f DIR` and weftd's
+/// `--config-dir` read.
+pub fn config_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    let mut paths = std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if path
+            .extension()
+            .is_some_and(|ext| ext == "yaml" || ext == "yml" || ext == "json")
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
 pub fn decode_file(path: &Path) -> Decoded {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {

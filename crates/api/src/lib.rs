@@ -17,7 +17,7 @@ pub mod networking;
 pub mod resource;
 pub mod security;
 
-pub use decode::{Decoded, Named, Problem, decode_file, decode_str, identify_str};
+pub use decode::{Decoded, Named, Problem, config_files, decode_file, decode_str, identify_str};
 pub use field::FieldErrors;
 pub use meta::ObjectMeta;
 pub use resource::{Object, Resource, Spec};

@@ -2,10 +2,10 @@
 //! share with it.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use weft_api::{Decoded, decode_file, decode_str};
+use weft_api::{Decoded, config_files, decode_file, decode_str};
 
 /// What `-f PATH...` named: the files read, what they decode to, and the
 /// directories that could not be listed.
@@ -74,14 +74,16 @@ pub(crate) fn decode_paths(paths: &[PathBuf]) -> Result<Inputs, String> {
             inputs.files.push(path.clone());
             inputs.decoded.absorb(decode_str(&read_stdin()?, "<stdin>"));
         } else if path.is_dir() {
-            let before = inputs.files.len();
-            if let Err(err) = collect_files(path, &mut inputs.files) {
-                inputs
+            match config_files(path) {
+                Ok(files) => {
+                    for file in files {
+                        inputs.decoded.absorb(decode_file(&file));
+                        inputs.files.push(file);
+                    }
+                }
+                Err(err) => inputs
                     .unreadable
-                    .push(format!("{}: cannot list directory: {err}", path.display()));
-            }
-            for file in &inputs.files[before..] {
-                inputs.decoded.absorb(decode_file(file));
+                    .push(format!("{}: cannot list directory: {err}", path.display())),
             }
         } else {
             inputs.files.push(path.clone());
@@ -99,7 +101,7 @@ pub(crate) fn read_texts(paths: &[PathBuf]) -> Result<Vec<(String, String)>, Str
         if path.as_os_str() == "-" {
             texts.push(("<stdin>".to_string(), read_stdin()?));
         } else if path.is_dir() {
-            collect_files(path, &mut files)
+            files = config_files(path)
                 .map_err(|err| format!("{}: cannot list directory: {err}", path.display()))?;
         } else {
             files.push(path.clone());
@@ -119,23 +121,4 @@ fn read_stdin() -> Result<String, String> {
         .read_to_string(&mut text)
         .map_err(|err| format!("cannot read stdin: {err}"))?;
     Ok(text)
-}
-
-/// YAML and JSON files under `dir`, sorted, recursively.
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut paths = std::fs::read_dir(dir)?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<std::io::Result<Vec<PathBuf>>>()?;
-    paths.sort();
-    for path in paths {
-        if path.is_dir() {
-            collect_files(&path, out)?;
-        } else if path
-            .extension()
-            .is_some_and(|ext| ext == "yaml" || ext == "yml" || ext == "json")
-        {
-            out.push(path);
-        }
-    }
-    Ok(())
 }

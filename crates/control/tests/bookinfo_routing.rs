@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use weft_testkit::backend::HttpBackend;
 use weft_testkit::client::{self, Http1Client, Reply};
 use weft_testkit::free_addr;
@@ -50,17 +50,10 @@ impl Bookinfo {
     }
 
     async fn call(&self, service: &str, user: Option<&str>) -> Reply {
-        let mut request = client::request(
-            Method::GET,
-            &format!("{service}:9080"),
-            "/",
-            client::empty(),
-        );
-        if let Some(user) = user {
-            request
-                .headers_mut()
-                .insert("end-user", HeaderValue::from_str(user).expect("header"));
-        }
+        let headers: Vec<(&str, &str)> = user.map(|user| ("end-user", user)).into_iter().collect();
+        let host = format!("{service}:9080");
+        let request =
+            client::request_with_headers(Method::GET, &host, "/", &headers, client::empty());
         let mut connection = Http1Client::connect(self.listeners[service])
             .await
             .expect("connect");

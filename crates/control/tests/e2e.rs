@@ -375,16 +375,13 @@ spec:
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut client = Http1Client::connect(listen).await.expect("connect");
     loop {
-        let request = weft_testkit::client::request(
+        let request = weft_testkit::client::request_with_headers(
             http::Method::GET,
             "reviews:9080",
             "/reviews/1",
+            &[("end-user", "jason")],
             weft_testkit::client::empty(),
         );
-        let mut request = request;
-        request
-            .headers_mut()
-            .insert("end-user", http::HeaderValue::from_static("jason"));
         let reply = client.send(request).await.expect("request");
         if reply.text().starts_with("reviews-v2") {
             break;

@@ -325,15 +325,13 @@ async fn consistent_hash_sends_one_header_value_to_one_endpoint() {
     for user in 0..12 {
         let mut first = None;
         for _ in 0..5 {
-            let mut request = weft_testkit::client::request(
+            let user_header = format!("user-{user}");
+            let request = weft_testkit::client::request_with_headers(
                 http::Method::GET,
                 "shop",
                 "/",
+                &[("x-user", &user_header)],
                 weft_testkit::client::empty(),
-            );
-            request.headers_mut().insert(
-                "x-user",
-                http::HeaderValue::from_str(&format!("user-{user}")).expect("value"),
             );
             let answer = client.send(request).await.expect("request").text();
             assert_eq!(

@@ -144,12 +144,7 @@ async fn http2_downstream_is_multiplexed_and_keeps_its_authority() {
 #[tokio::test]
 async fn grpc_unary_and_bidirectional_streaming() {
     let mesh = start_mesh().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect through proxy");
-    let mut client = grpc::EchoClient::new(channel);
+    let mut client = grpc::connect(mesh.grpc).await;
 
     let reply = client
         .unary(grpc::pb::EchoRequest {

@@ -87,13 +87,9 @@ clusters:
 }
 
 async fn send(web: SocketAddr, path: &str, header: Option<(&str, &str)>) -> Reply {
-    let mut request = client::request(http::Method::GET, "web", path, client::empty());
-    if let Some((name, value)) = header {
-        request.headers_mut().insert(
-            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-            value.parse().expect("value"),
-        );
-    }
+    let headers: Vec<(&str, &str)> = header.into_iter().collect();
+    let request =
+        client::request_with_headers(http::Method::GET, "web", path, &headers, client::empty());
     let mut conn = client::Http1Client::connect(web).await.expect("connect");
     conn.send(request).await.expect("request")
 }

@@ -273,12 +273,7 @@ async fn faults_abort_and_delay() {
 #[tokio::test]
 async fn grpc_abort_answers_with_a_grpc_status() {
     let mesh = start_mesh().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect through proxy");
-    let mut client = grpc::EchoClient::new(channel);
+    let mut client = grpc::connect(mesh.grpc).await;
     let status = client
         .unary(grpc::pb::EchoRequest {
             message: "hello".into(),

@@ -144,13 +144,7 @@ clusters:
 
 impl Mesh {
     async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut request = client::request(method, "web", path, client::empty());
-        for (name, value) in headers {
-            request.headers_mut().append(
-                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                http::HeaderValue::from_str(value).expect("value"),
-            );
-        }
+        let request = client::request_with_headers(method, "web", path, headers, client::empty());
         let mut client = Http1Client::connect(self.web).await.expect("connect");
         client.send(request).await.expect("request")
     }

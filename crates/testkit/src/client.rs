@@ -132,6 +132,25 @@ pub fn request(method: Method, host: &str, path: &str, body: Body) -> Request<Bo
         .unwrap_or_else(|err| panic!("bad test request: {err}"))
 }
 
+/// [`request`] with extra headers (`name`, `value`), appended in order.
+pub fn request_with_headers(
+    method: Method,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Request<Body> {
+    let mut built = request(method, host, path, body);
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .unwrap_or_else(|err| panic!("bad test header name {name:?}: {err}"));
+        let value = http::HeaderValue::from_str(value)
+            .unwrap_or_else(|err| panic!("bad test header value {value:?}: {err}"));
+        built.headers_mut().append(name, value);
+    }
+    built
+}
+
 async fn collect(response: http::Response<hyper::body::Incoming>) -> anyhow::Result<Reply> {
     let (parts, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();

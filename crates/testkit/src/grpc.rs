@@ -70,3 +70,13 @@ pub async fn start(name: &str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     });
     (addr, task)
 }
+
+/// An echo client over a new channel to `addr` (a proxy listener, usually).
+pub async fn connect(addr: SocketAddr) -> EchoClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|err| panic!("endpoint for {addr}: {err}"))
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
+    EchoClient::new(channel)
+}

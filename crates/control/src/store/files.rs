@@ -20,8 +20,8 @@ impl DirectorySource {
     /// One pass over `dir`; returns the problems found (one line each).
     pub fn sync(&mut self, dir: &Path, store: &Store) -> Vec<String> {
         let mut problems = Vec::new();
-        let mut present = Vec::new();
-        collect(dir, &mut present);
+        // A directory that cannot be listed (yet) holds nothing.
+        let present = weft_api::config_files(dir).unwrap_or_default();
         for file in &present {
             let Ok(text) = std::fs::read_to_string(file) else {
                 problems.push(format!("{}: cannot read", file.display()));
@@ -84,24 +84,6 @@ pub async fn watch_dir(
                 tracing::error!("config directory: {problem}");
             }
             last_problems = problems;
-        }
-    }
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    paths.sort();
-    for path in paths {
-        if path.is_dir() {
-            collect(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|ext| ext == "yaml" || ext == "yml" || ext == "json")
-        {
-            out.push(path);
         }
     }
 }
