@@ -39,6 +39,7 @@ pub async fn handle(state: Arc<ProxyState>, stream: TcpStream, listen_addr: Sock
             let service = listener.service.clone();
             explicit(state, &snapshot, stream, listen_addr, service).await
         }
+        ListenerKind::Gateway => gateway(state, &snapshot, stream, listen_addr).await,
         ListenerKind::Unspecified => {}
     }
 }
@@ -245,6 +246,37 @@ async fn explicit(
             "listener {listen_addr} routes by HTTP authority; closing a non-HTTP connection"
         ),
     }
+}
+
+/// An ingress gateway port: HTTP only, routed by host among the virtual
+/// hosts of the Gateways bound to this proxy.
+async fn gateway(
+    state: Arc<ProxyState>,
+    snapshot: &Snapshot,
+    stream: TcpStream,
+    listen_addr: SocketAddr,
+) {
+    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let declared = Some((PortProtocol::Http, false));
+    let Some((carry, io)) = classify(stream, declared, snapshot).await else {
+        return;
+    };
+    let Carry::Http(version) = carry else {
+        tracing::info!(
+            flag = "NR",
+            "gateway port {listen_addr} serves HTTP; closing a non-HTTP connection"
+        );
+        return;
+    };
+    let conn = HttpConn {
+        target: Target::Gateway {
+            port: listen_addr.port(),
+        },
+        reporter: Reporter::Source,
+        version,
+        peer,
+    };
+    server::serve(io, conn, state).await;
 }
 
 /// The destination the client dialled before iptables redirected it.

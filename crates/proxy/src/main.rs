@@ -83,6 +83,14 @@ struct NodeArgs {
     /// An explicit listener, ADDRESS=SERVICE[:PORT] or ADDRESS (repeatable).
     #[arg(long = "listen", value_parser = node::parse_listener)]
     listeners: Vec<weft_proto::discovery::v1::ExplicitListener>,
+    /// Run as a gateway (Istio's "router"): listeners and routes come from
+    /// the Gateway resources whose selector matches this proxy's labels.
+    #[arg(long, conflicts_with = "capture")]
+    router: bool,
+    /// Where the workload runs, REGION/ZONE/SUBZONE, for locality-aware
+    /// load balancing.
+    #[arg(long, default_value = "")]
+    locality: String,
 }
 
 impl NodeArgs {
@@ -97,6 +105,8 @@ impl NodeArgs {
             ports: self.ports,
             capture: self.capture,
             listeners: self.listeners,
+            router: self.router,
+            locality: self.locality,
         }
         .into_node()
     }

@@ -39,6 +39,44 @@ macro_rules! header_operations {
 /// The reserved gateway name for sidecars.
 pub(super) const MESH_GATEWAY: &str = "mesh";
 
+/// Whom a VirtualService is compiled for: the sidecars, or one gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Audience<'a> {
+    Mesh,
+    Gateway { namespace: &'a str, name: &'a str },
+}
+
+impl Audience<'_> {
+    /// Whether `gateways`, as written in a VirtualService of `vs_namespace`,
+    /// name this audience. Gateways are named `name` (the VirtualService's
+    /// namespace), `namespace/name`, or the old `name.namespace[.svc...]`.
+    pub(super) fn named_in(&self, gateways: &[String], vs_namespace: &str) -> bool {
+        gateways.iter().any(|g| match self {
+            Audience::Mesh => g == MESH_GATEWAY,
+            Audience::Gateway { namespace, name } => {
+                let (ns, gw) = match g.split_once('/') {
+                    Some((ns, gw)) => (ns, gw),
+                    None => match g.split_once('.') {
+                        Some((gw, rest)) => (rest.split('.').next().unwrap_or(rest), gw),
+                        None => (vs_namespace, g.as_str()),
+                    },
+                };
+                ns == *namespace && gw == *name
+            }
+        })
+    }
+
+    /// Whether a VirtualService with these `gateways` applies (none means
+    /// the sidecars only, as in Istio).
+    pub(super) fn admits(&self, gateways: &[String], vs_namespace: &str) -> bool {
+        match (gateways.is_empty(), self) {
+            (true, Audience::Mesh) => true,
+            (true, Audience::Gateway { .. }) => false,
+            (false, _) => self.named_in(gateways, vs_namespace),
+        }
+    }
+}
+
 /// Istio's default redirect status.
 const DEFAULT_REDIRECT_CODE: u32 = 301;
 
@@ -101,14 +139,16 @@ impl Source {
 }
 
 /// `http` as a rule, or `None` (with a warning) when it cannot be expressed
-/// or never applies to sidecars. `at` names the entry in warnings.
+/// or never applies to `audience`. `at` names the entry in warnings;
+/// `vs_namespace` resolves the gateway names of its match blocks.
 pub(super) fn rule(
     default_name: &str,
     at: &str,
     http: &HttpRoute,
+    (audience, vs_namespace): (Audience<'_>, &str),
     warnings: &mut Vec<String>,
 ) -> Option<Rule> {
-    match build(default_name, at, http, warnings) {
+    match build(default_name, at, http, (audience, vs_namespace), warnings) {
         Ok(rule) => rule,
         Err(why) => {
             warnings.push(format!("{at} skipped: {why}"));
@@ -117,18 +157,20 @@ pub(super) fn rule(
     }
 }
 
-/// `Ok(None)`: not for sidecars. `Err`: why the entry cannot be expressed.
+/// `Ok(None)`: not for `audience`. `Err`: why the entry cannot be expressed.
 fn build(
     default_name: &str,
     at: &str,
     http: &HttpRoute,
+    (audience, vs_namespace): (Audience<'_>, &str),
     warnings: &mut Vec<String>,
 ) -> Result<Option<Rule>, String> {
     let mut matches = Vec::new();
     for (m_index, m) in http.matches.iter().enumerate() {
-        // A block for gateways only never matches sidecar traffic: dropping
-        // it narrows nothing.
-        if !(m.gateways.is_empty() || m.gateways.iter().any(|g| g == MESH_GATEWAY)) {
+        // A block for other gateways never matches this audience's
+        // traffic: dropping it narrows nothing. Without `gateways` it
+        // inherits the VirtualService's, already checked.
+        if !(m.gateways.is_empty() || audience.named_in(&m.gateways, vs_namespace)) {
             continue;
         }
         let rule = match_rule(m).and_then(|rule| {

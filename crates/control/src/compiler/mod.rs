@@ -17,6 +17,7 @@
 mod checks;
 mod clusters;
 mod delegate;
+mod gateway;
 mod hosts;
 mod http_rule;
 mod ports;
@@ -33,7 +34,7 @@ use weft_proto::proxy::v1::{self as pb, ProxyConfig};
 
 use self::delegate::Delegates;
 use self::hosts::{HostIndex, Visibility, kube_aliases, kube_parts};
-use self::http_rule::Source;
+use self::http_rule::{Audience, Source};
 use self::routes::CompiledVs;
 use self::scope::Sidecars;
 use crate::registry::{Registry, Workload};
@@ -47,6 +48,7 @@ pub struct MeshIndex {
     services: Vec<CompiledService>,
     clusters: BTreeMap<String, pb::Cluster>,
     sidecars: Sidecars,
+    gateways: gateway::Gateways,
     warnings: Vec<String>,
 }
 
@@ -92,7 +94,7 @@ impl MeshIndex {
             .iter()
             .filter_map(|r| match r {
                 Resource::VirtualService(object) => {
-                    CompiledVs::new(object, &delegates, &mut warnings)
+                    CompiledVs::new(object, Audience::Mesh, &delegates, &mut warnings)
                 }
                 _ => None,
             })
@@ -179,10 +181,18 @@ impl MeshIndex {
             });
         }
         let sidecars = Sidecars::build(resources, &mut warnings);
+        let gateway_inputs = gateway::Inputs {
+            resources,
+            services,
+            hosts: &hosts,
+            delegates: &delegates,
+        };
+        let gateways = gateway::Gateways::build(&gateway_inputs, &mut clusters, &mut warnings);
         Self {
             services: compiled,
             clusters,
             sidecars,
+            gateways,
             warnings,
         }
     }
@@ -202,6 +212,8 @@ impl MeshIndex {
 
 #[cfg(test)]
 mod corpus_tests;
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod route_tests;
 #[cfg(test)]

@@ -28,6 +28,9 @@ pub struct ProxyOutput {
 impl MeshIndex {
     /// The config of one proxy, with the problems found compiling it.
     pub fn compile(&self, node: &Node) -> ProxyOutput {
+        if node.router {
+            return self.compile_router(node);
+        }
         let namespace = namespace_or_default(&node.namespace);
         let mut warnings = Vec::new();
         let scope = self.sidecars.for_node(namespace, &node.labels);
@@ -110,6 +113,22 @@ impl MeshIndex {
                 protocol_detection_timeout: None,
             },
             warnings,
+        }
+    }
+
+    /// A gateway proxy: the listeners and virtual hosts of the Gateways
+    /// selecting it, and the clusters their routes use.
+    fn compile_router(&self, node: &Node) -> ProxyOutput {
+        let (listeners, services) = self.gateways.for_node(node);
+        let clusters = self.clusters_for(&services);
+        ProxyOutput {
+            config: ProxyConfig {
+                listeners,
+                services,
+                clusters,
+                ..Default::default()
+            },
+            warnings: Vec::new(),
         }
     }
 

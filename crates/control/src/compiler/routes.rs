@@ -15,7 +15,7 @@ use weft_proto::proxy::v1 as pb;
 use super::clusters;
 use super::delegate::Delegates;
 use super::hosts::{HostIndex, Visibility, fqdn};
-use super::http_rule::{Action, MESH_GATEWAY, Rule, Source, Target, rule};
+use super::http_rule::{Action, Audience, Rule, Source, Target, rule};
 use super::ports::cluster_name;
 use crate::registry::{ServiceDef, ServicePortDef, namespace_or_default};
 
@@ -24,8 +24,8 @@ use crate::registry::{ServiceDef, ServicePortDef, namespace_or_default};
 #[path = "l4_routes.rs"]
 mod l4_routes;
 
-/// A VirtualService that applies to sidecars, reduced to what the proxy
-/// model can express.
+/// A VirtualService that applies to sidecars (or to one gateway), reduced
+/// to what the proxy model can express.
 pub(super) struct CompiledVs {
     pub(super) name: String,
     pub(super) namespace: String,
@@ -37,29 +37,39 @@ pub(super) struct CompiledVs {
 }
 
 impl CompiledVs {
-    /// `None` when the VirtualService is for gateways only, or a delegate
+    /// `None` when the VirtualService is not for `audience`, or a delegate
     /// (no hosts: it only applies through a root that names it).
     pub(super) fn new(
         object: &Object<VirtualService>,
+        audience: Audience<'_>,
         delegates: &Delegates,
         warnings: &mut Vec<String>,
     ) -> Option<Self> {
         let spec = &object.spec;
-        if !(spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == MESH_GATEWAY))
-            || spec.hosts.is_empty()
-        {
+        let namespace = namespace_or_default(&object.metadata.namespace).to_string();
+        if !audience.admits(&spec.gateways, &namespace) || spec.hosts.is_empty() {
             return None;
         }
-        let namespace = namespace_or_default(&object.metadata.namespace).to_string();
         let vs_name = &object.metadata.name;
         let label = format!("VirtualService {namespace}/{vs_name}");
-        let l4 = l4_routes::rules(spec, vs_name, &label, warnings);
+        // Gateways carry HTTP only for now (their TCP/TLS servers come with
+        // gateway TLS); sidecars get `tcp` and `tls` routes too.
+        let l4 = match audience {
+            Audience::Mesh => l4_routes::rules(spec, vs_name, &label, warnings),
+            Audience::Gateway { .. } => Vec::new(),
+        };
         let mut rules = Vec::new();
         for (index, http) in spec.http.iter().enumerate() {
             let at = format!("{label}: http[{index}]");
             let default_name = format!("{vs_name}.{index}");
             if http.delegate.is_none() {
-                rules.extend(rule(&default_name, &at, http, warnings));
+                rules.extend(rule(
+                    &default_name,
+                    &at,
+                    http,
+                    (audience, &namespace),
+                    warnings,
+                ));
                 continue;
             }
             for (j, leaf_at, merged) in delegates.expand(http, &namespace, &at, warnings) {
@@ -67,6 +77,7 @@ impl CompiledVs {
                     &format!("{default_name}.{j}"),
                     &leaf_at,
                     &merged,
+                    (audience, &namespace),
                     warnings,
                 ));
             }

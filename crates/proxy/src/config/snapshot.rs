@@ -299,6 +299,23 @@ impl Snapshot {
         self.services_by_host.get(host)
     }
 
+    /// A gateway's virtual host for `host`: the exact name, else the
+    /// longest `*.suffix` wildcard that covers it, else `*`.
+    pub fn service_for_gateway_host(&self, host: &str) -> Option<&Arc<Service>> {
+        let host = host.to_ascii_lowercase();
+        if let Some(found) = self.services_by_host.get(&host) {
+            return Some(found);
+        }
+        let mut rest = host.as_str();
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(found) = self.services_by_host.get(&format!("*.{parent}")) {
+                return Some(found);
+            }
+            rest = parent;
+        }
+        self.services_by_host.get("*")
+    }
+
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
         self.services_by_vip.get(&ip)
     }
@@ -640,7 +657,7 @@ fn compile_listeners(
         if kind == pb::ListenerKind::Unspecified {
             problems.push(
                 format!("{path}.kind"),
-                "is required: OUTBOUND_CAPTURE, INBOUND_CAPTURE or EXPLICIT",
+                "is required: OUTBOUND_CAPTURE, INBOUND_CAPTURE, EXPLICIT or GATEWAY",
             );
             continue;
         }

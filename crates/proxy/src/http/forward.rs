@@ -112,7 +112,7 @@ pub async fn handle(
     let original_dst = match &conn.target {
         Target::Outbound { original_dst, .. } => *original_dst,
         Target::Inbound { original_dst, .. } => Some(*original_dst),
-        Target::Service { .. } => None,
+        Target::Service { .. } | Target::Gateway { .. } => None,
     };
     let (parts, body) = request.into_parts();
     let mut body = ProxyBody::new(body.map_err(Into::into));

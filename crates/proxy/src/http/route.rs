@@ -33,6 +33,9 @@ pub enum Target {
     Service { name: String, port: u16 },
     /// Captured inbound traffic for a port of the local workload.
     Inbound { port: u16, original_dst: SocketAddr },
+    /// An ingress gateway port: routed by the authority's host alone
+    /// (wildcard virtual hosts allowed), on the listener's own port.
+    Gateway { port: u16 },
 }
 
 /// What to do with one request.
@@ -88,6 +91,18 @@ pub fn resolve(
             }),
             None => passthrough(*original_dst),
         }),
+        Target::Gateway { port } => {
+            let host = authority.map(Authority::host);
+            let service = host
+                .and_then(|host| snapshot.service_for_gateway_host(host))
+                .ok_or_else(|| {
+                    no_route(match host {
+                        Some(host) => format!("no gateway route for host {host:?} on port {port}"),
+                        None => "the request has no host".to_string(),
+                    })
+                })?;
+            route_in_service(service, *port, request)
+        }
         Target::Service { name, port } => {
             let service = snapshot
                 .service_by_host(name)

@@ -67,6 +67,8 @@ pub struct NodeFlags {
     pub ports: Vec<WorkloadPort>,
     pub capture: bool,
     pub listeners: Vec<ExplicitListener>,
+    pub router: bool,
+    pub locality: String,
 }
 
 impl NodeFlags {
@@ -84,6 +86,8 @@ impl NodeFlags {
             ports: self.ports,
             capture: self.capture,
             explicit_listeners: self.listeners,
+            router: self.router,
+            locality: self.locality,
         }
     }
 }
