@@ -74,6 +74,17 @@ struct Mesh {
 /// weftd with service `shop` whose endpoints are `backends` (labels
 /// version: v1, v2, ...), subsets per version, and one proxy listening for it.
 async fn mesh(backends: &[&Scripted], policy_yaml: &str) -> Mesh {
+    mesh_at(backends, &[], policy_yaml, &[]).await
+}
+
+/// As [`mesh`], with each backend's locality (`localities[i]`, empty for
+/// none) and more flags for the proxy (e.g. its own `--locality`).
+async fn mesh_at(
+    backends: &[&Scripted],
+    localities: &[&str],
+    policy_yaml: &str,
+    proxy_flags: &[&str],
+) -> Mesh {
     let state = tempfile::tempdir().expect("tempdir");
     let weftd = WeftdProcess::start(
         Path::new(WEFTD),
@@ -88,9 +99,10 @@ async fn mesh(backends: &[&Scripted], policy_yaml: &str) -> Mesh {
     );
     for (index, backend) in backends.iter().enumerate() {
         yaml.push_str(&format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: shop-v{n}}}\nspec:\n  address: 127.0.0.1\n  ports: {{http: {port}}}\n  labels: {{app: shop, version: v{n}}}\n",
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: shop-v{n}}}\nspec:\n  address: 127.0.0.1\n  ports: {{http: {port}}}\n  labels: {{app: shop, version: v{n}}}\n  locality: '{locality}'\n",
             n = index + 1,
-            port = backend.addr.port()
+            port = backend.addr.port(),
+            locality = localities.get(index).copied().unwrap_or_default(),
         ));
     }
     if !policy_yaml.is_empty() {
@@ -102,19 +114,17 @@ async fn mesh(backends: &[&Scripted], policy_yaml: &str) -> Mesh {
     let listen = free_addr();
     let listen_flag = format!("{listen}=shop:80");
     let binary: PathBuf = Path::new(WEFTD).with_file_name("weft-proxy");
-    let mut proxy = ProxyProcess::spawn(ProxyOptions::control_plane(
-        &binary,
-        weftd.grpc,
-        &[
-            "--node-id",
-            "caller",
-            "--workload",
-            "caller",
-            "--listen",
-            &listen_flag,
-        ],
-    ))
-    .expect("proxy");
+    let mut flags = vec![
+        "--node-id",
+        "caller",
+        "--workload",
+        "caller",
+        "--listen",
+        &listen_flag,
+    ];
+    flags.extend_from_slice(proxy_flags);
+    let mut proxy = ProxyProcess::spawn(ProxyOptions::control_plane(&binary, weftd.grpc, &flags))
+        .expect("proxy");
     proxy
         .wait_ready(Duration::from_secs(20))
         .await
@@ -343,4 +353,80 @@ async fn consistent_hash_sends_one_header_value_to_one_endpoint() {
         homes.extend(first);
     }
     assert!(homes.len() >= 2, "all users on one endpoint: {homes:?}");
+}
+
+/// Counts which backend answers `n` requests.
+async fn tally(client: &mut Http1Client, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let reply = get(client).await;
+        *counts.entry(reply.text()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_failover_prefers_the_nearest_healthy_endpoints() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let flag = broken.clone();
+    let local = Scripted::start(
+        "local",
+        Arc::new(move |_| {
+            let status = if flag.load(Ordering::SeqCst) {
+                503
+            } else {
+                200
+            };
+            (status, Duration::ZERO)
+        }),
+    )
+    .await;
+    let same_region = Scripted::start("same-region", always(200, 0)).await;
+    let far = Scripted::start("far", always(200, 0)).await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: shop}\nspec:\n  host: shop\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n";
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop}\nspec:\n  hosts: [shop]\n  http:\n  - retries: {attempts: 0}\n    route:\n    - destination: {host: shop}\n";
+    let mesh = mesh_at(
+        &[&local, &same_region, &far],
+        &["us-east/a/1", "us-east/b/1", "eu-west/c/1"],
+        &format!("{dr}---\n{vs}"),
+        &["--locality", "us-east/a/1"],
+    )
+    .await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    // Healthy: everything stays in the proxy's own zone.
+    let counts = tally(&mut client, 50).await;
+    assert_eq!(counts.get("local"), Some(&50), "{counts:?}");
+    // The local endpoint fails and is ejected: traffic fails over to the
+    // same region, never to the far one while that is healthy.
+    broken.store(true, Ordering::SeqCst);
+    tally(&mut client, 5).await;
+    let counts = tally(&mut client, 50).await;
+    assert_eq!(counts.get("same-region"), Some(&50), "{counts:?}");
+    assert_eq!(far.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_distribute_splits_by_the_configured_shares() {
+    let near = Scripted::start("near", always(200, 0)).await;
+    let far = Scripted::start("far", always(200, 0)).await;
+    let ignored = Scripted::start("ignored", always(200, 0)).await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: shop}\nspec:\n  host: shop\n  trafficPolicy:\n    loadBalancer:\n      simple: RANDOM\n      localityLbSetting:\n        distribute:\n        - from: us-east/a/*\n          to: {'us-east/a/*': 80, 'eu-west/*': 20}\n";
+    let mesh = mesh_at(
+        &[&near, &far, &ignored],
+        &["us-east/a/1", "eu-west/c/1", "ap-south/d/1"],
+        dr,
+        &["--locality", "us-east/a/1"],
+    )
+    .await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    let counts = tally(&mut client, 1000).await;
+    let near_share = counts.get("near").copied().unwrap_or(0);
+    // 80% ± 4 points over 1,000 requests; the unlisted locality gets none.
+    assert!((760..=840).contains(&near_share), "{counts:?}");
+    assert_eq!(
+        near_share + counts.get("far").copied().unwrap_or(0),
+        1000,
+        "{counts:?}"
+    );
+    assert_eq!(ignored.requests(), 0);
 }

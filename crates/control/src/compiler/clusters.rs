@@ -111,6 +111,8 @@ fn cluster(
                 address: SocketAddr::new(e.address, number).to_string(),
                 labels: e.labels.clone(),
                 weight: e.weight,
+                priority: 0,
+                locality: e.locality.clone(),
             })
         })
         .collect();

@@ -20,6 +20,7 @@ mod delegate;
 mod gateway;
 mod hosts;
 mod http_rule;
+mod locality;
 mod ports;
 mod proxy;
 mod resilience;

@@ -96,7 +96,7 @@ impl MeshIndex {
             }
         }
 
-        let clusters = self.clusters_for(&services);
+        let clusters = self.clusters_for(&services, node);
         let listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
         let inbound_ports = inbound_ports(node, &mut warnings);
         let outbound_traffic_policy = scope
@@ -120,7 +120,7 @@ impl MeshIndex {
     /// selecting it, and the clusters their routes use.
     fn compile_router(&self, node: &Node) -> ProxyOutput {
         let (listeners, services) = self.gateways.for_node(node);
-        let clusters = self.clusters_for(&services);
+        let clusters = self.clusters_for(&services, node);
         ProxyOutput {
             config: ProxyConfig {
                 listeners,
@@ -134,7 +134,8 @@ impl MeshIndex {
 
     /// The clusters `services` refer to: each port's default cluster and
     /// every route destination (HTTP, TCP, TLS) and mirror, in name order.
-    fn clusters_for(&self, services: &[pb::Service]) -> Vec<pb::Cluster> {
+    /// Locality-aware balancing is applied for `node` here.
+    fn clusters_for(&self, services: &[pb::Service], node: &Node) -> Vec<pb::Cluster> {
         let mut names = BTreeSet::new();
         for service in services {
             for port in &service.ports {
@@ -151,6 +152,10 @@ impl MeshIndex {
         names
             .iter()
             .filter_map(|name| self.clusters.get(name).cloned())
+            .map(|mut cluster| {
+                super::locality::apply(&mut cluster, node);
+                cluster
+            })
             .collect()
     }
 }

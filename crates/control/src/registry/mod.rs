@@ -37,6 +37,8 @@ pub struct Workload {
     pub address: IpAddr,
     /// Ports the workload serves (from the proxy's Hello).
     pub ports: Vec<WorkloadPort>,
+    /// "region/zone/subzone", empty when unknown.
+    pub locality: String,
 }
 
 /// A port a workload serves; `name` matches a service port's name.
@@ -64,8 +66,28 @@ impl Workload {
                     port: p.port,
                 })
                 .collect(),
+            locality: node.locality.clone(),
         })
     }
+}
+
+/// An endpoint's locality: as given, else from the Kubernetes topology
+/// labels Istio reads (`topology.kubernetes.io/region`, `.../zone`,
+/// `topology.istio.io/subzone`).
+pub fn locality_of(given: &str, labels: &BTreeMap<String, String>) -> String {
+    if !given.is_empty() {
+        return given.to_string();
+    }
+    let part = |key: &str| labels.get(key).map_or("", String::as_str);
+    let parts = [
+        part("topology.kubernetes.io/region"),
+        part("topology.kubernetes.io/zone"),
+        part("topology.istio.io/subzone"),
+    ];
+    if parts.iter().all(|p| p.is_empty()) {
+        return String::new();
+    }
+    parts.join("/").trim_end_matches('/').to_string()
 }
 
 /// `""` means the default namespace, as Kubernetes has it.
@@ -191,6 +213,8 @@ pub struct EndpointDef {
     pub weight: u32,
     pub workload: String,
     pub service_account: String,
+    /// "region/zone/subzone", empty when unknown.
+    pub locality: String,
 }
 
 impl EndpointDef {

@@ -58,6 +58,7 @@ pub(super) fn collect(resources: &[Resource], workloads: &[Workload], registry: 
                     .collect(),
                 labels: w.labels.clone(),
                 weight: 0,
+                locality: super::locality_of(&w.locality, &w.labels),
                 workload: w.name.clone(),
                 service_account: w.service_account.clone(),
             },
@@ -167,5 +168,6 @@ fn endpoint_of(
         weight: entry.weight.unwrap_or(0),
         workload: name.to_string(),
         service_account: entry.service_account.clone(),
+        locality: super::locality_of(&entry.locality, &entry.labels),
     })
 }

@@ -134,6 +134,7 @@ impl Cluster {
                 address,
                 labels: BTreeMap::new(),
                 weight: 1,
+                priority: 0,
             }],
         )
     }
@@ -234,6 +235,8 @@ pub struct Endpoint {
     pub address: SocketAddr,
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
+    /// 0 is the highest (locality-aware failover); see `Balancer::pick`.
+    pub priority: u32,
 }
 
 pub struct InboundPort {
@@ -400,6 +403,7 @@ fn compile_clusters(
                     address,
                     labels: endpoint.labels.clone(),
                     weight: endpoint.weight.max(1),
+                    priority: endpoint.priority,
                 }),
                 Err(_) => problems.push(
                     format!("{path}.endpoints[{e_index}].address"),
@@ -620,6 +624,7 @@ fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap
                 address: target,
                 labels: BTreeMap::new(),
                 weight: 1,
+                priority: 0,
             }],
         );
         let compiled = InboundPort {

@@ -17,12 +17,6 @@ pub(super) fn load_balancer(
     warnings: &mut Vec<String>,
 ) -> Option<pb::LoadBalancer> {
     let lb: &LoadBalancerSettings = super::limits::most_specific!(policies, port, load_balancer)?;
-    if lb.locality_lb_setting.is_some() {
-        // Needs endpoint localities, which the registry does not model.
-        warnings.push(format!(
-            "{label}: loadBalancer.localityLbSetting is not supported yet; ignored"
-        ));
-    }
     if lb.warmup.is_some() || !lb.warmup_duration_secs.is_empty() {
         warnings.push(format!(
             "{label}: loadBalancer.warmup is not supported yet; ignored"
@@ -78,9 +72,33 @@ pub(super) fn load_balancer(
             algorithm,
         })
     });
+    let locality = lb
+        .locality_lb_setting
+        .as_ref()
+        .map(|setting| pb::LocalityLb {
+            distribute: setting
+                .distribute
+                .iter()
+                .map(|d| pb::LocalityDistribute {
+                    from: d.from.clone(),
+                    to: d.to.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                })
+                .collect(),
+            failover: setting
+                .failover
+                .iter()
+                .map(|f| pb::LocalityFailover {
+                    from: f.from.clone(),
+                    to: f.to.clone(),
+                })
+                .collect(),
+            failover_priority: setting.failover_priority.clone(),
+            disabled: setting.enabled == Some(false),
+        });
     Some(pb::LoadBalancer {
         policy: policy as i32,
         consistent_hash,
+        locality,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Endpoint selection for a cluster (DestinationRule `loadBalancer`):
 //! weighted round robin, least request, random, passthrough, and consistent
-//! hashing over a ketama ring or a maglev table.
+//! hashing over a ketama ring or a maglev table, within the priority level
+//! (locality) chosen by health.
 //!
 //! Hash tables are built once per config load; a request only hashes its
 //! key and looks it up.
@@ -22,6 +23,9 @@ use crate::config::Endpoint;
 pub const DEFAULT_RING_SIZE: u64 = 1024;
 /// Istio's `maglev.tableSize` default (a prime).
 pub const DEFAULT_MAGLEV_SIZE: u64 = 65537;
+/// Envoy's overprovisioning factor, in percent: a priority level keeps all
+/// traffic until fewer than 1/1.4 (~71%) of its endpoints are healthy.
+const OVERPROVISIONING_PERCENT: u64 = 140;
 /// Envoy's ceilings, so a typo cannot allocate gigabytes.
 pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 pub const MAX_MAGLEV_SIZE: u64 = 5_000_011;
@@ -64,13 +68,18 @@ enum Table {
 pub struct Balancer {
     policy: Policy,
     hash: Option<(HashKey, Table)>,
-    /// Endpoint indexes repeated by weight: round-robin walks this ring.
-    rotation: Vec<usize>,
-    next: AtomicUsize,
+    /// Per priority level (one level without priorities): endpoint
+    /// indexes repeated by weight, the ring round robin walks, and its
+    /// position.
+    rotations: Vec<(Vec<usize>, AtomicUsize)>,
+    /// Per priority level: its endpoints' indexes.
+    members: Vec<Vec<usize>>,
     weights: Vec<u64>,
     /// Requests in flight per endpoint (least request reads them).
     active: Arc<[AtomicUsize]>,
     by_addr: HashMap<SocketAddr, usize>,
+    /// Priority level per endpoint; empty when all share one level.
+    priorities: Vec<u32>,
 }
 
 /// Holds one request in flight on an endpoint until dropped.
@@ -108,11 +117,35 @@ impl Balancer {
         for (index, endpoint) in endpoints.iter().enumerate() {
             by_addr.entry(endpoint.address).or_insert(index);
         }
+        let mut priorities: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
+        if priorities.windows(2).all(|w| w[0] == w[1]) {
+            priorities.clear();
+        }
+        let levels = priorities.iter().max().map_or(1, |top| *top as usize + 1);
+        let members: Vec<Vec<usize>> = (0..levels)
+            .map(|level| {
+                (0..endpoints.len())
+                    .filter(|i| priorities.get(*i).is_none_or(|p| *p as usize == level))
+                    .collect()
+            })
+            .collect();
+        let rotations = members
+            .iter()
+            .map(|indexes| {
+                let level_weights: Vec<u64> = indexes.iter().map(|i| weights[*i]).collect();
+                let ring = weighted_rotation(&level_weights)
+                    .into_iter()
+                    .map(|at| indexes[at])
+                    .collect();
+                (ring, AtomicUsize::new(0))
+            })
+            .collect();
         Self {
+            priorities,
+            members,
+            rotations,
             policy,
             hash,
-            rotation: weighted_rotation(&weights),
-            next: AtomicUsize::new(0),
             weights,
             active: endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
             by_addr,
@@ -200,44 +233,94 @@ impl Balancer {
         hash: Option<u64>,
         tried: &[usize],
     ) -> Option<usize> {
-        let out = |index: usize| ejected.is_some_and(|e| e.get(index).copied().unwrap_or(false));
+        let ejected_at =
+            |index: usize| ejected.is_some_and(|e| e.get(index).copied().unwrap_or(false));
+        let level = self.pick_level(&ejected_at);
+        let out = |index: usize| {
+            ejected_at(index) || level.is_some_and(|l| self.priorities.get(index) != Some(&l))
+        };
         if let (Some(hash), Some((_, table))) = (hash, &self.hash) {
             return table.lookup(hash, &out, tried);
         }
+        let level = level.map_or(0, |l| l as usize);
         match self.policy {
             // Passthrough without an original destination (an explicit
             // listener) has no address of its own to use: round robin.
-            Policy::RoundRobin | Policy::Passthrough => self.round_robin(&out),
-            Policy::LeastRequest => self.least_request(&out),
+            Policy::RoundRobin | Policy::Passthrough => self.round_robin(level, &out),
+            Policy::LeastRequest => self.least_request(level, &out),
             Policy::Random => self.random(&out),
         }
     }
 
-    fn round_robin(&self, out: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let len = self.rotation.len();
+    /// The priority level this pick uses, as Envoy spreads load over
+    /// levels: each level takes up to its health (healthy share × 1.4) of
+    /// what the levels above left, and when all levels together are under
+    /// 100% the loads are scaled up proportionally. `None` with one level.
+    fn pick_level(&self, ejected: &dyn Fn(usize) -> bool) -> Option<u32> {
+        let top = *self.priorities.iter().max()?;
+        let mut health = vec![0u64; top as usize + 1];
+        let mut totals = vec![0u64; top as usize + 1];
+        for (index, priority) in self.priorities.iter().enumerate() {
+            totals[*priority as usize] += 1;
+            if !ejected(index) {
+                health[*priority as usize] += 1;
+            }
+        }
+        for (h, total) in health.iter_mut().zip(&totals) {
+            *h = if *total == 0 {
+                0
+            } else {
+                (*h * OVERPROVISIONING_PERCENT / total).min(100)
+            };
+        }
+        let sum: u64 = health.iter().sum();
+        if sum == 0 {
+            // Nothing healthy anywhere: the nearest level, whose ejected
+            // endpoints outlier detection already reports as UH.
+            return Some(0);
+        }
+        let scale = sum.min(100);
+        let mut point = random_u64() % scale;
+        let mut left = scale;
+        for (level, h) in health.iter().enumerate() {
+            let load = (*h).min(left);
+            if point < load {
+                return u32::try_from(level).ok();
+            }
+            point -= load;
+            left -= load;
+        }
+        Some(top)
+    }
+
+    fn round_robin(&self, level: usize, out: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let (ring, next) = self.rotations.get(level)?;
+        let len = ring.len();
         if len == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = next.fetch_add(1, Ordering::Relaxed);
         // The next turn in the ring that belongs to an endpoint still in.
         (0..len)
-            .map(|step| self.rotation[start.wrapping_add(step) % len])
+            .map(|step| ring[start.wrapping_add(step) % len])
             .find(|index| !out(*index))
     }
 
     /// Power of two choices: the round-robin turn against a random other
-    /// endpoint, keeping the one with fewer requests in flight per unit of
-    /// weight (Envoy divides active requests by weight). Taking the first
-    /// choice from the rotation makes an idle cluster behave exactly like
-    /// weighted round robin.
-    fn least_request(&self, out: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let first = self.round_robin(out)?;
-        let others = self.weights.len().saturating_sub(1);
+    /// endpoint of the level, keeping the one with fewer requests in flight
+    /// per unit of weight (Envoy divides active requests by weight). Taking
+    /// the first choice from the rotation makes an idle cluster behave
+    /// exactly like weighted round robin.
+    fn least_request(&self, level: usize, out: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let first = self.round_robin(level, out)?;
+        let members = self.members.get(level)?;
+        let others = members.len().saturating_sub(1);
         if others == 0 {
             return Some(first);
         }
+        let at = members.iter().position(|m| *m == first).unwrap_or(0);
         let offset = 1 + (random_u64() % others as u64) as usize;
-        let second = (first + offset) % self.weights.len();
+        let second = members[(at + offset) % members.len()];
         if out(second) {
             return Some(first);
         }

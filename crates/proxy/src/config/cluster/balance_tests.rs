@@ -10,6 +10,7 @@ fn endpoints(weights: &[u32]) -> Vec<Endpoint> {
             address: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080)),
             labels: BTreeMap::new(),
             weight: *weight,
+            priority: 0,
         })
         .collect()
 }
@@ -143,4 +144,45 @@ fn random_follows_weights() {
         .filter(|_| balancer.pick(None, None, &[]) == Some(1))
         .count();
     assert!((2_700..=3_300).contains(&heavy), "{heavy}");
+}
+
+/// Four endpoints: two at priority 0 (the proxy's locality), one each at
+/// 1 and 2.
+fn prioritized() -> Balancer {
+    let mut list = endpoints(&[1, 1, 1, 1]);
+    for (endpoint, priority) in list.iter_mut().zip([0, 0, 1, 2]) {
+        endpoint.priority = priority;
+    }
+    Balancer::new(&list, Policy::RoundRobin, None)
+}
+
+fn shares(balancer: &Balancer, ejected: &[bool], n: usize) -> [usize; 4] {
+    let mut counts = [0; 4];
+    for _ in 0..n {
+        if let Some(index) = balancer.pick(Some(ejected), None, &[]) {
+            counts[index] += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn healthy_nearest_level_takes_everything() {
+    let counts = shares(&prioritized(), &[false; 4], 1_000);
+    assert_eq!(counts, [500, 500, 0, 0]);
+}
+
+#[test]
+fn load_spills_to_the_next_level_as_health_drops() {
+    // One of two healthy: 50% × 1.4 = 70% stays, 30% spills to level 1.
+    let counts = shares(&prioritized(), &[true, false, false, false], 10_000);
+    assert_eq!(counts[0], 0);
+    assert!((6_500..=7_500).contains(&counts[1]), "{counts:?}");
+    assert!((2_500..=3_500).contains(&counts[2]), "{counts:?}");
+    assert_eq!(counts[3], 0, "{counts:?}");
+    // The whole nearest level out: the next one takes it all.
+    let counts = shares(&prioritized(), &[true, true, false, false], 1_000);
+    assert_eq!(counts, [0, 0, 1_000, 0]);
+    let counts = shares(&prioritized(), &[true, true, true, false], 1_000);
+    assert_eq!(counts, [0, 0, 0, 1_000]);
 }
