@@ -13,7 +13,7 @@ mod workload_group;
 
 pub use destination_rule::{DestinationRule, Subset};
 pub use gateway::{Gateway, Server, ServerTlsSettings};
-pub use http_route::{HttpMatchRequest, HttpRoute, HttpRouteDestination};
+pub use http_route::{HttpMatchRequest, HttpRoute, HttpRouteDestination, RedirectPortSelection};
 pub use service_entry::{Location, Resolution, ServiceEntry};
 pub use sidecar::{OutboundMode, Sidecar};
 pub use traffic_policy::{

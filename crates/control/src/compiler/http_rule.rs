@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use weft_api::networking::{HttpMatchRequest, HttpRoute, StringMatch};
+use weft_api::networking::{HttpMatchRequest, HttpRoute, RedirectPortSelection, StringMatch};
 use weft_proto::proxy::v1 as pb;
 
 use super::{checks, resilience};
@@ -429,9 +429,6 @@ fn pb_string_match(kind: pb::string_match::Kind) -> pb::StringMatch {
 
 fn redirect_action(http: &HttpRoute) -> Option<Result<pb::Redirect, &'static str>> {
     let r = http.redirect.as_ref()?;
-    if r.derive_port.is_some() {
-        return Some(Err("redirect.derivePort"));
-    }
     if !r.prefix_rewrite.is_empty() {
         return Some(Err("redirect.prefixRewrite"));
     }
@@ -441,6 +438,13 @@ fn redirect_action(http: &HttpRoute) -> Option<Result<pb::Redirect, &'static str
         code: r.redirect_code.unwrap_or(DEFAULT_REDIRECT_CODE),
         scheme: r.scheme.clone(),
         port: r.port.unwrap_or(0),
+        derive_port: match r.derive_port {
+            None => pb::RedirectPort::Unspecified,
+            Some(RedirectPortSelection::FromProtocolDefault) => {
+                pb::RedirectPort::FromProtocolDefault
+            }
+            Some(RedirectPortSelection::FromRequestPort) => pb::RedirectPort::FromRequestPort,
+        } as i32,
     }))
 }
 

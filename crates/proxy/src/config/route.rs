@@ -64,7 +64,19 @@ pub struct Redirect {
     pub uri: Option<String>,
     pub authority: Option<String>,
     pub scheme: Option<String>,
-    pub port: Option<u16>,
+    pub port: RedirectPort,
+}
+
+/// The port of a redirect's Location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectPort {
+    /// Whatever port the authority used for the Location carries.
+    Authority,
+    Fixed(u16),
+    /// None: the scheme's default.
+    ProtocolDefault,
+    /// The port the request was sent to.
+    Request,
 }
 
 pub struct DirectResponse {
@@ -365,15 +377,19 @@ fn compile_redirect(
         );
     }
     let port = match redirect.port {
-        0 => None,
+        0 => match pb::RedirectPort::try_from(redirect.derive_port).unwrap_or_default() {
+            pb::RedirectPort::Unspecified => RedirectPort::Authority,
+            pb::RedirectPort::FromProtocolDefault => RedirectPort::ProtocolDefault,
+            pb::RedirectPort::FromRequestPort => RedirectPort::Request,
+        },
         port => match u16::try_from(port) {
-            Ok(port) => Some(port),
+            Ok(port) => RedirectPort::Fixed(port),
             Err(_) => {
                 problems.push(
                     format!("{path}.port"),
                     format!("must be 1..65535, got {port}"),
                 );
-                None
+                RedirectPort::Authority
             }
         },
     };

@@ -13,7 +13,9 @@ use http::{HeaderMap, HeaderValue, Request, Response, header};
 use super::ProxyBody;
 use super::reply;
 use super::route::Matched;
-use crate::config::{DirectResponse, HeaderOps, PathMatch, Redirect, RequestView, Rewrite, Route};
+use crate::config::{
+    DirectResponse, HeaderOps, PathMatch, Redirect, RedirectPort, RequestView, Rewrite, Route,
+};
 
 /// The path before a rewrite, for the upstream's benefit (Envoy's name).
 pub const ORIGINAL_PATH_HEADER: &str = "x-envoy-original-path";
@@ -159,10 +161,15 @@ fn redirect_location(redirect: &Redirect, request: &RequestView<'_>) -> String {
         // No host to name: a relative reference is still a valid Location.
         return path_and_query;
     };
-    let (host, original_port) = split_host_port(authority);
+    let (host, authority_port) = split_host_port(authority);
     let port = match redirect.port {
-        Some(port) => Some(port.to_string()),
-        None => original_port.map(str::to_string),
+        RedirectPort::Fixed(port) => Some(port.to_string()),
+        RedirectPort::Authority => authority_port.map(str::to_string),
+        RedirectPort::ProtocolDefault => None,
+        RedirectPort::Request => request
+            .authority
+            .and_then(|a| split_host_port(a).1)
+            .map(str::to_string),
     };
     let default_port = match scheme {
         "http" => Some("80"),
@@ -322,6 +329,24 @@ mod tests {
         assert_eq!(
             location("{redirect: {port: 9090, uri: '/x?b=2'}}", "/p", Some("a=1")),
             "http://web:9090/x?b=2"
+        );
+        // derivePort: the request's port survives a new authority, or the
+        // scheme's default replaces whatever port there was.
+        assert_eq!(
+            location(
+                "{redirect: {authority: b.example, derivePort: FROM_REQUEST_PORT}}",
+                "/p",
+                None
+            ),
+            "http://b.example:8080/p"
+        );
+        assert_eq!(
+            location(
+                "{redirect: {scheme: https, derivePort: FROM_PROTOCOL_DEFAULT}}",
+                "/p",
+                None
+            ),
+            "https://web/p"
         );
         assert_eq!(split_host_port("[::1]:80"), ("[::1]", Some("80")));
         assert_eq!(split_host_port("[::1]"), ("[::1]", None));
