@@ -132,6 +132,14 @@ pub(super) struct Source {
 }
 
 impl Source {
+    /// `None` when the match block does not name its callers.
+    pub(super) fn new(labels: &BTreeMap<String, String>, namespace: &str) -> Option<Self> {
+        (!labels.is_empty() || !namespace.is_empty()).then(|| Self {
+            labels: labels.clone(),
+            namespace: namespace.to_string(),
+        })
+    }
+
     pub(super) fn admits(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
         (self.namespace.is_empty() || self.namespace == namespace)
             && labels_match(&self.labels, labels)
@@ -396,10 +404,7 @@ fn match_rule(m: &HttpMatchRequest) -> Result<MatchRule, String> {
             .and_then(string_match)
             .map(pb_string_match),
     };
-    let source = (!m.source_labels.is_empty() || !m.source_namespace.is_empty()).then(|| Source {
-        labels: m.source_labels.clone(),
-        namespace: m.source_namespace.clone(),
-    });
+    let source = Source::new(&m.source_labels, &m.source_namespace);
     Ok(MatchRule {
         name: m.name.clone(),
         conditions: (conditions != pb::RouteMatch::default()).then_some(conditions),

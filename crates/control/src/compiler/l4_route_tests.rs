@@ -121,28 +121,22 @@ fn tls_route_by_sni() {
 fn inexpressible_rules_are_skipped_with_a_warning() {
     let index = db_mesh(
         "  tcp:
-  - match: [{sourceLabels: {app: web}}]
+  - match: [{sourceSubnet: 10.1.0.0/16}]
     route: [{destination: {host: db, subset: v1}}]
   - match: [{gateways: [edge]}]
     route: [{destination: {host: db, subset: v1}}]
   tls:
-  - match: [{sniHosts: [a.example.com], sourceNamespace: web}]
-    route: [{destination: {host: db, subset: v1}}]
   - match: [{sniHosts: [a.example.com]}]
     route: [{destination: {host: nowhere}}]
 ",
     );
     let warnings = index.warnings().join("\n");
     assert!(
-        warnings.contains("tcp[0] skipped: match[0] matches on the caller"),
+        warnings.contains("tcp[0] skipped: match[0] matches on the caller's subnet"),
         "{warnings}"
     );
     assert!(!warnings.contains("tcp[1]"), "{warnings}");
     // Missing sniHosts never get here: weft-api validation rejects them.
-    assert!(
-        warnings.contains("tls[0] skipped: match[0] matches on the caller"),
-        "{warnings}"
-    );
     assert!(
         !warnings.contains("not supported yet; opaque"),
         "{warnings}"
@@ -155,4 +149,32 @@ fn inexpressible_rules_are_skipped_with_a_warning() {
     let config = config(&index, &node("shop", &[]));
     assert!(port(&config, 5432).tcp_routes.is_empty());
     assert_eq!(port(&config, 443).tls_routes.len(), 1);
+}
+
+#[test]
+fn source_matches_give_routes_to_the_named_callers_only() {
+    let index = db_mesh(
+        "  tcp:
+  - match: [{sourceLabels: {app: web}}]
+    route: [{destination: {host: db, subset: v2}}]
+  - route: [{destination: {host: db, subset: v1}}]
+  tls:
+  - match: [{sniHosts: [a.example.com], sourceNamespace: web}]
+    route: [{destination: {host: db, subset: v2}}]
+",
+    );
+    assert!(index.warnings().is_empty(), "{:?}", index.warnings());
+    let tcp_targets = |config: &pb::ProxyConfig| -> Vec<String> {
+        port(config, 5432)
+            .tcp_routes
+            .iter()
+            .map(|r| r.clusters[0].cluster.clone())
+            .collect()
+    };
+    let web = config(&index, &node("web", &[("app", "web")]));
+    assert_eq!(tcp_targets(&web), [V2, V1]);
+    assert_eq!(port(&web, 443).tls_routes.len(), 1);
+    let other = config(&index, &node("shop", &[("app", "batch")]));
+    assert_eq!(tcp_targets(&other), [V1]);
+    assert!(port(&other, 443).tls_routes.is_empty());
 }

@@ -1,11 +1,11 @@
 //! VirtualService `tcp[]` and `tls[]` → the proxy's TCP and TLS routes.
 //!
 //! Each entry becomes one [`L4Rule`]; on a service port, each of its
-//! applicable match blocks (OR-ed) becomes one proxy route. Per-caller
-//! matches (`sourceLabels`, `sourceNamespace`, `sourceSubnet`) cannot be
-//! expressed: per-proxy filtering only covers HTTP routes, and dropping the
-//! condition would widen the match, so such entries are skipped with a
-//! warning.
+//! applicable match blocks (OR-ed) becomes one proxy route. `sourceLabels`
+//! and `sourceNamespace` limit a route to some calling proxies, which only
+//! get it in their config (as for HTTP routes). `sourceSubnet` would need
+//! the proxy to match the client's address: such entries are skipped with
+//! a warning rather than widened.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +14,7 @@ use weft_proto::proxy::v1 as pb;
 
 use super::CompiledVs;
 use crate::compiler::hosts::HostIndex;
-use crate::compiler::http_rule::{MESH_GATEWAY, Target};
+use crate::compiler::http_rule::{MESH_GATEWAY, Source, Target};
 use crate::compiler::ports;
 use crate::registry::{ServiceDef, ServicePortDef};
 
@@ -30,6 +30,7 @@ struct L4Match {
     port: Option<u32>,
     subnets: Vec<String>,
     sni_hosts: Vec<String>,
+    source: Option<Source>,
 }
 
 /// Whether `gateways` of a match block include sidecars.
@@ -54,12 +55,9 @@ pub(in crate::compiler) fn rules(
             if !for_mesh(&m.gateways) {
                 continue;
             }
-            if !m.source_labels.is_empty()
-                || !m.source_namespace.is_empty()
-                || !m.source_subnet.is_empty()
-            {
+            if !m.source_subnet.is_empty() {
                 skip = Some(format!(
-                    "match[{m_index}] matches on the caller (sourceLabels, sourceNamespace or sourceSubnet), which TCP routes cannot express yet"
+                    "match[{m_index}] matches on the caller's subnet (sourceSubnet), which TCP routes cannot express yet"
                 ));
                 break;
             }
@@ -67,6 +65,7 @@ pub(in crate::compiler) fn rules(
                 port: m.port.filter(|p| *p > 0),
                 subnets: m.destination_subnets.clone(),
                 sni_hosts: Vec::new(),
+                source: Source::new(&m.source_labels, &m.source_namespace),
             });
         }
         let never = !tcp.matches.is_empty() && matches.is_empty();
@@ -94,12 +93,6 @@ pub(in crate::compiler) fn rules(
             if !for_mesh(&m.gateways) {
                 continue;
             }
-            if !m.source_labels.is_empty() || !m.source_namespace.is_empty() {
-                skip = Some(format!(
-                    "match[{m_index}] matches on the caller (sourceLabels or sourceNamespace), which TLS routes cannot express yet"
-                ));
-                break;
-            }
             if m.sni_hosts.is_empty() || m.sni_hosts.iter().any(String::is_empty) {
                 skip = Some(format!("match[{m_index}].sniHosts is required"));
                 break;
@@ -108,6 +101,7 @@ pub(in crate::compiler) fn rules(
                 port: m.port.filter(|p| *p > 0),
                 subnets: m.destination_subnets.clone(),
                 sni_hosts: m.sni_hosts.clone(),
+                source: Source::new(&m.source_labels, &m.source_namespace),
             });
         }
         let never = !tls.matches.is_empty() && matches.is_empty();
@@ -194,6 +188,12 @@ fn carries_opaque(port: &ServicePortDef) -> bool {
     ) || ports::is_server_first(port.number, port.protocol)
 }
 
+/// TCP and TLS routes, each with the callers it is limited to.
+type L4Routes = (
+    Vec<(pb::TcpRoute, Option<Source>)>,
+    Vec<(pb::TlsRoute, Option<Source>)>,
+);
+
 impl CompiledVs {
     /// The TCP and TLS routes of this VirtualService on one port. Like
     /// HTTP routes, destinations missing from `clusters` are added empty.
@@ -204,7 +204,7 @@ impl CompiledVs {
         hosts: &HostIndex,
         clusters: &mut BTreeMap<String, pb::Cluster>,
         warnings: &mut Vec<String>,
-    ) -> (Vec<pb::TcpRoute>, Vec<pb::TlsRoute>) {
+    ) -> L4Routes {
         let (mut tcp, mut tls) = (Vec::new(), Vec::new());
         if !carries_opaque(port) {
             return (tcp, tls);
@@ -228,27 +228,30 @@ impl CompiledVs {
                 })
                 .collect();
             if rule.matches.is_empty() {
-                tcp.push(pb::TcpRoute {
+                let route = pb::TcpRoute {
                     name: rule.name.clone(),
                     destination_subnets: Vec::new(),
                     clusters: weighted,
-                });
+                };
+                tcp.push((route, None));
                 continue;
             }
             for m in applicable {
                 if rule.tls {
-                    tls.push(pb::TlsRoute {
+                    let route = pb::TlsRoute {
                         name: rule.name.clone(),
                         sni_hosts: m.sni_hosts.clone(),
                         destination_subnets: m.subnets.clone(),
                         clusters: weighted.clone(),
-                    });
+                    };
+                    tls.push((route, m.source.clone()));
                 } else {
-                    tcp.push(pb::TcpRoute {
+                    let route = pb::TcpRoute {
                         name: rule.name.clone(),
                         destination_subnets: m.subnets.clone(),
                         clusters: weighted.clone(),
-                    });
+                    };
+                    tcp.push((route, m.source.clone()));
                 }
             }
         }

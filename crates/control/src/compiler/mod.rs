@@ -77,9 +77,28 @@ struct RoutedPorts {
     /// The VirtualService's `exportTo`.
     visibility: Visibility,
     ports: Vec<pb::ServicePort>,
-    /// Per port, per route: the calling proxies a route is limited to
+    /// Per port: the calling proxies each route is limited to
     /// (`sourceLabels`, `sourceNamespace`). Empty when no route is limited.
-    sources: Vec<Vec<Option<Source>>>,
+    sources: Vec<PortSources>,
+}
+
+/// Per route of one port (HTTP, TCP, TLS, in the port's order): the
+/// callers it is limited to, `None` for everyone.
+#[derive(Debug, Default)]
+struct PortSources {
+    http: Vec<Option<Source>>,
+    tcp: Vec<Option<Source>>,
+    tls: Vec<Option<Source>>,
+}
+
+impl PortSources {
+    fn limits_nobody(&self) -> bool {
+        self.http
+            .iter()
+            .chain(&self.tcp)
+            .chain(&self.tls)
+            .all(Option::is_none)
+    }
 }
 
 impl MeshIndex {
@@ -130,26 +149,28 @@ impl MeshIndex {
                     let mut sources = Vec::with_capacity(service.ports.len());
                     for port in &service.ports {
                         let mut out = ports::service_port(port);
-                        let mut port_sources = Vec::new();
+                        let mut port_sources = PortSources::default();
                         if ports::carries_http(port) {
                             let routes =
                                 vs.routes(port, services, &hosts, &mut clusters, &mut warnings);
-                            (out.routes, port_sources) = routes.into_iter().unzip();
+                            (out.routes, port_sources.http) = routes.into_iter().unzip();
                             // No rule for this port: Istio's default route.
                             if out.routes.is_empty()
                                 && let Some(route) =
                                     ports::default_route(port, &service.hostname, &clusters)
                             {
                                 out.routes.push(route);
-                                port_sources.push(None);
+                                port_sources.http.push(None);
                             }
                         }
-                        (out.tcp_routes, out.tls_routes) =
+                        let (tcp, tls) =
                             vs.l4_routes(port, services, &hosts, &mut clusters, &mut warnings);
+                        (out.tcp_routes, port_sources.tcp) = tcp.into_iter().unzip();
+                        (out.tls_routes, port_sources.tls) = tls.into_iter().unzip();
                         ports.push(out);
                         sources.push(port_sources);
                     }
-                    if sources.iter().flatten().all(Option::is_none) {
+                    if sources.iter().all(PortSources::limits_nobody) {
                         sources.clear();
                     }
                     RoutedPorts {

@@ -8,6 +8,7 @@ use weft_proto::discovery::v1::Node;
 use weft_proto::proxy::v1::{self as pb, ProxyConfig};
 
 use super::hosts::fqdn;
+use super::http_rule::Source;
 use super::ports::{cluster_name, is_server_first};
 use super::{CompiledService, MeshIndex, RoutedPorts};
 use crate::registry::{PortProtocol, namespace_or_default};
@@ -171,19 +172,23 @@ impl RoutedPorts {
         if self.sources.is_empty() {
             return self.ports.clone();
         }
+        let admitted = |sources: &[Option<Source>], index: usize| {
+            sources
+                .get(index)
+                .and_then(Option::as_ref)
+                .is_none_or(|s| s.admits(namespace, labels))
+        };
+        fn keep<T: Clone>(routes: &[T], admit: impl Fn(usize) -> bool) -> Vec<T> {
+            let kept = routes.iter().enumerate().filter(|(index, _)| admit(*index));
+            kept.map(|(_, route)| route.clone()).collect()
+        }
         self.ports
             .iter()
             .zip(&self.sources)
             .map(|(port, sources)| pb::ServicePort {
-                routes: port
-                    .routes
-                    .iter()
-                    .zip(sources)
-                    .filter(|(_, source)| {
-                        source.as_ref().is_none_or(|s| s.admits(namespace, labels))
-                    })
-                    .map(|(route, _)| route.clone())
-                    .collect(),
+                routes: keep(&port.routes, |i| admitted(&sources.http, i)),
+                tcp_routes: keep(&port.tcp_routes, |i| admitted(&sources.tcp, i)),
+                tls_routes: keep(&port.tls_routes, |i| admitted(&sources.tls, i)),
                 ..port.clone()
             })
             .collect()
