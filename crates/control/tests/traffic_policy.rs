@@ -430,3 +430,36 @@ async fn locality_distribute_splits_by_the_configured_shares() {
     );
     assert_eq!(ignored.requests(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_endpoint_warms_up_before_taking_its_full_share() {
+    let old = Scripted::start("old", always(200, 0)).await;
+    let new = Scripted::start("new", always(200, 0)).await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: shop}\nspec:\n  host: shop\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 4s, minimumPercent: 10}}\n";
+    let mesh = mesh(&[&old], dr).await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    assert_eq!(tally(&mut client, 20).await.get("old"), Some(&20));
+
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: shop-new}}\nspec:\n  address: 127.0.0.1\n  ports: {{http: {}}}\n  labels: {{app: shop}}\n",
+        new.addr.port()
+    );
+    let reply = mesh.weftd.apply(&entry).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // Wait for the endpoint to arrive, then measure its first second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while new.requests() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the new endpoint never got traffic"
+        );
+        get(&mut client).await;
+    }
+    let early = tally(&mut client, 200).await;
+    let early_new = early.get("new").copied().unwrap_or(0);
+    // Round robin would give it 100 of 200; warming, it gets far less.
+    assert!(early_new < 70, "{early:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let warm = tally(&mut client, 200).await;
+    assert_eq!(warm.get("new"), Some(&100), "{warm:?}");
+}

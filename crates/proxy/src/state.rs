@@ -80,7 +80,7 @@ impl ProxyState {
     }
 
     fn try_apply(self: &Arc<Self>, config: ProxyConfig, source: &str) -> Result<(), ConfigError> {
-        let snapshot = Snapshot::compile(config, source)?;
+        let snapshot = Snapshot::compile_after(config, source, Some(&self.snapshot.load()))?;
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let bound = listeners
             .bind_new(&snapshot.listeners)

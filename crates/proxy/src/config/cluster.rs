@@ -8,7 +8,7 @@ use weft_proto::proxy::v1 as pb;
 
 use self::balance::{
     Algorithm, Balancer, DEFAULT_MAGLEV_SIZE, DEFAULT_RING_SIZE, HashKey, MAX_MAGLEV_SIZE,
-    MAX_RING_SIZE, Policy,
+    MAX_RING_SIZE, Policy, Warmup,
 };
 use super::Endpoint;
 use super::snapshot::{Problems, duration};
@@ -98,6 +98,65 @@ pub(super) fn compile_outlier(
         max_ejection_percent: outlier.max_ejection_percent.min(100),
         min_health_percent: outlier.min_health_percent.min(100),
     })
+}
+
+/// The balancer's slow start, when `warmup` is set: endpoints that were
+/// not in `before` (the cluster as the running config had it) warm up;
+/// those that were keep their start time; a cluster new to this proxy
+/// starts warm, as Envoy's does.
+pub(super) fn with_warmup(
+    balancer: Balancer,
+    lb: Option<&pb::LoadBalancer>,
+    endpoints: &[Endpoint],
+    before: Option<&Balancer>,
+    path: &str,
+    problems: &mut Problems,
+) -> Balancer {
+    let Some(warmup) = lb.and_then(|lb| lb.warmup.as_ref()) else {
+        return balancer;
+    };
+    let path = format!("{path}.warmup");
+    let Some(duration) = duration(
+        warmup.duration.as_ref(),
+        &format!("{path}.duration"),
+        problems,
+    ) else {
+        problems.push(format!("{path}.duration"), "is required");
+        return balancer;
+    };
+    if !(0.0..=100.0).contains(&warmup.minimum_percent) {
+        problems.push(
+            format!("{path}.minimumPercent"),
+            format!("must be 0..100, got {}", warmup.minimum_percent),
+        );
+    }
+    if warmup.aggression < 0.0 || warmup.aggression.is_nan() {
+        problems.push(format!("{path}.aggression"), "must not be negative");
+    }
+    let now = std::time::Instant::now();
+    let joined = endpoints
+        .iter()
+        .map(|e| {
+            let before = before?;
+            match before.index_of(e.address) {
+                Some(_) => before.joined(e.address),
+                None => Some(now),
+            }
+        })
+        .collect();
+    let aggression = if warmup.aggression == 0.0 {
+        1.0
+    } else {
+        warmup.aggression
+    };
+    balancer.with_warmup(
+        Warmup {
+            duration,
+            minimum: (warmup.minimum_percent / 100.0).clamp(0.0, 1.0),
+            aggression,
+        },
+        joined,
+    )
 }
 
 /// Unset policy: LEAST_REQUEST, Istio's default.

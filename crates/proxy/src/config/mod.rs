@@ -17,7 +17,8 @@ pub mod watch;
 pub use load::{ConfigError, parse_config};
 pub use resilience::{Fault, FaultAbort, FaultDelay, RetryOn, RetryPolicy};
 pub use route::{
-    Destination, DirectResponse, Forward, HeaderOps, Redirect, RedirectPort, Rewrite, Route, RouteAction,
+    Destination, DirectResponse, Forward, HeaderOps, Redirect, RedirectPort, Rewrite, Route,
+    RouteAction,
 };
 pub use route_match::{PathMatch, RequestView, RouteMatch};
 pub use snapshot::{

@@ -261,8 +261,18 @@ pub struct Snapshot {
 impl Snapshot {
     /// Validates and compiles; every problem is reported, one per line.
     pub fn compile(config: pb::ProxyConfig, source_name: &str) -> Result<Self, ConfigError> {
+        Self::compile_after(config, source_name, None)
+    }
+
+    /// As [`Self::compile`], replacing `previous`: what must outlive a
+    /// config change (when an endpoint joined, for slow start) carries over.
+    pub fn compile_after(
+        config: pb::ProxyConfig,
+        source_name: &str,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigError> {
         let mut problems = Problems::default();
-        let clusters = compile_clusters(&config, &mut problems);
+        let clusters = compile_clusters(&config, previous, &mut problems);
         let (services_by_host, services_by_vip) =
             compile_services(&config, &clusters, &mut problems);
         let inbound = compile_inbound(&config, &mut problems);
@@ -374,6 +384,7 @@ fn port_number(value: u32, path: &str, problems: &mut Problems) -> Option<u16> {
 
 fn compile_clusters(
     config: &pb::ProxyConfig,
+    previous: Option<&Snapshot>,
     problems: &mut Problems,
 ) -> HashMap<String, Arc<Cluster>> {
     let mut clusters = HashMap::new();
@@ -431,9 +442,19 @@ fn compile_clusters(
             problems,
         )
         .map(|policy| Outlier::new(policy, compiled.endpoints.iter().map(|e| e.address)));
-        compiled.balancer = compile_balancer(
+        let balancer = compile_balancer(
             cluster.load_balancer.as_ref(),
             &compiled.endpoints,
+            &format!("{path}.loadBalancer"),
+            problems,
+        );
+        compiled.balancer = super::cluster::with_warmup(
+            balancer,
+            cluster.load_balancer.as_ref(),
+            &compiled.endpoints,
+            previous
+                .and_then(|p| p.cluster(&cluster.name))
+                .map(|c| &c.balancer),
             &format!("{path}.loadBalancer"),
             problems,
         );

@@ -8,6 +8,9 @@ use weft_proto::proxy::v1 as pb;
 use pb::consistent_hash::{Algorithm, Key};
 use pb::load_balancer::Policy;
 
+/// Istio's `warmup.minimumPercent` default.
+const DEFAULT_WARMUP_MINIMUM_PERCENT: f64 = 10.0;
+
 /// The most specific `loadBalancer`, mapped; `None` leaves the proxy's
 /// default (LEAST_REQUEST). `label` names the cluster in warnings.
 pub(super) fn load_balancer(
@@ -17,11 +20,6 @@ pub(super) fn load_balancer(
     warnings: &mut Vec<String>,
 ) -> Option<pb::LoadBalancer> {
     let lb: &LoadBalancerSettings = super::limits::most_specific!(policies, port, load_balancer)?;
-    if lb.warmup.is_some() || !lb.warmup_duration_secs.is_empty() {
-        warnings.push(format!(
-            "{label}: loadBalancer.warmup is not supported yet; ignored"
-        ));
-    }
     // The enum is not exported from weft_api: read its serde name.
     let simple = lb
         .simple
@@ -95,10 +93,27 @@ pub(super) fn load_balancer(
             failover_priority: setting.failover_priority.clone(),
             disabled: setting.enabled == Some(false),
         });
+    // `warmup` replaces the deprecated `warmupDurationSecs`.
+    let warmup = match (&lb.warmup, lb.warmup_duration_secs.as_str()) {
+        (Some(warmup), _) => Some(pb::Warmup {
+            duration: weft_api::field::parse_duration(&warmup.duration).map(Into::into),
+            minimum_percent: warmup
+                .minimum_percent
+                .unwrap_or(DEFAULT_WARMUP_MINIMUM_PERCENT),
+            aggression: warmup.aggression.unwrap_or(1.0),
+        }),
+        (None, "") => None,
+        (None, seconds) => Some(pb::Warmup {
+            duration: weft_api::field::parse_duration(seconds).map(Into::into),
+            minimum_percent: DEFAULT_WARMUP_MINIMUM_PERCENT,
+            aggression: 1.0,
+        }),
+    };
     Some(pb::LoadBalancer {
         policy: policy as i32,
         consistent_hash,
         locality,
+        warmup,
     })
 }
 

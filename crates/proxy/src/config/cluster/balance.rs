@@ -13,7 +13,7 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 
@@ -80,6 +80,35 @@ pub struct Balancer {
     by_addr: HashMap<SocketAddr, usize>,
     /// Priority level per endpoint; empty when all share one level.
     priorities: Vec<u32>,
+    warmup: Option<Warmup>,
+    /// Per endpoint: when it joined the running cluster (slow start);
+    /// `None` for endpoints that need no warm-up.
+    joined: Vec<Option<Instant>>,
+}
+
+/// Slow start (DestinationRule `loadBalancer.warmup`), as Envoy does it: a
+/// new endpoint's weight is scaled by `max(minimum, (age / duration) ^
+/// (1 / aggression))` until it is `duration` old.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Warmup {
+    pub duration: Duration,
+    /// 0..1.
+    pub minimum: f64,
+    pub aggression: f64,
+}
+
+impl Warmup {
+    /// The weight factor of an endpoint that joined at `joined`; `None`
+    /// once it is warm.
+    fn factor(&self, joined: Instant, now: Instant) -> Option<f64> {
+        let age = now.saturating_duration_since(joined);
+        if age >= self.duration || self.duration.is_zero() {
+            return None;
+        }
+        let progress = age.as_secs_f64() / self.duration.as_secs_f64();
+        let curve = progress.powf(1.0 / self.aggression.max(f64::MIN_POSITIVE));
+        Some(curve.max(self.minimum).min(1.0))
+    }
 }
 
 /// Holds one request in flight on an endpoint until dropped.
@@ -141,6 +170,8 @@ impl Balancer {
             })
             .collect();
         Self {
+            warmup: None,
+            joined: Vec::new(),
             priorities,
             members,
             rotations,
@@ -150,6 +181,22 @@ impl Balancer {
             active: endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
             by_addr,
         }
+    }
+
+    /// Turns on slow start; `joined[i]` is when endpoint `i` joined the
+    /// running cluster (`None`: no warm-up, e.g. it was there from the
+    /// start). Consistent hashing and RANDOM ignore it, as in Istio.
+    pub fn with_warmup(mut self, warmup: Warmup, joined: Vec<Option<Instant>>) -> Self {
+        if matches!(self.policy, Policy::RoundRobin | Policy::LeastRequest) {
+            self.warmup = Some(warmup);
+            self.joined = joined;
+        }
+        self
+    }
+
+    /// When the endpoint at `addr` joined, if it is (or was) warming up.
+    pub fn joined(&self, addr: SocketAddr) -> Option<Instant> {
+        self.joined.get(self.index_of(addr)?).copied().flatten()
     }
 
     pub fn policy(&self) -> Policy {
@@ -243,6 +290,9 @@ impl Balancer {
             return table.lookup(hash, &out, tried);
         }
         let level = level.map_or(0, |l| l as usize);
+        if let Some(warming) = self.pick_warming(level, &out) {
+            return Some(warming);
+        }
         match self.policy {
             // Passthrough without an original destination (an explicit
             // listener) has no address of its own to use: round robin.
@@ -291,6 +341,42 @@ impl Balancer {
             left -= load;
         }
         Some(top)
+    }
+
+    /// While some endpoint of the level is warming up: a weighted random
+    /// pick with warm-up factors applied. `None` when none is warming (the
+    /// policy picks as usual) or nothing is eligible.
+    fn pick_warming(&self, level: usize, out: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let warmup = self.warmup.as_ref()?;
+        let now = Instant::now();
+        let members = self.members.get(level)?;
+        let mut any_warming = false;
+        let weights: Vec<(usize, f64)> = members
+            .iter()
+            .filter(|i| !out(**i))
+            .map(|i| {
+                let factor = self
+                    .joined
+                    .get(*i)
+                    .copied()
+                    .flatten()
+                    .and_then(|joined| warmup.factor(joined, now));
+                any_warming |= factor.is_some();
+                (*i, self.weights[*i] as f64 * factor.unwrap_or(1.0))
+            })
+            .collect();
+        if !any_warming {
+            return None;
+        }
+        let total: f64 = weights.iter().map(|(_, w)| w).sum();
+        let mut point = (random_u64() as f64 / u64::MAX as f64) * total;
+        for (index, weight) in &weights {
+            if point < *weight {
+                return Some(*index);
+            }
+            point -= weight;
+        }
+        weights.last().map(|(index, _)| *index)
     }
 
     fn round_robin(&self, level: usize, out: &dyn Fn(usize) -> bool) -> Option<usize> {

@@ -186,3 +186,30 @@ fn load_spills_to_the_next_level_as_health_drops() {
     let counts = shares(&prioritized(), &[true, true, true, false], 1_000);
     assert_eq!(counts, [0, 0, 0, 1_000]);
 }
+
+#[test]
+fn a_joining_endpoint_warms_up_from_the_minimum_share() {
+    let warmup = Warmup {
+        duration: Duration::from_secs(10),
+        minimum: 0.1,
+        aggression: 1.0,
+    };
+    let now = Instant::now();
+    let share_of_new = |joined: Instant| {
+        let balancer = Balancer::new(&endpoints(&[1, 1]), Policy::RoundRobin, None)
+            .with_warmup(warmup, vec![None, Some(joined)]);
+        let picks = (0..10_000)
+            .filter(|_| balancer.pick(None, None, &[]) == Some(1))
+            .count();
+        picks as f64 / 100.0
+    };
+    // Just joined: weight × 10% → 1/11 of the traffic.
+    let fresh = share_of_new(now);
+    assert!((6.0..=12.5).contains(&fresh), "{fresh}%");
+    // Half way: weight × 50% → 1/3.
+    let half = share_of_new(now - Duration::from_secs(5));
+    assert!((29.0..=38.0).contains(&half), "{half}%");
+    // Warm: round robin again, exactly half.
+    let warm = share_of_new(now - Duration::from_secs(11));
+    assert_eq!(warm, 50.0);
+}
