@@ -463,3 +463,24 @@ async fn a_new_endpoint_warms_up_before_taking_its_full_share() {
     let warm = tally(&mut client, 200).await;
     assert_eq!(warm.get("new"), Some(&100), "{warm:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejection_survives_a_config_change() {
+    let failing = Scripted::start("failing", always(503, 0)).await;
+    let healthy = Scripted::start("healthy", always(200, 0)).await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: shop}\nspec:\n  host: shop\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 60s, maxEjectionPercent: 100}\n";
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop}\nspec:\n  hosts: [shop]\n  http:\n  - retries: {attempts: 0}\n    route:\n    - destination: {host: shop}\n";
+    let mesh = mesh(&[&failing, &healthy], &format!("{dr}---\n{vs}")).await;
+    let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+    tally(&mut client, 10).await;
+    let ejected_at = failing.requests();
+    // Another change reaches the proxy: the cluster is rebuilt...
+    let other = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop}\nspec:\n  hosts: [shop]\n  http:\n  - retries: {attempts: 0}\n    timeout: 5s\n    route:\n    - destination: {host: shop}\n";
+    let reply = mesh.weftd.apply(other).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // ...and the failing endpoint stays ejected.
+    let counts = tally(&mut client, 20).await;
+    assert_eq!(counts.get("healthy"), Some(&20), "{counts:?}");
+    assert_eq!(failing.requests(), ejected_at);
+}

@@ -442,6 +442,12 @@ fn compile_clusters(
             problems,
         )
         .map(|policy| Outlier::new(policy, compiled.endpoints.iter().map(|e| e.address)));
+        let before = previous.and_then(|p| p.cluster(&cluster.name));
+        if let (Some(outlier), Some(old)) =
+            (&compiled.outlier, before.and_then(|c| c.outlier.as_ref()))
+        {
+            outlier.carry_from(old);
+        }
         let balancer = compile_balancer(
             cluster.load_balancer.as_ref(),
             &compiled.endpoints,
@@ -452,9 +458,7 @@ fn compile_clusters(
             balancer,
             cluster.load_balancer.as_ref(),
             &compiled.endpoints,
-            previous
-                .and_then(|p| p.cluster(&cluster.name))
-                .map(|c| &c.balancer),
+            before.map(|c| &c.balancer),
             &format!("{path}.loadBalancer"),
             problems,
         );

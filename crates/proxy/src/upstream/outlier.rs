@@ -106,6 +106,20 @@ impl Outlier {
         }
     }
 
+    /// Takes over what `before` (the same cluster in the config being
+    /// replaced) knew of the endpoints both have: a config change must not
+    /// end ejections or reset counters.
+    pub fn carry_from(&self, before: &Outlier) {
+        let old = before.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        for (addr, position) in &self.index {
+            let kept = before.index.get(addr).and_then(|i| old.get(*i));
+            if let (Some(kept), Some(host)) = (kept, hosts.get_mut(*position)) {
+                *host = kept.clone();
+            }
+        }
+    }
+
     /// Counts one try's result; returns how long the endpoint is ejected
     /// for when this result ejects it.
     pub fn record(&self, addr: SocketAddr, result: TryResult, now: Instant) -> Option<Duration> {
