@@ -1,11 +1,14 @@
 //! weft: the Weft command line (Istio's istioctl).
 //!
-//! `validate` and `version` work offline; `apply`, `get`, `delete` and
-//! `proxy-status` talk to weftd's HTTP API (`--weftd`, `$WEFT_ADDR`).
+//! `validate` and `version` work offline; `up` runs a whole mesh on this
+//! machine and `down` stops it; `apply`, `get`, `delete` and
+//! `proxy-status` talk to weftd's HTTP API (`--weftd`, `$WEFT_ADDR`, else
+//! the weftd of the one running `weft up`, else 127.0.0.1:15014).
 
 mod apply;
 mod client;
 mod get;
+mod up;
 mod validate;
 
 use std::path::PathBuf;
@@ -16,18 +19,15 @@ use clap::{Parser, Subcommand};
 use crate::client::Weftd;
 use crate::get::{Output, Query};
 
+const DEFAULT_WEFTD: &str = "127.0.0.1:15014";
+
 #[derive(Parser, Debug)]
 #[command(name = "weft", version, about = "The Weft service mesh command line")]
 struct Args {
-    /// Where weftd's API listens.
-    #[arg(
-        long = "weftd",
-        value_name = "ADDR",
-        env = "WEFT_ADDR",
-        default_value = "127.0.0.1:15014",
-        global = true
-    )]
-    weftd: String,
+    /// Where weftd's API listens (default: the weftd of the running
+    /// `weft up`, if exactly one runs, else 127.0.0.1:15014).
+    #[arg(long = "weftd", value_name = "ADDR", env = "WEFT_ADDR", global = true)]
+    weftd: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,14 +81,29 @@ enum Command {
     },
     /// Show whether each proxy serves the config weftd last pushed.
     ProxyStatus,
+    /// Run the mesh of a directory on this machine: weftd, every workload
+    /// in its own network namespace beside its sidecar, ingress gateways.
+    /// Stays in the foreground; Ctrl-C stops it all.
+    Up(up::UpArgs),
+    /// Stop a running `weft up` (or clean up after one that crashed).
+    Down {
+        /// The mesh's name; may be left out when only one is recorded.
+        name: Option<String>,
+    },
     /// Print the version of this client.
     Version,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let address = args.weftd.as_str();
+    let address = args
+        .weftd
+        .or_else(up::state::running_api)
+        .unwrap_or_else(|| DEFAULT_WEFTD.to_string());
+    let address = address.as_str();
     match args.command {
+        Command::Up(up_args) => up::up(up_args),
+        Command::Down { name } => up::down(name),
         Command::Validate { paths, verbose } => validate::run(&paths, verbose),
         Command::Version => {
             println!("weft {}", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,220 @@
+//! `weft up DIR`: a whole mesh on this machine. A node network namespace
+//! with a bridge; per workload instance a pod namespace with the app and a
+//! sidecar (UID 1337) behind Istio-style interception rules; ingress
+//! gateways; weftd on the host, reached from the node through a relay.
+//! Stays in the foreground; Ctrl-C (or `weft down`) tears it all down.
+//! docs/weft-up.md describes the mesh file and each step.
+
+mod down;
+pub mod meshfile;
+mod network;
+mod plan;
+mod privileges;
+mod process;
+mod relay;
+mod start;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+pub use down::down;
+
+use self::plan::Plan;
+use self::start::Running;
+
+/// Exit code when the machine lacks what `weft up` needs.
+const EXIT_PRIVILEGES: u8 = 2;
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// A directory with `mesh.yaml` (kind Mesh) and Istio resources.
+    pub dir: PathBuf,
+    /// The mesh's name (namespaces `weft-NAME-*`, state under
+    /// `$WEFT_HOME/meshes/NAME`); default: metadata.name, else the
+    /// directory's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Host address of the first gateway's first exposed port (default: as
+    /// the mesh file says, 127.0.0.1:8080 in the demo).
+    #[arg(long, value_name = "ADDR")]
+    pub ingress: Option<SocketAddr>,
+    /// weftd's API address (default 127.0.0.1:15014, or a free port if
+    /// that one is taken).
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<SocketAddr>,
+}
+
+pub fn up(args: UpArgs) -> ExitCode {
+    let plan = match prepare(&args) {
+        Ok(plan) => plan,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(message) = privileges::check() {
+        eprintln!("{message}");
+        return ExitCode::from(EXIT_PRIVILEGES);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("weft up: cannot start the I/O runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(plan, &args))
+}
+
+/// Everything that can be checked before touching the machine: the mesh
+/// file, the Istio files beside it, the mesh name, the binaries.
+fn prepare(args: &UpArgs) -> Result<Plan, String> {
+    let dir = std::fs::canonicalize(&args.dir)
+        .map_err(|err| format!("weft up: {}: {err}", args.dir.display()))?;
+    let file = args.dir.join(meshfile::FILE_NAME);
+    let mesh = meshfile::load(&dir).map_err(|message| {
+        // Name the file as the user wrote the directory.
+        message.replace(meshfile::FILE_NAME, &file.display().to_string())
+    })?;
+    let name = args
+        .name
+        .clone()
+        .or_else(|| mesh.metadata.name.clone())
+        .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    if !is_mesh_name(&name) {
+        return Err(format!(
+            "weft up: mesh name {name:?} (from --name, metadata.name or the directory) must be at most 40 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ));
+    }
+    check_istio_files(&dir)?;
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .ok_or("weft up: cannot tell where the weft binary is")?;
+    for binary in ["weftd", "weft-proxy"] {
+        if !bin_dir.join(binary).is_file() {
+            return Err(format!(
+                "weft up: {binary} is not next to weft in {}; build the workspace (`cargo build --release --workspace`, as scripts/up does)",
+                bin_dir.display()
+            ));
+        }
+    }
+    Ok(Plan::new(&mesh, &name, &dir, &bin_dir))
+}
+
+fn is_mesh_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=40).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// The Istio resources weftd will load from DIR (`--config-dir`), checked
+/// now so that a typo stops `weft up` before anything starts.
+fn check_istio_files(dir: &Path) -> Result<(), String> {
+    let files = weft_api::config_files(dir)
+        .map_err(|err| format!("weft up: cannot list {}: {err}", dir.display()))?;
+    let mut problems = Vec::new();
+    for file in files {
+        if file.parent() == Some(dir) && file.file_name() == Some(meshfile::FILE_NAME.as_ref()) {
+            continue;
+        }
+        let decoded = weft_api::decode_file(&file);
+        problems.extend(decoded.problems.iter().map(ToString::to_string));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        problems.push(format!(
+            "weft up: {} problem(s) in the Istio files of {}; nothing started",
+            problems.len(),
+            dir.display()
+        ));
+        Err(problems.join("\n"))
+    }
+}
+
+/// The signals that stop the mesh: Ctrl-C, `weft down` (SIGTERM), and a
+/// closed terminal.
+struct Signals(Vec<Signal>);
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self(vec![
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        ]))
+    }
+
+    async fn next(&mut self) {
+        let [a, b, c] = self.0.as_mut_slice() else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = a.recv() => {}
+            _ = b.recv() => {}
+            _ = c.recv() => {}
+        }
+    }
+}
+
+async fn run(plan: Plan, args: &UpArgs) -> ExitCode {
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(err) => {
+            eprintln!("weft up: cannot handle signals: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut running = match Running::claim(plan) {
+        Ok(running) => running,
+        Err(err) => {
+            eprintln!("weft up: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let began = std::time::Instant::now();
+    let started = tokio::select! {
+        result = running.start(args.ingress, args.api) => result,
+        _ = signals.next() => Err(anyhow::anyhow!("interrupted while starting")),
+    };
+    let code = match started {
+        Ok(()) => {
+            running.print_summary(began.elapsed());
+            running.supervise(&mut signals).await;
+            eprintln!("weft up: stopping");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("weft up: {err:#}");
+            eprintln!("weft up: undoing what was started");
+            ExitCode::FAILURE
+        }
+    };
+    let problems = running.tear_down().await;
+    for problem in &problems {
+        eprintln!("weft up: cleanup: {problem}");
+    }
+    if problems.is_empty() {
+        eprintln!(
+            "weft up: stopped; logs kept in {}",
+            running.logs_dir().display()
+        );
+        code
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,385 @@
+//! The mesh file turned into what `weft up` creates: namespace names, pod
+//! and service addresses, argv and env of every process, the hosts file of
+//! each pod and the ServiceEntries weftd gets. Pure: nothing here touches
+//! the machine, so the whole layout is decided (and checked) up front.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::meshfile::{self, Cidr, Expose, MeshFile};
+
+/// The port sidecars reach weftd at, on the bridge address (Istio's
+/// istiod plaintext discovery port).
+pub const DISCOVERY_PORT: u16 = 15010;
+/// The sidecar's UID and GID: excluded from interception.
+pub const PROXY_UID: u32 = 1337;
+
+pub struct Plan {
+    pub name: String,
+    /// Absolute.
+    pub dir: PathBuf,
+    pub pod_cidr: Cidr,
+    pub bridge: Ipv4Addr,
+    pub node_netns: String,
+    pub pods: Vec<Pod>,
+    pub services: Vec<ServicePlan>,
+}
+
+pub struct Pod {
+    /// `<workload>-<index>`.
+    pub name: String,
+    pub netns: String,
+    /// The host end of the pod's veth, inside the node namespace.
+    pub veth: String,
+    pub ip: Ipv4Addr,
+    pub workload: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    pub role: Role,
+}
+
+pub enum Role {
+    /// An app behind an intercepting sidecar.
+    Workload {
+        /// (port, sidecar protocol if known)
+        ports: Vec<(u16, Option<&'static str>)>,
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+    /// weft-proxy in router mode; `expose` maps host addresses to its ports.
+    Gateway { expose: Vec<Expose> },
+}
+
+pub struct ServicePlan {
+    pub name: String,
+    pub namespace: String,
+    pub vip: Ipv4Addr,
+    pub ports: Vec<PortPlan>,
+    pub selector: BTreeMap<String, String>,
+}
+
+pub struct PortPlan {
+    pub name: String,
+    pub port: u16,
+    /// Upper case, as in Istio resources; `None` leaves it to detection.
+    pub protocol: Option<String>,
+    pub target_port: Option<u16>,
+}
+
+impl ServicePlan {
+    pub fn hostname(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    }
+
+    /// Every name a pod may use for this service (as Kubernetes DNS
+    /// search paths allow).
+    pub fn names(&self) -> [String; 4] {
+        let (name, ns) = (&self.name, &self.namespace);
+        [
+            name.clone(),
+            format!("{name}.{ns}"),
+            format!("{name}.{ns}.svc"),
+            self.hostname(),
+        ]
+    }
+
+    fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.namespace == namespace
+            && self
+                .selector
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value))
+    }
+}
+
+impl Plan {
+    /// `dir` must be absolute; `bin_dir` is what `${WEFT_BIN_DIR}` expands to.
+    pub fn new(mesh: &MeshFile, name: &str, dir: &Path, bin_dir: &Path) -> Self {
+        let spec = &mesh.spec;
+        // Checked by meshfile::check; the defaults always parse.
+        let parse = |given: &Option<String>, default| {
+            Cidr::parse(given.as_deref().unwrap_or(default)).unwrap_or(Cidr {
+                base: Ipv4Addr::new(10, 203, 0, 0),
+                prefix: 16,
+            })
+        };
+        let pod_cidr = parse(&spec.pod_cidr, meshfile::DEFAULT_POD_CIDR);
+        let service_cidr = parse(&spec.service_cidr, meshfile::DEFAULT_SERVICE_CIDR);
+        let services: Vec<ServicePlan> = spec
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, service)| ServicePlan {
+                name: service.name.clone(),
+                namespace: meshfile::namespace_of(&service.namespace).to_string(),
+                vip: service_cidr.host(i as u32 + 1).unwrap_or(service_cidr.base),
+                ports: service
+                    .ports
+                    .iter()
+                    .map(|port| {
+                        let name = port
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| format!("port-{}", port.port));
+                        let protocol = port
+                            .protocol
+                            .as_deref()
+                            .and_then(meshfile::sidecar_protocol)
+                            .or_else(|| meshfile::protocol_from_name(&name))
+                            .map(str::to_ascii_uppercase);
+                        PortPlan {
+                            name,
+                            port: port.port,
+                            protocol,
+                            target_port: port.target_port,
+                        }
+                    })
+                    .collect(),
+                selector: service.selector.clone(),
+            })
+            .collect();
+
+        let expand = |text: &str| {
+            text.replace("${WEFT_BIN_DIR}", &bin_dir.display().to_string())
+                .replace("${MESH_DIR}", &dir.display().to_string())
+        };
+        let mut pods = Vec::new();
+        let mut next_ip = 2u32;
+        let mut add = |pods: &mut Vec<Pod>,
+                       workload: &str,
+                       index: u32,
+                       make: &dyn Fn(Ipv4Addr, &str) -> Pod| {
+            let ip = pod_cidr.host(next_ip).unwrap_or(pod_cidr.base);
+            let veth = format!("wv{}", pods.len());
+            next_ip += 1;
+            let pod_name = format!("{workload}-{index}");
+            let mut pod = make(ip, &pod_name);
+            pod.veth = veth;
+            pods.push(pod);
+        };
+        for workload in &spec.workloads {
+            let namespace = meshfile::namespace_of(&workload.namespace).to_string();
+            let ports: Vec<(u16, Option<&'static str>)> = workload
+                .ports
+                .iter()
+                .map(|port| {
+                    let protocol = port
+                        .protocol
+                        .as_deref()
+                        .and_then(meshfile::sidecar_protocol)
+                        .or_else(|| {
+                            services
+                                .iter()
+                                .filter(|s| s.selects(&namespace, &workload.labels))
+                                .flat_map(|s| &s.ports)
+                                .find(|p| p.target_port.unwrap_or(p.port) == port.port)
+                                .and_then(|p| p.protocol.as_deref())
+                                .and_then(meshfile::sidecar_protocol)
+                        })
+                        .or_else(|| port.name.as_deref().and_then(meshfile::protocol_from_name));
+                    (port.port, protocol)
+                })
+                .collect();
+            let command: Vec<String> = workload.command.iter().map(|arg| expand(arg)).collect();
+            let env: Vec<(String, String)> = workload
+                .env
+                .iter()
+                .map(|(key, value)| {
+                    (
+                        key.clone(),
+                        expand(&meshfile::env_text(value).unwrap_or_default()),
+                    )
+                })
+                .collect();
+            for index in 0..workload.replicas.unwrap_or(1) {
+                add(&mut pods, &workload.name, index, &|ip, pod_name| Pod {
+                    name: pod_name.to_string(),
+                    netns: format!("weft-{name}-{pod_name}"),
+                    veth: String::new(),
+                    ip,
+                    workload: workload.name.clone(),
+                    namespace: namespace.clone(),
+                    service_account: workload
+                        .service_account
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    labels: workload.labels.clone(),
+                    role: Role::Workload {
+                        ports: ports.clone(),
+                        command: command.clone(),
+                        env: env.clone(),
+                    },
+                });
+            }
+        }
+        for gateway in &spec.gateways {
+            add(&mut pods, &gateway.name, 0, &|ip, pod_name| Pod {
+                name: pod_name.to_string(),
+                netns: format!("weft-{name}-{pod_name}"),
+                veth: String::new(),
+                ip,
+                workload: gateway.name.clone(),
+                namespace: meshfile::namespace_of(&gateway.namespace).to_string(),
+                // Istio's gateway charts name the account after the gateway.
+                service_account: gateway
+                    .service_account
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-service-account", gateway.name)),
+                labels: gateway.labels.clone(),
+                role: Role::Gateway {
+                    expose: gateway.expose.clone(),
+                },
+            });
+        }
+        Self {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            pod_cidr,
+            bridge: pod_cidr.host(1).unwrap_or(pod_cidr.base),
+            node_netns: format!("weft-{name}-node"),
+            pods,
+            services,
+        }
+    }
+
+    pub fn discovery_address(&self) -> SocketAddr {
+        SocketAddr::from((self.bridge, DISCOVERY_PORT))
+    }
+
+    /// `/etc/hosts` inside every pod: loopback, the pod itself, and each
+    /// service's names at its VIP.
+    pub fn hosts_file(&self, pod: &Pod) -> String {
+        let mut text = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+            pod.ip, pod.name
+        );
+        for service in &self.services {
+            text.push_str(&format!("{}\t{}\n", service.vip, service.names().join(" ")));
+        }
+        text
+    }
+
+    /// The mesh's services as ServiceEntries: a VIP each, endpoints
+    /// selected from the connected sidecars by label.
+    pub fn service_entries(&self) -> Value {
+        let items: Vec<Value> = self
+            .services
+            .iter()
+            .map(|service| {
+                let ports: Vec<Value> = service
+                    .ports
+                    .iter()
+                    .map(|port| {
+                        let mut value = json!({"number": port.port, "name": port.name});
+                        if let Some(protocol) = &port.protocol {
+                            value["protocol"] = json!(protocol);
+                        }
+                        if let Some(target) = port.target_port {
+                            value["targetPort"] = json!(target);
+                        }
+                        value
+                    })
+                    .collect();
+                json!({
+                    "apiVersion": "networking.istio.io/v1",
+                    "kind": "ServiceEntry",
+                    "metadata": {"name": service.name, "namespace": service.namespace},
+                    "spec": {
+                        "hosts": [service.hostname()],
+                        "addresses": [service.vip.to_string()],
+                        "location": "MESH_INTERNAL",
+                        "resolution": "STATIC",
+                        "ports": ports,
+                        "workloadSelector": {"labels": service.selector},
+                    },
+                })
+            })
+            .collect();
+        json!({"apiVersion": "v1", "kind": "List", "items": items})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = r#"
+apiVersion: weft.dev/v1alpha1
+kind: Mesh
+spec:
+  services:
+  - {name: a, ports: [{name: http, port: 80, targetPort: 8000}], selector: {app: a}}
+  - {name: b, namespace: shop, ports: [{name: web, port: 9080}], selector: {app: b}}
+  workloads:
+  - {name: a-v1, labels: {app: a}, replicas: 2, ports: [{port: 8000}], command: ["${WEFT_BIN_DIR}/a", "${MESH_DIR}/x"], env: {HOME_DIR: "${MESH_DIR}"}}
+  - {name: b-v1, namespace: shop, labels: {app: b}, ports: [{name: grpc-api, port: 9080}], command: [b]}
+  gateways:
+  - {name: gw, labels: {istio: ingressgateway}, expose: [{hostAddress: "127.0.0.1:8080", port: 8080}]}
+"#;
+
+    fn plan() -> Plan {
+        let mesh = meshfile::parse(MESH, "mesh.yaml").expect("mesh");
+        Plan::new(&mesh, "demo", Path::new("/m"), Path::new("/bin/w"))
+    }
+
+    #[test]
+    fn pods_and_services_get_addresses_in_declaration_order() {
+        let plan = plan();
+        let summary: Vec<_> = plan
+            .pods
+            .iter()
+            .map(|p| (p.netns.as_str(), p.veth.as_str(), p.ip.to_string()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("weft-demo-a-v1-0", "wv0", "10.203.0.2".to_string()),
+                ("weft-demo-a-v1-1", "wv1", "10.203.0.3".to_string()),
+                ("weft-demo-b-v1-0", "wv2", "10.203.0.4".to_string()),
+                ("weft-demo-gw-0", "wv3", "10.203.0.5".to_string()),
+            ]
+        );
+        assert_eq!(plan.bridge, Ipv4Addr::new(10, 203, 0, 1));
+        assert_eq!(plan.services[1].vip, Ipv4Addr::new(240, 240, 0, 2));
+        assert_eq!(plan.pods[3].service_account, "gw-service-account");
+    }
+
+    #[test]
+    fn commands_expand_and_ports_take_the_service_protocol() {
+        let plan = plan();
+        let Role::Workload {
+            ports,
+            command,
+            env,
+        } = &plan.pods[0].role
+        else {
+            panic!("a workload");
+        };
+        assert_eq!(command, &["/bin/w/a", "/m/x"]);
+        assert_eq!(env, &[("HOME_DIR".to_string(), "/m".to_string())]);
+        // No protocol on the workload port: the selecting service's
+        // targetPort says HTTP.
+        assert_eq!(ports, &[(8000, Some("http"))]);
+        let Role::Workload { ports, .. } = &plan.pods[2].role else {
+            panic!("a workload");
+        };
+        assert_eq!(ports, &[(9080, Some("grpc"))]);
+    }
+
+    #[test]
+    fn service_entries_decode_as_istio_resources() {
+        let plan = plan();
+        let decoded = weft_api::decode::decode_document(plan.service_entries(), "generated", 1);
+        assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
+        assert_eq!(decoded.resources.len(), 2);
+        let hosts = plan.hosts_file(&plan.pods[0]);
+        assert!(
+            hosts.contains("240.240.0.2\tb b.shop b.shop.svc b.shop.svc.cluster.local\n"),
+            "{hosts}"
+        );
+    }
+}

@@ -1,0 +1,618 @@
+//! The running mesh: start-up in order (weftd, node, pods, sidecars, apps,
+//! ingress), supervision, and teardown in reverse. Every step records
+//! what it makes in the state file *before* making it, so a failure at any
+//! point is undone completely, here or by `weft down`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::Signals;
+use super::network::{self, NsSockets};
+use super::plan::{PROXY_UID, Plan, Pod, Role};
+use super::process::{self, Proc, ProcRecord};
+use super::relay::{self, Upstream};
+use super::state::{self, State};
+
+const DEFAULT_API: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15014);
+/// weftd's API must answer within this after start.
+const WEFTD_TIMEOUT: Duration = Duration::from_secs(20);
+/// Sidecars: start, connect through the relay, get their first config.
+const SIDECAR_TIMEOUT: Duration = Duration::from_secs(30);
+/// Apps: start listening on their declared ports.
+const APP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where sidecars' binaries are copied: reachable by UID 1337, unlike a
+/// home directory.
+const RUNTIME_ROOT: &str = "/run/weft";
+
+pub struct Running {
+    plan: Plan,
+    state: State,
+    run_dir: PathBuf,
+    weftd: Vec<Proc>,
+    sidecars: Vec<Proc>,
+    apps: Vec<Proc>,
+    relays: Vec<JoinHandle<()>>,
+    /// (host address, gateway pod, pod port) of every exposed port.
+    ingress: Vec<(SocketAddr, String, SocketAddr)>,
+    api: Option<SocketAddr>,
+}
+
+impl Running {
+    /// Takes the mesh's name: refuses if a runner of that name is alive,
+    /// cleans up after one that crashed, and refuses namespaces it did not
+    /// make.
+    pub fn claim(plan: Plan) -> anyhow::Result<Self> {
+        if let Some(old) = State::load(&plan.name)? {
+            if old.runner_alive() {
+                bail!(
+                    "mesh {:?} is already running (pid {}); stop it with `weft down {}`",
+                    plan.name,
+                    old.runner.as_ref().map_or(0, |r| r.pid),
+                    plan.name
+                );
+            }
+            eprintln!(
+                "weft up: cleaning up after an earlier run of {:?} that did not stop cleanly",
+                plan.name
+            );
+            let problems = old.clean_up();
+            if !problems.is_empty() {
+                bail!("cannot clean up the earlier run: {}", problems.join("; "));
+            }
+        }
+        let namespaces =
+            std::iter::once(&plan.node_netns).chain(plan.pods.iter().map(|p| &p.netns));
+        for netns in namespaces {
+            if network::netns_exists(netns) {
+                bail!(
+                    "network namespace {netns} exists but no state file records it; if it is a leftover of weft, remove it with `ip netns del {netns}`"
+                );
+            }
+        }
+        let run_dir = state::run_dir(&plan.name);
+        let state = State {
+            name: plan.name.clone(),
+            dir: plan.dir.clone(),
+            runner: Some(ProcRecord::of_self("weft up")),
+            ..State::default()
+        };
+        Ok(Self {
+            plan,
+            state,
+            run_dir,
+            weftd: Vec::new(),
+            sidecars: Vec::new(),
+            apps: Vec::new(),
+            relays: Vec::new(),
+            ingress: Vec::new(),
+            api: None,
+        })
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.run_dir.join("logs")
+    }
+
+    pub async fn start(
+        &mut self,
+        ingress: Option<SocketAddr>,
+        api: Option<SocketAddr>,
+    ) -> anyhow::Result<()> {
+        // A fresh run: earlier logs and weftd's store go (the mesh's
+        // config is DIR; `weft apply` changes last until `weft down`).
+        let logs = self.logs_dir();
+        let _ = std::fs::remove_dir_all(&logs);
+        let _ = std::fs::remove_dir_all(self.run_dir.join("weftd"));
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("cannot create {}", logs.display()))?;
+        self.state.save()?;
+
+        // Host ports first: a taken port fails before anything is made.
+        let listeners = self.bind_ingress(ingress).await?;
+        let api = pick_api(api).await?;
+        let grpc = free_loopback_port().await?;
+        let began = Instant::now();
+        let step =
+            |what: &str| eprintln!("weft up: {what} ({:.1}s)", began.elapsed().as_secs_f64());
+        self.start_weftd(api, grpc).await?;
+        step(&format!("weftd ready, API on {api}"));
+
+        self.state.namespaces.push(self.plan.node_netns.clone());
+        self.state.save()?;
+        network::create_node(&self.plan)?;
+        let node = Arc::new(NsSockets::enter(&self.plan.node_netns)?);
+        let discovery = node
+            .listen(self.plan.discovery_address())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} in the node",
+                    self.plan.discovery_address()
+                )
+            })?;
+        self.relays
+            .push(relay::spawn(discovery, Upstream::Host(grpc), "discovery"));
+
+        for pod in &self.plan.pods {
+            // Pods before the node in the list: deleted first.
+            self.state.namespaces.insert(0, pod.netns.clone());
+            self.state.etc_dirs.push(network::etc_dir(&pod.netns));
+            self.state.save()?;
+            network::create_pod(&self.plan, pod)
+                .with_context(|| format!("pod {}: cannot set up its network", pod.name))?;
+            network::write_etc(pod, &self.plan.hosts_file(pod))?;
+            if matches!(pod.role, Role::Workload { .. }) {
+                network::intercept(pod)?;
+            }
+        }
+
+        step(&format!("node and {} pods created", self.plan.pods.len()));
+        let proxy = self.install_proxy_binary()?;
+        let sidecars: Vec<(String, Vec<String>)> = self
+            .plan
+            .pods
+            .iter()
+            .map(|pod| (pod.name.clone(), self.sidecar_argv(pod, &proxy)))
+            .collect();
+        for (pod, argv) in sidecars {
+            let log = logs.join(format!("{pod}-sidecar.log"));
+            let proc = process::spawn(&format!("{pod} sidecar"), &argv, &[], Path::new("/"), &log)?;
+            self.track(proc, Kind::Sidecar)?;
+        }
+        // Like holdApplicationUntilProxyStarts: no app before its sidecar
+        // is ready (has its first config from weftd).
+        let deadline = Instant::now() + SIDECAR_TIMEOUT;
+        for (pod, sidecar) in self.plan.pods.iter().zip(self.sidecars.iter_mut()) {
+            wait_ready(&node, pod, sidecar, deadline).await?;
+        }
+        step("sidecars ready");
+
+        let mut apps = Vec::new();
+        for pod in &self.plan.pods {
+            let Role::Workload { command, env, .. } = &pod.role else {
+                continue;
+            };
+            let mut argv = vec![
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                pod.netns.clone(),
+            ];
+            argv.extend(command.iter().cloned());
+            let mut vars = vec![
+                ("POD_NAME".to_string(), pod.name.clone()),
+                ("POD_NAMESPACE".to_string(), pod.namespace.clone()),
+                ("POD_IP".to_string(), pod.ip.to_string()),
+                ("SERVICE_ACCOUNT".to_string(), pod.service_account.clone()),
+            ];
+            vars.extend(env.iter().cloned());
+            apps.push((pod.name.clone(), argv, vars));
+        }
+        for (pod, argv, vars) in apps {
+            let log = logs.join(format!("{pod}-app.log"));
+            let proc = process::spawn(&format!("{pod} app"), &argv, &vars, &self.plan.dir, &log)?;
+            self.track(proc, Kind::App)?;
+        }
+        let deadline = Instant::now() + APP_TIMEOUT;
+        let workloads = self
+            .plan
+            .pods
+            .iter()
+            .filter(|p| matches!(p.role, Role::Workload { .. }));
+        for (pod, app) in workloads.zip(self.apps.iter_mut()) {
+            wait_listening(pod, app, deadline).await?;
+        }
+        step("apps listening");
+
+        for (listener, (host, _, target)) in listeners.into_iter().zip(&self.ingress) {
+            self.relays.push(relay::spawn(
+                listener,
+                Upstream::Namespace(node.clone(), *target),
+                "ingress",
+            ));
+            self.state.ingress.push(host.to_string());
+        }
+        self.state.save()
+    }
+
+    /// Binds every exposed host address now; relays start once the
+    /// gateways are ready. `--ingress` replaces the first one.
+    async fn bind_ingress(
+        &mut self,
+        first: Option<SocketAddr>,
+    ) -> anyhow::Result<Vec<TcpListener>> {
+        let mut listeners = Vec::new();
+        for pod in &self.plan.pods {
+            let Role::Gateway { expose } = &pod.role else {
+                continue;
+            };
+            for rule in expose {
+                let host = match (first, self.ingress.is_empty()) {
+                    (Some(given), true) => given,
+                    _ => rule.host_address,
+                };
+                let listener = TcpListener::bind(host).await.with_context(|| {
+                    format!("cannot listen on {host} for gateway {} (in use? choose another with --ingress ADDR)", pod.workload)
+                })?;
+                self.ingress.push((
+                    host,
+                    pod.name.clone(),
+                    SocketAddr::from((pod.ip, rule.port)),
+                ));
+                listeners.push(listener);
+            }
+        }
+        if first.is_some() && self.ingress.is_empty() {
+            eprintln!("weft up: --ingress ignored: the mesh file has no gateway with `expose`");
+        }
+        Ok(listeners)
+    }
+
+    async fn start_weftd(&mut self, api: SocketAddr, grpc: SocketAddr) -> anyhow::Result<()> {
+        let bin_dir = self.bin_dir();
+        let argv = vec![
+            bin_dir.join("weftd").display().to_string(),
+            "--state-dir".into(),
+            self.run_dir.join("weftd").display().to_string(),
+            "--config-dir".into(),
+            self.plan.dir.display().to_string(),
+            "--grpc".into(),
+            grpc.to_string(),
+            "--api".into(),
+            api.to_string(),
+        ];
+        let log = self.logs_dir().join("weftd.log");
+        let proc = process::spawn("weftd", &argv, &[], &self.run_dir, &log)?;
+        self.track(proc, Kind::Weftd)?;
+        let deadline = Instant::now() + WEFTD_TIMEOUT;
+        loop {
+            if let Ok(stream) = TcpStream::connect(api).await
+                && let Ok((StatusCode::OK, _)) =
+                    exchange(stream, Method::GET, "/v1/proxies", None).await
+            {
+                break;
+            }
+            let weftd = &mut self.weftd[0];
+            if let Some(status) = weftd.exited() {
+                bail!("weftd exited ({status})\n{}", weftd.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "weftd's API did not answer on {api} within {WEFTD_TIMEOUT:?}\n{}",
+                    weftd.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.api = Some(api);
+        self.state.api = Some(api.to_string());
+        self.state.save()?;
+        if self.plan.services.is_empty() {
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&self.plan.service_entries())?;
+        let stream = TcpStream::connect(api)
+            .await
+            .context("connecting to weftd's API")?;
+        let (status, answer) = exchange(stream, Method::POST, "/v1/apply", Some(body))
+            .await
+            .context("registering the mesh's services with weftd")?;
+        if status != StatusCode::OK {
+            bail!(
+                "weftd refused the mesh's services ({status}): {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        Ok(())
+    }
+
+    /// The sidecar binary, copied (0755) where UID 1337 can run it.
+    fn install_proxy_binary(&mut self) -> anyhow::Result<PathBuf> {
+        let dir = Path::new(RUNTIME_ROOT).join(&self.plan.name);
+        self.state.runtime_dir = Some(dir.clone());
+        self.state.save()?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        set_mode(Path::new(RUNTIME_ROOT), 0o755)?;
+        set_mode(&dir, 0o755)?;
+        let copy = dir.join("weft-proxy");
+        std::fs::copy(self.bin_dir().join("weft-proxy"), &copy)
+            .with_context(|| format!("cannot copy weft-proxy to {}", copy.display()))?;
+        set_mode(&copy, 0o755)?;
+        Ok(copy)
+    }
+
+    fn sidecar_argv(&self, pod: &Pod, proxy: &Path) -> Vec<String> {
+        let uid = PROXY_UID.to_string();
+        let mut argv: Vec<String> = [
+            "ip",
+            "netns",
+            "exec",
+            &pod.netns,
+            "setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+        ]
+        .map(String::from)
+        .to_vec();
+        argv.push(proxy.display().to_string());
+        let mut flags = vec![
+            "--control-plane".to_string(),
+            self.plan.discovery_address().to_string(),
+            // Unique per replica; the workload name is shared.
+            "--node-id".into(),
+            format!("{}.{}", pod.name, pod.namespace),
+            "--workload".into(),
+            pod.workload.clone(),
+            "--namespace".into(),
+            pod.namespace.clone(),
+            "--service-account".into(),
+            pod.service_account.clone(),
+            "--address".into(),
+            pod.ip.to_string(),
+        ];
+        for (key, value) in &pod.labels {
+            flags.push("--label".into());
+            flags.push(format!("{key}={value}"));
+        }
+        match &pod.role {
+            Role::Workload { ports, .. } => {
+                flags.push("--capture".into());
+                for (port, protocol) in ports {
+                    flags.push("--port".into());
+                    flags.push(match protocol {
+                        Some(protocol) => format!("{port}/{protocol}"),
+                        None => port.to_string(),
+                    });
+                }
+            }
+            Role::Gateway { .. } => flags.push("--router".into()),
+        }
+        // mTLS: the bootstrap token (`--token-file`) goes here, in a file
+        // under the runtime dir readable by UID 1337.
+        argv.extend(flags);
+        argv
+    }
+
+    fn bin_dir(&self) -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .unwrap_or_default()
+    }
+
+    fn track(&mut self, proc: Proc, kind: Kind) -> anyhow::Result<()> {
+        self.state.processes.push(proc.record.clone());
+        match kind {
+            Kind::Weftd => self.weftd.push(proc),
+            Kind::Sidecar => self.sidecars.push(proc),
+            Kind::App => self.apps.push(proc),
+        }
+        self.state.save()
+    }
+
+    pub fn print_summary(&self, took: Duration) {
+        println!(
+            "weft up: mesh {:?} is up ({:.1}s)",
+            self.plan.name,
+            took.as_secs_f64()
+        );
+        println!("  pods:");
+        for pod in &self.plan.pods {
+            let role = match pod.role {
+                Role::Workload { .. } => "app + sidecar",
+                Role::Gateway { .. } => "gateway",
+            };
+            println!(
+                "    {:<28} {:<14} {:<15} {role}",
+                pod.name,
+                pod.namespace,
+                pod.ip.to_string()
+            );
+        }
+        if !self.plan.services.is_empty() {
+            println!("  services:");
+        }
+        for service in &self.plan.services {
+            let ports: Vec<String> = service.ports.iter().map(|p| p.port.to_string()).collect();
+            println!(
+                "    {:<40} {:<15} port {}",
+                service.hostname(),
+                service.vip.to_string(),
+                ports.join(", ")
+            );
+        }
+        for (host, pod, target) in &self.ingress {
+            println!("  ingress:   http://{host} -> {pod} ({target})");
+        }
+        if let Some(api) = self.api {
+            println!(
+                "  weftd API: {api} (weft apply/get/delete/proxy-status use it by themselves)"
+            );
+        }
+        println!("  logs:      {}", self.logs_dir().display());
+        println!("Ctrl-C or `weft down {}` to stop.", self.plan.name);
+    }
+
+    /// Until a stop signal: reports processes that exit on their own.
+    pub async fn supervise(&mut self, signals: &mut Signals) {
+        loop {
+            tokio::select! {
+                _ = signals.next() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            for proc in self
+                .weftd
+                .iter_mut()
+                .chain(&mut self.sidecars)
+                .chain(&mut self.apps)
+            {
+                if proc.exit_reported {
+                    continue;
+                }
+                if let Some(status) = proc.exited() {
+                    proc.exit_reported = true;
+                    eprintln!(
+                        "weft up: {} exited ({status}); see {}",
+                        proc.record.label,
+                        proc.log.display()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Reverse order: relays, apps, sidecars, weftd, then namespaces and
+    /// files. Returns what could not be removed.
+    pub async fn tear_down(&mut self) -> Vec<String> {
+        for relay in self.relays.drain(..) {
+            relay.abort();
+        }
+        process::stop(&mut self.apps).await;
+        process::stop(&mut self.sidecars).await;
+        process::stop(&mut self.weftd).await;
+        self.state.clean_up()
+    }
+}
+
+enum Kind {
+    Weftd,
+    Sidecar,
+    App,
+}
+
+/// A sidecar's (or gateway's) `/healthz/ready`, asked from the node.
+async fn wait_ready(
+    node: &NsSockets,
+    pod: &Pod,
+    proc: &mut Proc,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let health = SocketAddr::from((pod.ip, 15021));
+    loop {
+        if let Ok(stream) = node.connect(health).await
+            && let Ok((StatusCode::OK, _)) =
+                exchange(stream, Method::GET, "/healthz/ready", None).await
+        {
+            return Ok(());
+        }
+        if let Some(status) = proc.exited() {
+            bail!(
+                "pod {}: the sidecar exited ({status})\n{}",
+                pod.name,
+                proc.log_tail()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "pod {}: the sidecar was not ready (http://{health}/healthz/ready) within {SIDECAR_TIMEOUT:?}\n{}",
+                pod.name,
+                proc.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each declared port accepts connections on the pod's loopback (where
+/// the sidecar delivers inbound traffic).
+async fn wait_listening(pod: &Pod, proc: &mut Proc, deadline: Instant) -> anyhow::Result<()> {
+    let Role::Workload { ports, .. } = &pod.role else {
+        return Ok(());
+    };
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let sockets = NsSockets::enter(&pod.netns)?;
+    for (port, _) in ports {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, *port));
+        loop {
+            if sockets.connect(address).await.is_ok() {
+                break;
+            }
+            if let Some(status) = proc.exited() {
+                bail!(
+                    "pod {}: the app exited ({status})\n{}",
+                    pod.name,
+                    proc.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pod {}: the app does not listen on port {port} (on 0.0.0.0 or 127.0.0.1) within {APP_TIMEOUT:?}\n{}",
+                    pod.name,
+                    proc.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// One HTTP/1 request on `stream`: (status, body), within 5 s.
+async fn exchange(
+    stream: TcpStream,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let host = stream.peer_addr()?.to_string();
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, host)
+        .header("x-weft-source", "weft up")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let work = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .map_err(|_| anyhow!("no answer within 5s"))?
+        .map_err(Into::into)
+}
+
+/// `--api`, else 15014, else any free loopback port.
+async fn pick_api(given: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
+    if let Some(given) = given {
+        return Ok(given);
+    }
+    if TcpListener::bind(DEFAULT_API).await.is_ok() {
+        return Ok(DEFAULT_API);
+    }
+    free_loopback_port().await
+}
+
+/// A loopback port free a moment ago (weftd binds it right after).
+async fn free_loopback_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .context("no free port on 127.0.0.1")?;
+    Ok(listener.local_addr()?)
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
+}
