@@ -52,6 +52,16 @@ def propagated(headers):
     return {name: headers[name] for name in PROPAGATED if headers.get(name) is not None}
 
 
+def seen_headers(headers):
+    """What a service echoes back for checking propagation: the propagated
+    headers it received, plus `cookie` if one arrived (none should: the
+    product page keeps its cookie to itself)."""
+    seen = propagated(headers)
+    if headers.get("cookie") is not None:
+        seen["cookie"] = headers["cookie"]
+    return seen
+
+
 def service_url(name):
     """http://HOST:PORT of service `name`, from the environment."""
     upper = name.upper()

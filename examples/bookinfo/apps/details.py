@@ -3,7 +3,7 @@ publishing facts as JSON (and echoes the propagated headers it saw)."""
 
 import re
 
-from bookinfo_common import Handler, pod_name, propagated, serve
+from bookinfo_common import Handler, pod_name, seen_headers, serve
 
 BOOK = {
     "author": "Ada Marlowe",
@@ -25,7 +25,7 @@ class Details(Handler):
         if not match:
             return self.send_json(404, {"error": "no such page: %s" % self.path})
         answer = dict(BOOK, id=int(match.group(1)), podname=pod_name())
-        answer["seen"] = propagated(self.headers)
+        answer["seen"] = seen_headers(self.headers)
         self.send_json(200, answer)
 
 

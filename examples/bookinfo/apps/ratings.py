@@ -3,7 +3,7 @@ reviewer gave (and echoes the propagated headers it saw)."""
 
 import re
 
-from bookinfo_common import Handler, pod_name, propagated, serve
+from bookinfo_common import Handler, pod_name, seen_headers, serve
 
 RATINGS = {"Reviewer1": 5, "Reviewer2": 4}
 
@@ -21,7 +21,7 @@ class Ratings(Handler):
                 "id": int(match.group(1)),
                 "ratings": RATINGS,
                 "podname": pod_name(),
-                "seen": propagated(self.headers),
+                "seen": seen_headers(self.headers),
             },
         )
 

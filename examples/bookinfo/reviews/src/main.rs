@@ -9,8 +9,9 @@
 //! `STAR_COLOR` (black), `RATINGS_HOSTNAME` (ratings) + `SERVICES_DOMAIN`
 //! (empty) + `RATINGS_PORT` (9080), `LISTEN_ADDR` (0.0.0.0:9080), `POD_NAME`
 //! (else the host name). The tracing headers, `end-user` and `user-agent`
-//! of each request go on to ratings, and the answer echoes what it saw so
-//! a user can check that propagation works.
+//! of each request go on to ratings, and the answer echoes what it saw
+//! (`seen`, and ratings' own echo as `ratings_seen`) so a user can check
+//! that propagation works.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
+use hyper::header::{CONTENT_TYPE, COOKIE, HOST, HeaderMap, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -209,10 +210,17 @@ async fn handle(
         ));
     };
     let propagated = propagated(request.headers());
-    Ok(reply(
-        StatusCode::OK,
-        reviews(&config, id, &propagated).await,
-    ))
+    let cookie = request
+        .headers()
+        .get(COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut answer = reviews(&config, id, &propagated).await;
+    // Echoed so a test can tell the product page kept its cookie to itself.
+    if let Some(cookie) = cookie {
+        answer["seen"]["cookie"] = Value::String(cookie);
+    }
+    Ok(reply(StatusCode::OK, answer))
 }
 
 /// The answer for product `id`, with ratings when this version has them.

@@ -1,0 +1,579 @@
+//! Bookinfo, the demo application of `examples/bookinfo`, as a user sees it.
+//!
+//! First the four services alone on loopback (Python productpage, details
+//! and ratings; the Rust reviews in three versions), each on its own
+//! 127.x address: the product page, login and `end-user` propagation, and
+//! the error texts when a service is down or slow.
+//!
+//! Then the real thing: `weft up examples/bookinfo` (root), the product
+//! page through the ingress gateway, and Istio's own Bookinfo routing files
+//! (read from ../shared/corpus, never copied) applied with `weft apply -f`,
+//! each changing what `/productpage` shows. Files not applied, and why:
+//! - virtual-service-details-v2: details v2 is the original's Ruby variant
+//!   that calls the Google Books API outside the mesh; the demo has no
+//!   details v2 and nothing may leave the machine.
+//! - virtual-service-ratings-db, -ratings-mysql, -ratings-mysql-vm: they
+//!   route to ratings v2 backed by MongoDB or MySQL, which the demo does
+//!   not run.
+//! - destination-rule-all(-mtls), destination-rule-reviews,
+//!   bookinfo-gateway, certmanager-gateway, egress-rule-google-apis: the
+//!   demo ships its own equivalents (destination-rules.yaml,
+//!   gateway.yaml), and the rest is TLS or egress, not routing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use serde_json::Value;
+use weft_testkit::client::{self, Http1Client, Reply};
+use weft_testkit::free_addr;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+/// The system interpreter: the apps use its standard library only.
+const PYTHON: &str = "/usr/bin/python3";
+
+const DETAILS_UNAVAILABLE: &str = "Sorry, product details are currently unavailable for this book.";
+const REVIEWS_UNAVAILABLE: &str = "Sorry, product reviews are currently unavailable for this book.";
+const RATINGS_UNAVAILABLE: &str = "Ratings service is currently unavailable";
+/// Headers a tracer relies on, each of which must reach reviews and ratings.
+const TRACING: [(&str, &str); 6] = [
+    ("x-request-id", "5b1e0c1e-bookinfo-test"),
+    (
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ),
+    ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+    ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+    (
+        "sw8",
+        "1-dGVzdA==-c2VnbWVudA==-3-c2VydmljZQ==-aW5zdA==-L3Rlc3Q=-dGFyZ2V0",
+    ),
+    ("user-agent", "bookinfo-test/1"),
+];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn bookinfo_dir() -> PathBuf {
+    repo_root().join("examples/bookinfo")
+}
+
+/// The directory of `weft`, with the workspace binaries the demo runs
+/// (`bookinfo-reviews`, `weftd`, `weft-proxy`) built beside it. Another
+/// package's binaries are not built for this one's tests, so the test asks
+/// cargo itself (once per test process; a no-op when they are fresh).
+fn bin_dir() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(build_workspace_binaries)
+        .clone()
+        .unwrap_or_else(|problem| panic!("{problem}"))
+}
+
+fn build_workspace_binaries() -> Result<PathBuf, String> {
+    let bin_dir = Path::new(WEFT)
+        .parent()
+        .ok_or("weft has no directory")?
+        .to_path_buf();
+    let profile = match bin_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let target_dir = bin_dir.parent().ok_or("no target directory")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "--quiet", "--bins", "--profile", &profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args([
+            "-p",
+            "bookinfo-reviews",
+            "-p",
+            "weft-proxy",
+            "-p",
+            "weft-control",
+        ])
+        .current_dir(repo_root())
+        .status()
+        .map_err(|err| format!("cannot run {cargo:?}: {err}"))?;
+    if !status.success() {
+        return Err(format!("building the demo's binaries failed ({status})"));
+    }
+    for binary in ["bookinfo-reviews", "weftd", "weft-proxy"] {
+        if !bin_dir.join(binary).is_file() {
+            return Err(format!(
+                "{binary} was built, but not in {}",
+                bin_dir.display()
+            ));
+        }
+    }
+    Ok(bin_dir)
+}
+
+/// One app process, its output in a log file; killed on drop.
+struct App {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl App {
+    fn start(name: &str, argv: &[&Path], env: &[(String, String)], logs: &Path) -> Self {
+        let log = logs.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(argv[0]);
+        command
+            .args(&argv[1..])
+            .env("POD_NAME", name)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("SERVICES_DOMAIN")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {name}: {err}"));
+        Self {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn python(name: &str, script: &str, listen: SocketAddr, env: Env, logs: &Path) -> Self {
+        let script = bookinfo_dir().join("apps").join(script);
+        let mut env = env;
+        env.extend(vars(&[("LISTEN_ADDR", &listen.to_string())]));
+        Self::start(name, &[Path::new(PYTHON), &script], &env, logs)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn wait_healthy(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("{} exited ({status}):\n{}", self.name, self.logs());
+            }
+            if client::get(addr, "health", "/health")
+                .await
+                .is_ok_and(|reply| reply.status == StatusCode::OK)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not healthy on {addr} after 20s:\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `/productpage` as a browser got it.
+struct Page {
+    status: StatusCode,
+    body: String,
+}
+
+impl Page {
+    fn shows(&self, text: &str) -> bool {
+        self.body.contains(text)
+    }
+
+    /// The pod named by "Reviews served by: <pod>".
+    fn served_by(&self) -> Option<&str> {
+        let (_, rest) = self.body.split_once("Reviews served by: ")?;
+        rest.split('<').next()
+    }
+
+    /// The colour of the first row of stars, if any.
+    fn star_color(&self) -> Option<&str> {
+        let (_, rest) = self.body.split_once(r#"class="stars" style="color: "#)?;
+        rest.split('"').next()
+    }
+
+    /// What the page says about reviews: `v1` (no stars), `v2` (black
+    /// stars), `v3` (red stars), `v2 without ratings` / `v3 without
+    /// ratings` (ratings failed), `unavailable`, or what did not fit.
+    fn reviews(&self) -> String {
+        if self.shows(REVIEWS_UNAVAILABLE) {
+            return "unavailable".into();
+        }
+        let version = ["v1", "v2", "v3"].into_iter().find(|v| {
+            self.served_by()
+                .is_some_and(|pod| pod.contains(&format!("-{v}-")))
+        });
+        let ratings_failed = self.shows(RATINGS_UNAVAILABLE);
+        match (version, self.star_color(), ratings_failed) {
+            (Some("v1"), None, false) => "v1".into(),
+            (Some("v2"), Some("black"), false) => "v2".into(),
+            (Some("v3"), Some("red"), false) => "v3".into(),
+            (Some(v @ ("v2" | "v3")), None, true) => format!("{v} without ratings"),
+            (version, color, _) => format!(
+                "unexpected (status {}, served by {:?} = {version:?}, stars {color:?}, ratings failed {ratings_failed})",
+                self.status,
+                self.served_by()
+            ),
+        }
+    }
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let request = client::request_with_headers(
+        method,
+        &addr.to_string(),
+        path,
+        headers,
+        client::full(body.to_string()),
+    );
+    let mut connection = Http1Client::connect(addr).await.expect("connect");
+    connection.send(request).await.expect("request")
+}
+
+/// The product page, logged in as `user` (the `user` cookie) or not.
+async fn product_page(addr: SocketAddr, user: Option<&str>) -> Page {
+    let cookie = user.map(|user| format!("user={user}"));
+    let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+    let reply = send(addr, Method::GET, "/productpage", &headers, "").await;
+    Page {
+        status: reply.status,
+        body: reply.text(),
+    }
+}
+
+async fn api_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Value {
+    let reply = send(addr, Method::GET, path, headers, "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+    serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|err| panic!("{path}: {err}: {}", reply.text()))
+}
+
+type Env = Vec<(String, String)>;
+
+/// The variables that point an app at `service` on `addr`.
+fn at(service: &str, addr: SocketAddr) -> Env {
+    let upper = service.to_uppercase();
+    vec![
+        (format!("{upper}_HOSTNAME"), addr.ip().to_string()),
+        (format!("{upper}_PORT"), addr.port().to_string()),
+    ]
+}
+
+fn vars(pairs: &[(&str, &str)]) -> Env {
+    pairs
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+/// The whole app on loopback: details, ratings, reviews v1/v2/v3, and one
+/// productpage per reviews version.
+struct Loopback {
+    details: (SocketAddr, App),
+    ratings: (SocketAddr, App),
+    /// (version, address, process)
+    reviews: Vec<(&'static str, SocketAddr, App)>,
+    /// version of the reviews it calls → product page address
+    pages: BTreeMap<&'static str, SocketAddr>,
+    _pages: Vec<App>,
+    _logs: tempfile::TempDir,
+}
+
+impl Loopback {
+    async fn start() -> Self {
+        let bin_dir = bin_dir();
+        let logs = tempfile::tempdir().expect("tempdir");
+        let (details_addr, ratings_addr) = (free_addr(), free_addr());
+        let mut details = App::python(
+            "details-v1-loopback",
+            "details.py",
+            details_addr,
+            Env::new(),
+            logs.path(),
+        );
+        let mut ratings = App::python(
+            "ratings-v1-loopback",
+            "ratings.py",
+            ratings_addr,
+            Env::new(),
+            logs.path(),
+        );
+        let mut reviews = Vec::new();
+        for (version, enable, color) in [
+            ("v1", "false", ""),
+            ("v2", "true", "black"),
+            ("v3", "true", "red"),
+        ] {
+            let addr = free_addr();
+            let mut env = at("ratings", ratings_addr);
+            env.extend(vars(&[
+                ("LISTEN_ADDR", &addr.to_string()),
+                ("SERVICE_VERSION", version),
+                ("ENABLE_RATINGS", enable),
+                ("STAR_COLOR", color),
+            ]));
+            let binary = bin_dir.join("bookinfo-reviews");
+            let app = App::start(
+                &format!("reviews-{version}-loopback"),
+                &[&binary],
+                &env,
+                logs.path(),
+            );
+            reviews.push((version, addr, app));
+        }
+        let mut pages = BTreeMap::new();
+        let mut page_apps = Vec::new();
+        for (version, reviews_addr, _) in &reviews {
+            let addr = free_addr();
+            let mut env = at("details", details_addr);
+            env.extend(at("reviews", *reviews_addr));
+            env.extend(at("ratings", ratings_addr));
+            let name = format!("productpage-for-{version}");
+            page_apps.push(App::python(&name, "productpage.py", addr, env, logs.path()));
+            pages.insert(*version, addr);
+        }
+        details.wait_healthy(details_addr).await;
+        ratings.wait_healthy(ratings_addr).await;
+        for (_, addr, app) in &mut reviews {
+            app.wait_healthy(*addr).await;
+        }
+        for (app, addr) in page_apps.iter_mut().zip(pages.values()) {
+            app.wait_healthy(*addr).await;
+        }
+        Self {
+            details: (details_addr, details),
+            ratings: (ratings_addr, ratings),
+            reviews,
+            pages,
+            _pages: page_apps,
+            _logs: logs,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn product_page_shows_each_reviews_version() {
+    let app = Loopback::start().await;
+    for (version, stars) in [("v1", None), ("v2", Some("black")), ("v3", Some("red"))] {
+        let page = product_page(app.pages[version], None).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert_eq!(page.reviews(), version, "{}", page.body);
+        assert_eq!(page.star_color(), stars);
+        assert!(page.shows("Ada Marlowe"), "details missing: {}", page.body);
+        assert!(
+            page.shows(&format!("Reviews served by: reviews-{version}-loopback")),
+            "{}",
+            page.body
+        );
+        assert!(!page.shows("Logged in as"), "{}", page.body);
+    }
+    // Five and four stars, in the version's colour.
+    let v3 = product_page(app.pages["v3"], None).await;
+    assert!(
+        v3.shows("<span class=\"stars\" style=\"color: red\">★★★★★</span>"),
+        "{}",
+        v3.body
+    );
+    assert!(
+        v3.shows("<span class=\"stars\" style=\"color: red\">★★★★☆</span>"),
+        "{}",
+        v3.body
+    );
+
+    let page = app.pages["v1"];
+    let css = send(page, Method::GET, "/static/bookinfo.css", &[], "").await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    let products = api_json(page, "/api/v1/products", &[]).await;
+    assert_eq!(products[0]["id"], 0, "{products}");
+    let details = api_json(page, "/api/v1/products/0", &[]).await;
+    assert_eq!(details["author"], "Ada Marlowe", "{details}");
+    let ratings = api_json(page, "/api/v1/products/0/ratings", &[]).await;
+    assert_eq!(ratings["ratings"]["Reviewer1"], 5, "{ratings}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_names_the_end_user_to_every_service() {
+    let app = Loopback::start().await;
+    let page = app.pages["v2"];
+
+    let login = send(
+        page,
+        Method::POST,
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "username=jason&passwd=",
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::FOUND, "{}", login.text());
+    assert_eq!(login.header("location"), Some("/productpage"));
+    let cookie = login.header("set-cookie").expect("a cookie").to_string();
+    assert!(cookie.starts_with("user=jason"), "{cookie}");
+    let bad = send(
+        page,
+        Method::POST,
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "username=a%3Bb",
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
+
+    let logged_in = product_page(page, Some("jason")).await;
+    assert!(logged_in.shows("Logged in as jason"), "{}", logged_in.body);
+    assert_eq!(logged_in.reviews(), "v2");
+
+    // The cookie and the tracing headers go in; reviews, and ratings
+    // behind it, see end-user and every tracing header, never the cookie.
+    let mut headers = vec![("cookie", "user=jason")];
+    headers.extend(TRACING);
+    let reviews = api_json(page, "/api/v1/products/0/reviews", &headers).await;
+    assert_eq!(reviews["end_user"], "jason", "{reviews}");
+    for echo in ["seen", "ratings_seen"] {
+        assert_eq!(reviews[echo]["end-user"], "jason", "{echo}: {reviews}");
+        for (name, value) in TRACING {
+            assert_eq!(reviews[echo][name], value, "{echo} {name}: {reviews}");
+        }
+        assert!(reviews[echo].get("cookie").is_none(), "{echo}: {reviews}");
+    }
+    let details = api_json(page, "/api/v1/products/0", &headers).await;
+    assert_eq!(details["seen"]["end-user"], "jason", "{details}");
+    assert_eq!(details["seen"]["x-request-id"], TRACING[0].1, "{details}");
+    assert!(details["seen"].get("cookie").is_none(), "{details}");
+
+    // A request that already names its user (no cookie) keeps that name.
+    let reviews = api_json(
+        page,
+        "/api/v1/products/0/reviews",
+        &[("end-user", "tester")],
+    )
+    .await;
+    assert_eq!(reviews["ratings_seen"]["end-user"], "tester", "{reviews}");
+    // Anonymous: no end-user at all.
+    let reviews = api_json(page, "/api/v1/products/0/reviews", &[]).await;
+    assert_eq!(reviews["end_user"], Value::Null, "{reviews}");
+
+    let logout = send(
+        page,
+        Method::GET,
+        "/logout",
+        &[("cookie", "user=jason")],
+        "",
+    )
+    .await;
+    assert_eq!(logout.status, StatusCode::FOUND);
+    let cleared = logout.header("set-cookie").unwrap_or_default();
+    assert!(
+        cleared.starts_with("user=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_down_shows_its_error_text() {
+    let mut app = Loopback::start().await;
+
+    app.ratings.1.stop();
+    for version in ["v2", "v3"] {
+        let page = product_page(app.pages[version], None).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(
+            page.reviews(),
+            format!("{version} without ratings"),
+            "{}",
+            page.body
+        );
+    }
+    // v1 never asks ratings.
+    assert_eq!(product_page(app.pages["v1"], None).await.reviews(), "v1");
+
+    app.details.1.stop();
+    let page = product_page(app.pages["v1"], None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.shows(DETAILS_UNAVAILABLE), "{}", page.body);
+    assert_eq!(page.reviews(), "v1", "reviews still shown: {}", page.body);
+    let reply = send(app.pages["v1"], Method::GET, "/api/v1/products/0", &[], "").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    app.reviews[0].2.stop();
+    let page = product_page(app.pages["v1"], None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.reviews(), "unavailable", "{}", page.body);
+    assert!(page.shows(DETAILS_UNAVAILABLE));
+}
+
+/// A reviews that accepts and never answers: the product page waits 3 s,
+/// tries once more, then says reviews are unavailable (the story of the
+/// ratings-test-delay routing file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn product_page_gives_up_on_slow_reviews() {
+    let silent = tokio::net::TcpListener::bind(free_addr())
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let logs = tempfile::tempdir().expect("tempdir");
+    let addr = free_addr();
+    let mut env = at("reviews", silent_addr);
+    env.extend(at("details", weft_testkit::dead_addr()));
+    let mut page_app = App::python("productpage-slow", "productpage.py", addr, env, logs.path());
+    page_app.wait_healthy(addr).await;
+
+    let began = Instant::now();
+    let page = product_page(addr, None).await;
+    let took = began.elapsed();
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.reviews(), "unavailable", "{}", page.body);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "one try and one retry");
+    assert!(
+        (Duration::from_millis(5800)..Duration::from_secs(9)).contains(&took),
+        "two 3 s timeouts, took {took:?}"
+    );
+    hold.abort();
+}
