@@ -30,7 +30,13 @@ pub fn down(name: Option<String>) -> ExitCode {
             runner.pid
         );
         let pid = Pid::from_raw(i32::try_from(runner.pid).unwrap_or(i32::MAX));
-        let _ = kill(pid, Signal::SIGTERM);
+        if let Err(err) = kill(pid, Signal::SIGTERM) {
+            eprintln!(
+                "weft down: cannot signal weft up (pid {}): {err}; run it as the user that started the mesh (e.g. with sudo)",
+                runner.pid
+            );
+            return ExitCode::FAILURE;
+        }
         let deadline = Instant::now() + RUNNER_TIMEOUT;
         while runner.alive() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
