@@ -289,13 +289,19 @@ impl Drop for Up {
 fn ensure_binaries() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        let dir = Path::new(WEFT).parent().expect("target dir");
+        // The profile this test was built with (`target/<profile>/weft`).
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
         let status = Command::new(env!("CARGO"))
             .args(["build", "-p", "weft-proxy", "-p", "weft-control", "--bins"])
+            .args(["--profile", profile])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building weftd and weft-proxy failed");
-        let dir = Path::new(WEFT).parent().expect("target dir");
         for binary in ["weftd", "weft-proxy"] {
             assert!(
                 dir.join(binary).is_file(),
@@ -395,6 +401,24 @@ fn assert_nothing_left(mesh: &MeshDir, pids: &[i32]) {
     assert!(
         !Path::new("/run/weft").join(&mesh.name).exists(),
         "runtime dir left"
+    );
+    // Links and rules only ever existed inside the mesh's namespaces.
+    let links = Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip link");
+    let links = text(&links.stdout);
+    assert!(
+        !links.contains("weft0") && !links.contains(": wv"),
+        "{links}"
+    );
+    let rules = Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .expect("iptables-save");
+    assert!(
+        !text(&rules.stdout).contains("ISTIO_"),
+        "host nat rules changed"
     );
     let state = mesh
         .home
