@@ -577,3 +577,405 @@ async fn product_page_gives_up_on_slow_reviews() {
     );
     hold.abort();
 }
+
+/// The mesh's name, and its `$WEFT_HOME`: kept between runs under
+/// target/tmp, so a run that crashed is cleaned up by the next one, and
+/// `weft apply` finds this mesh (the only one recorded there) by itself.
+const MESH: &str = "bookinfo-test";
+
+fn mesh_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("bookinfo-weft-home")
+}
+
+/// `weft up examples/bookinfo`, running; stopped on drop.
+struct Mesh {
+    child: Child,
+    ingress: SocketAddr,
+    networking: PathBuf,
+    log: PathBuf,
+}
+
+impl Mesh {
+    fn weft() -> Command {
+        let mut command = Command::new(WEFT);
+        command
+            .env("WEFT_HOME", mesh_home())
+            .env_remove("WEFT_ADDR");
+        command
+    }
+
+    /// Starts the mesh and waits until the product page, served through
+    /// the ingress gateway, shows details and reviews.
+    async fn up(networking: PathBuf) -> Self {
+        bin_dir();
+        std::fs::create_dir_all(mesh_home()).expect("weft home");
+        // A runner a killed test run left behind.
+        let _ = Self::weft()
+            .args(["down", MESH])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let log = mesh_home().join("weft-up.log");
+        let file = std::fs::File::create(&log).expect("log");
+        let ingress = free_addr();
+        let child = Self::weft()
+            .arg("up")
+            .arg(bookinfo_dir())
+            .args(["--name", MESH, "--ingress", &ingress.to_string()])
+            .args(["--api", &free_addr().to_string()])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn weft up");
+        let mut mesh = Self {
+            child,
+            ingress,
+            networking,
+            log,
+        };
+        let began = Instant::now();
+        let deadline = began + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(status)) = mesh.child.try_wait() {
+                panic!("weft up exited ({status}):\n{}", mesh.logs());
+            }
+            if let Ok(Ok(reply)) = tokio::time::timeout(
+                Duration::from_secs(10),
+                client::get(ingress, "bookinfo", "/productpage"),
+            )
+            .await
+                && reply.status == StatusCode::OK
+                && reply.text().contains("Ada Marlowe")
+                && reply.text().contains("Reviews served by: reviews-")
+            {
+                eprintln!(
+                    "product page through the ingress after {:?}",
+                    began.elapsed()
+                );
+                return mesh;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no product page through the ingress {ingress} after 120s:\n{}",
+                mesh.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `weft apply -f` of a corpus routing file, with no address flag.
+    fn apply(&self, file: &str) {
+        let output = Self::weft()
+            .args(["apply", "-f"])
+            .arg(self.networking.join(file))
+            .output()
+            .expect("weft apply");
+        assert!(
+            output.status.success(),
+            "weft apply -f {file}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    async fn page(&self, user: Option<&str>) -> Page {
+        product_page(self.ingress, user).await
+    }
+
+    /// Waits (up to 30 s) for `in_a_row` pages in a row that satisfy
+    /// `done`: the sign that `file` is live in the proxies.
+    async fn settle(
+        &self,
+        file: &str,
+        user: Option<&str>,
+        in_a_row: usize,
+        done: impl Fn(&Page) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut streak = 0;
+        while streak < in_a_row {
+            let page = self.page(user).await;
+            streak = if done(&page) { streak + 1 } else { 0 };
+            assert!(
+                Instant::now() < deadline,
+                "{file} not live after 30s (user {user:?}); last page says {}:\n{}",
+                page.reviews(),
+                page.body
+            );
+        }
+    }
+
+    /// `n` pages must all say `want` about reviews.
+    async fn expect_only(&self, file: &str, user: Option<&str>, want: &str, n: usize) {
+        let shares = self.shares(user, n).await;
+        assert_eq!(
+            shares.keys().collect::<Vec<_>>(),
+            [want],
+            "{file}, user {user:?}: {shares:?}"
+        );
+    }
+
+    /// What `n` pages say about reviews, in percent (four at a time).
+    async fn shares(&self, user: Option<&str>, n: usize) -> BTreeMap<String, f64> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..4 {
+            let (ingress, user) = (self.ingress, user.map(str::to_string));
+            tasks.spawn(async move {
+                let mut seen = Vec::new();
+                for _ in (worker..n).step_by(4) {
+                    let page = product_page(ingress, user.as_deref()).await;
+                    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+                    seen.push(page.reviews());
+                }
+                seen
+            });
+        }
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for seen in tasks.join_all().await {
+            for said in seen {
+                *counts.entry(said).or_default() += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .map(|(said, count)| (said, count as f64 * 100.0 / n as f64))
+            .collect()
+    }
+
+    /// A weighted split over `n` pages, each share within ±10 points.
+    async fn expect_split(&self, file: &str, n: usize, expected: &[(&str, f64)]) {
+        let shares = self.shares(None, n).await;
+        eprintln!("{file}: {shares:?} over {n} pages");
+        for said in shares.keys() {
+            assert!(
+                expected.iter().any(|(version, _)| version == said),
+                "{file}: unexpected {said:?} in {shares:?}"
+            );
+        }
+        for (version, want) in expected {
+            let got = shares.get(*version).copied().unwrap_or(0.0);
+            assert!(
+                (got - want).abs() <= 10.0,
+                "{file}: {version} got {got:.1}%, want {want}% ± 10: {shares:?}"
+            );
+        }
+    }
+
+    /// `weft down`: the runner exits and no namespace of the mesh is left.
+    fn down(&mut self) {
+        let output = Self::weft()
+            .args(["down", MESH])
+            .output()
+            .expect("weft down");
+        assert!(
+            output.status.success(),
+            "weft down: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "weft up still running after weft down"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let namespaces = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns");
+        let left: Vec<String> = String::from_utf8_lossy(&namespaces.stdout)
+            .lines()
+            .filter(|line| line.starts_with(&format!("weft-{MESH}-")))
+            .map(str::to_string)
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Self::weft()
+                .args(["down", MESH])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookinfo_routing_files_through_weft_up() {
+    const TEST: &str = "bookinfo_routing_files_through_weft_up";
+    if !weft_testkit::netns::privileged_or_skip(TEST) {
+        return;
+    }
+    let Some(corpus) = weft_testkit::corpus::root_or_skip(TEST) else {
+        return;
+    };
+    let mut mesh = Mesh::up(corpus.join("istio/samples/bookinfo/networking")).await;
+    let jason = Some("jason");
+
+    // No VirtualService yet: every version of reviews answers.
+    let shares = mesh.shares(None, 60).await;
+    eprintln!("no routes: {shares:?}");
+    for version in ["v1", "v2", "v3"] {
+        assert!(
+            shares.contains_key(version),
+            "{version} never answered: {shares:?}"
+        );
+    }
+
+    // Login through the gateway; the page knows the user.
+    let login = send(
+        mesh.ingress,
+        Method::POST,
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "username=jason",
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::FOUND, "{}", login.text());
+    assert!(
+        login
+            .header("set-cookie")
+            .is_some_and(|c| c.starts_with("user=jason"))
+    );
+    let page = mesh.page(jason).await;
+    assert!(page.shows("Logged in as jason"), "{}", page.body);
+    // end-user crosses both sidecars to reviews and on to ratings.
+    let mut headers = vec![("cookie", "user=jason")];
+    headers.extend(TRACING);
+    let reviews = api_json(mesh.ingress, "/api/v1/products/0/reviews", &headers).await;
+    assert_eq!(reviews["end_user"], "jason", "{reviews}");
+    if reviews["version"] != "v1" {
+        assert_eq!(reviews["ratings_seen"]["end-user"], "jason", "{reviews}");
+    }
+    assert!(reviews["seen"]["x-request-id"].is_string(), "{reviews}");
+    assert!(reviews["seen"].get("cookie").is_none(), "{reviews}");
+
+    let file = "virtual-service-all-v1.yaml";
+    mesh.apply(file);
+    mesh.settle(file, None, 12, |p| p.reviews() == "v1").await;
+    mesh.expect_only(file, None, "v1", 20).await;
+    mesh.expect_only(file, jason, "v1", 10).await;
+
+    let file = "virtual-service-reviews-v3.yaml";
+    mesh.apply(file);
+    mesh.settle(file, None, 1, |p| p.reviews() == "v3").await;
+    mesh.expect_only(file, None, "v3", 20).await;
+    mesh.expect_only(file, jason, "v3", 10).await;
+
+    // Each split brings a version the one before did not route to: seeing
+    // it is the sign the new weights are live.
+    let splits: [(&str, &str, &[(&str, f64)]); 4] = [
+        (
+            "virtual-service-reviews-50-v3.yaml",
+            "v1",
+            &[("v1", 50.0), ("v3", 50.0)],
+        ),
+        (
+            "virtual-service-reviews-80-20.yaml",
+            "v2",
+            &[("v1", 80.0), ("v2", 20.0)],
+        ),
+        (
+            "virtual-service-reviews-v2-v3.yaml",
+            "v3",
+            &[("v2", 50.0), ("v3", 50.0)],
+        ),
+        (
+            "virtual-service-reviews-90-10.yaml",
+            "v1",
+            &[("v1", 90.0), ("v2", 10.0)],
+        ),
+    ];
+    for (file, sign, expected) in splits {
+        mesh.apply(file);
+        mesh.settle(file, None, 1, |p| p.reviews() == sign).await;
+        mesh.expect_split(file, 300, expected).await;
+    }
+
+    let file = "virtual-service-reviews-test-v2.yaml";
+    mesh.apply(file);
+    mesh.settle(file, jason, 8, |p| p.reviews() == "v2").await;
+    mesh.expect_only(file, jason, "v2", 20).await;
+    mesh.expect_only(file, None, "v1", 20).await;
+
+    let file = "virtual-service-reviews-jason-v2-v3.yaml";
+    mesh.apply(file);
+    mesh.settle(file, None, 1, |p| p.reviews() == "v3").await;
+    mesh.expect_only(file, None, "v3", 20).await;
+    mesh.expect_only(file, jason, "v2", 20).await;
+
+    // Istio's fault-injection task: jason on v2, whose ratings calls are
+    // delayed 7 s; the product page gives up on reviews after 2 × 3 s.
+    let file = "virtual-service-reviews-test-v2.yaml";
+    mesh.apply(file);
+    mesh.settle(file, None, 1, |p| p.reviews() == "v1").await;
+    let file = "virtual-service-ratings-test-delay.yaml";
+    mesh.apply(file);
+    mesh.settle(file, jason, 1, |p| p.reviews() == "unavailable")
+        .await;
+    let began = Instant::now();
+    let page = mesh.page(jason).await;
+    let took = began.elapsed();
+    eprintln!("{file}: jason's page took {took:?}");
+    assert_eq!(page.reviews(), "unavailable", "{}", page.body);
+    assert!(
+        took >= Duration::from_millis(5800),
+        "{file}: two 3 s timeouts, took {took:?}"
+    );
+    assert!(
+        page.shows("Ada Marlowe"),
+        "details still shown: {}",
+        page.body
+    );
+    let began = Instant::now();
+    assert_eq!(mesh.page(None).await.reviews(), "v1");
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "others wait for nothing"
+    );
+
+    let file = "virtual-service-ratings-test-abort.yaml";
+    mesh.apply(file);
+    mesh.settle(file, jason, 3, |p| p.reviews() == "v2 without ratings")
+        .await;
+    mesh.expect_only(file, jason, "v2 without ratings", 10)
+        .await;
+    mesh.expect_only(file, None, "v1", 10).await;
+
+    let file = "fault-injection-details-v1.yaml";
+    mesh.apply(file);
+    mesh.settle(file, None, 3, |p| p.shows(DETAILS_UNAVAILABLE))
+        .await;
+    for user in [None, jason] {
+        let page = mesh.page(user).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.shows(DETAILS_UNAVAILABLE), "{}", page.body);
+        assert!(!page.shows("Ada Marlowe"), "{}", page.body);
+        assert_ne!(
+            page.reviews(),
+            "unavailable",
+            "reviews still shown: {}",
+            page.body
+        );
+    }
+
+    mesh.down();
+}
