@@ -19,19 +19,19 @@ pub fn down(name: Option<String>) -> ExitCode {
     let state = match pick(name) {
         Ok(state) => state,
         Err(message) => {
-            eprintln!("weft down: {message}");
+            note!("weft down: {message}");
             return ExitCode::FAILURE;
         }
     };
     let name = state.name.clone();
     if let Some(runner) = state.runner.as_ref().filter(|r| r.alive()) {
-        eprintln!(
+        note!(
             "weft down: stopping mesh {name:?} (weft up, pid {})",
             runner.pid
         );
         let pid = Pid::from_raw(i32::try_from(runner.pid).unwrap_or(i32::MAX));
         if let Err(err) = kill(pid, Signal::SIGTERM) {
-            eprintln!(
+            note!(
                 "weft down: cannot signal weft up (pid {}): {err}; run it as the user that started the mesh (e.g. with sudo)",
                 runner.pid
             );
@@ -42,7 +42,7 @@ pub fn down(name: Option<String>) -> ExitCode {
             std::thread::sleep(Duration::from_millis(100));
         }
         if runner.alive() {
-            eprintln!("weft down: weft up did not stop within {RUNNER_TIMEOUT:?}; killing it");
+            note!("weft down: weft up did not stop within {RUNNER_TIMEOUT:?}; killing it");
             let _ = kill(pid, Signal::SIGKILL);
             process::stop_recorded(std::slice::from_ref(runner));
         }
@@ -51,16 +51,16 @@ pub fn down(name: Option<String>) -> ExitCode {
     let leftover = match State::load(&name) {
         Ok(leftover) => leftover,
         Err(err) => {
-            eprintln!("weft down: {err:#}");
+            note!("weft down: {err:#}");
             return ExitCode::FAILURE;
         }
     };
     if let Some(leftover) = leftover {
-        eprintln!("weft down: removing what mesh {name:?} left behind");
+        note!("weft down: removing what mesh {name:?} left behind");
         let problems = leftover.clean_up();
         if !problems.is_empty() {
             for problem in problems {
-                eprintln!("weft down: {problem}");
+                note!("weft down: {problem}");
             }
             return ExitCode::FAILURE;
         }

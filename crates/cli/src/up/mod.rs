@@ -5,6 +5,15 @@
 //! Stays in the foreground; Ctrl-C (or `weft down`) tears it all down.
 //! docs/weft-up.md describes the mesh file and each step.
 
+/// `eprintln!` that cannot panic: after SIGHUP the terminal is gone, and a
+/// failed write must not cut the teardown short.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod down;
 pub mod meshfile;
 mod network;
@@ -52,12 +61,12 @@ pub fn up(args: UpArgs) -> ExitCode {
     let plan = match prepare(&args) {
         Ok(plan) => plan,
         Err(message) => {
-            eprintln!("{message}");
+            note!("{message}");
             return ExitCode::FAILURE;
         }
     };
     if let Err(message) = privileges::check() {
-        eprintln!("{message}");
+        note!("{message}");
         return ExitCode::from(EXIT_PRIVILEGES);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -67,7 +76,7 @@ pub fn up(args: UpArgs) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("weft up: cannot start the I/O runtime: {err}");
+            note!("weft up: cannot start the I/O runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -175,14 +184,14 @@ async fn run(plan: Plan, args: &UpArgs) -> ExitCode {
     let mut signals = match Signals::install() {
         Ok(signals) => signals,
         Err(err) => {
-            eprintln!("weft up: cannot handle signals: {err}");
+            note!("weft up: cannot handle signals: {err}");
             return ExitCode::FAILURE;
         }
     };
     let mut running = match Running::claim(plan) {
         Ok(running) => running,
         Err(err) => {
-            eprintln!("weft up: {err:#}");
+            note!("weft up: {err:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -195,21 +204,21 @@ async fn run(plan: Plan, args: &UpArgs) -> ExitCode {
         Ok(()) => {
             running.print_summary(began.elapsed());
             running.supervise(&mut signals).await;
-            eprintln!("weft up: stopping");
+            note!("weft up: stopping");
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("weft up: {err:#}");
-            eprintln!("weft up: undoing what was started");
+            note!("weft up: {err:#}");
+            note!("weft up: undoing what was started");
             ExitCode::FAILURE
         }
     };
     let problems = running.tear_down().await;
     for problem in &problems {
-        eprintln!("weft up: cleanup: {problem}");
+        note!("weft up: cleanup: {problem}");
     }
     if problems.is_empty() {
-        eprintln!(
+        note!(
             "weft up: stopped; logs kept in {}",
             running.logs_dir().display()
         );

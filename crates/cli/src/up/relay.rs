@@ -46,7 +46,7 @@ pub fn spawn(listener: TcpListener, upstream: Upstream, name: &'static str) -> J
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: pass, retry.
-                    eprintln!("weft up: {name} relay: accept failed: {err}");
+                    note!("weft up: {name} relay: accept failed: {err}");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
@@ -59,7 +59,7 @@ pub fn spawn(listener: TcpListener, upstream: Upstream, name: &'static str) -> J
                         let _ = stream.set_nodelay(true);
                         let _ = tokio::io::copy_bidirectional(&mut downstream, &mut stream).await;
                     }
-                    Err(err) => eprintln!(
+                    Err(err) => note!(
                         "weft up: {name} relay: cannot reach {}: {err}",
                         upstream.address()
                     ),

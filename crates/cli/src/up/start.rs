@@ -61,7 +61,7 @@ impl Running {
                     plan.name
                 );
             }
-            eprintln!(
+            note!(
                 "weft up: cleaning up after an earlier run of {:?} that did not stop cleanly",
                 plan.name
             );
@@ -122,8 +122,7 @@ impl Running {
         let api = pick_api(api).await?;
         let grpc = free_loopback_port().await?;
         let began = Instant::now();
-        let step =
-            |what: &str| eprintln!("weft up: {what} ({:.1}s)", began.elapsed().as_secs_f64());
+        let step = |what: &str| note!("weft up: {what} ({:.1}s)", began.elapsed().as_secs_f64());
         self.start_weftd(api, grpc).await?;
         step(&format!("weftd ready, API on {api}"));
 
@@ -253,7 +252,7 @@ impl Running {
             }
         }
         if first.is_some() && self.ingress.is_empty() {
-            eprintln!("weft up: --ingress ignored: the mesh file has no gateway with `expose`");
+            note!("weft up: --ingress ignored: the mesh file has no gateway with `expose`");
         }
         Ok(listeners)
     }
@@ -405,18 +404,23 @@ impl Running {
     }
 
     pub fn print_summary(&self, took: Duration) {
-        println!(
+        use std::io::Write as _;
+        // A closed stdout must not kill the runner (and leave the mesh up).
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
             "weft up: mesh {:?} is up ({:.1}s)",
             self.plan.name,
             took.as_secs_f64()
         );
-        println!("  pods:");
+        let _ = writeln!(out, "  pods:");
         for pod in &self.plan.pods {
             let role = match pod.role {
                 Role::Workload { .. } => "app + sidecar",
                 Role::Gateway { .. } => "gateway",
             };
-            println!(
+            let _ = writeln!(
+                out,
                 "    {:<28} {:<14} {:<15} {role}",
                 pod.name,
                 pod.namespace,
@@ -424,11 +428,12 @@ impl Running {
             );
         }
         if !self.plan.services.is_empty() {
-            println!("  services:");
+            let _ = writeln!(out, "  services:");
         }
         for service in &self.plan.services {
             let ports: Vec<String> = service.ports.iter().map(|p| p.port.to_string()).collect();
-            println!(
+            let _ = writeln!(
+                out,
                 "    {:<40} {:<15} port {}",
                 service.hostname(),
                 service.vip.to_string(),
@@ -436,15 +441,16 @@ impl Running {
             );
         }
         for (host, pod, target) in &self.ingress {
-            println!("  ingress:   http://{host} -> {pod} ({target})");
+            let _ = writeln!(out, "  ingress:   http://{host} -> {pod} ({target})");
         }
         if let Some(api) = self.api {
-            println!(
+            let _ = writeln!(
+                out,
                 "  weftd API: {api} (weft apply/get/delete/proxy-status use it by themselves)"
             );
         }
-        println!("  logs:      {}", self.logs_dir().display());
-        println!("Ctrl-C or `weft down {}` to stop.", self.plan.name);
+        let _ = writeln!(out, "  logs:      {}", self.logs_dir().display());
+        let _ = writeln!(out, "Ctrl-C or `weft down {}` to stop.", self.plan.name);
     }
 
     /// Until a stop signal: reports processes that exit on their own.
@@ -465,7 +471,7 @@ impl Running {
                 }
                 if let Some(status) = proc.exited() {
                     proc.exit_reported = true;
-                    eprintln!(
+                    note!(
                         "weft up: {} exited ({status}); see {}",
                         proc.record.label,
                         proc.log.display()
