@@ -41,18 +41,16 @@ const PYTHON: &str = "/usr/bin/python3";
 const DETAILS_UNAVAILABLE: &str = "Sorry, product details are currently unavailable for this book.";
 const REVIEWS_UNAVAILABLE: &str = "Sorry, product reviews are currently unavailable for this book.";
 const RATINGS_UNAVAILABLE: &str = "Ratings service is currently unavailable";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 /// Headers a tracer relies on, each of which must reach reviews and ratings.
 const TRACING: [(&str, &str); 6] = [
     ("x-request-id", "5b1e0c1e-bookinfo-test"),
-    (
-        "traceparent",
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-    ),
-    ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
-    ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+    ("traceparent", TRACEPARENT),
+    ("x-b3-traceid", "80f198ee56343ba8"),
+    ("b3", "80f198ee56343ba8-e457b5a2e4d86bd1-1"),
     (
         "sw8",
-        "1-dGVzdA==-c2VnbWVudA==-3-c2VydmljZQ==-aW5zdA==-L3Rlc3Q=-dGFyZ2V0",
+        "1-dGVzdA==-c2VnbWVudA==-3-c2VydmljZQ==-aW5zdA==-dGFyZ2V0",
     ),
     ("user-agent", "bookinfo-test/1"),
 ];
@@ -92,14 +90,8 @@ fn build_workspace_binaries() -> Result<PathBuf, String> {
         .args(["build", "--quiet", "--bins", "--profile", &profile])
         .arg("--target-dir")
         .arg(target_dir)
-        .args([
-            "-p",
-            "bookinfo-reviews",
-            "-p",
-            "weft-proxy",
-            "-p",
-            "weft-control",
-        ])
+        .args(["-p", "bookinfo-reviews", "-p", "weft-proxy"])
+        .args(["-p", "weft-control"])
         .current_dir(repo_root())
         .status()
         .map_err(|err| format!("cannot run {cargo:?}: {err}"))?;
@@ -279,6 +271,12 @@ async fn product_page(addr: SocketAddr, user: Option<&str>) -> Page {
     }
 }
 
+/// `POST /login` with a form.
+async fn post_login(addr: SocketAddr, form: &str) -> Reply {
+    let headers = [("content-type", "application/x-www-form-urlencoded")];
+    send(addr, Method::POST, "/login", &headers, form).await
+}
+
 async fn api_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Value {
     let reply = send(addr, Method::GET, path, headers, "").await;
     assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
@@ -322,26 +320,13 @@ impl Loopback {
         let bin_dir = bin_dir();
         let logs = tempfile::tempdir().expect("tempdir");
         let (details_addr, ratings_addr) = (free_addr(), free_addr());
-        let mut details = App::python(
-            "details-v1-loopback",
-            "details.py",
-            details_addr,
-            Env::new(),
-            logs.path(),
-        );
-        let mut ratings = App::python(
-            "ratings-v1-loopback",
-            "ratings.py",
-            ratings_addr,
-            Env::new(),
-            logs.path(),
-        );
+        let python = |name, script, addr| App::python(name, script, addr, Env::new(), logs.path());
+        let mut details = python("details-v1-loopback", "details.py", details_addr);
+        let mut ratings = python("ratings-v1-loopback", "ratings.py", ratings_addr);
         let mut reviews = Vec::new();
-        for (version, enable, color) in [
-            ("v1", "false", ""),
-            ("v2", "true", "black"),
-            ("v3", "true", "red"),
-        ] {
+        // (SERVICE_VERSION, ENABLE_RATINGS, STAR_COLOR) as in mesh.yaml
+        let versions = [("v1", "false", ""), ("v2", "true", "black")];
+        for (version, enable, color) in versions.into_iter().chain([("v3", "true", "red")]) {
             let addr = free_addr();
             let mut env = at("ratings", ratings_addr);
             env.extend(vars(&[
@@ -407,16 +392,10 @@ async fn product_page_shows_each_reviews_version() {
     }
     // Five and four stars, in the version's colour.
     let v3 = product_page(app.pages["v3"], None).await;
-    assert!(
-        v3.shows("<span class=\"stars\" style=\"color: red\">★★★★★</span>"),
-        "{}",
-        v3.body
-    );
-    assert!(
-        v3.shows("<span class=\"stars\" style=\"color: red\">★★★★☆</span>"),
-        "{}",
-        v3.body
-    );
+    for stars in ["★★★★★", "★★★★☆"] {
+        let markup = format!("<span class=\"stars\" style=\"color: red\">{stars}</span>");
+        assert!(v3.shows(&markup), "{markup} missing: {}", v3.body);
+    }
 
     let page = app.pages["v1"];
     let css = send(page, Method::GET, "/static/bookinfo.css", &[], "").await;
@@ -435,26 +414,12 @@ async fn login_names_the_end_user_to_every_service() {
     let app = Loopback::start().await;
     let page = app.pages["v2"];
 
-    let login = send(
-        page,
-        Method::POST,
-        "/login",
-        &[("content-type", "application/x-www-form-urlencoded")],
-        "username=jason&passwd=",
-    )
-    .await;
+    let login = post_login(page, "username=jason&passwd=").await;
     assert_eq!(login.status, StatusCode::FOUND, "{}", login.text());
     assert_eq!(login.header("location"), Some("/productpage"));
     let cookie = login.header("set-cookie").expect("a cookie").to_string();
     assert!(cookie.starts_with("user=jason"), "{cookie}");
-    let bad = send(
-        page,
-        Method::POST,
-        "/login",
-        &[("content-type", "application/x-www-form-urlencoded")],
-        "username=a%3Bb",
-    )
-    .await;
+    let bad = post_login(page, "username=a%3Bb").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
 
     let logged_in = product_page(page, Some("jason")).await;
@@ -480,25 +445,14 @@ async fn login_names_the_end_user_to_every_service() {
     assert!(details["seen"].get("cookie").is_none(), "{details}");
 
     // A request that already names its user (no cookie) keeps that name.
-    let reviews = api_json(
-        page,
-        "/api/v1/products/0/reviews",
-        &[("end-user", "tester")],
-    )
-    .await;
+    let tester = [("end-user", "tester")];
+    let reviews = api_json(page, "/api/v1/products/0/reviews", &tester).await;
     assert_eq!(reviews["ratings_seen"]["end-user"], "tester", "{reviews}");
     // Anonymous: no end-user at all.
     let reviews = api_json(page, "/api/v1/products/0/reviews", &[]).await;
     assert_eq!(reviews["end_user"], Value::Null, "{reviews}");
 
-    let logout = send(
-        page,
-        Method::GET,
-        "/logout",
-        &[("cookie", "user=jason")],
-        "",
-    )
-    .await;
+    let logout = send(page, Method::GET, "/logout", &[], "").await;
     assert_eq!(logout.status, StatusCode::FOUND);
     let cleared = logout.header("set-cookie").unwrap_or_default();
     assert!(
@@ -587,6 +541,9 @@ fn mesh_home() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("bookinfo-weft-home")
 }
 
+/// Expected shares of the page's reviews, in percent.
+type Shares = &'static [(&'static str, f64)];
+
 /// `weft up examples/bookinfo`, running; stopped on drop.
 struct Mesh {
     child: Child,
@@ -610,11 +567,7 @@ impl Mesh {
         bin_dir();
         std::fs::create_dir_all(mesh_home()).expect("weft home");
         // A runner a killed test run left behind.
-        let _ = Self::weft()
-            .args(["down", MESH])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        Self::down_quietly();
         let log = mesh_home().join("weft-up.log");
         let file = std::fs::File::create(&log).expect("log");
         let ingress = free_addr();
@@ -666,6 +619,14 @@ impl Mesh {
 
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn down_quietly() {
+        let _ = Self::weft()
+            .args(["down", MESH])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 
     /// `weft apply -f` of a corpus routing file, with no address flag.
@@ -799,21 +760,12 @@ impl Mesh {
 }
 
 impl Drop for Mesh {
+    /// A test that failed half-way still leaves nothing behind.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Self::weft()
-                .args(["down", MESH])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while let Ok(None) = self.child.try_wait() {
-                if Instant::now() > deadline {
-                    let _ = self.child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            Mesh::down_quietly();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -841,14 +793,7 @@ async fn bookinfo_routing_files_through_weft_up() {
     }
 
     // Login through the gateway; the page knows the user.
-    let login = send(
-        mesh.ingress,
-        Method::POST,
-        "/login",
-        &[("content-type", "application/x-www-form-urlencoded")],
-        "username=jason",
-    )
-    .await;
+    let login = post_login(mesh.ingress, "username=jason").await;
     assert_eq!(login.status, StatusCode::FOUND, "{}", login.text());
     assert!(
         login
@@ -882,7 +827,7 @@ async fn bookinfo_routing_files_through_weft_up() {
 
     // Each split brings a version the one before did not route to: seeing
     // it is the sign the new weights are live.
-    let splits: [(&str, &str, &[(&str, f64)]); 4] = [
+    let splits: [(&str, &str, Shares); 4] = [
         (
             "virtual-service-reviews-50-v3.yaml",
             "v1",
