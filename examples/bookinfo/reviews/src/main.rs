@@ -223,33 +223,42 @@ async fn handle(
     Ok(reply(StatusCode::OK, answer))
 }
 
+/// What this version knows of the ratings service's answer.
+enum Ratings {
+    /// v1: never asks.
+    Off,
+    /// ratings' JSON: `{"id", "ratings": {reviewer: stars}, "seen"}`
+    Got(Value),
+    Unavailable,
+}
+
 /// The answer for product `id`, with ratings when this version has them.
 async fn reviews(config: &Config, id: u32, propagated: &[(String, String)]) -> Value {
-    let ratings = if config.ratings_enabled {
+    let ratings = if !config.ratings_enabled {
+        Ratings::Off
+    } else {
         match fetch_ratings(config, id, propagated).await {
-            Ok(ratings) => Some(Ok(ratings)),
+            Ok(answer) => Ratings::Got(answer),
             Err(problem) => {
                 eprintln!("bookinfo-reviews: ratings for {id}: {problem}");
-                Some(Err(()))
+                Ratings::Unavailable
             }
         }
-    } else {
-        None
     };
     let reviews: Vec<Value> = REVIEWS
         .iter()
         .map(|(reviewer, text)| {
             let mut review = json!({"reviewer": reviewer, "text": text});
             match &ratings {
-                None => {}
-                Some(Ok(answer)) => {
+                Ratings::Off => {}
+                Ratings::Got(answer) => {
                     let stars = answer["ratings"][reviewer].as_u64();
                     review["rating"] = match stars {
                         Some(stars) => json!({"stars": stars, "color": config.star_color}),
                         None => json!({"error": "no rating from this reviewer"}),
                     };
                 }
-                Some(Err(())) => review["rating"] = json!({"error": RATINGS_UNAVAILABLE}),
+                Ratings::Unavailable => review["rating"] = json!({"error": RATINGS_UNAVAILABLE}),
             }
             review
         })
@@ -267,7 +276,7 @@ async fn reviews(config: &Config, id: u32, propagated: &[(String, String)]) -> V
         "seen": seen,
         "reviews": reviews,
     });
-    if let Some(Ok(ratings)) = &ratings {
+    if let Ratings::Got(ratings) = &ratings {
         answer["ratings_seen"] = ratings.get("seen").cloned().unwrap_or(Value::Null);
     }
     answer
