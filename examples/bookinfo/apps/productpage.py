@@ -26,6 +26,7 @@ from bookinfo_common import Handler, get_json, propagated, serve, service_url
 
 CALL_TIMEOUT = 3.0
 REVIEWS_TRIES = 2
+MAX_FORM = 4096
 USER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {"bookinfo.css": "text/css; charset=utf-8"}
@@ -76,7 +77,14 @@ class ProductPage(Handler):
     def do_POST(self):
         if urllib.parse.urlsplit(self.path).path != "/login":
             return self.send_json(404, {"error": "no such page: %s" % self.path})
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_FORM:
+            message = "Content-Length: a form of at most %d bytes please" % MAX_FORM
+            self.close_connection = True
+            return self.send_body(400, message.encode(), "text/plain; charset=utf-8")
         form = urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
         user = (form.get("username") or [""])[0].strip()
         if not USER_NAME.fullmatch(user):
