@@ -4,7 +4,10 @@
 //! and ACKed it, and weftd's CPU time and RSS.
 //!
 //! cargo run --release -p weft-control --example control_plane_bench -- \
-//!     [--services 1000] [--endpoints 10000] [--proxies 100] [--changes 5]
+//!     [--services 1000] [--endpoints 10000] [--proxies 100] [--changes 5] \
+//!     [--json FILE]
+//!
+//! `bench/run --control-plane P` runs it and puts the JSON in RESULTS.md.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,27 +27,37 @@ struct Options {
     endpoints: usize,
     proxies: usize,
     changes: usize,
+    json: Option<std::path::PathBuf>,
 }
 
-fn options() -> Options {
+fn options() -> anyhow::Result<Options> {
     let mut options = Options {
         services: 1000,
         endpoints: 10_000,
         proxies: 100,
         changes: 5,
+        json: None,
     };
-    let args: Vec<String> = std::env::args().collect();
-    for pair in args[1..].chunks(2) {
-        let value = pair.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-        match pair[0].as_str() {
-            "--services" => options.services = value,
-            "--endpoints" => options.endpoints = value,
-            "--proxies" => options.proxies = value,
-            "--changes" => options.changes = value,
-            other => eprintln!("ignoring {other}"),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let [flag, value] = pair else {
+            anyhow::bail!("{} needs a value", pair[0]);
+        };
+        let count = || -> anyhow::Result<usize> {
+            value
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{flag}: {value:?} is not a count"))
+        };
+        match flag.as_str() {
+            "--services" => options.services = count()?.max(1),
+            "--endpoints" => options.endpoints = count()?,
+            "--proxies" => options.proxies = count()?,
+            "--changes" => options.changes = count()?.max(1),
+            "--json" => options.json = Some(value.into()),
+            other => anyhow::bail!("unknown option {other}"),
         }
     }
-    options
+    Ok(options)
 }
 
 fn mesh_yaml(options: &Options) -> String {
@@ -111,7 +124,14 @@ async fn simulated_proxy(
     Ok(())
 }
 
-fn weftd_usage(pid: u32) -> (f64, u64) {
+/// weftd's CPU seconds (user + system), current RSS and peak RSS in KiB.
+struct Usage {
+    cpu_s: f64,
+    rss_kib: u64,
+    peak_rss_kib: u64,
+}
+
+fn weftd_usage(pid: u32) -> Usage {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -128,13 +148,20 @@ fn weftd_usage(pid: u32) -> (f64, u64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (ticks / 100.0, rss_kib)
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // Linux reports stat times in USER_HZ, 100 on every platform Weft runs on.
+    Usage {
+        cpu_s: ticks / 100.0,
+        rss_kib: kib("VmRSS:"),
+        peak_rss_kib: kib("VmHWM:"),
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -146,7 +173,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let options = options();
+    let options = options()?;
     let weftd_bin = std::env::current_exe()?
         .parent()
         .and_then(Path::parent)
@@ -167,11 +194,10 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let reply = weftd.apply(&mesh_yaml(&options)).await?;
     anyhow::ensure!(reply.status == 200, "apply failed: {}", reply.text());
+    let apply_time = started.elapsed();
     println!(
-        "applied {} services and {} endpoints in {:?}",
-        options.services,
-        options.endpoints,
-        started.elapsed()
+        "applied {} services and {} endpoints in {apply_time:?}",
+        options.services, options.endpoints,
     );
 
     let received: Received = Arc::new(Mutex::new(vec![None; options.proxies]));
@@ -198,12 +224,13 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let sync_time = connect_started.elapsed();
     println!(
-        "{} proxies connected and synced in {:?}",
-        options.proxies,
-        connect_started.elapsed()
+        "{} proxies connected and synced in {sync_time:?}",
+        options.proxies
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_changes = weftd_usage(pid);
 
     let mut delays = Vec::new();
     for change in 0..options.changes {
@@ -233,18 +260,39 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     delays.sort();
-    let (cpu, rss) = weftd_usage(pid);
+    let usage = weftd_usage(pid);
+    let (p50, p99) = (percentile(&delays, 0.5), percentile(&delays, 0.99));
+    let max = delays.last().copied().unwrap_or_default();
+    let cpu_per_change = (usage.cpu_s - before_changes.cpu_s) / options.changes as f64;
+    let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "endpoint change → ACK by all {} proxies ({} changes): p50 {:?}, p99 {:?}, max {:?}",
-        options.proxies,
-        options.changes,
-        percentile(&delays, 0.5),
-        percentile(&delays, 0.99),
-        delays.last().copied().unwrap_or_default()
+        "endpoint change → ACK by all {} proxies ({} changes): p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        options.proxies, options.changes,
     );
     println!(
-        "weftd: {cpu:.1} s CPU in total, RSS {:.1} MiB",
-        rss as f64 / 1024.0
+        "weftd: {:.1} s CPU in total ({cpu_per_change:.2} s per change), RSS {:.1} MiB, peak {:.1} MiB",
+        usage.cpu_s,
+        mib(usage.rss_kib),
+        mib(usage.peak_rss_kib)
     );
+    if let Some(path) = &options.json {
+        let report = serde_json::json!({
+            "services": options.services,
+            "endpoints": options.endpoints,
+            "proxies": options.proxies,
+            "changes": options.changes,
+            "apply_s": apply_time.as_secs_f64(),
+            "sync_s": sync_time.as_secs_f64(),
+            "ack_p50_ms": p50.as_secs_f64() * 1e3,
+            "ack_p99_ms": p99.as_secs_f64() * 1e3,
+            "ack_max_ms": max.as_secs_f64() * 1e3,
+            "weftd_cpu_s": usage.cpu_s,
+            "weftd_cpu_s_per_change": cpu_per_change,
+            "weftd_rss_mib": mib(usage.rss_kib),
+            "weftd_peak_rss_mib": mib(usage.peak_rss_kib),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))?;
+    }
     Ok(())
 }
