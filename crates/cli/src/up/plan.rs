@@ -258,7 +258,15 @@ impl Plan {
             pod.ip, pod.name
         );
         for service in &self.services {
-            text.push_str(&format!("{}\t{}\n", service.vip, service.names().join(" ")));
+            // The bare name only within the service's own namespace, as
+            // Kubernetes search paths resolve it.
+            let names = service.names();
+            let names = if service.namespace == pod.namespace {
+                &names[..]
+            } else {
+                &names[1..]
+            };
+            text.push_str(&format!("{}\t{}\n", service.vip, names.join(" ")));
         }
         text
     }
@@ -377,8 +385,9 @@ spec:
         assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
         assert_eq!(decoded.resources.len(), 2);
         let hosts = plan.hosts_file(&plan.pods[0]);
+        assert!(hosts.contains("240.240.0.1\ta a.default "), "{hosts}");
         assert!(
-            hosts.contains("240.240.0.2\tb b.shop b.shop.svc b.shop.svc.cluster.local\n"),
+            hosts.contains("240.240.0.2\tb.shop b.shop.svc b.shop.svc.cluster.local\n"),
             "{hosts}"
         );
     }
