@@ -18,6 +18,19 @@ use tokio::runtime::Runtime;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// weftd's API when nothing says otherwise (weftd's own default).
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:15014";
+
+/// Which weftd a command talks to: the one given (`--weftd`, `$WEFT_ADDR`),
+/// else the running `weft up`'s (`running`: `None` unless exactly one
+/// mesh runs), else [`DEFAULT_ADDRESS`].
+pub fn weftd_address(given: Option<&str>, running: impl FnOnce() -> Option<String>) -> String {
+    given
+        .map(str::to_string)
+        .or_else(running)
+        .unwrap_or_else(|| DEFAULT_ADDRESS.to_string())
+}
+
 /// A weftd answer: its status and JSON body.
 pub struct Answer {
     pub status: StatusCode,

@@ -19,8 +19,6 @@ use clap::{Parser, Subcommand};
 use crate::client::Weftd;
 use crate::get::{Output, Query};
 
-const DEFAULT_WEFTD: &str = "127.0.0.1:15014";
-
 #[derive(Parser, Debug)]
 #[command(name = "weft", version, about = "The Weft service mesh command line")]
 struct Args {
@@ -96,11 +94,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let address = args
-        .weftd
-        .or_else(up::state::running_api)
-        .unwrap_or_else(|| DEFAULT_WEFTD.to_string());
-    let address = address.as_str();
+    // Resolved only by the commands that talk to weftd.
+    let address = args.weftd.as_deref();
     match args.command {
         Command::Up(up_args) => up::up(up_args),
         Command::Down { name } => up::down(name),
@@ -141,8 +136,12 @@ fn main() -> ExitCode {
 }
 
 /// Runs a command that needs weftd; its errors end up as one line.
-fn remote(address: &str, command: impl FnOnce(&Weftd) -> anyhow::Result<ExitCode>) -> ExitCode {
-    match Weftd::new(address).and_then(|weftd| command(&weftd)) {
+fn remote(
+    address: Option<&str>,
+    command: impl FnOnce(&Weftd) -> anyhow::Result<ExitCode>,
+) -> ExitCode {
+    let address = client::weftd_address(address, up::state::running_api);
+    match Weftd::new(&address).and_then(|weftd| command(&weftd)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("weft: {err:#}");
