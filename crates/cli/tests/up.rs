@@ -3,8 +3,9 @@
 //! gateway, each pod in its own network namespace behind its sidecar.
 //! Asserts what a user notices: the summary, traffic through both sidecars
 //! (their metrics count it), routing changed by `weft apply` with no flags,
-//! and that `weft down`, Ctrl-C and a crash followed by a new `weft up` leave
-//! nothing behind.
+//! that `weft down`, Ctrl-C and a crash followed by a new `weft up` leave
+//! nothing behind, and that a pod whose interception rules fail stops the
+//! whole start-up (fail closed, never half-started).
 //!
 //! Needs root, `ip`, `iptables` and `setpriv`; under `CI=true` it fails
 //! rather than skip. The mesh file error test runs anywhere.
@@ -688,4 +689,46 @@ fn mesh_file_errors_name_the_file_and_the_field() {
         !mesh.home.path().join("meshes").exists(),
         "nothing under WEFT_HOME"
     );
+}
+
+#[test]
+fn a_pod_whose_interception_rules_fail_stops_the_whole_start_up() {
+    if !privileged_or_skip("a_pod_whose_interception_rules_fail_stops_the_whole_start_up") {
+        return;
+    }
+    ensure_binaries();
+    let mesh = MeshDir::new("upe");
+    // An iptables-restore that refuses, found first on PATH.
+    let fake = tempfile::tempdir().expect("tempdir");
+    let tool = fake.path().join("iptables-restore");
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\necho 'iptables-restore: refused by the test' >&2\nexit 1\n",
+    )
+    .expect("write");
+    set_mode(&tool, 0o755);
+    let path = format!(
+        "{}:{}",
+        fake.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = mesh
+        .weft()
+        .arg("up")
+        .arg(mesh.dir.path())
+        .args(["--name", &mesh.name, "--ingress", &free_addr().to_string()])
+        .args(["--api", &free_addr().to_string()])
+        .env("PATH", path)
+        .output()
+        .expect("weft up");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pod frontend-v1-0: cannot install the interception rules")
+            && stderr.contains("refused by the test"),
+        "{stderr}"
+    );
+    // No app ever started, and everything made before the failure is gone.
+    assert!(!stderr.contains("apps listening"), "{stderr}");
+    assert_nothing_left(&mesh, &[]);
 }
