@@ -17,7 +17,7 @@ from pathlib import Path
 
 def write(peer, **hop):
     """Writes the hop's config under hop["work"] and returns its command."""
-    writers = {"weft": weft, "envoy": envoy, "haproxy": haproxy, "nginx": nginx}
+    writers = {"weft": weft, "weft-mtls": weft_mtls, "envoy": envoy, "haproxy": haproxy, "nginx": nginx}
     if peer not in writers:
         raise SystemExit(f"bench/run: no config writer for peer {peer!r} (bench/peers.py)")
     return writers[peer](**hop)
@@ -42,7 +42,7 @@ def h2_front(peer, scenario, role):
     return False
 
 
-def weft(tools, work, name, scenario, role, listen, upstream, backends, admin_base):
+def weft(tools, work, name, scenario, role, listen, upstream, backends, admin_base, control=None):
     port = upstream_port("weft", scenario, role, upstream, backends)
     # The cluster's upstream protocol is left at its default, the client's
     # (HTTP/1.1 in → HTTP/1.1 out, h2 in → h2 out).
@@ -60,7 +60,56 @@ clusters: [{{name: backend, endpoints: [{{address: "127.0.0.1:{port}"}}]}}]
     ]
 
 
-def envoy(tools, work, name, scenario, role, listen, upstream, backends, admin_base):
+# The mTLS pair is the real mesh path: both sidecars take their config from
+# weftd (--control-plane) and their workload certificates from weftd's CA
+# (--token-file), the server side serves the backend's port on an inbound
+# listener (--inbound ADDRESS=PORT) and the client side reaches it by service
+# name (--listen ADDRESS=backend:8000), mTLS chosen by auto-mTLS. bench/run
+# starts weftd, applies MESH_YAML and mints the tokens (control_plane()).
+MESH_SERVICE = "backend"
+
+
+def mesh_yaml(scenario, backends):
+    protocol = {"h1": "HTTP", "h1max": "HTTP", "h2": "HTTP2", "grpc": "GRPC"}[scenario]
+    port = upstream_port("weft-mtls", scenario, "server", None, backends)
+    return f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {MESH_SERVICE}}}
+spec:
+  hosts: [{MESH_SERVICE}.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8000, name: bench, protocol: {protocol}, targetPort: {port}}}]
+  workloadSelector: {{labels: {{app: {MESH_SERVICE}}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: default}}
+spec: {{mtls: {{mode: STRICT}}}}
+"""
+
+
+def weft_mtls(tools, work, name, scenario, role, listen, upstream, backends, admin_base, control=None):
+    if control is None or role == "single":
+        raise SystemExit("bench/run: weft-mtls is a pair only and needs weftd (bench/run starts it)")
+    protocol = {"h1": "http", "h1max": "http", "h2": "http2", "grpc": "grpc"}[scenario]
+    account = "bench-server" if role == "server" else "bench-client"
+    command = [
+        str(tools["weft"]), "--control-plane", control["grpc"], "--token-file", control["tokens"][account],
+        "--workers", "1", "--node-id", name, "--service-account", account,
+        "--admin", f"127.0.0.1:{admin_base}", "--health", f"127.0.0.1:{admin_base + 1}",
+        "--metrics", f"127.0.0.1:{admin_base + 2}",
+    ]
+    if role == "server":
+        port = upstream_port("weft-mtls", scenario, role, upstream, backends)
+        command += ["--workload", MESH_SERVICE, "--label", f"app={MESH_SERVICE}", "--port", f"{port}/{protocol}",
+                    "--inbound", f"127.0.0.1:{listen}={port}"]
+    else:
+        command += ["--workload", "bench-client", "--listen", f"127.0.0.1:{listen}={MESH_SERVICE}:8000"]
+    return command
+
+
+def envoy(tools, work, name, scenario, role, listen, upstream, backends, admin_base, control=None):
     port = upstream_port("envoy", scenario, role, upstream, backends)
     config = Path(work) / f"{name}.yaml"
     # use_downstream_protocol_config: HTTP/1.1 upstream for HTTP/1.1
@@ -101,7 +150,7 @@ static_resources:
             "--log-level", "warn"]
 
 
-def haproxy(tools, work, name, scenario, role, listen, upstream, backends, admin_base):
+def haproxy(tools, work, name, scenario, role, listen, upstream, backends, admin_base, control=None):
     port = upstream_port("haproxy", scenario, role, upstream, backends)
     front = " proto h2" if h2_front("haproxy", scenario, role) else ""
     back = " proto h2" if scenario in ("h2", "grpc") else ""
@@ -127,7 +176,7 @@ backend backend
     return ["haproxy", "-db", "-f", str(config)]
 
 
-def nginx(tools, work, name, scenario, role, listen, upstream, backends, admin_base):
+def nginx(tools, work, name, scenario, role, listen, upstream, backends, admin_base, control=None):
     port = upstream_port("nginx", scenario, role, upstream, backends)
     http2 = " http2" if h2_front("nginx", scenario, role) else ""
     if scenario == "grpc":

@@ -259,6 +259,8 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // From here on weftd stops and the streams end: no longer an error.
+    FINISHED.store(true, std::sync::atomic::Ordering::Relaxed);
     delays.sort();
     let usage = weftd_usage(pid);
     let (p50, p99) = (percentile(&delays, 0.5), percentile(&delays, 0.99));
