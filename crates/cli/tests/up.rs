@@ -3,8 +3,8 @@
 //! gateway, each pod in its own network namespace behind its sidecar.
 //! Asserts what a user notices: the summary, traffic through both sidecars
 //! (their metrics count it), routing changed by `weft apply` with no flags,
-//! that `weft down`, Ctrl-C and a crash followed by a new `weft up` leave
-//! nothing behind, and that a pod whose interception rules fail stops the
+//! that an app that dies is restarted, that `weft down`, Ctrl-C and a crash
+//! followed by a new `weft up` leave nothing behind, and that a pod whose interception rules fail stops the
 //! whole start-up (fail closed, never half-started).
 //!
 //! Needs root, `ip`, `iptables` and `setpriv`; under `CI=true` it fails
@@ -572,8 +572,10 @@ fn a_mesh_comes_up_routes_through_both_sidecars_follows_weft_apply_and_goes_down
 }
 
 #[test]
-fn ctrl_c_stops_the_mesh_and_a_new_up_cleans_up_after_a_crash() {
-    if !privileged_or_skip("ctrl_c_stops_the_mesh_and_a_new_up_cleans_up_after_a_crash") {
+fn a_crash_is_cleaned_up_by_the_next_up_apps_restart_and_ctrl_c_stops_it_all() {
+    if !privileged_or_skip(
+        "a_crash_is_cleaned_up_by_the_next_up_apps_restart_and_ctrl_c_stops_it_all",
+    ) {
         return;
     }
     let mesh = MeshDir::new("upb");
@@ -606,6 +608,39 @@ fn ctrl_c_stops_the_mesh_and_a_new_up_cleans_up_after_a_crash() {
     }
     let (status, body) = get_host(up.ingress, "/");
     assert_eq!(status, 200, "{body}");
+
+    // An app that dies is restarted (after a 1 s backoff), and the state
+    // file follows its new PID.
+    let app_pid = |state: &Value| {
+        state["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .find(|p| p["label"] == "frontend-v1-0 app")
+            .and_then(|p| p["pid"].as_i64())
+            .expect("frontend app in the state file") as i32
+    };
+    let first = app_pid(&mesh.state());
+    kill(Pid::from_raw(first), Signal::SIGKILL).expect("kill the app");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app_pid(&mesh.state()) == first {
+        assert!(
+            Instant::now() < deadline,
+            "app not restarted:\n{}",
+            up.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_host(up.ingress, "/").0 != 200 {
+        assert!(Instant::now() < deadline, "restarted app does not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        up.stderr().contains("frontend-v1-0 app restarted"),
+        "{}",
+        up.stderr()
+    );
 
     // Ctrl-C: SIGINT to the runner, which undoes everything in order.
     let pids = recorded_pids(&mesh.state());

@@ -15,6 +15,8 @@ use tokio::process::{Child, Command};
 
 /// How long a process gets between SIGTERM and SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
+/// The longest wait before restarting a process that exited.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A process as the state file remembers it. The start time (from
 /// `/proc/PID/stat`) tells a reused PID from ours.
@@ -41,52 +43,75 @@ impl ProcRecord {
     }
 }
 
-/// A child of this runner.
-pub struct Proc {
-    pub record: ProcRecord,
+/// How to start a process (again).
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub label: String,
+    pub argv: Vec<String>,
+    /// Added to the runner's environment.
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// Output is appended: restarts continue the same log.
     pub log: PathBuf,
-    child: Child,
-    /// Reported once when it exits on its own.
-    pub exit_reported: bool,
 }
 
-/// Starts `argv` with `env` added, output appended to `log`.
-pub fn spawn(
-    label: &str,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: &Path,
-    log: &Path,
-) -> anyhow::Result<Proc> {
-    let (program, args) = argv.split_first().context("empty command")?;
+/// A child of this runner, restarted with backoff when it exits (as a
+/// Kubernetes pod's containers are).
+pub struct Proc {
+    pub record: ProcRecord,
+    pub spec: Spec,
+    child: Child,
+    started: Instant,
+    restarts: u32,
+    /// Set while it is down and waiting for its next start.
+    restart_at: Option<Instant>,
+}
+
+/// What [`Proc::keep_alive`] did.
+pub enum Change {
+    Exited { status: String, delay: Duration },
+    Restarted { old: ProcRecord },
+    RestartFailed(String),
+}
+
+pub fn spawn(spec: Spec) -> anyhow::Result<Proc> {
+    let (child, record) = start(&spec)?;
+    Ok(Proc {
+        record,
+        spec,
+        child,
+        started: Instant::now(),
+        restarts: 0,
+        restart_at: None,
+    })
+}
+
+fn start(spec: &Spec) -> anyhow::Result<(Child, ProcRecord)> {
+    let (program, args) = spec.argv.split_first().context("empty command")?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
+        .open(&spec.log)
+        .with_context(|| format!("cannot open {}", spec.log.display()))?;
     let child = Command::new(program)
         .args(args)
         // Plain log files, no colour codes (tracing-subscriber honours it).
         .env("NO_COLOR", "1")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("{label}: cannot start {program}"))?;
+        .with_context(|| format!("{}: cannot start {program}", spec.label))?;
     let pid = child.id().context("child exited at once")?;
-    Ok(Proc {
-        record: ProcRecord {
-            label: label.to_string(),
-            pid,
-            start_time: start_time(pid).unwrap_or(0),
-        },
-        log: log.to_path_buf(),
-        child,
-        exit_reported: false,
-    })
+    let record = ProcRecord {
+        label: spec.label.clone(),
+        pid,
+        start_time: start_time(pid).unwrap_or(0),
+    };
+    Ok((child, record))
 }
 
 impl Proc {
@@ -100,7 +125,42 @@ impl Proc {
     }
 
     pub fn log_tail(&self) -> String {
-        log_tail(&self.log, 20)
+        log_tail(&self.spec.log, 20)
+    }
+
+    /// Called periodically while the mesh runs: notices an exit, then
+    /// restarts after 1 s, 2 s, 4 s ... up to 30 s (from 1 s again after a
+    /// run of a minute or more).
+    pub fn keep_alive(&mut self) -> Option<Change> {
+        let now = Instant::now();
+        match self.restart_at {
+            None => {
+                let status = self.exited()?;
+                if self.started.elapsed() > Duration::from_secs(60) {
+                    self.restarts = 0;
+                }
+                let delay = Duration::from_secs(1 << self.restarts.min(5)).min(MAX_BACKOFF);
+                self.restart_at = Some(now + delay);
+                Some(Change::Exited { status, delay })
+            }
+            Some(at) if now >= at => {
+                self.restarts = self.restarts.saturating_add(1);
+                match start(&self.spec) {
+                    Ok((child, record)) => {
+                        self.restart_at = None;
+                        self.child = child;
+                        self.started = now;
+                        let old = std::mem::replace(&mut self.record, record);
+                        Some(Change::Restarted { old })
+                    }
+                    Err(err) => {
+                        self.restart_at = Some(now + MAX_BACKOFF);
+                        Some(Change::RestartFailed(format!("{err:#}")))
+                    }
+                }
+            }
+            Some(_) => None,
+        }
     }
 }
 

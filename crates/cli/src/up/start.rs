@@ -1,5 +1,5 @@
 //! The running mesh: start-up in order (weftd, node, pods, sidecars, apps,
-//! ingress), supervision, and teardown in reverse. Every step records
+//! ingress), supervision (restarts with backoff), and teardown in reverse. Every step records
 //! what it makes in the state file *before* making it, so a failure at any
 //! point is undone completely, here or by `weft down`.
 
@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::Signals;
 use super::network::{self, NsSockets};
 use super::plan::{PROXY_UID, Plan, Pod, Role};
-use super::process::{self, Proc, ProcRecord};
+use super::process::{self, Change, Proc, ProcRecord, Spec};
 use super::relay::{self, Upstream};
 use super::state::{self, State};
 
@@ -164,8 +164,13 @@ impl Running {
             .map(|pod| (pod.name.clone(), self.sidecar_argv(pod, &proxy)))
             .collect();
         for (pod, argv) in sidecars {
-            let log = logs.join(format!("{pod}-sidecar.log"));
-            let proc = process::spawn(&format!("{pod} sidecar"), &argv, &[], Path::new("/"), &log)?;
+            let proc = process::spawn(Spec {
+                label: format!("{pod} sidecar"),
+                argv,
+                env: Vec::new(),
+                cwd: PathBuf::from("/"),
+                log: logs.join(format!("{pod}-sidecar.log")),
+            })?;
             self.track(proc, Kind::Sidecar)?;
         }
         // Like holdApplicationUntilProxyStarts: no app before its sidecar
@@ -198,8 +203,13 @@ impl Running {
             apps.push((pod.name.clone(), argv, vars));
         }
         for (pod, argv, vars) in apps {
-            let log = logs.join(format!("{pod}-app.log"));
-            let proc = process::spawn(&format!("{pod} app"), &argv, &vars, &self.plan.dir, &log)?;
+            let proc = process::spawn(Spec {
+                label: format!("{pod} app"),
+                argv,
+                env: vars,
+                cwd: self.plan.dir.clone(),
+                log: logs.join(format!("{pod}-app.log")),
+            })?;
             self.track(proc, Kind::App)?;
         }
         let deadline = Instant::now() + APP_TIMEOUT;
@@ -270,8 +280,13 @@ impl Running {
             "--api".into(),
             api.to_string(),
         ];
-        let log = self.logs_dir().join("weftd.log");
-        let proc = process::spawn("weftd", &argv, &[], &self.run_dir, &log)?;
+        let proc = process::spawn(Spec {
+            label: "weftd".into(),
+            argv,
+            env: Vec::new(),
+            cwd: self.run_dir.clone(),
+            log: self.logs_dir().join("weftd.log"),
+        })?;
         self.track(proc, Kind::Weftd)?;
         let deadline = Instant::now() + WEFTD_TIMEOUT;
         loop {
@@ -453,30 +468,45 @@ impl Running {
         let _ = writeln!(out, "Ctrl-C or `weft down {}` to stop.", self.plan.name);
     }
 
-    /// Until a stop signal: reports processes that exit on their own.
+    /// Until a stop signal: restarts processes that exit (weftd keeps its
+    /// store on disk, so a restart loses no applied config), keeping the
+    /// state file's PIDs current.
     pub async fn supervise(&mut self, signals: &mut Signals) {
         loop {
             tokio::select! {
                 _ = signals.next() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
-            for proc in self
+            let mut changed = false;
+            let procs = self
                 .weftd
                 .iter_mut()
                 .chain(&mut self.sidecars)
-                .chain(&mut self.apps)
-            {
-                if proc.exit_reported {
-                    continue;
+                .chain(&mut self.apps);
+            for proc in procs {
+                let label = proc.spec.label.clone();
+                match proc.keep_alive() {
+                    None => {}
+                    Some(Change::Exited { status, delay }) => note!(
+                        "weft up: {label} exited ({status}); restarting in {}s; see {}",
+                        delay.as_secs(),
+                        proc.spec.log.display()
+                    ),
+                    Some(Change::Restarted { old }) => {
+                        note!("weft up: {} restarted (pid {})", old.label, proc.record.pid);
+                        match self.state.processes.iter_mut().find(|r| **r == old) {
+                            Some(record) => *record = proc.record.clone(),
+                            None => self.state.processes.push(proc.record.clone()),
+                        }
+                        changed = true;
+                    }
+                    Some(Change::RestartFailed(err)) => {
+                        note!("weft up: cannot restart {label}: {err}")
+                    }
                 }
-                if let Some(status) = proc.exited() {
-                    proc.exit_reported = true;
-                    note!(
-                        "weft up: {} exited ({status}); see {}",
-                        proc.record.label,
-                        proc.log.display()
-                    );
-                }
+            }
+            if changed && let Err(err) = self.state.save() {
+                note!("weft up: {err:#}");
             }
         }
     }
