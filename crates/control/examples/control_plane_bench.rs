@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use weft_proto::discovery::v1::discovery_client::DiscoveryClient;
@@ -21,6 +22,9 @@ use weft_testkit::free_addr;
 use weft_testkit::weftd::WeftdProcess;
 
 static FINISHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Encoded size of the largest push any simulated proxy received (the
+/// first, full one): what weftd sends per proxy on connect.
+static LARGEST_PUSH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 struct Options {
     services: usize,
@@ -111,6 +115,7 @@ async fn simulated_proxy(
     .await?;
     let mut pushes = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     while let Some(push) = pushes.message().await? {
+        LARGEST_PUSH.fetch_max(push.encoded_len(), std::sync::atomic::Ordering::Relaxed);
         tx.send(ProxyMessage {
             message: Some(proxy_message::Message::Ack(Ack {
                 nonce: push.nonce,
@@ -225,8 +230,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sync_time = connect_started.elapsed();
+    let push_mib =
+        LARGEST_PUSH.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1024.0 * 1024.0);
     println!(
-        "{} proxies connected and synced in {sync_time:?}",
+        "{} proxies connected and synced in {sync_time:?} (full push {push_mib:.2} MiB each)",
         options.proxies
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -285,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
             "changes": options.changes,
             "apply_s": apply_time.as_secs_f64(),
             "sync_s": sync_time.as_secs_f64(),
+            "full_push_mib": push_mib,
             "ack_p50_ms": p50.as_secs_f64() * 1e3,
             "ack_p99_ms": p99.as_secs_f64() * 1e3,
             "ack_max_ms": max.as_secs_f64() * 1e3,
