@@ -631,14 +631,19 @@ impl Mesh {
 
     /// `weft apply -f` of a corpus routing file, with no address flag.
     fn apply(&self, file: &str) {
+        self.apply_path(&self.networking.join(file));
+    }
+
+    fn apply_path(&self, file: &Path) {
         let output = Self::weft()
             .args(["apply", "-f"])
-            .arg(self.networking.join(file))
+            .arg(file)
             .output()
             .expect("weft apply");
         assert!(
             output.status.success(),
-            "weft apply -f {file}: {}{}",
+            "weft apply -f {}: {}{}",
+            file.display(),
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
@@ -924,6 +929,24 @@ async fn bookinfo_routing_files_through_weft_up() {
             page.body
         );
     }
+
+    // The README's walk-through files do what it says they do.
+    let walkthrough = repo_root().join("examples/walkthrough");
+    let file = "reviews-v3.yaml";
+    mesh.apply_path(&walkthrough.join(file));
+    mesh.settle(file, None, 1, |p| p.reviews() == "v3").await;
+    mesh.expect_only(file, None, "v3", 20).await;
+    let file = "reviews-50-50.yaml";
+    mesh.apply_path(&walkthrough.join(file));
+    mesh.settle(file, None, 1, |p| p.reviews() == "v1").await;
+    mesh.expect_split(file, 300, &[("v1", 50.0), ("v3", 50.0)])
+        .await;
+    let file = "ratings-abort-jason.yaml";
+    mesh.apply_path(&walkthrough.join("jason-v2.yaml"));
+    mesh.apply_path(&walkthrough.join(file));
+    mesh.settle(file, jason, 3, |p| p.reviews() == "v2 without ratings")
+        .await;
+    mesh.expect_only(file, None, "v1", 10).await;
 
     mesh.down();
 }
