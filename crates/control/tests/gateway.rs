@@ -176,6 +176,17 @@ async fn gateway_routes_by_host_and_path_from_bound_virtual_services() {
     assert_eq!(reply.header("x-weft-response-flags"), Some("NR"));
     assert!(reply.text().contains("/admin"), "{}", reply.text());
 
+    // Telemetry names the service a route went to, not the virtual host.
+    let metrics = client::get(gateway.metrics, "metrics", "/stats/prometheus")
+        .await
+        .expect("scrape")
+        .text();
+    assert!(
+        metrics.contains("destination_service=\"productpage.default.svc.cluster.local\""),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("destination_service=\"*\""), "{metrics}");
+
     // The other Gateway selects other proxies: its port stays closed here.
     let other: SocketAddr = ([127, 0, 0, 1], other_port).into();
     assert!(tokio::net::TcpStream::connect(other).await.is_err());

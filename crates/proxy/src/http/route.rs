@@ -101,7 +101,15 @@ pub fn resolve(
                         None => "the request has no host".to_string(),
                     })
                 })?;
-            route_in_service(service, *port, request)
+            // A virtual host is not a service: telemetry names the
+            // destination service the route sends to, as Istio's gateways do.
+            let mut decision = route_in_service(service, *port, request)?;
+            if let Decision::Forward(forwarding) = &mut decision
+                && !forwarding.cluster.service.is_empty()
+            {
+                forwarding.service.clone_from(&forwarding.cluster.service);
+            }
+            Ok(decision)
         }
         Target::Service { name, port } => {
             let service = snapshot
