@@ -137,6 +137,7 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
                 reporter: Reporter::Source,
                 version,
                 peer,
+                peer_principal: None,
             };
             server::serve(io, conn, state).await;
         }
@@ -190,11 +191,17 @@ async fn inbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream)
                 reporter: Reporter::Destination,
                 version,
                 peer,
+                peer_principal: None,
             };
             server::serve(io, conn, state).await;
         }
         Carry::Opaque | Carry::Tls(_) => {
-            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await
+            let caller = tcp::InboundCaller {
+                peer,
+                destination: original,
+                principal: None,
+            };
+            tcp::proxy_inbound(&mut io, &cluster, caller, &state).await
         }
     }
 }
@@ -231,6 +238,7 @@ async fn explicit(
                 reporter: Reporter::Source,
                 version,
                 peer,
+                peer_principal: None,
             };
             server::serve(io, conn, state).await;
         }

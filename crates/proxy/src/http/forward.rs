@@ -28,6 +28,9 @@ pub struct HttpConn {
     pub version: HttpVersion,
     /// The downstream peer's IP (consistent hashing by source IP).
     pub peer: Option<std::net::IpAddr>,
+    /// The caller's mTLS identity without `spiffe://` (e.g.
+    /// `cluster.local/ns/default/sa/sleep`); None for plaintext callers.
+    pub peer_principal: Option<Arc<str>>,
 }
 
 /// The hyper service: never fails, every problem becomes a local reply.
