@@ -40,7 +40,24 @@ pub async fn proxy_inbound<D>(
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = &caller;
+    let guard = state
+        .snapshot()
+        .inbound_port(caller.destination.port())
+        .and_then(|port| port.guard.clone());
+    if let Some(guard) = guard {
+        let who = crate::authz::Caller {
+            peer: caller.peer,
+            principal: caller.principal.as_deref(),
+            destination: caller.destination,
+        };
+        if !crate::authz::authorize_connection(&guard, &who, None) {
+            tracing::info!(
+                destination = %caller.destination,
+                "closing TCP connection: denied by authorization policy"
+            );
+            return;
+        }
+    }
     proxy(downstream, cluster, "", Reporter::Destination, state).await;
 }
 

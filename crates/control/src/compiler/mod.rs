@@ -14,6 +14,7 @@
 //! expressed is left out and reported by [`MeshIndex::warnings`] (mesh-wide)
 //! or [`ProxyOutput::warnings`] (one proxy).
 
+mod authz;
 mod checks;
 mod clusters;
 mod delegate;
@@ -21,6 +22,7 @@ mod hosts;
 mod http_rule;
 mod ports;
 mod proxy;
+mod request_authn;
 mod resilience;
 mod routes;
 mod scope;
@@ -47,6 +49,9 @@ pub struct MeshIndex {
     services: Vec<CompiledService>,
     clusters: BTreeMap<String, pb::Cluster>,
     sidecars: Sidecars,
+    /// AuthorizationPolicy and RequestAuthentication, by scope.
+    authz: authz::AuthzPolicies,
+    jwt: request_authn::JwtPolicies,
     warnings: Vec<String>,
 }
 
@@ -179,10 +184,26 @@ impl MeshIndex {
             });
         }
         let sidecars = Sidecars::build(resources, &mut warnings);
+        let authz = authz::AuthzPolicies::build(
+            resources.iter().filter_map(|r| match r {
+                Resource::AuthorizationPolicy(object) => Some(object),
+                _ => None,
+            }),
+            &mut warnings,
+        );
+        let jwt = request_authn::JwtPolicies::build(
+            resources.iter().filter_map(|r| match r {
+                Resource::RequestAuthentication(object) => Some(object),
+                _ => None,
+            }),
+            &mut warnings,
+        );
         Self {
             services: compiled,
             clusters,
             sidecars,
+            authz,
+            jwt,
             warnings,
         }
     }

@@ -95,7 +95,11 @@ impl MeshIndex {
 
         let clusters = self.clusters_for(&services);
         let listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
-        let inbound_ports = inbound_ports(node, &mut warnings);
+        let mut inbound_ports = inbound_ports(node, &mut warnings);
+        let security = self.inbound_security(namespace, &node.labels);
+        for port in &mut inbound_ports {
+            port.security.clone_from(&security);
+        }
         let outbound_traffic_policy = scope
             .and_then(|s| s.outbound_policy)
             .unwrap_or(pb::OutboundTrafficPolicy::AllowAny);
@@ -111,6 +115,21 @@ impl MeshIndex {
             },
             warnings,
         }
+    }
+
+    /// The AuthorizationPolicies and JWT rules that guard this workload's
+    /// inbound ports; None when nothing applies.
+    fn inbound_security(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<pb::InboundSecurity> {
+        let policies = self.authz.for_workload(namespace, labels);
+        let jwt_rules = self.jwt.for_workload(namespace, labels);
+        (!policies.is_empty() || !jwt_rules.is_empty()).then_some(pb::InboundSecurity {
+            policies,
+            jwt_rules,
+        })
     }
 
     /// The clusters `services` refer to: each port's default cluster and
@@ -269,6 +288,7 @@ fn inbound_ports(node: &Node, warnings: &mut Vec<String>) -> Vec<pb::InboundPort
             protocol: port.protocol,
             server_first: is_server_first(port.port, PortProtocol::Unknown),
             target: String::new(),
+            security: None,
         });
     }
     inbound

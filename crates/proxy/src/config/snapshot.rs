@@ -241,6 +241,8 @@ pub struct InboundPort {
     pub protocol: PortProtocol,
     pub server_first: bool,
     pub cluster: Arc<Cluster>,
+    /// Authorization and JWT checks (see [`super::authz`]); None: none.
+    pub guard: Option<Arc<crate::authz::InboundGuard>>,
 }
 
 pub struct Snapshot {
@@ -610,6 +612,11 @@ fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap
             protocol: PortProtocol::from_pb(port.protocol).unwrap_or(PortProtocol::Detect),
             server_first: port.server_first,
             cluster: Arc::new(cluster),
+            guard: super::authz::compile_security(
+                port.security.as_ref(),
+                &format!("{path}.security"),
+                problems,
+            ),
         };
         if inbound.insert(number, compiled).is_some() {
             problems.push(

@@ -1,0 +1,211 @@
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderName, Request, Response};
+use http_body_util::Full;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::json;
+
+use super::*;
+
+const JWKS: &str = include_str!("testdata/jwks.json");
+const RSA: &[u8] = include_bytes!("testdata/rsa-1.pem");
+const RSA_OTHER: &[u8] = include_bytes!("testdata/rsa-other.pem");
+const EC: &[u8] = include_bytes!("testdata/ec-1.pem");
+const ISSUER: &str = "https://issuer.test";
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn sign_rs(claims: &serde_json::Value, pem: &[u8]) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    encode(
+        &header,
+        claims,
+        &EncodingKey::from_rsa_pem(pem).expect("rsa key"),
+    )
+    .expect("sign")
+}
+
+fn claims() -> serde_json::Value {
+    json!({"iss": ISSUER, "sub": "alice", "aud": ["web"], "exp": now() + 600,
+           "groups": ["dev", "ops"], "org": {"team": "blue"}})
+}
+
+fn rule(keys: KeySource) -> JwtRule {
+    JwtRule {
+        issuer: ISSUER.into(),
+        audiences: vec!["web".into()],
+        keys,
+        locations: Location::defaults(),
+        payload_header: Some(HeaderName::from_static("x-jwt-payload")),
+        forward_original_token: false,
+        claim_headers: vec![(
+            HeaderName::from_static("x-team"),
+            vec!["org".into(), "team".into()],
+        )],
+        policy: "ns/jwt".into(),
+    }
+}
+
+fn inline() -> Authenticator {
+    Authenticator {
+        rules: vec![rule(KeySource::Inline(Arc::new(
+            KeySet::parse(JWKS).expect("jwks"),
+        )))],
+    }
+}
+
+fn parts(uri: &str, bearer: Option<&str>) -> http::request::Parts {
+    let mut builder = Request::get(uri);
+    if let Some(token) = bearer {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    builder.body(()).expect("request").into_parts().0
+}
+
+async fn check(auth: &Authenticator, token: &str) -> Result<Option<Verified>, JwtError> {
+    auth.authenticate(&mut parts("/", Some(token))).await
+}
+
+#[tokio::test]
+async fn valid_rs256_and_es256_tokens_give_a_request_principal() {
+    let auth = inline();
+    let verified = check(&auth, &sign_rs(&claims(), RSA))
+        .await
+        .expect("valid")
+        .expect("token");
+    assert_eq!(verified.principal, format!("{ISSUER}/alice"));
+    assert_eq!(verified.claim_strings(&["groups".into()]), ["dev", "ops"]);
+
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("ec-1".into());
+    let es = encode(
+        &header,
+        &claims(),
+        &EncodingKey::from_ec_pem(EC).expect("ec key"),
+    )
+    .expect("sign");
+    assert!(check(&auth, &es).await.expect("valid").is_some());
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_their_reason() {
+    let auth = inline();
+    let mut expired = claims();
+    expired["exp"] = json!(now() - 3600);
+    assert_eq!(
+        check(&auth, &sign_rs(&expired, RSA)).await.unwrap_err(),
+        JwtError::Expired
+    );
+    assert!(matches!(
+        check(&auth, &sign_rs(&claims(), RSA_OTHER))
+            .await
+            .unwrap_err(),
+        JwtError::BadSignature(_)
+    ));
+    let mut other_issuer = claims();
+    other_issuer["iss"] = json!("https://elsewhere.test");
+    assert!(matches!(
+        check(&auth, &sign_rs(&other_issuer, RSA))
+            .await
+            .unwrap_err(),
+        JwtError::UnknownIssuer(_)
+    ));
+    let mut other_audience = claims();
+    other_audience["aud"] = json!("mobile");
+    assert_eq!(
+        check(&auth, &sign_rs(&other_audience, RSA))
+            .await
+            .unwrap_err(),
+        JwtError::Audience
+    );
+    assert!(matches!(
+        check(&auth, "not-a-jwt").await.unwrap_err(),
+        JwtError::Malformed(_)
+    ));
+}
+
+#[tokio::test]
+async fn no_token_passes_unauthenticated() {
+    let auth = inline();
+    let mut request = parts("/", None);
+    assert!(auth.authenticate(&mut request).await.expect("ok").is_none());
+    // Another scheme in Authorization is not a JWT location.
+    let mut basic = parts("/", None);
+    basic.headers.insert(
+        "authorization",
+        "Basic dXNlcjpwdw==".parse().expect("value"),
+    );
+    assert!(auth.authenticate(&mut basic).await.expect("ok").is_none());
+}
+
+#[tokio::test]
+async fn outputs_and_token_removal() {
+    let auth = inline();
+    let token = sign_rs(&claims(), RSA);
+    let mut request = parts("/", Some(&token));
+    auth.authenticate(&mut request).await.expect("valid");
+    assert!(request.headers.get("authorization").is_none());
+    let payload = token.split('.').nth(1).expect("payload");
+    assert_eq!(request.headers["x-jwt-payload"], payload);
+    assert_eq!(request.headers["x-team"], "blue");
+
+    // From the access_token parameter, removed from the query; kept when
+    // forwardOriginalToken.
+    let mut from_param = parts(&format!("/p?a=1&access_token={token}&b=2"), None);
+    auth.authenticate(&mut from_param).await.expect("valid");
+    assert_eq!(from_param.uri.to_string(), "/p?a=1&b=2");
+    let mut keep = inline();
+    keep.rules[0].forward_original_token = true;
+    let mut request = parts("/", Some(&token));
+    keep.authenticate(&mut request).await.expect("valid");
+    assert!(request.headers.get("authorization").is_some());
+}
+
+#[tokio::test]
+async fn jwks_uri_is_fetched_cached_and_refetched_for_an_unknown_kid() {
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let served = weft_testkit::backend::serve(move |_request| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                JWKS.as_bytes(),
+            ))))
+        }
+    })
+    .await;
+    let uri = format!("http://{}/jwks.json", served.addr);
+    let auth = Authenticator {
+        rules: vec![rule(KeySource::Remote(RemoteJwks::shared(&uri)))],
+    };
+    let token = sign_rs(&claims(), RSA);
+    assert!(check(&auth, &token).await.expect("valid").is_some());
+    assert!(check(&auth, &token).await.expect("valid").is_some());
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "the set is cached");
+
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rotated".into());
+    let unknown = encode(
+        &header,
+        &claims(),
+        &EncodingKey::from_rsa_pem(RSA).expect("key"),
+    )
+    .expect("sign");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(matches!(
+        check(&auth, &unknown).await.unwrap_err(),
+        JwtError::NoKey(..)
+    ));
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        2,
+        "an unknown kid refetches"
+    );
+}
