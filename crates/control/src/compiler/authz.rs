@@ -294,6 +294,7 @@ fn when_condition(condition: &Condition, path: &str) -> Result<pb::AuthzConditio
             "remote.ip" => A::RemoteIp,
             "source.namespace" => A::SourceNamespace,
             "source.principal" => A::SourcePrincipal,
+            "source.trustDomain" => A::SourceTrustDomain,
             "request.auth.principal" => A::RequestPrincipal,
             "request.auth.audiences" => A::AuthAudience,
             "request.auth.presenter" => A::AuthPresenter,

@@ -86,18 +86,52 @@ impl Pattern {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ValueMatch {
     Text(Pattern),
-    Cidr { network: IpAddr, bits: u8 },
+    /// A path template (`/a/{*}/b`, `/a/{**}`), as a whole-path regex.
+    Template(regex::Regex),
+    Cidr {
+        network: IpAddr,
+        bits: u8,
+    },
     Port(u16),
 }
 
 impl ValueMatch {
+    /// Istio's path templates: `{*}` is one path segment, `{**}` any
+    /// number of them (Envoy's URI template syntax).
+    pub fn path_template(template: &str) -> Option<Self> {
+        if !template.contains("{*}") && !template.contains("{**}") {
+            return None;
+        }
+        let mut pattern = String::from("^");
+        let mut rest = template;
+        while let Some(start) = rest.find('{') {
+            pattern.push_str(&regex::escape(&rest[..start]));
+            let tail = &rest[start..];
+            if let Some(after) = tail.strip_prefix("{**}") {
+                pattern.push_str(".*");
+                rest = after;
+            } else if let Some(after) = tail.strip_prefix("{*}") {
+                pattern.push_str("[^/]+");
+                rest = after;
+            } else {
+                pattern.push_str(&regex::escape("{"));
+                rest = &tail[1..];
+            }
+        }
+        pattern.push_str(&regex::escape(rest));
+        pattern.push('$');
+        regex::Regex::new(&pattern).ok().map(Self::Template)
+    }
+
     fn matches(&self, value: &Value<'_>) -> bool {
         match (self, value) {
             (Self::Text(pattern), Value::Text(text)) => pattern.matches(text),
             (Self::Text(pattern), Value::Owned(text)) => pattern.matches(text),
+            (Self::Template(regex), Value::Text(text)) => regex.is_match(text),
+            (Self::Template(regex), Value::Owned(text)) => regex.is_match(text),
             (Self::Cidr { network, bits }, Value::Ip(ip)) => in_cidr(*ip, *network, *bits),
             (Self::Port(port), Value::Port(value)) => port == value,
             _ => false,

@@ -345,3 +345,31 @@ fn ten_rule_policy_cost() {
     assert_eq!(allowed, rounds as usize);
     println!("10-rule ALLOW policy, last rule matching: {per:?} per request");
 }
+
+#[test]
+fn path_templates_match_segments() {
+    let one = ValueMatch::path_template("/api/{*}/items").expect("template");
+    let any = ValueMatch::path_template("/files/{**}").expect("template");
+    let allow = |matcher: ValueMatch| {
+        Policies::new(vec![policy(
+            "ns/t",
+            Action::Allow,
+            vec![to(vec![Condition {
+                attribute: Attribute::Path,
+                values: vec![matcher],
+                not_values: Vec::new(),
+            }])],
+        )])
+    };
+    let check = |policies: &Policies, path: &'static str| {
+        policies.evaluate(&Req::get(path).attrs(true)).is_allow()
+    };
+    let one = allow(one);
+    assert!(check(&one, "/api/v1/items"));
+    assert!(!check(&one, "/api/v1/v2/items"));
+    assert!(!check(&one, "/api//items"));
+    let any = allow(any);
+    assert!(check(&any, "/files/a/b/c.txt"));
+    assert!(!check(&any, "/other/a"));
+    assert!(ValueMatch::path_template("/plain").is_none());
+}

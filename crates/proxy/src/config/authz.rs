@@ -47,7 +47,14 @@ fn compile_policy(policy: &pb::AuthzPolicy, path: &str, problems: &mut Problems)
         Ok(pb::AuthzAction::Allow) => Action::Allow,
         Ok(pb::AuthzAction::Deny) => Action::Deny,
         Ok(pb::AuthzAction::Audit) => Action::Audit,
-        Ok(pb::AuthzAction::Custom) => Action::Custom,
+        Ok(pb::AuthzAction::Custom) => {
+            tracing::warn!(
+                policy = %policy.name,
+                "CUSTOM authorization is not supported (no external authorizer): \
+                 requests this policy matches are denied"
+            );
+            Action::Custom
+        }
         Err(_) => {
             problems.push(format!("{path}.action"), "unknown action");
             return None;
@@ -168,6 +175,8 @@ fn compile_values(
                 .filter(|p| *p > 0)
                 .map(ValueMatch::Port),
             Attribute::Host => Some(ValueMatch::Text(Pattern::parse(value, true))),
+            Attribute::Path => ValueMatch::path_template(value)
+                .or_else(|| Some(ValueMatch::Text(Pattern::parse(value, false)))),
             _ => Some(ValueMatch::Text(Pattern::parse(value, false))),
         };
         match compiled {
