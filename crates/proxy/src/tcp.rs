@@ -30,8 +30,8 @@ pub struct InboundCaller {
     pub principal: Option<Arc<str>>,
 }
 
-/// An inbound opaque connection to the local workload: authorized first,
-/// then proxied.
+/// An inbound opaque connection to the local workload (a declared port or
+/// passed through to an undeclared one): authorized first, then proxied.
 pub async fn proxy_inbound<D>(
     downstream: &mut D,
     cluster: &Cluster,
@@ -40,10 +40,7 @@ pub async fn proxy_inbound<D>(
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    let guard = state
-        .snapshot()
-        .inbound_port(caller.destination.port())
-        .and_then(|port| port.guard.clone());
+    let guard = state.snapshot().inbound_guard(caller.destination.port());
     if let Some(guard) = guard {
         let who = crate::authz::Caller {
             peer: caller.peer,

@@ -317,6 +317,16 @@ impl Snapshot {
         self.inbound.get(&port)
     }
 
+    /// The authorization guarding `port`, else the workload's (weftd gives
+    /// every port of a workload the same policies), so that traffic to an
+    /// undeclared port is not left unchecked.
+    pub fn inbound_guard(&self, port: u16) -> Option<Arc<crate::authz::InboundGuard>> {
+        match self.inbound.get(&port) {
+            Some(declared) => declared.guard.clone(),
+            None => self.inbound.values().find_map(|p| p.guard.clone()),
+        }
+    }
+
     pub fn listener(&self, address: SocketAddr) -> Option<&ListenerSpec> {
         self.listeners.iter().find(|l| l.address == address)
     }
