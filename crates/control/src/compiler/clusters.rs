@@ -111,6 +111,7 @@ fn cluster(
                 address: SocketAddr::new(e.address, number).to_string(),
                 labels: e.labels.clone(),
                 weight: e.weight,
+                identity: String::new(),
             })
         })
         .collect();
@@ -124,6 +125,7 @@ fn cluster(
         subset: subset.to_string(),
         connection_pool: limits::connection_pool(policies, port.number),
         outlier_detection: limits::outlier_detection(policies, port.number),
+        tls: super::tls::client_tls(policies, port.number),
     }
 }
 

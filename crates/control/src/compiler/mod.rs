@@ -20,12 +20,14 @@ mod clusters;
 mod delegate;
 mod hosts;
 mod http_rule;
+pub mod peer_authentication;
 mod ports;
 mod proxy;
 mod request_authn;
 mod resilience;
 mod routes;
 mod scope;
+pub mod tls;
 
 use std::collections::BTreeMap;
 
@@ -36,6 +38,7 @@ use weft_proto::proxy::v1::{self as pb, ProxyConfig};
 use self::delegate::Delegates;
 use self::hosts::{HostIndex, Visibility, kube_aliases, kube_parts};
 use self::http_rule::Source;
+use self::peer_authentication::PeerPolicies;
 use self::routes::CompiledVs;
 use self::scope::Sidecars;
 use crate::registry::{Registry, Workload};
@@ -53,6 +56,8 @@ pub struct MeshIndex {
     authz: authz::AuthzPolicies,
     jwt: request_authn::JwtPolicies,
     warnings: Vec<String>,
+    /// PeerAuthentication, for each proxy's inbound ports.
+    peer_policies: PeerPolicies,
 }
 
 /// One service, ready to hand out.
@@ -86,11 +91,24 @@ struct RoutedPorts {
 
 impl MeshIndex {
     pub fn build(resources: &[Resource], workloads: &[Workload]) -> Self {
+        Self::build_with_peers(resources, workloads, &tls::MeshPeers::default())
+    }
+
+    /// [`build`](Self::build), with the connected proxies' mesh TLS facts:
+    /// endpoints then lead to their proxies' inbound listeners and carry
+    /// the identity auto-mTLS verifies.
+    pub fn build_with_peers(
+        resources: &[Resource],
+        workloads: &[Workload],
+        peers: &tls::MeshPeers,
+    ) -> Self {
         let registry = Registry::build(resources, workloads);
         let mut warnings = registry.warnings().to_vec();
         let services = registry.services();
         let hosts = HostIndex::new(services);
         let mut clusters = clusters::build(&registry, &hosts, resources, &mut warnings);
+        let peer_policies = PeerPolicies::new(resources);
+        tls::secure_endpoints(&mut clusters, peers, &peer_policies);
 
         let delegates = Delegates::new(resources);
         let mut virtual_services: Vec<CompiledVs> = resources
@@ -205,6 +223,7 @@ impl MeshIndex {
             authz,
             jwt,
             warnings,
+            peer_policies,
         }
     }
 

@@ -94,8 +94,9 @@ impl MeshIndex {
         }
 
         let clusters = self.clusters_for(&services);
-        let listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
+        let mut listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
         let mut inbound_ports = inbound_ports(node, &mut warnings);
+        self.secure_inbound(node, &mut listeners, &mut inbound_ports, &mut warnings);
         let security = self.inbound_security(namespace, &node.labels);
         for port in &mut inbound_ports {
             port.security.clone_from(&security);
@@ -212,6 +213,7 @@ fn listeners(
                 kind: kind as i32,
                 service: String::new(),
                 service_port: 0,
+                inbound_port: 0,
             });
         }
     }
@@ -229,6 +231,7 @@ fn listeners(
             kind: pb::ListenerKind::Explicit as i32,
             service: String::new(),
             service_port: explicit.port,
+            inbound_port: 0,
         };
         if !explicit.service.is_empty() {
             let wanted = explicit.service.to_ascii_lowercase();
@@ -289,6 +292,7 @@ fn inbound_ports(node: &Node, warnings: &mut Vec<String>) -> Vec<pb::InboundPort
             server_first: is_server_first(port.port, PortProtocol::Unknown),
             target: String::new(),
             security: None,
+            mtls_mode: 0,
         });
     }
     inbound
