@@ -3,7 +3,8 @@
 //!
 //! Checked here so the proxy never refuses a config for them: the inline
 //! `jwks` must be a key set, header names must be header names, `jwksUri`
-//! must be an http(s) URI. A rule that fails is left out and reported:
+//! must be an http(s) URI. Without either, the keys are found through the
+//! issuer's OpenID discovery document, as Istio does. A rule that fails is left out and reported:
 //! tokens of its issuer are then refused (401) as coming from an unknown
 //! issuer, never accepted unchecked.
 
@@ -79,9 +80,15 @@ impl JwtPolicies {
     }
 }
 
+fn is_http_uri(text: &str) -> bool {
+    text.parse::<http::Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+    })
+}
+
 fn compile_rule(rule: &JwtRule, name: &str, path: &str) -> Result<pb::JwtRule, String> {
     let jwks = rule.jwks.clone().unwrap_or_default();
-    let jwks_uri = rule.jwks_uri.clone().unwrap_or_default();
+    let mut jwks_uri = rule.jwks_uri.clone().unwrap_or_default();
     if !jwks.is_empty() {
         let parsed: serde_json::Value =
             serde_json::from_str(&jwks).map_err(|err| format!("{path}.jwks: not JSON: {err}"))?;
@@ -89,21 +96,21 @@ fn compile_rule(rule: &JwtRule, name: &str, path: &str) -> Result<pb::JwtRule, S
             return Err(format!("{path}.jwks: not a key set (no \"keys\" list)"));
         }
     } else if jwks_uri.is_empty() {
-        return Err(format!("{path}: needs jwks or jwksUri"));
-    } else {
-        let uri: http::Uri = jwks_uri
-            .parse()
-            .map_err(|err| format!("{path}.jwksUri: {jwks_uri:?}: {err}"))?;
-        match uri.scheme_str() {
-            Some("http") if uri.authority().is_some() => {}
-            Some("https") => {
-                return Err(format!(
-                    "{path}.jwksUri: {jwks_uri:?}: https key set URIs are not fetched yet \
-                     (use http, or inline jwks)"
-                ));
-            }
-            _ => return Err(format!("{path}.jwksUri: {jwks_uri:?} is not an http URI")),
+        // As Istio: the issuer's OpenID discovery document names the keys.
+        if !is_http_uri(&rule.issuer) {
+            return Err(format!(
+                "{path}: needs jwks or jwksUri (the issuer {:?} is not a URL to discover them from)",
+                rule.issuer
+            ));
         }
+        jwks_uri = format!(
+            "{}/.well-known/openid-configuration",
+            rule.issuer.trim_end_matches('/')
+        );
+    } else if !is_http_uri(&jwks_uri) {
+        return Err(format!(
+            "{path}.jwksUri: {jwks_uri:?} is not an http(s) URI"
+        ));
     }
     if !rule.from_cookies.is_empty() {
         return Err(format!(

@@ -4,7 +4,9 @@
 //! same URI (so a config push does not refetch), kept for five minutes,
 //! and fetched again early when a token names a key id the set lacks (a
 //! rotated issuer key), at most once a second. A failed fetch keeps the
-//! last good set. Only `http://` URIs are fetched for now.
+//! last good set. A URI answering with an OpenID discovery document is
+//! followed to its `jwks_uri`. `https://` servers are verified against the system's
+//! trust store (`SSL_CERT_FILE` when set, else the usual bundle paths).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -15,6 +17,10 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Keys;
 
@@ -23,6 +29,12 @@ const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Key sets are small; anything larger is not one.
 const MAX_JWKS_BYTES: usize = 1 << 20;
+/// Where Debian/Ubuntu, Fedora/RHEL and Alpine keep the system bundle.
+const CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
 
 /// One usable key of a set.
 pub struct Key {
@@ -97,6 +109,8 @@ impl KeySource {
 
 pub struct RemoteJwks {
     uri: String,
+    /// None: no TLS client could be built; https fetches fail with a reason.
+    tls: Option<Arc<ClientConfig>>,
     cached: Mutex<Cached>,
     /// One fetch at a time per URI.
     fetching: tokio::sync::Mutex<()>,
@@ -120,13 +134,19 @@ impl RemoteJwks {
             return existing;
         }
         all.retain(|_, weak| weak.strong_count() > 0);
-        let created = Arc::new(Self {
-            uri: uri.to_string(),
-            cached: Mutex::default(),
-            fetching: tokio::sync::Mutex::new(()),
-        });
+        let created = Arc::new(Self::with_tls(uri, system_tls()));
         all.insert(uri.to_string(), Arc::downgrade(&created));
         created
+    }
+
+    /// An unshared entry verifying https servers with `tls` (tests).
+    pub fn with_tls(uri: &str, tls: Option<Arc<ClientConfig>>) -> Self {
+        Self {
+            uri: uri.to_string(),
+            tls,
+            cached: Mutex::default(),
+            fetching: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn cached(&self) -> std::sync::MutexGuard<'_, Cached> {
@@ -180,9 +200,16 @@ impl RemoteJwks {
             }
         }
         self.cached().last_attempt = Some(Instant::now());
-        let body = tokio::time::timeout(FETCH_TIMEOUT, fetch(&self.uri))
+        let tls = self.tls.as_ref();
+        let mut body = tokio::time::timeout(FETCH_TIMEOUT, fetch(&self.uri, tls))
             .await
             .map_err(|_| format!("fetching {} timed out after {FETCH_TIMEOUT:?}", self.uri))??;
+        // An OpenID discovery document names the key set: follow it once.
+        if let Some(jwks_uri) = discovered_jwks_uri(&body) {
+            body = tokio::time::timeout(FETCH_TIMEOUT, fetch(&jwks_uri, tls))
+                .await
+                .map_err(|_| format!("fetching {jwks_uri} timed out after {FETCH_TIMEOUT:?}"))??;
+        }
         let set = Arc::new(KeySet::parse(&body).map_err(|err| format!("{}: {err}", self.uri))?);
         self.cached().set = Some((set.clone(), Instant::now()));
         tracing::info!(uri = %self.uri, keys = set.0.len(), "fetched JWKS");
@@ -190,37 +217,107 @@ impl RemoteJwks {
     }
 }
 
-/// GET `uri` (http only) and return the body.
-async fn fetch(uri: &str) -> Result<String, String> {
-    let parsed: http::Uri = uri.parse().map_err(|err| format!("{uri:?}: {err}"))?;
-    if parsed.scheme_str() != Some("http") {
-        return Err(format!(
-            "{uri}: only http:// key set URIs can be fetched by this proxy"
-        ));
+/// `jwks_uri` of an OpenID provider's discovery document (a body without
+/// `keys`).
+fn discovered_jwks_uri(body: &str) -> Option<String> {
+    let document: serde_json::Value = serde_json::from_str(body).ok()?;
+    if document.get("keys").is_some() {
+        return None;
     }
+    document.get("jwks_uri")?.as_str().map(str::to_string)
+}
+
+/// A TLS client trusting the system's roots, built once.
+fn system_tls() -> Option<Arc<ClientConfig>> {
+    static CONFIG: OnceLock<Option<Arc<ClientConfig>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            let file = std::env::var("SSL_CERT_FILE")
+                .ok()
+                .into_iter()
+                .chain(CA_BUNDLES.map(String::from))
+                .find(|path| std::path::Path::new(path).is_file());
+            if let Some(file) = &file
+                && let Ok(certs) = CertificateDer::pem_file_iter(file)
+            {
+                let (added, _) = roots.add_parsable_certificates(certs.flatten());
+                tracing::debug!("JWKS fetches trust {added} roots from {file}");
+            } else {
+                tracing::warn!("no CA bundle found: https key set URIs cannot be verified");
+            }
+            tls_client(roots)
+        })
+        .clone()
+}
+
+/// A TLS client (aws-lc-rs, HTTP/1.1) trusting `roots`.
+pub fn tls_client(roots: RootCertStore) -> Option<Arc<ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder =
+        match ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+            Ok(builder) => builder,
+            Err(err) => {
+                tracing::warn!("no TLS client for JWKS fetches: {err}");
+                return None;
+            }
+        };
+    let mut config = builder.with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(Arc::new(config))
+}
+
+/// GET `uri` (http or https) and return the body.
+async fn fetch(uri: &str, tls: Option<&Arc<ClientConfig>>) -> Result<String, String> {
+    let parsed: http::Uri = uri.parse().map_err(|err| format!("{uri:?}: {err}"))?;
+    let secure = match parsed.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{uri}: not an http(s) URI")),
+    };
     let authority = parsed
         .authority()
         .ok_or_else(|| format!("{uri}: no host"))?
         .clone();
-    let address = match authority.port_u16() {
-        Some(_) => authority.as_str().to_string(),
-        None => format!("{}:80", authority.host()),
-    };
-    let stream = tokio::net::TcpStream::connect(&address)
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let stream = tokio::net::TcpStream::connect((host, port))
         .await
-        .map_err(|err| format!("connecting to {address} for {uri}: {err}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .map_err(|err| format!("connecting to {authority} for {uri}: {err}"))?;
+    let path = parsed
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if !secure {
+        return get(stream, uri, authority.as_str(), &path).await;
+    }
+    let tls = tls.ok_or_else(|| format!("{uri}: no TLS client to fetch it with"))?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|err| format!("{uri}: {host:?} is not a server name: {err}"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|err| format!("{uri}: TLS: {err}"))?;
+    get(stream, uri, authority.as_str(), &path).await
+}
+
+async fn get<T>(io: T, uri: &str, authority: &str, path: &str) -> Result<String, String>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|err| format!("{uri}: {err}"))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let path = parsed
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
     let request = http::Request::get(path)
-        .header(http::header::HOST, authority.as_str())
+        .header(http::header::HOST, authority)
         .header(http::header::ACCEPT, "application/json")
         .body(Empty::<Bytes>::new())
         .map_err(|err| format!("{uri}: {err}"))?;

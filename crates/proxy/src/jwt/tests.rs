@@ -209,3 +209,97 @@ async fn jwks_uri_is_fetched_cached_and_refetched_for_an_unknown_kid() {
         "an unknown kid refetches"
     );
 }
+
+#[tokio::test]
+async fn jwks_over_https_is_verified_against_the_given_roots() {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let cert = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                        JWKS.as_bytes(),
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let uri = format!("https://localhost:{port}/jwks.json");
+    let token = sign_rs(&claims(), RSA);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("root");
+    let trusted = Authenticator {
+        rules: vec![rule(KeySource::Remote(Arc::new(RemoteJwks::with_tls(
+            &uri,
+            jwks::tls_client(roots),
+        ))))],
+    };
+    assert!(check(&trusted, &token).await.expect("valid").is_some());
+
+    // A server the roots do not vouch for gives no keys.
+    let untrusted = Authenticator {
+        rules: vec![rule(KeySource::Remote(Arc::new(RemoteJwks::with_tls(
+            &uri,
+            jwks::tls_client(rustls::RootCertStore::empty()),
+        ))))],
+    };
+    assert!(matches!(
+        check(&untrusted, &token).await.unwrap_err(),
+        JwtError::KeysUnavailable(..)
+    ));
+}
+
+#[tokio::test]
+async fn an_openid_discovery_document_leads_to_the_key_set() {
+    let served =
+        weft_testkit::backend::serve(|request: Request<hyper::body::Incoming>| async move {
+            let body = if request.uri().path() == "/.well-known/openid-configuration" {
+                let host = request.headers()["host"]
+                    .to_str()
+                    .expect("host")
+                    .to_string();
+                format!(r#"{{"issuer": "x", "jwks_uri": "http://{host}/keys"}}"#)
+            } else {
+                JWKS.to_string()
+            };
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+        })
+        .await;
+    let uri = format!("http://{}/.well-known/openid-configuration", served.addr);
+    let auth = Authenticator {
+        rules: vec![rule(KeySource::Remote(RemoteJwks::shared(&uri)))],
+    };
+    assert!(
+        check(&auth, &sign_rs(&claims(), RSA))
+            .await
+            .expect("valid")
+            .is_some()
+    );
+}
