@@ -88,7 +88,7 @@ async fn sidecars_speak_tls13_and_the_server_learns_the_callers_identity() {
         server.logs()
     );
 
-    let recorded = recorded.lock().expect("lock");
+    let recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
     assert!(
         recorded.to_server.starts_with(&[0x16, 0x03]),
         "client → server starts with a TLS handshake record"
@@ -111,7 +111,6 @@ async fn sidecars_speak_tls13_and_the_server_learns_the_callers_identity() {
             "response body in clear {direction}"
         );
     }
-    drop(recorded);
 
     // The client checks who answers: a server that is not the identity
     // weftd names for the endpoint is refused.

@@ -112,7 +112,7 @@ async fn request(options: &FetchOptions, identity: &Identity) -> anyhow::Result<
         .sign(SignRequest {
             token: token.trim().to_string(),
             csr_pem,
-            ttl: options.ttl.and_then(|ttl| ttl.try_into().ok()),
+            ttl: options.ttl.map(Into::into),
         })
         .await
         .map_err(|status| anyhow::anyhow!("{} ({:?})", status.message(), status.code()))?

@@ -52,14 +52,14 @@ pub struct MeshTls {
     pub identity: Option<Arc<Identity>>,
     provider: Arc<CryptoProvider>,
     server: Mutex<Option<(Arc<Roots>, Arc<ServerConfig>)>>,
-    /// (expected identity, ALPN) → config, for the roots in `client_roots`.
-    clients: Mutex<(
-        Option<Arc<Roots>>,
-        HashMap<(String, &'static [u8]), Arc<ClientConfig>>,
-    )>,
+    /// Client configs for the roots they were built with.
+    clients: Mutex<(Option<Arc<Roots>>, ClientConfigs)>,
     pub(crate) upstream: upstream::Table,
     pub(crate) origination: origination::Cache,
 }
+
+/// (expected identity, ALPN) → client config.
+type ClientConfigs = HashMap<(String, &'static [u8]), Arc<ClientConfig>>;
 
 static CONTEXT: OnceLock<Arc<MeshTls>> = OnceLock::new();
 

@@ -53,10 +53,13 @@ pub enum Carries {
     Http2,
 }
 
+/// Endpoint address → decision, for one snapshot.
+type Decisions = Arc<HashMap<SocketAddr, UpstreamTls>>;
+
 #[derive(Default)]
 pub(crate) struct Table {
     state: Mutex<Option<Weak<ProxyState>>>,
-    cached: Mutex<Option<(Weak<Snapshot>, Arc<HashMap<SocketAddr, UpstreamTls>>)>>,
+    cached: Mutex<Option<(Weak<Snapshot>, Decisions)>>,
 }
 
 impl MeshTls {
