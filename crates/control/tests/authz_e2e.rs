@@ -30,6 +30,8 @@ fn allow_by_path_and_method_and_deny_wins() {
         let other_path = get("/admin").await;
         assert_eq!(other_path.status, StatusCode::FORBIDDEN);
         assert_eq!(other_path.body, DENIED);
+        // Dot segments are resolved before matching: this is /admin.
+        assert_eq!(get("/api/../admin").await.status, StatusCode::FORBIDDEN);
         let post = call("127.0.0.1", "POST", "/api/items", &[])
             .await
             .expect("post");

@@ -2,6 +2,7 @@
 //! policies put on them (exact / prefix `abc*` / suffix `*abc` / presence
 //! `*` strings, CIDRs, ports).
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderName};
@@ -175,10 +176,16 @@ impl Condition {
         if attrs.http.is_none() && self.attribute.http_only() {
             return http_only_matches;
         }
-        let mut seen = Vec::new();
-        attrs.values(&self.attribute, &mut seen);
-        let hit = |list: &[ValueMatch]| list.iter().any(|m| seen.iter().any(|v| m.matches(v)));
-        (self.values.is_empty() || hit(&self.values)) && !hit(&self.not_values)
+        let mut hit = self.values.is_empty();
+        let mut excluded = false;
+        attrs.values(
+            &self.attribute,
+            &mut Sink(&mut |value| {
+                hit = hit || self.values.iter().any(|m| m.matches(&value));
+                excluded = excluded || self.not_values.iter().any(|m| m.matches(&value));
+            }),
+        );
+        hit && !excluded
     }
 }
 
@@ -196,12 +203,28 @@ pub struct Attributes<'a> {
 
 pub struct HttpAttributes<'a> {
     pub method: &'a str,
-    /// Without the query.
+    /// Without the query, normalized ([`normalize_path`]).
     pub path: &'a str,
+    /// `:authority` or `Host`, lower-cased.
     pub authority: Option<&'a str>,
     pub headers: &'a HeaderMap,
     /// The validated JWT, if the request carried one.
     pub auth: Option<&'a Verified>,
+}
+
+/// Hands each value of an attribute to the condition, without collecting.
+struct Sink<'f, 'a>(&'f mut dyn FnMut(Value<'a>));
+
+impl<'a> Sink<'_, 'a> {
+    fn push(&mut self, value: Value<'a>) {
+        (self.0)(value);
+    }
+
+    fn extend(&mut self, values: impl IntoIterator<Item = Value<'a>>) {
+        for value in values {
+            (self.0)(value);
+        }
+    }
 }
 
 enum Value<'a> {
@@ -212,7 +235,7 @@ enum Value<'a> {
 }
 
 impl<'a> Attributes<'a> {
-    fn values(&self, attribute: &Attribute, out: &mut Vec<Value<'a>>) {
+    fn values(&self, attribute: &Attribute, out: &mut Sink<'_, 'a>) {
         let principal_part = |index: usize| {
             // "<trust-domain>/ns/<namespace>/sa/<account>"
             self.principal
@@ -258,13 +281,11 @@ impl<'a> Attributes<'a> {
 }
 
 impl<'a> HttpAttributes<'a> {
-    fn values(&self, attribute: &Attribute, out: &mut Vec<Value<'a>>) {
+    fn values(&self, attribute: &Attribute, out: &mut Sink<'_, 'a>) {
         match attribute {
             Attribute::Method => out.push(Value::Text(self.method)),
-            Attribute::Path => out.push(Value::Owned(normalize_path(self.path))),
-            Attribute::Host => {
-                out.extend(self.authority.map(|a| Value::Owned(a.to_ascii_lowercase())))
-            }
+            Attribute::Path => out.push(Value::Text(self.path)),
+            Attribute::Host => out.extend(self.authority.map(Value::Text)),
             Attribute::RequestHeader(name) => {
                 // Several lines of one header are matched as one joined value,
                 // as Envoy sees them.
@@ -304,9 +325,9 @@ impl<'a> HttpAttributes<'a> {
 /// The path a policy sees: `.` and `..` segments resolved, so `/a/../admin`
 /// cannot slip past a rule on `/admin` (Istio normalizes paths the same way
 /// by default).
-pub fn normalize_path(path: &str) -> String {
+pub fn normalize_path(path: &str) -> Cow<'_, str> {
     if !path.contains("/.") {
-        return path.to_string();
+        return Cow::Borrowed(path);
     }
     let mut segments: Vec<&str> = Vec::new();
     let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
@@ -327,5 +348,5 @@ pub fn normalize_path(path: &str) -> String {
     if out.is_empty() || (trailing && !out.ends_with('/')) {
         out.push('/');
     }
-    out
+    Cow::Owned(out)
 }

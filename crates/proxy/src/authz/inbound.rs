@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
-use super::{Attributes, HttpAttributes, InboundGuard, denied_response};
+use super::{Attributes, HttpAttributes, InboundGuard, denied_response, normalize_path};
 use crate::http::ProxyBody;
 use crate::jwt::JwtError;
 
@@ -43,7 +43,9 @@ pub async fn authorize_request<B>(
             .uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| parts.headers.get(header::HOST)?.to_str().ok());
+            .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        let path = normalize_path(parts.uri.path());
         let attrs = Attributes {
             peer_ip: caller.peer,
             principal: caller.principal,
@@ -51,8 +53,8 @@ pub async fn authorize_request<B>(
             sni: None,
             http: Some(HttpAttributes {
                 method: parts.method.as_str(),
-                path: parts.uri.path(),
-                authority,
+                path: &path,
+                authority: authority.as_deref(),
                 headers: &parts.headers,
                 auth: verified.as_ref(),
             }),
