@@ -200,3 +200,85 @@ fn dry_run_custom_and_untranslatable_policies() {
         assert!(proxy_logs.contains("dry-run"), "{proxy_logs}");
     });
 }
+
+/// Rough cost of a 10-rule ALLOW policy through the sidecar: median latency
+/// of sequential requests on one keep-alive connection, without and with
+/// the policy (debug build; loopback). Run with:
+/// `cargo test -p weft-control --test authz_e2e ten_rule_policy_latency -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn ten_rule_policy_latency() {
+    in_namespace("ten_rule_policy_latency", || async {
+        let mut rules = String::new();
+        for i in 0..10 {
+            rules.push_str(&format!(
+                "  - from:\n    - source: {{ipBlocks: [\"127.0.0.0/8\"], notIpBlocks: [\"127.0.1.{i}/32\"]}}\n    to:\n    - operation: {{methods: [GET, POST], paths: [\"/svc{i}/*\"]}}\n    when:\n    - key: request.headers[x-tenant]\n      values: [\"acme*\"]\n"
+            ));
+        }
+        let web = Workload::start("", "default", &["app=web"]).await;
+        let without = median_latency("/svc9/items").await;
+        let policy = policy("ten-rules", "default", &format!("  rules:\n{rules}"));
+        web.apply_until(&policy, || async {
+            get("/other").await.status == StatusCode::FORBIDDEN
+        })
+        .await;
+        let with = median_latency("/svc9/items").await;
+        // And without again, so that drift on a busy machine shows.
+        let request = weft_testkit::client::request(
+            http::Method::POST,
+            "weftd",
+            "/v1/delete",
+            weft_testkit::client::full(policy.clone()),
+        );
+        let reply = weft_testkit::client::Http1Client::connect(web.weftd.api)
+            .await
+            .expect("connect")
+            .send(request)
+            .await
+            .expect("delete");
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while get("/other").await.status != StatusCode::OK {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "policy still enforced"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let after = median_latency("/svc9/items").await;
+        println!(
+            "median request latency through the sidecar: {without:?} without policy, {with:?} with a 10-rule ALLOW policy (last rule matching), {after:?} without again"
+        );
+    });
+}
+
+async fn median_latency(path: &str) -> std::time::Duration {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(format!(
+        "{}:{}",
+        authz_support::WORKLOAD_IP,
+        authz_support::HTTP_PORT
+    ))
+    .await
+    .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let mut samples = Vec::new();
+    for _ in 0..2000 {
+        let request = http::Request::get(path)
+            .header("host", "web")
+            .header("x-tenant", "acme-corp")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let started = std::time::Instant::now();
+        let response = sender.send_request(request).await.expect("send");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.expect("body");
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    samples[samples.len() / 2]
+}
