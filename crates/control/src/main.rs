@@ -142,7 +142,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .add_service(service)
         .add_service(certificates)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            // Nagle off: a gRPC answer is several small writes, and with
+            // delayed ACKs each would wait ~40 ms.
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                |accepted| {
+                    accepted.inspect(|stream| {
+                        let _ = stream.set_nodelay(true);
+                    })
+                },
+            ),
             async move {
                 tokio::select! {
                     _ = terminate.recv() => {}

@@ -409,3 +409,87 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
             .supported_schemes()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raw_tcp_is_carried_inside_mtls_under_strict() {
+    let control = Control::start(&[]).await;
+    let echo = weft_testkit::backend::TcpEcho::start().await;
+    control
+        .apply(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: tcpecho}}\nspec:\n  hosts: [tcpecho.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 9000, name: tcp, protocol: TCP, targetPort: {}}}]\n  workloadSelector: {{labels: {{app: tcpecho}}}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: STRICT}}}}\n",
+            echo.addr.port()
+        ))
+        .await;
+    let token = control.token_file("tcpecho").await;
+    let port = format!("{}/tcp", echo.addr.port());
+    let inbound = format!("{}={}", free_addr(), echo.addr.port());
+    let token_arg = token.display().to_string();
+    let binary = proxy_binary();
+    let mut server = ProxyProcess::spawn(weft_testkit::proxy::ProxyOptions::control_plane(
+        &binary,
+        control.weftd.grpc,
+        &[
+            "--node-id",
+            "tcpecho",
+            "--label",
+            "app=tcpecho",
+            "--service-account",
+            "tcpecho",
+            "--port",
+            &port,
+            "--inbound",
+            &inbound,
+            "--token-file",
+            &token_arg,
+        ],
+    ))
+    .expect("spawn");
+    server
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("server ready");
+    let listen = free_addr();
+    let listen_flag = format!("{listen}=tcpecho:9000");
+    let client_token = control.token_file("sleep").await.display().to_string();
+    let mut client = ProxyProcess::spawn(weft_testkit::proxy::ProxyOptions::control_plane(
+        &binary,
+        control.weftd.grpc,
+        &[
+            "--node-id",
+            "sleep",
+            "--service-account",
+            "sleep",
+            "--listen",
+            &listen_flag,
+            "--token-file",
+            &client_token,
+        ],
+    ))
+    .expect("spawn");
+    client
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("client ready");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let echoed = loop {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect(listen).await?;
+            stream.write_all(b"hello over mtls").await?;
+            stream.shutdown().await?;
+            let mut out = Vec::new();
+            stream.read_to_end(&mut out).await?;
+            anyhow::Ok(out)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(out)) if !out.is_empty() => break out,
+            _ if Instant::now() > deadline => panic!("no echo through mTLS\n{}", client.logs()),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert_eq!(
+        echoed, b"hello over mtlsbye",
+        "echo and half-close through TLS"
+    );
+}
