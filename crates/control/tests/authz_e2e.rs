@@ -30,8 +30,15 @@ fn allow_by_path_and_method_and_deny_wins() {
         let other_path = get("/admin").await;
         assert_eq!(other_path.status, StatusCode::FORBIDDEN);
         assert_eq!(other_path.body, DENIED);
-        // Dot segments are resolved before matching: this is /admin.
+        // Dot segments are resolved before matching: this is /admin, and
+        // the app gets the path the policy judged.
         assert_eq!(get("/api/../admin").await.status, StatusCode::FORBIDDEN);
+        let resolved = get("/api/old/../items?x=1").await;
+        assert!(
+            resolved.body.starts_with("path=/api/items?x=1\n"),
+            "{}",
+            resolved.body
+        );
         let post = call("127.0.0.1", "POST", "/api/items", &[])
             .await
             .expect("post");

@@ -1,10 +1,12 @@
 //! The two enforcement points on the inbound side: one HTTP request
 //! (JWT first, then policies) and one opaque TCP connection (policies).
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 
 use super::{Attributes, HttpAttributes, InboundGuard, denied_response, normalize_path};
@@ -62,8 +64,28 @@ pub async fn authorize_request<B>(
         if !guard.policies.evaluate(&attrs).is_allow() {
             return Err(denied_response());
         }
+        // The workload gets the path the policies judged.
+        if let Cow::Owned(normalized) = path {
+            set_path(&mut parts.uri, &normalized);
+        }
     }
     Ok(Request::from_parts(parts, body))
+}
+
+/// Replaces the path of `uri`, keeping its query.
+fn set_path(uri: &mut Uri, path: &str) {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    match PathAndQuery::try_from(path_and_query) {
+        Ok(value) => parts.path_and_query = Some(value),
+        Err(_) => return,
+    }
+    if let Ok(rebuilt) = Uri::from_parts(parts) {
+        *uri = rebuilt;
+    }
 }
 
 /// Whether an opaque connection may go on; a denial is logged.
