@@ -473,6 +473,39 @@ mod tests {
         }
     }
 
+    /// A ClientHello as rustls really writes it, offering `alpn`.
+    fn rustls_client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls_pki_types::ServerName::try_from("reviews.test").expect("name");
+        let mut client =
+            rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).expect("hello");
+        hello
+    }
+
+    #[test]
+    fn client_hello_names_its_alpn_protocols() {
+        let hello = rustls_client_hello(&[b"istio-h2", b"h2"]);
+        let Hello::Complete(info) = parse_client_hello(&hello) else {
+            panic!("a complete hello");
+        };
+        assert_eq!(info.sni.as_deref(), Some("reviews.test"));
+        assert_eq!(info.alpn, [b"istio-h2".to_vec(), b"h2".to_vec()]);
+        assert!(crate::tls::is_mesh_alpn(&info.alpn));
+        let Hello::Complete(plain) = parse_client_hello(&rustls_client_hello(&[b"h2"])) else {
+            panic!("a complete hello");
+        };
+        assert!(!crate::tls::is_mesh_alpn(&plain.alpn), "the app's own TLS");
+        assert_eq!(parse_client_hello(&hello[..20]), Hello::NeedMore);
+    }
+
     #[test]
     fn sni_of_garbage_is_absent() {
         assert_eq!(parse_sni(b"GET / HTTP/1.1\r\n"), Sni::Absent);
