@@ -152,7 +152,7 @@ fn jwks_uri_outputs_and_forwarding() {
         })
         .await;
         let keys = format!("jwksUri: http://{}/keys.json", issuer.addr);
-        let outputs = "    outputPayloadToHeader: x-jwt-payload\n    outputClaimToHeaders:\n    - {header: x-user, claim: sub}\n    fromHeaders:\n    - {name: x-token}\n    fromParams: [token]\n";
+        let outputs = "    outputPayloadToHeader: x-jwt-payload\n    outputClaimToHeaders:\n    - {header: x-user, claim: sub}\n    fromHeaders:\n    - {name: x-token}\n    fromParams: [token]\n    fromCookies: [session]\n";
         let web = Workload::start(
             &request_authentication(&keys, outputs),
             "default",
@@ -181,6 +181,18 @@ fn jwks_uri_outputs_and_forwarding() {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
         assert!(
             answer.body.starts_with("path=/q?keep=1\n"),
+            "{}",
+            answer.body
+        );
+        // From a cookie, which is removed; the other cookies stay.
+        let cookie = format!("theme=dark; session={alice}");
+        let answer = call("127.0.0.1", "GET", "/c", &[("cookie", &cookie)])
+            .await
+            .expect("call");
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert!(answer.body.contains("x-user: alice\n"), "{}", answer.body);
+        assert!(
+            answer.body.contains("cookie: theme=dark\n"),
             "{}",
             answer.body
         );

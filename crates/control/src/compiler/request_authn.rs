@@ -112,11 +112,6 @@ fn compile_rule(rule: &JwtRule, name: &str, path: &str) -> Result<pb::JwtRule, S
             "{path}.jwksUri: {jwks_uri:?} is not an http(s) URI"
         ));
     }
-    if !rule.from_cookies.is_empty() {
-        return Err(format!(
-            "{path}.fromCookies: tokens in cookies are not supported yet"
-        ));
-    }
     let header_ok = |value: &str, field: String| {
         http::HeaderName::try_from(value.to_ascii_lowercase())
             .map(|_| ())
@@ -162,5 +157,6 @@ fn compile_rule(rule: &JwtRule, name: &str, path: &str) -> Result<pb::JwtRule, S
             })
             .collect(),
         policy: name.to_string(),
+        from_cookies: rule.from_cookies.clone(),
     })
 }

@@ -253,6 +253,7 @@ fn compile_jwt_rule(rule: &pb::JwtRule, path: &str, problems: &mut Problems) -> 
         }
     }
     locations.extend(rule.from_params.iter().cloned().map(Location::Param));
+    locations.extend(rule.from_cookies.iter().cloned().map(Location::Cookie));
     if locations.is_empty() {
         locations = Location::defaults();
     }

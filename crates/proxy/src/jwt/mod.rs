@@ -2,7 +2,7 @@
 //!
 //! Contract, per request on a guarded inbound port:
 //! - Tokens are looked for where each rule says (`fromHeaders`,
-//!   `fromParams`), by default in `Authorization: Bearer <token>` and then
+//!   `fromParams`, `fromCookies`), by default in `Authorization: Bearer <token>` and then
 //!   the `access_token` query parameter.
 //! - No token: the request goes on unauthenticated (an AuthorizationPolicy
 //!   asking for `requestPrincipals` will deny it).
@@ -53,6 +53,7 @@ pub struct JwtRule {
 pub enum Location {
     Header { name: HeaderName, prefix: String },
     Param(String),
+    Cookie(String),
 }
 
 impl Location {
@@ -286,6 +287,36 @@ fn extract(location: &Location, parts: &http::request::Parts) -> Option<String> 
                 (key == name && !value.is_empty()).then(|| value.to_string())
             })
         }
+        Location::Cookie(name) => cookies(&parts.headers)
+            .find_map(|(key, value)| (key == name && !value.is_empty()).then(|| value.to_string())),
+    }
+}
+
+/// `(name, value)` of every cookie in the `Cookie` headers.
+fn cookies(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|line| line.split(';'))
+        .filter_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            Some((key.trim(), value.trim()))
+        })
+}
+
+/// Drops cookie `name`, keeping the others in one `Cookie` header.
+fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let kept: Vec<String> = cookies(headers)
+        .filter(|(key, _)| *key != name)
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    headers.remove(http::header::COOKIE);
+    if let Some(value) = (!kept.is_empty())
+        .then(|| kept.join("; "))
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        headers.insert(http::header::COOKIE, value);
     }
 }
 
@@ -302,6 +333,7 @@ fn apply_outputs(
                 parts.headers.remove(name);
             }
             Location::Param(name) => remove_param(&mut parts.uri, name),
+            Location::Cookie(name) => remove_cookie(&mut parts.headers, name),
         }
     }
     if let Some(header) = &rule.payload_header

@@ -303,3 +303,20 @@ async fn an_openid_discovery_document_leads_to_the_key_set() {
             .is_some()
     );
 }
+
+#[tokio::test]
+async fn tokens_in_cookies() {
+    let mut auth = inline();
+    auth.rules[0].locations = vec![Location::Cookie("session".into())];
+    let token = sign_rs(&claims(), RSA);
+    let mut request = parts("/", None);
+    request.headers.insert(
+        "cookie",
+        format!("theme=dark; session={token}; lang=en")
+            .parse()
+            .expect("cookie"),
+    );
+    let verified = auth.authenticate(&mut request).await.expect("valid");
+    assert!(verified.is_some());
+    assert_eq!(request.headers["cookie"], "theme=dark; lang=en");
+}
