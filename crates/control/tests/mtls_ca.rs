@@ -222,8 +222,10 @@ async fn certificates_rotate_while_a_long_stream_stays_up() {
 }
 
 /// A TLS 1.3/1.2 HTTP server for `name` on loopback, answering with the SNI
-/// it saw; returns its address and the CA file that verifies it.
-async fn external_tls_server(dir: &Path, name: &str) -> (SocketAddr, String) {
+/// it saw; returns its address and the CA file that verifies it. With
+/// `mutual`, it demands a client certificate from the same CA, written to
+/// `client-cert.pem` / `client-key.pem` in `dir`.
+async fn external_tls_server(dir: &Path, name: &str, mutual: bool) -> (SocketAddr, String) {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -238,10 +240,28 @@ async fn external_tls_server(dir: &Path, name: &str) -> (SocketAddr, String) {
     std::fs::write(&ca_path, ca.pem()).expect("write ca");
 
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
+        .expect("versions");
+    let builder = if mutual {
+        let client_key = rcgen::KeyPair::generate().expect("key");
+        let client = rcgen::CertificateParams::new(vec!["client.test".to_string()])
+            .expect("params")
+            .signed_by(&client_key, &issuer)
+            .expect("client cert");
+        std::fs::write(dir.join("client-cert.pem"), client.pem()).expect("write");
+        std::fs::write(dir.join("client-key.pem"), client_key.serialize_pem()).expect("write");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).expect("root");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder
         .with_single_cert(
             vec![cert.der().clone()],
             rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -281,7 +301,8 @@ async fn external_tls_server(dir: &Path, name: &str) -> (SocketAddr, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn destination_rule_simple_originates_tls_to_an_external_server() {
     let control = Control::start(&[]).await;
-    let (server, ca_file) = external_tls_server(control.dir.path(), "api.external.test").await;
+    let (server, ca_file) =
+        external_tls_server(control.dir.path(), "api.external.test", false).await;
     control
         .apply(&format!(
             r#"
@@ -329,4 +350,73 @@ spec:
         .expect("request");
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), proxy.logs());
     assert_eq!(reply.text(), "external over TLS, sni=api.external.test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destination_rule_mutual_presents_the_client_certificate() {
+    let control = Control::start(&[]).await;
+    let (server, ca_file) =
+        external_tls_server(control.dir.path(), "api.external.test", true).await;
+    let dir = control.dir.path().display();
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: external}}\nspec:\n  hosts: [api.external.test]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]\n  endpoints: [{{address: \"{ip}\"}}]\n",
+        port = server.port(),
+        ip = server.ip()
+    );
+    let rule = |tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: external}}\nspec:\n  host: api.external.test\n  trafficPolicy:\n    tls: {tls}\n"
+        )
+    };
+    // SIMPLE first: the server wants a client certificate, so it fails.
+    control
+        .apply(&format!(
+            "{entry}---\n{}",
+            rule(&format!("{{mode: SIMPLE, caCertificates: \"{ca_file}\"}}"))
+        ))
+        .await;
+    let listen = free_addr();
+    let listen_flag = format!("{listen}=api.external.test:80");
+    let binary = proxy_binary();
+    let mut proxy =
+        weft_testkit::proxy::ProxyProcess::spawn(weft_testkit::proxy::ProxyOptions::control_plane(
+            &binary,
+            control.weftd.grpc,
+            &["--node-id", "app", "--listen", &listen_flag],
+        ))
+        .expect("spawn");
+    proxy
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("ready");
+    let get = || async {
+        weft_testkit::client::Http1Client::connect(listen)
+            .await
+            .expect("connect")
+            .get("api.external.test", "/")
+            .await
+            .expect("request")
+    };
+    assert_eq!(get().await.status, 503, "no client certificate, no service");
+
+    control
+        .apply(&rule(&format!(
+            "{{mode: MUTUAL, caCertificates: \"{ca_file}\", clientCertificate: \"{dir}/client-cert.pem\", privateKey: \"{dir}/client-key.pem\"}}"
+        )))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = get().await;
+        if reply.status == 200 {
+            assert_eq!(reply.text(), "external over TLS, sni=api.external.test");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "MUTUAL never worked: {}\n{}",
+            reply.text(),
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -291,6 +291,11 @@ async fn inbound_plaintext<S>(
 /// the old one (as Envoy drains a replaced filter chain).
 async fn until_strict(serving: impl Future<Output = ()>, state: &ProxyState, port: u16) {
     const CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+    let can_be_strict = tls::context().is_some_and(|c| c.identity.is_some());
+    if !can_be_strict {
+        // A plaintext-only workload: no policy can ever close it.
+        return serving.await;
+    }
     let strict = async {
         loop {
             tokio::time::sleep(CHECK_EVERY).await;
