@@ -158,5 +158,6 @@ fn compile_rule(rule: &JwtRule, name: &str, path: &str) -> Result<pb::JwtRule, S
             .collect(),
         policy: name.to_string(),
         from_cookies: rule.from_cookies.clone(),
+        space_delimited_claims: rule.space_delimited_claims.clone(),
     })
 }

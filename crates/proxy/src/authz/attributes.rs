@@ -314,7 +314,7 @@ impl<'a> HttpAttributes<'a> {
             ),
             Attribute::AuthClaim(path) => {
                 if let Some(auth) = self.auth {
-                    out.extend(auth.claim_strings(path).into_iter().map(Value::Owned));
+                    out.extend(auth.claim_values(path).into_iter().map(Value::Owned));
                 }
             }
             _ => {}

@@ -291,6 +291,7 @@ fn compile_jwt_rule(rule: &pb::JwtRule, path: &str, problems: &mut Problems) -> 
         payload_header,
         forward_original_token: rule.forward_original_token,
         claim_headers,
+        space_delimited_claims: rule.space_delimited_claims.clone(),
         policy: Arc::from(rule.policy.as_str()),
     })
 }

@@ -45,6 +45,8 @@ pub struct JwtRule {
     pub payload_header: Option<HeaderName>,
     pub forward_original_token: bool,
     pub claim_headers: Vec<(HeaderName, Vec<String>)>,
+    /// Claims policies match word by word, besides `scope` and `permission`.
+    pub space_delimited_claims: Vec<String>,
     /// "namespace/name" of the RequestAuthentication.
     pub policy: Arc<str>,
 }
@@ -78,10 +80,15 @@ pub struct Verified {
     /// `azp`.
     pub presenter: Option<String>,
     pub claims: Value,
+    /// Top-level claims whose string value is a space-separated list.
+    space_delimited: Vec<String>,
 }
 
+/// Istio splits these claims on spaces for policies, whatever the rule says.
+const SPACE_DELIMITED_CLAIMS: [&str; 2] = ["scope", "permission"];
+
 impl Verified {
-    fn new(claims: Value) -> Self {
+    fn new(claims: Value, rule: &JwtRule) -> Self {
         let text = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default();
         let principal = format!("{}/{}", text("iss"), text("sub"));
         let audiences = match claims.get("aud") {
@@ -96,11 +103,32 @@ impl Verified {
             .get("azp")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let space_delimited = SPACE_DELIMITED_CLAIMS
+            .iter()
+            .map(|c| c.to_string())
+            .chain(rule.space_delimited_claims.iter().cloned())
+            .collect();
         Self {
             principal,
             audiences,
             presenter,
             claims,
+            space_delimited,
+        }
+    }
+
+    /// [`claim_strings`](Self::claim_strings) as policies see them: a
+    /// space-delimited claim (`scope`, `permission`, the rule's
+    /// `spaceDelimitedClaims`) is one value per word.
+    pub fn claim_values(&self, path: &[String]) -> Vec<String> {
+        let values = self.claim_strings(path);
+        match path {
+            [name] if self.space_delimited.contains(name) => values
+                .iter()
+                .flat_map(|v| v.split_whitespace())
+                .map(str::to_string)
+                .collect(),
+            _ => values,
         }
     }
 
@@ -240,7 +268,7 @@ impl Authenticator {
         let mut last = JwtError::BadSignature(issuer.clone());
         for key in keys.iter() {
             match jsonwebtoken::decode::<Value>(&found.token, key, &validation) {
-                Ok(data) => return Ok((rule_index, Verified::new(data.claims))),
+                Ok(data) => return Ok((rule_index, Verified::new(data.claims, rule))),
                 Err(err) => {
                     last = match err.kind() {
                         ErrorKind::ExpiredSignature => return Err(JwtError::Expired),

@@ -44,6 +44,7 @@ fn rule(keys: KeySource) -> JwtRule {
         locations: Location::defaults(),
         payload_header: Some(HeaderName::from_static("x-jwt-payload")),
         forward_original_token: false,
+        space_delimited_claims: vec!["roles".into()],
         claim_headers: vec![(
             HeaderName::from_static("x-team"),
             vec!["org".into(), "team".into()],
@@ -319,4 +320,20 @@ async fn tokens_in_cookies() {
     let verified = auth.authenticate(&mut request).await.expect("valid");
     assert!(verified.is_some());
     assert_eq!(request.headers["cookie"], "theme=dark; lang=en");
+}
+
+#[tokio::test]
+async fn space_delimited_claims_are_words_for_policies() {
+    let auth = inline();
+    let mut with_scopes = claims();
+    with_scopes["scope"] = json!("read write");
+    with_scopes["roles"] = json!("admin ops");
+    with_scopes["note"] = json!("two words");
+    let verified = check(&auth, &sign_rs(&with_scopes, RSA))
+        .await
+        .expect("valid")
+        .expect("token");
+    assert_eq!(verified.claim_values(&["scope".into()]), ["read", "write"]);
+    assert_eq!(verified.claim_values(&["roles".into()]), ["admin", "ops"]);
+    assert_eq!(verified.claim_values(&["note".into()]), ["two words"]);
 }
