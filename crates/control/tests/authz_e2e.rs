@@ -44,6 +44,23 @@ fn allow_by_path_and_method_and_deny_wins() {
             .expect("post");
         assert_eq!(post.status, StatusCode::FORBIDDEN);
 
+        // The same over HTTP/2 (authority and path from the pseudo-headers).
+        let workload = format!(
+            "{}:{}",
+            authz_support::WORKLOAD_IP,
+            authz_support::HTTP_PORT
+        );
+        let h2 = weft_testkit::client::Http2Client::connect(workload.parse().expect("addr"))
+            .await
+            .expect("h2 connect");
+        let reply = h2.get("web", "/api/items").await.expect("h2 get");
+        assert_eq!(reply.status, StatusCode::OK);
+        let reply = h2.get("web", "/admin").await.expect("h2 get");
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (StatusCode::FORBIDDEN, DENIED)
+        );
+
         // A DENY on part of what the ALLOW admits wins.
         let deny = policy(
             "no-secrets",

@@ -154,7 +154,8 @@ impl Workload {
     }
 }
 
-/// The app's HTTP side on 127.0.0.1:<port>, the inbound target.
+/// The app's HTTP side (HTTP/1.1 and HTTP/2) on 127.0.0.1:<port>, the
+/// inbound target.
 async fn serve_app(port: u16) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -162,9 +163,11 @@ async fn serve_app(port: u16) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(echo_request))
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(stream), service_fn(echo_request))
+                .await;
             });
         }
     })

@@ -85,8 +85,6 @@ pub struct Policies {
     deny: Vec<Policy>,
     allow: Vec<Policy>,
     audit: Vec<Policy>,
-    /// Whether an enforced (not dry-run) ALLOW policy exists.
-    enforced_allow: bool,
     /// Whether any policy is dry-run (the shadow decision is worth computing).
     any_dry_run: bool,
 }
@@ -125,10 +123,7 @@ impl Policies {
         for policy in policies {
             out.any_dry_run |= policy.dry_run;
             match policy.action {
-                Action::Allow => {
-                    out.enforced_allow |= !policy.dry_run;
-                    out.allow.push(policy);
-                }
+                Action::Allow => out.allow.push(policy),
                 Action::Deny => out.deny.push(policy),
                 Action::Audit => out.audit.push(policy),
                 Action::Custom => out.custom.push(policy),
@@ -196,13 +191,6 @@ impl Policies {
         } else {
             Decision::Deny { policy: None }
         }
-    }
-
-    /// Whether an enforced ALLOW policy could need a request principal, so
-    /// that a missing token matters. (Used for logs only: the policies
-    /// decide either way.)
-    pub fn has_enforced_allow(&self) -> bool {
-        self.enforced_allow
     }
 }
 
