@@ -112,6 +112,14 @@ fn compile_rule(rule: &JwtRule, name: &str, path: &str) -> Result<pb::JwtRule, S
             "{path}.jwksUri: {jwks_uri:?} is not an http(s) URI"
         ));
     }
+    let timeout = match &rule.timeout {
+        Some(text) => {
+            let parsed = weft_api::field::parse_duration(text)
+                .ok_or_else(|| format!("{path}.timeout: {text:?} is not a duration"))?;
+            Some(parsed.into())
+        }
+        None => None,
+    };
     let header_ok = |value: &str, field: String| {
         http::HeaderName::try_from(value.to_ascii_lowercase())
             .map(|_| ())
@@ -159,5 +167,6 @@ fn compile_rule(rule: &JwtRule, name: &str, path: &str) -> Result<pb::JwtRule, S
         policy: name.to_string(),
         from_cookies: rule.from_cookies.clone(),
         space_delimited_claims: rule.space_delimited_claims.clone(),
+        jwks_fetch_timeout: timeout,
     })
 }

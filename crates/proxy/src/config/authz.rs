@@ -12,7 +12,7 @@ use super::snapshot::Problems;
 use crate::authz::{
     Action, Attribute, Condition, InboundGuard, Pattern, Policies, Policy, Rule, ValueMatch,
 };
-use crate::jwt::{Authenticator, JwtRule, KeySource, Location, RemoteJwks};
+use crate::jwt::{Authenticator, DEFAULT_FETCH_TIMEOUT, JwtRule, KeySource, Location, RemoteJwks};
 
 /// None when the port has nothing to check.
 pub(super) fn compile_security(
@@ -225,7 +225,14 @@ fn compile_jwt_rule(rule: &pb::JwtRule, path: &str, problems: &mut Problems) -> 
     } else if !rule.jwks_uri.is_empty() {
         match rule.jwks_uri.parse::<http::Uri>() {
             Ok(uri) if uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https") => {
-                KeySource::Remote(RemoteJwks::shared(&rule.jwks_uri))
+                let timeout = super::snapshot::duration(
+                    rule.jwks_fetch_timeout.as_ref(),
+                    &format!("{path}.jwksFetchTimeout"),
+                    problems,
+                )
+                .filter(|t| !t.is_zero())
+                .unwrap_or(DEFAULT_FETCH_TIMEOUT);
+                KeySource::Remote(RemoteJwks::shared(&rule.jwks_uri), timeout)
             }
             _ => {
                 problems.push(

@@ -26,7 +26,8 @@ use super::Keys;
 
 const CACHE_FOR: Duration = Duration::from_secs(300);
 const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(1);
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Istio's default JWKS fetch timeout.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Key sets are small; anything larger is not one.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 /// Where Debian/Ubuntu, Fedora/RHEL and Alpine keep the system bundle.
@@ -94,7 +95,8 @@ impl Key {
 /// Where a rule's keys come from.
 pub enum KeySource {
     Inline(Arc<KeySet>),
-    Remote(Arc<RemoteJwks>),
+    /// Fetched, each fetch bounded by the duration.
+    Remote(Arc<RemoteJwks>, Duration),
 }
 
 impl KeySource {
@@ -102,7 +104,7 @@ impl KeySource {
     pub async fn keys_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Keys, String> {
         match self {
             Self::Inline(set) => Ok(Arc::new(set.select(kid, alg))),
-            Self::Remote(remote) => remote.keys_for(kid, alg).await,
+            Self::Remote(remote, timeout) => remote.keys_for(kid, alg, *timeout).await,
         }
     }
 }
@@ -155,7 +157,12 @@ impl RemoteJwks {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn keys_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Keys, String> {
+    async fn keys_for(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        timeout: Duration,
+    ) -> Result<Keys, String> {
         let current = self.cached().set.clone();
         let stale = current
             .as_ref()
@@ -165,7 +172,7 @@ impl RemoteJwks {
             _ => false,
         };
         let set = if stale || unknown_kid {
-            match self.refresh().await {
+            match self.refresh(timeout).await {
                 Ok(set) => set,
                 // The last good set still serves while the issuer is away.
                 Err(err) => match current {
@@ -184,7 +191,7 @@ impl RemoteJwks {
         Ok(Arc::new(set.select(kid, alg)))
     }
 
-    async fn refresh(&self) -> Result<Arc<KeySet>, String> {
+    async fn refresh(&self, timeout: Duration) -> Result<Arc<KeySet>, String> {
         let _one = self.fetching.lock().await;
         {
             let cached = self.cached();
@@ -201,14 +208,14 @@ impl RemoteJwks {
         }
         self.cached().last_attempt = Some(Instant::now());
         let tls = self.tls.as_ref();
-        let mut body = tokio::time::timeout(FETCH_TIMEOUT, fetch(&self.uri, tls))
+        let mut body = tokio::time::timeout(timeout, fetch(&self.uri, tls))
             .await
-            .map_err(|_| format!("fetching {} timed out after {FETCH_TIMEOUT:?}", self.uri))??;
+            .map_err(|_| format!("fetching {} timed out after {timeout:?}", self.uri))??;
         // An OpenID discovery document names the key set: follow it once.
         if let Some(jwks_uri) = discovered_jwks_uri(&body) {
-            body = tokio::time::timeout(FETCH_TIMEOUT, fetch(&jwks_uri, tls))
+            body = tokio::time::timeout(timeout, fetch(&jwks_uri, tls))
                 .await
-                .map_err(|_| format!("fetching {jwks_uri} timed out after {FETCH_TIMEOUT:?}"))??;
+                .map_err(|_| format!("fetching {jwks_uri} timed out after {timeout:?}"))??;
         }
         let set = Arc::new(KeySet::parse(&body).map_err(|err| format!("{}: {err}", self.uri))?);
         self.cached().set = Some((set.clone(), Instant::now()));

@@ -24,7 +24,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::Value;
 
-pub use self::jwks::{KeySet, KeySource, RemoteJwks};
+pub use self::jwks::{DEFAULT_FETCH_TIMEOUT, KeySet, KeySource, RemoteJwks};
 /// The JWT library, for tools and tests that mint tokens this proxy accepts.
 pub use jsonwebtoken;
 

@@ -184,7 +184,10 @@ async fn jwks_uri_is_fetched_cached_and_refetched_for_an_unknown_kid() {
     .await;
     let uri = format!("http://{}/jwks.json", served.addr);
     let auth = Authenticator {
-        rules: vec![rule(KeySource::Remote(RemoteJwks::shared(&uri)))],
+        rules: vec![rule(KeySource::Remote(
+            RemoteJwks::shared(&uri),
+            DEFAULT_FETCH_TIMEOUT,
+        ))],
     };
     let token = sign_rs(&claims(), RSA);
     assert!(check(&auth, &token).await.expect("valid").is_some());
@@ -257,19 +260,22 @@ async fn jwks_over_https_is_verified_against_the_given_roots() {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).expect("root");
     let trusted = Authenticator {
-        rules: vec![rule(KeySource::Remote(Arc::new(RemoteJwks::with_tls(
-            &uri,
-            jwks::tls_client(roots),
-        ))))],
+        rules: vec![rule(KeySource::Remote(
+            Arc::new(RemoteJwks::with_tls(&uri, jwks::tls_client(roots))),
+            DEFAULT_FETCH_TIMEOUT,
+        ))],
     };
     assert!(check(&trusted, &token).await.expect("valid").is_some());
 
     // A server the roots do not vouch for gives no keys.
     let untrusted = Authenticator {
-        rules: vec![rule(KeySource::Remote(Arc::new(RemoteJwks::with_tls(
-            &uri,
-            jwks::tls_client(rustls::RootCertStore::empty()),
-        ))))],
+        rules: vec![rule(KeySource::Remote(
+            Arc::new(RemoteJwks::with_tls(
+                &uri,
+                jwks::tls_client(rustls::RootCertStore::empty()),
+            )),
+            DEFAULT_FETCH_TIMEOUT,
+        ))],
     };
     assert!(matches!(
         check(&untrusted, &token).await.unwrap_err(),
@@ -295,7 +301,10 @@ async fn an_openid_discovery_document_leads_to_the_key_set() {
         .await;
     let uri = format!("http://{}/.well-known/openid-configuration", served.addr);
     let auth = Authenticator {
-        rules: vec![rule(KeySource::Remote(RemoteJwks::shared(&uri)))],
+        rules: vec![rule(KeySource::Remote(
+            RemoteJwks::shared(&uri),
+            DEFAULT_FETCH_TIMEOUT,
+        ))],
     };
     assert!(
         check(&auth, &sign_rs(&claims(), RSA))
@@ -336,4 +345,27 @@ async fn space_delimited_claims_are_words_for_policies() {
     assert_eq!(verified.claim_values(&["scope".into()]), ["read", "write"]);
     assert_eq!(verified.claim_values(&["roles".into()]), ["admin", "ops"]);
     assert_eq!(verified.claim_values(&["note".into()]), ["two words"]);
+}
+
+#[tokio::test]
+async fn a_slow_key_server_fails_within_the_rule_timeout() {
+    let served = weft_testkit::backend::serve(|_request| async {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            JWKS.as_bytes(),
+        ))))
+    })
+    .await;
+    let uri = format!("http://{}/slow-keys", served.addr);
+    let auth = Authenticator {
+        rules: vec![rule(KeySource::Remote(
+            RemoteJwks::shared(&uri),
+            std::time::Duration::from_millis(200),
+        ))],
+    };
+    let started = std::time::Instant::now();
+    let err = check(&auth, &sign_rs(&claims(), RSA)).await.unwrap_err();
+    assert!(matches!(err, JwtError::KeysUnavailable(..)), "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
