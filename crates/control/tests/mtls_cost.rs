@@ -2,10 +2,14 @@
 //! (run with `--nocapture` to read the figures): certificate issue latency
 //! (key + CSR + weftd signing), a fresh sidecar-to-sidecar connection with
 //! the mTLS handshake versus a plaintext one, and steady-state requests
-//! through both sidecars with and without mTLS. Only correctness is
+//! through both sidecars with and without mTLS, sequential and at a fixed
+//! 1,000 requests per second. Only correctness is
 //! asserted: timings on a shared machine are for reading, not for failing.
 
 mod mtls_support;
+
+/// Milliseconds between requests in the fixed-rate run: 1,000 per second.
+const RATE_MS: u64 = 1;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -187,6 +191,34 @@ async fn mtls_costs_on_loopback() {
         steady.push(summary(times));
     }
 
+    // Fixed rate, 1,000 requests per second for 2 s, HTTP/2 from the app.
+    let mut fixed_rate = Vec::new();
+    for listen in [mesh_listen, plain_listen] {
+        let client = Arc::new(
+            weft_testkit::client::Http2Client::connect(listen)
+                .await
+                .expect("h2"),
+        );
+        let mut ticks = tokio::time::interval(Duration::from_millis(RATE_MS));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            ticks.tick().await;
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let reply = client.get("httpbin:8000", "/").await.expect("request");
+                assert_eq!(reply.status, 200);
+                started.elapsed()
+            }));
+        }
+        let mut times = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            times.push(task.await.expect("join"));
+        }
+        fixed_rate.push(summary(times));
+    }
+
     println!(
         "certificate issue (key + CSR + sign): {}",
         summary(issue_times)
@@ -201,6 +233,8 @@ async fn mtls_costs_on_loopback() {
     );
     println!("through two sidecars, pooled mTLS:       {}", steady[0]);
     println!("through two sidecars, plaintext:         {}", steady[1]);
+    println!("1,000 rps via two sidecars, mTLS:        {}", fixed_rate[0]);
+    println!("1,000 rps via two sidecars, plaintext:   {}", fixed_rate[1]);
 }
 
 /// Chain checked against the mesh roots; the name is not (SPIFFE ids are

@@ -45,6 +45,10 @@ use crate::http::ProxyBody;
 use crate::tls::inbound::CLIENT_PROTOCOL_HEADER;
 use crate::tls::upstream::{Carries, UpstreamTls};
 
+/// HTTP/2 connections per TLS-secured endpoint (Envoy keeps one per
+/// worker; a sidecar has at most two workers).
+const MESH_H2_SHARDS: usize = 2;
+
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
@@ -81,7 +85,10 @@ impl Http1Conn {
 #[derive(Default)]
 pub struct Pool {
     idle_http1: Mutex<HashMap<SocketAddr, Vec<Http1Conn>>>,
-    http2: Mutex<HashMap<SocketAddr, H2Slot>>,
+    /// (endpoint, shard) → shared HTTP/2 connection.
+    http2: Mutex<HashMap<(SocketAddr, usize), H2Slot>>,
+    /// Spreads mesh HTTP/2 requests over [`MESH_H2_SHARDS`] connections.
+    next_shard: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
@@ -229,11 +236,22 @@ impl Pool {
         mut request: Request<ProxyBody>,
         tls: UpstreamTls,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
+        // TLS records are sealed and opened by the task driving the
+        // connection: more than one connection per endpoint lets that work
+        // use more than one core.
+        let shard = match tls {
+            UpstreamTls::Plain => 0,
+            _ => {
+                self.next_shard
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    % MESH_H2_SHARDS
+            }
+        };
         let slot = self
             .http2
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(addr)
+            .entry((addr, shard))
             .or_default()
             .clone();
         for attempt in 0..2 {
