@@ -1,0 +1,135 @@
+//! mTLS with real interception: in a network namespace, nat rules send
+//! connections for the workload's port to its sidecar's inbound capture
+//! port 15006 (as Istio's init container does); the sidecar terminates
+//! mTLS from a mesh caller found through SO_ORIGINAL_DST, and under STRICT
+//! closes plaintext, whether from a sidecar without identity or straight
+//! from a process.
+//!
+//! Needs root, `ip` and `iptables`; under `CI=true` it fails rather than skip.
+
+mod mtls_support;
+
+use std::time::Duration;
+
+use mtls_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_testkit::free_addr;
+use weft_testkit::netns::{NetNs, privileged_or_skip};
+use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
+
+/// The workload's address as callers dial it (anything but 127.0.0.1 is
+/// captured).
+const WORKLOAD_IP: &str = "127.0.0.5";
+
+#[test]
+fn captured_inbound_terminates_mtls_and_strict_closes_plaintext() {
+    const NAME: &str = "captured_inbound_terminates_mtls_and_strict_closes_plaintext";
+    if !privileged_or_skip(NAME) {
+        return;
+    }
+    let netns = NetNs::create("mtlscap").expect("create namespace");
+    netns
+        .run(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(captured(&netns))
+        })
+        .expect("enter namespace");
+}
+
+async fn captured(netns: &NetNs) {
+    let control = Control::start(&[]).await;
+    let backend = echo_backend().await;
+    let port = backend.addr.port().to_string();
+    let rules: [&[&str]; 2] = [
+        &["-d", "127.0.0.1/32", "-j", "RETURN"],
+        &["--dport", &port, "-j", "REDIRECT", "--to-ports", "15006"],
+    ];
+    for rule in rules {
+        let mut argv = vec!["iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp"];
+        argv.extend_from_slice(rule);
+        netns.exec(&argv).expect("install nat rule");
+    }
+    control
+        .apply(&format!(
+            "{}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: STRICT}}}}\n",
+            service_yaml(backend.addr.port())
+        ))
+        .await;
+
+    let token = control.token_file("httpbin").await.display().to_string();
+    let workload_port = format!("{port}/http");
+    let binary = proxy_binary();
+    let mut server = ProxyProcess::spawn(ProxyOptions::control_plane(
+        &binary,
+        control.weftd.grpc,
+        &[
+            "--node-id",
+            "httpbin",
+            "--label",
+            "app=httpbin",
+            "--service-account",
+            "httpbin",
+            "--address",
+            WORKLOAD_IP,
+            "--port",
+            &workload_port,
+            "--capture",
+            "--token-file",
+            &token,
+        ],
+    ))
+    .expect("spawn server");
+    server
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("server ready");
+
+    let (mesh_listen, plain_listen) = (free_addr(), free_addr());
+    let sleep_token = control.token_file("sleep").await;
+    let mut mesh = client_proxy(&control, "sleep", "sleep", mesh_listen, Some(&sleep_token));
+    let mut plain = client_proxy(&control, "legacy", "legacy", plain_listen, None);
+    mesh.wait_ready(Duration::from_secs(20))
+        .await
+        .expect("mesh client ready");
+    plain
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("plain client ready");
+
+    let expected = format!("xfcc=By={SERVER_ID};URI={CLIENT_ID}");
+    let reply = eventually(mesh_listen, "/", |r| r.text().starts_with(&expected)).await;
+    assert!(
+        reply.is_ok(),
+        "mTLS through capture: {reply:?}\n{}\n{}",
+        mesh.logs(),
+        server.logs()
+    );
+    let refused = eventually(plain_listen, "/", |r| r.status == 503).await;
+    assert!(
+        refused.is_ok(),
+        "STRICT refuses the plaintext sidecar: {refused:?}"
+    );
+
+    // A process dialling the workload directly is captured too, and closed.
+    let direct = format!("{WORKLOAD_IP}:{port}");
+    let mut stream = tokio::net::TcpStream::connect(&direct)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: httpbin\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed, not left hanging");
+    assert!(
+        read.is_err() || answer.is_empty(),
+        "plaintext got an answer under STRICT: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}
