@@ -3,7 +3,8 @@
 //! port 15006 (as Istio's init container does); the sidecar terminates
 //! mTLS from a mesh caller found through SO_ORIGINAL_DST, and under STRICT
 //! closes plaintext, whether from a sidecar without identity or straight
-//! from a process.
+//! from a process. The policy is Istio's own validation sample (workload
+//! selector, PERMISSIVE, port 8080 STRICT), read from the corpus.
 //!
 //! Needs root, `ip` and `iptables`; under `CI=true` it fails rather than skip.
 
@@ -27,6 +28,14 @@ fn captured_inbound_terminates_mtls_and_strict_closes_plaintext() {
     if !privileged_or_skip(NAME) {
         return;
     }
+    let Some(corpus) = weft_testkit::corpus::root_or_skip(NAME) else {
+        return;
+    };
+    let policy = std::fs::read_to_string(
+        corpus
+            .join("istio/pkg/test/datasets/validation/dataset/security-v1-PeerAuthentication.yaml"),
+    )
+    .expect("corpus PeerAuthentication");
     let netns = NetNs::create("mtlscap").expect("create namespace");
     netns
         .run(|| {
@@ -35,15 +44,18 @@ fn captured_inbound_terminates_mtls_and_strict_closes_plaintext() {
                 .enable_all()
                 .build()
                 .expect("runtime")
-                .block_on(captured(&netns))
+                .block_on(captured(&netns, &policy))
         })
         .expect("enter namespace");
 }
 
-async fn captured(netns: &NetNs) {
+/// The port the corpus policy makes STRICT.
+const PORT: u16 = 8080;
+
+async fn captured(netns: &NetNs, policy: &str) {
     let control = Control::start(&[]).await;
-    let backend = echo_backend().await;
-    let port = backend.addr.port().to_string();
+    let _backend = echo_backend_on(([127, 0, 0, 1], PORT).into()).await;
+    let port = PORT.to_string();
     let rules: [&[&str]; 2] = [
         &["-d", "127.0.0.1/32", "-j", "RETURN"],
         &["--dport", &port, "-j", "REDIRECT", "--to-ports", "15006"],
@@ -54,10 +66,7 @@ async fn captured(netns: &NetNs) {
         netns.exec(&argv).expect("install nat rule");
     }
     control
-        .apply(&format!(
-            "{}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: STRICT}}}}\n",
-            service_yaml(backend.addr.port())
-        ))
+        .apply(&format!("{}---\n{policy}", service_yaml(PORT)))
         .await;
 
     let token = control.token_file("httpbin").await.display().to_string();
@@ -71,6 +80,8 @@ async fn captured(netns: &NetNs) {
             "httpbin",
             "--label",
             "app=httpbin",
+            "--label",
+            "version=v1",
             "--service-account",
             "httpbin",
             "--address",

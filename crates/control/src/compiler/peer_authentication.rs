@@ -52,10 +52,13 @@ impl PeerPolicies {
             .policies
             .iter()
             .find(|(at, _, spec)| {
+                // `selector: {}` selects every workload (still at the
+                // workload level, as in Istio).
                 at == namespace
-                    && spec.selector.as_ref().is_some_and(|s| {
-                        !s.match_labels.is_empty() && labels_match(&s.match_labels, labels)
-                    })
+                    && spec
+                        .selector
+                        .as_ref()
+                        .is_some_and(|s| labels_match(&s.match_labels, labels))
             })
             .map(|(_, _, spec)| spec);
         let mut mode = MtlsMode::Permissive;
@@ -143,5 +146,9 @@ spec:
             MtlsMode::Permissive,
             "nothing: PERMISSIVE"
         );
+        let everyone = policies(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: all, namespace: shop}\nspec: {selector: {}, mtls: {mode: STRICT}}\n",
+        );
+        assert_eq!(everyone.mode("shop", &labels("web"), 80), MtlsMode::Strict);
     }
 }

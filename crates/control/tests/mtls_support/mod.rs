@@ -87,21 +87,43 @@ spec:
 
 /// Answers `xfcc=<x-forwarded-client-cert or -> version=<HTTP version>`.
 pub async fn echo_backend() -> Served {
-    serve(|request: Request<hyper::body::Incoming>| async move {
-        let xfcc = request
-            .headers()
-            .get("x-forwarded-client-cert")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
-        let path = request.uri().path().to_string();
-        if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+    serve(echo).await
+}
+
+/// [`echo_backend`] on a fixed address (a workload port a policy names).
+pub async fn echo_backend_on(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(addr).await.expect("bind echo backend");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(stream),
+                    hyper::service::service_fn(echo),
+                )
+                .await;
+            });
         }
-        let body = format!("xfcc={xfcc} version={:?}", request.version());
-        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
     })
-    .await
+}
+
+async fn echo(
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let xfcc = request
+        .headers()
+        .get("x-forwarded-client-cert")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let path = request.uri().path().to_string();
+    if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let body = format!("xfcc={xfcc} version={:?}", request.version());
+    Ok(Response::new(Full::new(Bytes::from(body))))
 }
 
 /// The server-side sidecar: workload httpbin serving `backend`, reached by
