@@ -420,3 +420,60 @@ async fn destination_rule_mutual_presents_the_client_certificate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_root_reaches_proxies_over_the_stream_and_they_renew_at_once() {
+    let mut control = Control::start(&[]).await;
+    let backend = echo_backend().await;
+    let token = control.token_file("httpbin").await;
+    let mut proxy = server_proxy(
+        &control,
+        "httpbin",
+        backend.addr,
+        free_addr(),
+        Some(&token),
+        &[],
+    );
+    proxy
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("ready");
+    let old_root = root_of(&proxy).await;
+    let old_serial = cert_field(&certs(&proxy).await, "serialNumber").expect("serial");
+
+    // A new root, same token key: weftd comes back with another CA.
+    let (grpc, api) = (control.weftd.grpc, control.weftd.api);
+    control.weftd.kill().await.expect("kill weftd");
+    let ca_dir = control.dir.path().join("state/ca");
+    std::fs::remove_file(ca_dir.join("root-cert.pem")).expect("remove root");
+    std::fs::remove_file(ca_dir.join("root-key.pem")).expect("remove key");
+    control.weftd = WeftdProcess::start(
+        Path::new(WEFTD),
+        &control.dir.path().join("state"),
+        grpc,
+        api,
+    )
+    .await
+    .expect("weftd restarts");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = certs(&proxy).await;
+        let root = cert_field(&shown, "rootCertificates").expect("root");
+        let serial = cert_field(&shown, "serialNumber").expect("serial");
+        if root != old_root && serial != old_serial {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new root and certificate after the CA changed\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        proxy.logs().contains("trust bundle changed: renewing"),
+        "{}",
+        proxy.logs()
+    );
+}

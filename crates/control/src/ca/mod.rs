@@ -92,6 +92,15 @@ impl Ca {
             Some(cacerts) => plug_in(cacerts)?,
             None => self_signed(&dir, &options.trust_domain)?,
         };
+        let source = options.cacerts.clone().unwrap_or_else(|| dir.clone());
+        self_check(&issuer, &chain_pem, &roots_pem).map_err(|err| {
+            anyhow::anyhow!(
+                "CA files in {}: a certificate signed with them does not verify against the roots \
+                 ({err}); check that ca-key.pem belongs to ca-cert.pem and that cert-chain.pem \
+                 leads to root-cert.pem",
+                source.display()
+            )
+        })?;
         Ok(Self {
             issuer,
             chain_pem,
@@ -252,6 +261,51 @@ fn self_signed(
         .with_context(|| format!("cannot write {}", cert_path.display()))?;
     tracing::info!("CA: new self-signed root in {}", cert_path.display());
     Ok((Issuer::new(params, key), String::new(), cert.pem()))
+}
+
+/// Signs a throwaway workload certificate and verifies it as a peer would:
+/// a key that does not match its certificate, or a chain that does not
+/// reach the roots, is found at start-up rather than at the first handshake.
+fn self_check(
+    issuer: &Issuer<'static, KeyPair>,
+    chain_pem: &str,
+    roots_pem: &str,
+) -> anyhow::Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, UnixTime};
+
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    set_validity(&mut params, Duration::from_secs(300));
+    params.subject_alt_names = vec![SanType::URI(
+        "spiffe://weft.invalid/ns/weft/sa/ca-self-check".try_into()?,
+    )];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = params.signed_by(&key, issuer)?;
+    let roots: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(roots_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let anchors = roots
+        .iter()
+        .map(|der| webpki::anchor_from_trusted_cert(der).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| anyhow::anyhow!("root-cert.pem: {err}"))?;
+    let intermediates: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(chain_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let end_entity =
+        webpki::EndEntityCert::try_from(leaf.der()).map_err(|err| anyhow::anyhow!("{err}"))?;
+    end_entity
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    Ok(())
 }
 
 /// Writes a file only its owner can read (a private key).

@@ -109,3 +109,32 @@ fn ttl_limits_are_enforced() {
     too_long.workload_ttl = MAX_WORKLOAD_TTL + Duration::from_secs(1);
     assert!(Ca::open(&too_long).is_err());
 }
+
+#[test]
+fn a_plug_in_key_that_does_not_match_is_refused_at_start() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let cacerts = tempfile::tempdir().expect("tempdir");
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("ca");
+    let other_key = KeyPair::generate().expect("key");
+    for (name, text) in [
+        ("ca-cert.pem", cert.pem()),
+        ("ca-key.pem", other_key.serialize_pem()),
+        ("root-cert.pem", cert.pem()),
+        ("cert-chain.pem", cert.pem()),
+    ] {
+        std::fs::write(cacerts.path().join(name), text).expect("write");
+    }
+    let mut plug_in = options(state.path());
+    plug_in.cacerts = Some(cacerts.path().to_path_buf());
+    let err = Ca::open(&plug_in).err().expect("refused").to_string();
+    assert!(err.contains("ca-key.pem belongs to ca-cert.pem"), "{err}");
+
+    std::fs::write(cacerts.path().join("ca-key.pem"), key.serialize_pem()).expect("write");
+    assert!(Ca::open(&plug_in).is_ok(), "the matching key is accepted");
+    std::fs::remove_file(cacerts.path().join("root-cert.pem")).expect("rm");
+    let missing = Ca::open(&plug_in).err().expect("refused").to_string();
+    assert!(missing.contains("root-cert.pem"), "{missing}");
+}

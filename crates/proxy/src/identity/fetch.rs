@@ -53,7 +53,7 @@ pub async fn run(options: FetchOptions, identity: Arc<Identity>) {
                 );
                 identity.install(cert);
                 backoff = FIRST_BACKOFF;
-                tokio::time::sleep(renew_in).await;
+                renewal_due(&identity, renew_in).await;
             }
             Err(err) => {
                 let message = format!("{err:#}");
@@ -65,6 +65,29 @@ pub async fn run(options: FetchOptions, identity: Arc<Identity>) {
                 identity.set_error(Some(message));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Waits `renew_in`, or less when weftd's roots change under the current
+/// certificate (a new CA): peers would no longer accept it.
+async fn renewal_due(identity: &Identity, renew_in: Duration) {
+    let issued_under = identity.roots().pem.clone();
+    let mut changes = identity.subscribe();
+    let deadline = tokio::time::sleep(renew_in);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return deadline.await;
+                }
+                if identity.roots().pem != issued_under {
+                    tracing::info!("trust bundle changed: renewing the workload certificate now");
+                    return;
+                }
             }
         }
     }

@@ -152,6 +152,14 @@ impl Identity {
     }
 }
 
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("spiffe", &self.spiffe)
+            .finish()
+    }
+}
+
 /// The SPIFFE URI SANs of a DER certificate.
 pub fn spiffe_ids(der: &[u8]) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {

@@ -159,14 +159,6 @@ impl MeshTls {
 #[derive(Debug)]
 struct CurrentCert(Arc<Identity>);
 
-impl std::fmt::Debug for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("spiffe", &self.spiffe)
-            .finish()
-    }
-}
-
 impl ResolvesServerCert for CurrentCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.0.certified_key()
