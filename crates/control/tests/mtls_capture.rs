@@ -51,14 +51,56 @@ fn captured_inbound_terminates_mtls_and_strict_closes_plaintext() {
 
 /// The port the corpus policy makes STRICT.
 const PORT: u16 = 8080;
+const UNDECLARED: u16 = 19000;
+/// The source address of the test's own calls to the undeclared port.
+const DIRECT_CALLER: &str = "127.0.0.9";
+
+/// Sends `hi` straight to the workload's undeclared port; the echo, or
+/// nothing when the connection is closed.
+async fn direct_echo() -> Vec<u8> {
+    let attempt = async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{DIRECT_CALLER}:0").parse()?)?;
+        let mut stream = socket
+            .connect(format!("{WORKLOAD_IP}:{UNDECLARED}").parse()?)
+            .await?;
+        stream.write_all(b"hi").await?;
+        stream.shutdown().await?;
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await?;
+        anyhow::Ok(out)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Ok(out)) => out,
+        _ => Vec::new(),
+    }
+}
 
 async fn captured(netns: &NetNs, policy: &str) {
     let control = Control::start(&[]).await;
     let _backend = echo_backend_on(([127, 0, 0, 1], PORT).into()).await;
     let port = PORT.to_string();
-    let rules: [&[&str]; 2] = [
+    // A port the workload does not declare: passed through by its sidecar
+    // to where it was headed. Only connections from DIRECT_CALLER are
+    // captured for it, so the sidecar's own onward connection is not.
+    let _undeclared = weft_testkit::backend::TcpEcho::start_on(
+        format!("{WORKLOAD_IP}:{UNDECLARED}").parse().expect("addr"),
+    )
+    .await;
+    let undeclared = UNDECLARED.to_string();
+    let rules: [&[&str]; 3] = [
         &["-d", "127.0.0.1/32", "-j", "RETURN"],
         &["--dport", &port, "-j", "REDIRECT", "--to-ports", "15006"],
+        &[
+            "-s",
+            DIRECT_CALLER,
+            "--dport",
+            &undeclared,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15006",
+        ],
     ];
     for rule in rules {
         let mut argv = vec!["iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp"];
@@ -143,4 +185,24 @@ async fn captured(netns: &NetNs, policy: &str) {
         "plaintext got an answer under STRICT: {}",
         String::from_utf8_lossy(&answer)
     );
+
+    // Undeclared ports follow the workload-level mode: PERMISSIVE in the
+    // corpus policy, so plaintext passes through...
+    assert_eq!(direct_echo().await, b"hibye");
+    // ...until the workload turns STRICT.
+    let strict = policy.replace("mode: PERMISSIVE", "mode: STRICT");
+    assert_ne!(strict, policy, "the corpus policy names PERMISSIVE");
+    control.apply(&strict).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !direct_echo().await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "STRICT never closed the undeclared port\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The mesh caller still gets through on the declared port.
+    let reply = get(mesh_listen, "/").await.expect("mesh under STRICT");
+    assert!(reply.text().starts_with(&expected), "{}", reply.text());
 }

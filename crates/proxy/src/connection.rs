@@ -42,7 +42,7 @@ pub async fn handle(state: Arc<ProxyState>, stream: TcpStream, listen_addr: Sock
         ListenerKind::OutboundCapture => outbound(state, &snapshot, stream).await,
         ListenerKind::InboundCapture => {
             let fixed_port = tls::inbound::listener_port(&snapshot, listen_addr);
-            inbound(state, &snapshot, stream, fixed_port).await
+            inbound(state, &snapshot, stream, fixed_port, listen_addr).await
         }
         ListenerKind::Explicit => {
             let service = listener.service.clone();
@@ -171,8 +171,9 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
 async fn inbound(
     state: Arc<ProxyState>,
     snapshot: &Snapshot,
-    mut stream: TcpStream,
+    stream: TcpStream,
     fixed_port: Option<u16>,
+    listen_addr: SocketAddr,
 ) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
     let original = match fixed_port {
@@ -192,29 +193,66 @@ async fn inbound(
             }
         },
     };
-    let Some(port) = snapshot.inbound_port(original.port()) else {
-        // Not a declared port: pass it through untouched, as Istio does.
+    let declared = snapshot.inbound_port(original.port());
+    let accept = match declared {
+        Some(_) => tls::inbound::accept_mode(snapshot, original.port()),
+        None => tls::inbound::undeclared_mode(snapshot, listen_addr),
+    };
+    let Some(port) = declared else {
+        // Not a declared port: passed through to where it was headed, as
+        // Istio does; mesh mTLS is still terminated, and STRICT still
+        // refuses plaintext.
         let cluster = Cluster::passthrough(original);
-        let mut io = PrefixedIo::new(Default::default(), stream);
-        tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await;
+        if accept == Accept::Plaintext {
+            let mut io = PrefixedIo::new(Default::default(), stream);
+            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await;
+            return;
+        }
+        let Some((mesh, io)) = sniff_mesh(stream, snapshot).await else {
+            return;
+        };
+        if mesh {
+            tls::inbound::serve(io, state, &cluster, original, peer).await;
+        } else if accept == Accept::Strict {
+            refuse_plaintext(peer, original);
+        } else {
+            let mut io = io;
+            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await;
+        }
         return;
     };
-    let accept = tls::inbound::accept_mode(snapshot, original.port());
     if accept == Accept::Plaintext {
         let io = PrefixedIo::new(Bytes::new(), stream);
         return inbound_plaintext(state, snapshot, io, port, original, peer).await;
     }
     // PERMISSIVE or STRICT: the first bytes say whether this is mesh mTLS.
+    let Some((mesh, io)) = sniff_mesh(stream, snapshot).await else {
+        return;
+    };
+    if mesh {
+        tls::inbound::serve(io, state, &port.cluster, original, peer).await;
+    } else if accept == Accept::Strict {
+        refuse_plaintext(peer, original);
+    } else {
+        inbound_plaintext(state, snapshot, io, port, original, peer).await;
+    }
+}
+
+/// Reads the first bytes (within the detection timeout): whether they are
+/// a ClientHello for mesh mTLS, and the stream with those bytes to replay.
+async fn sniff_mesh(
+    mut stream: TcpStream,
+    snapshot: &Snapshot,
+) -> Option<(bool, PrefixedIo<TcpStream>)> {
     let started = tokio::time::Instant::now();
-    let (detected, prefix) = match detect(&mut stream, snapshot.detect_timeout).await {
+    let (detected, mut prefix) = match detect(&mut stream, snapshot.detect_timeout).await {
         Ok(found) => found,
         Err(err) => {
             tracing::debug!("protocol detection failed: {err}");
-            return;
+            return None;
         }
     };
     let mut mesh = false;
-    let mut prefix = prefix;
     if detected == Detected::Tls {
         let left = snapshot.detect_timeout.saturating_sub(started.elapsed());
         match peek_client_hello(&mut stream, prefix, left).await {
@@ -224,22 +262,19 @@ async fn inbound(
             }
             Err(err) => {
                 tracing::debug!("reading the TLS ClientHello failed: {err}");
-                return;
+                return None;
             }
         }
     }
-    let io = PrefixedIo::new(prefix, stream);
-    if mesh {
-        tls::inbound::serve(io, state, port, original, peer).await;
-    } else if accept == Accept::Strict {
-        tracing::info!(
-            "STRICT mTLS: closing a plaintext connection from {} to port {}",
-            peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
-            original.port()
-        );
-    } else {
-        inbound_plaintext(state, snapshot, io, port, original, peer).await;
-    }
+    Some((mesh, PrefixedIo::new(prefix, stream)))
+}
+
+fn refuse_plaintext(peer: Option<IpAddr>, original: SocketAddr) {
+    tracing::info!(
+        "STRICT mTLS: closing a plaintext connection from {} to port {}",
+        peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
+        original.port()
+    );
 }
 
 /// An inbound connection served without mesh TLS.

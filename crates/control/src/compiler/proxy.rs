@@ -214,6 +214,7 @@ fn listeners(
                 service: String::new(),
                 service_port: 0,
                 inbound_port: 0,
+                mtls_mode: 0,
             });
         }
     }
@@ -232,6 +233,7 @@ fn listeners(
             service: String::new(),
             service_port: explicit.port,
             inbound_port: 0,
+            mtls_mode: 0,
         };
         if !explicit.service.is_empty() {
             let wanted = explicit.service.to_ascii_lowercase();

@@ -189,6 +189,7 @@ impl super::MeshIndex {
                 service: String::new(),
                 service_port: 0,
                 inbound_port: inbound.port,
+                mtls_mode: 0,
             });
         }
         if !node.mtls {
@@ -197,6 +198,16 @@ impl super::MeshIndex {
             return;
         }
         let namespace = namespace_or_default(&node.namespace);
+        // Undeclared ports get the workload's mode (no port-level entry
+        // can name them).
+        let workload_mode = self.peer_policies.mode(namespace, &node.labels, 0);
+        for listener in listeners.iter_mut() {
+            if listener.kind == pb::ListenerKind::InboundCapture as i32
+                && listener.inbound_port == 0
+            {
+                listener.mtls_mode = super::peer_authentication::to_pb(workload_mode) as i32;
+            }
+        }
         for port in inbound_ports {
             let mode = self.peer_policies.mode(namespace, &node.labels, port.port);
             port.mtls_mode = super::peer_authentication::to_pb(mode) as i32;

@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use weft_proto::proxy::v1::mtls;
 
 use super::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
-use crate::config::{InboundPort, Snapshot};
+use crate::config::{Cluster, Snapshot};
 use crate::http::forward::{self, HttpConn};
 use crate::http::route::Target;
 use crate::metrics::Reporter;
@@ -49,16 +49,32 @@ pub enum Accept {
 
 /// The mode of workload port `port` in `snapshot`.
 pub fn accept_mode(snapshot: &Snapshot, port: u16) -> Accept {
-    let holds_certificate = super::context().is_some_and(|c| c.ready_identity().is_some());
-    if !holds_certificate {
-        return Accept::Plaintext;
-    }
     let mode = snapshot
         .config
         .inbound_ports
         .iter()
         .find(|p| p.port == u32::from(port))
         .map_or(mtls::Mode::Unset, |p| p.mtls_mode());
+    accept(mode)
+}
+
+/// The mode of the ports the workload does not declare, as the capture
+/// listener at `listen_addr` carries it.
+pub fn undeclared_mode(snapshot: &Snapshot, listen_addr: SocketAddr) -> Accept {
+    let mode = snapshot
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.address.parse::<SocketAddr>().ok() == Some(listen_addr))
+        .map_or(mtls::Mode::Unset, |l| l.mtls_mode());
+    accept(mode)
+}
+
+fn accept(mode: mtls::Mode) -> Accept {
+    let holds_certificate = super::context().is_some_and(|c| c.ready_identity().is_some());
+    if !holds_certificate {
+        return Accept::Plaintext;
+    }
     match mode {
         mtls::Mode::Disable => Accept::Plaintext,
         mtls::Mode::Strict => Accept::Strict,
@@ -79,11 +95,12 @@ pub fn listener_port(snapshot: &Snapshot, listen_addr: SocketAddr) -> Option<u16
 }
 
 /// Terminates mesh mTLS on `io` (its ClientHello not yet consumed) and
-/// serves the connection to workload port `port`.
+/// serves the connection to `destination`: TCP goes to `cluster` (the
+/// workload port's, or a passthrough to an undeclared port).
 pub async fn serve<I>(
     io: I,
     state: Arc<ProxyState>,
-    port: &InboundPort,
+    cluster: &Cluster,
     destination: SocketAddr,
     peer: Option<IpAddr>,
 ) where
@@ -122,7 +139,7 @@ pub async fn serve<I>(
                 principal: Some(principal),
             };
             let mut stream = stream;
-            tcp::proxy_inbound(&mut stream, &port.cluster, caller, &state).await;
+            tcp::proxy_inbound(&mut stream, cluster, caller, &state).await;
         }
         Some(protocol @ (ALPN_H2 | ALPN_HTTP1)) => {
             let by = identity.spiffe.clone();
