@@ -193,7 +193,12 @@ async fn certificates_rotate_while_a_long_stream_stays_up() {
     let first = cert_field(&certs(&client).await, "serialNumber").expect("serial");
     let server_first = cert_field(&certs(&server).await, "serialNumber").expect("serial");
     // One request held open across several rotations of both certificates.
-    let long = tokio::spawn(get(listen, "/slow/8000"));
+    // The app speaks HTTP/2: one stream held open on the sidecars' mTLS
+    // connection.
+    let h2 = weft_testkit::client::Http2Client::connect(listen)
+        .await
+        .expect("h2 connect");
+    let long = tokio::spawn(async move { h2.get("httpbin:8000", "/slow/8000").await });
     let started = Instant::now();
     let mut rotated = false;
     while started.elapsed() < Duration::from_secs(7) {
@@ -350,6 +355,31 @@ spec:
         .expect("request");
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), proxy.logs());
     assert_eq!(reply.text(), "external over TLS, sni=api.external.test");
+
+    // subjectAltNames the server's certificate does not carry: refused.
+    control
+        .apply(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: external}}\nspec:\n  host: api.external.test\n  trafficPolicy:\n    tls: {{mode: SIMPLE, caCertificates: \"{ca_file}\", sni: api.external.test, subjectAltNames: [other.external.test]}}\n"
+        ))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = weft_testkit::client::Http1Client::connect(listen)
+            .await
+            .expect("connect")
+            .get("api.external.test", "/")
+            .await
+            .expect("request");
+        if reply.status == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a wrong subjectAltNames still served: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
