@@ -17,8 +17,8 @@
 //! checkin; there is no timer sweep).
 //!
 //! TLS (`tls::upstream`): to an endpoint secured by mesh mTLS, requests go
-//! over one multiplexed HTTP/2 connection whatever HTTP version the app
-//! used (marked with `x-weft-client-protocol` so the far side gives the
+//! over multiplexed HTTP/2 connections ([`MESH_H2_SHARDS`] per endpoint)
+//! whatever HTTP version the app used (marked with `x-weft-client-protocol` so the far side gives the
 //! app its own version back); only upgrades (WebSocket) use HTTP/1.1 over
 //! TLS. A pooled connection is reused only while the endpoint's TLS
 //! decision is unchanged, so a policy change never sends a request over a
