@@ -7,6 +7,7 @@
 //! `get`, `delete` and `proxy-status`.
 
 pub mod api;
+pub mod ca;
 pub mod compiler;
 pub mod push;
 pub mod registry;

@@ -74,6 +74,7 @@ fn respond(
         ),
         (Surface::Admin, &Method::GET, "/config_dump") => config_dump(state),
         (Surface::Admin, &Method::GET, "/clusters") => clusters(state),
+        (Surface::Admin, &Method::GET, "/certs") => certs(),
         (Surface::Admin, &Method::POST, "/quitquitquit") => {
             tracing::info!("drain requested through /quitquitquit");
             state.drain.start();
@@ -96,12 +97,41 @@ fn readiness(state: &ProxyState) -> Response<Full<Bytes>> {
             "text/plain",
             "DRAINING\n".into(),
         )
+    } else if let Some(identity) = crate::tls::context()
+        .and_then(|c| c.identity.as_ref())
+        .filter(|i| i.current().is_none())
+    {
+        let why = identity
+            .last_error()
+            .unwrap_or_else(|| "not issued yet".into());
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("PRE_INITIALIZING: no workload certificate: {why}\n"),
+        )
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "PRE_INITIALIZING: no config yet\n".into(),
         )
+    }
+}
+
+/// The workload certificate and trust anchors (Envoy's `/certs`).
+fn certs() -> Response<Full<Bytes>> {
+    let identity = crate::tls::context().and_then(|c| c.identity.as_ref());
+    let body = identity.map_or_else(
+        || serde_json::json!({ "identity": null, "note": "plaintext-only: started without --token-file" }),
+        |identity| identity.describe(),
+    );
+    match serde_json::to_string_pretty(&body) {
+        Ok(body) => text(StatusCode::OK, "application/json", body + "\n"),
+        Err(err) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("cannot encode certificates: {err}\n"),
+        ),
     }
 }
 

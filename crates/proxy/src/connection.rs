@@ -4,7 +4,11 @@
 //! - OUTBOUND_CAPTURE: the destination the app dialled (`SO_ORIGINAL_DST`)
 //!   names a service by VIP, or is passed through when unknown (ALLOW_ANY).
 //! - INBOUND_CAPTURE: the original destination port names a port of the
-//!   local workload; unknown ports are passed through.
+//!   local workload; unknown ports are passed through. A listener with
+//!   `inbound_port` (no interception) leads to that port. PeerAuthentication
+//!   then decides on the first bytes: mesh mTLS (a ClientHello offering an
+//!   `istio*` ALPN) is terminated here (`tls::inbound`), plaintext is
+//!   served as before unless the port is STRICT, which closes it.
 //! - EXPLICIT: the listener's service, or routing by authority.
 
 use std::net::{IpAddr, SocketAddr};
@@ -12,17 +16,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use weft_proto::proxy::v1::{ListenerKind, OutboundTrafficPolicy};
 
-use crate::config::{Cluster, PortProtocol, ServicePort, Snapshot};
-use crate::detect::{Detected, PrefixedIo, detect, peek_sni};
+use crate::config::{Cluster, InboundPort, PortProtocol, ServicePort, Snapshot};
+use crate::detect::{Detected, PrefixedIo, detect, peek_client_hello, peek_sni};
 use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
 use crate::tcp;
+use crate::tls::{self, inbound::Accept};
 use crate::upstream::HttpVersion;
 
 pub async fn handle(state: Arc<ProxyState>, stream: TcpStream, listen_addr: SocketAddr) {
@@ -34,7 +40,10 @@ pub async fn handle(state: Arc<ProxyState>, stream: TcpStream, listen_addr: Sock
     };
     match listener.kind {
         ListenerKind::OutboundCapture => outbound(state, &snapshot, stream).await,
-        ListenerKind::InboundCapture => inbound(state, &snapshot, stream).await,
+        ListenerKind::InboundCapture => {
+            let fixed_port = tls::inbound::listener_port(&snapshot, listen_addr);
+            inbound(state, &snapshot, stream, fixed_port, listen_addr).await
+        }
         ListenerKind::Explicit => {
             let service = listener.service.clone();
             explicit(state, &snapshot, stream, listen_addr, service).await
@@ -63,11 +72,11 @@ impl Carry {
     }
 }
 
-async fn classify(
-    stream: TcpStream,
+async fn classify<S: AsyncRead + Unpin>(
+    stream: S,
     declared: Option<(PortProtocol, bool)>,
     snapshot: &Snapshot,
-) -> Option<(Carry, PrefixedIo<TcpStream>)> {
+) -> Option<(Carry, PrefixedIo<S>)> {
     let mut stream = stream;
     // Both steps share one budget: a slow client delays routing by at most
     // the detection timeout.
@@ -138,6 +147,7 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
                 reporter: Reporter::Source,
                 version,
                 peer,
+                peer_principal: None,
             };
             server::serve(io, conn, state).await;
         }
@@ -159,25 +169,129 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
     }
 }
 
-async fn inbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream) {
+async fn inbound(
+    state: Arc<ProxyState>,
+    snapshot: &Snapshot,
+    stream: TcpStream,
+    fixed_port: Option<u16>,
+    listen_addr: SocketAddr,
+) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
-    let original = match original_dst(&stream) {
-        Ok(original) => original,
-        Err(err) => {
-            tracing::warn!("inbound capture: no original destination ({err})");
+    let original = match fixed_port {
+        // A listener without interception: the workload's own address.
+        Some(port) => match stream.local_addr() {
+            Ok(local) => SocketAddr::new(local.ip(), port),
+            Err(err) => {
+                tracing::debug!("inbound listener: no local address ({err})");
+                return;
+            }
+        },
+        None => match original_dst(&stream) {
+            Ok(original) => original,
+            Err(err) => {
+                tracing::warn!("inbound capture: no original destination ({err})");
+                return;
+            }
+        },
+    };
+    let declared = snapshot.inbound_port(original.port());
+    let accept = match declared {
+        Some(_) => tls::inbound::accept_mode(snapshot, original.port()),
+        None => tls::inbound::undeclared_mode(snapshot, listen_addr),
+    };
+    let Some(port) = declared else {
+        // Not a declared port: passed through to where it was headed, as
+        // Istio does; mesh mTLS is still terminated, and STRICT still
+        // refuses plaintext.
+        let cluster = Cluster::passthrough(original);
+        if accept == Accept::Plaintext {
+            let mut io = PrefixedIo::new(Default::default(), stream);
+            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await;
             return;
         }
-    };
-    let Some(port) = snapshot.inbound_port(original.port()) else {
-        // Not a declared port: pass it through untouched, as Istio does.
-        let cluster = Cluster::passthrough(original);
-        let mut io = PrefixedIo::new(Default::default(), stream);
-        tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await;
+        let Some((mesh, io)) = sniff_mesh(stream, snapshot).await else {
+            return;
+        };
+        if mesh {
+            tls::inbound::serve(io, state, &cluster, original, peer).await;
+        } else if accept == Accept::Strict {
+            refuse_plaintext(peer, original);
+        } else {
+            let mut io = io;
+            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await;
+        }
         return;
     };
+    if accept == Accept::Plaintext {
+        let io = PrefixedIo::new(Bytes::new(), stream);
+        return inbound_plaintext(state, snapshot, io, port, original, peer).await;
+    }
+    // PERMISSIVE or STRICT: the first bytes say whether this is mesh mTLS.
+    let Some((mesh, io)) = sniff_mesh(stream, snapshot).await else {
+        return;
+    };
+    if mesh {
+        tls::inbound::serve(io, state, &port.cluster, original, peer).await;
+    } else if accept == Accept::Strict {
+        refuse_plaintext(peer, original);
+    } else {
+        inbound_plaintext(state, snapshot, io, port, original, peer).await;
+    }
+}
+
+/// Reads the first bytes (within the detection timeout): whether they are
+/// a ClientHello for mesh mTLS, and the stream with those bytes to replay.
+async fn sniff_mesh(
+    mut stream: TcpStream,
+    snapshot: &Snapshot,
+) -> Option<(bool, PrefixedIo<TcpStream>)> {
+    let started = tokio::time::Instant::now();
+    let (detected, mut prefix) = match detect(&mut stream, snapshot.detect_timeout).await {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::debug!("protocol detection failed: {err}");
+            return None;
+        }
+    };
+    let mut mesh = false;
+    if detected == Detected::Tls {
+        let left = snapshot.detect_timeout.saturating_sub(started.elapsed());
+        match peek_client_hello(&mut stream, prefix, left).await {
+            Ok((hello, read)) => {
+                mesh = hello.is_some_and(|h| tls::is_mesh_alpn(&h.alpn));
+                prefix = read;
+            }
+            Err(err) => {
+                tracing::debug!("reading the TLS ClientHello failed: {err}");
+                return None;
+            }
+        }
+    }
+    Some((mesh, PrefixedIo::new(prefix, stream)))
+}
+
+fn refuse_plaintext(peer: Option<IpAddr>, original: SocketAddr) {
+    tracing::info!(
+        "STRICT mTLS: closing a plaintext connection from {} to port {}",
+        peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
+        original.port()
+    );
+}
+
+/// An inbound connection served without mesh TLS.
+async fn inbound_plaintext<S>(
+    state: Arc<ProxyState>,
+    snapshot: &Snapshot,
+    io: S,
+    port: &InboundPort,
+    original: SocketAddr,
+    peer: Option<IpAddr>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let cluster = port.cluster.clone();
     let Some((carry, mut io)) =
-        classify(stream, Some((port.protocol, port.server_first)), snapshot).await
+        classify(io, Some((port.protocol, port.server_first)), snapshot).await
     else {
         return;
     };
@@ -191,12 +305,46 @@ async fn inbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream)
                 reporter: Reporter::Destination,
                 version,
                 peer,
+                peer_principal: None,
             };
-            server::serve(io, conn, state).await;
+            let serving = server::serve(io, conn, state.clone());
+            until_strict(serving, &state, original.port()).await;
         }
         Carry::Opaque | Carry::Tls(_) => {
-            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await
+            let caller = tcp::InboundCaller {
+                peer,
+                destination: original,
+                principal: None,
+            };
+            let proxying = tcp::proxy_inbound(&mut io, &cluster, caller, &state);
+            until_strict(proxying, &state, original.port()).await;
         }
+    }
+}
+
+/// Runs a plaintext inbound connection until it ends or its port turns
+/// STRICT: a policy change closes plaintext connections accepted under
+/// the old one (as Envoy drains a replaced filter chain).
+async fn until_strict(serving: impl Future<Output = ()>, state: &ProxyState, port: u16) {
+    const CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+    let can_be_strict = tls::context().is_some_and(|c| c.identity.is_some());
+    if !can_be_strict {
+        // A plaintext-only workload: no policy can ever close it.
+        return serving.await;
+    }
+    let strict = async {
+        loop {
+            tokio::time::sleep(CHECK_EVERY).await;
+            if tls::inbound::accept_mode(&state.snapshot(), port) == Accept::Strict {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = serving => {}
+        () = strict => tracing::info!(
+            "PeerAuthentication turned STRICT on port {port}: closing a plaintext connection"
+        ),
     }
 }
 
@@ -232,6 +380,7 @@ async fn explicit(
                 reporter: Reporter::Source,
                 version,
                 peer,
+                peer_principal: None,
             };
             server::serve(io, conn, state).await;
         }
@@ -275,6 +424,8 @@ async fn gateway(
         reporter: Reporter::Source,
         version,
         peer,
+        // Callers from outside the mesh: no mesh identity.
+        peer_principal: None,
     };
     server::serve(io, conn, state).await;
 }

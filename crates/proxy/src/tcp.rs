@@ -8,6 +8,8 @@
 //! its whole life; over the limit the downstream connection is closed (UO).
 //! A failed connect counts for outlier detection.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -17,6 +19,44 @@ use crate::flags::ResponseFlag;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
 use crate::upstream::{self, Resource, TryResult};
+
+/// What the inbound side knows about the caller of a TCP connection, for
+/// authorization.
+pub struct InboundCaller {
+    pub peer: Option<IpAddr>,
+    /// The workload address and port the caller dialled.
+    pub destination: SocketAddr,
+    /// The caller's mTLS identity without `spiffe://`; None for plaintext.
+    pub principal: Option<Arc<str>>,
+}
+
+/// An inbound opaque connection to the local workload (a declared port or
+/// passed through to an undeclared one): authorized first, then proxied.
+pub async fn proxy_inbound<D>(
+    downstream: &mut D,
+    cluster: &Cluster,
+    caller: InboundCaller,
+    state: &ProxyState,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let guard = state.snapshot().inbound_guard(caller.destination.port());
+    if let Some(guard) = guard {
+        let who = crate::authz::Caller {
+            peer: caller.peer,
+            principal: caller.principal.as_deref(),
+            destination: caller.destination,
+        };
+        if !crate::authz::authorize_connection(&guard, &who, None) {
+            tracing::info!(
+                destination = %caller.destination,
+                "closing TCP connection: denied by authorization policy"
+            );
+            return;
+        }
+    }
+    proxy(downstream, cluster, "", Reporter::Destination, state).await;
+}
 
 pub async fn proxy<D>(
     downstream: &mut D,

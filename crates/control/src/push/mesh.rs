@@ -10,6 +10,7 @@ use weft_proto::discovery::v1::{Node, Resource};
 use weft_proto::resources::split;
 
 use crate::compiler::MeshIndex;
+use crate::compiler::tls::MeshPeers;
 use crate::registry::Workload;
 use crate::store::Store;
 
@@ -117,6 +118,13 @@ impl Connected {
             .collect()
     }
 
+    /// The connected proxies' nodes, for mesh TLS (inbound listeners and
+    /// who holds a certificate).
+    pub fn nodes(&self) -> Vec<Node> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.values().map(|(_, node)| node.clone()).collect()
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -130,6 +138,7 @@ pub async fn build_loop(
     connected: Arc<Connected>,
     debounce: Duration,
     publish: watch::Sender<Arc<Mesh>>,
+    trust_domain: String,
 ) {
     let mut store_changes = store.subscribe();
     let mut workload_changes = connected.subscribe();
@@ -147,7 +156,8 @@ pub async fn build_loop(
             .collect();
         generation += 1;
         let started = std::time::Instant::now();
-        let index = MeshIndex::build(&resources, &connected.workloads());
+        let peers = MeshPeers::new(&trust_domain, &connected.nodes());
+        let index = MeshIndex::build_with_peers(&resources, &connected.workloads(), &peers);
         tracing::debug!(
             generation,
             resources = resources.len(),

@@ -28,6 +28,9 @@ pub struct HttpConn {
     pub version: HttpVersion,
     /// The downstream peer's IP (consistent hashing by source IP).
     pub peer: Option<std::net::IpAddr>,
+    /// The caller's mTLS identity without `spiffe://` (e.g.
+    /// `cluster.local/ns/default/sa/sleep`); None for plaintext callers.
+    pub peer_principal: Option<Arc<str>>,
 }
 
 /// The hyper service: never fails, every problem becomes a local reply.
@@ -44,6 +47,27 @@ pub async fn handle(
         extra: ResponseFlags::default(),
         done: false,
     };
+    // Inbound requests pass the workload's JWT rules and policies first.
+    if let Target::Inbound { port, original_dst } = &conn.target {
+        let guard = state
+            .snapshot()
+            .inbound_port(*port)
+            .and_then(|p| p.guard.clone());
+        if let Some(guard) = guard {
+            let caller = crate::authz::Caller {
+                peer: conn.peer,
+                principal: conn.peer_principal.as_deref(),
+                destination: *original_dst,
+            };
+            request = match crate::authz::authorize_request(&guard, &caller, request).await {
+                Ok(request) => request,
+                Err(response) => {
+                    record.finish(response.status(), ResponseFlags::default());
+                    return Ok(response);
+                }
+            };
+        }
+    }
     let mut authority = request_authority(&request);
     let downstream_version = request.version();
     let decision = {
