@@ -23,6 +23,7 @@ use crate::http::server;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
 use crate::tcp;
+use crate::telemetry::Downstream;
 use crate::upstream::HttpVersion;
 
 pub async fn handle(state: Arc<ProxyState>, stream: TcpStream, listen_addr: SocketAddr) {
@@ -106,6 +107,7 @@ async fn classify(
 
 async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let original = match original_dst(&stream) {
         Ok(original) => original,
         Err(err) => {
@@ -138,6 +140,7 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
                 reporter: Reporter::Source,
                 version,
                 peer,
+                downstream,
             };
             server::serve(io, conn, state).await;
         }
@@ -145,11 +148,19 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
             Some((service, port)) => {
                 let cluster = carry.cluster(port, Some(original.ip()));
                 let name = service.name.clone();
-                tcp::proxy(&mut io, &cluster, &name, Reporter::Source, &state).await;
+                tcp::proxy(
+                    &mut io,
+                    &cluster,
+                    &name,
+                    Reporter::Source,
+                    &state,
+                    &downstream,
+                )
+                .await;
             }
             None if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
                 let cluster = Cluster::passthrough(original);
-                tcp::proxy(&mut io, &cluster, "", Reporter::Source, &state).await;
+                tcp::proxy(&mut io, &cluster, "", Reporter::Source, &state, &downstream).await;
             }
             None => tracing::info!(
                 flag = "NR",
@@ -161,18 +172,33 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
 
 async fn inbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let original = match original_dst(&stream) {
         Ok(original) => original,
-        Err(err) => {
-            tracing::warn!("inbound capture: no original destination ({err})");
-            return;
-        }
+        // Not redirected: a client dialled the inbound listener itself,
+        // which serves the workload port of the same number (tests on
+        // loopback, no iptables). Anything else would loop back here.
+        Err(err) => match stream.local_addr() {
+            Ok(local) if snapshot.inbound_port(local.port()).is_some() => local,
+            _ => {
+                tracing::warn!("inbound capture: no original destination ({err})");
+                return;
+            }
+        },
     };
     let Some(port) = snapshot.inbound_port(original.port()) else {
         // Not a declared port: pass it through untouched, as Istio does.
         let cluster = Cluster::passthrough(original);
         let mut io = PrefixedIo::new(Default::default(), stream);
-        tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await;
+        tcp::proxy(
+            &mut io,
+            &cluster,
+            "",
+            Reporter::Destination,
+            &state,
+            &downstream,
+        )
+        .await;
         return;
     };
     let cluster = port.cluster.clone();
@@ -191,11 +217,20 @@ async fn inbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream)
                 reporter: Reporter::Destination,
                 version,
                 peer,
+                downstream,
             };
             server::serve(io, conn, state).await;
         }
         Carry::Opaque | Carry::Tls(_) => {
-            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await
+            tcp::proxy(
+                &mut io,
+                &cluster,
+                "",
+                Reporter::Destination,
+                &state,
+                &downstream,
+            )
+            .await
         }
     }
 }
@@ -208,6 +243,7 @@ async fn explicit(
     service: Option<(Arc<crate::config::Service>, u16)>,
 ) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let declared = service.as_ref().and_then(|(service, port)| {
         let port = service.port(*port)?;
         Some((port.protocol, port.server_first))
@@ -232,6 +268,7 @@ async fn explicit(
                 reporter: Reporter::Source,
                 version,
                 peer,
+                downstream,
             };
             server::serve(io, conn, state).await;
         }
@@ -239,7 +276,15 @@ async fn explicit(
             let Some(cluster) = service.port(port).map(|p| carry.cluster(p, None)) else {
                 return;
             };
-            tcp::proxy(&mut io, &cluster, &service.name, Reporter::Source, &state).await;
+            tcp::proxy(
+                &mut io,
+                &cluster,
+                &service.name,
+                Reporter::Source,
+                &state,
+                &downstream,
+            )
+            .await;
         }
         (Carry::Opaque | Carry::Tls(_), None) => tracing::info!(
             flag = "NR",
@@ -257,6 +302,7 @@ async fn gateway(
     listen_addr: SocketAddr,
 ) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let declared = Some((PortProtocol::Http, false));
     let Some((carry, io)) = classify(stream, declared, snapshot).await else {
         return;
@@ -275,6 +321,7 @@ async fn gateway(
         reporter: Reporter::Source,
         version,
         peer,
+        downstream,
     };
     server::serve(io, conn, state).await;
 }

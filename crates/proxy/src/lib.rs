@@ -17,5 +17,6 @@ pub mod listeners;
 pub mod metrics;
 pub mod state;
 pub mod tcp;
+pub mod telemetry;
 pub mod upstream;
 pub mod xds;

@@ -16,6 +16,8 @@ use crate::config::Cluster;
 use crate::flags::ResponseFlag;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
+use crate::telemetry::Downstream;
+use crate::telemetry::tcp::TcpRecord;
 use crate::upstream::{self, Resource, TryResult};
 
 pub async fn proxy<D>(
@@ -24,10 +26,13 @@ pub async fn proxy<D>(
     service: &str,
     reporter: Reporter,
     state: &ProxyState,
+    conn: &Downstream,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut record = TcpRecord::start(state, reporter, service, cluster, conn);
     let Some(endpoint) = cluster.pick_endpoint() else {
+        record.refused(ResponseFlag::NoHealthyUpstream);
         tracing::info!(
             flag = ResponseFlag::NoHealthyUpstream.code(),
             "closing TCP connection: cluster {:?} has no endpoints",
@@ -38,6 +43,7 @@ pub async fn proxy<D>(
     let _counted = match cluster.breaker.acquire(Resource::Connection) {
         Ok(slot) => slot,
         Err(full) => {
+            record.refused(ResponseFlag::UpstreamOverflow);
             tracing::info!(
                 flag = ResponseFlag::UpstreamOverflow.code(),
                 "closing TCP connection: {full}"
@@ -58,6 +64,7 @@ pub async fn proxy<D>(
     let mut upstream = match connected {
         Ok(stream) => stream,
         Err(err) => {
+            record.refused(ResponseFlag::UpstreamConnectFailure);
             tracing::info!(
                 flag = ResponseFlag::UpstreamConnectFailure.code(),
                 "closing TCP connection: cluster {:?}: {err}",
@@ -66,7 +73,7 @@ pub async fn proxy<D>(
             return;
         }
     };
-    state.metrics.record_tcp_open(reporter, service);
+    record.opened(endpoint);
     let (received, sent) = match tokio::io::copy_bidirectional(downstream, &mut upstream).await {
         Ok(counts) => counts,
         Err(err) => {
@@ -74,7 +81,5 @@ pub async fn proxy<D>(
             (0, 0)
         }
     };
-    state
-        .metrics
-        .record_tcp_close(reporter, service, sent, received);
+    record.closed(sent, received);
 }
