@@ -7,6 +7,7 @@ pub mod client;
 pub mod corpus;
 pub mod grpc;
 pub mod netns;
+pub mod otlp;
 pub mod proxy;
 pub mod weftd;
 

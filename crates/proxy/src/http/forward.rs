@@ -69,6 +69,7 @@ pub async fn handle(
     record.routed(
         route.as_deref().map(|r| r.name.as_str()),
         &forwarding.cluster,
+        request.headers_mut(),
     );
     // CORS acts first, as Envoy's filter precedes fault injection and the
     // router: an allowed preflight is answered without going upstream.

@@ -136,8 +136,8 @@ impl Telemetry {
             Override::On => true,
             Override::Off => false,
             Override::Default => match pushed(snapshot).map(|t| t.access_log()) {
-                Some(AccessLogSwitch::On) => true,
-                Some(AccessLogSwitch::Off) => false,
+                Some(AccessLogSwitch::Enabled) => true,
+                Some(AccessLogSwitch::Disabled) => false,
                 _ => self.flag_access_log.get().copied().unwrap_or(false),
             },
         };

@@ -10,6 +10,9 @@
 //!   it), and answers with its own metadata in the same header on the
 //!   response, which the source proxy reads and removes.
 //!
+//! `x-weft-service` goes along with requests, naming the service the source
+//! proxy routed to, so both reporters agree on `destination_service`.
+//!
 //! The value is a compact `key=value;key=value` list, values percent-escaped
 //! where they hold `;`, `=`, `%` or non-printable bytes. Decoded values are
 //! cached by the header's bytes: a busy proxy sees the same few peers over
@@ -23,6 +26,9 @@ use http::HeaderValue;
 
 /// The header carrying workload metadata both ways.
 pub const PEER_HEADER: &str = "x-weft-peer";
+/// The service the source proxy routed a request to, for the destination
+/// proxy's `destination_service` (stripped and set like [`PEER_HEADER`]).
+pub const SERVICE_HEADER: &str = "x-weft-service";
 /// Decoded peers kept at most; the cache starts afresh when full.
 const CACHE_LIMIT: usize = 1024;
 

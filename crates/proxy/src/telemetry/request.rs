@@ -25,7 +25,7 @@ use super::access_log::Entry;
 use super::body::{CountedRequest, Counts, MessageCounter};
 use super::labels::{Call, Labels};
 use super::otlp::{attribute, int_attribute};
-use super::peer::{PEER_HEADER, Workload};
+use super::peer::{PEER_HEADER, SERVICE_HEADER, Workload};
 use super::trace::{self, SpanContext};
 use super::{Downstream, Telemetry};
 use crate::config::Cluster;
@@ -94,6 +94,7 @@ impl RequestRecord {
             // Whatever the application sent is not to be believed.
             Reporter::Source => {
                 headers.remove(PEER_HEADER);
+                headers.remove(SERVICE_HEADER);
                 let local = telemetry.local();
                 if !local.header.is_empty() {
                     headers.insert(PEER_HEADER, local.header.clone());
@@ -113,8 +114,13 @@ impl RequestRecord {
             .authority()
             .map(|a| a.as_str().to_string())
             .or_else(|| header_text(request.headers(), header::HOST));
+        // The service the caller's proxy routed to, else the authority.
         let authority_host = match reporter {
-            Reporter::Destination => authority.as_deref().map(host_of),
+            Reporter::Destination => request
+                .headers_mut()
+                .remove(SERVICE_HEADER)
+                .and_then(|v| v.to_str().ok().map(str::to_string))
+                .or_else(|| authority.as_deref().map(host_of)),
             Reporter::Source => None,
         };
         let detail = (log || traced).then(|| {
@@ -155,10 +161,22 @@ impl RequestRecord {
         }
     }
 
-    /// The route and cluster chosen (for the access log).
-    pub fn routed(&mut self, route_name: Option<&str>, cluster: &Arc<Cluster>) {
+    /// The route and cluster chosen (for the access log); on the source
+    /// side the routed service is told to the destination's proxy.
+    pub fn routed(
+        &mut self,
+        route_name: Option<&str>,
+        cluster: &Arc<Cluster>,
+        headers: &mut HeaderMap,
+    ) {
         self.route_name = route_name.filter(|n| !n.is_empty()).map(str::to_string);
         self.cluster = Some(cluster.clone());
+        if self.reporter == Reporter::Source
+            && let Ok(value) = http::HeaderValue::from_str(&self.service)
+            && !self.service.is_empty()
+        {
+            headers.insert(SERVICE_HEADER, value);
+        }
     }
 
     /// The request body, counted (bytes, gRPC messages) as it streams.
