@@ -22,6 +22,7 @@ use weft_testkit::client::{self, Http1Client, Reply};
 use weft_testkit::free_addr;
 use weft_testkit::grpc::{self, pb::EchoRequest};
 use weft_testkit::otlp::Collector;
+use weft_testkit::prometheus::sample;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-proxy");
@@ -119,28 +120,6 @@ async fn status_backend() -> Served {
         Ok::<_, Infallible>(response)
     })
     .await
-}
-
-/// The sum of the samples of `name` whose labels include every pair of
-/// `want`.
-fn sample(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-            let (labels, value) = rest.rsplit_once("} ")?;
-            let pairs: Vec<(&str, &str)> = labels
-                .split("\",")
-                .filter_map(|pair| {
-                    let (key, value) = pair.split_once("=\"")?;
-                    Some((key, value.trim_end_matches('"')))
-                })
-                .collect();
-            want.iter()
-                .all(|w| pairs.contains(w))
-                .then(|| value.trim().parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }
 
 async fn metrics(proxy: &ProxyProcess) -> String {

@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod grpc;
 pub mod netns;
 pub mod otlp;
+pub mod prometheus;
 pub mod proxy;
 pub mod weftd;
 
