@@ -99,7 +99,7 @@ impl Telemetry {
             .trace_sampling
             .set(settings.trace_sampling.clamp(0.0, 100.0));
         if let Some(address) = settings.otlp {
-            let _ = self.exporter.set(Exporter::start(address, &self.local()));
+            let _ = self.exporter.set(Exporter::start(address, self.local()));
         }
         Ok(())
     }
