@@ -3,9 +3,12 @@
 //! `validate` and `version` work offline; `apply`, `get`, `delete` and
 //! `proxy-status` talk to weftd's HTTP API (`--weftd`, `$WEFT_ADDR`).
 
+mod analyze;
 mod apply;
 mod client;
+mod describe;
 mod get;
+mod proxy_config;
 mod validate;
 
 use std::path::PathBuf;
@@ -83,6 +86,12 @@ enum Command {
     ProxyStatus,
     /// Print the version of this client.
     Version,
+    /// What one proxy holds now, from its admin port.
+    ProxyConfig(proxy_config::Args),
+    /// Which routes, policies and endpoints apply to a service, and why.
+    Describe(describe::Args),
+    /// Report likely mistakes with Istio's analyzer codes.
+    Analyze(analyze::Args),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +131,9 @@ fn main() -> ExitCode {
             remote(address, |weftd| apply::delete_files(weftd, &paths))
         }
         Command::ProxyStatus => remote(address, get::proxy_status),
+        Command::ProxyConfig(args) => proxy_config::run(&args),
+        Command::Describe(args) => remote(address, |weftd| describe::describe(weftd, &args)),
+        Command::Analyze(args) => analyze::run(address, &args),
     }
 }
 

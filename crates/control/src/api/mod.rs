@@ -9,6 +9,8 @@
 //! | `GET /v1/resources/<Kind>/<ns>/<name>`    | one object, or 404                    |
 //! | `DELETE /v1/resources/<Kind>/<ns>/<name>` | deletes one object, or 404            |
 //! | `GET /v1/proxies`                         | what each proxy holds (ACK/NACK)      |
+//! | `POST /v1/analyze` (JSON, optional)       | analyzer messages over the store      |
+//! | `GET /v1/describe?service=S&namespace=N`  | what applies to a service, and why    |
 //!
 //! Contract: every answer is JSON (errors as `{"error": "..."}`, invalid
 //! config as `{"problems": [...]}`); bodies over [`MAX_BODY`] get a 413;
@@ -16,6 +18,7 @@
 //! take any form istioctl users type ([`canonical_kind`]).
 
 mod handlers;
+mod inspect;
 mod kinds;
 
 use std::convert::Infallible;
@@ -124,7 +127,19 @@ async fn respond(request: Request<Incoming>, store: Arc<Store>, status: Arc<Stat
             handlers::delete_one(store, kind, namespace, name).await
         }
         (&Method::GET, ["v1", "proxies"]) => handlers::proxies(&status),
-        (_, ["v1", "apply" | "delete" | "proxies"] | ["v1", "resources", ..]) => error(
+        (&Method::GET, ["v1", "describe"]) => inspect::describe(&store, &query),
+        (&Method::POST, ["v1", "analyze"]) => match read_body(request).await {
+            Ok(text) => inspect::analyze(&store, &text),
+            Err(failure) => failure.reply(),
+        },
+        (
+            _,
+            [
+                "v1",
+                "apply" | "delete" | "proxies" | "analyze" | "describe",
+            ]
+            | ["v1", "resources", ..],
+        ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
         ),

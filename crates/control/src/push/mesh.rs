@@ -122,6 +122,19 @@ impl Connected {
     }
 }
 
+/// The connected workloads the latest build saw, for `GET /v1/describe`
+/// (the API serves from the store and cannot see the sessions). One
+/// weftd per process, as `weftd` runs it.
+static LATEST_WORKLOADS: std::sync::RwLock<Vec<Workload>> = std::sync::RwLock::new(Vec::new());
+
+/// See [`LATEST_WORKLOADS`].
+pub fn latest_workloads() -> Vec<Workload> {
+    LATEST_WORKLOADS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
 /// Rebuilds the mesh whenever the store or the connected workloads change,
 /// waiting `debounce` after the first change so a burst (a multi-document
 /// apply, many proxies connecting) costs one build.
@@ -147,7 +160,9 @@ pub async fn build_loop(
             .collect();
         generation += 1;
         let started = std::time::Instant::now();
-        let index = MeshIndex::build(&resources, &connected.workloads());
+        let workloads = connected.workloads();
+        let index = MeshIndex::build(&resources, &workloads);
+        *LATEST_WORKLOADS.write().unwrap_or_else(|p| p.into_inner()) = workloads;
         tracing::debug!(
             generation,
             resources = resources.len(),
