@@ -26,6 +26,7 @@ mod proxy;
 mod resilience;
 mod routes;
 mod scope;
+mod telemetry;
 
 use std::collections::BTreeMap;
 
@@ -50,6 +51,7 @@ pub struct MeshIndex {
     clusters: BTreeMap<String, pb::Cluster>,
     sidecars: Sidecars,
     gateways: gateway::Gateways,
+    telemetry: telemetry::Policies,
     warnings: Vec<String>,
 }
 
@@ -210,11 +212,13 @@ impl MeshIndex {
             delegates: &delegates,
         };
         let gateways = gateway::Gateways::build(&gateway_inputs, &mut clusters, &mut warnings);
+        let telemetry = telemetry::Policies::build(resources, &mut warnings);
         Self {
             services: compiled,
             clusters,
             sidecars,
             gateways,
+            telemetry,
             warnings,
         }
     }
