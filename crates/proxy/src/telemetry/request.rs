@@ -35,6 +35,9 @@ use crate::http::{BoxError, ProxyBody};
 use crate::metrics::{Reporter, RequestSample};
 use crate::state::ProxyState;
 
+/// Where captured traffic to unknown destinations goes (`ALLOW_ANY`).
+const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+
 /// The endpoint that answered, put in the response's extensions by the
 /// upstream try (for the access log's `%UPSTREAM_HOST%`).
 #[derive(Debug, Clone, Copy)]
@@ -171,6 +174,11 @@ impl RequestRecord {
     ) {
         self.route_name = route_name.filter(|n| !n.is_empty()).map(str::to_string);
         self.cluster = Some(cluster.clone());
+        // Traffic leaving the mesh does not learn who the caller is.
+        if self.reporter == Reporter::Source && cluster.name == PASSTHROUGH_CLUSTER {
+            headers.remove(PEER_HEADER);
+            return;
+        }
         if self.reporter == Reporter::Source
             && let Ok(value) = http::HeaderValue::from_str(&self.service)
             && !self.service.is_empty()
