@@ -211,4 +211,6 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
 }
 
 #[cfg(test)]
+mod inspect_tests;
+#[cfg(test)]
 mod tests;
