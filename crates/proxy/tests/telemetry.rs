@@ -632,3 +632,63 @@ async fn access_logs_switch_off_and_on_without_a_restart() {
     );
     assert_eq!(proxy.pid(), pid, "same process throughout");
 }
+
+#[tokio::test]
+async fn proxy_health_shows_pool_usage_ejections_and_config_version() {
+    let backend = status_backend().await;
+    let web = free_addr();
+    let cluster = format!(
+        r#"endpoints: [{{address: "{}"}}], outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}}"#,
+        backend.addr
+    );
+    let proxy = start_proxy(&web_config(web, &cluster, ""), &[]).await;
+    let mut client = Http1Client::connect(web).await.expect("connect");
+    let reply = client.get("web", "/status/503").await.expect("request");
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let text = metrics_until(&proxy, |t| {
+        sample(t, "weft_outlier_ejections_total", &[("cluster_name", "c")]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            "weft_outlier_ejections_total",
+            &[("cluster_name", "c")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "weft_outlier_ejected_endpoints",
+            &[("cluster_name", "c")]
+        ),
+        1.0,
+        "{text}"
+    );
+    // The client's keep-alive connection, and the pooled one upstream.
+    assert_eq!(
+        sample(
+            &text,
+            "weft_upstream_connections_active",
+            &[("cluster_name", "c")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("weft_downstream_connections_active 1"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "weft_config_info", &[("version", "access-log-test")]),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("weft_certificate_expiry_timestamp_seconds 0"),
+        "no certificate yet: {text}"
+    );
+}
