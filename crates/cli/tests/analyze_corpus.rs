@@ -11,7 +11,8 @@
 //! serviceentry.ProtocolAddressesAnalyzer (IST0134),
 //! virtualservice.DestinationRuleAnalyzer (IST0101),
 //! virtualservice.GatewayAnalyzer (IST0101, IST0132, IST0165),
-//! virtualservice.ConflictingMeshGatewayHostsAnalyzer (IST0109).
+//! virtualservice.ConflictingMeshGatewayHostsAnalyzer (IST0109),
+//! authz.AuthorizationPoliciesAnalyzer (IST0127, IST0101).
 //! Rows for those analyzers that are skipped, and why: [`SKIPPED`].
 
 use std::path::Path;
@@ -58,6 +59,8 @@ fn analyzers_match_istio_expectations_on_the_corpus() {
         cases.len()
     );
     let (mut checked, mut skipped, mut failures) = (0, Vec::new(), Vec::new());
+    let mut per_analyzer: std::collections::BTreeMap<&str, usize> =
+        std::collections::BTreeMap::new();
     for case in &cases {
         if !ANALYZERS.iter().any(|a| a.name == case.analyzer) {
             continue;
@@ -78,6 +81,7 @@ fn analyzers_match_istio_expectations_on_the_corpus() {
         let mut expected = case.expected.clone();
         expected.sort();
         checked += 1;
+        *per_analyzer.entry(case.analyzer.as_str()).or_default() += 1;
         if got != expected {
             let lines: Vec<String> = messages.iter().map(ToString::to_string).collect();
             failures.push(format!(
@@ -96,7 +100,19 @@ fn analyzers_match_istio_expectations_on_the_corpus() {
         "{checked} corpus analyzer cases checked, {} skipped",
         skipped.len()
     );
+    eprintln!("cases per analyzer: {per_analyzer:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // A misspelt analyzer name would skip its rows silently.
+    for analyzer in ANALYZERS
+        .iter()
+        .filter(|a| a.name != "schema.ValidationAnalyzer")
+    {
+        assert!(
+            per_analyzer.contains_key(analyzer.name),
+            "no corpus case checked {}",
+            analyzer.name
+        );
+    }
     assert!(checked >= 25, "only {checked} cases checked");
 }
 

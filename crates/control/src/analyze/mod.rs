@@ -11,6 +11,7 @@
 //! then code), never panics on any input, and each analyzer only reports
 //! on objects it was given. Which analyzers exist: [`ANALYZERS`].
 
+mod authz;
 mod describe;
 mod destination_rule;
 mod gateway;
@@ -68,6 +69,11 @@ pub const CONFLICTING_MESH_GATEWAY_HOSTS: Code = Code {
     code: "IST0109",
     name: "ConflictingMeshGatewayVirtualServiceHosts",
     level: Level::Error,
+};
+pub const NO_MATCHING_WORKLOADS: Code = Code {
+    code: "IST0127",
+    name: "NoMatchingWorkloadsFound",
+    level: Level::Warning,
 };
 pub const NO_SERVER_CERT_VERIFICATION_DESTINATION: Code = Code {
     code: "IST0128",
@@ -264,6 +270,21 @@ impl Input {
             .filter(move |o| o.kind == kind && o.group.is_empty())
     }
 
+    /// Workloads as `(namespace, labels)`: Pods, WorkloadEntries, and the
+    /// proxies connected to weftd (`weft.io` `ConnectedProxy` objects).
+    pub fn workloads(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        let mut out: Vec<_> = self
+            .core("Pod")
+            .chain(self.objects.iter().filter(|o| o.kind == "ConnectedProxy"))
+            .map(|o| (o.namespace.clone(), o.labels.clone()))
+            .collect();
+        out.extend(
+            self.istio("WorkloadEntry")
+                .map(|o| (o.namespace.clone(), string_map(o.spec.get("labels")))),
+        );
+        out
+    }
+
     /// Namespaces known to exist: declared, or holding an object.
     pub fn namespaces(&self) -> BTreeSet<String> {
         let mut known: BTreeSet<String> = self.core("Namespace").map(|o| o.name.clone()).collect();
@@ -287,6 +308,11 @@ pub const ANALYZERS: &[Analyzer] = &[
         name: "schema.ValidationAnalyzer",
         codes: &[SCHEMA_VALIDATION_ERROR],
         run: schema::analyze,
+    },
+    Analyzer {
+        name: "authz.AuthorizationPoliciesAnalyzer",
+        codes: &[NO_MATCHING_WORKLOADS, REFERENCED_RESOURCE_NOT_FOUND],
+        run: authz::policies,
     },
     Analyzer {
         name: "gateway.ConflictingGatewayAnalyzer",

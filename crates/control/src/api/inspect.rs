@@ -32,6 +32,14 @@ pub(super) fn analyze(store: &Store, body: &str) -> Reply {
         .map(|stored| stored.resource)
         .collect();
     let mut input = Input::from_resources(&resources, "weftd");
+    // Connected proxies are workloads too (policies select them).
+    for workload in crate::push::mesh::latest_workloads() {
+        let proxy = json!({
+            "apiVersion": "weft.io/v1", "kind": "ConnectedProxy",
+            "metadata": {"name": workload.name, "namespace": workload.namespace, "labels": workload.labels},
+        });
+        input.add_document(proxy, "weftd", 0, "default");
+    }
     let objects = request.get("objects").and_then(Value::as_array);
     for item in objects.into_iter().flatten() {
         let origin = item
