@@ -18,6 +18,7 @@ mod gateway;
 mod hosts;
 mod schema;
 mod service_entry;
+mod sidecar;
 mod virtual_service;
 
 pub use describe::describe;
@@ -70,6 +71,16 @@ pub const CONFLICTING_MESH_GATEWAY_HOSTS: Code = Code {
     name: "ConflictingMeshGatewayVirtualServiceHosts",
     level: Level::Error,
 };
+pub const CONFLICTING_SIDECAR_SELECTORS: Code = Code {
+    code: "IST0110",
+    name: "ConflictingSidecarWorkloadSelectors",
+    level: Level::Error,
+};
+pub const MULTIPLE_SIDECARS_WITHOUT_SELECTOR: Code = Code {
+    code: "IST0111",
+    name: "MultipleSidecarsWithoutWorkloadSelectors",
+    level: Level::Error,
+};
 pub const NO_MATCHING_WORKLOADS: Code = Code {
     code: "IST0127",
     name: "NoMatchingWorkloadsFound",
@@ -103,6 +114,12 @@ pub const CONFLICTING_GATEWAYS: Code = Code {
 pub const REFERENCED_INTERNAL_GATEWAY: Code = Code {
     code: "IST0165",
     name: "ReferencedInternalGateway",
+    level: Level::Warning,
+};
+
+pub const INEFFECTIVE_POLICY: Code = Code {
+    code: "IST0167",
+    name: "IneffectivePolicy",
     level: Level::Warning,
 };
 
@@ -273,15 +290,23 @@ impl Input {
     /// Workloads as `(namespace, labels)`: Pods, WorkloadEntries, and the
     /// proxies connected to weftd (`weft.io` `ConnectedProxy` objects).
     pub fn workloads(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        self.workloads_named()
+            .into_iter()
+            .map(|(namespace, _, labels)| (namespace, labels))
+            .collect()
+    }
+
+    /// As [`Input::workloads`], with each workload's name.
+    fn workloads_named(&self) -> Vec<(String, String, BTreeMap<String, String>)> {
         let mut out: Vec<_> = self
             .core("Pod")
             .chain(self.objects.iter().filter(|o| o.kind == "ConnectedProxy"))
-            .map(|o| (o.namespace.clone(), o.labels.clone()))
+            .map(|o| (o.namespace.clone(), o.name.clone(), o.labels.clone()))
             .collect();
-        out.extend(
-            self.istio("WorkloadEntry")
-                .map(|o| (o.namespace.clone(), string_map(o.spec.get("labels")))),
-        );
+        out.extend(self.istio("WorkloadEntry").map(|o| {
+            let labels = string_map(o.spec.get("labels"));
+            (o.namespace.clone(), o.name.clone(), labels)
+        }));
         out
     }
 
@@ -331,6 +356,16 @@ pub const ANALYZERS: &[Analyzer] = &[
         name: "serviceentry.ProtocolAddressesAnalyzer",
         codes: &[SERVICE_ENTRY_ADDRESSES_REQUIRED],
         run: service_entry::addresses,
+    },
+    Analyzer {
+        name: "sidecar.SelectorAnalyzer",
+        codes: &[
+            REFERENCED_RESOURCE_NOT_FOUND,
+            CONFLICTING_SIDECAR_SELECTORS,
+            MULTIPLE_SIDECARS_WITHOUT_SELECTOR,
+            INEFFECTIVE_POLICY,
+        ],
+        run: sidecar::selectors,
     },
     Analyzer {
         name: "virtualservice.DestinationRuleAnalyzer",
