@@ -9,13 +9,16 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::flags::ResponseFlags;
 
 /// Lines waiting for the writer at most.
 const QUEUE: usize = 16 * 1024;
+/// How long a line may wait in the writer's buffer (Envoy flushes its
+/// file logs every second; tests and `tail -f` like it sooner).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Format {
@@ -67,34 +70,31 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// Istio's default format (MeshConfig `accessLogFormat` unset).
     pub fn text(&self) -> String {
-        let dash = |v: Option<&str>| v.filter(|s| !s.is_empty()).unwrap_or("-").to_string();
-        let addr = |v: Option<SocketAddr>| v.map_or_else(|| "-".to_string(), |a| a.to_string());
         let mut line = String::with_capacity(320);
         let _ = write!(
             line,
             "[{}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} {} {}",
-            self.start.map_or_else(|| "-".to_string(), rfc3339_millis),
-            dash(self.method),
-            dash(self.path),
-            dash(self.protocol),
+            Time(self.start),
+            Dash(self.method),
+            Dash(self.path),
+            Dash(self.protocol),
             self.response_code,
-            self.response_flags.codes(),
-            dash(self.response_code_details),
+            Flags(self.response_flags),
+            Dash(self.response_code_details),
             self.bytes_received,
             self.bytes_sent,
             self.duration_ms,
-            self.upstream_service_time_ms
-                .map_or_else(|| "-".to_string(), |t| t.to_string()),
-            dash(self.forwarded_for),
-            dash(self.user_agent),
-            dash(self.request_id),
-            dash(self.authority),
-            addr(self.upstream_host),
-            dash(self.upstream_cluster),
-            addr(self.downstream_local),
-            addr(self.downstream_remote),
-            dash(self.requested_server_name),
-            dash(self.route_name),
+            Number(self.upstream_service_time_ms),
+            Dash(self.forwarded_for),
+            Dash(self.user_agent),
+            Dash(self.request_id),
+            Dash(self.authority),
+            Addr(self.upstream_host),
+            Dash(self.upstream_cluster),
+            Addr(self.downstream_local),
+            Addr(self.downstream_remote),
+            Dash(self.requested_server_name),
+            Dash(self.route_name),
         );
         line
     }
@@ -130,6 +130,56 @@ impl Entry<'_> {
             "route_name": self.route_name,
         })
         .to_string()
+    }
+}
+
+/// Values written straight into the line, `-` when absent or empty.
+struct Dash<'a>(Option<&'a str>);
+struct Addr(Option<SocketAddr>);
+struct Number(Option<u64>);
+struct Time(Option<SystemTime>);
+struct Flags(ResponseFlags);
+
+impl std::fmt::Display for Dash<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.filter(|s| !s.is_empty()).unwrap_or("-"))
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+impl std::fmt::Display for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => n.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(time) => f.write_str(&rfc3339_millis(time)),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+impl std::fmt::Display for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("-")
+        } else {
+            f.write_str(&self.0.codes())
+        }
     }
 }
 
@@ -181,19 +231,34 @@ impl AccessLogSink {
     }
 }
 
-/// Writes lines as they come, flushing whenever the queue runs dry.
+/// Writes lines as they come into a buffer that reaches the file when
+/// full or [`FLUSH_INTERVAL`] after its oldest line: one write per batch,
+/// not per request.
 fn write_lines(lines: Receiver<String>, out: Box<dyn std::io::Write + Send>) {
-    let mut out = std::io::BufWriter::new(out);
-    while let Ok(line) = lines.recv() {
-        let mut batch = Some(line);
-        while let Some(line) = batch {
-            if writeln!(out, "{line}").is_err() {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let wait = oldest.map_or(Duration::from_secs(3600), |t| {
+            FLUSH_INTERVAL.saturating_sub(t.elapsed())
+        });
+        match lines.recv_timeout(wait) {
+            Ok(line) => {
+                if writeln!(out, "{line}").is_err() {
+                    return;
+                }
+                oldest.get_or_insert_with(Instant::now);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
                 return;
             }
-            batch = lines.try_recv().ok();
         }
-        if out.flush().is_err() {
-            return;
+        if oldest.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL) {
+            if out.flush().is_err() {
+                return;
+            }
+            oldest = None;
         }
     }
 }
@@ -230,8 +295,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::flags::ResponseFlag;
 
