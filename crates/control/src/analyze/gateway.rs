@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{CONFLICTING_GATEWAYS, Input, Message, Object, hosts, string_map, strings};
+use super::{
+    CONFLICTING_GATEWAYS, GATEWAY_PORT_NOT_ON_SERVICE, Input, Message, Object,
+    REFERENCED_RESOURCE_NOT_FOUND, hosts, string_map, strings,
+};
+use crate::registry::labels_match;
 
 /// IST0145: two Gateways whose workload selectors can pick the same
 /// gateway workload (one selector within the other) claim the same port
@@ -74,6 +78,76 @@ pub fn conflicting(input: &Input, out: &mut Vec<Message>) {
             CONFLICTING_GATEWAYS,
             format!("Conflict with gateways {}", listed.join(", ")),
         ));
+    }
+}
+
+/// IST0101: a Gateway whose selector picks no workload (checked only when
+/// the input knows workloads: Pods, WorkloadEntries or weftd's connected
+/// proxies); IST0162: a server port that no Kubernetes Service in front
+/// of the selected workloads defines (as `port` or `targetPort`).
+pub fn workload_ports(input: &Input, out: &mut Vec<Message>) {
+    let workloads = input.workloads();
+    if workloads.is_empty() {
+        return;
+    }
+    let services: Vec<&Object> = input.core("Service").collect();
+    for gateway in input.istio("Gateway") {
+        let selector = string_map(gateway.spec.get("selector"));
+        let selected: Vec<&(String, BTreeMap<String, String>)> = workloads
+            .iter()
+            .filter(|(_, labels)| labels_match(&selector, labels))
+            .collect();
+        if selected.is_empty() {
+            out.push(gateway.message(
+                REFERENCED_RESOURCE_NOT_FOUND,
+                format!(
+                    "Referenced selector not found: \"{}\"",
+                    selector_text(&selector)
+                ),
+            ));
+            continue;
+        }
+        let fronting: Vec<&&Object> = services
+            .iter()
+            .filter(|service| {
+                let picks = string_map(service.spec.get("selector"));
+                !picks.is_empty()
+                    && selected.iter().any(|(namespace, labels)| {
+                        *namespace == service.namespace && labels_match(&picks, labels)
+                    })
+            })
+            .collect();
+        if fronting.is_empty() {
+            continue;
+        }
+        let mut ports = Vec::new();
+        for service in &fronting {
+            for port in service
+                .spec
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                ports.extend(port.get("port").and_then(Value::as_u64));
+                ports.extend(port.get("targetPort").and_then(Value::as_u64));
+            }
+        }
+        for server in servers(gateway) {
+            let Some(number) = server.pointer("/port/number").and_then(Value::as_u64) else {
+                continue;
+            };
+            if !ports.contains(&number) {
+                let names: Vec<&str> = fronting.iter().map(|s| s.name.as_str()).collect();
+                out.push(gateway.message(
+                    GATEWAY_PORT_NOT_ON_SERVICE,
+                    format!(
+                        "The gateway is listening on a target port (port {number}) that is not defined in the Service associated with its workload ({})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
     }
 }
 

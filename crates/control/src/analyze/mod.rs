@@ -111,6 +111,11 @@ pub const CONFLICTING_GATEWAYS: Code = Code {
     name: "ConflictingGateways",
     level: Level::Error,
 };
+pub const GATEWAY_PORT_NOT_ON_SERVICE: Code = Code {
+    code: "IST0162",
+    name: "GatewayPortNotDefinedOnService",
+    level: Level::Warning,
+};
 pub const REFERENCED_INTERNAL_GATEWAY: Code = Code {
     code: "IST0165",
     name: "ReferencedInternalGateway",
@@ -343,6 +348,11 @@ pub const ANALYZERS: &[Analyzer] = &[
         name: "gateway.ConflictingGatewayAnalyzer",
         codes: &[CONFLICTING_GATEWAYS],
         run: gateway::conflicting,
+    },
+    Analyzer {
+        name: "gateway.IngressGatewayPortAnalyzer",
+        codes: &[REFERENCED_RESOURCE_NOT_FOUND, GATEWAY_PORT_NOT_ON_SERVICE],
+        run: gateway::workload_ports,
     },
     Analyzer {
         name: "destinationrule.CaCertificateAnalyzer",
