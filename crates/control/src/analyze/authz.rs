@@ -25,7 +25,9 @@ pub fn policies(input: &Input, out: &mut Vec<Message>) {
         let applies = workloads.iter().any(|(namespace, labels)| {
             (mesh_wide || *namespace == policy.namespace) && labels_match(&selector, labels)
         });
-        if !applies && !(mesh_wide && selector.is_empty()) {
+        // A mesh-wide policy without selector applies to whatever joins.
+        let everything = mesh_wide && selector.is_empty();
+        if !applies && !everything {
             let pairs: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
             out.push(policy.message(
                 NO_MATCHING_WORKLOADS,

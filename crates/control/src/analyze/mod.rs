@@ -13,6 +13,7 @@
 
 mod authz;
 mod describe;
+mod destination_host;
 mod destination_rule;
 mod gateway;
 mod hosts;
@@ -81,6 +82,11 @@ pub const MULTIPLE_SIDECARS_WITHOUT_SELECTOR: Code = Code {
     name: "MultipleSidecarsWithoutWorkloadSelectors",
     level: Level::Error,
 };
+pub const PORT_SELECTOR_REQUIRED: Code = Code {
+    code: "IST0112",
+    name: "VirtualServiceDestinationPortSelectorRequired",
+    level: Level::Error,
+};
 pub const NO_MATCHING_WORKLOADS: Code = Code {
     code: "IST0127",
     name: "NoMatchingWorkloadsFound",
@@ -104,6 +110,11 @@ pub const VS_HOST_NOT_FOUND_IN_GATEWAY: Code = Code {
 pub const SERVICE_ENTRY_ADDRESSES_REQUIRED: Code = Code {
     code: "IST0134",
     name: "ServiceEntryAddressesRequired",
+    level: Level::Warning,
+};
+pub const INGRESS_ROUTE_RULES_NOT_AFFECTED: Code = Code {
+    code: "IST0140",
+    name: "IngressRouteRulesNotAffected",
     level: Level::Warning,
 };
 pub const CONFLICTING_GATEWAYS: Code = Code {
@@ -381,6 +392,15 @@ pub const ANALYZERS: &[Analyzer] = &[
         name: "virtualservice.DestinationRuleAnalyzer",
         codes: &[REFERENCED_RESOURCE_NOT_FOUND],
         run: virtual_service::subsets,
+    },
+    Analyzer {
+        name: "virtualservice.DestinationHostAnalyzer",
+        codes: &[
+            REFERENCED_RESOURCE_NOT_FOUND,
+            PORT_SELECTOR_REQUIRED,
+            INGRESS_ROUTE_RULES_NOT_AFFECTED,
+        ],
+        run: destination_host::analyze,
     },
     Analyzer {
         name: "virtualservice.GatewayAnalyzer",
