@@ -13,6 +13,10 @@ fn input(objects: &[Value]) -> Input {
 #[test]
 fn a_missing_subset_is_reported_in_istioctl_shape() {
     let input = input(&[
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+               "metadata": {"name": "reviews"},
+               "spec": {"hosts": ["reviews.default.svc.cluster.local"], "location": "MESH_INTERNAL",
+                        "resolution": "STATIC", "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}]}}),
         json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
                "metadata": {"name": "reviews"},
                "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}),
