@@ -27,7 +27,11 @@ const ROUNDS: usize = 2;
 
 struct Run {
     requests_per_second: f64,
+    requests: f64,
     p99: String,
+    /// The proxy's CPU time (user + system) per request: unlike req/s it
+    /// does not depend on what else the machine runs.
+    cpu_us_per_request: f64,
 }
 
 /// `wrk` against `addr`; its Requests/sec and 99th percentile latency.
@@ -48,10 +52,29 @@ fn wrk(addr: std::net::SocketAddr) -> Run {
         .find_map(|l| l.trim().strip_prefix("99%"))
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|| panic!("no 99% in:\n{text}"));
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request count in:\n{text}"));
     Run {
         requests_per_second,
+        requests,
         p99,
+        cpu_us_per_request: 0.0,
     }
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name (which may hold spaces) start at 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
 }
 
 async fn measure(binary: &Path, backend: &HttpBackend, args: &[String]) -> Run {
@@ -75,10 +98,14 @@ clusters:
         .wait_ready(Duration::from_secs(20))
         .await
         .unwrap_or_else(|err| panic!("{err:#}"));
+    let pid = proxy.pid().expect("running");
+    let before = cpu_seconds(pid);
     // wrk blocks; the backend runs on the test's other thread.
-    tokio::task::spawn_blocking(move || wrk(listen))
+    let mut run = tokio::task::spawn_blocking(move || wrk(listen))
         .await
-        .expect("wrk")
+        .expect("wrk");
+    run.cpu_us_per_request = (cpu_seconds(pid) - before) * 1e6 / run.requests.max(1.0);
+    run
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,8 +154,8 @@ async fn telemetry_cost_at_saturation() {
         for (name, binary, args) in &cases {
             let run = measure(binary, &backend, args).await;
             println!(
-                "round {round}: {name:45} {:>9.0} req/s   p99 {}",
-                run.requests_per_second, run.p99
+                "round {round}: {name:45} {:>7.0} req/s   p99 {:>8}   proxy CPU {:>5.0} µs/request",
+                run.requests_per_second, run.p99, run.cpu_us_per_request
             );
         }
     }

@@ -108,14 +108,16 @@ impl Telemetry {
     pub fn local(&self) -> &Local {
         self.local.get_or_init(|| Local {
             node_id: String::new(),
-            workload: Arc::default(),
+            workload: Arc::new(Workload::unknown()),
             header: HeaderValue::from_static(""),
         })
     }
 
     /// A workload nothing is known about.
     pub fn unknown(&self) -> Arc<Workload> {
-        self.unknown.get_or_init(Arc::default).clone()
+        self.unknown
+            .get_or_init(|| Arc::new(Workload::unknown()))
+            .clone()
     }
 
     pub fn set_access_override(&self, value: Override) {

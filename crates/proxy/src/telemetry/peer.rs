@@ -19,6 +19,7 @@
 //! and over, so the hot path allocates nothing for them after the first.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -33,7 +34,11 @@ pub const SERVICE_HEADER: &str = "x-weft-service";
 const CACHE_LIMIT: usize = 1024;
 
 /// Who a workload is, as metrics labels need it. `None`: not known.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+///
+/// Hashing uses a fingerprint of the content computed once ([`Self::sealed`],
+/// which every constructor here calls): metric label sets hash two
+/// workloads per request, five times.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Workload {
     pub name: Option<String>,
     pub namespace: Option<String>,
@@ -43,9 +48,32 @@ pub struct Workload {
     pub canonical_revision: Option<String>,
     pub service_account: Option<String>,
     pub cluster: Option<String>,
+    fingerprint: u64,
+}
+
+impl Hash for Workload {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.fingerprint);
+    }
 }
 
 impl Workload {
+    /// Nothing known.
+    pub fn unknown() -> Self {
+        Self::default().sealed()
+    }
+
+    /// Computes the fingerprint; call again after changing a field.
+    pub fn sealed(mut self) -> Self {
+        let mut hasher = DefaultHasher::new();
+        for (key, value) in self.fields() {
+            key.hash(&mut hasher);
+            value.hash(&mut hasher);
+        }
+        self.fingerprint = hasher.finish();
+        self
+    }
+
     /// This proxy's own workload, from its node flags. The canonical service
     /// and revision follow Istio: the `service.istio.io/canonical-*` label,
     /// else `app.kubernetes.io/name`/`app` (resp. `-version`/`version`),
@@ -85,7 +113,9 @@ impl Workload {
             .or_else(|| Some("latest".to_string())),
             service_account: some(service_account),
             cluster: some(cluster),
+            fingerprint: 0,
         }
+        .sealed()
     }
 
     /// What endpoint labels alone say about a destination (TCP, or an HTTP
@@ -108,7 +138,7 @@ impl Workload {
         if out.canonical_revision.is_none() {
             out.canonical_revision.clone_from(&out.version);
         }
-        out
+        out.sealed()
     }
 
     fn fields(&self) -> [(&'static str, &Option<String>); 8] {
@@ -158,7 +188,7 @@ impl Workload {
                 _ => {}
             }
         }
-        Some(out)
+        Some(out.sealed())
     }
 }
 

@@ -112,11 +112,15 @@ impl RequestRecord {
         let span = trace::continue_or_start(headers, telemetry.sampling(&snapshot));
         let log = telemetry.access_log(&snapshot).is_some();
         let traced = span.sampled && telemetry.exporter(&snapshot).is_some();
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| header_text(request.headers(), header::HOST));
+        let authority = (log || traced || reporter == Reporter::Destination)
+            .then(|| {
+                request
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .or_else(|| header_text(request.headers(), header::HOST))
+            })
+            .flatten();
         // The service the caller's proxy routed to, else the authority.
         let authority_host = match reporter {
             Reporter::Destination => request
@@ -311,7 +315,11 @@ impl RequestRecord {
     /// What the config says about the endpoint that answered.
     fn endpoint_workload(&self, host: Option<SocketAddr>) -> Option<Arc<Workload>> {
         let (host, cluster) = (host?, self.cluster.as_ref()?);
-        let endpoint = cluster.endpoints.iter().find(|e| e.address == host)?;
+        let endpoint = cluster
+            .endpoints
+            .iter()
+            .find(|e| e.address == host)
+            .filter(|e| !e.labels.is_empty())?;
         Some(Arc::new(Workload::from_labels(endpoint.labels.iter())))
     }
 }

@@ -214,11 +214,14 @@ fn hex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Lower-case hex, without the formatting machinery (every request
+/// writes a trace and a span id).
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
     }
     out
 }
