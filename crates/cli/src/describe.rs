@@ -98,11 +98,7 @@ fn text(body: &Value) -> String {
             ),
         );
         for rule in items(&vs["rules"]) {
-            let matched = if rule["match"].is_null() {
-                "any request".to_string()
-            } else {
-                rule["match"].to_string()
-            };
+            let matched = match_text(&rule["match"]);
             line(
                 2,
                 format!(
@@ -232,6 +228,59 @@ fn text(body: &Value) -> String {
         );
     }
     out
+}
+
+/// `uri prefix /api, header end-user exact jason` or `any request`; the
+/// alternatives of a rule's match list joined by ` OR `.
+fn match_text(matches: &Value) -> String {
+    let alternatives: Vec<String> = items(matches)
+        .iter()
+        .map(|one| {
+            let mut parts = Vec::new();
+            for (key, value) in one.as_object().into_iter().flatten() {
+                match key.as_str() {
+                    "headers" | "queryParams" | "withoutHeaders" => {
+                        let label = match key.as_str() {
+                            "headers" => "header",
+                            "queryParams" => "query",
+                            _ => "without header",
+                        };
+                        for (name, condition) in value.as_object().into_iter().flatten() {
+                            parts.push(format!("{label} {name} {}", condition_text(condition)));
+                        }
+                    }
+                    _ => parts.push(format!("{key} {}", condition_text(value))),
+                }
+            }
+            parts.join(", ")
+        })
+        .filter(|text| !text.is_empty())
+        .collect();
+    if alternatives.is_empty() {
+        "any request".to_string()
+    } else {
+        alternatives.join(" OR ")
+    }
+}
+
+/// `{exact: v}` → `exact v`; anything else as compact JSON.
+fn condition_text(condition: &Value) -> String {
+    match condition.as_object() {
+        Some(map) if map.len() == 1 => {
+            let (op, value) = map
+                .iter()
+                .next()
+                .map_or(("", &Value::Null), |(k, v)| (k.as_str(), v));
+            match value.as_str() {
+                Some(text) => format!("{op} {text}"),
+                None => format!("{op} {value}"),
+            }
+        }
+        _ => match condition.as_str() {
+            Some(text) => text.to_string(),
+            None => condition.to_string(),
+        },
+    }
 }
 
 fn policy_lines(policy: &Value, depth: usize, line: &mut impl FnMut(usize, String)) {

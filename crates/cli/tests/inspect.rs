@@ -242,6 +242,10 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
             "{text}"
         );
         assert!(text.contains("-> shop subset v2"), "{text}");
+        assert!(
+            text.contains("HTTP rule, match header x-canary exact yes:"),
+            "{text}"
+        );
         let rule = line_with(&text, "subset v1 (labels");
         assert!(rule.contains("version=v1"), "{text}");
         let endpoint = line_with(&text, &broken.addr.to_string());
