@@ -139,6 +139,17 @@ pub const INEFFECTIVE_POLICY: Code = Code {
     level: Level::Warning,
 };
 
+pub const SUBSET_SELECTS_NOTHING: Code = Code {
+    code: "IST0173",
+    name: "DestinationRuleSubsetNotSelectPods",
+    level: Level::Error,
+};
+pub const UNKNOWN_DESTINATION_RULE_HOST: Code = Code {
+    code: "IST0174",
+    name: "UnknownDestinationRuleHost",
+    level: Level::Warning,
+};
+
 /// One finding: `Error [IST0101] (VirtualService default/reviews) text`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -372,6 +383,11 @@ pub const ANALYZERS: &[Analyzer] = &[
             NO_SERVER_CERT_VERIFICATION_PORT,
         ],
         run: destination_rule::ca_certificates,
+    },
+    Analyzer {
+        name: "destinationrule.PodNotSelectedAnalyzer",
+        codes: &[SUBSET_SELECTS_NOTHING, UNKNOWN_DESTINATION_RULE_HOST],
+        run: destination_rule::selected_endpoints,
     },
     Analyzer {
         name: "serviceentry.ProtocolAddressesAnalyzer",
