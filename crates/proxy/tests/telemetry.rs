@@ -495,6 +495,12 @@ clusters:
     )
 }
 
+fn remove_log_dir(log: &Path) {
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 fn log_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -553,12 +559,14 @@ async fn access_logs_carry_uo_when_the_breaker_trips_and_uh_without_endpoints() 
         "upstream host and cluster: {served}"
     );
 
+    remove_log_dir(&log);
     let (_proxy, web, log) = logged_proxy("endpoints: []", "").await;
     assert_eq!(get(web, "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
     let lines = lines_until(&log, 1).await;
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains("\" 503 UH "), "{}", lines[0]);
     assert!(lines[0].starts_with('['), "{}", lines[0]);
+    remove_log_dir(&log);
 }
 
 async fn admin_post(proxy: &ProxyProcess, path: &str) -> Reply {
@@ -631,6 +639,7 @@ async fn access_logs_switch_off_and_on_without_a_restart() {
         "{lines:#?}"
     );
     assert_eq!(proxy.pid(), pid, "same process throughout");
+    remove_log_dir(&log);
 }
 
 #[tokio::test]
@@ -690,5 +699,60 @@ async fn proxy_health_shows_pool_usage_ejections_and_config_version() {
     assert!(
         text.contains("weft_certificate_expiry_timestamp_seconds 0"),
         "no certificate yet: {text}"
+    );
+}
+
+#[tokio::test]
+async fn json_access_logs_carry_the_same_fields() {
+    let backend = weft_testkit::backend::HttpBackend::start("web").await;
+    let web = free_addr();
+    let config = web_config(
+        web,
+        &format!(r#"endpoints: [{{address: "{}"}}]"#, backend.addr),
+        "",
+    );
+    let log = std::env::temp_dir().join(format!(
+        "weft-telemetry-json-{}-{}.log",
+        std::process::id(),
+        web.port()
+    ));
+    let log_flag = log.display().to_string();
+    let _proxy = start_proxy(
+        &config,
+        &["--access-log", &log_flag, "--access-log-format", "json"],
+    )
+    .await;
+    let request = client::request_with_headers(
+        Method::GET,
+        "web",
+        "/json?x=1",
+        &[
+            ("user-agent", "telemetry-test"),
+            ("x-request-id", "abc-123"),
+        ],
+        client::empty(),
+    );
+    let mut client = Http1Client::connect(web).await.expect("connect");
+    assert_eq!(
+        client.send(request).await.expect("request").status,
+        StatusCode::OK
+    );
+    let lines = lines_until(&log, 1).await;
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let entry: serde_json::Value =
+        serde_json::from_str(&lines[0]).expect("one JSON object per line");
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/json?x=1");
+    assert_eq!(entry["response_code"], 200);
+    assert_eq!(entry["response_flags"], "-");
+    assert_eq!(entry["user_agent"], "telemetry-test");
+    assert_eq!(entry["request_id"], "abc-123");
+    assert_eq!(entry["upstream_cluster"], "c");
+    assert_eq!(entry["upstream_host"], backend.addr.to_string());
+    assert_eq!(entry["route_name"], "web-route");
+    assert!(
+        entry["bytes_sent"].as_u64().is_some_and(|n| n > 0),
+        "{entry}"
     );
 }
