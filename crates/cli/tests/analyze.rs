@@ -185,3 +185,36 @@ fn bad_input_names_the_file_and_unknown_analyzers_are_listed() {
         listed.stdout
     );
 }
+
+/// The Bookinfo example as `weft up` runs it: the mesh file's services and
+/// workloads stand in for a cluster, so the example is clean, and a subset
+/// no workload carries or a route to a missing service is caught.
+#[test]
+fn the_bookinfo_example_is_clean_and_breaking_it_is_caught() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo");
+    let example = example.to_str().expect("utf-8 path");
+    let clean = analyze(&["-A", "-f", example]);
+    assert_eq!(clean.code, 0, "{}{}", clean.stdout, clean.stderr);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let read = |name: &str| std::fs::read_to_string(Path::new(example).join(name)).expect("read");
+    write(dir.path(), "mesh.yaml", &read("mesh.yaml"));
+    let rules = read("destination-rules.yaml").replace("version: v3}", "version: v9}");
+    write(dir.path(), "destination-rules.yaml", &rules);
+    let gateway = read("gateway.yaml").replace("host: productpage\n", "host: productpagex\n");
+    write(dir.path(), "gateway.yaml", &gateway);
+    let broken = analyze(&["-A", "-f", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(broken.code, 1, "{}", broken.stdout);
+    assert!(
+        broken
+            .stdout
+            .contains("Error [IST0173] (DestinationRule default/reviews) The subset \"v3\""),
+        "{}",
+        broken.stdout
+    );
+    assert!(
+        broken.stdout.contains("Error [IST0101] (VirtualService default/bookinfo) Referenced host not found: \"productpagex\""),
+        "{}",
+        broken.stdout
+    );
+}

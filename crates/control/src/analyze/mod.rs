@@ -294,6 +294,11 @@ impl Input {
             }
             return;
         }
+        if let Some(expanded) = mesh_file_objects(&value) {
+            for object in expanded {
+                self.add_document(object, origin, document, default_namespace);
+            }
+        }
         if let Some(mut object) = Object::from_value(value, origin, document) {
             if object.namespace.is_empty() && object.kind != "Namespace" {
                 object.namespace = default_namespace.to_string();
@@ -457,6 +462,48 @@ pub fn analyze(input: &Input, only: &[&str]) -> Result<Vec<Message>, String> {
     messages.sort_by(|a, b| (&a.resource, a.code, &a.text).cmp(&(&b.resource, b.code, &b.text)));
     messages.dedup();
     Ok(messages)
+}
+
+/// A `weft up` mesh file (`weft.dev` `Mesh`) stands in for a cluster: its
+/// services become Kubernetes Services and its workloads and gateways
+/// Pods, so the analyzers see what `weft up` will run.
+fn mesh_file_objects(value: &Value) -> Option<Vec<Value>> {
+    let api_version = value.get("apiVersion").and_then(Value::as_str)?;
+    if value.get("kind").and_then(Value::as_str) != Some("Mesh")
+        || !api_version.starts_with("weft.dev/")
+    {
+        return None;
+    }
+    let spec = value.get("spec")?;
+    let list = |key: &str| {
+        spec.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let namespace = |item: &Value| item.get("namespace").cloned().unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    for service in list("services") {
+        let ports: Vec<Value> = service
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|p| serde_json::json!({"name": p.get("name"), "port": p.get("port"), "targetPort": p.get("targetPort"), "protocol": p.get("protocol")}))
+            .collect();
+        out.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": service.get("name"), "namespace": namespace(&service)},
+            "spec": {"ports": ports, "selector": service.get("selector")},
+        }));
+    }
+    for pod in list("workloads").into_iter().chain(list("gateways")) {
+        out.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.get("name"), "namespace": namespace(&pod), "labels": pod.get("labels")},
+        }));
+    }
+    Some(out)
 }
 
 /// A `{key: value}` map of strings; anything else is empty.
