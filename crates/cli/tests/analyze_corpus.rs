@@ -16,7 +16,8 @@
 //! sidecar.SelectorAnalyzer (IST0101, IST0110, IST0111, IST0167),
 //! gateway.IngressGatewayPortAnalyzer (IST0101, IST0162),
 //! virtualservice.DestinationHostAnalyzer (IST0101, IST0112, IST0140),
-//! destinationrule.PodNotSelectedAnalyzer (IST0173, IST0174).
+//! destinationrule.PodNotSelectedAnalyzer (IST0173, IST0174),
+//! serviceentry.ConflictingServiceEntryProtocolAnalyzer (IST0177).
 //! Rows for those analyzers that are skipped, and why: [`SKIPPED`].
 
 use std::path::Path;

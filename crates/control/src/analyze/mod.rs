@@ -150,6 +150,12 @@ pub const UNKNOWN_DESTINATION_RULE_HOST: Code = Code {
     level: Level::Warning,
 };
 
+pub const CONFLICTING_SERVICE_ENTRY_PROTOCOL: Code = Code {
+    code: "IST0177",
+    name: "ConflictingServiceEntryProtocol",
+    level: Level::Warning,
+};
+
 /// One finding: `Error [IST0101] (VirtualService default/reviews) text`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -398,6 +404,11 @@ pub const ANALYZERS: &[Analyzer] = &[
         name: "serviceentry.ProtocolAddressesAnalyzer",
         codes: &[SERVICE_ENTRY_ADDRESSES_REQUIRED],
         run: service_entry::addresses,
+    },
+    Analyzer {
+        name: "serviceentry.ConflictingServiceEntryProtocolAnalyzer",
+        codes: &[CONFLICTING_SERVICE_ENTRY_PROTOCOL],
+        run: service_entry::conflicting_protocols,
     },
     Analyzer {
         name: "sidecar.SelectorAnalyzer",
