@@ -122,6 +122,24 @@ impl Policies {
 
 fn settings(spec: &Telemetry, label: &str, warnings: &mut Vec<String>) -> Settings {
     let mut out = Settings::default();
+    if !spec.metrics.is_empty() {
+        warnings.push(format!(
+            "{label}: spec.metrics is not supported yet (Istio's standard metrics are always on); ignored"
+        ));
+    }
+    // The proxy has one switch for both sides of its traffic.
+    for (index, entry) in spec.access_logging.iter().enumerate() {
+        let mode = entry
+            .match_
+            .as_ref()
+            .and_then(|m| m.get("mode"))
+            .and_then(|m| m.as_str());
+        if let Some(mode @ ("CLIENT" | "SERVER")) = mode {
+            warnings.push(format!(
+                "{label}: spec.accessLogging[{index}].match.mode {mode}: Weft applies it to both client and server traffic"
+            ));
+        }
+    }
     if !spec.access_logging.is_empty() {
         let disabled = spec.access_logging.iter().any(|a| a.disabled == Some(true));
         let envoy = spec.access_logging.iter().any(|a| {
