@@ -288,3 +288,24 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
     });
     blocking.await.expect("weft runs");
 }
+
+#[test]
+fn proxy_config_says_how_to_name_a_proxy_and_when_it_is_unreachable() {
+    let unnamed = weft(&["proxy-config", "caller", "endpoints"]);
+    assert_eq!(unnamed.code, 1);
+    assert!(
+        unnamed.stderr.contains("--admin ADDR"),
+        "{}",
+        unnamed.stderr
+    );
+    let dead = weft_testkit::dead_addr().to_string();
+    let unreachable = weft(&["proxy-config", &dead]);
+    assert_eq!(unreachable.code, 1);
+    assert!(
+        unreachable
+            .stderr
+            .contains(&format!("cannot reach the proxy's admin port {dead}")),
+        "{}",
+        unreachable.stderr
+    );
+}
