@@ -104,9 +104,8 @@ impl Policies {
             .flatten()
             .map(|e| &e.settings)
             .collect();
-        let first = |pick: fn(&Settings) -> Option<_>| levels.iter().find_map(|s| pick(s));
         let access_log = levels.iter().find_map(|s| s.access_log);
-        let sampling: Option<f64> = first(|s| s.sampling.map(|v| v.to_bits())).map(f64::from_bits);
+        let sampling = levels.iter().find_map(|s| s.sampling);
         let disable_span_reporting = levels.iter().find_map(|s| s.disable_span_reporting);
         if access_log.is_none() && sampling.is_none() && disable_span_reporting.is_none() {
             return None;
