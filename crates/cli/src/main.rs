@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             remote(address, |weftd| apply::delete_files(weftd, &paths))
         }
         Command::ProxyStatus => remote(address, get::proxy_status),
-        Command::ProxyConfig(args) => proxy_config::run(&args),
+        Command::ProxyConfig(args) => proxy_config::run(address, &args),
         Command::Describe(args) => remote(address, |weftd| describe::describe(weftd, &args)),
         Command::Analyze(args) => analyze::run(address, &args),
     }

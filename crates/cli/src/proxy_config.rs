@@ -8,6 +8,8 @@
 //! detection has ejected (`/clusters`, `health_flags`). weftd does not
 //! learn proxies' admin addresses, so the proxy is named by that address
 //! (`weft proxy-config 127.0.0.1:15000`) or by its id with `--admin ADDR`.
+//! A proxy id alone shows what weftd last pushed to it
+//! (`GET /v1/proxies/<id>/config`), with endpoint health unknown.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
+use crate::client::Weftd;
 use crate::get::Output;
 
 /// An admin port answers from memory; slower means it is not one.
@@ -54,8 +57,8 @@ pub struct Args {
     output: Output,
 }
 
-pub fn run(query: &Args) -> ExitCode {
-    match show(query) {
+pub fn run(weftd: &str, query: &Args) -> ExitCode {
+    match show(weftd, query) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("weft proxy-config: {err:#}");
@@ -64,18 +67,33 @@ pub fn run(query: &Args) -> ExitCode {
     }
 }
 
-fn show(query: &Args) -> anyhow::Result<()> {
-    let admin = admin_address(query)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the I/O runtime")?;
-    let dump = runtime.block_on(fetch(admin, "/config_dump"))?;
-    let dump: Value = serde_json::from_str(&dump).map_err(|_| {
-        anyhow!("{admin} is not a weft-proxy admin port (/config_dump is not JSON)")
-    })?;
+fn show(weftd: &str, query: &Args) -> anyhow::Result<()> {
+    let (dump, health) = match admin_address(query)? {
+        Some(admin) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the I/O runtime")?;
+            let dump = runtime.block_on(fetch(admin, "/config_dump"))?;
+            let dump: Value = serde_json::from_str(&dump).map_err(|_| {
+                anyhow!("{admin} is not a weft-proxy admin port (/config_dump is not JSON)")
+            })?;
+            let health = parse_clusters(&runtime.block_on(fetch(admin, "/clusters"))?);
+            (dump, Some(health))
+        }
+        None => {
+            let answer = Weftd::new(weftd)?.get(&format!("/v1/proxies/{}/config", query.proxy))?;
+            if answer.status != StatusCode::OK {
+                bail!("weftd: {}", answer.error());
+            }
+            eprintln!(
+                "(what weftd last pushed to {}; endpoint health is known only to the proxy: pass --admin ADDR)",
+                query.proxy
+            );
+            (answer.body, None)
+        }
+    };
     let config = dump.get("config").cloned().unwrap_or(Value::Null);
-    let health = parse_clusters(&runtime.block_on(fetch(admin, "/clusters"))?);
     let sections: Vec<(Section, Vec<Value>)> = [
         Section::Listeners,
         Section::Routes,
@@ -85,7 +103,7 @@ fn show(query: &Args) -> anyhow::Result<()> {
     ]
     .into_iter()
     .filter(|s| query.section == Section::All || query.section == *s)
-    .map(|s| (s, rows(s, &config, &dump, &health)))
+    .map(|s| (s, rows(s, &config, &dump, health.as_ref())))
     .collect();
     match query.output {
         Output::Json | Output::Yaml => {
@@ -122,14 +140,20 @@ fn show(query: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn admin_address(query: &Args) -> anyhow::Result<SocketAddr> {
-    let given = query.admin.as_deref().unwrap_or(&query.proxy);
-    given.trim_start_matches("http://").trim_end_matches('/').parse().map_err(|_| {
-        anyhow!(
-            "weftd does not know proxies' admin addresses; name the proxy by its admin address \
-             (`weft proxy-config 127.0.0.1:15000`) or pass `--admin ADDR` (the proxy's --admin flag)"
-        )
-    })
+/// The proxy's admin address: `--admin`, or the proxy named by it; `None`
+/// for a proxy id, whose config weftd then tells.
+fn admin_address(query: &Args) -> anyhow::Result<Option<SocketAddr>> {
+    let parse = |text: &str| {
+        text.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse::<SocketAddr>()
+    };
+    match &query.admin {
+        Some(admin) => parse(admin)
+            .map(Some)
+            .map_err(|_| anyhow!("--admin {admin:?} is not an address like 127.0.0.1:15000")),
+        None => Ok(parse(&query.proxy).ok()),
+    }
 }
 
 fn name(section: Section) -> &'static str {
@@ -201,7 +225,8 @@ fn parse_clusters(text: &str) -> Health {
         .collect()
 }
 
-fn rows(section: Section, config: &Value, dump: &Value, health: &Health) -> Vec<Value> {
+/// `health` is `None` when the proxy was not asked (weftd's copy).
+fn rows(section: Section, config: &Value, dump: &Value, health: Option<&Health>) -> Vec<Value> {
     match section {
         Section::All => Vec::new(),
         Section::Listeners => list(config, "listeners")
@@ -221,10 +246,14 @@ fn rows(section: Section, config: &Value, dump: &Value, health: &Health) -> Vec<
             .iter()
             .map(|c| {
                 let endpoints = list(c, "endpoints");
-                let ejected = endpoints
-                    .iter()
-                    .filter(|e| is_ejected(health, text(c, "name"), text(e, "address")))
-                    .count();
+                let ejected = match health {
+                    Some(health) => endpoints
+                        .iter()
+                        .filter(|e| is_ejected(health, text(c, "name"), text(e, "address")))
+                        .count()
+                        .into(),
+                    None => Value::from("-"),
+                };
                 json!({"name": text(c, "name"), "service": text(c, "service"),
                        "subset": text(c, "subset"), "policy": policy(c),
                        "endpoints": endpoints.len(), "ejected": ejected,
@@ -235,10 +264,15 @@ fn rows(section: Section, config: &Value, dump: &Value, health: &Health) -> Vec<
             .iter()
             .flat_map(|c| {
                 list(c, "endpoints").iter().map(move |e| {
-                    let ejected = is_ejected(health, text(c, "name"), text(e, "address"));
+                    let ejected =
+                        health.map(|h| is_ejected(h, text(c, "name"), text(e, "address")));
+                    let (status, check) = match ejected {
+                        Some(true) => ("UNHEALTHY", "EJECTED"),
+                        Some(false) => ("HEALTHY", "OK"),
+                        None => ("UNKNOWN", "-"),
+                    };
                     json!({"address": text(e, "address"), "cluster": text(c, "name"),
-                           "status": if ejected { "UNHEALTHY" } else { "HEALTHY" },
-                           "outlierCheck": if ejected { "EJECTED" } else { "OK" },
+                           "status": status, "outlierCheck": check,
                            "locality": text(e, "locality"),
                            "priority": e.get("priority").and_then(Value::as_u64).unwrap_or(0),
                            "weight": e.get("weight").and_then(Value::as_u64).unwrap_or(1),

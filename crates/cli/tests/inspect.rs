@@ -202,6 +202,16 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
         let fine = line_with(&endpoints.stdout, &healthy.addr.to_string());
         assert!(fine.contains("HEALTHY") && fine.contains(" OK "), "{fine}");
 
+        // By id alone: what weftd last pushed, health unknown.
+        let pushed = weft(&["--weftd", &api, "proxy-config", "caller", "endpoints"]);
+        assert_eq!(pushed.code, 0, "{}", pushed.stderr);
+        assert!(pushed.stderr.contains("--admin ADDR"), "{}", pushed.stderr);
+        let unknown = line_with(&pushed.stdout, &broken.addr.to_string());
+        assert!(unknown.contains("UNKNOWN"), "{unknown}");
+        let stranger = weft(&["--weftd", &api, "proxy-config", "nobody"]);
+        assert_eq!(stranger.code, 1);
+        assert!(stranger.stderr.contains("nobody"), "{}", stranger.stderr);
+
         let clusters = weft(&["proxy-config", &admin, "clusters"]);
         assert_eq!(clusters.code, 0, "{}", clusters.stderr);
         // The route without a subset uses the service's whole cluster.
@@ -290,14 +300,10 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
 }
 
 #[test]
-fn proxy_config_says_how_to_name_a_proxy_and_when_it_is_unreachable() {
-    let unnamed = weft(&["proxy-config", "caller", "endpoints"]);
-    assert_eq!(unnamed.code, 1);
-    assert!(
-        unnamed.stderr.contains("--admin ADDR"),
-        "{}",
-        unnamed.stderr
-    );
+fn proxy_config_rejects_a_bad_admin_address_and_says_when_it_is_unreachable() {
+    let bad = weft(&["proxy-config", "caller", "--admin", "localhost"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("127.0.0.1:15000"), "{}", bad.stderr);
     let dead = weft_testkit::dead_addr().to_string();
     let unreachable = weft(&["proxy-config", &dead]);
     assert_eq!(unreachable.code, 1);

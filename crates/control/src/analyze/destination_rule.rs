@@ -168,8 +168,10 @@ fn backings(input: &Input) -> Vec<Backing> {
             .map(|e| string_map(e.get("labels")))
             .collect();
         let selector = string_map(entry.spec.pointer("/workloadSelector/labels"));
+        // No endpoints listed or selected: DNS or pass-through resolution,
+        // whose addresses carry no labels to judge.
         let endpoints = if selector.is_empty() {
-            Some(inline)
+            (!inline.is_empty()).then_some(inline)
         } else if workloads.is_empty() {
             None
         } else {

@@ -1,4 +1,5 @@
-//! Inspection calls: `POST /v1/analyze` and `GET /v1/describe`.
+//! Inspection calls: `POST /v1/analyze`, `GET /v1/describe` and
+//! `GET /v1/proxies/<id>/config`.
 
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -94,5 +95,31 @@ pub(super) fn describe(store: &Store, query: &str) -> Reply {
     match analyze::describe(&resources, &workloads, &service, &namespace) {
         Ok(described) => json_reply(StatusCode::OK, &described),
         Err(message) => error(StatusCode::NOT_FOUND, message),
+    }
+}
+
+/// `GET /v1/proxies/<id>/config`: the config weftd last pushed to a proxy,
+/// in the shape of the proxy's own `/config_dump`. What the proxy serves
+/// may differ (a NACKed push; see `/v1/proxies`), and only the proxy knows
+/// which endpoints are ejected: `weft proxy-config --admin` asks it.
+pub(super) fn pushed_config(id: &str) -> Reply {
+    let Some((version, resources)) = crate::push::mesh::last_sent(id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "weftd has pushed no config to a proxy {id:?}; `weft proxy-status` lists the proxies"
+            ),
+        );
+    };
+    let config = weft_proto::resources::assemble(resources.values(), &version);
+    match serde_json::to_value(&config) {
+        Ok(config) => json_reply(
+            StatusCode::OK,
+            &json!({ "source": "weftd (last pushed)", "version": version, "config": config }),
+        ),
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the config: {err}"),
+        ),
     }
 }

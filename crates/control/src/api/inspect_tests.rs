@@ -149,3 +149,18 @@ async fn describe_explains_routes_rules_endpoints_and_policies() {
     let (status, _) = call(addr, Method::POST, "/v1/describe", "").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn pushed_config_of_an_unknown_proxy_is_404() {
+    let addr = start().await;
+    let (status, reply) = call(addr, Method::GET, "/v1/proxies/nobody-here/config", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nobody-here")),
+        "{reply}"
+    );
+    let (status, _) = call(addr, Method::DELETE, "/v1/proxies/nobody-here/config", "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}

@@ -11,6 +11,7 @@
 //! | `GET /v1/proxies`                         | what each proxy holds (ACK/NACK)      |
 //! | `POST /v1/analyze` (JSON, optional)       | analyzer messages over the store      |
 //! | `GET /v1/describe?service=S&namespace=N`  | what applies to a service, and why    |
+//! | `GET /v1/proxies/<id>/config`             | the config last pushed to that proxy  |
 //!
 //! Contract: every answer is JSON (errors as `{"error": "..."}`, invalid
 //! config as `{"problems": [...]}`); bodies over [`MAX_BODY`] get a 413;
@@ -127,6 +128,7 @@ async fn respond(request: Request<Incoming>, store: Arc<Store>, status: Arc<Stat
             handlers::delete_one(store, kind, namespace, name).await
         }
         (&Method::GET, ["v1", "proxies"]) => handlers::proxies(&status),
+        (&Method::GET, ["v1", "proxies", id, "config"]) => inspect::pushed_config(id),
         (&Method::GET, ["v1", "describe"]) => inspect::describe(&store, &query),
         (&Method::POST, ["v1", "analyze"]) => match read_body(request).await {
             Ok(text) => inspect::analyze(&store, &text),
@@ -138,7 +140,8 @@ async fn respond(request: Request<Incoming>, store: Arc<Store>, status: Arc<Stat
                 "v1",
                 "apply" | "delete" | "proxies" | "analyze" | "describe",
             ]
-            | ["v1", "resources", ..],
+            | ["v1", "resources", ..]
+            | ["v1", "proxies", _, "config"],
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),

@@ -127,6 +127,29 @@ impl Connected {
 /// weftd per process, as `weftd` runs it.
 static LATEST_WORKLOADS: std::sync::RwLock<Vec<Workload>> = std::sync::RwLock::new(Vec::new());
 
+/// What weftd last sent each proxy, by node id: the version and the whole
+/// set of resources the proxy should hold after that push, for
+/// `GET /v1/proxies/<id>/config` (same one-weftd-per-process caveat).
+static LAST_SENT: std::sync::RwLock<BTreeMap<String, (String, Resources)>> =
+    std::sync::RwLock::new(BTreeMap::new());
+
+/// Records a push (see [`LAST_SENT`]).
+pub fn record_sent(node: &str, version: &str, resources: Resources) {
+    LAST_SENT
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(node.to_string(), (version.to_string(), resources));
+}
+
+/// The version and resources last pushed to `node`.
+pub fn last_sent(node: &str) -> Option<(String, Resources)> {
+    LAST_SENT
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(node)
+        .cloned()
+}
+
 /// See [`LATEST_WORKLOADS`].
 pub fn latest_workloads() -> Vec<Workload> {
     LATEST_WORKLOADS

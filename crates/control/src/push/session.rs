@@ -155,6 +155,7 @@ impl Session {
         self.status.update(&self.node.id, |status| {
             status.sent_version.clone_from(&version)
         });
+        super::mesh::record_sent(&self.node.id, &version, resources.clone());
         Some(InFlight {
             nonce,
             version,
