@@ -17,7 +17,8 @@
 //! gateway.IngressGatewayPortAnalyzer (IST0101, IST0162),
 //! virtualservice.DestinationHostAnalyzer (IST0101, IST0112, IST0140),
 //! destinationrule.PodNotSelectedAnalyzer (IST0173, IST0174),
-//! serviceentry.ConflictingServiceEntryProtocolAnalyzer (IST0177).
+//! serviceentry.ConflictingServiceEntryProtocolAnalyzer (IST0177),
+//! deprecation.FieldAnalyzer (IST0002).
 //! Rows for those analyzers that are skipped, and why: [`SKIPPED`].
 
 use std::path::Path;

@@ -12,6 +12,7 @@
 //! on objects it was given. Which analyzers exist: [`ANALYZERS`].
 
 mod authz;
+mod deprecation;
 mod describe;
 mod destination_host;
 mod destination_rule;
@@ -57,6 +58,11 @@ pub struct Code {
     pub level: Level,
 }
 
+pub const DEPRECATED: Code = Code {
+    code: "IST0002",
+    name: "Deprecated",
+    level: Level::Warning,
+};
 pub const REFERENCED_RESOURCE_NOT_FOUND: Code = Code {
     code: "IST0101",
     name: "ReferencedResourceNotFound",
@@ -394,6 +400,11 @@ pub const ANALYZERS: &[Analyzer] = &[
             NO_SERVER_CERT_VERIFICATION_PORT,
         ],
         run: destination_rule::ca_certificates,
+    },
+    Analyzer {
+        name: "deprecation.FieldAnalyzer",
+        codes: &[DEPRECATED],
+        run: deprecation::fields,
     },
     Analyzer {
         name: "destinationrule.PodNotSelectedAnalyzer",
