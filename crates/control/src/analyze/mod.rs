@@ -18,6 +18,7 @@ mod destination_host;
 mod destination_rule;
 mod gateway;
 mod hosts;
+mod matches;
 mod schema;
 mod service_entry;
 mod sidecar;
@@ -112,6 +113,16 @@ pub const VS_HOST_NOT_FOUND_IN_GATEWAY: Code = Code {
     code: "IST0132",
     name: "VirtualServiceHostNotFoundInGateway",
     level: Level::Warning,
+};
+pub const UNREACHABLE_RULE: Code = Code {
+    code: "IST0130",
+    name: "VirtualServiceUnreachableRule",
+    level: Level::Warning,
+};
+pub const INEFFECTIVE_MATCH: Code = Code {
+    code: "IST0131",
+    name: "VirtualServiceIneffectiveMatch",
+    level: Level::Info,
 };
 pub const SERVICE_ENTRY_ADDRESSES_REQUIRED: Code = Code {
     code: "IST0134",
@@ -444,6 +455,11 @@ pub const ANALYZERS: &[Analyzer] = &[
             INGRESS_ROUTE_RULES_NOT_AFFECTED,
         ],
         run: destination_host::analyze,
+    },
+    Analyzer {
+        name: "virtualservice.MatchesAnalyzer",
+        codes: &[UNREACHABLE_RULE, INEFFECTIVE_MATCH],
+        run: matches::analyze,
     },
     Analyzer {
         name: "virtualservice.GatewayAnalyzer",
