@@ -18,7 +18,8 @@
 //! virtualservice.DestinationHostAnalyzer (IST0101, IST0112, IST0140),
 //! destinationrule.PodNotSelectedAnalyzer (IST0173, IST0174),
 //! serviceentry.ConflictingServiceEntryProtocolAnalyzer (IST0177),
-//! deprecation.FieldAnalyzer (IST0002), virtualservice.MatchesAnalyzer
+//! deprecation.FieldAnalyzer (IST0002),
+//! virtualservice.JWTClaimRouteAnalyzer (IST0149), virtualservice.MatchesAnalyzer
 //! (IST0130, IST0131; Istio's VirtualService validation, see [`ALIASES`]).
 //! Rows for those analyzers that are skipped, and why: [`SKIPPED`].
 

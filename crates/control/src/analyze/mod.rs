@@ -18,6 +18,7 @@ mod destination_host;
 mod destination_rule;
 mod gateway;
 mod hosts;
+mod jwt_route;
 mod matches;
 mod schema;
 mod service_entry;
@@ -137,6 +138,11 @@ pub const INGRESS_ROUTE_RULES_NOT_AFFECTED: Code = Code {
 pub const CONFLICTING_GATEWAYS: Code = Code {
     code: "IST0145",
     name: "ConflictingGateways",
+    level: Level::Error,
+};
+pub const JWT_CLAIM_ROUTE_WITHOUT_AUTHN: Code = Code {
+    code: "IST0149",
+    name: "JwtClaimBasedRoutingWithoutRequestAuthN",
     level: Level::Error,
 };
 pub const GATEWAY_PORT_NOT_ON_SERVICE: Code = Code {
@@ -455,6 +461,11 @@ pub const ANALYZERS: &[Analyzer] = &[
             INGRESS_ROUTE_RULES_NOT_AFFECTED,
         ],
         run: destination_host::analyze,
+    },
+    Analyzer {
+        name: "virtualservice.JWTClaimRouteAnalyzer",
+        codes: &[JWT_CLAIM_ROUTE_WITHOUT_AUTHN],
+        run: jwt_route::analyze,
     },
     Analyzer {
         name: "virtualservice.MatchesAnalyzer",
