@@ -127,8 +127,9 @@ impl Connected {
 /// weftd per process, as `weftd` runs it.
 static LATEST_WORKLOADS: std::sync::RwLock<Vec<Workload>> = std::sync::RwLock::new(Vec::new());
 
-/// What weftd last sent each proxy, by node id: the version and the whole
-/// set of resources the proxy should hold after that push, for
+/// What weftd last gave each proxy, by node id: the version and the whole
+/// set of resources the proxy should hold (pushed, or already held when
+/// it connected), for
 /// `GET /v1/proxies/<id>/config` (same one-weftd-per-process caveat).
 static LAST_SENT: std::sync::RwLock<BTreeMap<String, (String, Resources)>> =
     std::sync::RwLock::new(BTreeMap::new());
