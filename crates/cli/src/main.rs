@@ -86,7 +86,7 @@ enum Command {
     ProxyStatus,
     /// Print the version of this client.
     Version,
-    /// What one proxy holds now, from its admin port.
+    /// What one proxy holds now (from its admin port; by id alone, weftd's copy).
     ProxyConfig(proxy_config::Args),
     /// Which routes, policies and endpoints apply to a service, and why.
     Describe(describe::Args),

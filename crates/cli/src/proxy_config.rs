@@ -46,7 +46,8 @@ pub enum Section {
 /// `--admin ADDR`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The proxy's admin address, or its id when `--admin` is given.
+    /// The proxy's admin address; or its id, with `--admin`, or alone for
+    /// the config weftd last gave it (endpoint health unknown).
     proxy: String,
     #[arg(value_enum, default_value = "all")]
     section: Section,
