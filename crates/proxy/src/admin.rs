@@ -3,7 +3,8 @@
 //! runtime, never on the data path's threads.
 //!
 //! - admin: `/config_dump`, `/ready`, `/clusters`, `/stats/prometheus`,
-//!   `POST /quitquitquit` (start draining);
+//!   `POST /quitquitquit` (start draining), `POST /logging?access=on|off|default`
+//!   (access logs, without a restart);
 //! - health: `/healthz/ready`;
 //! - metrics: `/stats/prometheus`.
 
@@ -21,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::state::ProxyState;
+use crate::telemetry::Override;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
@@ -70,9 +72,10 @@ fn respond(
         (Surface::Admin | Surface::Metrics, &Method::GET, "/stats/prometheus") => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.encode(),
+            state.metrics.encode(&state.snapshot()),
         ),
         (Surface::Admin, &Method::GET, "/config_dump") => config_dump(state),
+        (Surface::Admin, &Method::POST, "/logging") => logging(state, request.uri().query()),
         (Surface::Admin, &Method::GET, "/clusters") => clusters(state),
         (Surface::Admin, &Method::GET, "/certs") => certs(),
         (Surface::Admin, &Method::POST, "/quitquitquit") => {
@@ -86,6 +89,40 @@ fn respond(
             format!("no {method} {path} here\n"),
         ),
     }
+}
+
+/// `POST /logging?access=on|off|default`: switches access logs without a
+/// restart, over what the pushed config and the flags say (`default`
+/// hands the decision back to them).
+fn logging(state: &ProxyState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let access = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access="));
+    let choice = match access {
+        Some("on") => Override::On,
+        Some("off") => Override::Off,
+        Some("default") => Override::Default,
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "expected /logging?access=on|off|default\n".into(),
+            );
+        }
+    };
+    state.metrics.telemetry.set_access_override(choice);
+    tracing::info!("access logs switched to {choice:?} through the admin endpoint");
+    let on = state
+        .metrics
+        .telemetry
+        .access_log(&state.snapshot())
+        .is_some();
+    text(
+        StatusCode::OK,
+        "text/plain",
+        format!("access logs {}\n", if on { "on" } else { "off" }),
+    )
 }
 
 fn readiness(state: &ProxyState) -> Response<Full<Bytes>> {
@@ -169,6 +206,19 @@ fn clusters(state: &ProxyState) -> Response<Full<Bytes>> {
             ));
             out.push_str(&format!(
                 "{}::{}::idle_http1_connections::{idle}\n",
+                cluster.name, endpoint.address
+            ));
+            // Envoy's flag names, read by `weft proxy-config endpoints`.
+            let ejected = cluster.outlier.as_ref().is_some_and(|outlier| {
+                outlier.is_ejected(endpoint.address, std::time::Instant::now())
+            });
+            let health = if ejected {
+                "/failed_outlier_check"
+            } else {
+                "healthy"
+            };
+            out.push_str(&format!(
+                "{}::{}::health_flags::{health}\n",
                 cluster.name, endpoint.address
             ));
         }

@@ -28,6 +28,7 @@ use crate::http::server;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
 use crate::tcp;
+use crate::telemetry::Downstream;
 use crate::tls::{self, inbound::Accept};
 use crate::upstream::HttpVersion;
 
@@ -115,6 +116,7 @@ async fn classify<S: AsyncRead + Unpin>(
 
 async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let original = match original_dst(&stream) {
         Ok(original) => original,
         Err(err) => {
@@ -148,6 +150,7 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
                 version,
                 peer,
                 peer_principal: None,
+                downstream,
             };
             server::serve(io, conn, state).await;
         }
@@ -155,11 +158,19 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
             Some((service, port)) => {
                 let cluster = carry.cluster(port, Some(original.ip()));
                 let name = service.name.clone();
-                tcp::proxy(&mut io, &cluster, &name, Reporter::Source, &state).await;
+                tcp::proxy(
+                    &mut io,
+                    &cluster,
+                    &name,
+                    Reporter::Source,
+                    &state,
+                    &downstream,
+                )
+                .await;
             }
             None if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
                 let cluster = Cluster::passthrough(original);
-                tcp::proxy(&mut io, &cluster, "", Reporter::Source, &state).await;
+                tcp::proxy(&mut io, &cluster, "", Reporter::Source, &state, &downstream).await;
             }
             None => tracing::info!(
                 flag = "NR",
@@ -177,6 +188,7 @@ async fn inbound(
     listen_addr: SocketAddr,
 ) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let original = match fixed_port {
         // A listener without interception: the workload's own address.
         Some(port) => match stream.local_addr() {
@@ -188,10 +200,16 @@ async fn inbound(
         },
         None => match original_dst(&stream) {
             Ok(original) => original,
-            Err(err) => {
-                tracing::warn!("inbound capture: no original destination ({err})");
-                return;
-            }
+            // Not redirected: a client dialled the capture listener itself,
+            // which serves the workload port of the same number (tests on
+            // loopback, no iptables). Anything else would loop back here.
+            Err(err) => match stream.local_addr() {
+                Ok(local) if snapshot.inbound_port(local.port()).is_some() => local,
+                _ => {
+                    tracing::warn!("inbound capture: no original destination ({err})");
+                    return;
+                }
+            },
         },
     };
     let declared = snapshot.inbound_port(original.port());
@@ -206,36 +224,52 @@ async fn inbound(
         let cluster = Cluster::passthrough(original);
         if accept == Accept::Plaintext {
             let mut io = PrefixedIo::new(Default::default(), stream);
-            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await;
+            tcp::proxy(
+                &mut io,
+                &cluster,
+                "",
+                Reporter::Destination,
+                &state,
+                &downstream,
+            )
+            .await;
             return;
         }
         let Some((mesh, io)) = sniff_mesh(stream, snapshot).await else {
             return;
         };
         if mesh {
-            tls::inbound::serve(io, state, &cluster, original, peer).await;
+            tls::inbound::serve(io, state, &cluster, original, peer, downstream).await;
         } else if accept == Accept::Strict {
             refuse_plaintext(peer, original);
         } else {
             let mut io = io;
-            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await;
+            tcp::proxy(
+                &mut io,
+                &cluster,
+                "",
+                Reporter::Destination,
+                &state,
+                &downstream,
+            )
+            .await;
         }
         return;
     };
     if accept == Accept::Plaintext {
         let io = PrefixedIo::new(Bytes::new(), stream);
-        return inbound_plaintext(state, snapshot, io, port, original, peer).await;
+        return inbound_plaintext(state, snapshot, io, port, original, peer, downstream).await;
     }
     // PERMISSIVE or STRICT: the first bytes say whether this is mesh mTLS.
     let Some((mesh, io)) = sniff_mesh(stream, snapshot).await else {
         return;
     };
     if mesh {
-        tls::inbound::serve(io, state, &port.cluster, original, peer).await;
+        tls::inbound::serve(io, state, &port.cluster, original, peer, downstream).await;
     } else if accept == Accept::Strict {
         refuse_plaintext(peer, original);
     } else {
-        inbound_plaintext(state, snapshot, io, port, original, peer).await;
+        inbound_plaintext(state, snapshot, io, port, original, peer, downstream).await;
     }
 }
 
@@ -286,6 +320,7 @@ async fn inbound_plaintext<S>(
     port: &InboundPort,
     original: SocketAddr,
     peer: Option<IpAddr>,
+    downstream: Downstream,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -306,6 +341,7 @@ async fn inbound_plaintext<S>(
                 version,
                 peer,
                 peer_principal: None,
+                downstream,
             };
             let serving = server::serve(io, conn, state.clone());
             until_strict(serving, &state, original.port()).await;
@@ -316,7 +352,7 @@ async fn inbound_plaintext<S>(
                 destination: original,
                 principal: None,
             };
-            let proxying = tcp::proxy_inbound(&mut io, &cluster, caller, &state);
+            let proxying = tcp::proxy_inbound(&mut io, &cluster, caller, &state, &downstream);
             until_strict(proxying, &state, original.port()).await;
         }
     }
@@ -356,6 +392,7 @@ async fn explicit(
     service: Option<(Arc<crate::config::Service>, u16)>,
 ) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let declared = service.as_ref().and_then(|(service, port)| {
         let port = service.port(*port)?;
         Some((port.protocol, port.server_first))
@@ -381,6 +418,7 @@ async fn explicit(
                 version,
                 peer,
                 peer_principal: None,
+                downstream,
             };
             server::serve(io, conn, state).await;
         }
@@ -388,7 +426,15 @@ async fn explicit(
             let Some(cluster) = service.port(port).map(|p| carry.cluster(p, None)) else {
                 return;
             };
-            tcp::proxy(&mut io, &cluster, &service.name, Reporter::Source, &state).await;
+            tcp::proxy(
+                &mut io,
+                &cluster,
+                &service.name,
+                Reporter::Source,
+                &state,
+                &downstream,
+            )
+            .await;
         }
         (Carry::Opaque | Carry::Tls(_), None) => tracing::info!(
             flag = "NR",
@@ -406,6 +452,7 @@ async fn gateway(
     listen_addr: SocketAddr,
 ) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let declared = Some((PortProtocol::Http, false));
     let Some((carry, io)) = classify(stream, declared, snapshot).await else {
         return;
@@ -426,6 +473,7 @@ async fn gateway(
         peer,
         // Callers from outside the mesh: no mesh identity.
         peer_principal: None,
+        downstream,
     };
     server::serve(io, conn, state).await;
 }

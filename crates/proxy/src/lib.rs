@@ -20,6 +20,7 @@ pub mod listeners;
 pub mod metrics;
 pub mod state;
 pub mod tcp;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod xds;

@@ -58,6 +58,8 @@ struct Args {
     reload_interval: humantime::Duration,
     #[command(flatten)]
     identity: IdentityArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
 }
 
 /// The workload identity (mTLS). Without --token-file the proxy has none:
@@ -77,6 +79,27 @@ struct IdentityArgs {
     /// Ask weftd for certificates of this lifetime (default: weftd's).
     #[arg(long)]
     workload_cert_ttl: Option<humantime::Duration>,
+}
+
+/// Access logs and tracing (see `weft_proxy::telemetry`).
+#[derive(clap::Args, Debug)]
+struct TelemetryArgs {
+    /// Access log: a file to append to, or `-` for stdout. Off without it
+    /// (Istio's default profile), unless weftd's Telemetry config or
+    /// `POST /logging?access=on` switches it on (then to stdout).
+    #[arg(long, value_name = "PATH|-")]
+    access_log: Option<String>,
+    /// `text` (Istio's default format) or `json` (the same fields).
+    #[arg(long, default_value = "text")]
+    access_log_format: weft_proxy::telemetry::access_log::Format,
+    /// Percent of new traces sampled (Istio's default: 1). An incoming
+    /// sampling decision is always honoured.
+    #[arg(long, default_value_t = 1.0, value_name = "PERCENT")]
+    trace_sampling: f64,
+    /// OTLP/gRPC collector (host:port) to export spans to; none: spans are
+    /// not exported (trace headers still propagate).
+    #[arg(long, value_name = "ADDR")]
+    otlp: Option<String>,
 }
 
 /// Who this proxy's workload is (sent to weftd with --control-plane).
@@ -119,9 +142,33 @@ struct NodeArgs {
     /// port PORT through this proxy at ADDRESS (repeatable; Istio's 15006).
     #[arg(long = "inbound", value_parser = node::parse_inbound)]
     inbound: Vec<weft_proto::discovery::v1::InboundListener>,
+    /// The cluster the workload runs in (metrics' source/destination_cluster).
+    #[arg(long, default_value = "Kubernetes")]
+    cluster_id: String,
 }
 
 impl NodeArgs {
+    fn telemetry(&self, args: &TelemetryArgs) -> weft_proxy::telemetry::Settings {
+        let workload = weft_proxy::telemetry::peer::Workload::local(
+            &self.workload,
+            &self.namespace,
+            &self.labels,
+            &self.service_account,
+            &self.cluster_id,
+        );
+        weft_proxy::telemetry::Settings {
+            node_id: self
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("{}.{}", self.workload, self.namespace)),
+            workload,
+            access_log: args.access_log.clone(),
+            access_log_format: args.access_log_format,
+            trace_sampling: args.trace_sampling,
+            otlp: args.otlp.clone(),
+        }
+    }
+
     fn into_node(self, mtls: bool) -> weft_proto::discovery::v1::Node {
         node::NodeFlags {
             id: self.node_id,
@@ -186,6 +233,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     tls::install(identity.clone()).attach(&state);
+    state
+        .metrics
+        .telemetry
+        .configure(args.node.telemetry(&args.telemetry))?;
     // At start-up there is no last good config to fall back on: refuse to run.
     let initial = args.config.as_deref().map(read_config).transpose()?;
 

@@ -18,6 +18,8 @@ use crate::config::Cluster;
 use crate::flags::ResponseFlag;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
+use crate::telemetry::Downstream;
+use crate::telemetry::tcp::TcpRecord;
 use crate::upstream::{self, Resource, TryResult};
 
 /// What the inbound side knows about the caller of a TCP connection, for
@@ -37,6 +39,7 @@ pub async fn proxy_inbound<D>(
     cluster: &Cluster,
     caller: InboundCaller,
     state: &ProxyState,
+    conn: &Downstream,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
@@ -55,7 +58,7 @@ pub async fn proxy_inbound<D>(
             return;
         }
     }
-    proxy(downstream, cluster, "", Reporter::Destination, state).await;
+    proxy(downstream, cluster, "", Reporter::Destination, state, conn).await;
 }
 
 pub async fn proxy<D>(
@@ -64,10 +67,13 @@ pub async fn proxy<D>(
     service: &str,
     reporter: Reporter,
     state: &ProxyState,
+    conn: &Downstream,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut record = TcpRecord::start(state, reporter, service, cluster, conn);
     let Some(endpoint) = cluster.pick_endpoint() else {
+        record.refused(ResponseFlag::NoHealthyUpstream);
         tracing::info!(
             flag = ResponseFlag::NoHealthyUpstream.code(),
             "closing TCP connection: cluster {:?} has no endpoints",
@@ -78,6 +84,7 @@ pub async fn proxy<D>(
     let _counted = match cluster.breaker.acquire(Resource::Connection) {
         Ok(slot) => slot,
         Err(full) => {
+            record.refused(ResponseFlag::UpstreamOverflow);
             tracing::info!(
                 flag = ResponseFlag::UpstreamOverflow.code(),
                 "closing TCP connection: {full}"
@@ -98,6 +105,7 @@ pub async fn proxy<D>(
     let mut upstream = match connected {
         Ok(stream) => stream,
         Err(err) => {
+            record.refused(ResponseFlag::UpstreamConnectFailure);
             tracing::info!(
                 flag = ResponseFlag::UpstreamConnectFailure.code(),
                 "closing TCP connection: cluster {:?}: {err}",
@@ -106,7 +114,7 @@ pub async fn proxy<D>(
             return;
         }
     };
-    state.metrics.record_tcp_open(reporter, service);
+    record.opened(endpoint);
     let (received, sent) = match tokio::io::copy_bidirectional(downstream, &mut upstream).await {
         Ok(counts) => counts,
         Err(err) => {
@@ -114,7 +122,5 @@ pub async fn proxy<D>(
             (0, 0)
         }
     };
-    state
-        .metrics
-        .record_tcp_close(reporter, service, sent, received);
+    record.closed(sent, received);
 }

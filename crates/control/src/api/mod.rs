@@ -10,6 +10,9 @@
 //! | `DELETE /v1/resources/<Kind>/<ns>/<name>` | deletes one object, or 404            |
 //! | `GET /v1/proxies`                         | what each proxy holds (ACK/NACK)      |
 //! | `POST /v1/tokens` (`{"namespace", "serviceAccount"}`) | a proxy bootstrap token   |
+//! | `POST /v1/analyze` (JSON, optional)       | analyzer messages over the store      |
+//! | `GET /v1/describe?service=S&namespace=N`  | what applies to a service, and why    |
+//! | `GET /v1/proxies/<id>/config`             | the config last pushed to that proxy  |
 //!
 //! Contract: every answer is JSON (errors as `{"error": "..."}`, invalid
 //! config as `{"problems": [...]}`); bodies over [`MAX_BODY`] get a 413;
@@ -17,6 +20,7 @@
 //! take any form istioctl users type ([`canonical_kind`]).
 
 mod handlers;
+mod inspect;
 mod kinds;
 mod tokens;
 
@@ -146,7 +150,21 @@ async fn respond(
             Ok(text) => tokens::mint(ca.as_deref(), &text),
             Err(failure) => failure.reply(),
         },
-        (_, ["v1", "apply" | "delete" | "proxies" | "tokens"] | ["v1", "resources", ..]) => error(
+        (&Method::GET, ["v1", "proxies", id, "config"]) => inspect::pushed_config(id),
+        (&Method::GET, ["v1", "describe"]) => inspect::describe(&store, &query),
+        (&Method::POST, ["v1", "analyze"]) => match read_body(request).await {
+            Ok(text) => inspect::analyze(&store, &text),
+            Err(failure) => failure.reply(),
+        },
+        (
+            _,
+            [
+                "v1",
+                "apply" | "delete" | "proxies" | "tokens" | "analyze" | "describe",
+            ]
+            | ["v1", "resources", ..]
+            | ["v1", "proxies", _, "config"],
+        ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
         ),
@@ -217,5 +235,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     json_reply(status, &json!({ "error": message.into() }))
 }
 
+#[cfg(test)]
+mod inspect_tests;
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,7 @@ mod request_authn;
 mod resilience;
 mod routes;
 mod scope;
+mod telemetry;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,7 @@ pub struct MeshIndex {
     /// AuthorizationPolicy and RequestAuthentication, by scope.
     authz: authz::AuthzPolicies,
     jwt: request_authn::JwtPolicies,
+    telemetry: telemetry::Policies,
     warnings: Vec<String>,
     /// PeerAuthentication, for each proxy's inbound ports.
     peer_policies: PeerPolicies,
@@ -247,6 +249,7 @@ impl MeshIndex {
             }),
             &mut warnings,
         );
+        let telemetry = telemetry::Policies::build(resources, &mut warnings);
         Self {
             services: compiled,
             clusters,
@@ -254,6 +257,7 @@ impl MeshIndex {
             gateways,
             authz,
             jwt,
+            telemetry,
             warnings,
             peer_policies,
         }

@@ -117,6 +117,7 @@ impl MeshIndex {
                 inbound_ports,
                 outbound_traffic_policy: outbound_traffic_policy as i32,
                 protocol_detection_timeout: None,
+                telemetry: self.telemetry.for_node(namespace, &node.labels),
             },
             warnings,
         }
@@ -132,6 +133,9 @@ impl MeshIndex {
                 listeners,
                 services,
                 clusters,
+                telemetry: self
+                    .telemetry
+                    .for_node(namespace_or_default(&node.namespace), &node.labels),
                 ..Default::default()
             },
             warnings: Vec::new(),

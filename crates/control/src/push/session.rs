@@ -136,6 +136,8 @@ impl Session {
             .iter()
             .map(|(name, resource)| (name.clone(), resource.version.clone()))
             .collect();
+        // What the proxy should hold from now on, pushed or already held.
+        super::mesh::record_sent(&self.node.id, &set_version(&versions), resources.clone());
         let changed: Vec<_> = resources
             .values()
             .filter(|resource| self.held.get(&resource.name) != Some(&resource.version))

@@ -11,6 +11,7 @@
 //!   HTTP/2.
 //! - TCP (`istio`): the bytes inside TLS go to the workload.
 
+use crate::telemetry::Downstream;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -103,6 +104,7 @@ pub async fn serve<I>(
     cluster: &Cluster,
     destination: SocketAddr,
     peer: Option<IpAddr>,
+    mut downstream: Downstream,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -131,6 +133,8 @@ pub async fn serve<I>(
     };
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     tracing::debug!(%principal, "mTLS connection accepted");
+    // Telemetry's principal carries the scheme, as Istio's labels do.
+    downstream.principal = Some(Arc::from(format!("spiffe://{principal}")));
     match alpn.as_deref() {
         Some(ALPN_TCP) => {
             let caller = tcp::InboundCaller {
@@ -139,7 +143,7 @@ pub async fn serve<I>(
                 principal: Some(principal),
             };
             let mut stream = stream;
-            tcp::proxy_inbound(&mut stream, cluster, caller, &state).await;
+            tcp::proxy_inbound(&mut stream, cluster, caller, &state, &downstream).await;
         }
         Some(protocol @ (ALPN_H2 | ALPN_HTTP1)) => {
             let by = identity.spiffe.clone();
@@ -148,7 +152,12 @@ pub async fn serve<I>(
             } else {
                 HttpVersion::Http1
             };
-            serve_http(stream, state, wire, destination, peer, principal, &by).await;
+            let who = Caller {
+                peer,
+                principal,
+                downstream,
+            };
+            serve_http(stream, state, wire, destination, who, &by).await;
         }
         other => tracing::info!(
             "mTLS peer {principal} offered no known protocol ({:?}); closing",
@@ -157,17 +166,29 @@ pub async fn serve<I>(
     }
 }
 
+/// Who is calling over a verified mTLS connection.
+struct Caller {
+    peer: Option<IpAddr>,
+    /// SPIFFE identity without the scheme, as policies write it.
+    principal: Arc<str>,
+    downstream: Downstream,
+}
+
 async fn serve_http<I>(
     io: I,
     state: Arc<ProxyState>,
     wire: HttpVersion,
     destination: SocketAddr,
-    peer: Option<IpAddr>,
-    principal: Arc<str>,
+    who: Caller,
     by: &str,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Caller {
+        peer,
+        principal,
+        downstream,
+    } = who;
     let conn = |version| {
         Arc::new(HttpConn {
             target: Target::Inbound {
@@ -178,6 +199,7 @@ async fn serve_http<I>(
             version,
             peer,
             peer_principal: Some(principal.clone()),
+            downstream: downstream.clone(),
         })
     };
     let (as_http1, as_http2) = (conn(HttpVersion::Http1), conn(HttpVersion::Http2));
