@@ -16,6 +16,7 @@ pub mod meta;
 pub mod networking;
 pub mod resource;
 pub mod security;
+pub mod telemetry;
 
 pub use decode::{Decoded, Named, Problem, config_files, decode_file, decode_str, identify_str};
 pub use field::FieldErrors;

@@ -7,13 +7,14 @@ use serde_json::Value;
 
 use crate::field::{FieldError, FieldErrors};
 use crate::meta::ObjectMeta;
-use crate::{networking, security};
+use crate::{networking, security, telemetry};
 
 /// Istio API groups and the versions Istio serves for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
     Networking,
     Security,
+    Telemetry,
 }
 
 impl Group {
@@ -21,6 +22,7 @@ impl Group {
         match self {
             Self::Networking => "networking.istio.io",
             Self::Security => "security.istio.io",
+            Self::Telemetry => "telemetry.istio.io",
         }
     }
 
@@ -28,6 +30,7 @@ impl Group {
         match self {
             Self::Networking => &["v1", "v1beta1", "v1alpha3"],
             Self::Security => &["v1", "v1beta1"],
+            Self::Telemetry => &["v1", "v1alpha1"],
         }
     }
 }
@@ -178,6 +181,7 @@ kinds! {
     PeerAuthentication => security::PeerAuthentication,
     RequestAuthentication => security::RequestAuthentication,
     AuthorizationPolicy => security::AuthorizationPolicy,
+    Telemetry => telemetry::Telemetry,
 }
 
 impl Resource {

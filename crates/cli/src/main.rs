@@ -5,9 +5,12 @@
 //! `proxy-status` talk to weftd's HTTP API (`--weftd`, `$WEFT_ADDR`, else
 //! the weftd of the one running `weft up`, else 127.0.0.1:15014).
 
+mod analyze;
 mod apply;
 mod client;
+mod describe;
 mod get;
+mod proxy_config;
 mod up;
 mod validate;
 
@@ -90,6 +93,12 @@ enum Command {
     },
     /// Print the version of this client.
     Version,
+    /// What one proxy holds now (from its admin port; by id alone, weftd's copy).
+    ProxyConfig(proxy_config::Args),
+    /// Which routes, policies and endpoints apply to a service, and why.
+    Describe(describe::Args),
+    /// Report likely mistakes with Istio's analyzer codes.
+    Analyze(analyze::Args),
 }
 
 fn main() -> ExitCode {
@@ -132,7 +141,15 @@ fn main() -> ExitCode {
             remote(address, |weftd| apply::delete_files(weftd, &paths))
         }
         Command::ProxyStatus => remote(address, get::proxy_status),
+        Command::ProxyConfig(args) => proxy_config::run(&resolved(address), &args),
+        Command::Describe(args) => remote(address, |weftd| describe::describe(weftd, &args)),
+        Command::Analyze(args) => analyze::run(&resolved(address), &args),
     }
+}
+
+/// weftd's API address: the flag or `$WEFT_ADDR`, else the running mesh's.
+fn resolved(address: Option<&str>) -> String {
+    client::weftd_address(address, up::state::running_api)
 }
 
 /// Runs a command that needs weftd; its errors end up as one line.
@@ -140,8 +157,7 @@ fn remote(
     address: Option<&str>,
     command: impl FnOnce(&Weftd) -> anyhow::Result<ExitCode>,
 ) -> ExitCode {
-    let address = client::weftd_address(address, up::state::running_api);
-    match Weftd::new(&address).and_then(|weftd| command(&weftd)) {
+    match Weftd::new(&resolved(address)).and_then(|weftd| command(&weftd)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("weft: {err:#}");

@@ -4,9 +4,12 @@
 //! [`registry`] (workloads and services) feed the [`compiler`], which turns
 //! the mesh into each proxy's config; [`push`] streams it to the proxies
 //! and records their ACK/NACK in [`status`]; [`api`] serves `weft apply`,
-//! `get`, `delete` and `proxy-status`.
+//! `get`, `delete` and `proxy-status`; [`analyze`] finds likely mistakes
+//! in Istio resources (`weft analyze`).
 
+pub mod analyze;
 pub mod api;
+pub mod ca;
 pub mod compiler;
 pub mod push;
 pub mod registry;

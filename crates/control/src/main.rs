@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokio::sync::watch;
+use weft_control::ca::{Ca, CaOptions};
 use weft_control::push::mesh::{self, Connected, Mesh};
-use weft_control::push::{DiscoveryServer, DiscoveryService};
+use weft_control::push::{
+    CertificateService, CertificatesServer, DiscoveryServer, DiscoveryService,
+};
 use weft_control::status::StatusBoard;
 use weft_control::store::Store;
 use weft_control::store::files::{DirectorySource, watch_dir};
@@ -36,6 +39,17 @@ struct Args {
     /// How often the config directory is checked for changes.
     #[arg(long, default_value = "500ms")]
     config_interval: humantime::Duration,
+    /// Plug-in CA: a directory in Istio's `cacerts` layout (ca-cert.pem,
+    /// ca-key.pem, root-cert.pem, cert-chain.pem). Default: a self-signed
+    /// root kept in <state-dir>/ca/.
+    #[arg(long)]
+    cacerts: Option<PathBuf>,
+    /// The SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of workload certificates (at most 90 days).
+    #[arg(long, default_value = "24h")]
+    workload_cert_ttl: humantime::Duration,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +83,12 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(&args.state_dir)?);
+    let ca = Arc::new(Ca::open(&CaOptions {
+        state_dir: args.state_dir.clone(),
+        cacerts: args.cacerts.clone(),
+        trust_domain: args.trust_domain.clone(),
+        workload_ttl: args.workload_cert_ttl.into(),
+    })?);
     tracing::info!(
         resources = store.list(None, None).len(),
         "store opened at {}",
@@ -95,24 +115,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
         connected.clone(),
         args.debounce.into(),
         publish,
+        args.trust_domain.clone(),
     ));
 
     let api = tokio::net::TcpListener::bind(args.api)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {} for the API: {err}", args.api))?;
-    tokio::spawn(weft_control::api::serve(api, store.clone(), status.clone()));
+    tokio::spawn(weft_control::api::serve_with_ca(
+        api,
+        store.clone(),
+        status.clone(),
+        Some(ca.clone()),
+    ));
     tracing::info!("API listening on {}", args.api);
 
     let grpc = tokio::net::TcpListener::bind(args.grpc)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {} for discovery: {err}", args.grpc))?;
     tracing::info!("discovery listening on {}", args.grpc);
-    let service = DiscoveryServer::new(DiscoveryService::new(meshes, connected, status));
+    let service = DiscoveryServer::new(
+        DiscoveryService::new(meshes, connected, status).with_trust_bundle(ca.roots_pem()),
+    );
+    let certificates = CertificatesServer::new(CertificateService::new(ca));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tonic::transport::Server::builder()
         .add_service(service)
+        .add_service(certificates)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            // Nagle off: a gRPC answer is several small writes, and with
+            // delayed ACKs each would wait ~40 ms.
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                |accepted| {
+                    accepted.inspect(|stream| {
+                        let _ = stream.set_nodelay(true);
+                    })
+                },
+            ),
             async move {
                 tokio::select! {
                     _ = terminate.recv() => {}

@@ -49,6 +49,7 @@ pub fn split(config: ProxyConfig) -> BTreeMap<String, Resource> {
         Body::Settings(Settings {
             outbound_traffic_policy: config.outbound_traffic_policy,
             protocol_detection_timeout: config.protocol_detection_timeout,
+            telemetry: config.telemetry,
         }),
     );
     out
@@ -72,6 +73,7 @@ pub fn assemble<'a>(
             Some(Body::Settings(settings)) => {
                 config.outbound_traffic_policy = settings.outbound_traffic_policy;
                 config.protocol_detection_timeout = settings.protocol_detection_timeout;
+                config.telemetry = settings.telemetry;
             }
             None => {}
         }

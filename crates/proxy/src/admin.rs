@@ -3,7 +3,8 @@
 //! runtime, never on the data path's threads.
 //!
 //! - admin: `/config_dump`, `/ready`, `/clusters`, `/stats/prometheus`,
-//!   `POST /quitquitquit` (start draining);
+//!   `POST /quitquitquit` (start draining), `POST /logging?access=on|off|default`
+//!   (access logs, without a restart);
 //! - health: `/healthz/ready`;
 //! - metrics: `/stats/prometheus`.
 
@@ -21,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::state::ProxyState;
+use crate::telemetry::Override;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
@@ -70,10 +72,12 @@ fn respond(
         (Surface::Admin | Surface::Metrics, &Method::GET, "/stats/prometheus") => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.encode(),
+            state.metrics.encode(&state.snapshot()),
         ),
         (Surface::Admin, &Method::GET, "/config_dump") => config_dump(state),
+        (Surface::Admin, &Method::POST, "/logging") => logging(state, request.uri().query()),
         (Surface::Admin, &Method::GET, "/clusters") => clusters(state),
+        (Surface::Admin, &Method::GET, "/certs") => certs(),
         (Surface::Admin, &Method::POST, "/quitquitquit") => {
             tracing::info!("drain requested through /quitquitquit");
             state.drain.start();
@@ -87,6 +91,40 @@ fn respond(
     }
 }
 
+/// `POST /logging?access=on|off|default`: switches access logs without a
+/// restart, over what the pushed config and the flags say (`default`
+/// hands the decision back to them).
+fn logging(state: &ProxyState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let access = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access="));
+    let choice = match access {
+        Some("on") => Override::On,
+        Some("off") => Override::Off,
+        Some("default") => Override::Default,
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "expected /logging?access=on|off|default\n".into(),
+            );
+        }
+    };
+    state.metrics.telemetry.set_access_override(choice);
+    tracing::info!("access logs switched to {choice:?} through the admin endpoint");
+    let on = state
+        .metrics
+        .telemetry
+        .access_log(&state.snapshot())
+        .is_some();
+    text(
+        StatusCode::OK,
+        "text/plain",
+        format!("access logs {}\n", if on { "on" } else { "off" }),
+    )
+}
+
 fn readiness(state: &ProxyState) -> Response<Full<Bytes>> {
     if state.is_ready() {
         text(StatusCode::OK, "text/plain", "LIVE\n".into())
@@ -96,12 +134,41 @@ fn readiness(state: &ProxyState) -> Response<Full<Bytes>> {
             "text/plain",
             "DRAINING\n".into(),
         )
+    } else if let Some(identity) = crate::tls::context()
+        .and_then(|c| c.identity.as_ref())
+        .filter(|i| i.current().is_none())
+    {
+        let why = identity
+            .last_error()
+            .unwrap_or_else(|| "not issued yet".into());
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("PRE_INITIALIZING: no workload certificate: {why}\n"),
+        )
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "PRE_INITIALIZING: no config yet\n".into(),
         )
+    }
+}
+
+/// The workload certificate and trust anchors (Envoy's `/certs`).
+fn certs() -> Response<Full<Bytes>> {
+    let identity = crate::tls::context().and_then(|c| c.identity.as_ref());
+    let body = identity.map_or_else(
+        || serde_json::json!({ "identity": null, "note": "plaintext-only: started without --token-file" }),
+        |identity| identity.describe(),
+    );
+    match serde_json::to_string_pretty(&body) {
+        Ok(body) => text(StatusCode::OK, "application/json", body + "\n"),
+        Err(err) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("cannot encode certificates: {err}\n"),
+        ),
     }
 }
 
@@ -139,6 +206,19 @@ fn clusters(state: &ProxyState) -> Response<Full<Bytes>> {
             ));
             out.push_str(&format!(
                 "{}::{}::idle_http1_connections::{idle}\n",
+                cluster.name, endpoint.address
+            ));
+            // Envoy's flag names, read by `weft proxy-config endpoints`.
+            let ejected = cluster.outlier.as_ref().is_some_and(|outlier| {
+                outlier.is_ejected(endpoint.address, std::time::Instant::now())
+            });
+            let health = if ejected {
+                "/failed_outlier_check"
+            } else {
+                "healthy"
+            };
+            out.push_str(&format!(
+                "{}::{}::health_flags::{health}\n",
                 cluster.name, endpoint.address
             ));
         }

@@ -4,7 +4,11 @@
 //! - OUTBOUND_CAPTURE: the destination the app dialled (`SO_ORIGINAL_DST`)
 //!   names a service by VIP, or is passed through when unknown (ALLOW_ANY).
 //! - INBOUND_CAPTURE: the original destination port names a port of the
-//!   local workload; unknown ports are passed through.
+//!   local workload; unknown ports are passed through. A listener with
+//!   `inbound_port` (no interception) leads to that port. PeerAuthentication
+//!   then decides on the first bytes: mesh mTLS (a ClientHello offering an
+//!   `istio*` ALPN) is terminated here (`tls::inbound`), plaintext is
+//!   served as before unless the port is STRICT, which closes it.
 //! - EXPLICIT: the listener's service, or routing by authority.
 
 use std::net::{IpAddr, SocketAddr};
@@ -12,17 +16,20 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use weft_proto::proxy::v1::{ListenerKind, OutboundTrafficPolicy};
 
-use crate::config::{Cluster, PortProtocol, ServicePort, Snapshot};
-use crate::detect::{Detected, PrefixedIo, detect, peek_sni};
+use crate::config::{Cluster, InboundPort, PortProtocol, ServicePort, Snapshot};
+use crate::detect::{Detected, PrefixedIo, detect, peek_client_hello, peek_sni};
 use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
 use crate::tcp;
+use crate::telemetry::Downstream;
+use crate::tls::{self, inbound::Accept};
 use crate::upstream::HttpVersion;
 
 pub async fn handle(state: Arc<ProxyState>, stream: TcpStream, listen_addr: SocketAddr) {
@@ -34,7 +41,10 @@ pub async fn handle(state: Arc<ProxyState>, stream: TcpStream, listen_addr: Sock
     };
     match listener.kind {
         ListenerKind::OutboundCapture => outbound(state, &snapshot, stream).await,
-        ListenerKind::InboundCapture => inbound(state, &snapshot, stream).await,
+        ListenerKind::InboundCapture => {
+            let fixed_port = tls::inbound::listener_port(&snapshot, listen_addr);
+            inbound(state, &snapshot, stream, fixed_port, listen_addr).await
+        }
         ListenerKind::Explicit => {
             let service = listener.service.clone();
             explicit(state, &snapshot, stream, listen_addr, service).await
@@ -63,11 +73,11 @@ impl Carry {
     }
 }
 
-async fn classify(
-    stream: TcpStream,
+async fn classify<S: AsyncRead + Unpin>(
+    stream: S,
     declared: Option<(PortProtocol, bool)>,
     snapshot: &Snapshot,
-) -> Option<(Carry, PrefixedIo<TcpStream>)> {
+) -> Option<(Carry, PrefixedIo<S>)> {
     let mut stream = stream;
     // Both steps share one budget: a slow client delays routing by at most
     // the detection timeout.
@@ -106,6 +116,7 @@ async fn classify(
 
 async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let original = match original_dst(&stream) {
         Ok(original) => original,
         Err(err) => {
@@ -138,6 +149,8 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
                 reporter: Reporter::Source,
                 version,
                 peer,
+                peer_principal: None,
+                downstream,
             };
             server::serve(io, conn, state).await;
         }
@@ -145,11 +158,19 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
             Some((service, port)) => {
                 let cluster = carry.cluster(port, Some(original.ip()));
                 let name = service.name.clone();
-                tcp::proxy(&mut io, &cluster, &name, Reporter::Source, &state).await;
+                tcp::proxy(
+                    &mut io,
+                    &cluster,
+                    &name,
+                    Reporter::Source,
+                    &state,
+                    &downstream,
+                )
+                .await;
             }
             None if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
                 let cluster = Cluster::passthrough(original);
-                tcp::proxy(&mut io, &cluster, "", Reporter::Source, &state).await;
+                tcp::proxy(&mut io, &cluster, "", Reporter::Source, &state, &downstream).await;
             }
             None => tracing::info!(
                 flag = "NR",
@@ -159,25 +180,153 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
     }
 }
 
-async fn inbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream) {
+async fn inbound(
+    state: Arc<ProxyState>,
+    snapshot: &Snapshot,
+    stream: TcpStream,
+    fixed_port: Option<u16>,
+    listen_addr: SocketAddr,
+) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
-    let original = match original_dst(&stream) {
-        Ok(original) => original,
-        Err(err) => {
-            tracing::warn!("inbound capture: no original destination ({err})");
+    let downstream = Downstream::of(&stream);
+    let original = match fixed_port {
+        // A listener without interception: the workload's own address.
+        Some(port) => match stream.local_addr() {
+            Ok(local) => SocketAddr::new(local.ip(), port),
+            Err(err) => {
+                tracing::debug!("inbound listener: no local address ({err})");
+                return;
+            }
+        },
+        None => match original_dst(&stream) {
+            Ok(original) => original,
+            // Not redirected: a client dialled the capture listener itself,
+            // which serves the workload port of the same number (tests on
+            // loopback, no iptables). Anything else would loop back here.
+            Err(err) => match stream.local_addr() {
+                Ok(local) if snapshot.inbound_port(local.port()).is_some() => local,
+                _ => {
+                    tracing::warn!("inbound capture: no original destination ({err})");
+                    return;
+                }
+            },
+        },
+    };
+    let declared = snapshot.inbound_port(original.port());
+    let accept = match declared {
+        Some(_) => tls::inbound::accept_mode(snapshot, original.port()),
+        None => tls::inbound::undeclared_mode(snapshot, listen_addr),
+    };
+    let Some(port) = declared else {
+        // Not a declared port: passed through to where it was headed, as
+        // Istio does; mesh mTLS is still terminated, and STRICT still
+        // refuses plaintext.
+        let cluster = Cluster::passthrough(original);
+        if accept == Accept::Plaintext {
+            let mut io = PrefixedIo::new(Default::default(), stream);
+            tcp::proxy(
+                &mut io,
+                &cluster,
+                "",
+                Reporter::Destination,
+                &state,
+                &downstream,
+            )
+            .await;
             return;
         }
-    };
-    let Some(port) = snapshot.inbound_port(original.port()) else {
-        // Not a declared port: pass it through untouched, as Istio does.
-        let cluster = Cluster::passthrough(original);
-        let mut io = PrefixedIo::new(Default::default(), stream);
-        tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await;
+        let Some((mesh, io)) = sniff_mesh(stream, snapshot).await else {
+            return;
+        };
+        if mesh {
+            tls::inbound::serve(io, state, &cluster, original, peer, downstream).await;
+        } else if accept == Accept::Strict {
+            refuse_plaintext(peer, original);
+        } else {
+            let mut io = io;
+            tcp::proxy(
+                &mut io,
+                &cluster,
+                "",
+                Reporter::Destination,
+                &state,
+                &downstream,
+            )
+            .await;
+        }
         return;
     };
+    if accept == Accept::Plaintext {
+        let io = PrefixedIo::new(Bytes::new(), stream);
+        return inbound_plaintext(state, snapshot, io, port, original, peer, downstream).await;
+    }
+    // PERMISSIVE or STRICT: the first bytes say whether this is mesh mTLS.
+    let Some((mesh, io)) = sniff_mesh(stream, snapshot).await else {
+        return;
+    };
+    if mesh {
+        tls::inbound::serve(io, state, &port.cluster, original, peer, downstream).await;
+    } else if accept == Accept::Strict {
+        refuse_plaintext(peer, original);
+    } else {
+        inbound_plaintext(state, snapshot, io, port, original, peer, downstream).await;
+    }
+}
+
+/// Reads the first bytes (within the detection timeout): whether they are
+/// a ClientHello for mesh mTLS, and the stream with those bytes to replay.
+async fn sniff_mesh(
+    mut stream: TcpStream,
+    snapshot: &Snapshot,
+) -> Option<(bool, PrefixedIo<TcpStream>)> {
+    let started = tokio::time::Instant::now();
+    let (detected, mut prefix) = match detect(&mut stream, snapshot.detect_timeout).await {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::debug!("protocol detection failed: {err}");
+            return None;
+        }
+    };
+    let mut mesh = false;
+    if detected == Detected::Tls {
+        let left = snapshot.detect_timeout.saturating_sub(started.elapsed());
+        match peek_client_hello(&mut stream, prefix, left).await {
+            Ok((hello, read)) => {
+                mesh = hello.is_some_and(|h| tls::is_mesh_alpn(&h.alpn));
+                prefix = read;
+            }
+            Err(err) => {
+                tracing::debug!("reading the TLS ClientHello failed: {err}");
+                return None;
+            }
+        }
+    }
+    Some((mesh, PrefixedIo::new(prefix, stream)))
+}
+
+fn refuse_plaintext(peer: Option<IpAddr>, original: SocketAddr) {
+    tracing::info!(
+        "STRICT mTLS: closing a plaintext connection from {} to port {}",
+        peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
+        original.port()
+    );
+}
+
+/// An inbound connection served without mesh TLS.
+async fn inbound_plaintext<S>(
+    state: Arc<ProxyState>,
+    snapshot: &Snapshot,
+    io: S,
+    port: &InboundPort,
+    original: SocketAddr,
+    peer: Option<IpAddr>,
+    downstream: Downstream,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let cluster = port.cluster.clone();
     let Some((carry, mut io)) =
-        classify(stream, Some((port.protocol, port.server_first)), snapshot).await
+        classify(io, Some((port.protocol, port.server_first)), snapshot).await
     else {
         return;
     };
@@ -191,12 +340,47 @@ async fn inbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream)
                 reporter: Reporter::Destination,
                 version,
                 peer,
+                peer_principal: None,
+                downstream,
             };
-            server::serve(io, conn, state).await;
+            let serving = server::serve(io, conn, state.clone());
+            until_strict(serving, &state, original.port()).await;
         }
         Carry::Opaque | Carry::Tls(_) => {
-            tcp::proxy(&mut io, &cluster, "", Reporter::Destination, &state).await
+            let caller = tcp::InboundCaller {
+                peer,
+                destination: original,
+                principal: None,
+            };
+            let proxying = tcp::proxy_inbound(&mut io, &cluster, caller, &state, &downstream);
+            until_strict(proxying, &state, original.port()).await;
         }
+    }
+}
+
+/// Runs a plaintext inbound connection until it ends or its port turns
+/// STRICT: a policy change closes plaintext connections accepted under
+/// the old one (as Envoy drains a replaced filter chain).
+async fn until_strict(serving: impl Future<Output = ()>, state: &ProxyState, port: u16) {
+    const CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+    let can_be_strict = tls::context().is_some_and(|c| c.identity.is_some());
+    if !can_be_strict {
+        // A plaintext-only workload: no policy can ever close it.
+        return serving.await;
+    }
+    let strict = async {
+        loop {
+            tokio::time::sleep(CHECK_EVERY).await;
+            if tls::inbound::accept_mode(&state.snapshot(), port) == Accept::Strict {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = serving => {}
+        () = strict => tracing::info!(
+            "PeerAuthentication turned STRICT on port {port}: closing a plaintext connection"
+        ),
     }
 }
 
@@ -208,6 +392,7 @@ async fn explicit(
     service: Option<(Arc<crate::config::Service>, u16)>,
 ) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let declared = service.as_ref().and_then(|(service, port)| {
         let port = service.port(*port)?;
         Some((port.protocol, port.server_first))
@@ -232,6 +417,8 @@ async fn explicit(
                 reporter: Reporter::Source,
                 version,
                 peer,
+                peer_principal: None,
+                downstream,
             };
             server::serve(io, conn, state).await;
         }
@@ -239,7 +426,15 @@ async fn explicit(
             let Some(cluster) = service.port(port).map(|p| carry.cluster(p, None)) else {
                 return;
             };
-            tcp::proxy(&mut io, &cluster, &service.name, Reporter::Source, &state).await;
+            tcp::proxy(
+                &mut io,
+                &cluster,
+                &service.name,
+                Reporter::Source,
+                &state,
+                &downstream,
+            )
+            .await;
         }
         (Carry::Opaque | Carry::Tls(_), None) => tracing::info!(
             flag = "NR",
@@ -257,6 +452,7 @@ async fn gateway(
     listen_addr: SocketAddr,
 ) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let downstream = Downstream::of(&stream);
     let declared = Some((PortProtocol::Http, false));
     let Some((carry, io)) = classify(stream, declared, snapshot).await else {
         return;
@@ -275,6 +471,9 @@ async fn gateway(
         reporter: Reporter::Source,
         version,
         peer,
+        // Callers from outside the mesh: no mesh identity.
+        peer_principal: None,
+        downstream,
     };
     server::serve(io, conn, state).await;
 }

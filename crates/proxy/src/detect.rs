@@ -118,18 +118,45 @@ const NAME_TYPE_HOST: u8 = 0;
 /// Finds the SNI in the first bytes of a TLS connection. The ClientHello
 /// may span several handshake records; their fragments are joined.
 pub fn parse_sni(buf: &[u8]) -> Sni {
+    match parse_client_hello(buf) {
+        Hello::NeedMore => Sni::NeedMore,
+        Hello::Invalid => Sni::Absent,
+        Hello::Complete(hello) => hello.sni.map_or(Sni::Absent, Sni::Host),
+    }
+}
+
+/// What a complete ClientHello says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientHelloInfo {
+    /// Lower-cased host name, if any.
+    pub sni: Option<String>,
+    /// ALPN protocol ids offered, in the client's order.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hello {
+    Complete(ClientHelloInfo),
+    /// Not a ClientHello (or a malformed one).
+    Invalid,
+    NeedMore,
+}
+
+/// Parses the ClientHello at the start of a TLS connection, joining the
+/// fragments of several handshake records.
+pub fn parse_client_hello(buf: &[u8]) -> Hello {
     let mut handshake = Vec::new();
     let mut rest = buf;
     loop {
         if rest.len() < RECORD_HEADER {
-            return Sni::NeedMore;
+            return Hello::NeedMore;
         }
         if rest[0] != CONTENT_HANDSHAKE || rest[1] != 0x03 {
-            return Sni::Absent;
+            return Hello::Invalid;
         }
         let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
         let Some(fragment) = rest.get(RECORD_HEADER..RECORD_HEADER + len) else {
-            return Sni::NeedMore;
+            return Hello::NeedMore;
         };
         handshake.extend_from_slice(fragment);
         rest = &rest[RECORD_HEADER + len..];
@@ -137,13 +164,13 @@ pub fn parse_sni(buf: &[u8]) -> Sni {
             continue;
         }
         if handshake[0] != HANDSHAKE_CLIENT_HELLO {
-            return Sni::Absent;
+            return Hello::Invalid;
         }
         let body_len = usize::from(handshake[1]) << 16
             | usize::from(handshake[2]) << 8
             | usize::from(handshake[3]);
         if let Some(body) = handshake.get(4..4 + body_len) {
-            return client_hello_sni(body).unwrap_or(Sni::Absent);
+            return client_hello_info(body).map_or(Hello::Invalid, Hello::Complete);
         }
     }
 }
@@ -179,40 +206,48 @@ impl<'a> Reader<'a> {
     }
 }
 
+const EXTENSION_ALPN: u16 = 16;
+
 /// `None`: malformed.
-fn client_hello_sni(body: &[u8]) -> Option<Sni> {
+fn client_hello_info(body: &[u8]) -> Option<ClientHelloInfo> {
     let mut r = Reader(body);
     r.take(2 + 32)?; // legacy_version, random
     r.vec8()?; // session id
     r.vec16()?; // cipher suites
     r.vec8()?; // compression methods
+    let mut info = ClientHelloInfo::default();
     if r.0.is_empty() {
         // No extensions at all (TLS 1.0-era hello).
-        return Some(Sni::Absent);
+        return Some(info);
     }
     let mut extensions = r.vec16()?;
     while !extensions.0.is_empty() {
         let kind = extensions.u16()?;
         let mut data = extensions.vec16()?;
-        if kind != EXTENSION_SERVER_NAME {
-            continue;
-        }
-        let mut names = data.vec16()?;
-        while !names.0.is_empty() {
-            let name_type = names.u8()?;
-            let name = names.vec16()?.0;
-            if name_type == NAME_TYPE_HOST {
-                let host = std::str::from_utf8(name).ok()?;
-                return Some(if host.is_empty() || !host.is_ascii() {
-                    Sni::Absent
-                } else {
-                    Sni::Host(host.to_ascii_lowercase())
-                });
+        match kind {
+            EXTENSION_SERVER_NAME => {
+                let mut names = data.vec16()?;
+                while !names.0.is_empty() {
+                    let name_type = names.u8()?;
+                    let name = names.vec16()?.0;
+                    if name_type == NAME_TYPE_HOST && info.sni.is_none() {
+                        let host = std::str::from_utf8(name).ok()?;
+                        if !host.is_empty() && host.is_ascii() {
+                            info.sni = Some(host.to_ascii_lowercase());
+                        }
+                    }
+                }
             }
+            EXTENSION_ALPN => {
+                let mut protocols = data.vec16()?;
+                while !protocols.0.is_empty() {
+                    info.alpn.push(protocols.vec8()?.0.to_vec());
+                }
+            }
+            _ => {}
         }
-        return Some(Sni::Absent);
     }
-    Some(Sni::Absent)
+    Some(info)
 }
 
 /// Reads on from `prefix` (bytes already read from `io`) until the
@@ -232,6 +267,31 @@ pub async fn peek_sni<S: AsyncRead + Unpin>(
             Sni::Absent => return Ok((None, buf.freeze())),
             Sni::NeedMore if buf.len() >= MAX_CLIENT_HELLO => return Ok((None, buf.freeze())),
             Sni::NeedMore => {}
+        }
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Err(_) | Ok(Ok(0)) => return Ok((None, buf.freeze())),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return Err(err),
+        }
+    }
+}
+
+/// [`peek_sni`], returning the whole ClientHello summary: `None` when
+/// the bytes are not a complete ClientHello within `timeout`.
+pub async fn peek_client_hello<S: AsyncRead + Unpin>(
+    io: &mut S,
+    prefix: Bytes,
+    timeout: Duration,
+) -> io::Result<(Option<ClientHelloInfo>, Bytes)> {
+    let mut buf = BytesMut::from(prefix.as_ref());
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match parse_client_hello(&buf) {
+            Hello::Complete(info) => return Ok((Some(info), buf.freeze())),
+            Hello::Invalid => return Ok((None, buf.freeze())),
+            Hello::NeedMore if buf.len() >= MAX_CLIENT_HELLO => return Ok((None, buf.freeze())),
+            Hello::NeedMore => {}
         }
         buf.reserve(4096);
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
@@ -411,6 +471,39 @@ mod tests {
         for cut in [0, 3, 5, 9, hello.len() - 1] {
             assert_eq!(parse_sni(&hello[..cut]), Sni::NeedMore, "cut at {cut}");
         }
+    }
+
+    /// A ClientHello as rustls really writes it, offering `alpn`.
+    fn rustls_client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls_pki_types::ServerName::try_from("reviews.test").expect("name");
+        let mut client =
+            rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).expect("hello");
+        hello
+    }
+
+    #[test]
+    fn client_hello_names_its_alpn_protocols() {
+        let hello = rustls_client_hello(&[b"istio-h2", b"h2"]);
+        let Hello::Complete(info) = parse_client_hello(&hello) else {
+            panic!("a complete hello");
+        };
+        assert_eq!(info.sni.as_deref(), Some("reviews.test"));
+        assert_eq!(info.alpn, [b"istio-h2".to_vec(), b"h2".to_vec()]);
+        assert!(crate::tls::is_mesh_alpn(&info.alpn));
+        let Hello::Complete(plain) = parse_client_hello(&rustls_client_hello(&[b"h2"])) else {
+            panic!("a complete hello");
+        };
+        assert!(!crate::tls::is_mesh_alpn(&plain.alpn), "the app's own TLS");
+        assert_eq!(parse_client_hello(&hello[..20]), Hello::NeedMore);
     }
 
     #[test]

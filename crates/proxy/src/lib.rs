@@ -7,15 +7,20 @@
 //! into the [`config::Snapshot`] every step reads; [`state`] holds it.
 
 pub mod admin;
+pub mod authz;
 pub mod config;
 pub mod connection;
 pub mod detect;
 pub mod drain;
 pub mod flags;
 pub mod http;
+pub mod identity;
+pub mod jwt;
 pub mod listeners;
 pub mod metrics;
 pub mod state;
 pub mod tcp;
+pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod xds;

@@ -9,7 +9,10 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use weft_proxy::admin::{self, Surface};
 use weft_proxy::config::watch::{read_config, watch_file};
+use weft_proxy::identity::Identity;
+use weft_proxy::identity::fetch::{self, FetchOptions};
 use weft_proxy::state::ProxyState;
+use weft_proxy::tls;
 use weft_proxy::xds::{self, node};
 
 #[global_allocator]
@@ -53,6 +56,50 @@ struct Args {
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "500ms")]
     reload_interval: humantime::Duration,
+    #[command(flatten)]
+    identity: IdentityArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+}
+
+/// The workload identity (mTLS). Without --token-file the proxy has none:
+/// a plaintext-only workload.
+#[derive(clap::Args, Debug)]
+struct IdentityArgs {
+    /// Bootstrap token from weftd (`POST /v1/tokens`): the proxy gets a
+    /// certificate for spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT and is
+    /// not ready until it holds one.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// weftd's CA address (default: --control-plane).
+    #[arg(long)]
+    ca_address: Option<String>,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Ask weftd for certificates of this lifetime (default: weftd's).
+    #[arg(long)]
+    workload_cert_ttl: Option<humantime::Duration>,
+}
+
+/// Access logs and tracing (see `weft_proxy::telemetry`).
+#[derive(clap::Args, Debug)]
+struct TelemetryArgs {
+    /// Access log: a file to append to, or `-` for stdout. Off without it
+    /// (Istio's default profile), unless weftd's Telemetry config or
+    /// `POST /logging?access=on` switches it on (then to stdout).
+    #[arg(long, value_name = "PATH|-")]
+    access_log: Option<String>,
+    /// `text` (Istio's default format) or `json` (the same fields).
+    #[arg(long, default_value = "text")]
+    access_log_format: weft_proxy::telemetry::access_log::Format,
+    /// Percent of new traces sampled (Istio's default: 1). An incoming
+    /// sampling decision is always honoured.
+    #[arg(long, default_value_t = 1.0, value_name = "PERCENT")]
+    trace_sampling: f64,
+    /// OTLP/gRPC collector (host:port) to export spans to; none: spans are
+    /// not exported (trace headers still propagate).
+    #[arg(long, value_name = "ADDR")]
+    otlp: Option<String>,
 }
 
 /// Who this proxy's workload is (sent to weftd with --control-plane).
@@ -91,10 +138,38 @@ struct NodeArgs {
     /// load balancing.
     #[arg(long, default_value = "")]
     locality: String,
+    /// Without interception, ADDRESS=PORT: mesh callers reach workload
+    /// port PORT through this proxy at ADDRESS (repeatable; Istio's 15006).
+    #[arg(long = "inbound", value_parser = node::parse_inbound)]
+    inbound: Vec<weft_proto::discovery::v1::InboundListener>,
+    /// The cluster the workload runs in (metrics' source/destination_cluster).
+    #[arg(long, default_value = "Kubernetes")]
+    cluster_id: String,
 }
 
 impl NodeArgs {
-    fn into_node(self) -> weft_proto::discovery::v1::Node {
+    fn telemetry(&self, args: &TelemetryArgs) -> weft_proxy::telemetry::Settings {
+        let workload = weft_proxy::telemetry::peer::Workload::local(
+            &self.workload,
+            &self.namespace,
+            &self.labels,
+            &self.service_account,
+            &self.cluster_id,
+        );
+        weft_proxy::telemetry::Settings {
+            node_id: self
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("{}.{}", self.workload, self.namespace)),
+            workload,
+            access_log: args.access_log.clone(),
+            access_log_format: args.access_log_format,
+            trace_sampling: args.trace_sampling,
+            otlp: args.otlp.clone(),
+        }
+    }
+
+    fn into_node(self, mtls: bool) -> weft_proto::discovery::v1::Node {
         node::NodeFlags {
             id: self.node_id,
             workload: self.workload,
@@ -107,6 +182,8 @@ impl NodeArgs {
             listeners: self.listeners,
             router: self.router,
             locality: self.locality,
+            inbound_listeners: self.inbound,
+            mtls,
         }
         .into_node()
     }
@@ -144,11 +221,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
 
     let state = ProxyState::new(data.handle().clone());
-    if let Some(path) = &args.config {
-        // At start-up there is no last good config to fall back on: refuse to run.
-        let initial = read_config(path)?;
-        state.apply(initial, &path.display().to_string())?;
-    }
+    let identity = match &args.identity.token_file {
+        Some(_) => {
+            let account = &args.node.service_account;
+            let spiffe = format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                args.identity.trust_domain, args.node.namespace, account
+            );
+            Some(Identity::new(spiffe))
+        }
+        None => None,
+    };
+    tls::install(identity.clone()).attach(&state);
+    state
+        .metrics
+        .telemetry
+        .configure(args.node.telemetry(&args.telemetry))?;
+    // At start-up there is no last good config to fall back on: refuse to run.
+    let initial = args.config.as_deref().map(read_config).transpose()?;
 
     control.block_on(async {
         for (surface, address) in [
@@ -163,6 +253,29 @@ fn run(args: Args) -> anyhow::Result<()> {
                 })?;
             tokio::spawn(server);
         }
+        if let (Some(identity), Some(token_file)) = (&identity, &args.identity.token_file) {
+            let Some(ca_address) = args
+                .identity
+                .ca_address
+                .clone()
+                .or_else(|| args.control_plane.clone())
+            else {
+                anyhow::bail!("--token-file needs --ca-address or --control-plane (weftd's CA)");
+            };
+            let options = FetchOptions {
+                ca_address,
+                token_file: token_file.clone(),
+                ttl: args.identity.workload_cert_ttl.map(Into::into),
+            };
+            tokio::spawn(fetch::run(options, identity.clone()));
+        }
+        if let (Some(config), Some(path)) = (initial, &args.config) {
+            // Not ready (no config) until a certificate is held.
+            if let Some(identity) = &identity {
+                wait_for_certificate(identity).await;
+            }
+            state.apply(config, &path.display().to_string())?;
+        }
         match (&args.config, args.control_plane) {
             (Some(path), _) => {
                 let source = path.display().to_string();
@@ -172,7 +285,16 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }));
             }
             (None, Some(address)) => {
-                tokio::spawn(xds::run(address, args.node.into_node(), state.clone()));
+                let node = args.node.into_node(identity.is_some());
+                let state = state.clone();
+                let identity = identity.clone();
+                tokio::spawn(async move {
+                    // Not ready until a certificate is held: config comes after.
+                    if let Some(identity) = identity {
+                        wait_for_certificate(&identity).await;
+                    }
+                    xds::run(address, node, state).await
+                });
             }
             (None, None) => anyhow::bail!("give --config FILE or --control-plane ADDRESS"),
         }
@@ -218,6 +340,15 @@ fn reload(
     };
     if let Err(err) = result {
         tracing::error!("config rejected, the previous config keeps serving:\n  {err}");
+    }
+}
+
+async fn wait_for_certificate(identity: &Identity) {
+    let mut changes = identity.subscribe();
+    while identity.current().is_none() {
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }
 

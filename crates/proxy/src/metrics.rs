@@ -1,25 +1,44 @@
 //! Prometheus metrics with Istio's standard names and labels, so existing
-//! dashboards and alerts keep working. (The full label set arrives with
-//! telemetry; labels not known yet are left out rather than faked.)
+//! dashboards and alerts keep working, plus the proxy's own health.
+//!
+//! Hot path: one request is one label set (shared workload metadata, see
+//! [`Labels`]) looked up in five families when it ends. Gauges that
+//! describe the config (version, open upstream connections, ejected
+//! endpoints) are read from the snapshot when Prometheus scrapes, never
+//! kept up to date per request.
+//!
+//! [`Metrics`] also carries the rest of the proxy's telemetry (access log,
+//! tracing, its own workload's identity) in [`Metrics::telemetry`].
+
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::flags::ResponseFlags;
+use crate::config::Snapshot;
+use crate::telemetry::Telemetry;
+pub use crate::telemetry::labels::{Call, Labels};
+
+/// Istio's buckets for `istio_request_duration_milliseconds`.
+const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
 
 /// Which side of the call this proxy is: `source` for outbound traffic,
 /// `destination` for inbound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reporter {
     Source,
     Destination,
 }
 
 impl Reporter {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Source => "source",
             Self::Destination => "destination",
@@ -27,19 +46,15 @@ impl Reporter {
     }
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    reporter: &'static str,
-    destination_service: String,
-    request_protocol: &'static str,
-    response_code: String,
-    response_flags: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TcpLabels {
-    reporter: &'static str,
-    destination_service: String,
+/// What one finished HTTP request measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestSample {
+    pub duration_ms: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// gRPC messages each way (counted only for gRPC).
+    pub request_messages: u64,
+    pub response_messages: u64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,111 +62,175 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster_name: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    tcp_opened: Family<TcpLabels, Counter>,
-    tcp_closed: Family<TcpLabels, Counter>,
-    tcp_sent: Family<TcpLabels, Counter>,
-    tcp_received: Family<TcpLabels, Counter>,
+    requests: Family<Labels, Counter>,
+    duration: HistogramFamily,
+    request_bytes: HistogramFamily,
+    response_bytes: HistogramFamily,
+    request_messages: Family<Labels, Counter>,
+    response_messages: Family<Labels, Counter>,
+    tcp_opened: Family<Labels, Counter>,
+    tcp_closed: Family<Labels, Counter>,
+    tcp_sent: Family<Labels, Counter>,
+    tcp_received: Family<Labels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
     downstream_active: Gauge,
+    outlier_ejections: Family<ClusterLabels, Counter>,
+    // Filled from the snapshot at scrape time.
+    config_info: Family<VersionLabels, Gauge>,
+    upstream_connections: Family<ClusterLabels, Gauge>,
+    ejected_endpoints: Family<ClusterLabels, Gauge>,
+    certificate_expiry: Gauge,
+    /// Access log, tracing and this proxy's identity.
+    pub telemetry: Telemetry,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS_MS)
+}
+
+/// Istio's size buckets: 1 B to 1 GB by powers of ten.
+fn size_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 10.0, 10,
+    ))
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let requests = Family::default();
-        registry.register(
-            "istio_requests",
-            "Requests, by response code and flags",
-            requests.clone(),
-        );
-        let tcp_opened = Family::default();
-        registry.register(
-            "istio_tcp_connections_opened",
-            "TCP connections opened",
-            tcp_opened.clone(),
-        );
-        let tcp_closed = Family::default();
-        registry.register(
-            "istio_tcp_connections_closed",
-            "TCP connections closed",
-            tcp_closed.clone(),
-        );
-        let tcp_sent = Family::default();
-        registry.register(
-            "istio_tcp_sent_bytes",
-            "Bytes sent to the downstream on TCP connections",
-            tcp_sent.clone(),
-        );
-        let tcp_received = Family::default();
-        registry.register(
-            "istio_tcp_received_bytes",
-            "Bytes received from the downstream on TCP connections",
-            tcp_received.clone(),
-        );
-        let config_reloads = Family::default();
-        registry.register(
-            "weft_config_reloads",
-            "Config files applied or rejected",
-            config_reloads.clone(),
-        );
-        let downstream_active = Gauge::default();
-        registry.register(
-            "weft_downstream_connections_active",
-            "Open downstream connections",
-            downstream_active.clone(),
-        );
+        macro_rules! register {
+            ($name:literal, $help:literal, $metric:expr) => {{
+                let metric = $metric;
+                registry.register($name, $help, metric.clone());
+                metric
+            }};
+        }
+        let sized = || HistogramFamily::new_with_constructor(size_histogram as fn() -> Histogram);
         Self {
+            requests: register!("istio_requests", "Requests", Family::default()),
+            duration: register!(
+                "istio_request_duration_milliseconds",
+                "Request duration, from the request's arrival to the end of the response",
+                HistogramFamily::new_with_constructor(duration_histogram)
+            ),
+            request_bytes: register!("istio_request_bytes", "Request body sizes", sized()),
+            response_bytes: register!("istio_response_bytes", "Response body sizes", sized()),
+            request_messages: register!(
+                "istio_request_messages",
+                "gRPC messages sent by the client",
+                Family::default()
+            ),
+            response_messages: register!(
+                "istio_response_messages",
+                "gRPC messages sent by the server",
+                Family::default()
+            ),
+            tcp_opened: register!(
+                "istio_tcp_connections_opened",
+                "TCP connections opened",
+                Family::default()
+            ),
+            tcp_closed: register!(
+                "istio_tcp_connections_closed",
+                "TCP connections closed",
+                Family::default()
+            ),
+            tcp_sent: register!(
+                "istio_tcp_sent_bytes",
+                "Bytes sent to the downstream on TCP connections",
+                Family::default()
+            ),
+            tcp_received: register!(
+                "istio_tcp_received_bytes",
+                "Bytes received from the downstream on TCP connections",
+                Family::default()
+            ),
+            config_reloads: register!(
+                "weft_config_reloads",
+                "Config files applied or rejected",
+                Family::default()
+            ),
+            downstream_active: register!(
+                "weft_downstream_connections_active",
+                "Open downstream connections",
+                Gauge::default()
+            ),
+            outlier_ejections: register!(
+                "weft_outlier_ejections",
+                "Endpoints ejected by outlier detection, by cluster",
+                Family::default()
+            ),
+            config_info: register!(
+                "weft_config_info",
+                "The config version serving (always 1)",
+                Family::default()
+            ),
+            upstream_connections: register!(
+                "weft_upstream_connections_active",
+                "Open upstream connections, by cluster (connection-pool usage)",
+                Family::default()
+            ),
+            ejected_endpoints: register!(
+                "weft_outlier_ejected_endpoints",
+                "Endpoints ejected now, by cluster",
+                Family::default()
+            ),
+            certificate_expiry: register!(
+                "weft_certificate_expiry_timestamp_seconds",
+                "When the workload certificate expires (Unix time); 0 without one",
+                Gauge::default()
+            ),
+            telemetry: Telemetry::default(),
             registry,
-            requests,
-            tcp_opened,
-            tcp_closed,
-            tcp_sent,
-            tcp_received,
-            config_reloads,
-            downstream_active,
         }
     }
 }
 
 impl Metrics {
-    pub fn record_request(
-        &self,
-        reporter: Reporter,
-        destination_service: &str,
-        grpc: bool,
-        status: u16,
-        flags: impl Into<ResponseFlags>,
-    ) {
-        let labels = RequestLabels {
-            reporter: reporter.as_str(),
-            destination_service: service_label(destination_service),
-            request_protocol: if grpc { "grpc" } else { "http" },
-            response_code: status.to_string(),
-            response_flags: flags.into().codes(),
-        };
-        self.requests.get_or_create(&labels).inc();
+    /// One finished HTTP request.
+    pub fn record_request(&self, labels: &Labels, sample: &RequestSample) {
+        self.requests.get_or_create(labels).inc();
+        self.duration
+            .get_or_create(labels)
+            .observe(sample.duration_ms);
+        self.request_bytes
+            .get_or_create(labels)
+            .observe(sample.request_bytes as f64);
+        self.response_bytes
+            .get_or_create(labels)
+            .observe(sample.response_bytes as f64);
+        if matches!(labels.call, Call::Http { grpc: true, .. }) {
+            self.request_messages
+                .get_or_create(labels)
+                .inc_by(sample.request_messages);
+            self.response_messages
+                .get_or_create(labels)
+                .inc_by(sample.response_messages);
+        }
     }
 
-    pub fn record_tcp_open(&self, reporter: Reporter, destination_service: &str) {
-        self.tcp_opened
-            .get_or_create(&tcp_labels(reporter, destination_service))
-            .inc();
+    pub fn record_tcp_open(&self, labels: &Labels) {
+        self.tcp_opened.get_or_create(labels).inc();
     }
 
-    pub fn record_tcp_close(
-        &self,
-        reporter: Reporter,
-        destination_service: &str,
-        sent: u64,
-        received: u64,
-    ) {
-        let labels = tcp_labels(reporter, destination_service);
-        self.tcp_closed.get_or_create(&labels).inc();
-        self.tcp_sent.get_or_create(&labels).inc_by(sent);
-        self.tcp_received.get_or_create(&labels).inc_by(received);
+    pub fn record_tcp_close(&self, labels: &Labels, sent: u64, received: u64) {
+        self.tcp_closed.get_or_create(labels).inc();
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_received.get_or_create(labels).inc_by(received);
     }
 
     pub fn record_reload(&self, applied: bool) {
@@ -161,13 +240,56 @@ impl Metrics {
             .inc();
     }
 
+    pub fn record_ejection(&self, cluster: &str) {
+        self.outlier_ejections
+            .get_or_create(&ClusterLabels {
+                cluster_name: cluster.to_string(),
+            })
+            .inc();
+    }
+
+    /// Hook for the workload certificate: its expiry as Unix seconds (the
+    /// mTLS work calls this on every issue or rotation).
+    pub fn set_certificate_expiry(&self, unix_seconds: i64) {
+        self.certificate_expiry.set(unix_seconds);
+    }
+
     pub fn downstream_opened(&self) -> DownstreamGuard<'_> {
         self.downstream_active.inc();
         DownstreamGuard(&self.downstream_active)
     }
 
-    /// The Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    /// The Prometheus text exposition, with the config gauges read from
+    /// `snapshot` now.
+    pub fn encode(&self, snapshot: &Snapshot) -> String {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&VersionLabels {
+                version: snapshot.version().to_string(),
+            })
+            .set(1);
+        self.upstream_connections.clear();
+        self.ejected_endpoints.clear();
+        let now = Instant::now();
+        for cluster in snapshot.clusters() {
+            let labels = ClusterLabels {
+                cluster_name: cluster.name.clone(),
+            };
+            let open = cluster.breaker.count(crate::upstream::Resource::Connection);
+            self.upstream_connections
+                .get_or_create(&labels)
+                .set(i64::from(open));
+            if let Some(outlier) = &cluster.outlier {
+                let ejected = cluster
+                    .endpoints
+                    .iter()
+                    .filter(|e| outlier.is_ejected(e.address, now))
+                    .count();
+                self.ejected_endpoints
+                    .get_or_create(&labels)
+                    .set(ejected as i64);
+            }
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -182,20 +304,5 @@ pub struct DownstreamGuard<'a>(&'a Gauge);
 impl Drop for DownstreamGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-fn tcp_labels(reporter: Reporter, destination_service: &str) -> TcpLabels {
-    TcpLabels {
-        reporter: reporter.as_str(),
-        destination_service: service_label(destination_service),
-    }
-}
-
-fn service_label(name: &str) -> String {
-    if name.is_empty() {
-        "unknown".to_string()
-    } else {
-        name.to_string()
     }
 }

@@ -8,6 +8,8 @@
 //! its whole life; over the limit the downstream connection is closed (UO).
 //! A failed connect counts for outlier detection.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,7 +18,48 @@ use crate::config::Cluster;
 use crate::flags::ResponseFlag;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
+use crate::telemetry::Downstream;
+use crate::telemetry::tcp::TcpRecord;
 use crate::upstream::{self, Resource, TryResult};
+
+/// What the inbound side knows about the caller of a TCP connection, for
+/// authorization.
+pub struct InboundCaller {
+    pub peer: Option<IpAddr>,
+    /// The workload address and port the caller dialled.
+    pub destination: SocketAddr,
+    /// The caller's mTLS identity without `spiffe://`; None for plaintext.
+    pub principal: Option<Arc<str>>,
+}
+
+/// An inbound opaque connection to the local workload (a declared port or
+/// passed through to an undeclared one): authorized first, then proxied.
+pub async fn proxy_inbound<D>(
+    downstream: &mut D,
+    cluster: &Cluster,
+    caller: InboundCaller,
+    state: &ProxyState,
+    conn: &Downstream,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let guard = state.snapshot().inbound_guard(caller.destination.port());
+    if let Some(guard) = guard {
+        let who = crate::authz::Caller {
+            peer: caller.peer,
+            principal: caller.principal.as_deref(),
+            destination: caller.destination,
+        };
+        if !crate::authz::authorize_connection(&guard, &who, None) {
+            tracing::info!(
+                destination = %caller.destination,
+                "closing TCP connection: denied by authorization policy"
+            );
+            return;
+        }
+    }
+    proxy(downstream, cluster, "", Reporter::Destination, state, conn).await;
+}
 
 pub async fn proxy<D>(
     downstream: &mut D,
@@ -24,10 +67,13 @@ pub async fn proxy<D>(
     service: &str,
     reporter: Reporter,
     state: &ProxyState,
+    conn: &Downstream,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut record = TcpRecord::start(state, reporter, service, cluster, conn);
     let Some(endpoint) = cluster.pick_endpoint() else {
+        record.refused(ResponseFlag::NoHealthyUpstream);
         tracing::info!(
             flag = ResponseFlag::NoHealthyUpstream.code(),
             "closing TCP connection: cluster {:?} has no endpoints",
@@ -38,6 +84,7 @@ pub async fn proxy<D>(
     let _counted = match cluster.breaker.acquire(Resource::Connection) {
         Ok(slot) => slot,
         Err(full) => {
+            record.refused(ResponseFlag::UpstreamOverflow);
             tracing::info!(
                 flag = ResponseFlag::UpstreamOverflow.code(),
                 "closing TCP connection: {full}"
@@ -58,6 +105,7 @@ pub async fn proxy<D>(
     let mut upstream = match connected {
         Ok(stream) => stream,
         Err(err) => {
+            record.refused(ResponseFlag::UpstreamConnectFailure);
             tracing::info!(
                 flag = ResponseFlag::UpstreamConnectFailure.code(),
                 "closing TCP connection: cluster {:?}: {err}",
@@ -66,7 +114,7 @@ pub async fn proxy<D>(
             return;
         }
     };
-    state.metrics.record_tcp_open(reporter, service);
+    record.opened(endpoint);
     let (received, sent) = match tokio::io::copy_bidirectional(downstream, &mut upstream).await {
         Ok(counts) => counts,
         Err(err) => {
@@ -74,7 +122,5 @@ pub async fn proxy<D>(
             (0, 0)
         }
     };
-    state
-        .metrics
-        .record_tcp_close(reporter, service, sent, received);
+    record.closed(sent, received);
 }

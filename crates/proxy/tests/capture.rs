@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_testkit::backend::{HttpBackend, TcpEcho};
 use weft_testkit::client;
 use weft_testkit::netns::{NetNs, privileged_or_skip};
+use weft_testkit::prometheus::sample;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-proxy");
@@ -190,14 +191,43 @@ clusters:
         .await
         .expect("scrape")
         .text();
-    assert!(
-        metrics.contains("destination_service=\"alpha.test.svc.cluster.local\",request_protocol=\"http\",response_code=\"200\""),
+    let http = [("request_protocol", "http"), ("response_code", "200")];
+    let alpha = [("destination_service", "alpha.test.svc.cluster.local")];
+    assert_eq!(
+        sample(
+            &metrics,
+            "istio_requests_total",
+            &[&http[..], &alpha].concat()
+        ),
+        1.0,
         "{metrics}"
     );
-    assert!(metrics.contains("istio_tcp_connections_opened_total{reporter=\"source\",destination_service=\"db.test.svc.cluster.local\"} 1"), "{metrics}");
-    assert!(
-        metrics.contains("istio_requests_total{reporter=\"destination\",destination_service=\"unknown\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\"} 1"),
+    let db = [
+        ("reporter", "source"),
+        ("destination_service", "db.test.svc.cluster.local"),
+    ];
+    assert_eq!(
+        sample(&metrics, "istio_tcp_connections_opened_total", &db),
+        1.0,
         "{metrics}"
     );
-    assert!(metrics.contains("istio_tcp_connections_closed_total{reporter=\"destination\",destination_service=\"unknown\"} 1"), "{metrics}");
+    let inbound = [("reporter", "destination"), ("response_flags", "-")];
+    assert_eq!(
+        sample(
+            &metrics,
+            "istio_requests_total",
+            &[&http[..], &inbound].concat()
+        ),
+        1.0,
+        "{metrics}"
+    );
+    let passthrough = [
+        ("reporter", "destination"),
+        ("destination_service", "unknown"),
+    ];
+    assert_eq!(
+        sample(&metrics, "istio_tcp_connections_closed_total", &passthrough),
+        1.0,
+        "{metrics}"
+    );
 }

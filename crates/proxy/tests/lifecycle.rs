@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_testkit::backend::{HttpBackend, TcpEcho};
 use weft_testkit::client::{self, Http1Client};
 use weft_testkit::free_addr;
+use weft_testkit::prometheus::sample;
 use weft_testkit::proxy::ProxyProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-proxy");
@@ -54,19 +55,14 @@ clusters: [{{name: db, endpoints: [{{address: "{}"}}]}}]
         .await
         .expect("scrape")
         .text();
-    let labels = "{reporter=\"source\",destination_service=\"db\"}";
-    assert!(
-        metrics.contains(&format!("istio_tcp_connections_closed_total{labels} 1")),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(&format!("istio_tcp_received_bytes_total{labels} 100000")),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(&format!("istio_tcp_sent_bytes_total{labels} 100003")),
-        "{metrics}"
-    );
+    let labels = [("reporter", "source"), ("destination_service", "db")];
+    for (name, value) in [
+        ("istio_tcp_connections_closed_total", 1.0),
+        ("istio_tcp_received_bytes_total", 100000.0),
+        ("istio_tcp_sent_bytes_total", 100003.0),
+    ] {
+        assert_eq!(sample(&metrics, name, &labels), value, "{name}:\n{metrics}");
+    }
 }
 
 fn web_config(

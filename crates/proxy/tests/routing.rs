@@ -13,6 +13,7 @@ use weft_testkit::backend::HttpBackend;
 use weft_testkit::backend::{Served, serve};
 use weft_testkit::client::{self, Http1Client, Reply};
 use weft_testkit::free_addr;
+use weft_testkit::prometheus::sample;
 use weft_testkit::proxy::ProxyProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-proxy");
@@ -295,10 +296,18 @@ async fn redirects_and_direct_responses_are_answered_by_the_proxy() {
         .expect("scrape")
         .text();
     for code in ["301", "308", "418"] {
-        let line = format!(
-            "istio_requests_total{{reporter=\"source\",destination_service=\"web.test.svc.cluster.local\",request_protocol=\"http\",response_code=\"{code}\",response_flags=\"-\"}} 1"
+        let labels = [
+            ("reporter", "source"),
+            ("destination_service", "web.test.svc.cluster.local"),
+            ("request_protocol", "http"),
+            ("response_code", code),
+            ("response_flags", "-"),
+        ];
+        assert_eq!(
+            sample(&metrics, "istio_requests_total", &labels),
+            1.0,
+            "{code} missing from\n{metrics}"
         );
-        assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
     }
 }
 

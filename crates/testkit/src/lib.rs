@@ -7,6 +7,8 @@ pub mod client;
 pub mod corpus;
 pub mod grpc;
 pub mod netns;
+pub mod otlp;
+pub mod prometheus;
 pub mod proxy;
 pub mod weftd;
 

@@ -26,6 +26,17 @@ impl WeftdProcess {
         grpc: SocketAddr,
         api: SocketAddr,
     ) -> anyhow::Result<Self> {
+        Self::start_with(binary, state_dir, grpc, api, &[]).await
+    }
+
+    /// [`start`](Self::start) with more flags (e.g. `--cacerts DIR`).
+    pub async fn start_with(
+        binary: &Path,
+        state_dir: &Path,
+        grpc: SocketAddr,
+        api: SocketAddr,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = state_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -38,6 +49,7 @@ impl WeftdProcess {
             .arg(grpc.to_string())
             .arg("--api")
             .arg(api.to_string())
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -93,6 +105,34 @@ impl WeftdProcess {
             .await?
             .send(request)
             .await
+    }
+
+    /// `POST /v1/tokens`: a bootstrap token for `namespace`/`service_account`.
+    pub async fn mint_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<String> {
+        let body = format!(r#"{{"namespace":"{namespace}","serviceAccount":"{service_account}"}}"#);
+        let request = client::request(
+            http::Method::POST,
+            "weftd",
+            "/v1/tokens",
+            client::full(body),
+        );
+        let reply = client::Http1Client::connect(self.api)
+            .await?
+            .send(request)
+            .await?;
+        if reply.status != 200 {
+            bail!("POST /v1/tokens: {} {}", reply.status, reply.text());
+        }
+        // The token is hex and dots: no JSON escaping to undo.
+        let text = reply.text();
+        text.split_once(r#""token":""#)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(token, _)| token.to_string())
+            .with_context(|| format!("POST /v1/tokens: no token in {text}"))
     }
 
     /// `GET /v1/proxies` as text (JSON).

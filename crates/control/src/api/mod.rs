@@ -9,6 +9,10 @@
 //! | `GET /v1/resources/<Kind>/<ns>/<name>`    | one object, or 404                    |
 //! | `DELETE /v1/resources/<Kind>/<ns>/<name>` | deletes one object, or 404            |
 //! | `GET /v1/proxies`                         | what each proxy holds (ACK/NACK)      |
+//! | `POST /v1/tokens` (`{"namespace", "serviceAccount"}`) | a proxy bootstrap token   |
+//! | `POST /v1/analyze` (JSON, optional)       | analyzer messages over the store      |
+//! | `GET /v1/describe?service=S&namespace=N`  | what applies to a service, and why    |
+//! | `GET /v1/proxies/<id>/config`             | the config last pushed to that proxy  |
 //!
 //! Contract: every answer is JSON (errors as `{"error": "..."}`, invalid
 //! config as `{"problems": [...]}`); bodies over [`MAX_BODY`] get a 413;
@@ -16,7 +20,9 @@
 //! take any form istioctl users type ([`canonical_kind`]).
 
 mod handlers;
+mod inspect;
 mod kinds;
+mod tokens;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -33,6 +39,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::ca::Ca;
 use crate::status::StatusBoard;
 use crate::store::Store;
 
@@ -64,6 +71,16 @@ impl Failure {
 /// Serves the API on `listener` until the returned future is dropped;
 /// dropping it also closes every open connection.
 pub async fn serve(listener: TcpListener, store: Arc<Store>, status: Arc<StatusBoard>) {
+    serve_with_ca(listener, store, status, None).await
+}
+
+/// [`serve`], plus `POST /v1/tokens` when weftd runs a CA.
+pub async fn serve_with_ca(
+    listener: TcpListener,
+    store: Arc<Store>,
+    status: Arc<StatusBoard>,
+    ca: Option<Arc<Ca>>,
+) {
     // Connections live in a JoinSet so they end with `serve`, not after it.
     let mut connections = JoinSet::new();
     loop {
@@ -79,11 +96,11 @@ pub async fn serve(listener: TcpListener, store: Arc<Store>, status: Arc<StatusB
             },
             Some(_) = connections.join_next() => continue,
         };
-        let (store, status) = (store.clone(), status.clone());
+        let (store, status, ca) = (store.clone(), status.clone(), ca.clone());
         connections.spawn(async move {
             let service = service_fn(move |request| {
-                let (store, status) = (store.clone(), status.clone());
-                async move { Ok::<_, Infallible>(respond(request, store, status).await) }
+                let (store, status, ca) = (store.clone(), status.clone(), ca.clone());
+                async move { Ok::<_, Infallible>(respond(request, store, status, ca).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -92,7 +109,12 @@ pub async fn serve(listener: TcpListener, store: Arc<Store>, status: Arc<StatusB
     }
 }
 
-async fn respond(request: Request<Incoming>, store: Arc<Store>, status: Arc<StatusBoard>) -> Reply {
+async fn respond(
+    request: Request<Incoming>,
+    store: Arc<Store>,
+    status: Arc<StatusBoard>,
+    ca: Option<Arc<Ca>>,
+) -> Reply {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
@@ -124,7 +146,25 @@ async fn respond(request: Request<Incoming>, store: Arc<Store>, status: Arc<Stat
             handlers::delete_one(store, kind, namespace, name).await
         }
         (&Method::GET, ["v1", "proxies"]) => handlers::proxies(&status),
-        (_, ["v1", "apply" | "delete" | "proxies"] | ["v1", "resources", ..]) => error(
+        (&Method::POST, ["v1", "tokens"]) => match read_body(request).await {
+            Ok(text) => tokens::mint(ca.as_deref(), &text),
+            Err(failure) => failure.reply(),
+        },
+        (&Method::GET, ["v1", "proxies", id, "config"]) => inspect::pushed_config(id),
+        (&Method::GET, ["v1", "describe"]) => inspect::describe(&store, &query),
+        (&Method::POST, ["v1", "analyze"]) => match read_body(request).await {
+            Ok(text) => inspect::analyze(&store, &text),
+            Err(failure) => failure.reply(),
+        },
+        (
+            _,
+            [
+                "v1",
+                "apply" | "delete" | "proxies" | "tokens" | "analyze" | "describe",
+            ]
+            | ["v1", "resources", ..]
+            | ["v1", "proxies", _, "config"],
+        ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
         ),
@@ -195,5 +235,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     json_reply(status, &json!({ "error": message.into() }))
 }
 
+#[cfg(test)]
+mod inspect_tests;
 #[cfg(test)]
 mod tests;

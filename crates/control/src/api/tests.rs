@@ -318,3 +318,66 @@ async fn unknown_routes_and_huge_bodies_get_json_errors() {
     let (status, reply) = api.call(Method::POST, "/v1/apply", &huge).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{reply}");
 }
+
+#[tokio::test]
+async fn tokens_are_minted_only_with_a_ca_and_for_valid_names() {
+    let without = Api::start().await;
+    let (status, _) = without
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            r#"{"namespace":"default","serviceAccount":"sleep"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no CA, no tokens");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Arc::new(
+        crate::ca::Ca::open(&crate::ca::CaOptions {
+            state_dir: dir.path().to_path_buf(),
+            cacerts: None,
+            trust_domain: "cluster.local".into(),
+            workload_ttl: crate::ca::DEFAULT_WORKLOAD_TTL,
+        })
+        .expect("ca"),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(super::serve_with_ca(
+        listener,
+        Arc::new(Store::in_memory()),
+        Arc::new(StatusBoard::default()),
+        Some(ca.clone()),
+    ));
+    let with = Api {
+        addr,
+        store: Arc::new(Store::in_memory()),
+        status: Arc::new(StatusBoard::default()),
+    };
+    let (status, reply) = with
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            r#"{"namespace":"shop","serviceAccount":"cart"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["identity"], "spiffe://cluster.local/ns/shop/sa/cart");
+    let token = reply["token"].as_str().expect("token");
+    let claims = ca.tokens().verify(token).expect("weftd's own token");
+    assert_eq!(
+        (claims.namespace.as_str(), claims.service_account.as_str()),
+        ("shop", "cart")
+    );
+
+    for bad in [
+        r#"{"namespace":"Shop","serviceAccount":"cart"}"#,
+        r#"{"namespace":"shop"}"#,
+        r#"{"namespace":"shop","serviceAccount":"cart","admin":true}"#,
+        "not json",
+    ] {
+        let (status, reply) = with.call(Method::POST, "/v1/tokens", bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {reply}");
+        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+}

@@ -113,6 +113,7 @@ fn cluster(
                 weight: e.weight,
                 priority: 0,
                 locality: e.locality.clone(),
+                identity: String::new(),
             })
         })
         .collect();
@@ -126,6 +127,7 @@ fn cluster(
         subset: subset.to_string(),
         connection_pool: limits::connection_pool(policies, port.number),
         outlier_detection: limits::outlier_detection(policies, port.number),
+        tls: super::tls::client_tls(policies, port.number),
     }
 }
 

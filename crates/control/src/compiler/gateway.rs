@@ -117,8 +117,7 @@ impl Gateways {
                     name: format!("gateway|{port}"),
                     address: format!("0.0.0.0:{port}"),
                     kind: pb::ListenerKind::Gateway as i32,
-                    service: String::new(),
-                    service_port: 0,
+                    ..Default::default()
                 });
                 for (host, routes) in virtual_hosts {
                     let held = merged.entry(host.clone()).or_default();

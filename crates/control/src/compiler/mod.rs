@@ -14,6 +14,7 @@
 //! expressed is left out and reported by [`MeshIndex::warnings`] (mesh-wide)
 //! or [`ProxyOutput::warnings`] (one proxy).
 
+mod authz;
 mod checks;
 mod clusters;
 mod delegate;
@@ -21,11 +22,15 @@ mod gateway;
 mod hosts;
 mod http_rule;
 mod locality;
+pub mod peer_authentication;
 mod ports;
 mod proxy;
+mod request_authn;
 mod resilience;
 mod routes;
 mod scope;
+mod telemetry;
+pub mod tls;
 
 use std::collections::BTreeMap;
 
@@ -36,6 +41,7 @@ use weft_proto::proxy::v1::{self as pb, ProxyConfig};
 use self::delegate::Delegates;
 use self::hosts::{HostIndex, Visibility, kube_aliases, kube_parts};
 use self::http_rule::{Audience, Source};
+use self::peer_authentication::PeerPolicies;
 use self::routes::CompiledVs;
 use self::scope::Sidecars;
 use crate::registry::{Registry, Workload};
@@ -50,7 +56,13 @@ pub struct MeshIndex {
     clusters: BTreeMap<String, pb::Cluster>,
     sidecars: Sidecars,
     gateways: gateway::Gateways,
+    /// AuthorizationPolicy and RequestAuthentication, by scope.
+    authz: authz::AuthzPolicies,
+    jwt: request_authn::JwtPolicies,
+    telemetry: telemetry::Policies,
     warnings: Vec<String>,
+    /// PeerAuthentication, for each proxy's inbound ports.
+    peer_policies: PeerPolicies,
 }
 
 /// One service, ready to hand out.
@@ -103,11 +115,24 @@ impl PortSources {
 
 impl MeshIndex {
     pub fn build(resources: &[Resource], workloads: &[Workload]) -> Self {
+        Self::build_with_peers(resources, workloads, &tls::MeshPeers::default())
+    }
+
+    /// [`build`](Self::build), with the connected proxies' mesh TLS facts:
+    /// endpoints then lead to their proxies' inbound listeners and carry
+    /// the identity auto-mTLS verifies.
+    pub fn build_with_peers(
+        resources: &[Resource],
+        workloads: &[Workload],
+        peers: &tls::MeshPeers,
+    ) -> Self {
         let registry = Registry::build(resources, workloads);
         let mut warnings = registry.warnings().to_vec();
         let services = registry.services();
         let hosts = HostIndex::new(services);
         let mut clusters = clusters::build(&registry, &hosts, resources, &mut warnings);
+        let peer_policies = PeerPolicies::new(resources);
+        tls::secure_endpoints(&mut clusters, peers, &peer_policies);
 
         let delegates = Delegates::new(resources);
         let mut virtual_services: Vec<CompiledVs> = resources
@@ -210,12 +235,31 @@ impl MeshIndex {
             delegates: &delegates,
         };
         let gateways = gateway::Gateways::build(&gateway_inputs, &mut clusters, &mut warnings);
+        let authz = authz::AuthzPolicies::build(
+            resources.iter().filter_map(|r| match r {
+                Resource::AuthorizationPolicy(object) => Some(object),
+                _ => None,
+            }),
+            &mut warnings,
+        );
+        let jwt = request_authn::JwtPolicies::build(
+            resources.iter().filter_map(|r| match r {
+                Resource::RequestAuthentication(object) => Some(object),
+                _ => None,
+            }),
+            &mut warnings,
+        );
+        let telemetry = telemetry::Policies::build(resources, &mut warnings);
         Self {
             services: compiled,
             clusters,
             sidecars,
             gateways,
+            authz,
+            jwt,
+            telemetry,
             warnings,
+            peer_policies,
         }
     }
 

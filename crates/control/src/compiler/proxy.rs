@@ -98,8 +98,13 @@ impl MeshIndex {
         }
 
         let clusters = self.clusters_for(&services, node);
-        let listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
-        let inbound_ports = inbound_ports(node, &mut warnings);
+        let mut listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
+        let mut inbound_ports = inbound_ports(node, &mut warnings);
+        self.secure_inbound(node, &mut listeners, &mut inbound_ports, &mut warnings);
+        let security = self.inbound_security(namespace, &node.labels);
+        for port in &mut inbound_ports {
+            port.security.clone_from(&security);
+        }
         let outbound_traffic_policy = scope
             .and_then(|s| s.outbound_policy)
             .unwrap_or(pb::OutboundTrafficPolicy::AllowAny);
@@ -112,6 +117,7 @@ impl MeshIndex {
                 inbound_ports,
                 outbound_traffic_policy: outbound_traffic_policy as i32,
                 protocol_detection_timeout: None,
+                telemetry: self.telemetry.for_node(namespace, &node.labels),
             },
             warnings,
         }
@@ -127,10 +133,28 @@ impl MeshIndex {
                 listeners,
                 services,
                 clusters,
+                telemetry: self
+                    .telemetry
+                    .for_node(namespace_or_default(&node.namespace), &node.labels),
                 ..Default::default()
             },
             warnings: Vec::new(),
         }
+    }
+
+    /// The AuthorizationPolicies and JWT rules that guard this workload's
+    /// inbound ports; None when nothing applies.
+    fn inbound_security(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<pb::InboundSecurity> {
+        let policies = self.authz.for_workload(namespace, labels);
+        let jwt_rules = self.jwt.for_workload(namespace, labels);
+        (!policies.is_empty() || !jwt_rules.is_empty()).then_some(pb::InboundSecurity {
+            policies,
+            jwt_rules,
+        })
     }
 
     /// The clusters `services` refer to: each port's default cluster and
@@ -222,6 +246,8 @@ fn listeners(
                 kind: kind as i32,
                 service: String::new(),
                 service_port: 0,
+                inbound_port: 0,
+                mtls_mode: 0,
             });
         }
     }
@@ -239,6 +265,8 @@ fn listeners(
             kind: pb::ListenerKind::Explicit as i32,
             service: String::new(),
             service_port: explicit.port,
+            inbound_port: 0,
+            mtls_mode: 0,
         };
         if !explicit.service.is_empty() {
             let wanted = explicit.service.to_ascii_lowercase();
@@ -298,6 +326,8 @@ fn inbound_ports(node: &Node, warnings: &mut Vec<String>) -> Vec<pb::InboundPort
             protocol: port.protocol,
             server_first: is_server_first(port.port, PortProtocol::Unknown),
             target: String::new(),
+            security: None,
+            mtls_mode: 0,
         });
     }
     inbound

@@ -10,6 +10,7 @@ use weft_proto::discovery::v1::{Node, Resource};
 use weft_proto::resources::split;
 
 use crate::compiler::MeshIndex;
+use crate::compiler::tls::MeshPeers;
 use crate::registry::Workload;
 use crate::store::Store;
 
@@ -117,9 +118,53 @@ impl Connected {
             .collect()
     }
 
+    /// The connected proxies' nodes, for mesh TLS (inbound listeners and
+    /// who holds a certificate).
+    pub fn nodes(&self) -> Vec<Node> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.values().map(|(_, node)| node.clone()).collect()
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
+}
+
+/// The connected workloads the latest build saw, for `GET /v1/describe`
+/// (the API serves from the store and cannot see the sessions). One
+/// weftd per process, as `weftd` runs it.
+static LATEST_WORKLOADS: std::sync::RwLock<Vec<Workload>> = std::sync::RwLock::new(Vec::new());
+
+/// What weftd last gave each proxy, by node id: the version and the whole
+/// set of resources the proxy should hold (pushed, or already held when
+/// it connected), for
+/// `GET /v1/proxies/<id>/config` (same one-weftd-per-process caveat).
+static LAST_SENT: std::sync::RwLock<BTreeMap<String, (String, Resources)>> =
+    std::sync::RwLock::new(BTreeMap::new());
+
+/// Records a push (see [`LAST_SENT`]).
+pub fn record_sent(node: &str, version: &str, resources: Resources) {
+    LAST_SENT
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(node.to_string(), (version.to_string(), resources));
+}
+
+/// The version and resources last pushed to `node`.
+pub fn last_sent(node: &str) -> Option<(String, Resources)> {
+    LAST_SENT
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(node)
+        .cloned()
+}
+
+/// See [`LATEST_WORKLOADS`].
+pub fn latest_workloads() -> Vec<Workload> {
+    LATEST_WORKLOADS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
 }
 
 /// Rebuilds the mesh whenever the store or the connected workloads change,
@@ -130,6 +175,7 @@ pub async fn build_loop(
     connected: Arc<Connected>,
     debounce: Duration,
     publish: watch::Sender<Arc<Mesh>>,
+    trust_domain: String,
 ) {
     let mut store_changes = store.subscribe();
     let mut workload_changes = connected.subscribe();
@@ -147,7 +193,10 @@ pub async fn build_loop(
             .collect();
         generation += 1;
         let started = std::time::Instant::now();
-        let index = MeshIndex::build(&resources, &connected.workloads());
+        let workloads = connected.workloads();
+        let peers = MeshPeers::new(&trust_domain, &connected.nodes());
+        let index = MeshIndex::build_with_peers(&resources, &workloads, &peers);
+        *LATEST_WORKLOADS.write().unwrap_or_else(|p| p.into_inner()) = workloads;
         tracing::debug!(
             generation,
             resources = resources.len(),

@@ -12,6 +12,7 @@ mod session;
 
 use std::sync::Arc;
 
+pub use crate::ca::service::{CertificateService, CertificatesServer};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -27,6 +28,7 @@ pub struct DiscoveryService {
     mesh: watch::Receiver<Arc<Mesh>>,
     connected: Arc<Connected>,
     status: Arc<StatusBoard>,
+    trust_bundle: Option<Arc<str>>,
 }
 
 impl DiscoveryService {
@@ -39,7 +41,14 @@ impl DiscoveryService {
             mesh,
             connected,
             status,
+            trust_bundle: None,
         }
+    }
+
+    /// Every stream's first push carries these trust anchors (PEM).
+    pub fn with_trust_bundle(mut self, pem: &str) -> Self {
+        self.trust_bundle = Some(Arc::from(pem));
+        self
     }
 }
 
@@ -72,7 +81,8 @@ impl Discovery for DiscoveryService {
             hello.known_versions,
             self.connected.clone(),
             self.status.clone(),
-        );
+        )
+        .with_trust_bundle(self.trust_bundle.clone());
         tokio::spawn(session.run(inbound, outbound, self.mesh.clone()));
         Ok(Response::new(ReceiverStream::new(pushes)))
     }

@@ -31,6 +31,8 @@ pub struct Session {
     connected: Arc<Connected>,
     status: Arc<StatusBoard>,
     pushes: u64,
+    /// The mesh's trust anchors, sent with the first push of the stream.
+    trust_bundle: Option<Arc<str>>,
 }
 
 impl Session {
@@ -46,7 +48,15 @@ impl Session {
             connected,
             status,
             pushes: 0,
+            trust_bundle: None,
         }
+    }
+
+    /// Sends `pem` with the first push (weftd's roots change only with a
+    /// restart, which starts a new stream).
+    pub fn with_trust_bundle(mut self, pem: Option<Arc<str>>) -> Self {
+        self.trust_bundle = pem;
+        self
     }
 
     pub async fn run(
@@ -126,6 +136,8 @@ impl Session {
             .iter()
             .map(|(name, resource)| (name.clone(), resource.version.clone()))
             .collect();
+        // What the proxy should hold from now on, pushed or already held.
+        super::mesh::record_sent(&self.node.id, &set_version(&versions), resources.clone());
         let changed: Vec<_> = resources
             .values()
             .filter(|resource| self.held.get(&resource.name) != Some(&resource.version))
@@ -137,7 +149,12 @@ impl Session {
             .filter(|name| !versions.contains_key(*name))
             .cloned()
             .collect();
-        if changed.is_empty() && removed.is_empty() {
+        let trust_bundle_pem = self
+            .trust_bundle
+            .take()
+            .map(|pem| pem.to_string())
+            .unwrap_or_default();
+        if changed.is_empty() && removed.is_empty() && trust_bundle_pem.is_empty() {
             return None;
         }
         self.pushes += 1;
@@ -148,6 +165,7 @@ impl Session {
             version: version.clone(),
             resources: changed,
             removed,
+            trust_bundle_pem,
         };
         if outbound.send(Ok(push)).await.is_err() {
             return None;

@@ -5,6 +5,7 @@
 //! A snapshot is immutable; a new config produces a new snapshot that
 //! requests pick up as they start, so in-flight requests keep theirs.
 
+mod authz;
 mod cluster;
 mod load;
 mod resilience;

@@ -244,6 +244,8 @@ pub struct InboundPort {
     pub protocol: PortProtocol,
     pub server_first: bool,
     pub cluster: Arc<Cluster>,
+    /// Authorization and JWT checks (see [`super::authz`]); None: none.
+    pub guard: Option<Arc<crate::authz::InboundGuard>>,
 }
 
 pub struct Snapshot {
@@ -343,6 +345,16 @@ impl Snapshot {
 
     pub fn inbound_port(&self, port: u16) -> Option<&InboundPort> {
         self.inbound.get(&port)
+    }
+
+    /// The authorization guarding `port`, else the workload's (weftd gives
+    /// every port of a workload the same policies), so that traffic to an
+    /// undeclared port is not left unchecked.
+    pub fn inbound_guard(&self, port: u16) -> Option<Arc<crate::authz::InboundGuard>> {
+        match self.inbound.get(&port) {
+            Some(declared) => declared.guard.clone(),
+            None => self.inbound.values().find_map(|p| p.guard.clone()),
+        }
     }
 
     pub fn listener(&self, address: SocketAddr) -> Option<&ListenerSpec> {
@@ -657,6 +669,11 @@ fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap
             protocol: PortProtocol::from_pb(port.protocol).unwrap_or(PortProtocol::Detect),
             server_first: port.server_first,
             cluster: Arc::new(cluster),
+            guard: super::authz::compile_security(
+                port.security.as_ref(),
+                &format!("{path}.security"),
+                problems,
+            ),
         };
         if inbound.insert(number, compiled).is_some() {
             problems.push(

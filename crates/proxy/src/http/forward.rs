@@ -12,13 +12,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::ProxyBody;
-use super::reply::LocalReply;
 use super::route::{self, Decision, Target};
 use super::{cors, fault, mirror, retry, rewrite};
 use crate::config::{RequestView, UpstreamProtocol};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
+use crate::telemetry::Downstream;
+use crate::telemetry::request::RequestRecord;
 use crate::upstream::HttpVersion;
 
 /// What the server knows about the downstream connection.
@@ -28,6 +29,11 @@ pub struct HttpConn {
     pub version: HttpVersion,
     /// The downstream peer's IP (consistent hashing by source IP).
     pub peer: Option<std::net::IpAddr>,
+    /// The caller's mTLS identity without `spiffe://` (e.g.
+    /// `cluster.local/ns/default/sa/sleep`); None for plaintext callers.
+    pub peer_principal: Option<Arc<str>>,
+    /// Addresses and proven identity, for telemetry.
+    pub downstream: Downstream,
 }
 
 /// The hyper service: never fails, every problem becomes a local reply.
@@ -36,14 +42,27 @@ pub async fn handle(
     conn: Arc<HttpConn>,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let mut record = RequestRecord {
-        state: &state,
-        reporter: conn.reporter,
-        grpc: is_grpc(request.headers()),
-        service: String::new(),
-        extra: ResponseFlags::default(),
-        done: false,
-    };
+    let mut record = RequestRecord::start(&state, conn.reporter, &conn.downstream, &mut request);
+    // Inbound requests pass the workload's JWT rules and policies first.
+    if let Target::Inbound { port, original_dst } = &conn.target {
+        let guard = state
+            .snapshot()
+            .inbound_port(*port)
+            .and_then(|p| p.guard.clone());
+        if let Some(guard) = guard {
+            let caller = crate::authz::Caller {
+                peer: conn.peer,
+                principal: conn.peer_principal.as_deref(),
+                destination: *original_dst,
+            };
+            request = match crate::authz::authorize_request(&guard, &caller, request).await {
+                Ok(request) => request,
+                Err(response) => {
+                    return Ok(record.respond(response, ResponseFlags::default()));
+                }
+            };
+        }
+    }
     let mut authority = request_authority(&request);
     let downstream_version = request.version();
     let decision = {
@@ -64,13 +83,17 @@ pub async fn handle(
         Ok(Decision::Forward(forwarding)) => forwarding,
         Ok(Decision::Answer { service, response }) => {
             record.service = service;
-            record.finish(response.status(), ResponseFlags::default());
-            return Ok(response);
+            return Ok(record.respond(response, ResponseFlags::default()));
         }
         Err(reply) => return Ok(record.local_reply(reply)),
     };
     record.service.clone_from(&forwarding.service);
     let route = forwarding.matched.as_ref().map(|m| m.route.clone());
+    record.routed(
+        route.as_deref().map(|r| r.name.as_str()),
+        &forwarding.cluster,
+        request.headers_mut(),
+    );
     // CORS acts first, as Envoy's filter precedes fault injection and the
     // router: an allowed preflight is answered without going upstream.
     let cors_policy = route.as_deref().and_then(|r| r.cors.as_deref());
@@ -80,8 +103,7 @@ pub async fn handle(
     {
         let mut response = cors.preflight(origin.clone());
         *response.version_mut() = downstream_version;
-        record.finish(response.status(), ResponseFlags::default());
-        return Ok(response);
+        return Ok(record.respond(response, ResponseFlags::default()));
     }
     if let Some(matched) = &forwarding.matched {
         rewrite::edit_request(matched, &mut request, &mut authority);
@@ -94,9 +116,8 @@ pub async fn handle(
             record.extra = record.extra.with(ResponseFlag::DelayInjected);
         }
         if let Some(abort) = injected.abort {
-            let (status, response) = fault::abort_response(&abort, record.grpc, record.extra);
-            record.finish(status, ResponseFlag::FaultInjected.into());
-            return Ok(response);
+            let (_, response) = fault::abort_response(&abort, record.grpc, record.extra);
+            return Ok(record.respond(response, ResponseFlag::FaultInjected.into()));
         }
     }
     let cluster = forwarding.cluster;
@@ -115,7 +136,7 @@ pub async fn handle(
         Target::Service { .. } | Target::Gateway { .. } => None,
     };
     let (parts, body) = request.into_parts();
-    let mut body = ProxyBody::new(body.map_err(Into::into));
+    let mut body = record.count_request(ProxyBody::new(body.map_err(Into::into)));
     if let Some(mirrors) = forward.map(|f| &f.mirrors).filter(|m| !m.is_empty()) {
         // An upgrade is a connection, not a request to copy.
         if !upgrade {
@@ -179,8 +200,7 @@ pub async fn handle(
     }
     // Answer in the client's HTTP version, whatever the upstream spoke.
     *response.version_mut() = downstream_version;
-    record.finish(response.status(), flags);
-    Ok(response)
+    Ok(record.respond(response, flags))
 }
 
 fn upstream_version(protocol: UpstreamProtocol, downstream: HttpVersion) -> HttpVersion {
@@ -198,12 +218,6 @@ fn request_authority<B>(request: &Request<B>) -> Option<Authority> {
     }
     let host = request.headers().get(header::HOST)?.to_str().ok()?;
     host.parse().ok()
-}
-
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn is_upgrade_request(headers: &HeaderMap) -> bool {
@@ -329,56 +343,5 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(header::TE);
-    }
-}
-
-/// Counts the request once: with its status when a response is returned,
-/// or as a downstream disconnect (DC) if hyper drops the handler first.
-struct RequestRecord<'a> {
-    state: &'a ProxyState,
-    reporter: Reporter,
-    grpc: bool,
-    service: String,
-    /// Flags for whatever answer is given (DI after an injected delay).
-    extra: ResponseFlags,
-    done: bool,
-}
-
-impl RequestRecord<'_> {
-    fn finish(&mut self, status: StatusCode, flags: ResponseFlags) {
-        self.done = true;
-        self.state.metrics.record_request(
-            self.reporter,
-            &self.service,
-            self.grpc,
-            status.as_u16(),
-            flags.union(self.extra),
-        );
-    }
-
-    fn local_reply(&mut self, mut reply: LocalReply) -> Response<ProxyBody> {
-        reply.extra = reply.extra.union(self.extra);
-        tracing::debug!(
-            flag = reply.flag.code(),
-            status = reply.status.as_u16(),
-            "{}",
-            reply.message
-        );
-        self.finish(reply.status, reply.flags());
-        reply.into_response()
-    }
-}
-
-impl Drop for RequestRecord<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.state.metrics.record_request(
-                self.reporter,
-                &self.service,
-                self.grpc,
-                0,
-                self.extra.with(ResponseFlag::DownstreamDisconnect),
-            );
-        }
     }
 }

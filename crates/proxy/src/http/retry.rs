@@ -33,6 +33,7 @@ use super::{BoxError, ProxyBody, fault};
 use crate::config::{Cluster, RetryPolicy};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::state::ProxyState;
+use crate::telemetry::request::UpstreamHost;
 use crate::upstream::{HttpVersion, Resource, Slot, TryResult, UpstreamError};
 
 /// Most request body bytes kept for a retry.
@@ -179,7 +180,7 @@ async fn one_try(
         Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(result) => result,
             Err(_) => {
-                record(cluster, addr, Some(TryResult::Timeout));
+                record(exchange.state, cluster, addr, Some(TryResult::Timeout));
                 return Outcome::TimedOut(limit);
             }
         },
@@ -187,30 +188,34 @@ async fn one_try(
     match outcome {
         Ok(response) => {
             record(
+                exchange.state,
                 cluster,
                 addr,
                 Some(TryResult::Status(response.status().as_u16())),
             );
-            Outcome::Response(response.map(|inner| {
+            let mut response = response.map(|inner| {
                 ProxyBody::new(Held {
                     inner,
                     _guard: load,
                 })
-            }))
+            });
+            response.extensions_mut().insert(UpstreamHost(addr));
+            Outcome::Response(response)
         }
         Err(err) => {
-            record(cluster, addr, err.try_result());
+            record(exchange.state, cluster, addr, err.try_result());
             Outcome::Failed(err)
         }
     }
 }
 
 /// Feeds one try's result to the cluster's outlier detection.
-fn record(cluster: &Cluster, addr: SocketAddr, result: Option<TryResult>) {
+fn record(state: &ProxyState, cluster: &Cluster, addr: SocketAddr, result: Option<TryResult>) {
     let (Some(outlier), Some(result)) = (&cluster.outlier, result) else {
         return;
     };
     if let Some(time) = outlier.record(addr, result, Instant::now()) {
+        state.metrics.record_ejection(&cluster.name);
         tracing::info!(
             %addr,
             "outlier detection ejected an endpoint of cluster {:?} for {time:?}",

@@ -1,4 +1,5 @@
-//! TCP connections to upstream endpoints.
+//! Connections to upstream endpoints: TCP, then TLS when the config says
+//! so for the endpoint (mesh mTLS or TLS origination, see `tls::upstream`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,11 +8,37 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 use super::{Keepalive, UpstreamError};
+use crate::tls::upstream::{Carries, UpstreamIo, UpstreamTls, secure};
+
+/// A connection for opaque TCP to `addr`, secured as the config says
+/// (mesh mTLS carries it as TLS-wrapped TCP).
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<&Keepalive>,
+) -> Result<UpstreamIo, UpstreamError> {
+    let tls = crate::tls::context().map_or(UpstreamTls::Plain, |c| c.decision(addr));
+    connect_secured(addr, timeout, keepalive, &tls, Carries::Tcp).await
+}
+
+/// A connection to `addr` secured by `tls`, offering what it `carries`.
+pub async fn connect_secured(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<&Keepalive>,
+    tls: &UpstreamTls,
+    carries: Carries,
+) -> Result<UpstreamIo, UpstreamError> {
+    let stream = connect_tcp(addr, timeout, keepalive).await?;
+    secure(stream, addr, tls, carries, timeout)
+        .await
+        .map_err(|source| UpstreamError::Connect { addr, source })
+}
 
 /// Connects with a deadline and Nagle off: proxied requests are written
 /// whole, and delaying small writes would only add latency. `keepalive`
 /// (the cluster's `tcpKeepalive`) turns on SO_KEEPALIVE with its settings.
-pub async fn connect(
+async fn connect_tcp(
     addr: SocketAddr,
     timeout: Duration,
     keepalive: Option<&Keepalive>,

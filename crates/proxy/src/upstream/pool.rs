@@ -15,6 +15,14 @@
 //! HTTP/1 connection is not reused after maxRequestsPerConnection requests
 //! nor after idling longer than idleTimeout (checked at checkout and
 //! checkin; there is no timer sweep).
+//!
+//! TLS (`tls::upstream`): to an endpoint secured by mesh mTLS, requests go
+//! over multiplexed HTTP/2 connections ([`MESH_H2_SHARDS`] per endpoint)
+//! whatever HTTP version the app used (marked with `x-weft-client-protocol` so the far side gives the
+//! app its own version back); only upgrades (WebSocket) use HTTP/1.1 over
+//! TLS. A pooled connection is reused only while the endpoint's TLS
+//! decision is unchanged, so a policy change never sends a request over a
+//! connection secured the old way.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,8 +39,15 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{Breaker, Keepalive, Resource, Slot, UpstreamError, connect};
+use super::connect::connect_secured;
+use super::{Breaker, Keepalive, Resource, Slot, UpstreamError};
 use crate::http::ProxyBody;
+use crate::tls::inbound::CLIENT_PROTOCOL_HEADER;
+use crate::tls::upstream::{Carries, UpstreamTls};
+
+/// HTTP/2 connections per TLS-secured endpoint (Envoy keeps one per
+/// worker; a sidecar has at most two workers).
+const MESH_H2_SHARDS: usize = 2;
 
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -43,7 +58,7 @@ pub enum HttpVersion {
     Http2,
 }
 
-type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>>;
+type H2Slot = Arc<tokio::sync::Mutex<Option<(http2::SendRequest<ProxyBody>, UpstreamTls)>>>;
 
 /// A pooled HTTP/1 connection with what the cluster that opened it allows.
 struct Http1Conn {
@@ -53,6 +68,8 @@ struct Http1Conn {
     slot: Slot,
     served: u32,
     idle_since: Instant,
+    /// How the connection was secured.
+    tls: UpstreamTls,
 }
 
 impl Http1Conn {
@@ -68,7 +85,10 @@ impl Http1Conn {
 #[derive(Default)]
 pub struct Pool {
     idle_http1: Mutex<HashMap<SocketAddr, Vec<Http1Conn>>>,
-    http2: Mutex<HashMap<SocketAddr, H2Slot>>,
+    /// (endpoint, shard) → shared HTTP/2 connection.
+    http2: Mutex<HashMap<(SocketAddr, usize), H2Slot>>,
+    /// Spreads mesh HTTP/2 requests over [`MESH_H2_SHARDS`] connections.
+    next_shard: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
@@ -81,15 +101,28 @@ impl Pool {
         version: HttpVersion,
         breaker: &Arc<Breaker>,
         connect_timeout: Duration,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let tls = crate::tls::context().map_or(UpstreamTls::Plain, |c| c.decision(addr));
+        let upgrade = request.headers().contains_key(http::header::UPGRADE);
+        let version = match (&tls, version) {
+            (UpstreamTls::Mesh { .. }, HttpVersion::Http1) if !upgrade => {
+                request.headers_mut().insert(
+                    CLIENT_PROTOCOL_HEADER,
+                    http::HeaderValue::from_static("HTTP/1.1"),
+                );
+                into_http2_shape(&mut request);
+                HttpVersion::Http2
+            }
+            _ => version,
+        };
         match version {
             HttpVersion::Http1 => {
-                self.send_http1(addr, breaker, connect_timeout, request)
+                self.send_http1(addr, breaker, connect_timeout, request, tls)
                     .await
             }
             HttpVersion::Http2 => {
-                self.send_http2(addr, breaker, connect_timeout, request)
+                self.send_http2(addr, breaker, connect_timeout, request, tls)
                     .await
             }
         }
@@ -101,9 +134,12 @@ impl Pool {
         breaker: &Arc<Breaker>,
         connect_timeout: Duration,
         mut request: Request<ProxyBody>,
+        tls: UpstreamTls,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         loop {
-            let (mut conn, reused) = self.checkout_http1(addr, breaker, connect_timeout).await?;
+            let (mut conn, reused) = self
+                .checkout_http1(addr, breaker, connect_timeout, &tls)
+                .await?;
             if conn.sender.ready().await.is_err() {
                 if reused {
                     continue;
@@ -149,6 +185,7 @@ impl Pool {
         addr: SocketAddr,
         breaker: &Arc<Breaker>,
         connect_timeout: Duration,
+        tls: &UpstreamTls,
     ) -> Result<(Http1Conn, bool), UpstreamError> {
         // Held while waiting; dropped (released) on return or cancellation.
         let mut pending: Option<Slot> = None;
@@ -157,18 +194,19 @@ impl Pool {
             tokio::pin!(freed);
             // Registered before checking, so a release in between wakes us.
             freed.as_mut().enable();
-            if let Some(conn) = self.take_idle_http1(addr) {
+            if let Some(conn) = self.take_idle_http1(addr, tls) {
                 return Ok((conn, true));
             }
             match breaker.acquire(Resource::Connection) {
                 Ok(slot) => {
                     let keepalive = breaker.limits.tcp_keepalive.as_ref();
-                    let sender = connect_http1(addr, connect_timeout, keepalive).await?;
+                    let sender = connect_http1(addr, connect_timeout, keepalive, tls).await?;
                     let conn = Http1Conn {
                         sender,
                         slot,
                         served: 0,
                         idle_since: Instant::now(),
+                        tls: tls.clone(),
                     };
                     return Ok((conn, false));
                 }
@@ -196,27 +234,41 @@ impl Pool {
         breaker: &Arc<Breaker>,
         connect_timeout: Duration,
         mut request: Request<ProxyBody>,
+        tls: UpstreamTls,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
+        // TLS records are sealed and opened by the task driving the
+        // connection: more than one connection per endpoint lets that work
+        // use more than one core.
+        let shard = match tls {
+            UpstreamTls::Plain => 0,
+            _ => {
+                self.next_shard
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    % MESH_H2_SHARDS
+            }
+        };
         let slot = self
             .http2
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(addr)
+            .entry((addr, shard))
             .or_default()
             .clone();
         for attempt in 0..2 {
             let (mut sender, reused) = {
                 let mut shared = slot.lock().await;
                 match shared.as_ref() {
-                    Some(sender) if !sender.is_closed() && attempt == 0 => (sender.clone(), true),
+                    Some((sender, held)) if !sender.is_closed() && attempt == 0 && *held == tls => {
+                        (sender.clone(), true)
+                    }
                     _ => {
                         // The shared connection counts as one; a new one is
                         // refused at once when the cluster has no room.
                         let counted = breaker
                             .acquire(Resource::Connection)
                             .map_err(UpstreamError::Overflow)?;
-                        let sender = connect_http2(addr, connect_timeout, counted).await?;
-                        *shared = Some(sender.clone());
+                        let sender = connect_http2(addr, connect_timeout, counted, &tls).await?;
+                        *shared = Some((sender.clone(), tls.clone()));
                         (sender, false)
                     }
                 }
@@ -247,11 +299,12 @@ impl Pool {
 
     /// A reusable idle connection to `addr`; stale ones met on the way
     /// (closed, idle too long) are dropped, which closes them.
-    fn take_idle_http1(&self, addr: SocketAddr) -> Option<Http1Conn> {
+    fn take_idle_http1(&self, addr: SocketAddr, tls: &UpstreamTls) -> Option<Http1Conn> {
         let now = Instant::now();
         let mut idle = self.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
         let stack = idle.get_mut(&addr)?;
-        stack.retain(|conn| conn.reusable(now));
+        // Secured the old way: closed rather than reused.
+        stack.retain(|conn| conn.reusable(now) && conn.tls == *tls);
         stack.pop()
     }
 
@@ -303,8 +356,9 @@ async fn connect_http1(
     addr: SocketAddr,
     timeout: Duration,
     keepalive: Option<&Keepalive>,
+    tls: &UpstreamTls,
 ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    let stream = connect(addr, timeout, keepalive).await?;
+    let stream = connect_secured(addr, timeout, keepalive, tls, Carries::Http1).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -321,9 +375,10 @@ async fn connect_http2(
     addr: SocketAddr,
     timeout: Duration,
     counted: Slot,
+    tls: &UpstreamTls,
 ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
     let keepalive = counted.breaker().limits.tcp_keepalive.clone();
-    let stream = connect(addr, timeout, keepalive.as_ref()).await?;
+    let stream = connect_secured(addr, timeout, keepalive.as_ref(), tls, Carries::Http2).await?;
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .adaptive_window(true)
@@ -338,6 +393,31 @@ async fn connect_http2(
         drop(counted);
     });
     Ok(sender)
+}
+
+/// An HTTP/1-shaped request (origin-form URI, `Host`) as HTTP/2 wants it:
+/// the authority moves into the URI.
+fn into_http2_shape(request: &mut Request<ProxyBody>) {
+    let authority = request
+        .headers_mut()
+        .remove(http::header::HOST)
+        .and_then(|host| host.to_str().ok()?.parse::<http::uri::Authority>().ok());
+    if let Some(authority) = authority {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        if let Ok(uri) = http::Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+        {
+            *request.uri_mut() = uri;
+        }
+    }
+    *request.version_mut() = http::Version::HTTP_2;
 }
 
 struct Checkin {

@@ -97,8 +97,15 @@ async fn stream(
     Ok(())
 }
 
-/// Applies a push on top of what is held, all or nothing.
+/// Applies a push on top of what is held, all or nothing. A trust bundle
+/// it carries goes to the workload identity first.
 fn apply(push: Push, state: &Arc<ProxyState>, held: &mut BTreeMap<String, Resource>) -> Ack {
+    if !push.trust_bundle_pem.is_empty()
+        && let Some(identity) = crate::tls::context().and_then(|c| c.identity.as_ref())
+        && let Err(err) = identity.set_roots(&push.trust_bundle_pem)
+    {
+        tracing::error!("trust bundle from weftd refused: {err}");
+    }
     let mut candidate = held.clone();
     for name in &push.removed {
         candidate.remove(name);

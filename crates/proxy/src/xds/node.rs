@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use weft_proto::discovery::v1::{ExplicitListener, Node, WorkloadPort};
+use weft_proto::discovery::v1::{ExplicitListener, InboundListener, Node, WorkloadPort};
 use weft_proto::proxy::v1::Protocol;
 
 /// `key=value` → (key, value).
@@ -56,6 +56,23 @@ pub fn parse_listener(text: &str) -> Result<ExplicitListener, String> {
     })
 }
 
+/// `ADDRESS=PORT`: mesh callers reach workload port PORT at ADDRESS.
+pub fn parse_inbound(text: &str) -> Result<InboundListener, String> {
+    let (address, port) = text
+        .split_once('=')
+        .ok_or_else(|| format!("inbound {text:?}: expected ADDRESS=PORT"))?;
+    address
+        .parse::<std::net::SocketAddr>()
+        .map_err(|_| format!("inbound {text:?}: {address:?} is not ip:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("inbound {text:?}: bad port {port:?}"))?;
+    Ok(InboundListener {
+        address: address.to_string(),
+        port: u32::from(port),
+    })
+}
+
 /// Everything weftd needs to know about this proxy's workload.
 pub struct NodeFlags {
     pub id: Option<String>,
@@ -69,6 +86,9 @@ pub struct NodeFlags {
     pub listeners: Vec<ExplicitListener>,
     pub router: bool,
     pub locality: String,
+    pub inbound_listeners: Vec<InboundListener>,
+    /// Holds (or is getting) a workload certificate.
+    pub mtls: bool,
 }
 
 impl NodeFlags {
@@ -88,6 +108,8 @@ impl NodeFlags {
             explicit_listeners: self.listeners,
             router: self.router,
             locality: self.locality,
+            inbound_listeners: self.inbound_listeners,
+            mtls: self.mtls,
         }
     }
 }

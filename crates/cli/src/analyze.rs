@@ -1,0 +1,224 @@
+//! `weft analyze`: Istio's analyzers (`istioctl analyze`) over files
+//! (offline, `-f`), over what weftd holds, or over both (`-f ... --use-weftd`,
+//! "what if I applied these").
+//!
+//! Output is istioctl's: one line per message,
+//! `Error [IST0101] (VirtualService default/reviews) Referenced ...`; exit
+//! status 1 when any message is at or above `--failure-threshold` (Error).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+use http::StatusCode;
+use serde_json::{Value, json};
+use weft_control::analyze::{self, Input, Level, Message};
+
+use crate::client::Weftd;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Log,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Threshold {
+    Error,
+    Warning,
+    Info,
+}
+
+impl Threshold {
+    fn level(self) -> Level {
+        match self {
+            Self::Error => Level::Error,
+            Self::Warning => Level::Warning,
+            Self::Info => Level::Info,
+        }
+    }
+}
+
+/// Over files (`-f`, offline), over what weftd holds (no `-f`), or both
+/// (`-f ... --use-weftd`).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(short = 'f', long = "filename", num_args = 1..)]
+    paths: Vec<PathBuf>,
+    /// Analyze the files together with what weftd holds.
+    #[arg(long)]
+    use_weftd: bool,
+    /// Report on this namespace (and give it to objects without one).
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Report on every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Run only these analyzers (`--list-analyzers` names them).
+    #[arg(long = "analyzer")]
+    analyzers: Vec<String>,
+    #[arg(long)]
+    list_analyzers: bool,
+    #[arg(short, long, value_enum, default_value = "log")]
+    output: Format,
+    /// Exit 1 when a message is at least this severe.
+    #[arg(long, value_enum, default_value = "error")]
+    failure_threshold: Threshold,
+}
+
+pub fn run(address: &str, request: &Args) -> ExitCode {
+    match analyze_and_print(address, request) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("weft analyze: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn analyze_and_print(address: &str, request: &Args) -> anyhow::Result<ExitCode> {
+    if request.list_analyzers {
+        for analyzer in analyze::ANALYZERS {
+            let codes: Vec<&str> = analyzer.codes.iter().map(|c| c.code).collect();
+            println!("{}\t{}", analyzer.name, codes.join(","));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let objects = read_objects(&request.paths, &request.namespace)?;
+    let only: Vec<&str> = request.analyzers.iter().map(String::as_str).collect();
+    let messages = if request.paths.is_empty() || request.use_weftd {
+        remote(address, &objects, &only)?
+    } else {
+        let mut input = Input::default();
+        for (value, origin, document) in objects {
+            input.add_document(value, &origin, document, &request.namespace);
+        }
+        analyze::analyze(&input, &only).map_err(anyhow::Error::msg)?
+    };
+    let messages: Vec<Message> = messages
+        .into_iter()
+        .filter(|m| {
+            request.all_namespaces || m.namespace.is_empty() || m.namespace == request.namespace
+        })
+        .collect();
+    match request.output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&messages)?),
+        Format::Yaml => print!("{}", serde_saphyr::to_string(&messages)?),
+        Format::Log if messages.is_empty() => {
+            let scope = if request.all_namespaces {
+                "all namespaces".to_string()
+            } else {
+                format!("namespace: {}", request.namespace)
+            };
+            println!("\u{2714} No validation issues found when analyzing {scope}.");
+        }
+        Format::Log => {
+            for message in &messages {
+                println!("{message}");
+            }
+        }
+    }
+    let threshold = request.failure_threshold.level();
+    Ok(if messages.iter().any(|m| m.level <= threshold) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Every document in the files (directories recursively, `-` for stdin),
+/// with its origin and position. Unparseable files are errors: analysis
+/// of half the input would mislead.
+fn read_objects(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<(Value, String, usize)>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.as_os_str() == "-" || !path.is_dir() {
+            files.push(path.clone());
+        } else {
+            files.extend(
+                weft_api::config_files(path)
+                    .with_context(|| format!("cannot list {}", path.display()))?,
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for file in files {
+        let (text, origin) = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read stdin")?;
+            (text, "<stdin>".to_string())
+        } else {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            (text, file.display().to_string())
+        };
+        let documents: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .map_err(|err| anyhow::anyhow!("{origin}: not valid YAML or JSON: {err}"))?;
+        for (index, mut document) in documents.into_iter().enumerate() {
+            // weftd defaults a missing namespace to "default"; `-n` must win.
+            if let Some(meta) = document.get_mut("metadata").and_then(Value::as_object_mut)
+                && meta
+                    .get("namespace")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                && !namespace.is_empty()
+            {
+                meta.insert("namespace".into(), Value::from(namespace));
+            }
+            if !document.is_null() {
+                out.push((document, origin.clone(), index + 1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// weftd analyzes its store plus `objects`.
+fn remote(
+    address: &str,
+    objects: &[(Value, String, usize)],
+    only: &[&str],
+) -> anyhow::Result<Vec<Message>> {
+    let weftd = Weftd::new(address)?;
+    let body = json!({
+        "objects": objects
+            .iter()
+            .map(|(object, origin, document)| json!({"origin": origin, "document": document, "object": object}))
+            .collect::<Vec<_>>(),
+        "analyzers": only,
+    });
+    let answer = weftd.post("/v1/analyze", body.to_string(), "weft analyze")?;
+    if answer.status != StatusCode::OK {
+        bail!("weftd: {}", answer.error());
+    }
+    let messages = answer.body.get("messages").and_then(Value::as_array);
+    messages
+        .into_iter()
+        .flatten()
+        .map(message_from_json)
+        .collect()
+}
+
+/// A message as weftd sends it (codes are checked against Weft's own).
+fn message_from_json(value: &Value) -> anyhow::Result<Message> {
+    let text = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or("");
+    let code = analyze::ANALYZERS
+        .iter()
+        .flat_map(|a| a.codes)
+        .find(|c| c.code == text("code"))
+        .with_context(|| format!("weftd sent an unknown message code {:?}", text("code")))?;
+    Ok(Message {
+        code: code.code,
+        name: code.name,
+        level: code.level,
+        resource: text("resource").to_string(),
+        namespace: text("namespace").to_string(),
+        text: text("text").to_string(),
+        origin: text("origin").to_string(),
+    })
+}

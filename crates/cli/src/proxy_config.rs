@@ -1,0 +1,542 @@
+//! `weft proxy-config <proxy> [section]`: what one proxy holds now, read
+//! from the proxy itself (its admin port), as istioctl's `proxy-config`
+//! shows it.
+//!
+//! Source of truth is the proxy, not weftd: `/config_dump` is the config
+//! the proxy serves (which may differ from what weftd last sent while a
+//! push is NACKed), and only the proxy knows which endpoints outlier
+//! detection has ejected (`/clusters`, `health_flags`). weftd does not
+//! learn proxies' admin addresses, so the proxy is named by that address
+//! (`weft proxy-config 127.0.0.1:15000`) or by its id with `--admin ADDR`.
+//! A proxy id alone shows what weftd last pushed to it
+//! (`GET /v1/proxies/<id>/config`), with endpoint health unknown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use clap::ValueEnum;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+use crate::client::Weftd;
+use crate::get::Output;
+
+/// An admin port answers from memory; slower means it is not one.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Section {
+    All,
+    Listeners,
+    Routes,
+    Clusters,
+    Endpoints,
+    Secrets,
+}
+
+/// `weft proxy-config 127.0.0.1:15000 endpoints`, or a proxy id with
+/// `--admin ADDR`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The proxy's admin address; or its id, with `--admin`, or alone for
+    /// the config weftd last gave it (endpoint health unknown).
+    proxy: String,
+    #[arg(value_enum, default_value = "all")]
+    section: Section,
+    /// The proxy's admin address (its `--admin` flag).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+pub fn run(weftd: &str, query: &Args) -> ExitCode {
+    match show(weftd, query) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("weft proxy-config: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn show(weftd: &str, query: &Args) -> anyhow::Result<()> {
+    let (dump, health) = match admin_address(query)? {
+        Some(admin) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the I/O runtime")?;
+            let dump = runtime.block_on(fetch(admin, "/config_dump"))?;
+            let dump: Value = serde_json::from_str(&dump).map_err(|_| {
+                anyhow!("{admin} is not a weft-proxy admin port (/config_dump is not JSON)")
+            })?;
+            let health = parse_clusters(&runtime.block_on(fetch(admin, "/clusters"))?);
+            (dump, Some(health))
+        }
+        None => {
+            let answer = Weftd::new(weftd)?.get(&format!("/v1/proxies/{}/config", query.proxy))?;
+            if answer.status != StatusCode::OK {
+                bail!("weftd: {}", answer.error());
+            }
+            eprintln!(
+                "(what weftd last pushed to {}; endpoint health is known only to the proxy: pass --admin ADDR)",
+                query.proxy
+            );
+            (answer.body, None)
+        }
+    };
+    let config = dump.get("config").cloned().unwrap_or(Value::Null);
+    let sections: Vec<(Section, Vec<Value>)> = [
+        Section::Listeners,
+        Section::Routes,
+        Section::Clusters,
+        Section::Endpoints,
+        Section::Secrets,
+    ]
+    .into_iter()
+    .filter(|s| query.section == Section::All || query.section == *s)
+    .map(|s| (s, rows(s, &config, &dump, health.as_ref())))
+    .collect();
+    match query.output {
+        Output::Json | Output::Yaml => {
+            let document: serde_json::Map<String, Value> = sections
+                .iter()
+                .map(|(s, rows)| (name(*s).to_string(), Value::Array(rows.clone())))
+                .collect();
+            let document = Value::Object(document);
+            if query.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&document)?);
+            } else {
+                print!("{}", serde_saphyr::to_string(&document)?);
+            }
+        }
+        Output::Table => {
+            let several = sections.len() > 1;
+            for (index, (section, rows)) in sections.iter().enumerate() {
+                if several {
+                    if index > 0 {
+                        println!();
+                    }
+                    println!("{}:", name(*section).to_uppercase());
+                }
+                if *section == Section::Secrets && rows.is_empty() {
+                    // The hook for mTLS: a proxy that reports certificates
+                    // in its config dump gets them listed here.
+                    println!("none (this proxy holds no certificate; mTLS is not enabled)");
+                    continue;
+                }
+                print!("{}", render(columns(*section), rows));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The proxy's admin address: `--admin`, or the proxy named by it; `None`
+/// for a proxy id, whose config weftd then tells.
+fn admin_address(query: &Args) -> anyhow::Result<Option<SocketAddr>> {
+    let parse = |text: &str| {
+        text.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse::<SocketAddr>()
+    };
+    match &query.admin {
+        Some(admin) => parse(admin)
+            .map(Some)
+            .map_err(|_| anyhow!("--admin {admin:?} is not an address like 127.0.0.1:15000")),
+        None => Ok(parse(&query.proxy).ok()),
+    }
+}
+
+fn name(section: Section) -> &'static str {
+    match section {
+        Section::All => "all",
+        Section::Listeners => "listeners",
+        Section::Routes => "routes",
+        Section::Clusters => "clusters",
+        Section::Endpoints => "endpoints",
+        Section::Secrets => "secrets",
+    }
+}
+
+fn columns(section: Section) -> &'static [(&'static str, &'static str)] {
+    match section {
+        Section::All => &[],
+        Section::Listeners => &[
+            ("ADDRESS", "address"),
+            ("KIND", "kind"),
+            ("SERVICE", "service"),
+            ("NAME", "name"),
+        ],
+        Section::Routes => &[
+            ("SERVICE", "service"),
+            ("PORT", "port"),
+            ("ROUTE", "name"),
+            ("MATCH", "match"),
+            ("DESTINATION", "destination"),
+        ],
+        Section::Clusters => &[
+            ("NAME", "name"),
+            ("POLICY", "policy"),
+            ("ENDPOINTS", "endpoints"),
+            ("EJECTED", "ejected"),
+            ("OUTLIER", "outlier"),
+        ],
+        Section::Endpoints => &[
+            ("ENDPOINT", "address"),
+            ("STATUS", "status"),
+            ("OUTLIER CHECK", "outlierCheck"),
+            ("CLUSTER", "cluster"),
+            ("LOCALITY", "locality"),
+            ("PRIORITY", "priority"),
+            ("WEIGHT", "weight"),
+        ],
+        Section::Secrets => &[
+            ("RESOURCE NAME", "name"),
+            ("TYPE", "type"),
+            ("NOT AFTER", "notAfter"),
+        ],
+    }
+}
+
+/// `(cluster, endpoint address)` → `health_flags` from `/clusters`.
+type Health = BTreeMap<(String, String), String>;
+
+fn parse_clusters(text: &str) -> Health {
+    text.lines()
+        .filter_map(|line| {
+            let parts: Vec<&str> = line.split("::").collect();
+            match parts.as_slice() {
+                [cluster, address, "health_flags", flags] => Some((
+                    (cluster.to_string(), address.to_string()),
+                    flags.to_string(),
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// `health` is `None` when the proxy was not asked (weftd's copy).
+fn rows(section: Section, config: &Value, dump: &Value, health: Option<&Health>) -> Vec<Value> {
+    match section {
+        Section::All => Vec::new(),
+        Section::Listeners => list(config, "listeners")
+            .iter()
+            .map(|l| {
+                let service = match (text(l, "service"), l.get("servicePort")) {
+                    ("", _) => String::new(),
+                    (service, Some(port)) => format!("{service}:{port}"),
+                    (service, None) => service.to_string(),
+                };
+                json!({"name": text(l, "name"), "address": text(l, "address"),
+                       "kind": text(l, "kind"), "service": service})
+            })
+            .collect(),
+        Section::Routes => routes(config),
+        Section::Clusters => list(config, "clusters")
+            .iter()
+            .map(|c| {
+                let endpoints = list(c, "endpoints");
+                let ejected = match health {
+                    Some(health) => endpoints
+                        .iter()
+                        .filter(|e| is_ejected(health, text(c, "name"), text(e, "address")))
+                        .count()
+                        .into(),
+                    None => Value::from("-"),
+                };
+                json!({"name": text(c, "name"), "service": text(c, "service"),
+                       "subset": text(c, "subset"), "policy": policy(c),
+                       "endpoints": endpoints.len(), "ejected": ejected,
+                       "outlier": outlier(c)})
+            })
+            .collect(),
+        Section::Endpoints => list(config, "clusters")
+            .iter()
+            .flat_map(|c| {
+                list(c, "endpoints").iter().map(move |e| {
+                    let ejected =
+                        health.map(|h| is_ejected(h, text(c, "name"), text(e, "address")));
+                    let (status, check) = match ejected {
+                        Some(true) => ("UNHEALTHY", "EJECTED"),
+                        Some(false) => ("HEALTHY", "OK"),
+                        None => ("UNKNOWN", "-"),
+                    };
+                    json!({"address": text(e, "address"), "cluster": text(c, "name"),
+                           "status": status, "outlierCheck": check,
+                           "locality": text(e, "locality"),
+                           "priority": e.get("priority").and_then(Value::as_u64).unwrap_or(0),
+                           "weight": e.get("weight").and_then(Value::as_u64).unwrap_or(1),
+                           "labels": e.get("labels").cloned().unwrap_or(json!({}))})
+                })
+            })
+            .collect(),
+        // Not in the proxy's dump until mTLS lands; listed when it is.
+        Section::Secrets => list(dump, "secrets").to_vec(),
+    }
+}
+
+fn is_ejected(health: &Health, cluster: &str, address: &str) -> bool {
+    health
+        .get(&(cluster.to_string(), address.to_string()))
+        .is_some_and(|flags| flags.contains("failed_outlier_check"))
+}
+
+fn routes(config: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for service in list(config, "services") {
+        for port in list(service, "ports") {
+            let number = port.get("port").and_then(Value::as_u64).unwrap_or(0);
+            let row = |name: &str, matched: String, destination: String| {
+                json!({"service": text(service, "name"), "port": number, "name": name,
+                       "match": matched, "destination": destination})
+            };
+            for route in list(port, "routes") {
+                out.push(row(
+                    text(route, "name"),
+                    http_match(route.get("match")),
+                    target(route),
+                ));
+            }
+            for route in list(port, "tcpRoutes") {
+                out.push(row(text(route, "name"), "tcp".into(), weighted(route)));
+            }
+            for route in list(port, "tlsRoutes") {
+                let sni = strings(route.get("sniHosts"));
+                out.push(row(
+                    text(route, "name"),
+                    format!("sni {}", sni.join(",")),
+                    weighted(route),
+                ));
+            }
+            if list(port, "routes").is_empty()
+                && list(port, "tcpRoutes").is_empty()
+                && list(port, "tlsRoutes").is_empty()
+                && !text(port, "cluster").is_empty()
+            {
+                out.push(row("", "tcp".into(), text(port, "cluster").to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// `/api*`, `method=GET`, `header end-user=jason`: the route's match.
+fn http_match(matched: Option<&Value>) -> String {
+    let Some(matched) = matched else {
+        return "/*".to_string();
+    };
+    let mut parts = Vec::new();
+    if let Some(path) = matched.get("pathExact").and_then(Value::as_str) {
+        parts.push(path.to_string());
+    } else if let Some(prefix) = matched.get("pathPrefix").and_then(Value::as_str) {
+        parts.push(format!("{prefix}*"));
+    } else if let Some(regex) = matched.get("pathRegex").and_then(Value::as_str) {
+        parts.push(format!("~{regex}"));
+    } else {
+        parts.push("/*".to_string());
+    }
+    if let Some(method) = matched.get("method") {
+        parts.push(format!("method={}", string_match(method)));
+    }
+    for header in list(matched, "headers") {
+        let op = if header.get("invert") == Some(&Value::Bool(true)) {
+            "!="
+        } else {
+            "="
+        };
+        let value = header.get("value").map(string_match).unwrap_or_default();
+        parts.push(format!("header {}{op}{value}", text(header, "name")));
+    }
+    for param in list(matched, "queryParams") {
+        let value = param.get("value").map(string_match).unwrap_or_default();
+        parts.push(format!("query {}={value}", text(param, "name")));
+    }
+    parts.join(" ")
+}
+
+fn string_match(value: &Value) -> String {
+    if let Some(exact) = value.get("exact").and_then(Value::as_str) {
+        exact.to_string()
+    } else if let Some(prefix) = value.get("prefix").and_then(Value::as_str) {
+        format!("{prefix}*")
+    } else if let Some(regex) = value.get("regex").and_then(Value::as_str) {
+        format!("~{regex}")
+    } else {
+        "*".to_string()
+    }
+}
+
+/// Where a route sends: weighted clusters, or its redirect / response.
+fn target(route: &Value) -> String {
+    if let Some(redirect) = route.get("redirect") {
+        return format!(
+            "redirect {}{}",
+            text(redirect, "authority"),
+            text(redirect, "uri")
+        );
+    }
+    if let Some(response) = route.get("directResponse") {
+        return format!(
+            "respond {}",
+            response.get("status").and_then(Value::as_u64).unwrap_or(0)
+        );
+    }
+    weighted(route)
+}
+
+fn weighted(route: &Value) -> String {
+    let clusters = list(route, "clusters");
+    if clusters.len() == 1 {
+        return text(&clusters[0], "cluster").to_string();
+    }
+    clusters
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}%",
+                text(c, "cluster"),
+                c.get("weight").and_then(Value::as_u64).unwrap_or(0)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn policy(cluster: &Value) -> String {
+    let Some(lb) = cluster.get("loadBalancer") else {
+        return "ROUND_ROBIN".to_string();
+    };
+    if lb.get("consistentHash").is_some() {
+        return "CONSISTENT_HASH".to_string();
+    }
+    match text(lb, "policy") {
+        "" | "POLICY_UNSPECIFIED" => "ROUND_ROBIN".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `5xx×2 every 1s, eject 30s, max 100%`, `-` without outlier detection.
+fn outlier(cluster: &Value) -> String {
+    let Some(detection) = cluster.get("outlierDetection") else {
+        return "-".to_string();
+    };
+    let number = |key: &str| detection.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let mut parts = Vec::new();
+    if number("consecutive5xxErrors") > 0 {
+        parts.push(format!("5xx x{}", number("consecutive5xxErrors")));
+    }
+    if number("consecutiveGatewayErrors") > 0 {
+        parts.push(format!("gateway x{}", number("consecutiveGatewayErrors")));
+    }
+    if let Some(interval) = detection.get("interval").and_then(Value::as_str) {
+        parts.push(format!("every {interval}"));
+    }
+    if let Some(time) = detection.get("baseEjectionTime").and_then(Value::as_str) {
+        parts.push(format!("eject {time}"));
+    }
+    if number("maxEjectionPercent") > 0 {
+        parts.push(format!("max {}%", number("maxEjectionPercent")));
+    }
+    if parts.is_empty() {
+        "on".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn list<'a>(value: &'a Value, key: &str) -> &'a [Value] {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn strings(value: Option<&Value>) -> Vec<&str> {
+    value
+        .and_then(Value::as_array)
+        .map(|items| items.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Rows of JSON objects as a table: the named columns, left-aligned three
+/// spaces apart (kubectl's layout); lists print comma-separated.
+pub(crate) fn render(columns: &[(&str, &str)], rows: &[Value]) -> String {
+    let cell = |row: &Value, key: &str| match row.get(key) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(other) => other.to_string(),
+    };
+    let mut table: Vec<Vec<String>> =
+        vec![columns.iter().map(|(title, _)| title.to_string()).collect()];
+    table.extend(
+        rows.iter()
+            .map(|row| columns.iter().map(|(_, key)| cell(row, key)).collect()),
+    );
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let mut line = String::new();
+        for (index, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if index + 1 < row.len() {
+                line.push_str(&" ".repeat(widths[index] - cell.chars().count() + 3));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One GET on the proxy's admin port, its body as text.
+async fn fetch(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let exchange = async {
+        let stream = TcpStream::connect(admin).await?;
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = Request::get(path)
+            .header(header::HOST, admin.to_string())
+            .body(Empty::<Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(ADMIN_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow!("the proxy's admin port {admin} did not answer within 5s"))?
+        .with_context(|| format!("cannot reach the proxy's admin port {admin}; is the proxy running with --admin {admin}?"))?;
+    if status != StatusCode::OK {
+        bail!("the proxy's admin port {admin} answered {status} for {path}");
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| anyhow!("{path} from {admin} is not UTF-8"))
+}

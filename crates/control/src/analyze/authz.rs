@@ -1,0 +1,83 @@
+//! AuthorizationPolicy analyzer.
+
+use serde_json::Value;
+
+use super::{
+    Input, Message, NO_MATCHING_WORKLOADS, REFERENCED_RESOURCE_NOT_FOUND, string_map, strings,
+};
+use crate::registry::{ROOT_NAMESPACE, labels_match};
+
+/// IST0127: a policy whose selector (or, without one, whose namespace)
+/// has no workload to apply to; IST0101: a source `namespaces` /
+/// `notNamespaces` pattern that matches no namespace — checked only when
+/// the input declares Namespaces, since otherwise they are not known.
+pub fn policies(input: &Input, out: &mut Vec<Message>) {
+    let workloads = input.workloads();
+    let declared = input.core("Namespace").next().is_some();
+    let namespaces = input.namespaces();
+    for policy in input.istio("AuthorizationPolicy") {
+        // Policies attached by targetRef are another analyzer's business.
+        if policy.spec.get("targetRef").is_some() || policy.spec.get("targetRefs").is_some() {
+            continue;
+        }
+        let selector = string_map(policy.spec.pointer("/selector/matchLabels"));
+        let mesh_wide = policy.namespace == ROOT_NAMESPACE;
+        let applies = workloads.iter().any(|(namespace, labels)| {
+            (mesh_wide || *namespace == policy.namespace) && labels_match(&selector, labels)
+        });
+        // A mesh-wide policy without selector applies to whatever joins.
+        let everything = mesh_wide && selector.is_empty();
+        if !applies && !everything {
+            let pairs: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push(policy.message(
+                NO_MATCHING_WORKLOADS,
+                format!(
+                    "No matching workloads for this resource with the following labels: {}",
+                    pairs.join(",")
+                ),
+            ));
+        }
+        if !declared {
+            continue;
+        }
+        let sources = policy
+            .spec
+            .get("rules")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .flat_map(|rule| {
+                rule.get("from")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+            })
+            .filter_map(|from| from.get("source"));
+        for source in sources {
+            for key in ["namespaces", "notNamespaces"] {
+                for pattern in strings(source.get(key)) {
+                    if !namespaces.iter().any(|ns| matches(&pattern, ns)) {
+                        out.push(policy.message(
+                            REFERENCED_RESOURCE_NOT_FOUND,
+                            format!("Referenced namespace not found: {pattern:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Istio's namespace patterns: exact, `*`, `prefix*` or `*suffix`.
+fn matches(pattern: &str, namespace: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return namespace.starts_with(prefix);
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return namespace.ends_with(suffix);
+    }
+    pattern == namespace
+}

@@ -1,0 +1,344 @@
+//! `weft describe svc <service>`: what applies to one service and why
+//! (istioctl's `x describe`), from the stored resources and the registry.
+//!
+//! The answer is JSON (served by weftd at `GET /v1/describe`); the CLI
+//! prints it. Selection follows the compiler's rules: a VirtualService
+//! applies to a host when one of its hosts covers it (the exact host
+//! before a wildcard, then the first by namespace and name); the
+//! DestinationRule from the caller's namespace, else the service's, else
+//! the root namespace's.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use weft_api::Resource;
+
+use super::virtual_service::destinations;
+use super::{Input, Object, hosts, string_map, strings};
+use crate::registry::{EndpointDef, ROOT_NAMESPACE, Registry, ServiceDef, Workload, labels_match};
+
+/// The service named `name` (short, FQDN, or as written in its
+/// ServiceEntry) as seen from `namespace`, described; `Err` says which
+/// services exist when none matches.
+pub fn describe(
+    resources: &[Resource],
+    workloads: &[Workload],
+    name: &str,
+    namespace: &str,
+) -> Result<Value, String> {
+    let registry = Registry::build(resources, workloads);
+    let wanted = hosts::fqdn(namespace, name);
+    let service = registry
+        .services()
+        .iter()
+        .find(|s| hosts::fqdn(&s.namespace, &s.hostname) == wanted || s.hostname == name)
+        .ok_or_else(|| {
+            let known: Vec<String> = registry
+                .services()
+                .iter()
+                .map(|s| format!("{} ({})", s.hostname, s.namespace))
+                .collect();
+            format!(
+                "no service {name:?} in namespace {namespace:?}; the registry has: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })?;
+    let input = Input::from_resources(resources, "weftd");
+    let host = hosts::fqdn(&service.namespace, &service.hostname);
+    let endpoints = registry.endpoints(&service.id());
+    let rules = destination_rules(&input, &host, namespace);
+    let subsets: Vec<(String, BTreeMap<String, String>)> = rules
+        .iter()
+        .filter(|r| r["applies"] == Value::Bool(true))
+        .flat_map(|r| r["subsets"].as_array().cloned().unwrap_or_default())
+        .map(|s| {
+            let labels = string_map(s.get("labels"));
+            (s["name"].as_str().unwrap_or("").to_string(), labels)
+        })
+        .collect();
+    Ok(json!({
+        "service": service_json(service),
+        "virtualServices": virtual_services(&input, &host),
+        "destinationRules": rules,
+        "endpoints": endpoints.iter().map(|e| endpoint_json(e, service, &subsets)).collect::<Vec<_>>(),
+        "gateways": gateways(&input, &host),
+        "policies": policies(&input, endpoints, &service.namespace),
+    }))
+}
+
+fn service_json(service: &ServiceDef) -> Value {
+    json!({
+        "host": service.hostname,
+        "namespace": service.namespace,
+        "vips": service.vips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "ports": service.ports.iter().map(|p| json!({
+            "number": p.number, "name": p.name, "protocol": format!("{:?}", p.protocol).to_uppercase(),
+        })).collect::<Vec<_>>(),
+        "exportTo": service.export_to,
+    })
+}
+
+/// Every VirtualService with a host covering the service; the one the
+/// sidecars use is marked `applies` (exact host first, then by
+/// namespace and name), the others say why not.
+fn virtual_services(input: &Input, host: &str) -> Vec<Value> {
+    let mut candidates: Vec<(bool, &Object, String)> = Vec::new();
+    for vs in input.istio("VirtualService") {
+        let matched = strings(vs.spec.get("hosts"))
+            .into_iter()
+            .map(|h| hosts::fqdn(&vs.namespace, &h))
+            .filter(|h| hosts::overlap(h, host))
+            .min_by_key(|h| h.starts_with('*'));
+        if let Some(matched) = matched {
+            candidates.push((matched.starts_with('*'), vs, matched));
+        }
+    }
+    candidates
+        .sort_by(|a, b| (a.0, &a.1.namespace, &a.1.name).cmp(&(b.0, &b.1.namespace, &b.1.name)));
+    let mut mesh_taken = false;
+    candidates
+        .into_iter()
+        .map(|(_, vs, matched)| {
+            let gateways = strings(vs.spec.get("gateways"));
+            let for_mesh = gateways.is_empty() || gateways.iter().any(|g| g == "mesh");
+            let applies = for_mesh && !mesh_taken;
+            let why = if !for_mesh {
+                format!("host {matched} matches; bound to gateways only ({})", gateways.join(", "))
+            } else if applies {
+                format!("host {matched} matches; {}", export_text(&vs.spec))
+            } else {
+                format!("host {matched} matches, but another VirtualService already routes this host for the sidecars")
+            };
+            mesh_taken |= applies;
+            json!({
+                "name": vs.name, "namespace": vs.namespace, "applies": applies, "why": why,
+                "gateways": gateways, "rules": http_rules(&vs.spec),
+            })
+        })
+        .collect()
+}
+
+fn export_text(spec: &Value) -> String {
+    let export_to = strings(spec.get("exportTo"));
+    if export_to.is_empty() {
+        "exported to every namespace".to_string()
+    } else {
+        format!("exportTo {}", export_to.join(","))
+    }
+}
+
+/// Each rule: its matches (as written) and weighted destinations.
+fn http_rules(spec: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for section in ["http", "tcp", "tls"] {
+        for rule in spec
+            .get(section)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let routes: Vec<Value> = rule
+                .get("route")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    let d = r.get("destination").cloned().unwrap_or(Value::Null);
+                    json!({
+                        "host": d.get("host").cloned().unwrap_or(Value::Null),
+                        "subset": d.get("subset").cloned().unwrap_or(Value::Null),
+                        "port": d.pointer("/port/number").cloned().unwrap_or(Value::Null),
+                        "weight": r.get("weight").cloned().unwrap_or(Value::Null),
+                    })
+                })
+                .collect();
+            out.push(json!({
+                "protocol": section,
+                "name": rule.get("name").cloned().unwrap_or(Value::Null),
+                "match": rule.get("match").cloned().unwrap_or(Value::Null),
+                "routes": routes,
+            }));
+        }
+    }
+    out
+}
+
+/// DestinationRules for the host: the caller's namespace wins, then the
+/// service's, then the root namespace's (Istio's lookup order).
+fn destination_rules(input: &Input, host: &str, caller: &str) -> Vec<Value> {
+    let mut found: Vec<(usize, &Object)> = input
+        .istio("DestinationRule")
+        .filter(|rule| {
+            let rule_host = rule.spec.get("host").and_then(Value::as_str).unwrap_or("");
+            hosts::overlap(&hosts::fqdn(&rule.namespace, rule_host), host)
+                && hosts::visible(&strings(rule.spec.get("exportTo")), &rule.namespace, caller)
+        })
+        .map(|rule| {
+            let rank = if rule.namespace == caller {
+                0
+            } else if rule.namespace == ROOT_NAMESPACE {
+                2
+            } else {
+                1
+            };
+            (rank, rule)
+        })
+        .collect();
+    found.sort_by(|a, b| (a.0, &a.1.namespace, &a.1.name).cmp(&(b.0, &b.1.namespace, &b.1.name)));
+    found
+        .iter()
+        .enumerate()
+        .map(|(index, (rank, rule))| {
+            let why = match (index, rank) {
+                (0, 0) => format!("host matches; in the caller's namespace {caller}"),
+                (0, 1) => "host matches; in the service's namespace".to_string(),
+                (0, _) => format!("host matches; mesh-wide from {ROOT_NAMESPACE}"),
+                _ => "host matches, but a DestinationRule nearer the caller takes precedence".to_string(),
+            };
+            let policy = rule.spec.get("trafficPolicy").cloned().unwrap_or(Value::Null);
+            json!({
+                "name": rule.name, "namespace": rule.namespace, "applies": index == 0, "why": why,
+                "policy": policy_summary(&policy),
+                "subsets": rule.spec.get("subsets").and_then(Value::as_array).into_iter().flatten().map(|s| json!({
+                    "name": s.get("name").cloned().unwrap_or(Value::Null),
+                    "labels": s.get("labels").cloned().unwrap_or(json!({})),
+                    "policy": policy_summary(s.get("trafficPolicy").unwrap_or(&Value::Null)),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// The parts of a traffic policy a reader looks for, as written.
+fn policy_summary(policy: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for (key, label) in [
+        ("loadBalancer", "loadBalancer"),
+        ("connectionPool", "connectionPool"),
+        ("outlierDetection", "outlierDetection"),
+        ("tls", "tls"),
+    ] {
+        if let Some(value) = policy.get(key) {
+            out.insert(label.to_string(), value.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+fn endpoint_json(
+    endpoint: &EndpointDef,
+    service: &ServiceDef,
+    subsets: &[(String, BTreeMap<String, String>)],
+) -> Value {
+    let ports: Vec<String> = service
+        .ports
+        .iter()
+        .map(|p| format!("{}:{}", endpoint.address, endpoint.port_for(p)))
+        .collect();
+    let selected: Vec<&str> = subsets
+        .iter()
+        .filter(|(_, labels)| labels_match(labels, &endpoint.labels))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    json!({
+        "addresses": ports, "workload": endpoint.workload, "labels": endpoint.labels,
+        "locality": endpoint.locality, "subsets": selected,
+    })
+}
+
+/// Gateways that expose the service: those bound by a VirtualService
+/// that routes to it.
+fn gateways(input: &Input, host: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for vs in input.istio("VirtualService") {
+        let routes_here = destinations(&vs.spec).iter().any(|d| {
+            let to = d.get("host").and_then(Value::as_str).unwrap_or("");
+            hosts::fqdn(&vs.namespace, to) == host
+        });
+        if !routes_here {
+            continue;
+        }
+        for reference in strings(vs.spec.get("gateways"))
+            .into_iter()
+            .filter(|g| g != "mesh")
+        {
+            let (namespace, name) = reference
+                .split_once('/')
+                .map_or((vs.namespace.clone(), reference.clone()), |(n, g)| {
+                    (n.to_string(), g.to_string())
+                });
+            let gateway = input
+                .istio("Gateway")
+                .find(|g| g.namespace == namespace && g.name == name);
+            let servers: Vec<String> = gateway
+                .into_iter()
+                .flat_map(super::gateway::servers)
+                .map(|s| {
+                    format!(
+                        "{} {} {}",
+                        s.pointer("/port/number")
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        s.pointer("/port/protocol")
+                            .and_then(Value::as_str)
+                            .unwrap_or(""),
+                        strings(s.get("hosts")).join(",")
+                    )
+                })
+                .collect();
+            out.push(json!({
+                "name": name, "namespace": namespace, "found": gateway.is_some(),
+                "via": format!("VirtualService {}/{}", vs.namespace, vs.name), "servers": servers,
+            }));
+        }
+    }
+    out
+}
+
+/// PeerAuthentications and AuthorizationPolicies that select at least
+/// one of the service's endpoints: mesh-wide (root namespace, no
+/// selector), namespace-wide (no selector), or by workload labels.
+fn policies(input: &Input, endpoints: &[EndpointDef], namespace: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for kind in ["PeerAuthentication", "AuthorizationPolicy"] {
+        for policy in input.istio(kind) {
+            let selector = string_map(policy.spec.pointer("/selector/matchLabels"));
+            let why = if policy.namespace == ROOT_NAMESPACE && selector.is_empty() {
+                Some(format!(
+                    "mesh-wide (namespace {ROOT_NAMESPACE}, no selector)"
+                ))
+            } else if policy.namespace != namespace {
+                None
+            } else if selector.is_empty() {
+                Some(format!("namespace-wide in {namespace} (no selector)"))
+            } else {
+                let selected: Vec<&str> = endpoints
+                    .iter()
+                    .filter(|e| labels_match(&selector, &e.labels))
+                    .map(|e| e.workload.as_str())
+                    .collect();
+                (!selected.is_empty()).then(|| {
+                    let pairs: Vec<String> =
+                        selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!(
+                        "selector {} matches {}",
+                        pairs.join(","),
+                        selected.join(", ")
+                    )
+                })
+            };
+            if let Some(why) = why {
+                out.push(json!({
+                    "kind": kind, "name": policy.name, "namespace": policy.namespace, "why": why,
+                    "action": policy.spec.get("action").cloned().unwrap_or(Value::Null),
+                    "mtls": policy.spec.pointer("/mtls/mode").cloned().unwrap_or(Value::Null),
+                }));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,56 @@
+use serde_json::json;
+
+use super::*;
+
+fn input(objects: &[Value]) -> Input {
+    let mut input = Input::default();
+    for (index, object) in objects.iter().enumerate() {
+        input.add_document(object.clone(), "test.yaml", index + 1, "default");
+    }
+    input
+}
+
+#[test]
+fn a_missing_subset_is_reported_in_istioctl_shape() {
+    let input = input(&[
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+               "metadata": {"name": "reviews"},
+               "spec": {"hosts": ["reviews.default.svc.cluster.local"], "location": "MESH_INTERNAL",
+                        "resolution": "STATIC", "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}]}}),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+               "metadata": {"name": "reviews"},
+               "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "reviews"},
+               "spec": {"hosts": ["reviews"], "http": [{"route": [
+                   {"destination": {"host": "reviews", "subset": "v1"}, "weight": 50},
+                   {"destination": {"host": "reviews", "subset": "v9"}, "weight": 50}]}]}}),
+    ]);
+    let messages = analyze(&input, &[]).expect("analyze");
+    let lines: Vec<String> = messages.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "Error [IST0101] (VirtualService default/reviews) Referenced host+subset in destinationrule not found: \"reviews+v9\""
+        ]
+    );
+}
+
+#[test]
+fn invalid_fields_are_schema_errors() {
+    let input = input(&[
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "ratings"},
+        "spec": {"hosts": ["ratings"], "http": [{"route": [{"destination": {"host": "ratings"}, "weight": 150}]}]}}),
+    ]);
+    let messages = analyze(&input, &["schema.ValidationAnalyzer"]).expect("analyze");
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0].code, "IST0106");
+    assert!(messages[0].text.contains("weight"), "{}", messages[0].text);
+}
+
+#[test]
+fn an_unknown_analyzer_is_named() {
+    let err = analyze(&Input::default(), &["nope"]).expect_err("unknown");
+    assert!(err.contains("nope") && err.contains("gateway.ConflictingGatewayAnalyzer"));
+}

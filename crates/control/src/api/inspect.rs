@@ -1,0 +1,125 @@
+//! Inspection calls: `POST /v1/analyze`, `GET /v1/describe` and
+//! `GET /v1/proxies/<id>/config`.
+
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use super::{Reply, error, json_reply};
+use crate::analyze::{self, Input};
+use crate::store::Store;
+
+/// `POST /v1/analyze`: the analyzers over everything stored, plus the
+/// objects in the body as if they were applied (`{"objects": [{"origin":
+/// FILE, "document": N, "object": {...}}], "analyzers": [NAME]}`, all
+/// optional): `weft analyze` without `-f`, or
+/// with `-f FILES --use-weftd`.
+pub(super) fn analyze(store: &Store, body: &str) -> Reply {
+    let request: Value = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_str(body) {
+            Ok(value) => value,
+            Err(err) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the analyze request is not JSON: {err}"),
+                );
+            }
+        }
+    };
+    let resources: Vec<_> = store
+        .list(None, None)
+        .into_iter()
+        .map(|stored| stored.resource)
+        .collect();
+    let mut input = Input::from_resources(&resources, "weftd");
+    // Connected proxies are workloads too (policies select them).
+    for workload in crate::push::mesh::latest_workloads() {
+        let proxy = json!({
+            "apiVersion": "weft.io/v1", "kind": "ConnectedProxy",
+            "metadata": {"name": workload.name, "namespace": workload.namespace, "labels": workload.labels},
+        });
+        input.add_document(proxy, "weftd", 0, "default");
+    }
+    let objects = request.get("objects").and_then(Value::as_array);
+    for item in objects.into_iter().flatten() {
+        let origin = item
+            .get("origin")
+            .and_then(Value::as_str)
+            .unwrap_or("request");
+        let document = item.get("document").and_then(Value::as_u64).unwrap_or(0);
+        if let Some(object) = item.get("object") {
+            let document = usize::try_from(document).unwrap_or(0);
+            input.add_document(object.clone(), origin, document, "default");
+        }
+    }
+    let only: Vec<&str> = request
+        .get("analyzers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    match analyze::analyze(&input, &only) {
+        Ok(messages) => json_reply(StatusCode::OK, &json!({ "messages": messages })),
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+/// `GET /v1/describe?service=NAME&namespace=NS`: what applies to one
+/// service and why ([`analyze::describe`]), over the store and the
+/// workloads of the proxies connected now.
+pub(super) fn describe(store: &Store, query: &str) -> Reply {
+    let mut service = None;
+    let mut namespace = "default".to_string();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "service" if !value.is_empty() => service = Some(value.to_string()),
+            "namespace" if !value.is_empty() => namespace = value.to_string(),
+            _ => {}
+        }
+    }
+    let Some(service) = service else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "describe needs ?service=NAME (and optionally &namespace=NS)",
+        );
+    };
+    let resources: Vec<_> = store
+        .list(None, None)
+        .into_iter()
+        .map(|stored| stored.resource)
+        .collect();
+    let workloads = crate::push::mesh::latest_workloads();
+    match analyze::describe(&resources, &workloads, &service, &namespace) {
+        Ok(described) => json_reply(StatusCode::OK, &described),
+        Err(message) => error(StatusCode::NOT_FOUND, message),
+    }
+}
+
+/// `GET /v1/proxies/<id>/config`: the config weftd last pushed to a proxy,
+/// in the shape of the proxy's own `/config_dump`. What the proxy serves
+/// may differ (a NACKed push; see `/v1/proxies`), and only the proxy knows
+/// which endpoints are ejected: `weft proxy-config --admin` asks it.
+pub(super) fn pushed_config(id: &str) -> Reply {
+    let Some((version, resources)) = crate::push::mesh::last_sent(id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "weftd has pushed no config to a proxy {id:?}; `weft proxy-status` lists the proxies"
+            ),
+        );
+    };
+    let config = weft_proto::resources::assemble(resources.values(), &version);
+    match serde_json::to_value(&config) {
+        Ok(config) => json_reply(
+            StatusCode::OK,
+            &json!({ "source": "weftd (last pushed)", "version": version, "config": config }),
+        ),
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the config: {err}"),
+        ),
+    }
+}

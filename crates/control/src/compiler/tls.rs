@@ -1,0 +1,216 @@
+//! Mesh TLS in the compiled config: the DestinationRule `tls` of each
+//! cluster, and per endpoint the two facts auto-mTLS needs — where mesh
+//! callers reach the workload (its proxy's inbound listener, when it runs
+//! without interception) and which SPIFFE identity its proxy presents.
+//!
+//! Auto-mTLS: a caller uses mTLS to an endpoint whose proxy holds a Weft
+//! certificate (`Node.mtls`) unless that port's PeerAuthentication is
+//! DISABLE or the DestinationRule says otherwise (`DISABLE`, `SIMPLE`,
+//! `MUTUAL`). An explicit `ISTIO_MUTUAL` always asks for mTLS.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use weft_api::networking::{ClientTlsSettings, TrafficPolicy};
+use weft_api::security::peer_authentication::MtlsMode;
+use weft_proto::discovery::v1::Node;
+use weft_proto::proxy::v1 as pb;
+
+use super::peer_authentication::PeerPolicies;
+use crate::registry::namespace_or_default;
+
+/// What weftd knows of the connected proxies' mesh TLS, by the workload
+/// address and port their endpoints carry.
+#[derive(Debug, Default, Clone)]
+pub struct MeshPeers {
+    pub trust_domain: String,
+    by_endpoint: HashMap<(IpAddr, u32), Peer>,
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    /// SPIFFE URI; None: a plaintext-only workload.
+    identity: Option<String>,
+    /// Workload port → inbound listener address for mesh callers.
+    inbound: BTreeMap<u32, String>,
+}
+
+impl MeshPeers {
+    pub fn new(trust_domain: &str, nodes: &[Node]) -> Self {
+        let mut by_endpoint = HashMap::new();
+        for node in nodes {
+            let Ok(address) = node.address.parse::<IpAddr>() else {
+                continue;
+            };
+            let namespace = namespace_or_default(&node.namespace).to_string();
+            let account = if node.service_account.is_empty() {
+                "default"
+            } else {
+                &node.service_account
+            };
+            let peer = Peer {
+                identity: node
+                    .mtls
+                    .then(|| format!("spiffe://{trust_domain}/ns/{namespace}/sa/{account}")),
+                namespace,
+                labels: node.labels.clone(),
+                inbound: node
+                    .inbound_listeners
+                    .iter()
+                    .filter(|l| l.address.parse::<SocketAddr>().is_ok())
+                    .map(|l| (l.port, l.address.clone()))
+                    .collect(),
+            };
+            for port in &node.ports {
+                by_endpoint.insert((address, port.port), peer.clone());
+            }
+        }
+        Self {
+            trust_domain: trust_domain.to_string(),
+            by_endpoint,
+        }
+    }
+}
+
+/// The first `tls` set, most specific policy first (subset, then the
+/// rule), each checking its `portLevelSettings` for `port` first.
+pub(super) fn client_tls(policies: &[Option<&TrafficPolicy>], port: u32) -> Option<pb::ClientTls> {
+    let settings = policies.iter().flatten().find_map(|policy| {
+        policy
+            .port_level_settings
+            .iter()
+            .filter(|p| p.port.as_ref().is_some_and(|s| s.number == port))
+            .find_map(|p| p.tls.as_ref())
+            .or(policy.tls.as_ref())
+    })?;
+    Some(to_pb(settings))
+}
+
+fn to_pb(settings: &ClientTlsSettings) -> pb::ClientTls {
+    // The mode's own type is private to weft-api; its YAML name is not.
+    let mode = match serde_json::to_value(settings.mode)
+        .ok()
+        .as_ref()
+        .and_then(|v| v.as_str())
+    {
+        Some("SIMPLE") => pb::client_tls::Mode::Simple,
+        Some("MUTUAL") => pb::client_tls::Mode::Mutual,
+        Some("ISTIO_MUTUAL") => pb::client_tls::Mode::IstioMutual,
+        _ => pb::client_tls::Mode::Disable,
+    };
+    pb::ClientTls {
+        mode: mode as i32,
+        ca_certificates: settings.ca_certificates.clone(),
+        client_certificate: settings.client_certificate.clone(),
+        private_key: settings.private_key.clone(),
+        sni: settings.sni.clone(),
+        subject_alt_names: settings.subject_alt_names.clone(),
+        insecure_skip_verify: settings.insecure_skip_verify.unwrap_or(false),
+    }
+}
+
+/// Points mesh endpoints at their proxies' inbound listeners and marks
+/// those that auto-mTLS (or ISTIO_MUTUAL) secures with their identity.
+pub(super) fn secure_endpoints(
+    clusters: &mut BTreeMap<String, pb::Cluster>,
+    peers: &MeshPeers,
+    policies: &PeerPolicies,
+) {
+    if peers.by_endpoint.is_empty() {
+        return;
+    }
+    for cluster in clusters.values_mut() {
+        let mode = cluster
+            .tls
+            .as_ref()
+            .map_or(pb::client_tls::Mode::Auto, |t| t.mode());
+        for endpoint in &mut cluster.endpoints {
+            let Ok(address) = endpoint.address.parse::<SocketAddr>() else {
+                continue;
+            };
+            let port = u32::from(address.port());
+            let Some(peer) = peers.by_endpoint.get(&(address.ip(), port)) else {
+                continue;
+            };
+            if let Some(inbound) = peer.inbound.get(&port) {
+                endpoint.address.clone_from(inbound);
+            }
+            let Some(identity) = &peer.identity else {
+                continue;
+            };
+            let secured = match mode {
+                pb::client_tls::Mode::IstioMutual => true,
+                pb::client_tls::Mode::Auto => {
+                    policies.mode(&peer.namespace, &peer.labels, port) != MtlsMode::Disable
+                }
+                _ => false,
+            };
+            if secured {
+                endpoint.identity.clone_from(identity);
+            }
+        }
+    }
+}
+
+impl super::MeshIndex {
+    /// A proxy's own side of mesh TLS: its inbound listeners (without
+    /// interception) and, when it holds a certificate, each inbound port's
+    /// PeerAuthentication mode.
+    pub(super) fn secure_inbound(
+        &self,
+        node: &Node,
+        listeners: &mut Vec<pb::Listener>,
+        inbound_ports: &mut [pb::InboundPort],
+        warnings: &mut Vec<String>,
+    ) {
+        for inbound in &node.inbound_listeners {
+            let problem = if inbound.address.parse::<SocketAddr>().is_err() {
+                Some("not an ip:port address")
+            } else if !inbound_ports.iter().any(|p| p.port == inbound.port) {
+                Some("the workload declares no such port")
+            } else if listeners.iter().any(|l| l.address == inbound.address) {
+                Some("address already used by another listener")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                warnings.push(format!(
+                    "inbound listener {} for port {}: {problem}; left out",
+                    inbound.address, inbound.port
+                ));
+                continue;
+            }
+            listeners.push(pb::Listener {
+                name: format!("inbound|{}", inbound.port),
+                address: inbound.address.clone(),
+                kind: pb::ListenerKind::InboundCapture as i32,
+                service: String::new(),
+                service_port: 0,
+                inbound_port: inbound.port,
+                mtls_mode: 0,
+            });
+        }
+        if !node.mtls {
+            // No certificate: the proxy cannot terminate mTLS, so its
+            // ports stay plaintext whatever the policy says.
+            return;
+        }
+        let namespace = namespace_or_default(&node.namespace);
+        // Undeclared ports get the workload's mode (no port-level entry
+        // can name them).
+        let workload_mode = self.peer_policies.mode(namespace, &node.labels, 0);
+        for listener in listeners.iter_mut() {
+            if listener.kind == pb::ListenerKind::InboundCapture as i32
+                && listener.inbound_port == 0
+            {
+                listener.mtls_mode = super::peer_authentication::to_pb(workload_mode) as i32;
+            }
+        }
+        for port in inbound_ports {
+            let mode = self.peer_policies.mode(namespace, &node.labels, port.port);
+            port.mtls_mode = super::peer_authentication::to_pb(mode) as i32;
+        }
+    }
+}

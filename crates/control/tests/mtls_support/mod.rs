@@ -1,0 +1,301 @@
+//! Shared by the mTLS tests: weftd with its CA, proxies holding (or not)
+//! a workload certificate, an echo backend that shows what the server side
+//! learnt, and a relay that records the bytes between two sidecars.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_testkit::backend::{Served, serve};
+use weft_testkit::client::{Http1Client, Reply};
+use weft_testkit::free_addr;
+use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
+use weft_testkit::weftd::WeftdProcess;
+
+pub const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+pub const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/httpbin";
+pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+
+pub fn proxy_binary() -> PathBuf {
+    let path = Path::new(WEFTD).with_file_name("weft-proxy");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p weft-proxy`",
+        path.display()
+    );
+    path
+}
+
+pub struct Control {
+    pub weftd: WeftdProcess,
+    pub dir: tempfile::TempDir,
+}
+
+impl Control {
+    pub async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let weftd = WeftdProcess::start_with(
+            Path::new(WEFTD),
+            &dir.path().join("state"),
+            free_addr(),
+            free_addr(),
+            extra,
+        )
+        .await
+        .expect("weftd starts");
+        Self { weftd, dir }
+    }
+
+    /// A token file for `sa` in the default namespace.
+    pub async fn token_file(&self, sa: &str) -> PathBuf {
+        let token = self.weftd.mint_token("default", sa).await.expect("token");
+        let path = self.dir.path().join(format!("{sa}.token"));
+        std::fs::write(&path, token).expect("write token");
+        path
+    }
+
+    pub async fn apply(&self, yaml: &str) {
+        let reply = self.weftd.apply(yaml).await.expect("apply");
+        assert_eq!(reply.status, 200, "apply: {}", reply.text());
+    }
+}
+
+/// The httpbin service on the server proxy's workload port `backend`.
+pub fn service_yaml(backend: u16) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin}}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8000, name: http, protocol: HTTP, targetPort: {backend}}}]
+  workloadSelector: {{labels: {{app: httpbin}}}}
+"#
+    )
+}
+
+/// Answers `xfcc=<x-forwarded-client-cert or -> version=<HTTP version>`.
+pub async fn echo_backend() -> Served {
+    serve(echo).await
+}
+
+/// [`echo_backend`] on a fixed address (a workload port a policy names).
+pub async fn echo_backend_on(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(addr).await.expect("bind echo backend");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(stream),
+                    hyper::service::service_fn(echo),
+                )
+                .await;
+            });
+        }
+    })
+}
+
+async fn echo(
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let xfcc = request
+        .headers()
+        .get("x-forwarded-client-cert")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let path = request.uri().path().to_string();
+    if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let body = format!("xfcc={xfcc} version={:?}", request.version());
+    Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+/// The server-side sidecar: workload httpbin serving `backend`, reached by
+/// mesh callers at `inbound`.
+pub fn server_proxy(
+    control: &Control,
+    id: &str,
+    backend: SocketAddr,
+    inbound: SocketAddr,
+    token: Option<&Path>,
+    extra: &[&str],
+) -> ProxyProcess {
+    let port = format!("{}/http", backend.port());
+    let inbound_flag = format!("{inbound}={}", backend.port());
+    let mut args = vec![
+        "--node-id",
+        id,
+        "--workload",
+        "httpbin",
+        "--label",
+        "app=httpbin",
+        "--service-account",
+        "httpbin",
+        "--port",
+        &port,
+        "--inbound",
+        &inbound_flag,
+    ];
+    let token = token.map(|t| t.display().to_string());
+    if let Some(token) = &token {
+        args.extend(["--token-file", token]);
+    }
+    args.extend(extra);
+    let binary = proxy_binary();
+    ProxyProcess::spawn(ProxyOptions::control_plane(
+        &binary,
+        control.weftd.grpc,
+        &args,
+    ))
+    .expect("spawn server proxy")
+}
+
+/// A client-side sidecar whose app reaches httpbin:8000 at `listen`.
+pub fn client_proxy(
+    control: &Control,
+    id: &str,
+    sa: &str,
+    listen: SocketAddr,
+    token: Option<&Path>,
+) -> ProxyProcess {
+    let listen_flag = format!("{listen}=httpbin:8000");
+    let mut args = vec![
+        "--node-id",
+        id,
+        "--workload",
+        id,
+        "--service-account",
+        sa,
+        "--listen",
+        &listen_flag,
+    ];
+    let token = token.map(|t| t.display().to_string());
+    if let Some(token) = &token {
+        args.extend(["--token-file", token]);
+    }
+    let binary = proxy_binary();
+    ProxyProcess::spawn(ProxyOptions::control_plane(
+        &binary,
+        control.weftd.grpc,
+        &args,
+    ))
+    .expect("spawn client proxy")
+}
+
+pub async fn get(listen: SocketAddr, path: &str) -> anyhow::Result<Reply> {
+    Http1Client::connect(listen)
+        .await?
+        .get("httpbin", path)
+        .await
+}
+
+/// Polls `listen` until a reply satisfies `wanted`; the last reply (or
+/// error) otherwise.
+pub async fn eventually(
+    listen: SocketAddr,
+    path: &str,
+    wanted: impl Fn(&Reply) -> bool,
+) -> Result<Reply, String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let last = match get(listen, path).await {
+            Ok(reply) if wanted(&reply) => return Ok(reply),
+            Ok(reply) => format!("{} {}", reply.status, reply.text()),
+            Err(err) => format!("{err:#}"),
+        };
+        if Instant::now() > deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The bytes each way through one relayed connection.
+#[derive(Default)]
+pub struct Recorded {
+    pub to_server: Vec<u8>,
+    pub to_client: Vec<u8>,
+}
+
+/// A TCP relay to `target` that records everything it carries.
+pub async fn recording_relay(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Recorded>>) {
+    let listener = TcpListener::bind(free_addr()).await.expect("relay bind");
+    let addr = listener.local_addr().expect("relay addr");
+    let recorded = Arc::new(Mutex::new(Recorded::default()));
+    let shared = recorded.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(target).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let up = shared.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = client_read.read(&mut buf).await {
+                    if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    up.lock()
+                        .expect("lock")
+                        .to_server
+                        .extend_from_slice(&buf[..n]);
+                }
+                let _ = server_write.shutdown().await;
+            });
+            let down = shared.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 || client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    down.lock()
+                        .expect("lock")
+                        .to_client
+                        .extend_from_slice(&buf[..n]);
+                }
+                let _ = client_write.shutdown().await;
+            });
+        }
+    });
+    (addr, recorded)
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `/certs` of a proxy as JSON text.
+pub async fn certs(proxy: &ProxyProcess) -> String {
+    proxy.admin_get("/certs").await.expect("/certs").text()
+}
+
+/// A field of `/certs` (top level or under `certificate`), as text.
+pub fn cert_field(certs: &str, field: &str) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_str(certs).ok()?;
+    let value = json
+        .get(field)
+        .or_else(|| json.get("certificate").and_then(|c| c.get(field)))?;
+    Some(match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}

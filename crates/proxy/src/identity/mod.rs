@@ -1,0 +1,181 @@
+//! The proxy's workload identity: its SPIFFE id, the certificate weftd
+//! signed for it, and the mesh's trust anchors.
+//!
+//! Contract: [`Identity::certified_key`] is whatever certificate is current;
+//! a rotation swaps it atomically, so new handshakes use the new one while
+//! established connections keep the session they negotiated. Roots change
+//! only through [`Identity::set_roots`] (the CSR answer, or a push).
+
+pub mod fetch;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use rustls::RootCertStore;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::sync::watch;
+
+/// One issued certificate with its key, ready for rustls.
+pub struct WorkloadCert {
+    pub key: Arc<CertifiedKey>,
+    pub chain_pem: String,
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub issued_at: SystemTime,
+}
+
+impl WorkloadCert {
+    pub fn lifetime(&self) -> Duration {
+        self.not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default()
+    }
+}
+
+/// The mesh's trust anchors.
+pub struct Roots {
+    pub pem: String,
+    pub store: Arc<RootCertStore>,
+}
+
+pub struct Identity {
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub spiffe: String,
+    current: ArcSwapOption<WorkloadCert>,
+    roots: ArcSwap<Roots>,
+    /// Bumped on every certificate or root change.
+    changes: watch::Sender<u64>,
+    /// The last failure to get a certificate, for `/certs` and readiness.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Identity {
+    pub fn new(spiffe: String) -> Arc<Self> {
+        Arc::new(Self {
+            spiffe,
+            current: ArcSwapOption::empty(),
+            roots: ArcSwap::from_pointee(Roots {
+                pem: String::new(),
+                store: Arc::new(RootCertStore::empty()),
+            }),
+            changes: watch::channel(0).0,
+            last_error: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The principal form (no `spiffe://`), as policies write it.
+    pub fn principal(&self) -> &str {
+        self.spiffe
+            .strip_prefix("spiffe://")
+            .unwrap_or(&self.spiffe)
+    }
+
+    pub fn current(&self) -> Option<Arc<WorkloadCert>> {
+        self.current.load_full()
+    }
+
+    pub fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.load().as_ref().map(|c| c.key.clone())
+    }
+
+    pub fn roots(&self) -> Arc<Roots> {
+        self.roots.load_full()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    pub fn install(&self, cert: WorkloadCert) {
+        self.current.store(Some(Arc::new(cert)));
+        self.set_error(None);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Replaces the trust anchors when `pem` differs from the current ones.
+    pub fn set_roots(&self, pem: &str) -> Result<(), String> {
+        if pem.is_empty() || self.roots.load().pem == pem {
+            return Ok(());
+        }
+        let mut store = RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let der = der.map_err(|err| format!("trust bundle: {err}"))?;
+            store
+                .add(der)
+                .map_err(|err| format!("trust bundle: {err}"))?;
+        }
+        if store.is_empty() {
+            return Err("trust bundle: no certificate in it".into());
+        }
+        self.roots.store(Arc::new(Roots {
+            pem: pem.to_string(),
+            store: Arc::new(store),
+        }));
+        tracing::info!("trust bundle updated");
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// What `/certs` shows.
+    pub fn describe(&self) -> serde_json::Value {
+        let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let certificate = self.current().map(|cert| {
+            serde_json::json!({
+                "serialNumber": cert.serial,
+                "validFrom": seconds(cert.not_before),
+                "expirationTime": seconds(cert.not_after),
+                "issuedAt": seconds(cert.issued_at),
+                "certChain": cert.chain_pem,
+            })
+        });
+        serde_json::json!({
+            "identity": self.spiffe,
+            "certificate": certificate,
+            "rootCertificates": self.roots().pem,
+            "lastError": self.last_error(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("spiffe", &self.spiffe)
+            .finish()
+    }
+}
+
+/// The SPIFFE URI SANs of a DER certificate.
+pub fn spiffe_ids(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+                Some(uri.to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}

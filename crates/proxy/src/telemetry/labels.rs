@@ -1,0 +1,179 @@
+//! Istio's standard metric labels, in Istio's order, `unknown` where a
+//! value is not known.
+//!
+//! The label set holds shared workload metadata (`Arc`s) rather than two
+//! dozen strings, so building one per request costs a few reference counts;
+//! the strings are written only when Prometheus scrapes.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+
+use super::peer::Workload;
+use crate::flags::ResponseFlags;
+use crate::metrics::Reporter;
+
+const UNKNOWN: &str = "unknown";
+
+/// What a request or TCP connection is, for `request_protocol` and the
+/// labels only HTTP has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Call {
+    Http {
+        grpc: bool,
+        /// 0 when no response was sent (the client left first).
+        response_code: u16,
+        /// From `grpc-status` (headers or trailers); `None`: not gRPC or absent.
+        grpc_status: Option<u16>,
+    },
+    Tcp,
+}
+
+/// Both ends of a call and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Labels {
+    pub reporter: Reporter,
+    pub source: Arc<Workload>,
+    /// The SPIFFE identity proven by mTLS; `None` until the connection is
+    /// mutual TLS (the security work fills it, see `Downstream::principal`).
+    pub source_principal: Option<Arc<str>>,
+    pub destination: Arc<Workload>,
+    pub destination_principal: Option<Arc<str>>,
+    /// The destination service's host (FQDN); empty when not known.
+    pub destination_service: Arc<str>,
+    pub call: Call,
+    pub response_flags: ResponseFlags,
+    pub mutual_tls: bool,
+}
+
+impl Labels {
+    /// `destination_service_name` and `_namespace`: from a Kubernetes-style
+    /// FQDN (`name.namespace.svc.…`); other hosts name themselves, with no
+    /// namespace known.
+    fn service_parts(&self) -> (&str, &str) {
+        let host = &*self.destination_service;
+        if host.is_empty() {
+            return (UNKNOWN, UNKNOWN);
+        }
+        let mut parts = host.splitn(4, '.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), Some(namespace), Some("svc")) => (name, namespace),
+            _ => (host, UNKNOWN),
+        }
+    }
+}
+
+fn or_unknown(value: &Option<String>) -> &str {
+    value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .unwrap_or(UNKNOWN)
+}
+
+fn principal(value: &Option<Arc<str>>) -> &str {
+    value.as_deref().unwrap_or(UNKNOWN)
+}
+
+fn put(encoder: &mut LabelSetEncoder, key: &str, value: &str) -> std::fmt::Result {
+    (key, value).encode(encoder.encode_label())
+}
+
+use prometheus_client::encoding::EncodeLabel as _;
+
+impl EncodeLabelSet for Labels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        let (src, dst) = (&*self.source, &*self.destination);
+        let (service_name, service_namespace) = self.service_parts();
+        put(encoder, "reporter", self.reporter.as_str())?;
+        put(encoder, "source_workload", or_unknown(&src.name))?;
+        put(
+            encoder,
+            "source_canonical_service",
+            or_unknown(&src.canonical_service),
+        )?;
+        put(
+            encoder,
+            "source_canonical_revision",
+            or_unknown(&src.canonical_revision),
+        )?;
+        put(
+            encoder,
+            "source_workload_namespace",
+            or_unknown(&src.namespace),
+        )?;
+        put(
+            encoder,
+            "source_principal",
+            principal(&self.source_principal),
+        )?;
+        put(encoder, "source_app", or_unknown(&src.app))?;
+        put(encoder, "source_version", or_unknown(&src.version))?;
+        put(encoder, "source_cluster", or_unknown(&src.cluster))?;
+        put(encoder, "destination_workload", or_unknown(&dst.name))?;
+        put(
+            encoder,
+            "destination_workload_namespace",
+            or_unknown(&dst.namespace),
+        )?;
+        put(
+            encoder,
+            "destination_principal",
+            principal(&self.destination_principal),
+        )?;
+        put(encoder, "destination_app", or_unknown(&dst.app))?;
+        put(encoder, "destination_version", or_unknown(&dst.version))?;
+        let service = match &*self.destination_service {
+            "" => UNKNOWN,
+            host => host,
+        };
+        put(encoder, "destination_service", service)?;
+        put(
+            encoder,
+            "destination_canonical_service",
+            or_unknown(&dst.canonical_service),
+        )?;
+        put(
+            encoder,
+            "destination_canonical_revision",
+            or_unknown(&dst.canonical_revision),
+        )?;
+        put(encoder, "destination_service_name", service_name)?;
+        put(encoder, "destination_service_namespace", service_namespace)?;
+        put(encoder, "destination_cluster", or_unknown(&dst.cluster))?;
+        let mut number = String::new();
+        match self.call {
+            Call::Http {
+                grpc,
+                response_code,
+                grpc_status,
+            } => {
+                put(
+                    encoder,
+                    "request_protocol",
+                    if grpc { "grpc" } else { "http" },
+                )?;
+                let _ = write!(number, "{response_code}");
+                put(encoder, "response_code", &number)?;
+                number.clear();
+                let grpc_status = match grpc_status {
+                    Some(code) => {
+                        let _ = write!(number, "{code}");
+                        number.as_str()
+                    }
+                    None => "",
+                };
+                put(encoder, "grpc_response_status", grpc_status)?;
+            }
+            // Istio's TCP metrics carry no response code or gRPC status.
+            Call::Tcp => put(encoder, "request_protocol", "tcp")?,
+        }
+        put(encoder, "response_flags", &self.response_flags.codes())?;
+        let security = if self.mutual_tls {
+            "mutual_tls"
+        } else {
+            UNKNOWN
+        };
+        put(encoder, "connection_security_policy", security)
+    }
+}

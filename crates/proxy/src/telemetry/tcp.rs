@@ -1,0 +1,120 @@
+//! One opaque TCP connection's telemetry: `istio_tcp_*` metrics and an
+//! access-log line when it closes (or is refused: UH, UO, UF).
+//!
+//! TCP carries no metadata exchange: the source side learns the
+//! destination from the chosen endpoint's labels in its config; the
+//! destination side knows only itself until mTLS names the caller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::Downstream;
+use super::access_log::Entry;
+use super::labels::{Call, Labels};
+use super::peer::Workload;
+use crate::config::{Cluster, Endpoint};
+use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::metrics::Reporter;
+use crate::state::ProxyState;
+
+pub struct TcpRecord<'a> {
+    state: &'a ProxyState,
+    labels: Labels,
+    cluster: String,
+    downstream: Downstream,
+    start: Instant,
+    start_wall: SystemTime,
+    upstream_host: Option<SocketAddr>,
+    bytes: (u64, u64),
+}
+
+impl<'a> TcpRecord<'a> {
+    pub fn start(
+        state: &'a ProxyState,
+        reporter: Reporter,
+        service: &str,
+        cluster: &Cluster,
+        downstream: &Downstream,
+    ) -> Self {
+        let telemetry = &state.metrics.telemetry;
+        let local = telemetry.local().workload.clone();
+        let principal = downstream.principal.clone();
+        let (source, destination) = match reporter {
+            Reporter::Source => (local, telemetry.unknown()),
+            Reporter::Destination => (telemetry.unknown(), local),
+        };
+        let service = if service.is_empty() {
+            &cluster.service
+        } else {
+            service
+        };
+        Self {
+            state,
+            labels: Labels {
+                reporter,
+                source,
+                source_principal: principal
+                    .clone()
+                    .filter(|_| reporter == Reporter::Destination),
+                destination,
+                destination_principal: None,
+                destination_service: service.into(),
+                call: Call::Tcp,
+                response_flags: ResponseFlags::default(),
+                mutual_tls: principal.is_some(),
+            },
+            cluster: cluster.name.clone(),
+            downstream: downstream.clone(),
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+            upstream_host: None,
+            bytes: (0, 0),
+        }
+    }
+
+    /// The connection is refused for `flag` (logged when the record ends).
+    pub fn refused(&mut self, flag: ResponseFlag) {
+        self.labels.response_flags = self.labels.response_flags.with(flag);
+    }
+
+    /// Connected to `endpoint`: counts the connection as opened.
+    pub fn opened(&mut self, endpoint: &Endpoint) {
+        self.upstream_host = Some(endpoint.address);
+        if self.labels.reporter == Reporter::Source && !endpoint.labels.is_empty() {
+            self.labels.destination = Arc::new(Workload::from_labels(endpoint.labels.iter()));
+        }
+        self.state.metrics.record_tcp_open(&self.labels);
+    }
+
+    /// Bytes sent to and received from the downstream, at close.
+    pub fn closed(&mut self, sent: u64, received: u64) {
+        self.bytes = (sent, received);
+        self.state
+            .metrics
+            .record_tcp_close(&self.labels, sent, received);
+    }
+}
+
+impl Drop for TcpRecord<'_> {
+    fn drop(&mut self) {
+        let telemetry = &self.state.metrics.telemetry;
+        let snapshot = self.state.snapshot();
+        let Some(sink) = telemetry.access_log(&snapshot) else {
+            return;
+        };
+        let (sent, received) = self.bytes;
+        sink.log(&Entry {
+            start: Some(self.start_wall),
+            response_flags: self.labels.response_flags,
+            bytes_received: received,
+            bytes_sent: sent,
+            duration_ms: self.start.elapsed().as_millis() as u64,
+            upstream_host: self.upstream_host,
+            upstream_cluster: Some(&self.cluster),
+            downstream_local: self.downstream.local,
+            downstream_remote: self.downstream.remote,
+            ..Entry::default()
+        });
+    }
+}

@@ -1,0 +1,259 @@
+//! The server side of mesh mTLS: PeerAuthentication's decision for one
+//! inbound connection, the handshake, and serving what the connection
+//! carries with the caller's identity known.
+//!
+//! - HTTP (`istio-h2` / `istio-http/1.1`): each request is forwarded with
+//!   `x-forwarded-client-cert` set as Istio does
+//!   (`By=<this workload>;URI=<caller>`); one the caller sent is never
+//!   trusted (removed, also on plaintext connections). The caller's proxy
+//!   says in [`CLIENT_PROTOCOL_HEADER`] which HTTP version the app used, so
+//!   an HTTP/1.1 app gets HTTP/1.1 although the hop between sidecars is
+//!   HTTP/2.
+//! - TCP (`istio`): the bytes inside TLS go to the workload.
+
+use crate::telemetry::Downstream;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::HeaderValue;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+use weft_proto::proxy::v1::mtls;
+
+use super::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
+use crate::config::{Cluster, Snapshot};
+use crate::http::forward::{self, HttpConn};
+use crate::http::route::Target;
+use crate::metrics::Reporter;
+use crate::state::ProxyState;
+use crate::tcp;
+use crate::upstream::HttpVersion;
+
+/// Set by the calling proxy on requests whose app spoke HTTP/1.x.
+pub const CLIENT_PROTOCOL_HEADER: &str = "x-weft-client-protocol";
+pub const XFCC: &str = "x-forwarded-client-cert";
+
+/// What PeerAuthentication lets through on one inbound port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// Plaintext only (DISABLE, or this proxy holds no certificate): a TLS
+    /// connection goes to the workload untouched.
+    Plaintext,
+    /// Mesh mTLS, or plaintext.
+    Permissive,
+    /// Mesh mTLS only.
+    Strict,
+}
+
+/// The mode of workload port `port` in `snapshot`.
+pub fn accept_mode(snapshot: &Snapshot, port: u16) -> Accept {
+    let mode = snapshot
+        .config
+        .inbound_ports
+        .iter()
+        .find(|p| p.port == u32::from(port))
+        .map_or(mtls::Mode::Unset, |p| p.mtls_mode());
+    accept(mode)
+}
+
+/// The mode of the ports the workload does not declare, as the capture
+/// listener at `listen_addr` carries it.
+pub fn undeclared_mode(snapshot: &Snapshot, listen_addr: SocketAddr) -> Accept {
+    let mode = snapshot
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.address.parse::<SocketAddr>().ok() == Some(listen_addr))
+        .map_or(mtls::Mode::Unset, |l| l.mtls_mode());
+    accept(mode)
+}
+
+fn accept(mode: mtls::Mode) -> Accept {
+    let holds_certificate = super::context().is_some_and(|c| c.ready_identity().is_some());
+    if !holds_certificate {
+        return Accept::Plaintext;
+    }
+    match mode {
+        mtls::Mode::Disable => Accept::Plaintext,
+        mtls::Mode::Strict => Accept::Strict,
+        mtls::Mode::Permissive | mtls::Mode::Unset => Accept::Permissive,
+    }
+}
+
+/// The workload port a listener without interception leads to, if
+/// `listen_addr` is one.
+pub fn listener_port(snapshot: &Snapshot, listen_addr: SocketAddr) -> Option<u16> {
+    snapshot
+        .config
+        .listeners
+        .iter()
+        .filter(|l| l.inbound_port != 0)
+        .find(|l| l.address.parse::<SocketAddr>().ok() == Some(listen_addr))
+        .and_then(|l| u16::try_from(l.inbound_port).ok())
+}
+
+/// Terminates mesh mTLS on `io` (its ClientHello not yet consumed) and
+/// serves the connection to `destination`: TCP goes to `cluster` (the
+/// workload port's, or a passthrough to an undeclared port).
+pub async fn serve<I>(
+    io: I,
+    state: Arc<ProxyState>,
+    cluster: &Cluster,
+    destination: SocketAddr,
+    peer: Option<IpAddr>,
+    mut downstream: Downstream,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(context) = super::context() else {
+        return;
+    };
+    let (Some(config), Some(identity)) = (context.server_config(), context.ready_identity()) else {
+        tracing::info!("mTLS connection from {peer:?} closed: no certificate held yet");
+        return;
+    };
+    let stream = match TlsAcceptor::from(config).accept(io).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::info!(
+                "mTLS handshake with {peer:?} for port {} failed: {err}",
+                destination.port()
+            );
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let principal = super::peer_principal(session.peer_certificates());
+    let Some(principal) = principal else {
+        tracing::info!("mTLS peer {peer:?} presented no SPIFFE identity; closing");
+        return;
+    };
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    tracing::debug!(%principal, "mTLS connection accepted");
+    // Telemetry's principal carries the scheme, as Istio's labels do.
+    downstream.principal = Some(Arc::from(format!("spiffe://{principal}")));
+    match alpn.as_deref() {
+        Some(ALPN_TCP) => {
+            let caller = tcp::InboundCaller {
+                peer,
+                destination,
+                principal: Some(principal),
+            };
+            let mut stream = stream;
+            tcp::proxy_inbound(&mut stream, cluster, caller, &state, &downstream).await;
+        }
+        Some(protocol @ (ALPN_H2 | ALPN_HTTP1)) => {
+            let by = identity.spiffe.clone();
+            let wire = if protocol == ALPN_H2 {
+                HttpVersion::Http2
+            } else {
+                HttpVersion::Http1
+            };
+            let who = Caller {
+                peer,
+                principal,
+                downstream,
+            };
+            serve_http(stream, state, wire, destination, who, &by).await;
+        }
+        other => tracing::info!(
+            "mTLS peer {principal} offered no known protocol ({:?}); closing",
+            other.map(String::from_utf8_lossy)
+        ),
+    }
+}
+
+/// Who is calling over a verified mTLS connection.
+struct Caller {
+    peer: Option<IpAddr>,
+    /// SPIFFE identity without the scheme, as policies write it.
+    principal: Arc<str>,
+    downstream: Downstream,
+}
+
+async fn serve_http<I>(
+    io: I,
+    state: Arc<ProxyState>,
+    wire: HttpVersion,
+    destination: SocketAddr,
+    who: Caller,
+    by: &str,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Caller {
+        peer,
+        principal,
+        downstream,
+    } = who;
+    let conn = |version| {
+        Arc::new(HttpConn {
+            target: Target::Inbound {
+                port: destination.port(),
+                original_dst: destination,
+            },
+            reporter: Reporter::Destination,
+            version,
+            peer,
+            peer_principal: Some(principal.clone()),
+            downstream: downstream.clone(),
+        })
+    };
+    let (as_http1, as_http2) = (conn(HttpVersion::Http1), conn(HttpVersion::Http2));
+    let xfcc = HeaderValue::from_str(&format!("By={by};URI=spiffe://{principal}")).ok();
+    let service_state = state.clone();
+    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+        let headers = request.headers_mut();
+        let app_http1 = headers
+            .remove(CLIENT_PROTOCOL_HEADER)
+            .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
+        headers.remove(XFCC);
+        if let Some(xfcc) = &xfcc {
+            headers.insert(XFCC, xfcc.clone());
+        }
+        let conn = if wire == HttpVersion::Http1 || app_http1 {
+            as_http1.clone()
+        } else {
+            as_http2.clone()
+        };
+        forward::handle(service_state.clone(), conn, request)
+    });
+    let io = TokioIo::new(io);
+    let drain = state.drain.clone();
+    let result = match wire {
+        HttpVersion::Http1 => {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(io, service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = drain.signaled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }
+        HttpVersion::Http2 => {
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .adaptive_window(true)
+                .serve_connection(io, service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = drain.signaled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!("inbound mTLS HTTP connection ended: {err}");
+    }
+}

@@ -1,0 +1,227 @@
+//! TLS origination to servers outside the mesh (DestinationRule `tls`
+//! SIMPLE and MUTUAL): certificates and keys are files on the proxy's
+//! side, read when a setting is first used (a change of the files needs a
+//! config change or a restart to be seen).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use weft_proto::proxy::v1::client_tls::Mode;
+
+use super::MeshTls;
+use super::upstream::{Carries, Origination};
+
+/// Where Debian-like systems keep the public roots, used by SIMPLE when no
+/// `caCertificates` is given (as Envoy uses the system's).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+#[derive(Default)]
+pub(crate) struct Cache {
+    configs: Mutex<HashMap<(String, &'static str), Arc<ClientConfig>>>,
+}
+
+impl MeshTls {
+    pub(crate) fn origination_config(
+        &self,
+        origination: &Origination,
+        carries: Carries,
+    ) -> io::Result<Arc<ClientConfig>> {
+        let alpn = match carries {
+            Carries::Tcp => "",
+            Carries::Http1 => "http/1.1",
+            Carries::Http2 => "h2",
+        };
+        let key = (
+            format!("{:?}|{}", origination.settings, origination.server_name),
+            alpn,
+        );
+        let mut configs = self
+            .origination
+            .configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = configs.get(&key) {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(build(self, origination, alpn).map_err(|message| {
+            io::Error::other(format!(
+                "TLS origination to {:?}: {message}",
+                origination.server_name
+            ))
+        })?);
+        configs.insert(key, config.clone());
+        Ok(config)
+    }
+}
+
+fn build(context: &MeshTls, origination: &Origination, alpn: &str) -> Result<ClientConfig, String> {
+    let settings = &origination.settings;
+    let provider = context.provider.clone();
+    let verifier: Arc<dyn ServerCertVerifier> = if settings.insecure_skip_verify {
+        Arc::new(AcceptAny(provider.clone()))
+    } else {
+        let path = if settings.ca_certificates.is_empty() {
+            SYSTEM_ROOTS
+        } else {
+            &settings.ca_certificates
+        };
+        let mut roots = RootCertStore::empty();
+        for der in CertificateDer::pem_file_iter(path)
+            .map_err(|err| format!("caCertificates {path}: {err}"))?
+        {
+            let der = der.map_err(|err| format!("caCertificates {path}: {err}"))?;
+            roots
+                .add(der)
+                .map_err(|err| format!("caCertificates {path}: {err}"))?;
+        }
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|err| format!("caCertificates {path}: {err}"))?;
+        if settings.subject_alt_names.is_empty() {
+            inner
+        } else {
+            Arc::new(AnyOfNames {
+                inner,
+                names: settings.subject_alt_names.clone(),
+            })
+        }
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| err.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = if settings.mode() == Mode::Mutual {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(&settings.client_certificate)
+                .and_then(|certs| certs.collect::<Result<_, _>>())
+                .map_err(|err| {
+                    format!("clientCertificate {}: {err}", settings.client_certificate)
+                })?;
+        let key = PrivateKeyDer::from_pem_file(&settings.private_key)
+            .map_err(|err| format!("privateKey {}: {err}", settings.private_key))?;
+        builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|err| format!("clientCertificate/privateKey: {err}"))?
+    } else {
+        builder.with_no_client_auth()
+    };
+    if !alpn.is_empty() {
+        config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
+    }
+    Ok(config)
+}
+
+/// `subjectAltNames`: the server is accepted when its certificate is valid
+/// for any one of them.
+#[derive(Debug)]
+struct AnyOfNames {
+    inner: Arc<WebPkiServerVerifier>,
+    names: Vec<String>,
+}
+
+impl ServerCertVerifier for AnyOfNames {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let mut last = Error::General("no subjectAltNames".into());
+        for name in &self.names {
+            let Ok(name) = ServerName::try_from(name.as_str()) else {
+                continue;
+            };
+            match self.inner.verify_server_cert(
+                end_entity,
+                intermediates,
+                &name,
+                ocsp_response,
+                now,
+            ) {
+                Ok(verified) => return Ok(verified),
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `insecureSkipVerify: true`: any certificate (signatures still checked).
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
