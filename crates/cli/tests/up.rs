@@ -499,7 +499,14 @@ fn a_mesh_comes_up_routes_through_both_sidecars_follows_weft_apply_and_goes_down
         .map(|ip| {
             requests_total(
                 &scrape(ip),
-                &["reporter=\"destination\"", "response_code=\"200\""],
+                &[
+                    "reporter=\"destination\"",
+                    "response_code=\"200\"",
+                    // Sidecar to sidecar is mutual TLS, and the backend
+                    // learns who called from the frontend's certificate.
+                    "connection_security_policy=\"mutual_tls\"",
+                    "source_principal=\"spiffe://cluster.local/ns/default/sa/shop-frontend\"",
+                ],
             )
         })
         .sum();

@@ -15,6 +15,7 @@ macro_rules! note {
 }
 
 mod down;
+mod identity;
 pub mod meshfile;
 mod network;
 mod plan;

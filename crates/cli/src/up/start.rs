@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::Signals;
+use super::identity;
 use super::network::{self, NsSockets};
 use super::plan::{PROXY_UID, Plan, Pod, Role};
 use super::process::{self, Change, Proc, ProcRecord, Spec};
@@ -157,6 +158,10 @@ impl Running {
 
         step(&format!("node and {} pods created", self.plan.pods.len()));
         let proxy = self.install_proxy_binary()?;
+        let api = self.api.context("weftd's API address is not known yet")?;
+        let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
+        identity::issue_tokens(api, runtime_dir, &self.plan.pods).await?;
+        step("workload identities issued");
         let sidecars: Vec<(String, Vec<String>)> = self
             .plan
             .pods
@@ -395,8 +400,10 @@ impl Running {
             }
             Role::Gateway { .. } => flags.push("--router".into()),
         }
-        // mTLS: the bootstrap token (`--token-file`) goes here, in a file
-        // under the runtime dir readable by UID 1337.
+        // The bootstrap token: the sidecar gets its certificate with it.
+        let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
+        flags.push("--token-file".into());
+        flags.push(identity::token_path(runtime_dir, pod).display().to_string());
         argv.extend(flags);
         argv
     }
@@ -600,7 +607,7 @@ async fn wait_listening(pod: &Pod, proc: &mut Proc, deadline: Instant) -> anyhow
 }
 
 /// One HTTP/1 request on `stream`: (status, body), within 5 s.
-async fn exchange(
+pub(super) async fn exchange(
     stream: TcpStream,
     method: Method,
     path: &str,
