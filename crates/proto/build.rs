@@ -10,9 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weft/proxy/v1/config.proto",
         "proto/weft/discovery/v1/discovery.proto",
     ];
-    for proto in protos {
-        println!("cargo:rerun-if-changed={proto}");
-    }
+    // The whole tree: imported files (authz.proto, ...) change the output too.
+    println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(protos, ["proto"])?;
     let descriptor_bytes = descriptors.encode_to_vec();
 
