@@ -494,6 +494,20 @@ fn a_mesh_comes_up_routes_through_both_sidecars_follows_weft_apply_and_goes_down
         20,
         "{frontend}"
     );
+    // The sidecar holds a workload certificate, about a day from expiry.
+    let expiry = frontend
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_certificate_expiry_timestamp_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let left = expiry - now;
+    assert!(
+        (23.0 * 3600.0..=24.0 * 3600.0 + 120.0).contains(&left),
+        "certificate expiry {expiry} is {left}s away"
+    );
     let backends: u64 = ["10.203.0.3", "10.203.0.4"]
         .iter()
         .map(|ip| {

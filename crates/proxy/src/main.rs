@@ -268,6 +268,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 ttl: args.identity.workload_cert_ttl.map(Into::into),
             };
             tokio::spawn(fetch::run(options, identity.clone()));
+            tokio::spawn(report_certificate_expiry(identity.clone(), state.clone()));
         }
         if let (Some(config), Some(path)) = (initial, &args.config) {
             // Not ready (no config) until a certificate is held.
@@ -340,6 +341,24 @@ fn reload(
     };
     if let Err(err) = result {
         tracing::error!("config rejected, the previous config keeps serving:\n  {err}");
+    }
+}
+
+/// Keeps `weft_certificate_expiry_timestamp_seconds` on the certificate
+/// held now, through every renewal.
+async fn report_certificate_expiry(identity: Arc<Identity>, state: Arc<ProxyState>) {
+    let mut changes = identity.subscribe();
+    loop {
+        if let Some(cert) = identity.current() {
+            let expiry = cert
+                .not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            state.metrics.set_certificate_expiry(expiry);
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }
 
