@@ -24,6 +24,8 @@ use weft_testkit::weftd::WeftdProcess;
 static FINISHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Encoded size of the largest push any simulated proxy received (the
 /// first, full one): what weftd sends per proxy on connect.
+/// Streams that failed and were opened again.
+static RECONNECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static LARGEST_PUSH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 struct Options {
@@ -210,11 +212,21 @@ async fn main() -> anyhow::Result<()> {
         let received = received.clone();
         let grpc = weftd.grpc;
         tokio::spawn(async move {
+            // A stream that fails (1,000 connects at once can overflow the
+            // accept queue) reconnects after a pause, as weft-proxy does.
             // Streams end with an error when weftd stops at the end of the run.
-            if let Err(err) = simulated_proxy(index, grpc, received).await
-                && !FINISHED.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                eprintln!("simulated proxy {index}: {err}");
+            let mut attempt = 0u32;
+            while let Err(err) = simulated_proxy(index, grpc, received.clone()).await {
+                if FINISHED.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                attempt += 1;
+                RECONNECTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if attempt >= 20 {
+                    eprintln!("simulated proxy {index}: giving up after {attempt} tries: {err}");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
             }
         });
     }
@@ -233,8 +245,9 @@ async fn main() -> anyhow::Result<()> {
     let push_mib =
         LARGEST_PUSH.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1024.0 * 1024.0);
     println!(
-        "{} proxies connected and synced in {sync_time:?} (full push {push_mib:.2} MiB each)",
-        options.proxies
+        "{} proxies connected and synced in {sync_time:?} (full push {push_mib:.2} MiB each, {} reconnects)",
+        options.proxies,
+        RECONNECTS.load(std::sync::atomic::Ordering::Relaxed)
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before_changes = weftd_usage(pid);
@@ -293,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
             "apply_s": apply_time.as_secs_f64(),
             "sync_s": sync_time.as_secs_f64(),
             "full_push_mib": push_mib,
+            "reconnects": RECONNECTS.load(std::sync::atomic::Ordering::Relaxed),
             "ack_p50_ms": p50.as_secs_f64() * 1e3,
             "ack_p99_ms": p99.as_secs_f64() * 1e3,
             "ack_max_ms": max.as_secs_f64() * 1e3,
