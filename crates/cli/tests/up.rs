@@ -78,6 +78,7 @@ spec:
     ports: [{name: http, port: 9000}]
     command: [/usr/bin/python3, app.py]
     env: {ROLE: backend, PORT: 9000, VERSION: v1}
+    metrics: {port: 9000, path: /metrics}
   - name: backend-v2
     labels: {app: backend, version: v2}
     ports: [{name: http, port: 9000}]
@@ -525,6 +526,11 @@ fn a_mesh_comes_up_routes_through_both_sidecars_follows_weft_apply_and_goes_down
         })
         .sum();
     assert_eq!(backends, 20);
+    // 15020 merges the sidecar's metrics with the app's (this test app
+    // answers every path with its name).
+    let merged = get_in(&node, "10.203.0.3", 15020, "/stats/prometheus").1;
+    assert!(merged.contains("istio_requests_total"), "{merged}");
+    assert!(merged.contains("backend v1 backend-v1-0"), "{merged}");
 
     // A process in the frontend pod dialling a backend pod's IP directly is
     // still intercepted: its own sidecar and the backend's count the call.

@@ -6,7 +6,9 @@
 //!   `POST /quitquitquit` (start draining), `POST /logging?access=on|off|default`
 //!   (access logs, without a restart);
 //! - health: `/healthz/ready`;
-//! - metrics: `/stats/prometheus`.
+//! - metrics: `/stats/prometheus`;
+//! - merged metrics (15020, with `--merged-metrics`): the proxy's and the
+//!   application's metrics in one scrape.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::merged_metrics::{self, AppMetrics};
 use crate::state::ProxyState;
 use crate::telemetry::Override;
 
@@ -40,24 +43,60 @@ pub async fn bind(
 ) -> std::io::Result<impl Future<Output = ()>> {
     let listener = TcpListener::bind(address).await?;
     tracing::info!(%address, "{surface:?} endpoint listening");
-    Ok(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(respond(surface, &state, request)) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
+    Ok(serve(listener, move |request| {
+        let response = respond(surface, &state, request);
+        async move { response }
+    }))
 }
+
+/// The merged metrics endpoint (15020): `/stats/prometheus` is the proxy's
+/// metrics plus the application's (see [`crate::merged_metrics`]).
+pub async fn bind_merged(
+    address: SocketAddr,
+    state: Arc<ProxyState>,
+    app: Option<AppMetrics>,
+) -> std::io::Result<impl Future<Output = ()>> {
+    let listener = TcpListener::bind(address).await?;
+    tracing::info!(%address, "merged metrics endpoint listening");
+    let app = Arc::new(app);
+    Ok(serve(listener, move |request: Request<Incoming>| {
+        let (state, app) = (state.clone(), app.clone());
+        async move {
+            if request.method() != Method::GET || request.uri().path() != "/stats/prometheus" {
+                let message = format!("no {} {} here\n", request.method(), request.uri().path());
+                return text(StatusCode::NOT_FOUND, "text/plain", message);
+            }
+            let own = state.metrics.encode(&state.snapshot());
+            let body = merged_metrics::merged(own, app.as_ref().as_ref()).await;
+            text(StatusCode::OK, PROMETHEUS_TEXT, body)
+        }
+    }))
+}
+
+/// Accepts HTTP/1 connections and answers each request with `handler`.
+async fn serve<H, F>(listener: TcpListener, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let answer = handler(request);
+                async move { Ok::<_, Infallible>(answer.await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn respond(
     surface: Surface,
@@ -71,7 +110,7 @@ fn respond(
         | (Surface::Health, &Method::GET, "/healthz/ready") => readiness(state),
         (Surface::Admin | Surface::Metrics, &Method::GET, "/stats/prometheus") => text(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            PROMETHEUS_TEXT,
             state.metrics.encode(&state.snapshot()),
         ),
         (Surface::Admin, &Method::GET, "/config_dump") => config_dump(state),

@@ -17,6 +17,7 @@ pub mod http;
 pub mod identity;
 pub mod jwt;
 pub mod listeners;
+pub mod merged_metrics;
 pub mod metrics;
 pub mod state;
 pub mod tcp;

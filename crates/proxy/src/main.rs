@@ -47,6 +47,14 @@ struct Args {
     /// Prometheus endpoint: /stats/prometheus.
     #[arg(long, default_value = "0.0.0.0:15090")]
     metrics: SocketAddr,
+    /// Merged metrics endpoint (Istio's 15020, e.g. 0.0.0.0:15020): the
+    /// proxy's metrics plus the application's. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    merged_metrics: Option<SocketAddr>,
+    /// Where the application serves Prometheus metrics on 127.0.0.1,
+    /// PORT[/PATH] (path default /metrics), merged into --merged-metrics.
+    #[arg(long, value_name = "PORT[/PATH]", value_parser = weft_proxy::merged_metrics::parse_app_metrics, requires = "merged_metrics")]
+    app_metrics: Option<weft_proxy::merged_metrics::AppMetrics>,
     /// Data-path worker threads (default: cores, at most 2, as for a sidecar).
     #[arg(long)]
     workers: Option<usize>,
@@ -250,6 +258,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .map_err(|err| {
                     anyhow::anyhow!("cannot listen on {address} for {surface:?}: {err}")
+                })?;
+            tokio::spawn(server);
+        }
+        if let Some(address) = args.merged_metrics {
+            let server = admin::bind_merged(address, state.clone(), args.app_metrics.clone())
+                .await
+                .map_err(|err| {
+                    anyhow::anyhow!("cannot listen on {address} for merged metrics: {err}")
                 })?;
             tokio::spawn(server);
         }

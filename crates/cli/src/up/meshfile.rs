@@ -96,6 +96,19 @@ pub struct Workload {
     /// Scalars only; numbers and booleans are taken as their text.
     #[serde(default)]
     pub env: BTreeMap<String, Value>,
+    /// Where the app serves Prometheus metrics (as Istio's
+    /// `prometheus.io/port` and `/path` annotations): merged into the
+    /// sidecar's 15020 endpoint.
+    #[serde(default)]
+    pub metrics: Option<AppMetrics>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppMetrics {
+    pub port: u16,
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

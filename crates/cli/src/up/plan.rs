@@ -49,6 +49,8 @@ pub enum Role {
         ports: Vec<(u16, Option<&'static str>)>,
         command: Vec<String>,
         env: Vec<(String, String)>,
+        /// `PORT/PATH` of the app's metrics, for the sidecar's 15020.
+        metrics: Option<String>,
     },
     /// weft-proxy in router mode; `expose` maps host addresses to its ports.
     Gateway { expose: Vec<Expose> },
@@ -212,6 +214,10 @@ impl Plan {
                         ports: ports.clone(),
                         command: command.clone(),
                         env: env.clone(),
+                        metrics: workload.metrics.as_ref().map(|m| {
+                            let path = m.path.as_deref().unwrap_or("/metrics");
+                            format!("{}/{}", m.port, path.trim_start_matches('/'))
+                        }),
                     },
                 });
             }
@@ -363,6 +369,7 @@ spec:
             ports,
             command,
             env,
+            ..
         } = &plan.pods[0].role
         else {
             panic!("a workload");

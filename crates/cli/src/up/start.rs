@@ -388,8 +388,15 @@ impl Running {
             flags.push(format!("{key}={value}"));
         }
         match &pod.role {
-            Role::Workload { ports, .. } => {
+            Role::Workload { ports, metrics, .. } => {
                 flags.push("--capture".into());
+                // Istio's merged metrics port, with the app's when declared.
+                flags.push("--merged-metrics".into());
+                flags.push("0.0.0.0:15020".into());
+                if let Some(metrics) = metrics {
+                    flags.push("--app-metrics".into());
+                    flags.push(metrics.clone());
+                }
                 for (port, protocol) in ports {
                     flags.push("--port".into());
                     flags.push(match protocol {
