@@ -4,7 +4,6 @@
 
 mod mtls_support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -13,7 +12,7 @@ use weft_proxy::jwt::jsonwebtoken::{self, Algorithm, EncodingKey, Header};
 use weft_testkit::client::{Http1Client, request_with_headers};
 use weft_testkit::free_addr;
 
-use mtls_support::{Control, client_proxy, echo_backend, server_proxy, service_yaml};
+use mtls_support::{Control, echo_backend, service_yaml};
 
 const JWKS: &str = include_str!("../../proxy/src/jwt/testdata/jwks.json");
 const RSA: &[u8] = include_bytes!("../../proxy/src/jwt/testdata/rsa-1.pem");
@@ -68,19 +67,14 @@ async fn mesh(policies: &str) -> Mesh {
     let backend = echo_backend().await;
     control.apply(&service_yaml(backend.addr.port())).await;
     control.apply(policies).await;
-    let server_token = control.token_file("httpbin").await;
-    let mut server = server_proxy(
-        &control,
-        "httpbin",
-        backend.addr,
-        free_addr(),
-        Some(&server_token),
-        &["--label", "version=v1"],
-    );
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server ready");
+    let server = control
+        .ready_server(
+            "httpbin",
+            backend.addr,
+            free_addr(),
+            &["--label", "version=v1"],
+        )
+        .await;
     let mut proxies = vec![server];
     let mut listens = Vec::new();
     for (id, sa, with_cert) in [
@@ -89,17 +83,7 @@ async fn mesh(policies: &str) -> Mesh {
         ("plain", "plain", false),
     ] {
         let listen = free_addr();
-        let token = if with_cert {
-            Some(control.token_file(sa).await)
-        } else {
-            None
-        };
-        let mut proxy = client_proxy(&control, id, sa, listen, token.as_deref().map(Path::new));
-        proxy
-            .wait_ready(Duration::from_secs(20))
-            .await
-            .expect("client ready");
-        proxies.push(proxy);
+        proxies.push(control.ready_client(id, sa, listen, with_cert).await);
         listens.push(listen);
     }
     Mesh {

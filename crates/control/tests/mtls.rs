@@ -38,19 +38,9 @@ async fn sidecars_speak_tls13_and_the_server_learns_the_callers_identity() {
     let backend = echo_backend().await;
     control.apply(&service_yaml(backend.addr.port())).await;
     let inbound = free_addr();
-    let server_token = control.token_file("httpbin").await;
-    let mut server = server_proxy(
-        &control,
-        "httpbin",
-        backend.addr,
-        inbound,
-        Some(&server_token),
-        &[],
-    );
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server proxy ready once it holds a certificate");
+    let server = control
+        .ready_server("httpbin", backend.addr, inbound, &[])
+        .await;
 
     // The client sidecar reaches the server through a recording relay.
     let (relay, recorded) = recording_relay(inbound).await;
@@ -134,31 +124,15 @@ async fn peer_authentication_strict_permissive_disable_and_port_level() {
     let backend = echo_backend().await;
     control.apply(&service_yaml(backend.addr.port())).await;
     let inbound = free_addr();
-    let server_token = control.token_file("httpbin").await;
-    let mut server = server_proxy(
-        &control,
-        "httpbin",
-        backend.addr,
-        inbound,
-        Some(&server_token),
-        &[],
-    );
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server ready");
+    let server = control
+        .ready_server("httpbin", backend.addr, inbound, &[])
+        .await;
 
     let (mesh_listen, plain_listen) = (free_addr(), free_addr());
-    let sleep_token = control.token_file("sleep").await;
-    let mut mesh = client_proxy(&control, "sleep", "sleep", mesh_listen, Some(&sleep_token));
-    let mut plain = client_proxy(&control, "legacy", "legacy", plain_listen, None);
-    mesh.wait_ready(Duration::from_secs(20))
-        .await
-        .expect("mesh client ready");
-    plain
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("plaintext client ready");
+    let (mesh, _plain) = tokio::join!(
+        control.ready_client("sleep", "sleep", mesh_listen, true),
+        control.ready_client("legacy", "legacy", plain_listen, false),
+    );
     let mtls = format!("xfcc=By={SERVER_ID};URI={CLIENT_ID}");
 
     // No policy: PERMISSIVE. Auto-mTLS for the mesh client, plaintext for
@@ -229,19 +203,9 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     let backend = echo_backend().await;
     control.apply(&service_yaml(backend.addr.port())).await;
     let inbound = free_addr();
-    let token = control.token_file("httpbin").await;
-    let mut server = server_proxy(
-        &control,
-        "httpbin",
-        backend.addr,
-        inbound,
-        Some(&token),
-        &[],
-    );
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server ready");
+    let server = control
+        .ready_server("httpbin", backend.addr, inbound, &[])
+        .await;
 
     // A rogue CA issuing the very identity the mesh trusts.
     let ca_key = rcgen::KeyPair::generate().expect("key");

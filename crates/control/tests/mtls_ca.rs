@@ -24,6 +24,7 @@ async fn root_of(proxy: &weft_testkit::proxy::ProxyProcess) -> String {
 async fn the_root_and_issued_tokens_survive_a_weftd_restart() {
     let mut control = Control::start(&[]).await;
     let backend = echo_backend().await;
+    // The token is used again after the restart.
     let token = control.token_file("httpbin").await;
     let mut before = server_proxy(
         &control,
@@ -116,26 +117,11 @@ async fn a_plug_in_ca_from_cacerts_signs_the_mesh() {
     let control = Control::start(&["--cacerts", &dir]).await;
     let backend = echo_backend().await;
     control.apply(&service_yaml(backend.addr.port())).await;
-    let server_token = control.token_file("httpbin").await;
-    let mut server = server_proxy(
-        &control,
-        "httpbin",
-        backend.addr,
-        free_addr(),
-        Some(&server_token),
-        &[],
-    );
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server ready");
+    let server = control
+        .ready_server("httpbin", backend.addr, free_addr(), &[])
+        .await;
     let listen = free_addr();
-    let client_token = control.token_file("sleep").await;
-    let mut client = client_proxy(&control, "sleep", "sleep", listen, Some(&client_token));
-    client
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("client ready");
+    let client = control.ready_client("sleep", "sleep", listen, true).await;
 
     let shown = certs(&server).await;
     assert_eq!(
@@ -164,26 +150,11 @@ async fn certificates_rotate_while_a_long_stream_stays_up() {
     let control = Control::start(&["--workload-cert-ttl", "6s"]).await;
     let backend = echo_backend().await;
     control.apply(&service_yaml(backend.addr.port())).await;
-    let server_token = control.token_file("httpbin").await;
-    let mut server = server_proxy(
-        &control,
-        "httpbin",
-        backend.addr,
-        free_addr(),
-        Some(&server_token),
-        &[],
-    );
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server ready");
+    let server = control
+        .ready_server("httpbin", backend.addr, free_addr(), &[])
+        .await;
     let listen = free_addr();
-    let client_token = control.token_file("sleep").await;
-    let mut client = client_proxy(&control, "sleep", "sleep", listen, Some(&client_token));
-    client
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("client ready");
+    let client = control.ready_client("sleep", "sleep", listen, true).await;
     let warm = eventually(listen, "/", |r| {
         r.status == 200 && r.text().contains("URI=")
     })
@@ -455,19 +426,9 @@ async fn destination_rule_mutual_presents_the_client_certificate() {
 async fn a_new_root_reaches_proxies_over_the_stream_and_they_renew_at_once() {
     let mut control = Control::start(&[]).await;
     let backend = echo_backend().await;
-    let token = control.token_file("httpbin").await;
-    let mut proxy = server_proxy(
-        &control,
-        "httpbin",
-        backend.addr,
-        free_addr(),
-        Some(&token),
-        &[],
-    );
-    proxy
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("ready");
+    let proxy = control
+        .ready_server("httpbin", backend.addr, free_addr(), &[])
+        .await;
     let old_root = root_of(&proxy).await;
     let old_serial = cert_field(&certs(&proxy).await, "serialNumber").expect("serial");
 

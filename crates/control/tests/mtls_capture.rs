@@ -142,16 +142,10 @@ async fn captured(netns: &NetNs, policy: &str) {
         .expect("server ready");
 
     let (mesh_listen, plain_listen) = (free_addr(), free_addr());
-    let sleep_token = control.token_file("sleep").await;
-    let mut mesh = client_proxy(&control, "sleep", "sleep", mesh_listen, Some(&sleep_token));
-    let mut plain = client_proxy(&control, "legacy", "legacy", plain_listen, None);
-    mesh.wait_ready(Duration::from_secs(20))
-        .await
-        .expect("mesh client ready");
-    plain
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("plain client ready");
+    let (mesh, _plain) = tokio::join!(
+        control.ready_client("sleep", "sleep", mesh_listen, true),
+        control.ready_client("legacy", "legacy", plain_listen, false),
+    );
 
     let expected = format!("xfcc=By={SERVER_ID};URI={CLIENT_ID}");
     let reply = eventually(mesh_listen, "/", |r| r.text().starts_with(&expected)).await;

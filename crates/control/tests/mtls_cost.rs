@@ -65,19 +65,10 @@ async fn mtls_costs_on_loopback() {
     let backend = echo_backend().await;
     control.apply(&service_yaml(backend.addr.port())).await;
     let inbound = free_addr();
-    let server_token = control.token_file("httpbin").await;
-    let mut server = server_proxy(
-        &control,
-        "httpbin",
-        backend.addr,
-        inbound,
-        Some(&server_token),
-        &[],
-    );
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server ready");
+    // Held until the end: dropping a proxy stops it.
+    let _server = control
+        .ready_server("httpbin", backend.addr, inbound, &[])
+        .await;
 
     // Certificate issue: key pair, CSR, one RPC, weftd's signature.
     let token = control
@@ -164,16 +155,10 @@ async fn mtls_costs_on_loopback() {
 
     // Steady state through two sidecars: pooled mTLS versus plaintext.
     let (mesh_listen, plain_listen) = (free_addr(), free_addr());
-    let sleep_token = control.token_file("sleep").await;
-    let mut mesh = client_proxy(&control, "sleep", "sleep", mesh_listen, Some(&sleep_token));
-    let mut plain = client_proxy(&control, "legacy", "legacy", plain_listen, None);
-    mesh.wait_ready(Duration::from_secs(20))
-        .await
-        .expect("ready");
-    plain
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("ready");
+    let (_mesh, _plain) = tokio::join!(
+        control.ready_client("sleep", "sleep", mesh_listen, true),
+        control.ready_client("legacy", "legacy", plain_listen, false),
+    );
     let mut steady = Vec::new();
     for (listen, secured) in [(mesh_listen, true), (plain_listen, false)] {
         let reply = eventually(listen, "/", |r| r.status == 200)

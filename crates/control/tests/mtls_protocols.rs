@@ -118,26 +118,11 @@ async fn destination_rule_tls_overrides_auto_mtls() {
     let control = Control::start(&[]).await;
     let backend = echo_backend().await;
     control.apply(&service_yaml(backend.addr.port())).await;
-    let token = control.token_file("httpbin").await;
-    let mut server = server_proxy(
-        &control,
-        "httpbin",
-        backend.addr,
-        free_addr(),
-        Some(&token),
-        &[],
-    );
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server ready");
+    let _server = control
+        .ready_server("httpbin", backend.addr, free_addr(), &[])
+        .await;
     let listen = free_addr();
-    let client_token = control.token_file("sleep").await;
-    let mut client = client_proxy(&control, "sleep", "sleep", listen, Some(&client_token));
-    client
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("client ready");
+    let _client = control.ready_client("sleep", "sleep", listen, true).await;
     let mtls = format!("xfcc=By={SERVER_ID};URI={CLIENT_ID}");
     let reply = eventually(listen, "/", |r| r.text().starts_with(&mtls)).await;
     assert!(reply.is_ok(), "auto-mTLS first: {reply:?}");

@@ -3,6 +3,7 @@
 //! `weft-proxy` process, and network namespaces for interception tests.
 
 pub mod backend;
+pub mod cli;
 pub mod client;
 pub mod corpus;
 pub mod grpc;

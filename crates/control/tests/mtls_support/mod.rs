@@ -25,13 +25,7 @@ pub const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/httpbin";
 pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/sleep";
 
 pub fn proxy_binary() -> PathBuf {
-    let path = Path::new(WEFTD).with_file_name("weft-proxy");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p weft-proxy`",
-        path.display()
-    );
-    path
+    weft_testkit::cli::sibling(WEFTD, "weft-proxy")
 }
 
 pub struct Control {
@@ -65,6 +59,45 @@ impl Control {
     pub async fn apply(&self, yaml: &str) {
         let reply = self.weftd.apply(yaml).await.expect("apply");
         assert_eq!(reply.status, 200, "apply: {}", reply.text());
+    }
+
+    /// [`server_proxy`] with an httpbin token, once it holds a certificate.
+    pub async fn ready_server(
+        &self,
+        id: &str,
+        backend: SocketAddr,
+        inbound: SocketAddr,
+        extra: &[&str],
+    ) -> ProxyProcess {
+        let token = self.token_file("httpbin").await;
+        let mut server = server_proxy(self, id, backend, inbound, Some(&token), extra);
+        server
+            .wait_ready(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|err| panic!("server proxy {id} ready: {err:#}"));
+        server
+    }
+
+    /// [`client_proxy`], ready; `with_token` gives it a token for `sa` (and
+    /// so a certificate), without one it stays a plaintext legacy client.
+    pub async fn ready_client(
+        &self,
+        id: &str,
+        sa: &str,
+        listen: SocketAddr,
+        with_token: bool,
+    ) -> ProxyProcess {
+        let token = if with_token {
+            Some(self.token_file(sa).await)
+        } else {
+            None
+        };
+        let mut client = client_proxy(self, id, sa, listen, token.as_deref());
+        client
+            .wait_ready(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|err| panic!("client proxy {id} ready: {err:#}"));
+        client
     }
 }
 
