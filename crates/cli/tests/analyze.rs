@@ -2,7 +2,8 @@
 //! line, the exit status, namespace scoping and output formats.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+
+use weft_testkit::cli::{Run, run};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
@@ -77,25 +78,8 @@ spec:
     - destination: {host: ratings, subset: v1}
 "#;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn analyze(args: &[&str]) -> Run {
-    let output = Command::new(WEFT)
-        .arg("analyze")
-        .args(args)
-        .stdin(Stdio::null())
-        .env_remove("WEFT_ADDR")
-        .output()
-        .expect("run weft");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    run(Path::new(WEFT), &[&["analyze"], args].concat())
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

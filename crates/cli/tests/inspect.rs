@@ -6,13 +6,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
 use weft_testkit::backend::{Served, serve};
+use weft_testkit::cli::{Run, run};
 use weft_testkit::client::Http1Client;
 use weft_testkit::free_addr;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
@@ -22,13 +22,7 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 /// weftd and weft-proxy are built next to weft by `cargo test --workspace`.
 fn sibling(name: &str) -> PathBuf {
-    let path = Path::new(WEFT).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p weft-control -p weft-proxy` (or cargo test --workspace)",
-        path.display()
-    );
-    path
+    weft_testkit::cli::sibling(WEFT, name)
 }
 
 /// A backend answering every request with `status`.
@@ -103,24 +97,8 @@ spec:
     )
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn weft(args: &[&str]) -> Run {
-    let output = Command::new(WEFT)
-        .args(args)
-        .stdin(Stdio::null())
-        .env_remove("WEFT_ADDR")
-        .output()
-        .expect("run weft");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    run(Path::new(WEFT), args)
 }
 
 /// The table line that mentions `needle`.

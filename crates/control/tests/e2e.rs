@@ -19,13 +19,7 @@ const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
 
 /// weft-proxy is built next to weftd by `cargo test --workspace`.
 fn proxy_binary() -> PathBuf {
-    let path = Path::new(WEFTD).with_file_name("weft-proxy");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p weft-proxy` (or cargo test --workspace)",
-        path.display()
-    );
-    path
+    weft_testkit::cli::sibling(WEFTD, "weft-proxy")
 }
 
 fn mesh_yaml(v1: SocketAddr, v2: SocketAddr) -> String {
