@@ -384,56 +384,40 @@ async fn raw_tcp_is_carried_inside_mtls_under_strict() {
             echo.addr.port()
         ))
         .await;
-    let token = control.token_file("tcpecho").await;
     let port = format!("{}/tcp", echo.addr.port());
     let inbound = format!("{}={}", free_addr(), echo.addr.port());
-    let token_arg = token.display().to_string();
-    let binary = proxy_binary();
-    let mut server = ProxyProcess::spawn(weft_testkit::proxy::ProxyOptions::control_plane(
-        &binary,
-        control.weftd.grpc,
-        &[
-            "--node-id",
+    let _server = control
+        .ready_proxy(
             "tcpecho",
-            "--label",
-            "app=tcpecho",
-            "--service-account",
-            "tcpecho",
-            "--port",
-            &port,
-            "--inbound",
-            &inbound,
-            "--token-file",
-            &token_arg,
-        ],
-    ))
-    .expect("spawn");
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server ready");
+            &[
+                "--node-id",
+                "tcpecho",
+                "--label",
+                "app=tcpecho",
+                "--service-account",
+                "tcpecho",
+                "--port",
+                &port,
+                "--inbound",
+                &inbound,
+            ],
+        )
+        .await;
     let listen = free_addr();
     let listen_flag = format!("{listen}=tcpecho:9000");
-    let client_token = control.token_file("sleep").await.display().to_string();
-    let mut client = ProxyProcess::spawn(weft_testkit::proxy::ProxyOptions::control_plane(
-        &binary,
-        control.weftd.grpc,
-        &[
-            "--node-id",
+    let client = control
+        .ready_proxy(
             "sleep",
-            "--service-account",
-            "sleep",
-            "--listen",
-            &listen_flag,
-            "--token-file",
-            &client_token,
-        ],
-    ))
-    .expect("spawn");
-    client
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("client ready");
+            &[
+                "--node-id",
+                "sleep",
+                "--service-account",
+                "sleep",
+                "--listen",
+                &listen_flag,
+            ],
+        )
+        .await;
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let echoed = loop {

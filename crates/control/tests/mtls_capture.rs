@@ -16,7 +16,6 @@ use mtls_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_testkit::free_addr;
 use weft_testkit::netns::{NetNs, privileged_or_skip};
-use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 
 /// The workload's address as callers dial it (anything but 127.0.0.1 is
 /// captured).
@@ -111,35 +110,27 @@ async fn captured(netns: &NetNs, policy: &str) {
         .apply(&format!("{}---\n{policy}", service_yaml(PORT)))
         .await;
 
-    let token = control.token_file("httpbin").await.display().to_string();
     let workload_port = format!("{port}/http");
-    let binary = proxy_binary();
-    let mut server = ProxyProcess::spawn(ProxyOptions::control_plane(
-        &binary,
-        control.weftd.grpc,
-        &[
-            "--node-id",
+    let server = control
+        .ready_proxy(
             "httpbin",
-            "--label",
-            "app=httpbin",
-            "--label",
-            "version=v1",
-            "--service-account",
-            "httpbin",
-            "--address",
-            WORKLOAD_IP,
-            "--port",
-            &workload_port,
-            "--capture",
-            "--token-file",
-            &token,
-        ],
-    ))
-    .expect("spawn server");
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server ready");
+            &[
+                "--node-id",
+                "httpbin",
+                "--label",
+                "app=httpbin",
+                "--label",
+                "version=v1",
+                "--service-account",
+                "httpbin",
+                "--address",
+                WORKLOAD_IP,
+                "--port",
+                &workload_port,
+                "--capture",
+            ],
+        )
+        .await;
 
     let (mesh_listen, plain_listen) = (free_addr(), free_addr());
     let (mesh, _plain) = tokio::join!(

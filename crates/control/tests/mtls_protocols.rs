@@ -4,14 +4,11 @@
 
 mod mtls_support;
 
-use std::time::Duration;
-
 use futures_util::{SinkExt, StreamExt};
 use mtls_support::*;
 use weft_testkit::backend::WebSocketEcho;
 use weft_testkit::client::Http2Client;
 use weft_testkit::free_addr;
-use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http2_and_websocket_apps_cross_strict_mtls() {
@@ -24,67 +21,52 @@ async fn http2_and_websocket_apps_cross_strict_mtls() {
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: httpbin}}\nspec:\n  hosts: [httpbin.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 8000, name: http2, protocol: HTTP2, targetPort: {http_port}}}\n  - {{number: 8080, name: ws, protocol: HTTP, targetPort: {ws_port}}}\n  workloadSelector: {{labels: {{app: httpbin}}}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: STRICT}}}}\n"
         ))
         .await;
-    let token = control.token_file("httpbin").await.display().to_string();
     let ports = [format!("{http_port}/http2"), format!("{ws_port}/http")];
     let inbound = [
         format!("{}={http_port}", free_addr()),
         format!("{}={ws_port}", free_addr()),
     ];
-    let binary = proxy_binary();
-    let mut server = ProxyProcess::spawn(ProxyOptions::control_plane(
-        &binary,
-        control.weftd.grpc,
-        &[
-            "--node-id",
+    let _server = control
+        .ready_proxy(
             "httpbin",
-            "--label",
-            "app=httpbin",
-            "--service-account",
-            "httpbin",
-            "--port",
-            &ports[0],
-            "--port",
-            &ports[1],
-            "--inbound",
-            &inbound[0],
-            "--inbound",
-            &inbound[1],
-            "--token-file",
-            &token,
-        ],
-    ))
-    .expect("spawn");
-    server
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("server ready");
+            &[
+                "--node-id",
+                "httpbin",
+                "--label",
+                "app=httpbin",
+                "--service-account",
+                "httpbin",
+                "--port",
+                &ports[0],
+                "--port",
+                &ports[1],
+                "--inbound",
+                &inbound[0],
+                "--inbound",
+                &inbound[1],
+            ],
+        )
+        .await;
     let (http_listen, ws_listen) = (free_addr(), free_addr());
     let listens = [
         format!("{http_listen}=httpbin:8000"),
         format!("{ws_listen}=httpbin:8080"),
     ];
-    let client_token = control.token_file("sleep").await.display().to_string();
-    let mut client = ProxyProcess::spawn(ProxyOptions::control_plane(
-        &binary,
-        control.weftd.grpc,
-        &[
-            "--node-id",
+    let client = control
+        .ready_proxy(
             "sleep",
-            "--service-account",
-            "sleep",
-            "--listen",
-            &listens[0],
-            "--listen",
-            &listens[1],
-            "--token-file",
-            &client_token,
-        ],
-    ))
-    .expect("spawn");
-    client
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("client ready");
+            &[
+                "--node-id",
+                "sleep",
+                "--service-account",
+                "sleep",
+                "--listen",
+                &listens[0],
+                "--listen",
+                &listens[1],
+            ],
+        )
+        .await;
     let warm = eventually(http_listen, "/", |r| r.status == 200).await;
     assert!(warm.is_ok(), "{warm:?}\n{}", client.logs());
 

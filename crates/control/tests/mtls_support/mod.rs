@@ -61,6 +61,23 @@ impl Control {
         assert_eq!(reply.status, 200, "apply: {}", reply.text());
     }
 
+    /// A proxy fed by weftd with `args` and a token for `sa` (so a
+    /// certificate), once it is ready.
+    pub async fn ready_proxy(&self, sa: &str, args: &[&str]) -> ProxyProcess {
+        let token = self.token_file(sa).await.display().to_string();
+        let mut args = args.to_vec();
+        args.extend(["--token-file", &token]);
+        let binary = proxy_binary();
+        let mut proxy =
+            ProxyProcess::spawn(ProxyOptions::control_plane(&binary, self.weftd.grpc, &args))
+                .expect("spawn proxy");
+        proxy
+            .wait_ready(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|err| panic!("proxy for {sa} ready: {err:#}\n{}", proxy.logs()));
+        proxy
+    }
+
     /// [`server_proxy`] with an httpbin token, once it holds a certificate.
     pub async fn ready_server(
         &self,
