@@ -306,18 +306,9 @@ spec:
         .await;
     let listen = free_addr();
     let listen_flag = format!("{listen}=api.external.test:80");
-    let binary = proxy_binary();
-    let mut proxy =
-        weft_testkit::proxy::ProxyProcess::spawn(weft_testkit::proxy::ProxyOptions::control_plane(
-            &binary,
-            control.weftd.grpc,
-            &["--node-id", "app", "--listen", &listen_flag],
-        ))
-        .expect("spawn");
-    proxy
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("ready");
+    let proxy = control
+        .ready_tokenless_proxy(&["--node-id", "app", "--listen", &listen_flag])
+        .await;
     let reply = weft_testkit::client::Http1Client::connect(listen)
         .await
         .expect("connect")
@@ -378,18 +369,9 @@ async fn destination_rule_mutual_presents_the_client_certificate() {
         .await;
     let listen = free_addr();
     let listen_flag = format!("{listen}=api.external.test:80");
-    let binary = proxy_binary();
-    let mut proxy =
-        weft_testkit::proxy::ProxyProcess::spawn(weft_testkit::proxy::ProxyOptions::control_plane(
-            &binary,
-            control.weftd.grpc,
-            &["--node-id", "app", "--listen", &listen_flag],
-        ))
-        .expect("spawn");
-    proxy
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("ready");
+    let proxy = control
+        .ready_tokenless_proxy(&["--node-id", "app", "--listen", &listen_flag])
+        .await;
     let get = || async {
         weft_testkit::client::Http1Client::connect(listen)
             .await

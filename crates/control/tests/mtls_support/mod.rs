@@ -67,14 +67,20 @@ impl Control {
         let token = self.token_file(sa).await.display().to_string();
         let mut args = args.to_vec();
         args.extend(["--token-file", &token]);
+        self.ready_tokenless_proxy(&args).await
+    }
+
+    /// A proxy fed by weftd with `args` and no token (no workload
+    /// certificate), once it is ready.
+    pub async fn ready_tokenless_proxy(&self, args: &[&str]) -> ProxyProcess {
         let binary = proxy_binary();
         let mut proxy =
-            ProxyProcess::spawn(ProxyOptions::control_plane(&binary, self.weftd.grpc, &args))
+            ProxyProcess::spawn(ProxyOptions::control_plane(&binary, self.weftd.grpc, args))
                 .expect("spawn proxy");
         proxy
             .wait_ready(Duration::from_secs(20))
             .await
-            .unwrap_or_else(|err| panic!("proxy for {sa} ready: {err:#}\n{}", proxy.logs()));
+            .unwrap_or_else(|err| panic!("proxy {args:?} ready: {err:#}\n{}", proxy.logs()));
         proxy
     }
 
