@@ -72,10 +72,7 @@ fn build(context: &MeshTls, origination: &Origination, alpn: &str) -> Result<Cli
             &settings.ca_certificates
         };
         let mut roots = RootCertStore::empty();
-        for der in CertificateDer::pem_file_iter(path)
-            .map_err(|err| format!("caCertificates {path}: {err}"))?
-        {
-            let der = der.map_err(|err| format!("caCertificates {path}: {err}"))?;
+        for der in certificates("caCertificates", path)? {
             roots
                 .add(der)
                 .map_err(|err| format!("caCertificates {path}: {err}"))?;
@@ -98,12 +95,7 @@ fn build(context: &MeshTls, origination: &Origination, alpn: &str) -> Result<Cli
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut config = if settings.mode() == Mode::Mutual {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(&settings.client_certificate)
-                .and_then(|certs| certs.collect::<Result<_, _>>())
-                .map_err(|err| {
-                    format!("clientCertificate {}: {err}", settings.client_certificate)
-                })?;
+        let chain = certificates("clientCertificate", &settings.client_certificate)?;
         let key = PrivateKeyDer::from_pem_file(&settings.private_key)
             .map_err(|err| format!("privateKey {}: {err}", settings.private_key))?;
         builder
@@ -116,6 +108,14 @@ fn build(context: &MeshTls, origination: &Origination, alpn: &str) -> Result<Cli
         config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
     }
     Ok(config)
+}
+
+/// Every certificate in the PEM file `path`; an error names the setting
+/// `field` and the file.
+fn certificates(field: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect())
+        .map_err(|err| format!("{field} {path}: {err}"))
 }
 
 /// `subjectAltNames`: the server is accepted when its certificate is valid
@@ -193,35 +193,5 @@ impl ServerCertVerifier for AcceptAny {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    signatures_checked_by_provider!(0);
 }
