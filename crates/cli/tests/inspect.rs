@@ -113,14 +113,9 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
     let broken = backend("broken", 503).await;
     let healthy = backend("healthy", 200).await;
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start(
-        &sibling("weftd"),
-        &state.path().join("store"),
-        free_addr(),
-        free_addr(),
-    )
-    .await
-    .expect("weftd");
+    let weftd = WeftdProcess::start_in(&sibling("weftd"), state.path())
+        .await
+        .expect("weftd");
     let reply = weftd
         .apply(&mesh_yaml(broken.addr, healthy.addr))
         .await
@@ -138,16 +133,12 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
         "--listen",
         &listen_flag,
     ];
-    let mut proxy = ProxyProcess::spawn(ProxyOptions::control_plane(
-        &proxy_binary,
-        weftd.grpc,
-        &flags,
-    ))
-    .expect("proxy");
-    proxy
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("ready");
+    let proxy = ProxyProcess::spawn_ready(
+        ProxyOptions::control_plane(&proxy_binary, weftd.grpc, &flags),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("proxy ready");
 
     // Round robin over both endpoints: two 503s in a row from `broken`
     // come within a few requests and eject it for 60s.

@@ -91,14 +91,9 @@ async fn start_mesh() -> Mesh {
     let v1 = HttpBackend::start("reviews-v1").await;
     let v2 = HttpBackend::start("reviews-v2").await;
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start(
-        Path::new(WEFTD),
-        &state.path().join("store"),
-        free_addr(),
-        free_addr(),
-    )
-    .await
-    .expect("weftd");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
     let reply = weftd
         .apply(&format!(
             "{}---{}",
@@ -126,9 +121,7 @@ async fn start_mesh() -> Mesh {
                 &listen_flag,
             ],
         );
-        let mut proxy = ProxyProcess::spawn(options).expect("spawn proxy");
-        proxy
-            .wait_ready(Duration::from_secs(20))
+        let proxy = ProxyProcess::spawn_ready(options, Duration::from_secs(20))
             .await
             .expect("proxy gets its config from weftd");
         proxies.push((proxy, listen));

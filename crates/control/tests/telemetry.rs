@@ -96,14 +96,9 @@ async fn request_then_lines(listen: SocketAddr, path: &str, log: &Path, expected
 async fn telemetry_resources_switch_access_logs_without_a_restart() {
     let backend = HttpBackend::start("reviews-v1").await;
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start(
-        Path::new(WEFTD),
-        &state.path().join("store"),
-        free_addr(),
-        free_addr(),
-    )
-    .await
-    .expect("weftd");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
     apply(&weftd, &reviews(backend.addr)).await;
 
     let log = state.path().join("access.log");
@@ -129,9 +124,7 @@ async fn telemetry_resources_switch_access_logs_without_a_restart() {
             &log_flag,
         ],
     );
-    let mut proxy = ProxyProcess::spawn(options).expect("spawn proxy");
-    proxy
-        .wait_ready(Duration::from_secs(20))
+    let proxy = ProxyProcess::spawn_ready(options, Duration::from_secs(20))
         .await
         .expect("proxy gets its config from weftd");
     let pid = proxy.pid();

@@ -114,6 +114,13 @@ impl ProxyProcess {
         })
     }
 
+    /// [`spawn`](Self::spawn), then [`wait_ready`](Self::wait_ready).
+    pub async fn spawn_ready(options: ProxyOptions<'_>, timeout: Duration) -> anyhow::Result<Self> {
+        let mut proxy = Self::spawn(options)?;
+        proxy.wait_ready(timeout).await?;
+        Ok(proxy)
+    }
+
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {

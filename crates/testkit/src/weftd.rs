@@ -29,6 +29,18 @@ impl WeftdProcess {
         Self::start_with(binary, state_dir, grpc, api, &[]).await
     }
 
+    /// [`start`](Self::start) on fresh loopback addresses, its state in
+    /// `dir/store`.
+    pub async fn start_in(binary: &Path, dir: &Path) -> anyhow::Result<Self> {
+        Self::start(
+            binary,
+            &dir.join("store"),
+            crate::free_addr(),
+            crate::free_addr(),
+        )
+        .await
+    }
+
     /// [`start`](Self::start) with more flags (e.g. `--cacerts DIR`).
     pub async fn start_with(
         binary: &Path,

@@ -74,14 +74,10 @@ impl Control {
     /// certificate), once it is ready.
     pub async fn ready_tokenless_proxy(&self, args: &[&str]) -> ProxyProcess {
         let binary = proxy_binary();
-        let mut proxy =
-            ProxyProcess::spawn(ProxyOptions::control_plane(&binary, self.weftd.grpc, args))
-                .expect("spawn proxy");
-        proxy
-            .wait_ready(Duration::from_secs(20))
+        let options = ProxyOptions::control_plane(&binary, self.weftd.grpc, args);
+        ProxyProcess::spawn_ready(options, Duration::from_secs(20))
             .await
-            .unwrap_or_else(|err| panic!("proxy {args:?} ready: {err:#}\n{}", proxy.logs()));
-        proxy
+            .unwrap_or_else(|err| panic!("proxy {args:?}: {err:#}"))
     }
 
     /// [`server_proxy`] with an httpbin token, once it holds a certificate.
