@@ -26,18 +26,9 @@ async fn the_root_and_issued_tokens_survive_a_weftd_restart() {
     let backend = echo_backend().await;
     // The token is used again after the restart.
     let token = control.token_file("httpbin").await;
-    let mut before = server_proxy(
-        &control,
-        "before",
-        backend.addr,
-        free_addr(),
-        Some(&token),
-        &[],
-    );
-    before
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("ready");
+    let before = control
+        .ready_server_with_token("before", backend.addr, free_addr(), &token, &[])
+        .await;
     let root = root_of(&before).await;
     assert!(root.contains("BEGIN CERTIFICATE"), "{root}");
 
@@ -52,18 +43,9 @@ async fn the_root_and_issued_tokens_survive_a_weftd_restart() {
     .await
     .expect("weftd restarts");
     // A token minted before the restart still proves its identity.
-    let mut after = server_proxy(
-        &control,
-        "after",
-        backend.addr,
-        free_addr(),
-        Some(&token),
-        &[],
-    );
-    after
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("ready after restart");
+    let after = control
+        .ready_server_with_token("after", backend.addr, free_addr(), &token, &[])
+        .await;
     assert_eq!(
         root_of(&after).await,
         root,

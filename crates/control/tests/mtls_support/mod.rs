@@ -89,7 +89,20 @@ impl Control {
         extra: &[&str],
     ) -> ProxyProcess {
         let token = self.token_file("httpbin").await;
-        let mut server = server_proxy(self, id, backend, inbound, Some(&token), extra);
+        self.ready_server_with_token(id, backend, inbound, &token, extra)
+            .await
+    }
+
+    /// [`ready_server`](Self::ready_server) with a token minted earlier.
+    pub async fn ready_server_with_token(
+        &self,
+        id: &str,
+        backend: SocketAddr,
+        inbound: SocketAddr,
+        token: &Path,
+        extra: &[&str],
+    ) -> ProxyProcess {
+        let mut server = server_proxy(self, id, backend, inbound, Some(token), extra);
         server
             .wait_ready(Duration::from_secs(20))
             .await
