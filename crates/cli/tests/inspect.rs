@@ -14,6 +14,7 @@ use http_body_util::Full;
 use weft_testkit::backend::{Served, serve};
 use weft_testkit::cli::{Run, run};
 use weft_testkit::client::Http1Client;
+use weft_testkit::fixtures::service_with_workloads;
 use weft_testkit::free_addr;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 use weft_testkit::weftd::WeftdProcess;
@@ -39,34 +40,10 @@ async fn backend(name: &'static str, status: u16) -> Served {
 /// DestinationRule with subsets and outlier detection, and a
 /// VirtualService sending `x-canary: yes` to v2 and the rest to both.
 fn mesh_yaml(broken: SocketAddr, healthy: SocketAddr) -> String {
+    let workloads =
+        service_with_workloads("shop", 80, &[("v1", broken.port()), ("v2", healthy.port())]);
     format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: shop}}
-spec:
-  hosts: [shop.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  workloadSelector: {{labels: {{app: shop}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: shop-v1}}
-spec:
-  address: 127.0.0.1
-  ports: {{http: {broken_port}}}
-  labels: {{app: shop, version: v1}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: shop-v2}}
-spec:
-  address: 127.0.0.1
-  ports: {{http: {healthy_port}}}
-  labels: {{app: shop, version: v2}}
----
+        r#"{workloads}---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: shop}}
@@ -91,9 +68,7 @@ spec:
   - retries: {{attempts: 0}}
     route:
     - destination: {{host: shop}}
-"#,
-        broken_port = broken.port(),
-        healthy_port = healthy.port(),
+"#
     )
 }
 

@@ -11,6 +11,7 @@ use http::StatusCode;
 use tokio::sync::Mutex;
 use weft_testkit::backend::HttpBackend;
 use weft_testkit::client::Http1Client;
+use weft_testkit::fixtures::service_with_workloads;
 use weft_testkit::free_addr;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 use weft_testkit::weftd::WeftdProcess;
@@ -23,34 +24,10 @@ fn proxy_binary() -> PathBuf {
 }
 
 fn mesh_yaml(v1: SocketAddr, v2: SocketAddr) -> String {
+    let workloads =
+        service_with_workloads("reviews", 9080, &[("v1", v1.port()), ("v2", v2.port())]);
     format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  workloadSelector: {{labels: {{app: reviews}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: reviews-v1}}
-spec:
-  address: 127.0.0.1
-  ports: {{http: {}}}
-  labels: {{app: reviews, version: v1}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: reviews-v2}}
-spec:
-  address: 127.0.0.1
-  ports: {{http: {}}}
-  labels: {{app: reviews, version: v2}}
----
+        r#"{workloads}---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: reviews}}
@@ -59,9 +36,7 @@ spec:
   subsets:
   - {{name: v1, labels: {{version: v1}}}}
   - {{name: v2, labels: {{version: v2}}}}
-"#,
-        v1.port(),
-        v2.port()
+"#
     )
 }
 

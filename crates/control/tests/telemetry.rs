@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use weft_testkit::backend::HttpBackend;
 use weft_testkit::client;
+use weft_testkit::fixtures::service_with_workloads;
 use weft_testkit::free_addr;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 use weft_testkit::weftd::WeftdProcess;
@@ -21,28 +22,7 @@ fn proxy_binary() -> PathBuf {
 }
 
 fn reviews(backend: SocketAddr) -> String {
-    format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  workloadSelector: {{labels: {{app: reviews}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: reviews-v1}}
-spec:
-  address: 127.0.0.1
-  ports: {{http: {}}}
-  labels: {{app: reviews, version: v1}}
-"#,
-        backend.port()
-    )
+    service_with_workloads("reviews", 9080, &[("v1", backend.port())])
 }
 
 /// A Telemetry resource named `name` in `namespace`; `body` is the rest of

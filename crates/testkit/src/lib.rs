@@ -6,6 +6,7 @@ pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod corpus;
+pub mod fixtures;
 pub mod grpc;
 pub mod netns;
 pub mod otlp;
