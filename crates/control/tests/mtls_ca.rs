@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use mtls_support::*;
 use weft_testkit::free_addr;
-use weft_testkit::weftd::WeftdProcess;
 
 async fn root_of(proxy: &weft_testkit::proxy::ProxyProcess) -> String {
     cert_field(&certs(proxy).await, "rootCertificates").expect("root in /certs")
@@ -32,16 +31,8 @@ async fn the_root_and_issued_tokens_survive_a_weftd_restart() {
     let root = root_of(&before).await;
     assert!(root.contains("BEGIN CERTIFICATE"), "{root}");
 
-    let (grpc, api) = (control.weftd.grpc, control.weftd.api);
-    control.weftd.kill().await.expect("kill weftd");
-    control.weftd = WeftdProcess::start(
-        Path::new(WEFTD),
-        &control.dir.path().join("state"),
-        grpc,
-        api,
-    )
-    .await
-    .expect("weftd restarts");
+    control.kill_weftd().await;
+    control.restart_weftd().await;
     // A token minted before the restart still proves its identity.
     let after = control
         .ready_server_with_token("after", backend.addr, free_addr(), &token, &[])
@@ -397,19 +388,11 @@ async fn a_new_root_reaches_proxies_over_the_stream_and_they_renew_at_once() {
     let old_serial = cert_field(&certs(&proxy).await, "serialNumber").expect("serial");
 
     // A new root, same token key: weftd comes back with another CA.
-    let (grpc, api) = (control.weftd.grpc, control.weftd.api);
-    control.weftd.kill().await.expect("kill weftd");
+    control.kill_weftd().await;
     let ca_dir = control.dir.path().join("state/ca");
     std::fs::remove_file(ca_dir.join("root-cert.pem")).expect("remove root");
     std::fs::remove_file(ca_dir.join("root-key.pem")).expect("remove key");
-    control.weftd = WeftdProcess::start(
-        Path::new(WEFTD),
-        &control.dir.path().join("state"),
-        grpc,
-        api,
-    )
-    .await
-    .expect("weftd restarts");
+    control.restart_weftd().await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

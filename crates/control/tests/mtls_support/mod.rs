@@ -48,6 +48,21 @@ impl Control {
         Self { weftd, dir }
     }
 
+    /// Kills weftd; [`restart_weftd`](Self::restart_weftd) brings it back.
+    pub async fn kill_weftd(&mut self) {
+        self.weftd.kill().await.expect("kill weftd");
+    }
+
+    /// weftd again on the same addresses and state directory (without the
+    /// first start's extra flags).
+    pub async fn restart_weftd(&mut self) {
+        let (grpc, api) = (self.weftd.grpc, self.weftd.api);
+        self.weftd =
+            WeftdProcess::start(Path::new(WEFTD), &self.dir.path().join("state"), grpc, api)
+                .await
+                .expect("weftd restarts");
+    }
+
     /// A token file for `sa` in the default namespace.
     pub async fn token_file(&self, sa: &str) -> PathBuf {
         let token = self.weftd.mint_token("default", sa).await.expect("token");
