@@ -390,12 +390,8 @@ async fn raw_tcp_is_carried_inside_mtls_under_strict() {
         .ready_proxy(
             "tcpecho",
             &[
-                "--node-id",
-                "tcpecho",
                 "--label",
                 "app=tcpecho",
-                "--service-account",
-                "tcpecho",
                 "--port",
                 &port,
                 "--inbound",
@@ -406,17 +402,7 @@ async fn raw_tcp_is_carried_inside_mtls_under_strict() {
     let listen = free_addr();
     let listen_flag = format!("{listen}=tcpecho:9000");
     let client = control
-        .ready_proxy(
-            "sleep",
-            &[
-                "--node-id",
-                "sleep",
-                "--service-account",
-                "sleep",
-                "--listen",
-                &listen_flag,
-            ],
-        )
+        .ready_proxy("sleep", &["--listen", &listen_flag])
         .await;
 
     let deadline = Instant::now() + Duration::from_secs(15);

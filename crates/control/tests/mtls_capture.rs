@@ -115,14 +115,10 @@ async fn captured(netns: &NetNs, policy: &str) {
         .ready_proxy(
             "httpbin",
             &[
-                "--node-id",
-                "httpbin",
                 "--label",
                 "app=httpbin",
                 "--label",
                 "version=v1",
-                "--service-account",
-                "httpbin",
                 "--address",
                 WORKLOAD_IP,
                 "--port",

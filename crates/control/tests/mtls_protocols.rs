@@ -30,12 +30,8 @@ async fn http2_and_websocket_apps_cross_strict_mtls() {
         .ready_proxy(
             "httpbin",
             &[
-                "--node-id",
-                "httpbin",
                 "--label",
                 "app=httpbin",
-                "--service-account",
-                "httpbin",
                 "--port",
                 &ports[0],
                 "--port",
@@ -53,19 +49,7 @@ async fn http2_and_websocket_apps_cross_strict_mtls() {
         format!("{ws_listen}=httpbin:8080"),
     ];
     let client = control
-        .ready_proxy(
-            "sleep",
-            &[
-                "--node-id",
-                "sleep",
-                "--service-account",
-                "sleep",
-                "--listen",
-                &listens[0],
-                "--listen",
-                &listens[1],
-            ],
-        )
+        .ready_proxy("sleep", &["--listen", &listens[0], "--listen", &listens[1]])
         .await;
     let warm = eventually(http_listen, "/", |r| r.status == 200).await;
     assert!(warm.is_ok(), "{warm:?}\n{}", client.logs());

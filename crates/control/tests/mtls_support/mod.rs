@@ -76,11 +76,11 @@ impl Control {
         assert_eq!(reply.status, 200, "apply: {}", reply.text());
     }
 
-    /// A proxy fed by weftd with `args` and a token for `sa` (so a
-    /// certificate), once it is ready.
+    /// A proxy fed by weftd for service account `sa` (also its node id)
+    /// with a token (so a certificate) and `args`, once it is ready.
     pub async fn ready_proxy(&self, sa: &str, args: &[&str]) -> ProxyProcess {
         let token = self.token_file(sa).await.display().to_string();
-        let mut args = args.to_vec();
+        let mut args = [&["--node-id", sa, "--service-account", sa], args].concat();
         args.extend(["--token-file", &token]);
         self.ready_tokenless_proxy(&args).await
     }
