@@ -247,6 +247,16 @@ async fn external_tls_server(dir: &Path, name: &str, mutual: bool) -> (SocketAdd
     (addr, ca_path.display().to_string())
 }
 
+/// `GET /` for api.external.test through the app-side listener `listen`.
+async fn get_external(listen: SocketAddr) -> weft_testkit::client::Reply {
+    weft_testkit::client::Http1Client::connect(listen)
+        .await
+        .expect("connect")
+        .get("api.external.test", "/")
+        .await
+        .expect("request")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn destination_rule_simple_originates_tls_to_an_external_server() {
     let control = Control::start(&[]).await;
@@ -282,12 +292,7 @@ spec:
     let proxy = control
         .ready_tokenless_proxy(&["--node-id", "app", "--listen", &listen_flag])
         .await;
-    let reply = weft_testkit::client::Http1Client::connect(listen)
-        .await
-        .expect("connect")
-        .get("api.external.test", "/")
-        .await
-        .expect("request");
+    let reply = get_external(listen).await;
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), proxy.logs());
     assert_eq!(reply.text(), "external over TLS, sni=api.external.test");
 
@@ -299,12 +304,7 @@ spec:
         .await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let reply = weft_testkit::client::Http1Client::connect(listen)
-            .await
-            .expect("connect")
-            .get("api.external.test", "/")
-            .await
-            .expect("request");
+        let reply = get_external(listen).await;
         if reply.status == 503 {
             break;
         }
@@ -345,14 +345,7 @@ async fn destination_rule_mutual_presents_the_client_certificate() {
     let proxy = control
         .ready_tokenless_proxy(&["--node-id", "app", "--listen", &listen_flag])
         .await;
-    let get = || async {
-        weft_testkit::client::Http1Client::connect(listen)
-            .await
-            .expect("connect")
-            .get("api.external.test", "/")
-            .await
-            .expect("request")
-    };
+    let get = || get_external(listen);
     assert_eq!(get().await.status, 503, "no client certificate, no service");
 
     control
