@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use weft_testkit::backend::{Served, serve};
 use weft_testkit::client::{Http1Client, Reply};
@@ -324,39 +325,35 @@ pub async fn recording_relay(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Recor
             let Ok(server) = TcpStream::connect(target).await else {
                 continue;
             };
-            let (mut client_read, mut client_write) = client.into_split();
-            let (mut server_read, mut server_write) = server.into_split();
-            let up = shared.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 16384];
-                while let Ok(n) = client_read.read(&mut buf).await {
-                    if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    up.lock()
-                        .expect("lock")
-                        .to_server
-                        .extend_from_slice(&buf[..n]);
-                }
-                let _ = server_write.shutdown().await;
-            });
-            let down = shared.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 16384];
-                while let Ok(n) = server_read.read(&mut buf).await {
-                    if n == 0 || client_write.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    down.lock()
-                        .expect("lock")
-                        .to_client
-                        .extend_from_slice(&buf[..n]);
-                }
-                let _ = client_write.shutdown().await;
-            });
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pump(client_read, server_write, shared.clone(), |r| {
+                &mut r.to_server
+            }));
+            tokio::spawn(pump(server_read, client_write, shared.clone(), |r| {
+                &mut r.to_client
+            }));
         }
     });
     (addr, recorded)
+}
+
+/// Copies `from` to `to` until either side ends, recording the bytes in
+/// the `side` of `recorded`.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    recorded: Arc<Mutex<Recorded>>,
+    side: fn(&mut Recorded) -> &mut Vec<u8>,
+) {
+    let mut buf = [0u8; 16384];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        side(&mut recorded.lock().expect("lock")).extend_from_slice(&buf[..n]);
+    }
+    let _ = to.shutdown().await;
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
