@@ -16,6 +16,11 @@ use weft_control::status::StatusBoard;
 use weft_control::store::Store;
 use weft_control::store::files::{DirectorySource, watch_dir};
 
+// jemalloc returns the memory of push bursts (a full sync of many proxies
+// at once) to the system, where glibc's allocator keeps it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Weft's control plane: validates and stores Istio resources, keeps the
 /// service registry, and pushes each proxy its compiled config.
 #[derive(Parser, Debug)]
