@@ -12,7 +12,7 @@ use weft_testkit::backend::{HttpBackend, TcpEcho};
 use weft_testkit::client::{self, Http1Client};
 use weft_testkit::free_addr;
 use weft_testkit::prometheus::sample;
-use weft_testkit::proxy::ProxyProcess;
+use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-proxy");
 
@@ -193,11 +193,29 @@ async fn a_bad_config_at_start_is_refused_with_its_reason() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits() {
+    drains_in_flight_requests_then_exits(&[]).await;
+}
+
+/// One worker (as the benchmark and a small sidecar run it): traffic,
+/// drain and exit behave the same.
+#[tokio::test]
+async fn one_worker_serves_drains_and_exits_the_same() {
+    drains_in_flight_requests_then_exits(&["--workers", "1"]).await;
+}
+
+async fn drains_in_flight_requests_then_exits(flags: &[&str]) {
     let backend = HttpBackend::start("slow").await;
     let listen = free_addr();
-    let mut proxy = ProxyProcess::start(Path::new(BIN), &web_config("v1", listen, backend.addr))
+    let config = web_config("v1", listen, backend.addr);
+    let mut options = ProxyOptions::new(Path::new(BIN), &config);
+    options.args = flags.iter().map(|f| f.to_string()).collect();
+    let mut proxy = ProxyProcess::spawn_ready(options, Duration::from_secs(20))
         .await
         .expect("proxy");
+    for _ in 0..20 {
+        let reply = client::get(listen, "web", "/quick").await.expect("request");
+        assert_eq!(reply.status, StatusCode::OK);
+    }
 
     let health = client::get(proxy.health, "h", "/healthz/ready")
         .await
