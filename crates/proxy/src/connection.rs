@@ -149,7 +149,6 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
                 reporter: Reporter::Source,
                 version,
                 peer,
-                peer_principal: None,
                 downstream,
             };
             server::serve(io, conn, state).await;
@@ -224,15 +223,7 @@ async fn inbound(
         let cluster = Cluster::passthrough(original);
         if accept == Accept::Plaintext {
             let mut io = PrefixedIo::new(Default::default(), stream);
-            tcp::proxy(
-                &mut io,
-                &cluster,
-                "",
-                Reporter::Destination,
-                &state,
-                &downstream,
-            )
-            .await;
+            tcp::proxy_inbound(&mut io, &cluster, original, &state, &downstream).await;
             return;
         }
         let Some((mesh, io)) = sniff_mesh(stream, snapshot).await else {
@@ -244,15 +235,7 @@ async fn inbound(
             refuse_plaintext(peer, original);
         } else {
             let mut io = io;
-            tcp::proxy(
-                &mut io,
-                &cluster,
-                "",
-                Reporter::Destination,
-                &state,
-                &downstream,
-            )
-            .await;
+            tcp::proxy_inbound(&mut io, &cluster, original, &state, &downstream).await;
         }
         return;
     };
@@ -340,19 +323,13 @@ async fn inbound_plaintext<S>(
                 reporter: Reporter::Destination,
                 version,
                 peer,
-                peer_principal: None,
                 downstream,
             };
             let serving = server::serve(io, conn, state.clone());
             until_strict(serving, &state, original.port()).await;
         }
         Carry::Opaque | Carry::Tls(_) => {
-            let caller = tcp::InboundCaller {
-                peer,
-                destination: original,
-                principal: None,
-            };
-            let proxying = tcp::proxy_inbound(&mut io, &cluster, caller, &state, &downstream);
+            let proxying = tcp::proxy_inbound(&mut io, &cluster, original, &state, &downstream);
             until_strict(proxying, &state, original.port()).await;
         }
     }
@@ -417,7 +394,6 @@ async fn explicit(
                 reporter: Reporter::Source,
                 version,
                 peer,
-                peer_principal: None,
                 downstream,
             };
             server::serve(io, conn, state).await;
@@ -471,8 +447,6 @@ async fn gateway(
         reporter: Reporter::Source,
         version,
         peer,
-        // Callers from outside the mesh: no mesh identity.
-        peer_principal: None,
         downstream,
     };
     server::serve(io, conn, state).await;

@@ -8,8 +8,7 @@
 //! its whole life; over the limit the downstream connection is closed (UO).
 //! A failed connect counts for outlier detection.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,37 +21,28 @@ use crate::telemetry::Downstream;
 use crate::telemetry::tcp::TcpRecord;
 use crate::upstream::{self, Resource, TryResult};
 
-/// What the inbound side knows about the caller of a TCP connection, for
-/// authorization.
-pub struct InboundCaller {
-    pub peer: Option<IpAddr>,
-    /// The workload address and port the caller dialled.
-    pub destination: SocketAddr,
-    /// The caller's mTLS identity without `spiffe://`; None for plaintext.
-    pub principal: Option<Arc<str>>,
-}
-
 /// An inbound opaque connection to the local workload (a declared port or
-/// passed through to an undeclared one): authorized first, then proxied.
+/// passed through to an undeclared one, dialled at `destination`):
+/// authorized as the caller in `conn`, then proxied.
 pub async fn proxy_inbound<D>(
     downstream: &mut D,
     cluster: &Cluster,
-    caller: InboundCaller,
+    destination: SocketAddr,
     state: &ProxyState,
     conn: &Downstream,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    let guard = state.snapshot().inbound_guard(caller.destination.port());
+    let guard = state.snapshot().inbound_guard(destination.port());
     if let Some(guard) = guard {
         let who = crate::authz::Caller {
-            peer: caller.peer,
-            principal: caller.principal.as_deref(),
-            destination: caller.destination,
+            peer: conn.remote.map(|a| a.ip()),
+            principal: conn.mesh_principal(),
+            destination,
         };
         if !crate::authz::authorize_connection(&guard, &who, None) {
             tracing::info!(
-                destination = %caller.destination,
+                destination = %destination,
                 "closing TCP connection: denied by authorization policy"
             );
             return;

@@ -17,6 +17,9 @@ pub const DEFAULT_POD_CIDR: &str = "10.203.0.0/16";
 pub const DEFAULT_SERVICE_CIDR: &str = "240.240.0.0/16";
 
 /// The sidecar's own ports: a workload cannot serve on them.
+/// The longest mesh name: namespace and link names are derived from it.
+pub const MESH_NAME_MAX: usize = 40;
+
 pub const PROXY_PORTS: [u16; 6] = [15000, 15001, 15006, 15020, 15021, 15090];
 
 #[derive(Debug, Deserialize)]
@@ -244,9 +247,9 @@ fn check(mesh: &MeshFile) -> Vec<(String, String)> {
         problem("kind".into(), format!("{:?}: expected {KIND}", mesh.kind));
     }
     if let Some(name) = &mesh.metadata.name
-        && !is_name(name, 40)
+        && !is_name(name, MESH_NAME_MAX)
     {
-        problem("metadata.name".into(), name_rule(40));
+        problem("metadata.name".into(), name_rule(MESH_NAME_MAX));
     }
     let spec = &mesh.spec;
     let pod_cidr = check_cidr(
@@ -480,7 +483,7 @@ fn check_protocol(
 }
 
 /// RFC 1123 label, at most `max` characters.
-fn is_name(name: &str, max: usize) -> bool {
+pub(super) fn is_name(name: &str, max: usize) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= max
@@ -491,7 +494,7 @@ fn is_name(name: &str, max: usize) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-fn name_rule(max: usize) -> String {
+pub(super) fn name_rule(max: usize) -> String {
     format!(
         "must be at most {max} lowercase letters, digits and '-', starting and ending with a letter or digit"
     )

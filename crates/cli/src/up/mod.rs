@@ -100,9 +100,10 @@ fn prepare(args: &UpArgs) -> Result<Plan, String> {
         .or_else(|| mesh.metadata.name.clone())
         .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
-    if !is_mesh_name(&name) {
+    if !meshfile::is_name(&name, meshfile::MESH_NAME_MAX) {
         return Err(format!(
-            "weft up: mesh name {name:?} (from --name, metadata.name or the directory) must be at most 40 lowercase letters, digits and '-', starting and ending with a letter or digit"
+            "weft up: mesh name {name:?} (from --name, metadata.name or the directory) {}",
+            meshfile::name_rule(meshfile::MESH_NAME_MAX)
         ));
     }
     check_istio_files(&dir)?;
@@ -119,16 +120,6 @@ fn prepare(args: &UpArgs) -> Result<Plan, String> {
         }
     }
     Ok(Plan::new(&mesh, &name, &dir, &bin_dir))
-}
-
-fn is_mesh_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    (1..=40).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
 }
 
 /// The Istio resources weftd will load from DIR (`--config-dir`), checked

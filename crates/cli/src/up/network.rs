@@ -16,9 +16,6 @@ use tokio::sync::oneshot;
 
 use super::plan::{PROXY_UID, Plan, Pod};
 
-/// Ports that inbound interception leaves alone: the sidecar's admin,
-/// capture, merged-metrics, health and Prometheus ports.
-const INBOUND_EXCLUDED: [u16; 6] = [15000, 15001, 15006, 15020, 15021, 15090];
 const BRIDGE: &str = "weft0";
 
 /// Runs `ip ARGS`; fails with its stderr.
@@ -115,7 +112,7 @@ fn interception_rules() -> String {
          :ISTIO_REDIRECT - [0:0]\n\
          -A PREROUTING -p tcp -j ISTIO_INBOUND\n",
     );
-    for port in INBOUND_EXCLUDED {
+    for port in super::meshfile::PROXY_PORTS {
         rules.push_str(&format!(
             "-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN\n"
         ));

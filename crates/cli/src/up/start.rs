@@ -24,7 +24,6 @@ use super::process::{self, Change, Proc, ProcRecord, Spec};
 use super::relay::{self, Upstream};
 use super::state::{self, State};
 
-const DEFAULT_API: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15014);
 /// weftd's API must answer within this after start.
 const WEFTD_TIMEOUT: Duration = Duration::from_secs(20);
 /// Sidecars: start, connect through the relay, get their first config.
@@ -647,8 +646,11 @@ async fn pick_api(given: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
     if let Some(given) = given {
         return Ok(given);
     }
-    if TcpListener::bind(DEFAULT_API).await.is_ok() {
-        return Ok(DEFAULT_API);
+    let default: SocketAddr = crate::client::DEFAULT_ADDRESS
+        .parse()
+        .context("the default API address")?;
+    if TcpListener::bind(default).await.is_ok() {
+        return Ok(default);
     }
     free_loopback_port().await
 }

@@ -29,9 +29,6 @@ pub struct HttpConn {
     pub version: HttpVersion,
     /// The downstream peer's IP (consistent hashing by source IP).
     pub peer: Option<std::net::IpAddr>,
-    /// The caller's mTLS identity without `spiffe://` (e.g.
-    /// `cluster.local/ns/default/sa/sleep`); None for plaintext callers.
-    pub peer_principal: Option<Arc<str>>,
     /// Addresses and proven identity, for telemetry.
     pub downstream: Downstream,
 }
@@ -45,14 +42,13 @@ pub async fn handle(
     let mut record = RequestRecord::start(&state, conn.reporter, &conn.downstream, &mut request);
     // Inbound requests pass the workload's JWT rules and policies first.
     if let Target::Inbound { port, original_dst } = &conn.target {
-        let guard = state
-            .snapshot()
-            .inbound_port(*port)
-            .and_then(|p| p.guard.clone());
+        // An undeclared port falls back to the workload's policies, as the
+        // TCP path does: nothing reaches the workload unchecked.
+        let guard = state.snapshot().inbound_guard(*port);
         if let Some(guard) = guard {
             let caller = crate::authz::Caller {
                 peer: conn.peer,
-                principal: conn.peer_principal.as_deref(),
+                principal: conn.downstream.mesh_principal(),
                 destination: *original_dst,
             };
             request = match crate::authz::authorize_request(&guard, &caller, request).await {

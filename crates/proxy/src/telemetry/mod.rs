@@ -182,6 +182,13 @@ pub struct Downstream {
 }
 
 impl Downstream {
+    /// The caller's mesh identity as policies write it (without
+    /// `spiffe://`); None for plaintext callers.
+    pub fn mesh_principal(&self) -> Option<&str> {
+        let principal = self.principal.as_deref()?;
+        Some(principal.strip_prefix("spiffe://").unwrap_or(principal))
+    }
+
     pub fn of(stream: &tokio::net::TcpStream) -> Self {
         Self {
             local: stream.local_addr().ok(),

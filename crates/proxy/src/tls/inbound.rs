@@ -137,13 +137,8 @@ pub async fn serve<I>(
     downstream.principal = Some(Arc::from(format!("spiffe://{principal}")));
     match alpn.as_deref() {
         Some(ALPN_TCP) => {
-            let caller = tcp::InboundCaller {
-                peer,
-                destination,
-                principal: Some(principal),
-            };
             let mut stream = stream;
-            tcp::proxy_inbound(&mut stream, cluster, caller, &state, &downstream).await;
+            tcp::proxy_inbound(&mut stream, cluster, destination, &state, &downstream).await;
         }
         Some(protocol @ (ALPN_H2 | ALPN_HTTP1)) => {
             let by = identity.spiffe.clone();
@@ -152,12 +147,7 @@ pub async fn serve<I>(
             } else {
                 HttpVersion::Http1
             };
-            let who = Caller {
-                peer,
-                principal,
-                downstream,
-            };
-            serve_http(stream, state, wire, destination, who, &by).await;
+            serve_http(stream, state, wire, destination, peer, downstream, &by).await;
         }
         other => tracing::info!(
             "mTLS peer {principal} offered no known protocol ({:?}); closing",
@@ -166,29 +156,17 @@ pub async fn serve<I>(
     }
 }
 
-/// Who is calling over a verified mTLS connection.
-struct Caller {
-    peer: Option<IpAddr>,
-    /// SPIFFE identity without the scheme, as policies write it.
-    principal: Arc<str>,
-    downstream: Downstream,
-}
-
 async fn serve_http<I>(
     io: I,
     state: Arc<ProxyState>,
     wire: HttpVersion,
     destination: SocketAddr,
-    who: Caller,
+    peer: Option<IpAddr>,
+    downstream: Downstream,
     by: &str,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Caller {
-        peer,
-        principal,
-        downstream,
-    } = who;
     let conn = |version| {
         Arc::new(HttpConn {
             target: Target::Inbound {
@@ -198,12 +176,12 @@ async fn serve_http<I>(
             reporter: Reporter::Destination,
             version,
             peer,
-            peer_principal: Some(principal.clone()),
             downstream: downstream.clone(),
         })
     };
     let (as_http1, as_http2) = (conn(HttpVersion::Http1), conn(HttpVersion::Http2));
-    let xfcc = HeaderValue::from_str(&format!("By={by};URI=spiffe://{principal}")).ok();
+    let uri = downstream.principal.as_deref().unwrap_or_default();
+    let xfcc = HeaderValue::from_str(&format!("By={by};URI={uri}")).ok();
     let service_state = state.clone();
     let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         let headers = request.headers_mut();

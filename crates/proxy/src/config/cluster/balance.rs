@@ -307,23 +307,19 @@ impl Balancer {
     /// what the levels above left, and when all levels together are under
     /// 100% the loads are scaled up proportionally. `None` with one level.
     fn pick_level(&self, ejected: &dyn Fn(usize) -> bool) -> Option<u32> {
-        let top = *self.priorities.iter().max()?;
-        let mut health = vec![0u64; top as usize + 1];
-        let mut totals = vec![0u64; top as usize + 1];
-        for (index, priority) in self.priorities.iter().enumerate() {
-            totals[*priority as usize] += 1;
-            if !ejected(index) {
-                health[*priority as usize] += 1;
+        if self.priorities.is_empty() {
+            return None;
+        }
+        // Per level: its healthy share × 1.4, at most 100 %. Read from the
+        // level member lists, so a pick allocates nothing.
+        let health = |members: &Vec<usize>| -> u64 {
+            if members.is_empty() {
+                return 0;
             }
-        }
-        for (h, total) in health.iter_mut().zip(&totals) {
-            *h = if *total == 0 {
-                0
-            } else {
-                (*h * OVERPROVISIONING_PERCENT / total).min(100)
-            };
-        }
-        let sum: u64 = health.iter().sum();
+            let healthy = members.iter().filter(|i| !ejected(**i)).count() as u64;
+            (healthy * OVERPROVISIONING_PERCENT / members.len() as u64).min(100)
+        };
+        let sum: u64 = self.members.iter().map(health).sum();
         if sum == 0 {
             // Nothing healthy anywhere: the nearest level, whose ejected
             // endpoints outlier detection already reports as UH.
@@ -332,15 +328,15 @@ impl Balancer {
         let scale = sum.min(100);
         let mut point = random_u64() % scale;
         let mut left = scale;
-        for (level, h) in health.iter().enumerate() {
-            let load = (*h).min(left);
+        for (level, members) in self.members.iter().enumerate() {
+            let load = health(members).min(left);
             if point < load {
                 return u32::try_from(level).ok();
             }
             point -= load;
             left -= load;
         }
-        Some(top)
+        u32::try_from(self.members.len().saturating_sub(1)).ok()
     }
 
     /// While some endpoint of the level is warming up: a weighted random
@@ -350,33 +346,40 @@ impl Balancer {
         let warmup = self.warmup.as_ref()?;
         let now = Instant::now();
         let members = self.members.get(level)?;
-        let mut any_warming = false;
-        let weights: Vec<(usize, f64)> = members
-            .iter()
-            .filter(|i| !out(**i))
-            .map(|i| {
-                let factor = self
-                    .joined
-                    .get(*i)
-                    .copied()
-                    .flatten()
-                    .and_then(|joined| warmup.factor(joined, now));
-                any_warming |= factor.is_some();
-                (*i, self.weights[*i] as f64 * factor.unwrap_or(1.0))
-            })
-            .collect();
+        // (weight with its warm-up factor, still warming)
+        let weight = |index: usize| {
+            let factor = self
+                .joined
+                .get(index)
+                .copied()
+                .flatten()
+                .and_then(|joined| warmup.factor(joined, now));
+            (
+                self.weights[index] as f64 * factor.unwrap_or(1.0),
+                factor.is_some(),
+            )
+        };
+        let eligible = || members.iter().copied().filter(|i| !out(*i));
+        let (mut total, mut any_warming) = (0.0, false);
+        for index in eligible() {
+            let (w, warming) = weight(index);
+            total += w;
+            any_warming |= warming;
+        }
         if !any_warming {
             return None;
         }
-        let total: f64 = weights.iter().map(|(_, w)| w).sum();
         let mut point = (random_u64() as f64 / u64::MAX as f64) * total;
-        for (index, weight) in &weights {
-            if point < *weight {
-                return Some(*index);
+        let mut last = None;
+        for index in eligible() {
+            let (w, _) = weight(index);
+            if point < w {
+                return Some(index);
             }
-            point -= weight;
+            point -= w;
+            last = Some(index);
         }
-        weights.last().map(|(index, _)| *index)
+        last
     }
 
     fn round_robin(&self, level: usize, out: &dyn Fn(usize) -> bool) -> Option<usize> {
