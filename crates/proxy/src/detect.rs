@@ -259,22 +259,8 @@ pub async fn peek_sni<S: AsyncRead + Unpin>(
     prefix: Bytes,
     timeout: Duration,
 ) -> io::Result<(Option<String>, Bytes)> {
-    let mut buf = BytesMut::from(prefix.as_ref());
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match parse_sni(&buf) {
-            Sni::Host(host) => return Ok((Some(host), buf.freeze())),
-            Sni::Absent => return Ok((None, buf.freeze())),
-            Sni::NeedMore if buf.len() >= MAX_CLIENT_HELLO => return Ok((None, buf.freeze())),
-            Sni::NeedMore => {}
-        }
-        buf.reserve(4096);
-        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Err(_) | Ok(Ok(0)) => return Ok((None, buf.freeze())),
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => return Err(err),
-        }
-    }
+    let (hello, read) = peek_client_hello(io, prefix, timeout).await?;
+    Ok((hello.and_then(|hello| hello.sni), read))
 }
 
 /// [`peek_sni`], returning the whole ClientHello summary: `None` when

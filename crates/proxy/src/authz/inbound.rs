@@ -7,7 +7,6 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full};
 
 use super::{Attributes, HttpAttributes, InboundGuard, denied_response, normalize_path};
 use crate::http::ProxyBody;
@@ -105,15 +104,9 @@ pub fn authorize_connection(guard: &InboundGuard, caller: &Caller<'_>, sni: Opti
 
 /// 401 with the reason, and the `WWW-Authenticate` challenge RFC 6750 asks for.
 fn unauthenticated(err: &JwtError) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(err.to_string()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = StatusCode::UNAUTHORIZED;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    headers.insert(
+    let mut response =
+        crate::http::reply::answer(StatusCode::UNAUTHORIZED, Bytes::from(err.to_string()));
+    response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"weft\", error=\"invalid_token\""),
     );

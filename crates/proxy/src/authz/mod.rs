@@ -25,8 +25,7 @@ mod inbound;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{Response, StatusCode};
 
 pub use self::attributes::{
     Attribute, Attributes, Condition, HttpAttributes, Pattern, ValueMatch, normalize_path,
@@ -213,16 +212,10 @@ impl Rule {
 
 /// 403 `RBAC: access denied`, without a response flag (see the module doc).
 pub fn denied_response() -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(DENIED_BODY.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = StatusCode::FORBIDDEN;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response
+    crate::http::reply::answer(
+        StatusCode::FORBIDDEN,
+        Bytes::from_static(DENIED_BODY.as_bytes()),
+    )
 }
 
 #[cfg(test)]
