@@ -117,6 +117,9 @@ fn is_dns1123_label(label: &str) -> bool {
 
 macro_rules! kinds {
     ($($kind:ident => $spec:path),* $(,)?) => {
+        /// Every kind Weft stores, in declaration order.
+        pub const KINDS: &[&str] = &[$(stringify!($kind)),*];
+
         /// One validated Istio resource.
         #[derive(Debug, Clone, PartialEq)]
         pub enum Resource {

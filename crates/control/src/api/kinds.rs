@@ -1,18 +1,7 @@
 //! Kind names as istioctl and kubectl users type them.
 
-/// Every kind Weft stores, in the order `weft get` help lists them.
-pub const KINDS: &[&str] = &[
-    "VirtualService",
-    "DestinationRule",
-    "Gateway",
-    "ServiceEntry",
-    "Sidecar",
-    "WorkloadEntry",
-    "WorkloadGroup",
-    "PeerAuthentication",
-    "RequestAuthentication",
-    "AuthorizationPolicy",
-];
+/// Every kind Weft stores (weft-api's list, so a new kind is never missed).
+pub use weft_api::resource::KINDS;
 
 /// Istio's short names (`kubectl api-resources`), beside each kind.
 const SHORT_NAMES: &[(&str, &str)] = &[
@@ -35,6 +24,7 @@ pub fn canonical_kind(name: &str) -> Option<&'static str> {
     let lower = lower
         .strip_suffix(".networking.istio.io")
         .or_else(|| lower.strip_suffix(".security.istio.io"))
+        .or_else(|| lower.strip_suffix(".telemetry.istio.io"))
         .unwrap_or(&lower);
     if let Some((_, kind)) = SHORT_NAMES.iter().find(|(short, _)| *short == lower) {
         return Some(kind);

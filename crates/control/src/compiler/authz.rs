@@ -13,7 +13,6 @@
 //! match-all in a DENY or CUSTOM policy (it denies everything it covers).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use weft_api::Object;
 use weft_api::security::AuthorizationPolicy;
@@ -157,25 +156,18 @@ fn compile(
 
 /// One rule, or the first problem found as "field: message".
 fn compile_rule(rule: &Rule, namespace: &str, path: &str) -> Result<pb::AuthzRule, String> {
-    let mut from = Vec::with_capacity(rule.from.len());
-    for (i, entry) in rule.from.iter().enumerate() {
-        if let Some(source) = &entry.source {
-            from.push(source_clause(
-                source,
-                namespace,
-                &format!("{path}.from[{i}].source"),
-            )?);
-        }
-    }
-    let mut to = Vec::with_capacity(rule.to.len());
-    for (i, entry) in rule.to.iter().enumerate() {
-        if let Some(operation) = &entry.operation {
-            to.push(operation_clause(
-                operation,
-                &format!("{path}.to[{i}].operation"),
-            )?);
-        }
-    }
+    let from = rule
+        .from
+        .iter()
+        .filter_map(|entry| entry.source.as_ref())
+        .map(|source| source_clause(source, namespace))
+        .collect();
+    let to = rule
+        .to
+        .iter()
+        .filter_map(|entry| entry.operation.as_ref())
+        .map(operation_clause)
+        .collect();
     let mut when = Vec::with_capacity(rule.when.len());
     for (i, condition) in rule.when.iter().enumerate() {
         when.push(when_condition(condition, &format!("{path}.when[{i}]"))?);
@@ -201,16 +193,10 @@ fn condition(
     })
 }
 
-fn source_clause(source: &Source, namespace: &str, path: &str) -> Result<pb::AuthzClause, String> {
+fn source_clause(source: &Source, namespace: &str) -> pb::AuthzClause {
     use pb::AuthzAttribute as A;
-    for (field, blocks) in [
-        ("ipBlocks", &source.ip_blocks),
-        ("notIpBlocks", &source.not_ip_blocks),
-        ("remoteIpBlocks", &source.remote_ip_blocks),
-        ("notRemoteIpBlocks", &source.not_remote_ip_blocks),
-    ] {
-        check_cidrs(blocks, &format!("{path}.{field}"))?;
-    }
+    // Addresses and ports were checked by weft-api when the resource was
+    // decoded (every stored resource is).
     // serviceAccounts name a principal in any trust domain.
     let account = |sa: &String| match sa.split_once('/') {
         Some((ns, name)) => format!("*/ns/{ns}/sa/{name}"),
@@ -247,24 +233,22 @@ fn source_clause(source: &Source, namespace: &str, path: &str) -> Result<pb::Aut
             &source.not_trust_domains,
         ),
     ];
-    Ok(pb::AuthzClause {
+    pb::AuthzClause {
         conditions: conditions.into_iter().flatten().collect(),
-    })
+    }
 }
 
-fn operation_clause(operation: &Operation, path: &str) -> Result<pb::AuthzClause, String> {
+fn operation_clause(operation: &Operation) -> pb::AuthzClause {
     use pb::AuthzAttribute as A;
-    check_ports(&operation.ports, &format!("{path}.ports"))?;
-    check_ports(&operation.not_ports, &format!("{path}.notPorts"))?;
     let conditions = [
         condition(A::Host, &operation.hosts, &operation.not_hosts),
         condition(A::DestinationPort, &operation.ports, &operation.not_ports),
         condition(A::Method, &operation.methods, &operation.not_methods),
         condition(A::Path, &operation.paths, &operation.not_paths),
     ];
-    Ok(pb::AuthzClause {
+    pb::AuthzClause {
         conditions: conditions.into_iter().flatten().collect(),
-    })
+    }
 }
 
 /// `when` keys Weft evaluates; anything else is refused by name.
@@ -313,17 +297,6 @@ fn when_condition(condition: &Condition, path: &str) -> Result<pb::AuthzConditio
             }
         }
     };
-    match attribute {
-        A::SourceIp | A::RemoteIp | A::DestinationIp => {
-            check_cidrs(&condition.values, &format!("{path}.values"))?;
-            check_cidrs(&condition.not_values, &format!("{path}.notValues"))?;
-        }
-        A::DestinationPort => {
-            check_ports(&condition.values, &format!("{path}.values"))?;
-            check_ports(&condition.not_values, &format!("{path}.notValues"))?;
-        }
-        _ => {}
-    }
     out.attribute = attribute as i32;
     Ok(out)
 }
@@ -350,35 +323,4 @@ fn claim_path(mut rest: &str) -> Option<Vec<String>> {
         rest = &inner[end + 1..];
     }
     (!path.is_empty()).then_some(path)
-}
-
-fn check_cidrs(values: &[String], path: &str) -> Result<(), String> {
-    for (i, value) in values.iter().enumerate() {
-        let ok = match value.split_once('/') {
-            Some((address, bits)) => {
-                !bits.is_empty()
-                    && bits.chars().all(|c| c.is_ascii_digit())
-                    && match (address.parse::<IpAddr>(), bits.parse::<u8>()) {
-                        (Ok(ip), Ok(bits)) => bits <= if ip.is_ipv4() { 32 } else { 128 },
-                        _ => false,
-                    }
-            }
-            None => value.parse::<IpAddr>().is_ok(),
-        };
-        if !ok {
-            return Err(format!(
-                "{path}[{i}]: {value:?} is not an IP address or CIDR range"
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_ports(values: &[String], path: &str) -> Result<(), String> {
-    for (i, value) in values.iter().enumerate() {
-        if !value.parse::<u16>().is_ok_and(|p| p > 0) {
-            return Err(format!("{path}[{i}]: {value:?} is not a port number"));
-        }
-    }
-    Ok(())
 }

@@ -92,7 +92,7 @@ impl Policies {
             e.namespace == namespace
                 && e.selector
                     .as_ref()
-                    .is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                    .is_some_and(|s| crate::registry::labels_match(s, labels))
         });
         let level = |ns: &str| {
             self.entries

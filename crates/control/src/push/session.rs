@@ -137,7 +137,8 @@ impl Session {
             .map(|(name, resource)| (name.clone(), resource.version.clone()))
             .collect();
         // What the proxy should hold from now on, pushed or already held.
-        super::mesh::record_sent(&self.node.id, &set_version(&versions), resources.clone());
+        let version = set_version(&versions);
+        super::mesh::record_sent(&self.node.id, &version, resources.clone());
         let changed: Vec<_> = resources
             .values()
             .filter(|resource| self.held.get(&resource.name) != Some(&resource.version))
@@ -159,7 +160,6 @@ impl Session {
         }
         self.pushes += 1;
         let nonce = self.pushes.to_string();
-        let version = set_version(&versions);
         let push = Push {
             nonce: nonce.clone(),
             version: version.clone(),
