@@ -84,7 +84,7 @@ impl Bookinfo {
 }
 
 fn proxy_binary() -> PathBuf {
-    Path::new(WEFTD).with_file_name("weft-proxy")
+    weft_testkit::cli::sibling(WEFTD, "weft-proxy")
 }
 
 fn registry_yaml(backends: &[HttpBackend]) -> String {
@@ -111,14 +111,9 @@ async fn start() -> Option<Bookinfo> {
         backends.push(HttpBackend::start(&format!("{service}-{version}")).await);
     }
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start(
-        Path::new(WEFTD),
-        &state.path().join("store"),
-        free_addr(),
-        free_addr(),
-    )
-    .await
-    .expect("weftd");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
     let reply = weftd
         .apply(&registry_yaml(&backends))
         .await
@@ -140,12 +135,12 @@ async fn start() -> Option<Bookinfo> {
     }
     let binary = proxy_binary();
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut proxy = ProxyProcess::spawn(ProxyOptions::control_plane(&binary, weftd.grpc, &args))
-        .expect("proxy");
-    proxy
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("proxy ready");
+    let proxy = ProxyProcess::spawn_ready(
+        ProxyOptions::control_plane(&binary, weftd.grpc, &args),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("proxy ready");
     let bookinfo = Bookinfo {
         weftd,
         listeners,

@@ -122,14 +122,9 @@ async fn gateway_routes_by_host_and_path_from_bound_virtual_services() {
     let productpage = HttpBackend::start("productpage").await;
     let reviews = HttpBackend::start("reviews").await;
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start(
-        Path::new(WEFTD),
-        &state.path().join("store"),
-        free_addr(),
-        free_addr(),
-    )
-    .await
-    .expect("weftd");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
     let port = free_addr().port();
     let other_port = free_addr().port();
     let yaml = registry(&[("productpage", &productpage), ("reviews", &reviews)])
@@ -138,7 +133,7 @@ async fn gateway_routes_by_host_and_path_from_bound_virtual_services() {
     let reply = weftd.apply(&yaml).await.expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 
-    let binary = Path::new(WEFTD).with_file_name("weft-proxy");
+    let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
     let args = [
         "--router",
         "--workload",
@@ -148,12 +143,12 @@ async fn gateway_routes_by_host_and_path_from_bound_virtual_services() {
         "--label",
         "istio=ingressgateway",
     ];
-    let mut gateway = ProxyProcess::spawn(ProxyOptions::control_plane(&binary, weftd.grpc, &args))
-        .expect("spawn");
-    gateway
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("gateway ready");
+    let gateway = ProxyProcess::spawn_ready(
+        ProxyOptions::control_plane(&binary, weftd.grpc, &args),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("gateway ready");
     let edge: SocketAddr = ([127, 0, 0, 1], port).into();
     wait_for_route(edge, "anything", "/productpage").await;
 

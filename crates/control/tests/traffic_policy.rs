@@ -86,14 +86,9 @@ async fn mesh_at(
     proxy_flags: &[&str],
 ) -> Mesh {
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start(
-        Path::new(WEFTD),
-        &state.path().join("store"),
-        free_addr(),
-        free_addr(),
-    )
-    .await
-    .expect("weftd");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
     let mut yaml = String::from(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: shop}\nspec:\n  hosts: [shop.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: shop}}\n",
     );
@@ -113,7 +108,7 @@ async fn mesh_at(
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let listen = free_addr();
     let listen_flag = format!("{listen}=shop:80");
-    let binary: PathBuf = Path::new(WEFTD).with_file_name("weft-proxy");
+    let binary: PathBuf = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
     let mut flags = vec![
         "--node-id",
         "caller",
@@ -123,12 +118,12 @@ async fn mesh_at(
         &listen_flag,
     ];
     flags.extend_from_slice(proxy_flags);
-    let mut proxy = ProxyProcess::spawn(ProxyOptions::control_plane(&binary, weftd.grpc, &flags))
-        .expect("proxy");
-    proxy
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("ready");
+    let proxy = ProxyProcess::spawn_ready(
+        ProxyOptions::control_plane(&binary, weftd.grpc, &flags),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("ready");
     Mesh {
         weftd,
         listen,

@@ -179,6 +179,11 @@ impl ProxyProcess {
     }
 
     /// Waits for the process to exit; its exit code, or an error on timeout.
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
         let status = tokio::time::timeout(timeout, self.child.wait())
             .await
