@@ -17,9 +17,9 @@ pub use http_route::{HttpMatchRequest, HttpRoute, HttpRouteDestination, Redirect
 pub use service_entry::{Location, Resolution, ServiceEntry};
 pub use sidecar::{OutboundMode, Sidecar};
 pub use traffic_policy::{
-    ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, TrafficPolicy,
+    ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
 };
-pub use types::{ClientTlsSettings, Destination, Port, PortSelector, StringMatch};
+pub use types::{ClientTlsMode, ClientTlsSettings, Destination, Port, PortSelector, StringMatch};
 pub use virtual_service::VirtualService;
 pub use workload_entry::WorkloadEntry;
 pub use workload_group::WorkloadGroup;

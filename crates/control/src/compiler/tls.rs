@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use weft_api::networking::{ClientTlsSettings, TrafficPolicy};
+use weft_api::networking::{ClientTlsMode, ClientTlsSettings, TrafficPolicy};
 use weft_api::security::peer_authentication::MtlsMode;
 use weft_proto::discovery::v1::Node;
 use weft_proto::proxy::v1 as pb;
@@ -89,16 +89,11 @@ pub(super) fn client_tls(policies: &[Option<&TrafficPolicy>], port: u32) -> Opti
 }
 
 fn to_pb(settings: &ClientTlsSettings) -> pb::ClientTls {
-    // The mode's own type is private to weft-api; its YAML name is not.
-    let mode = match serde_json::to_value(settings.mode)
-        .ok()
-        .as_ref()
-        .and_then(|v| v.as_str())
-    {
-        Some("SIMPLE") => pb::client_tls::Mode::Simple,
-        Some("MUTUAL") => pb::client_tls::Mode::Mutual,
-        Some("ISTIO_MUTUAL") => pb::client_tls::Mode::IstioMutual,
-        _ => pb::client_tls::Mode::Disable,
+    let mode = match settings.mode {
+        ClientTlsMode::Disable => pb::client_tls::Mode::Disable,
+        ClientTlsMode::Simple => pb::client_tls::Mode::Simple,
+        ClientTlsMode::Mutual => pb::client_tls::Mode::Mutual,
+        ClientTlsMode::IstioMutual => pb::client_tls::Mode::IstioMutual,
     };
     pb::ClientTls {
         mode: mode as i32,

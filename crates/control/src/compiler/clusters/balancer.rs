@@ -2,7 +2,7 @@
 //! the same precedence as the connection pool: subset over rule, a
 //! port-level block over the top level (replacing it whole).
 
-use weft_api::networking::{LoadBalancerSettings, TrafficPolicy};
+use weft_api::networking::{LoadBalancerSettings, SimpleLb, TrafficPolicy};
 use weft_proto::proxy::v1 as pb;
 
 use pb::consistent_hash::{Algorithm, Key};
@@ -20,18 +20,13 @@ pub(super) fn load_balancer(
     warnings: &mut Vec<String>,
 ) -> Option<pb::LoadBalancer> {
     let lb: &LoadBalancerSettings = super::limits::most_specific!(policies, port, load_balancer)?;
-    // The enum is not exported from weft_api: read its serde name.
-    let simple = lb
-        .simple
-        .and_then(|s| serde_json::to_value(s).ok())
-        .and_then(|v| v.as_str().map(str::to_string));
-    let policy = match simple.as_deref() {
-        Some("ROUND_ROBIN") => Policy::RoundRobin,
-        Some("RANDOM") => Policy::Random,
-        Some("PASSTHROUGH") => Policy::Passthrough,
+    let policy = match lb.simple {
+        Some(SimpleLb::RoundRobin) => Policy::RoundRobin,
+        Some(SimpleLb::Random) => Policy::Random,
+        Some(SimpleLb::Passthrough) => Policy::Passthrough,
         // LEAST_CONN is the deprecated name of LEAST_REQUEST.
-        Some("LEAST_REQUEST" | "LEAST_CONN") => Policy::LeastRequest,
-        _ => Policy::Unspecified,
+        Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => Policy::LeastRequest,
+        Some(SimpleLb::Unspecified) | None => Policy::Unspecified,
     };
     let consistent_hash = lb.consistent_hash.as_ref().and_then(|hash| {
         let key = if let Some(name) = &hash.http_header_name {
