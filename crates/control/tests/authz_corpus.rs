@@ -15,7 +15,8 @@ fn corpus_security_policies_compile_into_configs_the_proxy_accepts() {
     let Some(root) = weft_testkit::corpus::root_or_skip(test) else {
         return;
     };
-    let resources: Vec<Resource> = weft_testkit::corpus::files_under(&root)
+    let resources: Vec<Resource> = weft_api::config_files(&root)
+        .expect("corpus directory readable")
         .iter()
         .flat_map(|file| weft_api::decode_file(file).resources)
         .filter(|r| {

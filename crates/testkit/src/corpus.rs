@@ -25,28 +25,3 @@ pub fn root_or_skip(test: &str) -> Option<PathBuf> {
     );
     None
 }
-
-/// YAML and JSON files under `dir`, recursively, sorted.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    collect(dir, &mut out);
-    out.sort();
-    out
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|ext| ext == "yaml" || ext == "yml" || ext == "json")
-        {
-            out.push(path);
-        }
-    }
-}

@@ -59,9 +59,7 @@ impl<'a> ProxyOptions<'a> {
 impl ProxyProcess {
     /// Starts the proxy on loopback and waits until `/ready` says LIVE.
     pub async fn start(binary: &Path, config: &str) -> anyhow::Result<Self> {
-        let mut proxy = Self::spawn(ProxyOptions::new(binary, config))?;
-        proxy.wait_ready(Duration::from_secs(20)).await?;
-        Ok(proxy)
+        Self::spawn_ready(ProxyOptions::new(binary, config), Duration::from_secs(20)).await
     }
 
     /// Starts the proxy without waiting for it.

@@ -32,7 +32,7 @@ fn istio_corpus_compiles_into_accepted_configs() {
     else {
         return;
     };
-    let files = weft_testkit::corpus::files_under(&root);
+    let files = weft_api::config_files(&root).expect("corpus directory readable");
     let resources: Vec<Resource> = files
         .iter()
         .flat_map(|f| weft_api::decode_file(f).resources)
