@@ -126,9 +126,14 @@ pub fn identify_str(text: &str, file: &str) -> Decoded {
     walk_str(text, file, Mode::Identify)
 }
 
+/// The documents of a YAML or JSON text, parsed as weftd parses them (same
+/// size limits), before any Istio decoding.
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
+    serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|err| err.to_string())
+}
+
 fn walk_str(text: &str, file: &str, mode: Mode) -> Decoded {
-    let documents: Vec<Value> = match serde_saphyr::from_multiple_with_options(text, yaml_options())
-    {
+    let documents = match parse_documents(text) {
         Ok(documents) => documents,
         Err(err) => {
             return Decoded {

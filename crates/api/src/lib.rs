@@ -18,7 +18,9 @@ pub mod resource;
 pub mod security;
 pub mod telemetry;
 
-pub use decode::{Decoded, Named, Problem, config_files, decode_file, decode_str, identify_str};
+pub use decode::{
+    Decoded, Named, Problem, config_files, decode_file, decode_str, identify_str, parse_documents,
+};
 pub use field::FieldErrors;
 pub use meta::ObjectMeta;
 pub use resource::{Object, Resource, Spec};

@@ -6,7 +6,6 @@
 //! `Error [IST0101] (VirtualService default/reviews) Referenced ...`; exit
 //! status 1 when any message is at or above `--failure-threshold` (Error).
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -133,31 +132,10 @@ fn analyze_and_print(address: &str, request: &Args) -> anyhow::Result<ExitCode> 
 /// with its origin and position. Unparseable files are errors: analysis
 /// of half the input would mislead.
 fn read_objects(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<(Value, String, usize)>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.as_os_str() == "-" || !path.is_dir() {
-            files.push(path.clone());
-        } else {
-            files.extend(
-                weft_api::config_files(path)
-                    .with_context(|| format!("cannot list {}", path.display()))?,
-            );
-        }
-    }
+    let texts = crate::validate::read_texts(paths).map_err(anyhow::Error::msg)?;
     let mut out = Vec::new();
-    for file in files {
-        let (text, origin) = if file.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read stdin")?;
-            (text, "<stdin>".to_string())
-        } else {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            (text, file.display().to_string())
-        };
-        let documents: Vec<Value> = serde_saphyr::from_multiple(&text)
+    for (origin, text) in texts {
+        let documents = weft_api::parse_documents(&text)
             .map_err(|err| anyhow::anyhow!("{origin}: not valid YAML or JSON: {err}"))?;
         for (index, mut document) in documents.into_iter().enumerate() {
             // weftd defaults a missing namespace to "default"; `-n` must win.
