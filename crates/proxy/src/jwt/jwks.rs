@@ -22,8 +22,6 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Keys;
-
 const CACHE_FOR: Duration = Duration::from_secs(300);
 const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 /// Istio's default JWKS fetch timeout.
@@ -63,13 +61,18 @@ impl KeySet {
         Ok(Self(keys))
     }
 
-    fn select(&self, kid: Option<&str>, alg: Algorithm) -> Vec<DecodingKey> {
+    /// The keys that may have signed a token with this `kid` and `alg`,
+    /// borrowed from the set (nothing is copied per token).
+    pub fn matching<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a DecodingKey> + 'a {
         self.0
             .iter()
-            .filter(|k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
-            .filter(|k| k.alg.is_none_or(|a| a == alg) && k.key.family() == alg.family())
-            .map(|k| k.key.clone())
-            .collect()
+            .filter(move |k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
+            .filter(move |k| k.alg.is_none_or(|a| a == alg) && k.key.family() == alg.family())
+            .map(|k| &k.key)
     }
 
     fn has_kid(&self, kid: &str) -> bool {
@@ -100,11 +103,12 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    /// The keys that may have signed a token with this `kid` and `alg`.
-    pub async fn keys_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Keys, String> {
+    /// The key set to verify a token with this `kid` against (a remote
+    /// set is refetched when stale or when it does not know the `kid`).
+    pub async fn keys_for(&self, kid: Option<&str>) -> Result<Arc<KeySet>, String> {
         match self {
-            Self::Inline(set) => Ok(Arc::new(set.select(kid, alg))),
-            Self::Remote(remote, timeout) => remote.keys_for(kid, alg, *timeout).await,
+            Self::Inline(set) => Ok(set.clone()),
+            Self::Remote(remote, timeout) => remote.keys_for(kid, *timeout).await,
         }
     }
 }
@@ -157,12 +161,7 @@ impl RemoteJwks {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn keys_for(
-        &self,
-        kid: Option<&str>,
-        alg: Algorithm,
-        timeout: Duration,
-    ) -> Result<Keys, String> {
+    async fn keys_for(&self, kid: Option<&str>, timeout: Duration) -> Result<Arc<KeySet>, String> {
         let current = self.cached().set.clone();
         let stale = current
             .as_ref()
@@ -188,7 +187,7 @@ impl RemoteJwks {
                 .map(|(set, _)| set)
                 .unwrap_or_else(|| Arc::new(KeySet(Vec::new())))
         };
-        Ok(Arc::new(set.select(kid, alg)))
+        Ok(set)
     }
 
     async fn refresh(&self, timeout: Duration) -> Result<Arc<KeySet>, String> {

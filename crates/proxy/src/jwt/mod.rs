@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Uri};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{DecodingKey, Validation};
+use jsonwebtoken::Validation;
 use serde_json::Value;
 
 pub use self::jwks::{DEFAULT_FETCH_TIMEOUT, KeySet, KeySource, RemoteJwks};
@@ -247,12 +247,13 @@ impl Authenticator {
         let rule = &self.rules[rule_index];
         let header = unverified.header;
         let kid = header.kid.clone().unwrap_or_default();
-        let keys = rule
+        let set = rule
             .keys
-            .keys_for(header.kid.as_deref(), header.alg)
+            .keys_for(header.kid.as_deref())
             .await
             .map_err(|err| JwtError::KeysUnavailable(issuer.clone(), err))?;
-        if keys.is_empty() {
+        let mut keys = set.matching(header.kid.as_deref(), header.alg).peekable();
+        if keys.peek().is_none() {
             return Err(JwtError::NoKey(issuer, kid));
         }
         let mut validation = Validation::new(header.alg);
@@ -266,7 +267,7 @@ impl Authenticator {
         }
         validation.validate_nbf = true;
         let mut last = JwtError::BadSignature(issuer.clone());
-        for key in keys.iter() {
+        for key in keys {
             match jsonwebtoken::decode::<Value>(&found.token, key, &validation) {
                 Ok(data) => return Ok((rule_index, Verified::new(data.claims, rule))),
                 Err(err) => {
@@ -406,9 +407,6 @@ fn remove_param(uri: &mut Uri, name: &str) {
         *uri = new;
     }
 }
-
-/// Keys a rule's key set yields for one token.
-pub type Keys = Arc<Vec<DecodingKey>>;
 
 #[cfg(test)]
 mod tests;
