@@ -135,6 +135,7 @@ impl Cluster {
                 labels: BTreeMap::new(),
                 weight: 1,
                 priority: 0,
+                workload: None,
             }],
         )
     }
@@ -166,8 +167,7 @@ impl Cluster {
     /// mirrors), skipping those outlier detection ejected. `None` when the
     /// cluster has no endpoints or all are ejected (response flag UH).
     pub fn pick_endpoint(&self) -> Option<&Endpoint> {
-        let addr = self.choose(None, None, &[])?;
-        self.endpoints.get(self.balancer.index_of(addr)?)
+        self.endpoint(self.choose(None, None, &[])?)
     }
 
     /// The address for one try of a request: `hash` from [`Self::affinity`],
@@ -218,6 +218,11 @@ impl Cluster {
         self.balancer.track(addr)
     }
 
+    /// The endpoint at `addr`, found through the balancer's index.
+    pub fn endpoint(&self, addr: SocketAddr) -> Option<&Endpoint> {
+        self.endpoints.get(self.balancer.index_of(addr)?)
+    }
+
     /// How many endpoints outlier detection has ejected now.
     pub fn ejected(&self) -> usize {
         let Some(outlier) = &self.outlier else {
@@ -237,6 +242,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// 0 is the highest (locality-aware failover); see `Balancer::pick`.
     pub priority: u32,
+    /// Telemetry's view of the workload behind it (from `labels`), built
+    /// once per config rather than per request; None without labels.
+    pub workload: Option<Arc<crate::telemetry::peer::Workload>>,
 }
 
 pub struct InboundPort {
@@ -427,6 +435,11 @@ fn compile_clusters(
                     labels: endpoint.labels.clone(),
                     weight: endpoint.weight.max(1),
                     priority: endpoint.priority,
+                    workload: (!endpoint.labels.is_empty()).then(|| {
+                        Arc::new(crate::telemetry::peer::Workload::from_labels(
+                            endpoint.labels.iter(),
+                        ))
+                    }),
                 }),
                 Err(_) => problems.push(
                     format!("{path}.endpoints[{e_index}].address"),
@@ -662,6 +675,7 @@ fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap
                 labels: BTreeMap::new(),
                 weight: 1,
                 priority: 0,
+                workload: None,
             }],
         );
         let compiled = InboundPort {

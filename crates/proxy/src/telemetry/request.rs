@@ -314,13 +314,7 @@ impl RequestRecord {
 
     /// What the config says about the endpoint that answered.
     fn endpoint_workload(&self, host: Option<SocketAddr>) -> Option<Arc<Workload>> {
-        let (host, cluster) = (host?, self.cluster.as_ref()?);
-        let endpoint = cluster
-            .endpoints
-            .iter()
-            .find(|e| e.address == host)
-            .filter(|e| !e.labels.is_empty())?;
-        Some(Arc::new(Workload::from_labels(endpoint.labels.iter())))
+        self.cluster.as_ref()?.endpoint(host?)?.workload.clone()
     }
 }
 

@@ -6,13 +6,11 @@
 //! destination side knows only itself until mTLS names the caller.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::Downstream;
 use super::access_log::Entry;
 use super::labels::{Call, Labels};
-use super::peer::Workload;
 use crate::config::{Cluster, Endpoint};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::metrics::Reporter;
@@ -81,8 +79,10 @@ impl<'a> TcpRecord<'a> {
     /// Connected to `endpoint`: counts the connection as opened.
     pub fn opened(&mut self, endpoint: &Endpoint) {
         self.upstream_host = Some(endpoint.address);
-        if self.labels.reporter == Reporter::Source && !endpoint.labels.is_empty() {
-            self.labels.destination = Arc::new(Workload::from_labels(endpoint.labels.iter()));
+        if self.labels.reporter == Reporter::Source
+            && let Some(workload) = &endpoint.workload
+        {
+            self.labels.destination = workload.clone();
         }
         self.state.metrics.record_tcp_open(&self.labels);
     }

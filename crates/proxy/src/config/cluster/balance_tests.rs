@@ -11,6 +11,7 @@ fn endpoints(weights: &[u32]) -> Vec<Endpoint> {
             labels: BTreeMap::new(),
             weight: *weight,
             priority: 0,
+            workload: None,
         })
         .collect()
 }
