@@ -27,11 +27,7 @@ pub(super) fn analyze(store: &Store, body: &str) -> Reply {
             }
         }
     };
-    let resources: Vec<_> = store
-        .list(None, None)
-        .into_iter()
-        .map(|stored| stored.resource)
-        .collect();
+    let resources = store.resources();
     let mut input = Input::from_resources(&resources, "weftd");
     // Connected proxies are workloads too (policies select them).
     for workload in crate::push::mesh::latest_workloads() {
@@ -86,11 +82,7 @@ pub(super) fn describe(store: &Store, query: &str) -> Reply {
             "describe needs ?service=NAME (and optionally &namespace=NS)",
         );
     };
-    let resources: Vec<_> = store
-        .list(None, None)
-        .into_iter()
-        .map(|stored| stored.resource)
-        .collect();
+    let resources = store.resources();
     let workloads = crate::push::mesh::latest_workloads();
     match analyze::describe(&resources, &workloads, &service, &namespace) {
         Ok(described) => json_reply(StatusCode::OK, &described),

@@ -49,12 +49,12 @@ pub(super) fn mint(ca: Option<&Ca>, body: &str) -> Reply {
         .mint(&request.namespace, &request.service_account)
     {
         Ok(token) => {
-            let identity = format!(
-                "spiffe://{}/ns/{}/sa/{}",
-                ca.trust_domain(),
-                request.namespace,
-                request.service_account
-            );
+            let identity = crate::ca::SpiffeId {
+                trust_domain: ca.trust_domain().to_string(),
+                namespace: request.namespace.clone(),
+                service_account: request.service_account.clone(),
+            }
+            .uri();
             json_reply(
                 StatusCode::OK,
                 &json!({ "token": token, "identity": identity }),

@@ -51,9 +51,14 @@ impl MeshPeers {
                 &node.service_account
             };
             let peer = Peer {
-                identity: node
-                    .mtls
-                    .then(|| format!("spiffe://{trust_domain}/ns/{namespace}/sa/{account}")),
+                identity: node.mtls.then(|| {
+                    crate::ca::SpiffeId {
+                        trust_domain: trust_domain.to_string(),
+                        namespace: namespace.clone(),
+                        service_account: account.to_string(),
+                    }
+                    .uri()
+                }),
                 namespace,
                 labels: node.labels.clone(),
                 inbound: node

@@ -186,11 +186,7 @@ pub async fn build_loop(
         // Read before the store and workloads: the build then includes at
         // least these registrations and every store change before them.
         let registrations = *workload_changes.borrow_and_update();
-        let resources: Vec<_> = store
-            .list(None, None)
-            .into_iter()
-            .map(|s| s.resource)
-            .collect();
+        let resources = store.resources();
         generation += 1;
         let started = std::time::Instant::now();
         let workloads = connected.workloads();

@@ -207,6 +207,14 @@ impl Store {
         state.resources.get(key).cloned()
     }
 
+    /// Every stored resource, without its store metadata.
+    pub fn resources(&self) -> Vec<Resource> {
+        self.list(None, None)
+            .into_iter()
+            .map(|stored| stored.resource)
+            .collect()
+    }
+
     /// Resources of a kind (any kind if `None`) in a namespace (any if
     /// `None`), ordered by kind, namespace and name.
     pub fn list(&self, kind: Option<&str>, namespace: Option<&str>) -> Vec<Stored> {
