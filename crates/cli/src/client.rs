@@ -114,15 +114,7 @@ impl Weftd {
             Ok(Err(err)) => return Err(self.unreachable(&err.to_string())),
             Err(_) => return Err(self.unreachable("no answer within 5s")),
         };
-        let exchange = async {
-            let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange(stream, request))
             .await
             .map_err(|_| anyhow!("weftd at {} did not answer within 60s", self.address))?
             .with_context(|| format!("talking to weftd at {}", self.address))?;
@@ -142,4 +134,18 @@ impl Weftd {
             self.address
         )
     }
+}
+
+/// One HTTP/1.1 request on an open connection: the status and the whole
+/// body. Callers bound it with their own timeout and say whom they asked.
+pub async fn exchange(
+    stream: TcpStream,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), hyper::Error> {
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
 }

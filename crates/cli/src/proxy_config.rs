@@ -20,9 +20,7 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use clap::ValueEnum;
 use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
@@ -521,15 +519,10 @@ pub(crate) fn render(columns: &[(&str, &str)], rows: &[Value]) -> String {
 async fn fetch(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
     let exchange = async {
         let stream = TcpStream::connect(admin).await?;
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
         let request = Request::get(path)
             .header(header::HOST, admin.to_string())
-            .body(Empty::<Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, anyhow::Error>((status, body))
+            .body(Full::new(Bytes::new()))?;
+        Ok::<_, anyhow::Error>(crate::client::exchange(stream, request).await?)
     };
     let (status, body) = tokio::time::timeout(ADMIN_TIMEOUT, exchange)
         .await

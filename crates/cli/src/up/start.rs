@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -626,19 +625,13 @@ pub(super) async fn exchange(
         .header(header::HOST, host)
         .header("x-weft-source", "weft up")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-    let work = async {
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), work)
-        .await
-        .map_err(|_| anyhow!("no answer within 5s"))?
-        .map_err(Into::into)
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::client::exchange(stream, request),
+    )
+    .await
+    .map_err(|_| anyhow!("no answer within 5s"))?
+    .map_err(Into::into)
 }
 
 /// `--api`, else 15014, else any free loopback port.
