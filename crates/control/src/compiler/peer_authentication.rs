@@ -16,8 +16,17 @@ use crate::registry::{ROOT_NAMESPACE, labels_match, namespace_or_default};
 
 #[derive(Debug, Default, Clone)]
 pub struct PeerPolicies {
-    /// (namespace, name, spec), sorted by namespace and name.
-    policies: Vec<(String, String, PeerAuthentication)>,
+    /// Sorted by namespace and name.
+    policies: Vec<Policy>,
+}
+
+#[derive(Debug, Clone)]
+struct Policy {
+    namespace: String,
+    name: String,
+    spec: PeerAuthentication,
+    /// `portLevelMtls`, parsed once (it is read for every endpoint).
+    ports: BTreeMap<u16, MtlsMode>,
 }
 
 impl PeerPolicies {
@@ -25,15 +34,16 @@ impl PeerPolicies {
         let mut policies: Vec<_> = resources
             .iter()
             .filter_map(|r| match r {
-                Resource::PeerAuthentication(object) => Some((
-                    namespace_or_default(&object.metadata.namespace).to_string(),
-                    object.metadata.name.clone(),
-                    object.spec.clone(),
-                )),
+                Resource::PeerAuthentication(object) => Some(Policy {
+                    namespace: namespace_or_default(&object.metadata.namespace).to_string(),
+                    name: object.metadata.name.clone(),
+                    ports: object.spec.port_modes(),
+                    spec: object.spec.clone(),
+                }),
                 _ => None,
             })
             .collect();
-        policies.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         Self { policies }
     }
 
@@ -43,35 +53,30 @@ impl PeerPolicies {
         let without_selector = |ns: &str| {
             self.policies
                 .iter()
-                .find(|(at, _, spec)| at == ns && spec.selector.is_none())
-                .map(|(_, _, spec)| spec)
+                .find(|p| p.namespace == ns && p.spec.selector.is_none())
         };
         let mesh = without_selector(ROOT_NAMESPACE);
         let namespace_wide = without_selector(namespace);
-        let workload = self
-            .policies
-            .iter()
-            .find(|(at, _, spec)| {
-                // `selector: {}` selects every workload (still at the
-                // workload level, as in Istio).
-                at == namespace
-                    && spec
-                        .selector
-                        .as_ref()
-                        .is_some_and(|s| labels_match(&s.match_labels, labels))
-            })
-            .map(|(_, _, spec)| spec);
+        let workload = self.policies.iter().find(|p| {
+            // `selector: {}` selects every workload (still at the
+            // workload level, as in Istio).
+            p.namespace == namespace
+                && p.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| labels_match(&s.match_labels, labels))
+        });
         let mut mode = MtlsMode::Permissive;
         for level in [mesh, namespace_wide, workload].into_iter().flatten() {
-            if let Some(set) = level.mtls.as_ref().and_then(|m| m.mode)
+            if let Some(set) = level.spec.mtls.as_ref().and_then(|m| m.mode)
                 && set != MtlsMode::Unset
             {
                 mode = set;
             }
         }
-        let port_level = workload.and_then(|spec| {
+        let port_level = workload.and_then(|policy| {
             let number = u16::try_from(port).ok()?;
-            spec.port_modes().get(&number).copied()
+            policy.ports.get(&number).copied()
         });
         match port_level {
             Some(set) if set != MtlsMode::Unset => set,
