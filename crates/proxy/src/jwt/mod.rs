@@ -20,8 +20,8 @@ mod jwks;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Uri};
-use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::Validation;
+use jsonwebtoken::errors::ErrorKind;
 use serde_json::Value;
 
 pub use self::jwks::{DEFAULT_FETCH_TIMEOUT, KeySet, KeySource, RemoteJwks};
