@@ -11,6 +11,7 @@ pub mod analyze;
 pub mod api;
 pub mod ca;
 pub mod compiler;
+pub mod durable;
 pub mod push;
 pub mod registry;
 pub mod status;

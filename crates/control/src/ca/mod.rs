@@ -15,6 +15,7 @@
 //! for is ignored. The CSR's key is used, never seen otherwise: private keys
 //! stay with the proxies.
 
+pub mod caller;
 pub mod service;
 pub mod token;
 
