@@ -26,6 +26,13 @@ pub struct TokenClaims {
     pub namespace: String,
     #[serde(rename = "sa")]
     pub service_account: String,
+    /// The WorkloadGroup (in `namespace`) the token admits a proxy into:
+    /// its labels and ports come from the group, never from the proxy.
+    #[serde(rename = "wg", default)]
+    pub workload_group: String,
+    /// The one instance address the token is good for, when known.
+    #[serde(rename = "addr", default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
     /// Issued at, seconds since the epoch (for the operator's eyes).
     pub iat: u64,
 }
@@ -81,6 +88,8 @@ impl TokenSigner {
             trust_domain: self.trust_domain.clone(),
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),
+            workload_group: String::new(),
+            address: None,
             iat: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
