@@ -5,32 +5,19 @@
 //! PERMISSIVE by default as in Istio).
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use http::{Method, StatusCode};
-use nix::unistd::{Gid, Uid, chown};
 use tokio::net::TcpStream;
 
-use super::plan::{PROXY_UID, Pod};
+use super::plan::Plan;
+use super::pod;
 use super::start::exchange;
 
-/// Where the sidecar of `pod` reads its token (under the runtime dir, which
-/// UID 1337 can reach).
-pub fn token_path(runtime_dir: &Path, pod: &Pod) -> PathBuf {
-    runtime_dir
-        .join("tokens")
-        .join(format!("{}.token", pod.name))
-}
-
-/// Mints and writes every pod's token, readable by the sidecar's UID only.
-pub async fn issue_tokens(api: SocketAddr, runtime_dir: &Path, pods: &[Pod]) -> anyhow::Result<()> {
-    let dir = runtime_dir.join("tokens");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("cannot open {} to the sidecars", dir.display()))?;
-    for pod in pods {
+/// Mints and writes every pod's token into its pod directory
+/// (`sidecar/token`), readable by the sidecar's UID only.
+pub async fn issue_tokens(api: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
+    for pod in &plan.pods {
         let body = serde_json::json!({
             "namespace": pod.namespace,
             "serviceAccount": pod.service_account,
@@ -58,13 +45,7 @@ pub async fn issue_tokens(api: SocketAddr, runtime_dir: &Path, pods: &[Pod]) -> 
         let Some(token) = answer.get("token").and_then(|t| t.as_str()) else {
             bail!("pod {}: weftd's answer has no token: {answer}", pod.name);
         };
-        let path = token_path(runtime_dir, pod);
-        std::fs::write(&path, token).with_context(|| format!("cannot write {}", path.display()))?;
-        let uid = Uid::from_raw(PROXY_UID);
-        chown(&path, Some(uid), Some(Gid::from_raw(PROXY_UID)))
-            .with_context(|| format!("cannot give {} to UID {PROXY_UID}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
-            .with_context(|| format!("cannot restrict {}", path.display()))?;
+        pod::write_sidecar_file(&plan.token_path(pod), token.as_bytes())?;
     }
     Ok(())
 }

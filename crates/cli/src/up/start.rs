@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 use super::Signals;
 use super::identity;
 use super::network::{self, NsSockets};
-use super::plan::{PROXY_UID, Plan, Pod, Role};
+use super::plan::{Plan, Pod, Role};
+use super::pod::{self, PodView};
 use super::process::{self, Change, Proc, ProcRecord, Spec};
 use super::relay::{self, Upstream};
 use super::state::{self, State};
@@ -29,9 +30,6 @@ const WEFTD_TIMEOUT: Duration = Duration::from_secs(20);
 const SIDECAR_TIMEOUT: Duration = Duration::from_secs(30);
 /// Apps: start listening on their declared ports.
 const APP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Where sidecars' binaries are copied: reachable by UID 1337, unlike a
-/// home directory.
-const RUNTIME_ROOT: &str = "/run/weft";
 
 pub struct Running {
     plan: Plan,
@@ -155,24 +153,29 @@ impl Running {
         }
 
         step(&format!("node and {} pods created", self.plan.pods.len()));
-        let proxy = self.install_proxy_binary()?;
+        self.state.runtime_dir = Some(self.plan.runtime_dir.clone());
+        self.state.save()?;
+        pod::make_dirs(&self.plan)?;
         let api = self.api.context("weftd's API address is not known yet")?;
-        let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
-        identity::issue_tokens(api, runtime_dir, &self.plan.pods).await?;
+        identity::issue_tokens(api, &self.plan).await?;
         step("workload identities issued");
-        let sidecars: Vec<(String, Vec<String>)> = self
+        let sidecars: Vec<(String, Vec<String>, PodView)> = self
             .plan
             .pods
             .iter()
-            .map(|pod| (pod.name.clone(), self.sidecar_argv(pod, &proxy)))
+            .map(|pod| {
+                let view = PodView::of(&self.plan, pod, false);
+                (pod.name.clone(), self.sidecar_argv(pod), view)
+            })
             .collect();
-        for (pod, argv) in sidecars {
+        for (pod, argv, view) in sidecars {
             let proc = process::spawn(Spec {
                 label: format!("{pod} sidecar"),
                 argv,
                 env: Vec::new(),
                 cwd: PathBuf::from("/"),
                 log: logs.join(format!("{pod}-sidecar.log")),
+                view: Some(view),
             })?;
             self.track(proc, Kind::Sidecar)?;
         }
@@ -189,29 +192,28 @@ impl Running {
             let Role::Workload { command, env, .. } = &pod.role else {
                 continue;
             };
-            let mut argv = vec![
-                "ip".into(),
-                "netns".into(),
-                "exec".into(),
-                pod.netns.clone(),
-            ];
-            argv.extend(command.iter().cloned());
+            let argv = command.clone();
+            let view = PodView::of(&self.plan, pod, true);
+            let home = self.plan.pod_dir(pod).join("app");
             let mut vars = vec![
+                // Its own writable directory; the runner's HOME is root's.
+                ("HOME".to_string(), home.display().to_string()),
                 ("POD_NAME".to_string(), pod.name.clone()),
                 ("POD_NAMESPACE".to_string(), pod.namespace.clone()),
                 ("POD_IP".to_string(), pod.ip.to_string()),
                 ("SERVICE_ACCOUNT".to_string(), pod.service_account.clone()),
             ];
             vars.extend(env.iter().cloned());
-            apps.push((pod.name.clone(), argv, vars));
+            apps.push((pod.name.clone(), argv, vars, view));
         }
-        for (pod, argv, vars) in apps {
+        for (pod, argv, vars, view) in apps {
             let proc = process::spawn(Spec {
                 label: format!("{pod} app"),
                 argv,
                 env: vars,
                 cwd: self.plan.dir.clone(),
                 log: logs.join(format!("{pod}-app.log")),
+                view: Some(view),
             })?;
             self.track(proc, Kind::App)?;
         }
@@ -289,6 +291,7 @@ impl Running {
             env: Vec::new(),
             cwd: self.run_dir.clone(),
             log: self.logs_dir().join("weftd.log"),
+            view: None,
         })?;
         self.track(proc, Kind::Weftd)?;
         let deadline = Instant::now() + WEFTD_TIMEOUT;
@@ -333,39 +336,10 @@ impl Running {
         Ok(())
     }
 
-    /// The sidecar binary, copied (0755) where UID 1337 can run it.
-    fn install_proxy_binary(&mut self) -> anyhow::Result<PathBuf> {
-        let dir = Path::new(RUNTIME_ROOT).join(&self.plan.name);
-        self.state.runtime_dir = Some(dir.clone());
-        self.state.save()?;
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        set_mode(Path::new(RUNTIME_ROOT), 0o755)?;
-        set_mode(&dir, 0o755)?;
-        let copy = dir.join("weft-proxy");
-        std::fs::copy(self.bin_dir().join("weft-proxy"), &copy)
-            .with_context(|| format!("cannot copy weft-proxy to {}", copy.display()))?;
-        set_mode(&copy, 0o755)?;
-        Ok(copy)
-    }
-
-    fn sidecar_argv(&self, pod: &Pod, proxy: &Path) -> Vec<String> {
-        let uid = PROXY_UID.to_string();
-        let mut argv: Vec<String> = [
-            "ip",
-            "netns",
-            "exec",
-            &pod.netns,
-            "setpriv",
-            "--reuid",
-            &uid,
-            "--regid",
-            &uid,
-            "--clear-groups",
-        ]
-        .map(String::from)
-        .to_vec();
-        argv.push(proxy.display().to_string());
+    /// `weft-proxy` as its pod's view shows it, and its flags.
+    fn sidecar_argv(&self, pod: &Pod) -> Vec<String> {
+        let proxy = self.plan.view_bin_dir().join("weft-proxy");
+        let mut argv = vec![proxy.display().to_string()];
         let mut flags = vec![
             "--control-plane".to_string(),
             self.plan.discovery_address().to_string(),
@@ -406,9 +380,8 @@ impl Running {
             Role::Gateway { .. } => flags.push("--router".into()),
         }
         // The bootstrap token: the sidecar gets its certificate with it.
-        let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
         flags.push("--token-file".into());
-        flags.push(identity::token_path(runtime_dir, pod).display().to_string());
+        flags.push(self.plan.token_path(pod).display().to_string());
         argv.extend(flags);
         argv
     }
@@ -654,10 +627,4 @@ async fn free_loopback_port() -> anyhow::Result<SocketAddr> {
         .await
         .context("no free port on 127.0.0.1")?;
     Ok(listener.local_addr()?)
-}
-
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))
 }
