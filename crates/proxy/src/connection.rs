@@ -126,11 +126,8 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
             return;
         }
     };
-    if stream.local_addr().ok() == Some(original) {
-        tracing::warn!(
-            "outbound capture: connection addressed to the capture port itself; closing"
-        );
-        return;
+    if loops_back(snapshot, &stream, original) {
+        return refuse_loop(&state, Reporter::Source, peer, original);
     }
     let vip_port = snapshot
         .service_by_vip(original.ip())
@@ -212,6 +209,10 @@ async fn inbound(
         },
     };
     let declared = snapshot.inbound_port(original.port());
+    if declared.is_none() && is_own_port(snapshot, original.port()) {
+        // Passed through, it would come straight back to this listener.
+        return refuse_loop(&state, Reporter::Destination, peer, original);
+    }
     let accept = match declared {
         Some(_) => tls::inbound::accept_mode(snapshot, original.port()),
         None => tls::inbound::undeclared_mode(snapshot, listen_addr),
@@ -285,6 +286,36 @@ async fn sniff_mesh(
         }
     }
     Some((mesh, PrefixedIo::new(prefix, stream)))
+}
+
+/// The proxy's own ports: Istio's fixed ones and every configured listener.
+fn is_own_port(snapshot: &Snapshot, port: u16) -> bool {
+    const PROXY_PORTS: [u16; 6] = [15000, 15001, 15006, 15020, 15021, 15090];
+    PROXY_PORTS.contains(&port) || snapshot.listeners.iter().any(|l| l.address.port() == port)
+}
+
+/// An outbound connection dialled to one of this proxy's capture listeners
+/// on one of this host's addresses: passed through, it would come back.
+fn loops_back(snapshot: &Snapshot, stream: &TcpStream, original: SocketAddr) -> bool {
+    let capture = snapshot.listeners.iter().any(|l| {
+        l.address.port() == original.port()
+            && matches!(l.kind, ListenerKind::OutboundCapture | ListenerKind::InboundCapture)
+    });
+    stream.local_addr().ok() == Some(original)
+        || capture
+            && (original.ip().is_loopback()
+                // Only a local address can be bound.
+                || std::net::UdpSocket::bind((original.ip(), 0)).is_ok())
+}
+
+/// Closes a connection to the proxy's own port at once: never a loop.
+fn refuse_loop(state: &ProxyState, side: Reporter, peer: Option<IpAddr>, original: SocketAddr) {
+    state.metrics.record_loop_refused(side);
+    tracing::warn!(
+        "{} connection from {} to {original}, a port of this proxy: refused (it would loop back to the proxy)",
+        if side == Reporter::Source { "outbound" } else { "inbound" },
+        peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
+    );
 }
 
 fn refuse_plaintext(peer: Option<IpAddr>, original: SocketAddr) {
