@@ -299,7 +299,10 @@ fn is_own_port(snapshot: &Snapshot, port: u16) -> bool {
 fn loops_back(snapshot: &Snapshot, stream: &TcpStream, original: SocketAddr) -> bool {
     let capture = snapshot.listeners.iter().any(|l| {
         l.address.port() == original.port()
-            && matches!(l.kind, ListenerKind::OutboundCapture | ListenerKind::InboundCapture)
+            && matches!(
+                l.kind,
+                ListenerKind::OutboundCapture | ListenerKind::InboundCapture
+            )
     });
     stream.local_addr().ok() == Some(original)
         || capture
@@ -313,7 +316,11 @@ fn refuse_loop(state: &ProxyState, side: Reporter, peer: Option<IpAddr>, origina
     state.metrics.record_loop_refused(side);
     tracing::warn!(
         "{} connection from {} to {original}, a port of this proxy: refused (it would loop back to the proxy)",
-        if side == Reporter::Source { "outbound" } else { "inbound" },
+        if side == Reporter::Source {
+            "outbound"
+        } else {
+            "inbound"
+        },
         peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
     );
 }
