@@ -7,7 +7,7 @@
 //! rather than looped. Checks run inside a pod's namespaces as its app
 //! would (`nsenter` into the app's network and mount namespaces, then
 //! `setpriv` to its UID), each beside a control showing the same check can
-//! succeed.
+//! succeed. A sidecar killed is restarted with a fresh token.
 //!
 //! Needs root, `ip`, `iptables`, `nsenter` and `setpriv`; under `CI=true`
 //! it fails rather than skip.
@@ -298,6 +298,35 @@ fn pods_run_unprivileged_see_only_their_own_files_and_cannot_go_around_their_sid
     };
     assert_eq!(refused(FRONTEND_IP, "source"), 1.0);
     assert_eq!(refused(BACKEND_V1_IP, "destination"), 1.0);
+
+    // A sidecar that dies is restarted with a fresh token, and serves.
+    let before = std::fs::read(token("frontend-v1-0")).expect("token");
+    let sidecar = pid_of(&state, "frontend-v1-0 sidecar");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sidecar as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the sidecar");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pid_of(&mesh.state(), "frontend-v1-0 sidecar") == sidecar {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sidecar not restarted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(
+        std::fs::read(token("frontend-v1-0")).expect("token"),
+        before,
+        "a fresh token for the restarted sidecar"
+    );
+    while get_host(up.ingress, "/").0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted sidecar does not serve"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let pids = recorded_pids(&mesh.state());
     let down = mesh.weft().arg("down").output().expect("weft down");

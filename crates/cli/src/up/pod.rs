@@ -353,15 +353,17 @@ fn make_dir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> anyhow::Result<
 }
 
 /// Writes `bytes` to `path` for the sidecar alone: UID 1337, mode 0400.
+/// Staged beside it and renamed over it, so a reader sees the old file or
+/// the new one, never half of one.
 pub fn write_sidecar_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    // A fresh file each time: a restarted sidecar's token replaces the old
-    // one, which 0400 would refuse to overwrite in place for its owner.
-    let _ = std::fs::remove_file(path);
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    chown(path, Some(PROXY_UID), Some(PROXY_UID))
-        .with_context(|| format!("cannot give {} to UID {PROXY_UID}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400))
-        .with_context(|| format!("cannot restrict {}", path.display()))
+    let staging = path.with_extension("next");
+    std::fs::write(&staging, bytes)
+        .with_context(|| format!("cannot write {}", staging.display()))?;
+    chown(&staging, Some(PROXY_UID), Some(PROXY_UID))
+        .with_context(|| format!("cannot give {} to UID {PROXY_UID}", staging.display()))?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o400))
+        .with_context(|| format!("cannot restrict {}", staging.display()))?;
+    std::fs::rename(&staging, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -139,6 +139,11 @@ impl Proc {
         log_tail(&self.spec.log, 20)
     }
 
+    /// Down, and due to start again at the next [`Proc::keep_alive`].
+    pub fn restart_due(&self) -> bool {
+        self.restart_at.is_some_and(|at| Instant::now() >= at)
+    }
+
     /// Called periodically while the mesh runs: notices an exit, then
     /// restarts after 1 s, 2 s, 4 s ... up to 30 s (from 1 s again after a
     /// run of a minute or more).

@@ -462,6 +462,16 @@ impl Running {
                 _ = signals.next() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
+            // A sidecar about to restart gets a fresh bootstrap token.
+            if let Some(api) = self.api {
+                for (pod, sidecar) in self.plan.pods.iter().zip(&self.sidecars) {
+                    if sidecar.restart_due()
+                        && let Err(err) = identity::issue_token(api, &self.plan, pod).await
+                    {
+                        note!("weft up: {}: no fresh token: {err:#}", sidecar.spec.label);
+                    }
+                }
+            }
             let mut changed = false;
             let procs = self
                 .weftd
