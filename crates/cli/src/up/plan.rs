@@ -353,6 +353,54 @@ impl Plan {
             .collect();
         json!({"apiVersion": "v1", "kind": "List", "items": items})
     }
+
+    /// One WorkloadGroup per workload and gateway (named after it): the
+    /// labels, service account and ports weftd registers its pods with.
+    /// A sidecar's token is bound to its group, and weftd refuses any claim
+    /// beyond it (Istio's auto-registration). Port names carry the
+    /// sidecar's protocol (`http-9080`), as Istio reads a port name's
+    /// prefix; an unknown protocol is left to detection (`port-9080`).
+    pub fn workload_groups(&self) -> Value {
+        let mut seen = std::collections::BTreeSet::new();
+        let items: Vec<Value> = self
+            .pods
+            .iter()
+            .filter(|pod| seen.insert((pod.namespace.as_str(), pod.workload.as_str())))
+            .map(|pod| {
+                let ports: BTreeMap<String, u16> = match &pod.role {
+                    Role::Workload { ports, .. } => ports
+                        .iter()
+                        .map(|(port, protocol)| {
+                            (format!("{}-{port}", protocol.unwrap_or("port")), *port)
+                        })
+                        .collect(),
+                    Role::Gateway { .. } => BTreeMap::new(),
+                };
+                json!({
+                    "apiVersion": "networking.istio.io/v1",
+                    "kind": "WorkloadGroup",
+                    "metadata": {"name": pod.workload, "namespace": pod.namespace},
+                    "spec": {
+                        "metadata": {"labels": pod.labels},
+                        "template": {"serviceAccount": pod.service_account, "ports": ports},
+                    },
+                })
+            })
+            .collect();
+        json!({"apiVersion": "v1", "kind": "List", "items": items})
+    }
+
+    /// What `weft up` applies to weftd before any pod starts: the services
+    /// and the workload groups, in one List.
+    pub fn mesh_resources(&self) -> Value {
+        let mut items = Vec::new();
+        for list in [self.service_entries(), self.workload_groups()] {
+            if let Value::Array(more) = &list["items"] {
+                items.extend(more.iter().cloned());
+            }
+        }
+        json!({"apiVersion": "v1", "kind": "List", "items": items})
+    }
 }
 
 #[cfg(test)]
@@ -444,6 +492,31 @@ spec:
         let decoded = weft_api::decode::decode_document(plan.service_entries(), "generated", 1);
         assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
         assert_eq!(decoded.resources.len(), 2);
+        // One group per workload (a-v1's two replicas share one), with the
+        // protocol in each port's name.
+        let all = weft_api::decode::decode_document(plan.mesh_resources(), "generated", 1);
+        assert!(all.problems.is_empty(), "{:?}", all.problems);
+        assert_eq!(all.resources.len(), 5);
+        let groups = plan.workload_groups();
+        let names: Vec<&str> = groups["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|g| g["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(names, ["a-v1", "b-v1", "gw"]);
+        assert_eq!(
+            groups["items"][0]["spec"]["template"]["ports"],
+            json!({"http-8000": 8000})
+        );
+        assert_eq!(
+            groups["items"][1]["spec"]["template"]["ports"],
+            json!({"grpc-9080": 9080})
+        );
+        assert_eq!(
+            groups["items"][2]["spec"]["template"]["serviceAccount"],
+            "gw-service-account"
+        );
         let hosts = plan.hosts_file(&plan.pods[0]);
         assert!(hosts.contains("240.240.0.1\ta a.default "), "{hosts}");
         assert!(

@@ -317,19 +317,19 @@ impl Running {
         self.api = Some(api);
         self.state.api = Some(api.to_string());
         self.state.save()?;
-        if self.plan.services.is_empty() {
+        if self.plan.pods.is_empty() {
             return Ok(());
         }
-        let body = serde_json::to_vec(&self.plan.service_entries())?;
+        let body = serde_json::to_vec(&self.plan.mesh_resources())?;
         let stream = TcpStream::connect(api)
             .await
             .context("connecting to weftd's API")?;
         let (status, answer) = exchange(stream, Method::POST, "/v1/apply", Some(body))
             .await
-            .context("registering the mesh's services with weftd")?;
+            .context("registering the mesh's services and workload groups with weftd")?;
         if status != StatusCode::OK {
             bail!(
-                "weftd refused the mesh's services ({status}): {}",
+                "weftd refused the mesh's services and workload groups ({status}): {}",
                 String::from_utf8_lossy(&answer)
             );
         }
