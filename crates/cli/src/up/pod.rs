@@ -219,7 +219,7 @@ impl PodView {
             steps.push(Step::mount(
                 b"binding the pod's /etc files",
                 Some(etc.join(name).as_path()),
-                &Path::new("/etc").join(name),
+                Path::new("/etc").join(name),
                 None,
                 MsFlags::MS_BIND,
                 None,
