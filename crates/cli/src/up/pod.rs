@@ -67,13 +67,16 @@ impl PodView {
             (Role::Workload { run_as, .. }, true) => (run_as.0, run_as.1, plan.view_mesh_dir()),
             _ => (PROXY_UID, PROXY_UID, PathBuf::from("/")),
         };
+        // Mounted over as a path: its real one, symlinks resolved.
+        let weft_home = super::state::weft_home();
+        let weft_home = std::fs::canonicalize(&weft_home).unwrap_or(weft_home);
         Self {
             netns: pod.netns.clone(),
             runtime_dir: plan.runtime_dir.clone(),
             pod_dir: plan.pod_dir(pod),
             bin_dir: plan.bin_dir.clone(),
             mesh_dir: plan.dir.clone(),
-            hide: hidden_paths(&super::state::weft_home()),
+            hide: hidden_paths(&weft_home),
             uid,
             gid,
             cwd,
