@@ -149,7 +149,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let names = listener::serving_names(args.xds.ip(), &args.xds_sans)?;
     let serving = Arc::new(ServingCert::issue(&ca, &names, &provider)?);
-    tokio::spawn(serving.clone().renew_loop(ca.clone(), names, provider.clone()));
+    tokio::spawn(
+        serving
+            .clone()
+            .renew_loop(ca.clone(), names, provider.clone()),
+    );
     let tls = listener::server_config(serving, ca.roots_pem(), provider)?;
     tracing::info!(
         "mesh root for proxies' --ca-root: {}",
@@ -182,9 +186,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let plaintext = match args.plaintext_grpc {
         Some(address) => {
-            let plain = tokio::net::TcpListener::bind(address).await.map_err(|err| {
-                anyhow::anyhow!("cannot listen on {address} for --plaintext-grpc: {err}")
-            })?;
+            let plain = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|err| {
+                    anyhow::anyhow!("cannot listen on {address} for --plaintext-grpc: {err}")
+                })?;
             tracing::warn!(
                 "plaintext discovery listening on {address}: proxies there are trusted at their                  word (no certificate, no identity); for tests and development only"
             );

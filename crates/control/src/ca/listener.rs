@@ -107,8 +107,21 @@ pub fn serving_names(listen: IpAddr, extra: &[String]) -> anyhow::Result<Vec<San
     for dns in ["weftd", "weftd.weft-system.svc", "localhost"]
         .iter()
         .map(|s| s.to_string())
-        .chain(extra.iter().filter(|e| e.parse::<IpAddr>().is_err()).cloned())
+        .chain(
+            extra
+                .iter()
+                .filter(|e| e.parse::<IpAddr>().is_err())
+                .cloned(),
+        )
     {
+        let valid = !dns.is_empty()
+            && dns.len() <= 253
+            && dns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*');
+        if !valid {
+            anyhow::bail!("--xds-san {dns:?}: neither an IP nor a DNS name");
+        }
         let name = dns
             .clone()
             .try_into()
@@ -173,11 +186,20 @@ impl ServingCert {
 
 impl ResolvesServerCert for ServingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 
-fn certified(ca: &Ca, names: &[SanType], provider: &CryptoProvider) -> anyhow::Result<CertifiedKey> {
+fn certified(
+    ca: &Ca,
+    names: &[SanType],
+    provider: &CryptoProvider,
+) -> anyhow::Result<CertifiedKey> {
     let (chain_pem, key) = ca.issue_serving(names)?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(chain_pem.as_bytes()).collect::<Result<_, _>>()?;
