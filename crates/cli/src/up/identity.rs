@@ -5,6 +5,7 @@
 //! PERMISSIVE by default as in Istio).
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use http::{Method, StatusCode};
@@ -55,4 +56,16 @@ pub async fn issue_token(api: SocketAddr, plan: &Plan, pod: &Pod) -> anyhow::Res
         bail!("pod {}: weftd's answer has no token: {answer}", pod.name);
     };
     pod::write_sidecar_file(&plan.token_path(pod), token.as_bytes())
+}
+
+/// Copies the mesh root weftd published (`<state-dir>/root-cert.pem`) into
+/// every pod's sidecar directory: the root the sidecar holds out of band
+/// and verifies weftd with. weftd's own copy stays where pods cannot see.
+pub fn hand_out_root(plan: &Plan, published: &Path) -> anyhow::Result<()> {
+    let root = std::fs::read(published)
+        .with_context(|| format!("cannot read the mesh root {}", published.display()))?;
+    for pod in &plan.pods {
+        pod::write_sidecar_file(&plan.root_path(pod), &root)?;
+    }
+    Ok(())
 }

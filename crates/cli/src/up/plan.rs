@@ -280,6 +280,12 @@ impl Plan {
         self.pod_dir(pod).join("sidecar").join("token")
     }
 
+    /// The mesh root the sidecar holds (`--ca-root`): 1337, 0400, beside
+    /// its token.
+    pub fn root_path(&self, pod: &Pod) -> PathBuf {
+        self.pod_dir(pod).join("sidecar").join("root-cert.pem")
+    }
+
     /// `${WEFT_BIN_DIR}` inside a pod: where `weft-proxy` is.
     pub fn view_bin_dir(&self) -> PathBuf {
         self.runtime_dir.join("bin")

@@ -158,6 +158,12 @@ impl Running {
         pod::make_dirs(&self.plan)?;
         let api = self.api.context("weftd's API address is not known yet")?;
         identity::issue_tokens(api, &self.plan).await?;
+        // The mesh root the sidecars verify weftd with (--ca-root), held by
+        // each sidecar in its own pod directory (weftd's state is hidden).
+        identity::hand_out_root(
+            &self.plan,
+            &self.run_dir.join("weftd").join("root-cert.pem"),
+        )?;
         step("workload identities issued");
         let sidecars: Vec<(String, Vec<String>, PodView)> = self
             .plan
@@ -280,7 +286,7 @@ impl Running {
             self.run_dir.join("weftd").display().to_string(),
             "--config-dir".into(),
             self.plan.dir.display().to_string(),
-            "--grpc".into(),
+            "--xds".into(),
             grpc.to_string(),
             "--api".into(),
             api.to_string(),
@@ -382,6 +388,9 @@ impl Running {
         // The bootstrap token: the sidecar gets its certificate with it.
         flags.push("--token-file".into());
         flags.push(self.plan.token_path(pod).display().to_string());
+        // The root it verifies weftd's serving certificate with.
+        flags.push("--ca-root".into());
+        flags.push(self.plan.root_path(pod).display().to_string());
         argv.extend(flags);
         argv
     }

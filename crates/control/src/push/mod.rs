@@ -60,6 +60,12 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        // Who the connection proved to be (set by ca::listener).
+        let caller = request
+            .extensions()
+            .get::<crate::ca::caller::Caller>()
+            .cloned();
+        tracing::debug!(?caller, "discovery stream opened");
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(ProxyMessage {
