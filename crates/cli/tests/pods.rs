@@ -153,6 +153,26 @@ fn pods_run_unprivileged_see_only_their_own_files_and_cannot_go_around_their_sid
     }
     let gateway = pid_of(&state, "ingress-0 sidecar");
     assert_eq!(ids(gateway).0, vec![1337; 4]);
+    // weftd serves discovery over TLS only; the sidecars verify it with
+    // the root in their pod directory.
+    let cmdline = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .expect("cmdline")
+            .replace('\0', " ")
+    };
+    let weftd = cmdline(pid_of(&state, "weftd"));
+    assert!(
+        weftd.contains("--xds ") && !weftd.contains("--plaintext-grpc"),
+        "{weftd}"
+    );
+    let sidecar = cmdline(pid_of(&state, "frontend-v1-0 sidecar"));
+    assert!(
+        sidecar.contains(&format!(
+            "--ca-root /run/weft/{}/pods/frontend-v1-0/sidecar/root-cert.pem",
+            mesh.name
+        )) && !sidecar.contains("--plaintext-control-plane"),
+        "{sidecar}"
+    );
 
     // On the host each sidecar's token is there, the sidecar's own, 0400;
     // weftd's CA key and state file are under $WEFT_HOME.

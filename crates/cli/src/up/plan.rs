@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 
 use super::meshfile::{self, Cidr, Expose, MeshFile};
 
-/// The port sidecars reach weftd at, on the bridge address (Istio's
-/// istiod plaintext discovery port).
-pub const DISCOVERY_PORT: u16 = 15010;
+/// The port sidecars reach weftd at, on the bridge address: Istio's
+/// istiod TLS port for discovery and certificates (weftd's `--xds`,
+/// relayed from the host). There is no plaintext discovery in `weft up`.
+pub const DISCOVERY_PORT: u16 = 15012;
 /// The sidecar's UID and GID: excluded from interception.
 pub use super::meshfile::PROXY_UID;
 /// Each mesh's runtime directory is `/run/weft/NAME`: the pods' own

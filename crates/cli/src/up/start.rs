@@ -117,10 +117,12 @@ impl Running {
         // Host ports first: a taken port fails before anything is made.
         let listeners = self.bind_ingress(ingress).await?;
         let api = pick_api(api).await?;
-        let grpc = free_loopback_port().await?;
+        // weftd's TLS discovery and certificates (`--xds`), relayed into
+        // the node; weftd serves no plaintext port here.
+        let xds = free_loopback_port().await?;
         let began = Instant::now();
         let step = |what: &str| note!("weft up: {what} ({:.1}s)", began.elapsed().as_secs_f64());
-        self.start_weftd(api, grpc).await?;
+        self.start_weftd(api, xds).await?;
         step(&format!("weftd ready, API on {api}"));
 
         self.state.namespaces.push(self.plan.node_netns.clone());
@@ -137,7 +139,7 @@ impl Running {
                 )
             })?;
         self.relays
-            .push(relay::spawn(discovery, Upstream::Host(grpc), "discovery"));
+            .push(relay::spawn(discovery, Upstream::Host(xds), "discovery"));
 
         for pod in &self.plan.pods {
             // Pods before the node in the list: deleted first.
@@ -278,7 +280,7 @@ impl Running {
         Ok(listeners)
     }
 
-    async fn start_weftd(&mut self, api: SocketAddr, grpc: SocketAddr) -> anyhow::Result<()> {
+    async fn start_weftd(&mut self, api: SocketAddr, xds: SocketAddr) -> anyhow::Result<()> {
         let bin_dir = self.bin_dir();
         let argv = vec![
             bin_dir.join("weftd").display().to_string(),
@@ -287,7 +289,7 @@ impl Running {
             "--config-dir".into(),
             self.plan.dir.display().to_string(),
             "--xds".into(),
-            grpc.to_string(),
+            xds.to_string(),
             "--api".into(),
             api.to_string(),
         ];
