@@ -1,4 +1,8 @@
 //! A running `weftd` process, started by a test with its own state and ports.
+//!
+//! Every API call goes over TCP with the admin token weftd wrote to
+//! `<state-dir>/admin-token` at start (as `weft` does); [`WeftdProcess::socket`]
+//! is the unix socket, for tests of that door.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,7 +19,17 @@ pub struct WeftdProcess {
     pub grpc: SocketAddr,
     pub api: SocketAddr,
     pub state_dir: PathBuf,
+    /// The admin bearer token, read after start.
+    pub token: String,
     log: PathBuf,
+}
+
+/// A token `POST /v1/tokens` minted.
+#[derive(Debug, Clone)]
+pub struct MintedToken {
+    pub token: String,
+    pub id: String,
+    pub identity: String,
 }
 
 impl WeftdProcess {
@@ -77,6 +91,7 @@ impl WeftdProcess {
             grpc,
             api,
             state_dir: state_dir.to_path_buf(),
+            token: String::new(),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -84,11 +99,16 @@ impl WeftdProcess {
             if let Some(status) = weftd.child.try_wait()? {
                 bail!("weftd exited ({status}); log:\n{}", weftd.logs());
             }
-            if client::get(api, "weftd", "/v1/proxies")
-                .await
-                .is_ok_and(|r| r.status == 200)
-            {
-                return Ok(weftd);
+            // The token file exists before the API listens.
+            if let Ok(token) = std::fs::read_to_string(weftd.token_file()) {
+                weftd.token = token.trim().to_string();
+                if weftd
+                    .call(http::Method::GET, "/v1/proxies", None)
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+                {
+                    return Ok(weftd);
+                }
             }
             if Instant::now() > deadline {
                 bail!("weftd API not up after 20s; log:\n{}", weftd.logs());
@@ -105,51 +125,115 @@ impl WeftdProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `POST /v1/apply` with YAML; the reply body.
-    pub async fn apply(&self, yaml: &str) -> anyhow::Result<client::Reply> {
-        let request = client::request(
-            http::Method::POST,
-            "weftd",
-            "/v1/apply",
-            client::full(yaml.to_string()),
-        );
+    /// Where weftd keeps the admin token (for `weft --token-file`).
+    pub fn token_file(&self) -> PathBuf {
+        self.state_dir.join("admin-token")
+    }
+
+    /// The API's unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.state_dir.join("api.sock")
+    }
+
+    /// One API call over TCP with the admin token; `body` is sent as JSON.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<client::Reply> {
+        let authorization = format!("Bearer {}", self.token);
+        let host = self.api.to_string();
+        let mut headers = vec![("authorization", authorization.as_str())];
+        let body = match body {
+            Some(body) => {
+                headers.push(("content-type", "application/json"));
+                client::full(body)
+            }
+            None => client::empty(),
+        };
+        let request = client::request_with_headers(method, &host, path, &headers, body);
         client::Http1Client::connect(self.api)
             .await?
             .send(request)
             .await
     }
 
-    /// `POST /v1/tokens`: a bootstrap token for `namespace`/`service_account`.
-    pub async fn mint_token(
+    /// `POST /v1/apply` with YAML (sent as `{"text": ...}`); the reply.
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<client::Reply> {
+        let body = serde_json::json!({ "text": yaml, "source": "test" }).to_string();
+        self.call(http::Method::POST, "/v1/apply", Some(body)).await
+    }
+
+    /// `POST /v1/delete` with YAML naming the objects; the reply.
+    pub async fn delete(&self, yaml: &str) -> anyhow::Result<client::Reply> {
+        let body = serde_json::json!({ "text": yaml, "source": "test" }).to_string();
+        self.call(http::Method::POST, "/v1/delete", Some(body)).await
+    }
+
+    /// `POST /v1/tokens`: a bootstrap token admitting a proxy into the
+    /// WorkloadGroup `namespace`/`group` (which must have been applied).
+    pub async fn mint_token(&self, namespace: &str, group: &str) -> anyhow::Result<String> {
+        Ok(self
+            .mint_token_with(namespace, group, None, None)
+            .await?
+            .token)
+    }
+
+    /// [`mint_token`](Self::mint_token) bound to `address` and/or with a
+    /// `ttl` ("30s", "1h").
+    pub async fn mint_token_with(
         &self,
         namespace: &str,
-        service_account: &str,
-    ) -> anyhow::Result<String> {
-        let body = format!(r#"{{"namespace":"{namespace}","serviceAccount":"{service_account}"}}"#);
-        let request = client::request(
-            http::Method::POST,
-            "weftd",
-            "/v1/tokens",
-            client::full(body),
-        );
-        let reply = client::Http1Client::connect(self.api)
-            .await?
-            .send(request)
+        group: &str,
+        address: Option<std::net::IpAddr>,
+        ttl: Option<&str>,
+    ) -> anyhow::Result<MintedToken> {
+        let mut body = serde_json::json!({ "namespace": namespace, "workloadGroup": group });
+        if let Some(address) = address {
+            body["address"] = address.to_string().into();
+        }
+        if let Some(ttl) = ttl {
+            body["ttl"] = ttl.into();
+        }
+        let reply = self
+            .call(http::Method::POST, "/v1/tokens", Some(body.to_string()))
             .await?;
         if reply.status != 200 {
             bail!("POST /v1/tokens: {} {}", reply.status, reply.text());
         }
-        // The token is hex and dots: no JSON escaping to undo.
-        let text = reply.text();
-        text.split_once(r#""token":""#)
-            .and_then(|(_, rest)| rest.split_once('"'))
-            .map(|(token, _)| token.to_string())
-            .with_context(|| format!("POST /v1/tokens: no token in {text}"))
+        let answer: serde_json::Value = serde_json::from_slice(&reply.body)
+            .with_context(|| format!("POST /v1/tokens: not JSON: {}", reply.text()))?;
+        let field = |name: &str| {
+            answer[name]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("POST /v1/tokens: no {name} in {answer}"))
+        };
+        Ok(MintedToken {
+            token: field("token")?,
+            id: field("id")?,
+            identity: field("identity")?,
+        })
+    }
+
+    /// `DELETE /v1/tokens/<id>`: revokes one token.
+    pub async fn revoke_token(&self, id: &str) -> anyhow::Result<()> {
+        let reply = self
+            .call(http::Method::DELETE, &format!("/v1/tokens/{id}"), None)
+            .await?;
+        if reply.status != 200 {
+            bail!("DELETE /v1/tokens/{id}: {} {}", reply.status, reply.text());
+        }
+        Ok(())
     }
 
     /// `GET /v1/proxies` as text (JSON).
     pub async fn proxies(&self) -> anyhow::Result<String> {
-        Ok(client::get(self.api, "weftd", "/v1/proxies").await?.text())
+        Ok(self
+            .call(http::Method::GET, "/v1/proxies", None)
+            .await?
+            .text())
     }
 
     /// Stops weftd abruptly (SIGKILL) and waits for it to be gone.
