@@ -180,6 +180,24 @@ impl WeftdProcess {
             .token)
     }
 
+    /// A token for a proxy that only needs the identity
+    /// `namespace`/`service_account`: applies a WorkloadGroup of that name
+    /// naming that service account (no labels), then mints for it.
+    pub async fn mint_token_for_account(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<String> {
+        let group = format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: {service_account}, namespace: {namespace}}}\nspec: {{template: {{serviceAccount: {service_account}}}}}\n"
+        );
+        let reply = self.apply(&group).await?;
+        if reply.status != 200 {
+            bail!("applying WorkloadGroup {namespace}/{service_account}: {}", reply.text());
+        }
+        self.mint_token(namespace, service_account).await
+    }
+
     /// [`mint_token`](Self::mint_token) bound to `address` and/or with a
     /// `ttl` ("30s", "1h").
     pub async fn mint_token_with(
