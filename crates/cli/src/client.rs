@@ -100,7 +100,11 @@ impl Target {
         let socket = Path::new(DEFAULT_STATE_DIR).join("api.sock");
         if socket.exists() {
             return Ok(Self {
-                how: format!("the socket {} (tried {})", socket.display(), tried.join(", ")),
+                how: format!(
+                    "the socket {} (tried {})",
+                    socket.display(),
+                    tried.join(", ")
+                ),
                 endpoint: Endpoint::Socket(socket),
                 token: None,
             });
@@ -124,7 +128,9 @@ impl Target {
     }
 
     fn given(given: &str, token_file: Option<&Path>) -> anyhow::Result<Self> {
-        if let Some(path) = given.strip_prefix("unix:").or(given.starts_with('/').then_some(given))
+        if let Some(path) = given
+            .strip_prefix("unix:")
+            .or(given.starts_with('/').then_some(given))
         {
             return Ok(Self {
                 how: format!("the socket {path} (--weftd or $WEFT_ADDR)"),

@@ -182,10 +182,7 @@ fn resolved(given: Given) -> anyhow::Result<client::Target> {
 }
 
 /// Runs a command that needs weftd; its errors end up as one line.
-fn remote(
-    given: Given,
-    command: impl FnOnce(&Weftd) -> anyhow::Result<ExitCode>,
-) -> ExitCode {
+fn remote(given: Given, command: impl FnOnce(&Weftd) -> anyhow::Result<ExitCode>) -> ExitCode {
     match resolved(given)
         .and_then(|target| Weftd::new(&target))
         .and_then(|weftd| command(&weftd))

@@ -105,7 +105,13 @@ pub fn run(weftd: &Weftd, command: &Command) -> anyhow::Result<ExitCode> {
                 .collect();
             print_table(
                 [
-                    "ID", "GROUP", "SA", "ADDRESS", "EXPIRES", "STATE", "MINTED BY",
+                    "ID",
+                    "GROUP",
+                    "SA",
+                    "ADDRESS",
+                    "EXPIRES",
+                    "STATE",
+                    "MINTED BY",
                 ],
                 &rows,
             );
@@ -130,8 +136,10 @@ pub fn run(weftd: &Weftd, command: &Command) -> anyhow::Result<ExitCode> {
 
 /// Seconds since the epoch as an RFC 3339 UTC time.
 fn when(seconds: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
-        .to_string()
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
+    )
+    .to_string()
 }
 
 fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {

@@ -92,8 +92,7 @@ impl Weftd {
         })
         .expect("ca");
         let api = Arc::new(
-            Api::new(store.clone(), status.clone(), AdminToken::new(TOKEN))
-                .with_ca(Arc::new(ca)),
+            Api::new(store.clone(), status.clone(), AdminToken::new(TOKEN)).with_ca(Arc::new(ca)),
         );
         let socket = {
             let _guard = runtime.enter();
@@ -446,14 +445,24 @@ fn tokens_are_created_listed_and_revoked() {
         )
         .expect("group");
     let created = weftd.weft(&[
-        "token", "create", "-n", "shop", "--group", "cart", "--address", "10.0.0.7", "--ttl",
+        "token",
+        "create",
+        "-n",
+        "shop",
+        "--group",
+        "cart",
+        "--address",
+        "10.0.0.7",
+        "--ttl",
         "10m",
     ]);
     assert_eq!(created.code, 0, "{}", created.stderr);
     let token = created.stdout.trim();
     assert_eq!(token.split('.').count(), 3, "a JWT on stdout: {token}");
     assert!(
-        created.stderr.contains("spiffe://cluster.local/ns/shop/sa/cart"),
+        created
+            .stderr
+            .contains("spiffe://cluster.local/ns/shop/sa/cart"),
         "{}",
         created.stderr
     );
@@ -473,7 +482,10 @@ fn tokens_are_created_listed_and_revoked() {
         listed.stdout
     );
     assert!(listed.stdout.contains("10.0.0.7") && listed.stdout.contains("valid"));
-    assert!(!listed.stdout.contains(token), "the token is shown only once");
+    assert!(
+        !listed.stdout.contains(token),
+        "the token is shown only once"
+    );
 
     let revoked = weftd.weft(&["token", "revoke", &id]);
     assert_eq!(revoked.code, 0, "{}", revoked.stderr);
@@ -481,5 +493,9 @@ fn tokens_are_created_listed_and_revoked() {
     assert!(listed.stdout.contains("revoked"), "{}", listed.stdout);
     let unknown = weftd.weft(&["token", "revoke", "nope"]);
     assert_eq!(unknown.code, 1);
-    assert!(unknown.stderr.contains("no token with id"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no token with id"),
+        "{}",
+        unknown.stderr
+    );
 }

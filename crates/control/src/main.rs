@@ -93,7 +93,10 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     weft_control::durable::private_dir(&args.state_dir).map_err(|err| {
-        anyhow::anyhow!("cannot make the state directory {}: {err}", args.state_dir.display())
+        anyhow::anyhow!(
+            "cannot make the state directory {}: {err}",
+            args.state_dir.display()
+        )
     })?;
     let store = Arc::new(Store::open(&args.state_dir)?);
     let ca = Arc::new(Ca::open(&CaOptions {
@@ -135,15 +138,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &args.state_dir.join(weft_control::api::ADMIN_TOKEN_FILE),
     )?;
     let api = Arc::new(
-        weft_control::api::Api::new(store.clone(), status.clone(), admin_token)
-            .with_ca(ca.clone()),
+        weft_control::api::Api::new(store.clone(), status.clone(), admin_token).with_ca(ca.clone()),
     );
     let socket_path = args
         .api_socket
         .clone()
         .unwrap_or_else(|| args.state_dir.join(weft_control::api::SOCKET_FILE));
     let socket = weft_control::api::bind_socket(&socket_path).map_err(|err| {
-        anyhow::anyhow!("cannot listen on {} for the API: {err}", socket_path.display())
+        anyhow::anyhow!(
+            "cannot listen on {} for the API: {err}",
+            socket_path.display()
+        )
     })?;
     tokio::spawn(weft_control::api::serve(socket, api.clone()));
     let tcp = tokio::net::TcpListener::bind(args.api)
@@ -153,7 +158,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(
         "API listening on {} (bearer token in {}) and {}",
         args.api,
-        args.state_dir.join(weft_control::api::ADMIN_TOKEN_FILE).display(),
+        args.state_dir
+            .join(weft_control::api::ADMIN_TOKEN_FILE)
+            .display(),
         socket_path.display()
     );
 

@@ -18,6 +18,9 @@ const GROUP: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nme
 
 const POLICY: &str = r#"{"apiVersion":"security.istio.io/v1","kind":"AuthorizationPolicy","metadata":{"name":"allow-all","namespace":"istio-system"},"spec":{"action":"ALLOW","rules":[{}]}}"#;
 
+/// What is wrong with a request, its headers, the refusal expected.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, StatusCode);
+
 /// Every route, with a body that would change something where it can.
 fn routes(token_id: &str) -> Vec<(Method, String, Option<String>)> {
     let delete_group = serde_json::json!({ "text": GROUP }).to_string();
@@ -44,7 +47,11 @@ fn routes(token_id: &str) -> Vec<(Method, String, Option<String>)> {
         (Method::GET, "/v1/tokens".into(), None),
         (Method::DELETE, format!("/v1/tokens/{token_id}"), None),
         (Method::POST, "/v1/analyze".into(), Some("{}".into())),
-        (Method::GET, "/v1/describe?service=cart&namespace=shop".into(), None),
+        (
+            Method::GET,
+            "/v1/describe?service=cart&namespace=shop".into(),
+            None,
+        ),
         (Method::GET, "/v1/proxies/cart-1.shop/config".into(), None),
     ]
 }
@@ -149,7 +156,7 @@ async fn every_route_refuses_what_is_not_its_owner_and_changes_nothing() {
 
     let bearer = format!("Bearer {}", weftd.token);
     let json_type = ("content-type", "application/json");
-    let cases: Vec<(&str, Vec<(&str, &str)>, StatusCode)> = vec![
+    let cases: Vec<Case> = vec![
         ("no credential", vec![json_type], StatusCode::UNAUTHORIZED),
         (
             "a wrong bearer token",
@@ -195,7 +202,10 @@ async fn every_route_refuses_what_is_not_its_owner_and_changes_nothing() {
                 "{method} {path} with {what}: {}",
                 reply.text()
             );
-            let error = json(&reply)["error"].as_str().unwrap_or_default().to_string();
+            let error = json(&reply)["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             assert!(error.starts_with("refused"), "{method} {path}: {error}");
         }
     }
@@ -347,10 +357,7 @@ async fn weft_get_finds_the_credential_by_itself() {
     // From the environment (TCP with the token file), anywhere.
     let elsewhere = home.path();
     let address = ("WEFT_ADDR", weftd.api.to_string());
-    let token_file = (
-        "WEFT_TOKEN_FILE",
-        weftd.token_file().display().to_string(),
-    );
+    let token_file = ("WEFT_TOKEN_FILE", weftd.token_file().display().to_string());
     let (code, stdout, stderr) = run(elsewhere, &[address.clone(), token_file]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("cart"), "{stdout}");

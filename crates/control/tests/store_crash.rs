@@ -154,7 +154,13 @@ async fn empty_and_corrupt_resource_files_are_quarantined_at_start() {
     assert_eq!(counts(&weftd, &["good".into()]).await, vec![1]);
     let mut quarantined: Vec<String> = std::fs::read_dir(state.join("quarantine"))
         .expect("quarantine directory")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     quarantined.sort();
     assert_eq!(quarantined.len(), 2, "{quarantined:?}");

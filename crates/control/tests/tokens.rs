@@ -22,7 +22,9 @@ const IDENTITY: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 fn csr() -> String {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(IDENTITY.to_string().try_into().expect("ascii"))];
+    params.subject_alt_names = vec![SanType::URI(
+        IDENTITY.to_string().try_into().expect("ascii"),
+    )];
     params
         .serialize_request(&key)
         .expect("csr")
@@ -69,11 +71,20 @@ async fn only_a_valid_unrevoked_token_of_this_weftd_gets_a_certificate() {
     assert!(chain.contains("BEGIN CERTIFICATE"), "{chain}");
 
     // A group that does not exist gets no token at all.
-    let missing = weftd.mint_token("shop", "nope").await.expect_err("no group");
-    assert!(missing.to_string().contains("no WorkloadGroup shop/nope"), "{missing}");
+    let missing = weftd
+        .mint_token("shop", "nope")
+        .await
+        .expect_err("no group");
+    assert!(
+        missing.to_string().contains("no WorkloadGroup shop/nope"),
+        "{missing}"
+    );
 
     // Revoked: refused, and the other token still works.
-    let revoked = weftd.mint_token_with("shop", "cart", None, None).await.expect("mint");
+    let revoked = weftd
+        .mint_token_with("shop", "cart", None, None)
+        .await
+        .expect("mint");
     weftd.revoke_token(&revoked.id).await.expect("revoke");
     let refused = sign(&weftd, &revoked.token).await.expect_err("revoked");
     assert!(refused.contains("revoked"), "{refused}");
@@ -116,7 +127,12 @@ async fn only_a_valid_unrevoked_token_of_this_weftd_gets_a_certificate() {
     let tokens = listed["tokens"].as_array().expect("tokens");
     assert_eq!(tokens.len(), 2, "{listed}");
     assert_eq!(tokens[1]["revoked"], true);
-    assert!(tokens[0]["mintedBy"].as_str().expect("who").contains("bearer token"));
+    assert!(
+        tokens[0]["mintedBy"]
+            .as_str()
+            .expect("who")
+            .contains("bearer token")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +140,12 @@ async fn an_expired_token_gets_no_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let weftd = started(dir.path()).await;
     let short = weftd
-        .mint_token_with("shop", "cart", Some("10.0.0.7".parse().expect("ip")), Some("1s"))
+        .mint_token_with(
+            "shop",
+            "cart",
+            Some("10.0.0.7".parse().expect("ip")),
+            Some("1s"),
+        )
         .await
         .expect("mint");
     // One second of life plus weftd's five seconds of clock leeway.

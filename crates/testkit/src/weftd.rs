@@ -168,7 +168,8 @@ impl WeftdProcess {
     /// `POST /v1/delete` with YAML naming the objects; the reply.
     pub async fn delete(&self, yaml: &str) -> anyhow::Result<client::Reply> {
         let body = serde_json::json!({ "text": yaml, "source": "test" }).to_string();
-        self.call(http::Method::POST, "/v1/delete", Some(body)).await
+        self.call(http::Method::POST, "/v1/delete", Some(body))
+            .await
     }
 
     /// `POST /v1/tokens`: a bootstrap token admitting a proxy into the
@@ -193,7 +194,10 @@ impl WeftdProcess {
         );
         let reply = self.apply(&group).await?;
         if reply.status != 200 {
-            bail!("applying WorkloadGroup {namespace}/{service_account}: {}", reply.text());
+            bail!(
+                "applying WorkloadGroup {namespace}/{service_account}: {}",
+                reply.text()
+            );
         }
         self.mint_token(namespace, service_account).await
     }

@@ -79,10 +79,7 @@ impl AdminToken {
 #[derive(Debug, Clone)]
 pub enum Peer {
     /// The unix socket; uid and pid from `SO_PEERCRED` when known.
-    Socket {
-        uid: Option<u32>,
-        pid: Option<i32>,
-    },
+    Socket { uid: Option<u32>, pid: Option<i32> },
     /// TCP: `local` is the address the client reached (its IP is allowed
     /// as a Host, for an API bound to a non-loopback address).
     Tcp {

@@ -59,7 +59,11 @@ async fn start() -> SocketAddr {
     let addr = listener.local_addr().expect("address");
     let store = Arc::new(Store::in_memory());
     store.apply_text(SHOP, "shop.yaml").expect("apply");
-    let api = Api::new(store, Arc::new(StatusBoard::default()), AdminToken::new("t"));
+    let api = Api::new(
+        store,
+        Arc::new(StatusBoard::default()),
+        AdminToken::new("t"),
+    );
     tokio::spawn(serve(listener, Arc::new(api)));
     addr
 }

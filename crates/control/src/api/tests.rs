@@ -379,7 +379,10 @@ async fn tokens_are_minted_for_existing_groups_listed_and_revoked() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
-    assert_eq!(reply["identity"], "spiffe://cluster.local/ns/shop/sa/cart-sa");
+    assert_eq!(
+        reply["identity"],
+        "spiffe://cluster.local/ns/shop/sa/cart-sa"
+    );
     let token = reply["token"].as_str().expect("token");
     let claims = ca.tokens().verify(token).expect("weftd's own token");
     assert_eq!(
@@ -401,7 +404,10 @@ async fn tokens_are_minted_for_existing_groups_listed_and_revoked() {
             r#"{"namespace":"shop","workloadGroup":"plain"}"#,
         )
         .await;
-    assert_eq!(plain["identity"], "spiffe://cluster.local/ns/shop/sa/default");
+    assert_eq!(
+        plain["identity"],
+        "spiffe://cluster.local/ns/shop/sa/default"
+    );
 
     let (status, listed) = with.call(Method::GET, "/v1/tokens", "").await;
     assert_eq!(status, StatusCode::OK);
@@ -409,8 +415,16 @@ async fn tokens_are_minted_for_existing_groups_listed_and_revoked() {
     assert_eq!(tokens.len(), 2, "{listed}");
     assert_eq!(tokens[0]["workloadGroup"], "cart");
     assert_eq!(tokens[0]["address"], "10.0.0.7");
-    assert!(tokens[0]["mintedBy"].as_str().expect("who").contains("bearer token"));
-    assert!(!listed.to_string().contains(token), "never the token itself");
+    assert!(
+        tokens[0]["mintedBy"]
+            .as_str()
+            .expect("who")
+            .contains("bearer token")
+    );
+    assert!(
+        !listed.to_string().contains(token),
+        "never the token itself"
+    );
 
     let path = format!("/v1/tokens/{}", claims.id);
     let (status, revoked) = with.call(Method::DELETE, &path, "").await;
@@ -431,7 +445,10 @@ async fn tokens_are_minted_for_existing_groups_listed_and_revoked() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(
-        reply["error"].as_str().expect("error").contains("no WorkloadGroup shop/missing"),
+        reply["error"]
+            .as_str()
+            .expect("error")
+            .contains("no WorkloadGroup shop/missing"),
         "{reply}"
     );
     for bad in [

@@ -62,7 +62,10 @@ pub(super) async fn mint(ca: Option<Arc<Ca>>, store: &Store, body: &str, who: St
         Some(Err(err)) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("ttl {:?}: {err} (write e.g. \"10m\", \"1h\", \"7d\")", request.ttl),
+                format!(
+                    "ttl {:?}: {err} (write e.g. \"10m\", \"1h\", \"7d\")",
+                    request.ttl
+                ),
             );
         }
     };

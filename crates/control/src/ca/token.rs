@@ -127,7 +127,9 @@ pub enum TokenError {
     Malformed(String),
     #[error("the token's signature does not verify: not minted by this weftd (or its key changed)")]
     BadSignature,
-    #[error("the token expired {0} seconds after the epoch; mint a new one with `weft token create`")]
+    #[error(
+        "the token expired {0} seconds after the epoch; mint a new one with `weft token create`"
+    )]
     Expired(u64),
     #[error("the token is not a bootstrap token (its audience is not {AUDIENCE:?})")]
     WrongAudience,
@@ -310,8 +312,8 @@ impl TokenSigner {
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
         validation.leeway = LEEWAY.as_secs();
-        let data = jsonwebtoken::decode::<Jwt>(token.trim(), &self.decoding, &validation)
-            .map_err(|err| match err.kind() {
+        let data = jsonwebtoken::decode::<Jwt>(token.trim(), &self.decoding, &validation).map_err(
+            |err| match err.kind() {
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                     TokenError::BadSignature
                 }
@@ -319,7 +321,8 @@ impl TokenSigner {
                 ErrorKind::InvalidAudience => TokenError::WrongAudience,
                 ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
                 _ => TokenError::Malformed(err.to_string()),
-            })?;
+            },
+        )?;
         let claims = data.claims;
         let subject = SpiffeId {
             trust_domain: self.trust_domain.clone(),

@@ -32,8 +32,7 @@ fn forge(signer: &TokenSigner, edit: impl FnOnce(&mut Jwt)) -> String {
         jti: random_id(),
     };
     edit(&mut claims);
-    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &signer.encoding)
-        .expect("encode")
+    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &signer.encoding).expect("encode")
 }
 
 #[test]
@@ -53,7 +52,10 @@ fn a_minted_token_proves_its_binding_across_restarts() {
     );
 
     let again = TokenSigner::open(dir.path(), "cluster.local").expect("reopen");
-    assert!(again.verify(&minted.token).is_ok(), "a restart keeps it valid");
+    assert!(
+        again.verify(&minted.token).is_ok(),
+        "a restart keeps it valid"
+    );
     assert_eq!(again.list(), vec![minted.record.clone()]);
     let mode = std::fs::metadata(dir.path().join("tokens.json"))
         .expect("ledger")
@@ -61,7 +63,10 @@ fn a_minted_token_proves_its_binding_across_restarts() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     let text = std::fs::read_to_string(dir.path().join("tokens.json")).expect("read");
-    assert!(!text.contains(&minted.token), "the list never holds a token");
+    assert!(
+        !text.contains(&minted.token),
+        "the list never holds a token"
+    );
 }
 
 #[test]
@@ -176,7 +181,11 @@ fn foreign_audience_issuer_signature_and_trust_domain_are_refused() {
         );
     }
     // Every refusal is a sentence for the operator.
-    assert!(TokenError::WrongAudience.to_string().contains("weft-bootstrap"));
+    assert!(
+        TokenError::WrongAudience
+            .to_string()
+            .contains("weft-bootstrap")
+    );
 }
 
 #[test]

@@ -203,7 +203,10 @@ impl Disk {
             .chain(&batch.removes)
             .any(|path| !path.components().all(|c| matches!(c, Component::Normal(_))));
         if escapes {
-            return Err(corrupt(&journal, "a path leaves the store directory".into()));
+            return Err(corrupt(
+                &journal,
+                "a path leaves the store directory".into(),
+            ));
         }
         tracing::warn!(
             "store: finishing a change interrupted by a crash ({} write(s), {} removal(s))",

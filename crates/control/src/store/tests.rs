@@ -154,7 +154,13 @@ fn corrupt_and_empty_files_are_quarantined_and_the_rest_loads() {
     assert!(!vs.join("broken.json").exists() && !vs.join("empty.json").exists());
     let mut quarantined: Vec<String> = std::fs::read_dir(dir.path().join("quarantine"))
         .expect("quarantine dir")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     quarantined.sort();
     assert_eq!(quarantined.len(), 2, "{quarantined:?}");
