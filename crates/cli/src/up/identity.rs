@@ -1,22 +1,32 @@
 //! Workload identities for the mesh's sidecars: a bootstrap token per pod,
-//! minted by weftd (`POST /v1/tokens`) for the pod's namespace and service
-//! account, handed to its sidecar as `--token-file`. With it the sidecar
-//! gets its certificate from weftd and the mesh speaks mTLS (auto-mTLS,
-//! PERMISSIVE by default as in Istio).
+//! minted by weftd (`POST /v1/tokens`, over its API socket as root) for the
+//! pod's WorkloadGroup (its workload's, applied before any pod starts, see
+//! `Plan::workload_groups`) and bound to the pod's IP, handed to its
+//! sidecar as `--token-file`; and the mesh root, which the sidecar holds
+//! (`--ca-root`) to verify weftd. Both live in the pod's own directory
+//! (`sidecar/`, UID 1337, 0400): its app and other pods cannot read them.
+//! With them the sidecar gets its certificate from weftd and the mesh
+//! speaks mTLS (auto-mTLS, PERMISSIVE by default as in Istio).
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use http::{Method, StatusCode};
-use tokio::net::TcpStream;
+use serde::Deserialize;
+use tokio::net::UnixStream;
 
 use super::plan::{Plan, Pod};
 use super::pod;
 use super::start::exchange;
 
+/// The part of weftd's `POST /v1/tokens` answer `weft up` uses.
+#[derive(Deserialize)]
+struct Minted {
+    token: String,
+}
+
 /// Mints and writes every pod's token.
-pub async fn issue_tokens(api: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
+pub async fn issue_tokens(api: &Path, plan: &Plan) -> anyhow::Result<()> {
     for pod in &plan.pods {
         issue_token(api, plan, pod).await?;
     }
@@ -25,16 +35,19 @@ pub async fn issue_tokens(api: SocketAddr, plan: &Plan) -> anyhow::Result<()> {
 
 /// Mints a token for `pod` and writes it into its pod directory
 /// (`sidecar/token`), readable by the sidecar's UID only. Also before a
-/// sidecar is restarted: a bootstrap token is short-lived, and the one the
-/// sidecar started with may have expired since.
-pub async fn issue_token(api: SocketAddr, plan: &Plan, pod: &Pod) -> anyhow::Result<()> {
+/// sidecar is restarted: a bootstrap token is short-lived (an hour), and
+/// the one the sidecar started with may have expired since.
+pub async fn issue_token(api: &Path, plan: &Plan, pod: &Pod) -> anyhow::Result<()> {
+    // Bound to the pod's group and address: it admits this pod's sidecar
+    // and nothing else, wherever it is copied to.
     let body = serde_json::json!({
         "namespace": pod.namespace,
-        "serviceAccount": pod.service_account,
+        "workloadGroup": pod.workload,
+        "address": pod.ip,
     });
-    let stream = TcpStream::connect(api)
+    let stream = UnixStream::connect(api)
         .await
-        .context("connecting to weftd's API")?;
+        .with_context(|| format!("connecting to weftd's API socket {}", api.display()))?;
     let (status, answer) = exchange(
         stream,
         Method::POST,
@@ -50,12 +63,14 @@ pub async fn issue_token(api: SocketAddr, plan: &Plan, pod: &Pod) -> anyhow::Res
             String::from_utf8_lossy(&answer)
         );
     }
-    let answer: serde_json::Value = serde_json::from_slice(&answer)
-        .with_context(|| format!("pod {}: weftd's token answer is not JSON", pod.name))?;
-    let Some(token) = answer.get("token").and_then(|t| t.as_str()) else {
-        bail!("pod {}: weftd's answer has no token: {answer}", pod.name);
-    };
-    pod::write_sidecar_file(&plan.token_path(pod), token.as_bytes())
+    let minted: Minted = serde_json::from_slice(&answer).with_context(|| {
+        format!(
+            "pod {}: weftd's token answer has no token: {}",
+            pod.name,
+            String::from_utf8_lossy(&answer)
+        )
+    })?;
+    pod::write_sidecar_file(&plan.token_path(pod), minted.token.as_bytes())
 }
 
 /// Copies the mesh root weftd published (`<state-dir>/root-cert.pem`) into

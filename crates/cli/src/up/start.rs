@@ -12,7 +12,8 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use super::Signals;
@@ -158,8 +159,7 @@ impl Running {
         self.state.runtime_dir = Some(self.plan.runtime_dir.clone());
         self.state.save()?;
         pod::make_dirs(&self.plan)?;
-        let api = self.api.context("weftd's API address is not known yet")?;
-        identity::issue_tokens(api, &self.plan).await?;
+        identity::issue_tokens(&self.api_socket(), &self.plan).await?;
         // The mesh root the sidecars verify weftd with (--ca-root), held by
         // each sidecar in its own pod directory (weftd's state is hidden).
         identity::hand_out_root(
@@ -280,6 +280,11 @@ impl Running {
         Ok(listeners)
     }
 
+    /// weftd's API socket (in its state directory): root's, no token.
+    fn api_socket(&self) -> PathBuf {
+        self.run_dir.join("weftd").join("api.sock")
+    }
+
     async fn start_weftd(&mut self, api: SocketAddr, xds: SocketAddr) -> anyhow::Result<()> {
         let bin_dir = self.bin_dir();
         let argv = vec![
@@ -304,7 +309,8 @@ impl Running {
         self.track(proc, Kind::Weftd)?;
         let deadline = Instant::now() + WEFTD_TIMEOUT;
         loop {
-            if let Ok(stream) = TcpStream::connect(api).await
+            // weftd's socket: no token needed (file permissions, as root).
+            if let Ok(stream) = UnixStream::connect(&self.api_socket()).await
                 && let Ok((StatusCode::OK, _)) =
                     exchange(stream, Method::GET, "/v1/proxies", None).await
             {
@@ -324,14 +330,16 @@ impl Running {
         }
         self.api = Some(api);
         self.state.api = Some(api.to_string());
+        self.state.api_socket = Some(self.api_socket());
+        self.state.api_token_file = Some(self.run_dir.join("weftd").join("admin-token"));
         self.state.save()?;
         if self.plan.pods.is_empty() {
             return Ok(());
         }
         let body = serde_json::to_vec(&self.plan.mesh_resources())?;
-        let stream = TcpStream::connect(api)
+        let stream = UnixStream::connect(self.api_socket())
             .await
-            .context("connecting to weftd's API")?;
+            .context("connecting to weftd's API socket")?;
         let (status, answer) = exchange(stream, Method::POST, "/v1/apply", Some(body))
             .await
             .context("registering the mesh's services and workload groups with weftd")?;
@@ -474,13 +482,12 @@ impl Running {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             // A sidecar about to restart gets a fresh bootstrap token.
-            if let Some(api) = self.api {
-                for (pod, sidecar) in self.plan.pods.iter().zip(&self.sidecars) {
-                    if sidecar.restart_due()
-                        && let Err(err) = identity::issue_token(api, &self.plan, pod).await
-                    {
-                        note!("weft up: {}: no fresh token: {err:#}", sidecar.spec.label);
-                    }
+            let socket = self.api_socket();
+            for (pod, sidecar) in self.plan.pods.iter().zip(&self.sidecars) {
+                if sidecar.restart_due()
+                    && let Err(err) = identity::issue_token(&socket, &self.plan, pod).await
+                {
+                    note!("weft up: {}: no fresh token: {err:#}", sidecar.spec.label);
                 }
             }
             let mut changed = false;
@@ -605,20 +612,26 @@ async fn wait_listening(pod: &Pod, proc: &mut Proc, deadline: Instant) -> anyhow
     Ok(())
 }
 
-/// One HTTP/1 request on `stream`: (status, body), within 5 s.
-pub(super) async fn exchange(
-    stream: TcpStream,
+/// One HTTP/1 request on `stream`: (status, body), within 5 s. A body is
+/// JSON (weftd takes nothing else).
+pub(super) async fn exchange<S>(
+    stream: S,
     method: Method,
     path: &str,
     body: Option<Vec<u8>>,
-) -> anyhow::Result<(StatusCode, Bytes)> {
-    let host = stream.peer_addr()?.to_string();
-    let request = Request::builder()
+) -> anyhow::Result<(StatusCode, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header(header::HOST, host)
-        .header("x-weft-source", "weft up")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        .header(header::HOST, "localhost")
+        .header("x-weft-source", "weft up");
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     tokio::time::timeout(
         Duration::from_secs(5),
         crate::client::exchange(stream, request),
