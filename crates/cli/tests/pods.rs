@@ -155,6 +155,27 @@ fn pods_run_unprivileged_see_only_their_own_files_and_cannot_go_around_their_sid
     assert_eq!(ids(gateway).0, vec![1337; 4]);
     // weftd serves discovery over TLS only; the sidecars verify it with
     // the root in their pod directory.
+    // One token per pod, bound to its workload's group and its address,
+    // as `weft token list` (which finds this mesh by itself) shows.
+    let tokens = mesh
+        .weft()
+        .args(["token", "list"])
+        .output()
+        .expect("weft token list");
+    let table = text(&tokens.stdout);
+    for (group, address) in [
+        ("default/frontend-v1", FRONTEND_IP),
+        ("default/backend-v1", BACKEND_V1_IP),
+        ("istio-system/ingress", "10.203.0.5"),
+    ] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains(&format!(" {group} ")) && l.contains(address)),
+            "{group} at {address} in:\n{table}{}",
+            text(&tokens.stderr)
+        );
+    }
     let cmdline = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
             .expect("cmdline")
