@@ -465,7 +465,8 @@ impl Running {
         if let Some(api) = self.api {
             let _ = writeln!(
                 out,
-                "  weftd API: {api} (weft apply/get/delete/proxy-status use it by themselves)"
+                "  weftd API: {api} and {} (weft apply/get/delete/token/proxy-status use it by themselves)",
+                self.api_socket().display()
             );
         }
         let _ = writeln!(out, "  logs:      {}", self.logs_dir().display());
