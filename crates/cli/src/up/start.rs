@@ -159,14 +159,6 @@ impl Running {
         let api = self.api.context("weftd's API address is not known yet")?;
         let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
         identity::issue_tokens(api, runtime_dir, &self.plan.pods).await?;
-        // The mesh root the sidecars verify weftd with (--ca-root), where
-        // their UID can read it (weftd's state dir is private).
-        let published = self.run_dir.join("weftd").join("root-cert.pem");
-        let held = runtime_dir.join("root-cert.pem");
-        std::fs::copy(&published, &held).with_context(|| {
-            format!("cannot copy {} to {}", published.display(), held.display())
-        })?;
-        set_mode(&held, 0o644)?;
         step("workload identities issued");
         let sidecars: Vec<(String, Vec<String>)> = self
             .plan
@@ -354,6 +346,14 @@ impl Running {
         std::fs::copy(self.bin_dir().join("weft-proxy"), &copy)
             .with_context(|| format!("cannot copy weft-proxy to {}", copy.display()))?;
         set_mode(&copy, 0o755)?;
+        // The mesh root the sidecars verify weftd with (--ca-root), where
+        // their UID can read it (weftd's state dir is private).
+        let published = self.run_dir.join("weftd").join("root-cert.pem");
+        let held = dir.join("root-cert.pem");
+        std::fs::copy(&published, &held).with_context(|| {
+            format!("cannot copy {} to {}", published.display(), held.display())
+        })?;
+        set_mode(&held, 0o644)?;
         Ok(copy)
     }
 
