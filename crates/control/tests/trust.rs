@@ -56,7 +56,7 @@ async fn sign(
         .sign(SignRequest {
             token: token.to_string(),
             csr_pem: csr_pem.to_string(),
-            ttl: ttl.map(|t| t.try_into().expect("duration")),
+            ttl: ttl.map(Into::into),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -259,7 +259,7 @@ async fn a_token_proves_one_identity_and_a_certificate_renews_only_itself() {
     // Renewal: mutual TLS with that certificate, no token; a short ttl
     // asked is ignored too.
     let presented = certified(&first.cert_chain_pem, &key);
-    let (new_key, renewal_csr) = csr(CLIENT_ID);
+    let (_, renewal_csr) = csr(CLIENT_ID);
     let renewed = sign(
         &control,
         Some(presented.clone()),
@@ -273,7 +273,6 @@ async fn a_token_proves_one_identity_and_a_certificate_renews_only_itself() {
     let renewed_proof =
         binding::proven_identity(&leaf(&renewed.cert_chain_pem), "cluster.local").expect("proof");
     assert_eq!(renewed_proof, first_proof, "same identity and binding");
-    let _ = new_key;
 
     // A certificate cannot be traded for another identity, token or not.
     let other_token = read_token(&control, "httpbin").await;
