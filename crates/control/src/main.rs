@@ -207,9 +207,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut secure = secure;
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+        // A server that ends on its own is an error: weftd must not keep
+        // running without its discovery port.
+        ended = &mut secure => {
+            ended??;
+            anyhow::bail!("the --xds server stopped");
+        }
     }
     tracing::info!("shutting down");
     let _ = stop.send(true);
