@@ -171,7 +171,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let xds = tokio::net::TcpListener::bind(args.xds)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {} for --xds: {err}", args.xds))?;
-    tracing::info!("discovery and certificates (TLS) listening on {}", args.xds);
+    tracing::info!(
+        "discovery and certificates (TLS) listening on {}",
+        xds.local_addr().unwrap_or(args.xds)
+    );
     let secure = tonic::transport::Server::builder()
         .add_service(tonic::service::interceptor::InterceptedService::new(
             DiscoveryServer::from_arc(discovery.clone()),
