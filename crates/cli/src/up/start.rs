@@ -158,6 +158,7 @@ impl Running {
         step(&format!("node and {} pods created", self.plan.pods.len()));
         let proxy = self.install_proxy_binary()?;
         let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
+<<<<<<< HEAD
         identity::issue_tokens(&self.api_socket(), runtime_dir, &self.plan.pods).await?;
         // The mesh root the sidecars verify weftd with (--ca-root), where
         // their UID can read it (weftd's state dir is private).
@@ -167,6 +168,9 @@ impl Running {
             format!("cannot copy {} to {}", published.display(), held.display())
         })?;
         set_mode(&held, 0o644)?;
+=======
+        identity::issue_tokens(api, runtime_dir, &self.plan.pods).await?;
+>>>>>>> trust-xds
         step("workload identities issued");
         let sidecars: Vec<(String, Vec<String>)> = self
             .plan
@@ -362,6 +366,14 @@ impl Running {
         std::fs::copy(self.bin_dir().join("weft-proxy"), &copy)
             .with_context(|| format!("cannot copy weft-proxy to {}", copy.display()))?;
         set_mode(&copy, 0o755)?;
+        // The mesh root the sidecars verify weftd with (--ca-root), where
+        // their UID can read it (weftd's state dir is private).
+        let published = self.run_dir.join("weftd").join("root-cert.pem");
+        let held = dir.join("root-cert.pem");
+        std::fs::copy(&published, &held).with_context(|| {
+            format!("cannot copy {} to {}", published.display(), held.display())
+        })?;
+        set_mode(&held, 0o644)?;
         Ok(copy)
     }
 
