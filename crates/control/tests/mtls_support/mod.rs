@@ -70,8 +70,7 @@ impl Control {
         .expect("weftd restarts");
     }
 
-    /// A token file for `sa` in the default namespace (through a
-    /// WorkloadGroup named after it).
+    /// A token file for `sa` in the default namespace.
     pub async fn token_file(&self, sa: &str) -> PathBuf {
         let token = self
             .weftd
