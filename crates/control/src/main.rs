@@ -225,14 +225,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     anyhow::anyhow!("cannot listen on {address} for --plaintext-grpc: {err}")
                 })?;
             tracing::warn!(
-<<<<<<< HEAD
-                "plaintext discovery listening on {address}: proxies there are trusted at their \
-                 word (no certificate, no identity); for tests and development only"
-=======
                 "plaintext discovery listening on {}: proxies there are trusted at their word \
                  (no certificate, no identity); for tests and development only",
                 plain.local_addr().unwrap_or(address)
->>>>>>> trust-xds
             );
             Some(tokio::spawn(
                 tonic::transport::Server::builder()

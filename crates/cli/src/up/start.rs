@@ -158,7 +158,6 @@ impl Running {
         step(&format!("node and {} pods created", self.plan.pods.len()));
         let proxy = self.install_proxy_binary()?;
         let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
-<<<<<<< HEAD
         identity::issue_tokens(&self.api_socket(), runtime_dir, &self.plan.pods).await?;
         // The mesh root the sidecars verify weftd with (--ca-root), where
         // their UID can read it (weftd's state dir is private).
@@ -168,9 +167,6 @@ impl Running {
             format!("cannot copy {} to {}", published.display(), held.display())
         })?;
         set_mode(&held, 0o644)?;
-=======
-        identity::issue_tokens(api, runtime_dir, &self.plan.pods).await?;
->>>>>>> trust-xds
         step("workload identities issued");
         let sidecars: Vec<(String, Vec<String>)> = self
             .plan
