@@ -418,10 +418,9 @@ async fn a_trust_bundle_with_a_root_the_held_root_does_not_vouch_for_is_refused(
     );
 }
 
-/// Needs the JWT bootstrap tokens (expiry, `DELETE /v1/tokens/<id>`) of
-/// the API work (branch trust-api); written against its documented API.
+/// A token past its expiry, and one revoked with `DELETE /v1/tokens/<id>`,
+/// get no certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the trust-api branch's JWT tokens (ttl, revocation): un-ignore once merged"]
 async fn expired_and_revoked_tokens_get_no_certificate() {
     let control = Control::start(&[]).await;
     let group = "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: sleep, namespace: default}\nspec: {template: {serviceAccount: sleep}}\n";
