@@ -134,6 +134,11 @@ fn pods_run_unprivileged_see_only_their_own_files_and_cannot_go_around_their_sid
     let mesh = MeshDir::with_mesh("pod", &mesh_file());
     let up = mesh.up();
     let state = mesh.state();
+    assert!(
+        up.summary.contains("app (uid 23456) + sidecar"),
+        "{}",
+        up.summary
+    );
 
     // Apps run as their workload's UID and GID: the default 20000 + index,
     // or the mesh file's; sidecars and the gateway as 1337.

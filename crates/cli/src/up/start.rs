@@ -435,8 +435,8 @@ impl Running {
         let _ = writeln!(out, "  pods:");
         for pod in &self.plan.pods {
             let role = match pod.role {
-                Role::Workload { .. } => "app + sidecar",
-                Role::Gateway { .. } => "gateway",
+                Role::Workload { run_as, .. } => format!("app (uid {}) + sidecar", run_as.0),
+                Role::Gateway { .. } => "gateway".to_string(),
             };
             let _ = writeln!(
                 out,
