@@ -150,10 +150,10 @@ async fn respond(
             Ok(text) => tokens::mint(ca.as_deref(), &text),
             Err(failure) => failure.reply(),
         },
-        (&Method::GET, ["v1", "proxies", id, "config"]) => inspect::pushed_config(id),
-        (&Method::GET, ["v1", "describe"]) => inspect::describe(&store, &query),
+        (&Method::GET, ["v1", "proxies", id, "config"]) => inspect::pushed_config(&status, id),
+        (&Method::GET, ["v1", "describe"]) => inspect::describe(&store, &status, &query),
         (&Method::POST, ["v1", "analyze"]) => match read_body(request).await {
-            Ok(text) => inspect::analyze(&store, &text),
+            Ok(text) => inspect::analyze(&store, &status, &text),
             Err(failure) => failure.reply(),
         },
         (
