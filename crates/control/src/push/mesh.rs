@@ -85,7 +85,7 @@ pub struct BuildInputs {
     pub registrations: Arc<Registrations>,
     /// Gets each build's registered workloads (for `describe`/`analyze`).
     pub status: Arc<StatusBoard>,
-    /// Where `registrations.json` is written; `None` keeps them in memory.
+    /// Where the registrations file is written; `None` keeps them in memory.
     pub state_dir: Option<PathBuf>,
     pub trust_domain: String,
 }

@@ -32,8 +32,10 @@ use crate::registry::Workload;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// Streams one proven identity (SPIFFE id, group and address) may hold.
 pub const DEFAULT_STREAMS_PER_IDENTITY: usize = 4;
-/// The file registrations are kept in, under weftd's state directory.
-pub const FILE_NAME: &str = "registrations.json";
+/// The file registrations are kept in (JSON), under weftd's state
+/// directory. Not `*.json`: the store reads every `*.json` file under the
+/// state directory as a resource.
+pub const FILE_NAME: &str = "registrations.state";
 
 /// Why a registration was refused; maps to the gRPC code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +90,7 @@ struct Entry {
     state: State,
 }
 
-/// What `registrations.json` holds: the registrations, not their streams.
+/// What the registrations file holds: the registrations, not their streams.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Saved {
     pub owner: Owner,
@@ -307,7 +309,7 @@ impl Registrations {
     }
 }
 
-/// Reads `<state-dir>/registrations.json`; nothing when there is no file.
+/// Reads `<state-dir>/registrations.state`; nothing when there is no file.
 /// A file that cannot be read is reported and set aside (renamed with
 /// `.bad`), so weftd starts with the rest of its state.
 pub fn load(state_dir: &Path) -> (Vec<Saved>, Option<String>) {
@@ -320,7 +322,7 @@ pub fn load(state_dir: &Path) -> (Vec<Saved>, Option<String>) {
     match serde_json::from_slice::<Vec<Saved>>(&text) {
         Ok(saved) => (saved, None),
         Err(err) => {
-            let aside = path.with_extension("json.bad");
+            let aside = state_dir.join(format!("{FILE_NAME}.bad"));
             let moved = std::fs::rename(&path, &aside)
                 .map(|()| format!("set aside as {}", aside.display()))
                 .unwrap_or_else(|e| format!("could not set it aside: {e}"));
@@ -335,7 +337,7 @@ pub fn load(state_dir: &Path) -> (Vec<Saved>, Option<String>) {
     }
 }
 
-/// Writes `saved` to `<state-dir>/registrations.json` (owner only:
+/// Writes `saved` to `<state-dir>/registrations.state` (owner only:
 /// it names every workload's address and identity).
 pub fn save(state_dir: &Path, saved: &[Saved]) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;

@@ -1,0 +1,708 @@
+//! Registrations, as real weftd and weft-proxy processes on loopback see
+//! them: a node id belongs to one proxy, a proxy leaving takes only its own
+//! endpoints, a lost proxy is kept for the grace period, and a weftd killed
+//! under traffic comes back without any caller losing an endpoint.
+//!
+//! These run on the plaintext discovery port (proxies trusted at their
+//! word), where the claimed service account and address are the owner of a
+//! node id; the credential-bound admission is unit-tested in
+//! `push::admission`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use weft_testkit::backend::HttpBackend;
+use weft_testkit::client::{self, Http1Client};
+use weft_testkit::free_addr;
+use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
+use weft_testkit::weftd::WeftdProcess;
+
+const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+
+fn proxy_binary() -> PathBuf {
+    weft_testkit::cli::sibling(WEFTD, "weft-proxy")
+}
+
+/// A MESH_INTERNAL service `name` on port 9080, its endpoints the
+/// registered workloads labelled `app: name`, served at `backend`'s port.
+fn service(name: &str, backend: SocketAddr) -> String {
+    format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP, targetPort: {port}}}]
+  workloadSelector: {{labels: {{app: {name}}}}}
+"#,
+        port = backend.port()
+    )
+}
+
+struct Server {
+    proxy: ProxyProcess,
+    /// Where callers reach it: its inbound listener.
+    inbound: SocketAddr,
+}
+
+/// A sidecar for the app `app` listening at `backend`, registered as node
+/// `id` with service account `account`.
+fn spawn_server(
+    weftd: &WeftdProcess,
+    id: &str,
+    account: &str,
+    app: &str,
+    backend: SocketAddr,
+) -> Server {
+    let inbound = free_addr();
+    let binary = proxy_binary();
+    let (label, port, inbound_flag) = (
+        format!("app={app}"),
+        format!("{}/http", backend.port()),
+        format!("{inbound}={}", backend.port()),
+    );
+    let args = [
+        "--node-id",
+        id,
+        "--workload",
+        app,
+        "--service-account",
+        account,
+        "--label",
+        &label,
+        "--port",
+        &port,
+        "--inbound",
+        &inbound_flag,
+    ];
+    let options = ProxyOptions::control_plane(&binary, weftd.grpc, &args);
+    let proxy = ProxyProcess::spawn(options).expect("spawn server proxy");
+    Server { proxy, inbound }
+}
+
+async fn ready_server(weftd: &WeftdProcess, id: &str, app: &str, backend: SocketAddr) -> Server {
+    let mut server = spawn_server(weftd, id, app, app, backend);
+    server
+        .proxy
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|err| panic!("server {id}: {err:#}"));
+    server
+}
+
+/// A caller's sidecar with one listener per service; their addresses.
+async fn ready_caller(weftd: &WeftdProcess, services: &[&str]) -> (ProxyProcess, Vec<SocketAddr>) {
+    let binary = proxy_binary();
+    let listeners: Vec<SocketAddr> = services.iter().map(|_| free_addr()).collect();
+    let flags: Vec<String> = services
+        .iter()
+        .zip(&listeners)
+        .map(|(service, listen)| format!("{listen}={service}:9080"))
+        .collect();
+    let mut args = vec!["--node-id", "caller", "--workload", "productpage"];
+    for flag in &flags {
+        args.extend(["--listen", flag.as_str()]);
+    }
+    let options = ProxyOptions::control_plane(&binary, weftd.grpc, &args);
+    let proxy = ProxyProcess::spawn_ready(options, Duration::from_secs(20))
+        .await
+        .expect("caller ready");
+    (proxy, listeners)
+}
+
+/// The endpoint addresses the caller holds for `service` (`/clusters`).
+async fn endpoints(caller: &ProxyProcess, service: &str) -> Vec<String> {
+    let Ok(reply) = caller.admin_get("/clusters").await else {
+        return Vec::new();
+    };
+    let needle = format!("{service}.default.svc.cluster.local");
+    reply
+        .text()
+        .lines()
+        .filter(|line| line.contains(&needle) && line.contains("::weight::"))
+        .filter_map(|line| line.split("::").nth(1).map(str::to_string))
+        .collect()
+}
+
+/// Retries `check` until it succeeds (its value) or `timeout` passes.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() > deadline => panic!("{what}: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn get(listen: SocketAddr) -> Result<String, String> {
+    let mut client = Http1Client::connect(listen)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let reply = client
+        .get("svc:9080", "/")
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    if reply.status == StatusCode::OK {
+        Ok(reply.text())
+    } else {
+        Err(format!("{} {}", reply.status, reply.text()))
+    }
+}
+
+async fn proxies_json(weftd: &WeftdProcess) -> serde_json::Value {
+    let text = weftd.proxies().await.expect("GET /v1/proxies");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+/// The ids `GET /v1/proxies` lists, with whether each is connected.
+async fn listed(weftd: &WeftdProcess) -> Vec<(String, bool)> {
+    let body = proxies_json(weftd).await;
+    body["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap_or_default().to_string(),
+                p["connected"] == serde_json::Value::Bool(true),
+            )
+        })
+        .collect()
+}
+
+/// Requests back to back through each listener until stopped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(listeners: &[SocketAddr]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let tasks = listeners
+            .iter()
+            .copied()
+            .map(|listen| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                tokio::spawn(async move {
+                    let mut client = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        if client.is_none() {
+                            client = Http1Client::connect(listen).await.ok();
+                        }
+                        let Some(open) = client.as_mut() else {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        match open.get("svc:9080", "/").await {
+                            Ok(reply) if reply.status == StatusCode::OK => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => {
+                                eprintln!("failed request through {listen}: {other:?}");
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                client = None;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("traffic task");
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stream_reusing_a_node_id_is_refused_and_the_first_keeps_serving() {
+    let reviews = HttpBackend::start("reviews").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
+    let reply = weftd
+        .apply(&service("reviews", reviews.addr))
+        .await
+        .expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let real = ready_server(&weftd, "reviews-1", "reviews", reviews.addr).await;
+    let (caller, listeners) = ready_caller(&weftd, &["reviews"]).await;
+    eventually(
+        "reviews through the caller",
+        Duration::from_secs(10),
+        || get(listeners[0]),
+    )
+    .await;
+    let traffic = Traffic::start(&listeners);
+
+    // Same node id, another service account, its own inbound listener.
+    let mut impostor = spawn_server(&weftd, "reviews-1", "impostor", "reviews", reviews.addr);
+    eventually(
+        "the refusal on the board",
+        Duration::from_secs(10),
+        || async {
+            let body = proxies_json(&weftd).await;
+            let refused = body["refused"].to_string();
+            if refused.contains("reviews-1") && refused.contains("FailedPrecondition") {
+                Ok(())
+            } else {
+                Err(body.to_string())
+            }
+        },
+    )
+    .await;
+    eventually(
+        "the refusal in the impostor's log",
+        Duration::from_secs(10),
+        || {
+            let logs = impostor.proxy.logs();
+            async move {
+                if logs.contains("node id \\\"reviews-1\\\" is registered to")
+                    || logs.contains("node id \"reviews-1\" is registered to")
+                {
+                    Ok(())
+                } else {
+                    Err(logs)
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        impostor
+            .proxy
+            .admin_get("/ready")
+            .await
+            .is_ok_and(|r| r.status != 200),
+        "the impostor got a config"
+    );
+    // `weft proxy-status` says who was refused and why.
+    let weft = Path::new(WEFTD).with_file_name("weft");
+    let output = std::process::Command::new(&weft)
+        .args(["proxy-status", "--weftd", &weftd.api.to_string()])
+        .output()
+        .expect("run weft");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("REFUSED"), "{text}");
+    assert!(
+        text.contains(
+            "node id \"reviews-1\" is registered to plaintext proxy claiming default/reviews"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("refused for plaintext proxy claiming default/impostor"),
+        "{text}"
+    );
+
+    // The impostor goes away: the real registration stays, untouched.
+    impostor.proxy.terminate().expect("SIGTERM impostor");
+    impostor
+        .proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("impostor exits");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failures) = traffic.stop().await;
+    assert_eq!(
+        failures,
+        0,
+        "{failures} of {} requests failed",
+        ok + failures
+    );
+    assert_eq!(
+        endpoints(&caller, "reviews").await,
+        [real.inbound.to_string()],
+        "the caller still reaches the real proxy, never the impostor at {}",
+        impostor.inbound
+    );
+    assert_eq!(
+        listed(&weftd).await,
+        [
+            ("caller".to_string(), true),
+            ("reviews-1".to_string(), true)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_leaving_removes_only_its_own_registration() {
+    let reviews = HttpBackend::start("reviews").await;
+    let ratings = HttpBackend::start("ratings").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    // A long grace: only the goodbye can explain a quick removal.
+    let weftd = WeftdProcess::start_with(
+        Path::new(WEFTD),
+        &state.path().join("store"),
+        free_addr(),
+        free_addr(),
+        &["--registration-grace", "60s"],
+    )
+    .await
+    .expect("weftd");
+    let yaml = format!(
+        "{}{}",
+        service("reviews", reviews.addr),
+        service("ratings", ratings.addr)
+    );
+    let reply = weftd.apply(&yaml).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let _reviews = ready_server(&weftd, "reviews-1", "reviews", reviews.addr).await;
+    let mut leaving = ready_server(&weftd, "ratings-1", "ratings", ratings.addr).await;
+    let (caller, listeners) = ready_caller(&weftd, &["reviews", "ratings"]).await;
+    for listen in &listeners {
+        eventually("both services answer", Duration::from_secs(10), || {
+            get(*listen)
+        })
+        .await;
+    }
+
+    // A clean shutdown says goodbye: gone at once, not after 60 s.
+    leaving.proxy.terminate().expect("SIGTERM");
+    leaving
+        .proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("ratings proxy exits");
+    assert!(
+        leaving.proxy.logs().contains("said goodbye"),
+        "{}",
+        leaving.proxy.logs()
+    );
+    eventually(
+        "ratings' endpoint removed",
+        Duration::from_secs(3),
+        || async {
+            let held = endpoints(&caller, "ratings").await;
+            if held.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{held:?}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        endpoints(&caller, "reviews").await.len(),
+        1,
+        "reviews kept its endpoint"
+    );
+    assert!(
+        get(listeners[0])
+            .await
+            .is_ok_and(|text| text.starts_with("reviews"))
+    );
+    assert_eq!(
+        listed(&weftd).await,
+        [
+            ("caller".to_string(), true),
+            ("reviews-1".to_string(), true)
+        ],
+        "the leaver's status entry is gone with it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_proxy_is_kept_for_the_grace_period_then_forgotten() {
+    let ratings = HttpBackend::start("ratings").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let weftd = WeftdProcess::start_with(
+        Path::new(WEFTD),
+        &state.path().join("store"),
+        free_addr(),
+        free_addr(),
+        &["--registration-grace", "3s"],
+    )
+    .await
+    .expect("weftd");
+    let reply = weftd
+        .apply(&service("ratings", ratings.addr))
+        .await
+        .expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let lost = ready_server(&weftd, "ratings-1", "ratings", ratings.addr).await;
+    let (caller, _listeners) = ready_caller(&weftd, &["ratings"]).await;
+    eventually("the endpoint", Duration::from_secs(10), || async {
+        let held = endpoints(&caller, "ratings").await;
+        if held.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{held:?}"))
+        }
+    })
+    .await;
+
+    // SIGKILL: no goodbye, the stream just breaks.
+    drop(lost);
+    let lost_at = Instant::now();
+    eventually("shown disconnected", Duration::from_secs(2), || async {
+        let proxies = listed(&weftd).await;
+        if proxies.contains(&("ratings-1".to_string(), false)) {
+            Ok(())
+        } else {
+            Err(format!("{proxies:?}"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        endpoints(&caller, "ratings").await.len(),
+        1,
+        "kept within the grace period"
+    );
+    eventually(
+        "removed after the grace period",
+        Duration::from_secs(6),
+        || async {
+            let held = endpoints(&caller, "ratings").await;
+            if held.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{held:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        lost_at.elapsed() >= Duration::from_secs(3),
+        "removed before its grace ended"
+    );
+    // Its per-proxy state went with it.
+    assert_eq!(listed(&weftd).await, [("caller".to_string(), true)]);
+    let config = client::get(weftd.api, "weftd", "/v1/proxies/ratings-1/config")
+        .await
+        .expect("GET config");
+    assert_eq!(config.status, StatusCode::NOT_FOUND, "{}", config.text());
+    let config = client::get(weftd.api, "weftd", "/v1/proxies/caller/config")
+        .await
+        .expect("GET config");
+    assert_eq!(config.status, StatusCode::OK, "{}", config.text());
+}
+
+/// Polls the caller's endpoints for each service; the fewest it ever held.
+fn watch_endpoints(
+    caller_admin: SocketAddr,
+    services: &[&'static str],
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<usize>> {
+    let services = services.to_vec();
+    tokio::spawn(async move {
+        let mut fewest = vec![usize::MAX; services.len()];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(reply) = client::get(caller_admin, "admin", "/clusters").await {
+                let text = reply.text();
+                for (index, service) in services.iter().enumerate() {
+                    let needle = format!("{service}.default.svc.cluster.local");
+                    let count = text
+                        .lines()
+                        .filter(|l| l.contains(&needle) && l.contains("::weight::"))
+                        .count();
+                    fewest[index] = fewest[index].min(count);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        fewest
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftd_killed_under_traffic_costs_no_request_and_no_endpoint() {
+    let reviews = HttpBackend::start("reviews").await;
+    let ratings = HttpBackend::start("ratings").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
+    let yaml = format!(
+        "{}{}",
+        service("reviews", reviews.addr),
+        service("ratings", ratings.addr)
+    );
+    let reply = weftd.apply(&yaml).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let _servers = (
+        ready_server(&weftd, "reviews-1", "reviews", reviews.addr).await,
+        ready_server(&weftd, "ratings-1", "ratings", ratings.addr).await,
+    );
+    let (caller, listeners) = ready_caller(&weftd, &["reviews", "ratings"]).await;
+    for listen in &listeners {
+        eventually("both services answer", Duration::from_secs(10), || {
+            get(*listen)
+        })
+        .await;
+    }
+    let saved = weftd.state_dir.join("registrations.state");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&saved)
+            .expect("registrations file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "registrations are the owner's only");
+    }
+
+    let traffic = Traffic::start(&listeners);
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_endpoints(caller.admin, &["reviews", "ratings"], stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for round in 0..2 {
+        weftd.kill().await.expect("SIGKILL weftd");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (grpc, api, state_dir) = (weftd.grpc, weftd.api, weftd.state_dir.clone());
+        weftd = WeftdProcess::start(Path::new(WEFTD), &state_dir, grpc, api)
+            .await
+            .expect("weftd restarts from its state");
+        eventually(
+            &format!("round {round}: every proxy back in sync"),
+            Duration::from_secs(15),
+            || async {
+                let proxies = weftd.proxies().await.map_err(|e| e.to_string())?;
+                if proxies.matches("\"synced\":true").count() == 3 {
+                    Ok(())
+                } else {
+                    Err(proxies)
+                }
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let fewest = watcher.await.expect("watcher");
+    let (ok, failures) = traffic.stop().await;
+    assert_eq!(
+        failures,
+        0,
+        "{failures} of {} requests failed across two SIGKILLs; weftd log:\n{}",
+        ok + failures,
+        weftd.logs()
+    );
+    assert!(ok > 100, "too little traffic to mean anything: {ok}");
+    assert_eq!(
+        fewest,
+        [1, 1],
+        "the caller's endpoints shrank during a restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_weftd_drops_a_proxy_that_does_not_come_back_after_the_grace() {
+    let reviews = HttpBackend::start("reviews").await;
+    let ratings = HttpBackend::start("ratings").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
+    let yaml = format!(
+        "{}{}",
+        service("reviews", reviews.addr),
+        service("ratings", ratings.addr)
+    );
+    let reply = weftd.apply(&yaml).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let _stays = ready_server(&weftd, "reviews-1", "reviews", reviews.addr).await;
+    let gone = ready_server(&weftd, "ratings-1", "ratings", ratings.addr).await;
+    let (caller, listeners) = ready_caller(&weftd, &["reviews", "ratings"]).await;
+    for listen in &listeners {
+        eventually("both services answer", Duration::from_secs(10), || {
+            get(*listen)
+        })
+        .await;
+    }
+
+    weftd.kill().await.expect("SIGKILL weftd");
+    drop(gone); // SIGKILL too: it will not come back
+    let (grpc, api, state_dir) = (weftd.grpc, weftd.api, weftd.state_dir.clone());
+    let weftd = WeftdProcess::start_with(
+        Path::new(WEFTD),
+        &state_dir,
+        grpc,
+        api,
+        &["--registration-grace", "3s"],
+    )
+    .await
+    .expect("weftd restarts");
+    let started = Instant::now();
+    // Restored: known to weftd (not connected) and still the caller's
+    // endpoint once the caller is back in sync.
+    assert!(
+        listed(&weftd)
+            .await
+            .contains(&("ratings-1".to_string(), false))
+    );
+    eventually(
+        "the caller back in sync",
+        Duration::from_secs(10),
+        || async {
+            let proxies = listed(&weftd).await;
+            if proxies.contains(&("caller".to_string(), true)) {
+                Ok(())
+            } else {
+                Err(format!("{proxies:?}"))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if started.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(
+            endpoints(&caller, "ratings").await.len(),
+            1,
+            "dropped before its grace"
+        );
+    }
+    eventually(
+        "the absent proxy dropped",
+        Duration::from_secs(8),
+        || async {
+            let held = endpoints(&caller, "ratings").await;
+            if held.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{held:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(
+        endpoints(&caller, "reviews").await.len(),
+        1,
+        "the one that came back stays"
+    );
+    assert!(!listed(&weftd).await.iter().any(|(id, _)| id == "ratings-1"));
+}
