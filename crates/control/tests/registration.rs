@@ -55,7 +55,7 @@ struct Server {
 /// A sidecar for the app `app` listening at `backend`, registered as node
 /// `id` with service account `account`.
 fn spawn_server(
-    weftd: &WeftdProcess,
+    control_plane: SocketAddr,
     id: &str,
     account: &str,
     app: &str,
@@ -82,13 +82,19 @@ fn spawn_server(
         "--inbound",
         &inbound_flag,
     ];
-    let options = ProxyOptions::control_plane(&binary, weftd.grpc, &args);
+    let options = ProxyOptions::control_plane(&binary, control_plane, &args);
     let proxy = ProxyProcess::spawn(options).expect("spawn server proxy");
     Server { proxy, inbound }
 }
 
-async fn ready_server(weftd: &WeftdProcess, id: &str, app: &str, backend: SocketAddr) -> Server {
-    let mut server = spawn_server(weftd, id, app, app, backend);
+/// [`spawn_server`] with service account `app`, once it is ready.
+async fn ready_server(
+    control_plane: SocketAddr,
+    id: &str,
+    app: &str,
+    backend: SocketAddr,
+) -> Server {
+    let mut server = spawn_server(control_plane, id, app, app, backend);
     server
         .proxy
         .wait_ready(Duration::from_secs(20))
@@ -258,7 +264,7 @@ async fn a_second_stream_reusing_a_node_id_is_refused_and_the_first_keeps_servin
         .await
         .expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let real = ready_server(&weftd, "reviews-1", "reviews", reviews.addr).await;
+    let real = ready_server(weftd.grpc, "reviews-1", "reviews", reviews.addr).await;
     let (caller, listeners) = ready_caller(&weftd, &["reviews"]).await;
     eventually(
         "reviews through the caller",
@@ -269,7 +275,7 @@ async fn a_second_stream_reusing_a_node_id_is_refused_and_the_first_keeps_servin
     let traffic = Traffic::start(&listeners);
 
     // Same node id, another service account, its own inbound listener.
-    let mut impostor = spawn_server(&weftd, "reviews-1", "impostor", "reviews", reviews.addr);
+    let mut impostor = spawn_server(weftd.grpc, "reviews-1", "impostor", "reviews", reviews.addr);
     eventually(
         "the refusal on the board",
         Duration::from_secs(10),
@@ -380,8 +386,8 @@ async fn a_proxy_leaving_removes_only_its_own_registration() {
     );
     let reply = weftd.apply(&yaml).await.expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let _reviews = ready_server(&weftd, "reviews-1", "reviews", reviews.addr).await;
-    let mut leaving = ready_server(&weftd, "ratings-1", "ratings", ratings.addr).await;
+    let _reviews = ready_server(weftd.grpc, "reviews-1", "reviews", reviews.addr).await;
+    let mut leaving = ready_server(weftd.grpc, "ratings-1", "ratings", ratings.addr).await;
     let (caller, listeners) = ready_caller(&weftd, &["reviews", "ratings"]).await;
     for listen in &listeners {
         eventually("both services answer", Duration::from_secs(10), || {
@@ -453,7 +459,7 @@ async fn a_lost_proxy_is_kept_for_the_grace_period_then_forgotten() {
         .await
         .expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let lost = ready_server(&weftd, "ratings-1", "ratings", ratings.addr).await;
+    let lost = ready_server(weftd.grpc, "ratings-1", "ratings", ratings.addr).await;
     let (caller, _listeners) = ready_caller(&weftd, &["ratings"]).await;
     eventually("the endpoint", Duration::from_secs(10), || async {
         let held = endpoints(&caller, "ratings").await;
@@ -512,6 +518,49 @@ async fn a_lost_proxy_is_kept_for_the_grace_period_then_forgotten() {
     assert_eq!(config.status, StatusCode::OK, "{}", config.text());
 }
 
+/// A TCP relay to `target` that can be paused: while paused it refuses
+/// every connection (a proxy that cannot reach weftd for a while).
+struct Relay {
+    addr: SocketAddr,
+    paused: Arc<AtomicBool>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let addr = listener.local_addr().expect("relay addr");
+        let paused = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let paused = paused.clone();
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if paused.load(Ordering::Relaxed) {
+                        continue; // dropped: refused
+                    }
+                    tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            paused,
+            _task: task,
+        }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+}
+
 /// Polls the caller's endpoints for each service; the fewest it ever held.
 fn watch_endpoints(
     caller_admin: SocketAddr,
@@ -554,9 +603,12 @@ async fn weftd_killed_under_traffic_costs_no_request_and_no_endpoint() {
     );
     let reply = weftd.apply(&yaml).await.expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // ratings' proxy reaches weftd through a relay that keeps it away for a
+    // while after each restart: the caller, back first, must not lose it.
+    let relay = Relay::start(weftd.grpc).await;
     let _servers = (
-        ready_server(&weftd, "reviews-1", "reviews", reviews.addr).await,
-        ready_server(&weftd, "ratings-1", "ratings", ratings.addr).await,
+        ready_server(weftd.grpc, "reviews-1", "reviews", reviews.addr).await,
+        ready_server(relay.addr, "ratings-1", "ratings", ratings.addr).await,
     );
     let (caller, listeners) = ready_caller(&weftd, &["reviews", "ratings"]).await;
     for listen in &listeners {
@@ -580,25 +632,31 @@ async fn weftd_killed_under_traffic_costs_no_request_and_no_endpoint() {
     let watcher = watch_endpoints(caller.admin, &["reviews", "ratings"], stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     for round in 0..2 {
+        relay.pause(true);
         weftd.kill().await.expect("SIGKILL weftd");
         tokio::time::sleep(Duration::from_millis(700)).await;
         let (grpc, api, state_dir) = (weftd.grpc, weftd.api, weftd.state_dir.clone());
         weftd = WeftdProcess::start(Path::new(WEFTD), &state_dir, grpc, api)
             .await
             .expect("weftd restarts from its state");
-        eventually(
-            &format!("round {round}: every proxy back in sync"),
-            Duration::from_secs(15),
-            || async {
+        let in_sync = |count: usize| {
+            let weftd = &weftd;
+            move || async move {
                 let proxies = weftd.proxies().await.map_err(|e| e.to_string())?;
-                if proxies.matches("\"synced\":true").count() == 3 {
+                if proxies.matches("\"synced\":true").count() == count {
                     Ok(())
                 } else {
                     Err(proxies)
                 }
-            },
-        )
-        .await;
+            }
+        };
+        let what = format!("round {round}: the caller and reviews back in sync");
+        eventually(&what, Duration::from_secs(15), in_sync(2)).await;
+        // The caller is served while ratings' proxy is still away.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        relay.pause(false);
+        let what = format!("round {round}: ratings back in sync");
+        eventually(&what, Duration::from_secs(15), in_sync(3)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -634,8 +692,8 @@ async fn a_restarted_weftd_drops_a_proxy_that_does_not_come_back_after_the_grace
     );
     let reply = weftd.apply(&yaml).await.expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let _stays = ready_server(&weftd, "reviews-1", "reviews", reviews.addr).await;
-    let gone = ready_server(&weftd, "ratings-1", "ratings", ratings.addr).await;
+    let _stays = ready_server(weftd.grpc, "reviews-1", "reviews", reviews.addr).await;
+    let gone = ready_server(weftd.grpc, "ratings-1", "ratings", ratings.addr).await;
     let (caller, listeners) = ready_caller(&weftd, &["reviews", "ratings"]).await;
     for listen in &listeners {
         eventually("both services answer", Duration::from_secs(10), || {
