@@ -172,9 +172,9 @@ pub async fn expire_loop(registrations: Arc<Registrations>, status: Arc<StatusBo
                     None => std::future::pending().await,
                 }
             } => {
-                for id in registrations.expire(std::time::Instant::now()) {
+                let expired = registrations.expire(std::time::Instant::now(), |id| status.remove(id));
+                for id in expired {
                     tracing::info!(node = %id, "proxy did not come back within {:?}; registration removed", registrations.grace());
-                    status.remove(&id);
                 }
             }
         }

@@ -192,8 +192,17 @@ impl Registrations {
     }
 
     /// The stream `session` of node `id` ended. True when it held the
-    /// registration (a replaced stream ends nothing).
-    pub fn leave(&self, id: &str, session: u64, how: Leaving, now: Instant) -> bool {
+    /// registration (a replaced stream ends nothing); `then` runs first,
+    /// under the lock, so a newer stream's own bookkeeping cannot be
+    /// overtaken by this one's.
+    pub fn leave(
+        &self,
+        id: &str,
+        session: u64,
+        how: Leaving,
+        now: Instant,
+        then: impl FnOnce(),
+    ) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = entries.get_mut(id) else {
             return false;
@@ -211,12 +220,14 @@ impl Registrations {
                 self.changes.send_modify(|n| *n += 1);
             }
         }
+        then();
         true
     }
 
     /// Removes registrations away for longer than the grace period; their
-    /// node ids.
-    pub fn expire(&self, now: Instant) -> Vec<String> {
+    /// node ids. `forget` runs for each under the lock (a proxy registering
+    /// the id again right after is not forgotten).
+    pub fn expire(&self, now: Instant, mut forget: impl FnMut(&str)) -> Vec<String> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let expired: Vec<String> = entries
             .iter()
@@ -227,6 +238,7 @@ impl Registrations {
             .collect();
         for id in &expired {
             entries.remove(id);
+            forget(id);
         }
         if !expired.is_empty() {
             self.changes.send_modify(|n| *n += 1);

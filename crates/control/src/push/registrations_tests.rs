@@ -50,7 +50,7 @@ fn a_node_id_belongs_to_its_owner() {
     // The refused stream ends nothing of the first.
     assert!(registrations.is_connected("a"));
     // Even after the first stream is lost, the id stays its owner's.
-    assert!(registrations.leave("a", first.session, Leaving::Lost, Instant::now()));
+    assert!(registrations.leave("a", first.session, Leaving::Lost, Instant::now(), || {}));
     assert!(matches!(
         registrations.register(admitted("a", OTHER)),
         Err(Conflict::NodeIdTaken(_))
@@ -73,9 +73,9 @@ fn the_same_owner_replaces_its_older_stream() {
             .is_err_and(|e| e == oneshot::error::TryRecvError::Closed)
     );
     // The replaced stream ending removes nothing.
-    assert!(!registrations.leave("a", first.session, Leaving::Goodbye, Instant::now()));
+    assert!(!registrations.leave("a", first.session, Leaving::Goodbye, Instant::now(), || {}));
     assert_eq!(registrations.workloads().len(), 1);
-    assert!(registrations.leave("a", second.session, Leaving::Goodbye, Instant::now()));
+    assert!(registrations.leave("a", second.session, Leaving::Goodbye, Instant::now(), || {}));
     assert!(
         registrations.workloads().is_empty(),
         "a goodbye leaves at once"
@@ -88,18 +88,21 @@ fn a_lost_stream_is_kept_for_the_grace_period() {
     let start = Instant::now();
     let held = registrations.register(admitted("a", REVIEWS)).expect("a");
     registrations.register(admitted("b", REVIEWS)).expect("b");
-    assert!(registrations.leave("a", held.session, Leaving::Lost, start));
+    assert!(registrations.leave("a", held.session, Leaving::Lost, start, || {}));
     assert_eq!(
         registrations.next_expiry(),
         Some(start + Duration::from_secs(10))
     );
     assert!(
         registrations
-            .expire(start + Duration::from_secs(9))
+            .expire(start + Duration::from_secs(9), |_| {})
             .is_empty()
     );
     assert_eq!(registrations.workloads().len(), 2, "still an endpoint");
-    assert_eq!(registrations.expire(start + Duration::from_secs(10)), ["a"]);
+    assert_eq!(
+        registrations.expire(start + Duration::from_secs(10), |_| {}),
+        ["a"]
+    );
     assert_eq!(
         registrations.workloads().len(),
         1,
@@ -157,7 +160,7 @@ fn restored_registrations_wait_one_grace_period_for_their_proxies() {
         ),
         "a restored id is still its owner's"
     );
-    assert_eq!(after.expire(start + Duration::from_secs(10)), ["b"]);
+    assert_eq!(after.expire(start + Duration::from_secs(10), |_| {}), ["b"]);
     assert!(after.is_connected("a"));
 }
 

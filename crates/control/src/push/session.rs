@@ -146,29 +146,29 @@ impl Session {
                 .await;
             return;
         }
+        let (id, status) = (&self.node.id, &self.status);
         let held = self.registrations.leave(
-            &self.node.id,
+            id,
             self.registered.session,
             leaving,
             std::time::Instant::now(),
+            || match leaving {
+                Leaving::Goodbye => status.remove(id),
+                Leaving::Lost => status.update(id, |proxy| proxy.connected = false),
+            },
         );
         if !held {
             return;
         }
         match leaving {
             Leaving::Goodbye => {
-                self.status.remove(&self.node.id);
-                tracing::info!(node = %self.node.id, "proxy left; its registration is removed");
+                tracing::info!(node = %id, "proxy left; its registration is removed");
             }
-            Leaving::Lost => {
-                self.status
-                    .update(&self.node.id, |status| status.connected = false);
-                tracing::info!(
-                    node = %self.node.id,
-                    "proxy disconnected; its registration is kept for {:?}",
-                    self.registrations.grace()
-                );
-            }
+            Leaving::Lost => tracing::info!(
+                node = %id,
+                "proxy disconnected; its registration is kept for {:?}",
+                self.registrations.grace()
+            ),
         }
     }
 
