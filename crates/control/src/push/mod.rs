@@ -35,6 +35,9 @@ use crate::store::{ResourceKey, Store};
 use mesh::Mesh;
 use registrations::{Conflict, Registrations};
 
+/// How long a new stream may take to send its Hello.
+const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The gRPC service each proxy streams from.
 pub struct DiscoveryService {
     mesh: watch::Receiver<Arc<Mesh>>,
@@ -93,8 +96,13 @@ impl Discovery for DiscoveryService {
             .get::<Caller>()
             .cloned()
             .or_else(|| peer.map(|peer| Caller::Plaintext { peer }));
+        let peer = caller.as_ref().map(Caller::peer).or(peer);
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await {
+        // A stream that never says who it is holds nothing for long.
+        let first = tokio::time::timeout(HELLO_WAIT, inbound.message())
+            .await
+            .unwrap_or_else(|_| Ok(None));
+        let hello = match first {
             Ok(Some(ProxyMessage {
                 message: Some(proxy_message::Message::Hello(hello)),
             })) => hello,
@@ -102,7 +110,9 @@ impl Discovery for DiscoveryService {
                 return Err(self.refuse(
                     peer,
                     "",
-                    Status::invalid_argument("the first message must be a Hello"),
+                    Status::invalid_argument(format!(
+                        "the first message must be a Hello, sent within {HELLO_WAIT:?}"
+                    )),
                 ));
             }
             Err(status) => return Err(status),
