@@ -95,7 +95,8 @@ def weft_mtls(tools, work, name, scenario, role, listen, upstream, backends, adm
     protocol = {"h1": "http", "h1max": "http", "h2": "http2", "grpc": "grpc"}[scenario]
     account = "bench-server" if role == "server" else "bench-client"
     command = [
-        str(tools["weft"]), "--control-plane", control["grpc"], "--token-file", control["tokens"][account],
+        str(tools["weft"]), "--control-plane", control["grpc"], "--ca-root", control["root"],
+        "--token-file", control["tokens"][account],
         "--workers", "1", "--node-id", name, "--service-account", account,
         "--admin", f"127.0.0.1:{admin_base}", "--health", f"127.0.0.1:{admin_base + 1}",
         "--metrics", f"127.0.0.1:{admin_base + 2}",

@@ -8,6 +8,10 @@
 //!     [--json FILE]
 //!
 //! `bench/run --control-plane P` runs it and puts the JSON in RESULTS.md.
+//!
+//! The simulated proxies stream from weftd's opt-in plaintext port
+//! (`--plaintext-grpc`, testkit's `WeftdProcess::grpc`): they hold no
+//! workload certificate, and what is measured is config push, not TLS.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokio::sync::watch;
+use weft_control::ca::listener::{self, ServingCert};
 use weft_control::ca::{Ca, CaOptions};
 use weft_control::push::mesh::{self, BuildInputs, Mesh};
 use weft_control::push::registrations::{self, Registrations};
@@ -33,9 +34,20 @@ struct Args {
     /// A directory of Istio YAML to serve (watched for changes).
     #[arg(long)]
     config_dir: Option<PathBuf>,
-    /// Discovery (gRPC) address the proxies connect to.
-    #[arg(long, default_value = "127.0.0.1:15010")]
-    grpc: SocketAddr,
+    /// Discovery and certificate signing over TLS (Istio's 15012), with a
+    /// serving certificate from weftd's own CA.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    xds: SocketAddr,
+    /// One more name (DNS) or IP in the --xds serving certificate
+    /// (repeatable); `weftd`, `weftd.weft-system.svc`, `localhost`,
+    /// loopback and the listen IP are always there.
+    #[arg(long = "xds-san", value_name = "NAME|IP")]
+    xds_sans: Vec<String>,
+    /// Plaintext discovery (Istio's 15010), OFF unless given: proxies there
+    /// are trusted at their word, for tests and development only. No
+    /// certificates are signed on it.
+    #[arg(long, value_name = "ADDR")]
+    plaintext_grpc: Option<SocketAddr>,
     /// HTTP API for `weft apply/get/delete/proxy-status`.
     #[arg(long, default_value = "127.0.0.1:15014")]
     api: SocketAddr,
@@ -170,38 +182,77 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ));
     tracing::info!("API listening on {}", args.api);
 
-    let grpc = tokio::net::TcpListener::bind(args.grpc)
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot listen on {} for discovery: {err}", args.grpc))?;
-    tracing::info!("discovery listening on {}", args.grpc);
-    let service = DiscoveryServer::new(
-        DiscoveryService::new(meshes, store, registrations, status)
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let names = listener::serving_names(args.xds.ip(), &args.xds_sans)?;
+    let serving = Arc::new(ServingCert::issue(&ca, &names, &provider)?);
+    tokio::spawn(
+        serving
+            .clone()
+            .renew_loop(ca.clone(), names, provider.clone()),
+    );
+    let tls = listener::server_config(serving, ca.roots_pem(), provider)?;
+    tracing::info!(
+        "mesh root for proxies' --ca-root: {}",
+        args.state_dir.join("root-cert.pem").display()
+    );
+
+    let discovery = Arc::new(
+        DiscoveryService::new(meshes, store.clone(), registrations, status)
             .with_trust_bundle(ca.roots_pem()),
     );
-    let certificates = CertificatesServer::new(CertificateService::new(ca));
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tonic::transport::Server::builder()
-        .add_service(service)
-        .add_service(certificates)
+    let (stop, stopped) = watch::channel(false);
+    let shutdown = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+
+    let xds = tokio::net::TcpListener::bind(args.xds)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {} for --xds: {err}", args.xds))?;
+    tracing::info!("discovery and certificates (TLS) listening on {}", args.xds);
+    let secure = tonic::transport::Server::builder()
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            DiscoveryServer::from_arc(discovery.clone()),
+            listener::require_workload,
+        ))
+        .add_service(CertificatesServer::new(CertificateService::new(ca.clone())))
         .serve_with_incoming_shutdown(
-            // Nagle off: a gRPC answer is several small writes, and with
-            // delayed ACKs each would wait ~40 ms.
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                |accepted| {
-                    accepted.inspect(|stream| {
-                        let _ = stream.set_nodelay(true);
-                    })
-                },
-            ),
-            async move {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                tracing::info!("shutting down");
-            },
-        )
-        .await?;
+            listener::tls_incoming(xds, tls, args.trust_domain.clone()),
+            shutdown(stopped.clone()),
+        );
+    let secure = tokio::spawn(secure);
+
+    let plaintext = match args.plaintext_grpc {
+        Some(address) => {
+            let plain = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|err| {
+                    anyhow::anyhow!("cannot listen on {address} for --plaintext-grpc: {err}")
+                })?;
+            tracing::warn!(
+                "plaintext discovery listening on {address}: proxies there are trusted at their                  word (no certificate, no identity); for tests and development only"
+            );
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(DiscoveryServer::from_arc(discovery))
+                    .serve_with_incoming_shutdown(
+                        listener::plaintext_incoming(plain),
+                        shutdown(stopped.clone()),
+                    ),
+            ))
+        }
+        None => None,
+    };
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    secure.await??;
+    if let Some(plaintext) = plaintext {
+        plaintext.await??;
+    }
     Ok(())
 }

@@ -52,12 +52,14 @@ async fn sidecars_speak_tls13_and_the_server_learns_the_callers_identity() {
         Box::leak(file_client_config(listen, relay, SERVER_ID).into_boxed_str()),
     );
     let token = client_token.display().to_string();
-    let ca = control.weftd.grpc.to_string();
+    let ca = control.weftd.xds.to_string();
     options.args = vec![
         "--token-file".into(),
         token,
         "--ca-address".into(),
         ca,
+        "--ca-root".into(),
+        control.weftd.root_cert.display().to_string(),
         "--service-account".into(),
         "sleep".into(),
     ];
@@ -321,7 +323,7 @@ async fn bad_tokens_get_no_certificate_and_the_proxy_stays_unready() {
     assert!(
         borrowed
             .logs()
-            .contains("the token proves spiffe://cluster.local/ns/default/sa/sleep"),
+            .contains("proves spiffe://cluster.local/ns/default/sa/sleep"),
         "{}",
         borrowed.logs()
     );

@@ -380,14 +380,17 @@ async fn a_new_root_reaches_proxies_over_the_stream_and_they_renew_at_once() {
     let old_root = root_of(&proxy).await;
     let old_serial = cert_field(&certs(&proxy).await, "serialNumber").expect("serial");
 
-    // A new root, same token key: weftd comes back with another CA.
+    // A new root, same token key: weftd comes back with another CA, and
+    // the operator hands proxies the new root out of band (here the proxy's
+    // --ca-root is weftd's own published root-cert.pem, which it rewrites
+    // at start; the proxy re-reads it every 5 s).
     control.kill_weftd().await;
     let ca_dir = control.dir.path().join("state/ca");
     std::fs::remove_file(ca_dir.join("root-cert.pem")).expect("remove root");
     std::fs::remove_file(ca_dir.join("root-key.pem")).expect("remove key");
     control.restart_weftd().await;
 
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let shown = certs(&proxy).await;
         let root = cert_field(&shown, "rootCertificates").expect("root");
@@ -397,8 +400,9 @@ async fn a_new_root_reaches_proxies_over_the_stream_and_they_renew_at_once() {
         }
         assert!(
             Instant::now() < deadline,
-            "no new root and certificate after the CA changed\n{}",
-            proxy.logs()
+            "no new root and certificate after the CA changed\n{}\nweftd:\n{}",
+            proxy.logs(),
+            control.weftd.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -77,11 +77,7 @@ async fn mtls_costs_on_loopback() {
         .mint_token("default", "sleep")
         .await
         .expect("token");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.weftd.grpc))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = tls_channel(&control.weftd, None).await.expect("connect");
     let mut ca = CertificatesClient::new(channel);
     let mut issue_times = Vec::new();
     let mut held = None;

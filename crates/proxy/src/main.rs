@@ -11,8 +11,10 @@ use weft_proxy::admin::{self, Surface};
 use weft_proxy::config::watch::{read_config, watch_file};
 use weft_proxy::identity::Identity;
 use weft_proxy::identity::fetch::{self, FetchOptions};
+use weft_proxy::identity::trust::{self, HeldRoot};
 use weft_proxy::state::ProxyState;
 use weft_proxy::tls;
+use weft_proxy::xds::connect::{ControlPlane, Security};
 use weft_proxy::xds::{self, node};
 
 #[global_allocator]
@@ -32,10 +34,23 @@ struct Args {
         conflicts_with = "control_plane"
     )]
     config: Option<PathBuf>,
-    /// weftd's discovery address (host:port): take config from the control
-    /// plane instead of a file.
+    /// weftd's discovery address (host:port, its TLS `--xds` port): take
+    /// config from the control plane instead of a file. Needs --token-file
+    /// and --ca-root, or --plaintext-control-plane.
     #[arg(long)]
     control_plane: Option<String>,
+    /// The mesh root held out of band (weftd's <state-dir>/root-cert.pem):
+    /// weftd's certificate must chain to it, and trust bundles weftd sends
+    /// are accepted only if it vouches for them. Re-read every 5 s.
+    #[arg(long, value_name = "FILE")]
+    ca_root: Option<PathBuf>,
+    /// The name weftd's serving certificate must carry.
+    #[arg(long, default_value = "weftd")]
+    control_plane_name: String,
+    /// --control-plane is weftd's --plaintext-grpc port: no TLS, no
+    /// certificate (a plaintext-only workload; tests and development).
+    #[arg(long, requires = "control_plane", conflicts_with_all = ["token_file", "ca_root"])]
+    plaintext_control_plane: bool,
     #[command(flatten)]
     node: NodeArgs,
     /// Admin endpoint: /config_dump, /ready, /clusters, /quitquitquit.
@@ -74,19 +89,18 @@ struct Args {
 /// a plaintext-only workload.
 #[derive(clap::Args, Debug)]
 struct IdentityArgs {
-    /// Bootstrap token from weftd (`POST /v1/tokens`): the proxy gets a
-    /// certificate for spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT and is
-    /// not ready until it holds one.
+    /// Bootstrap token from weftd (`weft token create`): the proxy gets its
+    /// first certificate with it (the identity the token proves) and is not
+    /// ready until it holds one; renewals need no token.
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// weftd's CA address (default: --control-plane).
+    /// weftd's CA address, its TLS port (default: --control-plane).
     #[arg(long)]
     ca_address: Option<String>,
+    /// Used with a token whose identity cannot be read (older tokens):
+    /// spiffe://TD/ns/--namespace/sa/--service-account.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// Ask weftd for certificates of this lifetime (default: weftd's).
-    #[arg(long)]
-    workload_cert_ttl: Option<humantime::Duration>,
 }
 
 /// Access logs and tracing (see `weft_proxy::telemetry`).
@@ -206,6 +220,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Err(usage) = args.check() {
+        eprintln!("weft-proxy: {usage}");
+        return ExitCode::from(2);
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -213,6 +231,60 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+impl Args {
+    /// Combinations clap cannot express, refused before anything starts
+    /// (exit 2) rather than looping on a connection that cannot work.
+    fn check(&self) -> Result<(), String> {
+        let tls_control_plane = self.control_plane.is_some() && !self.plaintext_control_plane;
+        if tls_control_plane && self.identity.token_file.is_none() {
+            return Err(
+                "--control-plane is weftd's TLS port, where discovery needs a workload \
+                 certificate and the first certificate needs a bootstrap token: give \
+                 --token-file FILE (from `weft token create -n NAMESPACE --group GROUP`), or \
+                 --plaintext-control-plane to use weftd's --plaintext-grpc port"
+                    .into(),
+            );
+        }
+        if (tls_control_plane || self.identity.token_file.is_some()) && self.ca_root.is_none() {
+            return Err(
+                "weftd is verified against a root held out of band: give --ca-root FILE \
+                 (a copy of weftd's <state-dir>/root-cert.pem)"
+                    .into(),
+            );
+        }
+        if self.identity.token_file.is_some()
+            && self.control_plane.is_none()
+            && self.identity.ca_address.is_none()
+        {
+            return Err(
+                "--token-file needs --ca-address or --control-plane (weftd's TLS port)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The identity to ask for: the one the bootstrap token proves (its `sub`,
+/// read without verifying: weftd verifies), else the node flags'.
+fn spiffe_to_ask(args: &Args, token_file: &std::path::Path) -> String {
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        sub: String,
+    }
+    let from_token = std::fs::read_to_string(token_file).ok().and_then(|token| {
+        weft_proxy::jwt::jsonwebtoken::dangerous::insecure_decode::<Subject>(token.trim())
+            .ok()
+            .map(|data| data.claims.sub)
+            .filter(|sub| sub.starts_with("spiffe://"))
+    });
+    from_token.unwrap_or_else(|| {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            args.identity.trust_domain, args.node.namespace, args.node.service_account
+        )
+    })
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -229,16 +301,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
 
     let state = ProxyState::new(data.handle().clone());
-    let identity = match &args.identity.token_file {
-        Some(_) => {
-            let account = &args.node.service_account;
-            let spiffe = format!(
-                "spiffe://{}/ns/{}/sa/{}",
-                args.identity.trust_domain, args.node.namespace, account
-            );
-            Some(Identity::new(spiffe))
-        }
-        None => None,
+    let held = args.ca_root.as_deref().map(HeldRoot::load).transpose()?;
+    let identity = match (&args.identity.token_file, &held) {
+        (Some(token_file), Some(held)) => Some(Identity::new(
+            spiffe_to_ask(&args, token_file),
+            held.clone(),
+        )),
+        _ => None,
+    };
+    let security = match &held {
+        Some(held) if !args.plaintext_control_plane => Security::Tls {
+            held: held.clone(),
+            server_name: rustls_pki_types::ServerName::try_from(args.control_plane_name.clone())
+                .map_err(|err| {
+                    anyhow::anyhow!("--control-plane-name {:?}: {err}", args.control_plane_name)
+                })?,
+        },
+        _ => Security::Plaintext,
     };
     tls::install(identity.clone()).attach(&state);
     state
@@ -279,11 +358,20 @@ fn run(args: Args) -> anyhow::Result<()> {
                 anyhow::bail!("--token-file needs --ca-address or --control-plane (weftd's CA)");
             };
             let options = FetchOptions {
-                ca_address,
+                ca: ControlPlane {
+                    address: ca_address,
+                    security: security.clone(),
+                },
                 token_file: token_file.clone(),
-                ttl: args.identity.workload_cert_ttl.map(Into::into),
             };
             tokio::spawn(fetch::run(options, identity.clone()));
+            let watched = identity.clone();
+            tokio::spawn(
+                identity
+                    .held_root()
+                    .clone()
+                    .watch(trust::POLL_INTERVAL, move || watched.held_root_changed()),
+            );
             tokio::spawn(report_certificate_expiry(identity.clone(), state.clone()));
         }
         if let (Some(config), Some(path)) = (initial, &args.config) {
@@ -307,10 +395,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let identity = identity.clone();
                 tokio::spawn(async move {
                     // Not ready until a certificate is held: config comes after.
-                    if let Some(identity) = identity {
-                        wait_for_certificate(&identity).await;
+                    if let Some(identity) = &identity {
+                        wait_for_certificate(identity).await;
                     }
-                    xds::run(address, node, state).await
+                    let control_plane = ControlPlane { address, security };
+                    xds::run(control_plane, node, state, identity).await
                 });
             }
             (None, None) => anyhow::bail!("give --config FILE or --control-plane ADDRESS"),

@@ -42,9 +42,43 @@ impl<'a> ProxyOptions<'a> {
         }
     }
 
-    /// A proxy fed by weftd at `control_plane`, with node flags in `args`.
+    /// A proxy fed by weftd's plaintext port (`--plaintext-grpc`, the
+    /// `grpc` of a test's weftd) with node flags in `args`: no credential,
+    /// no certificate.
     pub fn control_plane(binary: &'a Path, control_plane: SocketAddr, args: &[&str]) -> Self {
-        let mut all = vec!["--control-plane".to_string(), control_plane.to_string()];
+        let mut all = vec![
+            "--control-plane".to_string(),
+            control_plane.to_string(),
+            "--plaintext-control-plane".to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self {
+            binary,
+            config: None,
+            prefix: Vec::new(),
+            admin: None,
+            args: all,
+        }
+    }
+
+    /// A proxy fed by weftd's TLS port `xds`, holding `root_cert` and
+    /// getting its first certificate with `token_file`; node flags in
+    /// `args`.
+    pub fn secure(
+        binary: &'a Path,
+        xds: SocketAddr,
+        root_cert: &Path,
+        token_file: &Path,
+        args: &[&str],
+    ) -> Self {
+        let mut all = vec![
+            "--control-plane".to_string(),
+            xds.to_string(),
+            "--ca-root".to_string(),
+            root_cert.display().to_string(),
+            "--token-file".to_string(),
+            token_file.display().to_string(),
+        ];
         all.extend(args.iter().map(|a| a.to_string()));
         Self {
             binary,

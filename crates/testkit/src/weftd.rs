@@ -1,4 +1,9 @@
 //! A running `weftd` process, started by a test with its own state and ports.
+//!
+//! weftd serves discovery and signing over TLS on `xds`; tests whose
+//! proxies register without a credential use the opt-in plaintext port
+//! (`grpc`, weftd's `--plaintext-grpc`). `root_cert` is the mesh root a
+//! TLS proxy holds (`--ca-root`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +17,12 @@ use crate::client;
 
 pub struct WeftdProcess {
     child: Child,
+    /// `--plaintext-grpc`: discovery only, callers trusted at their word.
     pub grpc: SocketAddr,
+    /// `--xds`: discovery and certificates over TLS.
+    pub xds: SocketAddr,
+    /// `<state-dir>/root-cert.pem`, for proxies' `--ca-root`.
+    pub root_cert: PathBuf,
     pub api: SocketAddr,
     pub state_dir: PathBuf,
     log: PathBuf,
@@ -41,11 +51,25 @@ impl WeftdProcess {
         .await
     }
 
-    /// [`start`](Self::start) with more flags (e.g. `--cacerts DIR`).
+    /// [`start`](Self::start) with more flags (e.g. `--cacerts DIR`), `--xds`
+    /// on a fresh loopback address.
     pub async fn start_with(
         binary: &Path,
         state_dir: &Path,
         grpc: SocketAddr,
+        api: SocketAddr,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_at(binary, state_dir, grpc, crate::free_addr(), api, extra).await
+    }
+
+    /// weftd on all of its addresses (a restart keeps the `xds` address the
+    /// proxies know).
+    pub async fn start_at(
+        binary: &Path,
+        state_dir: &Path,
+        grpc: SocketAddr,
+        xds: SocketAddr,
         api: SocketAddr,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
@@ -57,8 +81,10 @@ impl WeftdProcess {
         let child = Command::new(binary)
             .arg("--state-dir")
             .arg(state_dir)
-            .arg("--grpc")
+            .arg("--plaintext-grpc")
             .arg(grpc.to_string())
+            .arg("--xds")
+            .arg(xds.to_string())
             .arg("--api")
             .arg(api.to_string())
             .args(extra)
@@ -75,6 +101,8 @@ impl WeftdProcess {
         let mut weftd = Self {
             child,
             grpc,
+            xds,
+            root_cert: state_dir.join("root-cert.pem"),
             api,
             state_dir: state_dir.to_path_buf(),
             log,
@@ -119,32 +147,104 @@ impl WeftdProcess {
             .await
     }
 
-    /// `POST /v1/tokens`: a bootstrap token for `namespace`/`service_account`.
+    /// A bootstrap token for one workload: applies WorkloadGroup `group`
+    /// in `namespace` (these labels, this service account), then mints a
+    /// token for it (`POST /v1/tokens {"namespace","workloadGroup"}`).
+    pub async fn mint_token_for_group(
+        &self,
+        namespace: &str,
+        group: &str,
+        labels: &[(&str, &str)],
+        service_account: &str,
+    ) -> anyhow::Result<String> {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| format!("{k}: {v:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let group_yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: {group}, \
+             namespace: {namespace}}}\nspec:\n  metadata: {{labels: {{{labels}}}}}\n  template: \
+             {{serviceAccount: {service_account}}}\n"
+        );
+        let applied = self.apply(&group_yaml).await?;
+        if applied.status != 200 {
+            bail!(
+                "apply WorkloadGroup {group}: {} {}",
+                applied.status,
+                applied.text()
+            );
+        }
+        let body = format!(r#"{{"namespace":"{namespace}","workloadGroup":"{group}"}}"#);
+        match self.post_token(body).await?.map(token_of) {
+            Ok(token) => token,
+            // A weftd whose API predates workload groups (until the token
+            // API change is merged): the same identity, unbound.
+            Err(reply) if reply.status == 400 => self
+                .post_token(format!(
+                    r#"{{"namespace":"{namespace}","serviceAccount":"{service_account}"}}"#
+                ))
+                .await?
+                .map_err(|reply| {
+                    anyhow::anyhow!("POST /v1/tokens: {} {}", reply.status, reply.text())
+                })
+                .and_then(token_of),
+            Err(reply) => bail!("POST /v1/tokens: {} {}", reply.status, reply.text()),
+        }
+    }
+
+    /// A bootstrap token for `service_account` in `namespace`, through a
+    /// WorkloadGroup of the same name with no labels.
     pub async fn mint_token(
         &self,
         namespace: &str,
         service_account: &str,
     ) -> anyhow::Result<String> {
-        let body = format!(r#"{{"namespace":"{namespace}","serviceAccount":"{service_account}"}}"#);
-        let request = client::request(
+        self.mint_token_for_group(namespace, service_account, &[], service_account)
+            .await
+    }
+
+    /// `POST /v1/tokens` with the JSON `body`: the answer
+    /// (`{"token","id",...}`), or the refusal.
+    pub async fn post_token(
+        &self,
+        body: String,
+    ) -> anyhow::Result<Result<serde_json::Value, client::Reply>> {
+        let mut request = client::request(
             http::Method::POST,
             "weftd",
             "/v1/tokens",
             client::full(body),
+        );
+        request.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
         );
         let reply = client::Http1Client::connect(self.api)
             .await?
             .send(request)
             .await?;
         if reply.status != 200 {
-            bail!("POST /v1/tokens: {} {}", reply.status, reply.text());
+            return Ok(Err(reply));
         }
-        // The token is hex and dots: no JSON escaping to undo.
         let text = reply.text();
-        text.split_once(r#""token":""#)
-            .and_then(|(_, rest)| rest.split_once('"'))
-            .map(|(token, _)| token.to_string())
-            .with_context(|| format!("POST /v1/tokens: no token in {text}"))
+        let json = serde_json::from_str(&text)
+            .with_context(|| format!("POST /v1/tokens: not JSON: {text}"))?;
+        Ok(Ok(json))
+    }
+
+    /// `DELETE /v1/tokens/<id>`: revokes one token; the reply.
+    pub async fn revoke_token(&self, id: &str) -> anyhow::Result<client::Reply> {
+        let request = client::request(
+            http::Method::DELETE,
+            "weftd",
+            &format!("/v1/tokens/{id}"),
+            client::full(String::new()),
+        );
+        client::Http1Client::connect(self.api)
+            .await?
+            .send(request)
+            .await
     }
 
     /// `GET /v1/proxies` as text (JSON).
@@ -157,4 +257,13 @@ impl WeftdProcess {
         self.child.kill().await?;
         Ok(())
     }
+}
+
+/// The `token` of a `POST /v1/tokens` answer.
+fn token_of(answer: serde_json::Value) -> anyhow::Result<String> {
+    answer
+        .get("token")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .with_context(|| format!("POST /v1/tokens: no token in {answer}"))
 }

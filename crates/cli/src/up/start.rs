@@ -159,6 +159,14 @@ impl Running {
         let api = self.api.context("weftd's API address is not known yet")?;
         let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
         identity::issue_tokens(api, runtime_dir, &self.plan.pods).await?;
+        // The mesh root the sidecars verify weftd with (--ca-root), where
+        // their UID can read it (weftd's state dir is private).
+        let published = self.run_dir.join("weftd").join("root-cert.pem");
+        let held = runtime_dir.join("root-cert.pem");
+        std::fs::copy(&published, &held).with_context(|| {
+            format!("cannot copy {} to {}", published.display(), held.display())
+        })?;
+        set_mode(&held, 0o644)?;
         step("workload identities issued");
         let sidecars: Vec<(String, Vec<String>)> = self
             .plan
@@ -278,7 +286,7 @@ impl Running {
             self.run_dir.join("weftd").display().to_string(),
             "--config-dir".into(),
             self.plan.dir.display().to_string(),
-            "--grpc".into(),
+            "--xds".into(),
             grpc.to_string(),
             "--api".into(),
             api.to_string(),
@@ -409,6 +417,8 @@ impl Running {
         let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
         flags.push("--token-file".into());
         flags.push(identity::token_path(runtime_dir, pod).display().to_string());
+        flags.push("--ca-root".into());
+        flags.push(runtime_dir.join("root-cert.pem").display().to_string());
         argv.extend(flags);
         argv
     }

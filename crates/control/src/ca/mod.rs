@@ -11,11 +11,23 @@
 //!   own certificate.
 //!
 //! Workload certificates carry one URI SAN, the SPIFFE identity the
-//! caller's bootstrap token proves ([`token`]); whatever else a CSR asks
-//! for is ignored. The CSR's key is used, never seen otherwise: private keys
-//! stay with the proxies.
+//! caller proves (a bootstrap token, [`token`], or the certificate being
+//! renewed), and the binding ([`binding`]: WorkloadGroup and address) that
+//! proof carried; whatever else a CSR asks for is ignored, the lifetime
+//! included (weftd's `--workload-cert-ttl`). The CSR's key is used, never
+//! seen otherwise: private keys stay with the proxies.
+//!
+//! weftd's own serving certificate for discovery and signing
+//! ([`listener`]) comes from the same issuer, so a proxy that holds the
+//! root verifies weftd with it.
+//!
+//! Files: `<state-dir>/ca/` is 0700, keys 0600, every write fsync'd
+//! ([`crate::durable`]); the root is also written to
+//! `<state-dir>/root-cert.pem` (0644) for out-of-band distribution.
 
+pub mod binding;
 pub mod caller;
+pub mod listener;
 pub mod service;
 pub mod token;
 
@@ -28,6 +40,8 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use crate::durable::{self, Mode};
+use caller::ProvenIdentity;
 pub use token::{TokenClaims, TokenSigner};
 
 /// Istio's defaults (`DefaultWorkloadCertTTL`, `DefaultMaxWorkloadCertTTL`).
@@ -35,6 +49,9 @@ pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_WORKLOAD_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The self-signed root's lifetime: ten years, as Istio's current default.
 const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// weftd's serving certificate: re-issued at every start and renewed at
+/// half-life by the listener, so a year is only an upper bound.
+pub const SERVING_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Certificates start a little in the past so that a peer whose clock is
 /// slightly behind still accepts them.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -86,8 +103,14 @@ impl Ca {
                 options.workload_ttl
             );
         }
+        durable::private_dir(&options.state_dir).with_context(|| {
+            format!(
+                "cannot create the state directory {}",
+                options.state_dir.display()
+            )
+        })?;
         let dir = options.state_dir.join("ca");
-        std::fs::create_dir_all(&dir)
+        durable::private_dir(&dir)
             .with_context(|| format!("cannot create the CA directory {}", dir.display()))?;
         let (issuer, chain_pem, roots_pem) = match &options.cacerts {
             Some(cacerts) => plug_in(cacerts)?,
@@ -102,6 +125,9 @@ impl Ca {
                 source.display()
             )
         })?;
+        let published = options.state_dir.join("root-cert.pem");
+        durable::write(&published, roots_pem.as_bytes(), Mode::Public)
+            .with_context(|| format!("cannot write {}", published.display()))?;
         Ok(Self {
             issuer,
             chain_pem,
@@ -125,17 +151,19 @@ impl Ca {
         &self.tokens
     }
 
-    /// Signs `csr_pem` for `identity`: the CSR must ask for exactly that
-    /// SPIFFE URI (and no other name). Returns the chain, workload first.
-    pub fn sign(
-        &self,
-        csr_pem: &str,
-        identity: &SpiffeId,
-        ttl: Option<Duration>,
-    ) -> Result<String, SignError> {
+    /// weftd's certificate lifetime for workloads (`--workload-cert-ttl`).
+    pub fn workload_ttl(&self) -> Duration {
+        self.workload_ttl
+    }
+
+    /// Signs `csr_pem` for `proven`: the CSR must ask for exactly its
+    /// SPIFFE URI (and no other name). The certificate carries the binding
+    /// and lives `--workload-cert-ttl`, whatever the caller asked for.
+    /// Returns the chain, workload first.
+    pub fn sign(&self, csr_pem: &str, proven: &ProvenIdentity) -> Result<String, SignError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|err| SignError::BadCsr(err.to_string()))?;
-        let wanted = identity.uri();
+        let wanted = proven.spiffe.uri();
         let asked: Vec<String> = csr
             .params
             .subject_alt_names
@@ -147,16 +175,12 @@ impl Ca {
             .collect();
         if asked != [wanted.clone()] {
             return Err(SignError::NotAllowed(format!(
-                "the token proves {wanted}, the CSR asks for {asked:?}"
+                "the credential proves {wanted}, the CSR asks for {asked:?}"
             )));
         }
-        let ttl = ttl
-            .filter(|t| !t.is_zero())
-            .unwrap_or(self.workload_ttl)
-            .min(MAX_WORKLOAD_TTL);
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        set_validity(&mut params, ttl);
+        set_validity(&mut params, self.workload_ttl.min(MAX_WORKLOAD_TTL));
         params.subject_alt_names =
             vec![SanType::URI(wanted.clone().try_into().map_err(|_| {
                 SignError::NotAllowed(format!("{wanted:?} is not ASCII"))
@@ -169,6 +193,10 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        params.custom_extensions = vec![binding::extension(
+            proven.workload_group.as_deref(),
+            proven.address,
+        )];
         params.use_authority_key_identifier_extension = true;
         let request = CertificateSigningRequestParams {
             params,
@@ -178,6 +206,25 @@ impl Ca {
             .signed_by(&self.issuer)
             .map_err(|err| SignError::Internal(err.to_string()))?;
         Ok(format!("{}{}", certificate.pem(), self.chain_pem))
+    }
+
+    /// A server certificate for weftd itself (the discovery/CA listener)
+    /// with `names` as SANs (DNS names or IPs): the chain PEM, leaf first,
+    /// and the new key. The key is made here and only kept in memory.
+    pub fn issue_serving(&self, names: &[SanType]) -> anyhow::Result<(String, KeyPair)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut subject = DistinguishedName::new();
+        subject.push(DnType::CommonName, "weftd");
+        params.distinguished_name = subject;
+        set_validity(&mut params, SERVING_TTL);
+        params.subject_alt_names = names.to_vec();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // Server auth only: this certificate cannot pose as a workload.
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((format!("{}{}", cert.pem(), self.chain_pem), key))
     }
 }
 
@@ -258,7 +305,7 @@ fn self_signed(
     set_validity(&mut params, ROOT_TTL);
     let cert = params.self_signed(&key)?;
     write_private(&key_path, &key.serialize_pem())?;
-    std::fs::write(&cert_path, cert.pem())
+    durable::write(&cert_path, cert.pem().as_bytes(), Mode::Public)
         .with_context(|| format!("cannot write {}", cert_path.display()))?;
     tracing::info!("CA: new self-signed root in {}", cert_path.display());
     Ok((Issuer::new(params, key), String::new(), cert.pem()))
@@ -309,18 +356,9 @@ fn self_check(
     Ok(())
 }
 
-/// Writes a file only its owner can read (a private key).
+/// Writes a file only its owner can read (a private key), durably.
 pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(text.as_bytes())
+    durable::write(path, text.as_bytes(), Mode::Private)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -1,14 +1,25 @@
-//! The `Certificates.Sign` gRPC call, served next to discovery.
+//! The `Certificates.Sign` gRPC call, served on weftd's TLS port only.
+//!
+//! Who may get what ([`Caller`], decided by the listener):
+//! - a caller without a client certificate ([`Caller::Anonymous`]) gets its
+//!   first certificate with a valid bootstrap token: the identity and the
+//!   binding (WorkloadGroup, address) are the token's;
+//! - a caller presenting its workload certificate ([`Caller::Workload`])
+//!   renews it: the same identity and binding, no token needed;
+//! - the plaintext port ([`Caller::Plaintext`]) proves nothing: refused.
+//!
+//! The lifetime a caller asks for is ignored: weftd's `--workload-cert-ttl`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use weft_proto::discovery::v1::certificates_server::Certificates;
 pub use weft_proto::discovery::v1::certificates_server::CertificatesServer;
 use weft_proto::discovery::v1::{SignRequest, SignResponse};
 
-use super::{Ca, SignError};
+use super::caller::{Caller, ProvenIdentity};
+use super::{Ca, SignError, SpiffeId};
 
 pub struct CertificateService {
     ca: Arc<Ca>,
@@ -18,30 +29,74 @@ impl CertificateService {
     pub fn new(ca: Arc<Ca>) -> Self {
         Self { ca }
     }
+
+    /// What the caller proves, or why it proves nothing.
+    #[allow(clippy::result_large_err)]
+    fn prove(&self, caller: Option<Caller>, token: &str) -> Result<ProvenIdentity, Status> {
+        match caller {
+            Some(Caller::Workload { identity, .. }) => Ok(identity),
+            Some(Caller::Anonymous { peer }) => {
+                if token.trim().is_empty() {
+                    return Err(Status::unauthenticated(format!(
+                        "a first certificate needs a bootstrap token and {peer} sent none: start \
+                         weft-proxy with --token-file (`weft token create`)"
+                    )));
+                }
+                let claims = self.ca.tokens().verify(token).map_err(|err| {
+                    tracing::warn!(%peer, "certificate refused: bad bootstrap token: {err}");
+                    Status::unauthenticated(format!("bootstrap token refused: {err}"))
+                })?;
+                Ok(ProvenIdentity {
+                    spiffe: SpiffeId {
+                        trust_domain: self.ca.trust_domain().to_string(),
+                        namespace: claims.namespace.clone(),
+                        service_account: claims.service_account.clone(),
+                    },
+                    workload_group: (!claims.workload_group.is_empty())
+                        .then(|| claims.workload_group.clone()),
+                    address: claims.address,
+                })
+            }
+            Some(Caller::Plaintext { peer }) => {
+                tracing::warn!(%peer, "certificate refused: asked on the plaintext port");
+                Err(Status::permission_denied(
+                    "certificates are signed only on weftd's TLS port (--xds): the plaintext \
+                     port proves nothing about its callers",
+                ))
+            }
+            None => Err(Status::internal(
+                "the connection's caller is unknown (not served by weftd's listener)",
+            )),
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Certificates for CertificateService {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         let started = Instant::now();
+        let caller = request.extensions().get::<Caller>().cloned();
+        let renewal = matches!(caller, Some(Caller::Workload { .. }));
         let request = request.into_inner();
-        let claims = self.ca.tokens().verify(&request.token).map_err(|err| {
-            tracing::warn!("certificate refused: bad bootstrap token: {err}");
-            Status::unauthenticated(format!("bootstrap token refused: {err}"))
-        })?;
-        let identity = claims.identity();
-        let ttl = request.ttl.and_then(|ttl| Duration::try_from(ttl).ok());
+        let proven = self.prove(caller, &request.token)?;
+        if let Some(asked) = request.ttl {
+            tracing::debug!(
+                "the caller asked for a lifetime of {asked:?}; weftd issues {:?}",
+                self.ca.workload_ttl()
+            );
+        }
+        let uri = proven.spiffe.uri();
         let ca = self.ca.clone();
         let csr = request.csr_pem;
-        let wanted = identity.clone();
         // Signing is CPU work: keep it off the async workers.
-        let signed = tokio::task::spawn_blocking(move || ca.sign(&csr, &wanted, ttl))
+        let signed = tokio::task::spawn_blocking(move || ca.sign(&csr, &proven))
             .await
             .map_err(|err| Status::internal(format!("signing task failed: {err}")))?;
         match signed {
             Ok(chain) => {
                 tracing::info!(
-                    identity = %identity.uri(),
+                    identity = %uri,
+                    renewal,
                     "certificate issued in {:?}",
                     started.elapsed()
                 );
@@ -51,7 +106,7 @@ impl Certificates for CertificateService {
                 }))
             }
             Err(err) => {
-                tracing::warn!(identity = %identity.uri(), "certificate refused: {err}");
+                tracing::warn!(identity = %uri, "certificate refused: {err}");
                 Err(match err {
                     SignError::BadCsr(_) => Status::invalid_argument(err.to_string()),
                     SignError::NotAllowed(_) => Status::permission_denied(err.to_string()),

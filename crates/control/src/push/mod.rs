@@ -86,17 +86,13 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let peer = request.remote_addr();
-        // TODO(merge): the discovery listeners put the proven Caller into
-        // every request's extensions (branch trust-xds). Until that lands,
-        // the only listener is the plaintext one, so a missing Caller is a
-        // plaintext one; after it, a missing Caller must be refused.
-        let caller = request
-            .extensions()
-            .get::<Caller>()
-            .cloned()
-            .or_else(|| peer.map(|peer| Caller::Plaintext { peer }));
-        let peer = caller.as_ref().map(Caller::peer).or(peer);
+        // Who the connection proved to be, set by the listener that
+        // accepted it (ca::listener); a request without one is refused.
+        let caller = request.extensions().get::<Caller>().cloned();
+        let peer = caller
+            .as_ref()
+            .map(Caller::peer)
+            .or_else(|| request.remote_addr());
         let mut inbound = request.into_inner();
         // A stream that never says who it is holds nothing for long.
         let first = tokio::time::timeout(HELLO_WAIT, inbound.message())

@@ -57,14 +57,21 @@ impl Control {
     /// weftd again on the same addresses and state directory (without the
     /// first start's extra flags).
     pub async fn restart_weftd(&mut self) {
-        let (grpc, api) = (self.weftd.grpc, self.weftd.api);
-        self.weftd =
-            WeftdProcess::start(Path::new(WEFTD), &self.dir.path().join("state"), grpc, api)
-                .await
-                .expect("weftd restarts");
+        let (grpc, xds, api) = (self.weftd.grpc, self.weftd.xds, self.weftd.api);
+        self.weftd = WeftdProcess::start_at(
+            Path::new(WEFTD),
+            &self.dir.path().join("state"),
+            grpc,
+            xds,
+            api,
+            &[],
+        )
+        .await
+        .expect("weftd restarts");
     }
 
-    /// A token file for `sa` in the default namespace.
+    /// A token file for `sa` in the default namespace (through a
+    /// WorkloadGroup named after it).
     pub async fn token_file(&self, sa: &str) -> PathBuf {
         let token = self.weftd.mint_token("default", sa).await.expect("token");
         let path = self.dir.path().join(format!("{sa}.token"));
@@ -80,10 +87,36 @@ impl Control {
     /// A proxy fed by weftd for service account `sa` (also its node id)
     /// with a token (so a certificate) and `args`, once it is ready.
     pub async fn ready_proxy(&self, sa: &str, args: &[&str]) -> ProxyProcess {
-        let token = self.token_file(sa).await.display().to_string();
-        let mut args = [&["--node-id", sa, "--service-account", sa], args].concat();
-        args.extend(["--token-file", &token]);
-        self.ready_tokenless_proxy(&args).await
+        let token = self.token_file(sa).await;
+        let args = [&["--node-id", sa, "--service-account", sa], args].concat();
+        let binary = proxy_binary();
+        let options = self.secure_options(&binary, &token, &args);
+        ProxyProcess::spawn_ready(options, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|err| panic!("proxy {args:?}: {err:#}"))
+    }
+
+    /// How a proxy with `token` reaches weftd: its TLS port, the held root.
+    pub fn secure_options<'a>(
+        &self,
+        binary: &'a Path,
+        token: &Path,
+        args: &[&str],
+    ) -> ProxyOptions<'a> {
+        ProxyOptions::secure(binary, self.weftd.xds, &self.weftd.root_cert, token, args)
+    }
+
+    /// Options for a proxy with `token` (TLS) or without (plaintext port).
+    pub fn options<'a>(
+        &self,
+        binary: &'a Path,
+        token: Option<&Path>,
+        args: &[&str],
+    ) -> ProxyOptions<'a> {
+        match token {
+            Some(token) => self.secure_options(binary, token, args),
+            None => ProxyOptions::control_plane(binary, self.weftd.grpc, args),
+        }
     }
 
     /// A proxy fed by weftd with `args` and no token (no workload
@@ -233,18 +266,9 @@ pub fn server_proxy(
         "--inbound",
         &inbound_flag,
     ];
-    let token = token.map(|t| t.display().to_string());
-    if let Some(token) = &token {
-        args.extend(["--token-file", token]);
-    }
     args.extend(extra);
     let binary = proxy_binary();
-    ProxyProcess::spawn(ProxyOptions::control_plane(
-        &binary,
-        control.weftd.grpc,
-        &args,
-    ))
-    .expect("spawn server proxy")
+    ProxyProcess::spawn(control.options(&binary, token, &args)).expect("spawn server proxy")
 }
 
 /// A client-side sidecar whose app reaches httpbin:8000 at `listen`.
@@ -256,7 +280,7 @@ pub fn client_proxy(
     token: Option<&Path>,
 ) -> ProxyProcess {
     let listen_flag = format!("{listen}=httpbin:8000");
-    let mut args = vec![
+    let args = vec![
         "--node-id",
         id,
         "--workload",
@@ -266,17 +290,8 @@ pub fn client_proxy(
         "--listen",
         &listen_flag,
     ];
-    let token = token.map(|t| t.display().to_string());
-    if let Some(token) = &token {
-        args.extend(["--token-file", token]);
-    }
     let binary = proxy_binary();
-    ProxyProcess::spawn(ProxyOptions::control_plane(
-        &binary,
-        control.weftd.grpc,
-        &args,
-    ))
-    .expect("spawn client proxy")
+    ProxyProcess::spawn(control.options(&binary, token, &args)).expect("spawn client proxy")
 }
 
 pub async fn get(listen: SocketAddr, path: &str) -> anyhow::Result<Reply> {
@@ -375,4 +390,25 @@ pub fn cert_field(certs: &str, field: &str) -> Option<String> {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     })
+}
+
+/// A gRPC channel to weftd's TLS port as a proxy makes it: weftd verified
+/// against its published root, presenting `client` (a workload
+/// certificate) or nothing.
+pub async fn tls_channel(
+    weftd: &WeftdProcess,
+    client: Option<Arc<rustls::sign::CertifiedKey>>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    use weft_proxy::identity::trust::HeldRoot;
+    use weft_proxy::xds::connect::{ControlPlane, Security};
+    let control_plane = ControlPlane {
+        address: weftd.xds.to_string(),
+        security: Security::Tls {
+            held: HeldRoot::load(&weftd.root_cert)?,
+            server_name: rustls_pki_types::ServerName::try_from("weftd")?,
+        },
+    };
+    control_plane
+        .channel(client, Some(Duration::from_secs(10)))
+        .await
 }

@@ -1,8 +1,12 @@
 //! Getting and renewing the workload certificate from weftd.
 //!
-//! The key is made here and never leaves the process: weftd gets a CSR and
-//! the bootstrap token (read from its file on every attempt, so replacing
-//! the file is enough to fix a bad one). A certificate is renewed at half
+//! The key is made here and never leaves the process: weftd gets a CSR over
+//! TLS ([`crate::xds::connect`]). The first certificate is asked for
+//! without a client certificate, with the bootstrap token (read from its
+//! file on every attempt, so replacing the file is enough to fix a bad
+//! one); renewals present the current certificate instead (mutual TLS) and
+//! send no token, until it has expired. The lifetime is weftd's choice.
+//! A certificate is renewed at half
 //! its remaining life, ±1% jitter (Istio's `SECRET_GRACE_PERIOD_RATIO` and
 //! its jitter) so proxies started together do not renew together. Failures
 //! retry with backoff, and the current certificate keeps serving meanwhile.
@@ -20,29 +24,31 @@ use weft_proto::discovery::v1::SignRequest;
 use weft_proto::discovery::v1::certificates_client::CertificatesClient;
 
 use super::{Identity, WorkloadCert};
+use crate::xds::connect::ControlPlane;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Never renew more often than this, whatever the lifetime.
 const MIN_RENEWAL: Duration = Duration::from_millis(500);
 
 pub struct FetchOptions {
-    /// weftd's gRPC address (host:port).
-    pub ca_address: String,
+    /// weftd's TLS port and how to verify it.
+    pub ca: ControlPlane,
     pub token_file: PathBuf,
-    /// Asked-for lifetime; None: weftd's default.
-    pub ttl: Option<Duration>,
 }
 
 /// Runs forever: get a certificate, sleep until renewal, repeat.
 pub async fn run(options: FetchOptions, identity: Arc<Identity>) {
     let mut backoff = FIRST_BACKOFF;
+    // After a failed renewal the token is tried (weftd may have a new CA
+    // that no longer accepts the current certificate).
+    let mut renewal_failed = false;
     loop {
         let started = Instant::now();
-        match request(&options, &identity).await {
+        match request(&options, &identity, !renewal_failed).await {
             Ok(cert) => {
+                renewal_failed = false;
                 let renew_in = renewal_delay(&cert);
                 tracing::info!(
                     identity = %identity.spiffe,
@@ -56,11 +62,12 @@ pub async fn run(options: FetchOptions, identity: Arc<Identity>) {
                 renewal_due(&identity, renew_in).await;
             }
             Err(err) => {
+                renewal_failed = identity.current().is_some();
                 let message = format!("{err:#}");
                 tracing::error!(
                     identity = %identity.spiffe,
                     "cannot get a workload certificate from weftd at {}: {message}; retrying in {backoff:?}",
-                    options.ca_address
+                    options.ca.address
                 );
                 identity.set_error(Some(message));
                 tokio::time::sleep(backoff).await;
@@ -107,13 +114,26 @@ fn renewal_delay(cert: &WorkloadCert) -> Duration {
     left.mul_f64(ratio).max(MIN_RENEWAL)
 }
 
-async fn request(options: &FetchOptions, identity: &Identity) -> anyhow::Result<WorkloadCert> {
-    let token = std::fs::read_to_string(&options.token_file).with_context(|| {
-        format!(
-            "cannot read the token file {}",
-            options.token_file.display()
-        )
-    })?;
+async fn request(
+    options: &FetchOptions,
+    identity: &Identity,
+    renew_with_certificate: bool,
+) -> anyhow::Result<WorkloadCert> {
+    // A valid certificate renews itself; the token is for the first one
+    // (and after a restart, a failed renewal, or once it has expired).
+    let presented = identity
+        .current()
+        .filter(|_| renew_with_certificate)
+        .filter(|cert| cert.not_after > SystemTime::now() + Duration::from_secs(5));
+    let token = match &presented {
+        Some(_) => String::new(),
+        None => std::fs::read_to_string(&options.token_file).with_context(|| {
+            format!(
+                "cannot read the token file {}",
+                options.token_file.display()
+            )
+        })?,
+    };
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -123,19 +143,17 @@ async fn request(options: &FetchOptions, identity: &Identity) -> anyhow::Result<
         )?)];
     let csr_pem = params.serialize_request(&key)?.pem()?;
 
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", options.ca_address))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect()
-            .await
-            .context("cannot connect")?;
+    let channel = options
+        .ca
+        .channel(presented.map(|cert| cert.key.clone()), Some(CALL_TIMEOUT))
+        .await?;
     let issued_at = SystemTime::now();
     let response = CertificatesClient::new(channel)
         .sign(SignRequest {
             token: token.trim().to_string(),
             csr_pem,
-            ttl: options.ttl.map(Into::into),
+            // weftd's choice (`--workload-cert-ttl`).
+            ttl: None,
         })
         .await
         .map_err(|status| anyhow::anyhow!("{} ({:?})", status.message(), status.code()))?
@@ -161,9 +179,11 @@ async fn request(options: &FetchOptions, identity: &Identity) -> anyhow::Result<
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let certified = CertifiedKey::from_der(chain, private, &provider)
         .context("the certificate does not match the key")?;
-    identity
-        .set_roots(&response.root_bundle_pem)
-        .map_err(anyhow::Error::msg)?;
+    // A bundle the held root does not vouch for is refused (and shown on
+    // /certs); the certificate itself came over TLS verified with it.
+    if let Err(err) = identity.set_roots(&response.root_bundle_pem) {
+        tracing::error!("{err}");
+    }
     Ok(WorkloadCert {
         key: Arc::new(certified),
         chain_pem: response.cert_chain_pem,

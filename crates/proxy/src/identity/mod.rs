@@ -3,10 +3,14 @@
 //!
 //! Contract: [`Identity::certified_key`] is whatever certificate is current;
 //! a rotation swaps it atomically, so new handshakes use the new one while
-//! established connections keep the session they negotiated. Roots change
-//! only through [`Identity::set_roots`] (the CSR answer, or a push).
+//! established connections keep the session they negotiated. The mesh's
+//! roots start as the held root ([`trust`], `--ca-root`) and change only
+//! through [`Identity::set_roots`] (the CSR answer, or a push), which
+//! accepts a bundle only if the held root vouches for every certificate in
+//! it; a refused bundle is logged and shown on `/certs`.
 
 pub mod fetch;
+pub mod trust;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +21,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::watch;
+use trust::HeldRoot;
 
 /// One issued certificate with its key, ready for rustls.
 pub struct WorkloadCert {
@@ -45,6 +50,10 @@ pub struct Roots {
 pub struct Identity {
     /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
     pub spiffe: String,
+    /// The anchor from `--ca-root`: what every new bundle is checked against.
+    held: Arc<HeldRoot>,
+    /// Why the last bundle weftd sent was refused, for `/certs`.
+    rejected_bundle: std::sync::Mutex<Option<String>>,
     current: ArcSwapOption<WorkloadCert>,
     roots: ArcSwap<Roots>,
     /// Bumped on every certificate or root change.
@@ -54,13 +63,17 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn new(spiffe: String) -> Arc<Self> {
+    /// An identity without a certificate yet, trusting `held` alone.
+    pub fn new(spiffe: String, held: Arc<HeldRoot>) -> Arc<Self> {
+        let anchors = held.anchors();
         Arc::new(Self {
             spiffe,
+            held,
+            rejected_bundle: std::sync::Mutex::new(None),
             current: ArcSwapOption::empty(),
             roots: ArcSwap::from_pointee(Roots {
-                pem: String::new(),
-                store: Arc::new(RootCertStore::empty()),
+                pem: anchors.pem.clone(),
+                store: anchors.store.clone(),
             }),
             changes: watch::channel(0).0,
             last_error: std::sync::Mutex::new(None),
@@ -107,10 +120,23 @@ impl Identity {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// Replaces the trust anchors when `pem` differs from the current ones.
+    pub fn held_root(&self) -> &Arc<HeldRoot> {
+        &self.held
+    }
+
+    /// Replaces the trust anchors when `pem` differs from the current ones
+    /// and the held root vouches for each of its certificates.
     pub fn set_roots(&self, pem: &str) -> Result<(), String> {
         if pem.is_empty() || self.roots.load().pem == pem {
             return Ok(());
+        }
+        if let Err(why) = self.held.check_bundle(pem) {
+            let why = format!("trust bundle from weftd refused: {why}");
+            *self
+                .rejected_bundle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+            return Err(why);
         }
         let mut store = RootCertStore::empty();
         for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
@@ -131,6 +157,22 @@ impl Identity {
         Ok(())
     }
 
+    /// After the operator replaced `--ca-root`: roots the new anchor does
+    /// not vouch for are dropped for the anchor itself (weftd sends its
+    /// bundle again with the next certificate or stream).
+    pub fn held_root_changed(&self) {
+        if self.held.check_bundle(&self.roots.load().pem).is_ok() {
+            return;
+        }
+        let anchors = self.held.anchors();
+        self.roots.store(Arc::new(Roots {
+            pem: anchors.pem.clone(),
+            store: anchors.store.clone(),
+        }));
+        tracing::warn!("the new held root does not vouch for the current trust bundle: replaced");
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     /// What `/certs` shows.
     pub fn describe(&self) -> serde_json::Value {
         let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -147,6 +189,12 @@ impl Identity {
             "identity": self.spiffe,
             "certificate": certificate,
             "rootCertificates": self.roots().pem,
+            "heldRoot": self.held.path().display().to_string(),
+            "rejectedBundle": self
+                .rejected_bundle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             "lastError": self.last_error(),
         })
     }

@@ -3,9 +3,12 @@
 //! Contract: the proxy serves its last good config whatever weftd does. A
 //! push is applied whole or refused (NACK with the reason); a lost stream
 //! keeps the config and reconnects, announcing what it holds so weftd sends
-//! only the difference. Draining (SIGTERM), it says goodbye so weftd removes
-//! its endpoints at once, and does not reconnect.
+//! only the difference. The stream runs over TLS verified with the held
+//! root, presenting the workload certificate ([`connect`]), unless
+//! `--plaintext-control-plane`. Draining (SIGTERM), it says goodbye so weftd
+//! removes its endpoints at once, and does not reconnect.
 
+pub mod connect;
 pub mod node;
 
 use std::collections::BTreeMap;
@@ -20,22 +23,36 @@ use weft_proto::discovery::v1::{
 };
 use weft_proto::resources::{assemble, set_version};
 
+use crate::identity::Identity;
 use crate::state::ProxyState;
+use connect::ControlPlane;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a connection attempt may take before it counts as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a draining proxy waits for weftd to take its goodbye.
 const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs forever: connect, stream, apply, and on any loss wait and retry.
-pub async fn run(address: String, node: Node, state: Arc<ProxyState>) {
+/// `identity` (None on the plaintext port) presents its certificate and
+/// takes the trust bundles pushed.
+pub async fn run(
+    control_plane: ControlPlane,
+    node: Node,
+    state: Arc<ProxyState>,
+    identity: Option<Arc<Identity>>,
+) {
+    let address = control_plane.address.clone();
     let mut held: BTreeMap<String, Resource> = BTreeMap::new();
     let mut backoff = FIRST_BACKOFF;
     loop {
         let mut got_push = false;
-        let result = stream(&address, &node, &state, &mut held, &mut got_push).await;
+        let link = Link {
+            control_plane: &control_plane,
+            node: &node,
+            state: &state,
+            identity: identity.as_deref(),
+        };
+        let result = stream(link, &mut held, &mut got_push).await;
         if state.drain.is_draining() {
             // Said goodbye (or tried): a draining proxy does not come back.
             return;
@@ -65,16 +82,28 @@ fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(factor)
 }
 
+/// What one stream needs.
+struct Link<'a> {
+    control_plane: &'a ControlPlane,
+    node: &'a Node,
+    state: &'a Arc<ProxyState>,
+    identity: Option<&'a Identity>,
+}
+
 async fn stream(
-    address: &str,
-    node: &Node,
-    state: &Arc<ProxyState>,
+    link: Link<'_>,
     held: &mut BTreeMap<String, Resource>,
     got_push: &mut bool,
 ) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
+    let Link {
+        control_plane,
+        node,
+        state,
+        identity,
+    } = link;
+    let address = &control_plane.address;
+    let channel = control_plane
+        .channel(identity.and_then(Identity::certified_key), None)
         .await?;
     let mut client = DiscoveryClient::new(channel);
     let (outbound, messages) = mpsc::channel(4);
@@ -92,7 +121,8 @@ async fn stream(
         .await?;
     let mut pushes = client
         .stream(ReceiverStream::new(messages))
-        .await?
+        .await
+        .map_err(|status| anyhow::anyhow!("{} ({:?})", status.message(), status.code()))?
         .into_inner();
     tracing::info!("connected to weftd at {address}");
     // The drain waits for this stream (at most GOODBYE_WAIT after it
@@ -123,7 +153,7 @@ async fn stream(
             }
         };
         *got_push = true;
-        let ack = apply(push, state, held);
+        let ack = apply(push, state, identity, held);
         outbound
             .send(ProxyMessage {
                 message: Some(proxy_message::Message::Ack(ack)),
@@ -134,13 +164,19 @@ async fn stream(
 }
 
 /// Applies a push on top of what is held, all or nothing. A trust bundle
-/// it carries goes to the workload identity first.
-fn apply(push: Push, state: &Arc<ProxyState>, held: &mut BTreeMap<String, Resource>) -> Ack {
+/// it carries goes to the workload identity first (which accepts it only
+/// if the held root vouches for it).
+fn apply(
+    push: Push,
+    state: &Arc<ProxyState>,
+    identity: Option<&Identity>,
+    held: &mut BTreeMap<String, Resource>,
+) -> Ack {
     if !push.trust_bundle_pem.is_empty()
-        && let Some(identity) = crate::tls::context().and_then(|c| c.identity.as_ref())
+        && let Some(identity) = identity
         && let Err(err) = identity.set_roots(&push.trust_bundle_pem)
     {
-        tracing::error!("trust bundle from weftd refused: {err}");
+        tracing::error!("{err}");
     }
     let mut candidate = held.clone();
     for name in &push.removed {
