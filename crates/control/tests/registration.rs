@@ -458,3 +458,192 @@ async fn a_restarted_weftd_drops_a_proxy_that_does_not_come_back_after_the_grace
     );
     assert!(!listed(&weftd).await.iter().any(|(id, _)| id == "ratings-1"));
 }
+
+/// Two WorkloadGroups: reviews (`app: reviews`) and ratings
+/// (`app: ratings`), each with its own service account.
+const GROUPS: &str = r#"---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: reviews}
+spec:
+  metadata: {labels: {app: reviews}}
+  template: {serviceAccount: reviews, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: ratings}
+spec:
+  metadata: {labels: {app: ratings}}
+  template: {serviceAccount: ratings}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_registers_as_its_group_and_cannot_claim_another_groups_labels() {
+    let reviews = HttpBackend::start("reviews").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
+    let yaml = format!("{}{GROUPS}", service("reviews", reviews.addr));
+    let reply = weftd.apply(&yaml).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+
+    // The real reviews proxy claims no labels and no workload: they come
+    // from its group, and the service selects it by them.
+    let token = bound_token_file(&weftd, state.path(), "default", "reviews", None).await;
+    let inbound = free_addr();
+    let mut real = spawn_secure(
+        &weftd,
+        &token,
+        reviews.addr,
+        Some(inbound),
+        &["--node-id", "reviews-1", "--service-account", "reviews"],
+    );
+    real.wait_ready(Duration::from_secs(20))
+        .await
+        .expect("the reviews proxy is admitted");
+    let (caller, listeners) = ready_caller(&weftd, &["reviews"]).await;
+    eventually(
+        "reviews through the caller",
+        Duration::from_secs(10),
+        || get(listeners[0]),
+    )
+    .await;
+    let body = proxies_json(&weftd).await;
+    let entry = body["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["id"] == "reviews-1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["workload"], "reviews", "the group's name: {body}");
+
+    // A ratings token claiming reviews' labels, with its own inbound
+    // listener: refused, no config, no endpoint anywhere.
+    let token = bound_token_file(&weftd, state.path(), "default", "ratings", None).await;
+    let evil = free_addr();
+    let mut impostor = spawn_secure(
+        &weftd,
+        &token,
+        reviews.addr,
+        Some(evil),
+        &[
+            "--node-id",
+            "impostor",
+            "--service-account",
+            "ratings",
+            "--label",
+            "app=reviews",
+        ],
+    );
+    let reason = refusal(
+        &weftd,
+        "impostor",
+        "PermissionDenied",
+        "claims label app=reviews, but WorkloadGroup default/ratings gives app=ratings",
+    )
+    .await;
+    assert!(
+        reason.contains("spiffe://cluster.local/ns/default/sa/ratings"),
+        "{reason}"
+    );
+    assert!(
+        impostor.wait_ready(Duration::from_secs(1)).await.is_err(),
+        "the impostor got a config"
+    );
+    assert!(
+        impostor.logs().contains("claims label app=reviews"),
+        "{}",
+        impostor.logs()
+    );
+    assert_eq!(
+        endpoints(&caller, "reviews").await,
+        [inbound.to_string()],
+        "only the real proxy is reviews' endpoint"
+    );
+    let text = weft_proxy_status(&weftd);
+    assert!(text.contains("impostor"), "{text}");
+    assert!(text.contains("claims label app=reviews"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_address_is_the_bound_address() {
+    let reviews = HttpBackend::start("reviews").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
+    let yaml = format!("{}{GROUPS}", service("reviews", reviews.addr));
+    let reply = weftd.apply(&yaml).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let (caller, _listeners) = ready_caller(&weftd, &["reviews"]).await;
+    let token = bound_token_file(
+        &weftd,
+        state.path(),
+        "default",
+        "reviews",
+        Some("127.0.0.5"),
+    )
+    .await;
+
+    // Claiming the address it connects from is not enough: the credential
+    // binds another.
+    let mut elsewhere = spawn_secure(
+        &weftd,
+        &token,
+        reviews.addr,
+        None,
+        &[
+            "--node-id",
+            "claims-peer",
+            "--service-account",
+            "reviews",
+            "--address",
+            "127.0.0.1",
+        ],
+    );
+    refusal(
+        &weftd,
+        "claims-peer",
+        "PermissionDenied",
+        "claims address \"127.0.0.1\", but its certificate is bound to 127.0.0.5",
+    )
+    .await;
+    assert!(elsewhere.wait_ready(Duration::from_secs(1)).await.is_err());
+    drop(elsewhere);
+
+    // Connecting from 127.0.0.1, registered at its bound 127.0.0.5.
+    let mut bound = spawn_secure(
+        &weftd,
+        &token,
+        reviews.addr,
+        None,
+        &[
+            "--node-id",
+            "bound",
+            "--service-account",
+            "reviews",
+            "--address",
+            "127.0.0.5",
+        ],
+    );
+    bound
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("admitted at its bound address");
+    let expected = format!("127.0.0.5:{}", reviews.addr.port());
+    eventually(
+        "the bound address as reviews' endpoint",
+        Duration::from_secs(10),
+        || async {
+            let held = endpoints(&caller, "reviews").await;
+            if held == [expected.clone()] {
+                Ok(())
+            } else {
+                Err(format!("{held:?}"))
+            }
+        },
+    )
+    .await;
+}

@@ -337,3 +337,82 @@ pub fn weft_proxy_status(weftd: &WeftdProcess) -> String {
         .expect("run weft");
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// A bootstrap token bound to WorkloadGroup `namespace`/`group` (and to
+/// `address`, if given), written to a file in `dir`; the group must be
+/// applied. Fails on a weftd whose tokens cannot be bound yet.
+// TODO(merge): trust-api's testkit mints with `mint_token_with(namespace,
+// group, address, ttl)`; use it here when both testkits are merged.
+pub async fn bound_token_file(
+    weftd: &WeftdProcess,
+    dir: &std::path::Path,
+    namespace: &str,
+    group: &str,
+    address: Option<&str>,
+) -> PathBuf {
+    let mut body = serde_json::json!({ "namespace": namespace, "workloadGroup": group });
+    if let Some(address) = address {
+        body["address"] = address.into();
+    }
+    let answer = match weftd.post_token(body.to_string()).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(reply)) => panic!(
+            "POST /v1/tokens for group {group}: {} {}",
+            reply.status,
+            reply.text()
+        ),
+        Err(err) => panic!("POST /v1/tokens: {err:#}"),
+    };
+    let token = answer["token"].as_str().expect("a token in the answer");
+    let path = dir.join(format!("{group}-{}.token", address.unwrap_or("any")));
+    std::fs::write(&path, token).expect("write token");
+    path
+}
+
+/// A sidecar on weftd's TLS port holding `token`, for an app at `backend`
+/// (and an inbound listener when `inbound` is set); node flags in `args`.
+pub fn spawn_secure(
+    weftd: &WeftdProcess,
+    token: &std::path::Path,
+    backend: SocketAddr,
+    inbound: Option<SocketAddr>,
+    args: &[&str],
+) -> ProxyProcess {
+    let port = format!("{}/http", backend.port());
+    let mut all = vec!["--port".to_string(), port];
+    if let Some(inbound) = inbound {
+        all.extend([
+            "--inbound".to_string(),
+            format!("{inbound}={}", backend.port()),
+        ]);
+    }
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let binary = proxy_binary();
+    let options = ProxyOptions::secure(&binary, weftd.xds, &weftd.root_cert, token, &all);
+    ProxyProcess::spawn(options).expect("spawn secure proxy")
+}
+
+/// Waits until weftd's board lists a refusal of node `id` with `code`
+/// whose reason contains `reason`; that reason.
+pub async fn refusal(weftd: &WeftdProcess, id: &str, code: &str, reason: &str) -> String {
+    eventually(
+        &format!("{id} refused ({code}: {reason})"),
+        Duration::from_secs(15),
+        || async {
+            let body = proxies_json(weftd).await;
+            body["refused"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| {
+                    r["id"] == id
+                        && r["code"] == code
+                        && r["reason"].as_str().is_some_and(|t| t.contains(reason))
+                })
+                .and_then(|r| r["reason"].as_str().map(str::to_string))
+                .ok_or_else(|| body["refused"].to_string())
+        },
+    )
+    .await
+}
