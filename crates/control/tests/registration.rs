@@ -477,6 +477,10 @@ spec:
   template: {serviceAccount: ratings}
 "#;
 
+// TODO(merge): tokens bound to a WorkloadGroup (and address) come with
+// trust-api; until then weftd cannot mint them. Checked passing on a
+// trial merge of trust-api: remove the ignore when it lands.
+#[ignore = "needs group-bound bootstrap tokens (trust-api)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_registers_as_its_group_and_cannot_claim_another_groups_labels() {
     let reviews = HttpBackend::start("reviews").await;
@@ -567,6 +571,10 @@ async fn a_proxy_registers_as_its_group_and_cannot_claim_another_groups_labels()
     assert!(text.contains("claims label app=reviews"), "{text}");
 }
 
+// TODO(merge): tokens bound to a WorkloadGroup (and address) come with
+// trust-api; until then weftd cannot mint them. Checked passing on a
+// trial merge of trust-api: remove the ignore when it lands.
+#[ignore = "needs group-bound bootstrap tokens (trust-api)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_address_is_the_bound_address() {
     let reviews = HttpBackend::start("reviews").await;
