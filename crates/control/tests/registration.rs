@@ -3,10 +3,12 @@
 //! endpoints, a lost proxy is kept for the grace period, and a weftd killed
 //! under traffic comes back without any caller losing an endpoint.
 //!
-//! These run on the plaintext discovery port (proxies trusted at their
+//! Most run on the plaintext discovery port (proxies trusted at their
 //! word), where the claimed service account and address are the owner of a
-//! node id; the credential-bound admission is unit-tested in
-//! `push::admission`.
+//! node id. The last two run over mutual TLS with tokens bound to a
+//! WorkloadGroup: the registration comes from the group and the binding,
+//! and a claim beyond them is refused (every case is unit-tested in
+//! `push::admission`).
 
 mod registration_support;
 
