@@ -657,3 +657,49 @@ async fn the_address_is_the_bound_address() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_limited_per_proven_identity() {
+    let reviews = HttpBackend::start("reviews").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
+    let mut proxies = Vec::new();
+    for n in 1..=5 {
+        let id = format!("reviews-{n}");
+        let token = group_token_file(&weftd, state.path(), "reviews", &format!("{id}.token")).await;
+        let args = ["--node-id", id.as_str(), "--service-account", "reviews"];
+        let mut proxy = spawn_secure(&weftd, &token, reviews.addr, None, &args);
+        if n <= 4 {
+            proxy
+                .wait_ready(Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|err| panic!("{id}: {err:#}"));
+        }
+        proxies.push(proxy);
+    }
+    // Same SPIFFE id, group and address: the fifth stream is one too many.
+    let reason = refusal(
+        &weftd,
+        "reviews-5",
+        "ResourceExhausted",
+        "already has 4 streams open (at most 4)",
+    )
+    .await;
+    assert!(
+        reason.contains("spiffe://cluster.local/ns/default/sa/reviews"),
+        "{reason}"
+    );
+    assert!(proxies[4].wait_ready(Duration::from_secs(1)).await.is_err());
+    // One leaves: the fifth gets its place on its next attempt.
+    proxies[0].terminate().expect("SIGTERM");
+    proxies[0]
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits");
+    proxies[4]
+        .wait_ready(Duration::from_secs(15))
+        .await
+        .expect("admitted once a stream is free");
+}

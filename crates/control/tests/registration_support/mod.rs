@@ -416,3 +416,22 @@ pub async fn refusal(weftd: &WeftdProcess, id: &str, code: &str, reason: &str) -
     )
     .await
 }
+
+/// A token file for WorkloadGroup `group` (applied with `app: group` and
+/// service account `group`), named `file` in `dir`.
+// TODO(merge): bound to the group once tokens can be (trust-api); until
+// then the testkit mints the same identity unbound.
+pub async fn group_token_file(
+    weftd: &WeftdProcess,
+    dir: &std::path::Path,
+    group: &str,
+    file: &str,
+) -> PathBuf {
+    let token = weftd
+        .mint_token_for_group("default", group, &[("app", group)], group)
+        .await
+        .unwrap_or_else(|err| panic!("token for {group}: {err:#}"));
+    let path = dir.join(file);
+    std::fs::write(&path, token).expect("write token");
+    path
+}
