@@ -68,7 +68,7 @@ pub struct Args {
     failure_threshold: Threshold,
 }
 
-pub fn run(address: &str, request: &Args) -> ExitCode {
+pub fn run(address: &crate::client::Target, request: &Args) -> ExitCode {
     match analyze_and_print(address, request) {
         Ok(code) => code,
         Err(err) => {
@@ -78,7 +78,7 @@ pub fn run(address: &str, request: &Args) -> ExitCode {
     }
 }
 
-fn analyze_and_print(address: &str, request: &Args) -> anyhow::Result<ExitCode> {
+fn analyze_and_print(address: &crate::client::Target, request: &Args) -> anyhow::Result<ExitCode> {
     if request.list_analyzers {
         for analyzer in analyze::ANALYZERS {
             let codes: Vec<&str> = analyzer.codes.iter().map(|c| c.code).collect();
@@ -158,7 +158,7 @@ fn read_objects(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<(Value
 
 /// weftd analyzes its store plus `objects`.
 fn remote(
-    address: &str,
+    address: &crate::client::Target,
     objects: &[(Value, String, usize)],
     only: &[&str],
 ) -> anyhow::Result<Vec<Message>> {

@@ -1,6 +1,19 @@
 //! A small blocking client for weftd's HTTP API: one request per call, on
-//! its own connection, answered as JSON.
+//! its own connection (TCP with the admin bearer token, or the unix
+//! socket), answered as JSON.
+//!
+//! Which weftd, and with which credential ([`Target::resolve`]), first
+//! match wins:
+//! 1. `--weftd`/`$WEFT_ADDR`: an address (with `--token-file`/
+//!    `$WEFT_TOKEN_FILE`), or a socket path (`/...` or `unix:...`);
+//! 2. the running `weft up` mesh's state file (its socket, else its
+//!    address and token file);
+//! 3. `.weft/state/api.sock` (a `weftd` started here with the defaults);
+//! 4. 127.0.0.1:15014 with `.weft/state/admin-token` if readable.
+//!
+//! Errors say which of these was used and what else was tried.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -10,7 +23,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::runtime::Runtime;
 
 /// weftd answers from memory; anything slower than this is a hung server,
@@ -20,15 +34,146 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// weftd's API when nothing says otherwise (weftd's own default).
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:15014";
+/// weftd's default state directory, relative to where it was started.
+const DEFAULT_STATE_DIR: &str = ".weft/state";
 
-/// Which weftd a command talks to: the one given (`--weftd`, `$WEFT_ADDR`),
-/// else the running `weft up`'s (`running`: `None` unless exactly one
-/// mesh runs), else [`DEFAULT_ADDRESS`].
-pub fn weftd_address(given: Option<&str>, running: impl FnOnce() -> Option<String>) -> String {
-    given
-        .map(str::to_string)
-        .or_else(running)
-        .unwrap_or_else(|| DEFAULT_ADDRESS.to_string())
+/// Where weftd's API is and how to prove the right to use it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub endpoint: Endpoint,
+    /// The admin bearer token (TCP only).
+    pub token: Option<String>,
+    /// How this target was chosen, and what was tried before (for errors).
+    pub how: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(String),
+    Socket(PathBuf),
+}
+
+/// What the running `weft up` mesh recorded about its weftd.
+#[derive(Debug, Clone, Default)]
+pub struct Running {
+    pub api: Option<String>,
+    pub socket: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// See the module doc for the order. `given`: `--weftd`/`$WEFT_ADDR`;
+    /// `token_file`: `--token-file`/`$WEFT_TOKEN_FILE`; `running`: the one
+    /// running `weft up` mesh, if exactly one runs.
+    pub fn resolve(
+        given: Option<&str>,
+        token_file: Option<&Path>,
+        running: impl FnOnce() -> Option<Running>,
+    ) -> anyhow::Result<Self> {
+        if let Some(given) = given {
+            return Self::given(given, token_file);
+        }
+        let mut tried = Vec::new();
+        if let Some(running) = running() {
+            if let Some(socket) = running.socket.filter(|socket| socket.exists()) {
+                return Ok(Self {
+                    how: format!("the running `weft up` mesh's socket {}", socket.display()),
+                    endpoint: Endpoint::Socket(socket),
+                    token: None,
+                });
+            }
+            if let Some(api) = running.api {
+                let token = match token_file.or(running.token_file.as_deref()) {
+                    Some(file) => Some(read_token(file)?),
+                    None => None,
+                };
+                return Ok(Self {
+                    how: format!("the running `weft up` mesh's API {api}"),
+                    endpoint: Endpoint::Tcp(api),
+                    token,
+                });
+            }
+            tried.push("the running `weft up` mesh (it records no API)".to_string());
+        } else {
+            tried.push("a running `weft up` mesh (none, or more than one)".to_string());
+        }
+        let socket = Path::new(DEFAULT_STATE_DIR).join("api.sock");
+        if socket.exists() {
+            return Ok(Self {
+                how: format!(
+                    "the socket {} (tried {})",
+                    socket.display(),
+                    tried.join(", ")
+                ),
+                endpoint: Endpoint::Socket(socket),
+                token: None,
+            });
+        }
+        tried.push(format!("{} (absent)", socket.display()));
+        let default_token = Path::new(DEFAULT_STATE_DIR).join("admin-token");
+        let token = match token_file {
+            Some(file) => Some(read_token(file)?),
+            None => std::fs::read_to_string(&default_token)
+                .ok()
+                .map(|text| text.trim().to_string()),
+        };
+        if token.is_none() {
+            tried.push(format!("{} (unreadable)", default_token.display()));
+        }
+        Ok(Self {
+            how: format!("the default {DEFAULT_ADDRESS} (tried {})", tried.join(", ")),
+            endpoint: Endpoint::Tcp(DEFAULT_ADDRESS.to_string()),
+            token,
+        })
+    }
+
+    fn given(given: &str, token_file: Option<&Path>) -> anyhow::Result<Self> {
+        if let Some(path) = given
+            .strip_prefix("unix:")
+            .or(given.starts_with('/').then_some(given))
+        {
+            return Ok(Self {
+                how: format!("the socket {path} (--weftd or $WEFT_ADDR)"),
+                endpoint: Endpoint::Socket(PathBuf::from(path)),
+                token: None,
+            });
+        }
+        // Accept a URL too: users paste what they see in docs and logs.
+        let address = given
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let token = match token_file {
+            Some(file) => Some(read_token(file)?),
+            None => None,
+        };
+        Ok(Self {
+            how: format!(
+                "{address} (--weftd or $WEFT_ADDR){}",
+                if token.is_some() {
+                    ""
+                } else {
+                    " without a token: no --token-file or $WEFT_TOKEN_FILE"
+                }
+            ),
+            endpoint: Endpoint::Tcp(address),
+            token,
+        })
+    }
+
+    /// Where the API is, for messages.
+    pub fn describe(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Tcp(address) => address.clone(),
+            Endpoint::Socket(path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
+fn read_token(file: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the admin token file {}", file.display()))?;
+    Ok(text.trim().to_string())
 }
 
 /// A weftd answer: its status and JSON body.
@@ -48,22 +193,20 @@ impl Answer {
 }
 
 pub struct Weftd {
-    address: String,
+    target: Target,
     runtime: Runtime,
 }
 
 impl Weftd {
-    pub fn new(address: &str) -> anyhow::Result<Self> {
-        // Accept a URL too: users paste what they see in docs and logs.
-        let address = address
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
+    pub fn new(target: &Target) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the I/O runtime")?;
-        Ok(Self { address, runtime })
+        Ok(Self {
+            target: target.clone(),
+            runtime,
+        })
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Answer> {
@@ -71,6 +214,8 @@ impl Weftd {
     }
 
     /// Sends `body` as the text of `source` (named in weftd's messages).
+    /// weftd takes JSON only: a body that is not JSON (YAML) travels as
+    /// `{"text": body, "source": source}`.
     pub fn post(&self, path: &str, body: String, source: &str) -> anyhow::Result<Answer> {
         self.call(Method::POST, path, Some((body, source)))
     }
@@ -85,10 +230,17 @@ impl Weftd {
         path: &str,
         body: Option<(String, &str)>,
     ) -> anyhow::Result<Answer> {
+        let host = match &self.target.endpoint {
+            Endpoint::Tcp(address) => address.as_str(),
+            Endpoint::Socket(_) => "localhost",
+        };
         let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, &self.address);
+            .header(header::HOST, host);
+        if let Some(token) = &self.target.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         let body = match body {
             Some((text, source)) => {
                 // Header values must be visible ASCII; a file name that is
@@ -98,50 +250,85 @@ impl Weftd {
                 } else {
                     "request"
                 };
-                request = request.header("x-weft-source", source);
+                let text = if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() {
+                    text
+                } else {
+                    serde_json::json!({ "text": text, "source": source }).to_string()
+                };
+                request = request
+                    .header("x-weft-source", source)
+                    .header(header::CONTENT_TYPE, "application/json");
                 Full::new(Bytes::from(text))
             }
             None => Full::new(Bytes::new()),
         };
         let request = request.body(body).context("cannot build the request")?;
-        self.runtime.block_on(self.send(request))
+        let answer = self.runtime.block_on(self.send(request))?;
+        if answer.status == StatusCode::UNAUTHORIZED {
+            bail!(
+                "weftd at {} refused the credential: {} (using {})",
+                self.target.describe(),
+                answer.error(),
+                self.target.how
+            );
+        }
+        Ok(answer)
     }
 
     async fn send(&self, request: Request<Full<Bytes>>) -> anyhow::Result<Answer> {
-        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address));
-        let stream = match connect.await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return Err(self.unreachable(&err.to_string())),
-            Err(_) => return Err(self.unreachable("no answer within 5s")),
+        let target = self.target.describe();
+        let exchanged = match &self.target.endpoint {
+            Endpoint::Tcp(address) => {
+                let stream = self.connect(TcpStream::connect(address)).await?;
+                tokio::time::timeout(REQUEST_TIMEOUT, exchange(stream, request)).await
+            }
+            Endpoint::Socket(path) => {
+                let stream = self.connect(UnixStream::connect(path)).await?;
+                tokio::time::timeout(REQUEST_TIMEOUT, exchange(stream, request)).await
+            }
         };
-        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange(stream, request))
-            .await
-            .map_err(|_| anyhow!("weftd at {} did not answer within 60s", self.address))?
-            .with_context(|| format!("talking to weftd at {}", self.address))?;
+        let (status, body) = exchanged
+            .map_err(|_| anyhow!("weftd at {target} did not answer within 60s"))?
+            .with_context(|| format!("talking to weftd at {target}"))?;
         let body = match serde_json::from_slice(&body) {
             Ok(value) => value,
             Err(_) => bail!(
-                "{} answered {status} with something that is not weftd's JSON; is --weftd pointing at weftd?",
-                self.address
+                "{target} answered {status} with something that is not weftd's JSON; is --weftd pointing at weftd?"
             ),
         };
         Ok(Answer { status, body })
     }
 
+    async fn connect<S>(
+        &self,
+        connecting: impl Future<Output = std::io::Result<S>>,
+    ) -> anyhow::Result<S> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(err)) => Err(self.unreachable(&err.to_string())),
+            Err(_) => Err(self.unreachable("no answer within 5s")),
+        }
+    }
+
     fn unreachable(&self, why: &str) -> anyhow::Error {
         anyhow!(
-            "cannot reach weftd at {} ({why}); is weftd running? start it with `weftd`",
-            self.address
+            "cannot reach weftd at {} ({why}; using {}); is weftd running? start it with \
+             `weftd`, or say where it is with --weftd",
+            self.target.describe(),
+            self.target.how
         )
     }
 }
 
 /// One HTTP/1.1 request on an open connection: the status and the whole
 /// body. Callers bound it with their own timeout and say whom they asked.
-pub async fn exchange(
-    stream: TcpStream,
+pub async fn exchange<S>(
+    stream: S,
     request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), hyper::Error> {
+) -> Result<(StatusCode, Bytes), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let response = sender.send_request(request).await?;

@@ -1,9 +1,11 @@
 //! weft: the Weft command line (Istio's istioctl).
 //!
 //! `validate` and `version` work offline; `up` runs a whole mesh on this
-//! machine and `down` stops it; `apply`, `get`, `delete` and
-//! `proxy-status` talk to weftd's HTTP API (`--weftd`, `$WEFT_ADDR`, else
-//! the weftd of the one running `weft up`, else 127.0.0.1:15014).
+//! machine and `down` stops it; `apply`, `get`, `delete`, `token` and
+//! `proxy-status` talk to weftd's HTTP API, found with its credential as
+//! [`client::Target::resolve`] says (`--weftd`/`$WEFT_ADDR` with
+//! `--token-file`/`$WEFT_TOKEN_FILE`, else the running `weft up`, else
+//! `.weft/state/api.sock`, else 127.0.0.1:15014).
 
 mod analyze;
 mod apply;
@@ -11,6 +13,7 @@ mod client;
 mod describe;
 mod get;
 mod proxy_config;
+mod token;
 mod up;
 mod validate;
 
@@ -25,10 +28,16 @@ use crate::get::{Output, Query};
 #[derive(Parser, Debug)]
 #[command(name = "weft", version, about = "The Weft service mesh command line")]
 struct Args {
-    /// Where weftd's API listens (default: the weftd of the running
-    /// `weft up`, if exactly one runs, else 127.0.0.1:15014).
+    /// Where weftd's API listens: ADDR (TCP, with --token-file) or a
+    /// socket path (`/...` or `unix:...`). Default: the weftd of the
+    /// running `weft up`, if exactly one runs, else .weft/state/api.sock,
+    /// else 127.0.0.1:15014 with .weft/state/admin-token.
     #[arg(long = "weftd", value_name = "ADDR", env = "WEFT_ADDR", global = true)]
     weftd: Option<String>,
+    /// The file holding weftd's admin token (its <state-dir>/admin-token),
+    /// for the TCP API.
+    #[arg(long, value_name = "FILE", env = "WEFT_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,12 +108,18 @@ enum Command {
     Describe(describe::Args),
     /// Report likely mistakes with Istio's analyzer codes.
     Analyze(analyze::Args),
+    /// Bootstrap tokens for proxies outside Kubernetes: create, list, revoke.
+    #[command(subcommand)]
+    Token(token::Command),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     // Resolved only by the commands that talk to weftd.
-    let address = args.weftd.as_deref();
+    let address = Given {
+        weftd: args.weftd.as_deref(),
+        token_file: args.token_file.as_deref(),
+    };
     match args.command {
         Command::Up(up_args) => up::up(up_args),
         Command::Down { name } => up::down(name),
@@ -141,27 +156,43 @@ fn main() -> ExitCode {
             remote(address, |weftd| apply::delete_files(weftd, &paths))
         }
         Command::ProxyStatus => remote(address, get::proxy_status),
-        Command::ProxyConfig(args) => proxy_config::run(&resolved(address), &args),
+        Command::ProxyConfig(args) => match resolved(address) {
+            Ok(target) => proxy_config::run(&target, &args),
+            Err(err) => fail(&err),
+        },
         Command::Describe(args) => remote(address, |weftd| describe::describe(weftd, &args)),
-        Command::Analyze(args) => analyze::run(&resolved(address), &args),
+        Command::Analyze(args) => match resolved(address) {
+            Ok(target) => analyze::run(&target, &args),
+            Err(err) => fail(&err),
+        },
+        Command::Token(command) => remote(address, |weftd| token::run(weftd, &command)),
     }
 }
 
-/// weftd's API address: the flag or `$WEFT_ADDR`, else the running mesh's.
-fn resolved(address: Option<&str>) -> String {
-    client::weftd_address(address, up::state::running_api)
+/// What the user said about where weftd is.
+#[derive(Clone, Copy)]
+struct Given<'a> {
+    weftd: Option<&'a str>,
+    token_file: Option<&'a std::path::Path>,
+}
+
+/// weftd's API and credential (see [`client::Target::resolve`]).
+fn resolved(given: Given) -> anyhow::Result<client::Target> {
+    client::Target::resolve(given.weftd, given.token_file, up::state::running_api)
 }
 
 /// Runs a command that needs weftd; its errors end up as one line.
-fn remote(
-    address: Option<&str>,
-    command: impl FnOnce(&Weftd) -> anyhow::Result<ExitCode>,
-) -> ExitCode {
-    match Weftd::new(&resolved(address)).and_then(|weftd| command(&weftd)) {
+fn remote(given: Given, command: impl FnOnce(&Weftd) -> anyhow::Result<ExitCode>) -> ExitCode {
+    match resolved(given)
+        .and_then(|target| Weftd::new(&target))
+        .and_then(|weftd| command(&weftd))
+    {
         Ok(code) => code,
-        Err(err) => {
-            eprintln!("weft: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) => fail(&err),
     }
+}
+
+fn fail(err: &anyhow::Error) -> ExitCode {
+    eprintln!("weft: {err:#}");
+    ExitCode::FAILURE
 }

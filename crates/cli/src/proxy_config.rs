@@ -56,7 +56,7 @@ pub struct Args {
     output: Output,
 }
 
-pub fn run(weftd: &str, query: &Args) -> ExitCode {
+pub fn run(weftd: &crate::client::Target, query: &Args) -> ExitCode {
     match show(weftd, query) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -66,7 +66,7 @@ pub fn run(weftd: &str, query: &Args) -> ExitCode {
     }
 }
 
-fn show(weftd: &str, query: &Args) -> anyhow::Result<()> {
+fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
     let (dump, health) = match admin_address(query)? {
         Some(admin) => {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -130,6 +130,7 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
 
     let admin = proxy.admin.to_string();
     let api = weftd.api.to_string();
+    let token_file = weftd.token_file().display().to_string();
     let blocking = tokio::task::spawn_blocking(move || {
         let endpoints = weft(&["proxy-config", "caller", "endpoints", "--admin", &admin]);
         assert_eq!(endpoints.code, 0, "{}", endpoints.stderr);
@@ -147,12 +148,27 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
         assert!(fine.contains("HEALTHY") && fine.contains(" OK "), "{fine}");
 
         // By id alone: what weftd last pushed, health unknown.
-        let pushed = weft(&["--weftd", &api, "proxy-config", "caller", "endpoints"]);
+        let pushed = weft(&[
+            "--weftd",
+            &api,
+            "--token-file",
+            &token_file,
+            "proxy-config",
+            "caller",
+            "endpoints",
+        ]);
         assert_eq!(pushed.code, 0, "{}", pushed.stderr);
         assert!(pushed.stderr.contains("--admin ADDR"), "{}", pushed.stderr);
         let unknown = line_with(&pushed.stdout, &broken.addr.to_string());
         assert!(unknown.contains("UNKNOWN"), "{unknown}");
-        let stranger = weft(&["--weftd", &api, "proxy-config", "nobody"]);
+        let stranger = weft(&[
+            "--weftd",
+            &api,
+            "--token-file",
+            &token_file,
+            "proxy-config",
+            "nobody",
+        ]);
         assert_eq!(stranger.code, 1);
         assert!(stranger.stderr.contains("nobody"), "{}", stranger.stderr);
 
@@ -184,7 +200,15 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
         let secrets = weft(&["proxy-config", &admin, "secrets"]);
         assert!(secrets.stdout.contains("none"), "{}", secrets.stdout);
 
-        let described = weft(&["--weftd", &api, "describe", "svc", "shop"]);
+        let described = weft(&[
+            "--weftd",
+            &api,
+            "--token-file",
+            &token_file,
+            "describe",
+            "svc",
+            "shop",
+        ]);
         assert_eq!(described.code, 0, "{}", described.stderr);
         let text = described.stdout;
         assert!(
@@ -208,7 +232,15 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
             "{text}"
         );
 
-        let missing = weft(&["--weftd", &api, "describe", "svc", "nope"]);
+        let missing = weft(&[
+            "--weftd",
+            &api,
+            "--token-file",
+            &token_file,
+            "describe",
+            "svc",
+            "nope",
+        ]);
         assert_eq!(missing.code, 1);
         assert!(
             missing.stderr.contains("shop.default.svc.cluster.local"),
@@ -225,14 +257,23 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
         )
         .expect("write");
         let canary = canary.to_str().expect("utf-8");
-        let analyzed = weft(&["--weftd", &api, "analyze", "--use-weftd", "-f", canary]);
+        let analyzed = weft(&[
+            "--weftd",
+            &api,
+            "--token-file",
+            &token_file,
+            "analyze",
+            "--use-weftd",
+            "-f",
+            canary,
+        ]);
         assert_eq!(analyzed.code, 1, "{}{}", analyzed.stdout, analyzed.stderr);
         assert_eq!(
             analyzed.stdout.trim(),
             "Error [IST0101] (VirtualService default/shop-canary) Referenced host+subset in destinationrule not found: \"shop+v9\""
         );
         // What weftd holds alone is clean.
-        let stored = weft(&["--weftd", &api, "analyze"]);
+        let stored = weft(&["--weftd", &api, "--token-file", &token_file, "analyze"]);
         assert_eq!(stored.code, 0, "{}{}", stored.stdout, stored.stderr);
         assert!(
             stored.stdout.contains("No validation issues"),

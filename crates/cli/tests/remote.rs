@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use tokio::runtime::Runtime;
-use weft_control::api::serve;
+use weft_control::api::{AdminToken, Api, bind_socket, serve};
 use weft_control::status::StatusBoard;
 use weft_control::store::Store;
 
@@ -55,9 +55,13 @@ spec:
       weight: 150
 "#;
 
-/// weftd's API on an ephemeral port, served from this test's runtime.
+const TOKEN: &str = "remote-test-admin-token";
+
+/// weftd's API on an ephemeral port and a unix socket, served from this
+/// test's runtime, with a CA for `weft token`.
 struct Weftd {
     address: String,
+    dir: tempfile::TempDir,
     store: Arc<Store>,
     status: Arc<StatusBoard>,
     _runtime: Runtime,
@@ -70,23 +74,51 @@ impl Weftd {
             .enable_all()
             .build()
             .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join(".weft/state");
+        std::fs::create_dir_all(&state).expect("mkdir");
+        std::fs::write(state.join("admin-token"), TOKEN).expect("token file");
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");
         let address = listener.local_addr().expect("address").to_string();
         let store = Arc::new(Store::in_memory());
         let status = Arc::new(StatusBoard::default());
-        runtime.spawn(serve(listener, store.clone(), status.clone()));
+        let ca = weft_control::ca::Ca::open(&weft_control::ca::CaOptions {
+            state_dir: state.clone(),
+            cacerts: None,
+            trust_domain: "cluster.local".into(),
+            workload_ttl: weft_control::ca::DEFAULT_WORKLOAD_TTL,
+        })
+        .expect("ca");
+        let api = Arc::new(
+            Api::new(store.clone(), status.clone(), AdminToken::new(TOKEN)).with_ca(Arc::new(ca)),
+        );
+        let socket = {
+            let _guard = runtime.enter();
+            bind_socket(&state.join("api.sock")).expect("socket")
+        };
+        runtime.spawn(serve(listener, api.clone()));
+        runtime.spawn(serve(socket, api));
         Self {
             address,
+            dir,
             store,
             status,
             _runtime: runtime,
         }
     }
 
+    fn token_file(&self) -> String {
+        path(&self.dir.path().join(".weft/state/admin-token")).to_string()
+    }
+
+    /// `weft` with the address and the token file given as flags.
     fn weft(&self, args: &[&str]) -> Run {
-        run(&self.address, args)
+        let token_file = self.token_file();
+        let mut all = vec!["--token-file", token_file.as_str()];
+        all.extend(args);
+        run(&self.address, &all)
     }
 }
 
@@ -97,11 +129,22 @@ struct Run {
 }
 
 fn run(address: &str, args: &[&str]) -> Run {
-    let output = Command::new(WEFT)
-        .args(["--weftd", address])
+    let mut command = Command::new(WEFT);
+    command.args(["--weftd", address]);
+    run_with(&mut command, args, &[])
+}
+
+/// Runs `weft` without any inherited hint of where weftd is.
+/// (`env`: the variables the test does set).
+fn run_with(command: &mut Command, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let home = tempfile::tempdir().expect("tempdir");
+    let output = command
         .args(args)
         .stdin(Stdio::null())
         .env_remove("WEFT_ADDR")
+        .env_remove("WEFT_TOKEN_FILE")
+        .env("WEFT_HOME", home.path())
+        .envs(env.iter().copied())
         .output()
         .expect("run weft");
     Run {
@@ -322,4 +365,137 @@ fn unreachable_weftd_says_how_to_start_it() {
             failed.stderr
         );
     }
+}
+
+#[test]
+fn weft_finds_the_credential_by_itself() {
+    let weftd = Weftd::start();
+    weftd
+        .store
+        .apply_text(ROUTES.split("---").next().unwrap_or(ROUTES), "r.yaml")
+        .expect("apply");
+
+    // In the directory weftd runs in: its socket, no token needed.
+    let here = run_with(
+        Command::new(WEFT).current_dir(weftd.dir.path()),
+        &["get", "vs"],
+        &[],
+    );
+    assert_eq!(here.code, 0, "{}", here.stderr);
+    assert!(here.stdout.contains("reviews"), "{}", here.stdout);
+
+    // The socket named outright.
+    let socket = weftd.dir.path().join(".weft/state/api.sock");
+    let named = run(&format!("unix:{}", path(&socket)), &["get", "vs"]);
+    assert_eq!(named.code, 0, "{}", named.stderr);
+    assert!(named.stdout.contains("reviews"), "{}", named.stdout);
+
+    // From the environment.
+    let token_file = weftd.token_file();
+    let env = run_with(
+        &mut Command::new(WEFT),
+        &["get", "vs"],
+        &[
+            ("WEFT_ADDR", weftd.address.as_str()),
+            ("WEFT_TOKEN_FILE", token_file.as_str()),
+        ],
+    );
+    assert_eq!(env.code, 0, "{}", env.stderr);
+    assert!(env.stdout.contains("reviews"), "{}", env.stdout);
+}
+
+#[test]
+fn a_missing_or_wrong_token_is_refused_with_what_was_tried() {
+    let weftd = Weftd::start();
+    let without = run(&weftd.address, &["get", "vs"]);
+    assert_eq!(without.code, 1);
+    assert!(
+        without.stderr.contains("refused the credential")
+            && without.stderr.contains("no --token-file"),
+        "{}",
+        without.stderr
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrong = dir.path().join("token");
+    std::fs::write(&wrong, "not-the-token").expect("write");
+    let wrong_token = run(&weftd.address, &["--token-file", path(&wrong), "get", "vs"]);
+    assert!(
+        wrong_token.stderr.contains("not this weftd's admin token"),
+        "{}",
+        wrong_token.stderr
+    );
+    assert!(weftd.store.list(None, None).is_empty());
+}
+
+#[test]
+fn tokens_are_created_listed_and_revoked() {
+    let weftd = Weftd::start();
+    let missing = weftd.weft(&["token", "create", "-n", "shop", "--group", "cart"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("no WorkloadGroup shop/cart"),
+        "{}",
+        missing.stderr
+    );
+    weftd
+        .store
+        .apply_text(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: cart, namespace: shop}\nspec: {template: {serviceAccount: cart}}\n",
+            "wg.yaml",
+        )
+        .expect("group");
+    let created = weftd.weft(&[
+        "token",
+        "create",
+        "-n",
+        "shop",
+        "--group",
+        "cart",
+        "--address",
+        "10.0.0.7",
+        "--ttl",
+        "10m",
+    ]);
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let token = created.stdout.trim();
+    assert_eq!(token.split('.').count(), 3, "a JWT on stdout: {token}");
+    assert!(
+        created
+            .stderr
+            .contains("spiffe://cluster.local/ns/shop/sa/cart"),
+        "{}",
+        created.stderr
+    );
+    let id = created
+        .stderr
+        .split_whitespace()
+        .nth(1)
+        .expect("id")
+        .to_string();
+
+    let listed = weftd.weft(&["token", "list"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(listed.stdout.starts_with("ID "), "{}", listed.stdout);
+    assert!(
+        listed.stdout.contains(&id) && listed.stdout.contains("shop/cart"),
+        "{}",
+        listed.stdout
+    );
+    assert!(listed.stdout.contains("10.0.0.7") && listed.stdout.contains("valid"));
+    assert!(
+        !listed.stdout.contains(token),
+        "the token is shown only once"
+    );
+
+    let revoked = weftd.weft(&["token", "revoke", &id]);
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    let listed = weftd.weft(&["token", "list"]);
+    assert!(listed.stdout.contains("revoked"), "{}", listed.stdout);
+    let unknown = weftd.weft(&["token", "revoke", "nope"]);
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("no token with id"),
+        "{}",
+        unknown.stderr
+    );
 }

@@ -48,9 +48,14 @@ struct Args {
     /// certificates are signed on it.
     #[arg(long, value_name = "ADDR")]
     plaintext_grpc: Option<SocketAddr>,
-    /// HTTP API for `weft apply/get/delete/proxy-status`.
+    /// HTTP API for `weft apply/get/delete/proxy-status` (TCP: callers
+    /// show the bearer token in <state-dir>/admin-token).
     #[arg(long, default_value = "127.0.0.1:15014")]
     api: SocketAddr,
+    /// The API's unix socket (mode 0600: no token needed, file permissions
+    /// are the credential). Default: <state-dir>/api.sock.
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
     /// Changes arriving within this window are compiled and pushed together.
     #[arg(long, default_value = "100ms")]
     debounce: humantime::Duration,
@@ -106,6 +111,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    weft_control::durable::private_dir(&args.state_dir).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot make the state directory {}: {err}",
+            args.state_dir.display()
+        )
+    })?;
     let store = Arc::new(Store::open(&args.state_dir)?);
     let ca = Arc::new(Ca::open(&CaOptions {
         state_dir: args.state_dir.clone(),
@@ -171,16 +182,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         publish,
     ));
 
-    let api = tokio::net::TcpListener::bind(args.api)
+    let admin_token = weft_control::api::AdminToken::load_or_create(
+        &args.state_dir.join(weft_control::api::ADMIN_TOKEN_FILE),
+    )?;
+    let api = Arc::new(
+        weft_control::api::Api::new(store.clone(), status.clone(), admin_token).with_ca(ca.clone()),
+    );
+    let socket_path = args
+        .api_socket
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join(weft_control::api::SOCKET_FILE));
+    let socket = weft_control::api::bind_socket(&socket_path).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot listen on {} for the API: {err}",
+            socket_path.display()
+        )
+    })?;
+    tokio::spawn(weft_control::api::serve(socket, api.clone()));
+    let tcp = tokio::net::TcpListener::bind(args.api)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {} for the API: {err}", args.api))?;
-    tokio::spawn(weft_control::api::serve_with_ca(
-        api,
-        store.clone(),
-        status.clone(),
-        Some(ca.clone()),
-    ));
-    tracing::info!("API listening on {}", args.api);
+    tokio::spawn(weft_control::api::serve(tcp, api));
+    tracing::info!(
+        "API listening on {} (bearer token in {}) and {}",
+        args.api,
+        args.state_dir
+            .join(weft_control::api::ADMIN_TOKEN_FILE)
+            .display(),
+        socket_path.display()
+    );
 
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let names = listener::serving_names(args.xds.ip(), &args.xds_sans)?;
@@ -229,7 +259,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     anyhow::anyhow!("cannot listen on {address} for --plaintext-grpc: {err}")
                 })?;
             tracing::warn!(
-                "plaintext discovery listening on {address}: proxies there are trusted at their                  word (no certificate, no identity); for tests and development only"
+                "plaintext discovery listening on {address}: proxies there are trusted at their \
+                 word (no certificate, no identity); for tests and development only"
             );
             Some(tokio::spawn(
                 tonic::transport::Server::builder()

@@ -248,18 +248,7 @@ fn ten_rule_policy_latency() {
         .await;
         let with = median_latency("/svc9/items").await;
         // And without again, so that drift on a busy machine shows.
-        let request = weft_testkit::client::request(
-            http::Method::POST,
-            "weftd",
-            "/v1/delete",
-            weft_testkit::client::full(policy.clone()),
-        );
-        let reply = weft_testkit::client::Http1Client::connect(web.weftd.api)
-            .await
-            .expect("connect")
-            .send(request)
-            .await
-            .expect("delete");
+        let reply = web.weftd.delete(&policy).await.expect("delete");
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while get("/other").await.status != StatusCode::OK {

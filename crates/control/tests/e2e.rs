@@ -300,6 +300,8 @@ async fn a_config_the_proxy_cannot_apply_is_nacked_and_reported() {
     let weft = Path::new(WEFTD).with_file_name("weft");
     let output = std::process::Command::new(&weft)
         .args(["proxy-status", "--weftd", &mesh.weftd.api.to_string()])
+        .arg("--token-file")
+        .arg(mesh.weftd.token_file())
         .output()
         .expect("run weft");
     let text = String::from_utf8_lossy(&output.stdout);

@@ -74,7 +74,7 @@ async fn mtls_costs_on_loopback() {
     // Certificate issue: key pair, CSR, one RPC, weftd's signature.
     let token = control
         .weftd
-        .mint_token("default", "sleep")
+        .mint_token_for_account("default", "sleep")
         .await
         .expect("token");
     let channel = tls_channel(&control.weftd, None).await.expect("connect");

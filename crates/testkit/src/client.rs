@@ -67,6 +67,24 @@ impl Http1Client {
                 .with_context(|| format!("connect {addr}"))
         })
         .await?;
+        Self::over(stream).await
+    }
+
+    /// One connection to a unix socket (weftd's API socket).
+    pub async fn connect_unix(path: &std::path::Path) -> anyhow::Result<Self> {
+        let stream = within("connect", async {
+            tokio::net::UnixStream::connect(path)
+                .await
+                .with_context(|| format!("connect {}", path.display()))
+        })
+        .await?;
+        Self::over(stream).await
+    }
+
+    async fn over<S>(stream: S) -> anyhow::Result<Self>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;

@@ -4,6 +4,10 @@
 //! proxies register without a credential use the opt-in plaintext port
 //! (`grpc`, weftd's `--plaintext-grpc`). `root_cert` is the mesh root a
 //! TLS proxy holds (`--ca-root`).
+//!
+//! Every API call goes over TCP with the admin token weftd wrote to
+//! `<state-dir>/admin-token` at start (as `weft` does); [`WeftdProcess::socket`]
+//! is the unix socket, for tests of that door.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +29,17 @@ pub struct WeftdProcess {
     pub root_cert: PathBuf,
     pub api: SocketAddr,
     pub state_dir: PathBuf,
+    /// The admin bearer token, read after start.
+    pub token: String,
     log: PathBuf,
+}
+
+/// A token `POST /v1/tokens` minted.
+#[derive(Debug, Clone)]
+pub struct MintedToken {
+    pub token: String,
+    pub id: String,
+    pub identity: String,
 }
 
 impl WeftdProcess {
@@ -105,6 +119,7 @@ impl WeftdProcess {
             root_cert: state_dir.join("root-cert.pem"),
             api,
             state_dir: state_dir.to_path_buf(),
+            token: String::new(),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -112,11 +127,16 @@ impl WeftdProcess {
             if let Some(status) = weftd.child.try_wait()? {
                 bail!("weftd exited ({status}); log:\n{}", weftd.logs());
             }
-            if client::get(api, "weftd", "/v1/proxies")
-                .await
-                .is_ok_and(|r| r.status == 200)
-            {
-                return Ok(weftd);
+            // The token file exists before the API listens.
+            if let Ok(token) = std::fs::read_to_string(weftd.token_file()) {
+                weftd.token = token.trim().to_string();
+                if weftd
+                    .call(http::Method::GET, "/v1/proxies", None)
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+                {
+                    return Ok(weftd);
+                }
             }
             if Instant::now() > deadline {
                 bail!("weftd API not up after 20s; log:\n{}", weftd.logs());
@@ -133,123 +153,137 @@ impl WeftdProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `POST /v1/apply` with YAML; the reply body.
-    pub async fn apply(&self, yaml: &str) -> anyhow::Result<client::Reply> {
-        let request = client::request(
-            http::Method::POST,
-            "weftd",
-            "/v1/apply",
-            client::full(yaml.to_string()),
-        );
+    /// Where weftd keeps the admin token (for `weft --token-file`).
+    pub fn token_file(&self) -> PathBuf {
+        self.state_dir.join("admin-token")
+    }
+
+    /// The API's unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.state_dir.join("api.sock")
+    }
+
+    /// One API call over TCP with the admin token; `body` is sent as JSON.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<client::Reply> {
+        let authorization = format!("Bearer {}", self.token);
+        let host = self.api.to_string();
+        let mut headers = vec![("authorization", authorization.as_str())];
+        let body = match body {
+            Some(body) => {
+                headers.push(("content-type", "application/json"));
+                client::full(body)
+            }
+            None => client::empty(),
+        };
+        let request = client::request_with_headers(method, &host, path, &headers, body);
         client::Http1Client::connect(self.api)
             .await?
             .send(request)
             .await
     }
 
-    /// A bootstrap token for one workload: applies WorkloadGroup `group`
-    /// in `namespace` (these labels, this service account), then mints a
-    /// token for it (`POST /v1/tokens {"namespace","workloadGroup"}`).
-    pub async fn mint_token_for_group(
+    /// `POST /v1/apply` with YAML (sent as `{"text": ...}`); the reply.
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<client::Reply> {
+        let body = serde_json::json!({ "text": yaml, "source": "test" }).to_string();
+        self.call(http::Method::POST, "/v1/apply", Some(body)).await
+    }
+
+    /// `POST /v1/delete` with YAML naming the objects; the reply.
+    pub async fn delete(&self, yaml: &str) -> anyhow::Result<client::Reply> {
+        let body = serde_json::json!({ "text": yaml, "source": "test" }).to_string();
+        self.call(http::Method::POST, "/v1/delete", Some(body))
+            .await
+    }
+
+    /// `POST /v1/tokens`: a bootstrap token admitting a proxy into the
+    /// WorkloadGroup `namespace`/`group` (which must have been applied).
+    pub async fn mint_token(&self, namespace: &str, group: &str) -> anyhow::Result<String> {
+        Ok(self
+            .mint_token_with(namespace, group, None, None)
+            .await?
+            .token)
+    }
+
+    /// A token for a proxy that only needs the identity
+    /// `namespace`/`service_account`: applies a WorkloadGroup of that name
+    /// naming that service account (no labels), then mints for it.
+    pub async fn mint_token_for_account(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<String> {
+        let group = format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: {service_account}, namespace: {namespace}}}\nspec: {{template: {{serviceAccount: {service_account}}}}}\n"
+        );
+        let reply = self.apply(&group).await?;
+        if reply.status != 200 {
+            bail!(
+                "applying WorkloadGroup {namespace}/{service_account}: {}",
+                reply.text()
+            );
+        }
+        self.mint_token(namespace, service_account).await
+    }
+
+    /// [`mint_token`](Self::mint_token) bound to `address` and/or with a
+    /// `ttl` ("30s", "1h").
+    pub async fn mint_token_with(
         &self,
         namespace: &str,
         group: &str,
-        labels: &[(&str, &str)],
-        service_account: &str,
-    ) -> anyhow::Result<String> {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| format!("{k}: {v:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let group_yaml = format!(
-            "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: {group}, \
-             namespace: {namespace}}}\nspec:\n  metadata: {{labels: {{{labels}}}}}\n  template: \
-             {{serviceAccount: {service_account}}}\n"
-        );
-        let applied = self.apply(&group_yaml).await?;
-        if applied.status != 200 {
-            bail!(
-                "apply WorkloadGroup {group}: {} {}",
-                applied.status,
-                applied.text()
-            );
+        address: Option<std::net::IpAddr>,
+        ttl: Option<&str>,
+    ) -> anyhow::Result<MintedToken> {
+        let mut body = serde_json::json!({ "namespace": namespace, "workloadGroup": group });
+        if let Some(address) = address {
+            body["address"] = address.to_string().into();
         }
-        let body = format!(r#"{{"namespace":"{namespace}","workloadGroup":"{group}"}}"#);
-        match self.post_token(body).await?.map(token_of) {
-            Ok(token) => token,
-            // A weftd whose API predates workload groups (until the token
-            // API change is merged): the same identity, unbound.
-            Err(reply) if reply.status == 400 => self
-                .post_token(format!(
-                    r#"{{"namespace":"{namespace}","serviceAccount":"{service_account}"}}"#
-                ))
-                .await?
-                .map_err(|reply| {
-                    anyhow::anyhow!("POST /v1/tokens: {} {}", reply.status, reply.text())
-                })
-                .and_then(token_of),
-            Err(reply) => bail!("POST /v1/tokens: {} {}", reply.status, reply.text()),
+        if let Some(ttl) = ttl {
+            body["ttl"] = ttl.into();
         }
-    }
-
-    /// A bootstrap token for `service_account` in `namespace`, through a
-    /// WorkloadGroup of the same name with no labels.
-    pub async fn mint_token(
-        &self,
-        namespace: &str,
-        service_account: &str,
-    ) -> anyhow::Result<String> {
-        self.mint_token_for_group(namespace, service_account, &[], service_account)
-            .await
-    }
-
-    /// `POST /v1/tokens` with the JSON `body`: the answer
-    /// (`{"token","id",...}`), or the refusal.
-    pub async fn post_token(
-        &self,
-        body: String,
-    ) -> anyhow::Result<Result<serde_json::Value, client::Reply>> {
-        let mut request = client::request(
-            http::Method::POST,
-            "weftd",
-            "/v1/tokens",
-            client::full(body),
-        );
-        request.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        let reply = client::Http1Client::connect(self.api)
-            .await?
-            .send(request)
+        let reply = self
+            .call(http::Method::POST, "/v1/tokens", Some(body.to_string()))
             .await?;
         if reply.status != 200 {
-            return Ok(Err(reply));
+            bail!("POST /v1/tokens: {} {}", reply.status, reply.text());
         }
-        let text = reply.text();
-        let json = serde_json::from_str(&text)
-            .with_context(|| format!("POST /v1/tokens: not JSON: {text}"))?;
-        Ok(Ok(json))
+        let answer: serde_json::Value = serde_json::from_slice(&reply.body)
+            .with_context(|| format!("POST /v1/tokens: not JSON: {}", reply.text()))?;
+        let field = |name: &str| {
+            answer[name]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("POST /v1/tokens: no {name} in {answer}"))
+        };
+        Ok(MintedToken {
+            token: field("token")?,
+            id: field("id")?,
+            identity: field("identity")?,
+        })
     }
 
-    /// `DELETE /v1/tokens/<id>`: revokes one token; the reply.
-    pub async fn revoke_token(&self, id: &str) -> anyhow::Result<client::Reply> {
-        let request = client::request(
-            http::Method::DELETE,
-            "weftd",
-            &format!("/v1/tokens/{id}"),
-            client::full(String::new()),
-        );
-        client::Http1Client::connect(self.api)
-            .await?
-            .send(request)
-            .await
+    /// `DELETE /v1/tokens/<id>`: revokes one token.
+    pub async fn revoke_token(&self, id: &str) -> anyhow::Result<()> {
+        let reply = self
+            .call(http::Method::DELETE, &format!("/v1/tokens/{id}"), None)
+            .await?;
+        if reply.status != 200 {
+            bail!("DELETE /v1/tokens/{id}: {} {}", reply.status, reply.text());
+        }
+        Ok(())
     }
 
     /// `GET /v1/proxies` as text (JSON).
     pub async fn proxies(&self) -> anyhow::Result<String> {
-        Ok(client::get(self.api, "weftd", "/v1/proxies").await?.text())
+        Ok(self
+            .call(http::Method::GET, "/v1/proxies", None)
+            .await?
+            .text())
     }
 
     /// Stops weftd abruptly (SIGKILL) and waits for it to be gone.
@@ -257,13 +291,4 @@ impl WeftdProcess {
         self.child.kill().await?;
         Ok(())
     }
-}
-
-/// The `token` of a `POST /v1/tokens` answer.
-fn token_of(answer: serde_json::Value) -> anyhow::Result<String> {
-    answer
-        .get("token")
-        .and_then(|t| t.as_str())
-        .map(str::to_string)
-        .with_context(|| format!("POST /v1/tokens: no token in {answer}"))
 }

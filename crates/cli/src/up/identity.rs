@@ -1,17 +1,18 @@
 //! Workload identities for the mesh's sidecars: a bootstrap token per pod,
-//! minted by weftd (`POST /v1/tokens`) for the pod's namespace and service
-//! account, handed to its sidecar as `--token-file`. With it the sidecar
+//! minted by weftd (`POST /v1/tokens`, over its API socket) for a
+//! WorkloadGroup `weft-up-<service account>` in the pod's namespace (made
+//! here first: a token admits a proxy into a group, which names the
+//! service account), handed to its sidecar as `--token-file`. With it the sidecar
 //! gets its certificate from weftd and the mesh speaks mTLS (auto-mTLS,
 //! PERMISSIVE by default as in Istio).
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use http::{Method, StatusCode};
 use nix::unistd::{Gid, Uid, chown};
-use tokio::net::TcpStream;
+use tokio::net::UnixStream;
 
 use super::plan::{PROXY_UID, Pod};
 use super::start::exchange;
@@ -24,20 +25,54 @@ pub fn token_path(runtime_dir: &Path, pod: &Pod) -> PathBuf {
         .join(format!("{}.token", pod.name))
 }
 
+/// The WorkloadGroup a pod's token admits it into.
+fn group_of(pod: &Pod) -> String {
+    format!("weft-up-{}", pod.service_account)
+}
+
 /// Mints and writes every pod's token, readable by the sidecar's UID only.
-pub async fn issue_tokens(api: SocketAddr, runtime_dir: &Path, pods: &[Pod]) -> anyhow::Result<()> {
+pub async fn issue_tokens(api: &Path, runtime_dir: &Path, pods: &[Pod]) -> anyhow::Result<()> {
     let dir = runtime_dir.join("tokens");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("cannot open {} to the sidecars", dir.display()))?;
+    let groups: Vec<serde_json::Value> = pods
+        .iter()
+        .map(|pod| {
+            serde_json::json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "WorkloadGroup",
+                "metadata": {"name": group_of(pod), "namespace": pod.namespace},
+                "spec": {"template": {"serviceAccount": pod.service_account}},
+            })
+        })
+        .collect();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": groups});
+    let stream = UnixStream::connect(api)
+        .await
+        .context("connecting to weftd's API socket")?;
+    let (status, answer) = exchange(
+        stream,
+        Method::POST,
+        "/v1/apply",
+        Some(list.to_string().into_bytes()),
+    )
+    .await
+    .context("registering the pods' WorkloadGroups with weftd")?;
+    if status != StatusCode::OK {
+        bail!(
+            "weftd refused the pods' WorkloadGroups ({status}): {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
     for pod in pods {
         let body = serde_json::json!({
             "namespace": pod.namespace,
-            "serviceAccount": pod.service_account,
+            "workloadGroup": group_of(pod),
         });
-        let stream = TcpStream::connect(api)
+        let stream = UnixStream::connect(api)
             .await
-            .context("connecting to weftd's API")?;
+            .context("connecting to weftd's API socket")?;
         let (status, answer) = exchange(
             stream,
             Method::POST,

@@ -12,7 +12,8 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use super::Signals;
@@ -156,9 +157,8 @@ impl Running {
 
         step(&format!("node and {} pods created", self.plan.pods.len()));
         let proxy = self.install_proxy_binary()?;
-        let api = self.api.context("weftd's API address is not known yet")?;
         let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
-        identity::issue_tokens(api, runtime_dir, &self.plan.pods).await?;
+        identity::issue_tokens(&self.api_socket(), runtime_dir, &self.plan.pods).await?;
         // The mesh root the sidecars verify weftd with (--ca-root), where
         // their UID can read it (weftd's state dir is private).
         let published = self.run_dir.join("weftd").join("root-cert.pem");
@@ -278,6 +278,11 @@ impl Running {
         Ok(listeners)
     }
 
+    /// weftd's API socket (in its state directory).
+    fn api_socket(&self) -> PathBuf {
+        self.run_dir.join("weftd").join("api.sock")
+    }
+
     async fn start_weftd(&mut self, api: SocketAddr, grpc: SocketAddr) -> anyhow::Result<()> {
         let bin_dir = self.bin_dir();
         let argv = vec![
@@ -301,7 +306,8 @@ impl Running {
         self.track(proc, Kind::Weftd)?;
         let deadline = Instant::now() + WEFTD_TIMEOUT;
         loop {
-            if let Ok(stream) = TcpStream::connect(api).await
+            // weftd's socket: no token needed (file permissions, as root).
+            if let Ok(stream) = UnixStream::connect(&self.api_socket()).await
                 && let Ok((StatusCode::OK, _)) =
                     exchange(stream, Method::GET, "/v1/proxies", None).await
             {
@@ -321,14 +327,16 @@ impl Running {
         }
         self.api = Some(api);
         self.state.api = Some(api.to_string());
+        self.state.api_socket = Some(self.api_socket());
+        self.state.api_token_file = Some(self.run_dir.join("weftd").join("admin-token"));
         self.state.save()?;
         if self.plan.services.is_empty() {
             return Ok(());
         }
         let body = serde_json::to_vec(&self.plan.service_entries())?;
-        let stream = TcpStream::connect(api)
+        let stream = UnixStream::connect(self.api_socket())
             .await
-            .context("connecting to weftd's API")?;
+            .context("connecting to weftd's API socket")?;
         let (status, answer) = exchange(stream, Method::POST, "/v1/apply", Some(body))
             .await
             .context("registering the mesh's services with weftd")?;
@@ -621,20 +629,26 @@ async fn wait_listening(pod: &Pod, proc: &mut Proc, deadline: Instant) -> anyhow
     Ok(())
 }
 
-/// One HTTP/1 request on `stream`: (status, body), within 5 s.
-pub(super) async fn exchange(
-    stream: TcpStream,
+/// One HTTP/1 request on `stream`: (status, body), within 5 s. A body is
+/// JSON (weftd takes nothing else).
+pub(super) async fn exchange<S>(
+    stream: S,
     method: Method,
     path: &str,
     body: Option<Vec<u8>>,
-) -> anyhow::Result<(StatusCode, Bytes)> {
-    let host = stream.peer_addr()?.to_string();
-    let request = Request::builder()
+) -> anyhow::Result<(StatusCode, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header(header::HOST, host)
-        .header("x-weft-source", "weft up")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        .header(header::HOST, "localhost")
+        .header("x-weft-source", "weft up");
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     tokio::time::timeout(
         Duration::from_secs(5),
         crate::client::exchange(stream, request),

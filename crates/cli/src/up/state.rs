@@ -21,6 +21,12 @@ pub struct State {
     pub runner: Option<ProcRecord>,
     /// weftd's HTTP API, for `weft apply/get/delete/proxy-status`.
     pub api: Option<String>,
+    /// weftd's API socket (no token needed; preferred by `weft`).
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+    /// The admin token file for `api` over TCP.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
     pub ingress: Vec<String>,
     pub processes: Vec<ProcRecord>,
     /// Pod namespaces first, the node last: deleted in this order.
@@ -125,12 +131,17 @@ pub fn recorded() -> Vec<State> {
     states
 }
 
-/// weftd's API address of the one running mesh; `None` if there is none
-/// or more than one (then the user must say which with `--weftd`).
-pub fn running_api() -> Option<String> {
+/// weftd's API (address, socket, token file) of the one running mesh;
+/// `None` if there is none or more than one (then the user must say which
+/// with `--weftd`).
+pub fn running_api() -> Option<crate::client::Running> {
     let mut running = recorded().into_iter().filter(State::runner_alive);
     match (running.next(), running.next()) {
-        (Some(only), None) => only.api,
+        (Some(only), None) => Some(crate::client::Running {
+            api: only.api,
+            socket: only.api_socket,
+            token_file: only.api_token_file,
+        }),
         _ => None,
     }
 }

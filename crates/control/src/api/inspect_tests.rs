@@ -6,9 +6,9 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use weft_testkit::client::{Http1Client, empty, full, request};
+use weft_testkit::client::{Http1Client, empty, full, request_with_headers};
 
-use super::serve;
+use super::{AdminToken, Api, serve};
 use crate::status::StatusBoard;
 use crate::store::Store;
 
@@ -59,7 +59,12 @@ async fn start() -> SocketAddr {
     let addr = listener.local_addr().expect("address");
     let store = Arc::new(Store::in_memory());
     store.apply_text(SHOP, "shop.yaml").expect("apply");
-    tokio::spawn(serve(listener, store, Arc::new(StatusBoard::default())));
+    let api = Api::new(
+        store,
+        Arc::new(StatusBoard::default()),
+        AdminToken::new("t"),
+    );
+    tokio::spawn(serve(listener, Arc::new(api)));
     addr
 }
 
@@ -71,7 +76,16 @@ async fn call(addr: SocketAddr, method: Method, path: &str, body: &str) -> (Stat
     };
     let mut client = Http1Client::connect(addr).await.expect("connect");
     let reply = client
-        .send(request(method, "weftd", path, body))
+        .send(request_with_headers(
+            method,
+            "localhost",
+            path,
+            &[
+                ("authorization", "Bearer t"),
+                ("content-type", "application/json"),
+            ],
+            body,
+        ))
         .await
         .expect("request");
     let value = serde_json::from_slice(&reply.body).expect("JSON");

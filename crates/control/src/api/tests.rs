@@ -7,9 +7,9 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use weft_testkit::client::{Http1Client, Reply, empty, full, request};
+use weft_testkit::client::{Http1Client, Reply, empty, full, request_with_headers};
 
-use super::serve;
+use super::{AdminToken, Api as Served, serve};
 use crate::status::StatusBoard;
 use crate::store::{ResourceKey, Store};
 
@@ -59,6 +59,8 @@ spec:
       weight: 150
 "#;
 
+const TOKEN: &str = "test-admin-token";
+
 struct Api {
     addr: SocketAddr,
     store: Arc<Store>,
@@ -71,7 +73,8 @@ impl Api {
         let addr = listener.local_addr().expect("address");
         let store = Arc::new(Store::in_memory());
         let status = Arc::new(StatusBoard::default());
-        tokio::spawn(serve(listener, store.clone(), status.clone()));
+        let served = Served::new(store.clone(), status.clone(), AdminToken::new(TOKEN));
+        tokio::spawn(serve(listener, Arc::new(served)));
         Self {
             addr,
             store,
@@ -87,17 +90,23 @@ impl Api {
     }
 
     async fn raw(&self, method: Method, path: &str, body: &str, source: Option<&str>) -> Reply {
+        // Apply and delete take YAML inside JSON, as `weft apply` sends it.
         let body = if body.is_empty() {
             empty()
+        } else if path == "/v1/apply" || path == "/v1/delete" {
+            full(json!({ "text": body }).to_string())
         } else {
             full(body.to_string())
         };
-        let mut request = request(method, "weftd", path, body);
+        let mut headers = vec![
+            ("authorization", format!("Bearer {TOKEN}")),
+            ("content-type", "application/json".to_string()),
+        ];
         if let Some(source) = source {
-            request
-                .headers_mut()
-                .insert("x-weft-source", source.parse().expect("header"));
+            headers.push(("x-weft-source", source.to_string()));
         }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let request = request_with_headers(method, "localhost", path, &headers, body);
         let mut client = Http1Client::connect(self.addr).await.expect("connect");
         client.send(request).await.expect("request")
     }
@@ -320,13 +329,13 @@ async fn unknown_routes_and_huge_bodies_get_json_errors() {
 }
 
 #[tokio::test]
-async fn tokens_are_minted_only_with_a_ca_and_for_valid_names() {
+async fn tokens_are_minted_for_existing_groups_listed_and_revoked() {
     let without = Api::start().await;
     let (status, _) = without
         .call(
             Method::POST,
             "/v1/tokens",
-            r#"{"namespace":"default","serviceAccount":"sleep"}"#,
+            r#"{"namespace":"default","workloadGroup":"sleep"}"#,
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "no CA, no tokens");
@@ -341,39 +350,114 @@ async fn tokens_are_minted_only_with_a_ca_and_for_valid_names() {
         })
         .expect("ca"),
     );
+    let store = Arc::new(Store::in_memory());
+    store
+        .apply_text(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: cart, namespace: shop}\nspec:\n  template: {serviceAccount: cart-sa, labels: {app: cart}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: plain, namespace: shop}\nspec: {template: {}}\n",
+            "groups.yaml",
+        )
+        .expect("groups");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    tokio::spawn(super::serve_with_ca(
-        listener,
-        Arc::new(Store::in_memory()),
+    let served = Served::new(
+        store.clone(),
         Arc::new(StatusBoard::default()),
-        Some(ca.clone()),
-    ));
+        AdminToken::new(TOKEN),
+    )
+    .with_ca(ca.clone());
+    tokio::spawn(serve(listener, Arc::new(served)));
     let with = Api {
         addr,
-        store: Arc::new(Store::in_memory()),
+        store,
         status: Arc::new(StatusBoard::default()),
     };
     let (status, reply) = with
         .call(
             Method::POST,
             "/v1/tokens",
-            r#"{"namespace":"shop","serviceAccount":"cart"}"#,
+            r#"{"namespace":"shop","workloadGroup":"cart","address":"10.0.0.7","ttl":"10m"}"#,
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
-    assert_eq!(reply["identity"], "spiffe://cluster.local/ns/shop/sa/cart");
+    assert_eq!(
+        reply["identity"],
+        "spiffe://cluster.local/ns/shop/sa/cart-sa"
+    );
     let token = reply["token"].as_str().expect("token");
     let claims = ca.tokens().verify(token).expect("weftd's own token");
     assert_eq!(
-        (claims.namespace.as_str(), claims.service_account.as_str()),
-        ("shop", "cart")
+        (
+            claims.namespace.as_str(),
+            claims.service_account.as_str(),
+            claims.workload_group.as_str()
+        ),
+        ("shop", "cart-sa", "cart")
+    );
+    assert_eq!(claims.address, Some("10.0.0.7".parse().expect("ip")));
+    assert_eq!(claims.expires - claims.iat, 600);
+    assert_eq!(reply["id"], claims.id.as_str());
+
+    let (_, plain) = with
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            r#"{"namespace":"shop","workloadGroup":"plain"}"#,
+        )
+        .await;
+    assert_eq!(
+        plain["identity"],
+        "spiffe://cluster.local/ns/shop/sa/default"
     );
 
+    let (status, listed) = with.call(Method::GET, "/v1/tokens", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let tokens = listed["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), 2, "{listed}");
+    assert_eq!(tokens[0]["workloadGroup"], "cart");
+    assert_eq!(tokens[0]["address"], "10.0.0.7");
+    assert!(
+        tokens[0]["mintedBy"]
+            .as_str()
+            .expect("who")
+            .contains("bearer token")
+    );
+    assert!(
+        !listed.to_string().contains(token),
+        "never the token itself"
+    );
+
+    let path = format!("/v1/tokens/{}", claims.id);
+    let (status, revoked) = with.call(Method::DELETE, &path, "").await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(matches!(
+        ca.tokens().verify(token),
+        Err(crate::ca::token::TokenError::Revoked(_))
+    ));
+    let (status, _) = with.call(Method::DELETE, "/v1/tokens/nope", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, reply) = with
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            r#"{"namespace":"shop","workloadGroup":"missing"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        reply["error"]
+            .as_str()
+            .expect("error")
+            .contains("no WorkloadGroup shop/missing"),
+        "{reply}"
+    );
     for bad in [
-        r#"{"namespace":"Shop","serviceAccount":"cart"}"#,
+        r#"{"namespace":"Shop","workloadGroup":"cart"}"#,
         r#"{"namespace":"shop"}"#,
-        r#"{"namespace":"shop","serviceAccount":"cart","admin":true}"#,
+        r#"{"namespace":"shop","workloadGroup":"cart","admin":true}"#,
+        r#"{"namespace":"shop","workloadGroup":"cart","ttl":"forever"}"#,
+        r#"{"namespace":"shop","workloadGroup":"cart","ttl":"31d"}"#,
+        r#"{"namespace":"shop","workloadGroup":"cart","address":"nowhere"}"#,
         "not json",
     ] {
         let (status, reply) = with.call(Method::POST, "/v1/tokens", bad).await;

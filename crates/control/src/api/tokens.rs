@@ -1,41 +1,53 @@
-//! `POST /v1/tokens`: a bootstrap token for one workload identity, handed
-//! to its proxy as `--token-file`.
+//! Bootstrap tokens over the API, behind `weft token create|list|revoke`:
+//!
+//! - `POST /v1/tokens {"namespace","workloadGroup","address"?,"ttl"?}` mints
+//!   a token admitting one proxy into that WorkloadGroup (which must be in
+//!   the store); its service account is the group's
+//!   `template.serviceAccount`, or "default". Answers `{"token", "id",
+//!   "identity", "expires"}`: the only time the token itself is shown.
+//! - `GET /v1/tokens` lists the unexpired tokens (never their values).
+//! - `DELETE /v1/tokens/<id>` revokes one.
+
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
+use weft_api::Resource;
 
 use super::{Reply, error, json_reply};
 use crate::ca::Ca;
+use crate::ca::token::{MintRequest, RevokeError};
+use crate::store::{ResourceKey, Store};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TokenRequest {
-    #[serde(default)]
     namespace: String,
+    workload_group: String,
     #[serde(default)]
-    service_account: String,
+    address: Option<IpAddr>,
+    /// A duration as people write it: "10m", "1h", "7d".
+    #[serde(default)]
+    ttl: Option<String>,
 }
 
-pub(super) fn mint(ca: Option<&Ca>, body: &str) -> Reply {
+const SHAPE: &str =
+    r#"expected {"namespace": ..., "workloadGroup": ..., "address"?: IP, "ttl"?: "1h"}"#;
+
+/// `POST /v1/tokens`.
+pub(super) async fn mint(ca: Option<Arc<Ca>>, store: &Store, body: &str, who: String) -> Reply {
     let Some(ca) = ca else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "this weftd runs no certificate authority",
-        );
+        return no_ca();
     };
     let request: TokenRequest = match serde_json::from_str(body) {
         Ok(request) => request,
-        Err(err) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"namespace\": ..., \"serviceAccount\": ...}}: {err}"),
-            );
-        }
+        Err(err) => return error(StatusCode::BAD_REQUEST, format!("{SHAPE}: {err}")),
     };
     for (field, value) in [
         ("namespace", &request.namespace),
-        ("serviceAccount", &request.service_account),
+        ("workloadGroup", &request.workload_group),
     ] {
         if !is_dns_label(value) {
             return error(
@@ -44,28 +56,113 @@ pub(super) fn mint(ca: Option<&Ca>, body: &str) -> Reply {
             );
         }
     }
-    match ca
-        .tokens()
-        .mint(&request.namespace, &request.service_account)
-    {
-        Ok(token) => {
-            let identity = crate::ca::SpiffeId {
-                trust_domain: ca.trust_domain().to_string(),
-                namespace: request.namespace.clone(),
-                service_account: request.service_account.clone(),
-            }
-            .uri();
-            json_reply(
-                StatusCode::OK,
-                &json!({ "token": token, "identity": identity }),
-            )
+    let ttl = match request.ttl.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(ttl)) => Some(ttl),
+        Some(Err(err)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "ttl {:?}: {err} (write e.g. \"10m\", \"1h\", \"7d\")",
+                    request.ttl
+                ),
+            );
         }
-        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    };
+    if let Some(ttl) = ttl
+        && (ttl.is_zero() || ttl > crate::ca::token::MAX_TTL)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "ttl {}: must be above zero and at most 30 days",
+                humantime::format_duration(ttl)
+            ),
+        );
+    }
+    let key = ResourceKey::new("WorkloadGroup", &request.namespace, &request.workload_group);
+    let service_account = match store.get(&key).map(|stored| stored.resource) {
+        Some(Resource::WorkloadGroup(group)) => {
+            let account = group.spec.template.service_account;
+            if account.is_empty() {
+                "default".to_string()
+            } else {
+                account
+            }
+        }
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no WorkloadGroup {}/{}: apply one first (its template names the service \
+                     account, labels and ports of the proxies the token admits)",
+                    request.namespace, request.workload_group
+                ),
+            );
+        }
+    };
+    let mint = MintRequest {
+        namespace: request.namespace,
+        service_account,
+        workload_group: request.workload_group,
+        address: request.address,
+        ttl,
+        minted_by: who,
+    };
+    // Signing and the token list's fsync: off the async workers.
+    match tokio::task::spawn_blocking(move || ca.tokens().mint(&mint)).await {
+        Ok(Ok(minted)) => json_reply(
+            StatusCode::OK,
+            &json!({
+                "token": minted.token,
+                "id": minted.record.id,
+                "identity": minted.identity,
+                "workloadGroup": minted.record.workload_group,
+                "address": minted.record.address,
+                "expires": minted.record.expires,
+            }),
+        ),
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("minting failed: {err}"),
+        ),
     }
 }
 
-/// Kubernetes names for namespaces and service accounts (RFC 1123 label;
-/// service accounts may be longer subdomains, labels cover real use).
+/// `GET /v1/tokens`.
+pub(super) fn list(ca: Option<&Ca>) -> Reply {
+    match ca {
+        Some(ca) => json_reply(StatusCode::OK, &json!({ "tokens": ca.tokens().list() })),
+        None => no_ca(),
+    }
+}
+
+/// `DELETE /v1/tokens/<id>`.
+pub(super) async fn revoke(ca: Option<Arc<Ca>>, id: &str) -> Reply {
+    let Some(ca) = ca else {
+        return no_ca();
+    };
+    let id = id.to_string();
+    match tokio::task::spawn_blocking(move || ca.tokens().revoke(&id)).await {
+        Ok(Ok(token)) => json_reply(StatusCode::OK, &json!({ "revoked": token })),
+        Ok(Err(err @ RevokeError::NotFound(_))) => error(StatusCode::NOT_FOUND, err.to_string()),
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("revoking failed: {err}"),
+        ),
+    }
+}
+
+fn no_ca() -> Reply {
+    error(
+        StatusCode::NOT_FOUND,
+        "this weftd runs no certificate authority",
+    )
+}
+
+/// Kubernetes names for namespaces and groups (RFC 1123 label).
 fn is_dns_label(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 63

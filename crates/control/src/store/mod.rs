@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use tokio::sync::watch;
+use weft_api::resource::KINDS;
 use weft_api::{Problem, Resource, decode_str};
 
 use disk::Disk;

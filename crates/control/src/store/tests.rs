@@ -135,13 +135,93 @@ fn a_reopened_store_keeps_resources_and_versions() {
 }
 
 #[test]
-fn a_corrupt_stored_file_is_named() {
+fn corrupt_and_empty_files_are_quarantined_and_the_rest_loads() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("VirtualService/default");
-    std::fs::create_dir_all(&path).expect("mkdir");
-    std::fs::write(path.join("broken.json"), "{ not json").expect("write");
-    let err = Store::open(dir.path()).err().expect("corrupt").to_string();
-    assert!(err.contains("broken.json"), "{err}");
+    Store::open(dir.path())
+        .expect("open")
+        .apply_text(RULE, "r.yaml")
+        .expect("apply");
+    let vs = dir.path().join("VirtualService/default");
+    std::fs::create_dir_all(&vs).expect("mkdir");
+    std::fs::write(vs.join("broken.json"), "{ not json").expect("write");
+    std::fs::write(vs.join("empty.json"), "").expect("write");
+    // Files of other components in the state directory are not the store's.
+    std::fs::create_dir_all(dir.path().join("ca")).expect("mkdir");
+    std::fs::write(dir.path().join("ca/tokens.json"), "{}").expect("write");
+
+    let store = Store::open(dir.path()).expect("starts without them");
+    assert_eq!(store.list(None, None).len(), 1, "the good file loads");
+    assert!(!vs.join("broken.json").exists() && !vs.join("empty.json").exists());
+    let mut quarantined: Vec<String> = std::fs::read_dir(dir.path().join("quarantine"))
+        .expect("quarantine dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    quarantined.sort();
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    assert!(quarantined[0].ends_with("VirtualService_default_broken.json"));
+    assert!(quarantined[1].ends_with("VirtualService_default_empty.json"));
+    assert!(dir.path().join("ca/tokens.json").exists());
+}
+
+#[test]
+fn a_batch_is_journaled_and_a_left_journal_is_replayed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let many: String = (0..20)
+        .map(|i| RULE.replace("name: reviews,", &format!("name: r{i},")))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        store.apply_text(&many, "many.yaml").expect("apply");
+    }
+    assert!(
+        !dir.path().join("store-journal.json").exists(),
+        "the journal goes once the batch is durable"
+    );
+    // A crash after the journal, before the files: the files are missing
+    // and the journal is there. Opening finishes the batch.
+    let journal = serde_json::json!({
+        "writes": (0..3).map(|i| serde_json::json!({
+            "path": format!("DestinationRule/shop/late{i}.json"),
+            "content": {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": format!("late{i}"), "namespace": "shop", "resourceVersion": format!("{}", 100 + i)},
+                "spec": {"host": "reviews"}
+            }
+        })).collect::<Vec<_>>(),
+        "removes": ["DestinationRule/shop/r0.json"]
+    });
+    std::fs::write(
+        dir.path().join("store-journal.json"),
+        serde_json::to_vec(&journal).expect("json"),
+    )
+    .expect("write journal");
+    let store = Store::open(dir.path()).expect("reopen");
+    let names: Vec<String> = store
+        .list(Some("DestinationRule"), None)
+        .iter()
+        .map(|stored| stored.resource.metadata().name.clone())
+        .collect();
+    assert_eq!(names.len(), 22, "{names:?}");
+    assert!(names.contains(&"late2".to_string()) && !names.contains(&"r0".to_string()));
+    assert_eq!(store.revision(), 102);
+    assert!(!dir.path().join("store-journal.json").exists());
+
+    // A journal whose paths leave the store is not obeyed.
+    std::fs::write(
+        dir.path().join("store-journal.json"),
+        r#"{"writes": [], "removes": ["../outside"]}"#,
+    )
+    .expect("write journal");
+    let err = Store::open(dir.path()).err().expect("refused").to_string();
+    assert!(err.contains("store-journal.json"), "{err}");
 }
 
 #[test]

@@ -73,7 +73,11 @@ impl Control {
     /// A token file for `sa` in the default namespace (through a
     /// WorkloadGroup named after it).
     pub async fn token_file(&self, sa: &str) -> PathBuf {
-        let token = self.weftd.mint_token("default", sa).await.expect("token");
+        let token = self
+            .weftd
+            .mint_token_for_account("default", sa)
+            .await
+            .expect("token");
         let path = self.dir.path().join(format!("{sa}.token"));
         std::fs::write(&path, token).expect("write token");
         path

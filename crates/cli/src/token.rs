@@ -1,0 +1,164 @@
+//! `weft token create|list|revoke`: bootstrap tokens for proxies outside
+//! Kubernetes (weftd's `/v1/tokens`). A token admits one proxy into one
+//! WorkloadGroup (and, with `--address`, only from that address); it is
+//! printed once, at creation, and never shown again.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::client::Weftd;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Mint a token for a WorkloadGroup (which must be applied first); the
+    /// token is printed on stdout, its id and expiry on stderr.
+    Create {
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// The WorkloadGroup the token admits a proxy into.
+        #[arg(long, value_name = "NAME")]
+        group: String,
+        /// The only address a proxy may use the token from.
+        #[arg(long, value_name = "IP")]
+        address: Option<IpAddr>,
+        /// Lifetime ("10m", "1h", "7d"; at most 30 days). Default 1h.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List unexpired tokens (their ids, never the tokens).
+    List,
+    /// Revoke one token by id; the others stay valid.
+    Revoke { id: String },
+}
+
+/// One row of `GET /v1/tokens`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Listed {
+    id: String,
+    namespace: String,
+    service_account: String,
+    workload_group: String,
+    #[serde(default)]
+    address: Option<IpAddr>,
+    expires: u64,
+    minted_by: String,
+    #[serde(default)]
+    revoked: bool,
+}
+
+pub fn run(weftd: &Weftd, command: &Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Create {
+            namespace,
+            group,
+            address,
+            ttl,
+        } => {
+            let mut body = json!({ "namespace": namespace, "workloadGroup": group });
+            if let Some(address) = address {
+                body["address"] = json!(address);
+            }
+            if let Some(ttl) = ttl {
+                body["ttl"] = json!(ttl);
+            }
+            let answer = weftd.post("/v1/tokens", body.to_string(), "weft token create")?;
+            if answer.status != StatusCode::OK {
+                bail!("weftd: {}", answer.error());
+            }
+            let text = |key: &str| answer.body[key].as_str().unwrap_or_default().to_string();
+            let expires = answer.body["expires"].as_u64().unwrap_or_default();
+            println!("{}", text("token"));
+            eprintln!(
+                "token {} for {} (WorkloadGroup {namespace}/{group}), expires {}",
+                text("id"),
+                text("identity"),
+                when(expires)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List => {
+            let answer = weftd.get("/v1/tokens")?;
+            if answer.status != StatusCode::OK {
+                bail!("weftd: {}", answer.error());
+            }
+            let tokens: Vec<Listed> = serde_json::from_value(answer.body["tokens"].clone())
+                .map_err(|err| anyhow::anyhow!("weftd's token list is not understood: {err}"))?;
+            let rows: Vec<[String; 7]> = tokens
+                .into_iter()
+                .map(|token| {
+                    [
+                        token.id,
+                        format!("{}/{}", token.namespace, token.workload_group),
+                        token.service_account,
+                        token.address.map_or("-".into(), |a| a.to_string()),
+                        when(token.expires),
+                        if token.revoked { "revoked" } else { "valid" }.into(),
+                        token.minted_by,
+                    ]
+                })
+                .collect();
+            print_table(
+                [
+                    "ID",
+                    "GROUP",
+                    "SA",
+                    "ADDRESS",
+                    "EXPIRES",
+                    "STATE",
+                    "MINTED BY",
+                ],
+                &rows,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Revoke { id } => {
+            let answer = weftd.delete(&format!("/v1/tokens/{id}"))?;
+            match answer.status {
+                StatusCode::OK => {
+                    println!("token {id} revoked");
+                    Ok(ExitCode::SUCCESS)
+                }
+                StatusCode::NOT_FOUND => {
+                    eprintln!("weft token revoke: {}", answer.error());
+                    Ok(ExitCode::FAILURE)
+                }
+                _ => bail!("weftd: {}", answer.error()),
+            }
+        }
+    }
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC time.
+fn when(seconds: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
+    )
+    .to_string()
+}
+
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("   ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
