@@ -313,7 +313,7 @@ async fn weftd_killed_under_traffic_costs_no_request_and_no_endpoint() {
         })
         .await;
     }
-    let saved = weftd.state_dir.join("registrations.state");
+    let saved = weftd.state_dir.join("registrations.json");
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&saved)
@@ -479,10 +479,6 @@ spec:
   template: {serviceAccount: ratings}
 "#;
 
-// TODO(merge): tokens bound to a WorkloadGroup (and address) come with
-// trust-api; until then weftd cannot mint them. Checked passing on a
-// trial merge of trust-api: remove the ignore when it lands.
-#[ignore = "needs group-bound bootstrap tokens (trust-api)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_registers_as_its_group_and_cannot_claim_another_groups_labels() {
     let reviews = HttpBackend::start("reviews").await;
@@ -573,10 +569,6 @@ async fn a_proxy_registers_as_its_group_and_cannot_claim_another_groups_labels()
     assert!(text.contains("claims label app=reviews"), "{text}");
 }
 
-// TODO(merge): tokens bound to a WorkloadGroup (and address) come with
-// trust-api; until then weftd cannot mint them. Checked passing on a
-// trial merge of trust-api: remove the ignore when it lands.
-#[ignore = "needs group-bound bootstrap tokens (trust-api)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_address_is_the_bound_address() {
     let reviews = HttpBackend::start("reviews").await;

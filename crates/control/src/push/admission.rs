@@ -113,53 +113,7 @@ pub fn admit(
              get one with a bootstrap token first (Certificates.Sign)",
             claimed.id
         ))),
-        Caller::Workload { identity, peer } => {
-            workload(identity, *peer, claimed, group, UNBOUND_CERTIFICATES)
-        }
-    }
-}
-
-/// What to do with a workload certificate bound to no WorkloadGroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unbound {
-    // Used by tests until the TODO(merge) below makes it the rule.
-    #[cfg_attr(not(test), allow(dead_code))]
-    Refuse,
-    /// Namespace, service account and address from the credential; the
-    /// rest as claimed.
-    Admit,
-}
-
-// TODO(merge): until bootstrap tokens are bound to a WorkloadGroup
-// (trust-api: `wg` required), certificates carry no group and every mTLS
-// proxy would be refused. Set to `Unbound::Refuse` when that lands, then
-// delete `Unbound::Admit`, `unbound_workload` and the test
-// `until_tokens_are_bound_an_unbound_certificate_is_held_to_its_identity`.
-const UNBOUND_CERTIFICATES: Unbound = Unbound::Admit;
-
-/// Transitional (see [`UNBOUND_CERTIFICATES`]): a certificate without a
-/// group is held to its namespace and service account; everything else is
-/// as claimed (the address too: tokens could not bind one yet), as before
-/// certificates were bound.
-fn unbound_workload(identity: &ProvenIdentity, peer: SocketAddr, claimed: Node) -> Admitted {
-    let address = match claimed.address.parse::<IpAddr>() {
-        Ok(claimed) => claimed.to_canonical(),
-        Err(_) => peer.ip().to_canonical(),
-    };
-    let node = Node {
-        namespace: identity.spiffe.namespace.clone(),
-        service_account: identity.spiffe.service_account.clone(),
-        address: address.to_string(),
-        mtls: true,
-        ..claimed
-    };
-    Admitted {
-        node,
-        owner: Owner::Workload {
-            spiffe: identity.spiffe.uri(),
-            group: String::new(),
-            address,
-        },
+        Caller::Workload { identity, peer } => workload(identity, *peer, claimed, group),
     }
 }
 
@@ -183,7 +137,6 @@ fn workload(
     peer: SocketAddr,
     claimed: Node,
     group: impl Fn(&str, &str) -> Option<Object<WorkloadGroup>>,
-    unbound: Unbound,
 ) -> Result<Admitted, Refusal> {
     let spiffe = identity.spiffe.uri();
     let namespace = identity.spiffe.namespace.as_str();
@@ -202,9 +155,6 @@ fn workload(
             "claims service account {:?}, but its certificate is for {account:?}",
             claimed.service_account
         )));
-    }
-    if identity.workload_group.is_none() && unbound == Unbound::Admit {
-        return Ok(unbound_workload(identity, peer, claimed));
     }
     let address = identity.address.unwrap_or_else(|| peer.ip()).to_canonical();
     if !claimed.address.is_empty()

@@ -253,14 +253,8 @@ fn the_group_must_exist_and_name_the_account() {
         ),
         "{why}"
     );
-    let unbound = workload(None, "reviews", None);
-    let Caller::Workload { identity, peer } = &unbound else {
-        unreachable!()
-    };
-    match super::workload(identity, *peer, claim(), groups, Unbound::Refuse) {
-        Err(why) => assert!(why.0.contains("bound to no WorkloadGroup"), "{why}"),
-        Ok(admitted) => panic!("admitted: {admitted:?}"),
-    }
+    let why = refused(&workload(None, "reviews", None), claim());
+    assert!(why.contains("bound to no WorkloadGroup"), "{why}");
     let why = refused(&workload(Some("reviews"), "default", None), claim());
     assert!(
         why.contains(
@@ -329,32 +323,4 @@ fn port_names_choose_the_protocol_as_istio_does() {
     ] {
         assert_eq!(protocol_of_port_name(name), protocol, "{name}");
     }
-}
-
-#[test]
-fn until_tokens_are_bound_an_unbound_certificate_is_held_to_its_identity() {
-    let unbound = workload(None, "reviews", None);
-    let claimed = Node {
-        labels: [("app".to_string(), "reviews".to_string())].into(),
-        ..claim()
-    };
-    let admitted = admit(&unbound, claimed, groups).expect("admitted");
-    assert_eq!(admitted.node.namespace, "shop");
-    assert_eq!(admitted.node.service_account, "reviews");
-    assert_eq!(admitted.node.address, "10.0.0.7");
-    assert_eq!(admitted.node.labels.len(), 1);
-    let claimed = Node {
-        namespace: "bank".into(),
-        ..claim()
-    };
-    assert!(refused(&unbound, claimed).contains("claims namespace \"bank\""));
-    let claimed = Node {
-        address: "10.9.9.9".into(),
-        ..claim()
-    };
-    let admitted = admit(&unbound, claimed, groups).expect("admitted");
-    assert_eq!(
-        admitted.node.address, "10.9.9.9",
-        "no binding to hold it to yet"
-    );
 }

@@ -32,10 +32,8 @@ use crate::registry::Workload;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// Streams one proven identity (SPIFFE id, group and address) may hold.
 pub const DEFAULT_STREAMS_PER_IDENTITY: usize = 4;
-/// The file registrations are kept in (JSON), under weftd's state
-/// directory. Not `*.json`: the store reads every `*.json` file under the
-/// state directory as a resource.
-pub const FILE_NAME: &str = "registrations.state";
+/// The file registrations are kept in, under weftd's state directory.
+pub const FILE_NAME: &str = "registrations.json";
 
 /// Why a registration was refused; maps to the gRPC code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,7 +319,7 @@ impl Registrations {
     }
 }
 
-/// Reads `<state-dir>/registrations.state`; nothing when there is no file.
+/// Reads `<state-dir>/registrations.json`; nothing when there is no file.
 /// A file that cannot be read is reported and set aside (renamed with
 /// `.bad`), so weftd starts with the rest of its state.
 pub fn load(state_dir: &Path) -> (Vec<Saved>, Option<String>) {
@@ -349,7 +347,7 @@ pub fn load(state_dir: &Path) -> (Vec<Saved>, Option<String>) {
     }
 }
 
-/// Writes `saved` to `<state-dir>/registrations.state` (owner only:
+/// Writes `saved` to `<state-dir>/registrations.json` (owner only:
 /// it names every workload's address and identity).
 pub fn save(state_dir: &Path, saved: &[Saved]) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;

@@ -172,6 +172,6 @@ fn a_broken_file_is_set_aside() {
     assert!(saved.is_empty());
     let problem = problem.expect("reported");
     assert!(problem.contains("not a registrations file"), "{problem}");
-    assert!(dir.path().join("registrations.state.bad").exists());
+    assert!(dir.path().join("registrations.json.bad").exists());
     assert_eq!(load(dir.path()), (Vec::new(), None));
 }

@@ -320,19 +320,18 @@ pub fn watch_endpoints(
     })
 }
 
-/// `GET path` on weftd's API.
-// TODO(merge): with the API's admin credential (trust-api), through the
-// testkit's authenticated call.
+/// `GET path` on weftd's API, with its admin credential.
 pub async fn api_get(weftd: &WeftdProcess, path: &str) -> anyhow::Result<client::Reply> {
-    client::get(weftd.api, "weftd", path).await
+    weftd.call(http::Method::GET, path, None).await
 }
 
 /// `weft proxy-status` against `weftd`: its standard output.
-// TODO(merge): add `--token-file weftd.token_file()` (trust-api).
 pub fn weft_proxy_status(weftd: &WeftdProcess) -> String {
     let weft = std::path::Path::new(WEFTD).with_file_name("weft");
     let output = std::process::Command::new(&weft)
         .args(["proxy-status", "--weftd", &weftd.api.to_string()])
+        .arg("--token-file")
+        .arg(weftd.token_file())
         .output()
         .expect("run weft");
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -340,9 +339,7 @@ pub fn weft_proxy_status(weftd: &WeftdProcess) -> String {
 
 /// A bootstrap token bound to WorkloadGroup `namespace`/`group` (and to
 /// `address`, if given), written to a file in `dir`; the group must be
-/// applied. Fails on a weftd whose tokens cannot be bound yet.
-// TODO(merge): trust-api's testkit mints with `mint_token_with(namespace,
-// group, address, ttl)`; use it here when both testkits are merged.
+/// applied.
 pub async fn bound_token_file(
     weftd: &WeftdProcess,
     dir: &std::path::Path,
@@ -350,20 +347,12 @@ pub async fn bound_token_file(
     group: &str,
     address: Option<&str>,
 ) -> PathBuf {
-    let mut body = serde_json::json!({ "namespace": namespace, "workloadGroup": group });
-    if let Some(address) = address {
-        body["address"] = address.into();
-    }
-    let answer = match weftd.post_token(body.to_string()).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(reply)) => panic!(
-            "POST /v1/tokens for group {group}: {} {}",
-            reply.status,
-            reply.text()
-        ),
-        Err(err) => panic!("POST /v1/tokens: {err:#}"),
-    };
-    let token = answer["token"].as_str().expect("a token in the answer");
+    let bound = address.map(|a| a.parse().expect("an IP address"));
+    let token = weftd
+        .mint_token_with(namespace, group, bound, None)
+        .await
+        .unwrap_or_else(|err| panic!("token for {group}: {err:#}"))
+        .token;
     let path = dir.join(format!("{group}-{}.token", address.unwrap_or("any")));
     std::fs::write(&path, token).expect("write token");
     path
@@ -419,16 +408,20 @@ pub async fn refusal(weftd: &WeftdProcess, id: &str, code: &str, reason: &str) -
 
 /// A token file for WorkloadGroup `group` (applied with `app: group` and
 /// service account `group`), named `file` in `dir`.
-// TODO(merge): bound to the group once tokens can be (trust-api); until
-// then the testkit mints the same identity unbound.
 pub async fn group_token_file(
     weftd: &WeftdProcess,
     dir: &std::path::Path,
     group: &str,
     file: &str,
 ) -> PathBuf {
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: {group}}}\n\
+         spec:\n  metadata: {{labels: {{app: {group}}}}}\n  template: {{serviceAccount: {group}}}\n"
+    );
+    let applied = weftd.apply(&yaml).await.expect("apply WorkloadGroup");
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.text());
     let token = weftd
-        .mint_token_for_group("default", group, &[("app", group)], group)
+        .mint_token("default", group)
         .await
         .unwrap_or_else(|err| panic!("token for {group}: {err:#}"));
     let path = dir.join(file);
