@@ -238,7 +238,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let xds = tokio::net::TcpListener::bind(args.xds)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {} for --xds: {err}", args.xds))?;
-    tracing::info!("discovery and certificates (TLS) listening on {}", args.xds);
+    tracing::info!(
+        "discovery and certificates (TLS) listening on {}",
+        xds.local_addr().unwrap_or(args.xds)
+    );
     let secure = tonic::transport::Server::builder()
         .add_service(tonic::service::interceptor::InterceptedService::new(
             DiscoveryServer::from_arc(discovery.clone()),
@@ -259,8 +262,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     anyhow::anyhow!("cannot listen on {address} for --plaintext-grpc: {err}")
                 })?;
             tracing::warn!(
-                "plaintext discovery listening on {address}: proxies there are trusted at their \
-                 word (no certificate, no identity); for tests and development only"
+                "plaintext discovery listening on {}: proxies there are trusted at their word \
+                 (no certificate, no identity); for tests and development only",
+                plain.local_addr().unwrap_or(address)
             );
             Some(tokio::spawn(
                 tonic::transport::Server::builder()
@@ -275,9 +279,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut secure = secure;
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+        // A server that ends on its own is an error: weftd must not keep
+        // running without its discovery port.
+        ended = &mut secure => {
+            ended??;
+            anyhow::bail!("the --xds server stopped");
+        }
     }
     tracing::info!("shutting down");
     let _ = stop.send(true);

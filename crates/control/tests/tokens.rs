@@ -3,8 +3,9 @@
 //! A valid token gets a certificate; an expired, revoked, foreign-signed
 //! or wrong-audience token gets none, each with its reason.
 //!
-//! The Sign calls use weftd's plaintext gRPC port as it is on this branch;
-//! once Sign is served over TLS only (`--xds`), they move there.
+//! Sign is called as a proxy calls it for its first certificate: over TLS
+//! on weftd's `--xds` port, verifying weftd with the published root, with
+//! no client certificate.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use weft_proto::discovery::v1::SignRequest;
 use weft_proto::discovery::v1::certificates_client::CertificatesClient;
 use weft_testkit::weftd::WeftdProcess;
+
+mod mtls_support;
 
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
 const GROUP: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: cart, namespace: shop}\nspec: {template: {serviceAccount: cart, labels: {app: cart}}}\n";
@@ -34,9 +37,10 @@ fn csr() -> String {
 
 /// `Certificates.Sign` with `token`: the chain, or the refusal's message.
 async fn sign(weftd: &WeftdProcess, token: &str) -> Result<String, String> {
-    let mut client = CertificatesClient::connect(format!("http://{}", weftd.grpc))
+    let channel = mtls_support::tls_channel(weftd, None)
         .await
-        .expect("connect to weftd's gRPC");
+        .expect("TLS to weftd's --xds port");
+    let mut client = CertificatesClient::new(channel);
     client
         .sign(SignRequest {
             token: token.to_string(),
@@ -116,7 +120,7 @@ async fn only_a_valid_unrevoked_token_of_this_weftd_gets_a_certificate() {
     let refused = sign(&weftd, &other_audience).await.expect_err("audience");
     assert!(refused.contains("audience"), "{refused}");
     let refused = sign(&weftd, "").await.expect_err("no token");
-    assert!(refused.contains("not a Weft bootstrap token"), "{refused}");
+    assert!(refused.contains("needs a bootstrap token"), "{refused}");
 
     // The list shows each token once, with who minted it and its state.
     let listed = weftd

@@ -362,6 +362,14 @@ impl Running {
         std::fs::copy(self.bin_dir().join("weft-proxy"), &copy)
             .with_context(|| format!("cannot copy weft-proxy to {}", copy.display()))?;
         set_mode(&copy, 0o755)?;
+        // The mesh root the sidecars verify weftd with (--ca-root), where
+        // their UID can read it (weftd's state dir is private).
+        let published = self.run_dir.join("weftd").join("root-cert.pem");
+        let held = dir.join("root-cert.pem");
+        std::fs::copy(&published, &held).with_context(|| {
+            format!("cannot copy {} to {}", published.display(), held.display())
+        })?;
+        set_mode(&held, 0o644)?;
         Ok(copy)
     }
 

@@ -465,3 +465,67 @@ async fn tokens_are_minted_for_existing_groups_listed_and_revoked() {
         assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
 }
+
+#[tokio::test]
+async fn apply_takes_json_objects_or_yaml_inside_json() {
+    let api = Api::start().await;
+    // The objects themselves, as JSON (what `curl -d @vs.json` sends).
+    let object = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "raw"},
+        "spec": {"hosts": ["raw"], "http": [{"route": [{"destination": {"host": "raw"}}]}]}
+    });
+    let request = request_with_headers(
+        Method::POST,
+        "localhost",
+        "/v1/apply",
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("content-type", "application/json"),
+        ],
+        full(object.to_string()),
+    );
+    let mut client = Http1Client::connect(api.addr).await.expect("connect");
+    let reply = client.send(request).await.expect("request");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(
+        api.store
+            .get(&ResourceKey::new("VirtualService", "default", "raw"))
+            .is_some()
+    );
+
+    // YAML inside JSON keeps its file name (and lines) in messages.
+    let wrapped = json!({ "text": BROKEN, "source": "details.yaml" }).to_string();
+    let request = request_with_headers(
+        Method::POST,
+        "localhost",
+        "/v1/apply",
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("content-type", "application/json"),
+        ],
+        full(wrapped),
+    );
+    let mut client = Http1Client::connect(api.addr).await.expect("connect");
+    let reply = client.send(request).await.expect("request");
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(reply.text().contains("details.yaml"), "{}", reply.text());
+
+    // Not JSON at all, though labelled so: a sentence, nothing applied.
+    let request = request_with_headers(
+        Method::POST,
+        "localhost",
+        "/v1/apply",
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("content-type", "application/json"),
+        ],
+        full("kind: VirtualService\nmetadata: {name: yaml}\n"),
+    );
+    let mut client = Http1Client::connect(api.addr).await.expect("connect");
+    let reply = client.send(request).await.expect("request");
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert!(reply.text().contains("not JSON"), "{}", reply.text());
+    assert_eq!(api.store.list(None, None).len(), 1);
+}

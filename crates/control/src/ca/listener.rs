@@ -249,6 +249,10 @@ pub fn tls_incoming(
                     continue;
                 }
             };
+            // The server is gone (shutting down): stop accepting.
+            if accepted.is_closed() {
+                return;
+            }
             let (acceptor, accepted, trust_domain) =
                 (acceptor.clone(), accepted.clone(), trust_domain.clone());
             tokio::spawn(async move {

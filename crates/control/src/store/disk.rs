@@ -14,7 +14,10 @@
 //!   slow), and only then is the journal removed (and the directory
 //!   fsync'd). A crash before the journal's rename leaves the old
 //!   state; after it, [`Disk::open`] finds the journal and replays it
-//!   (writing a file twice is harmless), so the batch is there whole.
+//!   (writing a file twice is harmless), so the batch is there whole. Once
+//!   the journal is durable the batch is committed: if its files cannot
+//!   all be written then, the journal stays and the next change (or
+//!   start-up) finishes it before doing anything else.
 //! - **A file that cannot be read back** (empty, not JSON, not a valid
 //!   resource) does not stop weftd: it is logged with its path and the
 //!   reason, moved to `<dir>/quarantine/`, and the rest is loaded.
@@ -145,6 +148,10 @@ impl Disk {
     }
 
     fn commit(&self, batch: &Batch) -> io::Result<()> {
+        // A batch whose files could not all be written is finished first:
+        // its journal is the truth until then, and must not be replaced.
+        self.replay()
+            .map_err(|err| io::Error::other(err.to_string()))?;
         match (batch.writes.as_slice(), batch.removes.as_slice()) {
             ([], []) => Ok(()),
             // One file: its rename is atomic alone.
@@ -152,10 +159,23 @@ impl Disk {
             _ => {
                 let journal = self.dir.join(JOURNAL);
                 let bytes = serde_json::to_vec(batch).map_err(io::Error::other)?;
+                // A failure up to here leaves nothing of the batch.
                 durable::write(&journal, &bytes, Mode::Private)?;
-                self.apply(batch)?;
-                std::fs::remove_file(&journal)?;
-                durable::sync_dir(&self.dir)
+                // From here the batch is committed (a restart replays it), so
+                // it is not reported as failed: the journal stays until the
+                // next change or start-up finishes it.
+                let finished = self
+                    .apply(batch)
+                    .and_then(|()| std::fs::remove_file(&journal))
+                    .and_then(|()| durable::sync_dir(&self.dir));
+                if let Err(err) = finished {
+                    tracing::error!(
+                        "store: a change is committed in {} but its files could not all be \
+                         written ({err}); the next change or start-up finishes it",
+                        journal.display()
+                    );
+                }
+                Ok(())
             }
         }
     }
@@ -209,7 +229,7 @@ impl Disk {
             ));
         }
         tracing::warn!(
-            "store: finishing a change interrupted by a crash ({} write(s), {} removal(s))",
+            "store: finishing an interrupted change ({} write(s), {} removal(s))",
             batch.writes.len(),
             batch.removes.len()
         );
