@@ -78,43 +78,67 @@ pub fn get(weftd: &Weftd, query: &Query) -> anyhow::Result<ExitCode> {
 }
 
 /// `weft proxy-status`: one row per proxy; a NACKing proxy gets its
-/// reason on the line below, where it cannot be missed.
+/// reason on the line below, where it cannot be missed. Streams weftd
+/// refused (a claim beyond the proxy's credential, a node id another
+/// proxy holds) follow, newest last, each with its reason.
 pub fn proxy_status(weftd: &Weftd) -> anyhow::Result<ExitCode> {
     let answer = weftd.get("/v1/proxies")?;
     if answer.status != StatusCode::OK {
         bail!("weftd: {}", answer.error());
     }
     let proxies = array(&answer.body, "proxies");
+    let refused = array(&answer.body, "refused");
     if proxies.is_empty() {
-        eprintln!("No proxies are connected to weftd.");
-        return Ok(ExitCode::SUCCESS);
+        eprintln!("No proxies are registered with weftd.");
+    } else {
+        let mut rows = vec![row(&["NAME", "NAMESPACE", "STATUS", "VERSION"])];
+        let mut reasons = vec![None];
+        for proxy in proxies {
+            let error = proxy.get("error").and_then(Value::as_str);
+            let status = if proxy.get("connected") != Some(&Value::Bool(true)) {
+                "DISCONNECTED"
+            } else if error.is_some() {
+                "NACK"
+            } else if text(proxy, "sentVersion") != text(proxy, "ackedVersion") {
+                "STALE"
+            } else {
+                "SYNCED"
+            };
+            rows.push(row(&[
+                text(proxy, "id"),
+                text(proxy, "namespace"),
+                status,
+                text(proxy, "ackedVersion"),
+            ]));
+            reasons.push(error.filter(|_| status == "NACK"));
+        }
+        let lines = format_rows(&rows);
+        for (line, reason) in lines.iter().zip(reasons) {
+            println!("{line}");
+            if let Some(reason) = reason {
+                println!("    NACK: {reason}");
+            }
+        }
     }
-    let mut rows = vec![row(&["NAME", "NAMESPACE", "STATUS", "VERSION"])];
-    let mut reasons = vec![None];
-    for proxy in proxies {
-        let error = proxy.get("error").and_then(Value::as_str);
-        let status = if proxy.get("connected") != Some(&Value::Bool(true)) {
-            "DISCONNECTED"
-        } else if error.is_some() {
-            "NACK"
-        } else if text(proxy, "sentVersion") != text(proxy, "ackedVersion") {
-            "STALE"
-        } else {
-            "SYNCED"
-        };
-        rows.push(row(&[
-            text(proxy, "id"),
-            text(proxy, "namespace"),
-            status,
-            text(proxy, "ackedVersion"),
-        ]));
-        reasons.push(error.filter(|_| status == "NACK"));
-    }
-    let lines = format_rows(&rows);
-    for (line, reason) in lines.iter().zip(reasons) {
-        println!("{line}");
-        if let Some(reason) = reason {
-            println!("    NACK: {reason}");
+    if !refused.is_empty() {
+        println!();
+        println!("REFUSED (the last {}, newest last):", refused.len());
+        let mut rows = vec![row(&["TIME", "PEER", "NODE", "CODE"])];
+        for refusal in refused {
+            rows.push(row(&[
+                text(refusal, "time"),
+                text(refusal, "peer"),
+                text(refusal, "id"),
+                text(refusal, "code"),
+            ]));
+        }
+        let lines = format_rows(&rows);
+        if let Some(header) = lines.first() {
+            println!("{header}");
+        }
+        for (line, refusal) in lines.iter().skip(1).zip(refused) {
+            println!("{line}");
+            println!("    {}", text(refusal, "reason"));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -9,7 +9,8 @@ use clap::Parser;
 use tokio::sync::watch;
 use weft_control::ca::listener::{self, ServingCert};
 use weft_control::ca::{Ca, CaOptions};
-use weft_control::push::mesh::{self, Connected, Mesh};
+use weft_control::push::mesh::{self, BuildInputs, Mesh};
+use weft_control::push::registrations::{self, Registrations};
 use weft_control::push::{
     CertificateService, CertificatesServer, DiscoveryServer, DiscoveryService,
 };
@@ -72,6 +73,12 @@ struct Args {
     /// Lifetime of workload certificates (at most 90 days).
     #[arg(long, default_value = "24h")]
     workload_cert_ttl: humantime::Duration,
+    /// How long a proxy whose stream ended (or that a restarted weftd knew)
+    /// stays registered, its endpoints pushed, before it is removed (Istio's
+    /// auto-registration cleanup grace). A proxy that says goodbye on a
+    /// clean shutdown leaves at once.
+    #[arg(long, default_value = "10s")]
+    registration_grace: humantime::Duration,
 }
 
 fn main() -> ExitCode {
@@ -136,14 +143,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let status = Arc::new(StatusBoard::default());
-    let connected = Arc::new(Connected::default());
+    let registrations = Arc::new(Registrations::new(
+        args.registration_grace.into(),
+        registrations::DEFAULT_STREAMS_PER_IDENTITY,
+    ));
+    // Before the first build: its pushes keep every endpoint the last
+    // weftd pushed, and proxies that do not come back go after the grace.
+    let (saved, problem) = registrations::load(&args.state_dir);
+    if let Some(problem) = problem {
+        tracing::error!("{problem}");
+    }
+    for registration in &saved {
+        status.update(&registration.node.id, |proxy| {
+            proxy.workload.clone_from(&registration.node.workload);
+            proxy.namespace.clone_from(&registration.node.namespace);
+        });
+    }
+    tracing::info!(
+        restored = saved.len(),
+        "registrations restored; proxies have {} to reconnect",
+        args.registration_grace
+    );
+    registrations.restore(saved, std::time::Instant::now());
+    tokio::spawn(weft_control::push::expire_loop(
+        registrations.clone(),
+        status.clone(),
+    ));
     let (publish, meshes) = watch::channel(Arc::new(Mesh::empty()));
     tokio::spawn(mesh::build_loop(
-        store.clone(),
-        connected.clone(),
+        BuildInputs {
+            store: store.clone(),
+            registrations: registrations.clone(),
+            status: status.clone(),
+            state_dir: Some(args.state_dir.clone()),
+            trust_domain: args.trust_domain.clone(),
+        },
         args.debounce.into(),
         publish,
-        args.trust_domain.clone(),
     ));
 
     let admin_token = weft_control::api::AdminToken::load_or_create(
@@ -191,7 +227,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let discovery = Arc::new(
-        DiscoveryService::new(meshes, connected, status).with_trust_bundle(ca.roots_pem()),
+        DiscoveryService::new(meshes, store.clone(), registrations, status)
+            .with_trust_bundle(ca.roots_pem()),
     );
     let (stop, stopped) = watch::channel(false);
     let shutdown = |mut stopped: watch::Receiver<bool>| async move {

@@ -129,7 +129,10 @@ pub(super) fn proxies(status: &StatusBoard) -> Reply {
             value
         })
         .collect();
-    json_reply(StatusCode::OK, &json!({ "proxies": proxies }))
+    json_reply(
+        StatusCode::OK,
+        &json!({ "proxies": proxies, "refused": status.refusals() }),
+    )
 }
 
 /// The objects a delete body names, and the ones skipped (kinds Weft does

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::{Reply, error, json_reply};
 use crate::analyze::{self, Input};
+use crate::status::StatusBoard;
 use crate::store::Store;
 
 /// `POST /v1/analyze`: the analyzers over everything stored, plus the
@@ -13,7 +14,7 @@ use crate::store::Store;
 /// FILE, "document": N, "object": {...}}], "analyzers": [NAME]}`, all
 /// optional): `weft analyze` without `-f`, or
 /// with `-f FILES --use-weftd`.
-pub(super) fn analyze(store: &Store, body: &str) -> Reply {
+pub(super) fn analyze(store: &Store, status: &StatusBoard, body: &str) -> Reply {
     let request: Value = if body.trim().is_empty() {
         Value::Null
     } else {
@@ -30,7 +31,7 @@ pub(super) fn analyze(store: &Store, body: &str) -> Reply {
     let resources = store.resources();
     let mut input = Input::from_resources(&resources, "weftd");
     // Connected proxies are workloads too (policies select them).
-    for workload in crate::push::mesh::latest_workloads() {
+    for workload in status.workloads().iter() {
         let proxy = json!({
             "apiVersion": "weft.io/v1", "kind": "ConnectedProxy",
             "metadata": {"name": workload.name, "namespace": workload.namespace, "labels": workload.labels},
@@ -65,7 +66,7 @@ pub(super) fn analyze(store: &Store, body: &str) -> Reply {
 /// `GET /v1/describe?service=NAME&namespace=NS`: what applies to one
 /// service and why ([`analyze::describe`]), over the store and the
 /// workloads of the proxies connected now.
-pub(super) fn describe(store: &Store, query: &str) -> Reply {
+pub(super) fn describe(store: &Store, status: &StatusBoard, query: &str) -> Reply {
     let mut service = None;
     let mut namespace = "default".to_string();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -83,7 +84,7 @@ pub(super) fn describe(store: &Store, query: &str) -> Reply {
         );
     };
     let resources = store.resources();
-    let workloads = crate::push::mesh::latest_workloads();
+    let workloads = status.workloads();
     match analyze::describe(&resources, &workloads, &service, &namespace) {
         Ok(described) => json_reply(StatusCode::OK, &described),
         Err(message) => error(StatusCode::NOT_FOUND, message),
@@ -94,8 +95,8 @@ pub(super) fn describe(store: &Store, query: &str) -> Reply {
 /// in the shape of the proxy's own `/config_dump`. What the proxy serves
 /// may differ (a NACKed push; see `/v1/proxies`), and only the proxy knows
 /// which endpoints are ejected: `weft proxy-config --admin` asks it.
-pub(super) fn pushed_config(id: &str) -> Reply {
-    let Some((version, resources)) = crate::push::mesh::last_sent(id) else {
+pub(super) fn pushed_config(status: &StatusBoard, id: &str) -> Reply {
+    let Some((version, resources)) = status.last_sent(id) else {
         return error(
             StatusCode::NOT_FOUND,
             format!(

@@ -284,10 +284,10 @@ async fn route(parts: http::request::Parts, body: Incoming, peer: &Peer, api: Ar
         },
         (&Method::GET, ["v1", "tokens"]) => tokens::list(ca.as_deref()),
         (&Method::DELETE, ["v1", "tokens", id]) => tokens::revoke(ca, id).await,
-        (&Method::GET, ["v1", "proxies", id, "config"]) => inspect::pushed_config(id),
-        (&Method::GET, ["v1", "describe"]) => inspect::describe(&store, &query),
+        (&Method::GET, ["v1", "proxies", id, "config"]) => inspect::pushed_config(status, id),
+        (&Method::GET, ["v1", "describe"]) => inspect::describe(&store, status, &query),
         (&Method::POST, ["v1", "analyze"]) => match read_body(&parts.headers, body).await {
-            Ok(text) => inspect::analyze(&store, &text),
+            Ok(text) => inspect::analyze(&store, status, &text),
             Err(failure) => failure.reply(),
         },
         (

@@ -1,21 +1,22 @@
 //! The mesh as the compiler sees it, rebuilt after every change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
 use tokio::sync::watch;
-use weft_proto::discovery::v1::{Node, Resource};
+use weft_proto::discovery::v1::Node;
 use weft_proto::resources::split;
 
+use super::registrations::{self, Registrations};
 use crate::compiler::MeshIndex;
 use crate::compiler::tls::MeshPeers;
-use crate::registry::Workload;
+use crate::status::StatusBoard;
 use crate::store::Store;
 
-/// A proxy's config as named, versioned resources.
-pub type Resources = Arc<BTreeMap<String, Resource>>;
+pub use crate::status::Resources;
 
 /// One build of the mesh.
 pub struct Mesh {
@@ -78,121 +79,69 @@ fn shape_key(node: &Node) -> Vec<u8> {
     shape.encode_to_vec()
 }
 
-/// Proxies connected now: each registers its workload with its Hello.
-#[derive(Default)]
-pub struct Connected {
-    /// node id → (session generation, node)
-    nodes: Mutex<BTreeMap<String, (u64, Node)>>,
-    changes: watch::Sender<u64>,
-    sessions: std::sync::atomic::AtomicU64,
+/// What the build loop reads and where it keeps registrations.
+pub struct BuildInputs {
+    pub store: Arc<Store>,
+    pub registrations: Arc<Registrations>,
+    /// Gets each build's registered workloads (for `describe`/`analyze`).
+    pub status: Arc<StatusBoard>,
+    /// Where the registrations file is written; `None` keeps them in memory.
+    pub state_dir: Option<PathBuf>,
+    pub trust_domain: String,
 }
 
-impl Connected {
-    /// Registers a node. Returns the token that unregisters exactly this
-    /// session (a proxy that reconnected under the same id stays registered)
-    /// and the registration sequence a mesh must include to know the node.
-    pub fn register(&self, node: Node) -> (u64, u64) {
-        let token = self
-            .sessions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.insert(node.id.clone(), (token, node));
-        self.changes.send_modify(|n| *n += 1);
-        (token, *self.changes.borrow())
-    }
-
-    pub fn unregister(&self, id: &str, token: u64) {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        if nodes.get(id).is_some_and(|(current, _)| *current == token) {
-            nodes.remove(id);
-            self.changes.send_modify(|n| *n += 1);
-        }
-    }
-
-    pub fn workloads(&self) -> Vec<Workload> {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes
-            .values()
-            .filter_map(|(_, node)| Workload::from_node(node))
-            .collect()
-    }
-
-    /// The connected proxies' nodes, for mesh TLS (inbound listeners and
-    /// who holds a certificate).
-    pub fn nodes(&self) -> Vec<Node> {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.values().map(|(_, node)| node.clone()).collect()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-}
-
-/// The connected workloads the latest build saw, for `GET /v1/describe`
-/// (the API serves from the store and cannot see the sessions). One
-/// weftd per process, as `weftd` runs it.
-static LATEST_WORKLOADS: std::sync::RwLock<Vec<Workload>> = std::sync::RwLock::new(Vec::new());
-
-/// What weftd last gave each proxy, by node id: the version and the whole
-/// set of resources the proxy should hold (pushed, or already held when
-/// it connected), for
-/// `GET /v1/proxies/<id>/config` (same one-weftd-per-process caveat).
-static LAST_SENT: std::sync::RwLock<BTreeMap<String, (String, Resources)>> =
-    std::sync::RwLock::new(BTreeMap::new());
-
-/// Records a push (see [`LAST_SENT`]).
-pub fn record_sent(node: &str, version: &str, resources: Resources) {
-    LAST_SENT
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(node.to_string(), (version.to_string(), resources));
-}
-
-/// The version and resources last pushed to `node`.
-pub fn last_sent(node: &str) -> Option<(String, Resources)> {
-    LAST_SENT
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(node)
-        .cloned()
-}
-
-/// See [`LATEST_WORKLOADS`].
-pub fn latest_workloads() -> Vec<Workload> {
-    LATEST_WORKLOADS
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-}
-
-/// Rebuilds the mesh whenever the store or the connected workloads change,
+/// Rebuilds the mesh whenever the store or the registrations change,
 /// waiting `debounce` after the first change so a burst (a multi-document
 /// apply, many proxies connecting) costs one build.
+///
+/// The registrations a build includes are written to disk before the build
+/// is published: every endpoint a proxy was ever sent is on disk, so a
+/// weftd killed at any moment starts again from them (static stability).
 pub async fn build_loop(
-    store: Arc<Store>,
-    connected: Arc<Connected>,
+    inputs: BuildInputs,
     debounce: Duration,
     publish: watch::Sender<Arc<Mesh>>,
-    trust_domain: String,
 ) {
+    let BuildInputs {
+        store,
+        registrations,
+        status,
+        state_dir,
+        trust_domain,
+    } = inputs;
     let mut store_changes = store.subscribe();
-    let mut workload_changes = connected.subscribe();
+    let mut workload_changes = registrations.subscribe();
     let mut generation = 0;
     let mut last_warnings: Vec<String> = Vec::new();
+    let mut last_saved = None;
     loop {
         store_changes.mark_unchanged();
         // Read before the store and workloads: the build then includes at
         // least these registrations and every store change before them.
-        let registrations = *workload_changes.borrow_and_update();
+        let sequence = *workload_changes.borrow_and_update();
         let resources = store.resources();
         generation += 1;
         let started = std::time::Instant::now();
-        let workloads = connected.workloads();
-        let peers = MeshPeers::new(&trust_domain, &connected.nodes());
+        let saved = registrations.saved();
+        if let Some(dir) = &state_dir
+            && last_saved.as_ref() != Some(&saved)
+        {
+            let (target, to_write) = (dir.clone(), saved.clone());
+            let written =
+                tokio::task::spawn_blocking(move || registrations::save(&target, &to_write)).await;
+            match written {
+                Ok(Ok(())) => last_saved = Some(saved),
+                Ok(Err(err)) => tracing::error!(
+                    "cannot save registrations in {}: {err}; a restart would wait for proxies to reconnect",
+                    dir.display()
+                ),
+                Err(err) => tracing::error!("saving registrations: {err}"),
+            }
+        }
+        let workloads = registrations.workloads();
+        let peers = MeshPeers::new(&trust_domain, &registrations.nodes());
         let index = MeshIndex::build_with_peers(&resources, &workloads, &peers);
-        *LATEST_WORKLOADS.write().unwrap_or_else(|p| p.into_inner()) = workloads;
+        status.set_workloads(workloads);
         tracing::debug!(
             generation,
             resources = resources.len(),
@@ -210,7 +159,7 @@ pub async fn build_loop(
             }
             last_warnings = index.warnings().to_vec();
         }
-        publish.send_replace(Arc::new(Mesh::new(index, generation, registrations)));
+        publish.send_replace(Arc::new(Mesh::new(index, generation, sequence)));
         tokio::select! {
             changed = store_changes.changed() => if changed.is_err() { return },
             changed = workload_changes.changed() => if changed.is_err() { return },

@@ -6,10 +6,19 @@
 //! it into versioned resources and sends only those the proxy does not hold.
 //! One push is in flight per proxy; its ACK or NACK lands on the
 //! [`StatusBoard`](crate::status::StatusBoard).
+//!
+//! A stream is served only once its proxy is admitted ([`admission`]: what
+//! it may register as, from its credential and WorkloadGroup) and
+//! registered ([`registrations`]: one owner per node id, a grace period
+//! after a lost stream, restored after a restart). Every refusal goes back
+//! to the proxy as a gRPC error with the reason, and onto the board.
 
+pub mod admission;
 pub mod mesh;
+pub mod registrations;
 mod session;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use crate::ca::service::{CertificateService, CertificatesServer};
@@ -20,13 +29,20 @@ use weft_proto::discovery::v1::discovery_server::Discovery;
 pub use weft_proto::discovery::v1::discovery_server::DiscoveryServer;
 use weft_proto::discovery::v1::{ProxyMessage, Push, proxy_message};
 
+use crate::ca::caller::Caller;
 use crate::status::StatusBoard;
-use mesh::{Connected, Mesh};
+use crate::store::{ResourceKey, Store};
+use mesh::Mesh;
+use registrations::{Conflict, Registrations};
+
+/// How long a new stream may take to send its Hello.
+const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The gRPC service each proxy streams from.
 pub struct DiscoveryService {
     mesh: watch::Receiver<Arc<Mesh>>,
-    connected: Arc<Connected>,
+    store: Arc<Store>,
+    registrations: Arc<Registrations>,
     status: Arc<StatusBoard>,
     trust_bundle: Option<Arc<str>>,
 }
@@ -34,15 +50,25 @@ pub struct DiscoveryService {
 impl DiscoveryService {
     pub fn new(
         mesh: watch::Receiver<Arc<Mesh>>,
-        connected: Arc<Connected>,
+        store: Arc<Store>,
+        registrations: Arc<Registrations>,
         status: Arc<StatusBoard>,
     ) -> Self {
         Self {
             mesh,
-            connected,
+            store,
+            registrations,
             status,
             trust_bundle: None,
         }
+    }
+
+    /// Refuses a stream: the proxy gets `status`, the board keeps why.
+    fn refuse(&self, peer: Option<SocketAddr>, id: &str, status: Status) -> Status {
+        tracing::warn!(node = %id, peer = ?peer, "stream refused: {}", status.message());
+        self.status
+            .refuse(peer, id, status.code(), status.message());
+        status
     }
 
     /// Every stream's first push carries these trust anchors (PEM).
@@ -60,36 +86,103 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        // Who the connection proved to be (set by ca::listener).
-        let caller = request
-            .extensions()
-            .get::<crate::ca::caller::Caller>()
-            .cloned();
-        tracing::debug!(?caller, "discovery stream opened");
+        // Who the connection proved to be, set by the listener that
+        // accepted it (ca::listener); a request without one is refused.
+        let caller = request.extensions().get::<Caller>().cloned();
+        let peer = caller
+            .as_ref()
+            .map(Caller::peer)
+            .or_else(|| request.remote_addr());
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
-            Some(ProxyMessage {
+        // A stream that never says who it is holds nothing for long.
+        let first = tokio::time::timeout(HELLO_WAIT, inbound.message())
+            .await
+            .unwrap_or_else(|_| Ok(None));
+        let hello = match first {
+            Ok(Some(ProxyMessage {
                 message: Some(proxy_message::Message::Hello(hello)),
-            }) => hello,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message must be a Hello",
+            })) => hello,
+            Ok(_) => {
+                return Err(self.refuse(
+                    peer,
+                    "",
+                    Status::invalid_argument(format!(
+                        "the first message must be a Hello, sent within {HELLO_WAIT:?}"
+                    )),
                 ));
             }
+            Err(status) => return Err(status),
         };
-        let node = hello
-            .node
-            .filter(|node| !node.id.is_empty())
-            .ok_or_else(|| Status::invalid_argument("Hello.node.id is required"))?;
+        let claimed = hello.node.unwrap_or_default();
+        let id = claimed.id.clone();
+        let Some(caller) = caller else {
+            return Err(self.refuse(
+                peer,
+                &id,
+                Status::unauthenticated(format!(
+                    "node {id:?}: the connection proved no identity; discovery needs mutual TLS"
+                )),
+            ));
+        };
+        let store = &self.store;
+        let admitted = admission::admit(&caller, claimed, |namespace, name| {
+            match store.get(&ResourceKey::new("WorkloadGroup", namespace, name)) {
+                Some(crate::store::Stored {
+                    resource: weft_api::Resource::WorkloadGroup(group),
+                    ..
+                }) => Some(group),
+                _ => None,
+            }
+        })
+        .map_err(|refusal| {
+            let status = if id.is_empty() {
+                Status::invalid_argument(refusal.0)
+            } else {
+                Status::permission_denied(refusal.0)
+            };
+            self.refuse(peer, &id, status)
+        })?;
+        let node = admitted.node.clone();
+        let registered = self.registrations.register(admitted).map_err(|conflict| {
+            let status = match &conflict {
+                Conflict::NodeIdTaken(why) => Status::failed_precondition(why.clone()),
+                Conflict::TooManyStreams(why) => Status::resource_exhausted(why.clone()),
+            };
+            self.refuse(peer, &id, status)
+        })?;
         let (outbound, pushes) = mpsc::channel(4);
         let session = session::Session::new(
             node,
             hello.known_versions,
-            self.connected.clone(),
+            self.registrations.clone(),
+            registered,
             self.status.clone(),
         )
         .with_trust_bundle(self.trust_bundle.clone());
         tokio::spawn(session.run(inbound, outbound, self.mesh.clone()));
         Ok(Response::new(ReceiverStream::new(pushes)))
+    }
+}
+
+/// Ends registrations whose proxies stayed away for the grace period, and
+/// forgets their per-proxy state; runs as long as weftd.
+pub async fn expire_loop(registrations: Arc<Registrations>, status: Arc<StatusBoard>) {
+    loop {
+        let next = registrations.next_expiry();
+        tokio::select! {
+            // A stream lost since may expire sooner than the one waited for.
+            () = registrations.away_changed() => {}
+            () = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let expired = registrations.expire(std::time::Instant::now(), |id| status.remove(id));
+                for id in expired {
+                    tracing::info!(node = %id, "proxy did not come back within {:?}; registration removed", registrations.grace());
+                }
+            }
+        }
     }
 }

@@ -9,7 +9,8 @@ use tonic::{Status, Streaming};
 use weft_proto::discovery::v1::{Node, ProxyMessage, Push, proxy_message};
 use weft_proto::resources::set_version;
 
-use super::mesh::{Connected, Mesh};
+use super::mesh::Mesh;
+use super::registrations::{Leaving, Registered, Registrations};
 use crate::status::StatusBoard;
 
 /// How long a new proxy's first push waits for a mesh that includes it.
@@ -25,10 +26,12 @@ struct InFlight {
 }
 
 pub struct Session {
+    /// The node as admitted (not as claimed).
     node: Node,
     /// What the proxy holds and serves (its last ACKed set).
     held: Versions,
-    connected: Arc<Connected>,
+    registrations: Arc<Registrations>,
+    registered: Registered,
     status: Arc<StatusBoard>,
     pushes: u64,
     /// The mesh's trust anchors, sent with the first push of the stream.
@@ -36,16 +39,19 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session for a stream whose node is already registered.
     pub fn new(
         node: Node,
         held: Versions,
-        connected: Arc<Connected>,
+        registrations: Arc<Registrations>,
+        registered: Registered,
         status: Arc<StatusBoard>,
     ) -> Self {
         Self {
             node,
             held,
-            connected,
+            registrations,
+            registered,
             status,
             pushes: 0,
             trust_bundle: None,
@@ -65,7 +71,7 @@ impl Session {
         outbound: mpsc::Sender<Result<Push, Status>>,
         mut mesh: watch::Receiver<Arc<Mesh>>,
     ) {
-        let (token, registration) = self.connected.register(self.node.clone());
+        let registration = self.registered.sequence;
         let held_version = set_version(&self.held);
         self.status.update(&self.node.id, |status| {
             status.workload.clone_from(&self.node.workload);
@@ -86,6 +92,8 @@ impl Session {
         }
         let mut in_flight: Option<InFlight> = None;
         let mut recompute = true;
+        let mut leaving = Leaving::Lost;
+        let mut replaced = false;
         loop {
             if in_flight.is_none() && recompute {
                 recompute = false;
@@ -96,6 +104,11 @@ impl Session {
                 }
             }
             tokio::select! {
+                _ = &mut self.registered.replaced => {
+                    // A newer stream of the same proxy holds the id now.
+                    replaced = true;
+                    break;
+                }
                 changed = mesh.changed() => {
                     if changed.is_err() {
                         break;
@@ -109,6 +122,11 @@ impl Session {
                             other => in_flight = other, // a stale ACK: keep waiting
                         }
                     }
+                    Ok(Some(ProxyMessage { message: Some(proxy_message::Message::Goodbye(goodbye)) })) => {
+                        tracing::info!(node = %self.node.id, reason = %goodbye.reason, "proxy said goodbye");
+                        leaving = Leaving::Goodbye;
+                        break;
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(err) => {
@@ -118,10 +136,40 @@ impl Session {
                 },
             }
         }
-        self.connected.unregister(&self.node.id, token);
-        self.status
-            .update(&self.node.id, |status| status.connected = false);
-        tracing::info!(node = %self.node.id, "proxy disconnected");
+        if replaced {
+            tracing::info!(node = %self.node.id, "stream replaced by a newer one from the same proxy");
+            let _ = outbound
+                .send(Err(Status::aborted(format!(
+                    "node {:?}: replaced by a newer stream of the same proxy",
+                    self.node.id
+                ))))
+                .await;
+            return;
+        }
+        let (id, status) = (&self.node.id, &self.status);
+        let held = self.registrations.leave(
+            id,
+            self.registered.session,
+            leaving,
+            std::time::Instant::now(),
+            || match leaving {
+                Leaving::Goodbye => status.remove(id),
+                Leaving::Lost => status.update(id, |proxy| proxy.connected = false),
+            },
+        );
+        if !held {
+            return;
+        }
+        match leaving {
+            Leaving::Goodbye => {
+                tracing::info!(node = %id, "proxy left; its registration is removed");
+            }
+            Leaving::Lost => tracing::info!(
+                node = %id,
+                "proxy disconnected; its registration is kept for {:?}",
+                self.registrations.grace()
+            ),
+        }
     }
 
     /// Compiles this proxy's config and pushes what differs from what it
@@ -138,7 +186,8 @@ impl Session {
             .collect();
         // What the proxy should hold from now on, pushed or already held.
         let version = set_version(&versions);
-        super::mesh::record_sent(&self.node.id, &version, resources.clone());
+        self.status
+            .record_sent(&self.node.id, &version, resources.clone());
         let changed: Vec<_> = resources
             .values()
             .filter(|resource| self.held.get(&resource.name) != Some(&resource.version))

@@ -70,13 +70,23 @@ impl Control {
         .expect("weftd restarts");
     }
 
-    /// A token file for `sa` in the default namespace.
+    /// A token file for `sa` in the default namespace, through a
+    /// WorkloadGroup named after it ([`group_yaml`]).
     pub async fn token_file(&self, sa: &str) -> PathBuf {
+        self.bound_token_file(sa, None).await
+    }
+
+    /// [`token_file`](Self::token_file) bound to `address`: weftd
+    /// registers the proxy there whatever address it connects from.
+    pub async fn bound_token_file(&self, sa: &str, address: Option<&str>) -> PathBuf {
+        self.apply(&group_yaml(sa)).await;
+        let bound = address.map(|a| a.parse().expect("an IP address"));
         let token = self
             .weftd
-            .mint_token_for_account("default", sa)
+            .mint_token_with("default", sa, bound, None)
             .await
-            .expect("token");
+            .expect("token")
+            .token;
         let path = self.dir.path().join(format!("{sa}.token"));
         std::fs::write(&path, token).expect("write token");
         path
@@ -89,8 +99,14 @@ impl Control {
 
     /// A proxy fed by weftd for service account `sa` (also its node id)
     /// with a token (so a certificate) and `args`, once it is ready.
+    /// A claimed `--address` is bound into the token, as weftd registers a
+    /// proxy at its bound address or the one it connects from, nothing else.
     pub async fn ready_proxy(&self, sa: &str, args: &[&str]) -> ProxyProcess {
-        let token = self.token_file(sa).await;
+        let address = args
+            .iter()
+            .position(|arg| *arg == "--address")
+            .and_then(|at| args.get(at + 1).copied());
+        let token = self.bound_token_file(sa, address).await;
         let args = [&["--node-id", sa, "--service-account", sa], args].concat();
         let binary = proxy_binary();
         let options = self.secure_options(&binary, &token, &args);
@@ -183,6 +199,17 @@ impl Control {
             .unwrap_or_else(|err| panic!("client proxy {id} ready: {err:#}"));
         client
     }
+}
+
+/// The WorkloadGroup of the test workload `sa` (its service account too):
+/// weftd registers a proxy with these labels, and refuses one claiming
+/// others. `app: <sa>`, and httpbin is `version: v1`, as in Istio's samples.
+pub fn group_yaml(sa: &str) -> String {
+    let version = if sa == "httpbin" { ", version: v1" } else { "" };
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: {sa}}}\n\
+         spec:\n  metadata: {{labels: {{app: {sa}{version}}}}}\n  template: {{serviceAccount: {sa}}}\n"
+    )
 }
 
 /// The httpbin service on the server proxy's workload port `backend`.

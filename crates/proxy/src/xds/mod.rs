@@ -5,7 +5,8 @@
 //! keeps the config and reconnects, announcing what it holds so weftd sends
 //! only the difference. The stream runs over TLS verified with the held
 //! root, presenting the workload certificate ([`connect`]), unless
-//! `--plaintext-control-plane`.
+//! `--plaintext-control-plane`. Draining (SIGTERM), it says goodbye so weftd
+//! removes its endpoints at once, and does not reconnect.
 
 pub mod connect;
 pub mod node;
@@ -17,7 +18,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_proto::discovery::v1::discovery_client::DiscoveryClient;
-use weft_proto::discovery::v1::{Ack, Hello, Node, ProxyMessage, Push, Resource, proxy_message};
+use weft_proto::discovery::v1::{
+    Ack, Goodbye, Hello, Node, ProxyMessage, Push, Resource, proxy_message,
+};
 use weft_proto::resources::{assemble, set_version};
 
 use crate::identity::Identity;
@@ -26,6 +29,9 @@ use connect::ControlPlane;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a draining proxy waits for weftd to take its goodbye.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+
 /// Runs forever: connect, stream, apply, and on any loss wait and retry.
 /// `identity` (None on the plaintext port) presents its certificate and
 /// takes the trust bundles pushed.
@@ -46,7 +52,12 @@ pub async fn run(
             state: &state,
             identity: identity.as_deref(),
         };
-        match stream(link, &mut held, &mut got_push).await {
+        let result = stream(link, &mut held, &mut got_push).await;
+        if state.drain.is_draining() {
+            // Said goodbye (or tried): a draining proxy does not come back.
+            return;
+        }
+        match result {
             Ok(()) => {
                 tracing::warn!("weftd at {address} closed the stream; keeping the last good config")
             }
@@ -114,7 +125,33 @@ async fn stream(
         .map_err(|status| anyhow::anyhow!("{} ({:?})", status.message(), status.code()))?
         .into_inner();
     tracing::info!("connected to weftd at {address}");
-    while let Some(push) = pushes.message().await? {
+    // The drain waits for this stream (at most GOODBYE_WAIT after it
+    // starts): the goodbye below must reach weftd before the process exits.
+    let (_stream_open, stream_done) = tokio::sync::oneshot::channel::<()>();
+    state.drain.spawn_connection(async move {
+        let _ = stream_done.await;
+    });
+    loop {
+        let push = tokio::select! {
+            push = pushes.message() => match push? {
+                Some(push) => push,
+                None => break,
+            },
+            () = state.drain.signaled() => {
+                // A clean shutdown: weftd removes this proxy's endpoints
+                // now instead of keeping them for its grace period.
+                let goodbye = proxy_message::Message::Goodbye(Goodbye {
+                    reason: "draining".into(),
+                });
+                outbound.send(ProxyMessage { message: Some(goodbye) }).await?;
+                drop(outbound);
+                // weftd closes the stream once it has the goodbye.
+                let closed = async { while let Ok(Some(_)) = pushes.message().await {} };
+                let _ = tokio::time::timeout(GOODBYE_WAIT, closed).await;
+                tracing::info!("draining: said goodbye to weftd");
+                return Ok(());
+            }
+        };
         *got_push = true;
         let ack = apply(push, state, identity, held);
         outbound
