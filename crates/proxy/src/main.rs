@@ -133,16 +133,21 @@ struct NodeArgs {
     /// The workload's name.
     #[arg(long, default_value = "weft-proxy")]
     workload: String,
-    #[arg(long, default_value = "default")]
-    namespace: String,
+    /// The workload's namespace. Left out, weftd takes the one the
+    /// proxy's certificate proves (or "default" on the plaintext port).
+    #[arg(long)]
+    namespace: Option<String>,
     /// A workload label, KEY=VALUE (repeatable), e.g. app=reviews.
     #[arg(long = "label", value_parser = node::parse_label)]
     labels: Vec<(String, String)>,
-    #[arg(long, default_value = "default")]
-    service_account: String,
-    /// The address other proxies reach this workload at.
-    #[arg(long, default_value = "127.0.0.1")]
-    address: String,
+    /// Left out, weftd takes the one the proxy's certificate proves.
+    #[arg(long)]
+    service_account: Option<String>,
+    /// The address other proxies reach this workload at. Left out, weftd
+    /// takes the address the token bound, else the one the proxy connects
+    /// from.
+    #[arg(long)]
+    address: Option<String>,
     /// A port the workload serves, PORT[/PROTOCOL] (repeatable).
     #[arg(long = "port", value_parser = node::parse_port)]
     ports: Vec<weft_proto::discovery::v1::WorkloadPort>,
@@ -170,19 +175,51 @@ struct NodeArgs {
 }
 
 impl NodeArgs {
-    fn telemetry(&self, args: &TelemetryArgs) -> weft_proxy::telemetry::Settings {
+    /// Namespace and service account as this proxy reports them in
+    /// telemetry: the flags, else what its identity (`spiffe://TD/ns/NS/sa/SA`)
+    /// says, else "default". weftd never takes these from here when a
+    /// certificate proves them.
+    fn reported_identity(&self, spiffe: Option<&str>) -> (String, String) {
+        let proven = spiffe.and_then(|uri| {
+            let (_, path) = uri.strip_prefix("spiffe://")?.split_once('/')?;
+            match path.split('/').collect::<Vec<_>>().as_slice() {
+                ["ns", namespace, "sa", account] => {
+                    Some((namespace.to_string(), account.to_string()))
+                }
+                _ => None,
+            }
+        });
+        let (proven_namespace, proven_account) = proven.unzip();
+        (
+            self.namespace
+                .clone()
+                .or(proven_namespace)
+                .unwrap_or_else(|| "default".into()),
+            self.service_account
+                .clone()
+                .or(proven_account)
+                .unwrap_or_else(|| "default".into()),
+        )
+    }
+
+    fn telemetry(
+        &self,
+        args: &TelemetryArgs,
+        spiffe: Option<&str>,
+    ) -> weft_proxy::telemetry::Settings {
+        let (namespace, service_account) = self.reported_identity(spiffe);
         let workload = weft_proxy::telemetry::peer::Workload::local(
             &self.workload,
-            &self.namespace,
+            &namespace,
             &self.labels,
-            &self.service_account,
+            &service_account,
             &self.cluster_id,
         );
         weft_proxy::telemetry::Settings {
             node_id: self
                 .node_id
                 .clone()
-                .unwrap_or_else(|| format!("{}.{}", self.workload, self.namespace)),
+                .unwrap_or_else(|| format!("{}.{namespace}", self.workload)),
             workload,
             access_log: args.access_log.clone(),
             access_log_format: args.access_log_format,
@@ -195,10 +232,12 @@ impl NodeArgs {
         node::NodeFlags {
             id: self.node_id,
             workload: self.workload,
-            namespace: self.namespace,
+            // What was not given is left for weftd to fill from the
+            // credential (empty is "not claimed").
+            namespace: self.namespace.unwrap_or_default(),
             labels: self.labels,
-            service_account: self.service_account,
-            address: self.address,
+            service_account: self.service_account.unwrap_or_default(),
+            address: self.address.unwrap_or_default(),
             ports: self.ports,
             capture: self.capture,
             listeners: self.listeners,
@@ -282,7 +321,9 @@ fn spiffe_to_ask(args: &Args, token_file: &std::path::Path) -> String {
     from_token.unwrap_or_else(|| {
         format!(
             "spiffe://{}/ns/{}/sa/{}",
-            args.identity.trust_domain, args.node.namespace, args.node.service_account
+            args.identity.trust_domain,
+            args.node.namespace.as_deref().unwrap_or("default"),
+            args.node.service_account.as_deref().unwrap_or("default")
         )
     })
 }
@@ -320,10 +361,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         _ => Security::Plaintext,
     };
     tls::install(identity.clone()).attach(&state);
-    state
-        .metrics
-        .telemetry
-        .configure(args.node.telemetry(&args.telemetry))?;
+    state.metrics.telemetry.configure(args.node.telemetry(
+        &args.telemetry,
+        identity.as_ref().map(|id| id.spiffe.as_str()),
+    ))?;
     // At start-up there is no last good config to fall back on: refuse to run.
     let initial = args.config.as_deref().map(read_config).transpose()?;
 

@@ -117,17 +117,21 @@ pub fn admit(
     }
 }
 
-/// The plaintext port: today's behaviour, the node as claimed.
-fn plaintext(node: Node, peer: SocketAddr) -> Admitted {
-    let address = if node.address.is_empty() {
-        peer.ip().to_canonical().to_string()
-    } else {
-        node.address.clone()
-    };
+/// The plaintext port: today's behaviour, the node as claimed; what it
+/// leaves out is the default namespace and service account, and the
+/// address it connects from.
+fn plaintext(mut node: Node, peer: SocketAddr) -> Admitted {
+    if node.address.is_empty() {
+        node.address = peer.ip().to_canonical().to_string();
+    }
+    node.namespace = namespace_or_default(&node.namespace).to_string();
+    if node.service_account.is_empty() {
+        node.service_account = "default".into();
+    }
     let owner = Owner::Plaintext {
-        namespace: namespace_or_default(&node.namespace).to_string(),
+        namespace: node.namespace.clone(),
         service_account: node.service_account.clone(),
-        address,
+        address: node.address.clone(),
     };
     Admitted { node, owner }
 }

@@ -295,12 +295,21 @@ fn plaintext_is_taken_at_its_word_and_anonymous_is_refused() {
     };
     let admitted = admit(&Caller::Plaintext { peer: peer() }, claimed.clone(), groups)
         .expect("plaintext is trusted");
-    assert_eq!(admitted.node, claimed);
+    // Taken at its word; what it left out is the default account and the
+    // address it connects from.
+    assert_eq!(
+        admitted.node,
+        Node {
+            service_account: "default".into(),
+            address: "10.0.0.7".into(),
+            ..claimed
+        }
+    );
     assert_eq!(
         admitted.owner,
         Owner::Plaintext {
             namespace: "bank".into(),
-            service_account: String::new(),
+            service_account: "default".into(),
             address: "10.0.0.7".into()
         }
     );

@@ -93,9 +93,14 @@ pub struct NodeFlags {
 
 impl NodeFlags {
     pub fn into_node(self) -> Node {
-        let id = self
-            .id
-            .unwrap_or_else(|| format!("{}.{}", self.workload, self.namespace));
+        let id = self.id.unwrap_or_else(|| {
+            let namespace = if self.namespace.is_empty() {
+                "default"
+            } else {
+                &self.namespace
+            };
+            format!("{}.{namespace}", self.workload)
+        });
         Node {
             id,
             workload: self.workload,
