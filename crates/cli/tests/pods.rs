@@ -258,6 +258,19 @@ fn pods_run_unprivileged_see_only_their_own_files_and_cannot_go_around_their_sid
             );
         }
     }
+    // Nor through another pod's sidecar, though it shares UID 1337: a
+    // sidecar is not dumpable, so its /proc/PID/root is closed.
+    let backend_sidecar = pid_of(&state, "backend-v1-0 sidecar");
+    let around = format!(
+        "/proc/{backend_sidecar}/root{}",
+        path(&token("backend-v1-0"))
+    );
+    let out = in_pod(frontend, 1337, &["cat", &around]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("Permission denied"),
+        "{around} as 1337 from another pod: {}",
+        show(&out)
+    );
     let out = in_pod(frontend, 20000, &["ls", "-A", &path(&home)]);
     assert!(
         out.status.success() && out.stdout.is_empty(),
