@@ -1,0 +1,450 @@
+//! The one table of Istio fields Weft accepts but does not honour, and of
+//! fields Istio removed but still tolerates.
+//!
+//! Kubernetes' default field validation answers such fields with a warning,
+//! never silence: decoding (`weft validate`, `weft apply`, weftd's apply API)
+//! turns every match into a [`FieldWarning`], and `weft analyze` reports the
+//! same matches as analyzer messages. Both read [`TABLE`], so the CLI and
+//! weftd cannot disagree on what Weft ignores.
+//!
+//! Patterns are field paths with array indices written `[]` and `**` for
+//! any number of segments: `spec.**.tunnel` matches `spec.trafficPolicy.tunnel`
+//! and `spec.subsets[].trafficPolicy.portLevelSettings[].tunnel`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What Weft does with a field of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Treatment {
+    /// Part of today's Istio API; accepted, kept in the store, not acted on.
+    Ignored,
+    /// Gone from Istio's API, which still tolerates it; dropped at decoding
+    /// (the typed schema no longer has it).
+    Removed,
+}
+
+/// One row: a field of one kind, what Weft does with it and why.
+#[derive(Debug, Clone, Copy)]
+pub struct Unimplemented {
+    pub kind: &'static str,
+    pub pattern: &'static str,
+    pub treatment: Treatment,
+    /// Said to the user after the field path.
+    pub message: &'static str,
+    /// Whether a present value counts (e.g. only CIDR `addresses`); `None`:
+    /// any value but `null`.
+    pub when: Option<fn(&Value) -> bool>,
+}
+
+const fn ignored(kind: &'static str, pattern: &'static str, message: &'static str) -> Unimplemented {
+    Unimplemented {
+        kind,
+        pattern,
+        treatment: Treatment::Ignored,
+        message,
+        when: None,
+    }
+}
+
+const DR: &str = "DestinationRule";
+const VS: &str = "VirtualService";
+const SIDECAR: &str = "Sidecar";
+const GATEWAY: &str = "Gateway";
+
+/// Every field Weft does not honour. Keep it in step with the compiler:
+/// a row leaves when the field is implemented.
+pub const TABLE: &[Unimplemented] = &[
+    // DestinationRule: every TrafficPolicy (top, port-level, subsets).
+    ignored(
+        DR,
+        "spec.**.tunnel",
+        "not implemented (HTTP CONNECT/POST tunnelling to an upstream proxy); traffic goes to the destination directly",
+    ),
+    ignored(
+        DR,
+        "spec.**.proxyProtocol",
+        "not implemented; no PROXY protocol header is sent upstream",
+    ),
+    ignored(
+        DR,
+        "spec.**.retryBudget",
+        "not implemented; retries are limited only by connectionPool.http.maxRetries",
+    ),
+    ignored(
+        DR,
+        "spec.**.tls.credentialName",
+        "not implemented (no Kubernetes Secrets); use clientCertificate, privateKey and caCertificates files",
+    ),
+    ignored(
+        DR,
+        "spec.**.tls.caCrl",
+        "not implemented; upstream certificates are not checked against a revocation list",
+    ),
+    ignored(
+        DR,
+        "spec.**.outlierDetection.splitExternalLocalOriginErrors",
+        "not implemented; local-origin failures (connect errors, resets) count with 5xx responses",
+    ),
+    ignored(
+        DR,
+        "spec.**.outlierDetection.consecutiveLocalOriginFailures",
+        "not implemented; local-origin failures count towards consecutive5xxErrors",
+    ),
+    ignored(
+        DR,
+        "spec.**.outlierDetection.outlierDetectionHttpErrorCodes",
+        "not implemented; only 5xx (and gateway errors) count",
+    ),
+    ignored(
+        DR,
+        "spec.**.connectionPool.http.h2UpgradePolicy",
+        "not implemented; the upstream protocol follows the port's protocol",
+    ),
+    ignored(
+        DR,
+        "spec.**.connectionPool.http.useClientProtocol",
+        "not implemented; the upstream protocol follows the port's protocol",
+    ),
+    ignored(
+        DR,
+        "spec.**.connectionPool.http.maxConcurrentStreams",
+        "not implemented; HTTP/2 upstream connections use the server's stream limit",
+    ),
+    ignored(
+        DR,
+        "spec.**.connectionPool.tcp.maxConnectionDuration",
+        "not implemented; upstream connections live until idle or closed",
+    ),
+    ignored(
+        DR,
+        "spec.**.loadBalancer.consistentHash.httpCookie.attributes",
+        "not implemented; the generated cookie carries only name, path and ttl",
+    ),
+    ignored(
+        DR,
+        "spec.**.loadBalancer.backendUtilization",
+        "not implemented; the simple/consistentHash balancer applies",
+    ),
+    ignored(
+        DR,
+        "spec.**.loadBalancer.zoneAwareLbSetting",
+        "not implemented; use localityLbSetting",
+    ),
+    // VirtualService.
+    ignored(
+        VS,
+        "spec.http[].retries.retryRemoteLocalities",
+        "not implemented; retries may go to any locality the balancer picks",
+    ),
+    ignored(
+        VS,
+        "spec.http[].retries.retryIgnorePreviousHosts",
+        "not implemented; a retry may go to the host that failed",
+    ),
+    ignored(
+        VS,
+        "spec.http[].match[].statPrefix",
+        "not implemented; route statistics carry no prefix",
+    ),
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].websocketUpgrade",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (WebSocket upgrades need no setting); ignored",
+        when: None,
+    },
+    // ServiceEntry, WorkloadEntry, WorkloadGroup.
+    Unimplemented {
+        kind: "ServiceEntry",
+        pattern: "spec.addresses[]",
+        treatment: Treatment::Ignored,
+        message: "CIDR ranges are not implemented (single addresses are); traffic to this range is not captured for the service",
+        when: Some(is_cidr),
+    },
+    ignored(
+        "ServiceEntry",
+        "spec.endpoints[].network",
+        "multi-network is not implemented; the endpoint is dialled directly",
+    ),
+    ignored(
+        "WorkloadEntry",
+        "spec.network",
+        "multi-network is not implemented; the workload is dialled directly",
+    ),
+    ignored(
+        "WorkloadGroup",
+        "spec.template.network",
+        "multi-network is not implemented; the workloads are dialled directly",
+    ),
+    ignored(
+        "WorkloadGroup",
+        "spec.probe",
+        "health probes are not implemented; registered workloads count as ready",
+    ),
+    // Sidecar.
+    ignored(
+        SIDECAR,
+        "spec.ingress[].bind",
+        "not implemented; the proxy's inbound listener binds as usual",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.ingress[].captureMode",
+        "not implemented; inbound capture follows the proxy's mode",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.ingress[].tls",
+        "not implemented (needs proxy support); the port keeps mesh mTLS as PeerAuthentication sets it",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.ingress[].connectionPool",
+        "not implemented (needs proxy support); inbound connections are not limited",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.inboundConnectionPool",
+        "not implemented (needs proxy support); inbound connections are not limited",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.egress[].bind",
+        "not implemented; outbound listeners bind as the proxy's mode says",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.egress[].captureMode",
+        "not implemented; outbound capture follows the proxy's mode",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.outboundTrafficPolicy.egressProxy",
+        "not implemented (needs proxy support); unknown destinations follow outboundTrafficPolicy.mode",
+    ),
+    // Gateway.
+    ignored(
+        GATEWAY,
+        "spec.servers[].bind",
+        "not implemented; the server listens on the gateway's address",
+    ),
+    ignored(
+        GATEWAY,
+        "spec.servers[].defaultEndpoint",
+        "not implemented; traffic is routed by the bound VirtualServices",
+    ),
+    Unimplemented {
+        kind: GATEWAY,
+        pattern: "spec.servers[].tls",
+        treatment: Treatment::Ignored,
+        message: "TLS termination on gateways is not implemented (only httpsRedirect); the server's TLS settings are not applied",
+        when: Some(tls_beyond_redirect),
+    },
+];
+
+fn is_cidr(value: &Value) -> bool {
+    value.as_str().is_some_and(|s| s.contains('/'))
+}
+
+fn tls_beyond_redirect(value: &Value) -> bool {
+    value
+        .as_object()
+        .is_some_and(|tls| tls.keys().any(|key| key != "httpsRedirect"))
+}
+
+/// One field Weft does not honour, as weftd's apply API returns it and
+/// `weft apply` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldWarning {
+    /// The file (or API request source) the object came from.
+    pub file: String,
+    /// `Kind namespace/name`.
+    pub resource: String,
+    /// `spec.trafficPolicy.tunnel`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}: {}",
+            self.file, self.resource, self.field, self.message
+        )
+    }
+}
+
+/// A match of the table in one object: the field path (with indices) and
+/// the row.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub path: String,
+    pub row: &'static Unimplemented,
+}
+
+/// Every table match in an object of `kind` (the whole object as JSON,
+/// `spec` inside), in document order.
+pub fn scan(kind: &str, object: &Value) -> Vec<Found> {
+    let rows: Vec<&'static Unimplemented> = TABLE.iter().filter(|r| r.kind == kind).collect();
+    let mut found = Vec::new();
+    if rows.is_empty() {
+        return found;
+    }
+    if let Some(spec) = object.get("spec") {
+        let mut path = vec!["spec".to_string()];
+        walk(spec, &mut path, "spec", &rows, &mut found);
+    }
+    found
+}
+
+/// Removes every [`Treatment::Removed`] field from `object` (so the typed
+/// schema accepts it), returning what it matched.
+pub fn strip_removed(kind: &str, object: &mut Value) -> Vec<Found> {
+    let found: Vec<Found> = scan(kind, object)
+        .into_iter()
+        .filter(|f| f.row.treatment == Treatment::Removed)
+        .collect();
+    for f in &found {
+        remove_path(object, &f.path);
+    }
+    found
+}
+
+fn walk(
+    value: &Value,
+    pattern_path: &mut Vec<String>,
+    shown: &str,
+    rows: &[&'static Unimplemented],
+    out: &mut Vec<Found>,
+) {
+    if !value.is_null() {
+        for row in rows {
+            if glob(row.pattern, pattern_path) && row.when.is_none_or(|when| when(value)) {
+                out.push(Found {
+                    path: shown.to_string(),
+                    row,
+                });
+            }
+        }
+    }
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                pattern_path.push(key.clone());
+                walk(child, pattern_path, &format!("{shown}.{key}"), rows, out);
+                pattern_path.pop();
+            }
+        }
+        Value::Array(items) => {
+            // `[]` joins its key: `http[]` is one pattern segment.
+            if let Some(last) = pattern_path.last_mut() {
+                last.push_str("[]");
+            }
+            for (index, child) in items.iter().enumerate() {
+                walk(child, pattern_path, &format!("{shown}[{index}]"), rows, out);
+            }
+            if let Some(last) = pattern_path.last_mut() {
+                last.truncate(last.len() - 2);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `pattern` (dot-separated, `**` = any number of segments) against path
+/// segments.
+fn glob(pattern: &str, path: &[String]) -> bool {
+    let parts: Vec<&str> = pattern.split('.').collect();
+    glob_parts(&parts, path)
+}
+
+fn glob_parts(pattern: &[&str], path: &[String]) -> bool {
+    match pattern.split_first() {
+        None => path.is_empty(),
+        Some((&"**", rest)) => (0..=path.len()).any(|skip| glob_parts(rest, &path[skip..])),
+        Some((head, rest)) => path
+            .split_first()
+            .is_some_and(|(first, tail)| first == head && glob_parts(rest, tail)),
+    }
+}
+
+/// Removes the field at a shown path (`spec.http[0].websocketUpgrade`).
+fn remove_path(object: &mut Value, path: &str) {
+    let mut current = object;
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (key, indices) = match segment.find('[') {
+            Some(at) => (&segment[..at], &segment[at..]),
+            None => (segment, ""),
+        };
+        if segments.peek().is_none() && indices.is_empty() {
+            if let Some(map) = current.as_object_mut() {
+                map.remove(key);
+            }
+            return;
+        }
+        let Some(next) = current.get_mut(key) else {
+            return;
+        };
+        current = next;
+        for index in indices
+            .split(|c| c == '[' || c == ']')
+            .filter(|s| !s.is_empty())
+        {
+            let Some(next) = index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| current.get_mut(i))
+            else {
+                return;
+            };
+            current = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nested_traffic_policies_match_a_double_star_pattern() {
+        let dr = json!({"spec": {"host": "r", "subsets": [{"name": "v1", "trafficPolicy": {
+            "portLevelSettings": [{"port": {"number": 80}, "tunnel": {"protocol": "CONNECT"}}]}}]}});
+        let found = scan("DestinationRule", &dr);
+        let paths: Vec<&str> = found.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["spec.subsets[0].trafficPolicy.portLevelSettings[0].tunnel"]
+        );
+    }
+
+    #[test]
+    fn only_cidr_addresses_are_reported() {
+        let se = json!({"spec": {"hosts": ["a"], "addresses": ["10.0.0.1", "10.1.0.0/16"]}});
+        let found = scan("ServiceEntry", &se);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path, "spec.addresses[1]");
+    }
+
+    #[test]
+    fn removed_fields_are_stripped_and_reported() {
+        let mut vs = json!({"spec": {"hosts": ["a"], "http": [{"websocketUpgrade": true, "route": []}]}});
+        let found = strip_removed("VirtualService", &mut vs);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path, "spec.http[0].websocketUpgrade");
+        assert_eq!(vs, json!({"spec": {"hosts": ["a"], "http": [{"route": []}]}}));
+    }
+
+    #[test]
+    fn nulls_and_other_kinds_are_not_reported() {
+        let dr = json!({"spec": {"trafficPolicy": {"tunnel": null}}});
+        assert!(scan("DestinationRule", &dr).is_empty());
+        assert!(scan("PeerAuthentication", &json!({"spec": {"tunnel": {}}})).is_empty());
+    }
+}
