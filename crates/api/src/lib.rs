@@ -9,6 +9,7 @@
 //! Kinds Weft does not use (EnvoyFilter, Telemetry, ordinary Kubernetes
 //! objects, ...) are skipped with a notice, never an error.
 
+pub mod analyze;
 pub mod common;
 pub mod decode;
 pub mod field;

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use weft_control::analyze::{ANALYZERS, Input, analyze};
+use weft_api::analyze::{ANALYZERS, Input, analyze};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 

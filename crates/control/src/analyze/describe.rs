@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use weft_api::Resource;
 
-use super::virtual_service::destinations;
-use super::{Input, Object, hosts, string_map, strings};
+use weft_api::analyze::virtual_service::destinations;
+use weft_api::analyze::{Input, Object, hosts, string_map, strings};
+
 use crate::registry::{EndpointDef, ROOT_NAMESPACE, Registry, ServiceDef, Workload, labels_match};
 
 /// The service named `name` (short, FQDN, or as written in its
@@ -276,7 +277,7 @@ fn gateways(input: &Input, host: &str) -> Vec<Value> {
                 .find(|g| g.namespace == namespace && g.name == name);
             let servers: Vec<String> = gateway
                 .into_iter()
-                .flat_map(super::gateway::servers)
+                .flat_map(weft_api::analyze::gateway::servers)
                 .map(|s| {
                     format!(
                         "{} {} {}",

@@ -8,7 +8,7 @@ use super::{
     CONFLICTING_GATEWAYS, GATEWAY_PORT_NOT_ON_SERVICE, Input, Message, Object,
     REFERENCED_RESOURCE_NOT_FOUND, hosts, string_map, strings,
 };
-use crate::registry::labels_match;
+use super::labels_match;
 
 /// IST0145: two Gateways whose workload selectors can pick the same
 /// gateway workload (one selector within the other) claim the same port
