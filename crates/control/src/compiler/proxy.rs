@@ -159,8 +159,10 @@ impl MeshIndex {
 
     /// The clusters `services` refer to: each port's default cluster and
     /// every route destination (HTTP, TCP, TLS) and mirror, in name order.
-    /// Locality-aware balancing is applied for `node` here.
+    /// Each service's DestinationRule is the one `node` gets (its namespace
+    /// and labels) and locality-aware balancing is applied for it here.
     fn clusters_for(&self, services: &[pb::Service], node: &Node) -> Vec<pb::Cluster> {
+        let namespace = namespace_or_default(&node.namespace);
         let mut names = BTreeSet::new();
         for service in services {
             for port in &service.ports {
@@ -176,7 +178,10 @@ impl MeshIndex {
         }
         names
             .iter()
-            .filter_map(|name| self.clusters.get(name).cloned())
+            .filter_map(|name| {
+                self.rule_clusters
+                    .resolve(name, &self.clusters, namespace, &node.labels)
+            })
             .map(|mut cluster| {
                 super::locality::apply(&mut cluster, node);
                 cluster
