@@ -290,4 +290,6 @@ mod gateway_tests;
 #[cfg(test)]
 mod route_tests;
 #[cfg(test)]
+mod sidecar_tests;
+#[cfg(test)]
 mod tests;

@@ -35,10 +35,14 @@ impl MeshIndex {
         let namespace = namespace_or_default(&node.namespace);
         let mut warnings = Vec::new();
         let scope = self.sidecars.for_node(namespace, &node.labels);
-        let visible = |s: &&CompiledService| {
-            s.visibility.allows(namespace)
-                && scope.is_none_or(|scope| scope.allows(namespace, &s.namespace, &s.name))
+        let port_scope = |s: &CompiledService| match scope {
+            None => Some(None),
+            Some(scope) => scope
+                .ports(namespace, &s.namespace, &s.name)
+                .map(|p| (!p.is_everything()).then_some(p)),
         };
+        let visible =
+            |s: &&CompiledService| s.visibility.allows(namespace) && port_scope(s).is_some();
         // One service per hostname (the same host may be defined in several
         // namespaces): the proxy's own namespace first, else the first.
         let chosen: Vec<&CompiledService> = self
@@ -65,8 +69,7 @@ impl MeshIndex {
                 ));
                 continue;
             }
-            claimed.insert(service.key.clone(), services.len());
-            let ports = service
+            let mut ports = service
                 .routed
                 .iter()
                 .find(|r| r.visibility.allows(namespace))
@@ -74,6 +77,14 @@ impl MeshIndex {
                     || service.plain_ports.clone(),
                     |r| r.ports_for(namespace, &node.labels),
                 );
+            // A port-scoped Sidecar egress listener: only its ports.
+            if let Some(Some(only)) = port_scope(service) {
+                ports.retain(|p| only.admits(p.port));
+                if ports.is_empty() {
+                    continue;
+                }
+            }
+            claimed.insert(service.key.clone(), services.len());
             services.push(pb::Service {
                 name: service.name.clone(),
                 namespace: service.namespace.clone(),
@@ -99,7 +110,10 @@ impl MeshIndex {
 
         let clusters = self.clusters_for(&services, node);
         let mut listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
-        let mut inbound_ports = inbound_ports(node, &mut warnings);
+        let mut inbound_ports = match scope.and_then(|s| s.ingress_ports(node, &mut warnings)) {
+            Some(ports) => ports,
+            None => inbound_ports(node, &mut warnings),
+        };
         self.secure_inbound(node, &mut listeners, &mut inbound_ports, &mut warnings);
         let security = self.inbound_security(namespace, &node.labels);
         for port in &mut inbound_ports {
