@@ -100,13 +100,8 @@ pub const TABLE: &[Unimplemented] = &[
     ),
     ignored(
         DR,
-        "spec.**.connectionPool.http.h2UpgradePolicy",
-        "not implemented; the upstream protocol follows the port's protocol",
-    ),
-    ignored(
-        DR,
-        "spec.**.connectionPool.http.useClientProtocol",
-        "not implemented; the upstream protocol follows the port's protocol",
+        "spec.**.connectionPool.http.http2KeepAlive",
+        "not implemented; no HTTP/2 PINGs are sent to upstreams",
     ),
     ignored(
         DR,

@@ -195,7 +195,12 @@ fn cluster(
     pb::Cluster {
         load_balancer: balancer::load_balancer(policies, port.number, &name, warnings),
         name,
-        upstream_protocol: upstream_protocol(port.protocol) as i32,
+        upstream_protocol: limits::upstream_protocol(
+            policies,
+            port.number,
+            port.protocol,
+            upstream_protocol(port.protocol),
+        ) as i32,
         connect_timeout: Some(connect_timeout(policies, port.number).into()),
         endpoints,
         service: service.hostname.clone(),
