@@ -289,14 +289,17 @@ fn walk_document(mut value: Value, file: &str, document: usize, mode: Mode) -> D
     // ones stay (they are part of the object) but are said.
     let removed = unimplemented::strip_removed(&kind, &mut value);
     let ignored = unimplemented::scan(&kind, &value);
-    decoded
-        .warnings
-        .extend(removed.into_iter().chain(ignored).map(|found| FieldWarning {
-            file: file.to_string(),
-            resource: label.clone(),
-            field: found.path,
-            message: found.row.message.to_string(),
-        }));
+    decoded.warnings.extend(
+        removed
+            .into_iter()
+            .chain(ignored)
+            .map(|found| FieldWarning {
+                file: file.to_string(),
+                resource: label.clone(),
+                field: found.path,
+                message: found.row.message.to_string(),
+            }),
+    );
     match Resource::decode(&kind, value) {
         Some(Ok(resource)) => decoded.resources.push(resource),
         Some(Err(errors)) => decoded

@@ -39,7 +39,11 @@ pub struct Unimplemented {
     pub when: Option<fn(&Value) -> bool>,
 }
 
-const fn ignored(kind: &'static str, pattern: &'static str, message: &'static str) -> Unimplemented {
+const fn ignored(
+    kind: &'static str,
+    pattern: &'static str,
+    message: &'static str,
+) -> Unimplemented {
     Unimplemented {
         kind,
         pattern,
@@ -390,11 +394,7 @@ fn remove_path(object: &mut Value, path: &str) {
             .split(|c| c == '[' || c == ']')
             .filter(|s| !s.is_empty())
         {
-            let Some(next) = index
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| current.get_mut(i))
-            else {
+            let Some(next) = index.parse::<usize>().ok().and_then(|i| current.get_mut(i)) else {
                 return;
             };
             current = next;
@@ -429,11 +429,15 @@ mod tests {
 
     #[test]
     fn removed_fields_are_stripped_and_reported() {
-        let mut vs = json!({"spec": {"hosts": ["a"], "http": [{"websocketUpgrade": true, "route": []}]}});
+        let mut vs =
+            json!({"spec": {"hosts": ["a"], "http": [{"websocketUpgrade": true, "route": []}]}});
         let found = strip_removed("VirtualService", &mut vs);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].path, "spec.http[0].websocketUpgrade");
-        assert_eq!(vs, json!({"spec": {"hosts": ["a"], "http": [{"route": []}]}}));
+        assert_eq!(
+            vs,
+            json!({"spec": {"hosts": ["a"], "http": [{"route": []}]}})
+        );
     }
 
     #[test]

@@ -26,7 +26,6 @@ mod service_entry;
 mod sidecar;
 pub mod virtual_service;
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -191,7 +190,10 @@ pub const ROOT_NAMESPACE: &str = "istio-system";
 
 /// Whether every label of `selector` is on `labels` (an empty selector
 /// selects everything).
-pub fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 

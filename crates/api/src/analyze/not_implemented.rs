@@ -6,7 +6,11 @@ use super::{DEPRECATED, Input, Message, NOT_IMPLEMENTED};
 use crate::unimplemented::{Treatment, scan};
 
 pub fn fields(input: &Input, out: &mut Vec<Message>) {
-    for object in input.objects.iter().filter(|o| o.group.ends_with("istio.io")) {
+    for object in input
+        .objects
+        .iter()
+        .filter(|o| o.group.ends_with("istio.io"))
+    {
         for found in scan(&object.kind, &object.raw) {
             let (code, what) = match found.row.treatment {
                 Treatment::Ignored => (NOT_IMPLEMENTED, "Field not implemented by Weft"),

@@ -21,7 +21,9 @@ pub(super) async fn apply(store: Arc<Store>, text: String, source: String) -> Re
             return Err(StoreError::Invalid(decoded.problems));
         }
         let warnings = decoded.warnings;
-        store.apply(decoded.resources).map(|applied| (applied, warnings))
+        store
+            .apply(decoded.resources)
+            .map(|applied| (applied, warnings))
     };
     match blocking(work).await {
         Ok(Ok((applied, warnings))) => json_reply(

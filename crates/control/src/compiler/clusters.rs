@@ -14,13 +14,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use weft_api::networking::{DestinationRule, TrafficPolicy};
 use weft_api::Resource;
+use weft_api::networking::{DestinationRule, TrafficPolicy};
 use weft_proto::proxy::v1 as pb;
 
+use self::rules::DestinationRules;
 use super::hosts::HostIndex;
 use super::ports::{cluster_name, upstream_protocol};
-use self::rules::DestinationRules;
 use crate::registry::{EndpointDef, Registry, ServiceDef, ServicePortDef, labels_match};
 
 /// Istio's `connectionPool.tcp.connectTimeout` default.
@@ -77,7 +77,10 @@ impl RuleClusters {
     }
 
     /// Applies `secure` (mesh TLS of endpoints) to every cluster held here.
-    pub(super) fn for_each_mut(&mut self, mut secure: impl FnMut(&mut BTreeMap<String, pb::Cluster>)) {
+    pub(super) fn for_each_mut(
+        &mut self,
+        mut secure: impl FnMut(&mut BTreeMap<String, pb::Cluster>),
+    ) {
         for map in self.by_rule.values_mut() {
             secure(map);
         }
@@ -107,7 +110,12 @@ pub(super) fn build(
         out.base_rule.push((service.namespace.clone(), base));
         let candidates = rules.candidates(index);
         let build_under = |rule: Option<usize>, warnings: &mut Vec<String>| {
-            service_clusters(service, endpoints, rule.map(|id| &rules.rule(id).spec), warnings)
+            service_clusters(
+                service,
+                endpoints,
+                rule.map(|id| &rules.rule(id).spec),
+                warnings,
+            )
         };
         for built in build_under(base, warnings) {
             out.service_of.insert(built.name.clone(), index);
@@ -163,7 +171,14 @@ fn service_clusters(
                 .cloned()
                 .collect();
             let policies = [subset.traffic_policy.as_deref(), top];
-            out.push(cluster(service, port, &subset.name, &selected, &policies, warnings));
+            out.push(cluster(
+                service,
+                port,
+                &subset.name,
+                &selected,
+                &policies,
+                warnings,
+            ));
         }
     }
     out

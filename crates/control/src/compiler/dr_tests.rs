@@ -127,7 +127,10 @@ spec:
         timeout(&config(&index, &node("front", &[("app", "canary")]))),
         7
     );
-    assert_eq!(timeout(&config(&index, &node("front", &[("app", "web")]))), 1);
+    assert_eq!(
+        timeout(&config(&index, &node("front", &[("app", "web")]))),
+        1
+    );
     // The same labels in another namespace: the selector does not reach.
     assert_eq!(
         timeout(&config(&index, &node("shop", &[("app", "canary")]))),

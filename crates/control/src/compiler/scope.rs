@@ -147,7 +147,12 @@ impl SidecarScope {
     /// Which ports of the service `name` of `namespace` a proxy in
     /// `node_namespace` may reach; `None`: none, the service is not
     /// visible.
-    pub(super) fn ports(&self, node_namespace: &str, namespace: &str, name: &str) -> Option<PortScope> {
+    pub(super) fn ports(
+        &self,
+        node_namespace: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<PortScope> {
         let Some(egress) = &self.egress else {
             return Some(PortScope::everything());
         };

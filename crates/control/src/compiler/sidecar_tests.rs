@@ -122,7 +122,9 @@ spec:
         [(9080, "127.0.0.1:8080"), (9443, "10.0.0.100:9000")]
     );
     assert!(
-        out.warnings.iter().any(|w| w.contains("9500") && w.contains("unix")),
+        out.warnings
+            .iter()
+            .any(|w| w.contains("9500") && w.contains("unix")),
         "{:?}",
         out.warnings
     );

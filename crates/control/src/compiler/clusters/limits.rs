@@ -288,9 +288,16 @@ spec:
       connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}
 ",
         );
-        let protocol = |subset: &str| clusters[&format!("outbound|9080|{subset}|{HOST}")].upstream_protocol;
-        assert_eq!(protocol(""), pb::UpstreamProtocol::Http2PriorKnowledge as i32);
-        assert_eq!(protocol("v2"), pb::UpstreamProtocol::UseClientProtocol as i32);
+        let protocol =
+            |subset: &str| clusters[&format!("outbound|9080|{subset}|{HOST}")].upstream_protocol;
+        assert_eq!(
+            protocol(""),
+            pb::UpstreamProtocol::Http2PriorKnowledge as i32
+        );
+        assert_eq!(
+            protocol("v2"),
+            pb::UpstreamProtocol::UseClientProtocol as i32
+        );
         assert_eq!(protocol("v1"), pb::UpstreamProtocol::Http1 as i32);
     }
 }

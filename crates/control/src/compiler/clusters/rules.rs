@@ -221,7 +221,10 @@ fn merge(
 ) {
     let rule = &object.spec;
     let key = fqdn(&rule.host, namespace).to_ascii_lowercase();
-    let incoming = rule.workload_selector.as_ref().map(|s| s.match_labels.clone());
+    let incoming = rule
+        .workload_selector
+        .as_ref()
+        .map(|s| s.match_labels.clone());
     let name = format!("{namespace}/{}", object.metadata.name);
     let ids = index.by_host.entry(key.clone()).or_default();
     let mut append = true;
