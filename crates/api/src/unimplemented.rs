@@ -245,7 +245,7 @@ pub const TABLE: &[Unimplemented] = &[
 ];
 
 fn is_cidr(value: &Value) -> bool {
-    value.as_str().is_some_and(|s| s.contains('/'))
+    value.as_str().is_some_and(|s| s.parse::<ipnet::IpNet>().is_ok())
 }
 
 fn tls_beyond_redirect(value: &Value) -> bool {
