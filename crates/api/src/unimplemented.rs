@@ -245,7 +245,9 @@ pub const TABLE: &[Unimplemented] = &[
 ];
 
 fn is_cidr(value: &Value) -> bool {
-    value.as_str().is_some_and(|s| s.parse::<ipnet::IpNet>().is_ok())
+    value
+        .as_str()
+        .is_some_and(|s| s.parse::<ipnet::IpNet>().is_ok())
 }
 
 fn tls_beyond_redirect(value: &Value) -> bool {
