@@ -393,7 +393,7 @@ fn remove_path(object: &mut Value, path: &str) {
         };
         current = next;
         for index in indices
-            .split(|c| c == '[' || c == ']')
+            .split(['[', ']'])
             .filter(|s| !s.is_empty())
         {
             let Some(next) = index.parse::<usize>().ok().and_then(|i| current.get_mut(i)) else {
