@@ -148,6 +148,28 @@ pub const TABLE: &[Unimplemented] = &[
         "spec.http[].match[].statPrefix",
         "not implemented; route statistics carry no prefix",
     ),
+    ignored(
+        VS,
+        "spec.http[].fault.delay.exponentialDelay",
+        "not implemented (only fixedDelay); no delay is injected",
+    ),
+    ignored(
+        VS,
+        "spec.http[].fault.abort.http2Error",
+        "not implemented (only httpStatus and grpcStatus); no abort is injected",
+    ),
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].corsPolicy.unmatchedPreflights",
+        treatment: Treatment::Ignored,
+        message: "IGNORE is not implemented; preflights no origin matches are forwarded",
+        when: Some(is_ignore),
+    },
+    ignored(
+        VS,
+        "spec.tcp[].match[].sourceSubnet",
+        "not implemented (needs proxy support); the TCP rule is left out, never applied to every caller",
+    ),
     Unimplemented {
         kind: VS,
         pattern: "spec.http[].websocketUpgrade",
@@ -165,6 +187,11 @@ pub const TABLE: &[Unimplemented] = &[
     },
     ignored(
         "ServiceEntry",
+        "spec.subjectAltNames",
+        "not implemented; mesh mTLS checks the identity each endpoint's proxy holds",
+    ),
+    ignored(
+        "ServiceEntry",
         "spec.endpoints[].network",
         "multi-network is not implemented; the endpoint is dialled directly",
     ),
@@ -177,6 +204,11 @@ pub const TABLE: &[Unimplemented] = &[
         "WorkloadGroup",
         "spec.template.network",
         "multi-network is not implemented; the workloads are dialled directly",
+    ),
+    ignored(
+        "WorkloadGroup",
+        "spec.metadata",
+        "not applied (Weft does not auto-register WorkloadEntries from a group)",
     ),
     ignored(
         "WorkloadGroup",
@@ -248,6 +280,10 @@ fn is_cidr(value: &Value) -> bool {
     value
         .as_str()
         .is_some_and(|s| s.parse::<ipnet::IpNet>().is_ok())
+}
+
+fn is_ignore(value: &Value) -> bool {
+    value.as_str() == Some("IGNORE")
 }
 
 fn tls_beyond_redirect(value: &Value) -> bool {
