@@ -428,10 +428,7 @@ fn remove_path(object: &mut Value, path: &str) {
             return;
         };
         current = next;
-        for index in indices
-            .split(['[', ']'])
-            .filter(|s| !s.is_empty())
-        {
+        for index in indices.split(['[', ']']).filter(|s| !s.is_empty()) {
             let Some(next) = index.parse::<usize>().ok().and_then(|i| current.get_mut(i)) else {
                 return;
             };
