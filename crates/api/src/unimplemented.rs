@@ -87,16 +87,16 @@ pub const TABLE: &[Unimplemented] = &[
         "spec.**.tls.caCrl",
         "not implemented; upstream certificates are not checked against a revocation list",
     ),
-    ignored(
-        DR,
-        "spec.**.outlierDetection.splitExternalLocalOriginErrors",
-        "not implemented; local-origin failures (connect errors, resets) count with 5xx responses",
-    ),
-    ignored(
-        DR,
-        "spec.**.outlierDetection.consecutiveLocalOriginFailures",
-        "not implemented; local-origin failures count towards consecutive5xxErrors",
-    ),
+    // Unsplit (Istio's default), local-origin failures count as 503s and
+    // `consecutiveLocalOriginFailures` is not consulted: weft-proxy does
+    // exactly that. Only splitting them out is missing.
+    Unimplemented {
+        kind: DR,
+        pattern: "spec.**.outlierDetection.splitExternalLocalOriginErrors",
+        treatment: Treatment::Ignored,
+        message: "true is not implemented (needs proxy support); local-origin failures (connect errors, resets) still count as 503s towards consecutive5xxErrors and consecutiveLocalOriginFailures is not consulted",
+        when: Some(is_true),
+    },
     ignored(
         DR,
         "spec.**.outlierDetection.outlierDetectionHttpErrorCodes",
@@ -280,6 +280,10 @@ fn is_cidr(value: &Value) -> bool {
     value
         .as_str()
         .is_some_and(|s| s.parse::<ipnet::IpNet>().is_ok())
+}
+
+fn is_true(value: &Value) -> bool {
+    value.as_bool() == Some(true)
 }
 
 fn is_ignore(value: &Value) -> bool {
