@@ -137,7 +137,7 @@ pub(super) fn build(
                 map.insert(built.name.clone(), built);
             }
         }
-        if base.is_some() {
+        if base.is_some() && rules.some_caller_gets_none(index, &service.namespace) {
             for built in build_under(None, &mut Vec::new()) {
                 out.no_rule.insert(built.name.clone(), built);
             }

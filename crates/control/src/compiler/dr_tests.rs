@@ -167,3 +167,32 @@ spec:
     let v2 = cluster(&config, "outbound|9080|v2|reviews.shop.svc.cluster.local");
     assert_eq!(v2.connect_timeout.as_ref().map(|d| d.seconds), Some(4));
 }
+
+#[test]
+fn selector_rules_shadow_the_others_for_proxies_they_do_not_select() {
+    // Istio's lookup stops at the caller's namespace when it has rules for
+    // the host, even if they all select other workloads: such a proxy
+    // gets no rule at all (Istio's default policy), not the service's.
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: canary-only, namespace: lab}}
+spec:
+  host: {REVIEWS_HOST}
+  workloadSelector: {{matchLabels: {{app: canary}}}}
+  trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: 7s}}}}}}
+",
+        rules("\"*\"", "\"*\"")
+    );
+    let index = mesh(&yaml, &[]);
+    assert_eq!(
+        timeout(&config(&index, &node("lab", &[("app", "canary")]))),
+        7
+    );
+    let plain = config(&index, &node("lab", &[("app", "web")]));
+    assert_eq!(timeout(&plain), 10, "Istio's default connect timeout");
+    assert_eq!(cluster(&plain, ALL).endpoints.len(), 1);
+    // Elsewhere the service's rule still applies.
+    assert_eq!(timeout(&config(&index, &node("elsewhere", &[]))), 2);
+}

@@ -137,15 +137,71 @@ impl DestinationRules {
                 );
             }
         }
+        // A rule visible at home and exported is merged twice, usually
+        // into the same result: one id for both, so its clusters are built
+        // once.
+        let canonical: Vec<usize> = (0..rules.arena.len())
+            .map(|id| {
+                let held = &rules.arena[id];
+                (0..id)
+                    .find(|&other| {
+                        let other = &rules.arena[other];
+                        other.namespace == held.namespace
+                            && other.from == held.from
+                            && other.selector == held.selector
+                            && other.spec == held.spec
+                    })
+                    .unwrap_or(id)
+            })
+            .collect();
         let indexes = rules
             .local
             .values_mut()
             .chain(rules.exported.values_mut())
             .chain(std::iter::once(&mut rules.root_local));
         for index in indexes {
+            for ids in index.by_host.values_mut() {
+                for id in ids.iter_mut() {
+                    *id = canonical[*id];
+                }
+            }
             index.best = most_specific(index, hosts);
         }
         rules
+    }
+
+    /// Whether some proxy gets no rule at all for `service`: a namespace
+    /// whose most specific rules for it all carry selectors (they shadow the
+    /// others and may select nothing), or no catch-all rule exported to
+    /// everyone from the service's or the root namespace.
+    pub(in crate::compiler) fn some_caller_gets_none(
+        &self,
+        service: usize,
+        service_namespace: &str,
+    ) -> bool {
+        let catch_all = |ids: &Vec<usize>| ids.iter().any(|&id| self.arena[id].selector.is_none());
+        let shadowing = self
+            .local
+            .values()
+            .chain(std::iter::once(&self.root_local))
+            .filter_map(|index| index.best.get(&service).map(|key| &index.by_host[key]))
+            .any(|ids| !catch_all(ids));
+        // Callers without rules of their own: the service's namespace's
+        // rules where exported to them (they must have a catch-all), the
+        // root's for everyone else (exported to all, with a catch-all).
+        let exported = |owner: &str| {
+            let index = self.exported.get(owner)?;
+            let key = index.best.get(&service)?;
+            let everyone = index.exports.get(key).is_some_and(|e| e.everyone);
+            Some((everyone, catch_all(&index.by_host[key])))
+        };
+        let root_covers = matches!(exported(ROOT_NAMESPACE), Some((true, true)));
+        let fallback = match exported(service_namespace) {
+            Some((_, false)) => false,
+            Some((true, true)) => true,
+            Some((false, true)) | None => root_covers,
+        };
+        shadowing || !fallback
     }
 
     pub(in crate::compiler) fn rule(&self, id: usize) -> &Consolidated {
