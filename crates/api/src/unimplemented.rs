@@ -241,11 +241,13 @@ pub const TABLE: &[Unimplemented] = &[
         "spec.inboundConnectionPool",
         "not implemented (needs proxy support); inbound connections are not limited",
     ),
-    ignored(
-        SIDECAR,
-        "spec.egress[].bind",
-        "not implemented; outbound listeners bind as the proxy's mode says",
-    ),
+    Unimplemented {
+        kind: SIDECAR,
+        pattern: "spec.egress[].bind",
+        treatment: Treatment::Ignored,
+        message: "unix sockets are not implemented (IP addresses are); no listener is bound for this egress listener",
+        when: Some(is_unix),
+    },
     ignored(
         SIDECAR,
         "spec.egress[].captureMode",
@@ -280,6 +282,10 @@ fn is_cidr(value: &Value) -> bool {
     value
         .as_str()
         .is_some_and(|s| s.parse::<ipnet::IpNet>().is_ok())
+}
+
+fn is_unix(value: &Value) -> bool {
+    value.as_str().is_some_and(|s| s.starts_with("unix://"))
 }
 
 fn is_true(value: &Value) -> bool {

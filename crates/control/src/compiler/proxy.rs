@@ -110,6 +110,19 @@ impl MeshIndex {
 
         let clusters = self.clusters_for(&services, node);
         let mut listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
+        for listener in scope
+            .map(|s| s.bound_listeners(&mut warnings))
+            .unwrap_or_default()
+        {
+            if listeners.iter().any(|l| l.address == listener.address) {
+                warnings.push(format!(
+                    "Sidecar egress listener {}: address already used by another listener; left out",
+                    listener.address
+                ));
+                continue;
+            }
+            listeners.push(listener);
+        }
         let mut inbound_ports = match scope.and_then(|s| s.ingress_ports(node, &mut warnings)) {
             Some(ports) => ports,
             None => inbound_ports(node, &mut warnings),

@@ -32,6 +32,8 @@ pub(super) struct SidecarScope {
     scoped_ports: BTreeSet<u32>,
     /// `ingress[]`, when given: the proxy's inbound ports are these.
     ingress: Option<Vec<IngressPort>>,
+    /// `egress[]` listeners with `bind` and `port`: `(bind, port)`.
+    bound: Vec<(String, u32)>,
     pub(super) outbound_policy: Option<pb::OutboundTrafficPolicy>,
 }
 
@@ -136,7 +138,14 @@ impl SidecarScope {
                 })
                 .collect()
         });
+        let bound = sidecar
+            .egress
+            .iter()
+            .filter(|listener| !listener.bind.is_empty())
+            .filter_map(|listener| Some((listener.bind.clone(), listener.port.as_ref()?.number)))
+            .collect();
         Self {
+            bound,
             scoped_ports: hosts.iter().filter_map(|h| h.port).collect(),
             egress: (!sidecar.egress.is_empty()).then_some(hosts),
             ingress,
@@ -178,6 +187,37 @@ impl SidecarScope {
             }
         }
         (!scope.listed.is_empty() || scope.all_but.is_some()).then_some(scope)
+    }
+
+    /// Listeners for egress listeners with a `bind` address: Istio binds
+    /// such a listener on `bind:port` and routes what arrives by host among
+    /// the services visible on that port; weft-proxy's explicit listener
+    /// without a service does the same for HTTP. A unix socket is left out
+    /// (warned at apply time).
+    pub(super) fn bound_listeners(&self, warnings: &mut Vec<String>) -> Vec<pb::Listener> {
+        let mut out = Vec::new();
+        for (bind, port) in &self.bound {
+            let Ok(ip) = bind.parse::<std::net::IpAddr>() else {
+                warnings.push(format!(
+                    "Sidecar egress listener bind {bind:?}: not an IP address weft-proxy can listen on; left out"
+                ));
+                continue;
+            };
+            let Ok(number) = u16::try_from(*port) else {
+                continue;
+            };
+            let address = std::net::SocketAddr::new(ip, number).to_string();
+            out.push(pb::Listener {
+                name: format!("sidecar|{address}"),
+                address,
+                kind: pb::ListenerKind::Explicit as i32,
+                service: String::new(),
+                service_port: *port,
+                inbound_port: 0,
+                mtls_mode: 0,
+            });
+        }
+        out
     }
 
     /// The proxy's inbound ports when the Sidecar lists `ingress`: Istio

@@ -129,3 +129,32 @@ spec:
         out.warnings
     );
 }
+
+#[test]
+fn an_egress_listener_with_bind_gets_its_own_listener_routing_by_host() {
+    let yaml = format!(
+        "{SERVICES}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: app}}
+spec:
+  egress:
+  - port: {{number: 8080, protocol: HTTP, name: web}}
+    bind: 127.0.0.5
+    hosts: [lib/*]
+"
+    );
+    let index = mesh(&yaml, &[]);
+    let config = config(&index, &node("app", &[]));
+    let bound: Vec<(&str, u32, &str)> = config
+        .listeners
+        .iter()
+        .map(|l| (l.address.as_str(), l.service_port, l.service.as_str()))
+        .collect();
+    assert_eq!(bound, [("127.0.0.5:8080", 8080, "")]);
+    assert_eq!(
+        config.listeners[0].kind,
+        weft_proto::proxy::v1::ListenerKind::Explicit as i32
+    );
+    assert_eq!(ports(&config, "b.lib.svc.cluster.local"), [8080]);
+}
