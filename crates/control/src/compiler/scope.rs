@@ -5,10 +5,11 @@
 //! As in Istio, an egress listener with a `port` makes its hosts visible on
 //! that service port only, and a listener without one on every other port:
 //! a port named by a port-scoped listener belongs to it alone, so a host of
-//! the catch-all listener is not reachable there. `bind`, `captureMode`,
-//! ingress `tls`/`connectionPool`, `inboundConnectionPool` and `egressProxy`
-//! need the proxy's support and are warned at apply time (weft-api's table),
-//! never widened.
+//! the catch-all listener is not reachable there. An egress listener with
+//! `bind` gets its own listener on `bind:port`. Unix-socket binds,
+//! `captureMode`, ingress `tls`/`connectionPool`, `inboundConnectionPool`
+//! and `egressProxy` need the proxy's support and are warned at apply time
+//! (weft-api's table), never widened.
 
 use std::collections::{BTreeMap, BTreeSet};
 
