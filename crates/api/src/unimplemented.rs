@@ -216,6 +216,20 @@ pub const TABLE: &[Unimplemented] = &[
         "health probes are not implemented; registered workloads count as ready",
     ),
     // Sidecar.
+    Unimplemented {
+        kind: SIDECAR,
+        pattern: "spec.ingress[].defaultEndpoint",
+        treatment: Treatment::Ignored,
+        message: "0.0.0.0/[::] (the workload's own address) is reached over loopback: weft-proxy forwards to 127.0.0.1/[::1] on that port",
+        when: Some(is_any_address),
+    },
+    Unimplemented {
+        kind: SIDECAR,
+        pattern: "spec.ingress[].defaultEndpoint",
+        treatment: Treatment::Ignored,
+        message: "unix sockets are not implemented (needs proxy support); the port is left out of the proxy's inbound ports",
+        when: Some(is_unix),
+    },
     ignored(
         SIDECAR,
         "spec.ingress[].bind",
@@ -282,6 +296,12 @@ fn is_cidr(value: &Value) -> bool {
     value
         .as_str()
         .is_some_and(|s| s.parse::<ipnet::IpNet>().is_ok())
+}
+
+fn is_any_address(value: &Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| s.starts_with("0.0.0.0:") || s.starts_with("[::]:"))
 }
 
 fn is_unix(value: &Value) -> bool {

@@ -123,7 +123,7 @@ impl MeshIndex {
             }
             listeners.push(listener);
         }
-        let mut inbound_ports = match scope.and_then(|s| s.ingress_ports(node, &mut warnings)) {
+        let mut inbound_ports = match scope.and_then(|s| s.ingress_ports(&mut warnings)) {
             Some(ports) => ports,
             None => inbound_ports(node, &mut warnings),
         };

@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use weft_api::networking::Sidecar;
 use weft_api::{Object, Resource};
-use weft_proto::discovery::v1::Node;
 use weft_proto::proxy::v1 as pb;
 
 use super::hosts::wildcard_matches;
@@ -223,13 +222,8 @@ impl SidecarScope {
 
     /// The proxy's inbound ports when the Sidecar lists `ingress`: Istio
     /// then builds inbound listeners for those ports only, each forwarding
-    /// to its `defaultEndpoint` (`0.0.0.0`/`[::]` meaning the workload's
-    /// own address). `None` without `ingress`.
-    pub(super) fn ingress_ports(
-        &self,
-        node: &Node,
-        warnings: &mut Vec<String>,
-    ) -> Option<Vec<pb::InboundPort>> {
+    /// to its `defaultEndpoint`. `None` without `ingress`.
+    pub(super) fn ingress_ports(&self, warnings: &mut Vec<String>) -> Option<Vec<pb::InboundPort>> {
         let ingress = self.ingress.as_ref()?;
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
@@ -237,7 +231,7 @@ impl SidecarScope {
             if !seen.insert(port.number) {
                 continue;
             }
-            let target = match ingress_target(&port.endpoint, &node.address) {
+            let target = match ingress_target(&port.endpoint) {
                 Ok(target) => target,
                 Err(why) => {
                     warnings.push(format!(
@@ -261,21 +255,27 @@ impl SidecarScope {
 }
 
 /// `defaultEndpoint` → the proxy's inbound target (`""`: its default,
-/// `127.0.0.1:<port>`).
-fn ingress_target(endpoint: &str, address: &str) -> Result<String, &'static str> {
+/// `127.0.0.1:<port>`). `0.0.0.0`/`[::]` mean the workload's own address
+/// in Istio; a config is shared by a workload's replicas (weftd compiles
+/// once per proxy shape), so the same workload is reached over loopback
+/// instead (warned at apply time).
+fn ingress_target(endpoint: &str) -> Result<String, &'static str> {
     if endpoint.is_empty() {
         return Ok(String::new());
     }
     if endpoint.starts_with("unix://") {
         return Err("is a unix socket, which weft-proxy cannot forward to yet");
     }
-    for any in ["0.0.0.0:", "[::]:"] {
+    for (any, loopback) in [
+        ("0.0.0.0:", std::net::IpAddr::from([127, 0, 0, 1])),
+        (
+            "[::]:",
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ),
+    ] {
         if let Some(port) = endpoint.strip_prefix(any) {
-            let ip: std::net::IpAddr = address
-                .parse()
-                .map_err(|_| "names the workload's address, which this proxy did not report")?;
             let port: u16 = port.parse().map_err(|_| "has no valid port")?;
-            return Ok(std::net::SocketAddr::new(ip, port).to_string());
+            return Ok(std::net::SocketAddr::new(loopback, port).to_string());
         }
     }
     endpoint

@@ -116,10 +116,11 @@ spec:
         .map(|p| (p.port, p.target.as_str()))
         .collect();
     // The node's own port 8080 is not listed: Istio listens on the
-    // Sidecar's ingress ports only. 0.0.0.0 means the workload's address.
+    // Sidecar's ingress ports only. 0.0.0.0 (the workload's address) is
+    // reached over loopback: replicas share one config.
     assert_eq!(
         inbound,
-        [(9080, "127.0.0.1:8080"), (9443, "10.0.0.100:9000")]
+        [(9080, "127.0.0.1:8080"), (9443, "127.0.0.1:9000")]
     );
     assert!(
         out.warnings
