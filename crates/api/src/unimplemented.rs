@@ -177,6 +177,41 @@ pub const TABLE: &[Unimplemented] = &[
         message: "removed from Istio's API (WebSocket upgrades need no setting); ignored",
         when: None,
     },
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].appendHeaders",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (use headers.request.add); ignored, as Kubernetes prunes it",
+        when: None,
+    },
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].appendRequestHeaders",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (use headers.request.add); ignored, as Kubernetes prunes it",
+        when: None,
+    },
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].removeRequestHeaders",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (use headers.request.remove); ignored, as Kubernetes prunes it",
+        when: None,
+    },
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].appendResponseHeaders",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (use headers.response.add); ignored, as Kubernetes prunes it",
+        when: None,
+    },
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].removeResponseHeaders",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (use headers.response.remove); ignored, as Kubernetes prunes it",
+        when: None,
+    },
     // ServiceEntry, WorkloadEntry, WorkloadGroup.
     Unimplemented {
         kind: "ServiceEntry",
@@ -510,5 +545,17 @@ mod tests {
         let dr = json!({"spec": {"trafficPolicy": {"tunnel": null}}});
         assert!(scan("DestinationRule", &dr).is_empty());
         assert!(scan("PeerAuthentication", &json!({"spec": {"tunnel": {}}})).is_empty());
+    }
+
+    #[test]
+    fn decoding_accepts_removed_header_fields_with_a_warning() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: old, namespace: shop}\nspec:\n  hosts: [old]\n  http:\n  - appendHeaders: {x-a: \"1\"}\n    route:\n    - destination: {host: old}\n";
+        let decoded = crate::decode_str(yaml, "old.yaml");
+        assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
+        assert_eq!(decoded.resources.len(), 1);
+        assert_eq!(
+            decoded.warnings[0].to_string(),
+            "old.yaml: VirtualService shop/old: spec.http[0].appendHeaders: removed from Istio's API (use headers.request.add); ignored, as Kubernetes prunes it"
+        );
     }
 }
