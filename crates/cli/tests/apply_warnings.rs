@@ -1,8 +1,9 @@
 //! Nothing Weft does not honour passes in silence: `weft apply` against a
 //! real weftd accepts every field of weft-api's not-implemented table and
 //! prints a warning naming the file, the resource and the field path for
-//! each; Istio's own `rule-websocket-route.yaml` (with the removed field
-//! `websocketUpgrade`) is accepted with a warning; `weft analyze` reports
+//! each; routes carrying the field Istio removed, `websocketUpgrade` (as
+//! Istio's `rule-websocket-route.yaml` does, which is not in the shared
+//! corpus: the file here is Weft's own), are accepted with a warning; `weft analyze` reports
 //! the same fields.
 
 use std::path::{Path, PathBuf};
@@ -98,8 +99,8 @@ async fn apply_prints_a_warning_for_every_unhonoured_field_and_accepts_websocket
         assert_eq!(again.code, 0, "{}", again.stderr);
         assert_eq!(warnings(&again.stderr).len(), said.len());
 
-        // Istio's own test config with the removed websocketUpgrade.
-        let websocket = data("rule-websocket-route.yaml");
+        // Routes that still carry the removed websocketUpgrade.
+        let websocket = data("removed-websocket-upgrade.yaml");
         let applied = weft(&[
             "--weftd",
             &api,
@@ -144,7 +145,7 @@ async fn apply_prints_a_warning_for_every_unhonoured_field_and_accepts_websocket
         ]);
         assert_eq!(stored.code, 0, "{}", stored.stderr);
         assert!(
-            stored.stdout.contains("websocket.test.istio.io"),
+            stored.stdout.contains("chat.testns.example"),
             "{}",
             stored.stdout
         );
@@ -178,7 +179,12 @@ fn analyze_names_every_unhonoured_field() {
     // One object sets each row once, the ServiceEntry's CIDR included.
     assert_eq!(lines.len(), ignored, "{}", analyzed.stdout);
 
-    let websocket = weft(&["analyze", "-A", "-f", &data("rule-websocket-route.yaml")]);
+    let websocket = weft(&[
+        "analyze",
+        "-A",
+        "-f",
+        &data("removed-websocket-upgrade.yaml"),
+    ]);
     assert!(
         websocket.stdout.contains("Warning [IST0002] (VirtualService testns/websocket-route) Removed field spec.http[0].websocketUpgrade"),
         "{}{}",
