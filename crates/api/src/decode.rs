@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::field::FieldError;
 use crate::meta::ObjectMeta;
 use crate::resource::Resource;
+use crate::unimplemented::{self, FieldWarning};
 
 /// Istio kinds that are real but outside what Weft uses: skipped quietly
 /// with a notice rather than rejected.
@@ -66,6 +67,8 @@ pub struct Decoded {
     /// Objects skipped because Weft does not use their kind.
     pub notices: Vec<String>,
     pub problems: Vec<Problem>,
+    /// Fields accepted but not honoured (see [`crate::unimplemented`]).
+    pub warnings: Vec<FieldWarning>,
 }
 
 impl Decoded {
@@ -75,6 +78,7 @@ impl Decoded {
         self.named.extend(other.named);
         self.notices.extend(other.notices);
         self.problems.extend(other.problems);
+        self.warnings.extend(other.warnings);
     }
 }
 
@@ -173,7 +177,7 @@ pub fn decode_document(value: Value, file: &str, document: usize) -> Decoded {
     walk_document(value, file, document, Mode::Decode)
 }
 
-fn walk_document(value: Value, file: &str, document: usize, mode: Mode) -> Decoded {
+fn walk_document(mut value: Value, file: &str, document: usize, mode: Mode) -> Decoded {
     let mut decoded = Decoded::default();
     let Value::Object(map) = &value else {
         if !value.is_null() {
@@ -281,6 +285,21 @@ fn walk_document(value: Value, file: &str, document: usize, mode: Mode) -> Decod
         }
         return decoded;
     }
+    // Removed fields go before the typed decoding refuses them; ignored
+    // ones stay (they are part of the object) but are said.
+    let removed = unimplemented::strip_removed(&kind, &mut value);
+    let ignored = unimplemented::scan(&kind, &value);
+    decoded.warnings.extend(
+        removed
+            .into_iter()
+            .chain(ignored)
+            .map(|found| FieldWarning {
+                file: file.to_string(),
+                resource: label.clone(),
+                field: found.path,
+                message: found.row.message.to_string(),
+            }),
+    );
     match Resource::decode(&kind, value) {
         Some(Ok(resource)) => decoded.resources.push(resource),
         Some(Err(errors)) => decoded

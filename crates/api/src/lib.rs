@@ -9,14 +9,17 @@
 //! Kinds Weft does not use (EnvoyFilter, Telemetry, ordinary Kubernetes
 //! objects, ...) are skipped with a notice, never an error.
 
+pub mod analyze;
 pub mod common;
 pub mod decode;
 pub mod field;
 pub mod meta;
 pub mod networking;
+pub mod reply;
 pub mod resource;
 pub mod security;
 pub mod telemetry;
+pub mod unimplemented;
 
 pub use decode::{
     Decoded, Named, Problem, config_files, decode_file, decode_str, identify_str, parse_documents,
@@ -24,3 +27,4 @@ pub use decode::{
 pub use field::FieldErrors;
 pub use meta::ObjectMeta;
 pub use resource::{Object, Resource, Spec};
+pub use unimplemented::FieldWarning;

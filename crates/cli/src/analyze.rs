@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::ValueEnum;
 use http::StatusCode;
 use serde_json::{Value, json};
-use weft_control::analyze::{self, Input, Level, Message};
+use weft_api::analyze::{self, Input, Level, Message};
 
 use crate::client::Weftd;
 

@@ -7,6 +7,9 @@ use anyhow::bail;
 use http::StatusCode;
 use serde_json::{Value, json};
 
+use weft_api::FieldWarning;
+use weft_api::reply::ApplyReply;
+
 use crate::client::{Answer, Weftd};
 use crate::validate::{decode_paths, read_texts};
 
@@ -49,14 +52,17 @@ pub fn apply(weftd: &Weftd, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let answer = weftd.post("/v1/apply", body, &source)?;
     match answer.status {
         StatusCode::OK => {
-            for applied in array(&answer.body, "applied") {
+            let reply: ApplyReply = serde_json::from_value(answer.body)
+                .map_err(|err| anyhow::anyhow!("weftd's apply reply is not understood: {err}"))?;
+            for applied in &reply.applied {
                 println!(
                     "{}/{} {}",
-                    qualified(text(applied, "kind")),
-                    text(applied, "name"),
-                    text(applied, "change")
+                    qualified(&applied.kind),
+                    applied.name,
+                    applied.change
                 );
             }
+            print_warnings(&decoded.warnings, &reply.warnings);
             Ok(ExitCode::SUCCESS)
         }
         StatusCode::UNPROCESSABLE_ENTITY => {
@@ -65,6 +71,25 @@ pub fn apply(weftd: &Weftd, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
         _ => bail!("weftd: {}", answer.error()),
+    }
+}
+
+/// Every field weftd accepted without honouring it, on stderr as kubectl
+/// prints warnings. The local decoding names the files (weftd only sees
+/// one request) and is the only one to see fields Istio removed (they are
+/// dropped before sending); weftd's own warnings are added when they say
+/// something more (a weftd of another version).
+fn print_warnings(local: &[FieldWarning], remote: &[FieldWarning]) {
+    for warning in local {
+        eprintln!("Warning: {warning}");
+    }
+    let said = |w: &FieldWarning| {
+        local
+            .iter()
+            .any(|l| l.resource == w.resource && l.field == w.field)
+    };
+    for warning in remote.iter().filter(|w| !said(w)) {
+        eprintln!("Warning: {warning}");
     }
 }
 

@@ -37,6 +37,9 @@ pub enum Section {
     Routes,
     Clusters,
     Endpoints,
+    /// The workload certificate chain, its SPIFFE id and validity, and the
+    /// roots the proxy trusts (from the proxy's `/certs`).
+    #[value(alias = "secret")]
     Secrets,
 }
 
@@ -67,6 +70,8 @@ pub fn run(weftd: &crate::client::Target, query: &Args) -> ExitCode {
 }
 
 fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
+    let wants_secrets = matches!(query.section, Section::All | Section::Secrets);
+    let mut certs = None;
     let (dump, health) = match admin_address(query)? {
         Some(admin) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -78,6 +83,12 @@ fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
                 anyhow!("{admin} is not a weft-proxy admin port (/config_dump is not JSON)")
             })?;
             let health = parse_clusters(&runtime.block_on(fetch(admin, "/clusters"))?);
+            if wants_secrets {
+                let text = runtime.block_on(fetch(admin, "/certs"))?;
+                certs = Some(serde_json::from_str::<Value>(&text).map_err(|_| {
+                    anyhow!("{admin} is not a weft-proxy admin port (/certs is not JSON)")
+                })?);
+            }
             (dump, Some(health))
         }
         None => {
@@ -102,7 +113,10 @@ fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
     ]
     .into_iter()
     .filter(|s| query.section == Section::All || query.section == *s)
-    .map(|s| (s, rows(s, &config, &dump, health.as_ref())))
+    .map(|s| match s {
+        Section::Secrets => (s, certs.as_ref().map(secrets).unwrap_or_default()),
+        _ => (s, rows(s, &config, health.as_ref())),
+    })
     .collect();
     match query.output {
         Output::Json | Output::Yaml => {
@@ -127,9 +141,7 @@ fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
                     println!("{}:", name(*section).to_uppercase());
                 }
                 if *section == Section::Secrets && rows.is_empty() {
-                    // The hook for mTLS: a proxy that reports certificates
-                    // in its config dump gets them listed here.
-                    println!("none (this proxy holds no certificate; mTLS is not enabled)");
+                    println!("{}", no_secrets(certs.as_ref()));
                     continue;
                 }
                 print!("{}", render(columns(*section), rows));
@@ -201,7 +213,12 @@ fn columns(section: Section) -> &'static [(&'static str, &'static str)] {
         Section::Secrets => &[
             ("RESOURCE NAME", "name"),
             ("TYPE", "type"),
+            ("STATUS", "status"),
+            ("VALID CERT", "valid"),
+            ("SERIAL NUMBER", "serialNumber"),
             ("NOT AFTER", "notAfter"),
+            ("NOT BEFORE", "notBefore"),
+            ("IDENTITY", "identity"),
         ],
     }
 }
@@ -225,7 +242,7 @@ fn parse_clusters(text: &str) -> Health {
 }
 
 /// `health` is `None` when the proxy was not asked (weftd's copy).
-fn rows(section: Section, config: &Value, dump: &Value, health: Option<&Health>) -> Vec<Value> {
+fn rows(section: Section, config: &Value, health: Option<&Health>) -> Vec<Value> {
     match section {
         Section::All => Vec::new(),
         Section::Listeners => list(config, "listeners")
@@ -279,9 +296,131 @@ fn rows(section: Section, config: &Value, dump: &Value, health: Option<&Health>)
                 })
             })
             .collect(),
-        // Not in the proxy's dump until mTLS lands; listed when it is.
-        Section::Secrets => list(dump, "secrets").to_vec(),
+        // From `/certs`, not the config ([`secrets`]).
+        Section::Secrets => Vec::new(),
     }
+}
+
+/// Why there is no secret to list.
+fn no_secrets(certs: Option<&Value>) -> String {
+    match certs {
+        None => "unknown (certificates are known only to the proxy: pass --admin ADDR)".into(),
+        Some(certs) => match certs.get("note").and_then(Value::as_str) {
+            Some(note) => format!("none (this proxy holds no certificate: {note})"),
+            None => match certs.get("lastError").and_then(Value::as_str) {
+                Some(error) => format!("none yet (the proxy has no certificate: {error})"),
+                None => "none yet (the proxy has not received its certificate)".into(),
+            },
+        },
+    }
+}
+
+/// The proxy's `/certs` as istioctl's `proxy-config secret` lists it: the
+/// workload certificate chain (`default`) and each trusted root
+/// (`ROOTCA`), each with its validity read from the certificate itself.
+fn secrets(certs: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    let identity = certs.get("identity").and_then(Value::as_str).unwrap_or("");
+    if let Some(chain) = certs
+        .pointer("/certificate/certChain")
+        .and_then(Value::as_str)
+    {
+        for (index, cert) in parse_pem(chain).into_iter().enumerate() {
+            let kind = if index == 0 {
+                "Cert Chain"
+            } else {
+                "Intermediate"
+            };
+            let mut row = cert_row("default", kind, cert);
+            if index == 0 && row["identity"].as_str().is_none_or(str::is_empty) {
+                row["identity"] = Value::from(identity);
+            }
+            out.push(row);
+        }
+    }
+    if let Some(roots) = certs.get("rootCertificates").and_then(Value::as_str) {
+        out.extend(
+            parse_pem(roots)
+                .into_iter()
+                .map(|cert| cert_row("ROOTCA", "CA", cert)),
+        );
+    }
+    out
+}
+
+/// What one PEM certificate says, or why it could not be read.
+struct CertFacts {
+    serial: String,
+    not_before: i64,
+    not_after: i64,
+    subject: String,
+    issuer: String,
+    spiffe: Vec<String>,
+}
+
+fn parse_pem(text: &str) -> Vec<CertFacts> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::pem::Pem;
+    Pem::iter_from_buffer(text.as_bytes())
+        .filter_map(Result::ok)
+        .filter_map(|pem| {
+            let cert = pem.parse_x509().ok()?;
+            let spiffe = cert
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .map(|san| {
+                    san.value
+                        .general_names
+                        .iter()
+                        .filter_map(|name| match name {
+                            GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+                                Some(uri.to_string())
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(CertFacts {
+                serial: cert.raw_serial_as_string().replace(':', ""),
+                not_before: cert.validity().not_before.timestamp(),
+                not_after: cert.validity().not_after.timestamp(),
+                subject: cert.subject().to_string(),
+                issuer: cert.issuer().to_string(),
+                spiffe,
+            })
+        })
+        .collect()
+}
+
+fn cert_row(name: &str, kind: &str, cert: CertFacts) -> Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let valid = cert.not_before <= now && now < cert.not_after;
+    json!({
+        "name": name,
+        "type": kind,
+        "status": "ACTIVE",
+        "valid": valid,
+        "serialNumber": cert.serial,
+        "notAfter": rfc3339(cert.not_after),
+        "notBefore": rfc3339(cert.not_before),
+        "identity": cert.spiffe.join(","),
+        "subject": cert.subject,
+        "issuer": cert.issuer,
+    })
+}
+
+fn rfc3339(seconds: i64) -> String {
+    u64::try_from(seconds)
+        .ok()
+        .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s))
+        .map_or_else(
+            || seconds.to_string(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        )
 }
 
 fn is_ejected(health: &Health, cluster: &str, address: &str) -> bool {

@@ -34,6 +34,10 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
     for problem in &total.problems {
         println!("{problem}");
     }
+    // Fields accepted but not honoured: said as kubectl says warnings.
+    for warning in &total.warnings {
+        eprintln!("Warning: {warning}");
+    }
     if verbose {
         for notice in &total.notices {
             eprintln!("{notice}");

@@ -377,14 +377,7 @@ pub(crate) fn check_namespaced_host(
     check_wildcard_host(path, name, errors);
 }
 
-/// An IP address or a CIDR block.
+/// An IP address or a CIDR block (host bits may be set, as Istio allows).
 pub(crate) fn is_ip_or_cidr(value: &str) -> bool {
-    match value.split_once('/') {
-        None => value.parse::<IpAddr>().is_ok(),
-        Some((ip, bits)) => match (ip.parse::<IpAddr>(), bits.parse::<u8>()) {
-            (Ok(IpAddr::V4(_)), Ok(bits)) => bits <= 32,
-            (Ok(IpAddr::V6(_)), Ok(bits)) => bits <= 128,
-            _ => false,
-        },
-    }
+    value.parse::<IpAddr>().is_ok() || value.parse::<ipnet::IpNet>().is_ok()
 }

@@ -334,22 +334,7 @@ fn check_ports(path: &str, ports: &[String], errors: &mut FieldErrors) {
 /// IP addresses (`10.0.0.1`) or CIDR ranges (`10.0.0.0/8`).
 fn check_ips(path: &str, blocks: &[String], errors: &mut FieldErrors) {
     for (i, block) in blocks.iter().enumerate() {
-        let valid = match block.split_once('/') {
-            Some((address, bits)) => {
-                // Digits only: `u8::from_str` would also take a leading '+'.
-                let bits = bits
-                    .chars()
-                    .all(|c| c.is_ascii_digit())
-                    .then(|| bits.parse::<u8>().ok())
-                    .flatten();
-                match (address.parse::<IpAddr>(), bits) {
-                    (Ok(IpAddr::V4(_)), Some(bits)) => bits <= 32,
-                    (Ok(IpAddr::V6(_)), Some(bits)) => bits <= 128,
-                    _ => false,
-                }
-            }
-            None => block.parse::<IpAddr>().is_ok(),
-        };
+        let valid = block.parse::<IpAddr>().is_ok() || block.parse::<ipnet::IpNet>().is_ok();
         if !valid {
             errors.push(
                 format!("{path}[{i}]"),
@@ -427,5 +412,21 @@ mod tests {
             ]
         );
         assert_eq!(found[1].1, "port must be between 1-65535");
+    }
+
+    #[test]
+    fn ip_blocks_are_addresses_or_cidrs() {
+        let found = problems(
+            "  rules:\n  - from:\n    - source:\n        ipBlocks: [\"10.0.0.0/8\", \"10.0.0.1\", \"fd00::/8\", \"10.0.0.0/+8\", \"10.0.0.0/\", \"::1/129\"]\n",
+        );
+        let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.rules[0].from[0].source.ipBlocks[3]",
+                "spec.rules[0].from[0].source.ipBlocks[4]",
+                "spec.rules[0].from[0].source.ipBlocks[5]",
+            ]
+        );
     }
 }

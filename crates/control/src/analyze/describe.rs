@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use weft_api::Resource;
 
-use super::virtual_service::destinations;
-use super::{Input, Object, hosts, string_map, strings};
+use weft_api::analyze::virtual_service::destinations;
+use weft_api::analyze::{Input, Object, hosts, string_map, strings};
+
 use crate::registry::{EndpointDef, ROOT_NAMESPACE, Registry, ServiceDef, Workload, labels_match};
 
 /// The service named `name` (short, FQDN, or as written in its
@@ -50,7 +51,7 @@ pub fn describe(
     let input = Input::from_resources(resources, "weftd");
     let host = hosts::fqdn(&service.namespace, &service.hostname);
     let endpoints = registry.endpoints(&service.id());
-    let rules = destination_rules(&input, &host, namespace);
+    let rules = destination_rules(&input, &host, namespace, &service.namespace);
     let subsets: Vec<(String, BTreeMap<String, String>)> = rules
         .iter()
         .filter(|r| r["applies"] == Value::Bool(true))
@@ -167,41 +168,75 @@ fn http_rules(spec: &Value) -> Vec<Value> {
     out
 }
 
-/// DestinationRules for the host: the caller's namespace wins, then the
-/// service's, then the root namespace's (Istio's lookup order).
-fn destination_rules(input: &Input, host: &str, caller: &str) -> Vec<Value> {
+/// DestinationRules for the host, in Istio's lookup order (as the compiler
+/// decides, `compiler/clusters/rules.rs`): the caller's namespace, then
+/// the service's when it exports the rule to the caller, then the root
+/// namespace's; rules elsewhere are never consulted. A rule with a
+/// `workloadSelector` applies only to the workloads it selects in its own
+/// namespace, which a description by namespace cannot know: it is listed,
+/// not marked as applying.
+fn destination_rules(
+    input: &Input,
+    host: &str,
+    caller: &str,
+    service_namespace: &str,
+) -> Vec<Value> {
     let mut found: Vec<(usize, &Object)> = input
         .istio("DestinationRule")
         .filter(|rule| {
             let rule_host = rule.spec.get("host").and_then(Value::as_str).unwrap_or("");
             hosts::overlap(&hosts::fqdn(&rule.namespace, rule_host), host)
-                && hosts::visible(&strings(rule.spec.get("exportTo")), &rule.namespace, caller)
         })
         .map(|rule| {
-            let rank = if rule.namespace == caller {
+            let export = strings(rule.spec.get("exportTo"));
+            let seen_by_caller = hosts::visible(&export, &rule.namespace, caller);
+            let rank = if rule.namespace == caller && caller != ROOT_NAMESPACE {
                 0
-            } else if rule.namespace == ROOT_NAMESPACE {
+            } else if rule.namespace == service_namespace && seen_by_caller {
+                1
+            } else if rule.namespace == ROOT_NAMESPACE && seen_by_caller {
                 2
             } else {
-                1
+                3
             };
             (rank, rule)
         })
         .collect();
     found.sort_by(|a, b| (a.0, &a.1.namespace, &a.1.name).cmp(&(b.0, &b.1.namespace, &b.1.name)));
+    let has_selector = |rule: &Object| rule.spec.get("workloadSelector").is_some();
+    // The first catch-all rule (no selector) of the nearest place applies;
+    // later rules of the same place merge into it (subsets, a missing
+    // top-level policy), as Istio merges them.
+    let applying_rank = found
+        .iter()
+        .find(|(rank, rule)| *rank < 3 && !has_selector(rule))
+        .map(|(rank, _)| *rank);
+    let mut first_applying = true;
     found
         .iter()
-        .enumerate()
-        .map(|(index, (rank, rule))| {
-            let why = match (index, rank) {
-                (0, 0) => format!("host matches; in the caller's namespace {caller}"),
-                (0, 1) => "host matches; in the service's namespace".to_string(),
-                (0, _) => format!("host matches; mesh-wide from {ROOT_NAMESPACE}"),
-                _ => "host matches, but a DestinationRule nearer the caller takes precedence".to_string(),
+        .map(|(rank, rule)| {
+            let applies = Some(*rank) == applying_rank && !has_selector(rule);
+            let why = if has_selector(rule) && *rank == 0 {
+                "host matches; applies only to the caller's workloads its workloadSelector selects".to_string()
+            } else if *rank == 3 {
+                format!(
+                    "host matches, but Istio consults only the caller's namespace, the service's ({service_namespace}) and {ROOT_NAMESPACE}, each as far as exportTo allows"
+                )
+            } else if !applies {
+                "host matches, but a DestinationRule nearer the caller takes precedence".to_string()
+            } else if !first_applying {
+                "host matches; merged into the first rule of its namespace (subsets, a missing top-level policy)".to_string()
+            } else {
+                first_applying = false;
+                match rank {
+                    0 => format!("host matches; in the caller's namespace {caller}"),
+                    1 => "host matches; in the service's namespace".to_string(),
+                    _ => format!("host matches; mesh-wide from {ROOT_NAMESPACE}"),
+                }
             };
             let policy = rule.spec.get("trafficPolicy").cloned().unwrap_or(Value::Null);
             json!({
-                "name": rule.name, "namespace": rule.namespace, "applies": index == 0, "why": why,
+                "name": rule.name, "namespace": rule.namespace, "applies": applies, "why": why,
                 "policy": policy_summary(&policy),
                 "subsets": rule.spec.get("subsets").and_then(Value::as_array).into_iter().flatten().map(|s| json!({
                     "name": s.get("name").cloned().unwrap_or(Value::Null),
@@ -276,7 +311,7 @@ fn gateways(input: &Input, host: &str) -> Vec<Value> {
                 .find(|g| g.namespace == namespace && g.name == name);
             let servers: Vec<String> = gateway
                 .into_iter()
-                .flat_map(super::gateway::servers)
+                .flat_map(weft_api::analyze::gateway::servers)
                 .map(|s| {
                     format!(
                         "{} {} {}",
@@ -341,4 +376,48 @@ fn policies(input: &Input, endpoints: &[EndpointDef], namespace: &str) -> Vec<Va
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(yaml: &str) -> Input {
+        let mut input = Input::default();
+        for (index, document) in weft_api::parse_documents(yaml)
+            .expect("yaml")
+            .into_iter()
+            .enumerate()
+        {
+            input.add_document(document, "test", index, "default");
+        }
+        input
+    }
+
+    fn rule(namespace: &str, export: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: {namespace}}}\nspec:\n  host: shop.shop.svc.cluster.local\n  exportTo: [{export}]\n---\n"
+        )
+    }
+
+    fn applying(yaml: &str, caller: &str) -> Vec<String> {
+        destination_rules(&input(yaml), "shop.shop.svc.cluster.local", caller, "shop")
+            .iter()
+            .filter(|r| r["applies"] == Value::Bool(true))
+            .map(|r| r["namespace"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_rule_described_as_applying_is_the_one_istio_picks() {
+        let yaml = rule("front", "\".\"")
+            + &rule("shop", "\".\"")
+            + &rule("istio-system", "\"*\"")
+            + &rule("other", "\"*\"");
+        assert_eq!(applying(&yaml, "front"), ["front"]);
+        assert_eq!(applying(&yaml, "shop"), ["shop"]);
+        // shop keeps its rule to itself; another namespace's rule is never
+        // consulted, so the root namespace's applies.
+        assert_eq!(applying(&yaml, "team"), ["istio-system"]);
+    }
 }

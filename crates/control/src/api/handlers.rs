@@ -4,21 +4,40 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use serde_json::{Value, json};
+use weft_api::reply::{AppliedObject, ApplyReply, ProblemsReply};
 
 use super::{Failure, Reply, canonical_kind, error, json_reply, known_kinds};
 use crate::status::StatusBoard;
 use crate::store::{Applied, Change, ResourceKey, Store, StoreError, Stored};
 
-/// `POST /v1/apply`: all or nothing, as the store guarantees.
+/// `POST /v1/apply`: all or nothing, as the store guarantees. An accepted
+/// apply carries a warning for every field Weft does not honour (the
+/// table in `weft_api::unimplemented`), as Kubernetes answers with
+/// warnings.
 pub(super) async fn apply(store: Arc<Store>, text: String, source: String) -> Reply {
-    match blocking(move || store.apply_text(&text, &source)).await {
-        Ok(Ok(applied)) => json_reply(
+    let work = move || {
+        let decoded = weft_api::decode_str(&text, &source);
+        if !decoded.problems.is_empty() {
+            return Err(StoreError::Invalid(decoded.problems));
+        }
+        let warnings = decoded.warnings;
+        store
+            .apply(decoded.resources)
+            .map(|applied| (applied, warnings))
+    };
+    match blocking(work).await {
+        Ok(Ok((applied, warnings))) => json_reply(
             StatusCode::OK,
-            &json!({ "applied": applied.iter().map(applied_json).collect::<Vec<_>>() }),
+            &typed(&ApplyReply {
+                applied: applied.iter().map(applied_object).collect(),
+                warnings,
+            }),
         ),
         Ok(Err(StoreError::Invalid(problems))) => json_reply(
             StatusCode::UNPROCESSABLE_ENTITY,
-            &json!({ "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+            &typed(&ProblemsReply {
+                problems: problems.iter().map(ToString::to_string).collect(),
+            }),
         ),
         Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
         Err(failure) => failure.reply(),
@@ -192,17 +211,33 @@ fn key_json(key: &ResourceKey) -> Value {
     json!({ "kind": key.kind, "namespace": key.namespace, "name": key.name })
 }
 
-fn applied_json(applied: &Applied) -> Value {
-    let change = match applied.change {
+fn change_name(change: &Change) -> &'static str {
+    match change {
         Change::Created => "created",
         Change::Configured => "configured",
         Change::Unchanged => "unchanged",
         Change::Deleted => "deleted",
-    };
-    let mut value = key_json(&applied.key);
-    value["change"] = Value::from(change);
-    value["resourceVersion"] = Value::from(applied.resource_version);
-    value
+    }
+}
+
+fn applied_object(applied: &Applied) -> AppliedObject {
+    AppliedObject {
+        kind: applied.key.kind.clone(),
+        namespace: applied.key.namespace.clone(),
+        name: applied.key.name.clone(),
+        change: change_name(&applied.change).to_string(),
+        resource_version: applied.resource_version,
+    }
+}
+
+/// A reply struct as JSON. These structs hold only strings and numbers, so
+/// encoding cannot fail; the fallback only keeps this panic-free.
+fn typed(reply: &impl serde::Serialize) -> Value {
+    serde_json::to_value(reply).unwrap_or_default()
+}
+
+fn applied_json(applied: &Applied) -> Value {
+    typed(&applied_object(applied))
 }
 
 /// Store changes may write to disk: run them off the async threads.

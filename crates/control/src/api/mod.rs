@@ -23,6 +23,11 @@
 //! "<file name>"}` (what `weft apply` sends, so messages keep the file's
 //! name and line numbers).
 //!
+//! An accepted apply answers `{"applied": [...], "warnings": [...]}`
+//! (`weft_api::reply::ApplyReply`): one warning per field Weft accepts
+//! without honouring it (`weft_api::unimplemented`), as Kubernetes returns
+//! warnings with an accepted request.
+//!
 //! Contract: every answer is JSON (errors as `{"error": "..."}`, invalid
 //! config as `{"problems": [...]}`); bodies over [`MAX_BODY`] get a 413;
 //! nothing a client sends can panic the server; every mutating call is

@@ -529,3 +529,50 @@ async fn apply_takes_json_objects_or_yaml_inside_json() {
     assert!(reply.text().contains("not JSON"), "{}", reply.text());
     assert_eq!(api.store.list(None, None).len(), 1);
 }
+
+#[tokio::test]
+async fn apply_accepts_unhonoured_fields_and_returns_a_warning_for_each() {
+    let api = Api::start().await;
+    let rule = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: shop}
+spec:
+  host: ratings
+  trafficPolicy:
+    tunnel: {protocol: CONNECT, targetHost: egress.example, targetPort: 8080}
+    connectionPool: {tcp: {maxConnectionDuration: 30s}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ws, namespace: shop}
+spec:
+  hosts: [ws]
+  http:
+  - websocketUpgrade: true
+    route:
+    - destination: {host: ws}
+"#;
+    let (status, reply) = api.apply(rule).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let reply: weft_api::reply::ApplyReply =
+        serde_json::from_value(reply).expect("a typed apply reply");
+    assert_eq!(reply.applied.len(), 2);
+    let fields: Vec<(&str, &str)> = reply
+        .warnings
+        .iter()
+        .map(|w| (w.resource.as_str(), w.field.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (
+                "DestinationRule shop/ratings",
+                "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration"
+            ),
+            ("DestinationRule shop/ratings", "spec.trafficPolicy.tunnel"),
+            ("VirtualService shop/ws", "spec.http[0].websocketUpgrade"),
+        ]
+    );
+    assert!(reply.warnings[1].message.contains("not implemented"));
+}

@@ -1,97 +1,187 @@
 //! Clusters: per service port one with every endpoint, and one per
 //! DestinationRule subset with the endpoints carrying the subset's labels.
+//! Which rule applies depends on the caller ([`rules`]): the mesh-wide map
+//! holds each service's clusters as its own namespace sees them, and
+//! [`RuleClusters`] the variants other callers get.
 //! Connection-pool limits and outlier detection are mapped in [`limits`],
 //! the load balancer in [`balancer`].
 
 mod balancer;
 mod limits;
+mod rules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use weft_api::Resource;
 use weft_api::networking::{DestinationRule, TrafficPolicy};
-use weft_api::{Object, Resource};
 use weft_proto::proxy::v1 as pb;
 
+use self::rules::DestinationRules;
 use super::hosts::HostIndex;
 use super::ports::{cluster_name, upstream_protocol};
-use crate::registry::{
-    EndpointDef, Registry, ServiceDef, ServicePortDef, labels_match, namespace_or_default,
-};
+use crate::registry::{EndpointDef, Registry, ServiceDef, ServicePortDef, labels_match};
 
 /// Istio's `connectionPool.tcp.connectTimeout` default.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every cluster of every service, by name.
+/// The clusters that depend on the caller's DestinationRule, for the
+/// per-proxy step ([`RuleClusters::resolve`]).
+#[derive(Debug, Default)]
+pub(super) struct RuleClusters {
+    rules: DestinationRules,
+    /// Cluster name → the service it was built for.
+    service_of: HashMap<String, usize>,
+    /// Per service: its namespace and the rule the base map was built with
+    /// (the one a caller in the service's own namespace, without labels,
+    /// gets).
+    base_rule: Vec<(String, Option<usize>)>,
+    /// Clusters built under each other rule, by rule.
+    by_rule: BTreeMap<usize, BTreeMap<String, pb::Cluster>>,
+    /// Clusters without any rule, for services whose base has one.
+    no_rule: BTreeMap<String, pb::Cluster>,
+    /// Subset clusters put in the base map only so that routes naming them
+    /// find them; the base rule does not define them.
+    borrowed: BTreeSet<String>,
+}
+
+impl RuleClusters {
+    /// The cluster `name` as a proxy in `namespace` with `labels` gets it,
+    /// `base` being the mesh-wide map. A subset the proxy's rule does not
+    /// define is an empty cluster: requests to it fail, as in Istio.
+    pub(super) fn resolve(
+        &self,
+        name: &str,
+        base: &BTreeMap<String, pb::Cluster>,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<pb::Cluster> {
+        let held = base.get(name)?;
+        let Some(&service) = self.service_of.get(name) else {
+            return Some(held.clone());
+        };
+        let (service_namespace, base_rule) = &self.base_rule[service];
+        let chosen = self
+            .rules
+            .choose(service, service_namespace, namespace, labels);
+        let found = if chosen == *base_rule {
+            (!self.borrowed.contains(name)).then(|| held.clone())
+        } else {
+            match chosen {
+                Some(id) => self.by_rule.get(&id).and_then(|m| m.get(name)).cloned(),
+                None => self.no_rule.get(name).cloned(),
+            }
+        };
+        Some(found.unwrap_or_else(|| empty(name, &held.service, &held.subset)))
+    }
+
+    /// Applies `secure` (mesh TLS of endpoints) to every cluster held here.
+    pub(super) fn for_each_mut(
+        &mut self,
+        mut secure: impl FnMut(&mut BTreeMap<String, pb::Cluster>),
+    ) {
+        for map in self.by_rule.values_mut() {
+            secure(map);
+        }
+        secure(&mut self.no_rule);
+    }
+}
+
+/// Every cluster of every service, by name, as a caller in the service's
+/// own namespace sees it; and the variants other callers get.
 pub(super) fn build(
     registry: &Registry,
     hosts: &HostIndex,
     resources: &[Resource],
     warnings: &mut Vec<String>,
-) -> BTreeMap<String, pb::Cluster> {
-    let rules = destination_rules(registry.services(), hosts, resources, warnings);
+) -> (BTreeMap<String, pb::Cluster>, RuleClusters) {
+    let rules = DestinationRules::build(resources, hosts);
+    // The same rule may be compiled for several callers: each warning once.
+    let mut said = Vec::new();
+    let warnings_out = warnings;
+    let warnings = &mut said;
+    let empty_labels = BTreeMap::new();
     let mut clusters = BTreeMap::new();
+    let mut out = RuleClusters::default();
     for (index, service) in registry.services().iter().enumerate() {
         let endpoints = registry.endpoints(&service.id());
-        let rule = rules.get(&index).map(|r| &r.spec);
-        let top = rule.and_then(|r| r.traffic_policy.as_deref());
-        for port in &service.ports {
-            let all = cluster(service, port, "", endpoints, &[top], warnings);
-            clusters.insert(all.name.clone(), all);
-            for subset in rule.map_or(&[][..], |r| r.subsets.as_slice()) {
-                let selected: Vec<EndpointDef> = endpoints
-                    .iter()
-                    .filter(|e| labels_match(&subset.labels, &e.labels))
-                    .cloned()
-                    .collect();
-                let policies = [subset.traffic_policy.as_deref(), top];
-                let subset = cluster(service, port, &subset.name, &selected, &policies, warnings);
-                clusters.insert(subset.name.clone(), subset);
+        let base = rules.choose(index, &service.namespace, &service.namespace, &empty_labels);
+        out.base_rule.push((service.namespace.clone(), base));
+        let candidates = rules.candidates(index);
+        let build_under = |rule: Option<usize>, warnings: &mut Vec<String>| {
+            service_clusters(
+                service,
+                endpoints,
+                rule.map(|id| &rules.rule(id).spec),
+                warnings,
+            )
+        };
+        for built in build_under(base, warnings) {
+            out.service_of.insert(built.name.clone(), index);
+            clusters.insert(built.name.clone(), built);
+        }
+        if candidates.is_empty() {
+            continue;
+        }
+        // Other callers' variants; their warnings are the same rule's
+        // (already said) or another rule's, said once here.
+        for &id in candidates.iter().filter(|id| Some(**id) != base) {
+            let map = out.by_rule.entry(id).or_default();
+            for built in build_under(Some(id), warnings) {
+                out.service_of.insert(built.name.clone(), index);
+                if !clusters.contains_key(&built.name) {
+                    out.borrowed.insert(built.name.clone());
+                    clusters.insert(built.name.clone(), built.clone());
+                }
+                map.insert(built.name.clone(), built);
+            }
+        }
+        if base.is_some() && rules.some_caller_gets_none(index, &service.namespace) {
+            for built in build_under(None, &mut Vec::new()) {
+                out.no_rule.insert(built.name.clone(), built);
             }
         }
     }
-    clusters
+    out.rules = rules;
+    for warning in said {
+        if !warnings_out.contains(&warning) {
+            warnings_out.push(warning);
+        }
+    }
+    (clusters, out)
 }
 
-/// The DestinationRule that applies to each service (by index). Istio uses
-/// one rule per host: exact host over wildcard, then the rule in the
-/// service's own namespace, then the first by namespace and name.
-fn destination_rules<'a>(
-    services: &[ServiceDef],
-    hosts: &HostIndex,
-    resources: &'a [Resource],
+/// One service's clusters under `rule`: per port the one with every
+/// endpoint, and one per subset.
+fn service_clusters(
+    service: &ServiceDef,
+    endpoints: &[EndpointDef],
+    rule: Option<&DestinationRule>,
     warnings: &mut Vec<String>,
-) -> BTreeMap<usize, &'a Object<DestinationRule>> {
-    type Rank<'b> = (bool, bool, &'b str, &'b str);
-    let mut best: BTreeMap<usize, (Rank<'a>, &'a Object<DestinationRule>)> = BTreeMap::new();
-    for resource in resources {
-        let Resource::DestinationRule(rule) = resource else {
-            continue;
-        };
-        let namespace = namespace_or_default(&rule.metadata.namespace);
-        if rule.spec.workload_selector.is_some() {
-            // It applies to selected client workloads only; applying it to
-            // everyone would change other proxies' traffic.
-            warnings.push(format!(
-                "{}: workloadSelector is not supported yet; rule ignored",
-                resource.label()
+) -> Vec<pb::Cluster> {
+    let top = rule.and_then(|r| r.traffic_policy.as_deref());
+    let mut out = Vec::new();
+    for port in &service.ports {
+        out.push(cluster(service, port, "", endpoints, &[top], warnings));
+        for subset in rule.map_or(&[][..], |r| r.subsets.as_slice()) {
+            let selected: Vec<EndpointDef> = endpoints
+                .iter()
+                .filter(|e| labels_match(&subset.labels, &e.labels))
+                .cloned()
+                .collect();
+            let policies = [subset.traffic_policy.as_deref(), top];
+            out.push(cluster(
+                service,
+                port,
+                &subset.name,
+                &selected,
+                &policies,
+                warnings,
             ));
-            continue;
-        }
-        for (index, wildcard) in hosts.matching(&rule.spec.host, namespace) {
-            let rank = (
-                wildcard,
-                services[index].namespace != namespace,
-                namespace,
-                rule.metadata.name.as_str(),
-            );
-            if best.get(&index).is_none_or(|(held, _)| rank < *held) {
-                best.insert(index, (rank, rule));
-            }
         }
     }
-    best.into_iter().map(|(i, (_, rule))| (i, rule)).collect()
+    out
 }
 
 fn cluster(
@@ -120,7 +210,12 @@ fn cluster(
     pb::Cluster {
         load_balancer: balancer::load_balancer(policies, port.number, &name, warnings),
         name,
-        upstream_protocol: upstream_protocol(port.protocol) as i32,
+        upstream_protocol: limits::upstream_protocol(
+            policies,
+            port.number,
+            port.protocol,
+            upstream_protocol(port.protocol),
+        ) as i32,
         connect_timeout: Some(connect_timeout(policies, port.number).into()),
         endpoints,
         service: service.hostname.clone(),

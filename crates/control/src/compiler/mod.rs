@@ -54,6 +54,8 @@ pub struct MeshIndex {
     /// Sorted by (hostname, namespace).
     services: Vec<CompiledService>,
     clusters: BTreeMap<String, pb::Cluster>,
+    /// Clusters under the DestinationRule other callers get.
+    rule_clusters: clusters::RuleClusters,
     sidecars: Sidecars,
     gateways: gateway::Gateways,
     /// AuthorizationPolicy and RequestAuthentication, by scope.
@@ -130,9 +132,11 @@ impl MeshIndex {
         let mut warnings = registry.warnings().to_vec();
         let services = registry.services();
         let hosts = HostIndex::new(services);
-        let mut clusters = clusters::build(&registry, &hosts, resources, &mut warnings);
+        let (mut clusters, mut rule_clusters) =
+            clusters::build(&registry, &hosts, resources, &mut warnings);
         let peer_policies = PeerPolicies::new(resources);
         tls::secure_endpoints(&mut clusters, peers, &peer_policies);
+        rule_clusters.for_each_mut(|map| tls::secure_endpoints(map, peers, &peer_policies));
 
         let delegates = Delegates::new(resources);
         let mut virtual_services: Vec<CompiledVs> = resources
@@ -253,6 +257,7 @@ impl MeshIndex {
         Self {
             services: compiled,
             clusters,
+            rule_clusters,
             sidecars,
             gateways,
             authz,
@@ -279,8 +284,12 @@ impl MeshIndex {
 #[cfg(test)]
 mod corpus_tests;
 #[cfg(test)]
+mod dr_tests;
+#[cfg(test)]
 mod gateway_tests;
 #[cfg(test)]
 mod route_tests;
+#[cfg(test)]
+mod sidecar_tests;
 #[cfg(test)]
 mod tests;

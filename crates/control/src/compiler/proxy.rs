@@ -35,10 +35,14 @@ impl MeshIndex {
         let namespace = namespace_or_default(&node.namespace);
         let mut warnings = Vec::new();
         let scope = self.sidecars.for_node(namespace, &node.labels);
-        let visible = |s: &&CompiledService| {
-            s.visibility.allows(namespace)
-                && scope.is_none_or(|scope| scope.allows(namespace, &s.namespace, &s.name))
+        let port_scope = |s: &CompiledService| match scope {
+            None => Some(None),
+            Some(scope) => scope
+                .ports(namespace, &s.namespace, &s.name)
+                .map(|p| (!p.is_everything()).then_some(p)),
         };
+        let visible =
+            |s: &&CompiledService| s.visibility.allows(namespace) && port_scope(s).is_some();
         // One service per hostname (the same host may be defined in several
         // namespaces): the proxy's own namespace first, else the first.
         let chosen: Vec<&CompiledService> = self
@@ -65,8 +69,7 @@ impl MeshIndex {
                 ));
                 continue;
             }
-            claimed.insert(service.key.clone(), services.len());
-            let ports = service
+            let mut ports = service
                 .routed
                 .iter()
                 .find(|r| r.visibility.allows(namespace))
@@ -74,6 +77,14 @@ impl MeshIndex {
                     || service.plain_ports.clone(),
                     |r| r.ports_for(namespace, &node.labels),
                 );
+            // A port-scoped Sidecar egress listener: only its ports.
+            if let Some(Some(only)) = port_scope(service) {
+                ports.retain(|p| only.admits(p.port));
+                if ports.is_empty() {
+                    continue;
+                }
+            }
+            claimed.insert(service.key.clone(), services.len());
             services.push(pb::Service {
                 name: service.name.clone(),
                 namespace: service.namespace.clone(),
@@ -99,7 +110,23 @@ impl MeshIndex {
 
         let clusters = self.clusters_for(&services, node);
         let mut listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
-        let mut inbound_ports = inbound_ports(node, &mut warnings);
+        for listener in scope
+            .map(|s| s.bound_listeners(&mut warnings))
+            .unwrap_or_default()
+        {
+            if listeners.iter().any(|l| l.address == listener.address) {
+                warnings.push(format!(
+                    "Sidecar egress listener {}: address already used by another listener; left out",
+                    listener.address
+                ));
+                continue;
+            }
+            listeners.push(listener);
+        }
+        let mut inbound_ports = match scope.and_then(|s| s.ingress_ports(&mut warnings)) {
+            Some(ports) => ports,
+            None => inbound_ports(node, &mut warnings),
+        };
         self.secure_inbound(node, &mut listeners, &mut inbound_ports, &mut warnings);
         let security = self.inbound_security(namespace, &node.labels);
         for port in &mut inbound_ports {
@@ -159,8 +186,10 @@ impl MeshIndex {
 
     /// The clusters `services` refer to: each port's default cluster and
     /// every route destination (HTTP, TCP, TLS) and mirror, in name order.
-    /// Locality-aware balancing is applied for `node` here.
+    /// Each service's DestinationRule is the one `node` gets (its namespace
+    /// and labels) and locality-aware balancing is applied for it here.
     fn clusters_for(&self, services: &[pb::Service], node: &Node) -> Vec<pb::Cluster> {
+        let namespace = namespace_or_default(&node.namespace);
         let mut names = BTreeSet::new();
         for service in services {
             for port in &service.ports {
@@ -176,7 +205,10 @@ impl MeshIndex {
         }
         names
             .iter()
-            .filter_map(|name| self.clusters.get(name).cloned())
+            .filter_map(|name| {
+                self.rule_clusters
+                    .resolve(name, &self.clusters, namespace, &node.labels)
+            })
             .map(|mut cluster| {
                 super::locality::apply(&mut cluster, node);
                 cluster

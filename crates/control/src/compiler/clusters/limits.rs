@@ -10,8 +10,12 @@
 use std::time::Duration;
 
 use weft_api::field::parse_duration;
-use weft_api::networking::{ConnectionPoolSettings, OutlierDetection, TrafficPolicy};
+use weft_api::networking::{
+    ConnectionPoolSettings, H2UpgradePolicy, OutlierDetection, TrafficPolicy,
+};
 use weft_proto::proxy::v1 as pb;
+
+use crate::registry::PortProtocol;
 
 /// Istio's `consecutive5xxErrors` default, when an outlierDetection block is
 /// present at all.
@@ -44,6 +48,38 @@ fn count(value: Option<i32>) -> u32 {
 
 fn positive(value: &str) -> Option<Duration> {
     parse_duration(value).filter(|d| !d.is_zero())
+}
+
+/// The upstream protocol of an HTTP-family port under the connection pool
+/// Istio picks for it: `useClientProtocol` keeps the client's HTTP version
+/// (it wins over the upgrade policy, as in Istio), `h2UpgradePolicy:
+/// UPGRADE` speaks HTTP/2 to HTTP/1.1 ports' endpoints. Istio's mesh-wide
+/// default is not to upgrade. Other ports keep `by_port`.
+pub(super) fn upstream_protocol(
+    policies: &[Option<&TrafficPolicy>],
+    port: u32,
+    protocol: PortProtocol,
+    by_port: pb::UpstreamProtocol,
+) -> pb::UpstreamProtocol {
+    let http = most_specific!(policies, port, connection_pool).and_then(|p| p.http.as_ref());
+    let Some(http) = http else {
+        return by_port;
+    };
+    let http_port = matches!(
+        protocol,
+        PortProtocol::Http | PortProtocol::Http2 | PortProtocol::Grpc | PortProtocol::GrpcWeb
+    );
+    if !http_port {
+        return by_port;
+    }
+    if http.use_client_protocol == Some(true) {
+        return pb::UpstreamProtocol::UseClientProtocol;
+    }
+    let upgradable = matches!(protocol, PortProtocol::Http | PortProtocol::GrpcWeb);
+    match http.h2_upgrade_policy {
+        Some(H2UpgradePolicy::Upgrade) if upgradable => pb::UpstreamProtocol::Http2PriorKnowledge,
+        _ => by_port,
+    }
 }
 
 pub(super) fn connection_pool(
@@ -234,5 +270,34 @@ spec:
             assert!(cluster.connection_pool.is_none());
             assert!(cluster.outlier_detection.is_none());
         }
+    }
+
+    #[test]
+    fn use_client_protocol_wins_over_an_h2_upgrade_which_applies_to_http1_ports() {
+        let clusters = clusters(
+            "  trafficPolicy:
+    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      connectionPool: {http: {h2UpgradePolicy: UPGRADE, useClientProtocol: true}}
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}
+",
+        );
+        let protocol =
+            |subset: &str| clusters[&format!("outbound|9080|{subset}|{HOST}")].upstream_protocol;
+        assert_eq!(
+            protocol(""),
+            pb::UpstreamProtocol::Http2PriorKnowledge as i32
+        );
+        assert_eq!(
+            protocol("v2"),
+            pb::UpstreamProtocol::UseClientProtocol as i32
+        );
+        assert_eq!(protocol("v1"), pb::UpstreamProtocol::Http1 as i32);
     }
 }

@@ -6,13 +6,12 @@ use super::{Input, Message, SCHEMA_VALIDATION_ERROR};
 /// on apply; each problem becomes one message on that object.
 pub fn analyze(input: &Input, out: &mut Vec<Message>) {
     for object in &input.objects {
-        if weft_api::Resource::group_of(&object.kind).is_none()
-            || !object.group.ends_with("istio.io")
+        if crate::Resource::group_of(&object.kind).is_none() || !object.group.ends_with("istio.io")
         {
             continue;
         }
         let decoded =
-            weft_api::decode::decode_document(object.raw.clone(), &object.origin, object.document);
+            crate::decode::decode_document(object.raw.clone(), &object.origin, object.document);
         for problem in decoded.problems {
             out.push(object.message(
                 SCHEMA_VALIDATION_ERROR,

@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::{
     Input, Message, NO_MATCHING_WORKLOADS, REFERENCED_RESOURCE_NOT_FOUND, string_map, strings,
 };
-use crate::registry::{ROOT_NAMESPACE, labels_match};
+use super::{ROOT_NAMESPACE, labels_match};
 
 /// IST0127: a policy whose selector (or, without one, whose namespace)
 /// has no workload to apply to; IST0101: a source `namespaces` /

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::labels_match;
 use super::{
     CONFLICTING_GATEWAYS, GATEWAY_PORT_NOT_ON_SERVICE, Input, Message, Object,
     REFERENCED_RESOURCE_NOT_FOUND, hosts, string_map, strings,
 };
-use crate::registry::labels_match;
 
 /// IST0145: two Gateways whose workload selectors can pick the same
 /// gateway workload (one selector within the other) claim the same port

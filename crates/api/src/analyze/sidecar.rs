@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use super::labels_match;
 use super::{
     CONFLICTING_SIDECAR_SELECTORS, INEFFECTIVE_POLICY, Input, MULTIPLE_SIDECARS_WITHOUT_SELECTOR,
     Message, Object, REFERENCED_RESOURCE_NOT_FOUND, string_map,
 };
-use crate::registry::labels_match;
 
 /// IST0101: a workload selector that selects nothing in its namespace;
 /// IST0110: a workload selected by several Sidecars; IST0111: several

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::labels_match;
 use super::{
     Input, Message, NO_SERVER_CERT_VERIFICATION_DESTINATION, NO_SERVER_CERT_VERIFICATION_PORT,
     Object, SUBSET_SELECTS_NOTHING, UNKNOWN_DESTINATION_RULE_HOST, hosts, string_map, strings,
 };
-use crate::registry::labels_match;
 
 /// IST0128 / IST0129: TLS origination (SIMPLE or MUTUAL) without
 /// `caCertificates` does not verify the server. A `credentialName` only

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::{Input, JWT_CLAIM_ROUTE_WITHOUT_AUTHN, Message, string_map, strings};
-use crate::registry::{ROOT_NAMESPACE, labels_match};
+use super::{ROOT_NAMESPACE, labels_match};
 
 /// Header names that match on a validated JWT's claims.
 const CLAIM_HEADER: &str = "@request.auth.claims.";

@@ -1,0 +1,561 @@
+//! The one table of Istio fields Weft accepts but does not honour, and of
+//! fields Istio removed but still tolerates.
+//!
+//! Kubernetes' default field validation answers such fields with a warning,
+//! never silence: decoding (`weft validate`, `weft apply`, weftd's apply API)
+//! turns every match into a [`FieldWarning`], and `weft analyze` reports the
+//! same matches as analyzer messages. Both read [`TABLE`], so the CLI and
+//! weftd cannot disagree on what Weft ignores.
+//!
+//! Patterns are field paths with array indices written `[]` and `**` for
+//! any number of segments: `spec.**.tunnel` matches `spec.trafficPolicy.tunnel`
+//! and `spec.subsets[].trafficPolicy.portLevelSettings[].tunnel`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What Weft does with a field of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Treatment {
+    /// Part of today's Istio API; accepted, kept in the store, not acted on.
+    Ignored,
+    /// Gone from Istio's API, which still tolerates it; dropped at decoding
+    /// (the typed schema no longer has it).
+    Removed,
+}
+
+/// One row: a field of one kind, what Weft does with it and why.
+#[derive(Debug, Clone, Copy)]
+pub struct Unimplemented {
+    pub kind: &'static str,
+    pub pattern: &'static str,
+    pub treatment: Treatment,
+    /// Said to the user after the field path.
+    pub message: &'static str,
+    /// Whether a present value counts (e.g. only CIDR `addresses`); `None`:
+    /// any value but `null`.
+    pub when: Option<fn(&Value) -> bool>,
+}
+
+const fn ignored(
+    kind: &'static str,
+    pattern: &'static str,
+    message: &'static str,
+) -> Unimplemented {
+    Unimplemented {
+        kind,
+        pattern,
+        treatment: Treatment::Ignored,
+        message,
+        when: None,
+    }
+}
+
+const DR: &str = "DestinationRule";
+const VS: &str = "VirtualService";
+const SIDECAR: &str = "Sidecar";
+const GATEWAY: &str = "Gateway";
+
+/// Every field Weft does not honour. Keep it in step with the compiler:
+/// a row leaves when the field is implemented.
+pub const TABLE: &[Unimplemented] = &[
+    // DestinationRule: every TrafficPolicy (top, port-level, subsets).
+    ignored(
+        DR,
+        "spec.**.tunnel",
+        "not implemented (HTTP CONNECT/POST tunnelling to an upstream proxy); traffic goes to the destination directly",
+    ),
+    ignored(
+        DR,
+        "spec.**.proxyProtocol",
+        "not implemented; no PROXY protocol header is sent upstream",
+    ),
+    ignored(
+        DR,
+        "spec.**.retryBudget",
+        "not implemented; retries are limited only by connectionPool.http.maxRetries",
+    ),
+    ignored(
+        DR,
+        "spec.**.tls.credentialName",
+        "not implemented (no Kubernetes Secrets); use clientCertificate, privateKey and caCertificates files",
+    ),
+    ignored(
+        DR,
+        "spec.**.tls.caCrl",
+        "not implemented; upstream certificates are not checked against a revocation list",
+    ),
+    // Unsplit (Istio's default), local-origin failures count as 503s and
+    // `consecutiveLocalOriginFailures` is not consulted: weft-proxy does
+    // exactly that. Only splitting them out is missing.
+    Unimplemented {
+        kind: DR,
+        pattern: "spec.**.outlierDetection.splitExternalLocalOriginErrors",
+        treatment: Treatment::Ignored,
+        message: "true is not implemented (needs proxy support); local-origin failures (connect errors, resets) still count as 503s towards consecutive5xxErrors and consecutiveLocalOriginFailures is not consulted",
+        when: Some(is_true),
+    },
+    ignored(
+        DR,
+        "spec.**.outlierDetection.outlierDetectionHttpErrorCodes",
+        "not implemented; only 5xx (and gateway errors) count",
+    ),
+    ignored(
+        DR,
+        "spec.**.connectionPool.http.http2KeepAlive",
+        "not implemented; no HTTP/2 PINGs are sent to upstreams",
+    ),
+    ignored(
+        DR,
+        "spec.**.connectionPool.http.maxConcurrentStreams",
+        "not implemented; HTTP/2 upstream connections use the server's stream limit",
+    ),
+    ignored(
+        DR,
+        "spec.**.connectionPool.tcp.maxConnectionDuration",
+        "not implemented; upstream connections live until idle or closed",
+    ),
+    ignored(
+        DR,
+        "spec.**.loadBalancer.consistentHash.httpCookie.attributes",
+        "not implemented; the generated cookie carries only name, path and ttl",
+    ),
+    ignored(
+        DR,
+        "spec.**.loadBalancer.backendUtilization",
+        "not implemented; the simple/consistentHash balancer applies",
+    ),
+    ignored(
+        DR,
+        "spec.**.loadBalancer.zoneAwareLbSetting",
+        "not implemented; use localityLbSetting",
+    ),
+    // VirtualService.
+    ignored(
+        VS,
+        "spec.http[].retries.retryRemoteLocalities",
+        "not implemented; retries may go to any locality the balancer picks",
+    ),
+    ignored(
+        VS,
+        "spec.http[].retries.retryIgnorePreviousHosts",
+        "not implemented; a retry may go to the host that failed",
+    ),
+    ignored(
+        VS,
+        "spec.http[].match[].statPrefix",
+        "not implemented; route statistics carry no prefix",
+    ),
+    ignored(
+        VS,
+        "spec.http[].fault.delay.exponentialDelay",
+        "not implemented (only fixedDelay); no delay is injected",
+    ),
+    ignored(
+        VS,
+        "spec.http[].fault.abort.http2Error",
+        "not implemented (only httpStatus and grpcStatus); no abort is injected",
+    ),
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].corsPolicy.unmatchedPreflights",
+        treatment: Treatment::Ignored,
+        message: "IGNORE is not implemented; preflights no origin matches are forwarded",
+        when: Some(is_ignore),
+    },
+    ignored(
+        VS,
+        "spec.tcp[].match[].sourceSubnet",
+        "not implemented (needs proxy support); the TCP rule is left out, never applied to every caller",
+    ),
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].websocketUpgrade",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (WebSocket upgrades need no setting); ignored",
+        when: None,
+    },
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].appendHeaders",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (use headers.request.add); ignored, as Kubernetes prunes it",
+        when: None,
+    },
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].appendRequestHeaders",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (use headers.request.add); ignored, as Kubernetes prunes it",
+        when: None,
+    },
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].removeRequestHeaders",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (use headers.request.remove); ignored, as Kubernetes prunes it",
+        when: None,
+    },
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].appendResponseHeaders",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (use headers.response.add); ignored, as Kubernetes prunes it",
+        when: None,
+    },
+    Unimplemented {
+        kind: VS,
+        pattern: "spec.http[].removeResponseHeaders",
+        treatment: Treatment::Removed,
+        message: "removed from Istio's API (use headers.response.remove); ignored, as Kubernetes prunes it",
+        when: None,
+    },
+    // ServiceEntry, WorkloadEntry, WorkloadGroup.
+    Unimplemented {
+        kind: "ServiceEntry",
+        pattern: "spec.addresses[]",
+        treatment: Treatment::Ignored,
+        message: "CIDR ranges are not implemented (single addresses are); traffic to this range is not captured for the service",
+        when: Some(is_cidr),
+    },
+    ignored(
+        "ServiceEntry",
+        "spec.subjectAltNames",
+        "not implemented; mesh mTLS checks the identity each endpoint's proxy holds",
+    ),
+    ignored(
+        "ServiceEntry",
+        "spec.endpoints[].network",
+        "multi-network is not implemented; the endpoint is dialled directly",
+    ),
+    ignored(
+        "WorkloadEntry",
+        "spec.network",
+        "multi-network is not implemented; the workload is dialled directly",
+    ),
+    ignored(
+        "WorkloadGroup",
+        "spec.template.network",
+        "multi-network is not implemented; the workloads are dialled directly",
+    ),
+    ignored(
+        "WorkloadGroup",
+        "spec.metadata",
+        "not applied (Weft does not auto-register WorkloadEntries from a group)",
+    ),
+    ignored(
+        "WorkloadGroup",
+        "spec.probe",
+        "health probes are not implemented; registered workloads count as ready",
+    ),
+    // Sidecar.
+    Unimplemented {
+        kind: SIDECAR,
+        pattern: "spec.ingress[].defaultEndpoint",
+        treatment: Treatment::Ignored,
+        message: "0.0.0.0/[::] (the workload's own address) is reached over loopback: weft-proxy forwards to 127.0.0.1/[::1] on that port",
+        when: Some(is_any_address),
+    },
+    Unimplemented {
+        kind: SIDECAR,
+        pattern: "spec.ingress[].defaultEndpoint",
+        treatment: Treatment::Ignored,
+        message: "unix sockets are not implemented (needs proxy support); the port is left out of the proxy's inbound ports",
+        when: Some(is_unix),
+    },
+    ignored(
+        SIDECAR,
+        "spec.ingress[].bind",
+        "not implemented; the proxy's inbound listener binds as usual",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.ingress[].captureMode",
+        "not implemented; inbound capture follows the proxy's mode",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.ingress[].tls",
+        "not implemented (needs proxy support); the port keeps mesh mTLS as PeerAuthentication sets it",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.ingress[].connectionPool",
+        "not implemented (needs proxy support); inbound connections are not limited",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.inboundConnectionPool",
+        "not implemented (needs proxy support); inbound connections are not limited",
+    ),
+    Unimplemented {
+        kind: SIDECAR,
+        pattern: "spec.egress[].bind",
+        treatment: Treatment::Ignored,
+        message: "unix sockets are not implemented (IP addresses are); no listener is bound for this egress listener",
+        when: Some(is_unix),
+    },
+    ignored(
+        SIDECAR,
+        "spec.egress[].captureMode",
+        "not implemented; outbound capture follows the proxy's mode",
+    ),
+    ignored(
+        SIDECAR,
+        "spec.outboundTrafficPolicy.egressProxy",
+        "not implemented (needs proxy support); unknown destinations follow outboundTrafficPolicy.mode",
+    ),
+    // Gateway.
+    ignored(
+        GATEWAY,
+        "spec.servers[].bind",
+        "not implemented; the server listens on the gateway's address",
+    ),
+    ignored(
+        GATEWAY,
+        "spec.servers[].defaultEndpoint",
+        "not implemented; traffic is routed by the bound VirtualServices",
+    ),
+    Unimplemented {
+        kind: GATEWAY,
+        pattern: "spec.servers[].tls",
+        treatment: Treatment::Ignored,
+        message: "TLS termination on gateways is not implemented (only httpsRedirect); the server's TLS settings are not applied",
+        when: Some(tls_beyond_redirect),
+    },
+];
+
+fn is_cidr(value: &Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| s.parse::<ipnet::IpNet>().is_ok())
+}
+
+fn is_any_address(value: &Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| s.starts_with("0.0.0.0:") || s.starts_with("[::]:"))
+}
+
+fn is_unix(value: &Value) -> bool {
+    value.as_str().is_some_and(|s| s.starts_with("unix://"))
+}
+
+fn is_true(value: &Value) -> bool {
+    value.as_bool() == Some(true)
+}
+
+fn is_ignore(value: &Value) -> bool {
+    value.as_str() == Some("IGNORE")
+}
+
+fn tls_beyond_redirect(value: &Value) -> bool {
+    value
+        .as_object()
+        .is_some_and(|tls| tls.keys().any(|key| key != "httpsRedirect"))
+}
+
+/// One field Weft does not honour, as weftd's apply API returns it and
+/// `weft apply` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldWarning {
+    /// The file (or API request source) the object came from.
+    pub file: String,
+    /// `Kind namespace/name`.
+    pub resource: String,
+    /// `spec.trafficPolicy.tunnel`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}: {}",
+            self.file, self.resource, self.field, self.message
+        )
+    }
+}
+
+/// A match of the table in one object: the field path (with indices) and
+/// the row.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub path: String,
+    pub row: &'static Unimplemented,
+}
+
+/// Every table match in an object of `kind` (the whole object as JSON,
+/// `spec` inside), in document order.
+pub fn scan(kind: &str, object: &Value) -> Vec<Found> {
+    let rows: Vec<&'static Unimplemented> = TABLE.iter().filter(|r| r.kind == kind).collect();
+    let mut found = Vec::new();
+    if rows.is_empty() {
+        return found;
+    }
+    if let Some(spec) = object.get("spec") {
+        let mut path = vec!["spec".to_string()];
+        walk(spec, &mut path, "spec", &rows, &mut found);
+    }
+    found
+}
+
+/// Removes every [`Treatment::Removed`] field from `object` (so the typed
+/// schema accepts it), returning what it matched.
+pub fn strip_removed(kind: &str, object: &mut Value) -> Vec<Found> {
+    let found: Vec<Found> = scan(kind, object)
+        .into_iter()
+        .filter(|f| f.row.treatment == Treatment::Removed)
+        .collect();
+    for f in &found {
+        remove_path(object, &f.path);
+    }
+    found
+}
+
+fn walk(
+    value: &Value,
+    pattern_path: &mut Vec<String>,
+    shown: &str,
+    rows: &[&'static Unimplemented],
+    out: &mut Vec<Found>,
+) {
+    if !value.is_null() {
+        for row in rows {
+            if glob(row.pattern, pattern_path) && row.when.is_none_or(|when| when(value)) {
+                out.push(Found {
+                    path: shown.to_string(),
+                    row,
+                });
+            }
+        }
+    }
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                pattern_path.push(key.clone());
+                walk(child, pattern_path, &format!("{shown}.{key}"), rows, out);
+                pattern_path.pop();
+            }
+        }
+        Value::Array(items) => {
+            // `[]` joins its key: `http[]` is one pattern segment.
+            if let Some(last) = pattern_path.last_mut() {
+                last.push_str("[]");
+            }
+            for (index, child) in items.iter().enumerate() {
+                walk(child, pattern_path, &format!("{shown}[{index}]"), rows, out);
+            }
+            if let Some(last) = pattern_path.last_mut() {
+                last.truncate(last.len() - 2);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `pattern` (dot-separated, `**` = any number of segments) against path
+/// segments.
+fn glob(pattern: &str, path: &[String]) -> bool {
+    let parts: Vec<&str> = pattern.split('.').collect();
+    glob_parts(&parts, path)
+}
+
+fn glob_parts(pattern: &[&str], path: &[String]) -> bool {
+    match pattern.split_first() {
+        None => path.is_empty(),
+        Some((&"**", rest)) => (0..=path.len()).any(|skip| glob_parts(rest, &path[skip..])),
+        Some((head, rest)) => path
+            .split_first()
+            .is_some_and(|(first, tail)| first == head && glob_parts(rest, tail)),
+    }
+}
+
+/// Removes the field at a shown path (`spec.http[0].websocketUpgrade`).
+fn remove_path(object: &mut Value, path: &str) {
+    let mut current = object;
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (key, indices) = match segment.find('[') {
+            Some(at) => (&segment[..at], &segment[at..]),
+            None => (segment, ""),
+        };
+        if segments.peek().is_none() && indices.is_empty() {
+            if let Some(map) = current.as_object_mut() {
+                map.remove(key);
+            }
+            return;
+        }
+        let Some(next) = current.get_mut(key) else {
+            return;
+        };
+        current = next;
+        for index in indices.split(['[', ']']).filter(|s| !s.is_empty()) {
+            let Some(next) = index.parse::<usize>().ok().and_then(|i| current.get_mut(i)) else {
+                return;
+            };
+            current = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nested_traffic_policies_match_a_double_star_pattern() {
+        let dr = json!({"spec": {"host": "r", "subsets": [{"name": "v1", "trafficPolicy": {
+            "portLevelSettings": [{"port": {"number": 80}, "tunnel": {"protocol": "CONNECT"}}]}}]}});
+        let found = scan("DestinationRule", &dr);
+        let paths: Vec<&str> = found.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["spec.subsets[0].trafficPolicy.portLevelSettings[0].tunnel"]
+        );
+    }
+
+    #[test]
+    fn only_cidr_addresses_are_reported() {
+        let se = json!({"spec": {"hosts": ["a"], "addresses": ["10.0.0.1", "10.1.0.0/16"]}});
+        let found = scan("ServiceEntry", &se);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path, "spec.addresses[1]");
+    }
+
+    #[test]
+    fn removed_fields_are_stripped_and_reported() {
+        let mut vs =
+            json!({"spec": {"hosts": ["a"], "http": [{"websocketUpgrade": true, "route": []}]}});
+        let found = strip_removed("VirtualService", &mut vs);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path, "spec.http[0].websocketUpgrade");
+        assert_eq!(
+            vs,
+            json!({"spec": {"hosts": ["a"], "http": [{"route": []}]}})
+        );
+    }
+
+    #[test]
+    fn nulls_and_other_kinds_are_not_reported() {
+        let dr = json!({"spec": {"trafficPolicy": {"tunnel": null}}});
+        assert!(scan("DestinationRule", &dr).is_empty());
+        assert!(scan("PeerAuthentication", &json!({"spec": {"tunnel": {}}})).is_empty());
+    }
+
+    #[test]
+    fn decoding_accepts_removed_header_fields_with_a_warning() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: old, namespace: shop}\nspec:\n  hosts: [old]\n  http:\n  - appendHeaders: {x-a: \"1\"}\n    route:\n    - destination: {host: old}\n";
+        let decoded = crate::decode_str(yaml, "old.yaml");
+        assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
+        assert_eq!(decoded.resources.len(), 1);
+        assert_eq!(
+            decoded.warnings[0].to_string(),
+            "old.yaml: VirtualService shop/old: spec.http[0].appendHeaders: removed from Istio's API (use headers.request.add); ignored, as Kubernetes prunes it"
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! Sidecar egress listeners scoped by port, and ingress listeners: what a
+//! proxy sees and where its inbound ports forward, as Istio builds them.
+
+use super::tests::{config, mesh, node};
+
+const SERVICES: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a, namespace: app}
+spec:
+  hosts: [a.app.svc.cluster.local]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  - {number: 8080, name: admin, protocol: HTTP}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b, namespace: lib}
+spec:
+  hosts: [b.lib.svc.cluster.local]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  - {number: 8080, name: web, protocol: HTTP}
+  - {number: 5432, name: db, protocol: TCP}
+";
+
+fn ports(config: &weft_proto::proxy::v1::ProxyConfig, name: &str) -> Vec<u32> {
+    config
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.ports.iter().map(|p| p.port).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_port_scoped_egress_host_is_visible_on_that_port_only() {
+    let yaml = format!(
+        "{SERVICES}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: app}}
+spec:
+  egress:
+  - port: {{number: 8080, protocol: HTTP, name: web}}
+    hosts: [lib/*]
+  - hosts: [./*]
+"
+    );
+    let index = mesh(&yaml, &[]);
+    let config = config(&index, &node("app", &[]));
+    // lib's service only on the listener's port, not widened to 80 or 5432.
+    assert_eq!(ports(&config, "b.lib.svc.cluster.local"), [8080]);
+    // The catch-all listener's hosts on every port but the scoped one,
+    // which belongs to the port-scoped listener alone.
+    assert_eq!(ports(&config, "a.app.svc.cluster.local"), [80]);
+    // Clusters follow: nothing for b's unlisted ports.
+    assert!(
+        !config
+            .clusters
+            .iter()
+            .any(|c| c.name == "outbound|5432||b.lib.svc.cluster.local")
+    );
+}
+
+#[test]
+fn a_port_scoped_listener_alone_hides_services_without_that_port() {
+    let yaml = format!(
+        "{SERVICES}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: app}}
+spec:
+  egress:
+  - port: {{number: 5432, protocol: TCP, name: db}}
+    hosts: ['*/*']
+"
+    );
+    let index = mesh(&yaml, &[]);
+    let config = config(&index, &node("app", &[]));
+    let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["b.lib.svc.cluster.local"]);
+    assert_eq!(ports(&config, "b.lib.svc.cluster.local"), [5432]);
+}
+
+#[test]
+fn ingress_listeners_replace_the_inbound_ports_and_forward_to_the_default_endpoint() {
+    let yaml = format!(
+        "{SERVICES}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: ratings, namespace: app}}
+spec:
+  workloadSelector: {{labels: {{app: ratings}}}}
+  ingress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:8080
+  - port: {{number: 9443, protocol: TCP, name: tcp}}
+    defaultEndpoint: 0.0.0.0:9000
+  - port: {{number: 9500, protocol: TCP, name: uds}}
+    defaultEndpoint: unix:///var/run/app.sock
+"
+    );
+    let index = mesh(&yaml, &[]);
+    let mut ratings = node("app", &[("app", "ratings")]);
+    ratings.ports = vec![weft_proto::discovery::v1::WorkloadPort {
+        port: 8080,
+        protocol: 0,
+        name: "http".into(),
+    }];
+    let out = super::tests::compile(&index, &ratings);
+    let inbound: Vec<(u32, &str)> = out
+        .config
+        .inbound_ports
+        .iter()
+        .map(|p| (p.port, p.target.as_str()))
+        .collect();
+    // The node's own port 8080 is not listed: Istio listens on the
+    // Sidecar's ingress ports only. 0.0.0.0 (the workload's address) is
+    // reached over loopback: replicas share one config.
+    assert_eq!(
+        inbound,
+        [(9080, "127.0.0.1:8080"), (9443, "127.0.0.1:9000")]
+    );
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("9500") && w.contains("unix")),
+        "{:?}",
+        out.warnings
+    );
+}
+
+#[test]
+fn an_egress_listener_with_bind_gets_its_own_listener_routing_by_host() {
+    let yaml = format!(
+        "{SERVICES}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: app}}
+spec:
+  egress:
+  - port: {{number: 8080, protocol: HTTP, name: web}}
+    bind: 127.0.0.5
+    hosts: [lib/*]
+"
+    );
+    let index = mesh(&yaml, &[]);
+    let config = config(&index, &node("app", &[]));
+    let bound: Vec<(&str, u32, &str)> = config
+        .listeners
+        .iter()
+        .map(|l| (l.address.as_str(), l.service_port, l.service.as_str()))
+        .collect();
+    assert_eq!(bound, [("127.0.0.5:8080", 8080, "")]);
+    assert_eq!(
+        config.listeners[0].kind,
+        weft_proto::proxy::v1::ListenerKind::Explicit as i32
+    );
+    assert_eq!(ports(&config, "b.lib.svc.cluster.local"), [8080]);
+}
