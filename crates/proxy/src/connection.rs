@@ -22,6 +22,7 @@ use weft_proto::proxy::v1::{ListenerKind, OutboundTrafficPolicy};
 
 use crate::config::{Cluster, InboundPort, PortProtocol, ServicePort, Snapshot};
 use crate::detect::{Detected, PrefixedIo, detect, peek_client_hello, peek_sni};
+use crate::http::entry::Trust;
 use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
@@ -150,6 +151,7 @@ async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream
                 version,
                 peer,
                 downstream,
+                trust: Trust::Client,
             };
             server::serve(io, conn, state).await;
         }
@@ -324,6 +326,7 @@ async fn inbound_plaintext<S>(
                 version,
                 peer,
                 downstream,
+                trust: Trust::Client,
             };
             let serving = server::serve(io, conn, state.clone());
             until_strict(serving, &state, original.port()).await;
@@ -395,6 +398,7 @@ async fn explicit(
                 version,
                 peer,
                 downstream,
+                trust: Trust::Client,
             };
             server::serve(io, conn, state).await;
         }
@@ -429,17 +433,27 @@ async fn gateway(
 ) {
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
     let downstream = Downstream::of(&stream);
-    let declared = Some((PortProtocol::Http, false));
-    let Some((carry, io)) = classify(stream, declared, snapshot).await else {
-        return;
+    // A port declared HTTP is never sniffed against the short detection
+    // timeout (Istio does not sniff declared ports): the client has the
+    // whole request-header deadline to start, and only HTTP/1 or HTTP/2
+    // is told apart from its first bytes.
+    let mut stream = stream;
+    let waited = detect(&mut stream, snapshot.hardening.request_header_timeout).await;
+    let version = match waited {
+        Ok((Detected::Http1, prefix)) => (HttpVersion::Http1, prefix),
+        Ok((Detected::Http2, prefix)) => (HttpVersion::Http2, prefix),
+        Ok(_) | Err(_) => {
+            tracing::info!(
+                flag = "NR",
+                "gateway port {listen_addr} serves HTTP; closing a connection that sent no \
+                 HTTP request within {:?}",
+                snapshot.hardening.request_header_timeout
+            );
+            return;
+        }
     };
-    let Carry::Http(version) = carry else {
-        tracing::info!(
-            flag = "NR",
-            "gateway port {listen_addr} serves HTTP; closing a non-HTTP connection"
-        );
-        return;
-    };
+    let (version, prefix) = version;
+    let io = PrefixedIo::new(prefix, stream);
     let conn = HttpConn {
         target: Target::Gateway {
             port: listen_addr.port(),
@@ -448,6 +462,7 @@ async fn gateway(
         version,
         peer,
         downstream,
+        trust: Trust::Client,
     };
     server::serve(io, conn, state).await;
 }

@@ -37,6 +37,7 @@ pub async fn proxy_inbound<D>(
     if let Some(guard) = guard {
         let who = crate::authz::Caller {
             peer: conn.remote.map(|a| a.ip()),
+            remote: conn.remote.map(|a| a.ip()),
             principal: conn.mesh_principal(),
             destination,
         };

@@ -7,6 +7,7 @@
 
 mod authz;
 mod cluster;
+mod hardening;
 mod load;
 mod resilience;
 mod route;
@@ -15,6 +16,7 @@ mod snapshot;
 mod tcp_route;
 pub mod watch;
 
+pub use hardening::{Hardening, PathNormalization};
 pub use load::{ConfigError, parse_config};
 pub use resilience::{Fault, FaultAbort, FaultDelay, RetryOn, RetryPolicy};
 pub use route::{

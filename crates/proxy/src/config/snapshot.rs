@@ -136,6 +136,7 @@ impl Cluster {
                 weight: 1,
                 priority: 0,
                 workload: None,
+                mesh: false,
             }],
         )
     }
@@ -166,6 +167,12 @@ impl Cluster {
     /// An endpoint under the cluster's policy without request context (TCP,
     /// mirrors), skipping those outlier detection ejected. `None` when the
     /// cluster has no endpoints or all are ejected (response flag UH).
+    /// Whether `addr` is an endpoint with a Weft proxy (peer metadata goes
+    /// to it and to nobody else).
+    pub fn is_mesh_endpoint(&self, addr: SocketAddr) -> bool {
+        self.endpoints.iter().any(|e| e.mesh && e.address == addr)
+    }
+
     pub fn pick_endpoint(&self) -> Option<&Endpoint> {
         self.endpoint(self.choose(None, None, &[])?)
     }
@@ -245,6 +252,8 @@ pub struct Endpoint {
     /// Telemetry's view of the workload behind it (from `labels`), built
     /// once per config rather than per request; None without labels.
     pub workload: Option<Arc<crate::telemetry::peer::Workload>>,
+    /// A workload with a Weft proxy: peer metadata may be sent to it.
+    pub mesh: bool,
 }
 
 pub struct InboundPort {
@@ -262,6 +271,8 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerSpec>,
     pub outbound_policy: pb::OutboundTrafficPolicy,
     pub detect_timeout: Duration,
+    /// Edge defences (path normalization, deadlines, connection limit).
+    pub hardening: super::Hardening,
     services_by_host: HashMap<String, Arc<Service>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
     clusters: HashMap<String, Arc<Cluster>>,
@@ -293,6 +304,7 @@ impl Snapshot {
             &mut problems,
         )
         .unwrap_or(DEFAULT_DETECT_TIMEOUT);
+        let hardening = super::Hardening::compile(&config, &mut problems);
         let outbound_policy = pb::OutboundTrafficPolicy::try_from(config.outbound_traffic_policy)
             .unwrap_or(pb::OutboundTrafficPolicy::AllowAny);
         if !problems.0.is_empty() {
@@ -303,6 +315,7 @@ impl Snapshot {
             listeners,
             outbound_policy,
             detect_timeout,
+            hardening,
             services_by_host,
             services_by_vip,
             clusters,
@@ -440,6 +453,7 @@ fn compile_clusters(
                             endpoint.labels.iter(),
                         ))
                     }),
+                    mesh: endpoint.mesh,
                 }),
                 Err(_) => problems.push(
                     format!("{path}.endpoints[{e_index}].address"),
@@ -676,6 +690,7 @@ fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap
                 weight: 1,
                 priority: 0,
                 workload: None,
+                mesh: false,
             }],
         );
         let compiled = InboundPort {

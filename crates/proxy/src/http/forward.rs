@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::ProxyBody;
+use super::entry::{self, Trust};
 use super::route::{self, Decision, Target};
 use super::{cors, fault, mirror, retry, rewrite};
 use crate::config::{RequestView, UpstreamProtocol};
@@ -31,6 +32,8 @@ pub struct HttpConn {
     pub peer: Option<std::net::IpAddr>,
     /// Addresses and proven identity, for telemetry.
     pub downstream: Downstream,
+    /// Whether the caller is a mesh peer proven by mTLS.
+    pub trust: Trust,
 }
 
 /// The hyper service: never fails, every problem becomes a local reply.
@@ -39,7 +42,21 @@ pub async fn handle(
     conn: Arc<HttpConn>,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // Before anything reads the request: what a client may not claim is
+    // removed, the target made unambiguous, the path normalized.
+    let hardening = state.snapshot().hardening;
+    let prepared = entry::prepare(&mut request, conn.trust, hardening.path_normalization);
+    if let Target::Gateway { .. } = &conn.target {
+        entry::forwarded_for(
+            request.headers_mut(),
+            conn.peer,
+            hardening.num_trusted_proxies,
+        );
+    }
     let mut record = RequestRecord::start(&state, conn.reporter, &conn.downstream, &mut request);
+    if let Err(reply) = prepared {
+        return Ok(record.local_reply(reply));
+    }
     // Inbound requests pass the workload's JWT rules and policies first.
     if let Target::Inbound { port, original_dst } = &conn.target {
         // An undeclared port falls back to the workload's policies, as the
@@ -48,6 +65,7 @@ pub async fn handle(
         if let Some(guard) = guard {
             let caller = crate::authz::Caller {
                 peer: conn.peer,
+                remote: entry::remote_address(request.headers(), conn.peer, conn.trust),
                 principal: conn.downstream.mesh_principal(),
                 destination: *original_dst,
             };

@@ -10,6 +10,8 @@
 //! - Its authority gets Envoy's `-shadow` suffix on the host
 //!   (`reviews:9080` → `reviews-shadow:9080`), so the mirror's logs tell
 //!   copies from real traffic.
+//! - The copy's response is drained frame by frame and dropped, never
+//!   buffered.
 //! - Bodies: the main request body is streamed upstream, never held back
 //!   or buffered whole first. When a copy is wanted, the body is read
 //!   through [`Tee`], which forwards each frame as it comes and keeps a
@@ -218,7 +220,10 @@ impl Shadow {
             let body = Full::new(body)
                 .map_err(|never| match never {})
                 .boxed_unsync();
-            let request = head.request(addr, body);
+            let mut request = head.request(addr, body);
+            if !cluster.is_mesh_endpoint(addr) {
+                crate::telemetry::peer::strip(request.headers_mut());
+            }
             let exchange = async {
                 let response = state
                     .pool
@@ -230,8 +235,15 @@ impl Shadow {
                         request,
                     )
                     .await?;
-                // Read to the end so the connection can go back to the pool.
-                let _ = response.into_body().collect().await;
+                // Read to the end so the connection can go back to the
+                // pool, one frame at a time: nothing is kept, so a large
+                // mirror response costs no memory.
+                let mut body = response.into_body();
+                while let Some(frame) = body.frame().await {
+                    if frame.is_err() {
+                        break;
+                    }
+                }
                 Ok::<_, crate::upstream::UpstreamError>(())
             };
             match tokio::time::timeout(deadline, exchange).await {

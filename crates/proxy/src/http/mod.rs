@@ -17,9 +17,11 @@
 //! 5. [`reply`] builds the local replies that name what went wrong.
 
 pub mod cors;
+pub mod entry;
 mod fault;
 pub mod forward;
 pub mod mirror;
+pub mod normalize;
 pub mod reply;
 pub mod retry;
 pub mod rewrite;

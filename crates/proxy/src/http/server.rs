@@ -37,6 +37,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let drain = state.drain.clone();
+    let header_timeout = state.snapshot().hardening.request_header_timeout;
     let version = conn.version;
     let conn = Arc::new(conn);
     let service = service_fn(move |request| forward::handle(state.clone(), conn.clone(), request));
@@ -45,6 +46,7 @@ where
         HttpVersion::Http1 => {
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(io, service)
                 .with_upgrades();
             drive!(connection, drain);

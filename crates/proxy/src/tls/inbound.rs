@@ -25,6 +25,7 @@ use weft_proto::proxy::v1::mtls;
 
 use super::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
 use crate::config::{Cluster, Snapshot};
+use crate::http::entry::Trust;
 use crate::http::forward::{self, HttpConn};
 use crate::http::route::Target;
 use crate::metrics::Reporter;
@@ -32,9 +33,7 @@ use crate::state::ProxyState;
 use crate::tcp;
 use crate::upstream::HttpVersion;
 
-/// Set by the calling proxy on requests whose app spoke HTTP/1.x.
-pub const CLIENT_PROTOCOL_HEADER: &str = "x-weft-client-protocol";
-pub const XFCC: &str = "x-forwarded-client-cert";
+pub use crate::http::entry::{CLIENT_PROTOCOL_HEADER, XFCC};
 
 /// What PeerAuthentication lets through on one inbound port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,11 +114,22 @@ pub async fn serve<I>(
         tracing::info!("mTLS connection from {peer:?} closed: no certificate held yet");
         return;
     };
-    let stream = match TlsAcceptor::from(config).accept(io).await {
-        Ok(stream) => stream,
-        Err(err) => {
+    // A client that offers mesh mTLS and then goes quiet is given up on.
+    let deadline = state.snapshot().hardening.tls_handshake_timeout;
+    let handshake = tokio::time::timeout(deadline, TlsAcceptor::from(config).accept(io)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
             tracing::info!(
                 "mTLS handshake with {peer:?} for port {} failed: {err}",
+                destination.port()
+            );
+            return;
+        }
+        Err(_) => {
+            tracing::info!(
+                "mTLS handshake with {peer:?} for port {} did not finish within {deadline:?}; \
+                 closing",
                 destination.port()
             );
             return;
@@ -177,6 +187,8 @@ async fn serve_http<I>(
             version,
             peer,
             downstream: downstream.clone(),
+            // The caller's proxy proved itself: what it says is believed.
+            trust: Trust::MeshPeer,
         })
     };
     let (as_http1, as_http2) = (conn(HttpVersion::Http1), conn(HttpVersion::Http2));
@@ -201,10 +213,12 @@ async fn serve_http<I>(
     });
     let io = TokioIo::new(io);
     let drain = state.drain.clone();
+    let header_timeout = state.snapshot().hardening.request_header_timeout;
     let result = match wire {
         HttpVersion::Http1 => {
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(io, service)
                 .with_upgrades();
             let mut connection = std::pin::pin!(connection);
