@@ -215,8 +215,8 @@ async fn inbound(
     };
     let declared = snapshot.inbound_port(original.port());
     let accept = match declared {
-        Some(_) => tls::inbound::accept_mode(snapshot, original.port()),
-        None => tls::inbound::undeclared_mode(snapshot, listen_addr),
+        Some(_) => tls::inbound::accept_mode(snapshot, original.port(), &state.tls),
+        None => tls::inbound::undeclared_mode(snapshot, listen_addr, &state.tls),
     };
     let Some(port) = declared else {
         // Not a declared port: passed through to where it was headed, as
@@ -343,7 +343,7 @@ async fn inbound_plaintext<S>(
 /// the old one (as Envoy drains a replaced filter chain).
 async fn until_strict(serving: impl Future<Output = ()>, state: &ProxyState, port: u16) {
     const CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-    let can_be_strict = tls::context().is_some_and(|c| c.identity.is_some());
+    let can_be_strict = state.tls.identity.is_some();
     if !can_be_strict {
         // A plaintext-only workload: no policy can ever close it.
         return serving.await;
@@ -351,7 +351,7 @@ async fn until_strict(serving: impl Future<Output = ()>, state: &ProxyState, por
     let strict = async {
         loop {
             tokio::time::sleep(CHECK_EVERY).await;
-            if tls::inbound::accept_mode(&state.snapshot(), port) == Accept::Strict {
+            if tls::inbound::accept_mode(&state.snapshot(), port, &state.tls) == Accept::Strict {
                 return;
             }
         }

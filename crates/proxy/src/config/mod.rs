@@ -7,6 +7,7 @@
 
 mod authz;
 mod cluster;
+mod clusters;
 mod hardening;
 mod load;
 mod resilience;
@@ -14,6 +15,7 @@ mod route;
 mod route_match;
 mod snapshot;
 mod tcp_route;
+mod upstream_tls;
 pub mod watch;
 
 pub use hardening::{Hardening, PathNormalization};
@@ -29,3 +31,4 @@ pub use snapshot::{
     UpstreamProtocol,
 };
 pub use tcp_route::{L4Route, Subnet, sni_matches};
+pub use upstream_tls::{Origination, UpstreamTls};

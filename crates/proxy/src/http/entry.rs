@@ -36,26 +36,49 @@ pub const EXTERNAL_ADDRESS: &str = "x-envoy-external-address";
 pub const CLIENT_PROTOCOL_HEADER: &str = "x-weft-client-protocol";
 
 /// Whether a request's mesh-only headers can be believed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
     /// An application, a plaintext caller or anyone outside the mesh.
     Client,
-    /// A Weft proxy proven by mesh mTLS.
-    MeshPeer,
+    /// A Weft proxy proven by mesh mTLS; `xfcc` tells the app who called.
+    MeshPeer { xfcc: Option<HeaderValue> },
+}
+
+impl Trust {
+    pub fn is_mesh_peer(&self) -> bool {
+        matches!(self, Self::MeshPeer { .. })
+    }
 }
 
 /// Applies the contract above to `request`; `Err` is the local reply for
 /// a target that cannot be made safe.
+///
+/// From a mesh peer, `x-forwarded-client-cert` is replaced by the proven
+/// caller and `x-weft-client-protocol` read and removed: `Ok(true)` when
+/// the caller's app spoke HTTP/1.x (it gets HTTP/1.1 back whatever the hop
+/// between proxies spoke).
 pub fn prepare<B>(
     request: &mut Request<B>,
-    trust: Trust,
+    trust: &Trust,
     normalization: PathNormalization,
-) -> Result<(), LocalReply> {
+) -> Result<bool, LocalReply> {
     absolute_form_sets_host(request);
-    if trust == Trust::Client {
-        strip_mesh_only(request.headers_mut());
+    let mut app_http1 = false;
+    let headers = request.headers_mut();
+    match trust {
+        Trust::Client => strip_mesh_only(headers),
+        Trust::MeshPeer { xfcc } => {
+            app_http1 = headers
+                .remove(CLIENT_PROTOCOL_HEADER)
+                .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
+            headers.remove(XFCC);
+            if let Some(xfcc) = xfcc {
+                headers.insert(XFCC, xfcc.clone());
+            }
+        }
     }
-    normalize_target(request.uri_mut(), normalization)
+    normalize_target(request.uri_mut(), normalization)?;
+    Ok(app_http1)
 }
 
 /// `Host` follows the absolute-form target's authority.
@@ -160,8 +183,9 @@ pub fn forwarded_for(
 
 /// `remote.ip` for authorization on the inbound side: what the gateway in
 /// front decided when the request came from a mesh peer, else the peer.
-pub fn remote_address(headers: &HeaderMap, peer: Option<IpAddr>, trust: Trust) -> Option<IpAddr> {
-    let decided = (trust == Trust::MeshPeer)
+pub fn remote_address(headers: &HeaderMap, peer: Option<IpAddr>, trust: &Trust) -> Option<IpAddr> {
+    let decided = trust
+        .is_mesh_peer()
         .then(|| {
             headers
                 .get(EXTERNAL_ADDRESS)?
@@ -212,7 +236,7 @@ mod tests {
             .header("x-kept", "1")
             .body(())
             .expect("request");
-        prepare(&mut request, Trust::Client, PathNormalization::Base).expect("prepared");
+        prepare(&mut request, &Trust::Client, PathNormalization::Base).expect("prepared");
         let headers = request.headers();
         assert_eq!(headers["host"], "other.internal");
         assert!(headers.get(XFCC).is_none());
@@ -220,7 +244,7 @@ mod tests {
         assert!(headers.get(EXTERNAL_ADDRESS).is_none());
         assert_eq!(headers["x-kept"], "1");
         assert_eq!(
-            remote_address(headers, "9.9.9.9".parse().ok(), Trust::Client),
+            remote_address(headers, "9.9.9.9".parse().ok(), &Trust::Client),
             "9.9.9.9".parse().ok()
         );
     }

@@ -45,7 +45,7 @@ pub async fn handle(
     // Before anything reads the request: what a client may not claim is
     // removed, the target made unambiguous, the path normalized.
     let hardening = state.snapshot().hardening;
-    let prepared = entry::prepare(&mut request, conn.trust, hardening.path_normalization);
+    let prepared = entry::prepare(&mut request, &conn.trust, hardening.path_normalization);
     if let Target::Gateway { .. } = &conn.target {
         entry::forwarded_for(
             request.headers_mut(),
@@ -54,9 +54,13 @@ pub async fn handle(
         );
     }
     let mut record = RequestRecord::start(&state, conn.reporter, &conn.downstream, &mut request);
-    if let Err(reply) = prepared {
-        return Ok(record.local_reply(reply));
-    }
+    // The HTTP version the calling app speaks (a mesh peer may carry an
+    // HTTP/1.1 app's request over HTTP/2).
+    let app_version = match prepared {
+        Ok(true) => HttpVersion::Http1,
+        Ok(false) => conn.version,
+        Err(reply) => return Ok(record.local_reply(reply)),
+    };
     // Inbound requests pass the workload's JWT rules and policies first.
     if let Target::Inbound { port, original_dst } = &conn.target {
         // An undeclared port falls back to the workload's policies, as the
@@ -65,7 +69,7 @@ pub async fn handle(
         if let Some(guard) = guard {
             let caller = crate::authz::Caller {
                 peer: conn.peer,
-                remote: entry::remote_address(request.headers(), conn.peer, conn.trust),
+                remote: entry::remote_address(request.headers(), conn.peer, &conn.trust),
                 principal: conn.downstream.mesh_principal(),
                 destination: *original_dst,
             };
@@ -136,11 +140,11 @@ pub async fn handle(
     }
     let cluster = forwarding.cluster;
 
-    let upgrade = conn.version == HttpVersion::Http1 && is_upgrade_request(request.headers());
+    let upgrade = app_version == HttpVersion::Http1 && is_upgrade_request(request.headers());
     let version = if upgrade {
         HttpVersion::Http1
     } else {
-        upstream_version(cluster.upstream_protocol, conn.version)
+        upstream_version(cluster.upstream_protocol, app_version)
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (hash, set_cookie) = cluster.affinity(request.headers(), request.uri().query(), conn.peer);
@@ -157,7 +161,7 @@ pub async fn handle(
             let original = mirror::Original {
                 parts: &parts,
                 authority: authority.as_ref(),
-                downstream: conn.version,
+                downstream: app_version,
                 timeout: forwarding.timeout,
             };
             // The body to forward, teed when a copy of it is wanted.

@@ -232,6 +232,7 @@ impl Shadow {
                         version,
                         &cluster.breaker,
                         cluster.connect_timeout,
+                        state.snapshot().upstream_tls(addr),
                         request,
                     )
                     .await?;

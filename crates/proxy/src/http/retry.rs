@@ -191,6 +191,7 @@ async fn one_try(
         exchange.version,
         &cluster.breaker,
         cluster.connect_timeout,
+        exchange.state.snapshot().upstream_tls(addr),
         request,
     );
     let outcome = match per_try_timeout {
