@@ -476,8 +476,11 @@ clusters:
     drop(held.pop());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, _) = get(web, "/", &[]).await;
-        if status == 200 {
+        // Until the proxy has seen the close, a new connection is refused.
+        if let Ok(mut client) = weft_testkit::client::Http1Client::connect(web).await
+            && let Ok(reply) = client.get("web", "/").await
+            && reply.status == StatusCode::OK
+        {
             break;
         }
         assert!(Instant::now() < deadline, "no slot freed");
