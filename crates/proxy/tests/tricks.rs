@@ -160,6 +160,11 @@ async fn encoded_dotted_and_backslashed_paths_do_not_pass_a_deny_and_reach_the_a
     assert!(body.starts_with("GET /~files/a%2Fb?q=%2e\n"), "{body}");
     let (_, body) = get(inbound, "/public\\x", &[]).await;
     assert!(body.starts_with("GET /public/x\n"), "{body}");
+    // A stray `%` that decoding would pair into `%2e` is escaped itself, so
+    // the app cannot decode dots the policy never saw.
+    let (status, body) = get(inbound, "/public/%2%65%2%65/admin", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("GET /public/%252e%252e/admin\n"), "{body}");
 }
 
 #[tokio::test]

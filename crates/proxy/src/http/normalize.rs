@@ -15,7 +15,11 @@
 //!   become segment separators), then BASE and merging.
 //! - NONE: untouched.
 //!
-//! The query is never touched. An invalid escape (`%zz`) is kept as is.
+//! The query is never touched. A `%` that starts no valid escape (`%zz`,
+//! `%2` at the end) is written `%25`: left alone, it could combine with
+//! the characters after it into an escape the app would decode that the
+//! policy never saw (`%2%65` decodes to `%2e`, which an app decodes to `.`).
+//! So the result is stable: normalizing it again changes nothing.
 
 use std::borrow::Cow;
 
@@ -73,7 +77,9 @@ fn decode(path: &str, decode_slashes: bool) -> String {
             i += 3;
             continue;
         }
-        if byte == b'\\' {
+        if byte == b'%' {
+            out.push_str("%25");
+        } else if byte == b'\\' {
             out.push('/');
         } else if byte.is_ascii() {
             out.push(char::from(byte));
@@ -168,8 +174,14 @@ mod tests {
         // Reserved escapes stay escaped (hex upper-cased), slashes too.
         assert_eq!(normalize("/a%2fb", Base), "/a%2Fb");
         assert_eq!(normalize("/a%20b", Base), "/a%20b");
-        assert_eq!(normalize("/a%zzb", Base), "/a%zzb");
-        assert_eq!(normalize("/a%2", Base), "/a%2");
+        assert_eq!(normalize("/a%zzb", Base), "/a%25zzb");
+        assert_eq!(normalize("/a%2", Base), "/a%252");
+        // A stray `%` cannot pair with what decoding produces after it.
+        assert_eq!(
+            normalize("/x/%2%65%2%65/admin", Base),
+            "/x/%252e%252e/admin"
+        );
+        assert_eq!(normalize("/x/%252e", Base), "/x/%252e");
         // Slashes are not merged in BASE.
         assert_eq!(normalize("/a//b", Base), "/a//b");
         assert_eq!(normalize("/file.txt", Base), "/file.txt");
