@@ -137,7 +137,7 @@ fn normalize_target(uri: &mut Uri, mode: PathNormalization) -> Result<(), LocalR
 fn bad_path(path: &str) -> LocalReply {
     LocalReply::new(
         StatusCode::BAD_REQUEST,
-        ResponseFlag::NoRoute,
+        ResponseFlag::DownstreamProtocolError,
         format!("the request path {path:?} cannot be normalized"),
     )
 }

@@ -207,6 +207,8 @@ impl RequestRecord {
         tracing::debug!(
             flag = reply.flag.code(),
             status = reply.status.as_u16(),
+            source = ?reply.source,
+            retry = ?reply.retry,
             "{}",
             reply.message
         );
