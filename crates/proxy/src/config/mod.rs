@@ -8,8 +8,10 @@
 mod authz;
 mod cluster;
 mod clusters;
+pub mod cors;
 mod hardening;
 mod load;
+pub mod mirror;
 mod resilience;
 mod route;
 mod route_match;

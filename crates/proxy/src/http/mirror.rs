@@ -25,7 +25,6 @@
 //!   routes with retries, drops its bytes on overflow and tells nobody when
 //!   the body ends.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,9 +39,7 @@ use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
-use weft_proto::proxy::v1 as pb;
 
-use super::cors::Problem;
 use super::forward::UpstreamHead;
 use super::retry::REPLAY_CAP;
 use super::{BoxError, ProxyBody, fault};
@@ -61,52 +58,9 @@ pub const MIRROR_BODY_CAP: usize = REPLAY_CAP;
 /// Envoy's suffix on the host of a mirrored request.
 const SHADOW_SUFFIX: &str = "-shadow";
 
-/// One compiled mirror policy.
-pub struct Mirror {
-    pub cluster: Arc<Cluster>,
-    /// Share of requests copied, 0..=1.
-    pub fraction: f64,
-}
+pub use crate::config::mirror::Mirror;
 
 impl Mirror {
-    /// Compiles a route's mirrors; every mirror cluster must exist.
-    pub fn compile_all(
-        mirrors: &[pb::Mirror],
-        clusters: &HashMap<String, Arc<Cluster>>,
-    ) -> Result<Vec<Self>, Vec<Problem>> {
-        let mut compiled = Vec::new();
-        let mut problems = Vec::new();
-        for (index, mirror) in mirrors.iter().enumerate() {
-            let path = format!("mirrors[{index}]");
-            let percentage = if mirror.has_percentage {
-                mirror.percentage
-            } else {
-                100.0
-            };
-            if !(0.0..=100.0).contains(&percentage) {
-                problems.push((
-                    format!("{path}.percentage"),
-                    format!("must be 0..100, got {percentage}"),
-                ));
-            }
-            match clusters.get(&mirror.cluster) {
-                Some(cluster) => compiled.push(Self {
-                    cluster: cluster.clone(),
-                    fraction: percentage / 100.0,
-                }),
-                None => problems.push((
-                    format!("{path}.cluster"),
-                    format!("no cluster named {:?}", mirror.cluster),
-                )),
-            }
-        }
-        if problems.is_empty() {
-            Ok(compiled)
-        } else {
-            Err(problems)
-        }
-    }
-
     fn sampled(&self) -> bool {
         self.fraction >= 1.0 || (self.fraction > 0.0 && fault::random_fraction() < self.fraction)
     }
