@@ -74,3 +74,68 @@ async fn a_silent_mesh_client_hello_is_closed_at_the_handshake_timeout() {
         server.logs()
     );
 }
+
+/// The status `listen` answers for `path` with `headers` once the mesh has
+/// settled into `settled` (first pushes and certificates take a moment).
+async fn status_when(
+    listen: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    settled: impl Fn(http::StatusCode) -> bool,
+) -> http::StatusCode {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let request = weft_testkit::client::request_with_headers(
+            http::Method::GET,
+            "httpbin",
+            path,
+            headers,
+            weft_testkit::client::empty(),
+        );
+        let status = match weft_testkit::client::Http1Client::connect(listen).await {
+            Ok(mut client) => client.send(request).await.map(|r| r.status).ok(),
+            Err(_) => None,
+        };
+        if let Some(status) = status
+            && (settled(status) || Instant::now() > deadline)
+        {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "no answer from {listen}{path}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_cannot_claim_a_client_address_through_its_sidecar() {
+    let control = Control::start(&[]).await;
+    let backend = echo_backend().await;
+    control.apply(&service_yaml(backend.addr.port())).await;
+    control
+        .apply(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-remote, namespace: default}\nspec:\n  selector: {matchLabels: {app: httpbin}}\n  action: DENY\n  rules:\n  - from: [{source: {remoteIpBlocks: [\"1.2.3.4/32\"]}}]\n    to: [{operation: {paths: [\"/forged*\"]}}]\n  - from: [{source: {remoteIpBlocks: [\"127.0.0.0/8\"]}}]\n    to: [{operation: {paths: [\"/local*\"]}}]\n",
+        )
+        .await;
+    let _server = control
+        .ready_server("httpbin", backend.addr, free_addr(), &[])
+        .await;
+    let listen = free_addr();
+    let _client = control.ready_client("sleep", "sleep", listen, true).await;
+    let forged = [
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-envoy-external-address", "1.2.3.4"),
+    ];
+    // Over mTLS the server sidecar believes the client address a gateway
+    // decided; an app's own claim is stripped by its sidecar first, so the
+    // remote address stays the real caller's.
+    let ok = |s: http::StatusCode| s == http::StatusCode::OK;
+    assert_eq!(
+        status_when(listen, "/forged", &forged, ok).await,
+        http::StatusCode::OK
+    );
+    let denied = |s: http::StatusCode| s == http::StatusCode::FORBIDDEN;
+    assert_eq!(
+        status_when(listen, "/local", &forged, denied).await,
+        http::StatusCode::FORBIDDEN
+    );
+}
