@@ -1,6 +1,6 @@
 //! One accepted downstream connection: which listener took it decides the
 //! side ([`crate::inbound`] or [`crate::outbound`]); its first bytes
-//! ([`classify`]) decide how it is proxied.
+//! (`classify`) decide how it is proxied.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
