@@ -439,6 +439,62 @@ async fn a_request_head_that_never_ends_is_cut_at_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn an_http2_preface_followed_by_silence_is_closed_at_the_header_timeout() {
+    let echo = echo().await;
+    let web = free_addr();
+    let config = format!(
+        r#"
+version: h2-silence
+requestHeaderTimeout: 0.5s
+listeners:
+- {{name: web, address: "{web}", kind: EXPLICIT, service: web}}
+services:
+- {{name: web, ports: [{{port: 80, protocol: HTTP}}]}}
+clusters:
+- {{name: "outbound|80||web", endpoints: [{{address: "{echo}"}}]}}
+"#,
+        echo = echo.addr
+    );
+    let _proxy = start(&config).await;
+    let mut stream = TcpStream::connect(web).await.expect("connect");
+    // The preface and an empty SETTINGS frame, then nothing.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&hello).await.expect("write");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "a silent HTTP/2 client held the connection for 5 s"
+    );
+    assert!(!answer.is_empty(), "the proxy never answered the preface");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    // A client that does send requests is not cut.
+    let client = weft_testkit::client::Http2Client::connect(web)
+        .await
+        .expect("h2 connect");
+    for _ in 0..3 {
+        let reply = client.get("web", "/").await.expect("request");
+        assert_eq!(reply.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_listener_holds_at_most_its_connection_limit() {
     let echo = echo().await;
     let web = free_addr();
