@@ -68,6 +68,11 @@ struct ClusterLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReporterLabels {
+    reporter: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -89,6 +94,7 @@ pub struct Metrics {
     config_reloads: Family<ReloadLabels, Counter>,
     downstream_active: Gauge,
     outlier_ejections: Family<ClusterLabels, Counter>,
+    loops_refused: Family<ReporterLabels, Counter>,
     // Filled from the snapshot at scrape time.
     config_info: Family<VersionLabels, Gauge>,
     upstream_connections: Family<ClusterLabels, Gauge>,
@@ -174,6 +180,11 @@ impl Default for Metrics {
                 "Endpoints ejected by outlier detection, by cluster",
                 Family::default()
             ),
+            loops_refused: register!(
+                "weft_loop_connections_refused",
+                "Connections refused because their original destination was one of the proxy's own ports",
+                Family::default()
+            ),
             config_info: register!(
                 "weft_config_info",
                 "The config version serving (always 1)",
@@ -237,6 +248,15 @@ impl Metrics {
         let result = if applied { "applied" } else { "rejected" };
         self.config_reloads
             .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
+    /// A connection to one of the proxy's own ports, closed at once.
+    pub fn record_loop_refused(&self, side: Reporter) {
+        self.loops_refused
+            .get_or_create(&ReporterLabels {
+                reporter: side.as_str(),
+            })
             .inc();
     }
 
