@@ -47,10 +47,13 @@ def weft(tools, work, name, scenario, role, listen, upstream, backends, admin_ba
     # The cluster's upstream protocol is left at its default, the client's
     # (HTTP/1.1 in → HTTP/1.1 out, h2 in → h2 out).
     config = Path(work) / f"{name}.yaml"
+    # The client side of a pair reaches another weft-proxy: a mesh endpoint,
+    # so peer metadata is sent to it as between sidecars.
+    mesh = ", mesh: true" if role == "client" else ""
     config.write_text(
         f"""listeners: [{{name: bench, address: "127.0.0.1:{listen}", kind: EXPLICIT, service: backend}}]
 services: [{{name: backend, ports: [{{port: 80, protocol: HTTP, cluster: backend}}]}}]
-clusters: [{{name: backend, endpoints: [{{address: "127.0.0.1:{port}"}}]}}]
+clusters: [{{name: backend, endpoints: [{{address: "127.0.0.1:{port}"{mesh}}}]}}]
 """
     )
     return [

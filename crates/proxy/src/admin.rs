@@ -116,7 +116,7 @@ fn respond(
         (Surface::Admin, &Method::GET, "/config_dump") => config_dump(state),
         (Surface::Admin, &Method::POST, "/logging") => logging(state, request.uri().query()),
         (Surface::Admin, &Method::GET, "/clusters") => clusters(state),
-        (Surface::Admin, &Method::GET, "/certs") => certs(),
+        (Surface::Admin, &Method::GET, "/certs") => certs(state),
         (Surface::Admin, &Method::POST, "/quitquitquit") => {
             tracing::info!("drain requested through /quitquitquit");
             state.drain.start();
@@ -173,8 +173,10 @@ fn readiness(state: &ProxyState) -> Response<Full<Bytes>> {
             "text/plain",
             "DRAINING\n".into(),
         )
-    } else if let Some(identity) = crate::tls::context()
-        .and_then(|c| c.identity.as_ref())
+    } else if let Some(identity) = state
+        .tls
+        .identity
+        .as_ref()
         .filter(|i| i.current().is_none())
     {
         let why = identity
@@ -195,8 +197,8 @@ fn readiness(state: &ProxyState) -> Response<Full<Bytes>> {
 }
 
 /// The workload certificate and trust anchors (Envoy's `/certs`).
-fn certs() -> Response<Full<Bytes>> {
-    let identity = crate::tls::context().and_then(|c| c.identity.as_ref());
+fn certs(state: &ProxyState) -> Response<Full<Bytes>> {
+    let identity = state.tls.identity.as_ref();
     let body = identity.map_or_else(
         || serde_json::json!({ "identity": null, "note": "plaintext-only: started without --token-file" }),
         |identity| identity.describe(),

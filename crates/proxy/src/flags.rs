@@ -26,9 +26,12 @@ pub enum ResponseFlag {
     /// UO: a cluster's connection-pool limit (circuit breaker) refused the
     /// request or connection.
     UpstreamOverflow,
+    /// DPE: the downstream request could not be used (a path that cannot
+    /// be normalized).
+    DownstreamProtocolError,
 }
 
-const ALL: [ResponseFlag; 10] = [
+const ALL: [ResponseFlag; 11] = [
     ResponseFlag::NoRoute,
     ResponseFlag::NoHealthyUpstream,
     ResponseFlag::UpstreamConnectFailure,
@@ -39,6 +42,7 @@ const ALL: [ResponseFlag; 10] = [
     ResponseFlag::FaultInjected,
     ResponseFlag::UpstreamRetryLimitExceeded,
     ResponseFlag::UpstreamOverflow,
+    ResponseFlag::DownstreamProtocolError,
 ];
 
 impl ResponseFlag {
@@ -54,6 +58,7 @@ impl ResponseFlag {
             Self::FaultInjected => "FI",
             Self::UpstreamRetryLimitExceeded => "URX",
             Self::UpstreamOverflow => "UO",
+            Self::DownstreamProtocolError => "DPE",
         }
     }
 }

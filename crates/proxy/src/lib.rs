@@ -1,9 +1,10 @@
 //! weft-proxy: Weft's data plane.
 //!
 //! Follow one connection from accept to upstream:
-//! [`listeners`] accepts → [`connection`] decides where it is headed and
-//! [`detect`]s its protocol → [`http`] (server → route → forward) or
-//! [`tcp`] → [`upstream`] (connect, pool). [`config`] turns a config file
+//! [`listeners`] accepts → [`connection`] picks the side ([`inbound`] or
+//! [`outbound`]) and [`detect`]s its protocol → [`http`] (server → entry →
+//! policy → route → rewrite → fault → retry/balance) or [`tcp`] →
+//! [`upstream`] (connect, pool). [`config`] turns a config file
 //! into the [`config::Snapshot`] every step reads; [`state`] holds it.
 
 pub mod admin;
@@ -15,10 +16,13 @@ pub mod drain;
 pub mod flags;
 pub mod http;
 pub mod identity;
+pub mod inbound;
 pub mod jwt;
 pub mod listeners;
 pub mod merged_metrics;
 pub mod metrics;
+pub mod outbound;
+pub mod own_port;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;

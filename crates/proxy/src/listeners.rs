@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
@@ -100,6 +101,7 @@ async fn accept_loop(
             return;
         }
     };
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -107,11 +109,25 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
+                let limit = state.snapshot().hardening.max_connections_per_listener;
+                let Some(slot) = OpenSlot::take(&open, limit) else {
+                    // Closed at once: a flood cannot hold more sockets,
+                    // and the client learns now rather than after a timeout.
+                    tracing::info!(
+                        %address,
+                        %peer,
+                        "closing a new connection: the listener holds its limit of {limit}"
+                    );
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                state
-                    .drain
-                    .spawn_connection(connection::handle(state.clone(), stream, address));
+                let handling = connection::handle(state.clone(), stream, address);
+                state.drain.spawn_connection(async move {
+                    handling.await;
+                    drop(slot);
+                });
             }
             Err(err) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -119,5 +135,25 @@ async fn accept_loop(
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// One of a listener's open connections, counted until dropped.
+struct OpenSlot(Arc<AtomicUsize>);
+
+impl OpenSlot {
+    /// A slot when fewer than `limit` connections are open.
+    fn take(open: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()?;
+        Some(Self(open.clone()))
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

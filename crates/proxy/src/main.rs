@@ -13,7 +13,7 @@ use weft_proxy::identity::Identity;
 use weft_proxy::identity::fetch::{self, FetchOptions};
 use weft_proxy::identity::trust::{self, HeldRoot};
 use weft_proxy::state::ProxyState;
-use weft_proxy::tls;
+use weft_proxy::tls::MeshTls;
 use weft_proxy::xds::connect::{ControlPlane, Security};
 use weft_proxy::xds::{self, node};
 
@@ -347,7 +347,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
 
-    let state = ProxyState::new(data.handle().clone());
     let held = args.ca_root.as_deref().map(HeldRoot::load).transpose()?;
     let identity = match (&args.identity.token_file, &held) {
         (Some(token_file), Some(held)) => Some(Identity::new(
@@ -366,7 +365,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         _ => Security::Plaintext,
     };
-    tls::install(identity.clone()).attach(&state);
+    let state = ProxyState::new(data.handle().clone(), MeshTls::new(identity.clone()));
     state.metrics.telemetry.configure(args.node.telemetry(
         &args.telemetry,
         identity.as_ref().map(|id| id.spiffe.as_str()),

@@ -12,6 +12,7 @@ use crate::config::{ConfigError, Snapshot};
 use crate::drain::Drain;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
+use crate::tls::MeshTls;
 use crate::upstream::Pool;
 
 /// What `/config_dump` reports besides the config itself.
@@ -25,6 +26,8 @@ pub struct ConfigStatus {
 pub struct ProxyState {
     snapshot: ArcSwap<Snapshot>,
     pub pool: Arc<Pool>,
+    /// This proxy's workload certificate and TLS configs.
+    pub tls: Arc<MeshTls>,
     pub metrics: Metrics,
     pub drain: Drain,
     ready: AtomicBool,
@@ -34,13 +37,15 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    /// A proxy with no config yet (not ready). Listeners run on `data_runtime`.
-    pub fn new(data_runtime: Handle) -> Arc<Self> {
+    /// A proxy with no config yet (not ready), securing connections with
+    /// `tls`. Listeners run on `data_runtime`.
+    pub fn new(data_runtime: Handle, tls: Arc<MeshTls>) -> Arc<Self> {
         let empty = Snapshot::compile(ProxyConfig::default(), "(none)")
             .unwrap_or_else(|err| unreachable!("the empty config is valid: {err}"));
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(empty),
-            pool: Arc::default(),
+            pool: Arc::new(Pool::new(tls.clone())),
+            tls,
             metrics: Metrics::default(),
             drain: Drain::default(),
             ready: AtomicBool::new(false),

@@ -37,6 +37,7 @@ pub async fn proxy_inbound<D>(
     if let Some(guard) = guard {
         let who = crate::authz::Caller {
             peer: conn.remote.map(|a| a.ip()),
+            remote: conn.remote.map(|a| a.ip()),
             principal: conn.mesh_principal(),
             destination,
         };
@@ -83,7 +84,15 @@ pub async fn proxy<D>(
         }
     };
     let keepalive = cluster.breaker.limits.tcp_keepalive.as_ref();
-    let connected = upstream::connect(endpoint.address, cluster.connect_timeout, keepalive).await;
+    let decided = state.snapshot().upstream_tls(endpoint.address);
+    let connected = upstream::connect(
+        endpoint.address,
+        cluster.connect_timeout,
+        keepalive,
+        decided,
+        &state.tls,
+    )
+    .await;
     if let Some(outlier) = &cluster.outlier {
         // Envoy's TCP proxy reports connect failures and successes only.
         let result = match &connected {

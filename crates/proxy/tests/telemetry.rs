@@ -97,7 +97,7 @@ listeners:
 services:
 - {{name: {service}, ports: [{{port: 9080, protocol: {protocol}}}]}}
 clusters:
-- {{name: "outbound|9080||{service}", endpoints: [{{address: "{upstream}", labels: {{app: reviews, version: v1}}}}]}}
+- {{name: "outbound|9080||{service}", endpoints: [{{address: "{upstream}", mesh: true, labels: {{app: reviews, version: v1}}}}]}}
 "#
     )
 }
@@ -375,7 +375,7 @@ inboundPorts: [{{port: {port}, protocol: HTTP, target: "{reviews}"}}]
 services:
 - {{name: ratings.shop.svc.cluster.local, ports: [{{port: 9080, protocol: HTTP}}]}}
 clusters:
-- {{name: "outbound|9080||ratings.shop.svc.cluster.local", endpoints: [{{address: "{pc_inbound}"}}]}}
+- {{name: "outbound|9080||ratings.shop.svc.cluster.local", endpoints: [{{address: "{pc_inbound}", mesh: true}}]}}
 "#,
         port = pb_inbound.port(),
         reviews = reviews.addr

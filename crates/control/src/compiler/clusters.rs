@@ -204,6 +204,7 @@ fn cluster(
                 priority: 0,
                 locality: e.locality.clone(),
                 identity: String::new(),
+                mesh: false,
             })
         })
         .collect();

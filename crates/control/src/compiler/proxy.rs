@@ -145,6 +145,7 @@ impl MeshIndex {
                 outbound_traffic_policy: outbound_traffic_policy as i32,
                 protocol_detection_timeout: None,
                 telemetry: self.telemetry.for_node(namespace, &node.labels),
+                ..Default::default()
             },
             warnings,
         }

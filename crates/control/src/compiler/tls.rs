@@ -134,6 +134,8 @@ pub(super) fn secure_endpoints(
             let Some(peer) = peers.by_endpoint.get(&(address.ip(), port)) else {
                 continue;
             };
+            // A workload with a proxy: peer metadata may go to it.
+            endpoint.mesh = true;
             if let Some(inbound) = peer.inbound.get(&port) {
                 endpoint.address.clone_from(inbound);
             }

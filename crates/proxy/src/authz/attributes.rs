@@ -2,7 +2,6 @@
 //! policies put on them (exact / prefix `abc*` / suffix `*abc` / presence
 //! `*` strings, CIDRs, ports).
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderName};
@@ -192,6 +191,9 @@ impl Condition {
 /// What is known about one request or connection.
 pub struct Attributes<'a> {
     pub peer_ip: Option<IpAddr>,
+    /// The original client (`remote.ip`), decided when the request entered
+    /// the proxy; never read from a client's headers here.
+    pub remote_ip: Option<IpAddr>,
     /// The caller's mTLS identity without `spiffe://`.
     pub principal: Option<&'a str>,
     /// The local address and port the caller reached.
@@ -203,7 +205,7 @@ pub struct Attributes<'a> {
 
 pub struct HttpAttributes<'a> {
     pub method: &'a str,
-    /// Without the query, normalized ([`normalize_path`]).
+    /// Without the query, normalized (`http::normalize`).
     pub path: &'a str,
     /// `:authority` or `Host`, lower-cased.
     pub authority: Option<&'a str>,
@@ -254,7 +256,7 @@ impl<'a> Attributes<'a> {
                 }
             }
             Attribute::SourceIp => out.extend(self.peer_ip.map(Value::Ip)),
-            Attribute::RemoteIp => out.extend(self.remote_ip().map(Value::Ip)),
+            Attribute::RemoteIp => out.extend(self.remote_ip.map(Value::Ip)),
             Attribute::DestinationPort => {
                 out.extend(self.destination.map(|d| Value::Port(d.port())))
             }
@@ -266,17 +268,6 @@ impl<'a> Attributes<'a> {
                 }
             }
         }
-    }
-
-    /// The original client: the last X-Forwarded-For entry (the address
-    /// the hop before this proxy saw, as Envoy takes it with no trusted
-    /// hops configured), else the peer.
-    fn remote_ip(&self) -> Option<IpAddr> {
-        let forwarded = self.http.as_ref().and_then(|http| {
-            let last = http.headers.get_all("x-forwarded-for").iter().next_back()?;
-            last.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()
-        });
-        forwarded.or(self.peer_ip)
     }
 }
 
@@ -320,33 +311,4 @@ impl<'a> HttpAttributes<'a> {
             _ => {}
         }
     }
-}
-
-/// The path a policy sees: `.` and `..` segments resolved, so `/a/../admin`
-/// cannot slip past a rule on `/admin` (Istio normalizes paths the same way
-/// by default).
-pub fn normalize_path(path: &str) -> Cow<'_, str> {
-    if !path.contains("/.") {
-        return Cow::Borrowed(path);
-    }
-    let mut segments: Vec<&str> = Vec::new();
-    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
-    for segment in path.split('/').skip(1) {
-        match segment {
-            "." => {}
-            ".." => {
-                segments.pop();
-            }
-            other => segments.push(other),
-        }
-    }
-    let mut out = String::with_capacity(path.len());
-    for segment in &segments {
-        out.push('/');
-        out.push_str(segment);
-    }
-    if out.is_empty() || (trailing && !out.ends_with('/')) {
-        out.push('/');
-    }
-    Cow::Owned(out)
 }

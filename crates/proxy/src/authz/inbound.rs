@@ -1,20 +1,21 @@
 //! The two enforcement points on the inbound side: one HTTP request
 //! (JWT first, then policies) and one opaque TCP connection (policies).
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 
-use super::{Attributes, HttpAttributes, InboundGuard, denied_response, normalize_path};
+use super::{Attributes, HttpAttributes, InboundGuard, denied_response};
 use crate::http::ProxyBody;
 use crate::jwt::JwtError;
 
 /// Who is calling and what they reached.
 pub struct Caller<'a> {
     pub peer: Option<IpAddr>,
+    /// The original client (`remote.ip`): the peer, or the address the
+    /// gateway in front decided on (see `http::entry`).
+    pub remote: Option<IpAddr>,
     /// mTLS identity without `spiffe://`.
     pub principal: Option<&'a str>,
     pub destination: SocketAddr,
@@ -29,6 +30,10 @@ pub async fn authorize_request<B>(
     request: Request<B>,
 ) -> Result<Request<B>, Response<ProxyBody>> {
     let (mut parts, body) = request.into_parts();
+    if let Some(authenticator) = &guard.jwt {
+        // Only a verified token may fill these: a client's own are dropped.
+        authenticator.strip_outputs(&mut parts.headers);
+    }
     let verified = match &guard.jwt {
         Some(authenticator) => match authenticator.authenticate(&mut parts).await {
             Ok(verified) => verified,
@@ -46,15 +51,16 @@ pub async fn authorize_request<B>(
             .map(|a| a.as_str())
             .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
             .map(str::to_ascii_lowercase);
-        let path = normalize_path(parts.uri.path());
         let attrs = Attributes {
             peer_ip: caller.peer,
+            remote_ip: caller.remote,
             principal: caller.principal,
             destination: Some(caller.destination),
             sni: None,
             http: Some(HttpAttributes {
                 method: parts.method.as_str(),
-                path: &path,
+                // Normalized when the request entered the proxy.
+                path: parts.uri.path(),
                 authority: authority.as_deref(),
                 headers: &parts.headers,
                 auth: verified.as_ref(),
@@ -63,28 +69,8 @@ pub async fn authorize_request<B>(
         if !guard.policies.evaluate(&attrs).is_allow() {
             return Err(denied_response());
         }
-        // The workload gets the path the policies judged.
-        if let Cow::Owned(normalized) = path {
-            set_path(&mut parts.uri, &normalized);
-        }
     }
     Ok(Request::from_parts(parts, body))
-}
-
-/// Replaces the path of `uri`, keeping its query.
-fn set_path(uri: &mut Uri, path: &str) {
-    let path_and_query = match uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_string(),
-    };
-    let mut parts = uri.clone().into_parts();
-    match PathAndQuery::try_from(path_and_query) {
-        Ok(value) => parts.path_and_query = Some(value),
-        Err(_) => return,
-    }
-    if let Ok(rebuilt) = Uri::from_parts(parts) {
-        *uri = rebuilt;
-    }
 }
 
 /// Whether an opaque connection may go on; a denial is logged.
@@ -94,6 +80,7 @@ pub fn authorize_connection(guard: &InboundGuard, caller: &Caller<'_>, sni: Opti
     }
     let attrs = Attributes {
         peer_ip: caller.peer,
+        remote_ip: caller.remote,
         principal: caller.principal,
         destination: Some(caller.destination),
         sni,

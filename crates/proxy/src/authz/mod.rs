@@ -27,9 +27,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
-pub use self::attributes::{
-    Attribute, Attributes, Condition, HttpAttributes, Pattern, ValueMatch, normalize_path,
-};
+pub use self::attributes::{Attribute, Attributes, Condition, HttpAttributes, Pattern, ValueMatch};
 pub use self::inbound::{Caller, authorize_connection, authorize_request};
 use crate::http::ProxyBody;
 use crate::jwt::Authenticator;

@@ -41,6 +41,8 @@ struct Req {
     path: &'static str,
     headers: HeaderMap,
     peer: IpAddr,
+    /// `remote.ip` as the entry phase decided it.
+    remote: Option<IpAddr>,
     principal: Option<&'static str>,
 }
 
@@ -51,6 +53,7 @@ impl Req {
             path,
             headers: HeaderMap::new(),
             peer: "127.0.0.1".parse().expect("ip"),
+            remote: None,
             principal: None,
         }
     }
@@ -58,6 +61,7 @@ impl Req {
     fn attrs(&self, http: bool) -> Attributes<'_> {
         Attributes {
             peer_ip: Some(self.peer),
+            remote_ip: self.remote.or(Some(self.peer)),
             principal: self.principal,
             destination: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             sni: None,
@@ -225,6 +229,8 @@ fn headers_hosts_and_remote_ip() {
     let mut req = Req::get("/");
     req.headers
         .insert("x-user", HeaderValue::from_static("alice"));
+    // A client's X-Forwarded-For decides nothing: remote.ip is what the
+    // entry phase decided (here, the peer).
     req.headers.insert(
         "x-forwarded-for",
         HeaderValue::from_static("192.0.2.1, 198.51.100.7"),
@@ -265,6 +271,8 @@ fn headers_hosts_and_remote_ip() {
         }],
         not_values: Vec::new(),
     };
+    assert!(!decide(vec![when(remote.clone())], &req));
+    req.remote = "198.51.100.7".parse().ok();
     assert!(decide(vec![when(remote)], &req));
 }
 
@@ -290,14 +298,6 @@ fn on_tcp_http_only_conditions_never_allow_and_always_deny() {
         vec![to(vec![other_port, cond(Attribute::Path, &["/x"])])],
     )]);
     assert!(scoped.evaluate(&req.attrs(false)).is_allow());
-}
-
-#[test]
-fn paths_normalize_dot_segments() {
-    assert_eq!(normalize_path("/a/./b/../c"), "/a/c");
-    assert_eq!(normalize_path("/../x"), "/x");
-    assert_eq!(normalize_path("/a/.."), "/");
-    assert_eq!(normalize_path("/plain/path"), "/plain/path");
 }
 
 /// Per-request cost of a 10-rule ALLOW policy whose last rule matches

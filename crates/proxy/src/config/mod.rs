@@ -7,14 +7,20 @@
 
 mod authz;
 mod cluster;
+mod clusters;
+pub mod cors;
+mod hardening;
 mod load;
+pub mod mirror;
 mod resilience;
 mod route;
 mod route_match;
 mod snapshot;
 mod tcp_route;
+mod upstream_tls;
 pub mod watch;
 
+pub use hardening::{Hardening, PathNormalization};
 pub use load::{ConfigError, parse_config};
 pub use resilience::{Fault, FaultAbort, FaultDelay, RetryOn, RetryPolicy};
 pub use route::{
@@ -27,3 +33,4 @@ pub use snapshot::{
     UpstreamProtocol,
 };
 pub use tcp_route::{L4Route, Subnet, sni_matches};
+pub use upstream_tls::{Origination, UpstreamTls};

@@ -14,11 +14,11 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use regex::Regex;
 use weft_proto::proxy::v1 as pb;
 
+use super::cors::{Cors, Problem};
+use super::mirror::Mirror;
 use super::resilience::{Fault, RetryPolicy, compile_fault, compile_retries};
 use super::route_match::{RouteMatch, regex_problem};
 use super::snapshot::{Cluster, Problems, duration};
-use crate::http::cors::{Cors, Problem};
-use crate::http::mirror::Mirror;
 
 pub struct Route {
     pub name: String,

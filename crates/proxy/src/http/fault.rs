@@ -1,10 +1,6 @@
 //! Fault injection (Istio's `fault`): after the route matched and before an
 //! upstream is chosen, delay the request and/or answer it locally.
 
-use std::cell::Cell;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-
 use http::{Response, StatusCode};
 
 use super::ProxyBody;
@@ -77,22 +73,9 @@ pub(super) fn hit(percentage: f64) -> bool {
     percentage >= 100.0 || (percentage > 0.0 && random_fraction() * 100.0 < percentage)
 }
 
-thread_local! {
-    /// Per-thread xorshift state: cheap, and statistical quality is all
-    /// fault percentages and backoff jitter need.
-    static RNG: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
-}
-
-/// Uniform in [0, 1).
+/// Uniform in [0, 1), from the thread's `rand` generator.
 pub(super) fn random_fraction() -> f64 {
-    RNG.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
+    rand::random::<f64>()
 }
 
 #[cfg(test)]

@@ -1,5 +1,18 @@
-//! Forwarding one HTTP request: the per-request path from a routing
-//! decision to a streamed upstream response.
+//! One HTTP request, top-down: [`handle`] runs the phases in order, each
+//! a call into the module that owns it (Pingora's phase chart, in Weft's
+//! terms):
+//!
+//! 1. entry (`entry`): target, mesh-only headers, path normalization, XFF
+//! 2. inbound policy (`authz`, `jwt`): tokens and AuthorizationPolicy
+//! 3. route (`route`): service, route and cluster, or the route's answer
+//! 4. CORS preflight (`cors`)
+//! 5. rewrite (`rewrite`): path, authority, header operations
+//! 6. fault (`fault`): delay, abort
+//! 7. mirror (`mirror`): copies, fire-and-forget
+//! 8. balance, pool, upstream (`retry` → cluster balancer → `upstream`)
+//! 9. response: upgrade, header operations, CORS, cookie, version
+//!
+//! Every way to stop early is a [`super::reply::LocalReply`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,6 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::ProxyBody;
+use super::entry::{self, Trust};
 use super::route::{self, Decision, Target};
 use super::{cors, fault, mirror, retry, rewrite};
 use crate::config::{RequestView, UpstreamProtocol};
@@ -31,6 +45,8 @@ pub struct HttpConn {
     pub peer: Option<std::net::IpAddr>,
     /// Addresses and proven identity, for telemetry.
     pub downstream: Downstream,
+    /// Whether the caller is a mesh peer proven by mTLS.
+    pub trust: Trust,
 }
 
 /// The hyper service: never fails, every problem becomes a local reply.
@@ -39,8 +55,26 @@ pub async fn handle(
     conn: Arc<HttpConn>,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // 1. Entry. Before anything reads the request: what a client may not claim is
+    // removed, the target made unambiguous, the path normalized.
+    let hardening = state.snapshot().hardening;
+    let prepared = entry::prepare(&mut request, &conn.trust, hardening.path_normalization);
+    if let Target::Gateway { .. } = &conn.target {
+        entry::forwarded_for(
+            request.headers_mut(),
+            conn.peer,
+            hardening.num_trusted_proxies,
+        );
+    }
     let mut record = RequestRecord::start(&state, conn.reporter, &conn.downstream, &mut request);
-    // Inbound requests pass the workload's JWT rules and policies first.
+    // The HTTP version the calling app speaks (a mesh peer may carry an
+    // HTTP/1.1 app's request over HTTP/2).
+    let app_version = match prepared {
+        Ok(true) => HttpVersion::Http1,
+        Ok(false) => conn.version,
+        Err(reply) => return Ok(record.local_reply(reply)),
+    };
+    // 2. Inbound policy: the workload's JWT rules and policies.
     if let Target::Inbound { port, original_dst } = &conn.target {
         // An undeclared port falls back to the workload's policies, as the
         // TCP path does: nothing reaches the workload unchecked.
@@ -48,6 +82,7 @@ pub async fn handle(
         if let Some(guard) = guard {
             let caller = crate::authz::Caller {
                 peer: conn.peer,
+                remote: entry::remote_address(request.headers(), conn.peer, &conn.trust),
                 principal: conn.downstream.mesh_principal(),
                 destination: *original_dst,
             };
@@ -59,6 +94,7 @@ pub async fn handle(
             };
         }
     }
+    // 3. Route.
     let mut authority = request_authority(&request);
     let downstream_version = request.version();
     let decision = {
@@ -90,7 +126,7 @@ pub async fn handle(
         &forwarding.cluster,
         request.headers_mut(),
     );
-    // CORS acts first, as Envoy's filter precedes fault injection and the
+    // 4. CORS acts first, as Envoy's filter precedes fault injection and the
     // router: an allowed preflight is answered without going upstream.
     let cors_policy = route.as_deref().and_then(|r| r.cors.as_deref());
     let cors_origin = cors_policy.and_then(|c| c.allowed_origin(request.headers()));
@@ -101,10 +137,12 @@ pub async fn handle(
         *response.version_mut() = downstream_version;
         return Ok(record.respond(response, ResponseFlags::default()));
     }
+    // 5. Rewrite.
     if let Some(matched) = &forwarding.matched {
         rewrite::edit_request(matched, &mut request, &mut authority);
     }
     let forward = route.as_deref().and_then(|r| r.forward());
+    // 6. Fault.
     if let Some(fault) = forward.and_then(|f| f.fault.as_ref()) {
         let injected = fault::decide(fault);
         if let Some(delay) = injected.delay {
@@ -118,11 +156,11 @@ pub async fn handle(
     }
     let cluster = forwarding.cluster;
 
-    let upgrade = conn.version == HttpVersion::Http1 && is_upgrade_request(request.headers());
+    let upgrade = app_version == HttpVersion::Http1 && is_upgrade_request(request.headers());
     let version = if upgrade {
         HttpVersion::Http1
     } else {
-        upstream_version(cluster.upstream_protocol, conn.version)
+        upstream_version(cluster.upstream_protocol, app_version)
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (hash, set_cookie) = cluster.affinity(request.headers(), request.uri().query(), conn.peer);
@@ -133,13 +171,14 @@ pub async fn handle(
     };
     let (parts, body) = request.into_parts();
     let mut body = record.count_request(ProxyBody::new(body.map_err(Into::into)));
+    // 7. Mirror.
     if let Some(mirrors) = forward.map(|f| &f.mirrors).filter(|m| !m.is_empty()) {
         // An upgrade is a connection, not a request to copy.
         if !upgrade {
             let original = mirror::Original {
                 parts: &parts,
                 authority: authority.as_ref(),
-                downstream: conn.version,
+                downstream: app_version,
                 timeout: forwarding.timeout,
             };
             // The body to forward, teed when a copy of it is wanted.
@@ -148,6 +187,7 @@ pub async fn handle(
             tracing::debug!("upgrade request not mirrored");
         }
     }
+    // 8. Balance, pool, upstream: tries under the route's retry policy.
     let exchange = retry::Exchange {
         state: &state,
         cluster: &cluster,
@@ -166,6 +206,7 @@ pub async fn handle(
         Err(reply) => return Ok(record.local_reply(reply)),
     };
 
+    // 9. Response.
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(downstream_upgrade) = downstream_upgrade
     {

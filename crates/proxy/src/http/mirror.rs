@@ -10,6 +10,8 @@
 //! - Its authority gets Envoy's `-shadow` suffix on the host
 //!   (`reviews:9080` → `reviews-shadow:9080`), so the mirror's logs tell
 //!   copies from real traffic.
+//! - The copy's response is drained frame by frame and dropped, never
+//!   buffered.
 //! - Bodies: the main request body is streamed upstream, never held back
 //!   or buffered whole first. When a copy is wanted, the body is read
 //!   through [`Tee`], which forwards each frame as it comes and keeps a
@@ -23,7 +25,6 @@
 //!   routes with retries, drops its bytes on overflow and tells nobody when
 //!   the body ends.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,9 +39,7 @@ use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
-use weft_proto::proxy::v1 as pb;
 
-use super::cors::Problem;
 use super::forward::UpstreamHead;
 use super::retry::REPLAY_CAP;
 use super::{BoxError, ProxyBody, fault};
@@ -59,52 +58,9 @@ pub const MIRROR_BODY_CAP: usize = REPLAY_CAP;
 /// Envoy's suffix on the host of a mirrored request.
 const SHADOW_SUFFIX: &str = "-shadow";
 
-/// One compiled mirror policy.
-pub struct Mirror {
-    pub cluster: Arc<Cluster>,
-    /// Share of requests copied, 0..=1.
-    pub fraction: f64,
-}
+pub use crate::config::mirror::Mirror;
 
 impl Mirror {
-    /// Compiles a route's mirrors; every mirror cluster must exist.
-    pub fn compile_all(
-        mirrors: &[pb::Mirror],
-        clusters: &HashMap<String, Arc<Cluster>>,
-    ) -> Result<Vec<Self>, Vec<Problem>> {
-        let mut compiled = Vec::new();
-        let mut problems = Vec::new();
-        for (index, mirror) in mirrors.iter().enumerate() {
-            let path = format!("mirrors[{index}]");
-            let percentage = if mirror.has_percentage {
-                mirror.percentage
-            } else {
-                100.0
-            };
-            if !(0.0..=100.0).contains(&percentage) {
-                problems.push((
-                    format!("{path}.percentage"),
-                    format!("must be 0..100, got {percentage}"),
-                ));
-            }
-            match clusters.get(&mirror.cluster) {
-                Some(cluster) => compiled.push(Self {
-                    cluster: cluster.clone(),
-                    fraction: percentage / 100.0,
-                }),
-                None => problems.push((
-                    format!("{path}.cluster"),
-                    format!("no cluster named {:?}", mirror.cluster),
-                )),
-            }
-        }
-        if problems.is_empty() {
-            Ok(compiled)
-        } else {
-            Err(problems)
-        }
-    }
-
     fn sampled(&self) -> bool {
         self.fraction >= 1.0 || (self.fraction > 0.0 && fault::random_fraction() < self.fraction)
     }
@@ -218,7 +174,10 @@ impl Shadow {
             let body = Full::new(body)
                 .map_err(|never| match never {})
                 .boxed_unsync();
-            let request = head.request(addr, body);
+            let mut request = head.request(addr, body);
+            if !cluster.is_mesh_endpoint(addr) {
+                crate::telemetry::peer::strip(request.headers_mut());
+            }
             let exchange = async {
                 let response = state
                     .pool
@@ -227,11 +186,19 @@ impl Shadow {
                         version,
                         &cluster.breaker,
                         cluster.connect_timeout,
+                        state.snapshot().upstream_tls(addr),
                         request,
                     )
                     .await?;
-                // Read to the end so the connection can go back to the pool.
-                let _ = response.into_body().collect().await;
+                // Read to the end so the connection can go back to the
+                // pool, one frame at a time: nothing is kept, so a large
+                // mirror response costs no memory.
+                let mut body = response.into_body();
+                while let Some(frame) = body.frame().await {
+                    if frame.is_err() {
+                        break;
+                    }
+                }
                 Ok::<_, crate::upstream::UpstreamError>(())
             };
             match tokio::time::timeout(deadline, exchange).await {

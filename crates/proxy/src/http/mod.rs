@@ -1,25 +1,28 @@
-//! HTTP proxying. One request, top-down:
+//! HTTP proxying. One request, top-down (the phases are called in order
+//! from [`forward::handle`]):
 //!
-//! 1. [`server`] accepts HTTP/1.1 or HTTP/2 on a downstream connection;
-//! 2. [`route`] resolves the request to a service, route and cluster (or a
-//!    local reply: NR; or the route's own redirect or direct response, built
-//!    by [`rewrite`]);
-//! 3. [`rewrite`] applies the route's path/authority rewrites and request
-//!    header operations;
-//! 4. [`forward`] picks an endpoint (UH), gets a pooled connection (UF),
-//!    sends the request within the route timeout (UT) and streams the
-//!    response back (with the route's response header operations), bodies,
-//!    trailers and upgrades included;
-//!    [`fault`] first injects the route's delay or abort (DI, FI);
-//!    [`retry`] repeats failed tries under the route's retry policy (URX);
-//!    [`cors`] answers the route's CORS preflights and marks CORS
-//!    responses; [`mirror`] sends fire-and-forget copies to mirror clusters;
-//! 5. [`reply`] builds the local replies that name what went wrong.
+//! 1. [`server`] is the one hyper server (HTTP/1.1 with upgrades, HTTP/2),
+//!    for every listener and for mesh mTLS;
+//! 2. [`entry`] makes the request safe to read: absolute-form target,
+//!    mesh-only headers, [`normalize`]d path, the gateway's XFF;
+//! 3. inbound policy (`authz`, `jwt`) on the normalized request;
+//! 4. [`route`] resolves it to a service, route and cluster (or a local
+//!    reply: NR; or the route's own redirect or direct response, built by
+//!    [`rewrite`]); [`cors`] answers allowed preflights;
+//! 5. [`rewrite`] applies the route's path/authority rewrites and request
+//!    header operations; `fault` injects delay or abort (DI, FI);
+//!    [`mirror`] sends fire-and-forget copies;
+//! 6. [`retry`] tries the cluster's endpoints (UH, UF, UT, URX) within the
+//!    route timeout, which also bounds the response body; the response
+//!    streams back with the route's response header operations;
+//! 7. [`reply`] is the one data-path error and the reply it becomes.
 
 pub mod cors;
+pub mod entry;
 mod fault;
 pub mod forward;
 pub mod mirror;
+pub mod normalize;
 pub mod reply;
 pub mod retry;
 pub mod rewrite;

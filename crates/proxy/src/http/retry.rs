@@ -64,10 +64,25 @@ pub(super) struct Exchange<'a> {
 pub(super) type Sent = Result<(Response<ProxyBody>, ResponseFlags), LocalReply>;
 
 pub(super) async fn send(exchange: Exchange<'_>, body: ProxyBody) -> Sent {
+    let started = Instant::now();
     let tries = tries(&exchange, body);
     match exchange.timeout {
         None => tries.await,
         Some(timeout) => match tokio::time::timeout(timeout, tries).await {
+            // The route timeout covers the whole response, as Envoy's: the
+            // body is cut when it passes. (An upgrade is a connection, not
+            // a response, and is not cut.)
+            Ok(Ok((response, flags))) if response.status() != StatusCode::SWITCHING_PROTOCOLS => {
+                let deadline = tokio::time::Instant::from_std(started) + timeout;
+                let response = response.map(|inner| {
+                    ProxyBody::new(WithinRouteTimeout {
+                        inner,
+                        expiry: Box::pin(tokio::time::sleep_until(deadline)),
+                        timeout,
+                    })
+                });
+                Ok((response, flags))
+            }
             Ok(sent) => sent,
             Err(_) => Err(LocalReply::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -167,12 +182,16 @@ async fn one_try(
     let cluster = exchange.cluster;
     // In flight on `addr` (for LEAST_REQUEST) until the response body ends.
     let load = cluster.track(addr);
-    let request = exchange.head.request(addr, body);
+    let mut request = exchange.head.request(addr, body);
+    if !cluster.is_mesh_endpoint(addr) {
+        crate::telemetry::peer::strip(request.headers_mut());
+    }
     let send = exchange.state.pool.send(
         addr,
         exchange.version,
         &cluster.breaker,
         cluster.connect_timeout,
+        exchange.state.snapshot().upstream_tls(addr),
         request,
     );
     let outcome = match per_try_timeout {
@@ -250,6 +269,45 @@ impl<G: Unpin> Body for Held<G> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body cut with an error once the route timeout passes: the
+/// downstream sees the response reset (HTTP/1 connection closed, HTTP/2
+/// stream reset), as Envoy's route timeout does after headers were sent.
+struct WithinRouteTimeout {
+    inner: ProxyBody,
+    expiry: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl Body for WithinRouteTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.expiry.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                "the response body did not end within {:?} (the route timeout)",
+                self.timeout
+            )
+            .into()))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -187,6 +187,31 @@ struct Found {
 }
 
 impl Authenticator {
+    /// Removes the headers the rules write (`outputPayloadToHeader`,
+    /// `outputClaimToHeaders`) from what the client sent, so that only a
+    /// verified token fills them. A header some rule reads a token from is
+    /// left for verification.
+    pub fn strip_outputs(&self, headers: &mut http::HeaderMap) {
+        let is_location = |name: &HeaderName| {
+            self.rules.iter().any(|rule| {
+                rule.locations
+                    .iter()
+                    .any(|l| matches!(l, Location::Header { name: n, .. } if n == name))
+            })
+        };
+        for rule in &self.rules {
+            let outputs = rule
+                .payload_header
+                .iter()
+                .chain(rule.claim_headers.iter().map(|(name, _)| name));
+            for name in outputs {
+                if !is_location(name) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+
     /// Validates every token in the request; on success edits the request
     /// (token removal, payload and claim headers) and returns the first
     /// validated token, or None when the request carried none.

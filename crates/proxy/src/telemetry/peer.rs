@@ -30,6 +30,13 @@ pub const PEER_HEADER: &str = "x-weft-peer";
 /// The service the source proxy routed a request to, for the destination
 /// proxy's `destination_service` (stripped and set like [`PEER_HEADER`]).
 pub const SERVICE_HEADER: &str = "x-weft-service";
+/// Removes peer metadata from a request about to leave for an endpoint
+/// that is not a Weft proxy (an external host, a passthrough, an app).
+pub fn strip(headers: &mut http::HeaderMap) {
+    headers.remove(PEER_HEADER);
+    headers.remove(SERVICE_HEADER);
+}
+
 /// Decoded peers kept at most; the cache starts afresh when full.
 const CACHE_LIMIT: usize = 1024;
 

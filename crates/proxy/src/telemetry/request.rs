@@ -69,6 +69,9 @@ pub struct RequestRecord {
     downstream: Downstream,
     /// Destination side: who called, from `x-weft-peer`.
     source_peer: Option<Arc<Workload>>,
+    /// Destination side: the caller sent peer metadata (it is a Weft
+    /// proxy), so the answer carries ours; nobody else gets it.
+    caller_is_mesh: bool,
     /// Destination side: the request's authority host.
     authority_host: Option<String>,
     span: SpanContext,
@@ -93,6 +96,7 @@ impl RequestRecord {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let mut source_peer = None;
+        let mut caller_is_mesh = false;
         match reporter {
             // Whatever the application sent is not to be believed.
             Reporter::Source => {
@@ -104,9 +108,9 @@ impl RequestRecord {
                 }
             }
             Reporter::Destination => {
-                source_peer = headers
-                    .remove(PEER_HEADER)
-                    .and_then(|value| telemetry.peers.get(&value));
+                let sent = headers.remove(PEER_HEADER);
+                caller_is_mesh = sent.is_some();
+                source_peer = sent.and_then(|value| telemetry.peers.get(&value));
             }
         }
         let span = trace::continue_or_start(headers, telemetry.sampling(&snapshot));
@@ -158,6 +162,7 @@ impl RequestRecord {
             start: Instant::now(),
             downstream: downstream.clone(),
             source_peer,
+            caller_is_mesh,
             authority_host,
             span,
             counts: Arc::default(),
@@ -202,6 +207,8 @@ impl RequestRecord {
         tracing::debug!(
             flag = reply.flag.code(),
             status = reply.status.as_u16(),
+            source = ?reply.source,
+            retry = ?reply.retry,
             "{}",
             reply.message
         );
@@ -225,7 +232,7 @@ impl RequestRecord {
                 .and_then(|value| telemetry.peers.get(&value)),
             Reporter::Destination => {
                 let local = telemetry.local();
-                if local.header.is_empty() {
+                if local.header.is_empty() || !self.caller_is_mesh {
                     headers.remove(PEER_HEADER);
                 } else {
                     headers.insert(PEER_HEADER, local.header.clone());

@@ -2,13 +2,13 @@
 //! inbound connection, the handshake, and serving what the connection
 //! carries with the caller's identity known.
 //!
-//! - HTTP (`istio-h2` / `istio-http/1.1`): each request is forwarded with
-//!   `x-forwarded-client-cert` set as Istio does
-//!   (`By=<this workload>;URI=<caller>`); one the caller sent is never
-//!   trusted (removed, also on plaintext connections). The caller's proxy
-//!   says in [`CLIENT_PROTOCOL_HEADER`] which HTTP version the app used, so
-//!   an HTTP/1.1 app gets HTTP/1.1 although the hop between sidecars is
-//!   HTTP/2.
+//! - HTTP (`istio-h2` / `istio-http/1.1`): served by the one HTTP server
+//!   (`http::server`) as a mesh peer's connection: each request is
+//!   forwarded with `x-forwarded-client-cert` set as Istio does
+//!   (`By=<this workload>;URI=<caller>`), and the caller's proxy says in
+//!   `x-weft-client-protocol` which HTTP version the app used, so an
+//!   HTTP/1.1 app gets HTTP/1.1 although the hop between sidecars is
+//!   HTTP/2 (see `http::entry`).
 //! - TCP (`istio`): the bytes inside TLS go to the workload.
 
 use crate::telemetry::Downstream;
@@ -16,25 +16,20 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
-use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use weft_proto::proxy::v1::mtls;
 
-use super::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
+use super::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, MeshTls};
 use crate::config::{Cluster, Snapshot};
-use crate::http::forward::{self, HttpConn};
+use crate::http::entry::Trust;
+use crate::http::forward::HttpConn;
 use crate::http::route::Target;
+use crate::http::server;
 use crate::metrics::Reporter;
 use crate::state::ProxyState;
 use crate::tcp;
 use crate::upstream::HttpVersion;
-
-/// Set by the calling proxy on requests whose app spoke HTTP/1.x.
-pub const CLIENT_PROTOCOL_HEADER: &str = "x-weft-client-protocol";
-pub const XFCC: &str = "x-forwarded-client-cert";
 
 /// What PeerAuthentication lets through on one inbound port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,30 +44,30 @@ pub enum Accept {
 }
 
 /// The mode of workload port `port` in `snapshot`.
-pub fn accept_mode(snapshot: &Snapshot, port: u16) -> Accept {
+pub fn accept_mode(snapshot: &Snapshot, port: u16, tls: &MeshTls) -> Accept {
     let mode = snapshot
         .config
         .inbound_ports
         .iter()
         .find(|p| p.port == u32::from(port))
         .map_or(mtls::Mode::Unset, |p| p.mtls_mode());
-    accept(mode)
+    accept(mode, tls)
 }
 
 /// The mode of the ports the workload does not declare, as the capture
 /// listener at `listen_addr` carries it.
-pub fn undeclared_mode(snapshot: &Snapshot, listen_addr: SocketAddr) -> Accept {
+pub fn undeclared_mode(snapshot: &Snapshot, listen_addr: SocketAddr, tls: &MeshTls) -> Accept {
     let mode = snapshot
         .config
         .listeners
         .iter()
         .find(|l| l.address.parse::<SocketAddr>().ok() == Some(listen_addr))
         .map_or(mtls::Mode::Unset, |l| l.mtls_mode());
-    accept(mode)
+    accept(mode, tls)
 }
 
-fn accept(mode: mtls::Mode) -> Accept {
-    let holds_certificate = super::context().is_some_and(|c| c.ready_identity().is_some());
+fn accept(mode: mtls::Mode, tls: &MeshTls) -> Accept {
+    let holds_certificate = tls.ready_identity().is_some();
     if !holds_certificate {
         return Accept::Plaintext;
     }
@@ -108,18 +103,27 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(context) = super::context() else {
-        return;
-    };
+    let context = state.tls.clone();
     let (Some(config), Some(identity)) = (context.server_config(), context.ready_identity()) else {
         tracing::info!("mTLS connection from {peer:?} closed: no certificate held yet");
         return;
     };
-    let stream = match TlsAcceptor::from(config).accept(io).await {
-        Ok(stream) => stream,
-        Err(err) => {
+    // A client that offers mesh mTLS and then goes quiet is given up on.
+    let deadline = state.snapshot().hardening.tls_handshake_timeout;
+    let handshake = tokio::time::timeout(deadline, TlsAcceptor::from(config).accept(io)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
             tracing::info!(
                 "mTLS handshake with {peer:?} for port {} failed: {err}",
+                destination.port()
+            );
+            return;
+        }
+        Err(_) => {
+            tracing::info!(
+                "mTLS handshake with {peer:?} for port {} did not finish within {deadline:?}; \
+                 closing",
                 destination.port()
             );
             return;
@@ -167,71 +171,20 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = |version| {
-        Arc::new(HttpConn {
-            target: Target::Inbound {
-                port: destination.port(),
-                original_dst: destination,
-            },
-            reporter: Reporter::Destination,
-            version,
-            peer,
-            downstream: downstream.clone(),
-        })
-    };
-    let (as_http1, as_http2) = (conn(HttpVersion::Http1), conn(HttpVersion::Http2));
     let uri = downstream.principal.as_deref().unwrap_or_default();
     let xfcc = HeaderValue::from_str(&format!("By={by};URI={uri}")).ok();
-    let service_state = state.clone();
-    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-        let headers = request.headers_mut();
-        let app_http1 = headers
-            .remove(CLIENT_PROTOCOL_HEADER)
-            .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
-        headers.remove(XFCC);
-        if let Some(xfcc) = &xfcc {
-            headers.insert(XFCC, xfcc.clone());
-        }
-        let conn = if wire == HttpVersion::Http1 || app_http1 {
-            as_http1.clone()
-        } else {
-            as_http2.clone()
-        };
-        forward::handle(service_state.clone(), conn, request)
-    });
-    let io = TokioIo::new(io);
-    let drain = state.drain.clone();
-    let result = match wire {
-        HttpVersion::Http1 => {
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(io, service)
-                .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = drain.signaled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            }
-        }
-        HttpVersion::Http2 => {
-            let connection = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .adaptive_window(true)
-                .serve_connection(io, service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = drain.signaled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            }
-        }
+    let conn = HttpConn {
+        target: Target::Inbound {
+            port: destination.port(),
+            original_dst: destination,
+        },
+        reporter: Reporter::Destination,
+        version: wire,
+        peer,
+        downstream,
+        // The caller's proxy proved itself: what it says is believed, and
+        // the app learns who called in `x-forwarded-client-cert`.
+        trust: Trust::MeshPeer { xfcc },
     };
-    if let Err(err) = result {
-        tracing::debug!("inbound mTLS HTTP connection ended: {err}");
-    }
+    server::serve(io, conn, state).await;
 }

@@ -9,9 +9,8 @@
 //! spoke), `istio-http/1.1` (HTTP/1.1, for upgrades such as WebSocket) or
 //! `istio` (TCP bytes).
 //!
-//! The context is process-wide ([`install`] once at start, [`context`]
-//! everywhere else): the upstream connect path and the inbound path reach
-//! it without threading it through every layer. Configs are cached and
+//! One [`MeshTls`] is made at start and handed down (the proxy state
+//! holds it; the pool and the inbound path get it from there). Configs are cached and
 //! rebuilt only when the roots change; the certificate itself is looked up
 //! per handshake, so a rotation needs no rebuild and never touches
 //! established connections.
@@ -62,7 +61,7 @@ mod origination;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, Resumption};
@@ -95,36 +94,24 @@ pub struct MeshTls {
     server: Mutex<Option<(Arc<Roots>, Arc<ServerConfig>)>>,
     /// Client configs for the roots they were built with.
     clients: Mutex<(Option<Arc<Roots>>, ClientConfigs)>,
-    pub(crate) upstream: upstream::Table,
     pub(crate) origination: origination::Cache,
 }
 
 /// (expected identity, ALPN) → client config.
 type ClientConfigs = HashMap<(String, &'static [u8]), Arc<ClientConfig>>;
 
-static CONTEXT: OnceLock<Arc<MeshTls>> = OnceLock::new();
-
-/// Sets the process-wide context; later calls keep the first.
-pub fn install(identity: Option<Arc<Identity>>) -> Arc<MeshTls> {
-    CONTEXT
-        .get_or_init(|| {
-            Arc::new(MeshTls {
-                identity,
-                provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-                server: Mutex::default(),
-                clients: Mutex::default(),
-                upstream: upstream::Table::default(),
-                origination: origination::Cache::default(),
-            })
-        })
-        .clone()
-}
-
-pub fn context() -> Option<&'static Arc<MeshTls>> {
-    CONTEXT.get()
-}
-
 impl MeshTls {
+    /// The context of a workload with `identity` (None: plaintext-only).
+    pub fn new(identity: Option<Arc<Identity>>) -> Arc<Self> {
+        Arc::new(Self {
+            identity,
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            server: Mutex::default(),
+            clients: Mutex::default(),
+            origination: origination::Cache::default(),
+        })
+    }
+
     /// The identity when it holds a certificate (it can do mTLS now).
     pub fn ready_identity(&self) -> Option<&Arc<Identity>> {
         self.identity.as_ref().filter(|i| i.current().is_some())

@@ -8,17 +8,20 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 use super::{Keepalive, UpstreamError};
+use crate::tls::MeshTls;
 use crate::tls::upstream::{Carries, UpstreamIo, UpstreamTls, secure};
 
-/// A connection for opaque TCP to `addr`, secured as the config says
-/// (mesh mTLS carries it as TLS-wrapped TCP).
+/// A connection for opaque TCP to `addr`, secured as `decided` (mesh mTLS
+/// carries it as TLS-wrapped TCP).
 pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     keepalive: Option<&Keepalive>,
+    decided: UpstreamTls,
+    mesh: &MeshTls,
 ) -> Result<UpstreamIo, UpstreamError> {
-    let tls = crate::tls::context().map_or(UpstreamTls::Plain, |c| c.decision(addr));
-    connect_secured(addr, timeout, keepalive, &tls, Carries::Tcp).await
+    let tls = mesh.effective(decided);
+    connect_secured(addr, timeout, keepalive, &tls, Carries::Tcp, mesh).await
 }
 
 /// A connection to `addr` secured by `tls`, offering what it `carries`.
@@ -28,9 +31,10 @@ pub async fn connect_secured(
     keepalive: Option<&Keepalive>,
     tls: &UpstreamTls,
     carries: Carries,
+    mesh: &MeshTls,
 ) -> Result<UpstreamIo, UpstreamError> {
     let stream = connect_tcp(addr, timeout, keepalive).await?;
-    secure(stream, addr, tls, carries, timeout)
+    secure(stream, addr, tls, carries, timeout, mesh)
         .await
         .map_err(|source| UpstreamError::Connect { addr, source })
 }

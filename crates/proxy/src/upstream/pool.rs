@@ -42,7 +42,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::connect::connect_secured;
 use super::{Breaker, Keepalive, Resource, Slot, UpstreamError};
 use crate::http::ProxyBody;
-use crate::tls::inbound::CLIENT_PROTOCOL_HEADER;
+use crate::http::entry::CLIENT_PROTOCOL_HEADER;
+use crate::tls::MeshTls;
 use crate::tls::upstream::{Carries, UpstreamTls};
 
 /// HTTP/2 connections per TLS-secured endpoint (Envoy keeps one per
@@ -82,8 +83,9 @@ impl Http1Conn {
     }
 }
 
-#[derive(Default)]
 pub struct Pool {
+    /// This proxy's certificates, for mesh mTLS and TLS origination.
+    tls: Arc<MeshTls>,
     idle_http1: Mutex<HashMap<SocketAddr, Vec<Http1Conn>>>,
     /// (endpoint, shard) → shared HTTP/2 connection.
     http2: Mutex<HashMap<(SocketAddr, usize), H2Slot>>,
@@ -92,6 +94,15 @@ pub struct Pool {
 }
 
 impl Pool {
+    pub fn new(tls: Arc<MeshTls>) -> Self {
+        Self {
+            tls,
+            idle_http1: Mutex::default(),
+            http2: Mutex::default(),
+            next_shard: Default::default(),
+        }
+    }
+
     /// Sends `request` to `addr`, reusing a pooled connection when one is
     /// free, within `breaker`'s connection limits. The response body returns
     /// the connection to the pool when done.
@@ -101,9 +112,10 @@ impl Pool {
         version: HttpVersion,
         breaker: &Arc<Breaker>,
         connect_timeout: Duration,
+        decided: UpstreamTls,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let tls = crate::tls::context().map_or(UpstreamTls::Plain, |c| c.decision(addr));
+        let tls = self.tls.effective(decided);
         let upgrade = request.headers().contains_key(http::header::UPGRADE);
         let version = match (&tls, version) {
             (UpstreamTls::Mesh { .. }, HttpVersion::Http1) if !upgrade => {
@@ -200,7 +212,8 @@ impl Pool {
             match breaker.acquire(Resource::Connection) {
                 Ok(slot) => {
                     let keepalive = breaker.limits.tcp_keepalive.as_ref();
-                    let sender = connect_http1(addr, connect_timeout, keepalive, tls).await?;
+                    let sender =
+                        connect_http1(addr, connect_timeout, keepalive, tls, &self.tls).await?;
                     let conn = Http1Conn {
                         sender,
                         slot,
@@ -267,7 +280,8 @@ impl Pool {
                         let counted = breaker
                             .acquire(Resource::Connection)
                             .map_err(UpstreamError::Overflow)?;
-                        let sender = connect_http2(addr, connect_timeout, counted, &tls).await?;
+                        let sender =
+                            connect_http2(addr, connect_timeout, counted, &tls, &self.tls).await?;
                         *shared = Some((sender.clone(), tls.clone()));
                         (sender, false)
                     }
@@ -357,8 +371,9 @@ async fn connect_http1(
     timeout: Duration,
     keepalive: Option<&Keepalive>,
     tls: &UpstreamTls,
+    mesh: &MeshTls,
 ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    let stream = connect_secured(addr, timeout, keepalive, tls, Carries::Http1).await?;
+    let stream = connect_secured(addr, timeout, keepalive, tls, Carries::Http1, mesh).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -376,9 +391,11 @@ async fn connect_http2(
     timeout: Duration,
     counted: Slot,
     tls: &UpstreamTls,
+    mesh: &MeshTls,
 ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
     let keepalive = counted.breaker().limits.tcp_keepalive.clone();
-    let stream = connect_secured(addr, timeout, keepalive.as_ref(), tls, Carries::Http2).await?;
+    let stream =
+        connect_secured(addr, timeout, keepalive.as_ref(), tls, Carries::Http2, mesh).await?;
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .adaptive_window(true)

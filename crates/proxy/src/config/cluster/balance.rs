@@ -6,10 +6,7 @@
 //! Hash tables are built once per config load; a request only hashes its
 //! key and looks it up.
 
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -606,20 +603,9 @@ pub fn hash64(bytes: &[u8]) -> u64 {
     h ^ (h >> 31)
 }
 
-thread_local! {
-    static RNG: Cell<u64> = Cell::new(RandomState::new().hash_one(0u8) | 1);
-}
-
-/// xorshift64: picks need speed, not unpredictability.
+/// A random pick: the thread's `rand` generator (fast, reseeded by rand).
 fn random_u64() -> u64 {
-    RNG.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        x
-    })
+    rand::random()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ fn endpoints(weights: &[u32]) -> Vec<Endpoint> {
             weight: *weight,
             priority: 0,
             workload: None,
+            mesh: false,
         })
         .collect()
 }

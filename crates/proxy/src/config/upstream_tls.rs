@@ -1,0 +1,70 @@
+//! How a connection to each upstream endpoint is secured, decided once per
+//! config snapshot (plain data; `tls::upstream` carries it out).
+//!
+//! The decision is per endpoint address, from the cluster's `tls`
+//! (DestinationRule) and the endpoint's `identity` (auto-mTLS). When two
+//! clusters reach the same address with different settings, the first
+//! cluster in name order wins (weftd gives every mesh endpoint its own
+//! inbound address, so this only concerns hand-written configs).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use weft_proto::proxy::v1::{self as pb, client_tls::Mode};
+
+/// How connections to one endpoint are secured.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum UpstreamTls {
+    #[default]
+    Plain,
+    /// Mesh mTLS; the server must present `identity` (empty: any mesh id).
+    Mesh { identity: Arc<str> },
+    /// TLS origination (DestinationRule SIMPLE or MUTUAL).
+    Originate(Arc<Origination>),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Origination {
+    pub settings: pb::ClientTls,
+    /// Server name to send and verify: `sni`, else the service host.
+    pub server_name: String,
+}
+
+/// Every endpoint's decision under `config`.
+pub(super) fn decisions(config: &pb::ProxyConfig) -> HashMap<SocketAddr, UpstreamTls> {
+    let mut table = HashMap::new();
+    let mut clusters: Vec<&pb::Cluster> = config.clusters.iter().collect();
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    for cluster in clusters {
+        let mode = cluster.tls.as_ref().map_or(Mode::Auto, |t| t.mode());
+        let origination = match (&cluster.tls, mode) {
+            (Some(settings), Mode::Simple | Mode::Mutual) => Some(Arc::new(Origination {
+                server_name: if settings.sni.is_empty() {
+                    cluster.service.clone()
+                } else {
+                    settings.sni.clone()
+                },
+                settings: settings.clone(),
+            })),
+            _ => None,
+        };
+        for endpoint in &cluster.endpoints {
+            let Ok(addr) = endpoint.address.parse::<SocketAddr>() else {
+                continue;
+            };
+            let decided = match (mode, &origination) {
+                (_, Some(origination)) => UpstreamTls::Originate(origination.clone()),
+                (Mode::IstioMutual, _) => UpstreamTls::Mesh {
+                    identity: Arc::from(endpoint.identity.as_str()),
+                },
+                (Mode::Auto, _) if !endpoint.identity.is_empty() => UpstreamTls::Mesh {
+                    identity: Arc::from(endpoint.identity.as_str()),
+                },
+                _ => UpstreamTls::Plain,
+            };
+            table.entry(addr).or_insert(decided);
+        }
+    }
+    table
+}
