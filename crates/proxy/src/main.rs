@@ -258,6 +258,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Not dumpable: no other process of this UID (every sidecar under
+    // `weft up` is 1337) may open this one's /proc/PID/root, mem or
+    // environ, and through them its pod's files (its token, its key).
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("cannot mark the process non-dumpable: {err}");
+    }
     let args = Args::parse();
     if let Err(usage) = args.check() {
         eprintln!("weft-proxy: {usage}");

@@ -15,11 +15,17 @@ pub const KIND: &str = "Mesh";
 pub const FILE_NAME: &str = "mesh.yaml";
 pub const DEFAULT_POD_CIDR: &str = "10.203.0.0/16";
 pub const DEFAULT_SERVICE_CIDR: &str = "240.240.0.0/16";
+/// The sidecar's UID and GID: excluded from interception, so no app may
+/// run as it (its traffic would bypass the sidecar).
+pub const PROXY_UID: u32 = 1337;
+/// Workload `i` (in mesh-file order) runs as UID and GID `APP_UID_BASE + i`
+/// unless its `uid` says otherwise.
+pub const APP_UID_BASE: u32 = 20000;
 
-/// The sidecar's own ports: a workload cannot serve on them.
 /// The longest mesh name: namespace and link names are derived from it.
 pub const MESH_NAME_MAX: usize = 40;
 
+/// The sidecar's own ports: a workload cannot serve on them.
 pub const PROXY_PORTS: [u16; 6] = [15000, 15001, 15006, 15020, 15021, 15090];
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +110,22 @@ pub struct Workload {
     /// sidecar's 15020 endpoint.
     #[serde(default)]
     pub metrics: Option<AppMetrics>,
+    /// The UID the app runs as (Kubernetes' `runAsUser`); default
+    /// `APP_UID_BASE` + the workload's index. Never 0 or the sidecar's.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The app's GID (`runAsGroup`); default: its UID.
+    #[serde(default)]
+    pub gid: Option<u32>,
+}
+
+impl Workload {
+    /// (UID, GID) the app of workload number `index` runs as.
+    pub fn run_as(&self, index: usize) -> (u32, u32) {
+        let default = APP_UID_BASE.saturating_add(u32::try_from(index).unwrap_or(u32::MAX));
+        let uid = self.uid.unwrap_or(default);
+        (uid, self.gid.unwrap_or(uid))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -316,8 +338,30 @@ fn check(mesh: &MeshFile) -> Vec<(String, String)> {
     // Pod namespaces are named after workloads and gateways alone.
     let mut pods = BTreeSet::new();
     let mut instances = 0u32;
+    // Each workload its own UID: apps sharing one could signal, trace or
+    // read each other's processes (`/proc/PID/root` included).
+    let mut uids = BTreeMap::new();
     for (i, workload) in spec.workloads.iter().enumerate() {
         let at = format!("spec.workloads[{i}]");
+        let (uid, gid) = workload.run_as(i);
+        for (field, id) in [("uid", uid), ("gid", gid)] {
+            if id == 0 || id == PROXY_UID {
+                problem(
+                    format!("{at}.{field}"),
+                    format!(
+                        "{id} is not allowed: apps run neither as root (0) nor as the sidecar ({PROXY_UID}), whose traffic is not intercepted"
+                    ),
+                );
+            }
+        }
+        if let Some(other) = uids.insert(uid, workload.name.as_str()) {
+            problem(
+                format!("{at}.uid"),
+                format!(
+                    "{uid} is also the UID of workload {other:?}; each workload needs its own (default {APP_UID_BASE} + its index)"
+                ),
+            );
+        }
         check_name(&workload.name, &format!("{at}.name"), &mut problem);
         check_namespace(&workload.namespace, &at, &mut problem);
         if !pods.insert(workload.name.as_str()) {
@@ -607,6 +651,25 @@ spec:
         let err = parse(&bad, "mesh.yaml").expect_err("duplicate pod name");
         assert!(
             err.contains("spec.gateways[0].name: \"reviews-v1\" is used twice"),
+            "{err}"
+        );
+
+        let bad = GOOD.replace(
+            "    command: [\"/usr/bin/python3\", \"app.py\"]",
+            "    command: [\"/usr/bin/python3\", \"app.py\"]\n    uid: 1337\n    gid: 0",
+        );
+        let err = parse(&bad, "mesh.yaml").expect_err("the sidecar's UID, root's GID");
+        assert!(
+            err.contains("spec.workloads[0].uid: 1337 is not allowed")
+                && err.contains("spec.workloads[0].gid: 0 is not allowed"),
+            "{err}"
+        );
+
+        // The second workload defaults to 20001, which the first one took.
+        let twice = "apiVersion: weft.dev/v1alpha1\nkind: Mesh\nspec:\n  workloads:\n  - {name: one, command: [x], uid: 20001}\n  - {name: two, command: [x]}\n";
+        let err = parse(twice, "mesh.yaml").expect_err("a UID twice");
+        assert!(
+            err.contains("spec.workloads[1].uid: 20001 is also the UID of workload \"one\""),
             "{err}"
         );
 

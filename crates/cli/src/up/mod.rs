@@ -19,6 +19,7 @@ mod identity;
 pub mod meshfile;
 mod network;
 mod plan;
+mod pod;
 mod privileges;
 mod process;
 mod relay;

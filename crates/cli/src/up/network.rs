@@ -57,6 +57,7 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<()> 
 pub fn create_node(plan: &Plan) -> anyhow::Result<()> {
     let ns = plan.node_netns.as_str();
     ip(&["netns", "add", ns])?;
+    disable_ipv6(ns)?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "link", "add", BRIDGE, "type", "bridge"])?;
     let address = format!("{}/{}", plan.bridge, plan.pod_cidr.prefix);
@@ -69,6 +70,8 @@ pub fn create_node(plan: &Plan) -> anyhow::Result<()> {
 pub fn create_pod(plan: &Plan, pod: &Pod) -> anyhow::Result<()> {
     let (node, ns) = (plan.node_netns.as_str(), pod.netns.as_str());
     ip(&["netns", "add", ns])?;
+    // Before any link exists: links made later take `default`.
+    disable_ipv6(ns)?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     // Made inside the node namespace with its peer sent straight into the
     // pod: no veth ever appears in the host namespace, and the short
@@ -90,6 +93,44 @@ pub fn create_pod(plan: &Plan, pod: &Pod) -> anyhow::Result<()> {
         "via",
         &plan.bridge.to_string(),
     ])
+}
+
+/// Turns IPv6 off in a namespace (`all`, and `default` for links made
+/// later): interception is IPv4 only (`iptables`), so a pod that could
+/// speak IPv6 (link-local addresses appear on their own) would reach, and
+/// be reached by, apps around the sidecars. A kernel without IPv6 is fine.
+pub fn disable_ipv6(netns: &str) -> anyhow::Result<()> {
+    in_netns(netns, || {
+        for conf in ["all", "default"] {
+            let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+            match std::fs::write(&path, "1") {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                other => other.map_err(|err| std::io::Error::other(format!("{path}: {err}")))?,
+            }
+        }
+        Ok(())
+    })
+    .with_context(|| format!("cannot disable IPv6 in namespace {netns}"))
+}
+
+/// Runs `work` on a thread that entered the namespace (`/proc/sys/net`
+/// shows the namespace of the thread that reads it).
+fn in_netns<T: Send>(
+    netns: &str,
+    work: impl FnOnce() -> std::io::Result<T> + Send,
+) -> anyhow::Result<T> {
+    let handle = File::open(PathBuf::from("/var/run/netns").join(netns))
+        .with_context(|| format!("cannot open namespace {netns}"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                setns(&handle, CloneFlags::CLONE_NEWNET)?;
+                work()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+            .map_err(Into::into)
+    })
 }
 
 /// The rules Istio's init container installs, in one atomic

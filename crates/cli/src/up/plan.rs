@@ -11,11 +11,15 @@ use serde_json::{Value, json};
 
 use super::meshfile::{self, Cidr, Expose, MeshFile};
 
-/// The port sidecars reach weftd at, on the bridge address (Istio's
-/// istiod plaintext discovery port).
-pub const DISCOVERY_PORT: u16 = 15010;
+/// The port sidecars reach weftd at, on the bridge address: Istio's
+/// istiod TLS port for discovery and certificates (weftd's `--xds`,
+/// relayed from the host). There is no plaintext discovery in `weft up`.
+pub const DISCOVERY_PORT: u16 = 15012;
 /// The sidecar's UID and GID: excluded from interception.
-pub const PROXY_UID: u32 = 1337;
+pub use super::meshfile::PROXY_UID;
+/// Each mesh's runtime directory is `/run/weft/NAME`: the pods' own
+/// directories, and inside a pod's view its binaries and mesh directory.
+pub const RUNTIME_ROOT: &str = "/run/weft";
 
 pub struct Plan {
     pub name: String,
@@ -26,6 +30,10 @@ pub struct Plan {
     pub node_netns: String,
     pub pods: Vec<Pod>,
     pub services: Vec<ServicePlan>,
+    /// Where `weft`, `weftd` and `weft-proxy` are (host path).
+    pub bin_dir: PathBuf,
+    /// `/run/weft/NAME`.
+    pub runtime_dir: PathBuf,
 }
 
 pub struct Pod {
@@ -51,6 +59,8 @@ pub enum Role {
         env: Vec<(String, String)>,
         /// `PORT/PATH` of the app's metrics, for the sidecar's 15020.
         metrics: Option<String>,
+        /// (UID, GID) the app runs as: never root, never the sidecar's.
+        run_as: (u32, u32),
     },
     /// weft-proxy in router mode; `expose` maps host addresses to its ports.
     Gateway { expose: Vec<Expose> },
@@ -99,7 +109,8 @@ impl ServicePlan {
 }
 
 impl Plan {
-    /// `dir` must be absolute; `bin_dir` is what `${WEFT_BIN_DIR}` expands to.
+    /// `dir` must be absolute; `bin_dir` is where the binaries are (a pod
+    /// sees it, and `${WEFT_BIN_DIR}` expands, at `/run/weft/NAME/bin`).
     pub fn new(mesh: &MeshFile, name: &str, dir: &Path, bin_dir: &Path) -> Self {
         let spec = &mesh.spec;
         // Checked by meshfile::check; the defaults always parse.
@@ -145,9 +156,13 @@ impl Plan {
             })
             .collect();
 
+        // Apps see both directories where their pod's view mounts them
+        // (see pod.rs), whatever the permissions of their host parents.
+        let runtime_dir = Path::new(RUNTIME_ROOT).join(name);
+        let (view_bin, view_mesh) = (runtime_dir.join("bin"), runtime_dir.join("mesh"));
         let expand = |text: &str| {
-            text.replace("${WEFT_BIN_DIR}", &bin_dir.display().to_string())
-                .replace("${MESH_DIR}", &dir.display().to_string())
+            text.replace("${WEFT_BIN_DIR}", &view_bin.display().to_string())
+                .replace("${MESH_DIR}", &view_mesh.display().to_string())
         };
         let mut pods = Vec::new();
         let mut next_ip = 2u32;
@@ -163,7 +178,8 @@ impl Plan {
             pod.veth = veth;
             pods.push(pod);
         };
-        for workload in &spec.workloads {
+        for (number, workload) in spec.workloads.iter().enumerate() {
+            let run_as = workload.run_as(number);
             let namespace = meshfile::namespace_of(&workload.namespace).to_string();
             let ports: Vec<(u16, Option<&'static str>)> = workload
                 .ports
@@ -218,6 +234,7 @@ impl Plan {
                             let path = m.path.as_deref().unwrap_or("/metrics");
                             format!("{}/{}", m.port, path.trim_start_matches('/'))
                         }),
+                        run_as,
                     },
                 });
             }
@@ -249,7 +266,35 @@ impl Plan {
             node_netns: format!("weft-{name}-node"),
             pods,
             services,
+            bin_dir: bin_dir.to_path_buf(),
+            runtime_dir,
         }
+    }
+
+    /// A pod's own directory (the same path on the host and in its view).
+    pub fn pod_dir(&self, pod: &Pod) -> PathBuf {
+        self.runtime_dir.join("pods").join(&pod.name)
+    }
+
+    /// The sidecar's bootstrap token: UID 1337, 0400, in the pod's directory.
+    pub fn token_path(&self, pod: &Pod) -> PathBuf {
+        self.pod_dir(pod).join("sidecar").join("token")
+    }
+
+    /// The mesh root the sidecar holds (`--ca-root`): 1337, 0400, beside
+    /// its token.
+    pub fn root_path(&self, pod: &Pod) -> PathBuf {
+        self.pod_dir(pod).join("sidecar").join("root-cert.pem")
+    }
+
+    /// `${WEFT_BIN_DIR}` inside a pod: where `weft-proxy` is.
+    pub fn view_bin_dir(&self) -> PathBuf {
+        self.runtime_dir.join("bin")
+    }
+
+    /// `${MESH_DIR}` inside a pod, and its apps' working directory.
+    pub fn view_mesh_dir(&self) -> PathBuf {
+        self.runtime_dir.join("mesh")
     }
 
     pub fn discovery_address(&self) -> SocketAddr {
@@ -315,6 +360,54 @@ impl Plan {
             .collect();
         json!({"apiVersion": "v1", "kind": "List", "items": items})
     }
+
+    /// One WorkloadGroup per workload and gateway (named after it): the
+    /// labels, service account and ports weftd registers its pods with.
+    /// A sidecar's token is bound to its group, and weftd refuses any claim
+    /// beyond it (Istio's auto-registration). Port names carry the
+    /// sidecar's protocol (`http-9080`), as Istio reads a port name's
+    /// prefix; an unknown protocol is left to detection (`port-9080`).
+    pub fn workload_groups(&self) -> Value {
+        let mut seen = std::collections::BTreeSet::new();
+        let items: Vec<Value> = self
+            .pods
+            .iter()
+            .filter(|pod| seen.insert((pod.namespace.as_str(), pod.workload.as_str())))
+            .map(|pod| {
+                let ports: BTreeMap<String, u16> = match &pod.role {
+                    Role::Workload { ports, .. } => ports
+                        .iter()
+                        .map(|(port, protocol)| {
+                            (format!("{}-{port}", protocol.unwrap_or("port")), *port)
+                        })
+                        .collect(),
+                    Role::Gateway { .. } => BTreeMap::new(),
+                };
+                json!({
+                    "apiVersion": "networking.istio.io/v1",
+                    "kind": "WorkloadGroup",
+                    "metadata": {"name": pod.workload, "namespace": pod.namespace},
+                    "spec": {
+                        "metadata": {"labels": pod.labels},
+                        "template": {"serviceAccount": pod.service_account, "ports": ports},
+                    },
+                })
+            })
+            .collect();
+        json!({"apiVersion": "v1", "kind": "List", "items": items})
+    }
+
+    /// What `weft up` applies to weftd before any pod starts: the services
+    /// and the workload groups, in one List.
+    pub fn mesh_resources(&self) -> Value {
+        let mut items = Vec::new();
+        for list in [self.service_entries(), self.workload_groups()] {
+            if let Value::Array(more) = &list["items"] {
+                items.extend(more.iter().cloned());
+            }
+        }
+        json!({"apiVersion": "v1", "kind": "List", "items": items})
+    }
 }
 
 #[cfg(test)]
@@ -374,8 +467,23 @@ spec:
         else {
             panic!("a workload");
         };
-        assert_eq!(command, &["/bin/w/a", "/m/x"]);
-        assert_eq!(env, &[("HOME_DIR".to_string(), "/m".to_string())]);
+        // As the pod sees them (pod.rs binds both directories there).
+        assert_eq!(command, &["/run/weft/demo/bin/a", "/run/weft/demo/mesh/x"]);
+        assert_eq!(
+            env,
+            &[("HOME_DIR".to_string(), "/run/weft/demo/mesh".to_string())]
+        );
+        // Both replicas of the first workload share its default UID; the
+        // next workload gets the next one.
+        let uids: Vec<_> = plan
+            .pods
+            .iter()
+            .filter_map(|pod| match pod.role {
+                Role::Workload { run_as, .. } => Some(run_as),
+                Role::Gateway { .. } => None,
+            })
+            .collect();
+        assert_eq!(uids, [(20000, 20000), (20000, 20000), (20001, 20001)]);
         // No protocol on the workload port: the selecting service's
         // targetPort says HTTP.
         assert_eq!(ports, &[(8000, Some("http"))]);
@@ -391,6 +499,31 @@ spec:
         let decoded = weft_api::decode::decode_document(plan.service_entries(), "generated", 1);
         assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
         assert_eq!(decoded.resources.len(), 2);
+        // One group per workload (a-v1's two replicas share one), with the
+        // protocol in each port's name.
+        let all = weft_api::decode::decode_document(plan.mesh_resources(), "generated", 1);
+        assert!(all.problems.is_empty(), "{:?}", all.problems);
+        assert_eq!(all.resources.len(), 5);
+        let groups = plan.workload_groups();
+        let names: Vec<&str> = groups["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|g| g["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(names, ["a-v1", "b-v1", "gw"]);
+        assert_eq!(
+            groups["items"][0]["spec"]["template"]["ports"],
+            json!({"http-8000": 8000})
+        );
+        assert_eq!(
+            groups["items"][1]["spec"]["template"]["ports"],
+            json!({"grpc-9080": 9080})
+        );
+        assert_eq!(
+            groups["items"][2]["spec"]["template"]["serviceAccount"],
+            "gw-service-account"
+        );
         let hosts = plan.hosts_file(&plan.pods[0]);
         assert!(hosts.contains("240.240.0.1\ta a.default "), "{hosts}");
         assert!(

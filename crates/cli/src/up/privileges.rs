@@ -1,16 +1,13 @@
 //! What `weft up` needs from the machine, checked before anything is
 //! created: root (or CAP_NET_ADMIN + CAP_SYS_ADMIN), network namespaces,
-//! and the `ip`, `iptables-restore` and `setpriv` tools.
+//! and the `ip` and `iptables-restore` tools. (Pods' namespaces and users
+//! are entered with system calls: no `setpriv` or `nsenter` is needed.)
 
 use nix::sched::{CloneFlags, unshare};
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
-const TOOLS: [(&str, &str); 3] = [
-    ("ip", "iproute2"),
-    ("iptables-restore", "iptables"),
-    ("setpriv", "util-linux"),
-];
+const TOOLS: [(&str, &str); 2] = [("ip", "iproute2"), ("iptables-restore", "iptables")];
 
 /// `Err(one message)` naming everything missing and how to get it.
 pub fn check() -> Result<(), String> {

@@ -13,6 +13,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
+use super::pod::PodView;
+
 /// How long a process gets between SIGTERM and SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
 /// The longest wait before restarting a process that exited.
@@ -50,9 +52,12 @@ pub struct Spec {
     pub argv: Vec<String>,
     /// Added to the runner's environment.
     pub env: Vec<(String, String)>,
+    /// Ignored with a `view`, which has its own.
     pub cwd: PathBuf,
     /// Output is appended: restarts continue the same log.
     pub log: PathBuf,
+    /// A pod's process: its namespaces and user (none for weftd).
+    pub view: Option<PodView>,
 }
 
 /// A child of this runner, restarted with backoff when it exits (as a
@@ -93,12 +98,18 @@ fn start(spec: &Spec) -> anyhow::Result<(Child, ProcRecord)> {
         .append(true)
         .open(&spec.log)
         .with_context(|| format!("cannot open {}", spec.log.display()))?;
-    let child = Command::new(program)
+    let mut command = Command::new(program);
+    match &spec.view {
+        Some(view) => view.apply(&mut command)?,
+        None => {
+            command.current_dir(&spec.cwd);
+        }
+    }
+    let child = command
         .args(args)
         // Plain log files, no colour codes (tracing-subscriber honours it).
         .env("NO_COLOR", "1")
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file)
@@ -126,6 +137,11 @@ impl Proc {
 
     pub fn log_tail(&self) -> String {
         log_tail(&self.spec.log, 20)
+    }
+
+    /// Down, and due to start again at the next [`Proc::keep_alive`].
+    pub fn restart_due(&self) -> bool {
+        self.restart_at.is_some_and(|at| Instant::now() >= at)
     }
 
     /// Called periodically while the mesh runs: notices an exit, then

@@ -1,7 +1,8 @@
 //! TCP relays across the node boundary: the node namespace has no route to
 //! the host, so the runner carries the two flows that must cross it.
 //! - discovery: a listener on the bridge address (made inside the node
-//!   namespace) whose connections go to weftd on the host's loopback;
+//!   namespace) whose connections go to weftd's `--xds` on the host's
+//!   loopback (TLS end to end: the relay carries bytes it cannot read);
 //! - ingress: a listener on a host address whose upstream sockets are made
 //!   inside the node namespace and go to the gateway pod.
 

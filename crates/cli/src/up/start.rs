@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use super::Signals;
 use super::identity;
 use super::network::{self, NsSockets};
-use super::plan::{PROXY_UID, Plan, Pod, Role};
+use super::plan::{Plan, Pod, Role};
+use super::pod::{self, PodView};
 use super::process::{self, Change, Proc, ProcRecord, Spec};
 use super::relay::{self, Upstream};
 use super::state::{self, State};
@@ -30,9 +31,6 @@ const WEFTD_TIMEOUT: Duration = Duration::from_secs(20);
 const SIDECAR_TIMEOUT: Duration = Duration::from_secs(30);
 /// Apps: start listening on their declared ports.
 const APP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Where sidecars' binaries are copied: reachable by UID 1337, unlike a
-/// home directory.
-const RUNTIME_ROOT: &str = "/run/weft";
 
 pub struct Running {
     plan: Plan,
@@ -120,10 +118,12 @@ impl Running {
         // Host ports first: a taken port fails before anything is made.
         let listeners = self.bind_ingress(ingress).await?;
         let api = pick_api(api).await?;
-        let grpc = free_loopback_port().await?;
+        // weftd's TLS discovery and certificates (`--xds`), relayed into
+        // the node; weftd serves no plaintext port here.
+        let xds = free_loopback_port().await?;
         let began = Instant::now();
         let step = |what: &str| note!("weft up: {what} ({:.1}s)", began.elapsed().as_secs_f64());
-        self.start_weftd(api, grpc).await?;
+        self.start_weftd(api, xds).await?;
         step(&format!("weftd ready, API on {api}"));
 
         self.state.namespaces.push(self.plan.node_netns.clone());
@@ -140,7 +140,7 @@ impl Running {
                 )
             })?;
         self.relays
-            .push(relay::spawn(discovery, Upstream::Host(grpc), "discovery"));
+            .push(relay::spawn(discovery, Upstream::Host(xds), "discovery"));
 
         for pod in &self.plan.pods {
             // Pods before the node in the list: deleted first.
@@ -156,31 +156,34 @@ impl Running {
         }
 
         step(&format!("node and {} pods created", self.plan.pods.len()));
-        let proxy = self.install_proxy_binary()?;
-        let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
-        identity::issue_tokens(&self.api_socket(), runtime_dir, &self.plan.pods).await?;
-        // The mesh root the sidecars verify weftd with (--ca-root), where
-        // their UID can read it (weftd's state dir is private).
-        let published = self.run_dir.join("weftd").join("root-cert.pem");
-        let held = runtime_dir.join("root-cert.pem");
-        std::fs::copy(&published, &held).with_context(|| {
-            format!("cannot copy {} to {}", published.display(), held.display())
-        })?;
-        set_mode(&held, 0o644)?;
+        self.state.runtime_dir = Some(self.plan.runtime_dir.clone());
+        self.state.save()?;
+        pod::make_dirs(&self.plan)?;
+        identity::issue_tokens(&self.api_socket(), &self.plan).await?;
+        // The mesh root the sidecars verify weftd with (--ca-root), held by
+        // each sidecar in its own pod directory (weftd's state is hidden).
+        identity::hand_out_root(
+            &self.plan,
+            &self.run_dir.join("weftd").join("root-cert.pem"),
+        )?;
         step("workload identities issued");
-        let sidecars: Vec<(String, Vec<String>)> = self
+        let sidecars: Vec<(String, Vec<String>, PodView)> = self
             .plan
             .pods
             .iter()
-            .map(|pod| (pod.name.clone(), self.sidecar_argv(pod, &proxy)))
+            .map(|pod| {
+                let view = PodView::of(&self.plan, pod, false);
+                (pod.name.clone(), self.sidecar_argv(pod), view)
+            })
             .collect();
-        for (pod, argv) in sidecars {
+        for (pod, argv, view) in sidecars {
             let proc = process::spawn(Spec {
                 label: format!("{pod} sidecar"),
                 argv,
                 env: Vec::new(),
                 cwd: PathBuf::from("/"),
                 log: logs.join(format!("{pod}-sidecar.log")),
+                view: Some(view),
             })?;
             self.track(proc, Kind::Sidecar)?;
         }
@@ -197,29 +200,28 @@ impl Running {
             let Role::Workload { command, env, .. } = &pod.role else {
                 continue;
             };
-            let mut argv = vec![
-                "ip".into(),
-                "netns".into(),
-                "exec".into(),
-                pod.netns.clone(),
-            ];
-            argv.extend(command.iter().cloned());
+            let argv = command.clone();
+            let view = PodView::of(&self.plan, pod, true);
+            let home = self.plan.pod_dir(pod).join("app");
             let mut vars = vec![
+                // Its own writable directory; the runner's HOME is root's.
+                ("HOME".to_string(), home.display().to_string()),
                 ("POD_NAME".to_string(), pod.name.clone()),
                 ("POD_NAMESPACE".to_string(), pod.namespace.clone()),
                 ("POD_IP".to_string(), pod.ip.to_string()),
                 ("SERVICE_ACCOUNT".to_string(), pod.service_account.clone()),
             ];
             vars.extend(env.iter().cloned());
-            apps.push((pod.name.clone(), argv, vars));
+            apps.push((pod.name.clone(), argv, vars, view));
         }
-        for (pod, argv, vars) in apps {
+        for (pod, argv, vars, view) in apps {
             let proc = process::spawn(Spec {
                 label: format!("{pod} app"),
                 argv,
                 env: vars,
                 cwd: self.plan.dir.clone(),
                 log: logs.join(format!("{pod}-app.log")),
+                view: Some(view),
             })?;
             self.track(proc, Kind::App)?;
         }
@@ -278,12 +280,12 @@ impl Running {
         Ok(listeners)
     }
 
-    /// weftd's API socket (in its state directory).
+    /// weftd's API socket (in its state directory): root's, no token.
     fn api_socket(&self) -> PathBuf {
         self.run_dir.join("weftd").join("api.sock")
     }
 
-    async fn start_weftd(&mut self, api: SocketAddr, grpc: SocketAddr) -> anyhow::Result<()> {
+    async fn start_weftd(&mut self, api: SocketAddr, xds: SocketAddr) -> anyhow::Result<()> {
         let bin_dir = self.bin_dir();
         let argv = vec![
             bin_dir.join("weftd").display().to_string(),
@@ -292,7 +294,7 @@ impl Running {
             "--config-dir".into(),
             self.plan.dir.display().to_string(),
             "--xds".into(),
-            grpc.to_string(),
+            xds.to_string(),
             "--api".into(),
             api.to_string(),
         ];
@@ -302,6 +304,7 @@ impl Running {
             env: Vec::new(),
             cwd: self.run_dir.clone(),
             log: self.logs_dir().join("weftd.log"),
+            view: None,
         })?;
         self.track(proc, Kind::Weftd)?;
         let deadline = Instant::now() + WEFTD_TIMEOUT;
@@ -330,66 +333,29 @@ impl Running {
         self.state.api_socket = Some(self.api_socket());
         self.state.api_token_file = Some(self.run_dir.join("weftd").join("admin-token"));
         self.state.save()?;
-        if self.plan.services.is_empty() {
+        if self.plan.pods.is_empty() {
             return Ok(());
         }
-        let body = serde_json::to_vec(&self.plan.service_entries())?;
+        let body = serde_json::to_vec(&self.plan.mesh_resources())?;
         let stream = UnixStream::connect(self.api_socket())
             .await
             .context("connecting to weftd's API socket")?;
         let (status, answer) = exchange(stream, Method::POST, "/v1/apply", Some(body))
             .await
-            .context("registering the mesh's services with weftd")?;
+            .context("registering the mesh's services and workload groups with weftd")?;
         if status != StatusCode::OK {
             bail!(
-                "weftd refused the mesh's services ({status}): {}",
+                "weftd refused the mesh's services and workload groups ({status}): {}",
                 String::from_utf8_lossy(&answer)
             );
         }
         Ok(())
     }
 
-    /// The sidecar binary, copied (0755) where UID 1337 can run it.
-    fn install_proxy_binary(&mut self) -> anyhow::Result<PathBuf> {
-        let dir = Path::new(RUNTIME_ROOT).join(&self.plan.name);
-        self.state.runtime_dir = Some(dir.clone());
-        self.state.save()?;
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        set_mode(Path::new(RUNTIME_ROOT), 0o755)?;
-        set_mode(&dir, 0o755)?;
-        let copy = dir.join("weft-proxy");
-        std::fs::copy(self.bin_dir().join("weft-proxy"), &copy)
-            .with_context(|| format!("cannot copy weft-proxy to {}", copy.display()))?;
-        set_mode(&copy, 0o755)?;
-        // The mesh root the sidecars verify weftd with (--ca-root), where
-        // their UID can read it (weftd's state dir is private).
-        let published = self.run_dir.join("weftd").join("root-cert.pem");
-        let held = dir.join("root-cert.pem");
-        std::fs::copy(&published, &held).with_context(|| {
-            format!("cannot copy {} to {}", published.display(), held.display())
-        })?;
-        set_mode(&held, 0o644)?;
-        Ok(copy)
-    }
-
-    fn sidecar_argv(&self, pod: &Pod, proxy: &Path) -> Vec<String> {
-        let uid = PROXY_UID.to_string();
-        let mut argv: Vec<String> = [
-            "ip",
-            "netns",
-            "exec",
-            &pod.netns,
-            "setpriv",
-            "--reuid",
-            &uid,
-            "--regid",
-            &uid,
-            "--clear-groups",
-        ]
-        .map(String::from)
-        .to_vec();
-        argv.push(proxy.display().to_string());
+    /// `weft-proxy` as its pod's view shows it, and its flags.
+    fn sidecar_argv(&self, pod: &Pod) -> Vec<String> {
+        let proxy = self.plan.view_bin_dir().join("weft-proxy");
+        let mut argv = vec![proxy.display().to_string()];
         let mut flags = vec![
             "--control-plane".to_string(),
             self.plan.discovery_address().to_string(),
@@ -430,11 +396,11 @@ impl Running {
             Role::Gateway { .. } => flags.push("--router".into()),
         }
         // The bootstrap token: the sidecar gets its certificate with it.
-        let runtime_dir = proxy.parent().unwrap_or(Path::new(RUNTIME_ROOT));
         flags.push("--token-file".into());
-        flags.push(identity::token_path(runtime_dir, pod).display().to_string());
+        flags.push(self.plan.token_path(pod).display().to_string());
+        // The root it verifies weftd's serving certificate with.
         flags.push("--ca-root".into());
-        flags.push(runtime_dir.join("root-cert.pem").display().to_string());
+        flags.push(self.plan.root_path(pod).display().to_string());
         argv.extend(flags);
         argv
     }
@@ -469,8 +435,8 @@ impl Running {
         let _ = writeln!(out, "  pods:");
         for pod in &self.plan.pods {
             let role = match pod.role {
-                Role::Workload { .. } => "app + sidecar",
-                Role::Gateway { .. } => "gateway",
+                Role::Workload { run_as, .. } => format!("app (uid {}) + sidecar", run_as.0),
+                Role::Gateway { .. } => "gateway".to_string(),
             };
             let _ = writeln!(
                 out,
@@ -499,7 +465,8 @@ impl Running {
         if let Some(api) = self.api {
             let _ = writeln!(
                 out,
-                "  weftd API: {api} (weft apply/get/delete/proxy-status use it by themselves)"
+                "  weftd API: {api} and {} (weft apply/get/delete/token/proxy-status use it by themselves)",
+                self.api_socket().display()
             );
         }
         let _ = writeln!(out, "  logs:      {}", self.logs_dir().display());
@@ -514,6 +481,15 @@ impl Running {
             tokio::select! {
                 _ = signals.next() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            // A sidecar about to restart gets a fresh bootstrap token.
+            let socket = self.api_socket();
+            for (pod, sidecar) in self.plan.pods.iter().zip(&self.sidecars) {
+                if sidecar.restart_due()
+                    && let Err(err) = identity::issue_token(&socket, &self.plan, pod).await
+                {
+                    note!("weft up: {}: no fresh token: {err:#}", sidecar.spec.label);
+                }
             }
             let mut changed = false;
             let procs = self
@@ -686,10 +662,4 @@ async fn free_loopback_port() -> anyhow::Result<SocketAddr> {
         .await
         .context("no free port on 127.0.0.1")?;
     Ok(listener.local_addr()?)
-}
-
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))
 }
