@@ -8,7 +8,7 @@ use weft_api::reply::{AppliedObject, ApplyReply, ProblemsReply};
 
 use super::{Failure, Reply, canonical_kind, error, json_reply, known_kinds};
 use crate::status::StatusBoard;
-use crate::store::{Applied, Change, ResourceKey, Store, StoreError, Stored};
+use crate::store::{Applied, Change, ResourceKey, Store, StoreError};
 
 /// `POST /v1/apply`: all or nothing, as the store guarantees. An accepted
 /// apply carries a warning for every field Weft does not honour (the
@@ -119,7 +119,7 @@ pub(super) fn list(store: &Store, query: &str) -> Reply {
     let items: Vec<Value> = store
         .list(kind, namespace)
         .iter()
-        .map(stored_json)
+        .map(|stored| stored.to_versioned_value())
         .collect();
     json_reply(StatusCode::OK, &json!({ "items": items }))
 }
@@ -128,7 +128,7 @@ pub(super) fn list(store: &Store, query: &str) -> Reply {
 pub(super) fn get(store: &Store, kind: &str, namespace: &str, name: &str) -> Reply {
     match key_of(kind, namespace, name) {
         Ok(key) => match store.get(&key) {
-            Some(stored) => json_reply(StatusCode::OK, &stored_json(&stored)),
+            Some(stored) => json_reply(StatusCode::OK, &stored.to_versioned_value()),
             None => not_found(&key),
         },
         Err(failure) => failure.reply(),
@@ -193,18 +193,6 @@ fn unknown_kind(kind: &str) -> String {
 
 fn not_found(key: &ResourceKey) -> Reply {
     error(StatusCode::NOT_FOUND, format!("{key} not found"))
-}
-
-/// The object as stored, with its version where Kubernetes keeps it.
-fn stored_json(stored: &Stored) -> Value {
-    let mut value = stored.resource.to_value();
-    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert(
-            "resourceVersion".into(),
-            Value::String(stored.resource_version.to_string()),
-        );
-    }
-    value
 }
 
 fn key_json(key: &ResourceKey) -> Value {

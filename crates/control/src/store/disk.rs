@@ -132,7 +132,7 @@ impl Disk {
                 .iter()
                 .map(|stored| Write {
                     path: Self::relative(&ResourceKey::of(&stored.resource)),
-                    content: file_value(stored),
+                    content: stored.to_versioned_value(),
                 })
                 .collect(),
             removes: Vec::new(),
@@ -245,18 +245,6 @@ fn corrupt(path: &Path, message: String) -> StoreError {
         path: path.display().to_string(),
         message,
     }
-}
-
-/// The resource as its file holds it, version in its metadata.
-fn file_value(stored: &Stored) -> Value {
-    let mut value = stored.resource.to_value();
-    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert(
-            "resourceVersion".into(),
-            Value::String(stored.resource_version.to_string()),
-        );
-    }
-    value
 }
 
 /// One resource file, or why it cannot be used.

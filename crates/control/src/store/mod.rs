@@ -56,6 +56,24 @@ pub struct Stored {
     pub resource_version: u64,
 }
 
+impl Stored {
+    /// The object with its version in `metadata.resourceVersion`, where
+    /// Kubernetes keeps it: what the API answers and what a file holds.
+    pub fn to_versioned_value(&self) -> serde_json::Value {
+        let mut value = self.resource.to_value();
+        if let Some(meta) = value
+            .get_mut("metadata")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            meta.insert(
+                "resourceVersion".into(),
+                serde_json::Value::String(self.resource_version.to_string()),
+            );
+        }
+        value
+    }
+}
+
 /// What an apply or delete did to one resource, in kubectl's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
