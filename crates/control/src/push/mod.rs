@@ -12,6 +12,8 @@
 //! registered ([`registrations`]: one owner per node id, a grace period
 //! after a lost stream, restored after a restart). Every refusal goes back
 //! to the proxy as a gRPC error with the reason, and onto the board.
+//! [`readmit_loop`] admits connected proxies again after store changes,
+//! so a WorkloadGroup's edits (or deletion) reach its proxies' registrations.
 
 pub mod admission;
 pub mod mesh;
