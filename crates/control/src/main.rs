@@ -169,6 +169,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registrations.clone(),
         status.clone(),
     ));
+    tokio::spawn(weft_control::push::readmit_loop(
+        store.clone(),
+        registrations.clone(),
+    ));
     let (publish, meshes) = watch::channel(Arc::new(Mesh::empty()));
     tokio::spawn(mesh::build_loop(
         BuildInputs {

@@ -5,10 +5,11 @@
 //!
 //! Most run on the plaintext discovery port (proxies trusted at their
 //! word), where the claimed service account and address are the owner of a
-//! node id. The last two run over mutual TLS with tokens bound to a
+//! node id. The last ones run over mutual TLS with tokens bound to a
 //! WorkloadGroup: the registration comes from the group and the binding,
 //! and a claim beyond them is refused (every case is unit-tested in
-//! `push::admission`).
+//! `push::admission`), and follows its group when an administrator changes
+//! or deletes it while the proxy is connected.
 
 mod registration_support;
 
@@ -694,4 +695,105 @@ async fn streams_are_limited_per_proven_identity() {
         .wait_ready(Duration::from_secs(15))
         .await
         .expect("admitted once a stream is free");
+}
+
+/// The reviews group as [`GROUPS`] has it, with `labels` over the group's.
+fn reviews_group(labels: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: reviews}}\n\
+         spec:\n  metadata: {{labels: {{{labels}}}}}\n  template: {{serviceAccount: reviews}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_group_re_admits_its_connected_proxy_and_a_deleted_one_refuses_it() {
+    let reviews = HttpBackend::start("reviews").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
+    // canary selects `track: canary`, a label no group gives yet.
+    let canary = service("canary", reviews.addr).replace("{app: canary}", "{track: canary}");
+    let yaml = format!("{}{canary}{GROUPS}", service("reviews", reviews.addr));
+    let reply = weftd.apply(&yaml).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let token = bound_token_file(&weftd, state.path(), "default", "reviews", None).await;
+    let inbound = free_addr();
+    let args = ["--node-id", "reviews-1", "--service-account", "reviews"];
+    let mut real = spawn_secure(&weftd, &token, reviews.addr, Some(inbound), &args);
+    real.wait_ready(Duration::from_secs(20))
+        .await
+        .expect("the reviews proxy is admitted");
+    let (caller, listeners) = ready_caller(&weftd, &["reviews", "canary"]).await;
+    eventually(
+        "reviews through the caller",
+        Duration::from_secs(10),
+        || get(listeners[0]),
+    )
+    .await;
+    assert!(
+        endpoints(&caller, "canary").await.is_empty(),
+        "no canary yet"
+    );
+
+    // The administrator labels the group: its connected proxy becomes a
+    // canary endpoint without reconnecting.
+    let reply = weftd
+        .apply(&reviews_group("app: reviews, track: canary"))
+        .await
+        .expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    eventually("canary through the caller", Duration::from_secs(5), || {
+        get(listeners[1])
+    })
+    .await;
+    assert_eq!(endpoints(&caller, "canary").await, [inbound.to_string()]);
+    assert!(
+        !real.logs().contains("does not exist"),
+        "re-admitted, not refused: {}",
+        real.logs()
+    );
+
+    // The group is deleted: its proxy is refused at once (no grace), and
+    // callers lose its endpoint.
+    let reply = weftd
+        .delete(&reviews_group("app: reviews, track: canary"))
+        .await
+        .expect("delete");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let reason = refusal(&weftd, "reviews-1", "PermissionDenied", "does not exist").await;
+    assert!(reason.contains("WorkloadGroup default/reviews"), "{reason}");
+    eventually("no endpoint left", Duration::from_secs(5), || async {
+        let held = [
+            endpoints(&caller, "reviews").await,
+            endpoints(&caller, "canary").await,
+        ];
+        if held.iter().all(Vec::is_empty) {
+            Ok(())
+        } else {
+            Err(format!("{held:?}"))
+        }
+    })
+    .await;
+    eventually(
+        "the refusal in the proxy's log",
+        Duration::from_secs(5),
+        || {
+            let logs = real.logs();
+            async move {
+                if logs.contains("WorkloadGroup default/reviews") && logs.contains("does not exist")
+                {
+                    Ok(())
+                } else {
+                    Err(logs)
+                }
+            }
+        },
+    )
+    .await;
+    let text = weft_proxy_status(&weftd);
+    assert!(
+        text.contains("REFUSED") && text.contains("does not exist"),
+        "{text}"
+    );
 }

@@ -12,6 +12,8 @@
 //! registered ([`registrations`]: one owner per node id, a grace period
 //! after a lost stream, restored after a restart). Every refusal goes back
 //! to the proxy as a gRPC error with the reason, and onto the board.
+//! [`readmit_loop`] admits connected proxies again after store changes,
+//! so a WorkloadGroup's edits (or deletion) reach its proxies' registrations.
 
 pub mod admission;
 pub mod mesh;
@@ -124,15 +126,12 @@ impl Discovery for DiscoveryService {
                 )),
             ));
         };
-        let store = &self.store;
+        let claim = registrations::Claim {
+            caller: caller.clone(),
+            claimed: claimed.clone(),
+        };
         let admitted = admission::admit(&caller, claimed, |namespace, name| {
-            match store.get(&ResourceKey::new("WorkloadGroup", namespace, name)) {
-                Some(crate::store::Stored {
-                    resource: weft_api::Resource::WorkloadGroup(group),
-                    ..
-                }) => Some(group),
-                _ => None,
-            }
+            workload_group(&self.store, namespace, name)
         })
         .map_err(|refusal| {
             let status = if id.is_empty() {
@@ -143,13 +142,16 @@ impl Discovery for DiscoveryService {
             self.refuse(peer, &id, status)
         })?;
         let node = admitted.node.clone();
-        let registered = self.registrations.register(admitted).map_err(|conflict| {
-            let status = match &conflict {
-                Conflict::NodeIdTaken(why) => Status::failed_precondition(why.clone()),
-                Conflict::TooManyStreams(why) => Status::resource_exhausted(why.clone()),
-            };
-            self.refuse(peer, &id, status)
-        })?;
+        let registered = self
+            .registrations
+            .register_claimed(admitted, Some(claim))
+            .map_err(|conflict| {
+                let status = match &conflict {
+                    Conflict::NodeIdTaken(why) => Status::failed_precondition(why.clone()),
+                    Conflict::TooManyStreams(why) => Status::resource_exhausted(why.clone()),
+                };
+                self.refuse(peer, &id, status)
+            })?;
         let (outbound, pushes) = mpsc::channel(4);
         let session = session::Session::new(
             node,
@@ -161,6 +163,51 @@ impl Discovery for DiscoveryService {
         .with_trust_bundle(self.trust_bundle.clone());
         tokio::spawn(session.run(inbound, outbound, self.mesh.clone()));
         Ok(Response::new(ReceiverStream::new(pushes)))
+    }
+}
+
+/// The WorkloadGroup `namespace/name` as stored, if any.
+fn workload_group(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+) -> Option<weft_api::Object<weft_api::networking::WorkloadGroup>> {
+    match store.get(&ResourceKey::new("WorkloadGroup", namespace, name)) {
+        Some(crate::store::Stored {
+            resource: weft_api::Resource::WorkloadGroup(group),
+            ..
+        }) => Some(group),
+        _ => None,
+    }
+}
+
+/// Admits the connected proxies again after every store change, with the
+/// same [`admission::admit`] and the WorkloadGroups as they are now: a
+/// group's new labels or ports reach its registrations (and from them the
+/// next mesh build); a proxy its group no longer admits (deleted, another
+/// service account, a claim it no longer allows) loses its registration and
+/// its stream ends with the refusal. Runs as long as weftd.
+pub async fn readmit_loop(store: Arc<Store>, registrations: Arc<Registrations>) {
+    let mut changes = store.subscribe();
+    // The registrations' own changes also wake it: a proxy admitted against
+    // a group that changed before it registered is admitted again.
+    let mut registered = registrations.subscribe();
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            changed = registered.changed() => if changed.is_err() { return },
+        }
+        registered.mark_unchanged();
+        let refused = registrations.readmit(|caller, claimed| {
+            admission::admit(caller, claimed, |namespace, name| {
+                workload_group(&store, namespace, name)
+            })
+        });
+        for (id, refusal) in refused {
+            tracing::warn!(node = %id, "registration removed: {refusal}");
+        }
+        // What readmit itself changed needs no second pass.
+        registered.mark_unchanged();
     }
 }
 

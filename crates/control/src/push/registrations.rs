@@ -14,6 +14,11 @@
 //!   as just disconnected: their proxies have the grace period from start
 //!   to come back, and until then every push keeps their endpoints.
 //! - At most `limit` streams are connected per proven identity.
+//! - A connected registration keeps what its proxy proved and claimed
+//!   ([`Claim`]), so [`Registrations::readmit`] can admit it again when its
+//!   WorkloadGroup changes: a node that changed is updated (its stream is
+//!   told, the next build uses it), a refused one is removed at once (no
+//!   grace) and its stream is told why, to end with that refusal.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use weft_proto::discovery::v1::Node;
 
-use super::admission::{Admitted, Owner};
+use super::admission::{Admitted, Owner, Refusal};
+use crate::ca::caller::Caller;
 use crate::durable;
 use crate::registry::Workload;
 
@@ -61,6 +67,17 @@ pub struct Registered {
     pub sequence: u64,
     /// Resolves when a newer stream of the same owner replaced this one.
     pub replaced: oneshot::Receiver<()>,
+    /// The node as last admitted; a refusal when re-admission refused it
+    /// (the registration is gone then). See [`Registrations::readmit`].
+    pub admitted: watch::Receiver<Result<Node, Refusal>>,
+}
+
+/// What a stream proved and claimed when it was admitted: enough to admit
+/// it again when its WorkloadGroup changes.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub caller: Caller,
+    pub claimed: Node,
 }
 
 /// How a stream ended.
@@ -77,6 +94,11 @@ enum State {
         session: u64,
         /// Dropping it tells the stream it was replaced.
         _replace: oneshot::Sender<()>,
+        /// Tells the stream what re-admission decided.
+        admitted: watch::Sender<Result<Node, Refusal>>,
+        /// Boxed: the caller's identity is large, and away entries
+        /// carry none.
+        claim: Option<Box<Claim>>,
     },
     /// No stream since `since` (lost, or restored at start).
     Away { since: Instant },
@@ -128,8 +150,20 @@ impl Registrations {
         self.grace
     }
 
-    /// Registers an admitted node for a new stream, or says why not.
+    /// Registers an admitted node for a new stream, or says why not. It is
+    /// not re-admitted when its group changes (see
+    /// [`register_claimed`](Self::register_claimed)).
     pub fn register(&self, admitted: Admitted) -> Result<Registered, Conflict> {
+        self.register_claimed(admitted, None)
+    }
+
+    /// Registers an admitted node for a new stream, keeping `claim` to
+    /// admit it again when its WorkloadGroup changes.
+    pub fn register_claimed(
+        &self,
+        admitted: Admitted,
+        claim: Option<Claim>,
+    ) -> Result<Registered, Conflict> {
         let Admitted { node, owner } = admitted;
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = entries.get(&node.id)
@@ -166,6 +200,7 @@ impl Registrations {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         let (replace, replaced) = oneshot::channel();
+        let (admitted_tx, admitted) = watch::channel(Ok(node.clone()));
         let same = entries.get(&node.id).is_some_and(|e| e.node == node);
         // Replacing drops the older stream's sender: it ends.
         entries.insert(
@@ -176,6 +211,8 @@ impl Registrations {
                 state: State::Connected {
                     session,
                     _replace: replace,
+                    admitted: admitted_tx,
+                    claim: claim.map(Box::new),
                 },
             },
         );
@@ -186,7 +223,65 @@ impl Registrations {
             session,
             sequence: *self.changes.borrow(),
             replaced,
+            admitted,
         })
+    }
+
+    /// Admits every connected, claimed registration again with `admit`
+    /// (run when the store changed: a WorkloadGroup may have). A node that
+    /// changed replaces the registered one; a refused registration is
+    /// removed at once and its stream told why. Returns the refused node
+    /// ids with their refusals.
+    pub fn readmit(
+        &self,
+        admit: impl Fn(&Caller, Node) -> Result<Admitted, Refusal>,
+    ) -> Vec<(String, Refusal)> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = false;
+        let mut gone = Vec::new();
+        for (id, entry) in entries.iter_mut() {
+            let State::Connected {
+                admitted: tell,
+                claim: Some(claim),
+                ..
+            } = &entry.state
+            else {
+                continue;
+            };
+            let verdict = admit(&claim.caller, claim.claimed.clone()).and_then(|again| {
+                // The owner comes from the certificate, so it cannot change;
+                // if it ever did, the stream no longer is what registered.
+                if again.owner == entry.owner {
+                    Ok(again.node)
+                } else {
+                    Err(Refusal(format!(
+                        "node {id:?}: re-admitted as {}, but registered as {}",
+                        again.owner, entry.owner
+                    )))
+                }
+            });
+            match verdict {
+                Ok(node) if node == entry.node => {}
+                Ok(node) => {
+                    let _previous = tell.send_replace(Ok(node.clone()));
+                    entry.node = node;
+                    changed = true;
+                }
+                Err(refusal) => {
+                    let _previous = tell.send_replace(Err(refusal.clone()));
+                    gone.push((id.clone(), refusal));
+                }
+            }
+        }
+        for (id, refusal) in &gone {
+            entries.remove(id);
+            tracing::debug!(node = %id, "re-admission refused: {refusal}");
+            changed = true;
+        }
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        gone
     }
 
     /// The stream `session` of node `id` ended. True when it held the

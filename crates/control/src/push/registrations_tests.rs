@@ -175,3 +175,59 @@ fn a_broken_file_is_set_aside() {
     assert!(dir.path().join("registrations.json.bad").exists());
     assert_eq!(load(dir.path()), (Vec::new(), None));
 }
+
+#[test]
+fn readmission_updates_a_changed_node_and_removes_a_refused_one() {
+    let registrations = Registrations::default();
+    let peer = "10.0.0.7:4000".parse().expect("addr");
+    let claim = Claim {
+        caller: Caller::Plaintext { peer },
+        claimed: Node::default(),
+    };
+    let mut held = registrations
+        .register_claimed(admitted("a", REVIEWS), Some(claim))
+        .expect("a");
+    // Not claimed: never re-admitted.
+    registrations.register(admitted("b", REVIEWS)).expect("b");
+    let before = *registrations.subscribe().borrow();
+
+    // Same answer: nothing changes, no rebuild.
+    assert!(
+        registrations
+            .readmit(|_, _| Ok(admitted("a", REVIEWS)))
+            .is_empty()
+    );
+    assert_eq!(*registrations.subscribe().borrow(), before);
+    assert!(!held.admitted.has_changed().expect("open"));
+
+    // New labels: the registration and its stream get them.
+    let mut relabelled = admitted("a", REVIEWS);
+    relabelled
+        .node
+        .labels
+        .insert("track".into(), "canary".into());
+    assert!(
+        registrations
+            .readmit(|_, _| Ok(relabelled.clone()))
+            .is_empty()
+    );
+    assert!(*registrations.subscribe().borrow() > before);
+    assert_eq!(
+        *held.admitted.borrow_and_update(),
+        Ok(relabelled.node.clone())
+    );
+    assert!(registrations.nodes().contains(&relabelled.node));
+
+    // Refused: gone at once (no grace), its stream told why.
+    let refused = registrations.readmit(|_, _| Err(Refusal("group deleted".into())));
+    assert_eq!(
+        refused,
+        [("a".to_string(), Refusal("group deleted".into()))]
+    );
+    assert!(!registrations.is_connected("a"));
+    assert_eq!(registrations.nodes().len(), 1, "b stays");
+    assert_eq!(
+        *held.admitted.borrow(),
+        Err(Refusal("group deleted".into()))
+    );
+}

@@ -94,6 +94,9 @@ impl Session {
         let mut recompute = true;
         let mut leaving = Leaving::Lost;
         let mut replaced = false;
+        // Closed once the registration no longer is this stream's.
+        let mut readmissions = true;
+        let mut refused = None;
         loop {
             if in_flight.is_none() && recompute {
                 recompute = false;
@@ -108,6 +111,26 @@ impl Session {
                     // A newer stream of the same proxy holds the id now.
                     replaced = true;
                     break;
+                }
+                changed = self.registered.admitted.changed(), if readmissions => {
+                    if changed.is_err() {
+                        readmissions = false;
+                        continue;
+                    }
+                    let verdict = self.registered.admitted.borrow_and_update().clone();
+                    match verdict {
+                        // Its WorkloadGroup changed: the next build has the
+                        // new node, and this proxy's own config follows it.
+                        Ok(node) => {
+                            tracing::info!(node = %self.node.id, "re-admitted after its WorkloadGroup changed");
+                            self.node = node;
+                            recompute = true;
+                        }
+                        Err(refusal) => {
+                            refused = Some(refusal);
+                            break;
+                        }
+                    }
                 }
                 changed = mesh.changed() => {
                     if changed.is_err() {
@@ -143,6 +166,22 @@ impl Session {
                     "node {:?}: replaced by a newer stream of the same proxy",
                     self.node.id
                 ))))
+                .await;
+            return;
+        }
+        if let Some(refusal) = refused {
+            // The registration is already gone (no grace for a refused
+            // proxy); the proxy and `weft proxy-status` are told why.
+            tracing::warn!(node = %self.node.id, "stream ended: {refusal}");
+            self.status.remove(&self.node.id);
+            self.status.refuse(
+                None,
+                &self.node.id,
+                tonic::Code::PermissionDenied,
+                &refusal.0,
+            );
+            let _ = outbound
+                .send(Err(Status::permission_denied(refusal.0)))
                 .await;
             return;
         }
