@@ -124,15 +124,7 @@ async fn a_proxy_leaving_removes_only_its_own_registration() {
     let ratings = HttpBackend::start("ratings").await;
     let state = tempfile::tempdir().expect("tempdir");
     // A long grace: only the goodbye can explain a quick removal.
-    let weftd = WeftdProcess::start_with(
-        Path::new(WEFTD),
-        &state.path().join("store"),
-        free_addr(),
-        free_addr(),
-        &["--registration-grace", "60s"],
-    )
-    .await
-    .expect("weftd");
+    let weftd = weftd_with_grace(&state.path().join("store"), "60s").await;
     apply_ok(&weftd, &reviews_and_ratings(reviews.addr, ratings.addr)).await;
     let _reviews = ready_server(weftd.grpc, "reviews-1", "reviews", reviews.addr).await;
     let mut leaving = ready_server(weftd.grpc, "ratings-1", "ratings", ratings.addr).await;
@@ -183,15 +175,7 @@ async fn a_proxy_leaving_removes_only_its_own_registration() {
 async fn a_lost_proxy_is_kept_for_the_grace_period_then_forgotten() {
     let ratings = HttpBackend::start("ratings").await;
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start_with(
-        Path::new(WEFTD),
-        &state.path().join("store"),
-        free_addr(),
-        free_addr(),
-        &["--registration-grace", "3s"],
-    )
-    .await
-    .expect("weftd");
+    let weftd = weftd_with_grace(&state.path().join("store"), "3s").await;
     apply_ok(&weftd, &service("ratings", ratings.addr)).await;
     let lost = ready_server(weftd.grpc, "ratings-1", "ratings", ratings.addr).await;
     let (caller, _listeners) = ready_caller(&weftd, &["ratings"]).await;

@@ -212,6 +212,20 @@ pub async fn weftd_applying(state: &Path, yaml: &str) -> WeftdProcess {
     weftd
 }
 
+/// A weftd keeping its store in `store` that forgets a lost proxy after
+/// `grace`.
+pub async fn weftd_with_grace(store: &Path, grace: &str) -> WeftdProcess {
+    WeftdProcess::start_with(
+        Path::new(WEFTD),
+        store,
+        free_addr(),
+        free_addr(),
+        &["--registration-grace", grace],
+    )
+    .await
+    .expect("weftd")
+}
+
 /// The reviews and ratings services, on their backends.
 pub fn reviews_and_ratings(reviews: SocketAddr, ratings: SocketAddr) -> String {
     format!(
