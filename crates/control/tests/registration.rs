@@ -231,14 +231,13 @@ async fn a_lost_proxy_is_kept_for_the_grace_period_then_forgotten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weftd_killed_under_traffic_costs_no_request_and_no_endpoint() {
-    let reviews = HttpBackend::start("reviews").await;
-    let ratings = HttpBackend::start("ratings").await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let mut weftd = weftd_applying(
-        state.path(),
-        &reviews_and_ratings(reviews.addr, ratings.addr),
-    )
-    .await;
+    // `_state` holds weftd's state directory until the test ends.
+    let ReviewsAndRatings {
+        reviews,
+        ratings,
+        state: _state,
+        mut weftd,
+    } = ReviewsAndRatings::start().await;
     // ratings' proxy reaches weftd through a relay that keeps it away for a
     // while after each restart: the caller, back first, must not lose it.
     let relay = Relay::start(weftd.grpc).await;
@@ -310,14 +309,13 @@ async fn weftd_killed_under_traffic_costs_no_request_and_no_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_weftd_drops_a_proxy_that_does_not_come_back_after_the_grace() {
-    let reviews = HttpBackend::start("reviews").await;
-    let ratings = HttpBackend::start("ratings").await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let mut weftd = weftd_applying(
-        state.path(),
-        &reviews_and_ratings(reviews.addr, ratings.addr),
-    )
-    .await;
+    // `_state` holds weftd's state directory until the test ends.
+    let ReviewsAndRatings {
+        reviews,
+        ratings,
+        state: _state,
+        mut weftd,
+    } = ReviewsAndRatings::start().await;
     let _stays = ready_server(weftd.grpc, "reviews-1", "reviews", reviews.addr).await;
     let gone = ready_server(weftd.grpc, "ratings-1", "ratings", ratings.addr).await;
     let (caller, listeners) = ready_caller(&weftd, &["reviews", "ratings"]).await;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
+use weft_testkit::backend::HttpBackend;
 use weft_testkit::client::{self, Http1Client};
 use weft_testkit::free_addr;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
@@ -233,6 +234,34 @@ pub fn reviews_and_ratings(reviews: SocketAddr, ratings: SocketAddr) -> String {
         service("reviews", reviews),
         service("ratings", ratings)
     )
+}
+
+/// Backends for reviews and ratings, and a weftd in a fresh state
+/// directory serving both services.
+pub struct ReviewsAndRatings {
+    pub reviews: HttpBackend,
+    pub ratings: HttpBackend,
+    pub state: tempfile::TempDir,
+    pub weftd: WeftdProcess,
+}
+
+impl ReviewsAndRatings {
+    pub async fn start() -> Self {
+        let reviews = HttpBackend::start("reviews").await;
+        let ratings = HttpBackend::start("ratings").await;
+        let state = tempfile::tempdir().expect("tempdir");
+        let weftd = weftd_applying(
+            state.path(),
+            &reviews_and_ratings(reviews.addr, ratings.addr),
+        )
+        .await;
+        Self {
+            reviews,
+            ratings,
+            state,
+            weftd,
+        }
+    }
 }
 
 pub async fn get(listen: SocketAddr) -> Result<String, String> {
