@@ -26,6 +26,14 @@ fn weft(args: &[&str]) -> Run {
     run(Path::new(WEFT), args)
 }
 
+/// `weft` told to talk to the weftd API at `api` with the admin token in
+/// `token_file`.
+fn weft_at(api: &str, token_file: &str, args: &[&str]) -> Run {
+    let mut all = vec!["--weftd", api, "--token-file", token_file];
+    all.extend_from_slice(args);
+    weft(&all)
+}
+
 /// `Warning: FILE: RESOURCE: FIELD: message` lines of stderr.
 fn warnings(stderr: &str) -> Vec<&str> {
     stderr
@@ -44,15 +52,7 @@ async fn apply_prints_a_warning_for_every_unhonoured_field_and_accepts_websocket
     let token_file = weftd.token_file().display().to_string();
     let blocking = tokio::task::spawn_blocking(move || {
         let file = data("unhonoured.yaml");
-        let applied = weft(&[
-            "--weftd",
-            &api,
-            "--token-file",
-            &token_file,
-            "apply",
-            "-f",
-            &file,
-        ]);
+        let applied = weft_at(&api, &token_file, &["apply", "-f", &file]);
         assert_eq!(applied.code, 0, "{}{}", applied.stdout, applied.stderr);
         assert!(
             applied
@@ -87,29 +87,13 @@ async fn apply_prints_a_warning_for_every_unhonoured_field_and_accepts_websocket
             applied.stderr
         );
         // Applying the same again: unchanged, and still said.
-        let again = weft(&[
-            "--weftd",
-            &api,
-            "--token-file",
-            &token_file,
-            "apply",
-            "-f",
-            &file,
-        ]);
+        let again = weft_at(&api, &token_file, &["apply", "-f", &file]);
         assert_eq!(again.code, 0, "{}", again.stderr);
         assert_eq!(warnings(&again.stderr).len(), said.len());
 
         // Routes that still carry the removed websocketUpgrade.
         let websocket = data("removed-websocket-upgrade.yaml");
-        let applied = weft(&[
-            "--weftd",
-            &api,
-            "--token-file",
-            &token_file,
-            "apply",
-            "-f",
-            &websocket,
-        ]);
+        let applied = weft_at(&api, &token_file, &["apply", "-f", &websocket]);
         assert_eq!(applied.code, 0, "{}{}", applied.stdout, applied.stderr);
         assert!(
             applied
@@ -130,19 +114,19 @@ async fn apply_prints_a_warning_for_every_unhonoured_field_and_accepts_websocket
             ]
         );
         // weftd stored the routes without the removed field.
-        let stored = weft(&[
-            "--weftd",
+        let stored = weft_at(
             &api,
-            "--token-file",
             &token_file,
-            "get",
-            "virtualservice",
-            "websocket-route",
-            "-n",
-            "testns",
-            "-o",
-            "yaml",
-        ]);
+            &[
+                "get",
+                "virtualservice",
+                "websocket-route",
+                "-n",
+                "testns",
+                "-o",
+                "yaml",
+            ],
+        );
         assert_eq!(stored.code, 0, "{}", stored.stderr);
         assert!(
             stored.stdout.contains("chat.testns.example"),

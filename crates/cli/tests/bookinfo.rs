@@ -20,6 +20,8 @@
 //!   demo ships its own equivalents (destination-rules.yaml,
 //!   gateway.yaml), and the rest is TLS or egress, not routing.
 
+mod bookinfo_support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bookinfo_support::await_product_page;
 use http::{Method, StatusCode};
 use serde_json::Value;
 use weft_testkit::client::{self, Http1Client, Reply};
@@ -587,38 +590,14 @@ impl Mesh {
             networking,
             log,
         };
-        let began = Instant::now();
-        let deadline = began + Duration::from_secs(120);
-        loop {
-            if let Ok(Some(status)) = mesh.child.try_wait() {
-                panic!("weft up exited ({status}):\n{}", mesh.logs());
-            }
-            if let Ok(Ok(reply)) = tokio::time::timeout(
-                Duration::from_secs(10),
-                client::get(ingress, "bookinfo", "/productpage"),
-            )
-            .await
-                && reply.status == StatusCode::OK
-                && reply.text().contains("Ada Marlowe")
-                && reply.text().contains("Reviews served by: reviews-")
-            {
-                eprintln!(
-                    "product page through the ingress after {:?}",
-                    began.elapsed()
-                );
-                return mesh;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no product page through the ingress {ingress} after 120s:\n{}",
-                mesh.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let took = await_product_page(&mut mesh.child, ingress, &mesh.log, |status, body| {
+            status == StatusCode::OK
+                && body.contains("Ada Marlowe")
+                && body.contains("Reviews served by: reviews-")
+        })
+        .await;
+        eprintln!("product page through the ingress after {took:?}");
+        mesh
     }
 
     fn down_quietly() {

@@ -9,6 +9,8 @@
 //! Needs root, `ip` and `iptables`; under `CI=true` it fails rather than
 //! skip.
 
+mod bookinfo_support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bookinfo_support::{await_product_page, log_text};
 use http::StatusCode;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -93,31 +96,12 @@ impl Mesh {
             ingress,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(Some(status)) = mesh.child.try_wait() {
-                panic!("weft up exited ({status}):\n{}", mesh.logs());
-            }
-            if let Ok(Ok(reply)) = tokio::time::timeout(
-                Duration::from_secs(10),
-                client::get(ingress, "bookinfo", "/productpage"),
-            )
-            .await
-                && good_page(reply.status, &reply.text())
-            {
-                return mesh;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no product page after 120s:\n{}",
-                mesh.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        await_product_page(&mut mesh.child, ingress, &mesh.log, good_page).await;
+        mesh
     }
 
     fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        log_text(&self.log)
     }
 
     /// weftd's PID, as the runner's state file has it now.

@@ -64,7 +64,6 @@ async fn send(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Reply {
-    let body = body.map_or_else(client::empty, |body| client::full(body.to_string()));
     let host = headers
         .iter()
         .find(|(name, _)| *name == "host")
@@ -74,27 +73,41 @@ async fn send(
         .copied()
         .filter(|(name, _)| *name != "host")
         .collect();
-    let request = client::request_with_headers(method, &host, path, &others, body);
-    Http1Client::connect(weftd.api)
-        .await
-        .expect("connect")
-        .send(request)
-        .await
-        .expect("request")
+    let request = build(method, &host, path, &others, body);
+    exchange(Http1Client::connect(weftd.api).await, request).await
 }
 
+/// One request over the unix socket with `Host: host` and the headers given.
 async fn over_socket(
     weftd: &WeftdProcess,
+    host: &str,
     method: Method,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Reply {
+    let request = build(method, host, path, headers, body);
+    exchange(Http1Client::connect_unix(&weftd.socket()).await, request).await
+}
+
+fn build(
+    method: Method,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> http::Request<client::Body> {
     let body = body.map_or_else(client::empty, |body| client::full(body.to_string()));
-    let request = client::request_with_headers(method, "localhost", path, headers, body);
-    Http1Client::connect_unix(&weftd.socket())
-        .await
-        .expect("connect to the socket")
+    client::request_with_headers(method, host, path, headers, body)
+}
+
+/// Sends `request` on a fresh connection and waits for the answer.
+async fn exchange(
+    connected: anyhow::Result<Http1Client>,
+    request: http::Request<client::Body>,
+) -> Reply {
+    connected
+        .expect("connect")
         .send(request)
         .await
         .expect("request")
@@ -235,24 +248,9 @@ async fn every_route_refuses_what_is_not_its_owner_and_changes_nothing() {
                 .iter()
                 .position(|(name, _)| *name == "host")
                 .map(|at| headers.remove(at).1);
-            let reply = match request_host {
-                Some(host) => {
-                    let request = client::request_with_headers(
-                        method.clone(),
-                        host,
-                        &path,
-                        &headers,
-                        client::full(body.clone()),
-                    );
-                    Http1Client::connect_unix(&weftd.socket())
-                        .await
-                        .expect("connect")
-                        .send(request)
-                        .await
-                        .expect("request")
-                }
-                None => over_socket(&weftd, method.clone(), &path, &headers, Some(&body)).await,
-            };
+            let host = request_host.unwrap_or("localhost");
+            let reply =
+                over_socket(&weftd, host, method.clone(), &path, &headers, Some(&body)).await;
             assert_eq!(
                 reply.status,
                 expected,
@@ -287,6 +285,7 @@ async fn the_socket_needs_no_token_and_is_private() {
     let body = serde_json::json!({ "text": GROUP, "source": "group.yaml" }).to_string();
     let applied = over_socket(
         &weftd,
+        "localhost",
         Method::POST,
         "/v1/apply",
         &[("content-type", "application/json")],
@@ -294,7 +293,15 @@ async fn the_socket_needs_no_token_and_is_private() {
     )
     .await;
     assert_eq!(applied.status, StatusCode::OK, "{}", applied.text());
-    let listed = over_socket(&weftd, Method::GET, "/v1/resources?kind=wg", &[], None).await;
+    let listed = over_socket(
+        &weftd,
+        "localhost",
+        Method::GET,
+        "/v1/resources?kind=wg",
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
     assert_eq!(json(&listed)["items"][0]["metadata"]["name"], "cart");
 

@@ -28,22 +28,10 @@ use weft_testkit::weftd::WeftdProcess;
 async fn a_second_stream_reusing_a_node_id_is_refused_and_the_first_keeps_serving() {
     let reviews = HttpBackend::start("reviews").await;
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
-        .await
-        .expect("weftd");
-    let reply = weftd
-        .apply(&service("reviews", reviews.addr))
-        .await
-        .expect("apply");
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let weftd = weftd_applying(state.path(), &service("reviews", reviews.addr)).await;
     let real = ready_server(weftd.grpc, "reviews-1", "reviews", reviews.addr).await;
     let (caller, listeners) = ready_caller(&weftd, &["reviews"]).await;
-    eventually(
-        "reviews through the caller",
-        Duration::from_secs(10),
-        || get(listeners[0]),
-    )
-    .await;
+    all_answer(&listeners).await;
     let traffic = Traffic::start(&listeners);
 
     // Same node id, another service account, its own inbound listener.
@@ -137,31 +125,12 @@ async fn a_proxy_leaving_removes_only_its_own_registration() {
     let ratings = HttpBackend::start("ratings").await;
     let state = tempfile::tempdir().expect("tempdir");
     // A long grace: only the goodbye can explain a quick removal.
-    let weftd = WeftdProcess::start_with(
-        Path::new(WEFTD),
-        &state.path().join("store"),
-        free_addr(),
-        free_addr(),
-        &["--registration-grace", "60s"],
-    )
-    .await
-    .expect("weftd");
-    let yaml = format!(
-        "{}{}",
-        service("reviews", reviews.addr),
-        service("ratings", ratings.addr)
-    );
-    let reply = weftd.apply(&yaml).await.expect("apply");
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let weftd = weftd_with_grace(&state.path().join("store"), "60s").await;
+    apply_ok(&weftd, &reviews_and_ratings(reviews.addr, ratings.addr)).await;
     let _reviews = ready_server(weftd.grpc, "reviews-1", "reviews", reviews.addr).await;
     let mut leaving = ready_server(weftd.grpc, "ratings-1", "ratings", ratings.addr).await;
     let (caller, listeners) = ready_caller(&weftd, &["reviews", "ratings"]).await;
-    for listen in &listeners {
-        eventually("both services answer", Duration::from_secs(10), || {
-            get(*listen)
-        })
-        .await;
-    }
+    all_answer(&listeners).await;
 
     // A clean shutdown says goodbye: gone at once, not after 60 s.
     leaving.proxy.terminate().expect("SIGTERM");
@@ -175,17 +144,12 @@ async fn a_proxy_leaving_removes_only_its_own_registration() {
         "{}",
         leaving.proxy.logs()
     );
-    eventually(
+    endpoints_until(
+        &caller,
+        "ratings",
         "ratings' endpoint removed",
         Duration::from_secs(3),
-        || async {
-            let held = endpoints(&caller, "ratings").await;
-            if held.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{held:?}"))
-            }
-        },
+        <[String]>::is_empty,
     )
     .await;
     assert_eq!(
@@ -212,43 +176,29 @@ async fn a_proxy_leaving_removes_only_its_own_registration() {
 async fn a_lost_proxy_is_kept_for_the_grace_period_then_forgotten() {
     let ratings = HttpBackend::start("ratings").await;
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start_with(
-        Path::new(WEFTD),
-        &state.path().join("store"),
-        free_addr(),
-        free_addr(),
-        &["--registration-grace", "3s"],
-    )
-    .await
-    .expect("weftd");
-    let reply = weftd
-        .apply(&service("ratings", ratings.addr))
-        .await
-        .expect("apply");
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let weftd = weftd_with_grace(&state.path().join("store"), "3s").await;
+    apply_ok(&weftd, &service("ratings", ratings.addr)).await;
     let lost = ready_server(weftd.grpc, "ratings-1", "ratings", ratings.addr).await;
     let (caller, _listeners) = ready_caller(&weftd, &["ratings"]).await;
-    eventually("the endpoint", Duration::from_secs(10), || async {
-        let held = endpoints(&caller, "ratings").await;
-        if held.len() == 1 {
-            Ok(())
-        } else {
-            Err(format!("{held:?}"))
-        }
-    })
+    endpoints_until(
+        &caller,
+        "ratings",
+        "the endpoint",
+        Duration::from_secs(10),
+        |held| held.len() == 1,
+    )
     .await;
 
     // SIGKILL: no goodbye, the stream just breaks.
     drop(lost);
     let lost_at = Instant::now();
-    eventually("shown disconnected", Duration::from_secs(2), || async {
-        let proxies = listed(&weftd).await;
-        if proxies.contains(&("ratings-1".to_string(), false)) {
-            Ok(())
-        } else {
-            Err(format!("{proxies:?}"))
-        }
-    })
+    listed_until(
+        &weftd,
+        "shown disconnected",
+        Duration::from_secs(2),
+        "ratings-1",
+        false,
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -256,17 +206,12 @@ async fn a_lost_proxy_is_kept_for_the_grace_period_then_forgotten() {
         1,
         "kept within the grace period"
     );
-    eventually(
+    endpoints_until(
+        &caller,
+        "ratings",
         "removed after the grace period",
         Duration::from_secs(6),
-        || async {
-            let held = endpoints(&caller, "ratings").await;
-            if held.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{held:?}"))
-            }
-        },
+        <[String]>::is_empty,
     )
     .await;
     assert!(
@@ -287,19 +232,13 @@ async fn a_lost_proxy_is_kept_for_the_grace_period_then_forgotten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weftd_killed_under_traffic_costs_no_request_and_no_endpoint() {
-    let reviews = HttpBackend::start("reviews").await;
-    let ratings = HttpBackend::start("ratings").await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let mut weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
-        .await
-        .expect("weftd");
-    let yaml = format!(
-        "{}{}",
-        service("reviews", reviews.addr),
-        service("ratings", ratings.addr)
-    );
-    let reply = weftd.apply(&yaml).await.expect("apply");
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // `_state` holds weftd's state directory until the test ends.
+    let ReviewsAndRatings {
+        reviews,
+        ratings,
+        state: _state,
+        mut weftd,
+    } = ReviewsAndRatings::start().await;
     // ratings' proxy reaches weftd through a relay that keeps it away for a
     // while after each restart: the caller, back first, must not lose it.
     let relay = Relay::start(weftd.grpc).await;
@@ -308,12 +247,7 @@ async fn weftd_killed_under_traffic_costs_no_request_and_no_endpoint() {
         ready_server(relay.addr, "ratings-1", "ratings", ratings.addr).await,
     );
     let (caller, listeners) = ready_caller(&weftd, &["reviews", "ratings"]).await;
-    for listen in &listeners {
-        eventually("both services answer", Duration::from_secs(10), || {
-            get(*listen)
-        })
-        .await;
-    }
+    all_answer(&listeners).await;
     let saved = weftd.state_dir.join("registrations.json");
     {
         use std::os::unix::fs::PermissionsExt;
@@ -376,28 +310,17 @@ async fn weftd_killed_under_traffic_costs_no_request_and_no_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_weftd_drops_a_proxy_that_does_not_come_back_after_the_grace() {
-    let reviews = HttpBackend::start("reviews").await;
-    let ratings = HttpBackend::start("ratings").await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let mut weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
-        .await
-        .expect("weftd");
-    let yaml = format!(
-        "{}{}",
-        service("reviews", reviews.addr),
-        service("ratings", ratings.addr)
-    );
-    let reply = weftd.apply(&yaml).await.expect("apply");
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // `_state` holds weftd's state directory until the test ends.
+    let ReviewsAndRatings {
+        reviews,
+        ratings,
+        state: _state,
+        mut weftd,
+    } = ReviewsAndRatings::start().await;
     let _stays = ready_server(weftd.grpc, "reviews-1", "reviews", reviews.addr).await;
     let gone = ready_server(weftd.grpc, "ratings-1", "ratings", ratings.addr).await;
     let (caller, listeners) = ready_caller(&weftd, &["reviews", "ratings"]).await;
-    for listen in &listeners {
-        eventually("both services answer", Duration::from_secs(10), || {
-            get(*listen)
-        })
-        .await;
-    }
+    all_answer(&listeners).await;
 
     weftd.kill().await.expect("SIGKILL weftd");
     drop(gone); // SIGKILL too: it will not come back
@@ -419,17 +342,12 @@ async fn a_restarted_weftd_drops_a_proxy_that_does_not_come_back_after_the_grace
             .await
             .contains(&("ratings-1".to_string(), false))
     );
-    eventually(
+    listed_until(
+        &weftd,
         "the caller back in sync",
         Duration::from_secs(10),
-        || async {
-            let proxies = listed(&weftd).await;
-            if proxies.contains(&("caller".to_string(), true)) {
-                Ok(())
-            } else {
-                Err(format!("{proxies:?}"))
-            }
-        },
+        "caller",
+        true,
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -440,17 +358,12 @@ async fn a_restarted_weftd_drops_a_proxy_that_does_not_come_back_after_the_grace
             "dropped before its grace"
         );
     }
-    eventually(
+    endpoints_until(
+        &caller,
+        "ratings",
         "the absent proxy dropped",
         Duration::from_secs(8),
-        || async {
-            let held = endpoints(&caller, "ratings").await;
-            if held.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{held:?}"))
-            }
-        },
+        <[String]>::is_empty,
     )
     .await;
     assert!(started.elapsed() >= Duration::from_secs(3));
@@ -484,12 +397,8 @@ spec:
 async fn a_proxy_registers_as_its_group_and_cannot_claim_another_groups_labels() {
     let reviews = HttpBackend::start("reviews").await;
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
-        .await
-        .expect("weftd");
     let yaml = format!("{}{GROUPS}", service("reviews", reviews.addr));
-    let reply = weftd.apply(&yaml).await.expect("apply");
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let weftd = weftd_applying(state.path(), &yaml).await;
 
     // The real reviews proxy claims no labels and no workload: they come
     // from its group, and the service selects it by them.
@@ -506,12 +415,7 @@ async fn a_proxy_registers_as_its_group_and_cannot_claim_another_groups_labels()
         .await
         .expect("the reviews proxy is admitted");
     let (caller, listeners) = ready_caller(&weftd, &["reviews"]).await;
-    eventually(
-        "reviews through the caller",
-        Duration::from_secs(10),
-        || get(listeners[0]),
-    )
-    .await;
+    all_answer(&listeners).await;
     let body = proxies_json(&weftd).await;
     let entry = body["proxies"]
         .as_array()
@@ -574,12 +478,8 @@ async fn a_proxy_registers_as_its_group_and_cannot_claim_another_groups_labels()
 async fn the_address_is_the_bound_address() {
     let reviews = HttpBackend::start("reviews").await;
     let state = tempfile::tempdir().expect("tempdir");
-    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
-        .await
-        .expect("weftd");
     let yaml = format!("{}{GROUPS}", service("reviews", reviews.addr));
-    let reply = weftd.apply(&yaml).await.expect("apply");
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let weftd = weftd_applying(state.path(), &yaml).await;
     let (caller, _listeners) = ready_caller(&weftd, &["reviews"]).await;
     let token = bound_token_file(
         &weftd,
@@ -636,17 +536,12 @@ async fn the_address_is_the_bound_address() {
         .await
         .expect("admitted at its bound address");
     let expected = format!("127.0.0.5:{}", reviews.addr.port());
-    eventually(
+    endpoints_until(
+        &caller,
+        "reviews",
         "the bound address as reviews' endpoint",
         Duration::from_secs(10),
-        || async {
-            let held = endpoints(&caller, "reviews").await;
-            if held == [expected.clone()] {
-                Ok(())
-            } else {
-                Err(format!("{held:?}"))
-            }
-        },
+        |held| held == [expected.clone()],
     )
     .await;
 }

@@ -12,6 +12,22 @@ use weft_testkit::weftd::WeftdProcess;
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
 const OBJECTS: usize = 1000;
 
+/// The names of the files set aside in `state`'s quarantine, sorted.
+fn quarantined(state: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state.join("quarantine"))
+        .expect("quarantine directory")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// `OBJECTS` DestinationRules named `<batch>-<n>`, as one JSON List.
 fn batch(name: &str) -> String {
     let items: Vec<Value> = (0..OBJECTS)
@@ -152,17 +168,7 @@ async fn empty_and_corrupt_resource_files_are_quarantined_at_start() {
         .await
         .expect("weftd starts despite them");
     assert_eq!(counts(&weftd, &["good".into()]).await, vec![1]);
-    let mut quarantined: Vec<String> = std::fs::read_dir(state.join("quarantine"))
-        .expect("quarantine directory")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    quarantined.sort();
+    let quarantined = quarantined(&state);
     assert_eq!(quarantined.len(), 2, "{quarantined:?}");
     assert!(quarantined[0].ends_with("DestinationRule_crash_empty.json"));
     assert!(quarantined[1].ends_with("DestinationRule_crash_torn.json"));

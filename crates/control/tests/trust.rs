@@ -13,6 +13,7 @@
 
 mod mtls_support;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -309,6 +310,19 @@ async fn a_token_proves_one_identity_and_a_certificate_renews_only_itself() {
     );
 }
 
+/// Options for a proxy holding the root in `held` (not weftd's own) with
+/// the bootstrap token in `token`.
+fn held_root_options<'a>(
+    control: &Control,
+    binary: &'a Path,
+    held: &Path,
+    token: &Path,
+    args: &[String],
+) -> ProxyOptions<'a> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ProxyOptions::secure(binary, control.weftd.xds, held, token, &args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_proxy_refuses_a_weftd_its_held_root_does_not_vouch_for() {
     let control = Control::start(&[]).await;
@@ -319,18 +333,8 @@ async fn a_proxy_refuses_a_weftd_its_held_root_does_not_vouch_for() {
     std::fs::write(&held, foreign_pem).expect("write");
 
     let binary = proxy_binary();
-    let port = format!("{}/http", backend.addr.port());
-    let args = [
-        "--node-id",
-        "misled",
-        "--label",
-        "app=httpbin",
-        "--service-account",
-        "httpbin",
-        "--port",
-        &port,
-    ];
-    let options = ProxyOptions::secure(&binary, control.weftd.xds, &held, &token, &args);
+    let args = httpbin_args("misled", backend.addr, None);
+    let options = held_root_options(&control, &binary, &held, &token, &args);
     let proxy = ProxyProcess::spawn(options).expect("spawn");
     let why = never_ready(&proxy, Duration::from_secs(3)).await;
     assert!(why.contains("not trusted"), "/ready says why: {why}");
@@ -381,21 +385,8 @@ async fn a_trust_bundle_with_a_root_the_held_root_does_not_vouch_for_is_refused(
     std::fs::write(&held, &a_pem).expect("write");
     let token = control.token_file("httpbin").await;
     let binary = proxy_binary();
-    let inbound = format!("{}={}", free_addr(), backend.addr.port());
-    let port = format!("{}/http", backend.addr.port());
-    let args = [
-        "--node-id",
-        "httpbin",
-        "--label",
-        "app=httpbin",
-        "--service-account",
-        "httpbin",
-        "--port",
-        &port,
-        "--inbound",
-        &inbound,
-    ];
-    let options = ProxyOptions::secure(&binary, control.weftd.xds, &held, &token, &args);
+    let args = httpbin_args("httpbin", backend.addr, Some(free_addr()));
+    let options = held_root_options(&control, &binary, &held, &token, &args);
     let proxy = ProxyProcess::spawn_ready(options, Duration::from_secs(20))
         .await
         .expect("ready: weftd itself is vouched for by A");

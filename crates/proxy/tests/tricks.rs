@@ -137,6 +137,73 @@ inboundPorts:
     )
 }
 
+/// A config with an explicit listener for service `web` at `web`: `top`
+/// holds proxy-wide settings, `rest` the services and clusters.
+fn explicit(version: &str, top: &str, web: SocketAddr, rest: &str) -> String {
+    format!(
+        r#"
+version: {version}
+{top}
+listeners:
+- {{name: web, address: "{web}", kind: EXPLICIT, service: web}}
+{rest}
+"#
+    )
+}
+
+/// Service `web` on port 80 sending everything to `echo`.
+fn plain_web(version: &str, top: &str, web: SocketAddr, echo: SocketAddr) -> String {
+    explicit(
+        version,
+        top,
+        web,
+        &format!(
+            r#"services:
+- {{name: web, ports: [{{port: 80, protocol: HTTP}}]}}
+clusters:
+- {{name: "outbound|80||web", endpoints: [{{address: "{echo}"}}]}}"#
+        ),
+    )
+}
+
+/// Service `web` on port 80 with `routes` (flow mappings, in order) over
+/// `clusters` (flow mappings).
+fn routed_web(version: &str, web: SocketAddr, routes: &[&str], clusters: &[String]) -> String {
+    let mut rest = String::from(
+        "services:\n- name: web\n  ports:\n  - port: 80\n    protocol: HTTP\n    routes:\n",
+    );
+    for route in routes {
+        rest.push_str(&format!("    - {route}\n"));
+    }
+    rest.push_str("clusters:\n");
+    for cluster in clusters {
+        rest.push_str(&format!("- {cluster}\n"));
+    }
+    explicit(version, "", web, &rest)
+}
+
+/// A cluster of one endpoint, as a flow mapping.
+fn cluster(name: &str, endpoint: SocketAddr, mesh: bool) -> String {
+    let mesh = if mesh { ", mesh: true" } else { "" };
+    format!(r#"{{name: {name}, endpoints: [{{address: "{endpoint}"{mesh}}}]}}"#)
+}
+
+/// Opens a connection to `addr` and writes `bytes` on it.
+async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream
+}
+
+/// Everything the peer sends until it closes (a reset counts as closing:
+/// callers assert on what arrived), or `None` if it has not closed within
+/// `limit`.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
+    read.ok().map(|_| answer)
+}
+
 const DENY_ADMIN: &str = r#"{policies: [{name: test/deny-admin, action: DENY, rules: [{to: [{conditions: [{attribute: PATH, values: ["/admin", "/admin/*"]}]}]}]}]}"#;
 
 #[tokio::test]
@@ -204,23 +271,14 @@ async fn merge_slashes_modes_are_selectable() {
 async fn routing_sees_the_normalized_path() {
     let echo = echo().await;
     let web = free_addr();
-    let config = format!(
-        r#"
-version: routing
-listeners:
-- {{name: web, address: "{web}", kind: EXPLICIT, service: web}}
-services:
-- name: web
-  ports:
-  - port: 80
-    protocol: HTTP
-    routes:
-    - {{name: admin, match: {{pathPrefix: /admin}}, directResponse: {{status: 404, body: "no admin here"}}}}
-    - {{name: rest, clusters: [{{cluster: echo}}]}}
-clusters:
-- {{name: echo, endpoints: [{{address: "{echo}"}}]}}
-"#,
-        echo = echo.addr,
+    let config = routed_web(
+        "routing",
+        web,
+        &[
+            r#"{name: admin, match: {pathPrefix: /admin}, directResponse: {status: 404, body: "no admin here"}}"#,
+            "{name: rest, clusters: [{cluster: echo}]}",
+        ],
+        &[cluster("echo", echo.addr, false)],
     );
     let _proxy = start(&config).await;
     for trick in ["/admin", "/x/%2e%2e/admin", "/%61dmin", "/x\\..\\admin"] {
@@ -380,18 +438,7 @@ async fn a_client_sent_original_path_is_not_logged_as_the_path() {
     let web = free_addr();
     let log = tempfile::NamedTempFile::new().expect("log file");
     let log_path = log.path().display().to_string();
-    let config = format!(
-        r#"
-version: log
-listeners:
-- {{name: web, address: "{web}", kind: EXPLICIT, service: web}}
-services:
-- {{name: web, ports: [{{port: 80, protocol: HTTP}}]}}
-clusters:
-- {{name: "outbound|80||web", endpoints: [{{address: "{echo}"}}]}}
-"#,
-        echo = echo.addr
-    );
+    let config = plain_web("log", "", web, echo.addr);
     let _proxy = start_with(&config, &["--access-log", &log_path]).await;
     let (status, body) = get(web, "/real", &["x-envoy-original-path: /forged"]).await;
     assert_eq!(status, 200);
@@ -419,16 +466,11 @@ async fn a_request_head_that_never_ends_is_cut_at_the_header_timeout() {
         "requestHeaderTimeout: 0.5s",
     ))
     .await;
-    let mut stream = TcpStream::connect(inbound).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: ")
-        .await
-        .expect("write");
+    let mut stream = send(inbound, b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: ").await;
     let started = Instant::now();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let read = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(
-        read.is_ok(),
+        read.is_some(),
         "the proxy still holds the connection after 5s"
     );
     assert!(
@@ -442,19 +484,7 @@ async fn a_request_head_that_never_ends_is_cut_at_the_header_timeout() {
 async fn an_http2_preface_followed_by_silence_is_closed_at_the_header_timeout() {
     let echo = echo().await;
     let web = free_addr();
-    let config = format!(
-        r#"
-version: h2-silence
-requestHeaderTimeout: 0.5s
-listeners:
-- {{name: web, address: "{web}", kind: EXPLICIT, service: web}}
-services:
-- {{name: web, ports: [{{port: 80, protocol: HTTP}}]}}
-clusters:
-- {{name: "outbound|80||web", endpoints: [{{address: "{echo}"}}]}}
-"#,
-        echo = echo.addr
-    );
+    let config = plain_web("h2-silence", "requestHeaderTimeout: 0.5s", web, echo.addr);
     let _proxy = start(&config).await;
     let mut stream = TcpStream::connect(web).await.expect("connect");
     // The preface and an empty SETTINGS frame, then nothing.
@@ -498,19 +528,7 @@ clusters:
 async fn a_listener_holds_at_most_its_connection_limit() {
     let echo = echo().await;
     let web = free_addr();
-    let config = format!(
-        r#"
-version: limit
-maxConnectionsPerListener: 2
-listeners:
-- {{name: web, address: "{web}", kind: EXPLICIT, service: web}}
-services:
-- {{name: web, ports: [{{port: 80, protocol: HTTP}}]}}
-clusters:
-- {{name: "outbound|80||web", endpoints: [{{address: "{echo}"}}]}}
-"#,
-        echo = echo.addr
-    );
+    let config = plain_web("limit", "maxConnectionsPerListener: 2", web, echo.addr);
     let _proxy = start(&config).await;
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -529,9 +547,9 @@ clusters:
     let _ = third
         .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
         .await;
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer)).await;
-    assert!(read.is_ok(), "the third connection was held open");
+    let answer = read_until_closed(&mut third, Duration::from_secs(5))
+        .await
+        .expect("the third connection was held open");
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     // A slot frees when a connection closes.
     drop(held.pop());
@@ -564,35 +582,25 @@ async fn a_large_mirror_response_is_drained_not_buffered() {
     let primary = echo().await;
     let shadow = echo().await;
     let web = free_addr();
-    let config = format!(
-        r#"
-version: mirror
-listeners:
-- {{name: web, address: "{web}", kind: EXPLICIT, service: web}}
-services:
-- name: web
-  ports:
-  - port: 80
-    protocol: HTTP
-    routes:
-    - {{name: copy, clusters: [{{cluster: primary}}], mirrors: [{{cluster: shadow}}]}}
-clusters:
-- {{name: primary, endpoints: [{{address: "{primary}"}}]}}
-- {{name: shadow, endpoints: [{{address: "{shadow}"}}]}}
-"#,
-        primary = primary.addr,
-        shadow = shadow.addr,
+    let config = routed_web(
+        "mirror",
+        web,
+        &["{name: copy, clusters: [{cluster: primary}], mirrors: [{cluster: shadow}]}"],
+        &[
+            cluster("primary", primary.addr, false),
+            cluster("shadow", shadow.addr, false),
+        ],
     );
     let proxy = start(&config).await;
     let pid = proxy.pid().expect("pid");
     let before = peak_rss_kib(pid);
     // The primary answers `/big/256` too, but the client reads it
     // streaming; the copy's 256 MiB answer is what must not be kept.
-    let mut stream = TcpStream::connect(web).await.expect("connect");
-    stream
-        .write_all(b"GET /big/256 HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = send(
+        web,
+        b"GET /big/256 HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let mut sink = [0u8; 64 * 1024];
     let mut total = 0usize;
     loop {
@@ -616,24 +624,17 @@ clusters:
 async fn peer_metadata_goes_only_to_mesh_endpoints() {
     let echo = echo().await;
     let web = free_addr();
-    let config = format!(
-        r#"
-version: peers
-listeners:
-- {{name: web, address: "{web}", kind: EXPLICIT, service: web}}
-services:
-- name: web
-  ports:
-  - port: 80
-    protocol: HTTP
-    routes:
-    - {{name: mesh, match: {{pathPrefix: /mesh}}, clusters: [{{cluster: mesh}}]}}
-    - {{name: external, clusters: [{{cluster: external}}]}}
-clusters:
-- {{name: mesh, endpoints: [{{address: "{echo}", mesh: true}}]}}
-- {{name: external, endpoints: [{{address: "{echo}"}}]}}
-"#,
-        echo = echo.addr
+    let config = routed_web(
+        "peers",
+        web,
+        &[
+            "{name: mesh, match: {pathPrefix: /mesh}, clusters: [{cluster: mesh}]}",
+            "{name: external, clusters: [{cluster: external}]}",
+        ],
+        &[
+            cluster("mesh", echo.addr, true),
+            cluster("external", echo.addr, false),
+        ],
     );
     let _proxy = start_with(&config, &["--workload", "web-v1", "--label", "app=web"]).await;
     let (_, body) = get(web, "/mesh", &[]).await;
@@ -652,13 +653,14 @@ async fn an_inbound_proxy_answers_peer_metadata_only_to_a_proxy() {
         &["--workload", "web-v1", "--label", "app=web"],
     )
     .await;
-    let mut stream = TcpStream::connect(inbound).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+    let mut stream = send(
+        inbound,
+        b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let answer = read_until_closed(&mut stream, Duration::from_secs(10))
         .await
-        .expect("write");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.expect("read");
+        .expect("answer in time");
     let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
     let head = text.split("\r\n\r\n").next().unwrap_or_default();
     assert!(head.starts_with("http/1.1 200"), "{head}");
@@ -669,34 +671,18 @@ async fn an_inbound_proxy_answers_peer_metadata_only_to_a_proxy() {
 async fn the_route_timeout_covers_the_whole_response() {
     let echo = echo().await;
     let web = free_addr();
-    let config = format!(
-        r#"
-version: timeout
-listeners:
-- {{name: web, address: "{web}", kind: EXPLICIT, service: web}}
-services:
-- name: web
-  ports:
-  - port: 80
-    protocol: HTTP
-    routes:
-    - {{name: bounded, timeout: 0.6s, clusters: [{{cluster: echo}}]}}
-clusters:
-- {{name: echo, endpoints: [{{address: "{echo}"}}]}}
-"#,
-        echo = echo.addr
+    let config = routed_web(
+        "timeout",
+        web,
+        &["{name: bounded, timeout: 0.6s, clusters: [{cluster: echo}]}"],
+        &[cluster("echo", echo.addr, false)],
     );
     let _proxy = start(&config).await;
     let started = Instant::now();
-    let mut stream = TcpStream::connect(web).await.expect("connect");
-    stream
-        .write_all(b"GET /drip HTTP/1.1\r\nHost: web\r\n\r\n")
-        .await
-        .expect("write");
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let mut stream = send(web, b"GET /drip HTTP/1.1\r\nHost: web\r\n\r\n").await;
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     let elapsed = started.elapsed();
-    assert!(read.is_ok(), "still streaming after 5s");
+    let answer = answer.expect("still streaming after 5s");
     let text = String::from_utf8_lossy(&answer);
     // Headers came in time; the 2 s body was cut near 0.6 s.
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");

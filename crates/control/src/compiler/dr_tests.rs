@@ -3,6 +3,7 @@
 //! (`PushContext.destinationRule`), seen as the connect timeout and the
 //! subsets of the clusters in its config.
 
+use super::MeshIndex;
 use super::tests::{REVIEWS, REVIEWS_HOST, config, mesh, node};
 use weft_proto::proxy::v1::{self as pb, ProxyConfig};
 
@@ -43,6 +44,28 @@ spec:
     )
 }
 
+/// All of [`rules`], plus a rule `name` in `namespace` for workloads
+/// labelled `app: canary` only, with a 7s connect timeout.
+fn rules_and_canary(name: &str, namespace: &str) -> String {
+    format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  host: {REVIEWS_HOST}
+  workloadSelector: {{matchLabels: {{app: canary}}}}
+  trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: 7s}}}}}}
+",
+        rules("\"*\"", "\"*\"")
+    )
+}
+
+/// The connect timeout a proxy in `namespace` with `labels` gets for `reviews`.
+fn timeout_for(index: &MeshIndex, namespace: &str, labels: &[(&str, &str)]) -> i64 {
+    timeout(&config(index, &node(namespace, labels)))
+}
+
 fn timeout(config: &ProxyConfig) -> i64 {
     cluster(config, ALL)
         .connect_timeout
@@ -75,23 +98,23 @@ spec:
 #[test]
 fn the_callers_namespace_wins_then_the_services_then_the_root() {
     let index = mesh(&rules("\"*\"", "\"*\""), &[]);
-    assert_eq!(timeout(&config(&index, &node("front", &[]))), 1);
-    assert_eq!(timeout(&config(&index, &node("shop", &[]))), 2);
+    assert_eq!(timeout_for(&index, "front", &[]), 1);
+    assert_eq!(timeout_for(&index, "shop", &[]), 2);
     // A namespace without rules of its own gets the service's.
-    assert_eq!(timeout(&config(&index, &node("elsewhere", &[]))), 2);
+    assert_eq!(timeout_for(&index, "elsewhere", &[]), 2);
 }
 
 #[test]
 fn a_rule_not_exported_to_the_caller_falls_through_to_the_root() {
     // shop keeps its rule to itself; front's rule is for front only.
     let index = mesh(&rules("\".\"", "\".\""), &[]);
-    assert_eq!(timeout(&config(&index, &node("front", &[]))), 1);
-    assert_eq!(timeout(&config(&index, &node("shop", &[]))), 2);
-    assert_eq!(timeout(&config(&index, &node("elsewhere", &[]))), 3);
+    assert_eq!(timeout_for(&index, "front", &[]), 1);
+    assert_eq!(timeout_for(&index, "shop", &[]), 2);
+    assert_eq!(timeout_for(&index, "elsewhere", &[]), 3);
     // Exported to one named namespace only.
     let index = mesh(&rules("\".\"", "front, team"), &[]);
-    assert_eq!(timeout(&config(&index, &node("team", &[]))), 2);
-    assert_eq!(timeout(&config(&index, &node("elsewhere", &[]))), 3);
+    assert_eq!(timeout_for(&index, "team", &[]), 2);
+    assert_eq!(timeout_for(&index, "elsewhere", &[]), 3);
 }
 
 #[test]
@@ -110,32 +133,11 @@ fn a_subset_only_the_other_rule_defines_fails_for_this_caller() {
 
 #[test]
 fn a_workload_selector_rule_applies_only_to_the_proxies_it_selects_in_its_namespace() {
-    let yaml = format!(
-        "{}---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: reviews-canary, namespace: front}}
-spec:
-  host: {REVIEWS_HOST}
-  workloadSelector: {{matchLabels: {{app: canary}}}}
-  trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: 7s}}}}}}
-",
-        rules("\"*\"", "\"*\"")
-    );
-    let index = mesh(&yaml, &[]);
-    assert_eq!(
-        timeout(&config(&index, &node("front", &[("app", "canary")]))),
-        7
-    );
-    assert_eq!(
-        timeout(&config(&index, &node("front", &[("app", "web")]))),
-        1
-    );
+    let index = mesh(&rules_and_canary("reviews-canary", "front"), &[]);
+    assert_eq!(timeout_for(&index, "front", &[("app", "canary")]), 7);
+    assert_eq!(timeout_for(&index, "front", &[("app", "web")]), 1);
     // The same labels in another namespace: the selector does not reach.
-    assert_eq!(
-        timeout(&config(&index, &node("shop", &[("app", "canary")]))),
-        2
-    );
+    assert_eq!(timeout_for(&index, "shop", &[("app", "canary")]), 2);
 }
 
 #[test]
@@ -173,26 +175,11 @@ fn selector_rules_shadow_the_others_for_proxies_they_do_not_select() {
     // Istio's lookup stops at the caller's namespace when it has rules for
     // the host, even if they all select other workloads: such a proxy
     // gets no rule at all (Istio's default policy), not the service's.
-    let yaml = format!(
-        "{}---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: canary-only, namespace: lab}}
-spec:
-  host: {REVIEWS_HOST}
-  workloadSelector: {{matchLabels: {{app: canary}}}}
-  trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: 7s}}}}}}
-",
-        rules("\"*\"", "\"*\"")
-    );
-    let index = mesh(&yaml, &[]);
-    assert_eq!(
-        timeout(&config(&index, &node("lab", &[("app", "canary")]))),
-        7
-    );
+    let index = mesh(&rules_and_canary("canary-only", "lab"), &[]);
+    assert_eq!(timeout_for(&index, "lab", &[("app", "canary")]), 7);
     let plain = config(&index, &node("lab", &[("app", "web")]));
     assert_eq!(timeout(&plain), 10, "Istio's default connect timeout");
     assert_eq!(cluster(&plain, ALL).endpoints.len(), 1);
     // Elsewhere the service's rule still applies.
-    assert_eq!(timeout(&config(&index, &node("elsewhere", &[]))), 2);
+    assert_eq!(timeout_for(&index, "elsewhere", &[]), 2);
 }

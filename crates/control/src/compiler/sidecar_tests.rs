@@ -33,8 +33,9 @@ fn ports(config: &weft_proto::proxy::v1::ProxyConfig, name: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_port_scoped_egress_host_is_visible_on_that_port_only() {
+/// The config of a proxy in `app` whose namespace's default Sidecar has
+/// `egress` (YAML list items) over [`SERVICES`].
+fn app_config_with_egress(egress: &str) -> weft_proto::proxy::v1::ProxyConfig {
     let yaml = format!(
         "{SERVICES}---
 apiVersion: networking.istio.io/v1
@@ -42,13 +43,19 @@ kind: Sidecar
 metadata: {{name: default, namespace: app}}
 spec:
   egress:
-  - port: {{number: 8080, protocol: HTTP, name: web}}
+{egress}"
+    );
+    config(&mesh(&yaml, &[]), &node("app", &[]))
+}
+
+#[test]
+fn a_port_scoped_egress_host_is_visible_on_that_port_only() {
+    let config = app_config_with_egress(
+        "  - port: {number: 8080, protocol: HTTP, name: web}
     hosts: [lib/*]
   - hosts: [./*]
-"
+",
     );
-    let index = mesh(&yaml, &[]);
-    let config = config(&index, &node("app", &[]));
     // lib's service only on the listener's port, not widened to 80 or 5432.
     assert_eq!(ports(&config, "b.lib.svc.cluster.local"), [8080]);
     // The catch-all listener's hosts on every port but the scoped one,
@@ -65,19 +72,11 @@ spec:
 
 #[test]
 fn a_port_scoped_listener_alone_hides_services_without_that_port() {
-    let yaml = format!(
-        "{SERVICES}---
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: default, namespace: app}}
-spec:
-  egress:
-  - port: {{number: 5432, protocol: TCP, name: db}}
+    let config = app_config_with_egress(
+        "  - port: {number: 5432, protocol: TCP, name: db}
     hosts: ['*/*']
-"
+",
     );
-    let index = mesh(&yaml, &[]);
-    let config = config(&index, &node("app", &[]));
     let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["b.lib.svc.cluster.local"]);
     assert_eq!(ports(&config, "b.lib.svc.cluster.local"), [5432]);
@@ -133,20 +132,12 @@ spec:
 
 #[test]
 fn an_egress_listener_with_bind_gets_its_own_listener_routing_by_host() {
-    let yaml = format!(
-        "{SERVICES}---
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: default, namespace: app}}
-spec:
-  egress:
-  - port: {{number: 8080, protocol: HTTP, name: web}}
+    let config = app_config_with_egress(
+        "  - port: {number: 8080, protocol: HTTP, name: web}
     bind: 127.0.0.5
     hosts: [lib/*]
-"
+",
     );
-    let index = mesh(&yaml, &[]);
-    let config = config(&index, &node("app", &[]));
     let bound: Vec<(&str, u32, &str)> = config
         .listeners
         .iter()

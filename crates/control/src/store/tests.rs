@@ -152,8 +152,17 @@ fn corrupt_and_empty_files_are_quarantined_and_the_rest_loads() {
     let store = Store::open(dir.path()).expect("starts without them");
     assert_eq!(store.list(None, None).len(), 1, "the good file loads");
     assert!(!vs.join("broken.json").exists() && !vs.join("empty.json").exists());
-    let mut quarantined: Vec<String> = std::fs::read_dir(dir.path().join("quarantine"))
-        .expect("quarantine dir")
+    let quarantined = quarantined(dir.path());
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    assert!(quarantined[0].ends_with("VirtualService_default_broken.json"));
+    assert!(quarantined[1].ends_with("VirtualService_default_empty.json"));
+    assert!(dir.path().join("ca/tokens.json").exists());
+}
+
+/// The names of the files set aside in `state`'s quarantine, sorted.
+fn quarantined(state: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state.join("quarantine"))
+        .expect("quarantine directory")
         .map(|entry| {
             entry
                 .expect("entry")
@@ -162,11 +171,8 @@ fn corrupt_and_empty_files_are_quarantined_and_the_rest_loads() {
                 .into_owned()
         })
         .collect();
-    quarantined.sort();
-    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
-    assert!(quarantined[0].ends_with("VirtualService_default_broken.json"));
-    assert!(quarantined[1].ends_with("VirtualService_default_empty.json"));
-    assert!(dir.path().join("ca/tokens.json").exists());
+    names.sort();
+    names
 }
 
 #[test]

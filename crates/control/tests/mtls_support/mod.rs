@@ -270,6 +270,26 @@ async fn echo(
     Ok(Response::new(Full::new(Bytes::from(body))))
 }
 
+/// The flags of a proxy `id` for app httpbin (service account httpbin)
+/// serving HTTP at `backend`, reached by mesh callers at `inbound` if given.
+pub fn httpbin_args(id: &str, backend: SocketAddr, inbound: Option<SocketAddr>) -> Vec<String> {
+    let mut args = vec![
+        "--node-id".to_string(),
+        id.to_string(),
+        "--label".to_string(),
+        "app=httpbin".to_string(),
+        "--service-account".to_string(),
+        "httpbin".to_string(),
+        "--port".to_string(),
+        format!("{}/http", backend.port()),
+    ];
+    if let Some(inbound) = inbound {
+        args.push("--inbound".to_string());
+        args.push(format!("{inbound}={}", backend.port()));
+    }
+    args
+}
+
 /// The server-side sidecar: workload httpbin serving `backend`, reached by
 /// mesh callers at `inbound`.
 pub fn server_proxy(
@@ -280,22 +300,9 @@ pub fn server_proxy(
     token: Option<&Path>,
     extra: &[&str],
 ) -> ProxyProcess {
-    let port = format!("{}/http", backend.port());
-    let inbound_flag = format!("{inbound}={}", backend.port());
-    let mut args = vec![
-        "--node-id",
-        id,
-        "--workload",
-        "httpbin",
-        "--label",
-        "app=httpbin",
-        "--service-account",
-        "httpbin",
-        "--port",
-        &port,
-        "--inbound",
-        &inbound_flag,
-    ];
+    let owned = httpbin_args(id, backend, Some(inbound));
+    let mut args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    args.extend(["--workload", "httpbin"]);
     args.extend(extra);
     let binary = proxy_binary();
     ProxyProcess::spawn(control.options(&binary, token, &args)).expect("spawn server proxy")

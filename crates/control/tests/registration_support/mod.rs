@@ -5,12 +5,13 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
+use weft_testkit::backend::HttpBackend;
 use weft_testkit::client::{self, Http1Client};
 use weft_testkit::free_addr;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
@@ -147,6 +148,118 @@ where
             Ok(value) => return value,
             Err(last) if Instant::now() > deadline => panic!("{what}: {last}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Waits until the endpoints the caller holds for `service` are `wanted`.
+pub async fn endpoints_until(
+    caller: &ProxyProcess,
+    service: &str,
+    what: &str,
+    timeout: Duration,
+    wanted: impl Fn(&[String]) -> bool,
+) {
+    eventually(what, timeout, || async {
+        let held = endpoints(caller, service).await;
+        if wanted(&held) {
+            Ok(())
+        } else {
+            Err(format!("{held:?}"))
+        }
+    })
+    .await;
+}
+
+/// Waits until weftd lists proxy `id` as connected or not.
+pub async fn listed_until(
+    weftd: &WeftdProcess,
+    what: &str,
+    timeout: Duration,
+    id: &str,
+    connected: bool,
+) {
+    eventually(what, timeout, || async {
+        let proxies = listed(weftd).await;
+        if proxies.contains(&(id.to_string(), connected)) {
+            Ok(())
+        } else {
+            Err(format!("{proxies:?}"))
+        }
+    })
+    .await;
+}
+
+/// Waits until a request through each listener is answered.
+pub async fn all_answer(listeners: &[SocketAddr]) {
+    for listen in listeners {
+        let what = format!("a service through the caller at {listen}");
+        eventually(&what, Duration::from_secs(10), || get(*listen)).await;
+    }
+}
+
+/// Applies `yaml`, asserting that weftd took it.
+pub async fn apply_ok(weftd: &WeftdProcess, yaml: &str) {
+    let reply = weftd.apply(yaml).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+/// A weftd keeping its state in `state`, with `yaml` applied.
+pub async fn weftd_applying(state: &Path, yaml: &str) -> WeftdProcess {
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state)
+        .await
+        .expect("weftd");
+    apply_ok(&weftd, yaml).await;
+    weftd
+}
+
+/// A weftd keeping its store in `store` that forgets a lost proxy after
+/// `grace`.
+pub async fn weftd_with_grace(store: &Path, grace: &str) -> WeftdProcess {
+    WeftdProcess::start_with(
+        Path::new(WEFTD),
+        store,
+        free_addr(),
+        free_addr(),
+        &["--registration-grace", grace],
+    )
+    .await
+    .expect("weftd")
+}
+
+/// The reviews and ratings services, on their backends.
+pub fn reviews_and_ratings(reviews: SocketAddr, ratings: SocketAddr) -> String {
+    format!(
+        "{}{}",
+        service("reviews", reviews),
+        service("ratings", ratings)
+    )
+}
+
+/// Backends for reviews and ratings, and a weftd in a fresh state
+/// directory serving both services.
+pub struct ReviewsAndRatings {
+    pub reviews: HttpBackend,
+    pub ratings: HttpBackend,
+    pub state: tempfile::TempDir,
+    pub weftd: WeftdProcess,
+}
+
+impl ReviewsAndRatings {
+    pub async fn start() -> Self {
+        let reviews = HttpBackend::start("reviews").await;
+        let ratings = HttpBackend::start("ratings").await;
+        let state = tempfile::tempdir().expect("tempdir");
+        let weftd = weftd_applying(
+            state.path(),
+            &reviews_and_ratings(reviews.addr, ratings.addr),
+        )
+        .await;
+        Self {
+            reviews,
+            ratings,
+            state,
+            weftd,
         }
     }
 }
