@@ -83,10 +83,10 @@ impl Target {
                 });
             }
             if let Some(api) = running.api {
-                let token = match token_file.or(running.token_file.as_deref()) {
-                    Some(file) => Some(read_token(file)?),
-                    None => None,
-                };
+                let token = token_file
+                    .or(running.token_file.as_deref())
+                    .map(read_token)
+                    .transpose()?;
                 return Ok(Self {
                     how: format!("the running `weft up` mesh's API {api}"),
                     endpoint: Endpoint::Tcp(api),
@@ -143,10 +143,7 @@ impl Target {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_string();
-        let token = match token_file {
-            Some(file) => Some(read_token(file)?),
-            None => None,
-        };
+        let token = token_file.map(read_token).transpose()?;
         Ok(Self {
             how: format!(
                 "{address} (--weftd or $WEFT_ADDR){}",

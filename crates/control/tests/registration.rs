@@ -330,7 +330,7 @@ async fn a_restarted_weftd_drops_a_proxy_that_does_not_come_back_after_the_grace
         &state_dir,
         grpc,
         api,
-        &["--registration-grace", "3s"],
+        &["--registration-grace", "8s"],
     )
     .await
     .expect("weftd restarts");
@@ -351,22 +351,25 @@ async fn a_restarted_weftd_drops_a_proxy_that_does_not_come_back_after_the_grace
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    if started.elapsed() < Duration::from_millis(2500) {
-        assert_eq!(
-            endpoints(&caller, "ratings").await.len(),
-            1,
-            "dropped before its grace"
-        );
-    }
+    // Well inside the 8 s grace on any machine: still an endpoint.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "setup outlasted the grace"
+    );
+    assert_eq!(
+        endpoints(&caller, "ratings").await.len(),
+        1,
+        "dropped before its grace"
+    );
     endpoints_until(
         &caller,
         "ratings",
         "the absent proxy dropped",
-        Duration::from_secs(8),
+        Duration::from_secs(14),
         <[String]>::is_empty,
     )
     .await;
-    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(started.elapsed() >= Duration::from_secs(8));
     assert_eq!(
         endpoints(&caller, "reviews").await.len(),
         1,

@@ -8,8 +8,7 @@
 //!   lifetime is weftd's;
 //! - a weftd whose certificate the held root does not vouch for is refused;
 //!   a trust bundle with a root the held root does not vouch for is refused;
-//! - expired and revoked tokens get nothing (needs the JWT tokens of the
-//!   API work: see the ignored test).
+//! - expired and revoked tokens get nothing.
 
 mod mtls_support;
 

@@ -100,20 +100,8 @@ clusters:
         beta = beta.addr,
         echo = echo.addr,
     );
-    let mut prefix = netns.prefix();
-    prefix.extend(
-        [
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-        ]
-        .map(String::from),
-    );
     let options = ProxyOptions {
-        prefix,
+        prefix: netns.prefix_as(PROXY_UID),
         admin: Some("127.0.0.1:15000".parse().expect("addr")),
         ..ProxyOptions::new(Path::new(BIN), &config)
     };

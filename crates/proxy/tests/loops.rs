@@ -63,20 +63,8 @@ listeners:
 - {name: inbound, address: "0.0.0.0:15006", kind: INBOUND_CAPTURE}
 inboundPorts: [{port: 18080, protocol: HTTP}]
 "#;
-    let mut prefix = netns.prefix();
-    prefix.extend(
-        [
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-        ]
-        .map(String::from),
-    );
     let options = ProxyOptions {
-        prefix,
+        prefix: netns.prefix_as(PROXY_UID),
         admin: Some("127.0.0.1:15000".parse().expect("addr")),
         ..ProxyOptions::new(Path::new(BIN), config)
     };

@@ -65,6 +65,16 @@ impl NetNs {
             .to_vec()
     }
 
+    /// [`prefix`](Self::prefix), then `setpriv` to run as `uid` (same GID,
+    /// no groups): how a sidecar (UID 1337) runs in the namespace.
+    pub fn prefix_as(&self, uid: &str) -> Vec<String> {
+        let mut prefix = self.prefix();
+        prefix.extend(
+            ["setpriv", "--reuid", uid, "--regid", uid, "--clear-groups"].map(String::from),
+        );
+        prefix
+    }
+
     /// Runs `f` on a thread that has entered the namespace: sockets it
     /// creates (including a runtime it builds) live there.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {

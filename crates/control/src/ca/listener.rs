@@ -136,7 +136,6 @@ pub fn serving_names(listen: IpAddr, extra: &[String]) -> anyhow::Result<Vec<San
         ips.push(listen);
     }
     ips.extend(extra.iter().filter_map(|e| e.parse::<IpAddr>().ok()));
-    ips.dedup();
     for ip in ips {
         if !names.contains(&SanType::IpAddress(ip)) {
             names.push(SanType::IpAddress(ip));

@@ -19,7 +19,7 @@ pub use weft_proto::discovery::v1::certificates_server::CertificatesServer;
 use weft_proto::discovery::v1::{SignRequest, SignResponse};
 
 use super::caller::{Caller, ProvenIdentity};
-use super::{Ca, SignError, SpiffeId};
+use super::{Ca, SignError};
 
 pub struct CertificateService {
     ca: Arc<Ca>,
@@ -46,15 +46,12 @@ impl CertificateService {
                     tracing::warn!(%peer, "certificate refused: bad bootstrap token: {err}");
                     Status::unauthenticated(format!("bootstrap token refused: {err}"))
                 })?;
+                // `verify` refused a token without a group or for another
+                // trust domain: the claims are the identity as they stand.
                 Ok(ProvenIdentity {
-                    spiffe: SpiffeId {
-                        trust_domain: self.ca.trust_domain().to_string(),
-                        namespace: claims.namespace.clone(),
-                        service_account: claims.service_account.clone(),
-                    },
-                    workload_group: (!claims.workload_group.is_empty())
-                        .then(|| claims.workload_group.clone()),
+                    spiffe: claims.identity(),
                     address: claims.address,
+                    workload_group: Some(claims.workload_group),
                 })
             }
             Some(Caller::Plaintext { peer }) => {

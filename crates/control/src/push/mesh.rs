@@ -13,6 +13,7 @@ use weft_proto::resources::split;
 use super::registrations::{self, Registrations};
 use crate::compiler::MeshIndex;
 use crate::compiler::tls::MeshPeers;
+use crate::registry::Workload;
 use crate::status::StatusBoard;
 use crate::store::Store;
 
@@ -123,6 +124,13 @@ pub async fn build_loop(
         generation += 1;
         let started = std::time::Instant::now();
         let saved = registrations.saved();
+        // One snapshot of the registrations serves the save below, the
+        // workloads and the mesh TLS peers.
+        let workloads: Vec<Workload> = saved
+            .iter()
+            .filter_map(|entry| Workload::from_node(&entry.node))
+            .collect();
+        let nodes: Vec<Node> = saved.iter().map(|entry| entry.node.clone()).collect();
         if let Some(dir) = &state_dir
             && last_saved.as_ref() != Some(&saved)
         {
@@ -138,8 +146,7 @@ pub async fn build_loop(
                 Err(err) => tracing::error!("saving registrations: {err}"),
             }
         }
-        let workloads = registrations.workloads();
-        let peers = MeshPeers::new(&trust_domain, &registrations.nodes());
+        let peers = MeshPeers::new(&trust_domain, &nodes);
         let index = MeshIndex::build_with_peers(&resources, &workloads, &peers);
         status.set_workloads(workloads);
         tracing::debug!(

@@ -32,7 +32,6 @@ use weft_proto::discovery::v1::Node;
 use super::admission::{Admitted, Owner, Refusal};
 use crate::ca::caller::Caller;
 use crate::durable;
-use crate::registry::Workload;
 
 /// Istio's `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -360,16 +359,18 @@ impl Registrations {
     }
 
     /// Every registered workload, connected or within its grace period.
-    pub fn workloads(&self) -> Vec<Workload> {
+    #[cfg(test)]
+    pub fn workloads(&self) -> Vec<crate::registry::Workload> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .values()
-            .filter_map(|entry| Workload::from_node(&entry.node))
+            .filter_map(|entry| crate::registry::Workload::from_node(&entry.node))
             .collect()
     }
 
     /// Every registered node (inbound listeners and certificates for mesh
     /// TLS).
+    #[cfg(test)]
     pub fn nodes(&self) -> Vec<Node> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.values().map(|entry| entry.node.clone()).collect()

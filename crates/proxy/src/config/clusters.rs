@@ -84,15 +84,15 @@ impl Cluster {
         }
     }
 
+    /// Whether `addr` is an endpoint with a Weft proxy (peer metadata goes
+    /// to it and to nobody else), found through the balancer's index.
+    pub fn is_mesh_endpoint(&self, addr: SocketAddr) -> bool {
+        self.endpoint(addr).is_some_and(|e| e.mesh)
+    }
+
     /// An endpoint under the cluster's policy without request context (TCP,
     /// mirrors), skipping those outlier detection ejected. `None` when the
     /// cluster has no endpoints or all are ejected (response flag UH).
-    /// Whether `addr` is an endpoint with a Weft proxy (peer metadata goes
-    /// to it and to nobody else).
-    pub fn is_mesh_endpoint(&self, addr: SocketAddr) -> bool {
-        self.endpoints.iter().any(|e| e.mesh && e.address == addr)
-    }
-
     pub fn pick_endpoint(&self) -> Option<&Endpoint> {
         self.endpoint(self.choose(None, None, &[])?)
     }

@@ -35,8 +35,11 @@ pub fn normalize(path: &str, mode: PathNormalization) -> Cow<'_, str> {
         mode,
         PathNormalization::MergeSlashes | PathNormalization::DecodeAndMergeSlashes
     );
-    // The common case: nothing that any step would change.
-    let suspicious = path.bytes().any(|b| matches!(b, b'%' | b'\\' | b'.'))
+    // The common case: nothing that any step would change. A dot segment
+    // always follows a '/' (`%2e` and '\\' are caught by their own bytes),
+    // so `/v1.2/file.txt` stays on this path.
+    let suspicious = path.bytes().any(|b| matches!(b, b'%' | b'\\'))
+        || path.contains("/.")
         || (merge && path.contains("//"))
         || !path.starts_with('/');
     if !suspicious {
