@@ -202,7 +202,7 @@ fn row(cells: &[&str]) -> Vec<String> {
 }
 
 /// Left-aligned columns three spaces apart, kubectl's layout.
-fn format_rows(rows: &[Vec<String>]) -> Vec<String> {
+pub(crate) fn format_rows(rows: &[Vec<String>]) -> Vec<String> {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

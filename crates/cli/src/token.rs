@@ -103,18 +103,21 @@ pub fn run(weftd: &Weftd, command: &Command) -> anyhow::Result<ExitCode> {
                     ]
                 })
                 .collect();
-            print_table(
-                [
-                    "ID",
-                    "GROUP",
-                    "SA",
-                    "ADDRESS",
-                    "EXPIRES",
-                    "STATE",
-                    "MINTED BY",
-                ],
-                &rows,
-            );
+            let header = [
+                "ID",
+                "GROUP",
+                "SA",
+                "ADDRESS",
+                "EXPIRES",
+                "STATE",
+                "MINTED BY",
+            ];
+            let table: Vec<Vec<String>> = std::iter::once(header.map(String::from).to_vec())
+                .chain(rows.into_iter().map(Vec::from))
+                .collect();
+            for line in crate::get::format_rows(&table) {
+                println!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Revoke { id } => {
@@ -140,25 +143,4 @@ fn when(seconds: u64) -> String {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
     )
     .to_string()
-}
-
-fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", padded.join("   ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
 }

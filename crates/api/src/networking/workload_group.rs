@@ -20,6 +20,18 @@ pub struct WorkloadGroup {
     pub probe: Option<ReadinessProbe>,
 }
 
+impl WorkloadGroup {
+    /// The service account of the group's workloads: the template's, or
+    /// Kubernetes' "default" when it names none.
+    pub fn service_account(&self) -> &str {
+        if self.template.service_account.is_empty() {
+            "default"
+        } else {
+            &self.template.service_account
+        }
+    }
+}
+
 /// Labels and annotations copied onto the generated WorkloadEntries.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

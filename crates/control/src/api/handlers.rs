@@ -15,16 +15,7 @@ use crate::store::{Applied, Change, ResourceKey, Store, StoreError};
 /// table in `weft_api::unimplemented`), as Kubernetes answers with
 /// warnings.
 pub(super) async fn apply(store: Arc<Store>, text: String, source: String) -> Reply {
-    let work = move || {
-        let decoded = weft_api::decode_str(&text, &source);
-        if !decoded.problems.is_empty() {
-            return Err(StoreError::Invalid(decoded.problems));
-        }
-        let warnings = decoded.warnings;
-        store
-            .apply(decoded.resources)
-            .map(|applied| (applied, warnings))
-    };
+    let work = move || store.apply_text_with_warnings(&text, &source);
     match blocking(work).await {
         Ok(Ok((applied, warnings))) => json_reply(
             StatusCode::OK,

@@ -14,12 +14,11 @@ use std::sync::Arc;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
-use weft_api::Resource;
 
 use super::{Reply, error, json_reply};
 use crate::ca::Ca;
 use crate::ca::token::{MintRequest, RevokeError};
-use crate::store::{ResourceKey, Store};
+use crate::store::Store;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -80,17 +79,9 @@ pub(super) async fn mint(ca: Option<Arc<Ca>>, store: &Store, body: &str, who: St
             ),
         );
     }
-    let key = ResourceKey::new("WorkloadGroup", &request.namespace, &request.workload_group);
-    let service_account = match store.get(&key).map(|stored| stored.resource) {
-        Some(Resource::WorkloadGroup(group)) => {
-            let account = group.spec.template.service_account;
-            if account.is_empty() {
-                "default".to_string()
-            } else {
-                account
-            }
-        }
-        _ => {
+    let service_account = match store.workload_group(&request.namespace, &request.workload_group) {
+        Some(group) => group.spec.service_account().to_string(),
+        None => {
             return error(
                 StatusCode::NOT_FOUND,
                 format!(

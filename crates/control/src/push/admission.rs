@@ -195,11 +195,7 @@ fn workload(
         )));
     };
     let template = &found.spec.template;
-    let group_account = if template.service_account.is_empty() {
-        "default"
-    } else {
-        template.service_account.as_str()
-    };
+    let group_account = found.spec.service_account();
     if group_account != account {
         return Err(refusal(format!(
             "WorkloadGroup {namespace}/{group_name} is for service account {group_account:?}, \

@@ -33,7 +33,7 @@ use weft_proto::discovery::v1::{ProxyMessage, Push, proxy_message};
 
 use crate::ca::caller::Caller;
 use crate::status::StatusBoard;
-use crate::store::{ResourceKey, Store};
+use crate::store::Store;
 use mesh::Mesh;
 use registrations::{Conflict, Registrations};
 
@@ -131,7 +131,7 @@ impl Discovery for DiscoveryService {
             claimed: claimed.clone(),
         };
         let admitted = admission::admit(&caller, claimed, |namespace, name| {
-            workload_group(&self.store, namespace, name)
+            self.store.workload_group(namespace, name)
         })
         .map_err(|refusal| {
             let status = if id.is_empty() {
@@ -166,21 +166,6 @@ impl Discovery for DiscoveryService {
     }
 }
 
-/// The WorkloadGroup `namespace/name` as stored, if any.
-fn workload_group(
-    store: &Store,
-    namespace: &str,
-    name: &str,
-) -> Option<weft_api::Object<weft_api::networking::WorkloadGroup>> {
-    match store.get(&ResourceKey::new("WorkloadGroup", namespace, name)) {
-        Some(crate::store::Stored {
-            resource: weft_api::Resource::WorkloadGroup(group),
-            ..
-        }) => Some(group),
-        _ => None,
-    }
-}
-
 /// Admits the connected proxies again after every store change, with the
 /// same [`admission::admit`] and the WorkloadGroups as they are now: a
 /// group's new labels or ports reach its registrations (and from them the
@@ -200,7 +185,7 @@ pub async fn readmit_loop(store: Arc<Store>, registrations: Arc<Registrations>) 
         registered.mark_unchanged();
         let refused = registrations.readmit(|caller, claimed| {
             admission::admit(caller, claimed, |namespace, name| {
-                workload_group(&store, namespace, name)
+                store.workload_group(namespace, name)
             })
         });
         for (id, refusal) in refused {

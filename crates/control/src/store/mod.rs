@@ -142,12 +142,39 @@ impl Store {
 
     /// Decodes and validates `text` (multi-document YAML or JSON) and applies
     /// every resource in it, or nothing if any object is invalid.
+    /// The WorkloadGroup `namespace`/`name`, if stored.
+    pub fn workload_group(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<weft_api::Object<weft_api::networking::WorkloadGroup>> {
+        match self.get(&ResourceKey::new("WorkloadGroup", namespace, name))? {
+            Stored {
+                resource: Resource::WorkloadGroup(group),
+                ..
+            } => Some(group),
+            _ => None,
+        }
+    }
+
     pub fn apply_text(&self, text: &str, source: &str) -> Result<Vec<Applied>, StoreError> {
+        self.apply_text_with_warnings(text, source)
+            .map(|(applied, _)| applied)
+    }
+
+    /// [`apply_text`](Self::apply_text), with a warning for every field
+    /// Weft does not honour (what `weft apply` prints).
+    pub fn apply_text_with_warnings(
+        &self,
+        text: &str,
+        source: &str,
+    ) -> Result<(Vec<Applied>, Vec<weft_api::FieldWarning>), StoreError> {
         let decoded = decode_str(text, source);
         if !decoded.problems.is_empty() {
             return Err(StoreError::Invalid(decoded.problems));
         }
-        self.apply(decoded.resources)
+        let applied = self.apply(decoded.resources)?;
+        Ok((applied, decoded.warnings))
     }
 
     /// Applies already validated resources, all or nothing.
