@@ -1,0 +1,7 @@
+//! Kubernetes mode: a cluster's objects as one more source of Weft's registry and
+//! config, the admission webhooks weftd serves (validation and sidecar injection),
+//! and the manifests `weft install` applies.
+//!
+//! This crate knows Kubernetes; it does not know weftd's internals. It turns
+//! cluster objects into plain data the control plane consumes, so weftd depends on
+//! it and never the other way round.
