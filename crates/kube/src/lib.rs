@@ -7,6 +7,7 @@
 //! it and never the other way round.
 
 pub mod convert;
+pub mod identity;
 pub mod source;
 
 // The client crates, for weftd and the tests: one version everywhere.

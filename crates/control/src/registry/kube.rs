@@ -1,0 +1,253 @@
+//! The Kubernetes source: a cluster's Services and their endpoints (as
+//! weft-kube's [`ClusterSnapshot`] holds them) as registry services, and
+//! its Pods as workloads a ServiceEntry's `workloadSelector` can select.
+//!
+//! How it combines with ServiceEntries, as Istio does (istio#32966): a
+//! Kubernetes Service and a ServiceEntry for the same host in the same
+//! namespace is one service, the Kubernetes one (added first, the entry is
+//! reported as a duplicate), so nobody can squat a Service's name, while
+//! the entry's endpoints join the Service's (Istio keeps one endpoint shard
+//! per source for a host and namespace and serves them all); a
+//! ServiceEntry with a `workloadSelector` selects Pods of its namespace
+//! like WorkloadEntries.
+//!
+//! - ClusterIP Services: the cluster IPs are the VIPs; STATIC endpoints.
+//! - Headless Services: no VIP of their own (the registry allocates one
+//!   only so the host has an address); callers dial pod IPs, and the
+//!   proxy forwards to the address dialled (resolution NONE, Istio's
+//!   ORIGINAL_DST); endpoints are kept for auto-mTLS and inspection.
+//! - ExternalName Services are not served yet (Istio makes them aliases of
+//!   their target host): each is reported in the build's warnings.
+
+use weft_kube::convert::{ClusterSnapshot, KubeService, ServiceKind};
+
+use super::{
+    EndpointDef, Location, PortProtocol, Registry, Resolution, ServiceDef, ServicePortDef,
+    Workload,
+};
+
+/// Adds the cluster's Services with their endpoints.
+pub(super) fn collect(cluster: &ClusterSnapshot, registry: &mut Registry) {
+    for service in &cluster.services {
+        add_service(service, registry);
+    }
+}
+
+fn add_service(service: &KubeService, registry: &mut Registry) {
+    let source = format!("Kubernetes Service {}/{}", service.namespace, service.name);
+    let (vips, resolution) = match &service.kind {
+        ServiceKind::ClusterIp(vips) => (vips.clone(), Resolution::Static),
+        ServiceKind::Headless => (Vec::new(), Resolution::None),
+        ServiceKind::ExternalName(target) => {
+            registry.warnings.push(format!(
+                "{source}: ExternalName services (alias of {target:?}) are not served yet; \
+                 define a ServiceEntry for {target:?} and call it by that name"
+            ));
+            return;
+        }
+    };
+    let def = ServiceDef {
+        hostname: service.hostname.clone(),
+        namespace: service.namespace.clone(),
+        vips,
+        ports: service
+            .ports
+            .iter()
+            .filter(|p| p.protocol != Some("UDP"))
+            .map(|p| ServicePortDef {
+                number: p.port,
+                name: p.name.clone(),
+                protocol: p.protocol.map_or(PortProtocol::Unknown, PortProtocol::parse),
+                target_port: p.target_port,
+            })
+            .collect(),
+        export_to: service.export_to.clone(),
+        resolution,
+        location: Location::MeshInternal,
+    };
+    let id = def.id();
+    registry.add_service(def, &source);
+    for endpoint in &service.endpoints {
+        registry.add_endpoint(
+            id.clone(),
+            EndpointDef {
+                address: endpoint.address,
+                ports: endpoint.ports.clone(),
+                labels: endpoint.labels.clone(),
+                weight: 0,
+                workload: endpoint.pod.clone(),
+                service_account: endpoint.service_account.clone(),
+                locality: endpoint.locality.clone(),
+            },
+        );
+    }
+}
+
+/// The cluster's running Pods as workloads (for `workloadSelector`s).
+pub(super) fn pod_workloads(cluster: &ClusterSnapshot) -> impl Iterator<Item = Workload> + '_ {
+    cluster
+        .pods
+        .iter()
+        .filter(|pod| !pod.terminating)
+        .map(|pod| Workload {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            labels: pod.labels.clone(),
+            service_account: pod.service_account.clone(),
+            address: pod.address,
+            ports: Vec::new(),
+            locality: pod.locality.clone(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use weft_kube::convert::{KubeEndpoint, KubePort, PodInfo};
+
+    use super::*;
+    use crate::registry::ServiceId;
+
+    fn service(name: &str, kind: ServiceKind) -> KubeService {
+        KubeService {
+            name: name.into(),
+            namespace: "shop".into(),
+            hostname: format!("{name}.shop.svc.cluster.local"),
+            kind,
+            ports: vec![
+                KubePort {
+                    name: "http-web".into(),
+                    port: 9080,
+                    protocol: Some("HTTP"),
+                    target_port: Some(8080),
+                },
+                KubePort {
+                    name: "dns".into(),
+                    port: 53,
+                    protocol: Some("UDP"),
+                    target_port: None,
+                },
+            ],
+            export_to: Vec::new(),
+            endpoints: vec![KubeEndpoint {
+                address: "10.1.0.1".parse().expect("ip"),
+                ports: BTreeMap::from([("http-web".to_string(), 8080)]),
+                labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+                pod: format!("{name}-1"),
+                service_account: "sa".into(),
+                locality: "us/east".into(),
+                draining: false,
+            }],
+        }
+    }
+
+    const SERVICE_ENTRY: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: squat, namespace: shop}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  addresses: [10.200.0.1]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.9.9.9}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: by-pods, namespace: shop}
+spec:
+  hosts: [pods.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: cart}}
+";
+
+    fn build(cluster: &ClusterSnapshot) -> Registry {
+        let resources = weft_api::decode_str(SERVICE_ENTRY, "se.yaml").resources;
+        Registry::build_with_cluster(&resources, cluster, &[])
+    }
+
+    #[test]
+    fn a_kubernetes_service_wins_over_a_service_entry_for_its_host() {
+        let cluster = ClusterSnapshot {
+            services: vec![service(
+                "reviews",
+                ServiceKind::ClusterIp(vec!["10.96.0.20".parse().expect("ip")]),
+            )],
+            pods: Vec::new(),
+        };
+        let registry = build(&cluster);
+        let reviews = registry
+            .services()
+            .iter()
+            .find(|s| s.hostname == "reviews.shop.svc.cluster.local")
+            .expect("reviews");
+        assert_eq!(reviews.vips, vec!["10.96.0.20".parse::<std::net::IpAddr>().expect("ip")]);
+        assert_eq!(reviews.ports.len(), 1, "UDP is not proxied");
+        assert_eq!(reviews.ports[0].protocol, PortProtocol::Http);
+        assert_eq!(reviews.location, Location::MeshInternal);
+        // Endpoints combine, as Istio's endpoint shards do (one per
+        // source for the same host and namespace).
+        let endpoints = registry.endpoints(&reviews.id());
+        let addresses: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!(addresses, vec!["10.1.0.1", "10.9.9.9"]);
+        assert_eq!(endpoints[0].port_for(&reviews.ports[0]), 8080);
+        assert_eq!(endpoints[0].locality, "us/east");
+        assert!(
+            registry
+                .warnings()
+                .iter()
+                .any(|w| w.contains("ServiceEntry shop/squat") && w.contains("already defined")),
+            "{:?}",
+            registry.warnings()
+        );
+    }
+
+    #[test]
+    fn service_entries_select_pods_and_external_names_are_reported() {
+        let cart = PodInfo {
+            name: "cart-1".into(),
+            namespace: "shop".into(),
+            uid: "u".into(),
+            labels: BTreeMap::from([("app".to_string(), "cart".to_string())]),
+            service_account: "cart".into(),
+            address: "10.1.0.7".parse().expect("ip"),
+            node: "n".into(),
+            locality: String::new(),
+            terminating: false,
+        };
+        let cluster = ClusterSnapshot {
+            services: vec![
+                service("ext", ServiceKind::ExternalName("api.example.com".into())),
+                service("db", ServiceKind::Headless),
+            ],
+            pods: vec![cart],
+        };
+        let registry = build(&cluster);
+        let selected = registry.endpoints(&ServiceId {
+            hostname: "pods.example".into(),
+            namespace: "shop".into(),
+        });
+        assert_eq!(selected.len(), 1);
+        assert_eq!(selected[0].address.to_string(), "10.1.0.7");
+        assert!(
+            registry.services().iter().all(|s| !s.hostname.starts_with("ext.")),
+            "ExternalName is not served"
+        );
+        assert!(
+            registry
+                .warnings()
+                .iter()
+                .any(|w| w.contains("Service shop/ext") && w.contains("ExternalName"))
+        );
+        let db = registry
+            .services()
+            .iter()
+            .find(|s| s.hostname.starts_with("db."))
+            .expect("headless");
+        assert_eq!(db.resolution, Resolution::None);
+    }
+}
