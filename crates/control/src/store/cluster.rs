@@ -18,11 +18,37 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use weft_api::networking::WorkloadGroup;
 use weft_api::{Object, Resource};
 use weft_kube::convert::{ClusterSnapshot, PodInfo};
+use weft_kube::source::ClusterState;
 
 use super::{ResourceKey, Store, Stored};
+
+/// Keeps the store's cluster layer equal to the cluster source's latest
+/// state, until the source ends.
+pub async fn follow(store: Arc<Store>, mut states: watch::Receiver<Option<Arc<ClusterState>>>) {
+    loop {
+        let state = states.borrow_and_update().clone();
+        if let Some(state) = state {
+            let changed =
+                store.replace_cluster(state.config.clone(), Arc::new(state.discovery.clone()));
+            if changed {
+                tracing::info!(
+                    services = state.discovery.services.len(),
+                    pods = state.discovery.pods.len(),
+                    resources = state.config.len(),
+                    revision = store.revision(),
+                    "cluster changed"
+                );
+            }
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
+}
 
 /// WorkloadGroup names of the form `pod/<pod name>` stand for that Pod.
 pub const POD_GROUP_PREFIX: &str = "pod/";

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use weft_api::resource::KINDS;
 use weft_api::{Problem, Resource, decode_str};
 
-pub use cluster::POD_GROUP_PREFIX;
+pub use cluster::{POD_GROUP_PREFIX, follow as follow_cluster};
 use disk::Disk;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
