@@ -94,7 +94,11 @@ struct Args {
     cluster_domain: String,
     /// An audience pods' tokens must be valid for (repeatable; Istio's
     /// `istio-ca` by default, which injected sidecars project).
-    #[arg(long = "token-audience", value_name = "AUDIENCE", default_value = "istio-ca")]
+    #[arg(
+        long = "token-audience",
+        value_name = "AUDIENCE",
+        default_value = "istio-ca"
+    )]
     token_audiences: Vec<String>,
 }
 
@@ -271,7 +275,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut certificates = CertificateService::new(ca.clone());
     if let Some(client) = kube_client {
-        let reviewer = weft_kube::identity::TokenReviewer::new(client, args.token_audiences.clone());
+        let reviewer =
+            weft_kube::identity::TokenReviewer::new(client, args.token_audiences.clone());
         certificates = certificates.with_kubernetes(KubeIdentity::new(
             reviewer,
             store.clone(),

@@ -57,9 +57,7 @@ fn corpus_objects(root: &Path) -> BTreeMap<String, Value> {
             stack.extend(entries);
             continue;
         }
-        let is_yaml = path
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml");
+        let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
         if !is_yaml || path.to_string_lossy().contains("invalid") {
             continue;
         }
@@ -87,7 +85,12 @@ fn in_namespace(mut object: Value, namespace: &str) -> Value {
 }
 
 /// weftd on `cluster`, and the kinds it lists once it has read them.
-async fn weftd_lists(cluster: &KubeCluster, dir: &Path, namespace: &str, want: usize) -> Vec<String> {
+async fn weftd_lists(
+    cluster: &KubeCluster,
+    dir: &Path,
+    namespace: &str,
+    want: usize,
+) -> Vec<String> {
     let kubeconfig = cluster.kubeconfig.display().to_string();
     let weftd = WeftdProcess::start_with(
         Path::new(WEFTD),
@@ -137,13 +140,20 @@ async fn weft_crds_take_every_kind_in_every_version_and_weftd_reads_them() -> an
     };
     let cluster = KubeCluster::start(&binary).await?;
     let crds = weft_crds();
-    assert_eq!(crds.len(), weft_api::resource::KINDS.len(), "one CRD per kind");
+    assert_eq!(
+        crds.len(),
+        weft_api::resource::KINDS.len(),
+        "one CRD per kind"
+    );
     cluster.install_crds(&crds).await?;
     cluster.namespace("corpus", &[]).await?;
 
     let objects = corpus_objects(&corpus);
     for kind in weft_api::resource::KINDS {
-        assert!(objects.contains_key(*kind), "the corpus has no valid {kind}");
+        assert!(
+            objects.contains_key(*kind),
+            "the corpus has no valid {kind}"
+        );
     }
     // Every kind, in every version its group serves.
     let mut created = 0;
@@ -171,7 +181,10 @@ async fn weft_crds_take_every_kind_in_every_version_and_weftd_reads_them() -> an
     let kinds = weftd_lists(&cluster, dir.path(), "corpus", created).await;
     assert_eq!(kinds.len(), created, "weftd lists every object: {kinds:?}");
     for kind in weft_api::resource::KINDS {
-        assert!(kinds.iter().any(|k| k == kind), "{kind} not read: {kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{kind} not read: {kinds:?}"
+        );
     }
     Ok(())
 }
@@ -191,7 +204,9 @@ async fn a_cluster_with_istios_own_crds_works_unchanged() -> anyhow::Result<()> 
     cluster.namespace("corpus", &[]).await?;
     let objects = corpus_objects(&corpus);
     for object in objects.values() {
-        cluster.create("corpus", in_namespace(object.clone(), "corpus")).await?;
+        cluster
+            .create("corpus", in_namespace(object.clone(), "corpus"))
+            .await?;
     }
     let dir = tempfile::tempdir()?;
     let kinds = weftd_lists(&cluster, dir.path(), "corpus", objects.len()).await;

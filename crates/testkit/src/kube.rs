@@ -71,8 +71,11 @@ impl KubeCluster {
         let url = format!("https://{bind}");
         write_credentials(dir.path(), bind.ip())?;
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_text(&url, &dir.path().join("ca.crt")))
-            .context("writing the kubeconfig")?;
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_text(&url, &dir.path().join("ca.crt")),
+        )
+        .context("writing the kubeconfig")?;
         let client = client_for(&kubeconfig).await?;
         let mut cluster = Self {
             etcd,
@@ -276,7 +279,10 @@ impl KubeCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         for name in names {
             loop {
-                let crd = api.get(&name).await.with_context(|| format!("CRD {name}"))?;
+                let crd = api
+                    .get(&name)
+                    .await
+                    .with_context(|| format!("CRD {name}"))?;
                 let established = crd
                     .status
                     .and_then(|s| s.conditions)

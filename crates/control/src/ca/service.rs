@@ -52,7 +52,11 @@ impl CertificateService {
                     )));
                 }
                 let claims = self.ca.tokens().verify(token).map_err(|err| {
-                    tracing::warn!(%peer, "certificate refused: bad bootstrap token: {err}");
+                    // In Kubernetes mode the token is usually a pod's:
+                    // said only if TokenReview refuses it too.
+                    if self.kube.is_none() {
+                        tracing::warn!(%peer, "certificate refused: bad bootstrap token: {err}");
+                    }
                     Status::unauthenticated(format!("bootstrap token refused: {err}"))
                 })?;
                 // `verify` refused a token without a group or for another
@@ -84,7 +88,11 @@ impl Certificates for CertificateService {
         let caller = request.extensions().get::<Caller>().cloned();
         let renewal = matches!(caller, Some(Caller::Workload { .. }));
         let request = request.into_inner();
-        let proven = match (self.prove(caller.clone(), &request.token), &self.kube, &caller) {
+        let proven = match (
+            self.prove(caller.clone(), &request.token),
+            &self.kube,
+            &caller,
+        ) {
             (Ok(proven), _, _) => proven,
             // Not one of weftd's own tokens: a pod's service-account token?
             (Err(status), Some(kube), Some(Caller::Anonymous { peer }))

@@ -22,8 +22,7 @@
 use weft_kube::convert::{ClusterSnapshot, KubeService, ServiceKind};
 
 use super::{
-    EndpointDef, Location, PortProtocol, Registry, Resolution, ServiceDef, ServicePortDef,
-    Workload,
+    EndpointDef, Location, PortProtocol, Registry, Resolution, ServiceDef, ServicePortDef, Workload,
 };
 
 /// Adds the cluster's Services with their endpoints.
@@ -57,7 +56,9 @@ fn add_service(service: &KubeService, registry: &mut Registry) {
             .map(|p| ServicePortDef {
                 number: p.port,
                 name: p.name.clone(),
-                protocol: p.protocol.map_or(PortProtocol::Unknown, PortProtocol::parse),
+                protocol: p
+                    .protocol
+                    .map_or(PortProtocol::Unknown, PortProtocol::parse),
                 target_port: p.target_port,
             })
             .collect(),
@@ -185,7 +186,10 @@ spec:
             .iter()
             .find(|s| s.hostname == "reviews.shop.svc.cluster.local")
             .expect("reviews");
-        assert_eq!(reviews.vips, vec!["10.96.0.20".parse::<std::net::IpAddr>().expect("ip")]);
+        assert_eq!(
+            reviews.vips,
+            vec!["10.96.0.20".parse::<std::net::IpAddr>().expect("ip")]
+        );
         assert_eq!(reviews.ports.len(), 1, "UDP is not proxied");
         assert_eq!(reviews.ports[0].protocol, PortProtocol::Http);
         assert_eq!(reviews.location, Location::MeshInternal);
@@ -234,7 +238,10 @@ spec:
         assert_eq!(selected.len(), 1);
         assert_eq!(selected[0].address.to_string(), "10.1.0.7");
         assert!(
-            registry.services().iter().all(|s| !s.hostname.starts_with("ext.")),
+            registry
+                .services()
+                .iter()
+                .all(|s| !s.hostname.starts_with("ext.")),
             "ExternalName is not served"
         );
         assert!(

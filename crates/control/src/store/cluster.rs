@@ -63,7 +63,11 @@ pub(super) struct ClusterLayer {
 impl Store {
     /// Replaces what the cluster holds: its Istio resources and discovery
     /// snapshot. Returns whether anything changed (and the revision moved).
-    pub fn replace_cluster(&self, resources: Vec<Resource>, discovery: Arc<ClusterSnapshot>) -> bool {
+    pub fn replace_cluster(
+        &self,
+        resources: Vec<Resource>,
+        discovery: Arc<ClusterSnapshot>,
+    ) -> bool {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let mut revision = state.revision;
         let mut next = BTreeMap::new();
@@ -212,7 +216,12 @@ spec:
         let again = weft_api::decode_str(VS, "cluster").resources;
         assert!(reopened.replace_cluster(again, discovery(Vec::new())));
         drop(reopened);
-        assert!(Store::open(dir.path()).expect("store").resources().is_empty());
+        assert!(
+            Store::open(dir.path())
+                .expect("store")
+                .resources()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -292,7 +292,10 @@ impl Store {
         if !state.cluster.resources.is_empty() {
             found.sort_by(|a, b| a.0.cmp(b.0));
         }
-        found.into_iter().map(|(_, stored)| stored.clone()).collect()
+        found
+            .into_iter()
+            .map(|(_, stored)| stored.clone())
+            .collect()
     }
 
     /// The revision of the last change (0 for an empty, new store).

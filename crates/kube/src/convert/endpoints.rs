@@ -66,10 +66,7 @@ pub fn select(
                 .as_ref()
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| {
-                    let namespace = r
-                        .namespace
-                        .as_deref()
-                        .unwrap_or(service.namespace.as_str());
+                    let namespace = r.namespace.as_deref().unwrap_or(service.namespace.as_str());
                     pods.pod(namespace, r.name.as_deref()?)
                 });
             for address in &endpoint.addresses {

@@ -56,12 +56,30 @@ fn cluster(slices: &[EndpointSlice]) -> ClusterSnapshot {
         &[reviews_service()],
         slices,
         &[
-            pod("reviews-1", "10.1.0.1", "node-a", json!({"app": "reviews", "version": "v1"})),
-            pod("reviews-2", "10.1.0.2", "node-b", json!({"app": "reviews", "version": "v2",
-                                                           "istio-locality": "eu.west.z9"})),
-            pod("reviews-3", "10.1.0.3", "node-a", json!({"app": "reviews", "version": "v3"})),
+            pod(
+                "reviews-1",
+                "10.1.0.1",
+                "node-a",
+                json!({"app": "reviews", "version": "v1"}),
+            ),
+            pod(
+                "reviews-2",
+                "10.1.0.2",
+                "node-b",
+                json!({"app": "reviews", "version": "v2",
+                                                           "istio-locality": "eu.west.z9"}),
+            ),
+            pod(
+                "reviews-3",
+                "10.1.0.3",
+                "node-a",
+                json!({"app": "reviews", "version": "v3"}),
+            ),
         ],
-        &[node("node-a", "us", "us-east-1a"), node("node-b", "eu", "b")],
+        &[
+            node("node-a", "us", "us-east-1a"),
+            node("node-b", "eu", "b"),
+        ],
         "cluster.local",
     )
 }
@@ -164,7 +182,10 @@ fn only_ready_endpoints_get_traffic_with_pod_facts_and_named_ports() {
     assert_eq!(first.labels.get("version").map(String::as_str), Some("v1"));
     assert_eq!(first.locality, "us/us-east-1a", "from the node's labels");
     assert_eq!(
-        first.labels.get("kubernetes.io/hostname").map(String::as_str),
+        first
+            .labels
+            .get("kubernetes.io/hostname")
+            .map(String::as_str),
         Some("node-a")
     );
     assert!(!first.draining);

@@ -106,8 +106,16 @@ mod tests {
                 "status": {"observedGeneration": status}
             }))
         };
-        let first = decode(&object("10", "1"), "networking.istio.io/v1", "VirtualService");
-        let second = decode(&object("11", "2"), "networking.istio.io/v1", "VirtualService");
+        let first = decode(
+            &object("10", "1"),
+            "networking.istio.io/v1",
+            "VirtualService",
+        );
+        let second = decode(
+            &object("11", "2"),
+            "networking.istio.io/v1",
+            "VirtualService",
+        );
         let (Decoded::Resource(first, _), Decoded::Resource(second, _)) = (first, second) else {
             panic!("both decode");
         };
@@ -123,7 +131,8 @@ mod tests {
             "metadata": {"name": "bad", "namespace": "shop"},
             "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}, "weight": -1}]}]}
         }));
-        let Decoded::Invalid(problems) = decode(&object, "networking.istio.io/v1", "VirtualService")
+        let Decoded::Invalid(problems) =
+            decode(&object, "networking.istio.io/v1", "VirtualService")
         else {
             panic!("refused");
         };
