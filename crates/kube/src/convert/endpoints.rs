@@ -91,7 +91,7 @@ pub fn select(
                     pod: pod.map(|p| p.name.clone()).unwrap_or_default(),
                     service_account: pod.map(|p| p.service_account.clone()).unwrap_or_default(),
                     locality,
-                    draining: target_is_draining(is_ready, terminating),
+                    draining: !is_ready || terminating,
                 });
             }
         }
@@ -99,10 +99,6 @@ pub fn select(
     let mut chosen = if ready.is_empty() { draining } else { ready };
     chosen.sort_by_key(|e| e.address);
     chosen
-}
-
-fn target_is_draining(ready: bool, terminating: bool) -> bool {
-    !(ready && !terminating)
 }
 
 /// Istio's endpoint labels: the locality's parts and the node's hostname

@@ -94,7 +94,15 @@ fn addresses(service: &KubeService) -> Vec<String> {
 
 #[test]
 fn port_protocol_is_chosen_as_istio_does() {
-    let cases: &[(u32, &str, Option<&str>, Option<&str>, Option<&str>)] = &[
+    /// (port, name, transport protocol, appProtocol, Istio's protocol).
+    type Case<'a> = (
+        u32,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+    let cases: &[Case] = &[
         (80, "http", None, None, Some("HTTP")),
         (80, "HTTP-web", None, None, Some("HTTP")),
         (80, "http2-x", None, None, Some("HTTP2")),

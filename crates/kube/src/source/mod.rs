@@ -227,9 +227,9 @@ async fn build_loop(
     }
 }
 
-fn owned<K: Clone>(cache: &Store<K>) -> Vec<K>
+fn owned<K>(cache: &Store<K>) -> Vec<K>
 where
-    K: kube::Resource + 'static,
+    K: kube::Resource + Clone + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone,
 {
     cache.state().iter().map(|k| (**k).clone()).collect()
