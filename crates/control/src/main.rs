@@ -100,6 +100,16 @@ struct Args {
         default_value = "istio-ca"
     )]
     token_audiences: Vec<String>,
+    /// Kubernetes mode: the namespace of the leader Lease (weftd's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system")]
+    leader_namespace: String,
+    /// Kubernetes mode: this replica's name in the Lease (default: the
+    /// pod's name, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    leader_id: Option<String>,
+    /// Kubernetes mode: how long the leader's Lease holds unrenewed.
+    #[arg(long, default_value = "15s")]
+    leader_lease: humantime::Duration,
 }
 
 fn main() -> ExitCode {
@@ -178,7 +188,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .wait_for(Option::is_some)
             .await
             .map_err(|_| anyhow::anyhow!("the cluster source stopped before it synced"))?;
-        tokio::spawn(weft_control::store::follow_cluster(store.clone(), states));
+        tokio::spawn(weft_control::store::follow_cluster(
+            store.clone(),
+            states.clone(),
+        ));
+        // One replica writes the namespaces' trust roots; all serve.
+        let (leading, is_leader) = watch::channel(false);
+        let identity = args.leader_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        tokio::spawn(weft_kube::leader::run(
+            client.clone(),
+            weft_kube::leader::Options {
+                namespace: args.leader_namespace.clone(),
+                name: "weftd-leader".into(),
+                identity,
+                duration: args.leader_lease.into(),
+            },
+            leading,
+        ));
+        tokio::spawn(weft_kube::leader::publish_root_cert(
+            client.clone(),
+            ca.roots_pem().to_string(),
+            is_leader,
+            states,
+            std::time::Duration::from_secs(60),
+        ));
     }
 
     let status = Arc::new(StatusBoard::default());

@@ -8,6 +8,7 @@
 
 pub mod convert;
 pub mod identity;
+pub mod leader;
 pub mod source;
 
 // The client crates, for weftd and the tests: one version everywhere.
