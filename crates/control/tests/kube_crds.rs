@@ -217,3 +217,57 @@ async fn a_cluster_with_istios_own_crds_works_unchanged() -> anyhow::Result<()> 
     assert_eq!(got, want, "weftd reads every kind through Istio's CRDs");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crds_installed_after_weftd_started_are_read() -> anyhow::Result<()> {
+    let test = "crds_installed_after_weftd_started_are_read";
+    let Some(binary) = apiserver_or_skip(test) else {
+        return Ok(());
+    };
+    let cluster = KubeCluster::start(&binary).await?;
+    cluster.namespace("late", &[]).await?;
+    let dir = tempfile::tempdir()?;
+    // weftd first (as `weft install` may start it before the CRDs are
+    // established), then the CRDs and an object.
+    let kubeconfig = cluster.kubeconfig.display().to_string();
+    let weftd = WeftdProcess::start_with(
+        Path::new(WEFTD),
+        &dir.path().join("state"),
+        weft_testkit::free_addr(),
+        weft_testkit::free_addr(),
+        &["--kubeconfig", &kubeconfig],
+    )
+    .await?;
+    cluster.install_crds(&weft_crds()).await?;
+    cluster
+        .create(
+            "late",
+            serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": "reviews"},
+                "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}
+            }),
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = weftd
+            .call(
+                http::Method::GET,
+                "/v1/resources/VirtualService/late/reviews",
+                None,
+            )
+            .await?;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the VirtualService was never read:\n{}",
+            weftd.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(weftd.logs().contains("now serves networking.istio.io"));
+    Ok(())
+}

@@ -32,8 +32,7 @@ pub async fn follow(store: Arc<Store>, mut states: watch::Receiver<Option<Arc<Cl
     loop {
         let state = states.borrow_and_update().clone();
         if let Some(state) = state {
-            let changed =
-                store.replace_cluster(state.config.clone(), Arc::new(state.discovery.clone()));
+            let changed = store.replace_cluster(state.config.clone(), state.discovery.clone());
             if changed {
                 tracing::info!(
                     services = state.discovery.services.len(),

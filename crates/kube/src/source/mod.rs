@@ -16,7 +16,7 @@
 pub mod istio;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -52,7 +52,7 @@ impl Default for Options {
 /// Everything weftd takes from the cluster, at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterState {
-    pub discovery: ClusterSnapshot,
+    pub discovery: Arc<ClusterSnapshot>,
     /// Valid Istio resources, sorted by kind, namespace and name.
     pub config: Vec<Resource>,
     /// Invalid Istio objects found in the cluster (skipped), with their
@@ -69,60 +69,126 @@ struct Caches {
     pods: Store<Pod>,
     nodes: Store<Node>,
     namespaces: Store<Namespace>,
-    /// (apiVersion watched, kind, cache).
-    istio: Vec<(String, String, Store<DynamicObject>)>,
+    /// One per Istio kind the cluster serves; kinds whose CRD appears
+    /// later are added by [`rediscover`].
+    istio: Arc<Mutex<Vec<IstioCache>>>,
 }
+
+/// The cache of one Istio kind, read at `api_version`.
+#[derive(Clone)]
+struct IstioCache {
+    api_version: String,
+    kind: String,
+    cache: Store<DynamicObject>,
+}
+
+/// How often kinds without a CRD are looked for again.
+const REDISCOVERY: Duration = Duration::from_secs(10);
 
 /// Starts the reflectors and the builder; the receiver holds `None` until
 /// the first complete state.
 pub async fn spawn(client: Client, options: Options) -> watch::Receiver<Option<Arc<ClusterState>>> {
     let changed = Arc::new(Notify::new());
-    let istio_kinds = discover_istio_kinds(&client).await;
+    let (found, missing) = discover_istio_kinds(&client, istio::KINDS, true).await;
+    let istio: Vec<IstioCache> = found
+        .iter()
+        .map(|resource| watch_kind(&client, resource, &changed))
+        .collect();
+    let istio = Arc::new(Mutex::new(istio));
+    if !missing.is_empty() {
+        tokio::spawn(rediscover(
+            client.clone(),
+            missing,
+            istio.clone(),
+            changed.clone(),
+        ));
+    }
     let caches = Caches {
         services: reflect(Api::all(client.clone()), &changed, "Services"),
         slices: reflect(Api::all(client.clone()), &changed, "EndpointSlices"),
         pods: reflect(Api::all(client.clone()), &changed, "Pods"),
         nodes: reflect(Api::all(client.clone()), &changed, "Nodes"),
         namespaces: reflect(Api::all(client.clone()), &changed, "Namespaces"),
-        istio: istio_kinds
-            .into_iter()
-            .map(|resource| {
-                let cache = reflect_dynamic(&client, &resource, &changed);
-                (resource.api_version.clone(), resource.kind.clone(), cache)
-            })
-            .collect(),
+        istio,
     };
     let (publish, states) = watch::channel(None);
     tokio::spawn(build_loop(caches, options, changed, publish));
     states
 }
 
-/// The Istio kinds this cluster serves, each at the version the API server
-/// prefers (every served version holds the same objects). A kind without a
-/// CRD is said once and not read.
-async fn discover_istio_kinds(client: &Client) -> Vec<ApiResource> {
-    let mut found = Vec::new();
-    let groups: BTreeSet<&str> = istio::KINDS.iter().map(|(group, _)| *group).collect();
+/// Which of `wanted` this cluster serves, each at the version the API
+/// server prefers (every served version holds the same objects), and which
+/// it does not (said when `say`).
+async fn discover_istio_kinds(
+    client: &Client,
+    wanted: &[(&'static str, &'static str)],
+    say: bool,
+) -> (Vec<ApiResource>, Vec<(&'static str, &'static str)>) {
+    let (mut found, mut missing) = (Vec::new(), Vec::new());
+    let groups: BTreeSet<&str> = wanted.iter().map(|(group, _)| *group).collect();
     for group in groups {
+        let kinds = wanted.iter().filter(|(g, _)| *g == group);
         match kube::discovery::group(client, group).await {
             Ok(api_group) => {
-                for (_, kind) in istio::KINDS.iter().filter(|(g, _)| *g == group) {
+                for (group, kind) in kinds {
                     match api_group.recommended_kind(kind) {
                         Some((resource, _)) => found.push(resource),
-                        None => tracing::warn!(
-                            "the cluster serves no {group} {kind} (CRD not installed): \
-                             {kind} objects are not read from it"
-                        ),
+                        None => {
+                            if say {
+                                tracing::warn!(
+                                    "the cluster serves no {group} {kind} (CRD not installed): \
+                                     {kind} objects are not read until it does"
+                                );
+                            }
+                            missing.push((*group, *kind));
+                        }
                     }
                 }
             }
-            Err(err) => tracing::warn!(
-                "the cluster serves no API group {group} ({err}): install Weft's CRDs \
-                 (manifests/crds) or Istio's; its kinds are not read"
-            ),
+            Err(err) => {
+                if say {
+                    tracing::warn!(
+                        "the cluster serves no API group {group} ({err}): install Weft's CRDs \
+                         (manifests/crds) or Istio's; its kinds are read once it does"
+                    );
+                }
+                missing.extend(kinds.copied());
+            }
         }
     }
-    found
+    (found, missing)
+}
+
+/// Looks for the `missing` kinds every [`REDISCOVERY`] and starts reading
+/// each one a CRD now defines.
+async fn rediscover(
+    client: Client,
+    mut missing: Vec<(&'static str, &'static str)>,
+    istio: Arc<Mutex<Vec<IstioCache>>>,
+    changed: Arc<Notify>,
+) {
+    while !missing.is_empty() {
+        tokio::time::sleep(REDISCOVERY).await;
+        let (found, still) = discover_istio_kinds(&client, &missing, false).await;
+        for resource in &found {
+            tracing::info!(
+                "the cluster now serves {} {}: reading it",
+                resource.api_version,
+                resource.kind
+            );
+            let cache = watch_kind(&client, resource, &changed);
+            istio.lock().unwrap_or_else(|p| p.into_inner()).push(cache);
+        }
+        missing = still;
+    }
+}
+
+fn watch_kind(client: &Client, resource: &ApiResource, changed: &Arc<Notify>) -> IstioCache {
+    IstioCache {
+        api_version: resource.api_version.clone(),
+        kind: resource.kind.clone(),
+        cache: reflect_dynamic(client, resource, changed),
+    }
 }
 
 fn reflect<K>(api: Api<K>, changed: &Arc<Notify>, what: &'static str) -> Store<K>
@@ -202,8 +268,13 @@ async fn build_loop(
     if ready.is_err() {
         return;
     }
-    for (_, _, cache) in &caches.istio {
-        if cache.wait_until_ready().await.is_err() {
+    let initial: Vec<IstioCache> = caches
+        .istio
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for kind in initial {
+        if kind.cache.wait_until_ready().await.is_err() {
             return;
         }
     }
@@ -246,7 +317,17 @@ fn build(caches: &Caches, cluster_domain: &str) -> ClusterState {
     );
     let mut config = Vec::new();
     let mut problems: Vec<Problem> = Vec::new();
-    for (api_version, kind, cache) in &caches.istio {
+    let istio = caches
+        .istio
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for IstioCache {
+        api_version,
+        kind,
+        cache,
+    } in &istio
+    {
         for object in cache.state() {
             match istio::decode(&object, api_version, kind) {
                 istio::Decoded::Resource(resource, _) => config.push(*resource),
@@ -274,7 +355,7 @@ fn build(caches: &Caches, cluster_domain: &str) -> ClusterState {
         })
         .collect();
     ClusterState {
-        discovery,
+        discovery: Arc::new(discovery),
         config,
         problems: problems.iter().map(ToString::to_string).collect(),
         namespaces,
