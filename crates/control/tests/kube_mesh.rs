@@ -320,6 +320,19 @@ async fn identities_traffic_routing_and_removal(binary: &Path) -> anyhow::Result
         "the server side proved the caller's identity over mTLS"
     );
 
+    // `weft describe svc` sees the Kubernetes Service and its endpoint.
+    let described = mesh
+        .weftd
+        .call(
+            http::Method::GET,
+            "/v1/describe?service=httpbin&namespace=shop",
+            None,
+        )
+        .await?;
+    let text = described.text();
+    assert_eq!(described.status, 200, "{text}");
+    assert!(text.contains(HOST) && text.contains(SERVER_IP), "{text}");
+
     // A VirtualService through the API server changes routing in < 1 s.
     let started = Instant::now();
     mesh.cluster
