@@ -16,23 +16,99 @@
 //!   only so the host has an address); callers dial pod IPs, and the
 //!   proxy forwards to the address dialled (resolution NONE, Istio's
 //!   ORIGINAL_DST); endpoints are kept for auto-mTLS and inspection.
+//! - A Service's selector also selects WorkloadEntries of its namespace and
+//!   connected workloads that are not pods (VMs), as Istio does; pods are
+//!   endpoints only as their EndpointSlices say (ready or not).
 //! - ExternalName Services are not served yet (Istio makes them aliases of
 //!   their target host): each is reported in the build's warnings.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use weft_api::Resource;
+use weft_api::networking::WorkloadEntry;
 use weft_kube::convert::{ClusterSnapshot, KubeService, ServiceKind};
 
 use super::{
-    EndpointDef, Location, PortProtocol, Registry, Resolution, ServiceDef, ServicePortDef, Workload,
+    EndpointDef, Location, PortProtocol, Registry, Resolution, ServiceDef, ServiceId,
+    ServicePortDef, Workload, labels_match, namespace_or_default,
 };
 
-/// Adds the cluster's Services with their endpoints.
-pub(super) fn collect(cluster: &ClusterSnapshot, registry: &mut Registry) {
+/// Adds the cluster's Services with their endpoints: the EndpointSlices'
+/// and the WorkloadEntries or non-pod workloads their selectors select.
+pub(super) fn collect(
+    cluster: &ClusterSnapshot,
+    resources: &[Resource],
+    workloads: &[Workload],
+    registry: &mut Registry,
+) {
+    if cluster.services.is_empty() {
+        return;
+    }
+    let pod_ips: BTreeSet<IpAddr> = cluster.pods.iter().map(|p| p.address).collect();
+    let mut selectable: Vec<(&str, EndpointDef)> = resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::WorkloadEntry(entry) => Some((
+                namespace_or_default(&entry.metadata.namespace),
+                workload_entry(&entry.spec, &entry.metadata.name)?,
+            )),
+            _ => None,
+        })
+        .collect();
+    selectable.extend(
+        workloads
+            .iter()
+            .filter(|w| !pod_ips.contains(&w.address))
+            .map(|w| (w.namespace.as_str(), workload_endpoint(w))),
+    );
     for service in &cluster.services {
-        add_service(service, registry);
+        let id = add_service(service, registry);
+        let (Some(id), Some(selector)) = (id, &service.selector) else {
+            continue;
+        };
+        for (_, endpoint) in selectable
+            .iter()
+            .filter(|(ns, e)| *ns == service.namespace && labels_match(selector, &e.labels))
+        {
+            registry.add_endpoint(id.clone(), endpoint.clone());
+        }
     }
 }
 
-fn add_service(service: &KubeService, registry: &mut Registry) {
+/// A WorkloadEntry with an IP address as an endpoint.
+fn workload_entry(entry: &WorkloadEntry, name: &str) -> Option<EndpointDef> {
+    Some(EndpointDef {
+        address: entry.address.parse().ok()?,
+        ports: entry.ports.clone(),
+        labels: entry.labels.clone(),
+        weight: entry.weight.unwrap_or(0),
+        workload: name.to_string(),
+        service_account: entry.service_account.clone(),
+        locality: super::locality_of(&entry.locality, &entry.labels),
+    })
+}
+
+fn workload_endpoint(w: &Workload) -> EndpointDef {
+    EndpointDef {
+        address: w.address,
+        ports: w
+            .ports
+            .iter()
+            .filter(|p| !p.name.is_empty())
+            .map(|p| (p.name.clone(), p.port))
+            .collect(),
+        labels: w.labels.clone(),
+        weight: 0,
+        workload: w.name.clone(),
+        service_account: w.service_account.clone(),
+        locality: super::locality_of(&w.locality, &w.labels),
+    }
+}
+
+/// Adds the Service and its EndpointSlice endpoints; its id, `None` when
+/// it is not served (ExternalName).
+fn add_service(service: &KubeService, registry: &mut Registry) -> Option<ServiceId> {
     let source = format!("Kubernetes Service {}/{}", service.namespace, service.name);
     let (vips, resolution) = match &service.kind {
         ServiceKind::ClusterIp(vips) => (vips.clone(), Resolution::Static),
@@ -42,7 +118,7 @@ fn add_service(service: &KubeService, registry: &mut Registry) {
                 "{source}: ExternalName services (alias of {target:?}) are not served yet; \
                  define a ServiceEntry for {target:?} and call it by that name"
             ));
-            return;
+            return None;
         }
     };
     let def = ServiceDef {
@@ -82,6 +158,7 @@ fn add_service(service: &KubeService, registry: &mut Registry) {
             },
         );
     }
+    Some(id)
 }
 
 /// The cluster's running Pods as workloads (for `workloadSelector`s).
@@ -108,7 +185,6 @@ mod tests {
     use weft_kube::convert::{KubeEndpoint, KubePort, PodInfo};
 
     use super::*;
-    use crate::registry::ServiceId;
 
     fn service(name: &str, kind: ServiceKind) -> KubeService {
         KubeService {
@@ -131,6 +207,7 @@ mod tests {
                 },
             ],
             export_to: Vec::new(),
+            selector: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
             endpoints: vec![KubeEndpoint {
                 address: "10.1.0.1".parse().expect("ip"),
                 ports: BTreeMap::from([("http-web".to_string(), 8080)]),
@@ -207,6 +284,69 @@ spec:
                 .any(|w| w.contains("ServiceEntry shop/squat") && w.contains("already defined")),
             "{:?}",
             registry.warnings()
+        );
+    }
+
+    #[test]
+    fn a_services_selector_picks_workload_entries_and_vms_but_not_pods() {
+        let entries = "
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: shop}
+spec: {address: 10.5.0.1, labels: {app: reviews}, serviceAccount: reviews-vm, ports: {http-web: 7070}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: elsewhere, namespace: other}
+spec: {address: 10.5.0.2, labels: {app: reviews}}
+";
+        let resources = weft_api::decode_str(entries, "we.yaml").resources;
+        let vm = Workload {
+            name: "vm-2".into(),
+            namespace: "shop".into(),
+            labels: BTreeMap::from([("app".to_string(), "reviews".to_string())]),
+            service_account: "reviews-vm".into(),
+            address: "10.5.0.3".parse().expect("ip"),
+            ports: Vec::new(),
+            locality: String::new(),
+        };
+        // A connected sidecar in a (not ready) pod of the Service.
+        let pod_sidecar = Workload {
+            name: "pod/reviews-9".into(),
+            address: "10.1.0.9".parse().expect("ip"),
+            ..vm.clone()
+        };
+        let pod = PodInfo {
+            name: "reviews-9".into(),
+            namespace: "shop".into(),
+            uid: "u".into(),
+            labels: vm.labels.clone(),
+            service_account: "reviews".into(),
+            address: "10.1.0.9".parse().expect("ip"),
+            node: String::new(),
+            locality: String::new(),
+            terminating: false,
+        };
+        let cluster = ClusterSnapshot {
+            services: vec![service(
+                "reviews",
+                ServiceKind::ClusterIp(vec!["10.96.0.20".parse().expect("ip")]),
+            )],
+            pods: vec![pod],
+        };
+        let registry = Registry::build_with_cluster(&resources, &cluster, &[vm, pod_sidecar]);
+        let id = ServiceId {
+            hostname: "reviews.shop.svc.cluster.local".into(),
+            namespace: "shop".into(),
+        };
+        let endpoints = registry.endpoints(&id);
+        let addresses: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!(addresses, vec!["10.1.0.1", "10.5.0.1", "10.5.0.3"]);
+        let service = &registry.services()[0];
+        assert_eq!(
+            endpoints[1].port_for(&service.ports[0]),
+            7070,
+            "the entry's port"
         );
     }
 

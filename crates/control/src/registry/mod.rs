@@ -266,7 +266,7 @@ impl Registry {
         workloads: &[Workload],
     ) -> Self {
         let mut registry = Self::default();
-        kube::collect(cluster, &mut registry);
+        kube::collect(cluster, resources, workloads, &mut registry);
         let mut workloads = workloads.to_vec();
         workloads.extend(kube::pod_workloads(cluster));
         service_entry::collect(resources, &workloads, &mut registry);

@@ -53,6 +53,9 @@ pub struct KubeService {
     pub ports: Vec<KubePort>,
     /// `networking.istio.io/exportTo`, split on commas; empty = everywhere.
     pub export_to: Vec<String>,
+    /// `spec.selector`; `None` for a Service without one (its endpoints
+    /// are managed by hand).
+    pub selector: Option<BTreeMap<String, String>>,
     /// The endpoints that get traffic (see [`endpoints::select`]).
     pub endpoints: Vec<KubeEndpoint>,
 }

@@ -128,6 +128,7 @@ pub fn convert(service: &Service, cluster_domain: &str) -> Option<KubeService> {
         kind,
         ports,
         export_to,
+        selector: spec.selector.clone().filter(|s| !s.is_empty()),
         endpoints: Vec::new(),
     })
 }

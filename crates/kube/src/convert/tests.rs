@@ -146,6 +146,10 @@ fn services_become_hosts_with_their_cluster_ips_ports_and_export() {
         ServiceKind::ClusterIp(vec!["10.96.0.20".parse().expect("ip")])
     );
     assert_eq!(service.export_to, vec![".", "istio-system"]);
+    assert_eq!(
+        service.selector,
+        Some([("app".to_string(), "reviews".to_string())].into())
+    );
     assert_eq!(service.ports[0].protocol, Some("HTTP"));
     assert_eq!(service.ports[0].target_port, None, "named: per endpoint");
     assert_eq!(service.ports[1].target_port, Some(19090));
