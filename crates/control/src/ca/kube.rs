@@ -35,6 +35,36 @@ impl KubeIdentity {
         }
     }
 
+    /// A renewal by a certificate bound to a pod (`pod/<name>`): the pod
+    /// must still exist at the bound address, or a certificate would
+    /// outlive its pod by renewing itself. Other certificates pass.
+    pub fn check_renewal(&self, identity: &ProvenIdentity) -> Result<(), Status> {
+        let Some(name) = identity
+            .workload_group
+            .as_deref()
+            .and_then(|group| group.strip_prefix(POD_GROUP_PREFIX))
+        else {
+            return Ok(());
+        };
+        let namespace = &identity.spiffe.namespace;
+        match self.store.cluster_pod(namespace, name) {
+            Some(pod)
+                if Some(pod.address) == identity.address
+                    && pod.service_account == identity.spiffe.service_account =>
+            {
+                Ok(())
+            }
+            Some(pod) => Err(Status::permission_denied(format!(
+                "the certificate is bound to pod {namespace}/{name} at {:?} as {}, the pod is \
+                 now at {} as {}: get a new one with the pod's token",
+                identity.address, identity.spiffe.service_account, pod.address, pod.service_account
+            ))),
+            None => Err(Status::permission_denied(format!(
+                "the certificate is bound to pod {namespace}/{name}, which is gone"
+            ))),
+        }
+    }
+
     /// What `token` proves, or why it proves nothing.
     pub async fn prove(&self, token: &str, peer: SocketAddr) -> Result<ProvenIdentity, Status> {
         let reviewed = self.reviewer.review(token).await.map_err(|err| {
@@ -77,5 +107,69 @@ impl KubeIdentity {
             workload_group: Some(format!("{POD_GROUP_PREFIX}{name}")),
             address: Some(pod.address),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_kube::convert::{ClusterSnapshot, PodInfo};
+
+    use super::*;
+
+    fn identity(group: Option<&str>, address: &str) -> ProvenIdentity {
+        ProvenIdentity {
+            spiffe: SpiffeId {
+                trust_domain: "cluster.local".into(),
+                namespace: "shop".into(),
+                service_account: "cart".into(),
+            },
+            workload_group: group.map(str::to_string),
+            address: Some(address.parse().expect("ip")),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_bound_certificate_renews_only_while_its_pod_is_there() {
+        let store = Arc::new(Store::in_memory());
+        let pod = PodInfo {
+            name: "cart-1".into(),
+            namespace: "shop".into(),
+            uid: "u1".into(),
+            labels: Default::default(),
+            service_account: "cart".into(),
+            address: "10.1.0.7".parse().expect("ip"),
+            node: String::new(),
+            locality: String::new(),
+            terminating: false,
+        };
+        let cluster = |pods| {
+            Arc::new(ClusterSnapshot {
+                services: Vec::new(),
+                pods,
+            })
+        };
+        store.replace_cluster(Vec::new(), cluster(vec![pod.clone()]));
+        // A client that is never used: no server is needed to check.
+        let config = weft_kube::kube::Config::new("https://127.0.0.1:1".parse().expect("url"));
+        let client = weft_kube::kube::Client::try_from(config).expect("client");
+        let kube = KubeIdentity::new(
+            TokenReviewer::new(client, Vec::new()),
+            store.clone(),
+            "cluster.local".into(),
+        );
+        assert!(kube.check_renewal(&identity(Some("pod/cart-1"), "10.1.0.7")).is_ok());
+        assert!(
+            kube.check_renewal(&identity(Some("vm-group"), "10.9.0.1")).is_ok(),
+            "not a pod's certificate"
+        );
+        let moved = kube
+            .check_renewal(&identity(Some("pod/cart-1"), "10.1.0.8"))
+            .expect_err("another address");
+        assert_eq!(moved.code(), tonic::Code::PermissionDenied);
+        store.replace_cluster(Vec::new(), cluster(Vec::new()));
+        let gone = kube
+            .check_renewal(&identity(Some("pod/cart-1"), "10.1.0.7"))
+            .expect_err("pod gone");
+        assert!(gone.message().contains("gone"), "{}", gone.message());
     }
 }

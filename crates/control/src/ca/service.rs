@@ -103,6 +103,9 @@ impl Certificates for CertificateService {
             }
             (Err(status), _, _) => return Err(status),
         };
+        if let (Some(kube), true) = (&self.kube, renewal) {
+            kube.check_renewal(&proven)?;
+        }
         if let Some(asked) = request.ttl {
             tracing::debug!(
                 "the caller asked for a lifetime of {asked:?}; weftd issues {:?}",
