@@ -145,6 +145,15 @@ impl Mesh {
             .await?;
         cluster.service_account("shop", "httpbin").await?;
         cluster.service_account("shop", "sleep").await?;
+        // The node's topology labels give the pods' locality.
+        cluster
+            .create_cluster_scoped(json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "node-a", "labels": {
+                    "topology.kubernetes.io/region": "us-east1",
+                    "topology.kubernetes.io/zone": "us-east1-b"}}
+            }))
+            .await?;
 
         let backend = echo_backend().await;
         let backend_port = backend.addr.port();
@@ -367,6 +376,10 @@ async fn identities_traffic_routing_and_removal(binary: &Path) -> anyhow::Result
     let text = described.text();
     assert_eq!(described.status, 200, "{text}");
     assert!(text.contains(HOST) && text.contains(SERVER_IP), "{text}");
+    assert!(
+        text.contains("us-east1/us-east1-b"),
+        "locality from the node: {text}"
+    );
 
     // A VirtualService through the API server changes routing in < 1 s.
     // (Once weftd's watch is running: the first events of a watch started

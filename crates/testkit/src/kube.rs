@@ -231,6 +231,18 @@ impl KubeCluster {
             .with_context(|| format!("creating {} in {namespace}", resource.kind))
     }
 
+    /// Creates a cluster-scoped object (a Node, ...) given as JSON.
+    pub async fn create_cluster_scoped(
+        &self,
+        object: serde_json::Value,
+    ) -> anyhow::Result<DynamicObject> {
+        let (resource, object) = dynamic(object)?;
+        Api::<DynamicObject>::all_with(self.client.clone(), &resource)
+            .create(&PostParams::default(), &object)
+            .await
+            .with_context(|| format!("creating {}", resource.kind))
+    }
+
     /// Creates or replaces a namespaced object (server-side apply).
     pub async fn apply(
         &self,

@@ -157,9 +157,13 @@ mod tests {
             store.clone(),
             "cluster.local".into(),
         );
-        assert!(kube.check_renewal(&identity(Some("pod/cart-1"), "10.1.0.7")).is_ok());
         assert!(
-            kube.check_renewal(&identity(Some("vm-group"), "10.9.0.1")).is_ok(),
+            kube.check_renewal(&identity(Some("pod/cart-1"), "10.1.0.7"))
+                .is_ok()
+        );
+        assert!(
+            kube.check_renewal(&identity(Some("vm-group"), "10.9.0.1"))
+                .is_ok(),
             "not a pod's certificate"
         );
         let moved = kube
