@@ -141,6 +141,7 @@ mod tests {
             node: String::new(),
             locality: String::new(),
             terminating: false,
+            ready: true,
         };
         let cluster = |pods| {
             Arc::new(ClusterSnapshot {

@@ -161,12 +161,12 @@ fn add_service(service: &KubeService, registry: &mut Registry) -> Option<Service
     Some(id)
 }
 
-/// The cluster's running Pods as workloads (for `workloadSelector`s).
+/// The cluster's ready Pods as workloads (for `workloadSelector`s).
 pub(super) fn pod_workloads(cluster: &ClusterSnapshot) -> impl Iterator<Item = Workload> + '_ {
     cluster
         .pods
         .iter()
-        .filter(|pod| !pod.terminating)
+        .filter(|pod| pod.ready && !pod.terminating)
         .map(|pod| Workload {
             name: pod.name.clone(),
             namespace: pod.namespace.clone(),
@@ -326,6 +326,7 @@ spec: {address: 10.5.0.2, labels: {app: reviews}}
             node: String::new(),
             locality: String::new(),
             terminating: false,
+            ready: true,
         };
         let cluster = ClusterSnapshot {
             services: vec![service(
@@ -362,20 +363,31 @@ spec: {address: 10.5.0.2, labels: {app: reviews}}
             node: "n".into(),
             locality: String::new(),
             terminating: false,
+            ready: true,
+        };
+        let starting = PodInfo {
+            name: "cart-2".into(),
+            address: "10.1.0.8".parse().expect("ip"),
+            ready: false,
+            ..cart.clone()
         };
         let cluster = ClusterSnapshot {
             services: vec![
                 service("ext", ServiceKind::ExternalName("api.example.com".into())),
                 service("db", ServiceKind::Headless),
             ],
-            pods: vec![cart],
+            pods: vec![cart, starting],
         };
         let registry = build(&cluster);
         let selected = registry.endpoints(&ServiceId {
             hostname: "pods.example".into(),
             namespace: "shop".into(),
         });
-        assert_eq!(selected.len(), 1);
+        assert_eq!(
+            selected.len(),
+            1,
+            "the pod that is not ready is not selected"
+        );
         assert_eq!(selected[0].address.to_string(), "10.1.0.7");
         assert!(
             registry

@@ -183,6 +183,7 @@ spec:
             node: "node-a".into(),
             locality: "us/east".into(),
             terminating: false,
+            ready: true,
         }
     }
 

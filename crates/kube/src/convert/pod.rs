@@ -20,6 +20,9 @@ pub struct PodInfo {
     pub locality: String,
     /// `metadata.deletionTimestamp` is set: the pod is going away.
     pub terminating: bool,
+    /// Its `Ready` condition is true (what a ServiceEntry selecting pods
+    /// goes by; Services go by their EndpointSlices).
+    pub ready: bool,
 }
 
 impl PodInfo {
@@ -46,6 +49,11 @@ impl PodInfo {
             address,
             node,
             terminating: pod.metadata.deletion_timestamp.is_some(),
+            ready: status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
         })
     }
 }

@@ -23,7 +23,8 @@ fn pod(name: &str, ip: &str, node: &str, labels: serde_json::Value) -> Pod {
                      "labels": labels},
         "spec": {"nodeName": node, "serviceAccountName": "bookinfo-reviews",
                  "containers": [{"name": "app"}]},
-        "status": {"podIP": ip}
+        "status": {"podIP": ip,
+                   "conditions": [{"type": "Ready", "status": if name == "reviews-3" { "False" } else { "True" }}]}
     }))
 }
 
@@ -259,5 +260,7 @@ fn pods_without_an_address_are_not_workloads_yet() {
     let found = snapshot.pod("shop", "reviews-2").expect("pod");
     assert_eq!(found.uid, "uid-reviews-2");
     assert_eq!(found.address.to_string(), "10.1.0.2");
+    assert!(found.ready);
+    assert!(!snapshot.pod("shop", "reviews-3").expect("pod").ready);
     assert!(snapshot.pod("shop", "nope").is_none());
 }
