@@ -19,8 +19,11 @@
 //! - A Service's selector also selects WorkloadEntries of its namespace and
 //!   connected workloads that are not pods (VMs), as Istio does; pods are
 //!   endpoints only as their EndpointSlices say (ready or not).
-//! - ExternalName Services are not served yet (Istio makes them aliases of
-//!   their target host): each is reported in the build's warnings.
+//! - ExternalName Services are aliases, as in Istio since 1.21: once every
+//!   source is in, each is served as a copy of the service its target host
+//!   names (ports, resolution, endpoints) under its own host; a target no
+//!   source defines is reported and the alias not served (Istio routes an
+//!   alias only when its target exists).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -113,13 +116,8 @@ fn add_service(service: &KubeService, registry: &mut Registry) -> Option<Service
     let (vips, resolution) = match &service.kind {
         ServiceKind::ClusterIp(vips) => (vips.clone(), Resolution::Static),
         ServiceKind::Headless => (Vec::new(), Resolution::None),
-        ServiceKind::ExternalName(target) => {
-            registry.warnings.push(format!(
-                "{source}: ExternalName services (alias of {target:?}) are not served yet; \
-                 define a ServiceEntry for {target:?} and call it by that name"
-            ));
-            return None;
-        }
+        // Served by `add_aliases`, once every source is in.
+        ServiceKind::ExternalName(_) => return None,
     };
     let def = ServiceDef {
         hostname: service.hostname.clone(),
@@ -159,6 +157,49 @@ fn add_service(service: &KubeService, registry: &mut Registry) -> Option<Service
         );
     }
     Some(id)
+}
+
+/// Each ExternalName Service as an alias of the service its target host
+/// names (the one in the alias's namespace first); call after every other
+/// source added its services.
+pub(super) fn add_aliases(cluster: &ClusterSnapshot, registry: &mut Registry) {
+    for service in &cluster.services {
+        let ServiceKind::ExternalName(target) = &service.kind else {
+            continue;
+        };
+        let source = format!(
+            "Kubernetes ExternalName Service {}/{}",
+            service.namespace, service.name
+        );
+        let found = registry
+            .services
+            .iter()
+            .filter(|s| s.hostname == *target)
+            .min_by_key(|s| s.namespace != service.namespace)
+            .cloned();
+        let Some(aliased) = found else {
+            registry.warnings.push(format!(
+                "{source}: its target {target:?} is defined by no Service or ServiceEntry; \
+                 not served until it is"
+            ));
+            continue;
+        };
+        let endpoints = registry.endpoints(&aliased.id()).to_vec();
+        let alias = ServiceDef {
+            hostname: service.hostname.clone(),
+            namespace: service.namespace.clone(),
+            // Callers resolve the name to the target's address (a DNS
+            // CNAME); the alias only needs its own host.
+            vips: Vec::new(),
+            export_to: service.export_to.clone(),
+            ..aliased
+        };
+        let id = alias.id();
+        registry.add_service(alias, &source);
+        for endpoint in endpoints {
+            registry.add_endpoint(id.clone(), endpoint);
+        }
+    }
 }
 
 /// The cluster's ready Pods as workloads (for `workloadSelector`s).
@@ -349,6 +390,37 @@ spec: {address: 10.5.0.2, labels: {app: reviews}}
             7070,
             "the entry's port"
         );
+    }
+
+    #[test]
+    fn an_external_name_service_is_an_alias_of_its_target() {
+        let cluster = ClusterSnapshot {
+            services: vec![
+                service(
+                    "reviews",
+                    ServiceKind::ClusterIp(vec!["10.96.0.20".parse().expect("ip")]),
+                ),
+                service(
+                    "ext",
+                    ServiceKind::ExternalName("reviews.shop.svc.cluster.local".into()),
+                ),
+            ],
+            pods: Vec::new(),
+        };
+        let registry = Registry::build_with_cluster(&[], &cluster, &[]);
+        let alias = registry
+            .services()
+            .iter()
+            .find(|s| s.hostname == "ext.shop.svc.cluster.local")
+            .expect("the alias is served");
+        assert_eq!(alias.ports[0].number, 9080, "the target's ports");
+        assert!(
+            !alias.vips.contains(&"10.96.0.20".parse().expect("ip")),
+            "not the target's VIP"
+        );
+        let endpoints = registry.endpoints(&alias.id());
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].address.to_string(), "10.1.0.1");
     }
 
     #[test]

@@ -270,6 +270,7 @@ impl Registry {
         let mut workloads = workloads.to_vec();
         workloads.extend(kube::pod_workloads(cluster));
         service_entry::collect(resources, &workloads, &mut registry);
+        kube::add_aliases(cluster, &mut registry);
         registry.finish();
         registry
     }
