@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokio::sync::watch;
+use weft_control::ca::kube::KubeIdentity;
 use weft_control::ca::listener::{self, ServingCert};
 use weft_control::ca::{Ca, CaOptions};
 use weft_control::push::mesh::{self, BuildInputs, Mesh};
@@ -79,6 +80,36 @@ struct Args {
     /// clean shutdown leaves at once.
     #[arg(long, default_value = "10s")]
     registration_grace: humantime::Duration,
+    /// Kubernetes mode with this kubeconfig: Services, EndpointSlices,
+    /// Pods, Nodes and the Istio CRDs of its cluster become a source, and
+    /// pods' service-account tokens bootstrap identities (TokenReview).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode with the in-cluster config (weftd in a pod: its
+    /// service account and KUBERNETES_SERVICE_HOST/PORT).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    kubernetes: bool,
+    /// The cluster's DNS domain: Services are <name>.<ns>.svc.<domain>.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// An audience pods' tokens must be valid for (repeatable; Istio's
+    /// `istio-ca` by default, which injected sidecars project).
+    #[arg(
+        long = "token-audience",
+        value_name = "AUDIENCE",
+        default_value = "istio-ca"
+    )]
+    token_audiences: Vec<String>,
+    /// Kubernetes mode: the namespace of the leader Lease (weftd's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system")]
+    leader_namespace: String,
+    /// Kubernetes mode: this replica's name in the Lease (default: the
+    /// pod's name, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    leader_id: Option<String>,
+    /// Kubernetes mode: how long the leader's Lease holds unrenewed.
+    #[arg(long, default_value = "15s")]
+    leader_lease: humantime::Duration,
 }
 
 fn main() -> ExitCode {
@@ -139,6 +170,50 @@ async fn run(args: Args) -> anyhow::Result<()> {
             store.clone(),
             args.config_interval.into(),
             source,
+        ));
+    }
+
+    // Kubernetes mode: nothing is built or served before the cluster's
+    // caches synced, so a (re)started weftd never pushes a cluster without
+    // its Services (Istio waits the same way).
+    let kube_client = kubernetes_client(&args).await?;
+    if let Some(client) = &kube_client {
+        let options = weft_kube::source::Options {
+            cluster_domain: args.cluster_domain.clone(),
+            ..Default::default()
+        };
+        let mut states = weft_kube::source::spawn(client.clone(), options).await;
+        tracing::info!("waiting for the cluster's caches to sync");
+        states
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| anyhow::anyhow!("the cluster source stopped before it synced"))?;
+        tokio::spawn(weft_control::store::follow_cluster(
+            store.clone(),
+            states.clone(),
+        ));
+        // One replica writes the namespaces' trust roots; all serve.
+        let (leading, is_leader) = watch::channel(false);
+        let identity = args.leader_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        tokio::spawn(weft_kube::leader::run(
+            client.clone(),
+            weft_kube::leader::Options {
+                namespace: args.leader_namespace.clone(),
+                name: "weftd-leader".into(),
+                identity,
+                duration: args.leader_lease.into(),
+            },
+            leading,
+        ));
+        tokio::spawn(weft_kube::leader::publish_root_cert(
+            client.clone(),
+            ca.roots_pem().to_string(),
+            is_leader,
+            states,
+            std::time::Duration::from_secs(60),
         ));
     }
 
@@ -234,6 +309,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         DiscoveryService::new(meshes, store.clone(), registrations, status)
             .with_trust_bundle(ca.roots_pem()),
     );
+    let mut certificates = CertificateService::new(ca.clone());
+    if let Some(client) = kube_client {
+        let reviewer =
+            weft_kube::identity::TokenReviewer::new(client, args.token_audiences.clone());
+        certificates = certificates.with_kubernetes(KubeIdentity::new(
+            reviewer,
+            store.clone(),
+            args.trust_domain.clone(),
+        ));
+    }
     let (stop, stopped) = watch::channel(false);
     let shutdown = |mut stopped: watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -251,7 +336,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             DiscoveryServer::from_arc(discovery.clone()),
             listener::require_workload,
         ))
-        .add_service(CertificatesServer::new(CertificateService::new(ca.clone())))
+        .add_service(CertificatesServer::new(certificates))
         .serve_with_incoming_shutdown(
             listener::tls_incoming(xds, tls, args.trust_domain.clone()),
             shutdown(stopped.clone()),
@@ -301,4 +386,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         plaintext.await??;
     }
     Ok(())
+}
+
+/// The Kubernetes client of `--kubeconfig` or `--kubernetes`, if either.
+async fn kubernetes_client(args: &Args) -> anyhow::Result<Option<weft_kube::kube::Client>> {
+    use weft_kube::kube;
+    let config = if let Some(path) = &args.kubeconfig {
+        let file = kube::config::Kubeconfig::read_from(path)
+            .map_err(|err| anyhow::anyhow!("--kubeconfig {}: {err}", path.display()))?;
+        kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .map_err(|err| anyhow::anyhow!("--kubeconfig {}: {err}", path.display()))?
+    } else if args.kubernetes {
+        kube::Config::incluster().map_err(|err| {
+            anyhow::anyhow!(
+                "--kubernetes: no in-cluster config ({err}); is weftd running in a pod with \
+                 a service account? Elsewhere use --kubeconfig PATH"
+            )
+        })?
+    } else {
+        return Ok(None);
+    };
+    let url = config.cluster_url.clone();
+    let client = kube::Client::try_from(config)
+        .map_err(|err| anyhow::anyhow!("Kubernetes client for {url}: {err}"))?;
+    tracing::info!("Kubernetes mode: reading the cluster at {url}");
+    Ok(Some(client))
 }

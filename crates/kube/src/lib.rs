@@ -5,3 +5,12 @@
 //! This crate knows Kubernetes; it does not know weftd's internals. It turns
 //! cluster objects into plain data the control plane consumes, so weftd depends on
 //! it and never the other way round.
+
+pub mod convert;
+pub mod identity;
+pub mod leader;
+pub mod source;
+
+// The client crates, for weftd and the tests: one version everywhere.
+pub use k8s_openapi;
+pub use kube;

@@ -27,7 +27,19 @@ pub fn describe(
     name: &str,
     namespace: &str,
 ) -> Result<Value, String> {
-    let registry = Registry::build(resources, workloads);
+    describe_with_cluster(resources, &Default::default(), workloads, name, namespace)
+}
+
+/// [`describe`], with a Kubernetes cluster's Services and Pods in the
+/// registry.
+pub fn describe_with_cluster(
+    resources: &[Resource],
+    cluster: &weft_kube::convert::ClusterSnapshot,
+    workloads: &[Workload],
+    name: &str,
+    namespace: &str,
+) -> Result<Value, String> {
+    let registry = Registry::build_with_cluster(resources, cluster, workloads);
     let wanted = hosts::fqdn(namespace, name);
     let service = registry
         .services()

@@ -85,7 +85,8 @@ pub(super) fn describe(store: &Store, status: &StatusBoard, query: &str) -> Repl
     };
     let resources = store.resources();
     let workloads = status.workloads();
-    match analyze::describe(&resources, &workloads, &service, &namespace) {
+    let cluster = store.cluster_discovery();
+    match analyze::describe_with_cluster(&resources, &cluster, &workloads, &service, &namespace) {
         Ok(described) => json_reply(StatusCode::OK, &described),
         Err(message) => error(StatusCode::NOT_FOUND, message),
     }

@@ -27,6 +27,7 @@
 
 pub mod binding;
 pub mod caller;
+pub mod kube;
 pub mod listener;
 pub mod service;
 pub mod token;

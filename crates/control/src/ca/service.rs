@@ -19,15 +19,24 @@ pub use weft_proto::discovery::v1::certificates_server::CertificatesServer;
 use weft_proto::discovery::v1::{SignRequest, SignResponse};
 
 use super::caller::{Caller, ProvenIdentity};
+use super::kube::KubeIdentity;
 use super::{Ca, SignError};
 
 pub struct CertificateService {
     ca: Arc<Ca>,
+    /// Kubernetes mode: service-account tokens (TokenReview) as well.
+    kube: Option<KubeIdentity>,
 }
 
 impl CertificateService {
     pub fn new(ca: Arc<Ca>) -> Self {
-        Self { ca }
+        Self { ca, kube: None }
+    }
+
+    /// Also accepts pods' projected service-account tokens (ca/kube.rs).
+    pub fn with_kubernetes(mut self, kube: KubeIdentity) -> Self {
+        self.kube = Some(kube);
+        self
     }
 
     /// What the caller proves, or why it proves nothing.
@@ -43,7 +52,11 @@ impl CertificateService {
                     )));
                 }
                 let claims = self.ca.tokens().verify(token).map_err(|err| {
-                    tracing::warn!(%peer, "certificate refused: bad bootstrap token: {err}");
+                    // In Kubernetes mode the token is usually a pod's:
+                    // said only if TokenReview refuses it too.
+                    if self.kube.is_none() {
+                        tracing::warn!(%peer, "certificate refused: bad bootstrap token: {err}");
+                    }
                     Status::unauthenticated(format!("bootstrap token refused: {err}"))
                 })?;
                 // `verify` refused a token without a group or for another
@@ -75,7 +88,24 @@ impl Certificates for CertificateService {
         let caller = request.extensions().get::<Caller>().cloned();
         let renewal = matches!(caller, Some(Caller::Workload { .. }));
         let request = request.into_inner();
-        let proven = self.prove(caller, &request.token)?;
+        let proven = match (
+            self.prove(caller.clone(), &request.token),
+            &self.kube,
+            &caller,
+        ) {
+            (Ok(proven), _, _) => proven,
+            // Not one of weftd's own tokens: a pod's service-account token?
+            (Err(status), Some(kube), Some(Caller::Anonymous { peer }))
+                if status.code() == tonic::Code::Unauthenticated
+                    && !request.token.trim().is_empty() =>
+            {
+                kube.prove(&request.token, *peer).await?
+            }
+            (Err(status), _, _) => return Err(status),
+        };
+        if let (Some(kube), true) = (&self.kube, renewal) {
+            kube.check_renewal(&proven)?;
+        }
         if let Some(asked) = request.ttl {
             tracing::debug!(
                 "the caller asked for a lifetime of {asked:?}; weftd issues {:?}",

@@ -128,7 +128,18 @@ impl MeshIndex {
         workloads: &[Workload],
         peers: &tls::MeshPeers,
     ) -> Self {
-        let registry = Registry::build(resources, workloads);
+        Self::build_with_cluster(resources, &Default::default(), workloads, peers)
+    }
+
+    /// [`build_with_peers`](Self::build_with_peers), with a Kubernetes
+    /// cluster's Services, endpoints and Pods in the registry.
+    pub fn build_with_cluster(
+        resources: &[Resource],
+        cluster: &weft_kube::convert::ClusterSnapshot,
+        workloads: &[Workload],
+        peers: &tls::MeshPeers,
+    ) -> Self {
+        let registry = Registry::build_with_cluster(resources, cluster, workloads);
         let mut warnings = registry.warnings().to_vec();
         let services = registry.services();
         let hosts = HostIndex::new(services);

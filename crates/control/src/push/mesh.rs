@@ -147,7 +147,8 @@ pub async fn build_loop(
             }
         }
         let peers = MeshPeers::new(&trust_domain, &nodes);
-        let index = MeshIndex::build_with_peers(&resources, &workloads, &peers);
+        let cluster = store.cluster_discovery();
+        let index = MeshIndex::build_with_cluster(&resources, &cluster, &workloads, &peers);
         status.set_workloads(workloads);
         tracing::debug!(
             generation,

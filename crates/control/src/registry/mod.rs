@@ -11,6 +11,7 @@
 //! non-wildcard service has at least one VIP, and no VIP belongs to two
 //! services.
 
+mod kube;
 mod service_entry;
 mod vip;
 
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use weft_api::Resource;
+use weft_kube::convert::ClusterSnapshot;
 use weft_proto::discovery::v1::Node;
 
 pub use vip::{AUTO_VIP_RANGE, auto_vip};
@@ -252,8 +254,23 @@ impl Registry {
     /// Every source, merged: ServiceEntries with their inline or selected
     /// endpoints (WorkloadEntries and connected `workloads`).
     pub fn build(resources: &[Resource], workloads: &[Workload]) -> Self {
+        Self::build_with_cluster(resources, &ClusterSnapshot::default(), workloads)
+    }
+
+    /// [`build`](Self::build) with a Kubernetes cluster's Services (added
+    /// first: they win over ServiceEntries for their host) and its Pods
+    /// (selectable by ServiceEntries, like connected workloads).
+    pub fn build_with_cluster(
+        resources: &[Resource],
+        cluster: &ClusterSnapshot,
+        workloads: &[Workload],
+    ) -> Self {
         let mut registry = Self::default();
-        service_entry::collect(resources, workloads, &mut registry);
+        kube::collect(cluster, resources, workloads, &mut registry);
+        let mut workloads = workloads.to_vec();
+        workloads.extend(kube::pod_workloads(cluster));
+        service_entry::collect(resources, &workloads, &mut registry);
+        kube::add_aliases(cluster, &mut registry);
         registry.finish();
         registry
     }

@@ -8,6 +8,7 @@
 //!   revision (a `watch`, so a slow reader only ever sees the latest).
 //! - Re-applying an identical object changes nothing and keeps its version.
 
+mod cluster;
 mod disk;
 pub mod files;
 
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 use weft_api::resource::KINDS;
 use weft_api::{Problem, Resource, decode_str};
 
+pub use cluster::{POD_GROUP_PREFIX, follow as follow_cluster};
 use disk::Disk;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,6 +106,8 @@ pub enum StoreError {
 struct State {
     resources: BTreeMap<ResourceKey, Stored>,
     revision: u64,
+    /// What a Kubernetes cluster holds (cluster.rs): in memory only.
+    cluster: cluster::ClusterLayer,
 }
 
 pub struct Store {
@@ -148,6 +152,9 @@ impl Store {
         namespace: &str,
         name: &str,
     ) -> Option<weft_api::Object<weft_api::networking::WorkloadGroup>> {
+        if let Some(pod) = name.strip_prefix(POD_GROUP_PREFIX) {
+            return self.pod_workload_group(namespace, pod);
+        }
         match self.get(&ResourceKey::new("WorkloadGroup", namespace, name))? {
             Stored {
                 resource: Resource::WorkloadGroup(group),
@@ -250,7 +257,11 @@ impl Store {
 
     pub fn get(&self, key: &ResourceKey) -> Option<Stored> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        state.resources.get(key).cloned()
+        state
+            .resources
+            .get(key)
+            .or_else(|| state.cluster.resources.get(key))
+            .cloned()
     }
 
     /// Every stored resource, without its store metadata.
@@ -265,11 +276,24 @@ impl Store {
     /// `None`), ordered by kind, namespace and name.
     pub fn list(&self, kind: Option<&str>, namespace: Option<&str>) -> Vec<Stored> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        state
+        // The cluster's resources, unless an applied one has the same key.
+        let cluster = state
+            .cluster
             .resources
             .iter()
+            .filter(|(key, _)| !state.resources.contains_key(*key));
+        let mut found: Vec<(&ResourceKey, &Stored)> = state
+            .resources
+            .iter()
+            .chain(cluster)
             .filter(|(key, _)| kind.is_none_or(|k| key.kind == k))
             .filter(|(key, _)| namespace.is_none_or(|n| key.namespace == n))
+            .collect();
+        if !state.cluster.resources.is_empty() {
+            found.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        found
+            .into_iter()
             .map(|(_, stored)| stored.clone())
             .collect()
     }
