@@ -5,3 +5,5 @@
 //! This crate knows Kubernetes; it does not know weftd's internals. It turns
 //! cluster objects into plain data the control plane consumes, so weftd depends on
 //! it and never the other way round.
+
+pub mod inject;
