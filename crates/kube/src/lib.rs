@@ -7,3 +7,4 @@
 //! it and never the other way round.
 
 pub mod inject;
+pub mod webhook;
