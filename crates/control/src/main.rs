@@ -79,6 +79,8 @@ struct Args {
     /// clean shutdown leaves at once.
     #[arg(long, default_value = "10s")]
     registration_grace: humantime::Duration,
+    #[command(flatten)]
+    webhook: weft_control::webhook::WebhookArgs,
 }
 
 fn main() -> ExitCode {
@@ -224,6 +226,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .clone()
             .renew_loop(ca.clone(), names, provider.clone()),
     );
+    let _webhooks = weft_control::webhook::start(
+        &args.webhook,
+        serving.clone(),
+        provider.clone(),
+        ca.roots_pem(),
+    )
+    .await?;
     let tls = listener::server_config(serving, ca.roots_pem(), provider)?;
     tracing::info!(
         "mesh root for proxies' --ca-root: {}",

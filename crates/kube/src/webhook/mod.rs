@@ -4,8 +4,10 @@
 //! [`inject`] (the sidecar injector, answering with a JSONPatch).
 //!
 //! The HTTP server around them (TLS, paths, limits) is weftd's
-//! (`weft_control::webhook`); nothing here does I/O.
+//! (`weft_control::webhook`); nothing here does I/O except [`ca_bundle`],
+//! which writes weftd's root into the webhook configurations.
 
+pub mod ca_bundle;
 pub mod inject;
 pub mod validate;
 
@@ -16,6 +18,10 @@ use crate::inject::Settings;
 
 pub const VALIDATE_PATH: &str = "/validate";
 pub const INJECT_PATH: &str = "/inject";
+/// The ValidatingWebhookConfiguration `weft install` makes.
+pub const VALIDATOR_NAME: &str = "weft-validator";
+/// The MutatingWebhookConfiguration `weft install` makes.
+pub const INJECTOR_NAME: &str = "weft-sidecar-injector";
 
 /// A request that is not an AdmissionReview: the HTTP status to answer
 /// and why (the API server logs it).
