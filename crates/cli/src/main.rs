@@ -12,6 +12,8 @@ mod apply;
 mod client;
 mod describe;
 mod get;
+mod intercept;
+mod kube_inject;
 mod proxy_config;
 mod token;
 mod up;
@@ -111,6 +113,15 @@ enum Command {
     /// Bootstrap tokens for proxies outside Kubernetes: create, list, revoke.
     #[command(subcommand)]
     Token(token::Command),
+    /// Inject the sidecar into the Pods and workload templates of a
+    /// manifest, offline (what the injection webhook does); prints the result.
+    KubeInject(kube_inject::Args),
+    /// Install a pod's interception rules in this network namespace (the
+    /// injected `weft-init` container runs this).
+    Intercept(intercept::InterceptArgs),
+    /// Wait until the pod's weft-proxy is ready (the classic sidecar's
+    /// postStart hook with holdApplicationUntilProxyStarts).
+    WaitProxy(intercept::WaitArgs),
 }
 
 fn main() -> ExitCode {
@@ -166,6 +177,9 @@ fn main() -> ExitCode {
             Err(err) => fail(&err),
         },
         Command::Token(command) => remote(address, |weftd| token::run(weftd, &command)),
+        Command::KubeInject(args) => kube_inject::run(&args),
+        Command::Intercept(args) => intercept::intercept(&args),
+        Command::WaitProxy(args) => intercept::wait_proxy(&args),
     }
 }
 

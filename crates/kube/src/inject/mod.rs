@@ -6,10 +6,12 @@
 //! - [`annotations`]: what the pod's annotations ask for;
 //! - [`capture`]: the interception the init container installs;
 //! - [`template`]: the containers and volumes added;
-//! - [`probes`]: app probes, which Weft does not rewrite (and says so).
+//! - [`probes`]: app probes, which Weft does not rewrite (and says so);
+//! - [`objects`]: whole manifests (workload kinds), for `weft kube-inject`.
 
 pub mod annotations;
 pub mod capture;
+pub mod objects;
 pub mod policy;
 pub mod probes;
 pub mod template;
