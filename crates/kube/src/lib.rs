@@ -7,4 +7,5 @@
 //! it and never the other way round.
 
 pub mod inject;
+pub mod install;
 pub mod webhook;
