@@ -1,7 +1,8 @@
 //! weft: the Weft command line (Istio's istioctl).
 //!
 //! `validate` and `version` work offline; `up` runs a whole mesh on this
-//! machine and `down` stops it; `apply`, `get`, `delete`, `token` and
+//! machine and `down` stops it; `install`/`uninstall` and `kube-inject` are
+//! Kubernetes mode (`intercept` and `wait-proxy` run inside pods); `apply`, `get`, `delete`, `token` and
 //! `proxy-status` talk to weftd's HTTP API, found with its credential as
 //! [`client::Target::resolve`] says (`--weftd`/`$WEFT_ADDR` with
 //! `--token-file`/`$WEFT_TOKEN_FILE`, else the running `weft up`, else
@@ -12,6 +13,7 @@ mod apply;
 mod client;
 mod describe;
 mod get;
+mod install;
 mod intercept;
 mod kube_inject;
 mod proxy_config;
@@ -122,6 +124,11 @@ enum Command {
     /// Wait until the pod's weft-proxy is ready (the classic sidecar's
     /// postStart hook with holdApplicationUntilProxyStarts).
     WaitProxy(intercept::WaitArgs),
+    /// Install Weft on a Kubernetes cluster (server-side apply), or print
+    /// what would be applied with --dry-run.
+    Install(install::InstallArgs),
+    /// Remove what `weft install` applied.
+    Uninstall(install::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -180,6 +187,8 @@ fn main() -> ExitCode {
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Intercept(args) => intercept::intercept(&args),
         Command::WaitProxy(args) => intercept::wait_proxy(&args),
+        Command::Install(args) => install::install(&args),
+        Command::Uninstall(args) => install::uninstall(&args),
     }
 }
 

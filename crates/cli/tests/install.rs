@@ -1,0 +1,143 @@
+//! `weft install --dry-run` through the binary: the printed YAML parses
+//! into the objects a cluster needs, with the ports, paths and RBAC they
+//! must carry; `weft uninstall --dry-run` deletes them in reverse.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn objects(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(WEFT).args(args).output().expect("weft runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    weft_api::decode::parse_documents(&String::from_utf8_lossy(&out.stdout))
+        .expect("YAML")
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn dry_run_prints_everything_a_cluster_needs() {
+    let all = objects(&[
+        "install",
+        "--dry-run",
+        "--image",
+        "registry.example/weft:test",
+        "--kube-version",
+        "1.31",
+    ]);
+    let kinds: Vec<&str> = all.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let weftd = find(&all, "Deployment", "weftd");
+    let container = &weftd["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/weft:test");
+    let args = container["args"].to_string();
+    assert!(
+        args.contains("\"--kube-server-version\",\"1.31\""),
+        "{args}"
+    );
+    assert!(
+        args.contains("\"--proxy-image\",\"registry.example/weft:test\""),
+        "{args}"
+    );
+    let ports: Vec<i64> = find(&all, "Service", "weftd")["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    assert_eq!(ports, [15012, 15017, 15014]);
+
+    let validator = find(&all, "ValidatingWebhookConfiguration", "weft-validator");
+    assert_eq!(
+        validator["webhooks"][0]["clientConfig"]["service"]["path"],
+        "/validate"
+    );
+    let injector = find(
+        &all,
+        "MutatingWebhookConfiguration",
+        "weft-sidecar-injector",
+    );
+    for hook in injector["webhooks"].as_array().expect("webhooks") {
+        assert_eq!(hook["clientConfig"]["service"]["path"], "/inject");
+        assert_eq!(hook["clientConfig"]["service"]["port"], 15017);
+    }
+    // Nothing grants everything.
+    for rule in find(&all, "ClusterRole", "weftd")["rules"]
+        .as_array()
+        .expect("rules")
+    {
+        assert!(!rule["verbs"].to_string().contains("\"*\""), "{rule}");
+    }
+    let gateway = find(&all, "Deployment", "weft-ingressgateway");
+    assert!(
+        gateway["spec"]["template"]["spec"]["containers"][0]["args"]
+            .to_string()
+            .contains("--router")
+    );
+}
+
+#[test]
+fn uninstall_deletes_in_reverse_and_keeps_crds_unless_purged() {
+    let out = Command::new(WEFT)
+        .args(["uninstall", "--dry-run"])
+        .output()
+        .expect("weft runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"Namespace weft-system would be deleted")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("MutatingWebhookConfiguration weft-sidecar-injector"))
+    );
+    assert!(!text.contains("CustomResourceDefinition"));
+}
+
+#[test]
+fn several_replicas_need_a_shared_ca() {
+    let out = Command::new(WEFT)
+        .args(["install", "--dry-run", "--replicas", "3"])
+        .output()
+        .expect("weft runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--plugin-ca"));
+    let all = objects(&["install", "--dry-run", "--replicas", "3", "--plugin-ca"]);
+    let weftd = find(&all, "Deployment", "weftd");
+    assert_eq!(weftd["spec"]["replicas"], 3);
+    assert!(
+        weftd["spec"]["template"]["spec"]["containers"][0]["args"]
+            .to_string()
+            .contains("/etc/cacerts")
+    );
+}
