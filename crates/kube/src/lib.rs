@@ -6,6 +6,10 @@
 //! cluster objects into plain data the control plane consumes, so weftd depends on
 //! it and never the other way round.
 
+// The client crates, for weftd and the tests: one version everywhere.
+pub use k8s_openapi;
+pub use kube;
+
 pub mod inject;
 pub mod install;
 pub mod webhook;

@@ -8,6 +8,7 @@ pub mod client;
 pub mod corpus;
 pub mod fixtures;
 pub mod grpc;
+pub mod kube;
 pub mod netns;
 pub mod otlp;
 pub mod prometheus;
