@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Client, Config};
 use serde_json::Value;
 use weft_kube::install::{self, FIELD_MANAGER, InstallOptions};
+use weft_kube::kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use weft_kube::kube::core::{ApiResource, GroupVersionKind};
+use weft_kube::kube::{self, Client, Config};
 
 #[derive(clap::Args, Debug)]
 pub struct InstallArgs {

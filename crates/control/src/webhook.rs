@@ -102,10 +102,10 @@ pub async fn start(
     };
     let tls = server_config(serving, provider)?;
     let task = listen(address, args.settings(), tls).await?;
-    if let Ok(config) = kube::Config::incluster() {
+    if let Ok(config) = weft_kube::kube::Config::incluster() {
         let roots = roots_pem.to_string();
         tokio::spawn(async move {
-            let patched = match kube::Client::try_from(config) {
+            let patched = match weft_kube::kube::Client::try_from(config) {
                 Ok(client) => patch_ca_bundles(client, &roots).await,
                 Err(err) => Err(err.into()),
             };
@@ -224,6 +224,9 @@ fn reply(status: StatusCode, message: String) -> Response<Full<Bytes>> {
 /// webhook configurations (`weft-validator`, `weft-sidecar-injector`), with
 /// a JSON merge of just that field per webhook. A configuration that does
 /// not exist is left alone (weft install may not have made it).
-pub async fn patch_ca_bundles(client: kube::Client, root_pem: &str) -> anyhow::Result<()> {
+pub async fn patch_ca_bundles(
+    client: weft_kube::kube::Client,
+    root_pem: &str,
+) -> anyhow::Result<()> {
     weft_kube::webhook::ca_bundle::patch(client, root_pem).await
 }
