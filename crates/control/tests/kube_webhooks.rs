@@ -156,3 +156,220 @@ async fn a_client_that_does_not_hold_weftds_root_cannot_talk_to_the_webhook() {
     let err = refused.expect_err("another root must not verify weftd's certificate");
     assert!(format!("{err:#}").contains("TLS handshake"), "{err:#}");
 }
+
+/// The VirtualService CRD, schemaless: enough for the API server to store
+/// VirtualServices and send them to the webhook (Weft's own CRD manifests
+/// come with the Kubernetes source).
+fn virtual_service_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "virtualservices.networking.istio.io"},
+        "spec": {
+            "group": "networking.istio.io",
+            "names": {"kind": "VirtualService", "plural": "virtualservices",
+                      "singular": "virtualservice", "listKind": "VirtualServiceList"},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                          "schema": {"openAPIV3Schema": {"type": "object",
+                                     "x-kubernetes-preserve-unknown-fields": true}}}]
+        }
+    })
+}
+
+/// `weft install`'s two webhook configurations, pointed at `url` with
+/// weftd's root as caBundle (what weftd writes in a cluster).
+fn webhook_configurations(url: &str, root_pem: &str) -> Vec<Value> {
+    let bundle = serde_json::to_value(weft_kube::k8s_openapi::ByteString(
+        root_pem.as_bytes().to_vec(),
+    ))
+    .expect("base64");
+    let objects = weft_kube::install::render(&weft_kube::install::InstallOptions::default())
+        .expect("install renders");
+    objects
+        .into_iter()
+        .filter(|o| {
+            o["kind"] == "ValidatingWebhookConfiguration"
+                || o["kind"] == "MutatingWebhookConfiguration"
+        })
+        .map(|mut config| {
+            for hook in config["webhooks"].as_array_mut().into_iter().flatten() {
+                let path = hook["clientConfig"]["service"]["path"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                hook["clientConfig"] = json!({"url": format!("{url}{path}"), "caBundle": bundle});
+            }
+            config
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_api_server_refuses_invalid_config_and_stores_pods_injected() -> anyhow::Result<()> {
+    use weft_kube::k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    use weft_kube::k8s_openapi::api::core::v1::Pod;
+    use weft_kube::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use weft_kube::kube::api::{Api, DynamicObject, PostParams};
+    use weft_kube::kube::core::{ApiResource, GroupVersionKind};
+
+    let test = "a_real_api_server_refuses_invalid_config_and_stores_pods_injected";
+    let Some(binary) = weft_testkit::kube::apiserver_or_skip(test) else {
+        return Ok(());
+    };
+    let cluster = weft_testkit::kube::KubeCluster::start(&binary).await?;
+    let version = cluster.client.apiserver_version().await?;
+    eprintln!("kube-apiserver {}", version.git_version);
+    let dir = tempfile::tempdir()?;
+    let webhook = weft_testkit::free_addr();
+    let ip = webhook.ip().to_string();
+    let address = webhook.to_string();
+    let weftd = WeftdProcess::start_with(
+        Path::new(WEFTD),
+        &dir.path().join("store"),
+        weft_testkit::free_addr(),
+        weft_testkit::free_addr(),
+        &["--webhook", &address, "--xds-san", &ip],
+    )
+    .await?;
+    let root = std::fs::read_to_string(&weftd.root_cert)?;
+
+    let crd: CustomResourceDefinition = serde_json::from_value(virtual_service_crd())?;
+    Api::<CustomResourceDefinition>::all(cluster.client.clone())
+        .create(&PostParams::default(), &crd)
+        .await?;
+    for config in webhook_configurations(&format!("https://{webhook}"), &root) {
+        if config["kind"] == "ValidatingWebhookConfiguration" {
+            let config: ValidatingWebhookConfiguration = serde_json::from_value(config)?;
+            Api::all(cluster.client.clone())
+                .create(&PostParams::default(), &config)
+                .await?;
+        } else {
+            let config: MutatingWebhookConfiguration = serde_json::from_value(config)?;
+            Api::all(cluster.client.clone())
+                .create(&PostParams::default(), &config)
+                .await?;
+        }
+    }
+    cluster
+        .namespace("shop", &[("istio-injection", "enabled")])
+        .await?;
+    cluster.namespace("plain", &[]).await?;
+
+    // An invalid VirtualService, created with dryRun until the CRD is
+    // served and the webhook configuration is active, then for real.
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService"),
+        "virtualservices",
+    );
+    let services = Api::<DynamicObject>::namespaced_with(cluster.client.clone(), "shop", &resource);
+    let invalid: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "reviews"},
+        "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"subset": "v2"}}]}]}
+    }))?;
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match services.create(&dry, &invalid).await {
+            Err(weft_kube::kube::Error::Api(status)) if status.message.contains("weft") => break,
+            other => {
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!(
+                        "the webhook never refused the invalid VirtualService: {other:?}; weftd:\n{}",
+                        weftd.logs()
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    }
+    let refused = services
+        .create(&PostParams::default(), &invalid)
+        .await
+        .expect_err("refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("spec.http[0].route[0].destination.host: Required value"),
+        "{message}"
+    );
+    assert!(
+        services.get_opt("reviews").await?.is_none(),
+        "nothing stored"
+    );
+    let mut valid = invalid.clone();
+    valid.data["spec"]["http"][0]["route"][0]["destination"]["host"] = json!("reviews");
+    services.create(&PostParams::default(), &valid).await?;
+
+    // Pods: injected in the labelled namespace (native sidecars on this
+    // server), left alone when they opt out or live elsewhere.
+    let pod = |name: &str, labels: Value| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "app", "image": "app:1",
+                                     "ports": [{"containerPort": 8080, "name": "http"}]}]}
+        }))?)
+    };
+    let shop = Api::<Pod>::namespaced(cluster.client.clone(), "shop");
+    shop.create(
+        &PostParams::default(),
+        &pod("cart-1", json!({"app": "cart"}))?,
+    )
+    .await?;
+    shop.create(
+        &PostParams::default(),
+        &pod(
+            "batch-1",
+            json!({"app": "batch", "sidecar.istio.io/inject": "false"}),
+        )?,
+    )
+    .await?;
+    Api::<Pod>::namespaced(cluster.client.clone(), "plain")
+        .create(
+            &PostParams::default(),
+            &pod("web-1", json!({"app": "web"}))?,
+        )
+        .await?;
+
+    let stored = shop.get("cart-1").await?;
+    let spec = stored.spec.clone().unwrap_or_default();
+    let inits: Vec<String> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(inits, ["weft-init", "weft-proxy"], "{stored:?}");
+    let proxy = &spec.init_containers.as_ref().expect("inits")[1];
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    let volumes: Vec<String> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.clone())
+        .collect();
+    assert!(volumes.contains(&"weft-token".to_string()), "{volumes:?}");
+    let labels = stored.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("security.istio.io/tlsMode").map(String::as_str),
+        Some("istio")
+    );
+
+    for (namespace, name) in [("shop", "batch-1"), ("plain", "web-1")] {
+        let pod = Api::<Pod>::namespaced(cluster.client.clone(), namespace)
+            .get(name)
+            .await?;
+        let spec = pod.spec.unwrap_or_default();
+        assert!(
+            spec.init_containers.is_none(),
+            "{namespace}/{name} injected"
+        );
+        assert_eq!(spec.containers.len(), 1);
+    }
+    Ok(())
+}
