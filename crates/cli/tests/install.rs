@@ -141,3 +141,69 @@ fn several_replicas_need_a_shared_ca() {
             .contains("/etc/cacerts")
     );
 }
+
+/// `weft install` and `weft uninstall` against a real API server (skipped
+/// without `WEFT_TEST_KUBE_APISERVER`): server-side apply accepts every
+/// object (the server checks each against its schema), a second install
+/// changes nothing, and uninstall removes what install made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_and_uninstall_against_a_real_api_server() -> anyhow::Result<()> {
+    use weft_kube::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use weft_kube::k8s_openapi::api::apps::v1::Deployment;
+    use weft_kube::k8s_openapi::api::rbac::v1::ClusterRole;
+    use weft_kube::kube::api::Api;
+
+    let Some(binary) =
+        weft_testkit::kube::apiserver_or_skip("install_and_uninstall_against_a_real_api_server")
+    else {
+        return Ok(());
+    };
+    let cluster = weft_testkit::kube::KubeCluster::start(&binary).await?;
+    let kubeconfig = cluster.kubeconfig.to_str().expect("path").to_string();
+    let run = |args: Vec<&str>| {
+        let out = Command::new(WEFT).args(&args).output().expect("weft runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    for _ in 0..2 {
+        let (ok, text) = run(vec!["install", "--kubeconfig", &kubeconfig]);
+        assert!(ok, "{text}");
+        assert!(text.contains("Kubernetes 1.36"), "{text}");
+    }
+    let weftd = Api::<Deployment>::namespaced(cluster.client.clone(), "weft-system")
+        .get("weftd")
+        .await?;
+    let args = weftd
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].args.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--kube-server-version" && w[1] == "1.36"),
+        "{args:?}"
+    );
+    Api::<ClusterRole>::all(cluster.client.clone())
+        .get("weftd")
+        .await?;
+    Api::<MutatingWebhookConfiguration>::all(cluster.client.clone())
+        .get("weft-sidecar-injector")
+        .await?;
+
+    let (ok, text) = run(vec!["uninstall", "--kubeconfig", &kubeconfig]);
+    assert!(ok, "{text}");
+    let gone = Api::<MutatingWebhookConfiguration>::all(cluster.client.clone())
+        .get_opt("weft-sidecar-injector")
+        .await?;
+    assert!(gone.is_none());
+    assert!(
+        Api::<ClusterRole>::all(cluster.client.clone())
+            .get_opt("weftd")
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
