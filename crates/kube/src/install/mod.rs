@@ -11,6 +11,7 @@
 mod control;
 mod crds;
 mod gateway;
+pub mod helm;
 mod webhooks;
 
 use serde_json::Value;

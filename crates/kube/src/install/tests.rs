@@ -224,3 +224,59 @@ fn the_ingress_gateway_is_selected_by_istios_gateway_labels() {
             .all(|o| o["metadata"]["name"] != "weft-ingressgateway")
     );
 }
+
+fn chart_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/weft")
+}
+
+#[test]
+fn helm_chart_is_generated_from_the_renderer() {
+    let files = helm::chart_files().expect("chart renders");
+    let bless = std::env::var("WEFT_BLESS").is_ok_and(|v| v == "1");
+    for (path, text) in &files {
+        let file = chart_dir().join(path);
+        if bless {
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("dir");
+            std::fs::write(&file, text).expect("write");
+            continue;
+        }
+        let committed = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (WEFT_BLESS=1 regenerates the chart)",
+                file.display()
+            )
+        });
+        assert_eq!(
+            &committed,
+            text,
+            "{} is stale: regenerate with WEFT_BLESS=1 cargo test -p weft-kube --lib helm",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn helm_chart_with_default_values_is_the_default_install() {
+    let files = helm::chart_files().expect("chart renders");
+    let mut from_chart = Vec::new();
+    for name in ["templates/weft.yaml", "templates/ingressgateway.yaml"] {
+        let (_, template) = files.iter().find(|(p, _)| p == name).expect("template");
+        let text = helm::render_with_defaults(template, ("1", "36+"));
+        from_chart.extend(
+            weft_api::decode::parse_documents(&text)
+                .unwrap_or_else(|e| panic!("{name}: {e}\n{text}"))
+                .into_iter()
+                .filter(|d| !d.is_null()),
+        );
+    }
+    let installed: Vec<Value> = render(&InstallOptions {
+        kube_version: Some("1.36".into()),
+        ..InstallOptions::default()
+    })
+    .expect("renders")
+    .into_iter()
+    .filter(|o| o["kind"] != "CustomResourceDefinition")
+    .collect();
+    assert_eq!(from_chart, installed);
+    assert!(helm::values_yaml().contains(&format!("image: {}", crate::inject::default_image())));
+}
