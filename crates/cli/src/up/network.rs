@@ -293,6 +293,26 @@ mod tests {
         assert!(at("-d 127.0.0.0/8 -j RETURN") < at("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
         assert!(at("--dport 15021 -j RETURN") < at("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT"));
         assert!(rules.ends_with("COMMIT\n"));
+        // Exactly what weft up installed before the rules moved to Capture.
+        assert_eq!(
+            rules,
+            "*nat\n:ISTIO_INBOUND - [0:0]\n:ISTIO_IN_REDIRECT - [0:0]\n:ISTIO_OUTPUT - [0:0]\n\
+             :ISTIO_REDIRECT - [0:0]\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n\
+             -A ISTIO_INBOUND -p tcp --dport 15000 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp --dport 15001 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp --dport 15006 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n\
+             -A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n\
+             -A OUTPUT -p tcp -j ISTIO_OUTPUT\n\
+             -A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN\n\
+             -A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN\n\
+             -A ISTIO_OUTPUT -d 127.0.0.0/8 -j RETURN\n\
+             -A ISTIO_OUTPUT -j ISTIO_REDIRECT\n\
+             -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n"
+        );
         // The ports a mesh file may not serve are the ones capture skips.
         assert_eq!(
             super::super::meshfile::PROXY_PORTS,

@@ -249,10 +249,10 @@ pub fn workload_name(meta: &ObjectMeta) -> String {
         .flatten()
         .find(|o| o.controller == Some(true))
     {
-        if owner.kind == "ReplicaSet" {
-            if let Some((deployment, _hash)) = owner.name.rsplit_once('-') {
-                return deployment.to_string();
-            }
+        if owner.kind == "ReplicaSet"
+            && let Some((deployment, _hash)) = owner.name.rsplit_once('-')
+        {
+            return deployment.to_string();
         }
         return owner.name.clone();
     }

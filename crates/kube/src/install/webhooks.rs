@@ -82,7 +82,6 @@ pub fn validating() -> ValidatingWebhookConfiguration {
             timeout_seconds: Some(10),
             ..ValidatingWebhook::default()
         }]),
-        ..ValidatingWebhookConfiguration::default()
     }
 }
 
@@ -143,6 +142,5 @@ pub fn mutating(revision: &str) -> MutatingWebhookConfiguration {
                 ],
             ),
         ]),
-        ..MutatingWebhookConfiguration::default()
     }
 }
