@@ -71,12 +71,6 @@ pub fn install(args: &InstallArgs) -> ExitCode {
         plugin_ca: args.plugin_ca,
         ingress_gateway: !args.no_ingress_gateway,
     };
-    if install::CRDS.is_empty() {
-        eprintln!(
-            "weft install: note: this build ships no CRDs (manifests/crds/ is not in it yet); \
-             install Istio's CRDs (its `base` chart) first"
-        );
-    }
     if args.dry_run {
         return match install::render(&options).and_then(|objects| install::to_yaml(&objects)) {
             Ok(yaml) => {

@@ -122,6 +122,16 @@ fn uninstall_deletes_in_reverse_and_keeps_crds_unless_purged() {
             .any(|l| l.starts_with("MutatingWebhookConfiguration weft-sidecar-injector"))
     );
     assert!(!text.contains("CustomResourceDefinition"));
+    let purged = Command::new(WEFT)
+        .args(["uninstall", "--dry-run", "--purge"])
+        .output()
+        .expect("weft runs");
+    let purged = String::from_utf8_lossy(&purged.stdout);
+    assert!(
+        purged.contains(
+            "CustomResourceDefinition virtualservices.networking.istio.io would be deleted"
+        )
+    );
 }
 
 #[test]
@@ -151,6 +161,7 @@ async fn install_and_uninstall_against_a_real_api_server() -> anyhow::Result<()>
     use weft_kube::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
     use weft_kube::k8s_openapi::api::apps::v1::Deployment;
     use weft_kube::k8s_openapi::api::rbac::v1::ClusterRole;
+    use weft_kube::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use weft_kube::kube::api::Api;
 
     let Some(binary) =
@@ -193,8 +204,13 @@ async fn install_and_uninstall_against_a_real_api_server() -> anyhow::Result<()>
         .get("weft-sidecar-injector")
         .await?;
 
+    let crds = Api::<CustomResourceDefinition>::all(cluster.client.clone());
+    crds.get("virtualservices.networking.istio.io").await?;
+
     let (ok, text) = run(vec!["uninstall", "--kubeconfig", &kubeconfig]);
     assert!(ok, "{text}");
+    // CRDs stay (deleting them deletes every Istio resource) unless purged.
+    crds.get("virtualservices.networking.istio.io").await?;
     let gone = Api::<MutatingWebhookConfiguration>::all(cluster.client.clone())
         .get_opt("weft-sidecar-injector")
         .await?;
@@ -204,6 +220,13 @@ async fn install_and_uninstall_against_a_real_api_server() -> anyhow::Result<()>
             .get_opt("weftd")
             .await?
             .is_none()
+    );
+    let (ok, text) = run(vec!["uninstall", "--purge", "--kubeconfig", &kubeconfig]);
+    assert!(ok, "{text}");
+    let gone = crds.get_opt("virtualservices.networking.istio.io").await?;
+    assert!(
+        gone.is_none_or(|crd| crd.metadata.deletion_timestamp.is_some()),
+        "purged"
     );
     Ok(())
 }

@@ -157,24 +157,13 @@ async fn a_client_that_does_not_hold_weftds_root_cannot_talk_to_the_webhook() {
     assert!(format!("{err:#}").contains("TLS handshake"), "{err:#}");
 }
 
-/// The VirtualService CRD, schemaless: enough for the API server to store
-/// VirtualServices and send them to the webhook (Weft's own CRD manifests
-/// come with the Kubernetes source).
-fn virtual_service_crd() -> Value {
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "virtualservices.networking.istio.io"},
-        "spec": {
-            "group": "networking.istio.io",
-            "names": {"kind": "VirtualService", "plural": "virtualservices",
-                      "singular": "virtualservice", "listKind": "VirtualServiceList"},
-            "scope": "Namespaced",
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                          "schema": {"openAPIV3Schema": {"type": "object",
-                                     "x-kubernetes-preserve-unknown-fields": true}}}]
-        }
-    })
+/// `weft install`'s CRDs (Weft's own, from manifests/crds/).
+fn weft_crds() -> Vec<Value> {
+    weft_kube::install::render(&weft_kube::install::InstallOptions::default())
+        .expect("install renders")
+        .into_iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+        .collect()
 }
 
 /// `weft install`'s two webhook configurations, pointed at `url` with
@@ -236,10 +225,12 @@ async fn a_real_api_server_refuses_invalid_config_and_stores_pods_injected() -> 
     .await?;
     let root = std::fs::read_to_string(&weftd.root_cert)?;
 
-    let crd: CustomResourceDefinition = serde_json::from_value(virtual_service_crd())?;
-    Api::<CustomResourceDefinition>::all(cluster.client.clone())
-        .create(&PostParams::default(), &crd)
-        .await?;
+    for crd in weft_crds() {
+        let crd: CustomResourceDefinition = serde_json::from_value(crd)?;
+        Api::<CustomResourceDefinition>::all(cluster.client.clone())
+            .create(&PostParams::default(), &crd)
+            .await?;
+    }
     for config in webhook_configurations(&format!("https://{webhook}"), &root) {
         if config["kind"] == "ValidatingWebhookConfiguration" {
             let config: ValidatingWebhookConfiguration = serde_json::from_value(config)?;

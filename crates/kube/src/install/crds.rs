@@ -1,10 +1,20 @@
-//! The CustomResourceDefinitions `weft install` applies, from
-//! `manifests/crds/` (written with the Kubernetes source, not here).
-//!
-//! None are shipped in this build yet: `manifests/crds/` does not exist on
-//! this branch. Until it does, `weft install` says so, and a cluster that
-//! already has Istio's CRDs (or gets them from Istio's `base` chart) works
-//! unchanged. When the files land, list each here with `include_str!`.
+//! The CustomResourceDefinitions `weft install` applies: the files in
+//! `manifests/crds/` (Weft's own, for the eleven Istio kinds it serves,
+//! written with the Kubernetes source), compiled in so the `weft` binary
+//! carries them. A cluster that already has Istio's CRDs works unchanged.
 
 /// `(path, YAML)` of each CRD manifest.
-pub const CRDS: &[(&str, &str)] = &[];
+pub const CRDS: &[(&str, &str)] = &[
+    (
+        "manifests/crds/networking.yaml",
+        include_str!("../../../../manifests/crds/networking.yaml"),
+    ),
+    (
+        "manifests/crds/security.yaml",
+        include_str!("../../../../manifests/crds/security.yaml"),
+    ),
+    (
+        "manifests/crds/telemetry.yaml",
+        include_str!("../../../../manifests/crds/telemetry.yaml"),
+    ),
+];

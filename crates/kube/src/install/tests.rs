@@ -280,3 +280,25 @@ fn helm_chart_with_default_values_is_the_default_install() {
     assert_eq!(from_chart, installed);
     assert!(helm::values_yaml().contains(&format!("image: {}", crate::inject::default_image())));
 }
+
+#[test]
+fn weft_crds_come_right_after_the_namespace() {
+    let objects = render(&InstallOptions::default()).expect("renders");
+    let crds: Vec<&str> = objects
+        .iter()
+        .skip(1)
+        .take_while(|o| o["kind"] == "CustomResourceDefinition")
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(crds.len(), 11, "{crds:?}");
+    for name in [
+        "virtualservices.networking.istio.io",
+        "authorizationpolicies.security.istio.io",
+        "telemetries.telemetry.istio.io",
+    ] {
+        assert!(crds.contains(&name), "{name} missing from {crds:?}");
+    }
+    // The chart carries the same files under crds/.
+    let files = helm::chart_files().expect("chart");
+    assert!(files.iter().any(|(p, _)| p == "crds/networking.yaml"));
+}
