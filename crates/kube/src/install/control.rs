@@ -146,6 +146,8 @@ fn app_labels() -> std::collections::BTreeMap<String, String> {
 
 fn deployment(options: &InstallOptions) -> Deployment {
     let mut args: Vec<String> = [
+        // Kubernetes mode from the in-cluster config (its service account).
+        "--kubernetes",
         "--state-dir",
         "/var/lib/weft",
         "--xds",
@@ -239,17 +241,11 @@ fn deployment(options: &InstallOptions) -> Deployment {
                         image: Some(options.image.clone()),
                         command: Some(vec!["weftd".into()]),
                         args: Some(args),
-                        env: Some(vec![EnvVar {
-                            name: "POD_NAMESPACE".into(),
-                            value_from: Some(EnvVarSource {
-                                field_ref: Some(ObjectFieldSelector {
-                                    field_path: "metadata.namespace".into(),
-                                    ..ObjectFieldSelector::default()
-                                }),
-                                ..EnvVarSource::default()
-                            }),
-                            ..EnvVar::default()
-                        }]),
+                        // The leader Lease's namespace and holder name.
+                        env: Some(vec![
+                            field_env("POD_NAMESPACE", "metadata.namespace"),
+                            field_env("POD_NAME", "metadata.name"),
+                        ]),
                         ports: Some(vec![
                             port("grpc-xds", XDS_PORT),
                             port("https-webhook", WEBHOOK_PORT),
@@ -292,6 +288,20 @@ fn deployment(options: &InstallOptions) -> Deployment {
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
     }
 }
 

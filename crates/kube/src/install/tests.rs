@@ -129,6 +129,7 @@ fn weftd_serves_its_three_ports_and_the_webhooks_point_at_them() {
         .containers[0];
     let args = container.args.clone().expect("args").join(" ");
     for wanted in [
+        "--kubernetes",
         "--webhook 0.0.0.0:15017",
         "--xds 0.0.0.0:15012",
         "--api 0.0.0.0:15014",
