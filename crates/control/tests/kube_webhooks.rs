@@ -364,3 +364,115 @@ async fn a_real_api_server_refuses_invalid_config_and_stores_pods_injected() -> 
     }
     Ok(())
 }
+
+/// `$(VAR)` in an argument, as the kubelet expands it from the
+/// container's environment.
+fn expand(arg: &str, env: &[(&str, &str)]) -> String {
+    env.iter().fold(arg.to_string(), |text, (name, value)| {
+        text.replace(&format!("$({name})"), value)
+    })
+}
+
+#[tokio::test]
+async fn the_injected_sidecar_command_is_one_weft_proxy_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (weftd, webhook) = weftd_with_webhook(dir.path(), &[]).await;
+    let pod = review(
+        ("", "v1", "Pod"),
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "ratings-1", "namespace": "bookinfo",
+                            "labels": {"app": "ratings", "version": "v1"},
+                            "annotations": {"proxy.istio.io/config": "{concurrency: 1, terminationDrainDuration: 2s}",
+                                            "sidecar.istio.io/logLevel": "debug"}},
+               "spec": {"containers": [{"name": "ratings", "image": "ratings:1",
+                                        "ports": [{"containerPort": 9080, "name": "http"}]}]}}),
+    );
+    let (_, body) = post(webhook, &weftd.root_cert, "/inject", pod.clone())
+        .await
+        .expect("inject answers");
+    let answer: Value = serde_json::from_slice(&body).expect("review");
+    let patch: Vec<u8> =
+        serde_json::from_value(answer["response"]["patch"].clone()).expect("patch");
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("json patch");
+    let mut object =
+        serde_json::from_slice::<Value>(&pod).expect("pod")["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch).expect("applies");
+    let proxy = &object["spec"]["initContainers"][1];
+    assert_eq!(proxy["command"][0], "weft-proxy");
+    let args: Vec<String> = serde_json::from_value(proxy["args"].clone()).expect("args");
+
+    // The kubelet's part: the downward API's values, the projected token
+    // and root at their mounted paths (here: files in the test's dir).
+    let env = [
+        ("POD_NAME", "ratings-1"),
+        ("POD_NAMESPACE", "bookinfo"),
+        ("INSTANCE_IP", "127.0.0.1"),
+        ("SERVICE_ACCOUNT", "bookinfo-ratings"),
+    ];
+    let token = dir.path().join("istio-token");
+    std::fs::write(&token, "not-a-real-token").expect("token");
+    let free = || weft_testkit::free_addr().to_string();
+    let mut argv: Vec<String> = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let value = |rest: &mut std::slice::Iter<String>| rest.next().cloned().unwrap_or_default();
+        match arg.as_str() {
+            "--control-plane" => {
+                value(&mut rest);
+                argv.extend(["--control-plane".into(), weftd.xds.to_string()]);
+            }
+            "--ca-root" => {
+                assert_eq!(value(&mut rest), "/var/run/secrets/weft/root-cert.pem");
+                argv.extend(["--ca-root".into(), weftd.root_cert.display().to_string()]);
+            }
+            "--token-file" => {
+                assert_eq!(value(&mut rest), "/var/run/secrets/tokens/istio-token");
+                argv.extend(["--token-file".into(), token.display().to_string()]);
+            }
+            "--merged-metrics" => {
+                value(&mut rest);
+                argv.extend(["--merged-metrics".into(), free()]);
+            }
+            other => argv.push(expand(other, &env)),
+        }
+    }
+    // Not the pod's fixed ports: this runs beside other tests.
+    argv.extend([
+        "--admin".into(),
+        free(),
+        "--health".into(),
+        free(),
+        "--metrics".into(),
+        free(),
+    ]);
+    assert!(
+        argv.windows(2)
+            .any(|w| w[0] == "--node-id" && w[1] == "ratings-1.bookinfo")
+    );
+    assert!(argv.windows(2).any(|w| w[0] == "--workers" && w[1] == "1"));
+
+    let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
+    let mut child = tokio::process::Command::new(&binary)
+        .args(&argv)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("weft-proxy starts");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    match child.try_wait().expect("status") {
+        // Still running: it took every flag and is asking weftd for a
+        // certificate (the bogus token is refused; it keeps trying).
+        None => {
+            child.kill().await.expect("kill");
+        }
+        Some(status) => {
+            let output = child.wait_with_output().await.expect("output");
+            panic!(
+                "weft-proxy exited ({status}) on the injected command {argv:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
