@@ -159,3 +159,45 @@ fn the_init_container_installs_the_annotated_capture_in_its_namespace() {
         "{rules}"
     );
 }
+
+#[test]
+fn wait_proxy_returns_once_the_proxy_is_ready_and_fails_after_its_timeout() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    // Not ready twice, then ready: what a starting weft-proxy answers.
+    let server = std::thread::spawn(move || {
+        for answer in [
+            "503 Service Unavailable",
+            "503 Service Unavailable",
+            "200 OK",
+        ] {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 1024];
+            let read = stream.read(&mut request).expect("read");
+            assert!(String::from_utf8_lossy(&request[..read]).starts_with("GET /healthz/ready "));
+            let _ = write!(stream, "HTTP/1.1 {answer}\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = weft(&["wait-proxy", "--health", &address, "--timeout", "10s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    server.join().expect("server");
+
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    let out = weft(&["wait-proxy", "--health", &closed, "--timeout", "1s"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not ready after 1s"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
