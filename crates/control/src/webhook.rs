@@ -195,8 +195,7 @@ async fn respond(request: Request<Incoming>, settings: &Settings) -> Response<Fu
         }
     };
     let path = parts.uri.path();
-    // Work of a few milliseconds at most; off the reactor anyway, since a
-    // large pod's diff is CPU only.
+    // Pure and small (one object, a diff of one pod): run inline.
     let answer = weft_kube::webhook::answer(path, &body, settings);
     match answer {
         Ok(json) => Response::builder()

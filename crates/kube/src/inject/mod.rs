@@ -169,7 +169,13 @@ pub fn inject_template(
     };
     let probes = probes::network_probes(&spec.containers);
     let init = template::init_container(settings, &options);
-    let proxy = template::proxy_container(settings, &options, &workload, &app_ports, native);
+    let proxy = template::proxy_container(
+        settings,
+        &options,
+        &workload,
+        &app_ports,
+        template::Role::Sidecar { native },
+    );
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
     // weft-init first: nothing else in the pod (other init containers
     // included) talks to the network before capture is in place, and the

@@ -63,16 +63,26 @@ pub fn init_container(settings: &Settings, options: &Options) -> Container {
     }
 }
 
-/// `weft-proxy`; `native` makes it a native sidecar (an init container that
-/// keeps running: `restartPolicy: Always`, with a startup probe the app
-/// containers wait for).
+/// What the `weft-proxy` container is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Beside an app, its traffic captured; `native` makes it a native
+    /// sidecar (an init container that keeps running: `restartPolicy:
+    /// Always`, with a startup probe the app containers wait for).
+    Sidecar { native: bool },
+    /// A gateway (`--router`): serves Gateway resources, captures nothing.
+    Gateway,
+}
+
+/// The `weft-proxy` container for `role`.
 pub fn proxy_container(
     settings: &Settings,
     options: &Options,
     workload: &Workload<'_>,
     app_ports: &[String],
-    native: bool,
+    role: Role,
 ) -> Container {
+    let native = role == Role::Sidecar { native: true };
     let mut args = vec![
         "--control-plane".to_string(),
         settings.control_plane.clone(),
@@ -93,10 +103,14 @@ pub fn proxy_container(
         "$(INSTANCE_IP)".into(),
         "--cluster-id".into(),
         settings.cluster_id.clone(),
-        "--capture".into(),
-        "--merged-metrics".into(),
-        "0.0.0.0:15020".into(),
     ];
+    match role {
+        // Istio's merged metrics port beside the capture listeners.
+        Role::Sidecar { .. } => {
+            args.extend(["--capture", "--merged-metrics", "0.0.0.0:15020"].map(String::from))
+        }
+        Role::Gateway => args.push("--router".into()),
+    }
     for (key, value) in workload.labels {
         args.push("--label".into());
         args.push(format!("{key}={value}"));

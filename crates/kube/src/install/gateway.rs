@@ -20,9 +20,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use super::{GATEWAY, InstallOptions, NAMESPACE, meta, to_value};
+use crate::inject::Settings;
 use crate::inject::annotations::Options;
-use crate::inject::template::{self, Workload};
-use crate::inject::{Settings, default_image};
+use crate::inject::template::{self, Role, Workload};
 
 fn labels() -> BTreeMap<String, String> {
     [("app", "istio-ingressgateway"), ("istio", "ingressgateway")]
@@ -44,11 +44,7 @@ pub fn objects(options: &InstallOptions) -> Result<Vec<Value>, String> {
 
 fn deployment(options: &InstallOptions) -> Deployment {
     let settings = Settings {
-        image: if options.image.is_empty() {
-            default_image()
-        } else {
-            options.image.clone()
-        },
+        image: options.image.clone(),
         ..Settings::default()
     };
     let labels = labels();
@@ -56,19 +52,16 @@ fn deployment(options: &InstallOptions) -> Deployment {
         name: GATEWAY,
         labels: &labels,
     };
-    // The sidecar's container, turned into a gateway: --router instead of
-    // --capture, no merged metrics, and a plain container.
-    let mut proxy: Container =
-        template::proxy_container(&settings, &Options::default(), &workload, &[], false);
+    // The sidecar's container (identity, root, probes, resources) in its
+    // gateway role; Istio names the gateway's container istio-proxy.
+    let mut proxy: Container = template::proxy_container(
+        &settings,
+        &Options::default(),
+        &workload,
+        &[],
+        Role::Gateway,
+    );
     proxy.name = "istio-proxy".into();
-    if let Some(args) = proxy.args.as_mut() {
-        let capture = args.iter().position(|a| a == "--capture");
-        if let Some(at) = capture {
-            // --capture, --merged-metrics ADDR
-            args.drain(at..at + 3);
-        }
-        args.push("--router".into());
-    }
     proxy.security_context = Some(SecurityContext {
         run_as_user: Some(1337),
         run_as_group: Some(1337),
