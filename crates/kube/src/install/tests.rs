@@ -247,12 +247,22 @@ fn helm_chart_is_generated_from_the_renderer() {
                 file.display()
             )
         });
-        assert_eq!(
-            &committed,
-            text,
-            "{} is stale: regenerate with WEFT_BLESS=1 cargo test -p weft-kube --lib helm",
-            file.display()
-        );
+        if &committed != text {
+            // The first line that differs, not two whole files.
+            let at = committed
+                .lines()
+                .zip(text.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(committed.lines().count().min(text.lines().count()));
+            panic!(
+                "{} is stale at line {}: committed {:?}, generated {:?}; regenerate with \
+                 WEFT_BLESS=1 cargo test -p weft-kube --lib helm",
+                file.display(),
+                at + 1,
+                committed.lines().nth(at),
+                text.lines().nth(at)
+            );
+        }
     }
 }
 
