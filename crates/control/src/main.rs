@@ -231,6 +231,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         serving.clone(),
         provider.clone(),
         ca.roots_pem(),
+        weft_control::webhook::in_cluster_client(),
     )
     .await?;
     let tls = listener::server_config(serving, ca.roots_pem(), provider)?;

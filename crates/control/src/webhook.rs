@@ -5,9 +5,10 @@
 //! is `weft_kube::webhook`; this file is the HTTP server around it.
 //!
 //! The API server must trust weftd's root: the webhook configurations'
-//! `caBundle` is weftd's `root-cert.pem`. Running in a cluster, weftd writes
-//! it there itself at start ([`patch_ca_bundles`]), as istiod does, so
-//! `weft install` can ship the configurations without one.
+//! `caBundle` is weftd's `root-cert.pem`. Given a cluster client (in a pod,
+//! [`in_cluster_client`]), weftd writes it there itself at start
+//! ([`patch_ca_bundles`]), as istiod does, so `weft install` can ship the
+//! configurations without one.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -89,27 +90,24 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// weftd's hook: with `--webhook`, binds it and serves both webhooks;
-/// running in a cluster, also writes `roots_pem` as their caBundle.
+/// weftd's hook: with `--webhook`, binds it and serves both webhooks; with
+/// a cluster `client`, also writes `roots_pem` as their caBundle.
 pub async fn start(
     args: &WebhookArgs,
     serving: Arc<ServingCert>,
     provider: Arc<CryptoProvider>,
     roots_pem: &str,
+    client: Option<weft_kube::kube::Client>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let Some(address) = args.address else {
         return Ok(None);
     };
     let tls = server_config(serving, provider)?;
     let task = listen(address, args.settings(), tls).await?;
-    if let Ok(config) = weft_kube::kube::Config::incluster() {
+    if let Some(client) = client {
         let roots = roots_pem.to_string();
         tokio::spawn(async move {
-            let patched = match weft_kube::kube::Client::try_from(config) {
-                Ok(client) => patch_ca_bundles(client, &roots).await,
-                Err(err) => Err(err.into()),
-            };
-            if let Err(err) = patched {
+            if let Err(err) = patch_ca_bundles(client, &roots).await {
                 tracing::error!(
                     "cannot write weftd's root into the webhook configurations (the API server \
                      will not trust --webhook until their caBundle is set): {err:#}"
@@ -118,6 +116,19 @@ pub async fn start(
         });
     }
     Ok(Some(task))
+}
+
+/// The cluster weftd runs in, if it runs in a pod (its service account);
+/// `None` elsewhere.
+pub fn in_cluster_client() -> Option<weft_kube::kube::Client> {
+    let config = weft_kube::kube::Config::incluster().ok()?;
+    match weft_kube::kube::Client::try_from(config) {
+        Ok(client) => Some(client),
+        Err(err) => {
+            tracing::warn!("in a cluster, but no Kubernetes client: {err}");
+            None
+        }
+    }
 }
 
 /// Binds `address` and serves the webhooks until the task is dropped.

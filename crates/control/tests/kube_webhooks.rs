@@ -166,13 +166,10 @@ fn weft_crds() -> Vec<Value> {
         .collect()
 }
 
-/// `weft install`'s two webhook configurations, pointed at `url` with
-/// weftd's root as caBundle (what weftd writes in a cluster).
-fn webhook_configurations(url: &str, root_pem: &str) -> Vec<Value> {
-    let bundle = serde_json::to_value(weft_kube::k8s_openapi::ByteString(
-        root_pem.as_bytes().to_vec(),
-    ))
-    .expect("base64");
+/// `weft install`'s two webhook configurations, pointed at `url` (the
+/// API server cannot resolve the `weftd` Service here), still without a
+/// caBundle.
+fn webhook_configurations(url: &str) -> Vec<Value> {
     let objects = weft_kube::install::render(&weft_kube::install::InstallOptions::default())
         .expect("install renders");
     objects
@@ -187,7 +184,7 @@ fn webhook_configurations(url: &str, root_pem: &str) -> Vec<Value> {
                     .as_str()
                     .unwrap_or("")
                     .to_string();
-                hook["clientConfig"] = json!({"url": format!("{url}{path}"), "caBundle": bundle});
+                hook["clientConfig"] = json!({"url": format!("{url}{path}")});
             }
             config
         })
@@ -231,7 +228,7 @@ async fn a_real_api_server_refuses_invalid_config_and_stores_pods_injected() -> 
             .create(&PostParams::default(), &crd)
             .await?;
     }
-    for config in webhook_configurations(&format!("https://{webhook}"), &root) {
+    for config in webhook_configurations(&format!("https://{webhook}")) {
         if config["kind"] == "ValidatingWebhookConfiguration" {
             let config: ValidatingWebhookConfiguration = serde_json::from_value(config)?;
             Api::all(cluster.client.clone())
@@ -243,6 +240,16 @@ async fn a_real_api_server_refuses_invalid_config_and_stores_pods_injected() -> 
                 .create(&PostParams::default(), &config)
                 .await?;
         }
+    }
+    // What weftd does at start in a cluster: its root into every webhook's
+    // caBundle (without it the API server cannot call the webhooks).
+    weft_control::webhook::patch_ca_bundles(cluster.client.clone(), &root).await?;
+    let injector = Api::<MutatingWebhookConfiguration>::all(cluster.client.clone())
+        .get("weft-sidecar-injector")
+        .await?;
+    for hook in injector.webhooks.iter().flatten() {
+        let bundle = hook.client_config.ca_bundle.as_ref().map(|b| b.0.clone());
+        assert_eq!(bundle.as_deref(), Some(root.as_bytes()), "{}", hook.name);
     }
     cluster
         .namespace("shop", &[("istio-injection", "enabled")])
