@@ -17,7 +17,9 @@ async fn harness_runs_a_real_api_server_that_survives_a_restart() -> anyhow::Res
     let mut cluster = KubeCluster::start(&binary).await?;
     let version = cluster.client.apiserver_version().await?;
     eprintln!("kube-apiserver {}", version.git_version);
-    cluster.namespace("shop", &[("istio-injection", "enabled")]).await?;
+    cluster
+        .namespace("shop", &[("istio-injection", "enabled")])
+        .await?;
     cluster.service_account("shop", "cart").await?;
     let pod = cluster
         .running_pod(

@@ -71,8 +71,11 @@ impl KubeCluster {
         let url = format!("https://{bind}");
         write_credentials(dir.path(), bind.ip())?;
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_text(&url, &dir.path().join("ca.crt")))
-            .context("writing the kubeconfig")?;
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_text(&url, &dir.path().join("ca.crt")),
+        )
+        .context("writing the kubeconfig")?;
         let client = client_for(&kubeconfig).await?;
         let mut cluster = Self {
             etcd,
@@ -255,6 +258,46 @@ impl KubeCluster {
             .delete(&name, &Default::default())
             .await
             .with_context(|| format!("deleting {} {namespace}/{name}", resource.kind))?;
+        Ok(())
+    }
+
+    /// Creates CustomResourceDefinitions (JSON objects) and waits until the
+    /// API server serves each (condition `Established`).
+    pub async fn install_crds(&self, crds: &[serde_json::Value]) -> anyhow::Result<()> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let api = Api::<CustomResourceDefinition>::all(self.client.clone());
+        let mut names = Vec::new();
+        for crd in crds {
+            let crd: CustomResourceDefinition =
+                serde_json::from_value(crd.clone()).context("a CRD")?;
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.create(&PostParams::default(), &crd)
+                .await
+                .with_context(|| format!("creating CRD {name}"))?;
+            names.push(name);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for name in names {
+            loop {
+                let crd = api
+                    .get(&name)
+                    .await
+                    .with_context(|| format!("CRD {name}"))?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("CRD {name} is not established after 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         Ok(())
     }
 
