@@ -201,3 +201,47 @@ fn wait_proxy_returns_once_the_proxy_is_ready_and_fails_after_its_timeout() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Both forms of injection (classic for 1.28, native for 1.29+) of Istio's
+/// Bookinfo manifest are accepted by a real API server, which validates
+/// every pod template (skipped without `WEFT_TEST_KUBE_APISERVER`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_bookinfo_is_accepted_by_a_real_api_server() -> anyhow::Result<()> {
+    let test = "injected_bookinfo_is_accepted_by_a_real_api_server";
+    let Some(binary) = weft_testkit::kube::apiserver_or_skip(test) else {
+        return Ok(());
+    };
+    let Some(corpus) = weft_testkit::corpus::root_or_skip(test) else {
+        return Ok(());
+    };
+    let file = corpus.join("istio/samples/bookinfo/platform/kube/bookinfo.yaml");
+    let cluster = weft_testkit::kube::KubeCluster::start(&binary).await?;
+    for (namespace, version) in [("classic", "1.28"), ("native", "1.36")] {
+        let out = weft(&[
+            "kube-inject",
+            "-f",
+            file.to_str().expect("path"),
+            "--kube-version",
+            version,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.namespace(namespace, &[]).await?;
+        let mut deployments = 0;
+        for document in documents(&out.stdout) {
+            if document["kind"] == "Deployment" {
+                deployments += 1;
+            }
+            let what = format!("{} {}", document["kind"], document["metadata"]["name"]);
+            cluster
+                .create(namespace, document)
+                .await
+                .map_err(|err| anyhow::anyhow!("{namespace}: {what}: {err:#}"))?;
+        }
+        assert_eq!(deployments, 6);
+    }
+    Ok(())
+}
