@@ -1,7 +1,8 @@
 //! weft: the Weft command line (Istio's istioctl).
 //!
 //! `validate` and `version` work offline; `up` runs a whole mesh on this
-//! machine and `down` stops it; `apply`, `get`, `delete`, `token` and
+//! machine and `down` stops it; `install`/`uninstall` and `kube-inject` are
+//! Kubernetes mode (`intercept` and `wait-proxy` run inside pods); `apply`, `get`, `delete`, `token` and
 //! `proxy-status` talk to weftd's HTTP API, found with its credential as
 //! [`client::Target::resolve`] says (`--weftd`/`$WEFT_ADDR` with
 //! `--token-file`/`$WEFT_TOKEN_FILE`, else the running `weft up`, else
@@ -12,6 +13,9 @@ mod apply;
 mod client;
 mod describe;
 mod get;
+mod install;
+mod intercept;
+mod kube_inject;
 mod proxy_config;
 mod token;
 mod up;
@@ -111,6 +115,20 @@ enum Command {
     /// Bootstrap tokens for proxies outside Kubernetes: create, list, revoke.
     #[command(subcommand)]
     Token(token::Command),
+    /// Inject the sidecar into the Pods and workload templates of a
+    /// manifest, offline (what the injection webhook does); prints the result.
+    KubeInject(kube_inject::Args),
+    /// Install a pod's interception rules in this network namespace (the
+    /// injected `weft-init` container runs this).
+    Intercept(intercept::InterceptArgs),
+    /// Wait until the pod's weft-proxy is ready (the classic sidecar's
+    /// postStart hook with holdApplicationUntilProxyStarts).
+    WaitProxy(intercept::WaitArgs),
+    /// Install Weft on a Kubernetes cluster (server-side apply), or print
+    /// what would be applied with --dry-run.
+    Install(install::InstallArgs),
+    /// Remove what `weft install` applied.
+    Uninstall(install::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -166,6 +184,11 @@ fn main() -> ExitCode {
             Err(err) => fail(&err),
         },
         Command::Token(command) => remote(address, |weftd| token::run(weftd, &command)),
+        Command::KubeInject(args) => kube_inject::run(&args),
+        Command::Intercept(args) => intercept::intercept(&args),
+        Command::WaitProxy(args) => intercept::wait_proxy(&args),
+        Command::Install(args) => install::install(&args),
+        Command::Uninstall(args) => install::uninstall(&args),
     }
 }
 

@@ -5,7 +5,8 @@
 //! the mesh into each proxy's config; [`push`] streams it to the proxies
 //! and records their ACK/NACK in [`status`]; [`api`] serves `weft apply`,
 //! `get`, `delete` and `proxy-status`; [`analyze`] finds likely mistakes
-//! in Istio resources (`weft analyze`).
+//! in Istio resources (`weft analyze`); [`webhook`] serves Kubernetes
+//! admission (validation and sidecar injection) on `--webhook`.
 
 pub mod analyze;
 pub mod api;
@@ -16,3 +17,4 @@ pub mod push;
 pub mod registry;
 pub mod status;
 pub mod store;
+pub mod webhook;

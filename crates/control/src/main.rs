@@ -110,6 +110,8 @@ struct Args {
     /// Kubernetes mode: how long the leader's Lease holds unrenewed.
     #[arg(long, default_value = "15s")]
     leader_lease: humantime::Duration,
+    #[command(flatten)]
+    webhook: weft_control::webhook::WebhookArgs,
 }
 
 fn main() -> ExitCode {
@@ -299,6 +301,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .clone()
             .renew_loop(ca.clone(), names, provider.clone()),
     );
+    let _webhooks = weft_control::webhook::start(
+        &args.webhook,
+        serving.clone(),
+        provider.clone(),
+        ca.roots_pem(),
+        kube_client.clone(),
+    )
+    .await?;
     let tls = listener::server_config(serving, ca.roots_pem(), provider)?;
     tracing::info!(
         "mesh root for proxies' --ca-root: {}",

@@ -8,8 +8,11 @@
 
 pub mod convert;
 pub mod identity;
+pub mod inject;
+pub mod install;
 pub mod leader;
 pub mod source;
+pub mod webhook;
 
 // The client crates, for weftd and the tests: one version everywhere.
 pub use k8s_openapi;

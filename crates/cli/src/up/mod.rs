@@ -17,7 +17,7 @@ macro_rules! note {
 mod down;
 mod identity;
 pub mod meshfile;
-mod network;
+pub(crate) mod network;
 mod plan;
 mod pod;
 mod privileges;

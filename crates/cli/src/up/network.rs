@@ -14,6 +14,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
+use weft_kube::inject::capture::Capture;
+
 use super::plan::{PROXY_UID, Plan, Pod};
 
 const BRIDGE: &str = "weft0";
@@ -136,40 +138,31 @@ fn in_netns<T: Send>(
 /// The rules Istio's init container installs, in one atomic
 /// `iptables-restore`: all of them or none (fail closed).
 pub fn intercept(pod: &Pod) -> anyhow::Result<()> {
-    run(
-        "ip",
-        &["netns", "exec", &pod.netns, "iptables-restore"],
-        Some(&interception_rules()),
-    )
-    .with_context(|| format!("pod {}: cannot install the interception rules", pod.name))
+    restore_rules(&interception_rules(), Some(&pod.netns))
+        .with_context(|| format!("pod {}: cannot install the interception rules", pod.name))
 }
 
-fn interception_rules() -> String {
-    let mut rules = String::from(
-        "*nat\n\
-         :ISTIO_INBOUND - [0:0]\n\
-         :ISTIO_IN_REDIRECT - [0:0]\n\
-         :ISTIO_OUTPUT - [0:0]\n\
-         :ISTIO_REDIRECT - [0:0]\n\
-         -A PREROUTING -p tcp -j ISTIO_INBOUND\n",
-    );
-    for port in super::meshfile::PROXY_PORTS {
-        rules.push_str(&format!(
-            "-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN\n"
-        ));
+/// Installs `rules` (an `iptables-restore` input) in `netns`, or in the
+/// caller's own namespace (`weft intercept`, run inside a pod).
+pub fn restore_rules(rules: &str, netns: Option<&str>) -> anyhow::Result<()> {
+    match netns {
+        Some(netns) => run(
+            "ip",
+            &["netns", "exec", netns, "iptables-restore"],
+            Some(rules),
+        ),
+        None => run("iptables-restore", &[], Some(rules)),
     }
-    rules.push_str(&format!(
-        "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n\
-         -A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n\
-         -A OUTPUT -p tcp -j ISTIO_OUTPUT\n\
-         -A ISTIO_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN\n\
-         -A ISTIO_OUTPUT -m owner --gid-owner {PROXY_UID} -j RETURN\n\
-         -A ISTIO_OUTPUT -d 127.0.0.0/8 -j RETURN\n\
-         -A ISTIO_OUTPUT -j ISTIO_REDIRECT\n\
-         -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n\
-         COMMIT\n"
-    ));
-    rules
+}
+
+/// What `weft up` captures: everything, as Istio does without annotations
+/// (the same rules `weft intercept` builds, from [`Capture`]).
+fn interception_rules() -> String {
+    Capture {
+        proxy_uid: PROXY_UID,
+        ..Capture::default()
+    }
+    .rules()
 }
 
 /// `/etc/netns/<ns>/{hosts,resolv.conf}`, which `ip netns exec` mounts
@@ -300,5 +293,30 @@ mod tests {
         assert!(at("-d 127.0.0.0/8 -j RETURN") < at("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
         assert!(at("--dport 15021 -j RETURN") < at("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT"));
         assert!(rules.ends_with("COMMIT\n"));
+        // Exactly what weft up installed before the rules moved to Capture.
+        assert_eq!(
+            rules,
+            "*nat\n:ISTIO_INBOUND - [0:0]\n:ISTIO_IN_REDIRECT - [0:0]\n:ISTIO_OUTPUT - [0:0]\n\
+             :ISTIO_REDIRECT - [0:0]\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n\
+             -A ISTIO_INBOUND -p tcp --dport 15000 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp --dport 15001 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp --dport 15006 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN\n\
+             -A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n\
+             -A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n\
+             -A OUTPUT -p tcp -j ISTIO_OUTPUT\n\
+             -A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN\n\
+             -A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN\n\
+             -A ISTIO_OUTPUT -d 127.0.0.0/8 -j RETURN\n\
+             -A ISTIO_OUTPUT -j ISTIO_REDIRECT\n\
+             -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n"
+        );
+        // The ports a mesh file may not serve are the ones capture skips.
+        assert_eq!(
+            super::super::meshfile::PROXY_PORTS,
+            weft_kube::inject::capture::PROXY_PORTS
+        );
     }
 }

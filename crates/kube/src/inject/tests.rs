@@ -1,0 +1,285 @@
+//! Injection on Pods written here, checked field by field.
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+use super::*;
+
+fn pod(yaml_annotations: &[(&str, &str)]) -> Pod {
+    let mut pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "reviews-v1-5c7d9f6b8-",
+            "namespace": "bookinfo",
+            "labels": {"app": "reviews", "version": "v1"},
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "reviews-v1-5c7d9f6b8",
+                "uid": "u1", "controller": true
+            }]
+        },
+        "spec": {
+            "serviceAccountName": "bookinfo-reviews",
+            "containers": [{
+                "name": "reviews",
+                "image": "docker.io/istio/examples-bookinfo-reviews-v1:1.20.2",
+                "ports": [{"containerPort": 9080, "name": "http"}],
+                "readinessProbe": {"httpGet": {"path": "/health", "port": 9080}}
+            }]
+        }
+    }))
+    .expect("pod");
+    let annotations = pod
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    for (k, v) in yaml_annotations {
+        annotations.insert(k.to_string(), v.to_string());
+    }
+    pod
+}
+
+fn injected(pod: &Pod, settings: &Settings) -> (Pod, Vec<String>) {
+    match inject_pod(pod, "bookinfo", Namespace::Selected, settings).expect("inject") {
+        Outcome::Injected { pod, warnings } => (*pod, warnings),
+        Outcome::Skipped(why) => panic!("skipped: {why}"),
+    }
+}
+
+fn find<'a>(containers: &'a [Container], name: &str) -> &'a Container {
+    containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Vec<&'a str> {
+    args.windows(2)
+        .filter(|w| w[0] == name)
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
+#[test]
+fn native_sidecar_by_default_with_identity_token_and_root() {
+    let (pod, _) = injected(&pod(&[]), &Settings::default());
+    let spec = pod.spec.expect("spec");
+    let inits = spec.init_containers.expect("init containers");
+    assert_eq!(inits[0].name, "weft-init");
+    assert_eq!(inits[1].name, "weft-proxy");
+    assert_eq!(spec.containers.len(), 1, "the app only");
+    let proxy = &inits[1];
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    assert!(proxy.startup_probe.is_some());
+    let args = proxy.args.clone().expect("args");
+    assert_eq!(
+        flag(&args, "--control-plane"),
+        ["weftd.weft-system.svc:15012"]
+    );
+    assert_eq!(
+        flag(&args, "--token-file"),
+        ["/var/run/secrets/tokens/istio-token"]
+    );
+    assert_eq!(
+        flag(&args, "--ca-root"),
+        ["/var/run/secrets/weft/root-cert.pem"]
+    );
+    assert_eq!(flag(&args, "--workload"), ["reviews-v1"]);
+    assert_eq!(flag(&args, "--address"), ["$(INSTANCE_IP)"]);
+    assert_eq!(flag(&args, "--port"), ["9080/http"]);
+    assert!(flag(&args, "--label").contains(&"app=reviews"));
+    assert!(args.contains(&"--capture".to_string()));
+    let env = proxy.env.clone().expect("env");
+    for (name, path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("INSTANCE_IP", "status.podIP"),
+        ("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+    ] {
+        let var = env.iter().find(|e| e.name == name).expect(name);
+        let field = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .expect("field ref");
+        assert_eq!(field.field_path, path);
+    }
+    let security = proxy.security_context.as_ref().expect("security");
+    assert_eq!(security.run_as_user, Some(1337));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+
+    let volumes = spec.volumes.expect("volumes");
+    let token = volumes
+        .iter()
+        .find(|v| v.name == "weft-token")
+        .and_then(|v| v.projected.as_ref())
+        .and_then(|p| p.sources.as_ref())
+        .and_then(|s| s[0].service_account_token.as_ref())
+        .expect("projected token");
+    assert_eq!(token.audience.as_deref(), Some("istio-ca"));
+    assert_eq!(token.expiration_seconds, Some(43200));
+    assert_eq!(token.path, "istio-token");
+    let root = volumes
+        .iter()
+        .find(|v| v.name == "weft-ca-root")
+        .and_then(|v| v.config_map.as_ref())
+        .expect("root config map");
+    assert_eq!(root.name, "weft-ca-root-cert");
+
+    let init = &inits[0];
+    assert_eq!(init.command.as_deref(), Some(&["weft".to_string()][..]));
+    assert_eq!(init.args.as_ref().expect("args")[0], "intercept");
+    let caps = init
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.clone())
+        .expect("caps");
+    assert_eq!(caps, ["NET_ADMIN", "NET_RAW"]);
+
+    let labels = pod.metadata.labels.expect("labels");
+    assert_eq!(labels["security.istio.io/tlsMode"], "istio");
+    assert_eq!(labels["service.istio.io/canonical-name"], "reviews");
+    assert_eq!(labels["service.istio.io/canonical-revision"], "v1");
+    let status: serde_json::Value = serde_json::from_str(
+        &pod.metadata.annotations.expect("annotations")["sidecar.istio.io/status"],
+    )
+    .expect("status json");
+    assert_eq!(status["initContainers"][1], "weft-proxy");
+}
+
+#[test]
+fn classic_sidecar_on_old_servers_and_held_first_when_asked() {
+    let old = Settings {
+        native_sidecars: supports_native_sidecars("1", "28"),
+        ..Settings::default()
+    };
+    let (pod1, _) = injected(&pod(&[]), &old);
+    let spec = pod1.spec.expect("spec");
+    assert_eq!(spec.init_containers.expect("inits").len(), 1);
+    assert_eq!(spec.containers[1].name, "weft-proxy");
+    assert!(spec.containers[1].restart_policy.is_none());
+
+    let held = pod(&[(
+        "proxy.istio.io/config",
+        "holdApplicationUntilProxyStarts: true",
+    )]);
+    let (pod2, _) = injected(&held, &old);
+    let spec = pod2.spec.expect("spec");
+    assert_eq!(spec.containers[0].name, "weft-proxy");
+    let hook = spec.containers[0]
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .expect("postStart");
+    assert_eq!(hook[..2], ["weft".to_string(), "wait-proxy".to_string()]);
+
+    // The pod's annotation wins over the server default.
+    let native = pod(&[("sidecar.istio.io/nativeSidecar", "true")]);
+    let (pod3, _) = injected(&native, &old);
+    assert_eq!(pod3.spec.expect("spec").containers.len(), 1);
+}
+
+#[test]
+fn annotations_reach_the_containers() {
+    let annotated = pod(&[
+        ("traffic.sidecar.istio.io/excludeOutboundPorts", "5432"),
+        (
+            "traffic.sidecar.istio.io/includeOutboundIPRanges",
+            "10.96.0.0/12",
+        ),
+        ("sidecar.istio.io/proxyCPU", "250m"),
+        ("sidecar.istio.io/proxyMemoryLimit", "512Mi"),
+        ("sidecar.istio.io/logLevel", "debug"),
+        (
+            "proxy.istio.io/config",
+            r#"{"concurrency": 3, "terminationDrainDuration": "20s"}"#,
+        ),
+    ]);
+    let (pod, _) = injected(&annotated, &Settings::default());
+    let inits = pod.spec.expect("spec").init_containers.expect("inits");
+    let init_args = inits[0].args.clone().expect("args");
+    assert_eq!(flag(&init_args, "--exclude-outbound-ports"), ["5432"]);
+    assert_eq!(
+        flag(&init_args, "--include-outbound-ip-ranges"),
+        ["10.96.0.0/12"]
+    );
+    let proxy = find(&inits, "weft-proxy");
+    let args = proxy.args.clone().expect("args");
+    assert_eq!(flag(&args, "--workers"), ["3"]);
+    assert_eq!(flag(&args, "--drain-timeout"), ["20000ms"]);
+    let resources = proxy.resources.as_ref().expect("resources");
+    assert_eq!(
+        resources.requests.as_ref().expect("requests")["cpu"].0,
+        "250m"
+    );
+    assert_eq!(
+        resources.limits.as_ref().expect("limits")["memory"].0,
+        "512Mi"
+    );
+    let env = proxy.env.as_ref().expect("env");
+    assert!(
+        env.iter()
+            .any(|e| e.name == "RUST_LOG" && e.value.as_deref() == Some("debug"))
+    );
+}
+
+#[test]
+fn probes_and_unknown_annotations_are_warned_never_silent() {
+    let (pod, warnings) = injected(
+        &pod(&[("sidecar.istio.io/userVolumeMount", "{}")]),
+        &Settings::default(),
+    );
+    let all = warnings.join("\n");
+    assert!(all.contains("sidecar.istio.io/userVolumeMount"), "{all}");
+    assert!(
+        all.contains("reviews/readinessProbe (httpGet :9080/health)"),
+        "{all}"
+    );
+    let annotations = pod.metadata.annotations.expect("annotations");
+    assert!(annotations[probes::NOTE].contains("reviews/readinessProbe"));
+    // The probe itself is left as written.
+    let app = &pod.spec.expect("spec").containers[0];
+    assert_eq!(
+        app.readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.as_deref()),
+        Some("/health")
+    );
+}
+
+#[test]
+fn injection_happens_once_and_bad_annotations_refuse_the_pod() {
+    let (once, _) = injected(&pod(&[]), &Settings::default());
+    let again =
+        inject_pod(&once, "bookinfo", Namespace::Selected, &Settings::default()).expect("decided");
+    assert!(matches!(again, Outcome::Skipped(why) if why.contains("already injected")));
+
+    let bad = pod(&[("traffic.sidecar.istio.io/includeInboundPorts", "http")]);
+    let err = inject_pod(&bad, "bookinfo", Namespace::Selected, &Settings::default())
+        .expect_err("bad port");
+    assert!(err.contains("includeInboundPorts"), "{err}");
+}
+
+#[test]
+fn workload_names_follow_the_controller() {
+    let mut meta = ObjectMeta {
+        name: Some("db-0".into()),
+        ..ObjectMeta::default()
+    };
+    assert_eq!(workload_name(&meta), "db-0");
+    meta.owner_references = Some(vec![OwnerReference {
+        kind: "StatefulSet".into(),
+        name: "db".into(),
+        controller: Some(true),
+        ..OwnerReference::default()
+    }]);
+    assert_eq!(workload_name(&meta), "db");
+    assert!(supports_native_sidecars("1", "29+"));
+    assert!(supports_native_sidecars("v1", "36"));
+    assert!(!supports_native_sidecars("1", "28"));
+    assert!(!supports_native_sidecars("", ""));
+}
