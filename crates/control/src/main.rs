@@ -320,9 +320,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_trust_bundle(ca.roots_pem()),
     );
     let mut certificates = CertificateService::new(ca.clone());
-    if let Some(client) = kube_client {
+    if let Some(client) = &kube_client {
         let reviewer =
-            weft_kube::identity::TokenReviewer::new(client, args.token_audiences.clone());
+            weft_kube::identity::TokenReviewer::new(client.clone(), args.token_audiences.clone());
         certificates = certificates.with_kubernetes(KubeIdentity::new(
             reviewer,
             store.clone(),

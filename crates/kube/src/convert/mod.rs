@@ -14,6 +14,7 @@ pub mod endpoints;
 pub mod pod;
 pub mod service;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -94,24 +95,35 @@ pub struct KubeEndpoint {
 
 /// Joins the objects into a snapshot; `cluster_domain` is usually
 /// `cluster.local`.
-pub fn snapshot(
-    services: &[Service],
-    slices: &[EndpointSlice],
-    pods: &[Pod],
-    nodes: &[Node],
+///
+/// Objects are borrowed (`Service` or the reflector's `Arc<Service>`), so
+/// a rebuild copies only what the snapshot keeps.
+pub fn snapshot<S, E, P, N>(
+    services: &[S],
+    slices: &[E],
+    pods: &[P],
+    nodes: &[N],
     cluster_domain: &str,
-) -> ClusterSnapshot {
+) -> ClusterSnapshot
+where
+    S: Borrow<Service>,
+    E: Borrow<EndpointSlice>,
+    P: Borrow<Pod>,
+    N: Borrow<Node>,
+{
     let nodes: BTreeMap<&str, &Node> = nodes
         .iter()
-        .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
+        .map(Borrow::borrow)
+        .filter_map(|n: &Node| Some((n.metadata.name.as_deref()?, n)))
         .collect();
     let mut pod_infos: Vec<PodInfo> = pods
         .iter()
-        .filter_map(|p| PodInfo::from_pod(p, &nodes))
+        .filter_map(|p| PodInfo::from_pod(p.borrow(), &nodes))
         .collect();
     pod_infos.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in slices {
+    for slice in slices.iter().map(Borrow::borrow) {
+        let slice: &EndpointSlice = slice;
         let Some(namespace) = slice.metadata.namespace.as_deref() else {
             continue;
         };
@@ -133,7 +145,8 @@ pub fn snapshot(
     };
     let mut services: Vec<KubeService> = services
         .iter()
-        .filter_map(|svc| {
+        .map(Borrow::borrow)
+        .filter_map(|svc: &Service| {
             let namespace = svc.metadata.namespace.as_deref()?;
             let name = svc.metadata.name.as_deref()?;
             let mut service = service::convert(svc, cluster_domain)?;

@@ -254,7 +254,14 @@ fn the_same_cluster_state_in_another_order_is_the_same_snapshot() {
 fn pods_without_an_address_are_not_workloads_yet() {
     let pending: Pod = object(json!({
         "metadata": {"name": "p", "namespace": "shop"}, "spec": {"containers": []}}));
-    let snapshot = snapshot(&[], &[], &[pending], &[], "cluster.local");
+    let none: [Service; 0] = [];
+    let snapshot = snapshot(
+        &none,
+        &[] as &[EndpointSlice],
+        &[pending],
+        &[] as &[Node],
+        "cluster.local",
+    );
     assert!(snapshot.pods.is_empty());
     let snapshot = cluster(&[]);
     let found = snapshot.pod("shop", "reviews-2").expect("pod");

@@ -298,21 +298,13 @@ async fn build_loop(
     }
 }
 
-fn owned<K>(cache: &Store<K>) -> Vec<K>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    cache.state().iter().map(|k| (**k).clone()).collect()
-}
-
 /// The state the caches hold now.
 fn build(caches: &Caches, cluster_domain: &str) -> ClusterState {
     let discovery = convert::snapshot(
-        &owned(&caches.services),
-        &owned(&caches.slices),
-        &owned(&caches.pods),
-        &owned(&caches.nodes),
+        &caches.services.state(),
+        &caches.slices.state(),
+        &caches.pods.state(),
+        &caches.nodes.state(),
         cluster_domain,
     );
     let mut config = Vec::new();
