@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use weft_proto::proxy::v1::ListenerKind;
 
 use crate::config::{Cluster, PortProtocol, ServicePort, Snapshot};
-use crate::detect::{Detected, PrefixedIo, detect, peek_sni};
+use crate::listener::detect::{Detected, PrefixedIo, detect, peek_sni};
 use crate::state::ProxyState;
 use crate::tls::{self};
 use crate::upstream::HttpVersion;

@@ -17,16 +17,16 @@ use tokio::net::TcpStream;
 
 use crate::config::{Cluster, InboundPort, Snapshot};
 use crate::connection::{Carry, classify, original_dst};
-use crate::detect::{Detected, PrefixedIo, detect, peek_client_hello};
 use crate::http::entry::Trust;
 use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
-use crate::metrics::Reporter;
+use crate::listener::detect::{Detected, PrefixedIo, detect, peek_client_hello};
 use crate::own_port::refuses_own_port;
 use crate::state::ProxyState;
 use crate::tcp;
 use crate::telemetry::Downstream;
+use crate::telemetry::metrics::Reporter;
 use crate::tls::{self, inbound::Accept};
 
 pub(crate) async fn inbound(

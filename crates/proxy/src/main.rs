@@ -10,11 +10,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use weft_proxy::admin::{self, Surface};
 use weft_proxy::config::watch::{read_config, watch_file};
 use weft_proxy::identity::Identity;
+use weft_proxy::identity::control_plane::{ControlPlane, Security};
 use weft_proxy::identity::fetch::{self, FetchOptions};
 use weft_proxy::identity::trust::{self, HeldRoot};
 use weft_proxy::state::ProxyState;
 use weft_proxy::tls::MeshTls;
-use weft_proxy::xds::connect::{ControlPlane, Security};
 use weft_proxy::xds::{self, node};
 
 #[global_allocator]
@@ -68,8 +68,8 @@ struct Args {
     merged_metrics: Option<SocketAddr>,
     /// Where the application serves Prometheus metrics on 127.0.0.1,
     /// PORT[/PATH] (path default /metrics), merged into --merged-metrics.
-    #[arg(long, value_name = "PORT[/PATH]", value_parser = weft_proxy::merged_metrics::parse_app_metrics, requires = "merged_metrics")]
-    app_metrics: Option<weft_proxy::merged_metrics::AppMetrics>,
+    #[arg(long, value_name = "PORT[/PATH]", value_parser = weft_proxy::admin::merged_metrics::parse_app_metrics, requires = "merged_metrics")]
+    app_metrics: Option<weft_proxy::admin::merged_metrics::AppMetrics>,
     /// Data-path worker threads (default: cores, at most 2, as for a sidecar).
     #[arg(long)]
     workers: Option<usize>,

@@ -9,9 +9,9 @@ use tokio::runtime::Handle;
 use weft_proto::proxy::v1::ProxyConfig;
 
 use crate::config::{ConfigError, Snapshot};
-use crate::drain::Drain;
-use crate::listeners::Listeners;
-use crate::metrics::Metrics;
+use crate::listener::Listeners;
+use crate::listener::drain::Drain;
+use crate::telemetry::metrics::Metrics;
 use crate::tls::MeshTls;
 use crate::upstream::Pool;
 

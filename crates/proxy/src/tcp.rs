@@ -15,9 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Cluster;
 use crate::flags::ResponseFlag;
-use crate::metrics::Reporter;
 use crate::state::ProxyState;
 use crate::telemetry::Downstream;
+use crate::telemetry::metrics::Reporter;
 use crate::telemetry::tcp::TcpRecord;
 use crate::upstream::{self, Resource, TryResult};
 
@@ -35,13 +35,13 @@ pub async fn proxy_inbound<D>(
 {
     let guard = state.snapshot().inbound_guard(destination.port());
     if let Some(guard) = guard {
-        let who = crate::authz::Caller {
+        let who = crate::policy::authz::Caller {
             peer: conn.remote.map(|a| a.ip()),
             remote: conn.remote.map(|a| a.ip()),
             principal: conn.mesh_principal(),
             destination,
         };
-        if !crate::authz::authorize_connection(&guard, &who, None) {
+        if !crate::policy::authz::authorize_connection(&guard, &who, None) {
             tracing::info!(
                 destination = %destination,
                 "closing TCP connection: denied by authorization policy"

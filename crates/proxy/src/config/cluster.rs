@@ -2,17 +2,15 @@
 //! from [`pb::ConnectionPool`], [`pb::OutlierDetection`] and
 //! [`pb::LoadBalancer`].
 
-pub(super) mod balance;
-
 use weft_proto::proxy::v1 as pb;
 
-use self::balance::{
+use super::Endpoint;
+use super::snapshot::{Problems, duration};
+use crate::balance::outlier::{DEFAULT_BASE_EJECTION_TIME, DEFAULT_INTERVAL};
+use crate::balance::{
     Algorithm, Balancer, DEFAULT_MAGLEV_SIZE, DEFAULT_RING_SIZE, HashKey, MAX_MAGLEV_SIZE,
     MAX_RING_SIZE, Policy, Warmup,
 };
-use super::Endpoint;
-use super::snapshot::{Problems, duration};
-use crate::upstream::outlier::{DEFAULT_BASE_EJECTION_TIME, DEFAULT_INTERVAL};
 use crate::upstream::{Keepalive, Limits, OutlierPolicy};
 
 /// Unset: no limits (Istio's defaults are all "no limit" too).

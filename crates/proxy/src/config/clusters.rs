@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use weft_proto::proxy::v1 as pb;
 
-use super::cluster::balance::{Balancer, Load, Policy};
 use super::cluster::{compile_balancer, compile_limits, compile_outlier};
 use super::snapshot::{DEFAULT_CONNECT_TIMEOUT, Problems, Snapshot, UpstreamProtocol, duration};
+use crate::balance::{Balancer, Load, Policy};
 use crate::upstream::{Breaker, Eligible, Limits, Outlier};
 
 pub struct Cluster {

@@ -98,7 +98,7 @@ pub struct InboundPort {
     pub server_first: bool,
     pub cluster: Arc<Cluster>,
     /// Authorization and JWT checks (see [`super::authz`]); None: none.
-    pub guard: Option<Arc<crate::authz::InboundGuard>>,
+    pub guard: Option<Arc<crate::policy::authz::InboundGuard>>,
 }
 
 pub struct Snapshot {
@@ -217,7 +217,7 @@ impl Snapshot {
     /// The authorization guarding `port`, else the workload's (weftd gives
     /// every port of a workload the same policies), so that traffic to an
     /// undeclared port is not left unchecked.
-    pub fn inbound_guard(&self, port: u16) -> Option<Arc<crate::authz::InboundGuard>> {
+    pub fn inbound_guard(&self, port: u16) -> Option<Arc<crate::policy::authz::InboundGuard>> {
         match self.inbound.get(&port) {
             Some(declared) => declared.guard.clone(),
             None => self.inbound.values().find_map(|p| p.guard.clone()),

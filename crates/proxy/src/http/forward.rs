@@ -30,9 +30,9 @@ use super::route::{self, Decision, Target};
 use super::{cors, fault, mirror, retry, rewrite};
 use crate::config::{RequestView, UpstreamProtocol};
 use crate::flags::{ResponseFlag, ResponseFlags};
-use crate::metrics::Reporter;
 use crate::state::ProxyState;
 use crate::telemetry::Downstream;
+use crate::telemetry::metrics::Reporter;
 use crate::telemetry::request::RequestRecord;
 use crate::upstream::HttpVersion;
 
@@ -80,13 +80,14 @@ pub async fn handle(
         // TCP path does: nothing reaches the workload unchecked.
         let guard = state.snapshot().inbound_guard(*port);
         if let Some(guard) = guard {
-            let caller = crate::authz::Caller {
+            let caller = crate::policy::authz::Caller {
                 peer: conn.peer,
                 remote: entry::remote_address(request.headers(), conn.peer, &conn.trust),
                 principal: conn.downstream.mesh_principal(),
                 destination: *original_dst,
             };
-            request = match crate::authz::authorize_request(&guard, &caller, request).await {
+            request = match crate::policy::authz::authorize_request(&guard, &caller, request).await
+            {
                 Ok(request) => request,
                 Err(response) => {
                     return Ok(record.respond(response, ResponseFlags::default()));

@@ -12,7 +12,7 @@ use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 
 use super::peer::Workload;
 use crate::flags::ResponseFlags;
-use crate::metrics::Reporter;
+use crate::telemetry::metrics::Reporter;
 
 const UNKNOWN: &str = "unknown";
 

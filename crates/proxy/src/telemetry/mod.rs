@@ -17,6 +17,7 @@
 pub mod access_log;
 pub mod body;
 pub mod labels;
+pub mod metrics;
 pub mod otlp;
 pub mod peer;
 pub mod request;

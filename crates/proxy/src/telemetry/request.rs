@@ -32,8 +32,8 @@ use crate::config::Cluster;
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::http::reply::LocalReply;
 use crate::http::{BoxError, ProxyBody};
-use crate::metrics::{Reporter, RequestSample};
 use crate::state::ProxyState;
+use crate::telemetry::metrics::{Reporter, RequestSample};
 
 /// Where captured traffic to unknown destinations goes (`ALLOW_ANY`).
 const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";

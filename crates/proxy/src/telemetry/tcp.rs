@@ -13,8 +13,8 @@ use super::access_log::Entry;
 use super::labels::{Call, Labels};
 use crate::config::{Cluster, Endpoint};
 use crate::flags::{ResponseFlag, ResponseFlags};
-use crate::metrics::Reporter;
 use crate::state::ProxyState;
+use crate::telemetry::metrics::Reporter;
 
 pub struct TcpRecord<'a> {
     state: &'a ProxyState,

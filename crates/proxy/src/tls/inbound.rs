@@ -26,9 +26,9 @@ use crate::http::entry::Trust;
 use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
-use crate::metrics::Reporter;
 use crate::state::ProxyState;
 use crate::tcp;
+use crate::telemetry::metrics::Reporter;
 use crate::upstream::HttpVersion;
 
 /// What PeerAuthentication lets through on one inbound port.

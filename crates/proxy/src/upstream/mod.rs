@@ -3,13 +3,11 @@
 //! detection).
 
 mod connect;
-pub mod limits;
-pub mod outlier;
 mod pool;
 
+pub use crate::balance::limits::{Breaker, Keepalive, Limits, Overflow, Resource, Slot};
+pub use crate::balance::outlier::{Eligible, Outlier, OutlierPolicy, TryResult};
 pub use connect::connect;
-pub use limits::{Breaker, Keepalive, Limits, Overflow, Resource, Slot};
-pub use outlier::{Eligible, Outlier, OutlierPolicy, TryResult};
 pub use pool::{HttpVersion, Pool};
 
 use std::net::SocketAddr;

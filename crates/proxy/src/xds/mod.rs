@@ -8,7 +8,9 @@
 //! `--plaintext-control-plane`. Draining (SIGTERM), it says goodbye so weftd
 //! removes its endpoints at once, and does not reconnect.
 
-pub mod connect;
+// The channel to weftd, shared with the certificate fetch; named here too
+// for weft-control's tests.
+pub use crate::identity::control_plane as connect;
 pub mod node;
 
 use std::collections::BTreeMap;

@@ -30,7 +30,7 @@ use http::{Response, StatusCode};
 pub use self::attributes::{Attribute, Attributes, Condition, HttpAttributes, Pattern, ValueMatch};
 pub use self::inbound::{Caller, authorize_connection, authorize_request};
 use crate::http::ProxyBody;
-use crate::jwt::Authenticator;
+use crate::policy::jwt::Authenticator;
 
 /// The body of a denied HTTP request, as Envoy writes it (clients and
 /// scripts grep for it).

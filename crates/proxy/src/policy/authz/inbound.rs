@@ -8,7 +8,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 
 use super::{Attributes, HttpAttributes, InboundGuard, denied_response};
 use crate::http::ProxyBody;
-use crate::jwt::JwtError;
+use crate::policy::jwt::JwtError;
 
 /// Who is calling and what they reached.
 pub struct Caller<'a> {

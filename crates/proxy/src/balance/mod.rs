@@ -5,6 +5,13 @@
 //!
 //! Hash tables are built once per config load; a request only hashes its
 //! key and looks it up.
+//!
+//! This folder is a cluster's runtime state, kept beside the snapshot that
+//! holds it: the balancer (here), the connection-pool limits and their
+//! counters ([`limits`]), and outlier ejection ([`outlier`]).
+
+pub mod limits;
+pub mod outlier;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -609,5 +616,4 @@ fn random_u64() -> u64 {
 }
 
 #[cfg(test)]
-#[path = "balance_tests.rs"]
 mod tests;

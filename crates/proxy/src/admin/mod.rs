@@ -10,6 +10,8 @@
 //! - merged metrics (15020, with `--merged-metrics`): the proxy's and the
 //!   application's metrics in one scrape.
 
+pub mod merged_metrics;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::merged_metrics::{self, AppMetrics};
+use self::merged_metrics::AppMetrics;
 use crate::state::ProxyState;
 use crate::telemetry::Override;
 
@@ -50,7 +52,7 @@ pub async fn bind(
 }
 
 /// The merged metrics endpoint (15020): `/stats/prometheus` is the proxy's
-/// metrics plus the application's (see [`crate::merged_metrics`]).
+/// metrics plus the application's (see [`crate::admin::merged_metrics`]).
 pub async fn bind_merged(
     address: SocketAddr,
     state: Arc<ProxyState>,

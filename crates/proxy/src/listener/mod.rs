@@ -6,6 +6,9 @@
 //! Binding is all-or-nothing, so a config whose address is taken is
 //! rejected whole and the old listeners keep serving.
 
+pub mod detect;
+pub mod drain;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
