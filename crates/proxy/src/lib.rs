@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod body;
 pub mod config;
 pub mod connection;
 pub mod flags;
@@ -19,11 +20,13 @@ pub mod listener;
 pub mod outbound;
 pub mod own_port;
 pub mod policy;
+pub mod reply;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod workload;
 pub mod xds;
 
 // weft-control's tests sign tokens with the proxy's `jsonwebtoken`.

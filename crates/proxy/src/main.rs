@@ -208,7 +208,7 @@ impl NodeArgs {
         spiffe: Option<&str>,
     ) -> weft_proxy::telemetry::Settings {
         let (namespace, service_account) = self.reported_identity(spiffe);
-        let workload = weft_proxy::telemetry::peer::Workload::local(
+        let workload = weft_proxy::workload::Workload::local(
             &self.workload,
             &namespace,
             &self.labels,

@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 
-use crate::config::Endpoint;
-
 /// Istio's `ringHash.minimumRingSize` default.
 pub const DEFAULT_RING_SIZE: u64 = 1024;
 /// Istio's `maglev.tableSize` default (a prime).
@@ -129,8 +127,18 @@ impl Drop for Load {
     }
 }
 
+/// What the balancer knows of an endpoint: its address, weight and
+/// priority level (0 is the highest). The config's endpoints are turned
+/// into these when a snapshot is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub priority: u32,
+}
+
 impl Balancer {
-    pub fn new(endpoints: &[Endpoint], policy: Policy, hash: Option<(HashKey, Algorithm)>) -> Self {
+    pub fn new(endpoints: &[Member], policy: Policy, hash: Option<(HashKey, Algorithm)>) -> Self {
         let weights: Vec<u64> = endpoints
             .iter()
             .map(|e| u64::from(e.weight.max(1)))
@@ -478,7 +486,7 @@ impl Table {
 
 /// Ketama: each endpoint gets points in proportion to its weight, at least
 /// `minimum_size` in all, each at the hash of `address_n`.
-fn build_ring(endpoints: &[Endpoint], minimum_size: u64) -> Vec<(u64, usize)> {
+fn build_ring(endpoints: &[Member], minimum_size: u64) -> Vec<(u64, usize)> {
     let total: u64 = endpoints.iter().map(|e| u64::from(e.weight.max(1))).sum();
     if total == 0 {
         return Vec::new();
@@ -502,7 +510,7 @@ fn build_ring(endpoints: &[Endpoint], minimum_size: u64) -> Vec<(u64, usize)> {
 /// claims its next preferred free slot once its accumulated weight reaches
 /// the largest weight. `size` should be prime so every preference list is a
 /// full permutation; a list that runs out simply stops claiming.
-fn build_maglev(endpoints: &[Endpoint], size: u64) -> Vec<usize> {
+fn build_maglev(endpoints: &[Member], size: u64) -> Vec<usize> {
     let size = size.clamp(1, MAX_MAGLEV_SIZE);
     if endpoints.is_empty() {
         return Vec::new();

@@ -1,18 +1,13 @@
-use std::collections::BTreeMap;
-
 use super::*;
 
-fn endpoints(weights: &[u32]) -> Vec<Endpoint> {
+fn endpoints(weights: &[u32]) -> Vec<Member> {
     weights
         .iter()
         .enumerate()
-        .map(|(i, weight)| Endpoint {
+        .map(|(i, weight)| Member {
             address: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080)),
-            labels: BTreeMap::new(),
             weight: *weight,
             priority: 0,
-            workload: None,
-            mesh: false,
         })
         .collect()
 }

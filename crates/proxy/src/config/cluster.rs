@@ -9,7 +9,7 @@ use super::snapshot::{Problems, duration};
 use crate::balance::outlier::{DEFAULT_BASE_EJECTION_TIME, DEFAULT_INTERVAL};
 use crate::balance::{
     Algorithm, Balancer, DEFAULT_MAGLEV_SIZE, DEFAULT_RING_SIZE, HashKey, MAX_MAGLEV_SIZE,
-    MAX_RING_SIZE, Policy, Warmup,
+    MAX_RING_SIZE, Member, Policy, Warmup,
 };
 use crate::upstream::{Keepalive, Limits, OutlierPolicy};
 
@@ -228,7 +228,19 @@ pub(super) fn compile_balancer(
             };
             Some((key, algorithm))
         });
-    Balancer::new(endpoints, policy, hash)
+    Balancer::new(&members(endpoints), policy, hash)
+}
+
+/// The endpoints as the balancer sees them.
+pub(super) fn members(endpoints: &[Endpoint]) -> Vec<Member> {
+    endpoints
+        .iter()
+        .map(|e| Member {
+            address: e.address,
+            weight: e.weight,
+            priority: e.priority,
+        })
+        .collect()
 }
 
 fn is_prime(n: u64) -> bool {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use weft_proto::proxy::v1 as pb;
 
-use super::cluster::{compile_balancer, compile_limits, compile_outlier};
+use super::cluster::{compile_balancer, compile_limits, compile_outlier, members};
 use super::snapshot::{DEFAULT_CONNECT_TIMEOUT, Problems, Snapshot, UpstreamProtocol, duration};
 use crate::balance::{Balancer, Load, Policy};
 use crate::upstream::{Breaker, Eligible, Limits, Outlier};
@@ -69,7 +69,7 @@ impl Cluster {
         endpoints: Vec<Endpoint>,
     ) -> Self {
         // One endpoint or none (built-in clusters): the policy is moot.
-        let balancer = Balancer::new(&endpoints, Policy::RoundRobin, None);
+        let balancer = Balancer::new(&members(&endpoints), Policy::RoundRobin, None);
         let breaker = Arc::new(Breaker::new(name.clone(), Limits::default()));
         Self {
             name,
@@ -171,7 +171,7 @@ pub struct Endpoint {
     pub priority: u32,
     /// Telemetry's view of the workload behind it (from `labels`), built
     /// once per config rather than per request; None without labels.
-    pub workload: Option<Arc<crate::telemetry::peer::Workload>>,
+    pub workload: Option<Arc<crate::workload::Workload>>,
     /// A workload with a Weft proxy: peer metadata may be sent to it.
     pub mesh: bool,
 }
@@ -210,7 +210,7 @@ pub(super) fn compile_clusters(
                     weight: endpoint.weight.max(1),
                     priority: endpoint.priority,
                     workload: (!endpoint.labels.is_empty()).then(|| {
-                        Arc::new(crate::telemetry::peer::Workload::from_labels(
+                        Arc::new(crate::workload::Workload::from_labels(
                             endpoint.labels.iter(),
                         ))
                     }),

@@ -12,8 +12,8 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
-use super::ProxyBody;
-use super::reply;
+use crate::body::ProxyBody;
+use crate::reply;
 
 pub use crate::config::cors::{Cors, Problem};
 

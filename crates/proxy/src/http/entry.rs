@@ -25,15 +25,14 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, StatusCode};
 
 use super::normalize::{PathNormalization, normalize};
-use super::reply::LocalReply;
 use crate::flags::ResponseFlag;
+use crate::reply::LocalReply;
+use crate::tls::CLIENT_PROTOCOL_HEADER;
 
 pub const XFCC: &str = "x-forwarded-client-cert";
 pub const XFF: &str = "x-forwarded-for";
 /// The client address the edge of the mesh decided on (Envoy's name).
 pub const EXTERNAL_ADDRESS: &str = "x-envoy-external-address";
-/// Set by the calling proxy on requests whose app spoke HTTP/1.x.
-pub const CLIENT_PROTOCOL_HEADER: &str = "x-weft-client-protocol";
 
 /// Whether a request's mesh-only headers can be believed.
 #[derive(Debug, Clone, PartialEq, Eq)]

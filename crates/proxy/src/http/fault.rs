@@ -3,10 +3,10 @@
 
 use http::{Response, StatusCode};
 
-use super::ProxyBody;
-use super::reply::{self, LocalReply};
+use crate::body::ProxyBody;
 use crate::config::{Fault, FaultAbort};
 use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::reply::{self, LocalReply};
 
 /// What the fault filter decided for one request.
 pub(super) struct Injected {

@@ -12,7 +12,7 @@
 //! 8. balance, pool, upstream (`retry` → cluster balancer → `upstream`)
 //! 9. response: upgrade, header operations, CORS, cookie, version
 //!
-//! Every way to stop early is a [`super::reply::LocalReply`].
+//! Every way to stop early is a [`crate::reply::LocalReply`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,10 +24,10 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::ProxyBody;
 use super::entry::{self, Trust};
 use super::route::{self, Decision, Target};
 use super::{cors, fault, mirror, retry, rewrite};
+use crate::body::ProxyBody;
 use crate::config::{RequestView, UpstreamProtocol};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::state::ProxyState;

@@ -40,9 +40,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
 
+use super::fault;
 use super::forward::UpstreamHead;
 use super::retry::REPLAY_CAP;
-use super::{BoxError, ProxyBody, fault};
+use crate::body::{BoxError, ProxyBody};
 use crate::config::{Cluster, UpstreamProtocol};
 use crate::state::ProxyState;
 use crate::upstream::HttpVersion;

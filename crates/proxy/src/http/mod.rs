@@ -23,16 +23,7 @@ mod fault;
 pub mod forward;
 pub mod mirror;
 pub mod normalize;
-pub mod reply;
 pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod server;
-
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body type on both sides of the proxy: streamed, never buffered whole.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;

@@ -27,11 +27,12 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
+use super::fault;
 use super::forward::UpstreamHead;
-use super::reply::LocalReply;
-use super::{BoxError, ProxyBody, fault};
+use crate::body::{BoxError, ProxyBody};
 use crate::config::{Cluster, RetryPolicy};
 use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::reply::LocalReply;
 use crate::state::ProxyState;
 use crate::telemetry::request::UpstreamHost;
 use crate::upstream::{HttpVersion, Resource, Slot, TryResult, UpstreamError};

@@ -14,11 +14,11 @@ use http::uri::Authority;
 use http::{Response, StatusCode};
 use weft_proto::proxy::v1::OutboundTrafficPolicy;
 
-use super::ProxyBody;
-use super::reply::LocalReply;
 use super::rewrite;
+use crate::body::ProxyBody;
 use crate::config::{Cluster, Destination, RequestView, Route, RouteAction, Service, Snapshot};
 use crate::flags::ResponseFlag;
+use crate::reply::LocalReply;
 
 /// Where a downstream connection's requests go; fixed when it is accepted.
 #[derive(Debug, Clone)]

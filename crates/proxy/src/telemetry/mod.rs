@@ -33,8 +33,9 @@ use weft_proto::proxy::v1::telemetry::AccessLog as AccessLogSwitch;
 
 use self::access_log::{AccessLogSink, Format};
 use self::otlp::Exporter;
-use self::peer::{PeerCache, Workload};
+use self::peer::PeerCache;
 use crate::config::Snapshot;
+use crate::workload::Workload;
 
 /// What `main` decides at start-up.
 #[derive(Debug, Clone, Default)]

@@ -25,15 +25,16 @@ use super::access_log::Entry;
 use super::body::{CountedRequest, Counts, MessageCounter};
 use super::labels::{Call, Labels};
 use super::otlp::{attribute, int_attribute};
-use super::peer::{PEER_HEADER, SERVICE_HEADER, Workload};
+use super::peer::{PEER_HEADER, SERVICE_HEADER};
 use super::trace::{self, SpanContext};
 use super::{Downstream, Telemetry};
+use crate::body::{BoxError, ProxyBody};
 use crate::config::Cluster;
 use crate::flags::{ResponseFlag, ResponseFlags};
-use crate::http::reply::LocalReply;
-use crate::http::{BoxError, ProxyBody};
+use crate::reply::LocalReply;
 use crate::state::ProxyState;
 use crate::telemetry::metrics::{Reporter, RequestSample};
+use crate::workload::Workload;
 
 /// Where captured traffic to unknown destinations goes (`ALLOW_ANY`).
 const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
