@@ -16,11 +16,11 @@ use tokio::net::TcpStream;
 use weft_proto::proxy::v1::OutboundTrafficPolicy;
 
 use crate::config::{Cluster, Snapshot};
-use crate::connection::{Carry, classify, original_dst};
 use crate::http::entry::Trust;
 use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
+use crate::listener::classify::{Carry, classify, original_dst};
 use crate::listener::detect::{Detected, PrefixedIo, detect};
 use crate::own_port::refuses_own_port;
 use crate::state::ProxyState;

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 type Edges = BTreeMap<String, BTreeMap<String, String>>;
 
 #[test]
-#[ignore = "issue 14: 17 modules form one cycle today; the commits that follow break it"]
 fn top_level_modules_form_no_cycle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let graph = module_graph(&src);

@@ -6,12 +6,13 @@ use weft_proto::proxy::v1 as pb;
 
 use super::Endpoint;
 use super::snapshot::{Problems, duration};
+use crate::balance::limits::{Keepalive, Limits};
+use crate::balance::outlier::OutlierPolicy;
 use crate::balance::outlier::{DEFAULT_BASE_EJECTION_TIME, DEFAULT_INTERVAL};
 use crate::balance::{
     Algorithm, Balancer, DEFAULT_MAGLEV_SIZE, DEFAULT_RING_SIZE, HashKey, MAX_MAGLEV_SIZE,
     MAX_RING_SIZE, Member, Policy, Warmup,
 };
-use crate::upstream::{Keepalive, Limits, OutlierPolicy};
 
 /// Unset: no limits (Istio's defaults are all "no limit" too).
 pub(super) fn compile_limits(

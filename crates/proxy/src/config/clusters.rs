@@ -10,8 +10,9 @@ use weft_proto::proxy::v1 as pb;
 
 use super::cluster::{compile_balancer, compile_limits, compile_outlier, members};
 use super::snapshot::{DEFAULT_CONNECT_TIMEOUT, Problems, Snapshot, UpstreamProtocol, duration};
+use crate::balance::limits::{Breaker, Limits};
+use crate::balance::outlier::{Eligible, Outlier};
 use crate::balance::{Balancer, Load, Policy};
-use crate::upstream::{Breaker, Eligible, Limits, Outlier};
 
 pub struct Cluster {
     pub name: String,

@@ -66,7 +66,8 @@ pub async fn handle(
             hardening.num_trusted_proxies,
         );
     }
-    let mut record = RequestRecord::start(&state, conn.reporter, &conn.downstream, &mut request);
+    let mut record =
+        RequestRecord::start(state.clone(), conn.reporter, &conn.downstream, &mut request);
     // The HTTP version the calling app speaks (a mesh peer may carry an
     // HTTP/1.1 app's request over HTTP/2).
     let app_version = match prepared {

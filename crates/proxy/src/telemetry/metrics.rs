@@ -295,7 +295,9 @@ impl Metrics {
             let labels = ClusterLabels {
                 cluster_name: cluster.name.clone(),
             };
-            let open = cluster.breaker.count(crate::upstream::Resource::Connection);
+            let open = cluster
+                .breaker
+                .count(crate::balance::limits::Resource::Connection);
             self.upstream_connections
                 .get_or_create(&labels)
                 .set(i64::from(open));

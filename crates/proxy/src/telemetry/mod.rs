@@ -37,6 +37,16 @@ use self::peer::PeerCache;
 use crate::config::Snapshot;
 use crate::workload::Workload;
 
+/// What a request or connection record reads while it runs and when it
+/// ends: the proxy's metrics and the snapshot serving now. The proxy's
+/// state implements it (`state.rs`); telemetry needs nothing else of it.
+pub trait Recorder: Send + Sync {
+    fn metrics(&self) -> &metrics::Metrics;
+    /// The current snapshot (the one a reload may have swapped in since the
+    /// record started: access log and tracing settings follow it).
+    fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>>;
+}
+
 /// What `main` decides at start-up.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {

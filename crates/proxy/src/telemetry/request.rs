@@ -27,12 +27,11 @@ use super::labels::{Call, Labels};
 use super::otlp::{attribute, int_attribute};
 use super::peer::{PEER_HEADER, SERVICE_HEADER};
 use super::trace::{self, SpanContext};
-use super::{Downstream, Telemetry};
+use super::{Downstream, Recorder, Telemetry};
 use crate::body::{BoxError, ProxyBody};
 use crate::config::Cluster;
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::reply::LocalReply;
-use crate::state::ProxyState;
 use crate::telemetry::metrics::{Reporter, RequestSample};
 use crate::workload::Workload;
 
@@ -59,7 +58,7 @@ struct Detail {
 }
 
 pub struct RequestRecord {
-    state: Arc<ProxyState>,
+    state: Arc<dyn Recorder>,
     reporter: Reporter,
     pub grpc: bool,
     /// The routed service (FQDN); empty until routing names one.
@@ -85,12 +84,12 @@ pub struct RequestRecord {
 
 impl RequestRecord {
     pub fn start<B>(
-        state: &Arc<ProxyState>,
+        state: Arc<dyn Recorder>,
         reporter: Reporter,
         downstream: &Downstream,
         request: &mut Request<B>,
     ) -> Self {
-        let telemetry = &state.metrics.telemetry;
+        let telemetry = &state.metrics().telemetry;
         let snapshot = state.snapshot();
         let headers = request.headers_mut();
         let grpc = headers
@@ -155,7 +154,7 @@ impl RequestRecord {
             })
         });
         Self {
-            state: state.clone(),
+            state,
             reporter,
             grpc,
             service: String::new(),
@@ -224,7 +223,7 @@ impl RequestRecord {
         mut response: Response<ProxyBody>,
         flags: ResponseFlags,
     ) -> Response<ProxyBody> {
-        let telemetry = &self.state.metrics.telemetry;
+        let telemetry = &self.state.metrics().telemetry;
         let upstream_host = response.extensions().get::<UpstreamHost>().map(|h| h.0);
         let headers = response.headers_mut();
         let answered = match self.reporter {
@@ -269,7 +268,7 @@ impl RequestRecord {
         answered: Option<Arc<Workload>>,
     ) -> Finish {
         self.done = true;
-        let telemetry = &self.state.metrics.telemetry;
+        let telemetry = &self.state.metrics().telemetry;
         let (source, destination, destination_service): (_, _, Arc<str>) = match self.reporter {
             Reporter::Source => (
                 telemetry.local().workload.clone(),
@@ -338,7 +337,7 @@ impl Drop for RequestRecord {
 
 /// Everything needed to record the request once its response ends.
 struct Finish {
-    state: Arc<ProxyState>,
+    state: Arc<dyn Recorder>,
     labels: Labels,
     start: Instant,
     /// Until the response head was ready (`x-envoy-upstream-service-time`).
@@ -363,7 +362,7 @@ impl Finish {
             request_messages: self.counts.messages.load(Ordering::Relaxed),
             response_messages,
         };
-        let metrics = &self.state.metrics;
+        let metrics = &self.state.metrics();
         metrics.record_request(&self.labels, &sample);
         let Some(detail) = self.detail.take() else {
             return;

@@ -56,7 +56,6 @@ macro_rules! signatures_checked_by_provider {
     };
 }
 
-pub mod inbound;
 mod origination;
 pub mod upstream;
 

@@ -1,6 +1,7 @@
-//! One accepted downstream connection: which listener took it decides the
-//! side ([`crate::inbound`] or [`crate::outbound`]); its first bytes
-//! (`classify`) decide how it is proxied.
+//! A connection's first bytes ([`super::detect`]) turned into how it is
+//! carried: HTTP (which version), opaque TCP, or TLS passed through with
+//! its SNI. A port declared TCP (or server-first) is never sniffed: its
+//! client may be waiting for the server to speak first.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -9,36 +10,10 @@ use bytes::Bytes;
 use socket2::SockRef;
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
-use weft_proto::proxy::v1::ListenerKind;
 
+use super::detect::{Detected, PrefixedIo, detect, peek_sni};
 use crate::config::{Cluster, PortProtocol, ServicePort, Snapshot};
-use crate::listener::detect::{Detected, PrefixedIo, detect, peek_sni};
-use crate::state::ProxyState;
-use crate::tls::{self};
 use crate::upstream::HttpVersion;
-use crate::{inbound, outbound};
-
-pub async fn handle(state: Arc<ProxyState>, stream: TcpStream, listen_addr: SocketAddr) {
-    let gauge_owner = state.clone();
-    let _active = gauge_owner.metrics.downstream_opened();
-    let snapshot = state.snapshot_full();
-    let Some(listener) = snapshot.listener(listen_addr) else {
-        return;
-    };
-    match listener.kind {
-        ListenerKind::OutboundCapture => outbound::outbound(state, &snapshot, stream).await,
-        ListenerKind::InboundCapture => {
-            let fixed_port = tls::inbound::listener_port(&snapshot, listen_addr);
-            inbound::inbound(state, &snapshot, stream, fixed_port, listen_addr).await
-        }
-        ListenerKind::Explicit => {
-            let service = listener.service.clone();
-            outbound::explicit(state, &snapshot, stream, listen_addr, service).await
-        }
-        ListenerKind::Gateway => outbound::gateway(state, &snapshot, stream, listen_addr).await,
-        ListenerKind::Unspecified => {}
-    }
-}
 
 /// How a connection is carried once classified.
 pub(crate) enum Carry {

@@ -11,7 +11,6 @@
 //!   HTTP/2 (see `http::entry`).
 //! - TCP (`istio`): the bytes inside TLS go to the workload.
 
-use crate::telemetry::Downstream;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -20,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use weft_proto::proxy::v1::mtls;
 
-use super::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, MeshTls};
 use crate::config::{Cluster, Snapshot};
 use crate::http::entry::Trust;
 use crate::http::forward::HttpConn;
@@ -28,7 +26,9 @@ use crate::http::route::Target;
 use crate::http::server;
 use crate::state::ProxyState;
 use crate::tcp;
+use crate::telemetry::Downstream;
 use crate::telemetry::metrics::Reporter;
+use crate::tls::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, MeshTls};
 use crate::upstream::HttpVersion;
 
 /// What PeerAuthentication lets through on one inbound port.
@@ -130,7 +130,7 @@ pub async fn serve<I>(
         }
     };
     let (_, session) = stream.get_ref();
-    let principal = super::peer_principal(session.peer_certificates());
+    let principal = crate::tls::peer_principal(session.peer_certificates());
     let Some(principal) = principal else {
         tracing::info!("mTLS peer {peer:?} presented no SPIFFE identity; closing");
         return;
