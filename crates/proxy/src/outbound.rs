@@ -16,8 +16,8 @@ use tokio::net::TcpStream;
 use weft_proto::proxy::v1::OutboundTrafficPolicy;
 
 use crate::config::{Cluster, Snapshot};
+use crate::http::HttpConn;
 use crate::http::entry::Trust;
-use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
 use crate::listener::classify::{Carry, classify, original_dst};

@@ -16,6 +16,24 @@ pub(super) struct Injected {
     pub abort: Option<FaultAbort>,
 }
 
+/// The phase: sleeps for an injected delay (flag DI in `extra`), then
+/// `Err` with the abort's answer when one is injected (flag FI).
+pub(super) async fn inject(
+    fault: &Fault,
+    grpc: bool,
+    extra: &mut ResponseFlags,
+) -> Result<(), Response<ProxyBody>> {
+    let injected = decide(fault);
+    if let Some(delay) = injected.delay {
+        tokio::time::sleep(delay).await;
+        *extra = extra.with(ResponseFlag::DelayInjected);
+    }
+    match injected.abort {
+        Some(abort) => Err(abort_response(&abort, grpc, *extra).1),
+        None => Ok(()),
+    }
+}
+
 /// Rolls the dice for both faults; they act independently, as in Istio.
 pub(super) fn decide(fault: &Fault) -> Injected {
     Injected {

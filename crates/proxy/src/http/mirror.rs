@@ -41,7 +41,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
 
 use super::fault;
-use super::forward::UpstreamHead;
+use super::head::UpstreamHead;
 use super::retry::REPLAY_CAP;
 use crate::body::{BoxError, ProxyBody};
 use crate::config::{Cluster, UpstreamProtocol};

@@ -20,10 +20,32 @@
 pub mod cors;
 pub mod entry;
 mod fault;
-pub mod forward;
+mod head;
 pub mod mirror;
 pub mod normalize;
+pub mod pipeline;
+mod policy;
+mod response;
 pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod server;
+
+use self::entry::Trust;
+use self::route::Target;
+use crate::telemetry::Downstream;
+use crate::telemetry::metrics::Reporter;
+use crate::upstream::HttpVersion;
+
+/// What the server knows about the downstream connection.
+pub struct HttpConn {
+    pub target: Target,
+    pub reporter: Reporter,
+    pub version: HttpVersion,
+    /// The downstream peer's IP (consistent hashing by source IP).
+    pub peer: Option<std::net::IpAddr>,
+    /// Addresses and proven identity, for telemetry.
+    pub downstream: Downstream,
+    /// Whether the caller is a mesh peer proven by mTLS.
+    pub trust: Trust,
+}

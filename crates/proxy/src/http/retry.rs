@@ -28,7 +28,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use super::fault;
-use super::forward::UpstreamHead;
+use super::head::UpstreamHead;
 use crate::body::{BoxError, ProxyBody};
 use crate::config::{Cluster, RetryPolicy};
 use crate::flags::{ResponseFlag, ResponseFlags};

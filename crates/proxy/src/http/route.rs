@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use weft_proto::proxy::v1::OutboundTrafficPolicy;
 
 use super::rewrite;
@@ -73,6 +73,39 @@ impl Matched {
     pub fn destination(&self) -> Option<&Destination> {
         self.route.forward()?.destinations.get(self.destination)
     }
+}
+
+impl Target {
+    /// Where a captured client connected (PASSTHROUGH balancing goes
+    /// there); none through explicit and gateway listeners.
+    pub fn original_dst(&self) -> Option<SocketAddr> {
+        match self {
+            Target::Outbound { original_dst, .. } => *original_dst,
+            Target::Inbound { original_dst, .. } => Some(*original_dst),
+            Target::Service { .. } | Target::Gateway { .. } => None,
+        }
+    }
+}
+
+/// The phase: `request` (its authority already decided by entry and
+/// rewrites not yet applied) resolved on `snapshot`.
+pub fn decide<B>(
+    snapshot: &Snapshot,
+    target: &Target,
+    authority: Option<&Authority>,
+    request: &Request<B>,
+) -> Result<Decision, LocalReply> {
+    let view = RequestView {
+        path: request.uri().path(),
+        query: request.uri().query(),
+        method: request.method(),
+        authority: authority.map(Authority::as_str),
+        // Downstream connections are plaintext until the proxy terminates
+        // TLS itself.
+        scheme: "http",
+        headers: request.headers(),
+    };
+    resolve(snapshot, target, authority, &view)
 }
 
 pub fn resolve(

@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 
 use self::mtls::Accept;
 use crate::config::{Cluster, InboundPort, Snapshot};
+use crate::http::HttpConn;
 use crate::http::entry::Trust;
-use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
 use crate::listener::classify::{Carry, classify, original_dst};

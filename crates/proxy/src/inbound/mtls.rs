@@ -20,8 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use weft_proto::proxy::v1::mtls;
 
 use crate::config::{Cluster, Snapshot};
+use crate::http::HttpConn;
 use crate::http::entry::Trust;
-use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
 use crate::state::ProxyState;
