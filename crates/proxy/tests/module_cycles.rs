@@ -124,7 +124,7 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// `http/forward.rs` → [http, forward]; `http/mod.rs` → [http]; the crate
+/// `http/route.rs` → [http, route]; `http/mod.rs` → [http]; the crate
 /// root files → none.
 fn module_path(relative: &Path) -> Option<Vec<String>> {
     let mut parts: Vec<String> = relative

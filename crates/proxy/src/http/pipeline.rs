@@ -1,7 +1,7 @@
 //! One HTTP request, top-down: [`handle`] runs the phases in order, each a
 //! call into the module that owns it (Pingora's phase chart, in Weft's
 //! terms). A phase either hands the request on or stops it with an
-//! [`Early`] answer; nothing else leaves the pipeline.
+//! `Early` answer; nothing else leaves the pipeline.
 //!
 //! | # | phase          | module        | may stop with                          |
 //! |---|----------------|---------------|----------------------------------------|
