@@ -11,10 +11,12 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Cluster;
 use crate::flags::ResponseFlag;
+use crate::reply::LocalReply;
 use crate::state::ProxyState;
 use crate::telemetry::Downstream;
 use crate::telemetry::metrics::Reporter;
@@ -64,23 +66,19 @@ pub async fn proxy<D>(
 {
     let mut record = TcpRecord::start(state, reporter, service, cluster, conn);
     let Some(endpoint) = cluster.pick_endpoint() else {
-        record.refused(ResponseFlag::NoHealthyUpstream);
-        tracing::info!(
-            flag = ResponseFlag::NoHealthyUpstream.code(),
-            "closing TCP connection: cluster {:?} has no endpoints",
-            cluster.name
-        );
-        return;
+        let why = format!("cluster {:?} has no endpoints", cluster.name);
+        let reply = LocalReply::new(UNAVAILABLE, ResponseFlag::NoHealthyUpstream, why);
+        return refuse(&mut record, reply);
     };
     let _counted = match cluster.breaker.acquire(Resource::Connection) {
         Ok(slot) => slot,
         Err(full) => {
-            record.refused(ResponseFlag::UpstreamOverflow);
-            tracing::info!(
-                flag = ResponseFlag::UpstreamOverflow.code(),
-                "closing TCP connection: {full}"
+            let reply = LocalReply::new(
+                UNAVAILABLE,
+                ResponseFlag::UpstreamOverflow,
+                full.to_string(),
             );
-            return;
+            return refuse(&mut record, reply);
         }
     };
     let keepalive = cluster.breaker.limits.tcp_keepalive.as_ref();
@@ -104,13 +102,9 @@ pub async fn proxy<D>(
     let mut upstream = match connected {
         Ok(stream) => stream,
         Err(err) => {
-            record.refused(ResponseFlag::UpstreamConnectFailure);
-            tracing::info!(
-                flag = ResponseFlag::UpstreamConnectFailure.code(),
-                "closing TCP connection: cluster {:?}: {err}",
-                cluster.name
-            );
-            return;
+            let why = format!("cluster {:?}: {err}", cluster.name);
+            let reply = LocalReply::new(UNAVAILABLE, ResponseFlag::UpstreamConnectFailure, why);
+            return refuse(&mut record, reply);
         }
     };
     record.opened(endpoint);
@@ -122,4 +116,20 @@ pub async fn proxy<D>(
         }
     };
     record.closed(sent, received);
+}
+
+/// What a refused connection would have been answered with over HTTP; a
+/// TCP client just sees the connection closed.
+const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+
+/// Closes the downstream connection for `reply`'s reason: recorded with its
+/// flag, logged with the cause.
+fn refuse(record: &mut TcpRecord<'_>, reply: LocalReply) {
+    record.refused(reply.flag);
+    tracing::info!(
+        flag = reply.flag.code(),
+        source = ?reply.source,
+        "closing TCP connection: {}",
+        reply.message
+    );
 }

@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 
 use super::fault;
 use super::head::UpstreamHead;
-use super::retry::REPLAY_CAP;
+use super::retry_body::REPLAY_CAP;
 use crate::body::{BoxError, ProxyBody};
 use crate::config::{Cluster, UpstreamProtocol};
 use crate::state::ProxyState;

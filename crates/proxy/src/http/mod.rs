@@ -32,9 +32,12 @@ pub mod pipeline;
 mod policy;
 mod response;
 pub mod retry;
+mod retry_body;
 pub mod rewrite;
 pub mod route;
 pub mod server;
+
+pub use self::retry_body::REPLAY_CAP;
 
 use self::entry::Trust;
 use self::route::Target;
