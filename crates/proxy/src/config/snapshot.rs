@@ -64,6 +64,12 @@ pub struct ListenerSpec {
     pub kind: pb::ListenerKind,
     /// EXPLICIT listeners bound to one service port.
     pub service: Option<(Arc<Service>, u16)>,
+    /// An inbound listener without interception: the workload port its
+    /// connections are for.
+    pub inbound_port: Option<u16>,
+    /// PeerAuthentication for what this listener accepts on ports the
+    /// workload did not declare.
+    pub mtls: pb::mtls::Mode,
 }
 
 pub struct Service {
@@ -97,6 +103,8 @@ pub struct InboundPort {
     pub protocol: PortProtocol,
     pub server_first: bool,
     pub cluster: Arc<Cluster>,
+    /// PeerAuthentication's mode for this port, as weftd compiled it.
+    pub mtls: pb::mtls::Mode,
     /// Authorization and JWT checks (see [`super::authz`]); None: none.
     pub guard: Option<Arc<crate::policy::authz::InboundGuard>>,
 }
@@ -445,6 +453,7 @@ fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap
             protocol: PortProtocol::from_pb(port.protocol).unwrap_or(PortProtocol::Detect),
             server_first: port.server_first,
             cluster: Arc::new(cluster),
+            mtls: port.mtls_mode(),
             guard: super::authz::compile_security(
                 port.security.as_ref(),
                 &format!("{path}.security"),
@@ -538,6 +547,10 @@ fn compile_listeners(
             address,
             kind,
             service,
+            inbound_port: u16::try_from(listener.inbound_port)
+                .ok()
+                .filter(|port| *port != 0),
+            mtls: listener.mtls_mode(),
         });
     }
     listeners
