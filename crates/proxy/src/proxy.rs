@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use weft_proto::proxy::v1::{ListenerKind, ProxyConfig};
 
+use crate::balance::Clusters;
 use crate::config::{ConfigError, Snapshot};
 use crate::listener::drain::Drain;
 use crate::listener::{Listeners, Serve};
@@ -51,13 +52,14 @@ impl Proxy {
     }
 
     fn try_apply(&self, config: ProxyConfig, source: &str) -> Result<(), ConfigError> {
-        let snapshot = Snapshot::compile_after(config, source, Some(&self.state.snapshot()))?;
+        let snapshot = Snapshot::compile(config, source)?;
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let bound = listeners
             .bind_new(&snapshot.listeners)
             .map_err(|message| ConfigError::new(source, message))?;
         let snapshot = Arc::new(snapshot);
-        self.state.install(snapshot.clone());
+        let clusters = Clusters::build(&snapshot, Some(&self.state.clusters()));
+        self.state.install(snapshot.clone(), clusters);
         listeners.reconcile(bound, &snapshot.listeners, &self.state, &self.data_runtime);
         tracing::info!(version = snapshot.version(), "config applied from {source}");
         Ok(())

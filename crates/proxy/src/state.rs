@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Guard};
 use weft_proto::proxy::v1::ProxyConfig;
 
+use crate::balance::Clusters;
 use crate::config::{ConfigError, Snapshot};
 use crate::listener::drain::Drain;
 use crate::telemetry::Recorder;
@@ -27,6 +28,9 @@ pub struct ConfigStatus {
 
 pub struct ProxyState {
     snapshot: ArcSwap<Snapshot>,
+    /// The runtime of the snapshot's clusters (counters, ejections,
+    /// balancers), built beside it.
+    clusters: ArcSwap<Clusters>,
     pub pool: Arc<Pool>,
     /// This proxy's workload certificate and TLS configs.
     pub tls: Arc<MeshTls>,
@@ -44,6 +48,7 @@ impl ProxyState {
             .unwrap_or_else(|err| unreachable!("the empty config is valid: {err}"));
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(empty),
+            clusters: ArcSwap::from_pointee(Clusters::default()),
             pool: Arc::new(Pool::new(tls.clone())),
             tls,
             metrics: Metrics::default(),
@@ -58,14 +63,23 @@ impl ProxyState {
         self.snapshot.load()
     }
 
+    /// The runtime of the current snapshot's clusters.
+    pub fn clusters(&self) -> Guard<Arc<Clusters>> {
+        self.clusters.load()
+    }
+
     /// The current snapshot, to hold across awaits.
     pub fn snapshot_full(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
 
-    /// Swaps in a snapshot whose listeners are bound: new connections and
-    /// requests read it from now on, in-flight ones keep theirs.
-    pub fn install(&self, snapshot: Arc<Snapshot>) {
+    /// Swaps in a snapshot whose listeners are bound, with its clusters'
+    /// runtime: new connections and requests read it from now on, in-flight
+    /// ones keep theirs.
+    pub fn install(&self, snapshot: Arc<Snapshot>, clusters: Clusters) {
+        // Runtime first: a request that finds the new snapshot finds its
+        // clusters' runtime too.
+        self.clusters.store(Arc::new(clusters));
         self.snapshot.store(snapshot);
         self.ready.store(true, Ordering::Release);
     }

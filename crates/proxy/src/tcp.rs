@@ -65,12 +65,13 @@ pub async fn proxy<D>(
     D: AsyncRead + AsyncWrite + Unpin,
 {
     let mut record = TcpRecord::start(state, reporter, service, cluster, conn);
-    let Some(endpoint) = cluster.pick_endpoint() else {
+    let live = state.clusters().live(cluster);
+    let Some(endpoint) = live.pick_endpoint(cluster) else {
         let why = format!("cluster {:?} has no endpoints", cluster.name);
         let reply = LocalReply::new(UNAVAILABLE, ResponseFlag::NoHealthyUpstream, why);
         return refuse(&mut record, reply);
     };
-    let _counted = match cluster.breaker.acquire(Resource::Connection) {
+    let _counted = match live.breaker.acquire(Resource::Connection) {
         Ok(slot) => slot,
         Err(full) => {
             let reply = LocalReply::new(
@@ -81,7 +82,7 @@ pub async fn proxy<D>(
             return refuse(&mut record, reply);
         }
     };
-    let keepalive = cluster.breaker.limits.tcp_keepalive.as_ref();
+    let keepalive = live.breaker.limits.tcp_keepalive.as_ref();
     let decided = state.snapshot().upstream_tls(endpoint.address);
     let connected = upstream::connect(
         endpoint.address,
@@ -91,7 +92,7 @@ pub async fn proxy<D>(
         &state.tls,
     )
     .await;
-    if let Some(outlier) = &cluster.outlier {
+    if let Some(outlier) = &live.outlier {
         // Envoy's TCP proxy reports connect failures and successes only.
         let result = match &connected {
             Ok(_) => TryResult::Status(200),

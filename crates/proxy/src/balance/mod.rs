@@ -10,6 +10,7 @@
 //! holds it: the balancer (here), the connection-pool limits and their
 //! counters ([`limits`]), and outlier ejection ([`outlier`]).
 
+pub mod cluster;
 pub mod limits;
 pub mod outlier;
 
@@ -17,48 +18,16 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::HeaderMap;
 
-/// Istio's `ringHash.minimumRingSize` default.
-pub const DEFAULT_RING_SIZE: u64 = 1024;
-/// Istio's `maglev.tableSize` default (a prime).
-pub const DEFAULT_MAGLEV_SIZE: u64 = 65537;
+pub use self::cluster::{Clusters, Live};
+use crate::config::{Algorithm, HashKey, MAX_MAGLEV_SIZE, MAX_RING_SIZE, Policy, Warmup};
+
 /// Envoy's overprovisioning factor, in percent: a priority level keeps all
 /// traffic until fewer than 1/1.4 (~71%) of its endpoints are healthy.
 const OVERPROVISIONING_PERCENT: u64 = 140;
-/// Envoy's ceilings, so a typo cannot allocate gigabytes.
-pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
-pub const MAX_MAGLEV_SIZE: u64 = 5_000_011;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    RoundRobin,
-    LeastRequest,
-    Random,
-    Passthrough,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// Lower-cased header name.
-    Header(String),
-    Cookie {
-        name: String,
-        path: String,
-        ttl: Duration,
-    },
-    SourceIp,
-    QueryParameter(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    Ring { minimum_size: u64 },
-    Maglev { table_size: u64 },
-}
-
 /// A consistent-hash lookup table: endpoint indexes by hash.
 enum Table {
     /// Sorted (point, endpoint) pairs; a key belongs to the next point.
@@ -86,17 +55,6 @@ pub struct Balancer {
     /// Per endpoint: when it joined the running cluster (slow start);
     /// `None` for endpoints that need no warm-up.
     joined: Vec<Option<Instant>>,
-}
-
-/// Slow start (DestinationRule `loadBalancer.warmup`), as Envoy does it: a
-/// new endpoint's weight is scaled by `max(minimum, (age / duration) ^
-/// (1 / aggression))` until it is `duration` old.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Warmup {
-    pub duration: Duration,
-    /// 0..1.
-    pub minimum: f64,
-    pub aggression: f64,
 }
 
 impl Warmup {

@@ -1,18 +1,18 @@
-//! Compiled clusters and their endpoints: what a request is balanced
-//! over, with the limits, outlier state and balancer each cluster carries.
+//! Compiled clusters and their endpoints, as data: what a request is
+//! balanced over, with the limits, outlier detection and balancing policy
+//! each cluster declares. Their runtime (counters, ejections, the
+//! balancer) is built from these in `balance/`, beside the snapshot.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weft_proto::proxy::v1 as pb;
 
-use super::cluster::{compile_balancer, compile_limits, compile_outlier, members};
-use super::snapshot::{DEFAULT_CONNECT_TIMEOUT, Problems, Snapshot, UpstreamProtocol, duration};
-use crate::balance::limits::{Breaker, Limits};
-use crate::balance::outlier::{Eligible, Outlier};
-use crate::balance::{Balancer, Load, Policy};
+use super::cluster::{compile_balancing, compile_limits, compile_outlier};
+use super::policies::{Balancing, Limits, OutlierPolicy};
+use super::snapshot::{DEFAULT_CONNECT_TIMEOUT, Problems, UpstreamProtocol, duration};
 
 pub struct Cluster {
     pub name: String,
@@ -21,14 +21,14 @@ pub struct Cluster {
     pub upstream_protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
     pub endpoints: Vec<Endpoint>,
-    /// Connection-pool limits and their counters. Runtime state lives with
-    /// the compiled cluster, so a config reload starts them afresh.
-    pub breaker: Arc<Breaker>,
-    /// Outlier detection and its per-endpoint state (also reset by reloads).
-    pub outlier: Option<Outlier>,
-    /// The DestinationRule's loadBalancer, with its hash table and the
-    /// per-endpoint in-flight counts.
-    balancer: Balancer,
+    /// Connection-pool limits (DestinationRule `connectionPool`).
+    pub limits: Limits,
+    /// Outlier detection, when configured.
+    pub outlier: Option<OutlierPolicy>,
+    /// The DestinationRule's loadBalancer.
+    pub balancing: Balancing,
+    /// Endpoint index by address (the first of a repeated address).
+    by_addr: HashMap<SocketAddr, usize>,
 }
 
 impl Cluster {
@@ -69,9 +69,10 @@ impl Cluster {
         connect_timeout: Duration,
         endpoints: Vec<Endpoint>,
     ) -> Self {
-        // One endpoint or none (built-in clusters): the policy is moot.
-        let balancer = Balancer::new(&members(&endpoints), Policy::RoundRobin, None);
-        let breaker = Arc::new(Breaker::new(name.clone(), Limits::default()));
+        let mut by_addr = HashMap::new();
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            by_addr.entry(endpoint.address).or_insert(index);
+        }
         Self {
             name,
             service,
@@ -79,88 +80,22 @@ impl Cluster {
             upstream_protocol,
             connect_timeout,
             endpoints,
-            breaker,
+            limits: Limits::default(),
             outlier: None,
-            balancer,
+            balancing: Balancing::default(),
+            by_addr,
         }
     }
 
     /// Whether `addr` is an endpoint with a Weft proxy (peer metadata goes
-    /// to it and to nobody else), found through the balancer's index.
+    /// to it and to nobody else).
     pub fn is_mesh_endpoint(&self, addr: SocketAddr) -> bool {
         self.endpoint(addr).is_some_and(|e| e.mesh)
     }
 
-    /// An endpoint under the cluster's policy without request context (TCP,
-    /// mirrors), skipping those outlier detection ejected. `None` when the
-    /// cluster has no endpoints or all are ejected (response flag UH).
-    pub fn pick_endpoint(&self) -> Option<&Endpoint> {
-        self.endpoint(self.choose(None, None, &[])?)
-    }
-
-    /// The address for one try of a request: `hash` from [`Self::affinity`],
-    /// `original_dst` the address a captured client dialled (PASSTHROUGH
-    /// goes there), `tried` the addresses earlier tries used, avoided while
-    /// another endpoint is eligible.
-    pub fn choose(
-        &self,
-        hash: Option<u64>,
-        original_dst: Option<SocketAddr>,
-        tried: &[SocketAddr],
-    ) -> Option<SocketAddr> {
-        if let (Policy::Passthrough, Some(dst), None) = (self.balancer.policy(), original_dst, hash)
-        {
-            return Some(dst);
-        }
-        let tried: Vec<usize> = tried
-            .iter()
-            .filter_map(|a| self.balancer.index_of(*a))
-            .collect();
-        let eligible = match &self.outlier {
-            None => Eligible::All,
-            Some(outlier) => outlier.eligible(Instant::now()),
-        };
-        let index = match &eligible {
-            Eligible::All => self.balancer.pick(None, hash, &tried),
-            Eligible::None => None,
-            Eligible::Except(ejected) => self.balancer.pick(Some(ejected), hash, &tried),
-        }?;
-        self.endpoints.get(index).map(|e| e.address)
-    }
-
-    /// The request's consistent-hash key (`None` without a hash policy or
-    /// when the key is missing) and a `set-cookie` value to add to the
-    /// response when the proxy generated the hash cookie.
-    pub fn affinity(
-        &self,
-        headers: &http::HeaderMap,
-        query: Option<&str>,
-        peer: Option<IpAddr>,
-    ) -> (Option<u64>, Option<String>) {
-        self.balancer.affinity(headers, query, peer)
-    }
-
-    /// Counts a request in flight on `addr` (for LEAST_REQUEST) until the
-    /// returned guard is dropped.
-    pub fn track(&self, addr: SocketAddr) -> Option<Load> {
-        self.balancer.track(addr)
-    }
-
-    /// The endpoint at `addr`, found through the balancer's index.
+    /// The endpoint at `addr`.
     pub fn endpoint(&self, addr: SocketAddr) -> Option<&Endpoint> {
-        self.endpoints.get(self.balancer.index_of(addr)?)
-    }
-
-    /// How many endpoints outlier detection has ejected now.
-    pub fn ejected(&self) -> usize {
-        let Some(outlier) = &self.outlier else {
-            return 0;
-        };
-        let now = Instant::now();
-        self.endpoints
-            .iter()
-            .filter(|e| outlier.is_ejected(e.address, now))
-            .count()
+        self.endpoints.get(*self.by_addr.get(&addr)?)
     }
 }
 
@@ -179,7 +114,6 @@ pub struct Endpoint {
 
 pub(super) fn compile_clusters(
     config: &pb::ProxyConfig,
-    previous: Option<&Snapshot>,
     problems: &mut Problems,
 ) -> HashMap<String, Arc<Cluster>> {
     let mut clusters = HashMap::new();
@@ -231,35 +165,18 @@ pub(super) fn compile_clusters(
             endpoints,
         );
         compiled.subset = cluster.subset.clone();
-        let limits = compile_limits(
+        compiled.limits = compile_limits(
             cluster.connection_pool.as_ref(),
             &format!("{path}.connectionPool"),
             problems,
         );
-        compiled.breaker = Arc::new(Breaker::new(cluster.name.clone(), limits));
         compiled.outlier = compile_outlier(
             cluster.outlier_detection.as_ref(),
             &format!("{path}.outlierDetection"),
             problems,
-        )
-        .map(|policy| Outlier::new(policy, compiled.endpoints.iter().map(|e| e.address)));
-        let before = previous.and_then(|p| p.cluster(&cluster.name));
-        if let (Some(outlier), Some(old)) =
-            (&compiled.outlier, before.and_then(|c| c.outlier.as_ref()))
-        {
-            outlier.carry_from(old);
-        }
-        let balancer = compile_balancer(
-            cluster.load_balancer.as_ref(),
-            &compiled.endpoints,
-            &format!("{path}.loadBalancer"),
-            problems,
         );
-        compiled.balancer = super::cluster::with_warmup(
-            balancer,
+        compiled.balancing = compile_balancing(
             cluster.load_balancer.as_ref(),
-            &compiled.endpoints,
-            before.map(|c| &c.balancer),
             &format!("{path}.loadBalancer"),
             problems,
         );

@@ -12,6 +12,7 @@ pub mod cors;
 mod hardening;
 mod load;
 pub mod mirror;
+mod policies;
 mod resilience;
 mod route;
 mod route_match;
@@ -22,6 +23,11 @@ pub mod watch;
 
 pub use hardening::{Hardening, PathNormalization};
 pub use load::{ConfigError, parse_config};
+pub use policies::{
+    Algorithm, Balancing, DEFAULT_BASE_EJECTION_TIME, DEFAULT_IDLE_TIMEOUT, DEFAULT_INTERVAL,
+    DEFAULT_MAGLEV_SIZE, DEFAULT_RING_SIZE, HashKey, Keepalive, Limits, MAX_MAGLEV_SIZE,
+    MAX_RING_SIZE, OutlierPolicy, Policy, Warmup,
+};
 pub use resilience::{Fault, FaultAbort, FaultDelay, RetryOn, RetryPolicy};
 pub use route::{
     Destination, DirectResponse, Forward, HeaderOps, Redirect, RedirectPort, Rewrite, Route,

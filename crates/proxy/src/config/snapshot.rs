@@ -127,19 +127,12 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Validates and compiles; every problem is reported, one per line.
+    /// Pure: what must outlive a config change (outlier ejections, when an
+    /// endpoint joined) is carried by the runtime built beside it
+    /// (`balance::Clusters::build`).
     pub fn compile(config: pb::ProxyConfig, source_name: &str) -> Result<Self, ConfigError> {
-        Self::compile_after(config, source_name, None)
-    }
-
-    /// As [`Self::compile`], replacing `previous`: what must outlive a
-    /// config change (when an endpoint joined, for slow start) carries over.
-    pub fn compile_after(
-        config: pb::ProxyConfig,
-        source_name: &str,
-        previous: Option<&Snapshot>,
-    ) -> Result<Self, ConfigError> {
         let mut problems = Problems::default();
-        let clusters = compile_clusters(&config, previous, &mut problems);
+        let clusters = compile_clusters(&config, &mut problems);
         let (services_by_host, services_by_vip) =
             compile_services(&config, &clusters, &mut problems);
         let inbound = compile_inbound(&config, &mut problems);
@@ -216,6 +209,11 @@ impl Snapshot {
 
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.clusters.values()
+    }
+
+    /// The workload's ports, each with its cluster.
+    pub fn inbound_ports(&self) -> impl Iterator<Item = &InboundPort> {
+        self.inbound.values()
     }
 
     pub fn inbound_port(&self, port: u16) -> Option<&InboundPort> {
@@ -578,24 +576,6 @@ clusters:
   - {address: 127.0.0.1:8001, weight: 2}
   - {address: 127.0.0.1:8002}
 ";
-
-    #[test]
-    fn weighted_round_robin_follows_weights() {
-        let snapshot = compile(TWO_ENDPOINTS).expect("valid");
-        let cluster = snapshot
-            .cluster("outbound|80||web.default.svc.cluster.local")
-            .expect("cluster");
-        let picks: Vec<u16> = (0..6)
-            .map(|_| {
-                cluster
-                    .pick_endpoint()
-                    .map(|e| e.address.port())
-                    .unwrap_or(0)
-            })
-            .collect();
-        assert_eq!(picks.iter().filter(|p| **p == 8001).count(), 4);
-        assert_eq!(picks.iter().filter(|p| **p == 8002).count(), 2);
-    }
 
     #[test]
     fn hosts_and_vips_resolve_case_insensitively() {

@@ -167,7 +167,8 @@ impl Shadow {
             deadline,
         } = self;
         tokio::spawn(async move {
-            let Some(addr) = cluster.pick_endpoint().map(|e| e.address) else {
+            let live = state.clusters().live(&cluster);
+            let Some(addr) = live.pick_endpoint(&cluster).map(|e| e.address) else {
                 tracing::debug!("mirror cluster {:?} has no endpoints", cluster.name);
                 return;
             };
@@ -185,7 +186,7 @@ impl Shadow {
                     .send(
                         addr,
                         version,
-                        &cluster.breaker,
+                        &live.breaker,
                         cluster.connect_timeout,
                         state.snapshot().upstream_tls(addr),
                         request,

@@ -139,7 +139,8 @@ async fn phases(
         false => head::upstream_version(cluster.upstream_protocol, app_version),
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let (hash, set_cookie) = cluster.affinity(request.headers(), request.uri().query(), conn.peer);
+    let live = state.clusters().live(cluster);
+    let (hash, set_cookie) = live.affinity(request.headers(), request.uri().query(), conn.peer);
     let (parts, body) = request.into_parts();
     let mut body = record.count_request(ProxyBody::new(body.map_err(Into::into)));
     // 7. Mirror (an upgrade is a connection, not a request to copy).
@@ -160,6 +161,7 @@ async fn phases(
     let exchange = retry::Exchange {
         state,
         cluster,
+        live: &live,
         version,
         head: UpstreamHead::new(parts, version, authority, upgrade),
         timeout,

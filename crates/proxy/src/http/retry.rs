@@ -25,6 +25,7 @@ use http::{HeaderMap, Response, StatusCode};
 use super::fault;
 use super::head::UpstreamHead;
 use super::retry_body::{Replay, WithinRouteTimeout, hold};
+use crate::balance::Live;
 use crate::body::ProxyBody;
 use crate::config::{Cluster, RetryPolicy};
 use crate::flags::{ResponseFlag, ResponseFlags};
@@ -42,6 +43,8 @@ const HOST_SELECTION_ATTEMPTS: usize = 5;
 pub(super) struct Exchange<'a> {
     pub state: &'a ProxyState,
     pub cluster: &'a Cluster,
+    /// The cluster's runtime: limits, outlier detection, balancer.
+    pub live: &'a Live,
     pub version: HttpVersion,
     pub head: UpstreamHead,
     /// The route timeout: bounds every try and backoff together.
@@ -100,13 +103,17 @@ enum Outcome {
 async fn tries(exchange: &Exchange<'_>, body: ProxyBody) -> Sent {
     let cluster = exchange.cluster;
     // Held until the response body ends (or the request is dropped).
-    let in_flight = cluster.breaker.acquire(Resource::Request).map_err(|full| {
-        LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlag::UpstreamOverflow,
-            full.to_string(),
-        )
-    })?;
+    let in_flight = exchange
+        .live
+        .breaker
+        .acquire(Resource::Request)
+        .map_err(|full| {
+            LocalReply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::UpstreamOverflow,
+                full.to_string(),
+            )
+        })?;
     let Some(policy) = exchange.policy else {
         let addr = pick(exchange, &[]).ok_or_else(|| no_endpoint(cluster))?;
         return match one_try(exchange, addr, body, None).await {
@@ -128,7 +135,7 @@ async fn tries(exchange: &Exchange<'_>, body: ProxyBody) -> Sent {
         let retriable = should_retry(policy, &outcome);
         let mut overflowed = false;
         if retriable && attempt < policy.attempts && replay.can_replay() {
-            match cluster.breaker.acquire(Resource::Retry) {
+            match exchange.live.breaker.acquire(Resource::Retry) {
                 Ok(slot) => {
                     tracing::debug!(%addr, attempt, "retrying request to cluster {:?}", cluster.name);
                     _retrying = Some(slot);
@@ -176,7 +183,7 @@ async fn one_try(
 ) -> Outcome {
     let cluster = exchange.cluster;
     // In flight on `addr` (for LEAST_REQUEST) until the response body ends.
-    let load = cluster.track(addr);
+    let load = exchange.live.track(addr);
     let mut request = exchange.head.request(addr, body);
     if !cluster.is_mesh_endpoint(addr) {
         crate::telemetry::peer::strip(request.headers_mut());
@@ -184,7 +191,7 @@ async fn one_try(
     let send = exchange.state.pool.send(
         addr,
         exchange.version,
-        &cluster.breaker,
+        &exchange.live.breaker,
         cluster.connect_timeout,
         exchange.state.snapshot().upstream_tls(addr),
         request,
@@ -194,7 +201,7 @@ async fn one_try(
         Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(result) => result,
             Err(_) => {
-                record(exchange.state, cluster, addr, Some(TryResult::Timeout));
+                record(exchange, addr, Some(TryResult::Timeout));
                 return Outcome::TimedOut(limit);
             }
         },
@@ -202,8 +209,7 @@ async fn one_try(
     match outcome {
         Ok(response) => {
             record(
-                exchange.state,
-                cluster,
+                exchange,
                 addr,
                 Some(TryResult::Status(response.status().as_u16())),
             );
@@ -212,19 +218,20 @@ async fn one_try(
             Outcome::Response(response)
         }
         Err(err) => {
-            record(exchange.state, cluster, addr, err.try_result());
+            record(exchange, addr, err.try_result());
             Outcome::Failed(err)
         }
     }
 }
 
 /// Feeds one try's result to the cluster's outlier detection.
-fn record(state: &ProxyState, cluster: &Cluster, addr: SocketAddr, result: Option<TryResult>) {
-    let (Some(outlier), Some(result)) = (&cluster.outlier, result) else {
+fn record(exchange: &Exchange<'_>, addr: SocketAddr, result: Option<TryResult>) {
+    let (Some(outlier), Some(result)) = (&exchange.live.outlier, result) else {
         return;
     };
+    let cluster = exchange.cluster;
     if let Some(time) = outlier.record(addr, result, Instant::now()) {
-        state.metrics.record_ejection(&cluster.name);
+        exchange.state.metrics.record_ejection(&cluster.name);
         tracing::info!(
             %addr,
             "outlier detection ejected an endpoint of cluster {:?} for {time:?}",
@@ -237,7 +244,11 @@ fn record(state: &ProxyState, cluster: &Cluster, addr: SocketAddr, result: Optio
 /// (a consistent hash walks on to the next distinct entry by itself).
 fn pick(exchange: &Exchange<'_>, tried: &[SocketAddr]) -> Option<SocketAddr> {
     let cluster = exchange.cluster;
-    let choose = || cluster.choose(exchange.hash, exchange.original_dst, tried);
+    let choose = || {
+        exchange
+            .live
+            .choose(exchange.hash, exchange.original_dst, tried)
+    };
     let mut picked = choose()?;
     let picks = HOST_SELECTION_ATTEMPTS.max(cluster.endpoints.len());
     for _ in 1..picks {

@@ -5,8 +5,9 @@
 mod connect;
 mod pool;
 
-pub use crate::balance::limits::{Breaker, Keepalive, Limits, Overflow, Resource, Slot};
-pub use crate::balance::outlier::{Eligible, Outlier, OutlierPolicy, TryResult};
+pub use crate::balance::limits::{Breaker, Overflow, Resource, Slot};
+pub use crate::balance::outlier::{Eligible, Outlier, TryResult};
+pub use crate::config::{Keepalive, Limits, OutlierPolicy};
 pub use connect::connect;
 pub use pool::{HttpVersion, Pool};
 
