@@ -11,10 +11,10 @@
 //!
 //! Modules build on each other one way, bottom up (`tests/module_cycles.rs`
 //! fails on a cycle):
-//! leaves ([`body`], [`flags`], [`reply`], [`workload`], [`balance`],
-//! [`identity`]) → [`config`] (the compiled snapshot) and [`policy`] →
-//! [`tls`], [`telemetry`], [`upstream`], [`listener`] → [`state`] (data
-//! only) → [`http`], [`tcp`] → [`inbound`], [`outbound`] → [`proxy`]
+//! leaves ([`body`], [`flags`], [`reply`], [`workload`], [`identity`]) →
+//! [`policy`] → [`config`] (the compiled snapshot, plain data) →
+//! [`balance`] (the clusters' runtime) → [`tls`], [`telemetry`],
+//! [`upstream`], [`listener`] → [`state`] (data only) → [`http`], [`tcp`] → [`inbound`], [`outbound`] → [`proxy`]
 //! (state + listeners, applying configs) → [`xds`], [`admin`], `main.rs`.
 
 pub mod admin;

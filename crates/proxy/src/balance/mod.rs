@@ -6,9 +6,10 @@
 //! Hash tables are built once per config load; a request only hashes its
 //! key and looks it up.
 //!
-//! This folder is a cluster's runtime state, kept beside the snapshot that
-//! holds it: the balancer (here), the connection-pool limits and their
-//! counters ([`limits`]), and outlier ejection ([`outlier`]).
+//! This folder is the clusters' runtime, built from the snapshot's plain
+//! data and kept beside it ([`cluster`]): the balancer (here), the
+//! connection-pool counters ([`limits`]), and outlier ejection
+//! ([`outlier`]).
 
 pub mod cluster;
 pub mod limits;

@@ -2,8 +2,10 @@
 //! [`weft_proto::proxy::v1::ProxyConfig`]) is parsed, validated and compiled
 //! into a [`Snapshot`], the read-only lookup tables the data path uses.
 //!
-//! A snapshot is immutable; a new config produces a new snapshot that
-//! requests pick up as they start, so in-flight requests keep theirs.
+//! A snapshot is immutable and plain data (compiling is pure); a new
+//! config produces a new snapshot that requests pick up as they start, so
+//! in-flight requests keep theirs. What changes while it serves (counters,
+//! ejections, balancer state) is `crate::balance`, built beside it.
 
 mod authz;
 mod cluster;
