@@ -19,7 +19,7 @@ use std::time::Instant;
 use super::limits::Breaker;
 use super::outlier::{Eligible, Outlier};
 use super::{Balancer, Load, Member};
-use crate::config::{Cluster, Endpoint, Policy, Snapshot};
+use crate::config::{BLACK_HOLE_CLUSTER, Cluster, Endpoint, PASSTHROUGH_CLUSTER, Policy, Snapshot};
 
 /// One cluster's runtime state.
 pub struct Live {
@@ -151,7 +151,11 @@ impl Live {
 #[derive(Default)]
 pub struct Clusters {
     /// By the compiled cluster's address: the exact cluster of this
-    /// snapshot, found with one pointer hash.
+    /// snapshot, found with one pointer hash. Sound as a key: the state
+    /// stores a runtime before its snapshot and callers hold the cluster
+    /// before they load the runtime, so the runtime they see belongs to
+    /// the cluster's snapshot or a later one, whose clusters were all
+    /// allocated while the caller's was alive (no address is shared).
     by_cluster: HashMap<usize, Arc<Live>>,
     /// By name, to carry state into the next snapshot's runtime.
     by_name: HashMap<String, Arc<Live>>,
@@ -197,10 +201,7 @@ impl Clusters {
 /// Passthrough and black-hole clusters are made per connection, each with
 /// its own destination: they never share a runtime.
 fn is_made_up(cluster: &Cluster) -> bool {
-    matches!(
-        cluster.name.as_str(),
-        "PassthroughCluster" | "BlackHoleCluster"
-    )
+    [PASSTHROUGH_CLUSTER, BLACK_HOLE_CLUSTER].contains(&cluster.name.as_str())
 }
 
 #[cfg(test)]

@@ -14,6 +14,11 @@ use super::cluster::{compile_balancing, compile_limits, compile_outlier};
 use super::policies::{Balancing, Limits, OutlierPolicy};
 use super::snapshot::{DEFAULT_CONNECT_TIMEOUT, Problems, UpstreamProtocol, duration};
 
+/// Istio's name for traffic sent where it was addressed.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Istio's name for traffic that has nowhere to go.
+pub const BLACK_HOLE_CLUSTER: &str = "BlackHoleCluster";
+
 pub struct Cluster {
     pub name: String,
     pub service: String,
@@ -35,7 +40,7 @@ impl Cluster {
     /// A cluster without endpoints, for traffic that has nowhere to go.
     pub fn black_hole() -> Self {
         Self::new(
-            "BlackHoleCluster".to_string(),
+            BLACK_HOLE_CLUSTER.to_string(),
             String::new(),
             UpstreamProtocol::ClientProtocol,
             DEFAULT_CONNECT_TIMEOUT,
@@ -47,7 +52,7 @@ impl Cluster {
     /// (Istio's PassthroughCluster).
     pub fn passthrough(address: SocketAddr) -> Self {
         Self::new(
-            "PassthroughCluster".to_string(),
+            PASSTHROUGH_CLUSTER.to_string(),
             String::new(),
             UpstreamProtocol::ClientProtocol,
             DEFAULT_CONNECT_TIMEOUT,

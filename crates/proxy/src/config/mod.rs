@@ -23,6 +23,7 @@ mod tcp_route;
 mod upstream_tls;
 pub mod watch;
 
+pub use clusters::{BLACK_HOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 pub use hardening::{Hardening, PathNormalization};
 pub use load::{ConfigError, parse_config};
 pub use policies::{

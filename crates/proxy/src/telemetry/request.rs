@@ -29,14 +29,11 @@ use super::peer::{PEER_HEADER, SERVICE_HEADER};
 use super::trace::{self, SpanContext};
 use super::{Downstream, Recorder, Telemetry};
 use crate::body::{BoxError, ProxyBody};
-use crate::config::Cluster;
+use crate::config::{Cluster, PASSTHROUGH_CLUSTER};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::reply::LocalReply;
 use crate::telemetry::metrics::{Reporter, RequestSample};
 use crate::workload::Workload;
-
-/// Where captured traffic to unknown destinations goes (`ALLOW_ANY`).
-const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 
 /// The endpoint that answered, put in the response's extensions by the
 /// upstream try (for the access log's `%UPSTREAM_HOST%`).
