@@ -110,3 +110,57 @@ async fn dispatch(state: Arc<ProxyState>, stream: TcpStream, listen_addr: Socket
         ListenerKind::Unspecified => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+
+    fn config(yaml: &str) -> ProxyConfig {
+        parse_config(yaml, "t.yaml").expect("parses")
+    }
+
+    #[tokio::test]
+    async fn a_config_whose_listener_cannot_bind_changes_nothing() {
+        let proxy = Proxy::new(Handle::current(), MeshTls::new(None));
+        assert!(!proxy.state.is_ready(), "no config yet");
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let free_addr = free.local_addr().expect("addr");
+        drop(free);
+        let good = format!(
+            "version: v1\nlisteners: [{{name: web, address: \"{free_addr}\", kind: EXPLICIT}}]\n"
+        );
+        proxy.apply(config(&good), "good.yaml").expect("applies");
+        assert!(proxy.state.is_ready());
+        assert_eq!(proxy.state.snapshot().version(), "v1");
+        // The listener accepts: the state is given to it, not the other way.
+        std::net::TcpStream::connect(free_addr).expect("the listener accepts");
+
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken_addr = taken.local_addr().expect("addr");
+        let bad = format!(
+            "version: v2\nlisteners: [{{name: other, address: \"{taken_addr}\", kind: EXPLICIT}}]\n"
+        );
+        let err = proxy
+            .apply(config(&bad), "bad.yaml")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains(&format!("cannot listen on {taken_addr}")),
+            "{err}"
+        );
+        assert_eq!(
+            proxy.state.snapshot().version(),
+            "v1",
+            "the old config serves"
+        );
+        let status = proxy.state.status();
+        assert_eq!(status.source, "bad.yaml");
+        assert!(
+            status
+                .last_rejected
+                .is_some_and(|why| why.contains("other"))
+        );
+        std::net::TcpStream::connect(free_addr).expect("the old listener still accepts");
+    }
+}

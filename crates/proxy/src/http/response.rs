@@ -67,3 +67,34 @@ impl Finish<'_> {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::MeshTls;
+
+    #[test]
+    fn the_client_gets_its_version_the_cookie_and_no_hop_by_hop_headers() {
+        let state = ProxyState::new(MeshTls::new(None));
+        let mut upstream =
+            Response::new(crate::reply::answer(StatusCode::OK, "hi".into()).into_body());
+        *upstream.version_mut() = Version::HTTP_2;
+        let headers = upstream.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("x-app", HeaderValue::from_static("kept"));
+        let finish = Finish {
+            matched: None,
+            cors: None,
+            set_cookie: Some("user=abc; Path=/".into()),
+            downstream_version: Version::HTTP_11,
+            downstream_upgrade: None,
+        };
+        let response = finish.apply(&state, upstream);
+        assert_eq!(response.version(), Version::HTTP_11);
+        assert!(response.headers().get("x-hop").is_none());
+        assert!(response.headers().get(header::CONNECTION).is_none());
+        assert_eq!(response.headers()["x-app"], "kept");
+        assert_eq!(response.headers()[header::SET_COOKIE], "user=abc; Path=/");
+    }
+}

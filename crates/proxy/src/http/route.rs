@@ -246,3 +246,100 @@ fn passthrough(addr: SocketAddr) -> Decision {
 fn no_route(message: String) -> LocalReply {
     LocalReply::new(StatusCode::NOT_FOUND, ResponseFlag::NoRoute, message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        Snapshot::compile(parse_config(yaml, "t.yaml").expect("parses"), "t.yaml").expect("valid")
+    }
+
+    const MESH: &str = r#"
+services:
+- name: reviews.default.svc.cluster.local
+  hosts: [reviews]
+  vips: [240.240.0.7]
+  ports:
+  - port: 9080
+    protocol: HTTP
+    routes:
+    - name: v2-for-jason
+      match: {headers: [{name: end-user, value: {exact: jason}}]}
+      clusters: [{cluster: v2}]
+    - name: default
+      clusters: [{cluster: v1}]
+clusters:
+- {name: v1, endpoints: [{address: "127.0.0.1:9001"}]}
+- {name: v2, endpoints: [{address: "127.0.0.1:9002"}]}
+"#;
+
+    fn decide_for(
+        snapshot: &Snapshot,
+        target: &Target,
+        host: &str,
+        user: Option<&str>,
+    ) -> Result<Decision, LocalReply> {
+        let mut request = Request::builder().uri("/reviews/1").header("host", host);
+        if let Some(user) = user {
+            request = request.header("end-user", user);
+        }
+        let request = request.body(()).expect("request");
+        let authority: Option<Authority> = host.parse().ok();
+        decide(snapshot, target, authority.as_ref(), &request)
+    }
+
+    fn cluster_of(decision: Result<Decision, LocalReply>) -> String {
+        match decision {
+            Ok(Decision::Forward(forwarding)) => forwarding.cluster.name.clone(),
+            Ok(Decision::Answer { .. }) => "answered".into(),
+            Err(reply) => format!("{} {}", reply.flag.code(), reply.message),
+        }
+    }
+
+    #[test]
+    fn the_first_matching_route_of_the_authoritys_service_wins() {
+        let snapshot = snapshot(MESH);
+        let target = Target::Outbound {
+            port: 9080,
+            original_dst: None,
+        };
+        assert_eq!(
+            cluster_of(decide_for(&snapshot, &target, "reviews:9080", None)),
+            "v1"
+        );
+        assert_eq!(
+            cluster_of(decide_for(&snapshot, &target, "reviews", Some("jason"))),
+            "v2"
+        );
+    }
+
+    #[test]
+    fn an_unknown_host_falls_back_to_the_dialled_vip_then_passthrough_or_nr() {
+        let snapshot = snapshot(MESH);
+        let vip = Target::Outbound {
+            port: 9080,
+            original_dst: Some("240.240.0.7:9080".parse().expect("addr")),
+        };
+        assert_eq!(
+            cluster_of(decide_for(&snapshot, &vip, "elsewhere", None)),
+            "v1"
+        );
+        let unknown = Target::Outbound {
+            port: 80,
+            original_dst: Some("10.1.2.3:80".parse().expect("addr")),
+        };
+        assert_eq!(
+            cluster_of(decide_for(&snapshot, &unknown, "elsewhere", None)),
+            crate::config::PASSTHROUGH_CLUSTER
+        );
+        let explicit = Target::Outbound {
+            port: 80,
+            original_dst: None,
+        };
+        let refused = cluster_of(decide_for(&snapshot, &explicit, "elsewhere", None));
+        assert!(refused.starts_with("NR "), "{refused}");
+        assert!(refused.contains("\"elsewhere\""), "{refused}");
+    }
+}

@@ -87,3 +87,48 @@ pub(crate) fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
         .as_socket()
         .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+
+    fn snapshot() -> Snapshot {
+        let config = parse_config("protocolDetectionTimeout: 0.2s\n", "t.yaml").expect("parses");
+        Snapshot::compile(config, "t.yaml").expect("valid")
+    }
+
+    async fn carried(bytes: &'static [u8], declared: Option<(PortProtocol, bool)>) -> String {
+        match classify(bytes, declared, &snapshot()).await {
+            Some((Carry::Http(HttpVersion::Http1), _)) => "http/1".into(),
+            Some((Carry::Http(HttpVersion::Http2), _)) => "h2".into(),
+            Some((Carry::Opaque, _)) => "opaque".into(),
+            Some((Carry::Tls(sni), _)) => format!("tls {sni:?}"),
+            None => "none".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_decide_unless_the_port_is_declared() {
+        assert_eq!(
+            carried(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n", None).await,
+            "http/1"
+        );
+        assert_eq!(
+            carried(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None).await,
+            "h2"
+        );
+        assert_eq!(carried(b"\x00\x01binary", None).await, "opaque");
+        // A declared TCP port is never sniffed: its bytes are left unread.
+        let declared = Some((PortProtocol::Tcp, false));
+        let (carry, mut io) = classify(&b"GET / HTTP/1.1\r\n\r\n"[..], declared, &snapshot())
+            .await
+            .expect("classified");
+        assert!(matches!(carry, Carry::Opaque));
+        let mut first = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut io, &mut first)
+            .await
+            .expect("read");
+        assert_eq!(first, "GET / HTTP/1.1\r\n\r\n", "replayed from the start");
+    }
+}
