@@ -1,3 +1,7 @@
+//! Tests of the balancer: weights, consistent hashing (ring and Maglev, by
+//! header, cookie and query), ejected endpoints skipped, least request,
+//! random, priority levels chosen by health, and slow start.
+
 use std::time::Duration;
 
 use super::*;
