@@ -14,8 +14,8 @@ use weft_testkit::free_addr;
 
 use mtls_support::{Control, echo_backend, service_yaml};
 
-const JWKS: &str = include_str!("../../proxy/src/jwt/testdata/jwks.json");
-const RSA: &[u8] = include_bytes!("../../proxy/src/jwt/testdata/rsa-1.pem");
+const JWKS: &str = include_str!("../../proxy/src/policy/jwt/testdata/jwks.json");
+const RSA: &[u8] = include_bytes!("../../proxy/src/policy/jwt/testdata/rsa-1.pem");
 
 /// The status `listen` answers for `path` once the mesh has settled (the
 /// first pushes and certificates take a moment); `settled` says when.

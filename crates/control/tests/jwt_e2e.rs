@@ -17,10 +17,10 @@ use weft_testkit::backend::serve;
 
 use authz_support::{Workload, call, get, in_namespace};
 
-const JWKS: &str = include_str!("../../proxy/src/jwt/testdata/jwks.json");
-const RSA: &[u8] = include_bytes!("../../proxy/src/jwt/testdata/rsa-1.pem");
-const RSA_OTHER: &[u8] = include_bytes!("../../proxy/src/jwt/testdata/rsa-other.pem");
-const EC: &[u8] = include_bytes!("../../proxy/src/jwt/testdata/ec-1.pem");
+const JWKS: &str = include_str!("../../proxy/src/policy/jwt/testdata/jwks.json");
+const RSA: &[u8] = include_bytes!("../../proxy/src/policy/jwt/testdata/rsa-1.pem");
+const RSA_OTHER: &[u8] = include_bytes!("../../proxy/src/policy/jwt/testdata/rsa-other.pem");
+const EC: &[u8] = include_bytes!("../../proxy/src/policy/jwt/testdata/ec-1.pem");
 const ISSUER: &str = "https://auth.weft.test";
 
 fn token(claims: serde_json::Value, alg: Algorithm, pem: &[u8]) -> String {

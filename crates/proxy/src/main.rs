@@ -10,11 +10,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use weft_proxy::admin::{self, Surface};
 use weft_proxy::config::watch::{read_config, watch_file};
 use weft_proxy::identity::Identity;
+use weft_proxy::identity::control_plane::{ControlPlane, Security};
 use weft_proxy::identity::fetch::{self, FetchOptions};
 use weft_proxy::identity::trust::{self, HeldRoot};
+use weft_proxy::proxy::Proxy;
 use weft_proxy::state::ProxyState;
 use weft_proxy::tls::MeshTls;
-use weft_proxy::xds::connect::{ControlPlane, Security};
 use weft_proxy::xds::{self, node};
 
 #[global_allocator]
@@ -68,8 +69,8 @@ struct Args {
     merged_metrics: Option<SocketAddr>,
     /// Where the application serves Prometheus metrics on 127.0.0.1,
     /// PORT[/PATH] (path default /metrics), merged into --merged-metrics.
-    #[arg(long, value_name = "PORT[/PATH]", value_parser = weft_proxy::merged_metrics::parse_app_metrics, requires = "merged_metrics")]
-    app_metrics: Option<weft_proxy::merged_metrics::AppMetrics>,
+    #[arg(long, value_name = "PORT[/PATH]", value_parser = weft_proxy::admin::merged_metrics::parse_app_metrics, requires = "merged_metrics")]
+    app_metrics: Option<weft_proxy::admin::merged_metrics::AppMetrics>,
     /// Data-path worker threads (default: cores, at most 2, as for a sidecar).
     #[arg(long)]
     workers: Option<usize>,
@@ -208,7 +209,7 @@ impl NodeArgs {
         spiffe: Option<&str>,
     ) -> weft_proxy::telemetry::Settings {
         let (namespace, service_account) = self.reported_identity(spiffe);
-        let workload = weft_proxy::telemetry::peer::Workload::local(
+        let workload = weft_proxy::workload::Workload::local(
             &self.workload,
             &namespace,
             &self.labels,
@@ -365,7 +366,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         _ => Security::Plaintext,
     };
-    let state = ProxyState::new(data.handle().clone(), MeshTls::new(identity.clone()));
+    let proxy = Proxy::new(data.handle().clone(), MeshTls::new(identity.clone()));
+    let state = proxy.state.clone();
     state.metrics.telemetry.configure(args.node.telemetry(
         &args.telemetry,
         identity.as_ref().map(|id| id.spiffe.as_str()),
@@ -425,19 +427,19 @@ fn run(args: Args) -> anyhow::Result<()> {
             if let Some(identity) = &identity {
                 wait_for_certificate(identity).await;
             }
-            state.apply(config, &path.display().to_string())?;
+            proxy.apply(config, &path.display().to_string())?;
         }
         match (&args.config, args.control_plane) {
             (Some(path), _) => {
                 let source = path.display().to_string();
                 tokio::spawn(watch_file(path.clone(), args.reload_interval.into(), {
-                    let state = state.clone();
-                    move |parsed| reload(&state, parsed, &source)
+                    let proxy = proxy.clone();
+                    move |parsed| reload(&proxy, parsed, &source)
                 }));
             }
             (None, Some(address)) => {
                 let node = args.node.into_node(identity.is_some());
-                let state = state.clone();
+                let proxy = proxy.clone();
                 let identity = identity.clone();
                 tokio::spawn(async move {
                     // Not ready until a certificate is held: config comes after.
@@ -445,7 +447,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                         wait_for_certificate(identity).await;
                     }
                     let control_plane = ControlPlane { address, security };
-                    xds::run(control_plane, node, state, identity).await
+                    xds::run(control_plane, node, proxy, identity).await
                 });
             }
             (None, None) => anyhow::bail!("give --config FILE or --control-plane ADDRESS"),
@@ -478,15 +480,15 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn reload(
-    state: &Arc<ProxyState>,
+    proxy: &Proxy,
     parsed: Result<weft_proto::proxy::v1::ProxyConfig, weft_proxy::config::ConfigError>,
     source: &str,
 ) {
     let result = match parsed {
         // `apply` records its own outcome.
-        Ok(config) => state.apply(config, source),
+        Ok(config) => proxy.apply(config, source),
         Err(err) => {
-            state.reject(&err);
+            proxy.state.reject(&err);
             Err(err)
         }
     };

@@ -16,17 +16,17 @@ use tokio::net::TcpStream;
 use weft_proto::proxy::v1::OutboundTrafficPolicy;
 
 use crate::config::{Cluster, Snapshot};
-use crate::connection::{Carry, classify, original_dst};
-use crate::detect::{Detected, PrefixedIo, detect};
+use crate::http::HttpConn;
 use crate::http::entry::Trust;
-use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
-use crate::metrics::Reporter;
+use crate::listener::classify::{Carry, classify, original_dst};
+use crate::listener::detect::{Detected, PrefixedIo, detect};
 use crate::own_port::refuses_own_port;
 use crate::state::ProxyState;
 use crate::tcp;
 use crate::telemetry::Downstream;
+use crate::telemetry::metrics::Reporter;
 use crate::upstream::HttpVersion;
 
 pub(crate) async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream: TcpStream) {

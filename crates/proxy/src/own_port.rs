@@ -11,8 +11,8 @@ use tokio::net::TcpStream;
 use weft_proto::proxy::v1::ListenerKind;
 
 use crate::config::Snapshot;
-use crate::metrics::Reporter;
 use crate::state::ProxyState;
+use crate::telemetry::metrics::Reporter;
 
 /// Istio's fixed proxy ports: admin, outbound and inbound capture, merged
 /// metrics, health, Prometheus.

@@ -1,17 +1,20 @@
-//! The proxy's shared state: the current config snapshot, the upstream pool,
-//! metrics, drain, and applying new configs.
+//! The proxy's shared state, as data: the current config snapshot, the
+//! upstream pool, the mesh TLS material, metrics, drain, and the outcome of
+//! the last config change. It owns no tasks and no listeners: the listeners
+//! (`listener/`) are given it, and applying a config (compile, bind, swap)
+//! is `proxy.rs`'s job.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
-use tokio::runtime::Handle;
 use weft_proto::proxy::v1::ProxyConfig;
 
+use crate::balance::Clusters;
 use crate::config::{ConfigError, Snapshot};
-use crate::drain::Drain;
-use crate::listeners::Listeners;
-use crate::metrics::Metrics;
+use crate::listener::drain::Drain;
+use crate::telemetry::Recorder;
+use crate::telemetry::metrics::Metrics;
 use crate::tls::MeshTls;
 use crate::upstream::Pool;
 
@@ -25,6 +28,9 @@ pub struct ConfigStatus {
 
 pub struct ProxyState {
     snapshot: ArcSwap<Snapshot>,
+    /// The runtime of the snapshot's clusters (counters, ejections,
+    /// balancers), built beside it.
+    clusters: ArcSwap<Clusters>,
     pub pool: Arc<Pool>,
     /// This proxy's workload certificate and TLS configs.
     pub tls: Arc<MeshTls>,
@@ -32,26 +38,23 @@ pub struct ProxyState {
     pub drain: Drain,
     ready: AtomicBool,
     status: Mutex<ConfigStatus>,
-    listeners: Mutex<Listeners>,
-    data_runtime: Handle,
 }
 
 impl ProxyState {
     /// A proxy with no config yet (not ready), securing connections with
-    /// `tls`. Listeners run on `data_runtime`.
-    pub fn new(data_runtime: Handle, tls: Arc<MeshTls>) -> Arc<Self> {
+    /// `tls`.
+    pub fn new(tls: Arc<MeshTls>) -> Arc<Self> {
         let empty = Snapshot::compile(ProxyConfig::default(), "(none)")
             .unwrap_or_else(|err| unreachable!("the empty config is valid: {err}"));
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(empty),
+            clusters: ArcSwap::from_pointee(Clusters::default()),
             pool: Arc::new(Pool::new(tls.clone())),
             tls,
             metrics: Metrics::default(),
             drain: Drain::default(),
             ready: AtomicBool::new(false),
             status: Mutex::default(),
-            listeners: Mutex::default(),
-            data_runtime,
         })
     }
 
@@ -60,18 +63,33 @@ impl ProxyState {
         self.snapshot.load()
     }
 
+    /// The runtime of the current snapshot's clusters.
+    pub fn clusters(&self) -> Guard<Arc<Clusters>> {
+        self.clusters.load()
+    }
+
     /// The current snapshot, to hold across awaits.
     pub fn snapshot_full(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
 
-    /// Validates, binds new listeners, then swaps the snapshot in. On any
-    /// error nothing changes: the running config keeps serving.
-    pub fn apply(self: &Arc<Self>, config: ProxyConfig, source: &str) -> Result<(), ConfigError> {
-        let result = self.try_apply(config, source);
+    /// Swaps in a snapshot whose listeners are bound, with its clusters'
+    /// runtime: new connections and requests read it from now on, in-flight
+    /// ones keep theirs.
+    pub fn install(&self, snapshot: Arc<Snapshot>, clusters: Clusters) {
+        // Runtime first: a request that finds the new snapshot finds its
+        // clusters' runtime too.
+        self.clusters.store(Arc::new(clusters));
+        self.snapshot.store(snapshot);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Records how applying a config from `source` ended, for
+    /// `/config_dump` and `weft_config_reloads_total`.
+    pub fn record_outcome(&self, source: &str, result: &Result<(), ConfigError>) {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.source = source.to_string();
-        match &result {
+        match result {
             Ok(()) => {
                 status.last_rejected = None;
                 self.metrics.record_reload(true);
@@ -81,21 +99,6 @@ impl ProxyState {
                 self.metrics.record_reload(false);
             }
         }
-        result
-    }
-
-    fn try_apply(self: &Arc<Self>, config: ProxyConfig, source: &str) -> Result<(), ConfigError> {
-        let snapshot = Snapshot::compile_after(config, source, Some(&self.snapshot.load()))?;
-        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        let bound = listeners
-            .bind_new(&snapshot.listeners)
-            .map_err(|message| ConfigError::new(source, message))?;
-        let snapshot = Arc::new(snapshot);
-        self.snapshot.store(snapshot.clone());
-        listeners.reconcile(bound, &snapshot.listeners, self, &self.data_runtime);
-        self.ready.store(true, Ordering::Release);
-        tracing::info!(version = snapshot.version(), "config applied from {source}");
-        Ok(())
     }
 
     /// Records a config that could not even be read or parsed.
@@ -116,5 +119,15 @@ impl ProxyState {
     /// Ready once a config is serving, until draining starts.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.drain.is_draining()
+    }
+}
+
+impl Recorder for ProxyState {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn snapshot(&self) -> Guard<Arc<Snapshot>> {
+        ProxyState::snapshot(self)
     }
 }

@@ -11,13 +11,15 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Cluster;
 use crate::flags::ResponseFlag;
-use crate::metrics::Reporter;
+use crate::reply::LocalReply;
 use crate::state::ProxyState;
 use crate::telemetry::Downstream;
+use crate::telemetry::metrics::Reporter;
 use crate::telemetry::tcp::TcpRecord;
 use crate::upstream::{self, Resource, TryResult};
 
@@ -35,13 +37,13 @@ pub async fn proxy_inbound<D>(
 {
     let guard = state.snapshot().inbound_guard(destination.port());
     if let Some(guard) = guard {
-        let who = crate::authz::Caller {
+        let who = crate::policy::authz::Caller {
             peer: conn.remote.map(|a| a.ip()),
             remote: conn.remote.map(|a| a.ip()),
             principal: conn.mesh_principal(),
             destination,
         };
-        if !crate::authz::authorize_connection(&guard, &who, None) {
+        if !crate::policy::authz::authorize_connection(&guard, &who, None) {
             tracing::info!(
                 destination = %destination,
                 "closing TCP connection: denied by authorization policy"
@@ -63,27 +65,24 @@ pub async fn proxy<D>(
     D: AsyncRead + AsyncWrite + Unpin,
 {
     let mut record = TcpRecord::start(state, reporter, service, cluster, conn);
-    let Some(endpoint) = cluster.pick_endpoint() else {
-        record.refused(ResponseFlag::NoHealthyUpstream);
-        tracing::info!(
-            flag = ResponseFlag::NoHealthyUpstream.code(),
-            "closing TCP connection: cluster {:?} has no endpoints",
-            cluster.name
-        );
-        return;
+    let live = state.clusters().live(cluster);
+    let Some(endpoint) = live.pick_endpoint(cluster) else {
+        let why = format!("cluster {:?} has no endpoints", cluster.name);
+        let reply = LocalReply::new(UNAVAILABLE, ResponseFlag::NoHealthyUpstream, why);
+        return refuse(&mut record, reply);
     };
-    let _counted = match cluster.breaker.acquire(Resource::Connection) {
+    let _counted = match live.breaker.acquire(Resource::Connection) {
         Ok(slot) => slot,
         Err(full) => {
-            record.refused(ResponseFlag::UpstreamOverflow);
-            tracing::info!(
-                flag = ResponseFlag::UpstreamOverflow.code(),
-                "closing TCP connection: {full}"
+            let reply = LocalReply::new(
+                UNAVAILABLE,
+                ResponseFlag::UpstreamOverflow,
+                full.to_string(),
             );
-            return;
+            return refuse(&mut record, reply);
         }
     };
-    let keepalive = cluster.breaker.limits.tcp_keepalive.as_ref();
+    let keepalive = live.breaker.limits.tcp_keepalive.as_ref();
     let decided = state.snapshot().upstream_tls(endpoint.address);
     let connected = upstream::connect(
         endpoint.address,
@@ -93,7 +92,7 @@ pub async fn proxy<D>(
         &state.tls,
     )
     .await;
-    if let Some(outlier) = &cluster.outlier {
+    if let Some(outlier) = &live.outlier {
         // Envoy's TCP proxy reports connect failures and successes only.
         let result = match &connected {
             Ok(_) => TryResult::Status(200),
@@ -104,13 +103,9 @@ pub async fn proxy<D>(
     let mut upstream = match connected {
         Ok(stream) => stream,
         Err(err) => {
-            record.refused(ResponseFlag::UpstreamConnectFailure);
-            tracing::info!(
-                flag = ResponseFlag::UpstreamConnectFailure.code(),
-                "closing TCP connection: cluster {:?}: {err}",
-                cluster.name
-            );
-            return;
+            let why = format!("cluster {:?}: {err}", cluster.name);
+            let reply = LocalReply::new(UNAVAILABLE, ResponseFlag::UpstreamConnectFailure, why);
+            return refuse(&mut record, reply);
         }
     };
     record.opened(endpoint);
@@ -122,4 +117,20 @@ pub async fn proxy<D>(
         }
     };
     record.closed(sent, received);
+}
+
+/// What a refused connection would have been answered with over HTTP; a
+/// TCP client just sees the connection closed.
+const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+
+/// Closes the downstream connection for `reply`'s reason: recorded with its
+/// flag, logged with the cause.
+fn refuse(record: &mut TcpRecord<'_>, reply: LocalReply) {
+    record.refused(reply.flag);
+    tracing::info!(
+        flag = reply.flag.code(),
+        source = ?reply.source,
+        "closing TCP connection: {}",
+        reply.message
+    );
 }

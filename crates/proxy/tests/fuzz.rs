@@ -22,8 +22,8 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use weft_proxy::config::{PathNormalization, Snapshot, parse_config};
-use weft_proxy::detect::{Hello, detect, parse_client_hello, parse_sni};
 use weft_proxy::http::normalize::normalize;
+use weft_proxy::listener::detect::{Hello, detect, parse_client_hello, parse_sni};
 
 fn iterations() -> usize {
     std::env::var("WEFT_FUZZ_ITERATIONS")

@@ -218,7 +218,7 @@ async fn request_bodies_are_replayed_up_to_the_cap() {
     assert_eq!(mesh.backend.count("/flaky/1/post"), 2);
 
     // Beyond the cap the body cannot be replayed: one try.
-    let big = Bytes::from(vec![7u8; weft_proxy::http::retry::REPLAY_CAP + 1024]);
+    let big = Bytes::from(vec![7u8; weft_proxy::http::REPLAY_CAP + 1024]);
     let reply = mesh.send(Method::POST, "/flaky/1/big", big).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(mesh.backend.count("/flaky/1/big"), 1);

@@ -9,10 +9,12 @@ use http::HeaderName;
 use weft_proto::proxy::v1 as pb;
 
 use super::snapshot::Problems;
-use crate::authz::{
+use crate::policy::authz::{
     Action, Attribute, Condition, InboundGuard, Pattern, Policies, Policy, Rule, ValueMatch,
 };
-use crate::jwt::{Authenticator, DEFAULT_FETCH_TIMEOUT, JwtRule, KeySource, Location, RemoteJwks};
+use crate::policy::jwt::{
+    Authenticator, DEFAULT_FETCH_TIMEOUT, JwtRule, KeySource, Location, RemoteJwks,
+};
 
 /// None when the port has nothing to check.
 pub(super) fn compile_security(
@@ -215,7 +217,7 @@ fn compile_jwt_rule(rule: &pb::JwtRule, path: &str, problems: &mut Problems) -> 
         return None;
     }
     let keys = if !rule.jwks.is_empty() {
-        match crate::jwt::KeySet::parse(&rule.jwks) {
+        match crate::policy::jwt::KeySet::parse(&rule.jwks) {
             Ok(set) => KeySource::Inline(Arc::new(set)),
             Err(err) => {
                 problems.push(format!("{path}.jwks"), err);

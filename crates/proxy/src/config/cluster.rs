@@ -2,18 +2,14 @@
 //! from [`pb::ConnectionPool`], [`pb::OutlierDetection`] and
 //! [`pb::LoadBalancer`].
 
-pub(super) mod balance;
-
 use weft_proto::proxy::v1 as pb;
 
-use self::balance::{
-    Algorithm, Balancer, DEFAULT_MAGLEV_SIZE, DEFAULT_RING_SIZE, HashKey, MAX_MAGLEV_SIZE,
-    MAX_RING_SIZE, Policy, Warmup,
+use super::policies::{
+    Algorithm, Balancing, DEFAULT_BASE_EJECTION_TIME, DEFAULT_INTERVAL, DEFAULT_MAGLEV_SIZE,
+    DEFAULT_RING_SIZE, HashKey, Keepalive, Limits, MAX_MAGLEV_SIZE, MAX_RING_SIZE, OutlierPolicy,
+    Policy, Warmup,
 };
-use super::Endpoint;
 use super::snapshot::{Problems, duration};
-use crate::upstream::outlier::{DEFAULT_BASE_EJECTION_TIME, DEFAULT_INTERVAL};
-use crate::upstream::{Keepalive, Limits, OutlierPolicy};
 
 /// Unset: no limits (Istio's defaults are all "no limit" too).
 pub(super) fn compile_limits(
@@ -100,21 +96,15 @@ pub(super) fn compile_outlier(
     })
 }
 
-/// The balancer's slow start, when `warmup` is set: endpoints that were
-/// not in `before` (the cluster as the running config had it) warm up;
-/// those that were keep their start time; a cluster new to this proxy
-/// starts warm, as Envoy's does.
-pub(super) fn with_warmup(
-    balancer: Balancer,
+/// The balancer's slow start, when `warmup` is set. Which endpoints warm
+/// up (those new to the running cluster) is decided when the balancer is
+/// built (`balance/`).
+fn compile_warmup(
     lb: Option<&pb::LoadBalancer>,
-    endpoints: &[Endpoint],
-    before: Option<&Balancer>,
     path: &str,
     problems: &mut Problems,
-) -> Balancer {
-    let Some(warmup) = lb.and_then(|lb| lb.warmup.as_ref()) else {
-        return balancer;
-    };
+) -> Option<Warmup> {
+    let warmup = lb.and_then(|lb| lb.warmup.as_ref())?;
     let path = format!("{path}.warmup");
     let Some(duration) = duration(
         warmup.duration.as_ref(),
@@ -122,7 +112,7 @@ pub(super) fn with_warmup(
         problems,
     ) else {
         problems.push(format!("{path}.duration"), "is required");
-        return balancer;
+        return None;
     };
     if !(0.0..=100.0).contains(&warmup.minimum_percent) {
         problems.push(
@@ -133,39 +123,38 @@ pub(super) fn with_warmup(
     if warmup.aggression < 0.0 || warmup.aggression.is_nan() {
         problems.push(format!("{path}.aggression"), "must not be negative");
     }
-    let now = std::time::Instant::now();
-    let joined = endpoints
-        .iter()
-        .map(|e| {
-            let before = before?;
-            match before.index_of(e.address) {
-                Some(_) => before.joined(e.address),
-                None => Some(now),
-            }
-        })
-        .collect();
     let aggression = if warmup.aggression == 0.0 {
         1.0
     } else {
         warmup.aggression
     };
-    balancer.with_warmup(
-        Warmup {
-            duration,
-            minimum: (warmup.minimum_percent / 100.0).clamp(0.0, 1.0),
-            aggression,
-        },
-        joined,
-    )
+    Some(Warmup {
+        duration,
+        minimum: (warmup.minimum_percent / 100.0).clamp(0.0, 1.0),
+        aggression,
+    })
+}
+
+/// The loadBalancer block: policy, consistent hash, slow start.
+pub(super) fn compile_balancing(
+    lb: Option<&pb::LoadBalancer>,
+    path: &str,
+    problems: &mut Problems,
+) -> Balancing {
+    let (policy, hash) = compile_balancer(lb, path, problems);
+    Balancing {
+        policy,
+        hash,
+        warmup: compile_warmup(lb, path, problems),
+    }
 }
 
 /// Unset policy: LEAST_REQUEST, Istio's default.
-pub(super) fn compile_balancer(
+fn compile_balancer(
     lb: Option<&pb::LoadBalancer>,
-    endpoints: &[Endpoint],
     path: &str,
     problems: &mut Problems,
-) -> Balancer {
+) -> (Policy, Option<(HashKey, Algorithm)>) {
     use pb::consistent_hash::{Algorithm as PbAlgorithm, Key};
     let policy = match lb.map(|lb| pb::load_balancer::Policy::try_from(lb.policy)) {
         Some(Ok(pb::load_balancer::Policy::RoundRobin)) => Policy::RoundRobin,
@@ -230,7 +219,7 @@ pub(super) fn compile_balancer(
             };
             Some((key, algorithm))
         });
-    Balancer::new(endpoints, policy, hash)
+    (policy, hash)
 }
 
 fn is_prime(n: u64) -> bool {
@@ -261,7 +250,7 @@ clusters:
         )
         .expect("valid");
         let cluster = snapshot.cluster("c").expect("cluster");
-        let limits = &cluster.breaker.limits;
+        let limits = &cluster.limits;
         assert_eq!((limits.max_connections, limits.max_requests), (2, 3));
         assert_eq!(limits.idle_timeout.as_secs(), 5);
         assert_eq!(
@@ -269,9 +258,9 @@ clusters:
             Some(3)
         );
         let outlier = cluster.outlier.as_ref().expect("outlier detection");
-        assert_eq!(outlier.policy.consecutive_5xx, 4);
-        assert_eq!(outlier.policy.base_ejection_time.as_secs(), 30);
-        assert_eq!(outlier.policy.interval.as_secs(), 10);
+        assert_eq!(outlier.consecutive_5xx, 4);
+        assert_eq!(outlier.base_ejection_time.as_secs(), 30);
+        assert_eq!(outlier.interval.as_secs(), 10);
     }
 
     #[test]

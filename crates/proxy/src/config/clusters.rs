@@ -1,17 +1,23 @@
-//! Compiled clusters and their endpoints: what a request is balanced
-//! over, with the limits, outlier state and balancer each cluster carries.
+//! Compiled clusters and their endpoints, as data: what a request is
+//! balanced over, with the limits, outlier detection and balancing policy
+//! each cluster declares. Their runtime (counters, ejections, the
+//! balancer) is built from these in `balance/`, beside the snapshot.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weft_proto::proxy::v1 as pb;
 
-use super::cluster::balance::{Balancer, Load, Policy};
-use super::cluster::{compile_balancer, compile_limits, compile_outlier};
-use super::snapshot::{DEFAULT_CONNECT_TIMEOUT, Problems, Snapshot, UpstreamProtocol, duration};
-use crate::upstream::{Breaker, Eligible, Limits, Outlier};
+use super::cluster::{compile_balancing, compile_limits, compile_outlier};
+use super::policies::{Balancing, Limits, OutlierPolicy};
+use super::snapshot::{DEFAULT_CONNECT_TIMEOUT, Problems, UpstreamProtocol, duration};
+
+/// Istio's name for traffic sent where it was addressed.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Istio's name for traffic that has nowhere to go.
+pub const BLACK_HOLE_CLUSTER: &str = "BlackHoleCluster";
 
 pub struct Cluster {
     pub name: String,
@@ -20,21 +26,21 @@ pub struct Cluster {
     pub upstream_protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
     pub endpoints: Vec<Endpoint>,
-    /// Connection-pool limits and their counters. Runtime state lives with
-    /// the compiled cluster, so a config reload starts them afresh.
-    pub breaker: Arc<Breaker>,
-    /// Outlier detection and its per-endpoint state (also reset by reloads).
-    pub outlier: Option<Outlier>,
-    /// The DestinationRule's loadBalancer, with its hash table and the
-    /// per-endpoint in-flight counts.
-    balancer: Balancer,
+    /// Connection-pool limits (DestinationRule `connectionPool`).
+    pub limits: Limits,
+    /// Outlier detection, when configured.
+    pub outlier: Option<OutlierPolicy>,
+    /// The DestinationRule's loadBalancer.
+    pub balancing: Balancing,
+    /// Endpoint index by address (the first of a repeated address).
+    by_addr: HashMap<SocketAddr, usize>,
 }
 
 impl Cluster {
     /// A cluster without endpoints, for traffic that has nowhere to go.
     pub fn black_hole() -> Self {
         Self::new(
-            "BlackHoleCluster".to_string(),
+            BLACK_HOLE_CLUSTER.to_string(),
             String::new(),
             UpstreamProtocol::ClientProtocol,
             DEFAULT_CONNECT_TIMEOUT,
@@ -46,7 +52,7 @@ impl Cluster {
     /// (Istio's PassthroughCluster).
     pub fn passthrough(address: SocketAddr) -> Self {
         Self::new(
-            "PassthroughCluster".to_string(),
+            PASSTHROUGH_CLUSTER.to_string(),
             String::new(),
             UpstreamProtocol::ClientProtocol,
             DEFAULT_CONNECT_TIMEOUT,
@@ -68,9 +74,10 @@ impl Cluster {
         connect_timeout: Duration,
         endpoints: Vec<Endpoint>,
     ) -> Self {
-        // One endpoint or none (built-in clusters): the policy is moot.
-        let balancer = Balancer::new(&endpoints, Policy::RoundRobin, None);
-        let breaker = Arc::new(Breaker::new(name.clone(), Limits::default()));
+        let mut by_addr = HashMap::new();
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            by_addr.entry(endpoint.address).or_insert(index);
+        }
         Self {
             name,
             service,
@@ -78,88 +85,22 @@ impl Cluster {
             upstream_protocol,
             connect_timeout,
             endpoints,
-            breaker,
+            limits: Limits::default(),
             outlier: None,
-            balancer,
+            balancing: Balancing::default(),
+            by_addr,
         }
     }
 
     /// Whether `addr` is an endpoint with a Weft proxy (peer metadata goes
-    /// to it and to nobody else), found through the balancer's index.
+    /// to it and to nobody else).
     pub fn is_mesh_endpoint(&self, addr: SocketAddr) -> bool {
         self.endpoint(addr).is_some_and(|e| e.mesh)
     }
 
-    /// An endpoint under the cluster's policy without request context (TCP,
-    /// mirrors), skipping those outlier detection ejected. `None` when the
-    /// cluster has no endpoints or all are ejected (response flag UH).
-    pub fn pick_endpoint(&self) -> Option<&Endpoint> {
-        self.endpoint(self.choose(None, None, &[])?)
-    }
-
-    /// The address for one try of a request: `hash` from [`Self::affinity`],
-    /// `original_dst` the address a captured client dialled (PASSTHROUGH
-    /// goes there), `tried` the addresses earlier tries used, avoided while
-    /// another endpoint is eligible.
-    pub fn choose(
-        &self,
-        hash: Option<u64>,
-        original_dst: Option<SocketAddr>,
-        tried: &[SocketAddr],
-    ) -> Option<SocketAddr> {
-        if let (Policy::Passthrough, Some(dst), None) = (self.balancer.policy(), original_dst, hash)
-        {
-            return Some(dst);
-        }
-        let tried: Vec<usize> = tried
-            .iter()
-            .filter_map(|a| self.balancer.index_of(*a))
-            .collect();
-        let eligible = match &self.outlier {
-            None => Eligible::All,
-            Some(outlier) => outlier.eligible(Instant::now()),
-        };
-        let index = match &eligible {
-            Eligible::All => self.balancer.pick(None, hash, &tried),
-            Eligible::None => None,
-            Eligible::Except(ejected) => self.balancer.pick(Some(ejected), hash, &tried),
-        }?;
-        self.endpoints.get(index).map(|e| e.address)
-    }
-
-    /// The request's consistent-hash key (`None` without a hash policy or
-    /// when the key is missing) and a `set-cookie` value to add to the
-    /// response when the proxy generated the hash cookie.
-    pub fn affinity(
-        &self,
-        headers: &http::HeaderMap,
-        query: Option<&str>,
-        peer: Option<IpAddr>,
-    ) -> (Option<u64>, Option<String>) {
-        self.balancer.affinity(headers, query, peer)
-    }
-
-    /// Counts a request in flight on `addr` (for LEAST_REQUEST) until the
-    /// returned guard is dropped.
-    pub fn track(&self, addr: SocketAddr) -> Option<Load> {
-        self.balancer.track(addr)
-    }
-
-    /// The endpoint at `addr`, found through the balancer's index.
+    /// The endpoint at `addr`.
     pub fn endpoint(&self, addr: SocketAddr) -> Option<&Endpoint> {
-        self.endpoints.get(self.balancer.index_of(addr)?)
-    }
-
-    /// How many endpoints outlier detection has ejected now.
-    pub fn ejected(&self) -> usize {
-        let Some(outlier) = &self.outlier else {
-            return 0;
-        };
-        let now = Instant::now();
-        self.endpoints
-            .iter()
-            .filter(|e| outlier.is_ejected(e.address, now))
-            .count()
+        self.endpoints.get(*self.by_addr.get(&addr)?)
     }
 }
 
@@ -171,14 +112,13 @@ pub struct Endpoint {
     pub priority: u32,
     /// Telemetry's view of the workload behind it (from `labels`), built
     /// once per config rather than per request; None without labels.
-    pub workload: Option<Arc<crate::telemetry::peer::Workload>>,
+    pub workload: Option<Arc<crate::workload::Workload>>,
     /// A workload with a Weft proxy: peer metadata may be sent to it.
     pub mesh: bool,
 }
 
 pub(super) fn compile_clusters(
     config: &pb::ProxyConfig,
-    previous: Option<&Snapshot>,
     problems: &mut Problems,
 ) -> HashMap<String, Arc<Cluster>> {
     let mut clusters = HashMap::new();
@@ -210,7 +150,7 @@ pub(super) fn compile_clusters(
                     weight: endpoint.weight.max(1),
                     priority: endpoint.priority,
                     workload: (!endpoint.labels.is_empty()).then(|| {
-                        Arc::new(crate::telemetry::peer::Workload::from_labels(
+                        Arc::new(crate::workload::Workload::from_labels(
                             endpoint.labels.iter(),
                         ))
                     }),
@@ -230,35 +170,18 @@ pub(super) fn compile_clusters(
             endpoints,
         );
         compiled.subset = cluster.subset.clone();
-        let limits = compile_limits(
+        compiled.limits = compile_limits(
             cluster.connection_pool.as_ref(),
             &format!("{path}.connectionPool"),
             problems,
         );
-        compiled.breaker = Arc::new(Breaker::new(cluster.name.clone(), limits));
         compiled.outlier = compile_outlier(
             cluster.outlier_detection.as_ref(),
             &format!("{path}.outlierDetection"),
             problems,
-        )
-        .map(|policy| Outlier::new(policy, compiled.endpoints.iter().map(|e| e.address)));
-        let before = previous.and_then(|p| p.cluster(&cluster.name));
-        if let (Some(outlier), Some(old)) =
-            (&compiled.outlier, before.and_then(|c| c.outlier.as_ref()))
-        {
-            outlier.carry_from(old);
-        }
-        let balancer = compile_balancer(
-            cluster.load_balancer.as_ref(),
-            &compiled.endpoints,
-            &format!("{path}.loadBalancer"),
-            problems,
         );
-        compiled.balancer = super::cluster::with_warmup(
-            balancer,
+        compiled.balancing = compile_balancing(
             cluster.load_balancer.as_ref(),
-            &compiled.endpoints,
-            before.map(|c| &c.balancer),
             &format!("{path}.loadBalancer"),
             problems,
         );

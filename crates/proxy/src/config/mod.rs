@@ -2,8 +2,10 @@
 //! [`weft_proto::proxy::v1::ProxyConfig`]) is parsed, validated and compiled
 //! into a [`Snapshot`], the read-only lookup tables the data path uses.
 //!
-//! A snapshot is immutable; a new config produces a new snapshot that
-//! requests pick up as they start, so in-flight requests keep theirs.
+//! A snapshot is immutable and plain data (compiling is pure); a new
+//! config produces a new snapshot that requests pick up as they start, so
+//! in-flight requests keep theirs. What changes while it serves (counters,
+//! ejections, balancer state) is `crate::balance`, built beside it.
 
 mod authz;
 mod cluster;
@@ -12,6 +14,7 @@ pub mod cors;
 mod hardening;
 mod load;
 pub mod mirror;
+mod policies;
 mod resilience;
 mod route;
 mod route_match;
@@ -20,8 +23,14 @@ mod tcp_route;
 mod upstream_tls;
 pub mod watch;
 
+pub use clusters::{BLACK_HOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 pub use hardening::{Hardening, PathNormalization};
 pub use load::{ConfigError, parse_config};
+pub use policies::{
+    Algorithm, Balancing, DEFAULT_BASE_EJECTION_TIME, DEFAULT_IDLE_TIMEOUT, DEFAULT_INTERVAL,
+    DEFAULT_MAGLEV_SIZE, DEFAULT_RING_SIZE, HashKey, Keepalive, Limits, MAX_MAGLEV_SIZE,
+    MAX_RING_SIZE, OutlierPolicy, Policy, Warmup,
+};
 pub use resilience::{Fault, FaultAbort, FaultDelay, RetryOn, RetryPolicy};
 pub use route::{
     Destination, DirectResponse, Forward, HeaderOps, Redirect, RedirectPort, Rewrite, Route,

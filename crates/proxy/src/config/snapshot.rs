@@ -64,6 +64,12 @@ pub struct ListenerSpec {
     pub kind: pb::ListenerKind,
     /// EXPLICIT listeners bound to one service port.
     pub service: Option<(Arc<Service>, u16)>,
+    /// An inbound listener without interception: the workload port its
+    /// connections are for.
+    pub inbound_port: Option<u16>,
+    /// PeerAuthentication for what this listener accepts on ports the
+    /// workload did not declare.
+    pub mtls: pb::mtls::Mode,
 }
 
 pub struct Service {
@@ -97,8 +103,10 @@ pub struct InboundPort {
     pub protocol: PortProtocol,
     pub server_first: bool,
     pub cluster: Arc<Cluster>,
+    /// PeerAuthentication's mode for this port, as weftd compiled it.
+    pub mtls: pb::mtls::Mode,
     /// Authorization and JWT checks (see [`super::authz`]); None: none.
-    pub guard: Option<Arc<crate::authz::InboundGuard>>,
+    pub guard: Option<Arc<crate::policy::authz::InboundGuard>>,
 }
 
 pub struct Snapshot {
@@ -119,19 +127,12 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Validates and compiles; every problem is reported, one per line.
+    /// Pure: what must outlive a config change (outlier ejections, when an
+    /// endpoint joined) is carried by the runtime built beside it
+    /// (`balance::Clusters::build`).
     pub fn compile(config: pb::ProxyConfig, source_name: &str) -> Result<Self, ConfigError> {
-        Self::compile_after(config, source_name, None)
-    }
-
-    /// As [`Self::compile`], replacing `previous`: what must outlive a
-    /// config change (when an endpoint joined, for slow start) carries over.
-    pub fn compile_after(
-        config: pb::ProxyConfig,
-        source_name: &str,
-        previous: Option<&Snapshot>,
-    ) -> Result<Self, ConfigError> {
         let mut problems = Problems::default();
-        let clusters = compile_clusters(&config, previous, &mut problems);
+        let clusters = compile_clusters(&config, &mut problems);
         let (services_by_host, services_by_vip) =
             compile_services(&config, &clusters, &mut problems);
         let inbound = compile_inbound(&config, &mut problems);
@@ -210,6 +211,11 @@ impl Snapshot {
         self.clusters.values()
     }
 
+    /// The workload's ports, each with its cluster.
+    pub fn inbound_ports(&self) -> impl Iterator<Item = &InboundPort> {
+        self.inbound.values()
+    }
+
     pub fn inbound_port(&self, port: u16) -> Option<&InboundPort> {
         self.inbound.get(&port)
     }
@@ -217,7 +223,7 @@ impl Snapshot {
     /// The authorization guarding `port`, else the workload's (weftd gives
     /// every port of a workload the same policies), so that traffic to an
     /// undeclared port is not left unchecked.
-    pub fn inbound_guard(&self, port: u16) -> Option<Arc<crate::authz::InboundGuard>> {
+    pub fn inbound_guard(&self, port: u16) -> Option<Arc<crate::policy::authz::InboundGuard>> {
         match self.inbound.get(&port) {
             Some(declared) => declared.guard.clone(),
             None => self.inbound.values().find_map(|p| p.guard.clone()),
@@ -445,6 +451,7 @@ fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap
             protocol: PortProtocol::from_pb(port.protocol).unwrap_or(PortProtocol::Detect),
             server_first: port.server_first,
             cluster: Arc::new(cluster),
+            mtls: port.mtls_mode(),
             guard: super::authz::compile_security(
                 port.security.as_ref(),
                 &format!("{path}.security"),
@@ -538,6 +545,10 @@ fn compile_listeners(
             address,
             kind,
             service,
+            inbound_port: u16::try_from(listener.inbound_port)
+                .ok()
+                .filter(|port| *port != 0),
+            mtls: listener.mtls_mode(),
         });
     }
     listeners
@@ -565,24 +576,6 @@ clusters:
   - {address: 127.0.0.1:8001, weight: 2}
   - {address: 127.0.0.1:8002}
 ";
-
-    #[test]
-    fn weighted_round_robin_follows_weights() {
-        let snapshot = compile(TWO_ENDPOINTS).expect("valid");
-        let cluster = snapshot
-            .cluster("outbound|80||web.default.svc.cluster.local")
-            .expect("cluster");
-        let picks: Vec<u16> = (0..6)
-            .map(|_| {
-                cluster
-                    .pick_endpoint()
-                    .map(|e| e.address.port())
-                    .unwrap_or(0)
-            })
-            .collect();
-        assert_eq!(picks.iter().filter(|p| **p == 8001).count(), 4);
-        assert_eq!(picks.iter().filter(|p| **p == 8002).count(), 2);
-    }
 
     #[test]
     fn hosts_and_vips_resolve_case_insensitively() {

@@ -10,10 +10,11 @@
 //! them itself.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 
-use super::ProxyBody;
-use super::reply;
+use crate::body::ProxyBody;
+use crate::config::Route;
+use crate::reply;
 
 pub use crate::config::cors::{Cors, Problem};
 
@@ -53,6 +54,37 @@ impl Cors {
                 HeaderValue::from_static("true"),
             );
         }
+    }
+}
+
+/// A request from an origin the route's policy allows: phase 4 answers
+/// its preflight, phase 9 decorates the upstream's response.
+pub struct Allowed<'a> {
+    policy: &'a Cors,
+    origin: HeaderValue,
+}
+
+impl<'a> Allowed<'a> {
+    /// The route's CORS policy, when it allows the request's `Origin`.
+    pub fn check<B>(route: Option<&'a Route>, request: &Request<B>) -> Option<Self> {
+        let policy = route?.cors.as_deref()?;
+        let origin = policy.allowed_origin(request.headers())?;
+        Some(Self { policy, origin })
+    }
+
+    /// The answer when `request` is a preflight, in the client's version.
+    pub fn preflight<B>(&self, request: &Request<B>) -> Option<Response<ProxyBody>> {
+        if !is_preflight(request.method(), request.headers()) {
+            return None;
+        }
+        let mut response = self.policy.preflight(self.origin.clone());
+        *response.version_mut() = request.version();
+        Some(response)
+    }
+
+    /// The CORS headers on the upstream's response.
+    pub fn decorate(self, headers: &mut HeaderMap) {
+        self.policy.decorate(self.origin, headers);
     }
 }
 

@@ -24,16 +24,18 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, StatusCode};
 
+use super::HttpConn;
 use super::normalize::{PathNormalization, normalize};
-use super::reply::LocalReply;
+use super::route::Target;
+use crate::config::Hardening;
 use crate::flags::ResponseFlag;
+use crate::reply::LocalReply;
+use crate::tls::CLIENT_PROTOCOL_HEADER;
 
 pub const XFCC: &str = "x-forwarded-client-cert";
 pub const XFF: &str = "x-forwarded-for";
 /// The client address the edge of the mesh decided on (Envoy's name).
 pub const EXTERNAL_ADDRESS: &str = "x-envoy-external-address";
-/// Set by the calling proxy on requests whose app spoke HTTP/1.x.
-pub const CLIENT_PROTOCOL_HEADER: &str = "x-weft-client-protocol";
 
 /// Whether a request's mesh-only headers can be believed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,24 @@ fn bad_path(path: &str) -> LocalReply {
         ResponseFlag::DownstreamProtocolError,
         format!("the request path {path:?} cannot be normalized"),
     )
+}
+
+/// The whole phase for one request on `conn`: [`prepare`], then on a
+/// gateway [`forwarded_for`]. `Ok(true)`: the calling app spoke HTTP/1.x.
+pub fn enter<B>(
+    request: &mut Request<B>,
+    conn: &HttpConn,
+    hardening: &Hardening,
+) -> Result<bool, LocalReply> {
+    let app_http1 = prepare(request, &conn.trust, hardening.path_normalization)?;
+    if let Target::Gateway { .. } = conn.target {
+        forwarded_for(
+            request.headers_mut(),
+            conn.peer,
+            hardening.num_trusted_proxies,
+        );
+    }
+    Ok(app_http1)
 }
 
 /// The gateway's part: appends `peer` to `X-Forwarded-For` and writes the

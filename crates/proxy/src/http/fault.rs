@@ -3,10 +3,10 @@
 
 use http::{Response, StatusCode};
 
-use super::ProxyBody;
-use super::reply::{self, LocalReply};
+use crate::body::ProxyBody;
 use crate::config::{Fault, FaultAbort};
 use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::reply::{self, LocalReply};
 
 /// What the fault filter decided for one request.
 pub(super) struct Injected {
@@ -14,6 +14,24 @@ pub(super) struct Injected {
     pub delay: Option<std::time::Duration>,
     /// Then answer with this instead of forwarding.
     pub abort: Option<FaultAbort>,
+}
+
+/// The phase: sleeps for an injected delay (flag DI in `extra`), then
+/// `Err` with the abort's answer when one is injected (flag FI).
+pub(super) async fn inject(
+    fault: &Fault,
+    grpc: bool,
+    extra: &mut ResponseFlags,
+) -> Result<(), Response<ProxyBody>> {
+    let injected = decide(fault);
+    if let Some(delay) = injected.delay {
+        tokio::time::sleep(delay).await;
+        *extra = extra.with(ResponseFlag::DelayInjected);
+    }
+    match injected.abort {
+        Some(abort) => Err(abort_response(&abort, grpc, *extra).1),
+        None => Ok(()),
+    }
 }
 
 /// Rolls the dice for both faults; they act independently, as in Istio.

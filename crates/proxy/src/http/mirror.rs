@@ -40,9 +40,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
 
-use super::forward::UpstreamHead;
-use super::retry::REPLAY_CAP;
-use super::{BoxError, ProxyBody, fault};
+use super::fault;
+use super::head::UpstreamHead;
+use super::retry_body::REPLAY_CAP;
+use crate::body::{BoxError, ProxyBody};
 use crate::config::{Cluster, UpstreamProtocol};
 use crate::state::ProxyState;
 use crate::upstream::HttpVersion;
@@ -166,7 +167,8 @@ impl Shadow {
             deadline,
         } = self;
         tokio::spawn(async move {
-            let Some(addr) = cluster.pick_endpoint().map(|e| e.address) else {
+            let live = state.clusters().live(&cluster);
+            let Some(addr) = live.pick_endpoint(&cluster).map(|e| e.address) else {
                 tracing::debug!("mirror cluster {:?} has no endpoints", cluster.name);
                 return;
             };
@@ -184,7 +186,7 @@ impl Shadow {
                     .send(
                         addr,
                         version,
-                        &cluster.breaker,
+                        &live.breaker,
                         cluster.connect_timeout,
                         state.snapshot().upstream_tls(addr),
                         request,

@@ -1,38 +1,59 @@
-//! HTTP proxying. One request, top-down (the phases are called in order
-//! from [`forward::handle`]):
+//! HTTP proxying: [`server`] is the one hyper server (HTTP/1.1 with
+//! upgrades, HTTP/2) for every listener and for mesh mTLS; each request it
+//! reads goes through [`pipeline::handle`], which runs the phases in order,
+//! one module each:
 //!
-//! 1. [`server`] is the one hyper server (HTTP/1.1 with upgrades, HTTP/2),
-//!    for every listener and for mesh mTLS;
-//! 2. [`entry`] makes the request safe to read: absolute-form target,
-//!    mesh-only headers, [`normalize`]d path, the gateway's XFF;
-//! 3. inbound policy (`authz`, `jwt`) on the normalized request;
-//! 4. [`route`] resolves it to a service, route and cluster (or a local
-//!    reply: NR; or the route's own redirect or direct response, built by
-//!    [`rewrite`]); [`cors`] answers allowed preflights;
-//! 5. [`rewrite`] applies the route's path/authority rewrites and request
-//!    header operations; `fault` injects delay or abort (DI, FI);
-//!    [`mirror`] sends fire-and-forget copies;
-//! 6. [`retry`] tries the cluster's endpoints (UH, UF, UT, URX) within the
-//!    route timeout, which also bounds the response body; the response
-//!    streams back with the route's response header operations;
-//! 7. [`reply`] is the one data-path error and the reply it becomes.
+//! 1. [`entry`]: absolute-form target, mesh-only headers, [`normalize`]d
+//!    path, the gateway's XFF;
+//! 2. `policy`: the workload's JWT rules and AuthorizationPolicy
+//!    (`crate::policy`), inbound only;
+//! 3. [`route`]: service, route and cluster, or NR, or the route's own
+//!    redirect or direct response (built by [`rewrite`]);
+//! 4. [`cors`]: allowed preflights answered;
+//! 5. [`rewrite`]: path/authority rewrites, request header operations;
+//! 6. `fault`: delay or abort (DI, FI);
+//! 7. [`mirror`]: fire-and-forget copies, responses drained;
+//! 8. [`retry`]: tries within the route timeout, each picking an endpoint
+//!    (`crate::balance`) and sending through the pool (`crate::upstream`),
+//!    from the request head `head` prepared once;
+//! 9. `response`: upgrade, hop-by-hop headers, response header operations,
+//!    CORS, the hash cookie, the client's version.
+//!
+//! Every early stop is a [`crate::reply::LocalReply`] (with its response
+//! flag) or an answer the phase gives by design.
 
 pub mod cors;
 pub mod entry;
 mod fault;
-pub mod forward;
+mod head;
 pub mod mirror;
 pub mod normalize;
-pub mod reply;
+pub mod pipeline;
+mod policy;
+mod response;
 pub mod retry;
+mod retry_body;
 pub mod rewrite;
 pub mod route;
 pub mod server;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
+pub use self::retry_body::REPLAY_CAP;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use self::entry::Trust;
+use self::route::Target;
+use crate::telemetry::Downstream;
+use crate::telemetry::metrics::Reporter;
+use crate::upstream::HttpVersion;
 
-/// The body type on both sides of the proxy: streamed, never buffered whole.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+/// What the server knows about the downstream connection.
+pub struct HttpConn {
+    pub target: Target,
+    pub reporter: Reporter,
+    pub version: HttpVersion,
+    /// The downstream peer's IP (consistent hashing by source IP).
+    pub peer: Option<std::net::IpAddr>,
+    /// Addresses and proven identity, for telemetry.
+    pub downstream: Downstream,
+    /// Whether the caller is a mesh peer proven by mTLS.
+    pub trust: Trust,
+}

@@ -5,7 +5,7 @@
 //! `previous_hosts` predicate).
 //!
 //! A retry must resend the request body, so the body is read through
-//! [`Replay`], which keeps what it forwarded up to [`REPLAY_CAP`]. A try may
+//! `retry_body::Replay`, which keeps what it forwarded up to `REPLAY_CAP`. A try may
 //! be repeated when its body was not read at all (a connect failure) or was
 //! read whole within the cap; a larger or still-streaming body is never
 //! replayed.
@@ -18,26 +18,22 @@
 //! retry's try ends; every try's result feeds outlier detection.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 
-use super::forward::UpstreamHead;
-use super::reply::LocalReply;
-use super::{BoxError, ProxyBody, fault};
+use super::fault;
+use super::head::UpstreamHead;
+use super::retry_body::{Replay, WithinRouteTimeout, hold};
+use crate::balance::Live;
+use crate::body::ProxyBody;
 use crate::config::{Cluster, RetryPolicy};
 use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::reply::LocalReply;
 use crate::state::ProxyState;
 use crate::telemetry::request::UpstreamHost;
 use crate::upstream::{HttpVersion, Resource, Slot, TryResult, UpstreamError};
 
-/// Most request body bytes kept for a retry.
-pub const REPLAY_CAP: usize = 64 * 1024;
 /// Envoy's backoff ceiling: ten times the base.
 const MAX_BACKOFF_FACTOR: u32 = 10;
 /// How many picks to spend looking for an endpoint not tried yet.
@@ -47,6 +43,8 @@ const HOST_SELECTION_ATTEMPTS: usize = 5;
 pub(super) struct Exchange<'a> {
     pub state: &'a ProxyState,
     pub cluster: &'a Cluster,
+    /// The cluster's runtime: limits, outlier detection, balancer.
+    pub live: &'a Live,
     pub version: HttpVersion,
     pub head: UpstreamHead,
     /// The route timeout: bounds every try and backoff together.
@@ -105,13 +103,17 @@ enum Outcome {
 async fn tries(exchange: &Exchange<'_>, body: ProxyBody) -> Sent {
     let cluster = exchange.cluster;
     // Held until the response body ends (or the request is dropped).
-    let in_flight = cluster.breaker.acquire(Resource::Request).map_err(|full| {
-        LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlag::UpstreamOverflow,
-            full.to_string(),
-        )
-    })?;
+    let in_flight = exchange
+        .live
+        .breaker
+        .acquire(Resource::Request)
+        .map_err(|full| {
+            LocalReply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::UpstreamOverflow,
+                full.to_string(),
+            )
+        })?;
     let Some(policy) = exchange.policy else {
         let addr = pick(exchange, &[]).ok_or_else(|| no_endpoint(cluster))?;
         return match one_try(exchange, addr, body, None).await {
@@ -133,7 +135,7 @@ async fn tries(exchange: &Exchange<'_>, body: ProxyBody) -> Sent {
         let retriable = should_retry(policy, &outcome);
         let mut overflowed = false;
         if retriable && attempt < policy.attempts && replay.can_replay() {
-            match cluster.breaker.acquire(Resource::Retry) {
+            match exchange.live.breaker.acquire(Resource::Retry) {
                 Ok(slot) => {
                     tracing::debug!(%addr, attempt, "retrying request to cluster {:?}", cluster.name);
                     _retrying = Some(slot);
@@ -181,7 +183,7 @@ async fn one_try(
 ) -> Outcome {
     let cluster = exchange.cluster;
     // In flight on `addr` (for LEAST_REQUEST) until the response body ends.
-    let load = cluster.track(addr);
+    let load = exchange.live.track(addr);
     let mut request = exchange.head.request(addr, body);
     if !cluster.is_mesh_endpoint(addr) {
         crate::telemetry::peer::strip(request.headers_mut());
@@ -189,7 +191,7 @@ async fn one_try(
     let send = exchange.state.pool.send(
         addr,
         exchange.version,
-        &cluster.breaker,
+        &exchange.live.breaker,
         cluster.connect_timeout,
         exchange.state.snapshot().upstream_tls(addr),
         request,
@@ -199,7 +201,7 @@ async fn one_try(
         Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(result) => result,
             Err(_) => {
-                record(exchange.state, cluster, addr, Some(TryResult::Timeout));
+                record(exchange, addr, Some(TryResult::Timeout));
                 return Outcome::TimedOut(limit);
             }
         },
@@ -207,34 +209,29 @@ async fn one_try(
     match outcome {
         Ok(response) => {
             record(
-                exchange.state,
-                cluster,
+                exchange,
                 addr,
                 Some(TryResult::Status(response.status().as_u16())),
             );
-            let mut response = response.map(|inner| {
-                ProxyBody::new(Held {
-                    inner,
-                    _guard: load,
-                })
-            });
+            let mut response = hold(response, load);
             response.extensions_mut().insert(UpstreamHost(addr));
             Outcome::Response(response)
         }
         Err(err) => {
-            record(exchange.state, cluster, addr, err.try_result());
+            record(exchange, addr, err.try_result());
             Outcome::Failed(err)
         }
     }
 }
 
 /// Feeds one try's result to the cluster's outlier detection.
-fn record(state: &ProxyState, cluster: &Cluster, addr: SocketAddr, result: Option<TryResult>) {
-    let (Some(outlier), Some(result)) = (&cluster.outlier, result) else {
+fn record(exchange: &Exchange<'_>, addr: SocketAddr, result: Option<TryResult>) {
+    let (Some(outlier), Some(result)) = (&exchange.live.outlier, result) else {
         return;
     };
+    let cluster = exchange.cluster;
     if let Some(time) = outlier.record(addr, result, Instant::now()) {
-        state.metrics.record_ejection(&cluster.name);
+        exchange.state.metrics.record_ejection(&cluster.name);
         tracing::info!(
             %addr,
             "outlier detection ejected an endpoint of cluster {:?} for {time:?}",
@@ -243,87 +240,15 @@ fn record(state: &ProxyState, cluster: &Cluster, addr: SocketAddr, result: Optio
     }
 }
 
-/// Keeps `slot` (the request's maxRequests count) until the body ends or is
-/// dropped.
-fn hold(response: Response<ProxyBody>, slot: Slot) -> Response<ProxyBody> {
-    response.map(|inner| {
-        ProxyBody::new(Held {
-            inner,
-            _guard: slot,
-        })
-    })
-}
-
-/// A response body that keeps `_guard` (a count) until it ends or is dropped.
-struct Held<G> {
-    inner: ProxyBody,
-    _guard: G,
-}
-
-impl<G: Unpin> Body for Held<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body cut with an error once the route timeout passes: the
-/// downstream sees the response reset (HTTP/1 connection closed, HTTP/2
-/// stream reset), as Envoy's route timeout does after headers were sent.
-struct WithinRouteTimeout {
-    inner: ProxyBody,
-    expiry: Pin<Box<tokio::time::Sleep>>,
-    timeout: Duration,
-}
-
-impl Body for WithinRouteTimeout {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
-        }
-        match self.expiry.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(format!(
-                "the response body did not end within {:?} (the route timeout)",
-                self.timeout
-            )
-            .into()))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// An endpoint, preferring one not in `tried` when the cluster has others
 /// (a consistent hash walks on to the next distinct entry by itself).
 fn pick(exchange: &Exchange<'_>, tried: &[SocketAddr]) -> Option<SocketAddr> {
     let cluster = exchange.cluster;
-    let choose = || cluster.choose(exchange.hash, exchange.original_dst, tried);
+    let choose = || {
+        exchange
+            .live
+            .choose(exchange.hash, exchange.original_dst, tried)
+    };
     let mut picked = choose()?;
     let picks = HOST_SELECTION_ATTEMPTS.max(cluster.endpoints.len());
     for _ in 1..picks {
@@ -428,21 +353,7 @@ fn no_endpoint(cluster: &Cluster) -> LocalReply {
 fn failure(cluster: &Cluster, addr: SocketAddr, outcome: Outcome) -> LocalReply {
     let name = &cluster.name;
     match outcome {
-        Outcome::Failed(UpstreamError::Overflow(full)) => LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlag::UpstreamOverflow,
-            full.to_string(),
-        ),
-        Outcome::Failed(err) if err.is_connect_failure() => LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlag::UpstreamConnectFailure,
-            format!("upstream connect error in cluster {name:?}: {err}"),
-        ),
-        Outcome::Failed(err) => LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlag::UpstreamConnectionTermination,
-            format!("upstream reset in cluster {name:?}: {err}"),
-        ),
+        Outcome::Failed(err) => err.into_reply(name),
         Outcome::TimedOut(limit) => LocalReply::new(
             StatusCode::GATEWAY_TIMEOUT,
             ResponseFlag::UpstreamRequestTimeout,
@@ -455,206 +366,6 @@ fn failure(cluster: &Cluster, addr: SocketAddr, outcome: Outcome) -> LocalReply 
             format!("upstream {addr} of cluster {name:?} failed"),
         ),
     }
-}
-
-/// The downstream request body, readable once per try. Tries run one after
-/// another; a new try's body makes the previous try's body fail, so a try
-/// still held by its connection can never steal the source from the next.
-struct Replay {
-    shared: Arc<Mutex<Shared>>,
-}
-
-struct Shared {
-    /// `None` once it ended (or failed).
-    source: Option<ProxyBody>,
-    /// Everything read so far, unless more than the cap was read.
-    chunks: Vec<Bytes>,
-    buffered: usize,
-    trailers: Option<HeaderMap>,
-    /// Something was read from the source.
-    consumed: bool,
-    /// The source ended and everything it gave is in `chunks`/`trailers`.
-    complete: bool,
-    /// More than the cap was read (or reading failed): no replay.
-    overflowed: bool,
-    /// The try whose body may read; older ones fail.
-    generation: u64,
-}
-
-impl Replay {
-    fn new(source: ProxyBody) -> Self {
-        Self {
-            shared: Arc::new(Mutex::new(Shared {
-                source: Some(source),
-                chunks: Vec::new(),
-                buffered: 0,
-                trailers: None,
-                consumed: false,
-                complete: false,
-                overflowed: false,
-                generation: 0,
-            })),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether a new try could send the whole body again.
-    fn can_replay(&self) -> bool {
-        let shared = self.lock();
-        !shared.overflowed && (!shared.consumed || shared.complete)
-    }
-
-    /// The body for a new try.
-    fn body(&self) -> ProxyBody {
-        let generation = {
-            let mut shared = self.lock();
-            shared.generation += 1;
-            shared.generation
-        };
-        ProxyBody::new(ReplayBody {
-            shared: self.shared.clone(),
-            generation,
-            position: 0,
-            trailers_sent: false,
-        })
-    }
-}
-
-struct ReplayBody {
-    shared: Arc<Mutex<Shared>>,
-    generation: u64,
-    /// Chunks of `Shared::chunks` already sent by this try.
-    position: usize,
-    trailers_sent: bool,
-}
-
-impl Body for ReplayBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let mut shared = this.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if shared.generation != this.generation {
-            return Poll::Ready(Some(Err("request body superseded by a retry".into())));
-        }
-        loop {
-            if !shared.overflowed && this.position < shared.chunks.len() {
-                let chunk = shared.chunks[this.position].clone();
-                this.position += 1;
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            if shared.complete {
-                if !this.trailers_sent
-                    && let Some(trailers) = shared.trailers.clone()
-                {
-                    this.trailers_sent = true;
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                }
-                return Poll::Ready(None);
-            }
-            let Some(source) = shared.source.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let frame = match Pin::new(source).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    shared.source = None;
-                    shared.complete = true;
-                    continue;
-                }
-                Poll::Ready(Some(Err(err))) => {
-                    shared.source = None;
-                    shared.overflowed = true;
-                    return Poll::Ready(Some(Err(err)));
-                }
-                Poll::Ready(Some(Ok(frame))) => frame,
-            };
-            shared.consumed = true;
-            // A sender that knows the length stops polling after the last
-            // byte, so the end is noticed here rather than from `None`.
-            if shared.source.as_ref().is_some_and(Body::is_end_stream) {
-                shared.source = None;
-                shared.complete = true;
-            }
-            let frame = match frame.into_data() {
-                Ok(data) => {
-                    if !shared.overflowed {
-                        if shared.buffered + data.len() > REPLAY_CAP {
-                            shared.overflowed = true;
-                            shared.chunks = Vec::new();
-                        } else {
-                            shared.buffered += data.len();
-                            shared.chunks.push(data.clone());
-                            this.position += 1;
-                        }
-                    }
-                    Frame::data(data)
-                }
-                Err(frame) => match frame.into_trailers() {
-                    Ok(trailers) => {
-                        shared.trailers = Some(trailers.clone());
-                        shared.source = None;
-                        shared.complete = true;
-                        this.trailers_sent = true;
-                        Frame::trailers(trailers)
-                    }
-                    // Unknown frame kinds are not forwarded.
-                    Err(_) => continue,
-                },
-            };
-            return Poll::Ready(Some(Ok(frame)));
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        match &shared.source {
-            _ if shared.generation != self.generation => false,
-            Some(source) if !shared.consumed => source.is_end_stream(),
-            _ => {
-                shared.complete
-                    && this_position_done(self.position, &shared)
-                    && (shared.trailers.is_none() || self.trailers_sent)
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let unread: u64 = if shared.overflowed {
-            0
-        } else {
-            shared
-                .chunks
-                .iter()
-                .skip(self.position)
-                .map(|c| c.len() as u64)
-                .sum()
-        };
-        match &shared.source {
-            Some(source) => {
-                let inner = source.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + unread);
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + unread);
-                }
-                hint
-            }
-            None => SizeHint::with_exact(unread),
-        }
-    }
-}
-
-fn this_position_done(position: usize, shared: &Shared) -> bool {
-    shared.overflowed || position >= shared.chunks.len()
 }
 
 #[cfg(test)]

@@ -10,12 +10,12 @@ use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 
-use super::ProxyBody;
-use super::reply;
 use super::route::Matched;
+use crate::body::ProxyBody;
 use crate::config::{
     DirectResponse, HeaderOps, PathMatch, Redirect, RedirectPort, RequestView, Rewrite, Route,
 };
+use crate::reply;
 
 /// The path before a rewrite, for the upstream's benefit (Envoy's name).
 pub const ORIGINAL_PATH_HEADER: &str = "x-envoy-original-path";

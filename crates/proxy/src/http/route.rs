@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use weft_proto::proxy::v1::OutboundTrafficPolicy;
 
-use super::ProxyBody;
-use super::reply::LocalReply;
 use super::rewrite;
+use crate::body::ProxyBody;
 use crate::config::{Cluster, Destination, RequestView, Route, RouteAction, Service, Snapshot};
 use crate::flags::ResponseFlag;
+use crate::reply::LocalReply;
 
 /// Where a downstream connection's requests go; fixed when it is accepted.
 #[derive(Debug, Clone)]
@@ -73,6 +73,39 @@ impl Matched {
     pub fn destination(&self) -> Option<&Destination> {
         self.route.forward()?.destinations.get(self.destination)
     }
+}
+
+impl Target {
+    /// Where a captured client connected (PASSTHROUGH balancing goes
+    /// there); none through explicit and gateway listeners.
+    pub fn original_dst(&self) -> Option<SocketAddr> {
+        match self {
+            Target::Outbound { original_dst, .. } => *original_dst,
+            Target::Inbound { original_dst, .. } => Some(*original_dst),
+            Target::Service { .. } | Target::Gateway { .. } => None,
+        }
+    }
+}
+
+/// The phase: `request` (its authority already decided by entry and
+/// rewrites not yet applied) resolved on `snapshot`.
+pub fn decide<B>(
+    snapshot: &Snapshot,
+    target: &Target,
+    authority: Option<&Authority>,
+    request: &Request<B>,
+) -> Result<Decision, LocalReply> {
+    let view = RequestView {
+        path: request.uri().path(),
+        query: request.uri().query(),
+        method: request.method(),
+        authority: authority.map(Authority::as_str),
+        // Downstream connections are plaintext until the proxy terminates
+        // TLS itself.
+        scheme: "http",
+        headers: request.headers(),
+    };
+    resolve(snapshot, target, authority, &view)
 }
 
 pub fn resolve(
@@ -212,4 +245,101 @@ fn passthrough(addr: SocketAddr) -> Decision {
 
 fn no_route(message: String) -> LocalReply {
     LocalReply::new(StatusCode::NOT_FOUND, ResponseFlag::NoRoute, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        Snapshot::compile(parse_config(yaml, "t.yaml").expect("parses"), "t.yaml").expect("valid")
+    }
+
+    const MESH: &str = r#"
+services:
+- name: reviews.default.svc.cluster.local
+  hosts: [reviews]
+  vips: [240.240.0.7]
+  ports:
+  - port: 9080
+    protocol: HTTP
+    routes:
+    - name: v2-for-jason
+      match: {headers: [{name: end-user, value: {exact: jason}}]}
+      clusters: [{cluster: v2}]
+    - name: default
+      clusters: [{cluster: v1}]
+clusters:
+- {name: v1, endpoints: [{address: "127.0.0.1:9001"}]}
+- {name: v2, endpoints: [{address: "127.0.0.1:9002"}]}
+"#;
+
+    fn decide_for(
+        snapshot: &Snapshot,
+        target: &Target,
+        host: &str,
+        user: Option<&str>,
+    ) -> Result<Decision, LocalReply> {
+        let mut request = Request::builder().uri("/reviews/1").header("host", host);
+        if let Some(user) = user {
+            request = request.header("end-user", user);
+        }
+        let request = request.body(()).expect("request");
+        let authority: Option<Authority> = host.parse().ok();
+        decide(snapshot, target, authority.as_ref(), &request)
+    }
+
+    fn cluster_of(decision: Result<Decision, LocalReply>) -> String {
+        match decision {
+            Ok(Decision::Forward(forwarding)) => forwarding.cluster.name.clone(),
+            Ok(Decision::Answer { .. }) => "answered".into(),
+            Err(reply) => format!("{} {}", reply.flag.code(), reply.message),
+        }
+    }
+
+    #[test]
+    fn the_first_matching_route_of_the_authoritys_service_wins() {
+        let snapshot = snapshot(MESH);
+        let target = Target::Outbound {
+            port: 9080,
+            original_dst: None,
+        };
+        assert_eq!(
+            cluster_of(decide_for(&snapshot, &target, "reviews:9080", None)),
+            "v1"
+        );
+        assert_eq!(
+            cluster_of(decide_for(&snapshot, &target, "reviews", Some("jason"))),
+            "v2"
+        );
+    }
+
+    #[test]
+    fn an_unknown_host_falls_back_to_the_dialled_vip_then_passthrough_or_nr() {
+        let snapshot = snapshot(MESH);
+        let vip = Target::Outbound {
+            port: 9080,
+            original_dst: Some("240.240.0.7:9080".parse().expect("addr")),
+        };
+        assert_eq!(
+            cluster_of(decide_for(&snapshot, &vip, "elsewhere", None)),
+            "v1"
+        );
+        let unknown = Target::Outbound {
+            port: 80,
+            original_dst: Some("10.1.2.3:80".parse().expect("addr")),
+        };
+        assert_eq!(
+            cluster_of(decide_for(&snapshot, &unknown, "elsewhere", None)),
+            crate::config::PASSTHROUGH_CLUSTER
+        );
+        let explicit = Target::Outbound {
+            port: 80,
+            original_dst: None,
+        };
+        let refused = cluster_of(decide_for(&snapshot, &explicit, "elsewhere", None));
+        assert!(refused.starts_with("NR "), "{refused}");
+        assert!(refused.contains("\"elsewhere\""), "{refused}");
+    }
 }

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::forward::{self, HttpConn};
+use super::{HttpConn, pipeline};
 use crate::state::ProxyState;
 use crate::upstream::HttpVersion;
 
@@ -66,7 +66,7 @@ where
         let asked = asked.clone();
         service_fn(move |request| {
             asked.store(true, Ordering::Relaxed);
-            forward::handle(state.clone(), conn.clone(), request)
+            pipeline::handle(state.clone(), conn.clone(), request)
         })
     };
     let io = TokioIo::new(io);

@@ -1,7 +1,7 @@
 //! Getting and renewing the workload certificate from weftd.
 //!
 //! The key is made here and never leaves the process: weftd gets a CSR over
-//! TLS ([`crate::xds::connect`]). The first certificate is asked for
+//! TLS ([`crate::identity::control_plane`]). The first certificate is asked for
 //! without a client certificate, with the bootstrap token (read from its
 //! file on every attempt, so replacing the file is enough to fix a bad
 //! one); renewals present the current certificate instead (mutual TLS) and
@@ -24,7 +24,7 @@ use weft_proto::discovery::v1::SignRequest;
 use weft_proto::discovery::v1::certificates_client::CertificatesClient;
 
 use super::{Identity, WorkloadCert};
-use crate::xds::connect::ControlPlane;
+use crate::identity::control_plane::ControlPlane;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

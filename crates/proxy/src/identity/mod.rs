@@ -9,6 +9,7 @@
 //! accepts a bundle only if the held root vouches for every certificate in
 //! it; a refused bundle is logged and shown on `/certs`.
 
+pub mod control_plane;
 pub mod fetch;
 pub mod trust;
 

@@ -3,7 +3,7 @@
 //!
 //! Contract:
 //! - weftd's serving certificate is verified against the held root only
-//!   ([`crate::xds::connect`]);
+//!   ([`crate::identity::control_plane`]);
 //! - a trust bundle weftd sends (with a certificate, or pushed on the
 //!   stream) is accepted only if every certificate in it is a held root or
 //!   is signed by one ([`HeldRoot::check_bundle`]): a weftd, or anyone

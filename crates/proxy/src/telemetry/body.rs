@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::http::{BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody};
 
 /// Counts gRPC messages in a byte stream.
 #[derive(Debug, Default, Clone)]

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 
-use super::peer::Workload;
 use crate::flags::ResponseFlags;
-use crate::metrics::Reporter;
+use crate::telemetry::metrics::Reporter;
+use crate::workload::Workload;
 
 const UNKNOWN: &str = "unknown";
 

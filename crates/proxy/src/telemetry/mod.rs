@@ -17,6 +17,7 @@
 pub mod access_log;
 pub mod body;
 pub mod labels;
+pub mod metrics;
 pub mod otlp;
 pub mod peer;
 pub mod request;
@@ -32,8 +33,19 @@ use weft_proto::proxy::v1::telemetry::AccessLog as AccessLogSwitch;
 
 use self::access_log::{AccessLogSink, Format};
 use self::otlp::Exporter;
-use self::peer::{PeerCache, Workload};
+use self::peer::PeerCache;
 use crate::config::Snapshot;
+use crate::workload::Workload;
+
+/// What a request or connection record reads while it runs and when it
+/// ends: the proxy's metrics and the snapshot serving now. The proxy's
+/// state implements it (`state.rs`); telemetry needs nothing else of it.
+pub trait Recorder: Send + Sync {
+    fn metrics(&self) -> &metrics::Metrics;
+    /// The current snapshot (the one a reload may have swapped in since the
+    /// record started: access log and tracing settings follow it).
+    fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>>;
+}
 
 /// What `main` decides at start-up.
 #[derive(Debug, Clone, Default)]

@@ -25,18 +25,15 @@ use super::access_log::Entry;
 use super::body::{CountedRequest, Counts, MessageCounter};
 use super::labels::{Call, Labels};
 use super::otlp::{attribute, int_attribute};
-use super::peer::{PEER_HEADER, SERVICE_HEADER, Workload};
+use super::peer::{PEER_HEADER, SERVICE_HEADER};
 use super::trace::{self, SpanContext};
-use super::{Downstream, Telemetry};
-use crate::config::Cluster;
+use super::{Downstream, Recorder, Telemetry};
+use crate::body::{BoxError, ProxyBody};
+use crate::config::{Cluster, PASSTHROUGH_CLUSTER};
 use crate::flags::{ResponseFlag, ResponseFlags};
-use crate::http::reply::LocalReply;
-use crate::http::{BoxError, ProxyBody};
-use crate::metrics::{Reporter, RequestSample};
-use crate::state::ProxyState;
-
-/// Where captured traffic to unknown destinations goes (`ALLOW_ANY`).
-const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+use crate::reply::LocalReply;
+use crate::telemetry::metrics::{Reporter, RequestSample};
+use crate::workload::Workload;
 
 /// The endpoint that answered, put in the response's extensions by the
 /// upstream try (for the access log's `%UPSTREAM_HOST%`).
@@ -58,7 +55,7 @@ struct Detail {
 }
 
 pub struct RequestRecord {
-    state: Arc<ProxyState>,
+    state: Arc<dyn Recorder>,
     reporter: Reporter,
     pub grpc: bool,
     /// The routed service (FQDN); empty until routing names one.
@@ -84,12 +81,12 @@ pub struct RequestRecord {
 
 impl RequestRecord {
     pub fn start<B>(
-        state: &Arc<ProxyState>,
+        state: Arc<dyn Recorder>,
         reporter: Reporter,
         downstream: &Downstream,
         request: &mut Request<B>,
     ) -> Self {
-        let telemetry = &state.metrics.telemetry;
+        let telemetry = &state.metrics().telemetry;
         let snapshot = state.snapshot();
         let headers = request.headers_mut();
         let grpc = headers
@@ -154,7 +151,7 @@ impl RequestRecord {
             })
         });
         Self {
-            state: state.clone(),
+            state,
             reporter,
             grpc,
             service: String::new(),
@@ -223,7 +220,7 @@ impl RequestRecord {
         mut response: Response<ProxyBody>,
         flags: ResponseFlags,
     ) -> Response<ProxyBody> {
-        let telemetry = &self.state.metrics.telemetry;
+        let telemetry = &self.state.metrics().telemetry;
         let upstream_host = response.extensions().get::<UpstreamHost>().map(|h| h.0);
         let headers = response.headers_mut();
         let answered = match self.reporter {
@@ -268,7 +265,7 @@ impl RequestRecord {
         answered: Option<Arc<Workload>>,
     ) -> Finish {
         self.done = true;
-        let telemetry = &self.state.metrics.telemetry;
+        let telemetry = &self.state.metrics().telemetry;
         let (source, destination, destination_service): (_, _, Arc<str>) = match self.reporter {
             Reporter::Source => (
                 telemetry.local().workload.clone(),
@@ -337,7 +334,7 @@ impl Drop for RequestRecord {
 
 /// Everything needed to record the request once its response ends.
 struct Finish {
-    state: Arc<ProxyState>,
+    state: Arc<dyn Recorder>,
     labels: Labels,
     start: Instant,
     /// Until the response head was ready (`x-envoy-upstream-service-time`).
@@ -362,7 +359,7 @@ impl Finish {
             request_messages: self.counts.messages.load(Ordering::Relaxed),
             response_messages,
         };
-        let metrics = &self.state.metrics;
+        let metrics = &self.state.metrics();
         metrics.record_request(&self.labels, &sample);
         let Some(detail) = self.detail.take() else {
             return;

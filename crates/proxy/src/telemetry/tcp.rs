@@ -8,16 +8,15 @@
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
-use super::Downstream;
 use super::access_log::Entry;
 use super::labels::{Call, Labels};
+use super::{Downstream, Recorder};
 use crate::config::{Cluster, Endpoint};
 use crate::flags::{ResponseFlag, ResponseFlags};
-use crate::metrics::Reporter;
-use crate::state::ProxyState;
+use crate::telemetry::metrics::Reporter;
 
 pub struct TcpRecord<'a> {
-    state: &'a ProxyState,
+    state: &'a dyn Recorder,
     labels: Labels,
     cluster: String,
     downstream: Downstream,
@@ -29,13 +28,13 @@ pub struct TcpRecord<'a> {
 
 impl<'a> TcpRecord<'a> {
     pub fn start(
-        state: &'a ProxyState,
+        state: &'a dyn Recorder,
         reporter: Reporter,
         service: &str,
         cluster: &Cluster,
         downstream: &Downstream,
     ) -> Self {
-        let telemetry = &state.metrics.telemetry;
+        let telemetry = &state.metrics().telemetry;
         let local = telemetry.local().workload.clone();
         let principal = downstream.principal.clone();
         let (source, destination) = match reporter {
@@ -84,21 +83,21 @@ impl<'a> TcpRecord<'a> {
         {
             self.labels.destination = workload.clone();
         }
-        self.state.metrics.record_tcp_open(&self.labels);
+        self.state.metrics().record_tcp_open(&self.labels);
     }
 
     /// Bytes sent to and received from the downstream, at close.
     pub fn closed(&mut self, sent: u64, received: u64) {
         self.bytes = (sent, received);
         self.state
-            .metrics
+            .metrics()
             .record_tcp_close(&self.labels, sent, received);
     }
 }
 
 impl Drop for TcpRecord<'_> {
     fn drop(&mut self) {
-        let telemetry = &self.state.metrics.telemetry;
+        let telemetry = &self.state.metrics().telemetry;
         let snapshot = self.state.snapshot();
         let Some(sink) = telemetry.access_log(&snapshot) else {
             return;

@@ -56,7 +56,6 @@ macro_rules! signatures_checked_by_provider {
     };
 }
 
-pub mod inbound;
 mod origination;
 pub mod upstream;
 
@@ -80,6 +79,10 @@ use crate::identity::{Identity, Roots, spiffe_ids};
 pub const ALPN_H2: &[u8] = b"istio-h2";
 pub const ALPN_HTTP1: &[u8] = b"istio-http/1.1";
 pub const ALPN_TCP: &[u8] = b"istio";
+/// Set by the calling proxy on mesh requests whose app spoke HTTP/1.x
+/// (carried over `istio-h2`), so the serving proxy answers its app in kind.
+/// A client never sets it: `http/entry.rs` removes it unless a mesh peer sent it.
+pub const CLIENT_PROTOCOL_HEADER: &str = "x-weft-client-protocol";
 
 /// Whether a ClientHello's ALPN list marks mesh mTLS (Istio's convention:
 /// every mesh protocol id starts with `istio`).

@@ -3,17 +3,21 @@
 //! detection).
 
 mod connect;
-pub mod limits;
-pub mod outlier;
 mod pool;
 
+pub use crate::balance::limits::{Breaker, Overflow, Resource, Slot};
+pub use crate::balance::outlier::{Eligible, Outlier, TryResult};
+pub use crate::config::{Keepalive, Limits, OutlierPolicy};
 pub use connect::connect;
-pub use limits::{Breaker, Keepalive, Limits, Overflow, Resource, Slot};
-pub use outlier::{Eligible, Outlier, OutlierPolicy, TryResult};
 pub use pool::{HttpVersion, Pool};
 
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::flags::ResponseFlag;
+use crate::reply::LocalReply;
 
 /// Why an upstream could not be reached or did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,31 @@ impl UpstreamError {
     /// rather than failing on an established connection (UC).
     pub fn is_connect_failure(&self) -> bool {
         !matches!(self, Self::Reset { .. } | Self::Overflow(_))
+    }
+
+    /// The response flag this failure is recorded with: UO (a limit of this
+    /// proxy), UF (never reached the upstream), UC (reset after).
+    pub fn flag(&self) -> ResponseFlag {
+        match self {
+            Self::Overflow(_) => ResponseFlag::UpstreamOverflow,
+            err if err.is_connect_failure() => ResponseFlag::UpstreamConnectFailure,
+            _ => ResponseFlag::UpstreamConnectionTermination,
+        }
+    }
+
+    /// The data-path error this becomes for a request to `cluster`: the
+    /// flag above, with the source and retry safety it implies, and the
+    /// cause in words.
+    pub fn into_reply(self, cluster: &str) -> LocalReply {
+        let flag = self.flag();
+        let message = match (&self, flag) {
+            (Self::Overflow(full), _) => full.to_string(),
+            (_, ResponseFlag::UpstreamConnectFailure) => {
+                format!("upstream connect error in cluster {cluster:?}: {self}")
+            }
+            _ => format!("upstream reset in cluster {cluster:?}: {self}"),
+        };
+        LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, flag, message)
     }
 
     /// What outlier detection counts this as; `None` for an overflow, which

@@ -41,8 +41,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::connect_secured;
 use super::{Breaker, Keepalive, Resource, Slot, UpstreamError};
-use crate::http::ProxyBody;
-use crate::http::entry::CLIENT_PROTOCOL_HEADER;
+use crate::body::ProxyBody;
+use crate::tls::CLIENT_PROTOCOL_HEADER;
 use crate::tls::MeshTls;
 use crate::tls::upstream::{Carries, UpstreamTls};
 

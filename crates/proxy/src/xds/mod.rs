@@ -8,7 +8,9 @@
 //! `--plaintext-control-plane`. Draining (SIGTERM), it says goodbye so weftd
 //! removes its endpoints at once, and does not reconnect.
 
-pub mod connect;
+// The channel to weftd, shared with the certificate fetch; named here too
+// for weft-control's tests.
+pub use crate::identity::control_plane as connect;
 pub mod node;
 
 use std::collections::BTreeMap;
@@ -24,7 +26,7 @@ use weft_proto::discovery::v1::{
 use weft_proto::resources::{assemble, set_version};
 
 use crate::identity::Identity;
-use crate::state::ProxyState;
+use crate::proxy::Proxy;
 use connect::ControlPlane;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -38,7 +40,7 @@ const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 pub async fn run(
     control_plane: ControlPlane,
     node: Node,
-    state: Arc<ProxyState>,
+    proxy: Arc<Proxy>,
     identity: Option<Arc<Identity>>,
 ) {
     let address = control_plane.address.clone();
@@ -49,11 +51,11 @@ pub async fn run(
         let link = Link {
             control_plane: &control_plane,
             node: &node,
-            state: &state,
+            proxy: &proxy,
             identity: identity.as_deref(),
         };
         let result = stream(link, &mut held, &mut got_push).await;
-        if state.drain.is_draining() {
+        if proxy.state.drain.is_draining() {
             // Said goodbye (or tried): a draining proxy does not come back.
             return;
         }
@@ -86,7 +88,7 @@ fn jittered(delay: Duration) -> Duration {
 struct Link<'a> {
     control_plane: &'a ControlPlane,
     node: &'a Node,
-    state: &'a Arc<ProxyState>,
+    proxy: &'a Arc<Proxy>,
     identity: Option<&'a Identity>,
 }
 
@@ -98,7 +100,7 @@ async fn stream(
     let Link {
         control_plane,
         node,
-        state,
+        proxy,
         identity,
     } = link;
     let address = &control_plane.address;
@@ -128,7 +130,7 @@ async fn stream(
     // The drain waits for this stream (at most GOODBYE_WAIT after it
     // starts): the goodbye below must reach weftd before the process exits.
     let (_stream_open, stream_done) = tokio::sync::oneshot::channel::<()>();
-    state.drain.spawn_connection(async move {
+    proxy.state.drain.spawn_connection(async move {
         let _ = stream_done.await;
     });
     loop {
@@ -137,7 +139,7 @@ async fn stream(
                 Some(push) => push,
                 None => break,
             },
-            () = state.drain.signaled() => {
+            () = proxy.state.drain.signaled() => {
                 // A clean shutdown: weftd removes this proxy's endpoints
                 // now instead of keeping them for its grace period.
                 let goodbye = proxy_message::Message::Goodbye(Goodbye {
@@ -153,7 +155,7 @@ async fn stream(
             }
         };
         *got_push = true;
-        let ack = apply(push, state, identity, held);
+        let ack = apply(push, proxy, identity, held);
         outbound
             .send(ProxyMessage {
                 message: Some(proxy_message::Message::Ack(ack)),
@@ -168,7 +170,7 @@ async fn stream(
 /// if the held root vouches for it).
 fn apply(
     push: Push,
-    state: &Arc<ProxyState>,
+    proxy: &Arc<Proxy>,
     identity: Option<&Identity>,
     held: &mut BTreeMap<String, Resource>,
 ) -> Ack {
@@ -186,7 +188,7 @@ fn apply(
         candidate.insert(resource.name.clone(), resource);
     }
     let config = assemble(candidate.values(), &push.version);
-    match state.apply(config, "weftd") {
+    match proxy.apply(config, "weftd") {
         Ok(()) => {
             *held = candidate;
             Ack {

@@ -1,3 +1,7 @@
+//! Tests of JWT validation: RS256/ES256 tokens, refusals with their reason,
+//! no token, output headers, JWKS fetched (HTTP, HTTPS, OpenID discovery),
+//! cached and bounded by the rule timeout, cookies, space-delimited claims.
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

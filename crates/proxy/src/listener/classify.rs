@@ -1,6 +1,7 @@
-//! One accepted downstream connection: which listener took it decides the
-//! side ([`crate::inbound`] or [`crate::outbound`]); its first bytes
-//! (`classify`) decide how it is proxied.
+//! A connection's first bytes ([`super::detect`]) turned into how it is
+//! carried: HTTP (which version), opaque TCP, or TLS passed through with
+//! its SNI. A port declared TCP (or server-first) is never sniffed: its
+//! client may be waiting for the server to speak first.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -9,36 +10,10 @@ use bytes::Bytes;
 use socket2::SockRef;
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
-use weft_proto::proxy::v1::ListenerKind;
 
+use super::detect::{Detected, PrefixedIo, detect, peek_sni};
 use crate::config::{Cluster, PortProtocol, ServicePort, Snapshot};
-use crate::detect::{Detected, PrefixedIo, detect, peek_sni};
-use crate::state::ProxyState;
-use crate::tls::{self};
 use crate::upstream::HttpVersion;
-use crate::{inbound, outbound};
-
-pub async fn handle(state: Arc<ProxyState>, stream: TcpStream, listen_addr: SocketAddr) {
-    let gauge_owner = state.clone();
-    let _active = gauge_owner.metrics.downstream_opened();
-    let snapshot = state.snapshot_full();
-    let Some(listener) = snapshot.listener(listen_addr) else {
-        return;
-    };
-    match listener.kind {
-        ListenerKind::OutboundCapture => outbound::outbound(state, &snapshot, stream).await,
-        ListenerKind::InboundCapture => {
-            let fixed_port = tls::inbound::listener_port(&snapshot, listen_addr);
-            inbound::inbound(state, &snapshot, stream, fixed_port, listen_addr).await
-        }
-        ListenerKind::Explicit => {
-            let service = listener.service.clone();
-            outbound::explicit(state, &snapshot, stream, listen_addr, service).await
-        }
-        ListenerKind::Gateway => outbound::gateway(state, &snapshot, stream, listen_addr).await,
-        ListenerKind::Unspecified => {}
-    }
-}
 
 /// How a connection is carried once classified.
 pub(crate) enum Carry {
@@ -111,4 +86,49 @@ pub(crate) fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
     original
         .as_socket()
         .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+
+    fn snapshot() -> Snapshot {
+        let config = parse_config("protocolDetectionTimeout: 0.2s\n", "t.yaml").expect("parses");
+        Snapshot::compile(config, "t.yaml").expect("valid")
+    }
+
+    async fn carried(bytes: &'static [u8], declared: Option<(PortProtocol, bool)>) -> String {
+        match classify(bytes, declared, &snapshot()).await {
+            Some((Carry::Http(HttpVersion::Http1), _)) => "http/1".into(),
+            Some((Carry::Http(HttpVersion::Http2), _)) => "h2".into(),
+            Some((Carry::Opaque, _)) => "opaque".into(),
+            Some((Carry::Tls(sni), _)) => format!("tls {sni:?}"),
+            None => "none".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_decide_unless_the_port_is_declared() {
+        assert_eq!(
+            carried(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n", None).await,
+            "http/1"
+        );
+        assert_eq!(
+            carried(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None).await,
+            "h2"
+        );
+        assert_eq!(carried(b"\x00\x01binary", None).await, "opaque");
+        // A declared TCP port is never sniffed: its bytes are left unread.
+        let declared = Some((PortProtocol::Tcp, false));
+        let (carry, mut io) = classify(&b"GET / HTTP/1.1\r\n\r\n"[..], declared, &snapshot())
+            .await
+            .expect("classified");
+        assert!(matches!(carry, Carry::Opaque));
+        let mut first = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut io, &mut first)
+            .await
+            .expect("read");
+        assert_eq!(first, "GET / HTTP/1.1\r\n\r\n", "replayed from the start");
+    }
 }

@@ -1,18 +1,19 @@
-use std::collections::BTreeMap;
+//! Tests of the balancer: weights, consistent hashing (ring and Maglev, by
+//! header, cookie and query), ejected endpoints skipped, least request,
+//! random, priority levels chosen by health, and slow start.
+
+use std::time::Duration;
 
 use super::*;
 
-fn endpoints(weights: &[u32]) -> Vec<Endpoint> {
+fn endpoints(weights: &[u32]) -> Vec<Member> {
     weights
         .iter()
         .enumerate()
-        .map(|(i, weight)| Endpoint {
+        .map(|(i, weight)| Member {
             address: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080)),
-            labels: BTreeMap::new(),
             weight: *weight,
             priority: 0,
-            workload: None,
-            mesh: false,
         })
         .collect()
 }

@@ -5,8 +5,10 @@
 //! ports are passed through (one of the proxy's own ports is refused,
 //! `own_port`). A listener with `inbound_port` leads to that port.
 //! PeerAuthentication then decides on the first bytes: mesh mTLS (a
-//! ClientHello offering an `istio*` ALPN) is terminated (`tls::inbound`),
+//! ClientHello offering an `istio*` ALPN) is terminated ([`mtls`]),
 //! plaintext is served unless the port is STRICT, which closes it.
+
+pub mod mtls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,19 +17,20 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use self::mtls::Accept;
 use crate::config::{Cluster, InboundPort, Snapshot};
-use crate::connection::{Carry, classify, original_dst};
-use crate::detect::{Detected, PrefixedIo, detect, peek_client_hello};
+use crate::http::HttpConn;
 use crate::http::entry::Trust;
-use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
-use crate::metrics::Reporter;
+use crate::listener::classify::{Carry, classify, original_dst};
+use crate::listener::detect::{Detected, PrefixedIo, detect, peek_client_hello};
 use crate::own_port::refuses_own_port;
 use crate::state::ProxyState;
 use crate::tcp;
 use crate::telemetry::Downstream;
-use crate::tls::{self, inbound::Accept};
+use crate::telemetry::metrics::Reporter;
+use crate::tls;
 
 pub(crate) async fn inbound(
     state: Arc<ProxyState>,
@@ -68,8 +71,8 @@ pub(crate) async fn inbound(
         return;
     }
     let accept = match declared {
-        Some(_) => tls::inbound::accept_mode(snapshot, original.port(), &state.tls),
-        None => tls::inbound::undeclared_mode(snapshot, listen_addr, &state.tls),
+        Some(_) => mtls::accept_mode(snapshot, original.port(), &state.tls),
+        None => mtls::undeclared_mode(snapshot, listen_addr, &state.tls),
     };
     let Some(port) = declared else {
         // Not a declared port: passed through to where it was headed, as
@@ -85,7 +88,7 @@ pub(crate) async fn inbound(
             return;
         };
         if mesh {
-            tls::inbound::serve(io, state, &cluster, original, peer, downstream).await;
+            mtls::serve(io, state, &cluster, original, peer, downstream).await;
         } else if accept == Accept::Strict {
             refuse_plaintext(peer, original);
         } else {
@@ -103,7 +106,7 @@ pub(crate) async fn inbound(
         return;
     };
     if mesh {
-        tls::inbound::serve(io, state, &port.cluster, original, peer, downstream).await;
+        mtls::serve(io, state, &port.cluster, original, peer, downstream).await;
     } else if accept == Accept::Strict {
         refuse_plaintext(peer, original);
     } else {
@@ -204,7 +207,7 @@ async fn until_strict(serving: impl Future<Output = ()>, state: &ProxyState, por
     let strict = async {
         loop {
             tokio::time::sleep(CHECK_EVERY).await;
-            if tls::inbound::accept_mode(&state.snapshot(), port, &state.tls) == Accept::Strict {
+            if mtls::accept_mode(&state.snapshot(), port, &state.tls) == Accept::Strict {
                 return;
             }
         }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderName};
 
-use crate::jwt::Verified;
+use crate::policy::jwt::Verified;
 
 /// One attribute a condition reads.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,8 +29,8 @@ use http::{Response, StatusCode};
 
 pub use self::attributes::{Attribute, Attributes, Condition, HttpAttributes, Pattern, ValueMatch};
 pub use self::inbound::{Caller, authorize_connection, authorize_request};
-use crate::http::ProxyBody;
-use crate::jwt::Authenticator;
+use crate::body::ProxyBody;
+use crate::policy::jwt::Authenticator;
 
 /// The body of a denied HTTP request, as Envoy writes it (clients and
 /// scripts grep for it).
@@ -210,7 +210,7 @@ impl Rule {
 
 /// 403 `RBAC: access denied`, without a response flag (see the module doc).
 pub fn denied_response() -> Response<ProxyBody> {
-    crate::http::reply::answer(
+    crate::reply::answer(
         StatusCode::FORBIDDEN,
         Bytes::from_static(DENIED_BODY.as_bytes()),
     )

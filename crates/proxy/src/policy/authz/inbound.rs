@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
 use super::{Attributes, HttpAttributes, InboundGuard, denied_response};
-use crate::http::ProxyBody;
-use crate::jwt::JwtError;
+use crate::body::ProxyBody;
+use crate::policy::jwt::JwtError;
 
 /// Who is calling and what they reached.
 pub struct Caller<'a> {
@@ -91,8 +91,7 @@ pub fn authorize_connection(guard: &InboundGuard, caller: &Caller<'_>, sni: Opti
 
 /// 401 with the reason, and the `WWW-Authenticate` challenge RFC 6750 asks for.
 fn unauthenticated(err: &JwtError) -> Response<ProxyBody> {
-    let mut response =
-        crate::http::reply::answer(StatusCode::UNAUTHORIZED, Bytes::from(err.to_string()));
+    let mut response = crate::reply::answer(StatusCode::UNAUTHORIZED, Bytes::from(err.to_string()));
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"weft\", error=\"invalid_token\""),

@@ -5,55 +5,30 @@
 //!
 //! Hash tables are built once per config load; a request only hashes its
 //! key and looks it up.
+//!
+//! This folder is the clusters' runtime, built from the snapshot's plain
+//! data and kept beside it ([`cluster`]): the balancer (here), the
+//! connection-pool counters ([`limits`]), and outlier ejection
+//! ([`outlier`]).
+
+pub mod cluster;
+pub mod limits;
+pub mod outlier;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::HeaderMap;
 
-use crate::config::Endpoint;
+pub use self::cluster::{Clusters, Live};
+use crate::config::{Algorithm, HashKey, MAX_MAGLEV_SIZE, MAX_RING_SIZE, Policy, Warmup};
 
-/// Istio's `ringHash.minimumRingSize` default.
-pub const DEFAULT_RING_SIZE: u64 = 1024;
-/// Istio's `maglev.tableSize` default (a prime).
-pub const DEFAULT_MAGLEV_SIZE: u64 = 65537;
 /// Envoy's overprovisioning factor, in percent: a priority level keeps all
 /// traffic until fewer than 1/1.4 (~71%) of its endpoints are healthy.
 const OVERPROVISIONING_PERCENT: u64 = 140;
-/// Envoy's ceilings, so a typo cannot allocate gigabytes.
-pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
-pub const MAX_MAGLEV_SIZE: u64 = 5_000_011;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    RoundRobin,
-    LeastRequest,
-    Random,
-    Passthrough,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// Lower-cased header name.
-    Header(String),
-    Cookie {
-        name: String,
-        path: String,
-        ttl: Duration,
-    },
-    SourceIp,
-    QueryParameter(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    Ring { minimum_size: u64 },
-    Maglev { table_size: u64 },
-}
-
 /// A consistent-hash lookup table: endpoint indexes by hash.
 enum Table {
     /// Sorted (point, endpoint) pairs; a key belongs to the next point.
@@ -81,17 +56,6 @@ pub struct Balancer {
     /// Per endpoint: when it joined the running cluster (slow start);
     /// `None` for endpoints that need no warm-up.
     joined: Vec<Option<Instant>>,
-}
-
-/// Slow start (DestinationRule `loadBalancer.warmup`), as Envoy does it: a
-/// new endpoint's weight is scaled by `max(minimum, (age / duration) ^
-/// (1 / aggression))` until it is `duration` old.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Warmup {
-    pub duration: Duration,
-    /// 0..1.
-    pub minimum: f64,
-    pub aggression: f64,
 }
 
 impl Warmup {
@@ -122,8 +86,18 @@ impl Drop for Load {
     }
 }
 
+/// What the balancer knows of an endpoint: its address, weight and
+/// priority level (0 is the highest). The config's endpoints are turned
+/// into these when a snapshot is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub priority: u32,
+}
+
 impl Balancer {
-    pub fn new(endpoints: &[Endpoint], policy: Policy, hash: Option<(HashKey, Algorithm)>) -> Self {
+    pub fn new(endpoints: &[Member], policy: Policy, hash: Option<(HashKey, Algorithm)>) -> Self {
         let weights: Vec<u64> = endpoints
             .iter()
             .map(|e| u64::from(e.weight.max(1)))
@@ -471,7 +445,7 @@ impl Table {
 
 /// Ketama: each endpoint gets points in proportion to its weight, at least
 /// `minimum_size` in all, each at the hash of `address_n`.
-fn build_ring(endpoints: &[Endpoint], minimum_size: u64) -> Vec<(u64, usize)> {
+fn build_ring(endpoints: &[Member], minimum_size: u64) -> Vec<(u64, usize)> {
     let total: u64 = endpoints.iter().map(|e| u64::from(e.weight.max(1))).sum();
     if total == 0 {
         return Vec::new();
@@ -495,7 +469,7 @@ fn build_ring(endpoints: &[Endpoint], minimum_size: u64) -> Vec<(u64, usize)> {
 /// claims its next preferred free slot once its accumulated weight reaches
 /// the largest weight. `size` should be prime so every preference list is a
 /// full permutation; a list that runs out simply stops claiming.
-fn build_maglev(endpoints: &[Endpoint], size: u64) -> Vec<usize> {
+fn build_maglev(endpoints: &[Member], size: u64) -> Vec<usize> {
     let size = size.clamp(1, MAX_MAGLEV_SIZE);
     if endpoints.is_empty() {
         return Vec::new();
@@ -609,5 +583,4 @@ fn random_u64() -> u64 {
 }
 
 #[cfg(test)]
-#[path = "balance_tests.rs"]
 mod tests;

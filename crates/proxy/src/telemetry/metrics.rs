@@ -10,8 +10,6 @@
 //! [`Metrics`] also carries the rest of the proxy's telemetry (access log,
 //! tracing, its own workload's identity) in [`Metrics::telemetry`].
 
-use std::time::Instant;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::balance::Clusters;
 use crate::config::Snapshot;
 use crate::telemetry::Telemetry;
 pub use crate::telemetry::labels::{Call, Labels};
@@ -281,7 +280,7 @@ impl Metrics {
 
     /// The Prometheus text exposition, with the config gauges read from
     /// `snapshot` now.
-    pub fn encode(&self, snapshot: &Snapshot) -> String {
+    pub fn encode(&self, snapshot: &Snapshot, clusters: &Clusters) -> String {
         self.config_info.clear();
         self.config_info
             .get_or_create(&VersionLabels {
@@ -290,24 +289,23 @@ impl Metrics {
             .set(1);
         self.upstream_connections.clear();
         self.ejected_endpoints.clear();
-        let now = Instant::now();
         for cluster in snapshot.clusters() {
+            let Some(live) = clusters.named(&cluster.name) else {
+                continue;
+            };
             let labels = ClusterLabels {
                 cluster_name: cluster.name.clone(),
             };
-            let open = cluster.breaker.count(crate::upstream::Resource::Connection);
+            let open = live
+                .breaker
+                .count(crate::balance::limits::Resource::Connection);
             self.upstream_connections
                 .get_or_create(&labels)
                 .set(i64::from(open));
-            if let Some(outlier) = &cluster.outlier {
-                let ejected = cluster
-                    .endpoints
-                    .iter()
-                    .filter(|e| outlier.is_ejected(e.address, now))
-                    .count();
+            if live.outlier.is_some() {
                 self.ejected_endpoints
                     .get_or_create(&labels)
-                    .set(ejected as i64);
+                    .set(live.ejected() as i64);
             }
         }
         let mut out = String::new();

@@ -1,4 +1,7 @@
-//! The set of bound listeners, reconciled with each new config.
+//! Accepting connections: the set of bound listeners, reconciled with each
+//! new config, each handing what it accepts to a [`Serve`] (the proxy's
+//! dispatch, `proxy.rs`). [`detect`] reads a connection's first bytes,
+//! [`classify`] turns them into how it is carried, [`drain`] stops it all.
 //!
 //! Listeners are keyed by address only: a config change that keeps an
 //! address keeps its socket (and its accepted connections); what a listener
@@ -6,22 +9,40 @@
 //! Binding is all-or-nothing, so a config whose address is taken is
 //! rejected whole and the old listeners keep serving.
 
+pub mod classify;
+pub mod detect;
+pub mod drain;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use self::drain::Drain;
 use crate::config::ListenerSpec;
-use crate::connection;
-use crate::state::ProxyState;
 
 /// Accept backlog: bursts of new connections wait here, not in SYN retries.
 const BACKLOG: i32 = 1024;
+
+/// What a listener hands its connections to.
+pub trait Serve: Send + Sync + 'static {
+    /// Carries one accepted connection on the listener bound at `address`.
+    fn connection(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        address: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static;
+    /// How many connections one listener may hold open now (the current
+    /// config's `maxConnectionsPerListener`).
+    fn connection_limit(&self) -> usize;
+    /// Stops accepting when draining starts, and tracks every connection.
+    fn drain(&self) -> &Drain;
+}
 
 #[derive(Default)]
 pub struct Listeners {
@@ -52,11 +73,11 @@ impl Listeners {
 
     /// Starts accepting on newly bound sockets and closes listeners whose
     /// address is no longer wanted (their open connections carry on).
-    pub fn reconcile(
+    pub fn reconcile<S: Serve>(
         &mut self,
         bound: Bound,
         wanted: &[ListenerSpec],
-        state: &Arc<ProxyState>,
+        serve: &Arc<S>,
         runtime: &Handle,
     ) {
         self.active.retain(|address, stop| {
@@ -70,7 +91,7 @@ impl Listeners {
         for (address, socket) in bound.0 {
             let stop = CancellationToken::new();
             self.active.insert(address, stop.clone());
-            runtime.spawn(accept_loop(socket, address, state.clone(), stop));
+            runtime.spawn(accept_loop(socket, address, serve.clone(), stop));
             tracing::info!(%address, "listening");
         }
     }
@@ -88,10 +109,10 @@ fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-async fn accept_loop(
+async fn accept_loop<S: Serve>(
     socket: std::net::TcpListener,
     address: SocketAddr,
-    state: Arc<ProxyState>,
+    serve: Arc<S>,
     stop: CancellationToken,
 ) {
     let listener = match TcpListener::from_std(socket) {
@@ -105,12 +126,12 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = state.drain.signaled() => return,
+            _ = serve.drain().signaled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
-                let limit = state.snapshot().hardening.max_connections_per_listener;
+                let limit = serve.connection_limit();
                 let Some(slot) = OpenSlot::take(&open, limit) else {
                     // Closed at once: a flood cannot hold more sockets,
                     // and the client learns now rather than after a timeout.
@@ -123,8 +144,8 @@ async fn accept_loop(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let handling = connection::handle(state.clone(), stream, address);
-                state.drain.spawn_connection(async move {
+                let handling = serve.connection(stream, address);
+                serve.drain().spawn_connection(async move {
                     handling.await;
                     drop(slot);
                 });

@@ -10,48 +10,10 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// Istio's `connectionPool.{tcp,http}.idleTimeout` default.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// A cluster's limits; 0 means no limit for every count.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub max_connections: u32,
-    pub max_pending_requests: u32,
-    pub max_requests: u32,
-    /// An HTTP/1 connection is not reused after this many requests.
-    pub max_requests_per_connection: u32,
-    pub max_retries: u32,
-    /// Pooled HTTP/1 connections idle longer than this are closed.
-    pub idle_timeout: Duration,
-    pub tcp_keepalive: Option<Keepalive>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections: 0,
-            max_pending_requests: 0,
-            max_requests: 0,
-            max_requests_per_connection: 0,
-            max_retries: 0,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            tcp_keepalive: None,
-        }
-    }
-}
-
-/// TCP keepalive for upstream sockets; `None` fields keep the OS default.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Keepalive {
-    pub probes: Option<u32>,
-    pub time: Option<Duration>,
-    pub interval: Option<Duration>,
-}
+use crate::config::Limits;
 
 /// What a [`Slot`] counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

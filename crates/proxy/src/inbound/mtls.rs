@@ -11,7 +11,6 @@
 //!   HTTP/2 (see `http::entry`).
 //! - TCP (`istio`): the bytes inside TLS go to the workload.
 
-use crate::telemetry::Downstream;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -20,15 +19,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use weft_proto::proxy::v1::mtls;
 
-use super::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, MeshTls};
 use crate::config::{Cluster, Snapshot};
+use crate::http::HttpConn;
 use crate::http::entry::Trust;
-use crate::http::forward::HttpConn;
 use crate::http::route::Target;
 use crate::http::server;
-use crate::metrics::Reporter;
 use crate::state::ProxyState;
 use crate::tcp;
+use crate::telemetry::Downstream;
+use crate::telemetry::metrics::Reporter;
+use crate::tls::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, MeshTls};
 use crate::upstream::HttpVersion;
 
 /// What PeerAuthentication lets through on one inbound port.
@@ -46,11 +46,8 @@ pub enum Accept {
 /// The mode of workload port `port` in `snapshot`.
 pub fn accept_mode(snapshot: &Snapshot, port: u16, tls: &MeshTls) -> Accept {
     let mode = snapshot
-        .config
-        .inbound_ports
-        .iter()
-        .find(|p| p.port == u32::from(port))
-        .map_or(mtls::Mode::Unset, |p| p.mtls_mode());
+        .inbound_port(port)
+        .map_or(mtls::Mode::Unset, |p| p.mtls);
     accept(mode, tls)
 }
 
@@ -58,11 +55,8 @@ pub fn accept_mode(snapshot: &Snapshot, port: u16, tls: &MeshTls) -> Accept {
 /// listener at `listen_addr` carries it.
 pub fn undeclared_mode(snapshot: &Snapshot, listen_addr: SocketAddr, tls: &MeshTls) -> Accept {
     let mode = snapshot
-        .config
-        .listeners
-        .iter()
-        .find(|l| l.address.parse::<SocketAddr>().ok() == Some(listen_addr))
-        .map_or(mtls::Mode::Unset, |l| l.mtls_mode());
+        .listener(listen_addr)
+        .map_or(mtls::Mode::Unset, |l| l.mtls);
     accept(mode, tls)
 }
 
@@ -81,13 +75,7 @@ fn accept(mode: mtls::Mode, tls: &MeshTls) -> Accept {
 /// The workload port a listener without interception leads to, if
 /// `listen_addr` is one.
 pub fn listener_port(snapshot: &Snapshot, listen_addr: SocketAddr) -> Option<u16> {
-    snapshot
-        .config
-        .listeners
-        .iter()
-        .filter(|l| l.inbound_port != 0)
-        .find(|l| l.address.parse::<SocketAddr>().ok() == Some(listen_addr))
-        .and_then(|l| u16::try_from(l.inbound_port).ok())
+    snapshot.listener(listen_addr)?.inbound_port
 }
 
 /// Terminates mesh mTLS on `io` (its ClientHello not yet consumed) and
@@ -130,7 +118,7 @@ pub async fn serve<I>(
         }
     };
     let (_, session) = stream.get_ref();
-    let principal = super::peer_principal(session.peer_certificates());
+    let principal = crate::tls::peer_principal(session.peer_certificates());
     let Some(principal) = principal else {
         tracing::info!("mTLS peer {peer:?} presented no SPIFFE identity; closing");
         return;

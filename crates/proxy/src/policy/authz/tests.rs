@@ -1,3 +1,7 @@
+//! Tests of AuthorizationPolicy evaluation: patterns, Istio's order
+//! (CUSTOM fails closed, DENY, ALLOW), AUDIT and dry-run, sources, headers,
+//! hosts and remote IP, path templates, and HTTP-only conditions on TCP.
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 

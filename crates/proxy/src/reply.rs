@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
-use super::ProxyBody;
+use crate::body::ProxyBody;
 use crate::flags::{ResponseFlag, ResponseFlags};
 
 pub const FLAGS_HEADER: &str = "x-weft-response-flags";

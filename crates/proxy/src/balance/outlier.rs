@@ -23,24 +23,10 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Istio's `outlierDetection.interval` default.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
-/// Istio's `outlierDetection.baseEjectionTime` default.
-pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+use crate::config::OutlierPolicy;
+
 /// Envoy's `max_ejection_time` default (or the base, when longer).
 const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutlierPolicy {
-    /// 0 disables each counter.
-    pub consecutive_5xx: u32,
-    pub consecutive_gateway: u32,
-    /// Kept for config dumps: ejections end lazily, at pick time.
-    pub interval: Duration,
-    pub base_ejection_time: Duration,
-    pub max_ejection_percent: u32,
-    pub min_health_percent: u32,
-}
 
 /// What one try to an endpoint came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +211,7 @@ fn ejection_time(base: Duration, ejections: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_INTERVAL;
 
     fn policy() -> OutlierPolicy {
         OutlierPolicy {

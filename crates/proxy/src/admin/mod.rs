@@ -10,6 +10,8 @@
 //! - merged metrics (15020, with `--merged-metrics`): the proxy's and the
 //!   application's metrics in one scrape.
 
+pub mod merged_metrics;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::merged_metrics::{self, AppMetrics};
+use self::merged_metrics::AppMetrics;
 use crate::state::ProxyState;
 use crate::telemetry::Override;
 
@@ -50,7 +52,7 @@ pub async fn bind(
 }
 
 /// The merged metrics endpoint (15020): `/stats/prometheus` is the proxy's
-/// metrics plus the application's (see [`crate::merged_metrics`]).
+/// metrics plus the application's (see [`crate::admin::merged_metrics`]).
 pub async fn bind_merged(
     address: SocketAddr,
     state: Arc<ProxyState>,
@@ -66,7 +68,7 @@ pub async fn bind_merged(
                 let message = format!("no {} {} here\n", request.method(), request.uri().path());
                 return text(StatusCode::NOT_FOUND, "text/plain", message);
             }
-            let own = state.metrics.encode(&state.snapshot());
+            let own = state.metrics.encode(&state.snapshot(), &state.clusters());
             let body = merged_metrics::merged(own, app.as_ref().as_ref()).await;
             text(StatusCode::OK, PROMETHEUS_TEXT, body)
         }
@@ -111,7 +113,7 @@ fn respond(
         (Surface::Admin | Surface::Metrics, &Method::GET, "/stats/prometheus") => text(
             StatusCode::OK,
             PROMETHEUS_TEXT,
-            state.metrics.encode(&state.snapshot()),
+            state.metrics.encode(&state.snapshot(), &state.clusters()),
         ),
         (Surface::Admin, &Method::GET, "/config_dump") => config_dump(state),
         (Surface::Admin, &Method::POST, "/logging") => logging(state, request.uri().query()),
@@ -235,6 +237,7 @@ fn config_dump(state: &ProxyState) -> Response<Full<Bytes>> {
 /// One line per endpoint, Envoy-like: `cluster::address::field::value`.
 fn clusters(state: &ProxyState) -> Response<Full<Bytes>> {
     let snapshot = state.snapshot_full();
+    let runtime = state.clusters();
     let mut names: Vec<_> = snapshot.clusters().collect();
     names.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = String::new();
@@ -250,7 +253,10 @@ fn clusters(state: &ProxyState) -> Response<Full<Bytes>> {
                 cluster.name, endpoint.address
             ));
             // Envoy's flag names, read by `weft proxy-config endpoints`.
-            let ejected = cluster.outlier.as_ref().is_some_and(|outlier| {
+            let outlier = runtime
+                .named(&cluster.name)
+                .and_then(|l| l.outlier.as_ref());
+            let ejected = outlier.is_some_and(|outlier| {
                 outlier.is_ejected(endpoint.address, std::time::Instant::now())
             });
             let health = if ejected {
