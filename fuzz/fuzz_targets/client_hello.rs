@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_proxy::detect::{Hello, parse_client_hello, parse_sni};
+use weft_proxy::listener::detect::{Hello, parse_client_hello, parse_sni};
 
 fuzz_target!(|data: &[u8]| {
     if let Hello::Complete(info) = parse_client_hello(data) {
