@@ -87,10 +87,16 @@ fn decode(path: &str, decode_slashes: bool) -> String {
         } else if byte.is_ascii() {
             out.push(char::from(byte));
         } else {
-            // Non-ASCII never reaches here from a parsed URI; keep the
-            // rest verbatim rather than split a character.
-            out.push_str(&path[i..]);
-            break;
+            // Non-ASCII (HTTP parsers let raw UTF-8 through in targets):
+            // kept as it is, one whole character, and the bytes after it
+            // still normalized — `/é\..\admin` must not slip past as one
+            // opaque segment (found by fuzz/run normalize).
+            let Some(character) = path[i..].chars().next() else {
+                break;
+            };
+            out.push(character);
+            i += character.len_utf8();
+            continue;
         }
         i += 1;
     }
@@ -161,6 +167,13 @@ mod tests {
         ] {
             assert_eq!(normalize(trick, Base), "/admin", "{trick}");
         }
+    }
+
+    #[test]
+    fn non_ascii_characters_do_not_stop_normalization() {
+        assert_eq!(normalize("/caf\u{e9}\\..\\admin", Base), "/admin");
+        assert_eq!(normalize("/\u{e9}/%2e%2e/admin", Base), "/admin");
+        assert_eq!(normalize("/d\u{e9}j\u{e0}/./x", Base), "/d\u{e9}j\u{e0}/x");
     }
 
     #[test]
