@@ -116,9 +116,12 @@ impl ProxyState {
             .clone()
     }
 
-    /// Ready once a config is serving, until draining starts.
+    /// Ready once a config is serving and, for a workload with a mesh
+    /// identity, its certificate is held (Envoy is not ready before its
+    /// secrets warm either), until draining starts.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.drain.is_draining()
+        let certificate_held = self.tls.identity.is_none() || self.tls.ready_identity().is_some();
+        self.ready.load(Ordering::Acquire) && certificate_held && !self.drain.is_draining()
     }
 }
 

@@ -34,8 +34,8 @@ use crate::upstream::HttpVersion;
 /// What PeerAuthentication lets through on one inbound port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accept {
-    /// Plaintext only (DISABLE, or this proxy holds no certificate): a TLS
-    /// connection goes to the workload untouched.
+    /// Plaintext only (DISABLE, or a workload without a mesh identity): a
+    /// TLS connection goes to the workload untouched.
     Plaintext,
     /// Mesh mTLS, or plaintext.
     Permissive,
@@ -61,8 +61,12 @@ pub fn undeclared_mode(snapshot: &Snapshot, listen_addr: SocketAddr, tls: &MeshT
 }
 
 fn accept(mode: mtls::Mode, tls: &MeshTls) -> Accept {
-    let holds_certificate = tls.ready_identity().is_some();
-    if !holds_certificate {
+    // A plaintext-only workload (no identity configured) passes TLS through
+    // untouched. A workload that has an identity but no certificate yet
+    // keeps its ports' modes: STRICT stays closed to plaintext, and a mesh
+    // ClientHello is closed (the caller retries elsewhere) rather than
+    // handed to the app as if it were plaintext.
+    if tls.identity.is_none() {
         return Accept::Plaintext;
     }
     match mode {
