@@ -3,6 +3,7 @@
 //! detection).
 
 mod connect;
+mod http1;
 pub mod limits;
 pub mod outlier;
 mod pool;
