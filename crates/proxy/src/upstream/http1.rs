@@ -39,7 +39,10 @@ use crate::http::ProxyBody;
 use crate::tls::MeshTls;
 use crate::tls::upstream::{Carries, UpstreamIo, UpstreamTls};
 
-type Driver = http1::Connection<TokioIo<UpstreamIo>, ProxyBody>;
+/// Boxed: the connection's state is large, and an [`Http1Conn`] moves
+/// (into and out of the idle stack, into each response body) with every
+/// request; a pointer moves cheaply.
+type Driver = Box<http1::Connection<TokioIo<UpstreamIo>, ProxyBody>>;
 
 /// A pooled HTTP/1 connection with what the cluster that opened it allows.
 pub(super) struct Http1Conn {
@@ -73,7 +76,7 @@ impl Http1Conn {
             .map_err(|source| UpstreamError::Handshake { addr, source })?;
         Ok(Self {
             sender,
-            driver: Some(driver),
+            driver: Some(Box::new(driver)),
             slot,
             served: 0,
             idle_since: Instant::now(),
@@ -103,7 +106,7 @@ impl Http1Conn {
         let Some(driver) = self.driver.as_mut() else {
             return;
         };
-        if let Poll::Ready(ended) = Pin::new(driver).poll(cx) {
+        if let Poll::Ready(ended) = Pin::new(&mut **driver).poll(cx) {
             if let Err(err) = ended {
                 tracing::debug!("upstream HTTP/1 connection ended: {err}");
             }
@@ -112,9 +115,15 @@ impl Http1Conn {
     }
 
     /// Waits until the connection takes a request; an error when it has
-    /// closed (an idle one the upstream closed is found here).
+    /// closed. A pooled connection usually wants one already (it settled
+    /// when its last response ended) and is not polled here: a close by the
+    /// upstream meanwhile is read when the request is sent, and hyper hands
+    /// the request back unsent.
     pub async fn ready(&mut self) -> Result<(), ()> {
         std::future::poll_fn(|cx| {
+            if let Poll::Ready(Ok(())) = self.sender.poll_ready(cx) {
+                return Poll::Ready(Ok(()));
+            }
             self.drive(cx);
             match self.sender.poll_ready(cx) {
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
@@ -138,7 +147,7 @@ impl Http1Conn {
             && let Some(driver) = self.driver.take()
         {
             tokio::spawn(async move {
-                if let Err(err) = driver.with_upgrades().await {
+                if let Err(err) = (*driver).with_upgrades().await {
                     tracing::debug!("upstream HTTP/1 connection ended: {err}");
                 }
             });
@@ -153,10 +162,14 @@ impl Http1Conn {
         .await
     }
 
-    /// After the response ended: lets the connection finish the exchange
-    /// (it then waits for the next request), and says whether it did.
+    /// After the response ended: whether the connection has finished the
+    /// exchange and waits for the next request. It usually has (the poll
+    /// that read the last bytes went on to wait); otherwise it is polled
+    /// once more.
     fn settle(&mut self, cx: &mut Context<'_>) -> bool {
-        self.drive(cx);
+        if !self.sender.is_ready() {
+            self.drive(cx);
+        }
         self.is_open() && self.sender.is_ready()
     }
 }
