@@ -3,7 +3,6 @@
 //! detection).
 
 mod connect;
-mod http1;
 pub mod limits;
 pub mod outlier;
 mod pool;

@@ -7,9 +7,7 @@
 //!
 //! A pooled connection may have been closed by the upstream while idle. When
 //! hyper hands the request back unsent, it is retried once on a new
-//! connection; a request that was sent is never replayed here. An HTTP/1
-//! connection is driven by the task using it, not a task of its own
-//! ([`super::http1`]).
+//! connection; a request that was sent is never replayed here.
 //!
 //! Cluster limits: every connection holds a maxConnections slot of the
 //! cluster that opened it until it closes; a request finding none free and
@@ -28,17 +26,21 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::client::conn::http2;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::connect_secured;
-use super::http1::{Checkin, Http1Conn, PooledBody, Return};
-use super::{Breaker, Resource, Slot, UpstreamError};
+use super::{Breaker, Keepalive, Resource, Slot, UpstreamError};
 use crate::http::ProxyBody;
 use crate::http::entry::CLIENT_PROTOCOL_HEADER;
 use crate::tls::MeshTls;
@@ -58,6 +60,28 @@ pub enum HttpVersion {
 }
 
 type H2Slot = Arc<tokio::sync::Mutex<Option<(http2::SendRequest<ProxyBody>, UpstreamTls)>>>;
+
+/// A pooled HTTP/1 connection with what the cluster that opened it allows.
+struct Http1Conn {
+    sender: http1::SendRequest<ProxyBody>,
+    /// Counts against the opening cluster's maxConnections until dropped
+    /// (dropping the sender also ends the connection).
+    slot: Slot,
+    served: u32,
+    idle_since: Instant,
+    /// How the connection was secured.
+    tls: UpstreamTls,
+}
+
+impl Http1Conn {
+    fn reusable(&self, now: Instant) -> bool {
+        let limits = &self.slot.breaker().limits;
+        !self.sender.is_closed()
+            && (limits.max_requests_per_connection == 0
+                || self.served < limits.max_requests_per_connection)
+            && now.saturating_duration_since(self.idle_since) < limits.idle_timeout
+    }
+}
 
 pub struct Pool {
     /// This proxy's certificates, for mesh mTLS and TLS origination.
@@ -128,7 +152,7 @@ impl Pool {
             let (mut conn, reused) = self
                 .checkout_http1(addr, breaker, connect_timeout, &tls)
                 .await?;
-            if conn.ready().await.is_err() {
+            if conn.sender.ready().await.is_err() {
                 if reused {
                     continue;
                 }
@@ -138,7 +162,7 @@ impl Pool {
                 });
             }
             conn.served = conn.served.saturating_add(1);
-            match conn.send(request).await {
+            match conn.sender.try_send_request(request).await {
                 Ok(response) => {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                         // The connection now belongs to the upgraded stream,
@@ -188,9 +212,15 @@ impl Pool {
             match breaker.acquire(Resource::Connection) {
                 Ok(slot) => {
                     let keepalive = breaker.limits.tcp_keepalive.as_ref();
-                    let conn =
-                        Http1Conn::open(addr, connect_timeout, keepalive, tls, &self.tls, slot)
-                            .await?;
+                    let sender =
+                        connect_http1(addr, connect_timeout, keepalive, tls, &self.tls).await?;
+                    let conn = Http1Conn {
+                        sender,
+                        slot,
+                        served: 0,
+                        idle_since: Instant::now(),
+                        tls: tls.clone(),
+                    };
                     return Ok((conn, false));
                 }
                 Err(full) => {
@@ -307,17 +337,6 @@ impl Pool {
         evicted.is_some()
     }
 
-    /// Idle HTTP/1 connections per endpoint, for `/clusters`.
-    pub fn idle_http1(&self, addr: SocketAddr) -> usize {
-        let idle = self.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
-        idle.get(&addr)
-            .map_or(0, |stack| stack.iter().filter(|c| c.is_open()).count())
-    }
-}
-
-impl Return for Pool {
-    /// Back into the idle stack when it may serve again; otherwise dropped
-    /// (closed).
     fn return_http1(&self, addr: SocketAddr, mut conn: Http1Conn) {
         let now = Instant::now();
         conn.idle_since = now;
@@ -337,6 +356,34 @@ impl Return for Pool {
         // A pending request of the cluster may take it now.
         breaker.notify_freed();
     }
+
+    /// Idle HTTP/1 connections per endpoint, for `/clusters`.
+    pub fn idle_http1(&self, addr: SocketAddr) -> usize {
+        let idle = self.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get(&addr).map_or(0, |stack| {
+            stack.iter().filter(|c| !c.sender.is_closed()).count()
+        })
+    }
+}
+
+async fn connect_http1(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<&Keepalive>,
+    tls: &UpstreamTls,
+    mesh: &MeshTls,
+) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+    let stream = connect_secured(addr, timeout, keepalive, tls, Carries::Http1, mesh).await?;
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| UpstreamError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            tracing::debug!(%addr, "upstream HTTP/1 connection ended: {err}");
+        }
+    });
+    Ok(sender)
 }
 
 async fn connect_http2(
@@ -388,6 +435,65 @@ fn into_http2_shape(request: &mut Request<ProxyBody>) {
         }
     }
     *request.version_mut() = http::Version::HTTP_2;
+}
+
+struct Checkin {
+    pool: Arc<Pool>,
+    addr: SocketAddr,
+    conn: Http1Conn,
+}
+
+/// A response body that returns its HTTP/1 connection to the pool once the
+/// last byte has been read.
+struct PooledBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, checkin: Checkin) -> Self {
+        let mut body = Self {
+            inner,
+            checkin: Some(checkin),
+        };
+        if body.inner.is_end_stream() {
+            body.check_in();
+        }
+        body
+    }
+
+    fn check_in(&mut self) {
+        if let Some(Checkin { pool, addr, conn }) = self.checkin.take() {
+            pool.return_http1(addr, conn);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.check_in(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.check_in(),
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
-//! The HTTP/1 pool over real loopback sockets: connections driven by the
-//! requests and bodies that use them (no task of their own) still stream
-//! whole bodies, go back to the pool, survive an upstream that closes them
-//! while idle, and close when their response is abandoned.
+//! The HTTP/1 pool over real loopback sockets: pooled connections stream
+//! whole bodies, go back to the pool, are replaced when the upstream
+//! closed them while idle, and close when their response is abandoned.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,8 +66,7 @@ async fn send(
 async fn sequential_requests_stream_whole_bodies_over_one_pooled_connection() {
     let backend = HttpBackend::start("backend").await;
     let (pool, breaker) = pool();
-    // 300,000 bytes come in several 64 KiB chunks: the body has to drive
-    // the connection to get past the first.
+    // 300,000 bytes come in several 64 KiB chunks.
     for _ in 0..5 {
         let (status, body) = send(&pool, &breaker, backend.addr, "/bytes/300000").await;
         assert_eq!(status, StatusCode::OK);
