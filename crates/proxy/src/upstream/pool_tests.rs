@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use weft_testkit::backend::{HttpBackend, pattern_byte};
 
 use super::{HttpVersion, Pool};
-use crate::http::ProxyBody;
+use crate::body::ProxyBody;
 use crate::tls::MeshTls;
 use crate::tls::upstream::UpstreamTls;
 use crate::upstream::{Breaker, Limits};
