@@ -6,18 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 use weft_proto::discovery::v1::Node;
-use weft_proto::resources::split;
 
 use super::registrations::{self, Registrations};
+use super::shared::{Config, Delta, Held, Interner};
 use crate::compiler::MeshIndex;
 use crate::compiler::tls::MeshPeers;
 use crate::registry::Workload;
 use crate::status::StatusBoard;
 use crate::store::Store;
-
-pub use crate::status::Resources;
 
 /// One build of the mesh.
 pub struct Mesh {
@@ -27,18 +25,36 @@ pub struct Mesh {
     /// The registrations (`Connected` sequence) this build includes, and
     /// with them every store change made before them.
     pub registrations: u64,
+    /// Shared with every build: the encoded resources.
+    interner: Arc<Interner>,
     /// Compiled configs by proxy shape (see [`shape_key`]): replicas of a
-    /// workload share one compilation per build.
-    compiled: Mutex<HashMap<Vec<u8>, Resources>>,
+    /// workload share one compilation per build, compiled by the first
+    /// stream that needs it while the others wait for it.
+    compiled: Mutex<HashMap<Vec<u8>, Arc<OnceCell<Config>>>>,
+    /// Deltas by (held set version, target set version): proxies holding
+    /// the same config and due the same one share one delta.
+    deltas: Mutex<HashMap<(String, String), Arc<OnceCell<Arc<Delta>>>>>,
 }
 
 impl Mesh {
     pub fn new(index: MeshIndex, generation: u64, registrations: u64) -> Self {
+        Self::with_interner(index, generation, registrations, Arc::default())
+    }
+
+    /// A build whose configs share resources with the builds before it.
+    pub fn with_interner(
+        index: MeshIndex,
+        generation: u64,
+        registrations: u64,
+        interner: Arc<Interner>,
+    ) -> Self {
         Self {
             index,
             generation,
             registrations,
+            interner,
             compiled: Mutex::default(),
+            deltas: Mutex::default(),
         }
     }
 
@@ -47,23 +63,31 @@ impl Mesh {
     }
 
     /// This proxy's config, compiled once per shape and build.
-    pub fn resources_for(&self, node: &Node) -> Resources {
-        let key = shape_key(node);
-        if let Some(hit) = self
+    pub async fn config_for(&self, node: &Node) -> Config {
+        let cell = self
             .compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return hit.clone();
-        }
-        // Compiled outside the lock: proxies of other shapes need not wait.
-        let resources = Arc::new(split(self.index.proxy_config(node)));
-        self.compiled
+            .entry(shape_key(node))
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async { self.interner.encode(self.index.proxy_config(node)) })
+            .await
+            .clone()
+    }
+
+    /// What a proxy holding `held` is sent to hold `to`.
+    pub async fn delta(&self, held: &Held, to: &Config) -> Arc<Delta> {
+        let cell = self
+            .deltas
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, resources.clone());
-        resources
+            .entry((held.version().to_string(), to.version.clone()))
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async { Arc::new(Delta::between(held, to)) })
+            .await
+            .clone()
     }
 }
 
@@ -115,6 +139,8 @@ pub async fn build_loop(
     let mut generation = 0;
     let mut last_warnings: Vec<String> = Vec::new();
     let mut last_saved = None;
+    // Resources live across builds: an unchanged one keeps its bytes.
+    let interner = Arc::new(Interner::default());
     loop {
         store_changes.mark_unchanged();
         // Read before the store and workloads: the build then includes at
@@ -166,7 +192,11 @@ pub async fn build_loop(
             }
             last_warnings = index.warnings().to_vec();
         }
-        publish.send_replace(Arc::new(Mesh::new(index, generation, sequence)));
+        let mesh = Mesh::with_interner(index, generation, sequence, interner.clone());
+        // The build before is dropped once its last stream moves on; what
+        // only it held is forgotten at the next build.
+        drop(publish.send_replace(Arc::new(mesh)));
+        interner.prune();
         tokio::select! {
             changed = store_changes.changed() => if changed.is_err() { return },
             changed = workload_changes.changed() => if changed.is_err() { return },
@@ -178,6 +208,7 @@ pub async fn build_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_proto::resources::split;
 
     const MESH: &str = "
 apiVersion: networking.istio.io/v1
@@ -201,22 +232,33 @@ spec:
         }
     }
 
-    #[test]
-    fn replicas_share_one_compilation_and_get_what_they_would_alone() {
+    #[tokio::test]
+    async fn replicas_share_one_compilation_and_get_what_they_would_alone() {
         let resources = weft_api::decode_str(MESH, "m.yaml").resources;
         let mesh = Mesh::new(MeshIndex::build(&resources, &[]), 1, 0);
-        let first = mesh.resources_for(&node("a", "default"));
-        let replica = mesh.resources_for(&node("bb", "default"));
+        let first = mesh.config_for(&node("a", "default")).await;
+        let replica = mesh.config_for(&node("bb", "default")).await;
         assert!(Arc::ptr_eq(&first, &replica), "same shape, one compilation");
         // The shortcut gives exactly what compiling for the replica gives.
-        assert_eq!(
-            *replica,
-            split(mesh.index.proxy_config(&node("bb", "default")))
-        );
-        let elsewhere = mesh.resources_for(&node("a", "other"));
+        let alone = split(mesh.index.proxy_config(&node("bb", "default")));
+        assert_eq!(replica.decode().ok(), Some(alone));
+        let elsewhere = mesh.config_for(&node("a", "other")).await;
         assert!(
             !Arc::ptr_eq(&first, &elsewhere),
             "another namespace is another shape"
         );
+        // Both shapes hold the service's cluster: its bytes exist once.
+        let (name, cluster) = first
+            .resources
+            .iter()
+            .find(|(name, _)| name.starts_with("cluster/"))
+            .expect("the service's cluster");
+        assert!(Arc::ptr_eq(cluster, &elsewhere.resources[name]));
+        // Two proxies holding nothing, due the same config: one delta.
+        let empty = Held::reported(Default::default());
+        let one = mesh.delta(&empty, &first).await;
+        let two = mesh.delta(&empty, &replica).await;
+        assert!(Arc::ptr_eq(&one, &two));
+        assert_eq!(one.changed.len(), first.resources.len());
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! [`mesh::build_loop`] rebuilds the [`MeshIndex`](crate::compiler::MeshIndex)
 //! after changes (debounced) and publishes it; each proxy's stream
-//! ([`session`]) compiles that proxy's config from the latest index, splits
-//! it into versioned resources and sends only those the proxy does not hold.
+//! ([`session`]) takes that proxy's config from the latest build (compiled
+//! once per proxy shape) and sends only the resources the proxy does not
+//! hold. Resources are encoded once and shared by every config, build and
+//! stream that holds them; the change from one config to another is
+//! computed once for all proxies making it ([`shared`]), and the wire
+//! ([`wire`]) sends those shared bytes without a per-stream copy.
 //! One push is in flight per proxy; its ACK or NACK lands on the
 //! [`StatusBoard`](crate::status::StatusBoard).
 //!
@@ -19,23 +23,24 @@ pub mod admission;
 pub mod mesh;
 pub mod registrations;
 mod session;
+pub mod shared;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use crate::ca::service::{CertificateService, CertificatesServer};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use weft_proto::discovery::v1::discovery_server::Discovery;
-pub use weft_proto::discovery::v1::discovery_server::DiscoveryServer;
-use weft_proto::discovery::v1::{ProxyMessage, Push, proxy_message};
+use tonic::{Request, Status, Streaming};
+use weft_proto::discovery::v1::{ProxyMessage, proxy_message};
 
 use crate::ca::caller::Caller;
 use crate::status::StatusBoard;
 use crate::store::Store;
 use mesh::Mesh;
 use registrations::{Conflict, Registrations};
+use shared::Frame;
+pub use wire::DiscoveryServer;
 
 /// How long a new stream may take to send its Hello.
 const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -80,14 +85,13 @@ impl DiscoveryService {
     }
 }
 
-#[tonic::async_trait]
-impl Discovery for DiscoveryService {
-    type StreamStream = ReceiverStream<Result<Push, Status>>;
-
-    async fn stream(
+impl DiscoveryService {
+    /// Serves one proxy's stream: admits and registers it, then runs its
+    /// session, whose pushes come out of the receiver ([`wire`] sends them).
+    pub async fn open(
         &self,
         request: Request<Streaming<ProxyMessage>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+    ) -> Result<mpsc::Receiver<Result<Frame, Status>>, Status> {
         // Who the connection proved to be, set by the listener that
         // accepted it (ca::listener); a request without one is refused.
         let caller = request.extensions().get::<Caller>().cloned();
@@ -162,7 +166,7 @@ impl Discovery for DiscoveryService {
         )
         .with_trust_bundle(self.trust_bundle.clone());
         tokio::spawn(session.run(inbound, outbound, self.mesh.clone()));
-        Ok(Response::new(ReceiverStream::new(pushes)))
+        Ok(pushes)
     }
 }
 
