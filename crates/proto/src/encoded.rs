@@ -19,7 +19,7 @@ use prost::encoding::{
     WireType, decode_varint, encode_key, encode_varint, encoded_len_varint, string,
 };
 
-use crate::discovery::v1::{Push, Resource, resource::Body};
+use crate::discovery::v1::{Resource, resource::Body};
 use crate::resources::{set_version, version_of};
 
 /// `Push` field numbers (discovery.proto).
@@ -144,6 +144,7 @@ pub fn trust_bundle_field(pem: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::v1::Push;
     use crate::proxy::v1::{Cluster, Listener, ProxyConfig};
     use crate::resources::{pieces, split};
 

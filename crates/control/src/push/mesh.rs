@@ -104,6 +104,10 @@ fn shape_key(node: &Node) -> Vec<u8> {
     shape.encode_to_vec()
 }
 
+/// The longest a build waits for a burst of changes to pause (Istio's
+/// PILOT_DEBOUNCE_MAX).
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(10);
+
 /// What the build loop reads and where it keeps registrations.
 pub struct BuildInputs {
     pub store: Arc<Store>,
@@ -116,8 +120,11 @@ pub struct BuildInputs {
 }
 
 /// Rebuilds the mesh whenever the store or the registrations change,
-/// waiting `debounce` after the first change so a burst (a multi-document
-/// apply, many proxies connecting) costs one build.
+/// debounced as Istio's PILOT_DEBOUNCE_AFTER / PILOT_DEBOUNCE_MAX do: a
+/// build starts once no change came for `debounce` (100 ms by default), or
+/// [`DEBOUNCE_MAX`] after the first change of a burst that never pauses.
+/// So a burst (a multi-document apply, a script applying many changes,
+/// many proxies connecting) costs one build and one push per proxy.
 ///
 /// The registrations a build includes are written to disk before the build
 /// is published: every endpoint a proxy was ever sent is on disk, so a
@@ -201,7 +208,17 @@ pub async fn build_loop(
             changed = store_changes.changed() => if changed.is_err() { return },
             changed = workload_changes.changed() => if changed.is_err() { return },
         }
-        tokio::time::sleep(debounce).await;
+        let burst = std::time::Instant::now();
+        loop {
+            store_changes.mark_unchanged();
+            workload_changes.mark_unchanged();
+            tokio::time::sleep(debounce).await;
+            let quiet = !store_changes.has_changed().unwrap_or(false)
+                && !workload_changes.has_changed().unwrap_or(false);
+            if quiet || burst.elapsed() >= DEBOUNCE_MAX {
+                break;
+            }
+        }
     }
 }
 

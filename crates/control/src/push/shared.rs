@@ -125,6 +125,8 @@ pub struct Delta {
     pub changed: Vec<Arc<Encoded>>,
     /// `Push.removed` entries, encoded.
     pub removed: Bytes,
+    /// Bytes of `changed` and `removed`: what follows a push's head.
+    len: usize,
 }
 
 impl Delta {
@@ -134,15 +136,17 @@ impl Delta {
             .values()
             .filter(|resource| !held.holds(&resource.name, &resource.version))
             .cloned()
-            .collect();
+            .collect::<Vec<_>>();
         let removed = removed_fields(
             held.names()
                 .filter(|name| !to.resources.contains_key(*name)),
         );
+        let len = changed.iter().map(|r| r.field.len()).sum::<usize>() + removed.len();
         Self {
             to: to.clone(),
             changed,
             removed,
+            len,
         }
     }
 
@@ -152,7 +156,7 @@ impl Delta {
 
     /// Bytes after the push's head.
     fn len(&self) -> usize {
-        self.changed.iter().map(|r| r.field.len()).sum::<usize>() + self.removed.len()
+        self.len
     }
 }
 
