@@ -331,6 +331,34 @@ async fn all_synced(weftd: &WeftdProcess, proxies: usize) -> anyhow::Result<bool
     Ok(synced == proxies)
 }
 
+/// `POST /v1/apply` of the whole mesh in one request, without testkit's
+/// 30 s step limit (110,000 objects take longer on a busy machine).
+async fn apply_whole(weftd: &WeftdProcess, yaml: &str) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let body = serde_json::json!({ "text": yaml, "source": "bench" }).to_string();
+    let stream = tokio::net::TcpStream::connect(weftd.api).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::post("/v1/apply")
+        .header(http::header::HOST, weftd.api.to_string())
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", weftd.token),
+        )
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let reply = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status == http::StatusCode::OK,
+        "apply failed ({status}): {}",
+        String::from_utf8_lossy(&reply[..reply.len().min(2000)])
+    );
+    Ok(())
+}
+
 struct Burst {
     apply_s: f64,
     converged_s: f64,
@@ -414,11 +442,23 @@ async fn main() -> anyhow::Result<()> {
         .pid()
         .ok_or_else(|| anyhow::anyhow!("weftd has no pid"))?;
 
-    let yaml = mesh_yaml(&options);
+    let outcome = run(&weftd, pid, &options).await;
+    if outcome.is_err() {
+        // weftd's own words on what went wrong (its log dies with the run).
+        let logs = weftd.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        for line in &lines[lines.len().saturating_sub(30)..] {
+            eprintln!("weftd: {line}");
+        }
+    }
+    outcome
+}
+
+async fn run(weftd: &WeftdProcess, pid: u32, options: &Options) -> anyhow::Result<()> {
+    let yaml = mesh_yaml(options);
     let objects = yaml.matches("\n---\n").count();
     let started = Instant::now();
-    let reply = weftd.apply(&yaml).await?;
-    anyhow::ensure!(reply.status == 200, "apply failed: {}", reply.text());
+    apply_whole(weftd, &yaml).await?;
     let apply_time = started.elapsed();
     drop(yaml);
     let after_apply = weftd_usage(pid);
@@ -434,7 +474,7 @@ async fn main() -> anyhow::Result<()> {
     let received: Received = Arc::new(Mutex::new(vec![Seen::default(); options.proxies]));
     for index in 0..options.proxies {
         let (received, counters) = (received.clone(), counters.clone());
-        let (grpc, node) = (weftd.grpc, node(index, &options));
+        let (grpc, node) = (weftd.grpc, node(index, options));
         tokio::spawn(async move {
             // A stream that fails (1,000 connects at once can overflow the
             // accept queue) reconnects after a pause, as weft-proxy does.
@@ -486,7 +526,7 @@ async fn main() -> anyhow::Result<()> {
             .for_each(|seen| seen.last = None);
         let applied = Instant::now();
         let reply = weftd
-            .apply(&endpoint_yaml(0, &options, 2 + change as u32))
+            .apply(&endpoint_yaml(0, options, 2 + change as u32))
             .await?;
         anyhow::ensure!(reply.status == 200, "apply failed: {}", reply.text());
         all_received(
@@ -517,7 +557,7 @@ async fn main() -> anyhow::Result<()> {
     let burst = match options.burst {
         0 => None,
         count => {
-            let burst = burst(&weftd, &options, &received, pid, count).await?;
+            let burst = burst(weftd, options, &received, pid, count).await?;
             println!(
                 "burst of {count} changes applied in {:.2} s: converged {:.2} s after the first, pushes per proxy max {} mean {:.2}, weftd {:.1} s CPU",
                 burst.apply_s, burst.converged_s, burst.pushes_max, burst.pushes_mean, burst.cpu_s

@@ -68,7 +68,7 @@ impl Mesh {
             .compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(shape_key(node))
+            .entry(shape_key(node, &self.index))
             .or_default()
             .clone();
         cell.get_or_init(|| async { self.interner.encode(self.index.proxy_config(node)) })
@@ -91,14 +91,16 @@ impl Mesh {
     }
 }
 
-/// What the compiler reads of a node: namespace, labels, capture, explicit
-/// listeners and ports — not its id, workload name, address or account.
-fn shape_key(node: &Node) -> Vec<u8> {
+/// What the compiler reads of a node: namespace, the labels some selector
+/// names ([`MeshIndex::relevant_labels`]), capture, explicit listeners and
+/// ports — not its id, workload name, address, account or other labels.
+fn shape_key(node: &Node, index: &MeshIndex) -> Vec<u8> {
     let shape = Node {
         id: String::new(),
         workload: String::new(),
         service_account: String::new(),
         address: String::new(),
+        labels: index.relevant_labels(&node.labels),
         ..node.clone()
     };
     shape.encode_to_vec()
@@ -277,5 +279,71 @@ spec:
         let two = mesh.delta(&empty, &replica).await;
         assert!(Arc::ptr_eq(&one, &two));
         assert_eq!(one.changed.len(), first.resources.len());
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+    use weft_proto::resources::split;
+
+    /// A Sidecar for `app: ratings` only: other label sets share one
+    /// compilation, `ratings` gets its own, and each is what compiling
+    /// for that proxy alone gives.
+    #[tokio::test]
+    async fn only_labels_a_selector_names_make_another_shape() {
+        let yaml = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shop, namespace: app}
+spec:
+  hosts: [shop.app.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: far, namespace: other}
+spec:
+  hosts: [far.other.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: ratings, namespace: app}
+spec:
+  workloadSelector: {labels: {app: ratings}}
+  egress: [{hosts: [./*]}]
+";
+        let resources = weft_api::decode_str(yaml, "m.yaml").resources;
+        let mesh = Mesh::new(MeshIndex::build(&resources, &[]), 1, 0);
+        let node = |id: &str, app: &str| Node {
+            id: id.into(),
+            namespace: "app".into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ..Node::default()
+        };
+        let reviews = mesh.config_for(&node("r", "reviews")).await;
+        let details = mesh.config_for(&node("d", "details")).await;
+        let ratings = mesh.config_for(&node("t", "ratings")).await;
+        assert!(
+            Arc::ptr_eq(&reviews, &details),
+            "no selector names app=reviews/details"
+        );
+        assert!(
+            !Arc::ptr_eq(&reviews, &ratings),
+            "the Sidecar selects app=ratings"
+        );
+        for (config, id, app) in [(&details, "d", "details"), (&ratings, "t", "ratings")] {
+            let alone = split(mesh.index.proxy_config(&node(id, app)));
+            assert_eq!(config.decode().ok(), Some(alone), "{app}");
+        }
+        let sees_far = |config: &Config| config.resources.keys().any(|n| n.contains("far.other"));
+        assert!(sees_far(&details) && !sees_far(&ratings));
     }
 }

@@ -42,6 +42,13 @@ use registrations::{Conflict, Registrations};
 use shared::Frame;
 pub use wire::DiscoveryServer;
 
+/// Large pushes (a proxy's first, full config) sent at once and not yet
+/// ACKed. Each stream's HTTP/2 send buffer holds up to 400 KiB of a push
+/// its proxy has not read yet: 5,000 proxies syncing at once would hold
+/// 2 GB. Limiting the large pushes in flight bounds that (about 13 MiB)
+/// while still keeping both ends busy.
+const LARGE_PUSHES_IN_FLIGHT: usize = 32;
+
 /// How long a new stream may take to send its Hello.
 const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -52,6 +59,7 @@ pub struct DiscoveryService {
     registrations: Arc<Registrations>,
     status: Arc<StatusBoard>,
     trust_bundle: Option<Arc<str>>,
+    large_pushes: Arc<tokio::sync::Semaphore>,
 }
 
 impl DiscoveryService {
@@ -67,6 +75,7 @@ impl DiscoveryService {
             registrations,
             status,
             trust_bundle: None,
+            large_pushes: Arc::new(tokio::sync::Semaphore::new(LARGE_PUSHES_IN_FLIGHT)),
         }
     }
 
@@ -164,7 +173,8 @@ impl DiscoveryService {
             registered,
             self.status.clone(),
         )
-        .with_trust_bundle(self.trust_bundle.clone());
+        .with_trust_bundle(self.trust_bundle.clone())
+        .with_large_pushes(self.large_pushes.clone());
         tokio::spawn(session.run(inbound, outbound, self.mesh.clone()));
         Ok(pushes)
     }

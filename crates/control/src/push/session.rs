@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tonic::{Status, Streaming};
 use weft_proto::discovery::v1::{Node, ProxyMessage, proxy_message};
 
@@ -17,12 +17,22 @@ use crate::status::StatusBoard;
 /// How long a new proxy's first push waits for a mesh that includes it.
 const FIRST_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A push this large waits for one of the large-push permits
+/// (`LARGE_PUSHES_IN_FLIGHT` in the module above) and holds it until its
+/// ACK.
+const LARGE_PUSH: usize = 256 * 1024;
+/// How long a large push waits for a permit; then it goes without one (a
+/// few proxies that never ACK must not stop everyone's first push).
+const PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Resource name → version.
 type Versions = BTreeMap<String, String>;
 
 struct InFlight {
     nonce: String,
     config: Config,
+    /// Held until the ACK (or the stream's end) for a large push.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 pub struct Session {
@@ -37,6 +47,8 @@ pub struct Session {
     pushes: u64,
     /// The mesh's trust anchors, sent with the first push of the stream.
     trust_bundle: Option<Arc<str>>,
+    /// Permits for large pushes, shared by every stream.
+    large_pushes: Arc<Semaphore>,
 }
 
 impl Session {
@@ -56,6 +68,7 @@ impl Session {
             status,
             pushes: 0,
             trust_bundle: None,
+            large_pushes: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
         }
     }
 
@@ -63,6 +76,12 @@ impl Session {
     /// restart, which starts a new stream).
     pub fn with_trust_bundle(mut self, pem: Option<Arc<str>>) -> Self {
         self.trust_bundle = pem;
+        self
+    }
+
+    /// Large pushes take one of `permits` until their ACK.
+    pub fn with_large_pushes(mut self, permits: Arc<Semaphore>) -> Self {
+        self.large_pushes = permits;
         self
     }
 
@@ -226,6 +245,13 @@ impl Session {
         if delta.is_empty() && trust_bundle_pem.is_empty() {
             return None;
         }
+        let permit = if delta.len() >= LARGE_PUSH {
+            let waited =
+                tokio::time::timeout(PERMIT_WAIT, self.large_pushes.clone().acquire_owned()).await;
+            waited.ok().and_then(Result::ok)
+        } else {
+            None
+        };
         self.pushes += 1;
         let nonce = self.pushes.to_string();
         let frame = Frame::new(&nonce, delta, &trust_bundle_pem);
@@ -235,7 +261,11 @@ impl Session {
         self.status.update(&self.node.id, |status| {
             status.sent_version.clone_from(&config.version)
         });
-        Some(InFlight { nonce, config })
+        Some(InFlight {
+            nonce,
+            config,
+            _permit: permit,
+        })
     }
 
     fn acknowledged(&mut self, pushed: InFlight, error: String) {

@@ -155,7 +155,7 @@ impl Delta {
     }
 
     /// Bytes after the push's head.
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 }
