@@ -17,6 +17,11 @@ use crate::registry::Workload;
 use crate::status::StatusBoard;
 use crate::store::Store;
 
+/// Made once by the first stream that needs it, while the others wait.
+type Shared<T> = Arc<OnceCell<T>>;
+/// (held set version, target set version).
+type DeltaKey = (String, String);
+
 /// One build of the mesh.
 pub struct Mesh {
     pub index: MeshIndex,
@@ -30,10 +35,10 @@ pub struct Mesh {
     /// Compiled configs by proxy shape (see [`shape_key`]): replicas of a
     /// workload share one compilation per build, compiled by the first
     /// stream that needs it while the others wait for it.
-    compiled: Mutex<HashMap<Vec<u8>, Arc<OnceCell<Config>>>>,
+    compiled: Mutex<HashMap<Vec<u8>, Shared<Config>>>,
     /// Deltas by (held set version, target set version): proxies holding
     /// the same config and due the same one share one delta.
-    deltas: Mutex<HashMap<(String, String), Arc<OnceCell<Arc<Delta>>>>>,
+    deltas: Mutex<HashMap<DeltaKey, Shared<Arc<Delta>>>>,
 }
 
 impl Mesh {

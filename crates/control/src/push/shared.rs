@@ -68,6 +68,10 @@ impl Interner {
     pub fn len(&self) -> usize {
         self.known.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What a proxy holds: a config it ACKed, or (until its first ACK on
@@ -270,6 +274,6 @@ mod tests {
 
         drop((before, same, after));
         interner.prune();
-        assert_eq!(interner.len(), 0, "nothing held, nothing kept");
+        assert!(interner.is_empty(), "nothing held, nothing kept");
     }
 }
