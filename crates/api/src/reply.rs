@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::unimplemented::FieldWarning;
 
+/// Largest request body weftd's API accepts (`413` above it): room for an
+/// apply of about half a million objects (110,000 ServiceEntries and
+/// WorkloadEntries are ~30 MiB), and a bound on what one request can make
+/// weftd hold. `weft apply` checks it before sending.
+pub const MAX_REQUEST_BODY: usize = 128 * 1024 * 1024;
+
 /// `POST /v1/apply` → 200.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyReply {

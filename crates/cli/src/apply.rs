@@ -8,7 +8,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use weft_api::FieldWarning;
-use weft_api::reply::ApplyReply;
+use weft_api::reply::{ApplyReply, MAX_REQUEST_BODY};
 
 use crate::client::{Answer, Weftd};
 use crate::validate::{decode_paths, read_texts};
@@ -49,6 +49,17 @@ pub fn apply(weftd: &Weftd, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
         [only] => only.display().to_string(),
         _ => "weft apply".to_string(),
     };
+    // weftd would refuse it (413) and close the connection mid-upload; say
+    // so here, with the size, before anything is sent.
+    if body.len() > MAX_REQUEST_BODY {
+        bail!(
+            "nothing applied: {} object(s) make a {} MiB request, over weftd's {} MiB limit; \
+             apply them in several parts (each part is all or nothing)",
+            decoded.resources.len(),
+            body.len() >> 20,
+            MAX_REQUEST_BODY >> 20
+        );
+    }
     let answer = weftd.post("/v1/apply", body, &source)?;
     match answer.status {
         StatusCode::OK => {

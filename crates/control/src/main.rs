@@ -24,6 +24,17 @@ use weft_control::store::files::{DirectorySource, watch_dir};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once at start-up: a background thread returns
+/// freed pages after a second (the default keeps them ten), so what a mesh
+/// build or a mass sync freed stops counting in weftd's RSS soon after.
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+// SAFETY: a pointer to a constant C string, only ever read.
+unsafe impl Sync for MallocConf {}
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: MallocConf =
+    MallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
 /// Weft's control plane: validates and stores Istio resources, keeps the
 /// service registry, and pushes each proxy its compiled config.
 #[derive(Parser, Debug)]

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 use weft_proto::discovery::v1::Resource;
+use weft_proto::encoded::EncodedSet;
 
 use crate::registry::Workload;
 
@@ -60,8 +61,8 @@ pub struct Refused {
 #[derive(Default)]
 struct Proxy {
     status: ProxyStatus,
-    /// The version and the whole set of resources the proxy should hold.
-    sent: Option<(String, Resources)>,
+    /// The whole config the proxy should hold (shared, not a copy).
+    sent: Option<Arc<EncodedSet>>,
 }
 
 #[derive(Default)]
@@ -94,19 +95,30 @@ impl StatusBoard {
         change(&mut entry.status);
     }
 
-    /// Records what weftd gave a proxy: the version and the whole set of
-    /// resources it should hold (pushed, or already held).
-    pub fn record_sent(&self, id: &str, version: &str, resources: Resources) {
+    /// Records what weftd gave a proxy: the whole config it should hold
+    /// (pushed, or already held).
+    pub fn record_sent(&self, id: &str, config: Arc<EncodedSet>) {
         let mut proxies = self.proxies.write().unwrap_or_else(|p| p.into_inner());
         if let Some(proxy) = proxies.get_mut(id) {
-            proxy.sent = Some((version.to_string(), resources));
+            proxy.sent = Some(config);
         }
     }
 
-    /// The version and resources last given to proxy `id`.
+    /// The version and resources last given to proxy `id`, decoded (the
+    /// board keeps them encoded, as they were pushed).
     pub fn last_sent(&self, id: &str) -> Option<(String, Resources)> {
-        let proxies = self.proxies.read().unwrap_or_else(|p| p.into_inner());
-        proxies.get(id).and_then(|proxy| proxy.sent.clone())
+        let sent = {
+            let proxies = self.proxies.read().unwrap_or_else(|p| p.into_inner());
+            proxies.get(id).and_then(|proxy| proxy.sent.clone())?
+        };
+        match sent.decode() {
+            Ok(resources) => Some((sent.version.clone(), Arc::new(resources))),
+            Err(err) => {
+                // weftd encoded these bytes itself: only a bug gets here.
+                tracing::error!(node = %id, "the config last pushed does not decode: {err}");
+                None
+            }
+        }
     }
 
     /// Forgets proxy `id`: its registration is gone.
@@ -175,7 +187,7 @@ mod tests {
         assert_eq!(kept[0].code, "PermissionDenied");
 
         board.update("a", |status| status.connected = true);
-        board.record_sent("a", "v1", Resources::default());
+        board.record_sent("a", Arc::default());
         assert!(board.last_sent("a").is_some());
         board.remove("a");
         assert!(board.list().is_empty());

@@ -23,4 +23,5 @@ pub mod discovery {
     }
 }
 
+pub mod encoded;
 pub mod resources;

@@ -14,18 +14,25 @@ pub const SETTINGS: &str = "settings";
 /// its content (so an unchanged piece keeps its version across rebuilds and
 /// weftd restarts).
 pub fn split(config: ProxyConfig) -> BTreeMap<String, Resource> {
-    let mut out = BTreeMap::new();
-    let mut add = |name: String, body: Body| {
-        let version = content_version(&body);
-        out.insert(
-            name.clone(),
-            Resource {
-                name,
+    pieces(config)
+        .into_iter()
+        .map(|(name, body)| {
+            let version = content_version(&body);
+            let resource = Resource {
+                name: name.clone(),
                 version,
                 body: Some(body),
-            },
-        );
-    };
+            };
+            (name, resource)
+        })
+        .collect()
+}
+
+/// A config's resources as (name, body), unversioned: what [`split`] and
+/// weftd's encoded pushes ([`crate::encoded`]) are made of.
+pub fn pieces(config: ProxyConfig) -> Vec<(String, Body)> {
+    let mut out = Vec::new();
+    let mut add = |name: String, body: Body| out.push((name, body));
     for listener in config.listeners {
         add(
             format!("listener/{}", listener.name),
@@ -94,8 +101,13 @@ pub fn set_version<'a>(versions: impl IntoIterator<Item = (&'a String, &'a Strin
 fn content_version(body: &Body) -> String {
     let mut bytes = Vec::new();
     body.encode(&mut bytes);
+    version_of(&bytes)
+}
+
+/// The version of a body from its encoding (`Body::encode`).
+pub fn version_of(encoded_body: &[u8]) -> String {
     let mut hasher = DefaultHasher::new();
-    bytes.hash(&mut hasher);
+    encoded_body.hash(&mut hasher);
     format!("{:016x}", hasher.finish())
 }
 

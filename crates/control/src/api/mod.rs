@@ -74,9 +74,10 @@ pub const DEFAULT_ADDRESS: &str = "127.0.0.1:15014";
 pub const SOCKET_FILE: &str = "api.sock";
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
-/// Largest request body accepted: far above any real config, low enough
-/// that a runaway client cannot exhaust weftd's memory.
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Largest request body accepted: far above any real config (an apply of
+/// 110,000 objects is ~30 MiB), low enough that a runaway client cannot
+/// exhaust weftd's memory. Shared with `weft apply`, which checks it first.
+pub const MAX_BODY: usize = weft_api::reply::MAX_REQUEST_BODY;
 
 /// Header naming the file an apply or delete body came from, for messages
 /// (the `source` field of a `{"text", "source"}` body does the same).

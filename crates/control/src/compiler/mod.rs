@@ -29,6 +29,7 @@ mod request_authn;
 mod resilience;
 mod routes;
 mod scope;
+mod shape;
 mod telemetry;
 pub mod tls;
 
@@ -65,6 +66,8 @@ pub struct MeshIndex {
     warnings: Vec<String>,
     /// PeerAuthentication, for each proxy's inbound ports.
     peer_policies: PeerPolicies,
+    /// The label pairs any selector names (see [`shape`]).
+    selector_labels: shape::SelectorLabels,
 }
 
 /// One service, ready to hand out.
@@ -265,6 +268,7 @@ impl MeshIndex {
             &mut warnings,
         );
         let telemetry = telemetry::Policies::build(resources, &mut warnings);
+        let selector_labels = shape::SelectorLabels::collect(resources);
         Self {
             services: compiled,
             clusters,
@@ -276,7 +280,15 @@ impl MeshIndex {
             telemetry,
             warnings,
             peer_policies,
+            selector_labels,
         }
+    }
+
+    /// The labels of a proxy that can change its config: those some
+    /// selector names. Proxies alike in everything else but these labels
+    /// get the same config, so one compilation serves them all.
+    pub fn relevant_labels(&self, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        self.selector_labels.relevant(labels)
     }
 
     /// The config of one proxy.

@@ -6,18 +6,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 use weft_proto::discovery::v1::Node;
-use weft_proto::resources::split;
 
 use super::registrations::{self, Registrations};
+use super::shared::{Config, Delta, Held, Interner};
 use crate::compiler::MeshIndex;
 use crate::compiler::tls::MeshPeers;
 use crate::registry::Workload;
 use crate::status::StatusBoard;
 use crate::store::Store;
 
-pub use crate::status::Resources;
+/// Made once by the first stream that needs it, while the others wait.
+type Shared<T> = Arc<OnceCell<T>>;
+/// (held set version, target set version).
+type DeltaKey = (String, String);
 
 /// One build of the mesh.
 pub struct Mesh {
@@ -27,18 +30,36 @@ pub struct Mesh {
     /// The registrations (`Connected` sequence) this build includes, and
     /// with them every store change made before them.
     pub registrations: u64,
+    /// Shared with every build: the encoded resources.
+    interner: Arc<Interner>,
     /// Compiled configs by proxy shape (see [`shape_key`]): replicas of a
-    /// workload share one compilation per build.
-    compiled: Mutex<HashMap<Vec<u8>, Resources>>,
+    /// workload share one compilation per build, compiled by the first
+    /// stream that needs it while the others wait for it.
+    compiled: Mutex<HashMap<Vec<u8>, Shared<Config>>>,
+    /// Deltas by (held set version, target set version): proxies holding
+    /// the same config and due the same one share one delta.
+    deltas: Mutex<HashMap<DeltaKey, Shared<Arc<Delta>>>>,
 }
 
 impl Mesh {
     pub fn new(index: MeshIndex, generation: u64, registrations: u64) -> Self {
+        Self::with_interner(index, generation, registrations, Arc::default())
+    }
+
+    /// A build whose configs share resources with the builds before it.
+    pub fn with_interner(
+        index: MeshIndex,
+        generation: u64,
+        registrations: u64,
+        interner: Arc<Interner>,
+    ) -> Self {
         Self {
             index,
             generation,
             registrations,
+            interner,
             compiled: Mutex::default(),
+            deltas: Mutex::default(),
         }
     }
 
@@ -47,38 +68,52 @@ impl Mesh {
     }
 
     /// This proxy's config, compiled once per shape and build.
-    pub fn resources_for(&self, node: &Node) -> Resources {
-        let key = shape_key(node);
-        if let Some(hit) = self
+    pub async fn config_for(&self, node: &Node) -> Config {
+        let cell = self
             .compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return hit.clone();
-        }
-        // Compiled outside the lock: proxies of other shapes need not wait.
-        let resources = Arc::new(split(self.index.proxy_config(node)));
-        self.compiled
+            .entry(shape_key(node, &self.index))
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async { self.interner.encode(self.index.proxy_config(node)) })
+            .await
+            .clone()
+    }
+
+    /// What a proxy holding `held` is sent to hold `to`.
+    pub async fn delta(&self, held: &Held, to: &Config) -> Arc<Delta> {
+        let cell = self
+            .deltas
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, resources.clone());
-        resources
+            .entry((held.version().to_string(), to.version.clone()))
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async { Arc::new(Delta::between(held, to)) })
+            .await
+            .clone()
     }
 }
 
-/// What the compiler reads of a node: namespace, labels, capture, explicit
-/// listeners and ports — not its id, workload name, address or account.
-fn shape_key(node: &Node) -> Vec<u8> {
+/// What the compiler reads of a node: namespace, the labels some selector
+/// names ([`MeshIndex::relevant_labels`]), capture, explicit listeners and
+/// ports — not its id, workload name, address, account or other labels.
+fn shape_key(node: &Node, index: &MeshIndex) -> Vec<u8> {
     let shape = Node {
         id: String::new(),
         workload: String::new(),
         service_account: String::new(),
         address: String::new(),
+        labels: index.relevant_labels(&node.labels),
         ..node.clone()
     };
     shape.encode_to_vec()
 }
+
+/// The longest a build waits for a burst of changes to pause (Istio's
+/// PILOT_DEBOUNCE_MAX).
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(10);
 
 /// What the build loop reads and where it keeps registrations.
 pub struct BuildInputs {
@@ -92,8 +127,11 @@ pub struct BuildInputs {
 }
 
 /// Rebuilds the mesh whenever the store or the registrations change,
-/// waiting `debounce` after the first change so a burst (a multi-document
-/// apply, many proxies connecting) costs one build.
+/// debounced as Istio's PILOT_DEBOUNCE_AFTER / PILOT_DEBOUNCE_MAX do: a
+/// build starts once no change came for `debounce` (100 ms by default), or
+/// [`DEBOUNCE_MAX`] after the first change of a burst that never pauses.
+/// So a burst (a multi-document apply, a script applying many changes,
+/// many proxies connecting) costs one build and one push per proxy.
 ///
 /// The registrations a build includes are written to disk before the build
 /// is published: every endpoint a proxy was ever sent is on disk, so a
@@ -115,6 +153,8 @@ pub async fn build_loop(
     let mut generation = 0;
     let mut last_warnings: Vec<String> = Vec::new();
     let mut last_saved = None;
+    // Resources live across builds: an unchanged one keeps its bytes.
+    let interner = Arc::new(Interner::default());
     loop {
         store_changes.mark_unchanged();
         // Read before the store and workloads: the build then includes at
@@ -167,18 +207,33 @@ pub async fn build_loop(
             }
             last_warnings = index.warnings().to_vec();
         }
-        publish.send_replace(Arc::new(Mesh::new(index, generation, sequence)));
+        let mesh = Mesh::with_interner(index, generation, sequence, interner.clone());
+        // The build before is dropped once its last stream moves on; what
+        // only it held is forgotten at the next build.
+        drop(publish.send_replace(Arc::new(mesh)));
+        interner.prune();
         tokio::select! {
             changed = store_changes.changed() => if changed.is_err() { return },
             changed = workload_changes.changed() => if changed.is_err() { return },
         }
-        tokio::time::sleep(debounce).await;
+        let burst = std::time::Instant::now();
+        loop {
+            store_changes.mark_unchanged();
+            workload_changes.mark_unchanged();
+            tokio::time::sleep(debounce).await;
+            let quiet = !store_changes.has_changed().unwrap_or(false)
+                && !workload_changes.has_changed().unwrap_or(false);
+            if quiet || burst.elapsed() >= DEBOUNCE_MAX {
+                break;
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_proto::resources::split;
 
     const MESH: &str = "
 apiVersion: networking.istio.io/v1
@@ -202,22 +257,99 @@ spec:
         }
     }
 
-    #[test]
-    fn replicas_share_one_compilation_and_get_what_they_would_alone() {
+    #[tokio::test]
+    async fn replicas_share_one_compilation_and_get_what_they_would_alone() {
         let resources = weft_api::decode_str(MESH, "m.yaml").resources;
         let mesh = Mesh::new(MeshIndex::build(&resources, &[]), 1, 0);
-        let first = mesh.resources_for(&node("a", "default"));
-        let replica = mesh.resources_for(&node("bb", "default"));
+        let first = mesh.config_for(&node("a", "default")).await;
+        let replica = mesh.config_for(&node("bb", "default")).await;
         assert!(Arc::ptr_eq(&first, &replica), "same shape, one compilation");
         // The shortcut gives exactly what compiling for the replica gives.
-        assert_eq!(
-            *replica,
-            split(mesh.index.proxy_config(&node("bb", "default")))
-        );
-        let elsewhere = mesh.resources_for(&node("a", "other"));
+        let alone = split(mesh.index.proxy_config(&node("bb", "default")));
+        assert_eq!(replica.decode().ok(), Some(alone));
+        let elsewhere = mesh.config_for(&node("a", "other")).await;
         assert!(
             !Arc::ptr_eq(&first, &elsewhere),
             "another namespace is another shape"
         );
+        // Both shapes hold the service's cluster: its bytes exist once.
+        let (name, cluster) = first
+            .resources
+            .iter()
+            .find(|(name, _)| name.starts_with("cluster/"))
+            .expect("the service's cluster");
+        assert!(Arc::ptr_eq(cluster, &elsewhere.resources[name]));
+        // Two proxies holding nothing, due the same config: one delta.
+        let empty = Held::reported(Default::default());
+        let one = mesh.delta(&empty, &first).await;
+        let two = mesh.delta(&empty, &replica).await;
+        assert!(Arc::ptr_eq(&one, &two));
+        assert_eq!(one.changed.len(), first.resources.len());
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+    use weft_proto::resources::split;
+
+    /// A Sidecar for `app: ratings` only: other label sets share one
+    /// compilation, `ratings` gets its own, and each is what compiling
+    /// for that proxy alone gives.
+    #[tokio::test]
+    async fn only_labels_a_selector_names_make_another_shape() {
+        let yaml = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shop, namespace: app}
+spec:
+  hosts: [shop.app.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: far, namespace: other}
+spec:
+  hosts: [far.other.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: ratings, namespace: app}
+spec:
+  workloadSelector: {labels: {app: ratings}}
+  egress: [{hosts: [./*]}]
+";
+        let resources = weft_api::decode_str(yaml, "m.yaml").resources;
+        let mesh = Mesh::new(MeshIndex::build(&resources, &[]), 1, 0);
+        let node = |id: &str, app: &str| Node {
+            id: id.into(),
+            namespace: "app".into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ..Node::default()
+        };
+        let reviews = mesh.config_for(&node("r", "reviews")).await;
+        let details = mesh.config_for(&node("d", "details")).await;
+        let ratings = mesh.config_for(&node("t", "ratings")).await;
+        assert!(
+            Arc::ptr_eq(&reviews, &details),
+            "no selector names app=reviews/details"
+        );
+        assert!(
+            !Arc::ptr_eq(&reviews, &ratings),
+            "the Sidecar selects app=ratings"
+        );
+        for (config, id, app) in [(&details, "d", "details"), (&ratings, "t", "ratings")] {
+            let alone = split(mesh.index.proxy_config(&node(id, app)));
+            assert_eq!(config.decode().ok(), Some(alone), "{app}");
+        }
+        let sees_far = |config: &Config| config.resources.keys().any(|n| n.contains("far.other"));
+        assert!(sees_far(&details) && !sees_far(&ratings));
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! [`mesh::build_loop`] rebuilds the [`MeshIndex`](crate::compiler::MeshIndex)
 //! after changes (debounced) and publishes it; each proxy's stream
-//! ([`session`]) compiles that proxy's config from the latest index, splits
-//! it into versioned resources and sends only those the proxy does not hold.
+//! ([`session`]) takes that proxy's config from the latest build (compiled
+//! once per proxy shape) and sends only the resources the proxy does not
+//! hold. Resources are encoded once and shared by every config, build and
+//! stream that holds them; the change from one config to another is
+//! computed once for all proxies making it ([`shared`]), and the wire
+//! ([`wire`]) sends those shared bytes without a per-stream copy.
 //! One push is in flight per proxy; its ACK or NACK lands on the
 //! [`StatusBoard`](crate::status::StatusBoard).
 //!
@@ -19,23 +23,31 @@ pub mod admission;
 pub mod mesh;
 pub mod registrations;
 mod session;
+pub mod shared;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use crate::ca::service::{CertificateService, CertificatesServer};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use weft_proto::discovery::v1::discovery_server::Discovery;
-pub use weft_proto::discovery::v1::discovery_server::DiscoveryServer;
-use weft_proto::discovery::v1::{ProxyMessage, Push, proxy_message};
+use tonic::{Request, Status, Streaming};
+use weft_proto::discovery::v1::{ProxyMessage, proxy_message};
 
 use crate::ca::caller::Caller;
 use crate::status::StatusBoard;
 use crate::store::Store;
 use mesh::Mesh;
 use registrations::{Conflict, Registrations};
+use shared::Frame;
+pub use wire::DiscoveryServer;
+
+/// Large pushes (a proxy's first, full config) sent at once and not yet
+/// ACKed. Each stream's HTTP/2 send buffer holds up to 400 KiB of a push
+/// its proxy has not read yet: 5,000 proxies syncing at once would hold
+/// 2 GB. Limiting the large pushes in flight bounds that (about 13 MiB)
+/// while still keeping both ends busy.
+const LARGE_PUSHES_IN_FLIGHT: usize = 32;
 
 /// How long a new stream may take to send its Hello.
 const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -47,6 +59,7 @@ pub struct DiscoveryService {
     registrations: Arc<Registrations>,
     status: Arc<StatusBoard>,
     trust_bundle: Option<Arc<str>>,
+    large_pushes: Arc<tokio::sync::Semaphore>,
 }
 
 impl DiscoveryService {
@@ -62,6 +75,7 @@ impl DiscoveryService {
             registrations,
             status,
             trust_bundle: None,
+            large_pushes: Arc::new(tokio::sync::Semaphore::new(LARGE_PUSHES_IN_FLIGHT)),
         }
     }
 
@@ -80,14 +94,13 @@ impl DiscoveryService {
     }
 }
 
-#[tonic::async_trait]
-impl Discovery for DiscoveryService {
-    type StreamStream = ReceiverStream<Result<Push, Status>>;
-
-    async fn stream(
+impl DiscoveryService {
+    /// Serves one proxy's stream: admits and registers it, then runs its
+    /// session, whose pushes come out of the receiver ([`wire`] sends them).
+    pub async fn open(
         &self,
         request: Request<Streaming<ProxyMessage>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+    ) -> Result<mpsc::Receiver<Result<Frame, Status>>, Status> {
         // Who the connection proved to be, set by the listener that
         // accepted it (ca::listener); a request without one is refused.
         let caller = request.extensions().get::<Caller>().cloned();
@@ -160,9 +173,10 @@ impl Discovery for DiscoveryService {
             registered,
             self.status.clone(),
         )
-        .with_trust_bundle(self.trust_bundle.clone());
+        .with_trust_bundle(self.trust_bundle.clone())
+        .with_large_pushes(self.large_pushes.clone());
         tokio::spawn(session.run(inbound, outbound, self.mesh.clone()));
-        Ok(Response::new(ReceiverStream::new(pushes)))
+        Ok(pushes)
     }
 }
 

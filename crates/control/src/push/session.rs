@@ -4,38 +4,51 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tonic::{Status, Streaming};
-use weft_proto::discovery::v1::{Node, ProxyMessage, Push, proxy_message};
-use weft_proto::resources::set_version;
+use weft_proto::discovery::v1::{Node, ProxyMessage, proxy_message};
 
 use super::mesh::Mesh;
 use super::registrations::{Leaving, Registered, Registrations};
+use super::shared::{Config, Frame, Held};
+use super::wire::Outbound;
 use crate::status::StatusBoard;
 
 /// How long a new proxy's first push waits for a mesh that includes it.
 const FIRST_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A push this large waits for one of the large-push permits
+/// (`LARGE_PUSHES_IN_FLIGHT` in the module above) and holds it until its
+/// ACK.
+const LARGE_PUSH: usize = 256 * 1024;
+/// How long a large push waits for a permit; then it goes without one (a
+/// few proxies that never ACK must not stop everyone's first push).
+const PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resource name → version.
 type Versions = BTreeMap<String, String>;
 
 struct InFlight {
     nonce: String,
-    version: String,
-    versions: Versions,
+    config: Config,
+    /// Held until the ACK (or the stream's end) for a large push.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 pub struct Session {
     /// The node as admitted (not as claimed).
     node: Node,
-    /// What the proxy holds and serves (its last ACKed set).
-    held: Versions,
+    /// What the proxy holds and serves (its last ACKed set): shared with
+    /// every proxy that holds the same, never a copy of its own.
+    held: Held,
     registrations: Arc<Registrations>,
     registered: Registered,
     status: Arc<StatusBoard>,
     pushes: u64,
     /// The mesh's trust anchors, sent with the first push of the stream.
     trust_bundle: Option<Arc<str>>,
+    /// Permits for large pushes, shared by every stream.
+    large_pushes: Arc<Semaphore>,
 }
 
 impl Session {
@@ -49,12 +62,13 @@ impl Session {
     ) -> Self {
         Self {
             node,
-            held,
+            held: Held::reported(held),
             registrations,
             registered,
             status,
             pushes: 0,
             trust_bundle: None,
+            large_pushes: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
         }
     }
 
@@ -65,14 +79,20 @@ impl Session {
         self
     }
 
+    /// Large pushes take one of `permits` until their ACK.
+    pub fn with_large_pushes(mut self, permits: Arc<Semaphore>) -> Self {
+        self.large_pushes = permits;
+        self
+    }
+
     pub async fn run(
         mut self,
         mut inbound: Streaming<ProxyMessage>,
-        outbound: mpsc::Sender<Result<Push, Status>>,
+        outbound: Outbound,
         mut mesh: watch::Receiver<Arc<Mesh>>,
     ) {
         let registration = self.registered.sequence;
-        let held_version = set_version(&self.held);
+        let held_version = self.held.version().to_string();
         self.status.update(&self.node.id, |status| {
             status.workload.clone_from(&self.node.workload);
             status.namespace.clone_from(&self.node.namespace);
@@ -213,68 +233,48 @@ impl Session {
 
     /// Compiles this proxy's config and pushes what differs from what it
     /// holds; `None` when there is nothing to send.
-    async fn next_push(
-        &mut self,
-        mesh: &Mesh,
-        outbound: &mpsc::Sender<Result<Push, Status>>,
-    ) -> Option<InFlight> {
-        let resources = mesh.resources_for(&self.node);
-        let versions: Versions = resources
-            .iter()
-            .map(|(name, resource)| (name.clone(), resource.version.clone()))
-            .collect();
+    async fn next_push(&mut self, mesh: &Mesh, outbound: &Outbound) -> Option<InFlight> {
+        let config = mesh.config_for(&self.node).await;
         // What the proxy should hold from now on, pushed or already held.
-        let version = set_version(&versions);
-        self.status
-            .record_sent(&self.node.id, &version, resources.clone());
-        let changed: Vec<_> = resources
-            .values()
-            .filter(|resource| self.held.get(&resource.name) != Some(&resource.version))
-            .cloned()
-            .collect();
-        let removed: Vec<String> = self
-            .held
-            .keys()
-            .filter(|name| !versions.contains_key(*name))
-            .cloned()
-            .collect();
-        let trust_bundle_pem = self
-            .trust_bundle
-            .take()
-            .map(|pem| pem.to_string())
-            .unwrap_or_default();
-        if changed.is_empty() && removed.is_empty() && trust_bundle_pem.is_empty() {
+        self.status.record_sent(&self.node.id, config.clone());
+        let trust_bundle_pem = self.trust_bundle.take().unwrap_or_default();
+        if config.version == self.held.version() && trust_bundle_pem.is_empty() {
             return None;
         }
+        let delta = mesh.delta(&self.held, &config).await;
+        if delta.is_empty() && trust_bundle_pem.is_empty() {
+            return None;
+        }
+        let permit = if delta.len() >= LARGE_PUSH {
+            let waited =
+                tokio::time::timeout(PERMIT_WAIT, self.large_pushes.clone().acquire_owned()).await;
+            waited.ok().and_then(Result::ok)
+        } else {
+            None
+        };
         self.pushes += 1;
         let nonce = self.pushes.to_string();
-        let push = Push {
-            nonce: nonce.clone(),
-            version: version.clone(),
-            resources: changed,
-            removed,
-            trust_bundle_pem,
-        };
-        if outbound.send(Ok(push)).await.is_err() {
+        let frame = Frame::new(&nonce, delta, &trust_bundle_pem);
+        if outbound.send(Ok(frame)).await.is_err() {
             return None;
         }
         self.status.update(&self.node.id, |status| {
-            status.sent_version.clone_from(&version)
+            status.sent_version.clone_from(&config.version)
         });
         Some(InFlight {
             nonce,
-            version,
-            versions,
+            config,
+            _permit: permit,
         })
     }
 
     fn acknowledged(&mut self, pushed: InFlight, error: String) {
         if error.is_empty() {
-            self.held = pushed.versions;
             self.status.update(&self.node.id, |status| {
-                status.acked_version = pushed.version;
+                status.acked_version.clone_from(&pushed.config.version);
                 status.error = None;
             });
+            self.held = Held::Acked(pushed.config);
         } else {
             // The proxy keeps serving what it held; the same resources are
             // sent again with the next change, which may fix them.

@@ -126,10 +126,10 @@ impl Disk {
     }
 
     /// Writes every resource, or none (see the module doc).
-    pub fn write_all(&self, items: &[Stored]) -> io::Result<()> {
+    pub fn write_all<'a>(&self, items: impl IntoIterator<Item = &'a Stored>) -> io::Result<()> {
         let batch = Batch {
             writes: items
-                .iter()
+                .into_iter()
                 .map(|stored| Write {
                     path: Self::relative(&ResourceKey::of(&stored.resource)),
                     content: stored.to_versioned_value(),

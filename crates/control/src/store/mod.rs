@@ -188,7 +188,6 @@ impl Store {
     pub fn apply(&self, resources: Vec<Resource>) -> Result<Vec<Applied>, StoreError> {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let mut revision = state.revision;
-        let mut writes = Vec::new();
         let mut report = Vec::new();
         let mut pending: BTreeMap<ResourceKey, Stored> = BTreeMap::new();
         for mut resource in resources {
@@ -216,7 +215,6 @@ impl Store {
                 resource,
                 resource_version: revision,
             };
-            writes.push(stored.clone());
             report.push(Applied {
                 key: key.clone(),
                 change,
@@ -225,7 +223,9 @@ impl Store {
             pending.insert(key, stored);
         }
         if let Some(disk) = &self.disk {
-            disk.write_all(&writes).map_err(StoreError::Persist)?;
+            // What changed, once: the objects are not copied for the disk.
+            disk.write_all(pending.values())
+                .map_err(StoreError::Persist)?;
         }
         if revision != state.revision {
             state.resources.extend(pending);
