@@ -66,7 +66,12 @@ async fn a_silent_mesh_client_hello_is_closed_at_the_handshake_timeout() {
     );
     assert!(!answer.is_empty(), "the proxy never started the handshake");
     // The default handshake timeout is 10 s.
-    assert!(waited >= Duration::from_secs(8), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(8),
+        "closed after {waited:?} with {:?}\n{}",
+        String::from_utf8_lossy(&answer),
+        server.logs()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         server.logs().contains("did not finish within"),

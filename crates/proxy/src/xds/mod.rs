@@ -33,6 +33,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a draining proxy waits for weftd to take its goodbye.
 const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+/// The largest push accepted from weftd (a large mesh's first push is
+/// several MiB; tonic's default cap is 4 MiB).
+const MAX_PUSH_BYTES: usize = 128 << 20;
 
 /// Runs forever: connect, stream, apply, and on any loss wait and retry.
 /// `identity` (None on the plaintext port) presents its certificate and
@@ -107,7 +110,8 @@ async fn stream(
     let channel = control_plane
         .channel(identity.and_then(Identity::certified_key), None)
         .await?;
-    let mut client = DiscoveryClient::new(channel);
+    let mut client =
+        DiscoveryClient::new(channel).max_decoding_message_size(MAX_PUSH_BYTES);
     let (outbound, messages) = mpsc::channel(4);
     let known_versions = held
         .iter()
