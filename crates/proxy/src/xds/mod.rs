@@ -110,8 +110,7 @@ async fn stream(
     let channel = control_plane
         .channel(identity.and_then(Identity::certified_key), None)
         .await?;
-    let mut client =
-        DiscoveryClient::new(channel).max_decoding_message_size(MAX_PUSH_BYTES);
+    let mut client = DiscoveryClient::new(channel).max_decoding_message_size(MAX_PUSH_BYTES);
     let (outbound, messages) = mpsc::channel(4);
     let known_versions = held
         .iter()
