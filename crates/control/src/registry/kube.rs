@@ -63,7 +63,7 @@ pub(super) fn collect(
         workloads
             .iter()
             .filter(|w| !pod_ips.contains(&w.address))
-            .map(|w| (w.namespace.as_str(), workload_endpoint(w))),
+            .map(|w| (w.namespace.as_str(), EndpointDef::of_workload(w))),
     );
     for service in &cluster.services {
         let id = add_service(service, registry);
@@ -90,23 +90,6 @@ fn workload_entry(entry: &WorkloadEntry, name: &str) -> Option<EndpointDef> {
         service_account: entry.service_account.clone(),
         locality: super::locality_of(&entry.locality, &entry.labels),
     })
-}
-
-fn workload_endpoint(w: &Workload) -> EndpointDef {
-    EndpointDef {
-        address: w.address,
-        ports: w
-            .ports
-            .iter()
-            .filter(|p| !p.name.is_empty())
-            .map(|p| (p.name.clone(), p.port))
-            .collect(),
-        labels: w.labels.clone(),
-        weight: 0,
-        workload: w.name.clone(),
-        service_account: w.service_account.clone(),
-        locality: super::locality_of(&w.locality, &w.labels),
-    }
 }
 
 /// Adds the Service and its EndpointSlice endpoints; its id, `None` when

@@ -220,6 +220,25 @@ pub struct EndpointDef {
 }
 
 impl EndpointDef {
+    /// A connected proxy's or a WorkloadEntry's workload as an endpoint:
+    /// its named ports, labels, account and locality.
+    pub fn of_workload(w: &Workload) -> Self {
+        Self {
+            address: w.address,
+            ports: w
+                .ports
+                .iter()
+                .filter(|p| !p.name.is_empty())
+                .map(|p| (p.name.clone(), p.port))
+                .collect(),
+            labels: w.labels.clone(),
+            weight: 0,
+            workload: w.name.clone(),
+            service_account: w.service_account.clone(),
+            locality: locality_of(&w.locality, &w.labels),
+        }
+    }
+
     /// The port this endpoint serves `port` on.
     pub fn port_for(&self, port: &ServicePortDef) -> u32 {
         self.ports

@@ -46,24 +46,9 @@ pub(super) fn collect(resources: &[Resource], workloads: &[Workload], registry: 
             _ => {}
         }
     }
-    candidates.extend(workloads.iter().map(|w| {
-        Candidate {
-            namespace: namespace_or_default(&w.namespace).to_string(),
-            endpoint: EndpointDef {
-                address: w.address,
-                ports: w
-                    .ports
-                    .iter()
-                    .filter(|p| !p.name.is_empty())
-                    .map(|p| (p.name.clone(), p.port))
-                    .collect(),
-                labels: w.labels.clone(),
-                weight: 0,
-                locality: super::locality_of(&w.locality, &w.labels),
-                workload: w.name.clone(),
-                service_account: w.service_account.clone(),
-            },
-        }
+    candidates.extend(workloads.iter().map(|w| Candidate {
+        namespace: namespace_or_default(&w.namespace).to_string(),
+        endpoint: EndpointDef::of_workload(w),
     }));
     // Sorted so that "first definition wins" does not depend on input order.
     entries.sort_by(|a, b| {
