@@ -272,7 +272,8 @@ fn resources(options: &Options) -> ResourceRequirements {
     }
 }
 
-fn field_env(name: &str, path: &str) -> EnvVar {
+/// An environment variable from the downward API (`fieldRef`).
+pub(crate) fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {

@@ -11,9 +11,9 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -22,7 +22,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use super::{API_PORT, InstallOptions, NAMESPACE, WEBHOOK_PORT, WEFTD, XDS_PORT, meta, to_value};
+use super::{
+    API_PORT, InstallOptions, NAMESPACE, WEBHOOK_PORT, WEFTD, XDS_PORT, labelled_meta, meta,
+    to_value,
+};
+use crate::inject::template::field_env;
 use crate::webhook::{INJECTOR_NAME, VALIDATOR_NAME};
 
 fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
@@ -206,11 +210,7 @@ fn deployment(options: &InstallOptions) -> Deployment {
             ..Volume::default()
         });
     }
-    let mut metadata = meta(WEFTD, Some(NAMESPACE));
-    metadata
-        .labels
-        .get_or_insert_with(Default::default)
-        .extend(app_labels());
+    let metadata = labelled_meta(WEFTD, NAMESPACE, app_labels());
     Deployment {
         metadata,
         spec: Some(DeploymentSpec {
@@ -288,20 +288,6 @@ fn deployment(options: &InstallOptions) -> Deployment {
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
-    }
-}
-
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..ObjectFieldSelector::default()
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
     }
 }
 

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use super::{GATEWAY, InstallOptions, NAMESPACE, meta, to_value};
+use super::{GATEWAY, InstallOptions, NAMESPACE, labelled_meta, meta, to_value};
 use crate::inject::Settings;
 use crate::inject::annotations::Options;
 use crate::inject::template::{self, Role, Workload};
@@ -74,11 +74,7 @@ fn deployment(options: &InstallOptions) -> Deployment {
         }),
         ..SecurityContext::default()
     });
-    let mut metadata = meta(GATEWAY, Some(NAMESPACE));
-    metadata
-        .labels
-        .get_or_insert_with(Default::default)
-        .extend(labels.clone());
+    let metadata = labelled_meta(GATEWAY, NAMESPACE, labels.clone());
     Deployment {
         metadata,
         spec: Some(DeploymentSpec {
@@ -123,11 +119,7 @@ fn service() -> Service {
         protocol: Some("TCP".into()),
         ..ServicePort::default()
     };
-    let mut metadata = meta(GATEWAY, Some(NAMESPACE));
-    metadata
-        .labels
-        .get_or_insert_with(Default::default)
-        .extend(labels());
+    let metadata = labelled_meta(GATEWAY, NAMESPACE, labels());
     Service {
         metadata,
         spec: Some(ServiceSpec {

@@ -132,6 +132,21 @@ fn meta(
     }
 }
 
+/// [`meta`] with the workload's own `labels` added (what its selector
+/// matches).
+fn labelled_meta(
+    name: &str,
+    namespace: &str,
+    labels: std::collections::BTreeMap<String, String>,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    let mut metadata = meta(name, Some(namespace));
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .extend(labels);
+    metadata
+}
+
 fn to_value<T: serde::Serialize>(object: &T) -> Result<Value, String> {
     serde_json::to_value(object).map_err(|err| err.to_string())
 }
