@@ -12,7 +12,9 @@ use http_body_util::{BodyExt, Full};
 use crate::body::ProxyBody;
 use crate::flags::{ResponseFlag, ResponseFlags};
 
-pub const FLAGS_HEADER: &str = "x-weft-response-flags";
+pub const FLAGS_HEADER: http::HeaderName = http::HeaderName::from_static("x-weft-response-flags");
+/// gRPC's status, in a trailers-only response's headers or in trailers.
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// Where a data-path error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +135,7 @@ pub fn grpc_status(code: u32, message: &str, flags: ResponseFlags) -> Response<P
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert("grpc-status", HeaderValue::from(code));
+    headers.insert(GRPC_STATUS, HeaderValue::from(code));
     if let Ok(value) = HeaderValue::from_str(message) {
         headers.insert("grpc-message", value);
     }

@@ -32,10 +32,11 @@ use crate::flags::ResponseFlag;
 use crate::reply::LocalReply;
 use crate::tls::CLIENT_PROTOCOL_HEADER;
 
-pub const XFCC: &str = "x-forwarded-client-cert";
-pub const XFF: &str = "x-forwarded-for";
+pub const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
+pub const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 /// The client address the edge of the mesh decided on (Envoy's name).
-pub const EXTERNAL_ADDRESS: &str = "x-envoy-external-address";
+pub const EXTERNAL_ADDRESS: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-external-address");
 
 /// Whether a request's mesh-only headers can be believed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -144,7 +144,10 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
-    for name in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+    // Pre-parsed names: a `&str` name is parsed and validated on each use.
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING] {
         headers.remove(name);
     }
     headers.remove(header::PROXY_AUTHENTICATE);

@@ -292,7 +292,7 @@ fn should_retry(policy: &RetryPolicy, outcome: &Outcome) -> bool {
 /// trailers-only response (the usual form of a failed call) puts it.
 fn grpc_retriable(policy: &RetryPolicy, headers: &HeaderMap) -> bool {
     let Some(code) = headers
-        .get("grpc-status")
+        .get(crate::reply::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u32>().ok())
     else {

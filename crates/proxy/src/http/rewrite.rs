@@ -18,7 +18,8 @@ use crate::config::{
 use crate::reply;
 
 /// The path before a rewrite, for the upstream's benefit (Envoy's name).
-pub const ORIGINAL_PATH_HEADER: &str = "x-envoy-original-path";
+pub const ORIGINAL_PATH_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-original-path");
 
 /// Applies the route's request edits. `authority` is what the upstream
 /// request will carry as `:authority` (HTTP/2) or `Host` (HTTP/1).

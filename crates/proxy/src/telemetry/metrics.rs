@@ -2,13 +2,19 @@
 //! dashboards and alerts keep working, plus the proxy's own health.
 //!
 //! Hot path: one request is one label set (shared workload metadata, see
-//! [`Labels`]) looked up in five families when it ends. Gauges that
+//! [`Labels`]) looked up once when it ends, in [`Metrics::request_series`]:
+//! its series in the four request families are resolved the first time the
+//! label set is seen and kept together (a family lookup SipHashes the label
+//! set each time; four of them cost more than the rest of the telemetry). Gauges that
 //! describe the config (version, open upstream connections, ejected
 //! endpoints) are read from the snapshot when Prometheus scrapes, never
 //! kept up to date per request.
 //!
 //! [`Metrics`] also carries the rest of the proxy's telemetry (access log,
 //! tracing, its own workload's identity) in [`Metrics::telemetry`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -78,12 +84,25 @@ struct VersionLabels {
 
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
+/// One HTTP label set's series in the four request families (shared
+/// handles: incrementing these is incrementing the families' series).
+struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+type SeriesByLabels = HashMap<Labels, Arc<RequestSeries>, foldhash::fast::RandomState>;
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<Labels, Counter>,
     duration: HistogramFamily,
     request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
+    /// The four families' series by label set (see the module doc).
+    request_series: RwLock<SeriesByLabels>,
     request_messages: Family<Labels, Counter>,
     response_messages: Family<Labels, Counter>,
     tcp_opened: Family<Labels, Counter>,
@@ -134,6 +153,7 @@ impl Default for Metrics {
             ),
             request_bytes: register!("istio_request_bytes", "Request body sizes", sized()),
             response_bytes: register!("istio_response_bytes", "Response body sizes", sized()),
+            request_series: RwLock::default(),
             request_messages: register!(
                 "istio_request_messages",
                 "gRPC messages sent by the client",
@@ -213,16 +233,11 @@ impl Default for Metrics {
 impl Metrics {
     /// One finished HTTP request.
     pub fn record_request(&self, labels: &Labels, sample: &RequestSample) {
-        self.requests.get_or_create(labels).inc();
-        self.duration
-            .get_or_create(labels)
-            .observe(sample.duration_ms);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(sample.request_bytes as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(sample.response_bytes as f64);
+        let series = self.request_series(labels);
+        series.requests.inc();
+        series.duration.observe(sample.duration_ms);
+        series.request_bytes.observe(sample.request_bytes as f64);
+        series.response_bytes.observe(sample.response_bytes as f64);
         if matches!(labels.call, Call::Http { grpc: true, .. }) {
             self.request_messages
                 .get_or_create(labels)
@@ -231,6 +246,34 @@ impl Metrics {
                 .get_or_create(labels)
                 .inc_by(sample.response_messages);
         }
+    }
+
+    fn request_series(&self, labels: &Labels) -> Arc<RequestSeries> {
+        // A poisoned lock only means a panic elsewhere mid-insert; the map
+        // itself is still whole.
+        let known = self
+            .request_series
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(labels)
+            .cloned();
+        if let Some(series) = known {
+            return series;
+        }
+        let mut all = self
+            .request_series
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        all.entry(labels.clone())
+            .or_insert_with(|| {
+                Arc::new(RequestSeries {
+                    requests: self.requests.get_or_create(labels).clone(),
+                    duration: self.duration.get_or_create(labels).clone(),
+                    request_bytes: self.request_bytes.get_or_create(labels).clone(),
+                    response_bytes: self.response_bytes.get_or_create(labels).clone(),
+                })
+            })
+            .clone()
     }
 
     pub fn record_tcp_open(&self, labels: &Labels) {

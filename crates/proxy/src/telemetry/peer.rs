@@ -27,10 +27,10 @@ use http::HeaderValue;
 use crate::workload::Workload;
 
 /// The header carrying workload metadata both ways.
-pub const PEER_HEADER: &str = "x-weft-peer";
+pub const PEER_HEADER: http::HeaderName = http::HeaderName::from_static("x-weft-peer");
 /// The service the source proxy routed a request to, for the destination
 /// proxy's `destination_service` (stripped and set like [`PEER_HEADER`]).
-pub const SERVICE_HEADER: &str = "x-weft-service";
+pub const SERVICE_HEADER: http::HeaderName = http::HeaderName::from_static("x-weft-service");
 /// Removes peer metadata from a request about to leave for an endpoint
 /// that is not a Weft proxy (an external host, a passthrough, an app).
 pub fn strip(headers: &mut http::HeaderMap) {

@@ -549,7 +549,7 @@ impl Drop for CountedResponse {
 
 fn grpc_status(headers: &HeaderMap) -> Option<u16> {
     headers
-        .get("grpc-status")
+        .get(crate::reply::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
 }

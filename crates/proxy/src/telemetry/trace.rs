@@ -10,18 +10,18 @@
 //! the proxy samples at its configured rate. `x-request-id` is generated
 //! (a UUID v4) when absent.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::TraceId;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
-pub const TRACEPARENT: &str = "traceparent";
-pub const REQUEST_ID: &str = "x-request-id";
-const B3: &str = "b3";
-const B3_TRACE_ID: &str = "x-b3-traceid";
-const B3_SPAN_ID: &str = "x-b3-spanid";
-const B3_PARENT_SPAN_ID: &str = "x-b3-parentspanid";
-const B3_SAMPLED: &str = "x-b3-sampled";
-const B3_FLAGS: &str = "x-b3-flags";
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// Which propagation style the request arrived with (and leaves with, in
 /// addition to `traceparent`).
@@ -57,7 +57,7 @@ struct Incoming {
 pub fn continue_or_start(headers: &mut HeaderMap, percent: f64) -> SpanContext {
     let ids = RandomIdGenerator::default();
     if !headers.contains_key(REQUEST_ID)
-        && let Ok(value) = HeaderValue::from_str(&uuid_v4(ids.new_trace_id()))
+        && let Ok(value) = HeaderValue::from_bytes(&uuid_v4(ids.new_trace_id()))
     {
         headers.insert(REQUEST_ID, value);
     }
@@ -132,7 +132,7 @@ fn read_b3_single(headers: &HeaderMap) -> Option<Incoming> {
 }
 
 fn read_b3_multi(headers: &HeaderMap) -> Option<Incoming> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let get = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let trace_id = b3_trace_id(get(B3_TRACE_ID)?)?;
     let debug = get(B3_FLAGS) == Some("1");
     Some(Incoming {
@@ -171,18 +171,20 @@ fn b3_sampled(text: &str) -> Option<bool> {
 }
 
 fn write(headers: &mut HeaderMap, span: &SpanContext, style: Style) {
+    if let Ok(value) = HeaderValue::from_bytes(&traceparent(span)) {
+        headers.insert(TRACEPARENT, value);
+    }
+    if style == Style::W3c {
+        return;
+    }
     let trace = hex(&span.trace_id);
     let id = hex(&span.span_id);
     let sampled = if span.sampled { "1" } else { "0" };
-    let mut set = |name: &'static str, value: String| {
+    let mut set = |name: HeaderName, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
     };
-    set(
-        TRACEPARENT,
-        format!("00-{trace}-{id}-{}", if span.sampled { "01" } else { "00" }),
-    );
     match style {
         Style::W3c => {}
         Style::B3Single => set(B3, format!("{trace}-{id}-{sampled}")),
@@ -214,42 +216,56 @@ fn hex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// Lower-case hex, without the formatting machinery (every request
-/// writes a trace and a span id).
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+/// `00-{trace id}-{span id}-{flags}`, written in place: every request
+/// sends one, and the formatting machinery costs more than the proxying.
+fn traceparent(span: &SpanContext) -> [u8; 55] {
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&span.trace_id, &mut text[3..35]);
+    hex_into(&span.span_id, &mut text[36..52]);
+    if span.sampled {
+        text[54] = b'1';
     }
-    out
+    text
 }
 
-/// A random UUID (version 4, RFC 9562) from 128 random bits.
-fn uuid_v4(random: TraceId) -> String {
-    let mut b = random.to_bytes();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![b'0'; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A random UUID (version 4, RFC 9562) from 128 random bits, as text.
+fn uuid_v4(random: TraceId) -> [u8; 36] {
+    let mut bytes = random.to_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut text = [b'-'; 36];
+    hex_into(&bytes[0..4], &mut text[0..8]);
+    hex_into(&bytes[4..6], &mut text[9..13]);
+    hex_into(&bytes[6..8], &mut text[14..18]);
+    hex_into(&bytes[8..10], &mut text[19..23]);
+    hex_into(&bytes[10..16], &mut text[24..36]);
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    fn headers(pairs: &[(HeaderName, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.insert(*name, HeaderValue::from_str(value).expect("value"));
+            map.insert(name.clone(), HeaderValue::from_str(value).expect("value"));
         }
         map
     }

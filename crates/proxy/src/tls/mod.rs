@@ -82,7 +82,8 @@ pub const ALPN_TCP: &[u8] = b"istio";
 /// Set by the calling proxy on mesh requests whose app spoke HTTP/1.x
 /// (carried over `istio-h2`), so the serving proxy answers its app in kind.
 /// A client never sets it: `http/entry.rs` removes it unless a mesh peer sent it.
-pub const CLIENT_PROTOCOL_HEADER: &str = "x-weft-client-protocol";
+pub const CLIENT_PROTOCOL_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-weft-client-protocol");
 
 /// Whether a ClientHello's ALPN list marks mesh mTLS (Istio's convention:
 /// every mesh protocol id starts with `istio`).
