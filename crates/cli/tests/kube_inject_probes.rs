@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use weft_testkit::netns::{NetNs, privileged_or_skip};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
@@ -25,9 +26,10 @@ impl Drop for Started {
     }
 }
 
-/// An app answering `GET /healthz` with 200 while `healthy`, else 500.
-fn app(healthy: Arc<AtomicBool>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind app");
+/// An app on `addr` answering `GET /healthz` with 200 while `healthy`,
+/// else 500.
+fn app(addr: &str, healthy: Arc<AtomicBool>) -> SocketAddr {
+    let listener = TcpListener::bind(addr).expect("bind app");
     let addr = listener.local_addr().expect("app address");
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -99,6 +101,24 @@ spec:
         .expect("weft runs")
 }
 
+/// The injected pod's `(init container args, sidecar's probers JSON)`.
+fn injected_parts(out: &Output) -> (Vec<String>, String) {
+    let documents =
+        weft_api::decode::parse_documents(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
+    let spec = &documents[0]["spec"]["template"]["spec"];
+    let init: Vec<String> =
+        serde_json::from_value(spec["initContainers"][0]["args"].clone()).expect("init args");
+    let probers = spec["initContainers"][1]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "ISTIO_KUBE_APP_PROBERS")
+        .and_then(|e| e["value"].as_str())
+        .expect("ISTIO_KUBE_APP_PROBERS")
+        .to_string();
+    (init, probers)
+}
+
 fn probe_of<'a>(container: &'a Value, kind: &str) -> &'a Value {
     &container[kind]
 }
@@ -106,7 +126,7 @@ fn probe_of<'a>(container: &'a Value, kind: &str) -> &'a Value {
 #[test]
 fn injected_probes_reach_the_app_through_the_sidecar() {
     let healthy = Arc::new(AtomicBool::new(true));
-    let web = app(healthy.clone());
+    let web = app("127.0.0.1:0", healthy.clone());
     let db = TcpListener::bind("127.0.0.1:0").expect("bind db");
     let db_port = db.local_addr().expect("db").port();
     let dir = tempfile::tempdir().expect("dir");
@@ -216,4 +236,98 @@ async fn injected_probes_are_accepted_by_a_real_api_server() -> anyhow::Result<(
             .map_err(|err| anyhow::anyhow!("{namespace}: {err:#}"))?;
     }
     Ok(())
+}
+
+/// In a network namespace with the capture the injected init container
+/// installs: the kubelet's probe reaches 15020, and the proxy's replay (UID
+/// 1337) reaches the app on the pod IP directly. Were it captured, it would
+/// be sent to 15001, where nothing listens here, and the probe would fail.
+#[test]
+fn the_replayed_probe_is_not_captured_back_into_the_sidecar() {
+    if !privileged_or_skip("the_replayed_probe_is_not_captured_back_into_the_sidecar") {
+        return;
+    }
+    const POD_IP: &str = "10.77.0.2";
+    let (web_port, db_port) = (18080, 15432);
+    let dir = tempfile::tempdir().expect("dir");
+    let out = inject(dir.path(), web_port, db_port, "1.36");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (init_args, probers) = injected_parts(&out);
+
+    let netns = NetNs::create("appprobe").expect("netns");
+    netns
+        .exec(&["ip", "addr", "add", &format!("{POD_IP}/32"), "dev", "lo"])
+        .expect("pod address");
+    let mut init = netns.prefix();
+    init.push(WEFT.to_string());
+    init.extend(init_args);
+    let status = Command::new(&init[0])
+        .args(&init[1..])
+        .output()
+        .expect("weft intercept runs");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    // Readable by UID 1337.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = dir.path().join("proxy.yaml");
+    // No listeners: nothing serves 15001, so a captured replay would fail.
+    std::fs::write(&config, "version: probes\n").expect("config");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut proxy = netns.prefix_as("1337");
+    proxy.push(
+        weft_testkit::cli::sibling(WEFT, "weft-proxy")
+            .display()
+            .to_string(),
+    );
+    let _proxy = Started(
+        Command::new(&proxy[0])
+            .args(&proxy[1..])
+            .arg("--config")
+            .arg(&config)
+            .args(["--address", POD_IP])
+            .env("ISTIO_KUBE_APP_PROBERS", &probers)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weft-proxy starts"),
+    );
+
+    netns
+        .run(|| {
+            let healthy = Arc::new(AtomicBool::new(true));
+            app(&format!("{POD_IP}:{web_port}"), healthy.clone());
+            let _db = TcpListener::bind((POD_IP, db_port)).expect("bind db");
+            // Capture is on: the test (not UID 1337) dialling the app's
+            // pod address is sent to 15001, which nothing serves.
+            assert!(
+                kubelet_get(
+                    format!("{POD_IP}:{web_port}").parse().expect("addr"),
+                    "/healthz"
+                )
+                .is_none(),
+                "the app was reached around the capture: is it installed?"
+            );
+            // The kubelet's side: 15020 (here on loopback, which capture
+            // leaves alone as it leaves 15020 inbound).
+            let status: SocketAddr = "127.0.0.1:15020".parse().expect("addr");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while kubelet_get(status, "/app-health/web/livez").is_none() {
+                assert!(Instant::now() < deadline, "the status port never answered");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert_eq!(kubelet_get(status, "/app-health/web/livez"), Some(200));
+            assert_eq!(kubelet_get(status, "/app-health/web/readyz"), Some(200));
+            healthy.store(false, Ordering::SeqCst);
+            assert_eq!(kubelet_get(status, "/app-health/web/livez"), Some(500));
+        })
+        .expect("enter namespace");
 }
