@@ -418,7 +418,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         if args.merged_metrics.is_some() || !probers.is_empty() {
             let address = args.merged_metrics.unwrap_or(args.status);
             let status = admin::StatusPort {
-                merged_metrics: args.merged_metrics.map(|_| args.app_metrics.clone()),
+                merged_metrics: args.merged_metrics.is_some(),
+                app_metrics: args.app_metrics.clone(),
                 probers,
             };
             let server = admin::bind_status(address, state.clone(), status)

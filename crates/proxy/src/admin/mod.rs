@@ -58,9 +58,11 @@ pub async fn bind(
 /// What Istio's status port (15020) serves.
 #[derive(Debug, Clone)]
 pub struct StatusPort {
-    /// `/stats/prometheus`: the proxy's metrics plus the application's
-    /// (see [`crate::admin::merged_metrics`]); None: not served.
-    pub merged_metrics: Option<Option<AppMetrics>>,
+    /// Serve `/stats/prometheus`: the proxy's metrics plus the
+    /// application's (see [`crate::admin::merged_metrics`]).
+    pub merged_metrics: bool,
+    /// Where the application's metrics are, if it has any.
+    pub app_metrics: Option<AppMetrics>,
     /// `/app-health/...` (see [`crate::admin::app_probes`]).
     pub probers: AppProbers,
 }
@@ -74,7 +76,7 @@ pub async fn bind_status(
     let listener = TcpListener::bind(address).await?;
     tracing::info!(
         %address,
-        merged_metrics = status.merged_metrics.is_some(),
+        merged_metrics = status.merged_metrics,
         app_probes = ?status.probers.paths().collect::<Vec<_>>(),
         "status endpoint listening"
     );
@@ -90,11 +92,9 @@ pub async fn bind_status(
             if request.method() != Method::GET {
                 return not_found();
             }
-            if path == "/stats/prometheus"
-                && let Some(app) = &status.merged_metrics
-            {
+            if path == "/stats/prometheus" && status.merged_metrics {
                 let own = state.metrics.encode(&state.snapshot(), &state.clusters());
-                let body = merged_metrics::merged(own, app.as_ref()).await;
+                let body = merged_metrics::merged(own, status.app_metrics.as_ref()).await;
                 return text(StatusCode::OK, PROMETHEUS_TEXT, body);
             }
             match status.probers.answer(path).await {
