@@ -81,6 +81,16 @@ struct Args {
     /// PORT[/PATH] (path default /metrics), merged into --merged-metrics.
     #[arg(long, value_name = "PORT[/PATH]", value_parser = weft_proxy::admin::merged_metrics::parse_app_metrics, requires = "merged_metrics")]
     app_metrics: Option<weft_proxy::admin::merged_metrics::AppMetrics>,
+    /// The app's original probes, Istio's JSON (`{"/app-health/app/livez":
+    /// {"httpGet": {"path": "/healthz", "port": 8080}, "timeoutSeconds": 1}}`,
+    /// also `tcpSocket` and `grpc`), replayed to the pod's --address (else
+    /// 127.0.0.1) when the kubelet asks the status port for their path.
+    #[arg(long, env = "ISTIO_KUBE_APP_PROBERS", value_name = "JSON", value_parser = weft_proxy::admin::app_probes::parse_probers)]
+    app_probers: Option<weft_proxy::admin::app_probes::ProberTable>,
+    /// The status port (Istio's 15020) when --app-probers is given without
+    /// --merged-metrics (which otherwise names it).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15020")]
+    status: SocketAddr,
     /// Data-path worker threads (default: cores, at most 2, as for a sidecar).
     #[arg(long)]
     workers: Option<usize>,
@@ -398,11 +408,24 @@ fn run(args: Args) -> anyhow::Result<()> {
                 })?;
             tokio::spawn(server);
         }
-        if let Some(address) = args.merged_metrics {
-            let server = admin::bind_merged(address, state.clone(), args.app_metrics.clone())
+        let probers = admin::app_probes::AppProbers::new(
+            args.app_probers.clone().unwrap_or_default(),
+            args.node.address.as_deref(),
+        )
+        .map_err(|err| anyhow::anyhow!("app probes: {err}"))?;
+        // The status port is served for merged metrics or for app probes:
+        // a pod whose probes were rewritten needs it either way.
+        if args.merged_metrics.is_some() || !probers.is_empty() {
+            let address = args.merged_metrics.unwrap_or(args.status);
+            let status = admin::StatusPort {
+                merged_metrics: args.merged_metrics.is_some(),
+                app_metrics: args.app_metrics.clone(),
+                probers,
+            };
+            let server = admin::bind_status(address, state.clone(), status)
                 .await
                 .map_err(|err| {
-                    anyhow::anyhow!("cannot listen on {address} for merged metrics: {err}")
+                    anyhow::anyhow!("cannot listen on {address} for the status port: {err}")
                 })?;
             tokio::spawn(server);
         }

@@ -58,6 +58,9 @@ pub struct Options {
     pub concurrency: Option<u32>,
     /// `--drain-timeout` (`terminationDrainDuration`), as `<N>ms`.
     pub drain: Option<String>,
+    /// `sidecar.istio.io/rewriteAppHTTPProbers: "false"`: app probes stay
+    /// as written instead of going through the sidecar's 15020.
+    pub keep_probes: bool,
 }
 
 /// [`Options`] plus the warnings for what was said but is not implemented.
@@ -113,15 +116,7 @@ pub fn read(annotations: &BTreeMap<String, String>) -> Result<Read, String> {
             }
             "sidecar.istio.io/logLevel" => options.log_level = Some(log_level(key, value)?),
             "sidecar.istio.io/nativeSidecar" => options.native_sidecar = Some(boolean(key, value)?),
-            "sidecar.istio.io/rewriteAppHTTPProbers" => {
-                if boolean(key, value)? {
-                    read.warnings.push(format!(
-                        "{key}: weft-proxy has no /app-health endpoint, so probes are not rewritten \
-                         through the sidecar; they reach the app directly (see the {} annotation)",
-                        super::probes::NOTE
-                    ));
-                }
-            }
+            super::probes::REWRITE_ANNOTATION => options.keep_probes = !boolean(key, value)?,
             PROXY_CONFIG => proxy_config(value, options, &mut read.warnings)?,
             k => read.warnings.push(unsupported(k)),
         }

@@ -6,7 +6,7 @@
 //! - [`annotations`]: what the pod's annotations ask for;
 //! - [`capture`]: the interception the init container installs;
 //! - [`template`]: the containers and volumes added;
-//! - [`probes`]: app probes, which Weft does not rewrite (and says so);
+//! - [`probes`]: app probes, rewritten to the sidecar's 15020 (`/app-health`);
 //! - [`objects`]: whole manifests (workload kinds), for `weft kube-inject`.
 
 pub mod annotations;
@@ -18,7 +18,7 @@ pub mod template;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
@@ -167,15 +167,32 @@ pub fn inject_template(
         name: workload,
         labels: &labels,
     };
-    let probes = probes::network_probes(&spec.containers);
+    // Before the sidecar joins spec.containers: only the app's probes move.
+    let (probers, not_rewritten) = if options.keep_probes {
+        let found = probes::network_probes(&spec.containers);
+        let why = format!("{} is \"false\"", probes::REWRITE_ANNOTATION);
+        (None, (!found.is_empty()).then_some((found, why)))
+    } else {
+        let done = probes::rewrite(&mut spec.containers)?;
+        let why = "their named ports are not among the container's ports".to_string();
+        let unresolved = (!done.unresolved.is_empty()).then_some((done.unresolved, why));
+        (done.probers, unresolved)
+    };
     let init = template::init_container(settings, &options);
-    let proxy = template::proxy_container(
+    let mut proxy = template::proxy_container(
         settings,
         &options,
         &workload,
         &app_ports,
         template::Role::Sidecar { native },
     );
+    if let Some(probers) = probers {
+        proxy.env.get_or_insert_with(Vec::new).push(EnvVar {
+            name: probes::PROBERS_ENV.into(),
+            value: Some(probers),
+            ..EnvVar::default()
+        });
+    }
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
     // weft-init first: nothing else in the pod (other init containers
     // included) talks to the network before capture is in place, and the
@@ -238,9 +255,9 @@ pub fn inject_template(
             .entry(key.into())
             .or_insert_with(|| value.into());
     }
-    if !probes.is_empty() {
-        annotations.insert(probes::NOTE.into(), probes.join(", "));
-        warnings.push(probes::warning(&probes));
+    if let Some((found, why)) = not_rewritten {
+        annotations.insert(probes::NOTE.into(), found.join(", "));
+        warnings.push(probes::warning(&found, &why));
     }
     Ok(warnings)
 }

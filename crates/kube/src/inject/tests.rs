@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::*;
 
@@ -227,28 +228,129 @@ fn annotations_reach_the_containers() {
 }
 
 #[test]
-fn probes_and_unknown_annotations_are_warned_never_silent() {
+fn unknown_annotations_are_warned_never_silent() {
     let (pod, warnings) = injected(
         &pod(&[("sidecar.istio.io/userVolumeMount", "{}")]),
         &Settings::default(),
     );
     let all = warnings.join("\n");
     assert!(all.contains("sidecar.istio.io/userVolumeMount"), "{all}");
-    assert!(
-        all.contains("reviews/readinessProbe (httpGet :9080/health)"),
-        "{all}"
-    );
+    // Rewritten probes need no warning and no note.
+    assert!(!all.contains("probes"), "{all}");
     let annotations = pod.metadata.annotations.expect("annotations");
-    assert!(annotations[probes::NOTE].contains("reviews/readinessProbe"));
-    // The probe itself is left as written.
-    let app = &pod.spec.expect("spec").containers[0];
-    assert_eq!(
-        app.readiness_probe
+    assert!(!annotations.contains_key(probes::NOTE));
+}
+
+fn probers_env(pod: &Pod) -> Option<serde_json::Value> {
+    let spec = pod.spec.as_ref().expect("spec");
+    let all = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    let proxy = find(&all.cloned().collect::<Vec<_>>(), template::PROXY_NAME).clone();
+    proxy
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == probes::PROBERS_ENV)
+        .and_then(|e| e.value.as_deref())
+        .map(|v| serde_json::from_str(v).expect("probers json"))
+}
+
+#[test]
+fn app_probes_go_through_the_sidecar_status_port() {
+    for native in [true, false] {
+        let settings = Settings {
+            native_sidecars: native,
+            ..Settings::default()
+        };
+        let (pod, warnings) = injected(&pod(&[]), &settings);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let app = find(&pod.spec.as_ref().expect("spec").containers, "reviews");
+        let http = app
+            .readiness_probe
             .as_ref()
             .and_then(|p| p.http_get.as_ref())
-            .and_then(|h| h.path.as_deref()),
-        Some("/health")
+            .expect("httpGet");
+        assert_eq!(http.path.as_deref(), Some("/app-health/reviews/readyz"));
+        assert_eq!(http.port, IntOrString::Int(15020));
+        assert_eq!(
+            probers_env(&pod),
+            Some(serde_json::json!({
+                "/app-health/reviews/readyz": {"httpGet": {"path": "/health", "port": 9080}}
+            }))
+        );
+        // The sidecar's own readiness probe is left alone.
+        let spec = pod.spec.as_ref().expect("spec");
+        let all: Vec<_> = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .cloned()
+            .collect();
+        let own = find(&all, template::PROXY_NAME)
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("sidecar probe");
+        assert_eq!(own.path.as_deref(), Some(template::READY_PATH));
+    }
+}
+
+#[test]
+fn opting_out_keeps_probes_and_says_why() {
+    let (kept, warnings) = injected(
+        &pod(&[("sidecar.istio.io/rewriteAppHTTPProbers", "false")]),
+        &Settings::default(),
     );
+    let all = warnings.join("\n");
+    assert!(
+        all.contains("reviews/readinessProbe (httpGet :9080/health)")
+            && all.contains("rewriteAppHTTPProbers is \"false\""),
+        "{all}"
+    );
+    assert_eq!(probers_env(&kept), None);
+    let annotations = kept.metadata.annotations.as_ref().expect("annotations");
+    assert!(annotations[probes::NOTE].contains("reviews/readinessProbe"));
+    let app = &kept.spec.as_ref().expect("spec").containers[0];
+    let http = app
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("httpGet");
+    assert_eq!(
+        (http.path.as_deref(), &http.port),
+        (Some("/health"), &IntOrString::Int(9080))
+    );
+
+    // "true" is Istio's default: rewritten, and no warning.
+    let (rewritten, warnings) = injected(
+        &pod(&[("sidecar.istio.io/rewriteAppHTTPProbers", "true")]),
+        &Settings::default(),
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(probers_env(&rewritten).is_some());
+}
+
+#[test]
+fn the_status_port_is_never_captured_inbound() {
+    // The kubelet's rewritten probe reaches 15020 from outside the pod; the
+    // replay leaves from the proxy's UID, which outbound capture returns.
+    let rules = capture::Capture::default().rules();
+    let redirect = rules
+        .find("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT")
+        .expect("inbound redirect");
+    let status = rules
+        .find("-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN")
+        .expect("15020 excluded");
+    assert!(status < redirect, "{rules}");
+    let uid = rules
+        .find("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN")
+        .expect("proxy uid excluded");
+    let outbound = rules
+        .find("-A ISTIO_OUTPUT -j ISTIO_REDIRECT")
+        .expect("outbound redirect");
+    assert!(uid < outbound, "{rules}");
 }
 
 #[test]

@@ -7,9 +7,12 @@
 //!   (access logs, without a restart);
 //! - health: `/healthz/ready`;
 //! - metrics: `/stats/prometheus`;
-//! - merged metrics (15020, with `--merged-metrics`): the proxy's and the
-//!   application's metrics in one scrape.
+//! - status (Istio's 15020): with `--merged-metrics`, the proxy's and the
+//!   application's metrics in one scrape; with `--app-probers`, the app's
+//!   probes replayed from inside the pod (`/app-health/...`).
 
+pub mod app_probes;
+mod grpc_health;
 pub mod merged_metrics;
 
 use std::convert::Infallible;
@@ -25,6 +28,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use self::app_probes::AppProbers;
 use self::merged_metrics::AppMetrics;
 use crate::state::ProxyState;
 use crate::telemetry::Override;
@@ -51,26 +55,56 @@ pub async fn bind(
     }))
 }
 
-/// The merged metrics endpoint (15020): `/stats/prometheus` is the proxy's
-/// metrics plus the application's (see [`crate::admin::merged_metrics`]).
-pub async fn bind_merged(
+/// What Istio's status port (15020) serves.
+#[derive(Debug, Clone)]
+pub struct StatusPort {
+    /// Serve `/stats/prometheus`: the proxy's metrics plus the
+    /// application's (see [`crate::admin::merged_metrics`]).
+    pub merged_metrics: bool,
+    /// Where the application's metrics are, if it has any.
+    pub app_metrics: Option<AppMetrics>,
+    /// `/app-health/...` (see [`crate::admin::app_probes`]).
+    pub probers: AppProbers,
+}
+
+/// The status port (15020): merged metrics and app probes.
+pub async fn bind_status(
     address: SocketAddr,
     state: Arc<ProxyState>,
-    app: Option<AppMetrics>,
+    status: StatusPort,
 ) -> std::io::Result<impl Future<Output = ()>> {
     let listener = TcpListener::bind(address).await?;
-    tracing::info!(%address, "merged metrics endpoint listening");
-    let app = Arc::new(app);
+    tracing::info!(
+        %address,
+        merged_metrics = status.merged_metrics,
+        app_probes = ?status.probers.paths().collect::<Vec<_>>(),
+        "status endpoint listening"
+    );
+    let status = Arc::new(status);
     Ok(serve(listener, move |request: Request<Incoming>| {
-        let (state, app) = (state.clone(), app.clone());
+        let (state, status) = (state.clone(), status.clone());
         async move {
-            if request.method() != Method::GET || request.uri().path() != "/stats/prometheus" {
-                let message = format!("no {} {} here\n", request.method(), request.uri().path());
-                return text(StatusCode::NOT_FOUND, "text/plain", message);
+            let path = request.uri().path();
+            let not_found = || {
+                let message = format!("no {} {path} here\n", request.method());
+                text(StatusCode::NOT_FOUND, "text/plain", message)
+            };
+            if request.method() != Method::GET {
+                return not_found();
             }
-            let own = state.metrics.encode(&state.snapshot(), &state.clusters());
-            let body = merged_metrics::merged(own, app.as_ref().as_ref()).await;
-            text(StatusCode::OK, PROMETHEUS_TEXT, body)
+            if path == "/stats/prometheus" && status.merged_metrics {
+                let own = state.metrics.encode(&state.snapshot(), &state.clusters());
+                let body = merged_metrics::merged(own, status.app_metrics.as_ref()).await;
+                return text(StatusCode::OK, PROMETHEUS_TEXT, body);
+            }
+            match status.probers.answer(path).await {
+                Some(verdict) => text(
+                    verdict.status(),
+                    "text/plain",
+                    format!("{}\n", verdict.text()),
+                ),
+                None => not_found(),
+            }
         }
     }))
 }

@@ -59,6 +59,8 @@ macro_rules! signatures_checked_by_provider {
 mod origination;
 pub mod upstream;
 
+pub(crate) use origination::AcceptAny;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

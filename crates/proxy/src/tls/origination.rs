@@ -178,8 +178,15 @@ impl ServerCertVerifier for AnyOfNames {
 }
 
 /// `insecureSkipVerify: true`: any certificate (signatures still checked).
+/// Also the app probes' HTTPS, which verifies nothing as the kubelet's.
 #[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl AcceptAny {
+    pub(crate) fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        Self(provider)
+    }
+}
 
 impl ServerCertVerifier for AcceptAny {
     fn verify_server_cert(
