@@ -7,7 +7,13 @@
 //! namespace), the status of Istio resources, its leader Lease (own
 //! namespace) and the caBundle of its two webhook configurations (by
 //! name); creates TokenReviews to check proxies' tokens. It reads Secrets
-//! (gateway `credentialName`) but never writes them.
+//! (gateway `credentialName`) and creates one in its own namespace: its
+//! admin token ([`crate::api_token`]), never updating or deleting any.
+//!
+//! The Role [`API_ROLE`] (bound to nobody) is what a person needs to run
+//! `weft proxy-status|describe|proxy-config --kubeconfig`: read that Secret
+//! and use the `services/proxy` subresource of weftd's Service. Reading the
+//! token is being weftd's administrator, so it is a separate grant.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -88,13 +94,37 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
     ]
 }
 
-/// The rules in weftd's own namespace: the leader Lease.
+/// The rules in weftd's own namespace: the leader Lease, and creating
+/// the admin token's Secret (create cannot be limited by name; weftd
+/// never updates or deletes a Secret).
 pub fn namespace_rules() -> Vec<PolicyRule> {
-    vec![rule(
-        &["coordination.k8s.io"],
-        &["leases"],
-        &["get", "list", "watch", "create", "update", "patch"],
-    )]
+    vec![
+        rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["get", "list", "watch", "create", "update", "patch"],
+        ),
+        rule(&[""], &["secrets"], &["create"]),
+    ]
+}
+
+/// The Role a user is bound to (`kubectl create rolebinding ... --role
+/// weftd-api`) to use weftd's API through the API server.
+pub const API_ROLE: &str = "weftd-api";
+
+/// [`API_ROLE`]'s rules: weftd's admin token and the service proxy to
+/// weftd (GET for reads, POST for `analyze --use-weftd`), nothing else.
+pub fn api_rules() -> Vec<PolicyRule> {
+    vec![
+        PolicyRule {
+            resource_names: Some(vec![crate::api_token::SECRET.into()]),
+            ..rule(&[""], &["secrets"], &["get"])
+        },
+        PolicyRule {
+            resource_names: Some(vec![WEFTD.into()]),
+            ..rule(&[""], &["services/proxy"], &["get", "create"])
+        },
+    ]
 }
 
 pub fn objects(options: &InstallOptions) -> Result<Vec<Value>, String> {
@@ -135,6 +165,10 @@ pub fn objects(options: &InstallOptions) -> Result<Vec<Value>, String> {
                 name: WEFTD.into(),
             },
             subjects: Some(vec![subject]),
+        })?,
+        to_value(&Role {
+            metadata: meta(API_ROLE, Some(NAMESPACE)),
+            rules: Some(api_rules()),
         })?,
         to_value(&deployment(options))?,
         to_value(&service())?,
