@@ -55,6 +55,11 @@ pub struct Args {
     /// The proxy's admin address (its `--admin` flag).
     #[arg(long, value_name = "ADDR")]
     admin: Option<String>,
+    /// With --kubeconfig: the pod's namespace; a pod's sidecar registers
+    /// as `<pod>.<namespace>`, so `weft proxy-config routes reviews-v1-x -n
+    /// shop` names it by the pod.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
 }
@@ -66,6 +71,18 @@ pub fn run(weftd: &crate::client::Target, query: &Args) -> ExitCode {
             eprintln!("weft proxy-config: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The ids to ask weftd for, in order: on a cluster (`namespace`) a pod
+/// name is first `<pod>.<namespace>` (how injected sidecars register),
+/// then the name as given.
+fn proxy_ids(proxy: &str, namespace: Option<&str>) -> Vec<String> {
+    match namespace {
+        Some(namespace) if !proxy.contains('.') => {
+            vec![format!("{proxy}.{namespace}"), proxy.to_string()]
+        }
+        _ => vec![proxy.to_string()],
     }
 }
 
@@ -92,13 +109,24 @@ fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
             (dump, Some(health))
         }
         None => {
-            let answer = Weftd::new(weftd)?.get(&format!("/v1/proxies/{}/config", query.proxy))?;
+            let client = Weftd::new(weftd)?;
+            let mut answer = None;
+            for id in proxy_ids(&query.proxy, weftd.cluster().map(|_| query.namespace.as_str())) {
+                let got = client.get(&format!("/v1/proxies/{id}/config"))?;
+                let found = got.status != StatusCode::NOT_FOUND;
+                answer = Some((id, got));
+                if found {
+                    break;
+                }
+            }
+            let Some((id, answer)) = answer else {
+                bail!("no proxy named");
+            };
             if answer.status != StatusCode::OK {
                 bail!("weftd: {}", answer.error());
             }
             eprintln!(
-                "(what weftd last pushed to {}; endpoint health is known only to the proxy: pass --admin ADDR)",
-                query.proxy
+                "(what weftd last pushed to {id}; endpoint health is known only to the proxy: pass --admin ADDR)"
             );
             (answer.body, None)
         }
@@ -671,4 +699,22 @@ async fn fetch(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
         bail!("the proxy's admin port {admin} answered {status} for {path}");
     }
     String::from_utf8(body.to_vec()).map_err(|_| anyhow!("{path} from {admin} is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_a_cluster_a_pod_name_is_its_sidecars_id() {
+        assert_eq!(
+            proxy_ids("reviews-v1-x", Some("shop")),
+            ["reviews-v1-x.shop", "reviews-v1-x"]
+        );
+        assert_eq!(
+            proxy_ids("reviews-v1-x.shop", Some("shop")),
+            ["reviews-v1-x.shop"]
+        );
+        assert_eq!(proxy_ids("caller", None), ["caller"]);
+    }
 }

@@ -29,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use super::{
-    API_PORT, InstallOptions, NAMESPACE, WEBHOOK_PORT, WEFTD, XDS_PORT, labelled_meta, meta,
+    API_PORT, API_PORT_NAME, InstallOptions, NAMESPACE, WEBHOOK_PORT, WEFTD, XDS_PORT, labelled_meta, meta,
     to_value,
 };
 use crate::inject::template::field_env;
@@ -283,7 +283,7 @@ fn deployment(options: &InstallOptions) -> Deployment {
                         ports: Some(vec![
                             port("grpc-xds", XDS_PORT),
                             port("https-webhook", WEBHOOK_PORT),
-                            port("http-api", API_PORT),
+                            port(API_PORT_NAME, API_PORT),
                         ]),
                         readiness_probe: Some(Probe {
                             tcp_socket: Some(TCPSocketAction {
@@ -344,7 +344,7 @@ fn service() -> Service {
             ports: Some(vec![
                 port("grpc-xds", XDS_PORT),
                 port("https-webhook", WEBHOOK_PORT),
-                port("http-api", API_PORT),
+                port(API_PORT_NAME, API_PORT),
             ]),
             ..ServiceSpec::default()
         }),
