@@ -21,7 +21,7 @@ use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use weft_kube::api_token;
-use weft_kube::install::{API_PORT_NAME, WEFTD};
+use weft_kube::install::WEFTD;
 use weft_kube::k8s_openapi::api::core::v1::Secret;
 use weft_kube::kube::api::{Api, DynamicObject, ListParams};
 use weft_kube::kube::config::{KubeConfigOptions, Kubeconfig};
@@ -82,7 +82,9 @@ impl Cluster {
                     .with_context(|| format!("--kubeconfig {}", path.display()))?;
                 Config::from_custom_kubeconfig(file, &options)
                     .await
-                    .with_context(|| format!("--kubeconfig {}: no usable context", path.display()))?
+                    .with_context(|| {
+                        format!("--kubeconfig {}: no usable context", path.display())
+                    })?
             }
             None => Config::from_kubeconfig(&options)
                 .await
@@ -135,7 +137,10 @@ pub fn proxy_path(namespace: &str, path: &str) -> String {
     } else {
         format!("/{path}")
     };
-    format!("/api/v1/namespaces/{namespace}/services/http:{WEFTD}:{API_PORT_NAME}/proxy{path}")
+    format!(
+        "/api/v1/namespaces/{namespace}/services/{}/proxy{path}",
+        weft_kube::install::api_proxy_name()
+    )
 }
 
 /// Sends a request meant for weftd through the API server's proxy, with
@@ -147,7 +152,11 @@ pub async fn send(
     request: Request<Full<Bytes>>,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
     let (mut parts, body) = request.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let path = parts
         .uri
         .path_and_query()
@@ -165,9 +174,10 @@ pub async fn send(
             .context("weftd's admin token is not a header value")?,
     );
     let request = Request::from_parts(parts, kube::client::Body::from(body.to_vec()));
-    let response = client.send(request).await.map_err(|err| {
-        anyhow!("the API server did not answer: {err}")
-    })?;
+    let response = client
+        .send(request)
+        .await
+        .map_err(|err| anyhow!("the API server did not answer: {err}"))?;
     let status = response.status();
     let body = response
         .into_body()
@@ -199,9 +209,9 @@ pub fn api_server_refusal(status: StatusCode, body: &Value, namespace: &str) -> 
         StatusCode::NOT_FOUND => format!(
             ": is weftd installed in namespace {namespace} (`weft install`, or --weft-namespace)?"
         ),
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => format!(
-            ": no weftd pod answers (`kubectl -n {namespace} get pods -l app={WEFTD}`)"
-        ),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => {
+            format!(": no weftd pod answers (`kubectl -n {namespace} get pods -l app={WEFTD}`)")
+        }
         _ => String::new(),
     };
     Some(format!("the API server answered {status}: {message}{hint}"))
@@ -323,7 +333,10 @@ mod tests {
         };
         let forbidden = api_server_refusal(
             StatusCode::FORBIDDEN,
-            &status(403, "services \"weftd\" is forbidden: User \"bob\" cannot get resource"),
+            &status(
+                403,
+                "services \"weftd\" is forbidden: User \"bob\" cannot get resource",
+            ),
             "weft-system",
         )
         .expect("the API server's");
@@ -335,7 +348,10 @@ mod tests {
             "weft-system",
         )
         .expect("the API server's");
-        assert!(unavailable.contains("no weftd pod answers"), "{unavailable}");
+        assert!(
+            unavailable.contains("no weftd pod answers"),
+            "{unavailable}"
+        );
         let weftd = serde_json::json!({"error": "no proxy \"x\""});
         assert_eq!(
             api_server_refusal(StatusCode::NOT_FOUND, &weftd, "weft-system"),

@@ -168,7 +168,9 @@ fn main() -> ExitCode {
     };
     // On a cluster the Istio config lives in the API server; weftd's own
     // store there is not where it belongs.
-    if address.cluster.is_some() && matches!(args.command, Command::Apply { .. } | Command::Delete { .. }) {
+    if address.cluster.is_some()
+        && matches!(args.command, Command::Apply { .. } | Command::Delete { .. })
+    {
         eprintln!(
             "weft: on Kubernetes, Istio resources are applied with `kubectl apply` (weftd reads \
              them from the cluster); --kubeconfig is for proxy-status, get, describe, \

@@ -48,10 +48,13 @@ pub enum Section {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The proxy's admin address; or its id, with `--admin`, or alone for
-    /// the config weftd last gave it (endpoint health unknown).
-    proxy: String,
-    #[arg(value_enum, default_value = "all")]
-    section: Section,
+    /// the config weftd last gave it (endpoint health unknown). istioctl's
+    /// order (`proxy-config routes PROXY`) works too.
+    #[arg(value_name = "PROXY")]
+    first: String,
+    /// all, listeners, routes, clusters, endpoints or secrets.
+    #[arg(value_name = "SECTION")]
+    second: Option<String>,
     /// The proxy's admin address (its `--admin` flag).
     #[arg(long, value_name = "ADDR")]
     admin: Option<String>,
@@ -65,12 +68,44 @@ pub struct Args {
 }
 
 pub fn run(weftd: &crate::client::Target, query: &Args) -> ExitCode {
-    match show(weftd, query) {
+    match positionals(&query.first, query.second.as_deref()).and_then(|(proxy, section)| {
+        show(
+            weftd,
+            &Query {
+                proxy,
+                section,
+                args: query,
+            },
+        )
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("weft proxy-config: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to show: the proxy and section, sorted out of the positionals.
+struct Query<'a> {
+    proxy: String,
+    section: Section,
+    args: &'a Args,
+}
+
+/// (proxy, section) from `PROXY [SECTION]` or istioctl's `SECTION PROXY`.
+fn positionals(first: &str, second: Option<&str>) -> anyhow::Result<(String, Section)> {
+    let section = |text: &str| Section::from_str(text, true);
+    match second {
+        None => Ok((first.to_string(), Section::All)),
+        Some(second) => match (section(first), section(second)) {
+            (_, Ok(section)) => Ok((first.to_string(), section)),
+            (Ok(section), Err(_)) => Ok((second.to_string(), section)),
+            (Err(_), Err(_)) => bail!(
+                "neither {first:?} nor {second:?} is a section (all, listeners, routes, \
+                 clusters, endpoints, secrets)"
+            ),
+        },
     }
 }
 
@@ -86,7 +121,7 @@ fn proxy_ids(proxy: &str, namespace: Option<&str>) -> Vec<String> {
     }
 }
 
-fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
+fn show(weftd: &crate::client::Target, query: &Query) -> anyhow::Result<()> {
     let wants_secrets = matches!(query.section, Section::All | Section::Secrets);
     let mut certs = None;
     let (dump, health) = match admin_address(query)? {
@@ -111,7 +146,10 @@ fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
         None => {
             let client = Weftd::new(weftd)?;
             let mut answer = None;
-            for id in proxy_ids(&query.proxy, weftd.cluster().map(|_| query.namespace.as_str())) {
+            for id in proxy_ids(
+                &query.proxy,
+                weftd.cluster().map(|_| query.args.namespace.as_str()),
+            ) {
                 let got = client.get(&format!("/v1/proxies/{id}/config"))?;
                 let found = got.status != StatusCode::NOT_FOUND;
                 answer = Some((id, got));
@@ -146,14 +184,14 @@ fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
         _ => (s, rows(s, &config, health.as_ref())),
     })
     .collect();
-    match query.output {
+    match query.args.output {
         Output::Json | Output::Yaml => {
             let document: serde_json::Map<String, Value> = sections
                 .iter()
                 .map(|(s, rows)| (name(*s).to_string(), Value::Array(rows.clone())))
                 .collect();
             let document = Value::Object(document);
-            if query.output == Output::Json {
+            if query.args.output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&document)?);
             } else {
                 print!("{}", serde_saphyr::to_string(&document)?);
@@ -181,13 +219,13 @@ fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
 
 /// The proxy's admin address: `--admin`, or the proxy named by it; `None`
 /// for a proxy id, whose config weftd then tells.
-fn admin_address(query: &Args) -> anyhow::Result<Option<SocketAddr>> {
+fn admin_address(query: &Query) -> anyhow::Result<Option<SocketAddr>> {
     let parse = |text: &str| {
         text.trim_start_matches("http://")
             .trim_end_matches('/')
             .parse::<SocketAddr>()
     };
-    match &query.admin {
+    match &query.args.admin {
         Some(admin) => parse(admin)
             .map(Some)
             .map_err(|_| anyhow!("--admin {admin:?} is not an address like 127.0.0.1:15000")),
@@ -704,6 +742,30 @@ async fn fetch(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_section_comes_before_or_after_the_proxy() {
+        let parsed = |first: &str, second: Option<&str>| {
+            positionals(first, second).map_err(|err| err.to_string())
+        };
+        assert_eq!(
+            parsed("sleep-1", Some("routes")),
+            Ok(("sleep-1".to_string(), Section::Routes))
+        );
+        assert_eq!(
+            parsed("routes", Some("sleep-1")),
+            Ok(("sleep-1".to_string(), Section::Routes))
+        );
+        assert_eq!(
+            parsed("127.0.0.1:15000", None),
+            Ok(("127.0.0.1:15000".to_string(), Section::All))
+        );
+        assert_eq!(
+            parsed("secret", Some("127.0.0.1:15000")),
+            Ok(("127.0.0.1:15000".to_string(), Section::Secrets))
+        );
+        assert!(parsed("a", Some("b")).is_err_and(|e| e.contains("is a section")));
+    }
 
     #[test]
     fn on_a_cluster_a_pod_name_is_its_sidecars_id() {

@@ -38,9 +38,7 @@ pub async fn ensure(client: Client, namespace: &str, candidate: &str) -> anyhow:
         metadata: kube::api::ObjectMeta {
             name: Some(SECRET.into()),
             namespace: Some(namespace.into()),
-            labels: Some(
-                [("app.kubernetes.io/part-of".to_string(), "weft".to_string())].into(),
-            ),
+            labels: Some([("app.kubernetes.io/part-of".to_string(), "weft".to_string())].into()),
             ..Default::default()
         },
         data: Some([(KEY.to_string(), ByteString(candidate.as_bytes().to_vec()))].into()),

@@ -29,8 +29,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use super::{
-    API_PORT, API_PORT_NAME, InstallOptions, NAMESPACE, WEBHOOK_PORT, WEFTD, XDS_PORT, labelled_meta, meta,
-    to_value,
+    API_PORT, API_PORT_NAME, InstallOptions, NAMESPACE, WEBHOOK_PORT, WEFTD, XDS_PORT,
+    labelled_meta, meta, to_value,
 };
 use crate::inject::template::field_env;
 use crate::webhook::{INJECTOR_NAME, VALIDATOR_NAME};
@@ -120,8 +120,10 @@ pub fn api_rules() -> Vec<PolicyRule> {
             resource_names: Some(vec![crate::api_token::SECRET.into()]),
             ..rule(&[""], &["secrets"], &["get"])
         },
+        // RBAC matches the name as the request spells it, scheme and port
+        // included: the one `weft` uses.
         PolicyRule {
-            resource_names: Some(vec![WEFTD.into()]),
+            resource_names: Some(vec![super::api_proxy_name()]),
             ..rule(&[""], &["services/proxy"], &["get", "create"])
         },
     ]

@@ -29,6 +29,14 @@ pub const WEBHOOK_PORT: i32 = 15017;
 /// The API port's name on the Service: `weft --kubeconfig` reaches weftd
 /// through the API server's proxy by this name.
 pub const API_PORT_NAME: &str = "http-api";
+
+/// The name `weft --kubeconfig` gives the Service in the API server's
+/// proxy path (`services/<this>/proxy/...`): scheme, Service and port. RBAC
+/// checks `services/proxy` against this whole name, so the Role
+/// `weftd-api` grants exactly it.
+pub fn api_proxy_name() -> String {
+    format!("http:{WEFTD}:{API_PORT_NAME}")
+}
 /// The field manager of `weft install`'s server-side apply.
 pub const FIELD_MANAGER: &str = "weft-install";
 
