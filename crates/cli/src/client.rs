@@ -344,9 +344,15 @@ impl Weftd {
                     .as_ref()
                     .context("the cluster's client was not made")?;
                 let sent = crate::cluster::send(client, &cluster.namespace, token, request);
-                let (status, body) = tokio::time::timeout(timeout, sent)
-                    .await
-                    .map_err(|_| anyhow!("{target} did not answer within {timeout:?}"))??;
+                let (status, body) =
+                    tokio::time::timeout(timeout, sent).await.map_err(|_| {
+                        anyhow!(
+                            "{target} did not answer within {timeout:?} (the API server keeps \
+                             trying while weftd has no ready endpoint: `kubectl -n {} get \
+                             endpoints weftd`)",
+                            cluster.namespace
+                        )
+                    })??;
                 return answer(status, &body, Some(&cluster.namespace), &target);
             }
         };
@@ -418,4 +424,30 @@ where
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_wins_over_the_local_defaults_but_not_over_weftd_given_too() {
+        let cluster = Cluster {
+            kubeconfig: Some("/k".into()),
+            context: None,
+            namespace: "weft-system".into(),
+        };
+        let target = Target::resolve(Some(cluster.clone()), None, None, || None).expect("target");
+        assert_eq!(target.cluster(), Some(&cluster));
+        assert!(
+            target
+                .how
+                .contains("through the API server of kubeconfig /k")
+        );
+        let both = Target::resolve(Some(cluster), Some("127.0.0.1:15014"), None, || None)
+            .expect_err("two answers to where weftd is");
+        assert!(both.to_string().contains("give one"), "{both}");
+        let local = Target::resolve(None, Some("127.0.0.1:15014"), None, || None).expect("local");
+        assert_eq!(local.cluster(), None);
+    }
 }
