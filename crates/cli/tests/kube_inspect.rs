@@ -16,7 +16,8 @@
 //!   broken VirtualService stored in the cluster;
 //! - a kubeconfig user without RBAC is refused with what to grant, and gets
 //!   through once bound to install's Role `weftd-api`; a wrong token
-//!   through the API server is refused by weftd itself.
+//!   through the API server is refused by weftd itself;
+//! - a second replica keeps the first one's Secret and accepts its token.
 //!
 //! Skipped plainly when `WEFT_TEST_KUBE_APISERVER` is not set; needs root
 //! for the namespace (under `CI=true`, a missing privilege fails).
@@ -40,6 +41,8 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const WEFTD_IP: &str = "10.244.0.20";
 const HTTPBIN_IP: &str = "10.244.0.10";
 const SLEEP_IP: &str = "10.244.0.11";
+/// A second weftd replica's API.
+const REPLICA_IP: &str = "10.244.0.21";
 
 fn sibling(name: &str) -> PathBuf {
     weft_testkit::cli::sibling(WEFT, name)
@@ -72,7 +75,7 @@ fn weft_inspects_a_cluster_through_its_api_server() {
         return;
     }
     let netns = NetNs::create("kinspect").expect("create namespace");
-    for ip in [WEFTD_IP, HTTPBIN_IP, SLEEP_IP] {
+    for ip in [WEFTD_IP, HTTPBIN_IP, SLEEP_IP, REPLICA_IP] {
         netns
             .exec(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"])
             .expect("pod address");
@@ -437,6 +440,43 @@ async fn scenario(binary: PathBuf) -> anyhow::Result<()> {
             .as_str()
             .is_some_and(|e| e.contains("x-weft-admin-token")),
         "{body}"
+    );
+
+    // A second replica finds the Secret and accepts the same token.
+    let secret = || async {
+        let secrets: Api<weft_kube::k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(cluster.client.clone(), "weft-system");
+        let secret = secrets.get("weftd-admin-token").await?;
+        weft_kube::api_token::token_of(&secret).map_err(anyhow::Error::msg)
+    };
+    let token = secret().await?;
+    let replica = WeftdProcess::start_with(
+        &sibling("weftd"),
+        &dir.path().join("replica"),
+        free_addr(),
+        SocketAddr::new(REPLICA_IP.parse()?, api_port),
+        &["--kubeconfig", &kubeconfig, "--leader-id", "replica"],
+    )
+    .await?;
+    assert_eq!(secret().await?, token, "the Secret is kept, not replaced");
+    let token_file = dir.path().join("cluster-token");
+    std::fs::write(&token_file, &token)?;
+    let address = replica.api.to_string();
+    let token_file = token_file.display().to_string();
+    let on_replica = weft(&[
+        "proxy-status",
+        "--weftd",
+        &address,
+        "--token-file",
+        &token_file,
+    ])
+    .await;
+    assert_eq!(
+        on_replica.code,
+        0,
+        "the replica accepts the Secret's token: {}\n{}",
+        on_replica.stderr,
+        replica.logs()
     );
 
     // Another namespace than weftd's: said plainly.
