@@ -131,7 +131,9 @@ enum Command {
     Version,
     /// What one proxy holds now (from its admin port; by id alone, weftd's copy).
     ProxyConfig(proxy_config::Args),
-    /// Which routes, policies and endpoints apply to a service, and why.
+    /// Which routes, policies and endpoints apply to a service, and why;
+    /// or to a pod's Services, with its sidecar's state (`describe pod`,
+    /// with --kubeconfig).
     Describe(describe::Args),
     /// Report likely mistakes with Istio's analyzer codes.
     Analyze(analyze::Args),

@@ -11,8 +11,8 @@
 //! everything runs in a network namespace the test creates, with the pods'
 //! and weftd's 10.244.0.x addresses on its loopback device.
 //!
-//! - proxy-status lists the sidecar; proxy-config shows its route by pod
-//!   name; describe pod finds its Service and sync state; analyze reports a
+//! - proxy-status lists the sidecar; get lists the VirtualServices;
+//!   proxy-config shows its route by pod name; describe pod finds its Service and sync state; analyze reports a
 //!   broken VirtualService stored in the cluster;
 //! - a kubeconfig user without RBAC is refused with what to grant, and gets
 //!   through once bound to install's Role `weftd-api`; a wrong token
@@ -368,6 +368,20 @@ async fn scenario(binary: PathBuf) -> anyhow::Result<()> {
         .find(|l| l.contains("x-canary"))
         .unwrap_or_default();
     assert!(canary.contains("v1"), "the canary route's subset: {canary}");
+
+    // get: weftd's copy of the cluster's Istio resources.
+    let listed = weft(&[&["get", "virtualservices", "-n", "shop"][..], &k].concat()).await;
+    assert_eq!(listed.code, 0, "get: {}", listed.stderr);
+    for name in ["httpbin", "broken"] {
+        assert!(
+            listed
+                .stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
+            "get lists {name}:\n{}",
+            listed.stdout
+        );
+    }
 
     // describe pod: the pod from the API server, its proxy, its Service.
     let described = weft(&[&["describe", "pod", "sleep-1", "-n", "shop"][..], &k].concat()).await;
