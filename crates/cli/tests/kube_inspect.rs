@@ -16,7 +16,8 @@
 //!   broken VirtualService stored in the cluster;
 //! - a kubeconfig user without RBAC is refused with what to grant, and gets
 //!   through once bound to install's Role `weftd-api`; a wrong token
-//!   through the API server is refused by weftd itself;
+//!   through the API server is refused by weftd itself, and the caller's
+//!   own `Authorization` never reaches weftd (the API server strips it);
 //! - a second replica keeps the first one's Secret and accepts its token.
 //!
 //! Skipped plainly when `WEFT_TEST_KUBE_APISERVER` is not set; needs root
@@ -491,6 +492,20 @@ async fn scenario(binary: PathBuf) -> anyhow::Result<()> {
         "the replica accepts the Secret's token: {}\n{}",
         on_replica.stderr,
         replica.logs()
+    );
+
+    // The API server deletes the caller's Authorization before proxying:
+    // weftd sees no bearer token at all (not the kubeconfig's), which is
+    // why the token travels in its own header.
+    let request = http::Request::get(path).body(weft_kube::kube::client::Body::from(Vec::new()))?;
+    let response = cluster.client.send(request).await?;
+    assert_eq!(response.status(), 401);
+    let body: Value = serde_json::from_slice(&response.into_body().collect_bytes().await?)?;
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no administrator credential")),
+        "{body}"
     );
 
     // Another namespace than weftd's: said plainly.
