@@ -229,8 +229,20 @@ fn main() -> ExitCode {
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Intercept(args) => intercept::intercept(&args),
         Command::WaitProxy(args) => intercept::wait_proxy(&args),
-        Command::Install(args) => install::install(&args),
-        Command::Uninstall(args) => install::uninstall(&args),
+        Command::Install(_) | Command::Uninstall(_)
+            if args.weft_namespace != weft_kube::install::NAMESPACE =>
+        {
+            eprintln!(
+                "weft: install always uses the namespace {}; --weft-namespace (or \
+                 $WEFT_NAMESPACE) is for finding a weftd installed elsewhere",
+                weft_kube::install::NAMESPACE
+            );
+            ExitCode::FAILURE
+        }
+        Command::Install(install_args) => install::install(&install_args, args.context.as_deref()),
+        Command::Uninstall(install_args) => {
+            install::uninstall(&install_args, args.context.as_deref())
+        }
     }
 }
 
