@@ -1,6 +1,9 @@
 //! `weft analyze`: Istio's analyzers (`istioctl analyze`) over files
 //! (offline, `-f`), over what weftd holds, or over both (`-f ... --use-weftd`,
-//! "what if I applied these").
+//! "what if I applied these"). With `--kubeconfig`, over the cluster's
+//! objects, listed through its API server as the user (istioctl's way: the
+//! analyzers see the cluster's Services, Pods and Namespaces, which weftd's
+//! store does not hold), with any `-f` files on top.
 //!
 //! Output is istioctl's: one line per message,
 //! `Error [IST0101] (VirtualService default/reviews) Referenced ...`; exit
@@ -88,7 +91,28 @@ fn analyze_and_print(address: &crate::client::Target, request: &Args) -> anyhow:
     }
     let objects = read_objects(&request.paths, &request.namespace)?;
     let only: Vec<&str> = request.analyzers.iter().map(String::as_str).collect();
-    let messages = if request.paths.is_empty() || request.use_weftd {
+    let messages = if let Some(cluster) = address.cluster()
+        && !request.use_weftd
+    {
+        // istioctl's way: the cluster's objects, listed as the user, with
+        // the files on top ("what if I applied these").
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the I/O runtime")?;
+        let listed = runtime.block_on(async {
+            let client = cluster.client().await?;
+            crate::cluster::objects(&client).await
+        })?;
+        let mut input = Input::default();
+        for value in listed {
+            input.add_document(value, "cluster", 0, "");
+        }
+        for (value, origin, document) in objects {
+            input.add_document(value, &origin, document, &request.namespace);
+        }
+        analyze::analyze(&input, &only).map_err(anyhow::Error::msg)?
+    } else if request.paths.is_empty() || request.use_weftd {
         remote(address, &objects, &only)?
     } else {
         let mut input = Input::default();

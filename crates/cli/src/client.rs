@@ -4,6 +4,8 @@
 //!
 //! Which weftd, and with which credential ([`Target::resolve`]), first
 //! match wins:
+//! 0. `--kubeconfig`/`--context`: weftd on that cluster, through its API
+//!    server, with the token of weftd's Secret (see [`crate::cluster`]);
 //! 1. `--weftd`/`$WEFT_ADDR`: an address (with `--token-file`/
 //!    `$WEFT_TOKEN_FILE`), or a socket path (`/...` or `unix:...`);
 //! 2. the running `weft up` mesh's state file (its socket, else its
@@ -26,6 +28,9 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::runtime::Runtime;
+use weft_kube::kube::Client;
+
+use crate::cluster::Cluster;
 
 /// weftd answers from memory; anything slower than this is a hung server,
 /// and a command line must not hang with it.
@@ -51,6 +56,8 @@ pub struct Target {
 pub enum Endpoint {
     Tcp(String),
     Socket(PathBuf),
+    /// Through a Kubernetes API server (the token is read on connecting).
+    Cluster(Cluster),
 }
 
 /// What the running `weft up` mesh recorded about its weftd.
@@ -66,10 +73,24 @@ impl Target {
     /// `token_file`: `--token-file`/`$WEFT_TOKEN_FILE`; `running`: the one
     /// running `weft up` mesh, if exactly one runs.
     pub fn resolve(
+        cluster: Option<Cluster>,
         given: Option<&str>,
         token_file: Option<&Path>,
         running: impl FnOnce() -> Option<Running>,
     ) -> anyhow::Result<Self> {
+        if let Some(cluster) = cluster {
+            if given.is_some() {
+                bail!(
+                    "--weftd (or $WEFT_ADDR) and --kubeconfig/--context both say where weftd is: \
+                     give one"
+                );
+            }
+            return Ok(Self {
+                how: cluster.describe(),
+                endpoint: Endpoint::Cluster(cluster),
+                token: None,
+            });
+        }
         if let Some(given) = given {
             return Self::given(given, token_file);
         }
@@ -163,6 +184,15 @@ impl Target {
         match &self.endpoint {
             Endpoint::Tcp(address) => address.clone(),
             Endpoint::Socket(path) => format!("unix:{}", path.display()),
+            Endpoint::Cluster(cluster) => cluster.describe(),
+        }
+    }
+
+    /// The cluster, when weftd is reached through one.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match &self.endpoint {
+            Endpoint::Cluster(cluster) => Some(cluster),
+            _ => None,
         }
     }
 }
@@ -192,6 +222,8 @@ impl Answer {
 pub struct Weftd {
     target: Target,
     runtime: Runtime,
+    /// Through a cluster: its client and weftd's token from the Secret.
+    kube: Option<(Client, String)>,
 }
 
 impl Weftd {
@@ -200,10 +232,29 @@ impl Weftd {
             .enable_all()
             .build()
             .context("cannot start the I/O runtime")?;
+        let kube = match target.cluster() {
+            Some(cluster) => Some(runtime.block_on(async {
+                let client = cluster.client().await?;
+                let token = cluster.admin_token(&client).await?;
+                anyhow::Ok((client, token))
+            })?),
+            None => None,
+        };
         Ok(Self {
             target: target.clone(),
             runtime,
+            kube,
         })
+    }
+
+    /// The cluster's client, when weftd is reached through one.
+    pub fn kube_client(&self) -> Option<&Client> {
+        self.kube.as_ref().map(|(client, _)| client)
+    }
+
+    /// Runs `work` on this client's runtime (cluster look-ups).
+    pub fn block_on<T>(&self, work: impl Future<Output = T>) -> T {
+        self.runtime.block_on(work)
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Answer> {
@@ -229,7 +280,7 @@ impl Weftd {
     ) -> anyhow::Result<Answer> {
         let host = match &self.target.endpoint {
             Endpoint::Tcp(address) => address.as_str(),
-            Endpoint::Socket(_) => "localhost",
+            Endpoint::Socket(_) | Endpoint::Cluster(_) => "localhost",
         };
         let mut request = Request::builder()
             .method(method)
@@ -287,17 +338,28 @@ impl Weftd {
                 let stream = self.connect(UnixStream::connect(path)).await?;
                 tokio::time::timeout(timeout, exchange(stream, request)).await
             }
+            Endpoint::Cluster(cluster) => {
+                let (client, token) = self
+                    .kube
+                    .as_ref()
+                    .context("the cluster's client was not made")?;
+                let sent = crate::cluster::send(client, &cluster.namespace, token, request);
+                let (status, body) =
+                    tokio::time::timeout(timeout, sent).await.map_err(|_| {
+                        anyhow!(
+                            "{target} did not answer within {timeout:?} (the API server keeps \
+                             trying while weftd has no ready endpoint: `kubectl -n {} get \
+                             endpoints weftd`)",
+                            cluster.namespace
+                        )
+                    })??;
+                return answer(status, &body, Some(&cluster.namespace), &target);
+            }
         };
         let (status, body) = exchanged
             .map_err(|_| anyhow!("weftd at {target} did not answer within {timeout:?}"))?
             .with_context(|| format!("talking to weftd at {target}"))?;
-        let body = match serde_json::from_slice(&body) {
-            Ok(value) => value,
-            Err(_) => bail!(
-                "{target} answered {status} with something that is not weftd's JSON; is --weftd pointing at weftd?"
-            ),
-        };
-        Ok(Answer { status, body })
+        answer(status, &body, None, &target)
     }
 
     async fn connect<S>(
@@ -321,6 +383,32 @@ impl Weftd {
     }
 }
 
+/// weftd's JSON answer; through a cluster (`namespace`), the API server's
+/// own refusals as sentences saying what to do.
+fn answer(
+    status: StatusCode,
+    body: &[u8],
+    namespace: Option<&str>,
+    target: &str,
+) -> anyhow::Result<Answer> {
+    let body: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(_) if namespace.is_some() => bail!(
+            "{target} answered {status} with something that is not weftd's JSON: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ),
+        Err(_) => bail!(
+            "{target} answered {status} with something that is not weftd's JSON; is --weftd pointing at weftd?"
+        ),
+    };
+    if let Some(namespace) = namespace
+        && let Some(refusal) = crate::cluster::api_server_refusal(status, &body, namespace)
+    {
+        bail!("{refusal}");
+    }
+    Ok(Answer { status, body })
+}
+
 /// One HTTP/1.1 request on an open connection: the status and the whole
 /// body. Callers bound it with their own timeout and say whom they asked.
 pub async fn exchange<S>(
@@ -336,4 +424,30 @@ where
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_wins_over_the_local_defaults_but_not_over_weftd_given_too() {
+        let cluster = Cluster {
+            kubeconfig: Some("/k".into()),
+            context: None,
+            namespace: "weft-system".into(),
+        };
+        let target = Target::resolve(Some(cluster.clone()), None, None, || None).expect("target");
+        assert_eq!(target.cluster(), Some(&cluster));
+        assert!(
+            target
+                .how
+                .contains("through the API server of kubeconfig /k")
+        );
+        let both = Target::resolve(Some(cluster), Some("127.0.0.1:15014"), None, || None)
+            .expect_err("two answers to where weftd is");
+        assert!(both.to_string().contains("give one"), "{both}");
+        let local = Target::resolve(None, Some("127.0.0.1:15014"), None, || None).expect("local");
+        assert_eq!(local.cluster(), None);
+    }
 }

@@ -1,23 +1,33 @@
 //! `weft describe svc <service>`: which routes, policies and endpoints
 //! apply to a service, and why (istioctl's `x describe service`), as
 //! weftd computes it (`GET /v1/describe`).
+//!
+//! `weft describe pod <pod> --kubeconfig K` (istioctl's `x describe pod`):
+//! the pod as the API server has it (IP, service account, whether it is
+//! injected), its sidecar's sync state in weftd (injected sidecars register
+//! as `<pod>.<namespace>`), then the description of every Service in its
+//! namespace whose selector picks it.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use http::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
+use weft_kube::k8s_openapi::api::core::v1::{Pod, Service};
+use weft_kube::kube::api::{Api, ListParams};
 
 use crate::client::Weftd;
 use crate::get::Output;
 
-/// `weft describe svc reviews -n shop`.
+/// `weft describe svc reviews -n shop`, `weft describe pod reviews-v1-x -n shop`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// `svc` (optional), then the service name.
+    /// `svc` (optional) or `pod`, then the name.
     #[arg(num_args = 1..=2, required = true)]
     target: Vec<String>,
-    /// The caller's namespace: short names and DestinationRule choice.
+    /// The caller's namespace: short names and DestinationRule choice; the
+    /// pod's namespace for `pod`.
     #[arg(short, long, default_value = "default")]
     namespace: String,
     #[arg(short, long, value_enum, default_value = "table")]
@@ -25,28 +35,170 @@ pub struct Args {
 }
 
 pub fn describe(weftd: &Weftd, args: &Args) -> anyhow::Result<ExitCode> {
-    let service = args.target.last().map_or("", String::as_str);
-    let (namespace, output) = (&args.namespace, args.output);
-    if args.target.len() == 2 && !matches!(args.target[0].as_str(), "svc" | "service") {
-        bail!("describe knows services only: `weft describe svc NAME`");
+    let name = args.target.last().map_or("", String::as_str);
+    let output = args.output;
+    if args.target.len() == 2 {
+        match args.target[0].as_str() {
+            "svc" | "service" => {}
+            "pod" | "po" | "pods" => return describe_pod(weftd, name, args),
+            other => bail!(
+                "describe knows services and pods: `weft describe svc NAME` or `weft describe \
+                 pod NAME --kubeconfig K` (not {other:?})"
+            ),
+        }
     }
+    let Some(body) = service(weftd, name, &args.namespace)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(&body)?),
+        Output::Table => print!("{}", text(&body)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// weftd's description of `service` seen from `namespace`; `None` after
+/// saying so when weftd knows no such service.
+fn service(weftd: &Weftd, service: &str, namespace: &str) -> anyhow::Result<Option<Value>> {
     let answer = weftd.get(&format!(
         "/v1/describe?service={service}&namespace={namespace}"
     ))?;
     match answer.status {
-        StatusCode::OK => {}
+        StatusCode::OK => Ok(Some(answer.body)),
         StatusCode::NOT_FOUND => {
             eprintln!("weft describe: {}", answer.error());
-            return Ok(ExitCode::FAILURE);
+            Ok(None)
         }
         _ => bail!("weftd: {}", answer.error()),
     }
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&answer.body)?),
-        Output::Yaml => print!("{}", serde_saphyr::to_string(&answer.body)?),
-        Output::Table => print!("{}", text(&answer.body)),
+}
+
+/// The pod from the API server, its sidecar in weftd, and its Services.
+fn describe_pod(weftd: &Weftd, name: &str, args: &Args) -> anyhow::Result<ExitCode> {
+    let Some(client) = weftd.kube_client() else {
+        bail!(
+            "`describe pod` reads the pod from a cluster: add --kubeconfig (outside Kubernetes, \
+             `weft describe svc NAME`)"
+        );
+    };
+    let namespace = &args.namespace;
+    let (pod, services) = weftd.block_on(async {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let pod = pods
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading pod {namespace}/{name}"))?;
+        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+        let services = services
+            .list(&ListParams::default())
+            .await
+            .with_context(|| format!("listing the Services of namespace {namespace}"))?;
+        anyhow::Ok((pod, services.items))
+    })?;
+    let Some(pod) = pod else {
+        eprintln!("weft describe: there is no pod {namespace}/{name}");
+        return Ok(ExitCode::FAILURE);
+    };
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let selecting: Vec<String> = services
+        .iter()
+        .filter(|service| selects(service, &labels))
+        .filter_map(|service| service.metadata.name.clone())
+        .collect();
+    let proxies = weftd.get("/v1/proxies")?;
+    if proxies.status != StatusCode::OK {
+        bail!("weftd: {}", proxies.error());
+    }
+    let id = format!("{name}.{namespace}");
+    let proxy = proxies
+        .body
+        .get("proxies")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|proxy| proxy.get("id").and_then(Value::as_str) == Some(id.as_str()));
+    let mut described = Vec::new();
+    for service_name in &selecting {
+        if let Some(body) = service(weftd, service_name, namespace)? {
+            described.push(body);
+        }
+    }
+    let status = pod.status.clone().unwrap_or_default();
+    let injected = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("sidecar.istio.io/status"));
+    let summary = json!({
+        "pod": name,
+        "namespace": namespace,
+        "ip": status.pod_ip,
+        "serviceAccount": pod.spec.as_ref().and_then(|spec| spec.service_account_name.clone()),
+        "labels": labels,
+        "injected": injected,
+        "proxy": proxy.map(|proxy| json!({
+            "id": id,
+            "status": crate::get::sync_status(proxy),
+            "version": proxy.get("ackedVersion"),
+        })),
+        "services": described,
+    });
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(&summary)?),
+        Output::Table => print!("{}", pod_text(&summary, &id)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `service`'s selector picks a pod with `labels` (an absent or
+/// empty selector picks none: such a Service's endpoints are managed by hand).
+fn selects(service: &Service, labels: &BTreeMap<String, String>) -> bool {
+    let selector = service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.selector.as_ref());
+    selector.is_some_and(|selector| {
+        !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    })
+}
+
+fn pod_text(summary: &Value, id: &str) -> String {
+    let mut out = format!(
+        "Pod: {} (namespace {})\n",
+        s(&summary["pod"]),
+        s(&summary["namespace"])
+    );
+    out.push_str(&format!("   IP: {}\n", s(&summary["ip"])));
+    out.push_str(&format!(
+        "   Service account: {}\n",
+        s(&summary["serviceAccount"])
+    ));
+    out.push_str(&format!("   Labels: {}\n", labels(&summary["labels"])));
+    let sidecar = if summary["injected"] == true {
+        "injected"
+    } else {
+        "not injected (no sidecar.istio.io/status annotation)"
+    };
+    out.push_str(&format!("   Sidecar: {sidecar}\n"));
+    match summary["proxy"].as_object() {
+        Some(proxy) => out.push_str(&format!(
+            "   Proxy: {id} {} (version {})\n",
+            proxy.get("status").map_or("", s),
+            proxy.get("version").map_or("", s),
+        )),
+        None => out.push_str(&format!("   Proxy: {id} is not registered with weftd\n")),
+    }
+    let services = items(&summary["services"]);
+    if services.is_empty() {
+        out.push_str("\nNo Service in its namespace selects this pod.\n");
+    }
+    for service in services {
+        out.push('\n');
+        out.push_str(&text(service));
+    }
+    out
 }
 
 /// The description as indented text, one fact a line.
@@ -327,5 +479,41 @@ fn labels(value: &Value) -> String {
         "none".to_string()
     } else {
         pairs.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(selector: Option<&[(&str, &str)]>) -> Service {
+        let selector = selector.map(|pairs| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        });
+        Service {
+            spec: Some(weft_kube::k8s_openapi::api::core::v1::ServiceSpec {
+                selector,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_service_selects_a_pod_whose_labels_carry_its_whole_selector() {
+        let labels: BTreeMap<String, String> = [("app", "reviews"), ("version", "v1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert!(selects(&service(Some(&[("app", "reviews")])), &labels));
+        assert!(!selects(
+            &service(Some(&[("app", "reviews"), ("version", "v2")])),
+            &labels
+        ));
+        assert!(!selects(&service(Some(&[])), &labels));
+        assert!(!selects(&service(None), &labels));
     }
 }

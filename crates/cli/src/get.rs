@@ -81,6 +81,19 @@ pub fn get(weftd: &Weftd, query: &Query) -> anyhow::Result<ExitCode> {
 /// reason on the line below, where it cannot be missed. Streams weftd
 /// refused (a claim beyond the proxy's credential, a node id another
 /// proxy holds) follow, newest last, each with its reason.
+/// One proxy of `GET /v1/proxies`: DISCONNECTED, NACK, STALE or SYNCED.
+pub fn sync_status(proxy: &Value) -> &'static str {
+    if proxy.get("connected") != Some(&Value::Bool(true)) {
+        "DISCONNECTED"
+    } else if proxy.get("error").and_then(Value::as_str).is_some() {
+        "NACK"
+    } else if text(proxy, "sentVersion") != text(proxy, "ackedVersion") {
+        "STALE"
+    } else {
+        "SYNCED"
+    }
+}
+
 pub fn proxy_status(weftd: &Weftd) -> anyhow::Result<ExitCode> {
     let answer = weftd.get("/v1/proxies")?;
     if answer.status != StatusCode::OK {
@@ -95,15 +108,7 @@ pub fn proxy_status(weftd: &Weftd) -> anyhow::Result<ExitCode> {
         let mut reasons = vec![None];
         for proxy in proxies {
             let error = proxy.get("error").and_then(Value::as_str);
-            let status = if proxy.get("connected") != Some(&Value::Bool(true)) {
-                "DISCONNECTED"
-            } else if error.is_some() {
-                "NACK"
-            } else if text(proxy, "sentVersion") != text(proxy, "ackedVersion") {
-                "STALE"
-            } else {
-                "SYNCED"
-            };
+            let status = sync_status(proxy);
             rows.push(row(&[
                 text(proxy, "id"),
                 text(proxy, "namespace"),

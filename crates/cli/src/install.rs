@@ -54,7 +54,8 @@ pub struct UninstallArgs {
     dry_run: bool,
 }
 
-pub fn install(args: &InstallArgs) -> ExitCode {
+/// `context`: the global `--context` (the kubeconfig's current one if `None`).
+pub fn install(args: &InstallArgs, context: Option<&str>) -> ExitCode {
     if args.replicas > 1 && !args.plugin_ca {
         eprintln!(
             "weft install: --replicas {} without --plugin-ca: each weftd would make its own root, \
@@ -81,7 +82,7 @@ pub fn install(args: &InstallArgs) -> ExitCode {
         };
     }
     block_on(async {
-        let client = client(args.kubeconfig.as_ref()).await?;
+        let client = client(args.kubeconfig.as_ref(), context).await?;
         if options.kube_version.is_none() {
             let version = client
                 .apiserver_version()
@@ -115,7 +116,7 @@ pub fn install(args: &InstallArgs) -> ExitCode {
     })
 }
 
-pub fn uninstall(args: &UninstallArgs) -> ExitCode {
+pub fn uninstall(args: &UninstallArgs, context: Option<&str>) -> ExitCode {
     let objects = match install::render(&InstallOptions::default()) {
         Ok(objects) => objects,
         Err(err) => return fail(&anyhow::anyhow!(err)),
@@ -133,7 +134,7 @@ pub fn uninstall(args: &UninstallArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     block_on(async {
-        let client = client(args.kubeconfig.as_ref()).await?;
+        let client = client(args.kubeconfig.as_ref(), context).await?;
         for object in doomed {
             let (api, name) = api_for(&client, object)?;
             match api.delete(&name, &DeleteParams::background()).await {
@@ -151,16 +152,23 @@ pub fn uninstall(args: &UninstallArgs) -> ExitCode {
     })
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
+async fn client(kubeconfig: Option<&PathBuf>, context: Option<&str>) -> anyhow::Result<Client> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(String::from),
+        ..Default::default()
+    };
+    let config = match (kubeconfig, context) {
+        (Some(path), _) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            Config::from_custom_kubeconfig(file, &options)
                 .await
                 .with_context(|| format!("{}: no usable context", path.display()))?
         }
-        None => Config::infer()
+        (None, Some(context)) => Config::from_kubeconfig(&options)
+            .await
+            .with_context(|| format!("no kubeconfig with the context {context}"))?,
+        (None, None) => Config::infer()
             .await
             .context("no kubeconfig found (give --kubeconfig, or set KUBECONFIG)")?,
     };

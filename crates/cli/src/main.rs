@@ -6,11 +6,15 @@
 //! `proxy-status` talk to weftd's HTTP API, found with its credential as
 //! [`client::Target::resolve`] says (`--weftd`/`$WEFT_ADDR` with
 //! `--token-file`/`$WEFT_TOKEN_FILE`, else the running `weft up`, else
-//! `.weft/state/api.sock`, else 127.0.0.1:15014).
+//! `.weft/state/api.sock`, else 127.0.0.1:15014). With `--kubeconfig` or
+//! `--context`, `proxy-status`, `get`, `describe`, `proxy-config` and
+//! `analyze` reach weftd on that cluster through its API server
+//! ([`cluster`]); `analyze` reads the cluster's objects itself.
 
 mod analyze;
 mod apply;
 mod client;
+mod cluster;
 mod describe;
 mod get;
 mod install;
@@ -42,6 +46,25 @@ struct Args {
     /// for the TCP API.
     #[arg(long, value_name = "FILE", env = "WEFT_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
+    /// weftd on a Kubernetes cluster, reached through its API server as
+    /// this kubeconfig's user (who must be allowed to read weftd's Secret
+    /// weftd-admin-token: the Role weftd-api). `weft analyze` reads the
+    /// cluster's Istio objects, Services, Pods and Namespaces.
+    #[arg(long, value_name = "PATH", global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (also selects the cluster, from $KUBECONFIG
+    /// or ~/.kube/config when --kubeconfig is not given).
+    #[arg(long, value_name = "NAME", global = true)]
+    context: Option<String>,
+    /// With --kubeconfig: the namespace weftd runs in.
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "WEFT_NAMESPACE",
+        default_value = weft_kube::install::NAMESPACE,
+        global = true
+    )]
+    weft_namespace: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,7 +131,9 @@ enum Command {
     Version,
     /// What one proxy holds now (from its admin port; by id alone, weftd's copy).
     ProxyConfig(proxy_config::Args),
-    /// Which routes, policies and endpoints apply to a service, and why.
+    /// Which routes, policies and endpoints apply to a service, and why;
+    /// or to a pod's Services, with its sidecar's state (`describe pod`,
+    /// with --kubeconfig).
     Describe(describe::Args),
     /// Report likely mistakes with Istio's analyzer codes.
     Analyze(analyze::Args),
@@ -137,7 +162,24 @@ fn main() -> ExitCode {
     let address = Given {
         weftd: args.weftd.as_deref(),
         token_file: args.token_file.as_deref(),
+        cluster: cluster::Cluster::chosen(
+            args.kubeconfig.clone(),
+            args.context.clone(),
+            &args.weft_namespace,
+        ),
     };
+    // On a cluster the Istio config lives in the API server; weftd's own
+    // store there is not where it belongs.
+    if address.cluster.is_some()
+        && matches!(args.command, Command::Apply { .. } | Command::Delete { .. })
+    {
+        eprintln!(
+            "weft: on Kubernetes, Istio resources are applied with `kubectl apply` (weftd reads \
+             them from the cluster); --kubeconfig is for proxy-status, get, describe, \
+             proxy-config and analyze"
+        );
+        return ExitCode::FAILURE;
+    }
     match args.command {
         Command::Up(up_args) => up::up(up_args),
         Command::Down { name } => up::down(name),
@@ -187,21 +229,39 @@ fn main() -> ExitCode {
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Intercept(args) => intercept::intercept(&args),
         Command::WaitProxy(args) => intercept::wait_proxy(&args),
-        Command::Install(args) => install::install(&args),
-        Command::Uninstall(args) => install::uninstall(&args),
+        Command::Install(_) | Command::Uninstall(_)
+            if args.weft_namespace != weft_kube::install::NAMESPACE =>
+        {
+            eprintln!(
+                "weft: install always uses the namespace {}; --weft-namespace (or \
+                 $WEFT_NAMESPACE) is for finding a weftd installed elsewhere",
+                weft_kube::install::NAMESPACE
+            );
+            ExitCode::FAILURE
+        }
+        Command::Install(install_args) => install::install(&install_args, args.context.as_deref()),
+        Command::Uninstall(install_args) => {
+            install::uninstall(&install_args, args.context.as_deref())
+        }
     }
 }
 
 /// What the user said about where weftd is.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Given<'a> {
     weftd: Option<&'a str>,
     token_file: Option<&'a std::path::Path>,
+    cluster: Option<cluster::Cluster>,
 }
 
 /// weftd's API and credential (see [`client::Target::resolve`]).
 fn resolved(given: Given) -> anyhow::Result<client::Target> {
-    client::Target::resolve(given.weftd, given.token_file, up::state::running_api)
+    client::Target::resolve(
+        given.cluster,
+        given.weftd,
+        given.token_file,
+        up::state::running_api,
+    )
 }
 
 /// Runs a command that needs weftd; its errors end up as one line.

@@ -48,19 +48,36 @@ pub enum Section {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The proxy's admin address; or its id, with `--admin`, or alone for
-    /// the config weftd last gave it (endpoint health unknown).
-    proxy: String,
-    #[arg(value_enum, default_value = "all")]
-    section: Section,
+    /// the config weftd last gave it (endpoint health unknown). istioctl's
+    /// order (`proxy-config routes PROXY`) works too.
+    #[arg(value_name = "PROXY")]
+    first: String,
+    /// all, listeners, routes, clusters, endpoints or secrets.
+    #[arg(value_name = "SECTION")]
+    second: Option<String>,
     /// The proxy's admin address (its `--admin` flag).
     #[arg(long, value_name = "ADDR")]
     admin: Option<String>,
+    /// With --kubeconfig: the pod's namespace; a pod's sidecar registers
+    /// as `<pod>.<namespace>`, so `weft proxy-config routes reviews-v1-x -n
+    /// shop` names it by the pod.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
 }
 
 pub fn run(weftd: &crate::client::Target, query: &Args) -> ExitCode {
-    match show(weftd, query) {
+    match positionals(&query.first, query.second.as_deref()).and_then(|(proxy, section)| {
+        show(
+            weftd,
+            &Query {
+                proxy,
+                section,
+                args: query,
+            },
+        )
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("weft proxy-config: {err:#}");
@@ -69,7 +86,42 @@ pub fn run(weftd: &crate::client::Target, query: &Args) -> ExitCode {
     }
 }
 
-fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
+/// What to show: the proxy and section, sorted out of the positionals.
+struct Query<'a> {
+    proxy: String,
+    section: Section,
+    args: &'a Args,
+}
+
+/// (proxy, section) from `PROXY [SECTION]` or istioctl's `SECTION PROXY`.
+fn positionals(first: &str, second: Option<&str>) -> anyhow::Result<(String, Section)> {
+    let section = |text: &str| Section::from_str(text, true);
+    match second {
+        None => Ok((first.to_string(), Section::All)),
+        Some(second) => match (section(first), section(second)) {
+            (_, Ok(section)) => Ok((first.to_string(), section)),
+            (Ok(section), Err(_)) => Ok((second.to_string(), section)),
+            (Err(_), Err(_)) => bail!(
+                "neither {first:?} nor {second:?} is a section (all, listeners, routes, \
+                 clusters, endpoints, secrets)"
+            ),
+        },
+    }
+}
+
+/// The ids to ask weftd for, in order: on a cluster (`namespace`) a pod
+/// name is first `<pod>.<namespace>` (how injected sidecars register),
+/// then the name as given.
+fn proxy_ids(proxy: &str, namespace: Option<&str>) -> Vec<String> {
+    match namespace {
+        Some(namespace) if !proxy.contains('.') => {
+            vec![format!("{proxy}.{namespace}"), proxy.to_string()]
+        }
+        _ => vec![proxy.to_string()],
+    }
+}
+
+fn show(weftd: &crate::client::Target, query: &Query) -> anyhow::Result<()> {
     let wants_secrets = matches!(query.section, Section::All | Section::Secrets);
     let mut certs = None;
     let (dump, health) = match admin_address(query)? {
@@ -92,13 +144,27 @@ fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
             (dump, Some(health))
         }
         None => {
-            let answer = Weftd::new(weftd)?.get(&format!("/v1/proxies/{}/config", query.proxy))?;
+            let client = Weftd::new(weftd)?;
+            let mut answer = None;
+            for id in proxy_ids(
+                &query.proxy,
+                weftd.cluster().map(|_| query.args.namespace.as_str()),
+            ) {
+                let got = client.get(&format!("/v1/proxies/{id}/config"))?;
+                let found = got.status != StatusCode::NOT_FOUND;
+                answer = Some((id, got));
+                if found {
+                    break;
+                }
+            }
+            let Some((id, answer)) = answer else {
+                bail!("no proxy named");
+            };
             if answer.status != StatusCode::OK {
                 bail!("weftd: {}", answer.error());
             }
             eprintln!(
-                "(what weftd last pushed to {}; endpoint health is known only to the proxy: pass --admin ADDR)",
-                query.proxy
+                "(what weftd last pushed to {id}; endpoint health is known only to the proxy: pass --admin ADDR)"
             );
             (answer.body, None)
         }
@@ -118,14 +184,14 @@ fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
         _ => (s, rows(s, &config, health.as_ref())),
     })
     .collect();
-    match query.output {
+    match query.args.output {
         Output::Json | Output::Yaml => {
             let document: serde_json::Map<String, Value> = sections
                 .iter()
                 .map(|(s, rows)| (name(*s).to_string(), Value::Array(rows.clone())))
                 .collect();
             let document = Value::Object(document);
-            if query.output == Output::Json {
+            if query.args.output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&document)?);
             } else {
                 print!("{}", serde_saphyr::to_string(&document)?);
@@ -153,13 +219,13 @@ fn show(weftd: &crate::client::Target, query: &Args) -> anyhow::Result<()> {
 
 /// The proxy's admin address: `--admin`, or the proxy named by it; `None`
 /// for a proxy id, whose config weftd then tells.
-fn admin_address(query: &Args) -> anyhow::Result<Option<SocketAddr>> {
+fn admin_address(query: &Query) -> anyhow::Result<Option<SocketAddr>> {
     let parse = |text: &str| {
         text.trim_start_matches("http://")
             .trim_end_matches('/')
             .parse::<SocketAddr>()
     };
-    match &query.admin {
+    match &query.args.admin {
         Some(admin) => parse(admin)
             .map(Some)
             .map_err(|_| anyhow!("--admin {admin:?} is not an address like 127.0.0.1:15000")),
@@ -671,4 +737,46 @@ async fn fetch(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
         bail!("the proxy's admin port {admin} answered {status} for {path}");
     }
     String::from_utf8(body.to_vec()).map_err(|_| anyhow!("{path} from {admin} is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_section_comes_before_or_after_the_proxy() {
+        let parsed = |first: &str, second: Option<&str>| {
+            positionals(first, second).map_err(|err| err.to_string())
+        };
+        assert_eq!(
+            parsed("sleep-1", Some("routes")),
+            Ok(("sleep-1".to_string(), Section::Routes))
+        );
+        assert_eq!(
+            parsed("routes", Some("sleep-1")),
+            Ok(("sleep-1".to_string(), Section::Routes))
+        );
+        assert_eq!(
+            parsed("127.0.0.1:15000", None),
+            Ok(("127.0.0.1:15000".to_string(), Section::All))
+        );
+        assert_eq!(
+            parsed("secret", Some("127.0.0.1:15000")),
+            Ok(("127.0.0.1:15000".to_string(), Section::Secrets))
+        );
+        assert!(parsed("a", Some("b")).is_err_and(|e| e.contains("is a section")));
+    }
+
+    #[test]
+    fn on_a_cluster_a_pod_name_is_its_sidecars_id() {
+        assert_eq!(
+            proxy_ids("reviews-v1-x", Some("shop")),
+            ["reviews-v1-x.shop", "reviews-v1-x"]
+        );
+        assert_eq!(
+            proxy_ids("reviews-v1-x.shop", Some("shop")),
+            ["reviews-v1-x.shop"]
+        );
+        assert_eq!(proxy_ids("caller", None), ["caller"]);
+    }
 }

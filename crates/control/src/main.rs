@@ -274,9 +274,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         publish,
     ));
 
-    let admin_token = weft_control::api::AdminToken::load_or_create(
+    let mut admin_token = weft_control::api::AdminToken::load_or_create(
         &args.state_dir.join(weft_control::api::ADMIN_TOKEN_FILE),
     )?;
+    if let Some(client) = &kube_client {
+        admin_token = cluster_admin_token(client, &args.leader_namespace, admin_token).await;
+    }
     let api = Arc::new(
         weft_control::api::Api::new(store.clone(), status.clone(), admin_token).with_ca(ca.clone()),
     );
@@ -407,6 +410,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
         plaintext.await??;
     }
     Ok(())
+}
+
+/// Also accepts the token of weftd's Secret in its namespace (made here
+/// if no replica made it yet): `weft ... --kubeconfig` reads it and comes
+/// through the API server's service proxy (`weft_kube::api_token`). Without
+/// it weftd still serves, only not to those callers, and says so.
+async fn cluster_admin_token(
+    client: &weft_kube::kube::Client,
+    namespace: &str,
+    local: weft_control::api::AdminToken,
+) -> weft_control::api::AdminToken {
+    let bytes: [u8; 32] = rand::random();
+    let candidate: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match weft_kube::api_token::ensure(client.clone(), namespace, &candidate).await {
+        Ok(token) => {
+            tracing::info!(
+                "API: also accepting the admin token of the Secret {namespace}/{} (callers \
+                 through the Kubernetes API server)",
+                weft_kube::api_token::SECRET
+            );
+            local.also(token)
+        }
+        Err(err) => {
+            tracing::warn!(
+                "API: `weft --kubeconfig` cannot reach this weftd through the API server: \
+                 {err:#} (weftd needs RBAC to get and create Secrets in {namespace})"
+            );
+            local
+        }
+    }
 }
 
 /// The Kubernetes client of `--kubeconfig` or `--kubernetes`, if either.

@@ -6,6 +6,7 @@
 //! cluster objects into plain data the control plane consumes, so weftd depends on
 //! it and never the other way round.
 
+pub mod api_token;
 pub mod convert;
 pub mod identity;
 pub mod inject;

@@ -8,7 +8,17 @@
 //!   token>`, the token weftd keeps in `<state-dir>/admin-token` (0600),
 //!   compared in constant time.
 //!
-//! On both, a request is refused (with a JSON sentence) when it carries an
+//! - through the Kubernetes API server's service proxy (`weft ...
+//!   --kubeconfig`): the API server deletes the caller's `Authorization`
+//!   header once it has authenticated them, so the token travels in
+//!   `X-Weft-Admin-Token` instead (see `weft_kube::api_token`: weftd keeps
+//!   the token in a Secret and RBAC decides who may read it). Such a
+//!   request's Host is the API server's name, not this machine's, so the
+//!   Host check below does not apply to it; the token is still compared
+//!   here, and a page cannot set that header across origins without a CORS
+//!   preflight, which weftd never allows.
+//!
+//! On all doors, a request is refused (with a JSON sentence) when it carries an
 //! `Origin` header (a web page: browsers add one to cross-site requests,
 //! command lines do not), when its Host is not this machine's loopback
 //! (DNS rebinding: a page whose name resolves to 127.0.0.1 still sends its
@@ -26,8 +36,9 @@ use subtle::ConstantTimeEq;
 use super::Failure;
 use crate::durable::{self, Mode};
 
-/// The administrator's bearer token for the TCP API.
-pub struct AdminToken(String);
+/// The administrator's bearer token for the TCP API (and, on Kubernetes,
+/// the one in weftd's Secret: either is accepted).
+pub struct AdminToken(String, Option<String>);
 
 impl AdminToken {
     /// The token in `path`, or a new random one written there (0600).
@@ -46,7 +57,7 @@ impl AdminToken {
                     );
                     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
                 }
-                Ok(Self(text.trim().to_string()))
+                Ok(Self(text.trim().to_string(), None))
             }
             Ok(_) => Self::create(path),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Self::create(path),
@@ -61,17 +72,23 @@ impl AdminToken {
         durable::write(path, format!("{token}\n").as_bytes(), Mode::Private)
             .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
         tracing::info!("API: new admin token in {}", path.display());
-        Ok(Self(token))
+        Ok(Self(token, None))
     }
 
     /// A given token (tests, embedding).
     pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
+        Self(secret.into(), None)
+    }
+
+    /// Also accepts `secret` (the token of weftd's Kubernetes Secret).
+    pub fn also(self, secret: impl Into<String>) -> Self {
+        Self(self.0, Some(secret.into()))
     }
 
     fn matches(&self, presented: &str) -> bool {
         // Lengths are not secret (every token is 64 hex digits).
-        bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
+        let equal = |token: &String| bool::from(token.as_bytes().ct_eq(presented.as_bytes()));
+        equal(&self.0) | self.1.as_ref().is_some_and(equal)
     }
 }
 
@@ -116,6 +133,24 @@ pub(super) fn admit(parts: &Parts, peer: &Peer, token: &AdminToken) -> Result<()
              command lines send none)"
                 .into(),
         ));
+    }
+    if let Peer::Tcp { .. } = peer
+        && let Some(value) = headers.get(weft_kube::api_token::HEADER)
+    {
+        // Through the Kubernetes API server: its Host, our token.
+        let presented = value.to_str().map(str::trim).unwrap_or("");
+        if !token.matches(presented) {
+            return Err(Failure(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "refused: the {} is not this weftd's admin token (the Secret {} in \
+                     weftd's namespace; restart weftd after changing it)",
+                    weft_kube::api_token::HEADER,
+                    weft_kube::api_token::SECRET
+                ),
+            ));
+        }
+        return json_only(headers);
     }
     let local = match peer {
         Peer::Tcp { local, .. } => local.map(|local| local.ip()),
@@ -168,6 +203,11 @@ pub(super) fn admit(parts: &Parts, peer: &Peer, token: &AdminToken) -> Result<()
             Some(_) => {}
         }
     }
+    json_only(headers)
+}
+
+/// Refuses a body that is not JSON (415).
+fn json_only(headers: &HeaderMap) -> Result<(), Failure> {
     if has_body(headers) && !is_json(headers) {
         let given = headers
             .get(header::CONTENT_TYPE)
@@ -322,6 +362,49 @@ mod tests {
         for bad in ["Bearer secreT", "Bearer secret2", "Basic secret", "secret"] {
             assert_eq!(with(bad), Some(StatusCode::UNAUTHORIZED), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_api_servers_proxy_brings_the_token_in_its_own_header() {
+        let token = AdminToken::new("local").also("cluster");
+        let with = |headers: &[(&str, &str)]| {
+            admit(&parts(headers), &tcp(), &token)
+                .err()
+                .map(|failure| failure.0)
+        };
+        // The API server's name as Host, the caller's Authorization gone.
+        let host = ("host", "api.cluster.example:6443");
+        assert_eq!(with(&[host, ("x-weft-admin-token", "cluster")]), None);
+        assert_eq!(with(&[host, ("x-weft-admin-token", "local")]), None);
+        assert_eq!(
+            with(&[host, ("x-weft-admin-token", "guess")]),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            with(&[host, ("x-weft-admin-token", "cluster"), ("origin", "null")]),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            with(&[
+                host,
+                ("x-weft-admin-token", "cluster"),
+                ("content-type", "text/plain"),
+                ("content-length", "2")
+            ]),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        // Without the header, a foreign Host is still refused.
+        assert_eq!(
+            with(&[host, ("authorization", "Bearer cluster")]),
+            Some(StatusCode::FORBIDDEN)
+        );
+        // The socket ignores the header: file permissions are its credential.
+        let socket = Peer::Socket {
+            uid: None,
+            pid: None,
+        };
+        let guessed = admit(&parts(&[("x-weft-admin-token", "guess")]), &socket, &token);
+        assert!(guessed.is_ok());
     }
 
     #[test]

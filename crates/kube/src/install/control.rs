@@ -7,7 +7,13 @@
 //! namespace), the status of Istio resources, its leader Lease (own
 //! namespace) and the caBundle of its two webhook configurations (by
 //! name); creates TokenReviews to check proxies' tokens. It reads Secrets
-//! (gateway `credentialName`) but never writes them.
+//! (gateway `credentialName`) and creates one in its own namespace: its
+//! admin token ([`crate::api_token`]), never updating or deleting any.
+//!
+//! The Role [`API_ROLE`] (bound to nobody) is what a person needs to run
+//! `weft proxy-status|describe|proxy-config --kubeconfig`: read that Secret
+//! and use the `services/proxy` subresource of weftd's Service. Reading the
+//! token is being weftd's administrator, so it is a separate grant.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -23,8 +29,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use super::{
-    API_PORT, InstallOptions, NAMESPACE, WEBHOOK_PORT, WEFTD, XDS_PORT, labelled_meta, meta,
-    to_value,
+    API_PORT, API_PORT_NAME, InstallOptions, NAMESPACE, WEBHOOK_PORT, WEFTD, XDS_PORT,
+    labelled_meta, meta, to_value,
 };
 use crate::inject::template::field_env;
 use crate::webhook::{INJECTOR_NAME, VALIDATOR_NAME};
@@ -88,13 +94,39 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
     ]
 }
 
-/// The rules in weftd's own namespace: the leader Lease.
+/// The rules in weftd's own namespace: the leader Lease, and creating
+/// the admin token's Secret (create cannot be limited by name; weftd
+/// never updates or deletes a Secret).
 pub fn namespace_rules() -> Vec<PolicyRule> {
-    vec![rule(
-        &["coordination.k8s.io"],
-        &["leases"],
-        &["get", "list", "watch", "create", "update", "patch"],
-    )]
+    vec![
+        rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["get", "list", "watch", "create", "update", "patch"],
+        ),
+        rule(&[""], &["secrets"], &["create"]),
+    ]
+}
+
+/// The Role a user is bound to (`kubectl create rolebinding ... --role
+/// weftd-api`) to use weftd's API through the API server.
+pub const API_ROLE: &str = "weftd-api";
+
+/// [`API_ROLE`]'s rules: weftd's admin token and the service proxy to
+/// weftd (GET for reads, POST for `analyze --use-weftd`), nothing else.
+pub fn api_rules() -> Vec<PolicyRule> {
+    vec![
+        PolicyRule {
+            resource_names: Some(vec![crate::api_token::SECRET.into()]),
+            ..rule(&[""], &["secrets"], &["get"])
+        },
+        // RBAC matches the name as the request spells it, scheme and port
+        // included: the one `weft` uses.
+        PolicyRule {
+            resource_names: Some(vec![super::api_proxy_name()]),
+            ..rule(&[""], &["services/proxy"], &["get", "create"])
+        },
+    ]
 }
 
 pub fn objects(options: &InstallOptions) -> Result<Vec<Value>, String> {
@@ -135,6 +167,10 @@ pub fn objects(options: &InstallOptions) -> Result<Vec<Value>, String> {
                 name: WEFTD.into(),
             },
             subjects: Some(vec![subject]),
+        })?,
+        to_value(&Role {
+            metadata: meta(API_ROLE, Some(NAMESPACE)),
+            rules: Some(api_rules()),
         })?,
         to_value(&deployment(options))?,
         to_value(&service())?,
@@ -249,7 +285,7 @@ fn deployment(options: &InstallOptions) -> Deployment {
                         ports: Some(vec![
                             port("grpc-xds", XDS_PORT),
                             port("https-webhook", WEBHOOK_PORT),
-                            port("http-api", API_PORT),
+                            port(API_PORT_NAME, API_PORT),
                         ]),
                         readiness_probe: Some(Probe {
                             tcp_socket: Some(TCPSocketAction {
@@ -310,7 +346,7 @@ fn service() -> Service {
             ports: Some(vec![
                 port("grpc-xds", XDS_PORT),
                 port("https-webhook", WEBHOOK_PORT),
-                port("http-api", API_PORT),
+                port(API_PORT_NAME, API_PORT),
             ]),
             ..ServiceSpec::default()
         }),

@@ -16,6 +16,7 @@ mod webhooks;
 
 use serde_json::Value;
 
+pub use control::API_ROLE;
 pub use crds::CRDS;
 
 pub const NAMESPACE: &str = "weft-system";
@@ -25,6 +26,17 @@ pub const GATEWAY: &str = "weft-ingressgateway";
 pub const XDS_PORT: i32 = 15012;
 pub const API_PORT: i32 = 15014;
 pub const WEBHOOK_PORT: i32 = 15017;
+/// The API port's name on the Service: `weft --kubeconfig` reaches weftd
+/// through the API server's proxy by this name.
+pub const API_PORT_NAME: &str = "http-api";
+
+/// The name `weft --kubeconfig` gives the Service in the API server's
+/// proxy path (`services/<this>/proxy/...`): scheme, Service and port. RBAC
+/// checks `services/proxy` against this whole name, so the Role
+/// `weftd-api` grants exactly it.
+pub fn api_proxy_name() -> String {
+    format!("http:{WEFTD}:{API_PORT_NAME}")
+}
 /// The field manager of `weft install`'s server-side apply.
 pub const FIELD_MANAGER: &str = "weft-install";
 

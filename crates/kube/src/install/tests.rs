@@ -96,10 +96,28 @@ fn rbac_is_least_privilege() {
         r.resources.as_deref() == Some(&["tokenreviews".to_string()][..]) && r.verbs == ["create"]
     }));
     let role: Role = one(&objects, "Role", "weftd");
+    let rules = role.rules.expect("rules");
     assert_eq!(
-        role.rules.expect("rules")[0].resources.as_deref(),
+        rules[0].resources.as_deref(),
         Some(&["leases".to_string()][..])
     );
+    // Its admin token's Secret: created, never updated or deleted.
+    assert_eq!(
+        rules[1].resources.as_deref(),
+        Some(&["secrets".to_string()][..])
+    );
+    assert_eq!(rules[1].verbs, ["create"]);
+    // What a person needs for `weft ... --kubeconfig`: that one Secret and
+    // weftd's service proxy, by name.
+    let api: Role = one(&objects, "Role", "weftd-api");
+    for rule in api.rules.expect("rules") {
+        let names = rule.resource_names.expect("by name");
+        assert!(
+            names == ["weftd-admin-token"] || names == ["http:weftd:http-api"],
+            "{names:?}"
+        );
+        assert!(rule.verbs.iter().all(|v| v == "get" || v == "create"));
+    }
 }
 
 #[test]
