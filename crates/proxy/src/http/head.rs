@@ -128,8 +128,12 @@ impl UpstreamHead {
 /// Connection-level headers that must not cross a proxy (RFC 9110 §7.6.1),
 /// plus any the `Connection` header names. An upgrade keeps `Connection` and
 /// `Upgrade`; gRPC's `te: trailers` is kept.
+///
+/// One pass over the message's (few) names finds what to drop: a removal
+/// hashes its name even when absent, and most messages carry at most
+/// `Connection` and one header it names.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -137,27 +141,30 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .filter_map(|token| HeaderName::try_from(token.trim()).ok())
         .filter(|name| !(upgrade && name == header::UPGRADE))
         .collect();
-    for name in named {
+    for name in headers.keys() {
+        let drop = if name == header::CONNECTION || name == header::UPGRADE {
+            !upgrade
+        } else if name == header::TE {
+            headers
+                .get(header::TE)
+                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        } else {
+            matches!(
+                name.as_str(),
+                "transfer-encoding"
+                    | "proxy-authenticate"
+                    | "proxy-authorization"
+                    | "trailer"
+                    | "keep-alive"
+                    | "proxy-connection"
+            )
+        };
+        if drop {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
         headers.remove(name);
-    }
-    if !upgrade {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
-    }
-    // Pre-parsed names: a `&str` name is parsed and validated on each use.
-    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING] {
-        headers.remove(name);
-    }
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::TRAILER);
-    if headers
-        .get(header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
     }
 }
 
@@ -176,7 +183,20 @@ mod tests {
         headers.insert("keep-alive", "timeout=5".parse().expect("value"));
         headers.insert(header::TE, "trailers".parse().expect("value"));
         headers.insert("x-app", "kept".parse().expect("value"));
+        headers.insert("proxy-connection", "keep-alive".parse().expect("value"));
+        headers.insert(
+            header::PROXY_AUTHORIZATION,
+            "Basic eA==".parse().expect("value"),
+        );
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().expect("value"));
         strip_hop_by_hop(&mut headers, false);
+        for gone in [
+            "proxy-connection",
+            "proxy-authorization",
+            "transfer-encoding",
+        ] {
+            assert!(headers.get(gone).is_none(), "{gone}");
+        }
         assert!(headers.get("x-private").is_none());
         assert!(headers.get(header::CONNECTION).is_none());
         assert!(headers.get("keep-alive").is_none());
@@ -196,6 +216,14 @@ mod tests {
         assert!(headers.contains_key(header::CONNECTION));
         headers.remove(header::CONNECTION);
         assert!(!is_upgrade_request(&headers));
+    }
+
+    #[test]
+    fn te_other_than_trailers_does_not_cross() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, "gzip".parse().expect("value"));
+        strip_hop_by_hop(&mut headers, false);
+        assert!(headers.get(header::TE).is_none());
     }
 
     #[test]
