@@ -350,11 +350,6 @@ pub const TABLE: &[Unimplemented] = &[
     ),
     ignored(
         GATEWAY,
-        "spec.servers[].tls.credentialName",
-        "not implemented yet (credentials from weftd); use serverCertificate, privateKey and caCertificates files; the server is left out",
-    ),
-    ignored(
-        GATEWAY,
         "spec.servers[].tls.caCertCredentialName",
         "not implemented; use credentialName (with its <name>-cacert) or caCertificates",
     ),

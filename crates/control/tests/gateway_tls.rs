@@ -14,7 +14,8 @@ use weft_testkit::backend::{HttpBackend, TcpEcho};
 use weft_testkit::free_addr;
 
 use gateway_tls_support::{
-    Client, Mesh, Pki, TlsBackend, eventually, local, passthrough_read, service,
+    Client, Mesh, Pki, TlsBackend, eventually, local, passthrough_read, service, spawn_gateway,
+    write_credential,
 };
 
 /// A VirtualService for `hosts` on the edge Gateway, HTTP to `to`.
@@ -415,5 +416,117 @@ spec:
         reply.header("location"),
         Some("https://shop.example.com/cart?id=7")
     );
+    drop(mesh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_names_come_from_weftd_and_reach_only_the_selected_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "edge");
+    let clients = Pki::new(dir.path(), "clients");
+    let backend = HttpBackend::start("httpbin").await;
+    let (port, mutual_port) = (free_addr().port(), free_addr().port());
+    // Istio's secure-ingress task, outside Kubernetes: the Gateway names
+    // credentials; weftd holds them (for MUTUAL, the CA in `<name>-cacert`).
+    let yaml = service("httpbin", "HTTP", backend.addr.port())
+        + &format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: https, protocol: HTTPS}}
+    hosts: [httpbin.example.com]
+    tls: {{mode: SIMPLE, credentialName: httpbin-credential}}
+  - port: {{number: {mutual_port}, name: https-mutual, protocol: HTTPS}}
+    hosts: [httpbin.example.com]
+    tls: {{mode: MUTUAL, credentialName: mutual-credential}}
+---
+"
+        )
+        + &http_vs("httpbin", "[httpbin.example.com]", "httpbin");
+    let mesh = Mesh::start(&yaml).await;
+    let first = pki.issue(&["httpbin.example.com"]);
+    write_credential(
+        mesh.state_dir(),
+        "httpbin-credential",
+        &[("tls.crt", &first.cert_pem), ("tls.key", &first.key_pem)],
+    );
+    write_credential(
+        mesh.state_dir(),
+        "mutual-credential",
+        &[("tls.crt", &first.cert_pem), ("tls.key", &first.key_pem)],
+    );
+    write_credential(
+        mesh.state_dir(),
+        "mutual-credential-cacert",
+        &[("ca.crt", &clients.ca_pem)],
+    );
+    let client = Client::new("httpbin.example.com", &pki);
+    let answer = eventually("credential served", || async {
+        client
+            .get(local(port), "httpbin.example.com", "/")
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.presented.as_ref(), Some(&first.der));
+
+    // MUTUAL with the CA from `mutual-credential-cacert`.
+    let trusted = clients.issue(&["client.example.com"]);
+    let with_cert = Client {
+        cert: Some((trusted.der.clone(), trusted.key())),
+        ..Client::new("httpbin.example.com", &pki)
+    };
+    let answer = eventually("MUTUAL credential served", || async {
+        with_cert
+            .get(local(mutual_port), "httpbin.example.com", "/")
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(
+        client
+            .get(local(mutual_port), "httpbin.example.com", "/")
+            .await
+            .is_err(),
+        "no client certificate"
+    );
+
+    // A renewed credential reaches the gateway without a restart.
+    let second = pki.issue(&["httpbin.example.com"]);
+    write_credential(
+        mesh.state_dir(),
+        "httpbin-credential",
+        &[("tls.key", &second.key_pem), ("tls.crt", &second.cert_pem)],
+    );
+    eventually("renewed credential", || async {
+        let answer = client
+            .get(local(port), "httpbin.example.com", "/")
+            .await
+            .ok()?;
+        (answer.presented.as_ref() == Some(&second.der)).then_some(())
+    })
+    .await;
+
+    // The key is pushed only to the proxy the Gateway selects, and even
+    // there it stays out of the config dump.
+    let dump = |addr| async move {
+        weft_testkit::client::get(addr, "admin", "/config_dump")
+            .await
+            .expect("config_dump")
+            .text()
+    };
+    let selected = dump(mesh.gateway.admin).await;
+    assert!(selected.contains("BEGIN CERTIFICATE"), "{selected}");
+    assert!(selected.contains("[redacted]"), "{selected}");
+    assert!(!selected.contains("PRIVATE KEY"), "{selected}");
+    let other = spawn_gateway(&mesh.weftd, "istio=other").await;
+    let unselected = dump(other.admin).await;
+    assert!(!unselected.contains("BEGIN CERTIFICATE"), "{unselected}");
+    assert!(!unselected.contains("httpbin"), "{unselected}");
     drop(mesh);
 }

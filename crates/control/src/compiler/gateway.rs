@@ -16,6 +16,7 @@
 //! PASSTHROUGH servers on one port by SNI; Weft does not yet).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use weft_api::Resource;
 use weft_api::networking::Server;
@@ -24,16 +25,28 @@ use weft_proto::proxy::v1 as pb;
 use weft_proto::proxy::v1::GatewayMode;
 
 use super::delegate::Delegates;
-use super::gateway_tls::{ServerPlan, https_redirect_route, mode_name, plan};
+use super::gateway_tls::{PendingTls, ServerPlan, https_redirect_route, mode_name, plan};
 use super::hosts::{HostIndex, fqdn, wildcard_matches};
 use super::http_rule::Audience;
 use super::routes::CompiledVs;
 use crate::registry::{ServiceDef, labels_match, namespace_or_default};
+use crate::store::credentials::CredentialSource;
 
 /// Every Gateway, compiled once per mesh change.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Gateways {
     gateways: Vec<CompiledGateway>,
+    /// Where `credentialName`s are looked up, per gateway proxy.
+    credentials: Arc<dyn CredentialSource>,
+}
+
+impl Default for Gateways {
+    fn default() -> Self {
+        Self {
+            gateways: Vec::new(),
+            credentials: Arc::new(crate::store::credentials::NoCredentials),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -51,7 +64,7 @@ struct PortPlan {
     /// Virtual host → its routes (HTTP and HTTPS).
     virtual_hosts: BTreeMap<String, Vec<pb::Route>>,
     /// HTTPS and terminated TLS: one per server, chosen by SNI.
-    tls_servers: Vec<pb::ServerTls>,
+    tls_servers: Vec<PendingTls>,
     tcp_routes: Vec<pb::TcpRoute>,
     tls_routes: Vec<pb::TlsRoute>,
 }
@@ -62,6 +75,7 @@ pub(super) struct Inputs<'a> {
     pub(super) services: &'a [ServiceDef],
     pub(super) hosts: &'a HostIndex,
     pub(super) delegates: &'a Delegates<'a>,
+    pub(super) credentials: Arc<dyn CredentialSource>,
 }
 
 impl Gateways {
@@ -128,7 +142,10 @@ impl Gateways {
                 ports,
             });
         }
-        Self { gateways }
+        Self {
+            gateways,
+            credentials: inputs.credentials.clone(),
+        }
     }
 
     /// The listeners and virtual hosts of a gateway proxy: every Gateway
@@ -164,9 +181,13 @@ impl Gateways {
                     ));
                     continue;
                 }
-                listener
-                    .tls_servers
-                    .extend(plan.tls_servers.iter().cloned());
+                for pending in &plan.tls_servers {
+                    listener.tls_servers.extend(pending.resolve(
+                        namespace,
+                        self.credentials.as_ref(),
+                        &mut warnings,
+                    ));
+                }
                 if is_l4(plan.mode) {
                     let service = l4_service_name(*port);
                     listener.service = service;
@@ -188,6 +209,25 @@ impl Gateways {
                 }
             }
         }
+        // A terminating port whose every server lost its credential cannot
+        // listen (the proxy would refuse the whole config), nor route.
+        listeners.retain(|port, l| {
+            let terminates = matches!(
+                l.gateway_mode(),
+                GatewayMode::GatewayHttps | GatewayMode::GatewayTlsTerminate
+            );
+            let keep = !terminates || !l.tls_servers.is_empty();
+            if !keep {
+                warnings.push(format!(
+                    "gateway port {port}: none of its TLS servers can be served; the port does not listen"
+                ));
+                for ports in merged.values_mut() {
+                    ports.remove(port);
+                }
+                l4.remove(port);
+            }
+            keep
+        });
         let mut services: Vec<pb::Service> = merged
             .into_iter()
             .filter_map(|(host, ports)| {
@@ -224,7 +264,8 @@ impl Gateways {
                 ..Default::default()
             });
         }
-        (listeners.into_values().collect(), services, warnings)
+        let listeners = listeners.into_values().collect();
+        (listeners, services, warnings)
     }
 }
 

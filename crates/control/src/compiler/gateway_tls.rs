@@ -8,16 +8,83 @@ use weft_api::networking::{Server, ServerTlsMode, ServerTlsSettings};
 use weft_proto::proxy::v1 as pb;
 use weft_proto::proxy::v1::GatewayMode;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
 use crate::registry::{PortProtocol, ServicePortDef};
+use crate::store::credentials::CredentialSource;
 
 /// What one server puts on its port.
 pub(super) struct ServerPlan {
     pub(super) mode: GatewayMode,
     /// The port as routes see it (HTTP for HTTPS servers: TLS has ended).
     pub(super) port: ServicePortDef,
-    pub(super) tls: Option<pb::ServerTls>,
+    pub(super) tls: Option<PendingTls>,
     /// `httpsRedirect`: every host of the server answers 301 to https.
     pub(super) https_redirect: bool,
+}
+
+/// A terminating server's settings; with `credentialName`, the PEM is
+/// filled in per gateway proxy from its namespace's credential.
+#[derive(Debug, Clone)]
+pub(super) struct PendingTls {
+    pub(super) tls: pb::ServerTls,
+    pub(super) credential: Option<String>,
+}
+
+impl PendingTls {
+    /// The settings for a proxy in `namespace`: None (with a warning) when
+    /// the credential is missing or unusable.
+    pub(super) fn resolve(
+        &self,
+        namespace: &str,
+        credentials: &dyn CredentialSource,
+        warnings: &mut Vec<String>,
+    ) -> Option<pb::ServerTls> {
+        let Some(name) = &self.credential else {
+            return Some(self.tls.clone());
+        };
+        let at = &self.tls.origin;
+        let mut left_out = |why: String| {
+            warnings.push(format!(
+                "{at}: credentialName {name:?} for gateway proxies in namespace {namespace}: {why}; server left out"
+            ));
+            None
+        };
+        let found = match credentials.lookup(namespace, name) {
+            Ok(found) => found,
+            Err(why) => return left_out(why),
+        };
+        let mut tls = self.tls.clone();
+        tls.certificate_pem = found.certificate;
+        tls.private_key_pem = found.private_key;
+        if tls.mode != pb::server_tls::Mode::Simple as i32 {
+            tls.ca_certificates_pem = if found.ca_certificates.is_empty() {
+                // Istio's convention: the CA in a `<name>-cacert` credential.
+                match credentials.lookup(namespace, &format!("{name}-cacert")) {
+                    Ok(ca) => ca.ca_certificates,
+                    Err(why) => {
+                        return left_out(format!(
+                            "MUTUAL needs a CA (ca.crt in the credential or in {name}-cacert): {why}"
+                        ));
+                    }
+                }
+            } else {
+                found.ca_certificates
+            };
+        }
+        // The proxy refuses a whole config with unusable PEM: check here so
+        // one bad credential only leaves its server out.
+        let certs = CertificateDer::pem_slice_iter(tls.certificate_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>();
+        if !matches!(certs, Ok(ref list) if !list.is_empty()) {
+            return left_out("tls.crt holds no PEM certificate".into());
+        }
+        if PrivateKeyDer::from_pem_slice(tls.private_key_pem.as_bytes()).is_err() {
+            return left_out("tls.key holds no PEM private key".into());
+        }
+        Some(tls)
+    }
 }
 
 /// Istio's gateway-protocol names for a mode, in warnings.
@@ -111,7 +178,7 @@ fn server_tls(
     tls: &ServerTlsSettings,
     at: &str,
     warnings: &mut Vec<String>,
-) -> Option<pb::ServerTls> {
+) -> Option<PendingTls> {
     let mut refuse = |why: &str| {
         warnings.push(format!("{at}: {why}; server left out"));
         None
@@ -119,23 +186,32 @@ fn server_tls(
     if !tls.credential_names.is_empty() || !tls.tls_certificates.is_empty() {
         return refuse("tls.credentialNames and tls.tlsCertificates are not implemented");
     }
-    if !tls.credential_name.is_empty() {
+    let credential = (!tls.credential_name.is_empty()).then(|| tls.credential_name.clone());
+    if credential.is_none() && (tls.server_certificate.is_empty() || tls.private_key.is_empty()) {
         return refuse(
-            "tls.credentialName is not implemented yet (use serverCertificate/privateKey files)",
+            "tls.serverCertificate and tls.privateKey (or tls.credentialName) are required",
         );
-    }
-    if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
-        return refuse("tls.serverCertificate and tls.privateKey are required");
     }
     let mode = match tls.mode {
         ServerTlsMode::Mutual => pb::server_tls::Mode::Mutual,
         ServerTlsMode::OptionalMutual => pb::server_tls::Mode::OptionalMutual,
         _ => pb::server_tls::Mode::Simple,
     };
-    if mode != pb::server_tls::Mode::Simple && tls.ca_certificates.is_empty() {
+    if mode != pb::server_tls::Mode::Simple
+        && credential.is_none()
+        && tls.ca_certificates.is_empty()
+    {
         return refuse("MUTUAL and OPTIONAL_MUTUAL need tls.caCertificates to verify clients");
     }
-    Some(pb::ServerTls {
+    // With a credential, weftd's PEM replaces the files.
+    let file = |path: &String| {
+        if credential.is_some() {
+            String::new()
+        } else {
+            path.clone()
+        }
+    };
+    let tls = pb::ServerTls {
         sni_hosts: server
             .hosts
             .iter()
@@ -143,9 +219,9 @@ fn server_tls(
             .map(str::to_ascii_lowercase)
             .collect(),
         mode: mode as i32,
-        certificate_file: tls.server_certificate.clone(),
-        private_key_file: tls.private_key.clone(),
-        ca_certificates_file: tls.ca_certificates.clone(),
+        certificate_file: file(&tls.server_certificate),
+        private_key_file: file(&tls.private_key),
+        ca_certificates_file: file(&tls.ca_certificates),
         subject_alt_names: tls.subject_alt_names.clone(),
         min_version: rustls_version(tls.min_protocol_version).to_string(),
         max_version: rustls_version(tls.max_protocol_version).to_string(),
@@ -159,7 +235,8 @@ fn server_tls(
             .collect(),
         origin: at.to_string(),
         ..Default::default()
-    })
+    };
+    Some(PendingTls { tls, credential })
 }
 
 /// The route of every host of an `httpsRedirect` server: 301 to https,

@@ -349,27 +349,50 @@ impl Mesh {
             .expect("weftd");
         let reply = weftd.apply(yaml).await.expect("apply");
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
-        let args = [
-            "--router",
-            "--workload",
-            "istio-ingressgateway",
-            "--namespace",
-            "istio-system",
-            "--label",
-            "istio=ingressgateway",
-        ];
-        let gateway = ProxyProcess::spawn_ready(
-            ProxyOptions::control_plane(&binary, weftd.grpc, &args),
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("gateway ready");
+        let gateway = spawn_gateway(&weftd, "istio=ingressgateway").await;
         Self {
             weftd,
             gateway,
             _state: state,
         }
+    }
+}
+
+impl Mesh {
+    /// weftd's state directory (its `credentials/` live there).
+    pub fn state_dir(&self) -> &Path {
+        &self.weftd.state_dir
+    }
+}
+
+/// A gateway proxy in istio-system labelled `label`, ready.
+pub async fn spawn_gateway(weftd: &WeftdProcess, label: &str) -> ProxyProcess {
+    let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
+    let args = [
+        "--router",
+        "--workload",
+        "istio-ingressgateway",
+        "--namespace",
+        "istio-system",
+        "--label",
+        label,
+    ];
+    ProxyProcess::spawn_ready(
+        ProxyOptions::control_plane(&binary, weftd.grpc, &args),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("gateway ready")
+}
+
+/// Writes a credential as weftd's directory source reads it.
+pub fn write_credential(state: &Path, name: &str, files: &[(&str, &str)]) {
+    let dir = state.join("credentials/istio-system").join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir credential");
+    for (file, pem) in files {
+        let tmp = dir.join(format!("{file}.tmp"));
+        std::fs::write(&tmp, pem).expect("write credential");
+        std::fs::rename(&tmp, dir.join(file)).expect("rename credential");
     }
 }
 
