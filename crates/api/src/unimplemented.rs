@@ -355,6 +355,13 @@ pub const TABLE: &[Unimplemented] = &[
     ),
     Unimplemented {
         kind: GATEWAY,
+        pattern: "spec.servers[].port.protocol",
+        treatment: Treatment::Ignored,
+        message: "is not served by Weft's gateways (HTTP, HTTP2, GRPC, HTTPS, TLS and TCP are); the server is left out",
+        when: Some(is_unserved_gateway_protocol),
+    },
+    Unimplemented {
+        kind: GATEWAY,
         pattern: "spec.servers[].tls.mode",
         treatment: Treatment::Ignored,
         message: "ISTIO_MUTUAL and AUTO_PASSTHROUGH are not implemented on gateways; the server is left out",
@@ -384,6 +391,14 @@ fn is_true(value: &Value) -> bool {
 
 fn is_ignore(value: &Value) -> bool {
     value.as_str() == Some("IGNORE")
+}
+
+fn is_unserved_gateway_protocol(value: &Value) -> bool {
+    value.as_str().is_some_and(|protocol| {
+        !["HTTP", "HTTP2", "GRPC", "HTTPS", "TLS", "TCP"]
+            .iter()
+            .any(|served| protocol.eq_ignore_ascii_case(served))
+    })
 }
 
 fn is_unserved_gateway_mode(value: &Value) -> bool {
