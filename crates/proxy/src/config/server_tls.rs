@@ -93,7 +93,7 @@ impl GatewayTls {
         let mut out = Vec::new();
         for (index, server) in servers.iter().enumerate() {
             let at = format!("tlsServers[{index}]");
-            match TlsServer::compile(server, http, &at) {
+            match TlsServer::compile(server, http) {
                 Ok(compiled) => out.push(compiled),
                 Err((field, message)) => problems.push((format!("{at}.{field}"), message)),
             }
@@ -138,7 +138,7 @@ impl GatewayTls {
 }
 
 impl TlsServer {
-    fn compile(server: &pb::ServerTls, http: bool, _at: &str) -> Result<Self, (String, String)> {
+    fn compile(server: &pb::ServerTls, http: bool) -> Result<Self, (String, String)> {
         let mode = Mode::try_from(server.mode)
             .map_err(|_| ("mode".to_string(), format!("unknown mode {}", server.mode)))?;
         let source = if !server.certificate_pem.is_empty() {
@@ -477,4 +477,95 @@ fn subject_alt_names(der: &[u8]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inline server for `hosts` with a fresh self-signed certificate.
+    fn server(hosts: &[&str]) -> pb::ServerTls {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names: Vec<String> = hosts
+            .iter()
+            .map(|h| {
+                if *h == "*" {
+                    "any.test".into()
+                } else {
+                    h.replace('*', "x")
+                }
+            })
+            .collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        pb::ServerTls {
+            sni_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            certificate_pem: cert.pem(),
+            private_key_pem: key.serialize_pem(),
+            ..Default::default()
+        }
+    }
+
+    fn compiled(servers: &[pb::ServerTls]) -> Arc<GatewayTls> {
+        let mut problems = Vec::new();
+        let tls = GatewayTls::compile(servers, true, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        tls.expect("compiles")
+    }
+
+    /// Which server (by index) a ClientHello with `sni` gets.
+    fn picked(tls: &GatewayTls, sni: Option<&str>) -> Option<usize> {
+        let config = tls.config_for(sni).ok()?;
+        tls.servers
+            .iter()
+            .position(|s| s.current().is_ok_and(|c| Arc::ptr_eq(&c, &config)))
+    }
+
+    #[test]
+    fn sni_picks_exact_then_longest_wildcard_then_catch_all() {
+        let tls = compiled(&[
+            server(&["*.example.com"]),
+            server(&["api.example.com"]),
+            server(&["*.eu.example.com"]),
+            server(&["*"]),
+        ]);
+        assert_eq!(picked(&tls, Some("api.example.com")), Some(1));
+        assert_eq!(picked(&tls, Some("API.example.com")), Some(1));
+        assert_eq!(picked(&tls, Some("shop.eu.example.com")), Some(2));
+        assert_eq!(picked(&tls, Some("shop.example.com")), Some(0));
+        assert_eq!(picked(&tls, Some("example.org")), Some(3));
+        assert_eq!(picked(&tls, None), Some(3), "no SNI: the `*` server");
+        // Without a catch-all: unknown names are refused; no SNI gets the
+        // port's first server.
+        let tls = compiled(&[server(&["b.test"]), server(&["a.test"])]);
+        assert_eq!(picked(&tls, Some("c.test")), None);
+        assert_eq!(picked(&tls, None), Some(0));
+    }
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let mut problems = Vec::new();
+        let mut bad = server(&["a.test"]);
+        bad.min_version = "TLSv1_1".into();
+        assert!(GatewayTls::compile(&[bad], true, &mut problems).is_none());
+        let mut bad = server(&["a.test"]);
+        bad.cipher_suites = vec!["RC4".into()];
+        assert!(GatewayTls::compile(&[bad], true, &mut problems).is_none());
+        let mut bad = server(&["a.test"]);
+        bad.private_key_pem = server(&["b.test"]).private_key_pem;
+        assert!(GatewayTls::compile(&[bad], true, &mut problems).is_none());
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "tlsServers[0].minVersion",
+                "tlsServers[0].cipherSuites",
+                "tlsServers[0].certificatePem"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[2].1.contains("does not match"), "{problems:?}");
+    }
 }
