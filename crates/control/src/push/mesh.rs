@@ -16,7 +16,7 @@ use crate::compiler::tls::MeshPeers;
 use crate::registry::Workload;
 use crate::status::StatusBoard;
 use crate::store::Store;
-use crate::store::credentials::{CREDENTIALS_DIR, CredentialDir, CredentialSource, NoCredentials};
+use crate::store::credentials::{CREDENTIALS_DIR, CredentialDir, CredentialSource, Layered};
 
 /// Made once by the first stream that needs it, while the others wait.
 type Shared<T> = Arc<OnceCell<T>>;
@@ -155,10 +155,6 @@ pub async fn build_loop(
     // Gateway credentials (`credentialName`): files under the state
     // directory, polled so that a renewal is pushed without a restart.
     let credential_dir = state_dir.as_deref().map(CredentialDir::new);
-    let credentials: Arc<dyn CredentialSource> = match &credential_dir {
-        Some(dir) => Arc::new(dir.clone()),
-        None => Arc::new(NoCredentials),
-    };
     let mut credential_files = credential_dir.as_ref().map(CredentialDir::fingerprint);
     let mut last_warnings: Vec<String> = Vec::new();
     let mut last_saved = None;
@@ -197,12 +193,16 @@ pub async fn build_loop(
         }
         let peers = MeshPeers::new(&trust_domain, &nodes);
         let cluster = store.cluster_discovery();
+        let credentials: Arc<dyn CredentialSource> = Arc::new(Layered {
+            cluster: cluster.clone(),
+            dir: credential_dir.clone(),
+        });
         let index = MeshIndex::build_with_credentials(
             &resources,
             &cluster,
             &workloads,
             &peers,
-            credentials.clone(),
+            credentials,
         );
         status.set_workloads(workloads);
         tracing::debug!(

@@ -1,6 +1,8 @@
 //! TLS credentials that Gateway servers name with `credentialName`, as one
 //! small interface ([`CredentialSource`]) so that any source can feed the
-//! compiler: today a directory weftd reads, later Kubernetes Secrets.
+//! compiler: a directory weftd reads and, when weftd follows a Kubernetes
+//! cluster, its Secrets ([`Layered`]: a Secret wins over a directory entry
+//! of the same namespace and name).
 //!
 //! The directory source (`<state dir>/credentials`) holds one folder per
 //! credential, by namespace (the gateway proxy's, as Istio looks Secrets
@@ -17,7 +19,10 @@
 //! changes, so a renewed credential reaches the gateways without a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use weft_kube::convert::ClusterSnapshot;
 
 /// The subdirectory of weftd's state directory holding credentials.
 pub const CREDENTIALS_DIR: &str = "credentials";
@@ -47,6 +52,31 @@ impl CredentialSource for NoCredentials {
         Err(format!(
             "no credential source: {namespace}/{name} cannot be found"
         ))
+    }
+}
+
+/// A cluster's Secrets first (weftd following Kubernetes: `kubernetes.io/tls`
+/// and generic Secrets, `weft_kube::convert::secret`), then the directory.
+#[derive(Debug)]
+pub struct Layered {
+    pub cluster: Arc<ClusterSnapshot>,
+    pub dir: Option<CredentialDir>,
+}
+
+impl CredentialSource for Layered {
+    fn lookup(&self, namespace: &str, name: &str) -> Result<Credential, String> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(found) = self.cluster.credentials.get(&key) {
+            return Ok(Credential {
+                certificate: found.certificate.clone(),
+                private_key: found.private_key.clone(),
+                ca_certificates: found.ca_certificates.clone(),
+            });
+        }
+        match &self.dir {
+            Some(dir) => dir.lookup(namespace, name),
+            None => Err(format!("no Secret {namespace}/{name}")),
+        }
     }
 }
 
@@ -156,5 +186,41 @@ mod tests {
             "CA"
         );
         assert_eq!(source.fingerprint().len(), 3);
+
+        // A cluster's Secret wins over the directory; the directory still
+        // answers for names the cluster lacks.
+        let mut cluster = ClusterSnapshot::default();
+        cluster.credentials.insert(
+            ("istio-system".into(), "web".into()),
+            weft_kube::convert::secret::TlsCredential {
+                certificate: "SECRET-CERT".into(),
+                private_key: "SECRET-KEY".into(),
+                ca_certificates: String::new(),
+            },
+        );
+        let layered = Layered {
+            cluster: Arc::new(cluster),
+            dir: Some(source),
+        };
+        assert_eq!(
+            layered
+                .lookup("istio-system", "web")
+                .expect("secret")
+                .certificate,
+            "SECRET-CERT"
+        );
+        assert_eq!(
+            layered
+                .lookup("istio-system", "web-cacert")
+                .expect("directory")
+                .ca_certificates,
+            "CA"
+        );
+        let without_dir = Layered {
+            cluster: Arc::new(ClusterSnapshot::default()),
+            dir: None,
+        };
+        let err = without_dir.lookup("istio-system", "web").expect_err("none");
+        assert!(err.contains("no Secret istio-system/web"), "{err}");
     }
 }
