@@ -318,12 +318,54 @@ pub const TABLE: &[Unimplemented] = &[
         "spec.servers[].defaultEndpoint",
         "not implemented; traffic is routed by the bound VirtualServices",
     ),
+    ignored(
+        GATEWAY,
+        "spec.servers[].tls.caCrl",
+        "not implemented; client certificates are not checked against a revocation list",
+    ),
+    ignored(
+        GATEWAY,
+        "spec.servers[].tls.verifyCertificateSpki",
+        "not implemented; client certificates are verified against caCertificates (and subjectAltNames) only",
+    ),
+    ignored(
+        GATEWAY,
+        "spec.servers[].tls.verifyCertificateHash",
+        "not implemented; client certificates are verified against caCertificates (and subjectAltNames) only",
+    ),
+    ignored(
+        GATEWAY,
+        "spec.servers[].tls.ecdhCurves",
+        "not implemented; rustls' default key-exchange groups are offered",
+    ),
+    ignored(
+        GATEWAY,
+        "spec.servers[].tls.credentialNames",
+        "not implemented (one certificate per server); use credentialName or serverCertificate/privateKey; the server is left out",
+    ),
+    ignored(
+        GATEWAY,
+        "spec.servers[].tls.tlsCertificates",
+        "not implemented (one certificate per server); use serverCertificate/privateKey; the server is left out",
+    ),
+    ignored(
+        GATEWAY,
+        "spec.servers[].tls.caCertCredentialName",
+        "not implemented; use credentialName (with its <name>-cacert) or caCertificates",
+    ),
     Unimplemented {
         kind: GATEWAY,
-        pattern: "spec.servers[].tls",
+        pattern: "spec.servers[].port.protocol",
         treatment: Treatment::Ignored,
-        message: "TLS termination on gateways is not implemented (only httpsRedirect); the server's TLS settings are not applied",
-        when: Some(tls_beyond_redirect),
+        message: "is not served by Weft's gateways (HTTP, HTTP2, GRPC, HTTPS, TLS and TCP are); the server is left out",
+        when: Some(is_unserved_gateway_protocol),
+    },
+    Unimplemented {
+        kind: GATEWAY,
+        pattern: "spec.servers[].tls.mode",
+        treatment: Treatment::Ignored,
+        message: "ISTIO_MUTUAL and AUTO_PASSTHROUGH are not implemented on gateways; the server is left out",
+        when: Some(is_unserved_gateway_mode),
     },
 ];
 
@@ -351,10 +393,16 @@ fn is_ignore(value: &Value) -> bool {
     value.as_str() == Some("IGNORE")
 }
 
-fn tls_beyond_redirect(value: &Value) -> bool {
-    value
-        .as_object()
-        .is_some_and(|tls| tls.keys().any(|key| key != "httpsRedirect"))
+fn is_unserved_gateway_protocol(value: &Value) -> bool {
+    value.as_str().is_some_and(|protocol| {
+        !["HTTP", "HTTP2", "GRPC", "HTTPS", "TLS", "TCP"]
+            .iter()
+            .any(|served| protocol.eq_ignore_ascii_case(served))
+    })
+}
+
+fn is_unserved_gateway_mode(value: &Value) -> bool {
+    matches!(value.as_str(), Some("ISTIO_MUTUAL" | "AUTO_PASSTHROUGH"))
 }
 
 /// One field Weft does not honour, as weftd's apply API returns it and

@@ -14,7 +14,7 @@
 //! leaves ([`body`], [`flags`], [`reply`], [`workload`], [`identity`]) →
 //! [`policy`] → [`config`] (the compiled snapshot, plain data) →
 //! [`balance`] (the clusters' runtime) → [`tls`], [`telemetry`],
-//! [`upstream`], [`listener`] → [`state`] (data only) → [`http`], [`tcp`] → [`inbound`], [`outbound`] → [`proxy`]
+//! [`upstream`], [`listener`] → [`state`] (data only) → [`http`], [`tcp`] → [`inbound`], [`outbound`] → [`gateway`] → [`proxy`]
 //! (state + listeners, applying configs) → [`xds`], [`admin`], `main.rs`.
 
 pub mod admin;
@@ -22,6 +22,7 @@ pub mod balance;
 pub mod body;
 pub mod config;
 pub mod flags;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod inbound;

@@ -21,7 +21,7 @@ use crate::listener::drain::Drain;
 use crate::listener::{Listeners, Serve};
 use crate::state::ProxyState;
 use crate::tls::MeshTls;
-use crate::{inbound, outbound};
+use crate::{gateway, inbound, outbound};
 
 pub struct Proxy {
     pub state: Arc<ProxyState>,
@@ -105,7 +105,7 @@ async fn dispatch(state: Arc<ProxyState>, stream: TcpStream, listen_addr: Socket
             outbound::explicit(state.clone(), &snapshot, stream, listen_addr, service).await;
         }
         ListenerKind::Gateway => {
-            outbound::gateway(state.clone(), &snapshot, stream, listen_addr).await;
+            gateway::serve(state.clone(), &snapshot, stream, listener).await;
         }
         ListenerKind::Unspecified => {}
     }

@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::labels_match;
 use super::{
-    CONFLICTING_GATEWAYS, GATEWAY_PORT_NOT_ON_SERVICE, Input, Message, Object,
-    REFERENCED_RESOURCE_NOT_FOUND, hosts, string_map, strings,
+    CONFLICTING_GATEWAYS, GATEWAY_PORT_NOT_ON_SERVICE, GATEWAY_SERVER_NOT_SERVED, Input, Message,
+    Object, REFERENCED_RESOURCE_NOT_FOUND, hosts, string_map, strings,
 };
 
 /// IST0145: two Gateways whose workload selectors can pick the same
@@ -78,6 +78,78 @@ pub fn conflicting(input: &Input, out: &mut Vec<Message>) {
             CONFLICTING_GATEWAYS,
             format!("Conflict with gateways {}", listed.join(", ")),
         ));
+    }
+}
+
+/// WEFT0002: a MUTUAL server with no CA to verify clients, and a server
+/// whose port an earlier server of the same Gateway
+/// uses for another kind of traffic (plaintext HTTP, terminated HTTPS, TLS
+/// passthrough, terminated TLS, TCP). Istio can split such a port by SNI;
+/// Weft's gateway serves the port's first kind and leaves the others out.
+pub fn server_kinds(input: &Input, out: &mut Vec<Message>) {
+    for gateway in input.istio("Gateway") {
+        let mut kinds: BTreeMap<u64, (usize, &'static str)> = BTreeMap::new();
+        for (index, server) in servers(gateway).enumerate() {
+            let Some(port) = server.pointer("/port/number").and_then(Value::as_u64) else {
+                continue;
+            };
+            let Some(kind) = server_kind(server) else {
+                continue;
+            };
+            let mode = server.pointer("/tls/mode").and_then(Value::as_str);
+            let has = |field: &str| {
+                server
+                    .pointer(&format!("/tls/{field}"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| !v.is_empty())
+            };
+            if matches!(mode, Some("MUTUAL" | "OPTIONAL_MUTUAL"))
+                && !has("caCertificates")
+                && !has("credentialName")
+            {
+                out.push(gateway.message(
+                    GATEWAY_SERVER_NOT_SERVED,
+                    format!(
+                        "servers[{index}]: MUTUAL and OPTIONAL_MUTUAL need tls.caCertificates (or a credentialName with a CA) to verify clients: the server is left out"
+                    ),
+                ));
+                continue;
+            }
+            match kinds.get(&port) {
+                None => {
+                    kinds.insert(port, (index, kind));
+                }
+                Some((first, held)) if *held != kind => out.push(gateway.message(
+                    GATEWAY_SERVER_NOT_SERVED,
+                    format!(
+                        "servers[{index}] carries {kind} on port {port}, which servers[{first}] uses for {held}; Weft serves one kind per port: servers[{index}] is left out"
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// What a server puts on its port, as the gateway compiler decides it;
+/// None for servers it leaves out anyway (warned elsewhere).
+fn server_kind(server: &Value) -> Option<&'static str> {
+    let protocol = server
+        .pointer("/port/protocol")
+        .and_then(Value::as_str)?
+        .to_ascii_uppercase();
+    let mode = server
+        .pointer("/tls/mode")
+        .and_then(Value::as_str)
+        .unwrap_or("PASSTHROUGH");
+    let terminates = matches!(mode, "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL");
+    match protocol.as_str() {
+        "HTTP" | "HTTP2" | "GRPC" => Some("plaintext HTTP"),
+        "HTTPS" | "TLS" if mode == "PASSTHROUGH" => Some("TLS passthrough"),
+        "HTTPS" if terminates => Some("terminated HTTPS"),
+        "TLS" if terminates => Some("terminated TLS"),
+        "TCP" => Some("TCP"),
+        _ => None,
     }
 }
 

@@ -71,6 +71,13 @@ pub const NOT_IMPLEMENTED: Code = Code {
     name: "FieldNotImplemented",
     level: Level::Warning,
 };
+/// Weft's own code: a Gateway server Weft's gateways cannot serve as
+/// written (left out of the gateway's config).
+pub const GATEWAY_SERVER_NOT_SERVED: Code = Code {
+    code: "WEFT0002",
+    name: "GatewayServerNotServed",
+    level: Level::Warning,
+};
 pub const REFERENCED_RESOURCE_NOT_FOUND: Code = Code {
     code: "IST0101",
     name: "ReferencedResourceNotFound",
@@ -422,6 +429,11 @@ pub const ANALYZERS: &[Analyzer] = &[
         name: "gateway.ConflictingGatewayAnalyzer",
         codes: &[CONFLICTING_GATEWAYS],
         run: gateway::conflicting,
+    },
+    Analyzer {
+        name: "weft.GatewayServerAnalyzer",
+        codes: &[GATEWAY_SERVER_NOT_SERVED],
+        run: gateway::server_kinds,
     },
     Analyzer {
         name: "gateway.IngressGatewayPortAnalyzer",

@@ -54,3 +54,29 @@ fn an_unknown_analyzer_is_named() {
     let err = analyze(&Input::default(), &["nope"]).expect_err("unknown");
     assert!(err.contains("nope") && err.contains("gateway.ConflictingGatewayAnalyzer"));
 }
+
+#[test]
+fn servers_of_another_kind_on_a_used_port_are_reported() {
+    let input = input(&[
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+               "metadata": {"name": "edge", "namespace": "istio-system"},
+               "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+                   {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["a.example.com"],
+                    "tls": {"mode": "SIMPLE", "credentialName": "a"}},
+                   {"port": {"number": 443, "name": "https-b", "protocol": "HTTPS"}, "hosts": ["b.example.com"],
+                    "tls": {"mode": "MUTUAL", "credentialName": "b"}},
+                   {"port": {"number": 443, "name": "tls", "protocol": "TLS"}, "hosts": ["c.example.com"],
+                    "tls": {"mode": "PASSTHROUGH"}},
+                   {"port": {"number": 8443, "name": "https-m", "protocol": "HTTPS"}, "hosts": ["d.example.com"],
+                    "tls": {"mode": "MUTUAL", "serverCertificate": "/c", "privateKey": "/k"}}]}}),
+    ]);
+    let messages = analyze(&input, &["weft.GatewayServerAnalyzer"]).expect("analyze");
+    let lines: Vec<String> = messages.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "Warning [WEFT0002] (Gateway istio-system/edge) servers[2] carries TLS passthrough on port 443, which servers[0] uses for terminated HTTPS; Weft serves one kind per port: servers[2] is left out",
+            "Warning [WEFT0002] (Gateway istio-system/edge) servers[3]: MUTUAL and OPTIONAL_MUTUAL need tls.caCertificates (or a credentialName with a CA) to verify clients: the server is left out"
+        ]
+    );
+}

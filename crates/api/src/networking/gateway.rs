@@ -216,6 +216,7 @@ impl Spec for Gateway {
             }
             if let Some(tls) = &server.tls {
                 tls.validate(&format!("{path}.tls"), errors);
+                super::gateway_tls::validate(tls, &format!("{path}.tls"), errors);
             }
             if !server.name.is_empty() && !names.insert(server.name.as_str()) {
                 errors.push(format!("{path}.name"), "Duplicate value");

@@ -2,6 +2,7 @@
 
 mod destination_rule;
 mod gateway;
+pub mod gateway_tls;
 mod http_route;
 mod service_entry;
 mod sidecar;
@@ -12,7 +13,7 @@ mod workload_entry;
 mod workload_group;
 
 pub use destination_rule::{DestinationRule, Subset};
-pub use gateway::{Gateway, Server, ServerTlsSettings};
+pub use gateway::{Gateway, Server, ServerTlsMode, ServerTlsSettings, TlsProtocol};
 pub use http_route::{HttpMatchRequest, HttpRoute, HttpRouteDestination, RedirectPortSelection};
 pub use service_entry::{Location, Resolution, ServiceEntry};
 pub use sidecar::{OutboundMode, Sidecar};

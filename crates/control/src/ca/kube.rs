@@ -145,6 +145,7 @@ mod tests {
         };
         let cluster = |pods| {
             Arc::new(ClusterSnapshot {
+                credentials: Default::default(),
                 services: Vec::new(),
                 pods,
             })

@@ -34,16 +34,19 @@ struct L4Match {
 }
 
 /// Whether `gateways` of a match block include sidecars.
-fn for_mesh(gateways: &[String]) -> bool {
+pub(in crate::compiler) fn for_mesh(gateways: &[String]) -> bool {
     gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
 }
 
 /// The `tcp` and `tls` rules of `spec`, in order (TCP first; the proxy
-/// keeps them apart anyway). `label` names the VirtualService in warnings.
+/// keeps them apart anyway). `label` names the VirtualService in warnings;
+/// `admits` says whether a match block's `gateways` include the audience
+/// ([`for_mesh`] for sidecars).
 pub(in crate::compiler) fn rules(
     spec: &VirtualService,
     vs_name: &str,
     label: &str,
+    admits: &dyn Fn(&[String]) -> bool,
     warnings: &mut Vec<String>,
 ) -> Vec<L4Rule> {
     let mut rules = Vec::new();
@@ -52,7 +55,7 @@ pub(in crate::compiler) fn rules(
         let mut matches = Vec::new();
         let mut skip = None;
         for (m_index, m) in tcp.matches.iter().enumerate() {
-            if !for_mesh(&m.gateways) {
+            if !admits(&m.gateways) {
                 continue;
             }
             if !m.source_subnet.is_empty() {
@@ -90,7 +93,7 @@ pub(in crate::compiler) fn rules(
             .is_empty()
             .then(|| "no match: sniHosts are required".to_string());
         for (m_index, m) in tls.matches.iter().enumerate() {
-            if !for_mesh(&m.gateways) {
+            if !admits(&m.gateways) {
                 continue;
             }
             if m.sni_hosts.is_empty() || m.sni_hosts.iter().any(String::is_empty) {

@@ -19,6 +19,7 @@ mod checks;
 mod clusters;
 mod delegate;
 mod gateway;
+mod gateway_tls;
 mod hosts;
 mod http_rule;
 mod locality;
@@ -142,6 +143,19 @@ impl MeshIndex {
         workloads: &[Workload],
         peers: &tls::MeshPeers,
     ) -> Self {
+        let none = std::sync::Arc::new(crate::store::credentials::NoCredentials);
+        Self::build_with_credentials(resources, cluster, workloads, peers, none)
+    }
+
+    /// [`build_with_cluster`](Self::build_with_cluster), with where Gateway
+    /// servers' `credentialName`s are found.
+    pub fn build_with_credentials(
+        resources: &[Resource],
+        cluster: &weft_kube::convert::ClusterSnapshot,
+        workloads: &[Workload],
+        peers: &tls::MeshPeers,
+        credentials: std::sync::Arc<dyn crate::store::credentials::CredentialSource>,
+    ) -> Self {
         let registry = Registry::build_with_cluster(resources, cluster, workloads);
         let mut warnings = registry.warnings().to_vec();
         let services = registry.services();
@@ -251,6 +265,7 @@ impl MeshIndex {
             services,
             hosts: &hosts,
             delegates: &delegates,
+            credentials,
         };
         let gateways = gateway::Gateways::build(&gateway_inputs, &mut clusters, &mut warnings);
         let authz = authz::AuthzPolicies::build(
@@ -310,6 +325,8 @@ mod corpus_tests;
 mod dr_tests;
 #[cfg(test)]
 mod gateway_tests;
+#[cfg(test)]
+mod gateway_tls_tests;
 #[cfg(test)]
 mod route_tests;
 #[cfg(test)]

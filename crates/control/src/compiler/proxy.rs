@@ -154,7 +154,7 @@ impl MeshIndex {
     /// A gateway proxy: the listeners and virtual hosts of the Gateways
     /// selecting it, and the clusters their routes use.
     fn compile_router(&self, node: &Node) -> ProxyOutput {
-        let (listeners, services) = self.gateways.for_node(node);
+        let (listeners, services, warnings) = self.gateways.for_node(node);
         let clusters = self.clusters_for(&services, node);
         ProxyOutput {
             config: ProxyConfig {
@@ -166,7 +166,7 @@ impl MeshIndex {
                     .for_node(namespace_or_default(&node.namespace), &node.labels),
                 ..Default::default()
             },
-            warnings: Vec::new(),
+            warnings,
         }
     }
 
@@ -281,6 +281,7 @@ fn listeners(
                 service_port: 0,
                 inbound_port: 0,
                 mtls_mode: 0,
+                ..Default::default()
             });
         }
     }
@@ -300,6 +301,7 @@ fn listeners(
             service_port: explicit.port,
             inbound_port: 0,
             mtls_mode: 0,
+            ..Default::default()
         };
         if !explicit.service.is_empty() {
             let wanted = explicit.service.to_ascii_lowercase();

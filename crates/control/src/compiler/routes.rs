@@ -52,12 +52,15 @@ impl CompiledVs {
         }
         let vs_name = &object.metadata.name;
         let label = format!("VirtualService {namespace}/{vs_name}");
-        // Gateways carry HTTP only for now (their TCP/TLS servers come with
-        // gateway TLS); sidecars get `tcp` and `tls` routes too.
-        let l4 = match audience {
-            Audience::Mesh => l4_routes::rules(spec, vs_name, &label, warnings),
-            Audience::Gateway { .. } => Vec::new(),
+        // A match block without `gateways` inherits the VirtualService's,
+        // which admitted this audience already.
+        let admits = |gateways: &[String]| match audience {
+            Audience::Mesh => l4_routes::for_mesh(gateways),
+            Audience::Gateway { .. } => {
+                gateways.is_empty() || audience.named_in(gateways, &namespace)
+            }
         };
+        let l4 = l4_routes::rules(spec, vs_name, &label, &admits, warnings);
         let mut rules = Vec::new();
         for (index, http) in spec.http.iter().enumerate() {
             let at = format!("{label}: http[{index}]");

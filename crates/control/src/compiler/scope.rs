@@ -215,6 +215,7 @@ impl SidecarScope {
                 service_port: *port,
                 inbound_port: 0,
                 mtls_mode: 0,
+                ..Default::default()
             });
         }
         out

@@ -192,6 +192,7 @@ impl super::MeshIndex {
                 service_port: 0,
                 inbound_port: inbound.port,
                 mtls_mode: 0,
+                ..Default::default()
             });
         }
         if !node.mtls {

@@ -16,6 +16,7 @@ use crate::compiler::tls::MeshPeers;
 use crate::registry::Workload;
 use crate::status::StatusBoard;
 use crate::store::Store;
+use crate::store::credentials::{CREDENTIALS_DIR, CredentialDir, CredentialSource, Layered};
 
 /// Made once by the first stream that needs it, while the others wait.
 type Shared<T> = Arc<OnceCell<T>>;
@@ -151,6 +152,10 @@ pub async fn build_loop(
     let mut store_changes = store.subscribe();
     let mut workload_changes = registrations.subscribe();
     let mut generation = 0;
+    // Gateway credentials (`credentialName`): files under the state
+    // directory, polled so that a renewal is pushed without a restart.
+    let credential_dir = state_dir.as_deref().map(CredentialDir::new);
+    let mut credential_files = credential_dir.as_ref().map(CredentialDir::fingerprint);
     let mut last_warnings: Vec<String> = Vec::new();
     let mut last_saved = None;
     // Resources live across builds: an unchanged one keeps its bytes.
@@ -188,7 +193,17 @@ pub async fn build_loop(
         }
         let peers = MeshPeers::new(&trust_domain, &nodes);
         let cluster = store.cluster_discovery();
-        let index = MeshIndex::build_with_cluster(&resources, &cluster, &workloads, &peers);
+        let credentials: Arc<dyn CredentialSource> = Arc::new(Layered {
+            cluster: cluster.clone(),
+            dir: credential_dir.clone(),
+        });
+        let index = MeshIndex::build_with_credentials(
+            &resources,
+            &cluster,
+            &workloads,
+            &peers,
+            credentials,
+        );
         status.set_workloads(workloads);
         tracing::debug!(
             generation,
@@ -215,6 +230,7 @@ pub async fn build_loop(
         tokio::select! {
             changed = store_changes.changed() => if changed.is_err() { return },
             changed = workload_changes.changed() => if changed.is_err() { return },
+            () = credentials_changed(credential_dir.as_ref(), &mut credential_files) => {}
         }
         let burst = std::time::Instant::now();
         loop {
@@ -226,6 +242,32 @@ pub async fn build_loop(
             if quiet || burst.elapsed() >= DEBOUNCE_MAX {
                 break;
             }
+        }
+    }
+}
+
+/// How often weftd looks for renewed gateway credentials.
+const CREDENTIAL_POLL: Duration = Duration::from_secs(1);
+
+/// Returns once the credential files differ from `held` (updated); never
+/// without a credential directory.
+async fn credentials_changed(
+    dir: Option<&CredentialDir>,
+    held: &mut Option<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>>,
+) {
+    let Some(dir) = dir else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(CREDENTIAL_POLL).await;
+        let probe = dir.clone();
+        let Ok(now) = tokio::task::spawn_blocking(move || probe.fingerprint()).await else {
+            continue;
+        };
+        if held.as_ref() != Some(&now) {
+            tracing::info!("gateway credentials changed under {CREDENTIALS_DIR}/; rebuilding");
+            *held = Some(now);
+            return;
         }
     }
 }

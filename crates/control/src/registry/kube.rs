@@ -275,6 +275,7 @@ spec:
     #[test]
     fn a_kubernetes_service_wins_over_a_service_entry_for_its_host() {
         let cluster = ClusterSnapshot {
+            credentials: Default::default(),
             services: vec![service(
                 "reviews",
                 ServiceKind::ClusterIp(vec!["10.96.0.20".parse().expect("ip")]),
@@ -353,6 +354,7 @@ spec: {address: 10.5.0.2, labels: {app: reviews}}
             ready: true,
         };
         let cluster = ClusterSnapshot {
+            credentials: Default::default(),
             services: vec![service(
                 "reviews",
                 ServiceKind::ClusterIp(vec!["10.96.0.20".parse().expect("ip")]),
@@ -378,6 +380,7 @@ spec: {address: 10.5.0.2, labels: {app: reviews}}
     #[test]
     fn an_external_name_service_is_an_alias_of_its_target() {
         let cluster = ClusterSnapshot {
+            credentials: Default::default(),
             services: vec![
                 service(
                     "reviews",
@@ -427,6 +430,7 @@ spec: {address: 10.5.0.2, labels: {app: reviews}}
             ..cart.clone()
         };
         let cluster = ClusterSnapshot {
+            credentials: Default::default(),
             services: vec![
                 service("ext", ServiceKind::ExternalName("api.example.com".into())),
                 service("db", ServiceKind::Headless),

@@ -189,6 +189,7 @@ spec:
 
     fn discovery(pods: Vec<PodInfo>) -> Arc<ClusterSnapshot> {
         Arc::new(ClusterSnapshot {
+            credentials: Default::default(),
             services: Vec::new(),
             pods,
         })

@@ -9,6 +9,7 @@
 //! - Re-applying an identical object changes nothing and keeps its version.
 
 mod cluster;
+pub mod credentials;
 mod disk;
 pub mod files;
 

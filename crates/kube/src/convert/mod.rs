@@ -12,6 +12,7 @@
 
 pub mod endpoints;
 pub mod pod;
+pub mod secret;
 pub mod service;
 
 use std::borrow::Borrow;
@@ -31,6 +32,9 @@ pub struct ClusterSnapshot {
     pub services: Vec<KubeService>,
     /// Pods with an IP, sorted by (namespace, name).
     pub pods: Vec<PodInfo>,
+    /// Secrets shaped as TLS credentials (Gateway `credentialName`), by
+    /// (namespace, name); other Secrets are not kept.
+    pub credentials: BTreeMap<(String, String), secret::TlsCredential>,
 }
 
 impl ClusterSnapshot {
@@ -142,6 +146,7 @@ where
     let snapshot_pods = ClusterSnapshot {
         services: Vec::new(),
         pods: pod_infos,
+        credentials: BTreeMap::new(),
     };
     let mut services: Vec<KubeService> = services
         .iter()
@@ -161,6 +166,7 @@ where
     ClusterSnapshot {
         services,
         pods: snapshot_pods.pods,
+        credentials: BTreeMap::new(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! A cluster as a source: kube-rs reflectors (watch + relist with backoff)
-//! on Services, EndpointSlices, Pods, Nodes, Namespaces and the Istio
+//! on Services, EndpointSlices, Pods, Nodes, Namespaces, Secrets (gateway
+//! credentials, `convert::secret`) and the Istio
 //! kinds, turned into one [`ClusterState`] published on a `watch`.
 //!
 //! Contract:
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
@@ -69,6 +70,8 @@ struct Caches {
     pods: Store<Pod>,
     nodes: Store<Node>,
     namespaces: Store<Namespace>,
+    /// Secrets that may be gateway credentials (`credentialName`).
+    secrets: Store<Secret>,
     /// One per Istio kind the cluster serves; kinds whose CRD appears
     /// later are added by [`rediscover`].
     istio: Arc<Mutex<Vec<IstioCache>>>,
@@ -109,6 +112,7 @@ pub async fn spawn(client: Client, options: Options) -> watch::Receiver<Option<A
         pods: reflect(Api::all(client.clone()), &changed, "Pods"),
         nodes: reflect(Api::all(client.clone()), &changed, "Nodes"),
         namespaces: reflect(Api::all(client.clone()), &changed, "Namespaces"),
+        secrets: reflect_secrets(&client, &changed),
         istio,
     };
     let (publish, states) = watch::channel(None);
@@ -210,6 +214,24 @@ where
     store
 }
 
+/// Secrets in every namespace except service-account tokens and Helm
+/// releases (a field selector on `type`, so the API server never sends
+/// them): gateway credentials may live in any gateway's namespace, and
+/// which namespaces hold gateways is only known from the Pods. Only
+/// Secrets shaped as TLS credentials are kept in the snapshot
+/// (`convert::secret`).
+fn reflect_secrets(client: &Client, changed: &Arc<Notify>) -> Store<Secret> {
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default()
+        .fields("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1");
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<Secret>::all(client.clone()), config).default_backoff(),
+    );
+    tokio::spawn(drain(stream, changed.clone(), "Secrets".to_string()));
+    store
+}
+
 fn reflect_dynamic(
     client: &Client,
     resource: &ApiResource,
@@ -264,6 +286,7 @@ async fn build_loop(
         caches.pods.wait_until_ready(),
         caches.nodes.wait_until_ready(),
         caches.namespaces.wait_until_ready(),
+        caches.secrets.wait_until_ready(),
     );
     if ready.is_err() {
         return;
@@ -300,13 +323,20 @@ async fn build_loop(
 
 /// The state the caches hold now.
 fn build(caches: &Caches, cluster_domain: &str) -> ClusterState {
-    let discovery = convert::snapshot(
+    let mut discovery = convert::snapshot(
         &caches.services.state(),
         &caches.slices.state(),
         &caches.pods.state(),
         &caches.nodes.state(),
         cluster_domain,
     );
+    discovery.credentials = caches
+        .secrets
+        .state()
+        .iter()
+        .filter_map(|secret| convert::secret::credential(secret))
+        .map(|(namespace, name, found)| ((namespace, name), found))
+        .collect();
     let mut config = Vec::new();
     let mut problems: Vec<Problem> = Vec::new();
     let istio = caches

@@ -252,11 +252,21 @@ fn certs(state: &ProxyState) -> Response<Full<Bytes>> {
 fn config_dump(state: &ProxyState) -> Response<Full<Bytes>> {
     let snapshot = state.snapshot_full();
     let status = state.status();
+    // Gateway private keys pushed by weftd stay out of the dump, as Envoy
+    // redacts secrets in its own.
+    let mut config = snapshot.config.clone();
+    for listener in &mut config.listeners {
+        for server in &mut listener.tls_servers {
+            if !server.private_key_pem.is_empty() {
+                server.private_key_pem = "[redacted]".into();
+            }
+        }
+    }
     let dump = serde_json::json!({
         "source": status.source,
         "version": snapshot.version(),
         "lastRejected": status.last_rejected,
-        "config": snapshot.config,
+        "config": config,
     });
     match serde_json::to_string_pretty(&dump) {
         Ok(body) => text(StatusCode::OK, "application/json", body + "\n"),

@@ -5,7 +5,9 @@
 //! A snapshot is immutable and plain data (compiling is pure); a new
 //! config produces a new snapshot that requests pick up as they start, so
 //! in-flight requests keep theirs. What changes while it serves (counters,
-//! ejections, balancer state) is `crate::balance`, built beside it.
+//! ejections, balancer state) is `crate::balance`, built beside it. One
+//! exception: a gateway port's TLS servers ([`GatewayTls`]) re-read their
+//! certificate files when they change, so a renewal needs no new config.
 
 mod authz;
 mod cluster;
@@ -18,6 +20,7 @@ mod policies;
 mod resilience;
 mod route;
 mod route_match;
+mod server_tls;
 mod snapshot;
 mod tcp_route;
 mod upstream_tls;
@@ -37,6 +40,7 @@ pub use route::{
     RouteAction,
 };
 pub use route_match::{PathMatch, RequestView, RouteMatch};
+pub use server_tls::GatewayTls;
 pub use snapshot::{
     Cluster, Endpoint, InboundPort, ListenerSpec, PortProtocol, Service, ServicePort, Snapshot,
     UpstreamProtocol,

@@ -70,6 +70,10 @@ pub struct ListenerSpec {
     /// PeerAuthentication for what this listener accepts on ports the
     /// workload did not declare.
     pub mtls: pb::mtls::Mode,
+    /// GATEWAY only: what the port carries (plaintext HTTP by default).
+    pub gateway_mode: pb::GatewayMode,
+    /// GATEWAY with HTTPS or TLS_TERMINATE: the TLS servers by SNI.
+    pub gateway_tls: Option<Arc<super::GatewayTls>>,
 }
 
 pub struct Service {
@@ -372,7 +376,13 @@ fn compile_service_port(
             routes.push(Arc::new(compiled));
         }
     }
-    if port.routes.is_empty() {
+    // A port with only TCP/TLS routes (a gateway's TCP and TLS servers)
+    // needs no HTTP route: unmatched bytes go nowhere (BlackHoleCluster).
+    let l4_only = port.routes.is_empty()
+        && default_cluster.is_none()
+        && (!(port.tcp_routes.is_empty() && port.tls_routes.is_empty())
+            || matches!(protocol, PortProtocol::Tcp | PortProtocol::Tls));
+    if port.routes.is_empty() && !l4_only {
         let Some(cluster) = default_cluster.clone() else {
             problems.push(
                 format!("{path}.cluster"),
@@ -384,7 +394,7 @@ fn compile_service_port(
         };
         routes.push(Arc::new(Route::to_cluster(cluster)));
     }
-    if routes.is_empty() {
+    if routes.is_empty() && !l4_only {
         // Every route had a problem, already reported.
         return None;
     }
@@ -493,10 +503,10 @@ fn compile_listeners(
         }
         let mut service = None;
         if !listener.service.is_empty() {
-            if kind != pb::ListenerKind::Explicit {
+            if kind != pb::ListenerKind::Explicit && kind != pb::ListenerKind::Gateway {
                 problems.push(
                     format!("{path}.service"),
-                    "only EXPLICIT listeners name a service",
+                    "only EXPLICIT and GATEWAY listeners name a service",
                 );
                 continue;
             }
@@ -533,6 +543,11 @@ fn compile_listeners(
             };
             service = Some((found.clone(), port));
         }
+        let gateway_mode = listener.gateway_mode();
+        let Some(gateway_tls) = gateway_tls(listener, kind, service.is_some(), &path, problems)
+        else {
+            continue;
+        };
         if listeners.iter().any(|l| l.address == address) {
             problems.push(
                 format!("{path}.address"),
@@ -549,9 +564,71 @@ fn compile_listeners(
                 .ok()
                 .filter(|port| *port != 0),
             mtls: listener.mtls_mode(),
+            gateway_mode,
+            gateway_tls,
         });
     }
     listeners
+}
+
+/// A gateway listener's TLS servers, checked against its mode: `Some(None)`
+/// when it terminates no TLS, `None` (with problems) when it cannot serve.
+fn gateway_tls(
+    listener: &pb::Listener,
+    kind: pb::ListenerKind,
+    has_service: bool,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<Option<Arc<super::GatewayTls>>> {
+    use pb::GatewayMode as M;
+    let mode = listener.gateway_mode();
+    if kind != pb::ListenerKind::Gateway {
+        if mode != M::GatewayHttp || !listener.tls_servers.is_empty() {
+            problems.push(
+                format!("{path}.gatewayMode"),
+                "only GATEWAY listeners have a gateway mode or TLS servers",
+            );
+            return None;
+        }
+        return Some(None);
+    }
+    let terminates = matches!(mode, M::GatewayHttps | M::GatewayTlsTerminate);
+    if terminates == listener.tls_servers.is_empty() {
+        problems.push(
+            format!("{path}.tlsServers"),
+            if terminates {
+                "HTTPS and TLS_TERMINATE need at least one TLS server"
+            } else {
+                "only HTTPS and TLS_TERMINATE listeners terminate TLS"
+            },
+        );
+        return None;
+    }
+    let l4 = matches!(
+        mode,
+        M::GatewayTlsPassthrough | M::GatewayTlsTerminate | M::GatewayTcp
+    );
+    if l4 != has_service {
+        problems.push(
+            format!("{path}.service"),
+            if l4 {
+                "TCP and TLS gateway modes need the service whose routes they follow"
+            } else {
+                "an HTTP gateway routes by host and names no service"
+            },
+        );
+        return None;
+    }
+    if !terminates {
+        return Some(None);
+    }
+    let mut found = Vec::new();
+    let compiled =
+        super::GatewayTls::compile(&listener.tls_servers, mode == M::GatewayHttps, &mut found);
+    for (field, message) in found {
+        problems.push(format!("{path}.{field}"), message);
+    }
+    compiled.map(Some)
 }
 
 #[cfg(test)]
