@@ -83,6 +83,7 @@ pub(super) fn collect(
 fn workload_entry(entry: &WorkloadEntry, name: &str) -> Option<EndpointDef> {
     Some(EndpointDef {
         address: entry.address.parse().ok()?,
+        hostname: String::new(),
         ports: entry.ports.clone(),
         labels: entry.labels.clone(),
         weight: entry.weight.unwrap_or(0),
@@ -130,6 +131,7 @@ fn add_service(service: &KubeService, registry: &mut Registry) -> Option<Service
             id.clone(),
             EndpointDef {
                 address: endpoint.address,
+                hostname: String::new(),
                 ports: endpoint.ports.clone(),
                 labels: endpoint.labels.clone(),
                 weight: 0,

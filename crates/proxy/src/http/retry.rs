@@ -335,7 +335,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 
 fn no_endpoint(cluster: &Cluster) -> LocalReply {
     let why = if cluster.endpoints.is_empty() {
-        "has no endpoints".to_string()
+        format!("has no endpoints{}", cluster.unresolved_reason())
     } else {
         format!(
             "has all {} endpoints ejected by outlier detection",

@@ -1,0 +1,288 @@
+//! The way out of the mesh: ServiceEntries for hosts outside it, with real
+//! weftd and weft-proxy processes, "external" servers on 127.0.0.x and a
+//! DNS server this test answers itself on loopback (the proxy is pointed at
+//! it with `--dns-server`).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{RData, Record, RecordType};
+use http::StatusCode;
+use weft_testkit::backend::HttpBackend;
+use weft_testkit::client::Http1Client;
+use weft_testkit::free_addr;
+use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
+use weft_testkit::weftd::WeftdProcess;
+
+const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+/// The TTL of every answer the test server gives.
+const TTL_SECONDS: u32 = 1;
+
+/// A DNS server on loopback answering A queries from a table the test
+/// changes; other names are NXDOMAIN, AAAA queries for known names empty.
+struct DnsServer {
+    addr: SocketAddr,
+    table: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>,
+    queries: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DnsServer {
+    async fn start() -> Self {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind DNS");
+        let addr = socket.local_addr().expect("addr");
+        let table: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>> = Arc::default();
+        let queries: Arc<Mutex<Vec<String>>> = Arc::default();
+        let task = tokio::spawn({
+            let (table, queries) = (table.clone(), queries.clone());
+            async move {
+                let mut buffer = vec![0u8; 4096];
+                while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
+                    let Ok(query) = Message::from_vec(&buffer[..len]) else {
+                        continue;
+                    };
+                    let reply = answer(&query, &table, &queries);
+                    if let Ok(bytes) = reply.to_vec() {
+                        let _ = socket.send_to(&bytes, from).await;
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            table,
+            queries,
+            task,
+        }
+    }
+
+    fn set(&self, name: &str, addresses: &[Ipv4Addr]) {
+        let mut table = self.table.lock().expect("table");
+        table.insert(name.to_string(), addresses.to_vec());
+    }
+
+    fn queries_for(&self, name: &str) -> usize {
+        let queries = self.queries.lock().expect("queries");
+        queries.iter().filter(|q| q.as_str() == name).count()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answer(
+    query: &Message,
+    table: &Mutex<HashMap<String, Vec<Ipv4Addr>>>,
+    queries: &Mutex<Vec<String>>,
+) -> Message {
+    let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.metadata.authoritative = true;
+    let Some(question) = query.queries.first() else {
+        reply.metadata.response_code = ResponseCode::FormErr;
+        return reply;
+    };
+    reply.add_query(question.clone());
+    let name = question.name().to_string();
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    queries.lock().expect("queries").push(name.clone());
+    let table = table.lock().expect("table");
+    let Some(addresses) = table.get(&name) else {
+        reply.metadata.response_code = ResponseCode::NXDomain;
+        return reply;
+    };
+    if question.query_type() == RecordType::A {
+        for address in addresses {
+            reply.add_answer(Record::from_rdata(
+                question.name().clone(),
+                TTL_SECONDS,
+                RData::A(A(*address)),
+            ));
+        }
+    }
+    reply
+}
+
+struct Mesh {
+    weftd: WeftdProcess,
+    /// The caller's proxy listener, routing by HTTP authority.
+    listen: SocketAddr,
+    proxy: ProxyProcess,
+    _state: tempfile::TempDir,
+}
+
+async fn mesh(yaml: &str, dns: &DnsServer) -> Mesh {
+    let state = tempfile::tempdir().expect("tempdir");
+    let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
+        .await
+        .expect("weftd");
+    let reply = weftd.apply(yaml).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let listen = free_addr();
+    let listen_flag = listen.to_string();
+    let dns_flag = dns.addr.to_string();
+    let binary: PathBuf = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
+    let flags = [
+        "--node-id",
+        "caller",
+        "--workload",
+        "caller",
+        "--listen",
+        &listen_flag,
+        "--dns-server",
+        &dns_flag,
+    ];
+    let proxy = ProxyProcess::spawn_ready(
+        ProxyOptions::control_plane(&binary, weftd.grpc, &flags),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("ready");
+    Mesh {
+        weftd,
+        listen,
+        proxy,
+        _state: state,
+    }
+}
+
+/// A free port on both 127.0.0.2 and 127.0.0.3: a DNS answer names an
+/// address only, so both "external" servers share the entry's port.
+async fn two_backends(first: &str, second: &str) -> (HttpBackend, HttpBackend) {
+    for _ in 0..20 {
+        let a = HttpBackend::start_on("127.0.0.2:0".parse().expect("addr"), first).await;
+        let port = a.addr.port();
+        let second_addr: SocketAddr = format!("127.0.0.3:{port}").parse().expect("addr");
+        if std::net::TcpListener::bind(second_addr).is_ok() {
+            let b = HttpBackend::start_on(second_addr, second).await;
+            return (a, b);
+        }
+    }
+    panic!("no port free on both 127.0.0.2 and 127.0.0.3");
+}
+
+/// The backend that answers `host` through the proxy, or the status and
+/// body when none did.
+async fn who_answers(listen: SocketAddr, host: &str) -> Result<String, String> {
+    let mut client = Http1Client::connect(listen)
+        .await
+        .map_err(|err| format!("connect: {err}"))?;
+    let reply = client
+        .get(host, "/")
+        .await
+        .map_err(|err| format!("request: {err}"))?;
+    match reply.header("x-backend") {
+        Some(name) if reply.status == StatusCode::OK => Ok(name.to_string()),
+        _ => Err(format!("{} {}", reply.status, reply.text())),
+    }
+}
+
+async fn wait_for_backend(listen: SocketAddr, host: &str, want: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut last = Err(String::new());
+    while started.elapsed() < limit {
+        last = who_answers(listen, host).await;
+        if last.as_deref() == Ok(want) {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{host} never reached {want} within {limit:?}; last: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_service_entry_follows_its_answer_within_the_ttl() {
+    let dns = DnsServer::start().await;
+    let (a, _b) = two_backends("api-a", "api-b").await;
+    let port = a.addr.port();
+    dns.set("api.example.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api}}
+spec:
+  hosts: [api.example.test]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: missing}}
+spec:
+  hosts: [missing.example.test]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+"
+    );
+    let mesh = mesh(&yaml, &dns).await;
+
+    // The first answer is followed once the proxy has resolved it.
+    wait_for_backend(
+        mesh.listen,
+        "api.example.test",
+        "api-a",
+        Duration::from_secs(10),
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            who_answers(mesh.listen, "api.example.test")
+                .await
+                .as_deref(),
+            Ok("api-a")
+        );
+    }
+
+    // The address changes in DNS: the proxy follows within the TTL (plus
+    // the lookup and a config swap), with no push from weftd.
+    dns.set("api.example.test", &[Ipv4Addr::new(127, 0, 0, 3)]);
+    let moved = wait_for_backend(
+        mesh.listen,
+        "api.example.test",
+        "api-b",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        moved <= Duration::from_secs(u64::from(TTL_SECONDS)) + Duration::from_millis(1500),
+        "followed the new address only after {moved:?} (TTL {TTL_SECONDS}s)"
+    );
+    eprintln!("new DNS answer followed after {moved:?} (TTL {TTL_SECONDS}s)");
+    assert!(
+        dns.queries_for("api.example.test") >= 2,
+        "the name was looked up again"
+    );
+
+    // The server stops answering: the last good answer keeps serving.
+    dns.table.lock().expect("table").remove("api.example.test");
+    tokio::time::sleep(Duration::from_millis(u64::from(TTL_SECONDS) * 2500)).await;
+    assert_eq!(
+        who_answers(mesh.listen, "api.example.test")
+            .await
+            .as_deref(),
+        Ok("api-b"),
+        "a failed lookup keeps the last good answer"
+    );
+
+    // A name that never resolved: 503 naming it.
+    let failed = who_answers(mesh.listen, "missing.example.test")
+        .await
+        .expect_err("no address");
+    assert!(failed.starts_with("503"), "{failed}");
+    assert!(failed.contains("missing.example.test"), "{failed}");
+    drop(mesh.weftd);
+    drop(mesh.proxy);
+}
