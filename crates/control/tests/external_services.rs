@@ -286,3 +286,183 @@ spec:
     drop(mesh.weftd);
     drop(mesh.proxy);
 }
+
+/// A TLS server on `addr` for `name` (self-signed): after the handshake it
+/// says "hello from <name>" and closes. Returns its address and certificate.
+async fn tls_server(
+    addr: SocketAddr,
+    name: &str,
+) -> (SocketAddr, rustls::pki_types::CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let greeting = format!("hello from {name}");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, greeting) = (acceptor.clone(), greeting.clone());
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tls.write_all(greeting.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    (addr, cert.der().clone())
+}
+
+/// What a TLS client with `sni`, trusting `root`, reads through the proxy.
+async fn tls_get(
+    listen: SocketAddr,
+    sni: &str,
+    root: &rustls::pki_types::CertificateDer<'static>,
+) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).map_err(|err| err.to_string())?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| err.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(listen)
+        .await
+        .map_err(|err| err.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    let attempt = async {
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|err| format!("handshake: {err}"))?;
+        let mut text = String::new();
+        tls.read_to_string(&mut text)
+            .await
+            .map_err(|err| format!("read: {err}"))?;
+        Ok(text)
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_only_admits_exactly_the_declared_hosts_wildcards_included() {
+    let dns = DnsServer::start().await;
+    let (a, _b) = two_backends("api-a", "wild-b").await;
+    let http_port = a.addr.port();
+    let (tls_addr, root) =
+        tls_server("127.0.0.2:0".parse().expect("addr"), "secure.example.test").await;
+    let tls_port = tls_addr.port();
+    let (_, other_root) =
+        tls_server("127.0.0.2:0".parse().expect("addr"), "other.example.test").await;
+    dns.set("api.example.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+    dns.set("secure.example.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+    dns.set("wild-backend.example.test", &[Ipv4Addr::new(127, 0, 0, 3)]);
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default}}
+spec:
+  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api}}
+spec:
+  hosts: [api.example.test]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: {http_port}, name: http, protocol: HTTP}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure}}
+spec:
+  hosts: [secure.example.test]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: {tls_port}, name: tls, protocol: TLS}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: wild}}
+spec:
+  hosts: [\"*.wild.example.test\"]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  endpoints: [{{address: wild-backend.example.test}}]
+  ports: [{{number: {http_port}, name: http, protocol: HTTP}}]
+"
+    );
+    let mesh = mesh(&yaml, &dns).await;
+    wait_for_backend(
+        mesh.listen,
+        "api.example.test",
+        "api-a",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // A wildcard host matches any name under it, by HTTP Host.
+    wait_for_backend(
+        mesh.listen,
+        "v1.wild.example.test",
+        "wild-b",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        who_answers(mesh.listen, "deep.er.wild.example.test")
+            .await
+            .as_deref(),
+        Ok("wild-b")
+    );
+
+    // HTTPS/TLS by SNI: the declared host passes, end to end with the
+    // external server's certificate (the proxy never terminates it).
+    let mut reached = Err(String::new());
+    for _ in 0..50 {
+        reached = tls_get(mesh.listen, "secure.example.test", &root).await;
+        if reached.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reached.as_deref(), Ok("hello from secure.example.test"));
+
+    // Undeclared: HTTP gets 502 (Istio's BlackHoleCluster), TLS is closed.
+    let refused = who_answers(mesh.listen, "undeclared.example.test")
+        .await
+        .expect_err("refused");
+    assert!(refused.starts_with("502"), "{refused}");
+    assert!(refused.contains("REGISTRY_ONLY"), "{refused}");
+    let refused = who_answers(mesh.listen, "wild.example.test")
+        .await
+        .expect_err("the wildcard's own suffix is not under it");
+    assert!(refused.starts_with("502"), "{refused}");
+    let closed = tls_get(mesh.listen, "other.example.test", &other_root).await;
+    assert!(
+        closed.is_err(),
+        "an undeclared SNI must not pass: {closed:?}"
+    );
+    drop(mesh.weftd);
+    drop(mesh.proxy);
+}

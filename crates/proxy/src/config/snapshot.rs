@@ -185,7 +185,15 @@ impl Snapshot {
     /// A gateway's virtual host for `host`: the exact name, else the
     /// longest `*.suffix` wildcard that covers it, else `*`.
     pub fn service_for_gateway_host(&self, host: &str) -> Option<&Arc<Service>> {
-        let host = host.to_ascii_lowercase();
+        self.service_for_host(host)
+            .or_else(|| self.services_by_host.get("*"))
+    }
+
+    /// The service an outbound request's host or a TLS SNI names: the
+    /// exact name, else the longest `*.suffix` wildcard host (a wildcard
+    /// ServiceEntry) that covers it.
+    pub fn service_for_host(&self, host: &str) -> Option<&Arc<Service>> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         if let Some(found) = self.services_by_host.get(&host) {
             return Some(found);
         }
@@ -196,7 +204,7 @@ impl Snapshot {
             }
             rest = parent;
         }
-        self.services_by_host.get("*")
+        None
     }
 
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
