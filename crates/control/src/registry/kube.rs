@@ -104,6 +104,7 @@ fn add_service(service: &KubeService, registry: &mut Registry) -> Option<Service
         ServiceKind::ExternalName(_) => return None,
     };
     let def = ServiceDef {
+        cidrs: Vec::new(),
         hostname: service.hostname.clone(),
         namespace: service.namespace.clone(),
         vips,
@@ -171,6 +172,7 @@ pub(super) fn add_aliases(cluster: &ClusterSnapshot, registry: &mut Registry) {
         };
         let endpoints = registry.endpoints(&aliased.id()).to_vec();
         let alias = ServiceDef {
+            cidrs: Vec::new(),
             hostname: service.hostname.clone(),
             namespace: service.namespace.clone(),
             // Callers resolve the name to the target's address (a DNS

@@ -180,6 +180,9 @@ pub struct ServiceDef {
     pub hostname: String,
     pub namespace: String,
     pub vips: Vec<IpAddr>,
+    /// ServiceEntry `addresses` given as ranges: captured TCP to any
+    /// address in one is for this service.
+    pub cidrs: Vec<ipnet::IpNet>,
     pub ports: Vec<ServicePortDef>,
     /// Istio `exportTo` values as written (`*`, `.`, `~`, namespaces).
     pub export_to: Vec<String>,

@@ -168,12 +168,20 @@ fn add_service_entry(
         Some(api::Location::MeshInternal) => Location::MeshInternal,
         Some(api::Location::MeshExternal) | None => Location::MeshExternal,
     };
-    // CIDRs describe address ranges to capture, not one VIP to dial.
-    let vips: Vec<IpAddr> = spec
-        .addresses
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    // A single address is a VIP; a range (CIDR) captures every address in
+    // it ("10.0.0.1/32" is a VIP too).
+    let mut vips: Vec<IpAddr> = Vec::new();
+    let mut cidrs: Vec<ipnet::IpNet> = Vec::new();
+    for address in &spec.addresses {
+        match (address.parse::<IpAddr>(), address.parse::<ipnet::IpNet>()) {
+            (Ok(ip), _) => vips.push(ip),
+            (_, Ok(net)) if net.prefix_len() == net.max_prefix_len() => vips.push(net.addr()),
+            (_, Ok(net)) => cidrs.push(net.trunc()),
+            (Err(_), Err(_)) => registry.warnings.push(format!(
+                "{source}: addresses: {address:?} is neither an IP address nor a CIDR; ignored"
+            )),
+        }
+    }
     let ports: Vec<ServicePortDef> = spec
         .ports
         .iter()
@@ -189,6 +197,7 @@ fn add_service_entry(
             hostname: host.clone(),
             namespace: namespace.to_string(),
             vips: vips.clone(),
+            cidrs: cidrs.clone(),
             ports: ports.clone(),
             export_to: spec.export_to.clone(),
             resolution,

@@ -121,6 +121,8 @@ pub struct Snapshot {
     upstream_tls: HashMap<SocketAddr, super::UpstreamTls>,
     services_by_host: HashMap<String, Arc<Service>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Services by address range (ServiceEntry CIDRs), narrowest first.
+    services_by_cidr: Vec<(ipnet::IpNet, Arc<Service>)>,
     clusters: HashMap<String, Arc<Cluster>>,
     inbound: HashMap<u16, InboundPort>,
 }
@@ -133,7 +135,7 @@ impl Snapshot {
     pub fn compile(config: pb::ProxyConfig, source_name: &str) -> Result<Self, ConfigError> {
         let mut problems = Problems::default();
         let clusters = compile_clusters(&config, &mut problems);
-        let (services_by_host, services_by_vip) =
+        let (services_by_host, services_by_vip, services_by_cidr) =
             compile_services(&config, &clusters, &mut problems);
         let inbound = compile_inbound(&config, &mut problems);
         let listeners = compile_listeners(&config, &services_by_host, &mut problems);
@@ -159,6 +161,7 @@ impl Snapshot {
             upstream_tls,
             services_by_host,
             services_by_vip,
+            services_by_cidr,
             clusters,
             inbound,
         })
@@ -208,7 +211,12 @@ impl Snapshot {
     }
 
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
-        self.services_by_vip.get(&ip)
+        self.services_by_vip.get(&ip).or_else(|| {
+            self.services_by_cidr
+                .iter()
+                .find(|(net, _)| net.contains(&ip))
+                .map(|(_, service)| service)
+        })
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
@@ -275,7 +283,11 @@ fn port_number(value: u32, path: &str, problems: &mut Problems) -> Option<u16> {
     }
 }
 
-type ServiceTables = (HashMap<String, Arc<Service>>, HashMap<IpAddr, Arc<Service>>);
+type ServiceTables = (
+    HashMap<String, Arc<Service>>,
+    HashMap<IpAddr, Arc<Service>>,
+    Vec<(ipnet::IpNet, Arc<Service>)>,
+);
 
 fn compile_services(
     config: &pb::ProxyConfig,
@@ -284,6 +296,7 @@ fn compile_services(
 ) -> ServiceTables {
     let mut by_host = HashMap::new();
     let mut by_vip = HashMap::new();
+    let mut by_cidr = Vec::new();
     for (index, service) in config.services.iter().enumerate() {
         let path = format!("services[{index}]");
         if service.name.is_empty() {
@@ -346,8 +359,19 @@ fn compile_services(
                 ),
             }
         }
+        for (c_index, cidr) in service.cidrs.iter().enumerate() {
+            match cidr.parse::<ipnet::IpNet>() {
+                Ok(net) => by_cidr.push((net.trunc(), compiled.clone())),
+                Err(_) => problems.push(
+                    format!("{path}.cidrs[{c_index}]"),
+                    format!("{cidr:?} is not an address range (a.b.c.d/n)"),
+                ),
+            }
+        }
     }
-    (by_host, by_vip)
+    // The narrowest range containing an address wins.
+    by_cidr.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+    (by_host, by_vip, by_cidr)
 }
 
 fn compile_service_port(
