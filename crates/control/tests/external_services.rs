@@ -466,3 +466,138 @@ spec:
     drop(mesh.weftd);
     drop(mesh.proxy);
 }
+
+/// An HTTPS server on 127.0.0.2 for `name` (self-signed; the certificate
+/// is also written to `ca_file`) answering `sni=<the client's SNI>`.
+async fn https_server(name: &str, ca_file: &Path) -> SocketAddr {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    std::fs::write(ca_file, cert.pem()).expect("write CA");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server cert");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
+                let service = hyper::service::service_fn(move |_request| {
+                    let body = format!("sni={sni}");
+                    async move {
+                        let mut response = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(body),
+                        ));
+                        response
+                            .headers_mut()
+                            .insert("x-backend", http::HeaderValue::from_static("https"));
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_origination_to_a_dns_host_verifies_its_name() {
+    let dns = DnsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    let server = https_server("secure.example.test", &ca).await;
+    let port = server.port();
+    let ca = ca.display();
+    for host in [
+        "secure.example.test",
+        "wrong.example.test",
+        "right.example.test",
+    ] {
+        dns.set(host, &[Ipv4Addr::new(127, 0, 0, 2)]);
+    }
+    // The app speaks plain HTTP; the sidecar originates TLS (Istio's egress
+    // TLS origination). `wrong` asks for a SAN the server lacks, `right`
+    // for the one it has, both sending the server's name as SNI.
+    let mut yaml = String::new();
+    for (host, tls) in [
+        ("secure.example.test", String::new()),
+        (
+            "wrong.example.test",
+            ", sni: secure.example.test, subjectAltNames: [other.example.test]".to_string(),
+        ),
+        (
+            "right.example.test",
+            ", sni: secure.example.test, subjectAltNames: [secure.example.test]".to_string(),
+        ),
+    ] {
+        let name = host.split('.').next().unwrap_or(host);
+        yaml.push_str(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{host}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}}}
+spec:
+  host: {host}
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}{tls}}}
+---
+"
+        ));
+    }
+    let mesh = mesh(&yaml, &dns).await;
+    let get = |host: &'static str| async move {
+        let mut client = Http1Client::connect(mesh.listen).await.expect("connect");
+        client.get(host, "/").await.expect("request")
+    };
+    let mut reply = get("secure.example.test").await;
+    for _ in 0..50 {
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reply = get("secure.example.test").await;
+    }
+    // SNI defaults to the ServiceEntry host, as Istio's auto SNI.
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.text(), "sni=secure.example.test");
+    let right = get("right.example.test").await;
+    assert_eq!(right.status, StatusCode::OK, "{}", right.text());
+    let wrong = get("wrong.example.test").await;
+    assert_eq!(
+        wrong.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a server without the required SAN is refused: {}",
+        wrong.text()
+    );
+    drop(mesh.weftd);
+    drop(mesh.proxy);
+}

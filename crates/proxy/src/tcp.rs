@@ -87,7 +87,9 @@ pub async fn proxy<D>(
         }
     };
     let keepalive = live.breaker.limits.tcp_keepalive.as_ref();
-    let decided = state.snapshot().upstream_tls(endpoint.address);
+    let decided = state
+        .snapshot()
+        .upstream_tls(&cluster.name, endpoint.address);
     let connected = upstream::connect(
         endpoint.address,
         cluster.connect_timeout,

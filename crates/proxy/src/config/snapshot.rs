@@ -118,7 +118,7 @@ pub struct Snapshot {
     /// Edge defences (path normalization, deadlines, connection limit).
     pub hardening: super::Hardening,
     /// How connections to each endpoint address are secured.
-    upstream_tls: HashMap<SocketAddr, super::UpstreamTls>,
+    upstream_tls: super::upstream_tls::Decisions,
     services_by_host: HashMap<String, Arc<Service>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
     /// Services by address range (ServiceEntry CIDRs), narrowest first.
@@ -167,10 +167,11 @@ impl Snapshot {
         })
     }
 
-    /// How a connection to `addr` is secured (plaintext when no cluster
-    /// names it: passthrough).
-    pub fn upstream_tls(&self, addr: SocketAddr) -> super::UpstreamTls {
-        self.upstream_tls.get(&addr).cloned().unwrap_or_default()
+    /// How a connection of `cluster` to `addr` is secured: the cluster's
+    /// own decision, else the address's (plaintext when no cluster names
+    /// it: passthrough).
+    pub fn upstream_tls(&self, cluster: &str, addr: SocketAddr) -> super::UpstreamTls {
+        self.upstream_tls.cluster(cluster, addr)
     }
 
     pub fn version(&self) -> &str {

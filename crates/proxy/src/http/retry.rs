@@ -193,7 +193,7 @@ async fn one_try(
         exchange.version,
         &exchange.live.breaker,
         cluster.connect_timeout,
-        exchange.state.snapshot().upstream_tls(addr),
+        exchange.state.snapshot().upstream_tls(&cluster.name, addr),
         request,
     );
     let outcome = match per_try_timeout {
