@@ -283,6 +283,20 @@ spec:
         .expect_err("no address");
     assert!(failed.starts_with("503"), "{failed}");
     assert!(failed.contains("missing.example.test"), "{failed}");
+    let metrics = weft_testkit::client::get(mesh.proxy.metrics, "proxy", "/stats/prometheus")
+        .await
+        .expect("metrics")
+        .text();
+    let count = |host: &str, result: &str| {
+        weft_testkit::prometheus::sample(
+            &metrics,
+            "weft_dns_lookups_total",
+            &[("host", host), ("result", result)],
+        )
+    };
+    assert!(count("missing.example.test", "failed") >= 1.0, "{metrics}");
+    assert!(count("api.example.test", "ok") >= 2.0, "{metrics}");
+    assert!(count("api.example.test", "failed") >= 1.0, "{metrics}");
     drop(mesh.weftd);
     drop(mesh.proxy);
 }

@@ -53,10 +53,16 @@ impl Proxy {
         });
         // The resolver's loop holds the proxy weakly: it ends with it.
         let weak = Arc::downgrade(&proxy);
+        let state = Arc::downgrade(&proxy.state);
         let dns = proxy.state.dns.clone();
-        proxy
-            .data_runtime
-            .spawn(async move { dns.run(move || reapply(&weak)).await });
+        proxy.data_runtime.spawn(async move {
+            let looked_up = move |host: &str, ok: bool| {
+                if let Some(state) = state.upgrade() {
+                    state.metrics.record_dns_lookup(host, ok);
+                }
+            };
+            dns.run(move || reapply(&weak), looked_up).await;
+        });
         proxy
     }
 

@@ -125,8 +125,9 @@ impl Dns {
     }
 
     /// Resolves the wanted names as their answers expire, forever; calls
-    /// `reapply` after any name's addresses changed.
-    pub async fn run(&self, reapply: impl Fn()) {
+    /// `reapply` after any name's addresses changed and `looked_up` with
+    /// each lookup's host and success (metrics).
+    pub async fn run(&self, reapply: impl Fn(), looked_up: impl Fn(&str, bool)) {
         loop {
             let due = self.due(Instant::now());
             let mut changed = false;
@@ -135,6 +136,7 @@ impl Dns {
                 .iter()
                 .zip(futures_util::future::join_all(lookups).await)
             {
+                looked_up(name, result.is_ok());
                 changed |= self.record(name, result);
             }
             if changed {
