@@ -213,13 +213,6 @@ pub const TABLE: &[Unimplemented] = &[
         when: None,
     },
     // ServiceEntry, WorkloadEntry, WorkloadGroup.
-    Unimplemented {
-        kind: "ServiceEntry",
-        pattern: "spec.addresses[]",
-        treatment: Treatment::Ignored,
-        message: "CIDR ranges are not implemented (single addresses are); traffic to this range is not captured for the service",
-        when: Some(is_cidr),
-    },
     ignored(
         "ServiceEntry",
         "spec.subjectAltNames",
@@ -368,12 +361,6 @@ pub const TABLE: &[Unimplemented] = &[
         when: Some(is_unserved_gateway_mode),
     },
 ];
-
-fn is_cidr(value: &Value) -> bool {
-    value
-        .as_str()
-        .is_some_and(|s| s.parse::<ipnet::IpNet>().is_ok())
-}
 
 fn is_any_address(value: &Value) -> bool {
     value
@@ -565,14 +552,6 @@ mod tests {
             paths,
             ["spec.subsets[0].trafficPolicy.portLevelSettings[0].tunnel"]
         );
-    }
-
-    #[test]
-    fn only_cidr_addresses_are_reported() {
-        let se = json!({"spec": {"hosts": ["a"], "addresses": ["10.0.0.1", "10.1.0.0/16"]}});
-        let found = scan("ServiceEntry", &se);
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].path, "spec.addresses[1]");
     }
 
     #[test]

@@ -160,7 +160,7 @@ fn analyze_names_every_unhonoured_field() {
         .iter()
         .filter(|r| r.treatment == Treatment::Ignored)
         .count();
-    // One object sets each row once, the ServiceEntry's CIDR included.
+    // One object sets each row once.
     assert_eq!(lines.len(), ignored, "{}", analyzed.stdout);
 
     let websocket = weft(&[

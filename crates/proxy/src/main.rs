@@ -104,6 +104,15 @@ struct Args {
     identity: IdentityArgs,
     #[command(flatten)]
     telemetry: TelemetryArgs,
+    /// DNS server (ip:port, repeatable or comma-separated) that resolves
+    /// the hosts of DNS ServiceEntries; none: the system's (/etc/resolv.conf).
+    #[arg(
+        long = "dns-server",
+        env = "WEFT_DNS_SERVERS",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    dns_servers: Vec<std::net::SocketAddr>,
 }
 
 /// The workload identity (mTLS). Without --token-file the proxy has none:
@@ -386,7 +395,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         _ => Security::Plaintext,
     };
-    let proxy = Proxy::new(data.handle().clone(), MeshTls::new(identity.clone()));
+    let dns = {
+        // The resolver binds its sockets on the runtime it is built in.
+        let _entered = data.enter();
+        weft_proxy::upstream::Dns::new(&args.dns_servers)
+    };
+    let proxy = Proxy::with_dns(data.handle().clone(), MeshTls::new(identity.clone()), dns);
     let state = proxy.state.clone();
     state.metrics.telemetry.configure(args.node.telemetry(
         &args.telemetry,

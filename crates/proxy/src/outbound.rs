@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use weft_proto::proxy::v1::OutboundTrafficPolicy;
 
-use crate::config::{Cluster, Snapshot};
+use crate::config::{Cluster, Policy, Service, ServicePort, Snapshot};
 use crate::http::HttpConn;
 use crate::http::entry::Trust;
 use crate::http::route::Target;
@@ -66,29 +66,31 @@ pub(crate) async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream
             };
             server::serve(io, conn, state).await;
         }
-        carry @ (Carry::Opaque | Carry::Tls(_)) => match vip_port {
-            Some((service, port)) => {
-                let cluster = carry.cluster(port, Some(original.ip()));
-                let name = service.name.clone();
-                tcp::proxy(
-                    &mut io,
-                    &cluster,
-                    &name,
-                    Reporter::Source,
-                    &state,
-                    &downstream,
-                )
-                .await;
+        carry @ (Carry::Opaque | Carry::Tls(_)) => {
+            match vip_port.or_else(|| by_sni(snapshot, &carry, original.port())) {
+                Some((service, port)) => {
+                    let cluster = to_original(carry.cluster(port, Some(original.ip())), original);
+                    let name = service.name.clone();
+                    tcp::proxy(
+                        &mut io,
+                        &cluster,
+                        &name,
+                        Reporter::Source,
+                        &state,
+                        &downstream,
+                    )
+                    .await;
+                }
+                None if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
+                    let cluster = Cluster::passthrough(original);
+                    tcp::proxy(&mut io, &cluster, "", Reporter::Source, &state, &downstream).await;
+                }
+                None => tracing::info!(
+                    flag = "NR",
+                    "REGISTRY_ONLY: closing TCP connection to unknown destination {original}"
+                ),
             }
-            None if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
-                let cluster = Cluster::passthrough(original);
-                tcp::proxy(&mut io, &cluster, "", Reporter::Source, &state, &downstream).await;
-            }
-            None => tracing::info!(
-                flag = "NR",
-                "REGISTRY_ONLY: closing TCP connection to unknown destination {original}"
-            ),
-        },
+        }
     }
 }
 
@@ -130,6 +132,21 @@ pub(crate) async fn explicit(
             };
             server::serve(io, conn, state).await;
         }
+        (carry @ Carry::Tls(_), None)
+            if let Some((service, port)) = by_sni(snapshot, &carry, listen_addr.port()) =>
+        {
+            let cluster = carry.cluster(port, None);
+            let name = service.name.clone();
+            tcp::proxy(
+                &mut io,
+                &cluster,
+                &name,
+                Reporter::Source,
+                &state,
+                &downstream,
+            )
+            .await;
+        }
         (carry @ (Carry::Opaque | Carry::Tls(_)), Some((service, port))) => {
             let Some(cluster) = service.port(port).map(|p| carry.cluster(p, None)) else {
                 return;
@@ -148,6 +165,36 @@ pub(crate) async fn explicit(
             flag = "NR",
             "listener {listen_addr} routes by HTTP authority; closing a non-HTTP connection"
         ),
+    }
+}
+
+/// The service a TLS connection's SNI names (a ServiceEntry host, exact
+/// or wildcard) and its port: `port` when declared, else the service's
+/// only port (an explicit listener's port is not the service's).
+fn by_sni<'s>(
+    snapshot: &'s Snapshot,
+    carry: &Carry,
+    port: u16,
+) -> Option<(&'s Arc<Service>, &'s ServicePort)> {
+    let Carry::Tls(Some(sni)) = carry else {
+        return None;
+    };
+    let service = snapshot.service_for_host(sni)?;
+    let port = match (service.port(port), service.ports.as_slice()) {
+        (Some(port), _) => port,
+        (None, [only]) => only,
+        (None, _) => return None,
+    };
+    Some((service, port))
+}
+
+/// A `resolution: NONE` service's cluster (passthrough, no endpoints)
+/// sends the connection where the client dialled it.
+fn to_original(cluster: Arc<Cluster>, original: SocketAddr) -> Arc<Cluster> {
+    if cluster.balancing.policy == Policy::Passthrough && cluster.endpoints.is_empty() {
+        Arc::new(Cluster::passthrough(original))
+    } else {
+        cluster
     }
 }
 

@@ -9,7 +9,7 @@
 //! file hold a `Proxy`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -21,6 +21,7 @@ use crate::listener::drain::Drain;
 use crate::listener::{Listeners, Serve};
 use crate::state::ProxyState;
 use crate::tls::MeshTls;
+use crate::upstream::Dns;
 use crate::{gateway, inbound, outbound};
 
 pub struct Proxy {
@@ -30,28 +31,58 @@ pub struct Proxy {
     listeners: Mutex<Listeners>,
     /// Where accept loops (and so connections) run: the data runtime.
     data_runtime: Handle,
+    /// The last config applied, as pushed (DNS names unresolved), and its
+    /// source: re-applied when a DNS answer changes.
+    pushed: Mutex<Option<(ProxyConfig, String)>>,
 }
 
 impl Proxy {
     /// A proxy with no config yet (not ready), securing connections with
     /// `tls`. Listeners run on `data_runtime`.
     pub fn new(data_runtime: Handle, tls: Arc<MeshTls>) -> Arc<Self> {
-        Arc::new(Self {
-            state: ProxyState::new(tls),
+        Self::with_dns(data_runtime, tls, Dns::new(&[]))
+    }
+
+    /// As [`Self::new`], resolving DNS endpoints with `dns`.
+    pub fn with_dns(data_runtime: Handle, tls: Arc<MeshTls>, dns: Dns) -> Arc<Self> {
+        let proxy = Arc::new(Self {
+            state: ProxyState::new(tls, Arc::new(dns)),
             listeners: Mutex::default(),
             data_runtime,
-        })
+            pushed: Mutex::default(),
+        });
+        // The resolver's loop holds the proxy weakly: it ends with it.
+        let weak = Arc::downgrade(&proxy);
+        let state = Arc::downgrade(&proxy.state);
+        let dns = proxy.state.dns.clone();
+        proxy.data_runtime.spawn(async move {
+            let looked_up = move |host: &str, ok: bool| {
+                if let Some(state) = state.upgrade() {
+                    state.metrics.record_dns_lookup(host, ok);
+                }
+            };
+            dns.run(move || reapply(&weak), looked_up).await;
+        });
+        proxy
     }
 
     /// Validates, binds new listeners, then swaps the snapshot in. On any
     /// error nothing changes: the running config keeps serving.
     pub fn apply(&self, config: ProxyConfig, source: &str) -> Result<(), ConfigError> {
-        let result = self.try_apply(config, source);
+        // Held throughout: a DNS re-apply never installs an older config
+        // over this one.
+        let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.try_apply(config.clone(), source);
+        if result.is_ok() {
+            *pushed = Some((config, source.to_string()));
+        }
+        drop(pushed);
         self.state.record_outcome(source, &result);
         result
     }
 
-    fn try_apply(&self, config: ProxyConfig, source: &str) -> Result<(), ConfigError> {
+    fn try_apply(&self, mut config: ProxyConfig, source: &str) -> Result<(), ConfigError> {
+        self.state.dns.substitute(&mut config);
         let snapshot = Snapshot::compile(config, source)?;
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let bound = listeners
@@ -63,6 +94,19 @@ impl Proxy {
         listeners.reconcile(bound, &snapshot.listeners, &self.state, &self.data_runtime);
         tracing::info!(version = snapshot.version(), "config applied from {source}");
         Ok(())
+    }
+}
+
+/// Applies the last pushed config again with the DNS answers now held.
+fn reapply(proxy: &Weak<Proxy>) {
+    let Some(proxy) = proxy.upgrade() else {
+        return;
+    };
+    let pushed = proxy.pushed.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((config, source)) = pushed.as_ref()
+        && let Err(err) = proxy.try_apply(config.clone(), source)
+    {
+        tracing::warn!("re-applying the config after a DNS change failed: {err}");
     }
 }
 

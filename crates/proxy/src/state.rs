@@ -16,7 +16,7 @@ use crate::listener::drain::Drain;
 use crate::telemetry::Recorder;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::MeshTls;
-use crate::upstream::Pool;
+use crate::upstream::{Dns, Pool};
 
 /// What `/config_dump` reports besides the config itself.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +32,8 @@ pub struct ProxyState {
     /// balancers), built beside it.
     clusters: ArcSwap<Clusters>,
     pub pool: Arc<Pool>,
+    /// The resolver and answers of DNS endpoints.
+    pub dns: Arc<Dns>,
     /// This proxy's workload certificate and TLS configs.
     pub tls: Arc<MeshTls>,
     pub metrics: Metrics,
@@ -43,13 +45,14 @@ pub struct ProxyState {
 impl ProxyState {
     /// A proxy with no config yet (not ready), securing connections with
     /// `tls`.
-    pub fn new(tls: Arc<MeshTls>) -> Arc<Self> {
+    pub fn new(tls: Arc<MeshTls>, dns: Arc<Dns>) -> Arc<Self> {
         let empty = Snapshot::compile(ProxyConfig::default(), "(none)")
             .unwrap_or_else(|err| unreachable!("the empty config is valid: {err}"));
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(empty),
             clusters: ArcSwap::from_pointee(Clusters::default()),
             pool: Arc::new(Pool::new(tls.clone())),
+            dns,
             tls,
             metrics: Metrics::default(),
             drain: Drain::default(),

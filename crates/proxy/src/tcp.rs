@@ -67,7 +67,11 @@ pub async fn proxy<D>(
     let mut record = TcpRecord::start(state, reporter, service, cluster, conn);
     let live = state.clusters().live(cluster);
     let Some(endpoint) = live.pick_endpoint(cluster) else {
-        let why = format!("cluster {:?} has no endpoints", cluster.name);
+        let why = format!(
+            "cluster {:?} has no endpoints{}",
+            cluster.name,
+            cluster.unresolved_reason()
+        );
         let reply = LocalReply::new(UNAVAILABLE, ResponseFlag::NoHealthyUpstream, why);
         return refuse(&mut record, reply);
     };
@@ -83,7 +87,9 @@ pub async fn proxy<D>(
         }
     };
     let keepalive = live.breaker.limits.tcp_keepalive.as_ref();
-    let decided = state.snapshot().upstream_tls(endpoint.address);
+    let decided = state
+        .snapshot()
+        .upstream_tls(&cluster.name, endpoint.address);
     let connected = upstream::connect(
         endpoint.address,
         cluster.connect_timeout,

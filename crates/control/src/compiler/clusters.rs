@@ -21,7 +21,9 @@ use weft_proto::proxy::v1 as pb;
 use self::rules::DestinationRules;
 use super::hosts::HostIndex;
 use super::ports::{cluster_name, upstream_protocol};
-use crate::registry::{EndpointDef, Registry, ServiceDef, ServicePortDef, labels_match};
+use crate::registry::{
+    EndpointDef, Registry, Resolution, ServiceDef, ServicePortDef, labels_match,
+};
 
 /// Istio's `connectionPool.tcp.connectTimeout` default.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -193,23 +195,63 @@ fn cluster(
     warnings: &mut Vec<String>,
 ) -> pb::Cluster {
     let name = cluster_name(port.number, subset, &service.hostname);
-    let endpoints = endpoints
+    let dns = match service.resolution {
+        Resolution::Dns => pb::DnsResolution::All,
+        Resolution::DnsRoundRobin => pb::DnsResolution::First,
+        Resolution::None | Resolution::Static => pb::DnsResolution::Static,
+    };
+    let mut endpoints: Vec<pb::Endpoint> = endpoints
         .iter()
         .filter_map(|e| {
             let number = u16::try_from(e.port_for(port)).ok()?;
+            let (address, hostname) = if e.hostname.is_empty() {
+                (
+                    SocketAddr::new(e.address, number).to_string(),
+                    String::new(),
+                )
+            } else {
+                (String::new(), e.hostname.clone())
+            };
             Some(pb::Endpoint {
-                address: SocketAddr::new(e.address, number).to_string(),
+                address,
                 labels: e.labels.clone(),
                 weight: e.weight,
                 priority: 0,
                 locality: e.locality.clone(),
                 identity: String::new(),
                 mesh: false,
+                port: if hostname.is_empty() {
+                    0
+                } else {
+                    u32::from(number)
+                },
+                hostname,
             })
         })
         .collect();
+    // A DNS entry without endpoints: the proxy resolves the host itself
+    // (Istio's behaviour), on the port's target port.
+    if dns != pb::DnsResolution::Static
+        && endpoints.is_empty()
+        && subset.is_empty()
+        && !service.is_wildcard()
+    {
+        endpoints.push(pb::Endpoint {
+            hostname: service.hostname.clone(),
+            port: port.target_port.unwrap_or(port.number),
+            ..Default::default()
+        });
+    }
+    let mut load_balancer = balancer::load_balancer(policies, port.number, &name, warnings);
+    // `resolution: NONE` without endpoints: the connection goes where the
+    // client sent it (Istio's ORIGINAL_DST), as the declared service.
+    if service.resolution == Resolution::None && endpoints.is_empty() {
+        load_balancer.get_or_insert_with(Default::default).policy =
+            pb::load_balancer::Policy::Passthrough as i32;
+    }
     pb::Cluster {
-        load_balancer: balancer::load_balancer(policies, port.number, &name, warnings),
+        dns_resolution: dns as i32,
+        load_balancer,
         name,
         upstream_protocol: limits::upstream_protocol(
             policies,

@@ -84,6 +84,7 @@ struct CompiledService {
     /// `(short name, its namespace)`: `x` works only from inside `ns`.
     short: Option<(String, String)>,
     vips: Vec<String>,
+    cidrs: Vec<String>,
     /// Ports without any VirtualService.
     plain_ports: Vec<pb::ServicePort>,
     /// Ports as each applicable VirtualService routes them, preferred first.
@@ -245,6 +246,7 @@ impl MeshIndex {
                 aliases: kube_aliases(&key),
                 short: kube_parts(&key).map(|(short, ns)| (short.to_string(), ns.to_string())),
                 vips: service.vips.iter().map(ToString::to_string).collect(),
+                cidrs: service.cidrs.iter().map(ToString::to_string).collect(),
                 plain_ports: service
                     .ports
                     .iter()

@@ -91,6 +91,7 @@ impl MeshIndex {
                 hosts: vec![service.key.clone()],
                 vips: service.vips.clone(),
                 ports,
+                cidrs: service.cidrs.clone(),
             });
             kept.push(service);
         }

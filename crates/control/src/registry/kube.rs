@@ -83,6 +83,7 @@ pub(super) fn collect(
 fn workload_entry(entry: &WorkloadEntry, name: &str) -> Option<EndpointDef> {
     Some(EndpointDef {
         address: entry.address.parse().ok()?,
+        hostname: String::new(),
         ports: entry.ports.clone(),
         labels: entry.labels.clone(),
         weight: entry.weight.unwrap_or(0),
@@ -103,6 +104,7 @@ fn add_service(service: &KubeService, registry: &mut Registry) -> Option<Service
         ServiceKind::ExternalName(_) => return None,
     };
     let def = ServiceDef {
+        cidrs: Vec::new(),
         hostname: service.hostname.clone(),
         namespace: service.namespace.clone(),
         vips,
@@ -130,6 +132,7 @@ fn add_service(service: &KubeService, registry: &mut Registry) -> Option<Service
             id.clone(),
             EndpointDef {
                 address: endpoint.address,
+                hostname: String::new(),
                 ports: endpoint.ports.clone(),
                 labels: endpoint.labels.clone(),
                 weight: 0,
@@ -169,6 +172,7 @@ pub(super) fn add_aliases(cluster: &ClusterSnapshot, registry: &mut Registry) {
         };
         let endpoints = registry.endpoints(&aliased.id()).to_vec();
         let alias = ServiceDef {
+            cidrs: Vec::new(),
             hostname: service.hostname.clone(),
             namespace: service.namespace.clone(),
             // Callers resolve the name to the target's address (a DNS

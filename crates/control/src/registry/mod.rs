@@ -148,8 +148,12 @@ pub enum Resolution {
     None,
     /// Endpoints are listed (or selected).
     Static,
-    /// Endpoints are DNS names resolved by the proxy.
+    /// Endpoints (or the host itself) are DNS names resolved by the proxy;
+    /// every address is an endpoint (`DNS`).
     Dns,
+    /// As `Dns`, but only the first address of an answer is used for new
+    /// connections (`DNS_ROUND_ROBIN`, Envoy's LOGICAL_DNS).
+    DnsRoundRobin,
 }
 
 /// ServiceEntry `location`.
@@ -176,6 +180,9 @@ pub struct ServiceDef {
     pub hostname: String,
     pub namespace: String,
     pub vips: Vec<IpAddr>,
+    /// ServiceEntry `addresses` given as ranges: captured TCP to any
+    /// address in one is for this service.
+    pub cidrs: Vec<ipnet::IpNet>,
     pub ports: Vec<ServicePortDef>,
     /// Istio `exportTo` values as written (`*`, `.`, `~`, namespaces).
     pub export_to: Vec<String>,
@@ -206,7 +213,11 @@ pub struct ServiceId {
 /// One address serving a service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointDef {
+    /// Unspecified (0.0.0.0) for a DNS endpoint, which has `hostname`.
     pub address: IpAddr,
+    /// A DNS name the proxy resolves (ServiceEntry endpoints of a `DNS`
+    /// entry); empty for an address.
+    pub hostname: String,
     /// Service port name → the port this endpoint listens on; overrides the
     /// service port's `target_port`.
     pub ports: BTreeMap<String, u32>,
@@ -225,6 +236,7 @@ impl EndpointDef {
     pub fn of_workload(w: &Workload) -> Self {
         Self {
             address: w.address,
+            hostname: String::new(),
             ports: w
                 .ports
                 .iter()

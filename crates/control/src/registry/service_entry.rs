@@ -27,9 +27,13 @@ pub(super) fn collect(resources: &[Resource], workloads: &[Workload], registry: 
             Resource::WorkloadEntry(object) => {
                 let namespace = namespace_or_default(&object.metadata.namespace);
                 let source = resource.label();
-                if let Some(endpoint) =
-                    endpoint_of(&object.spec, &object.metadata.name, &source, registry)
-                {
+                if let Some(endpoint) = endpoint_of(
+                    &object.spec,
+                    &object.metadata.name,
+                    &source,
+                    false,
+                    registry,
+                ) {
                     candidates.push(Candidate {
                         namespace: namespace.to_string(),
                         endpoint,
@@ -134,31 +138,50 @@ fn add_service_entry(
     let spec = &object.spec;
     let namespace = namespace_or_default(&object.metadata.namespace);
     let source = format!("ServiceEntry {namespace}/{}", object.metadata.name);
+    let resolution = match spec.resolution {
+        Some(api::Resolution::Static) => Resolution::Static,
+        Some(api::Resolution::Dns | api::Resolution::DynamicDns) => Resolution::Dns,
+        Some(api::Resolution::DnsRoundRobin) => Resolution::DnsRoundRobin,
+        Some(api::Resolution::None) | None => Resolution::None,
+    };
+    let dns = matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin);
     let endpoints: Vec<EndpointDef> = match (&spec.endpoints, &spec.workload_selector) {
         (Some(inline), _) => inline
             .iter()
-            .filter_map(|entry| endpoint_of(entry, &object.metadata.name, &source, registry))
+            .filter_map(|entry| endpoint_of(entry, &object.metadata.name, &source, dns, registry))
             .collect(),
         (None, Some(selector)) => candidates.select(namespace, &selector.labels),
         (None, None) => Vec::new(),
     };
-    let resolution = match spec.resolution {
-        Some(api::Resolution::Static) => Resolution::Static,
-        Some(
-            api::Resolution::Dns | api::Resolution::DnsRoundRobin | api::Resolution::DynamicDns,
-        ) => Resolution::Dns,
-        Some(api::Resolution::None) | None => Resolution::None,
-    };
+    if dns {
+        // Istio refuses these too: a wildcard cannot be looked up, and
+        // without endpoints the proxy resolves the host itself.
+        for host in spec.hosts.iter().filter(|h| h.starts_with('*')) {
+            if spec.endpoints.is_none() {
+                registry.warnings.push(format!(
+                    "{source}: host {host:?} is a wildcard: resolution DNS needs endpoints to resolve (requests to it fail)"
+                ));
+            }
+        }
+    }
     let location = match spec.location {
         Some(api::Location::MeshInternal) => Location::MeshInternal,
         Some(api::Location::MeshExternal) | None => Location::MeshExternal,
     };
-    // CIDRs describe address ranges to capture, not one VIP to dial.
-    let vips: Vec<IpAddr> = spec
-        .addresses
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    // A single address is a VIP; a range (CIDR) captures every address in
+    // it ("10.0.0.1/32" is a VIP too).
+    let mut vips: Vec<IpAddr> = Vec::new();
+    let mut cidrs: Vec<ipnet::IpNet> = Vec::new();
+    for address in &spec.addresses {
+        match (address.parse::<IpAddr>(), address.parse::<ipnet::IpNet>()) {
+            (Ok(ip), _) => vips.push(ip),
+            (_, Ok(net)) if net.prefix_len() == net.max_prefix_len() => vips.push(net.addr()),
+            (_, Ok(net)) => cidrs.push(net.trunc()),
+            (Err(_), Err(_)) => registry.warnings.push(format!(
+                "{source}: addresses: {address:?} is neither an IP address nor a CIDR; ignored"
+            )),
+        }
+    }
     let ports: Vec<ServicePortDef> = spec
         .ports
         .iter()
@@ -174,6 +197,7 @@ fn add_service_entry(
             hostname: host.clone(),
             namespace: namespace.to_string(),
             vips: vips.clone(),
+            cidrs: cidrs.clone(),
             ports: ports.clone(),
             export_to: spec.export_to.clone(),
             resolution,
@@ -188,26 +212,39 @@ fn add_service_entry(
 }
 
 /// An endpoint from a WorkloadEntry (standalone or inline); `None` when its
-/// address is not an IP. DNS names would need a resolver, which weftd does
-/// not run (and the proxy model has no DNS clusters yet); `unix://` sockets
-/// cannot be reached from another proxy.
+/// address is neither an IP nor, in a `DNS` entry (`dns`), a DNS name the
+/// proxy resolves. `unix://` sockets cannot be reached from another proxy.
 fn endpoint_of(
     entry: &WorkloadEntry,
     name: &str,
     source: &str,
+    dns: bool,
     registry: &mut Registry,
 ) -> Option<EndpointDef> {
-    let Ok(address) = entry.address.parse::<IpAddr>() else {
-        if !entry.address.is_empty() {
-            registry.warnings.push(format!(
-                "{source}: endpoint address {:?} is not an IP address; skipped (no DNS or unix socket endpoints yet)",
-                entry.address
-            ));
+    let (address, hostname) = match entry.address.parse::<IpAddr>() {
+        Ok(address) => (address, String::new()),
+        Err(_) if dns && is_dns_name(&entry.address) => (
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            entry.address.trim_end_matches('.').to_string(),
+        ),
+        Err(_) => {
+            if !entry.address.is_empty() {
+                let why = if dns {
+                    "neither an IP address nor a DNS name"
+                } else {
+                    "not an IP address (DNS names need resolution: DNS; unix sockets are not supported)"
+                };
+                registry.warnings.push(format!(
+                    "{source}: endpoint address {:?} is {why}; skipped",
+                    entry.address
+                ));
+            }
+            return None;
         }
-        return None;
     };
     Some(EndpointDef {
         address,
+        hostname,
         ports: entry.ports.clone(),
         labels: entry.labels.clone(),
         weight: entry.weight.unwrap_or(0),
@@ -215,4 +252,18 @@ fn endpoint_of(
         service_account: entry.service_account.clone(),
         locality: super::locality_of(&entry.locality, &entry.labels),
     })
+}
+
+/// Letters, digits, '-' and '.', in labels of 1..63: what a resolver can
+/// look up (a `unix://` path or a URL is not).
+fn is_dns_name(text: &str) -> bool {
+    let name = text.trim_end_matches('.');
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }

@@ -32,6 +32,9 @@ pub struct Cluster {
     pub outlier: Option<OutlierPolicy>,
     /// The DestinationRule's loadBalancer.
     pub balancing: Balancing,
+    /// DNS names of endpoints the proxy holds no address for (not resolved
+    /// yet, or every lookup failed): named when a request finds no endpoint.
+    pub unresolved: Vec<String>,
     /// Endpoint index by address (the first of a repeated address).
     by_addr: HashMap<SocketAddr, usize>,
 }
@@ -88,6 +91,7 @@ impl Cluster {
             limits: Limits::default(),
             outlier: None,
             balancing: Balancing::default(),
+            unresolved: Vec::new(),
             by_addr,
         }
     }
@@ -101,6 +105,22 @@ impl Cluster {
     /// The endpoint at `addr`.
     pub fn endpoint(&self, addr: SocketAddr) -> Option<&Endpoint> {
         self.endpoints.get(*self.by_addr.get(&addr)?)
+    }
+
+    /// Why the cluster has no endpoint, when DNS is the reason: "DNS name
+    /// \"api.example.com\" has no address" (empty otherwise).
+    pub fn unresolved_reason(&self) -> String {
+        match self.unresolved.as_slice() {
+            [] => String::new(),
+            names => format!(
+                "; DNS name(s) {} resolved to no address",
+                names
+                    .iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
 }
 
@@ -142,7 +162,14 @@ pub(super) fn compile_clusters(
         )
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let mut endpoints = Vec::new();
+        let mut unresolved = Vec::new();
         for (e_index, endpoint) in cluster.endpoints.iter().enumerate() {
+            if !endpoint.hostname.is_empty() {
+                // A name the proxy's resolver has no answer for (answers
+                // replace it before the config is compiled).
+                unresolved.push(endpoint.hostname.clone());
+                continue;
+            }
             match endpoint.address.parse::<SocketAddr>() {
                 Ok(address) => endpoints.push(Endpoint {
                     address,
@@ -170,6 +197,7 @@ pub(super) fn compile_clusters(
             endpoints,
         );
         compiled.subset = cluster.subset.clone();
+        compiled.unresolved = unresolved;
         compiled.limits = compile_limits(
             cluster.connection_pool.as_ref(),
             &format!("{path}.connectionPool"),

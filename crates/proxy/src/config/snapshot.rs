@@ -122,9 +122,11 @@ pub struct Snapshot {
     /// Edge defences (path normalization, deadlines, connection limit).
     pub hardening: super::Hardening,
     /// How connections to each endpoint address are secured.
-    upstream_tls: HashMap<SocketAddr, super::UpstreamTls>,
+    upstream_tls: super::upstream_tls::Decisions,
     services_by_host: HashMap<String, Arc<Service>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Services by address range (ServiceEntry CIDRs), narrowest first.
+    services_by_cidr: Vec<(ipnet::IpNet, Arc<Service>)>,
     clusters: HashMap<String, Arc<Cluster>>,
     inbound: HashMap<u16, InboundPort>,
 }
@@ -137,7 +139,7 @@ impl Snapshot {
     pub fn compile(config: pb::ProxyConfig, source_name: &str) -> Result<Self, ConfigError> {
         let mut problems = Problems::default();
         let clusters = compile_clusters(&config, &mut problems);
-        let (services_by_host, services_by_vip) =
+        let (services_by_host, services_by_vip, services_by_cidr) =
             compile_services(&config, &clusters, &mut problems);
         let inbound = compile_inbound(&config, &mut problems);
         let listeners = compile_listeners(&config, &services_by_host, &mut problems);
@@ -163,15 +165,17 @@ impl Snapshot {
             upstream_tls,
             services_by_host,
             services_by_vip,
+            services_by_cidr,
             clusters,
             inbound,
         })
     }
 
-    /// How a connection to `addr` is secured (plaintext when no cluster
-    /// names it: passthrough).
-    pub fn upstream_tls(&self, addr: SocketAddr) -> super::UpstreamTls {
-        self.upstream_tls.get(&addr).cloned().unwrap_or_default()
+    /// How a connection of `cluster` to `addr` is secured: the cluster's
+    /// own decision, else the address's (plaintext when no cluster names
+    /// it: passthrough).
+    pub fn upstream_tls(&self, cluster: &str, addr: SocketAddr) -> super::UpstreamTls {
+        self.upstream_tls.cluster(cluster, addr)
     }
 
     pub fn version(&self) -> &str {
@@ -189,7 +193,15 @@ impl Snapshot {
     /// A gateway's virtual host for `host`: the exact name, else the
     /// longest `*.suffix` wildcard that covers it, else `*`.
     pub fn service_for_gateway_host(&self, host: &str) -> Option<&Arc<Service>> {
-        let host = host.to_ascii_lowercase();
+        self.service_for_host(host)
+            .or_else(|| self.services_by_host.get("*"))
+    }
+
+    /// The service an outbound request's host or a TLS SNI names: the
+    /// exact name, else the longest `*.suffix` wildcard host (a wildcard
+    /// ServiceEntry) that covers it.
+    pub fn service_for_host(&self, host: &str) -> Option<&Arc<Service>> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         if let Some(found) = self.services_by_host.get(&host) {
             return Some(found);
         }
@@ -200,11 +212,16 @@ impl Snapshot {
             }
             rest = parent;
         }
-        self.services_by_host.get("*")
+        None
     }
 
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
-        self.services_by_vip.get(&ip)
+        self.services_by_vip.get(&ip).or_else(|| {
+            self.services_by_cidr
+                .iter()
+                .find(|(net, _)| net.contains(&ip))
+                .map(|(_, service)| service)
+        })
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
@@ -271,7 +288,11 @@ fn port_number(value: u32, path: &str, problems: &mut Problems) -> Option<u16> {
     }
 }
 
-type ServiceTables = (HashMap<String, Arc<Service>>, HashMap<IpAddr, Arc<Service>>);
+type ServiceTables = (
+    HashMap<String, Arc<Service>>,
+    HashMap<IpAddr, Arc<Service>>,
+    Vec<(ipnet::IpNet, Arc<Service>)>,
+);
 
 fn compile_services(
     config: &pb::ProxyConfig,
@@ -280,6 +301,7 @@ fn compile_services(
 ) -> ServiceTables {
     let mut by_host = HashMap::new();
     let mut by_vip = HashMap::new();
+    let mut by_cidr = Vec::new();
     for (index, service) in config.services.iter().enumerate() {
         let path = format!("services[{index}]");
         if service.name.is_empty() {
@@ -342,8 +364,19 @@ fn compile_services(
                 ),
             }
         }
+        for (c_index, cidr) in service.cidrs.iter().enumerate() {
+            match cidr.parse::<ipnet::IpNet>() {
+                Ok(net) => by_cidr.push((net.trunc(), compiled.clone())),
+                Err(_) => problems.push(
+                    format!("{path}.cidrs[{c_index}]"),
+                    format!("{cidr:?} is not an address range (a.b.c.d/n)"),
+                ),
+            }
+        }
     }
-    (by_host, by_vip)
+    // The narrowest range containing an address wins.
+    by_cidr.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+    (by_host, by_vip, by_cidr)
 }
 
 fn compile_service_port(

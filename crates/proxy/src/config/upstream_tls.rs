@@ -2,10 +2,11 @@
 //! config snapshot (plain data; `tls::upstream` carries it out).
 //!
 //! The decision is per endpoint address, from the cluster's `tls`
-//! (DestinationRule) and the endpoint's `identity` (auto-mTLS). When two
-//! clusters reach the same address with different settings, the first
-//! cluster in name order wins (weftd gives every mesh endpoint its own
-//! inbound address, so this only concerns hand-written configs).
+//! (DestinationRule) and the endpoint's `identity` (auto-mTLS). Clusters
+//! may reach the same address with different settings (external hosts
+//! behind one address, as DNS answers for virtual hosting give): each
+//! keeps its own decision ([`Decisions::cluster`]); the first cluster in
+//! name order decides for the address alone (passthrough traffic).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,9 +32,32 @@ pub struct Origination {
     pub server_name: String,
 }
 
+/// Every endpoint's decision under one config.
+#[derive(Default)]
+pub(super) struct Decisions {
+    /// By address: the first cluster's (in name order).
+    by_addr: HashMap<SocketAddr, UpstreamTls>,
+    /// The decisions of clusters that differ from `by_addr`'s for the
+    /// same address.
+    by_cluster: HashMap<String, HashMap<SocketAddr, UpstreamTls>>,
+}
+
+impl Decisions {
+    /// How a connection of `cluster` to `addr` is secured.
+    pub(super) fn cluster(&self, cluster: &str, addr: SocketAddr) -> UpstreamTls {
+        self.by_cluster
+            .get(cluster)
+            .and_then(|own| own.get(&addr))
+            .or_else(|| self.by_addr.get(&addr))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
 /// Every endpoint's decision under `config`.
-pub(super) fn decisions(config: &pb::ProxyConfig) -> HashMap<SocketAddr, UpstreamTls> {
+pub(super) fn decisions(config: &pb::ProxyConfig) -> Decisions {
     let mut table = HashMap::new();
+    let mut by_cluster: HashMap<String, HashMap<SocketAddr, UpstreamTls>> = HashMap::new();
     let mut clusters: Vec<&pb::Cluster> = config.clusters.iter().collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     for cluster in clusters {
@@ -63,8 +87,22 @@ pub(super) fn decisions(config: &pb::ProxyConfig) -> HashMap<SocketAddr, Upstrea
                 },
                 _ => UpstreamTls::Plain,
             };
-            table.entry(addr).or_insert(decided);
+            match table.entry(addr) {
+                std::collections::hash_map::Entry::Vacant(vacant) => {
+                    vacant.insert(decided);
+                }
+                std::collections::hash_map::Entry::Occupied(first) if *first.get() != decided => {
+                    by_cluster
+                        .entry(cluster.name.clone())
+                        .or_default()
+                        .insert(addr, decided);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
+            }
         }
     }
-    table
+    Decisions {
+        by_addr: table,
+        by_cluster,
+    }
 }

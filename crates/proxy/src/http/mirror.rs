@@ -188,7 +188,7 @@ impl Shadow {
                         version,
                         &live.breaker,
                         cluster.connect_timeout,
-                        state.snapshot().upstream_tls(addr),
+                        state.snapshot().upstream_tls(&cluster.name, addr),
                         request,
                     )
                     .await?;

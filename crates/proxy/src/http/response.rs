@@ -75,7 +75,10 @@ mod tests {
 
     #[test]
     fn the_client_gets_its_version_the_cookie_and_no_hop_by_hop_headers() {
-        let state = ProxyState::new(MeshTls::new(None));
+        let state = ProxyState::new(
+            MeshTls::new(None),
+            std::sync::Arc::new(crate::upstream::Dns::new(&[])),
+        );
         let mut upstream =
             Response::new(crate::reply::answer(StatusCode::OK, "hi".into()).into_body());
         *upstream.version_mut() = Version::HTTP_2;

@@ -193,7 +193,7 @@ async fn one_try(
         exchange.version,
         &exchange.live.breaker,
         cluster.connect_timeout,
-        exchange.state.snapshot().upstream_tls(addr),
+        exchange.state.snapshot().upstream_tls(&cluster.name, addr),
         request,
     );
     let outcome = match per_try_timeout {
@@ -335,7 +335,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 
 fn no_endpoint(cluster: &Cluster) -> LocalReply {
     let why = if cluster.endpoints.is_empty() {
-        "has no endpoints".to_string()
+        format!("has no endpoints{}", cluster.unresolved_reason())
     } else {
         format!(
             "has all {} endpoints ejected by outlier detection",

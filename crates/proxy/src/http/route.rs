@@ -152,7 +152,7 @@ pub fn resolve(
         }
         Target::Outbound { port, original_dst } => {
             let by_host = authority.and_then(|a| {
-                let service = snapshot.service_by_host(a.host())?;
+                let service = snapshot.service_for_host(a.host())?;
                 let port = match (a.port_u16(), service.ports.as_slice()) {
                     (Some(explicit), _) => explicit,
                     // No port in the authority: the dialled port, or the
@@ -173,6 +173,18 @@ pub fn resolve(
             match original_dst {
                 Some(dst) if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
                     Ok(passthrough(*dst))
+                }
+                // Istio sends what no ServiceEntry declares to its
+                // BlackHoleCluster: 502.
+                _ if snapshot.outbound_policy == OutboundTrafficPolicy::RegistryOnly => {
+                    Err(LocalReply::new(
+                        StatusCode::BAD_GATEWAY,
+                        ResponseFlag::NoRoute,
+                        format!(
+                            "REGISTRY_ONLY: {} is not a declared service (BlackHoleCluster)",
+                            authority.map_or("a request without host", Authority::as_str)
+                        ),
+                    ))
                 }
                 _ => Err(no_route(match authority {
                     Some(a) => format!("no service for host {:?} on port {port}", a.as_str()),

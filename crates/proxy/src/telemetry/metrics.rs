@@ -68,6 +68,12 @@ struct ReloadLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    host: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterLabels {
     cluster_name: String,
 }
@@ -110,6 +116,7 @@ pub struct Metrics {
     tcp_sent: Family<Labels, Counter>,
     tcp_received: Family<Labels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
+    dns_lookups: Family<DnsLabels, Counter>,
     downstream_active: Gauge,
     outlier_ejections: Family<ClusterLabels, Counter>,
     loops_refused: Family<ReporterLabels, Counter>,
@@ -187,6 +194,11 @@ impl Default for Metrics {
             config_reloads: register!(
                 "weft_config_reloads",
                 "Config files applied or rejected",
+                Family::default()
+            ),
+            dns_lookups: register!(
+                "weft_dns_lookups",
+                "Lookups of DNS endpoint hosts, by host and result (ok, failed)",
                 Family::default()
             ),
             downstream_active: register!(
@@ -290,6 +302,17 @@ impl Metrics {
         let result = if applied { "applied" } else { "rejected" };
         self.config_reloads
             .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
+    /// One lookup of a DNS endpoint's host.
+    pub fn record_dns_lookup(&self, host: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.dns_lookups
+            .get_or_create(&DnsLabels {
+                host: host.to_string(),
+                result,
+            })
             .inc();
     }
 

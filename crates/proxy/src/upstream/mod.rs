@@ -3,12 +3,14 @@
 //! detection).
 
 mod connect;
+mod dns;
 mod pool;
 
 pub use crate::balance::limits::{Breaker, Overflow, Resource, Slot};
 pub use crate::balance::outlier::{Eligible, Outlier, TryResult};
 pub use crate::config::{Keepalive, Limits, OutlierPolicy};
 pub use connect::connect;
+pub use dns::Dns;
 pub use pool::{HttpVersion, Pool};
 
 use std::net::SocketAddr;
