@@ -8,7 +8,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use weft_api::FieldWarning;
-use weft_api::reply::{ApplyReply, MAX_REQUEST_BODY};
+use weft_api::wire::{ApplyReply, MAX_REQUEST_BODY};
 
 use crate::client::{Answer, Weftd};
 use crate::validate::{decode_paths, read_texts};
