@@ -287,6 +287,8 @@ pub struct PushedConfig {
     /// Who answers: `weftd (last pushed)`.
     pub source: String,
     pub version: String,
+    /// `null` before any config arrived.
+    #[serde(default)]
     pub config: Value,
 }
 
