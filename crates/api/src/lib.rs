@@ -15,7 +15,10 @@ pub mod decode;
 pub mod field;
 pub mod meta;
 pub mod networking;
-pub mod reply;
+pub mod wire;
+
+/// The apply types' first home; other branches still name it.
+pub use wire as reply;
 pub mod resource;
 pub mod security;
 pub mod telemetry;

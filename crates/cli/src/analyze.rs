@@ -15,8 +15,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use weft_api::analyze::{self, Input, Level, Message};
+use weft_api::wire::{self, AnalyzeMessage, AnalyzeObject, AnalyzeReply, AnalyzeRequest};
 
 use crate::client::Weftd;
 
@@ -187,40 +188,39 @@ fn remote(
     only: &[&str],
 ) -> anyhow::Result<Vec<Message>> {
     let weftd = Weftd::new(address)?;
-    let body = json!({
-        "objects": objects
+    let body = wire::to_value(&AnalyzeRequest {
+        objects: objects
             .iter()
-            .map(|(object, origin, document)| json!({"origin": origin, "document": document, "object": object}))
-            .collect::<Vec<_>>(),
-        "analyzers": only,
+            .map(|(object, origin, document)| AnalyzeObject {
+                origin: origin.clone(),
+                document: *document,
+                object: object.clone(),
+            })
+            .collect(),
+        analyzers: only.iter().map(|name| name.to_string()).collect(),
     });
     let answer = weftd.post("/v1/analyze", body.to_string(), "weft analyze")?;
     if answer.status != StatusCode::OK {
         bail!("weftd: {}", answer.error());
     }
-    let messages = answer.body.get("messages").and_then(Value::as_array);
-    messages
-        .into_iter()
-        .flatten()
-        .map(message_from_json)
-        .collect()
+    let reply: AnalyzeReply = answer.decode("weftd's analysis")?;
+    reply.messages.into_iter().map(message_from_wire).collect()
 }
 
 /// A message as weftd sends it (codes are checked against Weft's own).
-fn message_from_json(value: &Value) -> anyhow::Result<Message> {
-    let text = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or("");
+fn message_from_wire(message: AnalyzeMessage) -> anyhow::Result<Message> {
     let code = analyze::ANALYZERS
         .iter()
         .flat_map(|a| a.codes)
-        .find(|c| c.code == text("code"))
-        .with_context(|| format!("weftd sent an unknown message code {:?}", text("code")))?;
+        .find(|c| c.code == message.code)
+        .with_context(|| format!("weftd sent an unknown message code {:?}", message.code))?;
     Ok(Message {
         code: code.code,
         name: code.name,
         level: code.level,
-        resource: text("resource").to_string(),
-        namespace: text("namespace").to_string(),
-        text: text("text").to_string(),
-        origin: text("origin").to_string(),
+        resource: message.resource,
+        namespace: message.namespace,
+        text: message.text,
+        origin: message.origin,
     })
 }

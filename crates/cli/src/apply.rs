@@ -8,7 +8,9 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use weft_api::FieldWarning;
-use weft_api::reply::{ApplyReply, MAX_REQUEST_BODY};
+use weft_api::wire::{
+    AppliedObject, ApplyReply, DeleteReply, DeletedReply, MAX_REQUEST_BODY, ProblemsReply,
+};
 
 use crate::client::{Answer, Weftd};
 use crate::validate::{decode_paths, read_texts};
@@ -63,8 +65,7 @@ pub fn apply(weftd: &Weftd, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let answer = weftd.post("/v1/apply", body, &source)?;
     match answer.status {
         StatusCode::OK => {
-            let reply: ApplyReply = serde_json::from_value(answer.body)
-                .map_err(|err| anyhow::anyhow!("weftd's apply reply is not understood: {err}"))?;
+            let reply: ApplyReply = answer.decode("weftd's apply reply")?;
             for applied in &reply.applied {
                 println!(
                     "{}/{} {}",
@@ -77,7 +78,7 @@ pub fn apply(weftd: &Weftd, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         StatusCode::UNPROCESSABLE_ENTITY => {
-            print_problems(&answer);
+            print_problems(&answer)?;
             eprintln!("weft apply: weftd refused the request; nothing applied");
             Ok(ExitCode::FAILURE)
         }
@@ -114,8 +115,8 @@ pub fn delete_one(
     let answer = weftd.delete(&format!("/v1/resources/{kind}/{namespace}/{name}"))?;
     match answer.status {
         StatusCode::OK => {
-            let deleted = &answer.body["deleted"];
-            print_deleted(deleted);
+            let reply: DeletedReply = answer.decode("weftd's delete reply")?;
+            print_deleted(&reply.deleted);
             Ok(ExitCode::SUCCESS)
         }
         StatusCode::NOT_FOUND => {
@@ -134,21 +135,20 @@ pub fn delete_files(weftd: &Weftd, paths: &[PathBuf]) -> anyhow::Result<ExitCode
         let answer = weftd.post("/v1/delete", document, &source)?;
         match answer.status {
             StatusCode::OK => {
-                for deleted in array(&answer.body, "deleted") {
+                let reply: DeleteReply = answer.decode("weftd's delete reply")?;
+                for deleted in &reply.deleted {
                     print_deleted(deleted);
                 }
-                for missing in array(&answer.body, "notFound") {
+                for missing in &reply.not_found {
                     eprintln!(
                         "weft delete: {} {}/{} not found",
-                        text(missing, "kind"),
-                        text(missing, "namespace"),
-                        text(missing, "name")
+                        missing.kind, missing.namespace, missing.name
                     );
                     failed = true;
                 }
             }
             StatusCode::UNPROCESSABLE_ENTITY => {
-                print_problems(&answer);
+                print_problems(&answer)?;
                 failed = true;
             }
             _ => bail!("weftd: {}", answer.error()),
@@ -162,18 +162,16 @@ pub fn delete_files(weftd: &Weftd, paths: &[PathBuf]) -> anyhow::Result<ExitCode
 }
 
 /// kubectl's line: `virtualservice.networking.istio.io "reviews" deleted`.
-fn print_deleted(deleted: &Value) {
-    println!(
-        "{} \"{}\" deleted",
-        qualified(text(deleted, "kind")),
-        text(deleted, "name")
-    );
+fn print_deleted(deleted: &AppliedObject) {
+    println!("{} \"{}\" deleted", qualified(&deleted.kind), deleted.name);
 }
 
-fn print_problems(answer: &Answer) {
-    for problem in array(&answer.body, "problems") {
-        println!("{}", problem.as_str().unwrap_or_default());
+fn print_problems(answer: &Answer) -> anyhow::Result<()> {
+    let reply: ProblemsReply = answer.decode("weftd's refusal")?;
+    for problem in &reply.problems {
+        println!("{problem}");
     }
+    Ok(())
 }
 
 /// `VirtualService` → `virtualservice.networking.istio.io`, as kubectl
@@ -183,15 +181,4 @@ pub fn qualified(kind: &str) -> String {
         Some(group) => format!("{}.{}", kind.to_ascii_lowercase(), group.name()),
         None => kind.to_ascii_lowercase(),
     }
-}
-
-pub fn array<'a>(body: &'a Value, key: &str) -> &'a [Value] {
-    body.get(key)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-}
-
-pub fn text<'a>(value: &'a Value, key: &str) -> &'a str {
-    value.get(key).and_then(Value::as_str).unwrap_or_default()
 }

@@ -28,6 +28,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::runtime::Runtime;
+use weft_api::wire::ErrorReply;
 use weft_kube::kube::Client;
 
 use crate::cluster::Cluster;
@@ -212,10 +213,17 @@ pub struct Answer {
 impl Answer {
     /// The server's `{"error": ...}` text, or the status if there is none.
     pub fn error(&self) -> String {
-        match self.body.get("error").and_then(Value::as_str) {
-            Some(message) => message.to_string(),
-            None => format!("weftd answered {}", self.status),
+        match weft_api::wire::decode::<ErrorReply>("", &self.body) {
+            Ok(reply) => reply.error,
+            Err(_) => format!("weftd answered {}", self.status),
         }
+    }
+
+    /// The body as its wire type; `what` names it in the error, which
+    /// names the field that does not fit ("weftd's proxy list is not
+    /// understood: field proxies[1].connected: ...").
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, what: &str) -> anyhow::Result<T> {
+        Ok(weft_api::wire::decode(what, &self.body)?)
     }
 }
 

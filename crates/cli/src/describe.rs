@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use weft_kube::k8s_openapi::api::core::v1::{Pod, Service};
 use weft_kube::kube::api::{Api, ListParams};
 
+use weft_api::wire::ProxiesReply;
+
 use crate::client::Weftd;
 use crate::get::Output;
 
@@ -111,13 +113,8 @@ fn describe_pod(weftd: &Weftd, name: &str, args: &Args) -> anyhow::Result<ExitCo
         bail!("weftd: {}", proxies.error());
     }
     let id = format!("{name}.{namespace}");
-    let proxy = proxies
-        .body
-        .get("proxies")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|proxy| proxy.get("id").and_then(Value::as_str) == Some(id.as_str()));
+    let proxies: ProxiesReply = proxies.decode("weftd's proxy list")?;
+    let proxy = proxies.proxies.iter().find(|proxy| proxy.id == id);
     let mut described = Vec::new();
     for service_name in &selecting {
         if let Some(body) = service(weftd, service_name, namespace)? {
@@ -139,8 +136,8 @@ fn describe_pod(weftd: &Weftd, name: &str, args: &Args) -> anyhow::Result<ExitCo
         "injected": injected,
         "proxy": proxy.map(|proxy| json!({
             "id": id,
-            "status": crate::get::sync_status(proxy),
-            "version": proxy.get("ackedVersion"),
+            "status": proxy.sync().as_str(),
+            "version": proxy.acked_version,
         })),
         "services": described,
     });

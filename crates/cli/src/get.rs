@@ -8,7 +8,8 @@ use clap::ValueEnum;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::apply::{array, text};
+use weft_api::wire::{ListReply, ProxiesReply, Sync};
+
 use crate::client::Weftd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,7 +54,7 @@ pub fn get(weftd: &Weftd, query: &Query) -> anyhow::Result<ExitCode> {
     let items: Vec<Value> = if single {
         vec![answer.body.clone()]
     } else {
-        array(&answer.body, "items").to_vec()
+        answer.decode::<ListReply>("weftd's resource list")?.items
     };
     if items.is_empty() && query.output == Output::Table {
         match query.namespace {
@@ -81,41 +82,26 @@ pub fn get(weftd: &Weftd, query: &Query) -> anyhow::Result<ExitCode> {
 /// reason on the line below, where it cannot be missed. Streams weftd
 /// refused (a claim beyond the proxy's credential, a node id another
 /// proxy holds) follow, newest last, each with its reason.
-/// One proxy of `GET /v1/proxies`: DISCONNECTED, NACK, STALE or SYNCED.
-pub fn sync_status(proxy: &Value) -> &'static str {
-    if proxy.get("connected") != Some(&Value::Bool(true)) {
-        "DISCONNECTED"
-    } else if proxy.get("error").and_then(Value::as_str).is_some() {
-        "NACK"
-    } else if text(proxy, "sentVersion") != text(proxy, "ackedVersion") {
-        "STALE"
-    } else {
-        "SYNCED"
-    }
-}
-
 pub fn proxy_status(weftd: &Weftd) -> anyhow::Result<ExitCode> {
     let answer = weftd.get("/v1/proxies")?;
     if answer.status != StatusCode::OK {
         bail!("weftd: {}", answer.error());
     }
-    let proxies = array(&answer.body, "proxies");
-    let refused = array(&answer.body, "refused");
+    let ProxiesReply { proxies, refused } = answer.decode("weftd's proxy list")?;
     if proxies.is_empty() {
         eprintln!("No proxies are registered with weftd.");
     } else {
         let mut rows = vec![row(&["NAME", "NAMESPACE", "STATUS", "VERSION"])];
         let mut reasons = vec![None];
-        for proxy in proxies {
-            let error = proxy.get("error").and_then(Value::as_str);
-            let status = sync_status(proxy);
+        for proxy in &proxies {
+            let status = proxy.sync();
             rows.push(row(&[
-                text(proxy, "id"),
-                text(proxy, "namespace"),
-                status,
-                text(proxy, "ackedVersion"),
+                &proxy.id,
+                &proxy.namespace,
+                status.as_str(),
+                &proxy.acked_version,
             ]));
-            reasons.push(error.filter(|_| status == "NACK"));
+            reasons.push(proxy.error.as_deref().filter(|_| status == Sync::Nack));
         }
         let lines = format_rows(&rows);
         for (line, reason) in lines.iter().zip(reasons) {
@@ -129,12 +115,12 @@ pub fn proxy_status(weftd: &Weftd) -> anyhow::Result<ExitCode> {
         println!();
         println!("REFUSED (the last {}, newest last):", refused.len());
         let mut rows = vec![row(&["TIME", "PEER", "NODE", "CODE"])];
-        for refusal in refused {
+        for refusal in &refused {
             rows.push(row(&[
-                text(refusal, "time"),
-                text(refusal, "peer"),
-                text(refusal, "id"),
-                text(refusal, "code"),
+                &refusal.time,
+                &refusal.peer,
+                &refusal.id,
+                &refusal.code,
             ]));
         }
         let lines = format_rows(&rows);
@@ -143,7 +129,7 @@ pub fn proxy_status(weftd: &Weftd) -> anyhow::Result<ExitCode> {
         }
         for (line, refusal) in lines.iter().skip(1).zip(refused) {
             println!("{line}");
-            println!("    {}", text(refusal, "reason"));
+            println!("    {}", refusal.reason);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -233,6 +219,11 @@ pub(crate) fn format_rows(rows: &[Vec<String>]) -> Vec<String> {
             line
         })
         .collect()
+}
+
+/// A string field of a stored object (Kubernetes metadata), or "".
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use http::{Request, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use weft_api::wire::{self, PushedConfig};
 
 use crate::client::Weftd;
 use crate::get::Output;
@@ -134,6 +135,8 @@ fn show(weftd: &crate::client::Target, query: &Query) -> anyhow::Result<()> {
             let dump: Value = serde_json::from_str(&dump).map_err(|_| {
                 anyhow!("{admin} is not a weft-proxy admin port (/config_dump is not JSON)")
             })?;
+            // The proxy's dump has weftd's envelope (and `lastRejected`).
+            let dump: PushedConfig = wire::decode(&format!("{admin}'s /config_dump"), &dump)?;
             let health = parse_clusters(&runtime.block_on(fetch(admin, "/clusters"))?);
             if wants_secrets {
                 let text = runtime.block_on(fetch(admin, "/certs"))?;
@@ -166,10 +169,10 @@ fn show(weftd: &crate::client::Target, query: &Query) -> anyhow::Result<()> {
             eprintln!(
                 "(what weftd last pushed to {id}; endpoint health is known only to the proxy: pass --admin ADDR)"
             );
-            (answer.body, None)
+            (answer.decode("weftd's pushed config")?, None)
         }
     };
-    let config = dump.get("config").cloned().unwrap_or(Value::Null);
+    let config = dump.config;
     let sections: Vec<(Section, Vec<Value>)> = [
         Section::Listeners,
         Section::Routes,

@@ -8,8 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use http::StatusCode;
-use serde::Deserialize;
-use serde_json::json;
+use weft_api::wire::{self, TokenList, TokenMinted, TokenRequest};
 
 use crate::client::Weftd;
 
@@ -36,22 +35,6 @@ pub enum Command {
     Revoke { id: String },
 }
 
-/// One row of `GET /v1/tokens`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Listed {
-    id: String,
-    namespace: String,
-    service_account: String,
-    workload_group: String,
-    #[serde(default)]
-    address: Option<IpAddr>,
-    expires: u64,
-    minted_by: String,
-    #[serde(default)]
-    revoked: bool,
-}
-
 pub fn run(weftd: &Weftd, command: &Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Create {
@@ -60,25 +43,23 @@ pub fn run(weftd: &Weftd, command: &Command) -> anyhow::Result<ExitCode> {
             address,
             ttl,
         } => {
-            let mut body = json!({ "namespace": namespace, "workloadGroup": group });
-            if let Some(address) = address {
-                body["address"] = json!(address);
-            }
-            if let Some(ttl) = ttl {
-                body["ttl"] = json!(ttl);
-            }
+            let body = wire::to_value(&TokenRequest {
+                namespace: namespace.clone(),
+                workload_group: group.clone(),
+                address: *address,
+                ttl: ttl.clone(),
+            });
             let answer = weftd.post("/v1/tokens", body.to_string(), "weft token create")?;
             if answer.status != StatusCode::OK {
                 bail!("weftd: {}", answer.error());
             }
-            let text = |key: &str| answer.body[key].as_str().unwrap_or_default().to_string();
-            let expires = answer.body["expires"].as_u64().unwrap_or_default();
-            println!("{}", text("token"));
+            let minted: TokenMinted = answer.decode("weftd's minted token")?;
+            println!("{}", minted.token);
             eprintln!(
                 "token {} for {} (WorkloadGroup {namespace}/{group}), expires {}",
-                text("id"),
-                text("identity"),
-                when(expires)
+                minted.id,
+                minted.identity,
+                when(minted.expires)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -87,8 +68,7 @@ pub fn run(weftd: &Weftd, command: &Command) -> anyhow::Result<ExitCode> {
             if answer.status != StatusCode::OK {
                 bail!("weftd: {}", answer.error());
             }
-            let tokens: Vec<Listed> = serde_json::from_value(answer.body["tokens"].clone())
-                .map_err(|err| anyhow::anyhow!("weftd's token list is not understood: {err}"))?;
+            let TokenList { tokens } = answer.decode("weftd's token list")?;
             let rows: Vec<[String; 7]> = tokens
                 .into_iter()
                 .map(|token| {

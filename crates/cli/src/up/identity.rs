@@ -12,18 +12,12 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use http::{Method, StatusCode};
-use serde::Deserialize;
 use tokio::net::UnixStream;
+use weft_api::wire::{self, TokenMinted, TokenRequest};
 
 use super::plan::{Plan, Pod};
 use super::pod;
 use super::start::exchange;
-
-/// The part of weftd's `POST /v1/tokens` answer `weft up` uses.
-#[derive(Deserialize)]
-struct Minted {
-    token: String,
-}
 
 /// Mints and writes every pod's token.
 pub async fn issue_tokens(api: &Path, plan: &Plan) -> anyhow::Result<()> {
@@ -40,10 +34,11 @@ pub async fn issue_tokens(api: &Path, plan: &Plan) -> anyhow::Result<()> {
 pub async fn issue_token(api: &Path, plan: &Plan, pod: &Pod) -> anyhow::Result<()> {
     // Bound to the pod's group and address: it admits this pod's sidecar
     // and nothing else, wherever it is copied to.
-    let body = serde_json::json!({
-        "namespace": pod.namespace,
-        "workloadGroup": pod.workload,
-        "address": pod.ip,
+    let body = wire::to_value(&TokenRequest {
+        namespace: pod.namespace.clone(),
+        workload_group: pod.workload.clone(),
+        address: Some(pod.ip.into()),
+        ttl: None,
     });
     let stream = UnixStream::connect(api)
         .await
@@ -63,13 +58,15 @@ pub async fn issue_token(api: &Path, plan: &Plan, pod: &Pod) -> anyhow::Result<(
             String::from_utf8_lossy(&answer)
         );
     }
-    let minted: Minted = serde_json::from_slice(&answer).with_context(|| {
+    let answer: serde_json::Value = serde_json::from_slice(&answer).with_context(|| {
         format!(
-            "pod {}: weftd's token answer has no token: {}",
+            "pod {}: weftd's token answer is not JSON: {}",
             pod.name,
             String::from_utf8_lossy(&answer)
         )
     })?;
+    let minted: TokenMinted =
+        wire::decode(&format!("pod {}: weftd's token answer", pod.name), &answer)?;
     pod::write_sidecar_file(&plan.token_path(pod), minted.token.as_bytes())
 }
 

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
+
+use ipnet::{IpNet, Ipv4Net};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -168,55 +170,34 @@ pub struct Expose {
     pub port: u16,
 }
 
-/// An IPv4 range, `a.b.c.d/len`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub base: Ipv4Addr,
-    pub prefix: u8,
+/// The pod range when the mesh file's cannot be used (only reached after
+/// `check` refused the file; [`DEFAULT_POD_CIDR`] as a value).
+pub const FALLBACK_POD_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 203, 0, 0), 16);
+
+/// `spec.podCidr` and `spec.serviceCidr`: IPv4 only (the pods share one
+/// IPv4 bridge), /8 to /30, host bits cleared (`10.203.7.9/30` is
+/// `10.203.7.8/30`, as the kernel reads it).
+pub fn parse_range(text: &str) -> Result<Ipv4Net, String> {
+    let range = match text.parse::<IpNet>() {
+        Ok(IpNet::V4(range)) => range,
+        Ok(IpNet::V6(_)) => {
+            return Err(format!(
+                "{text:?} is an IPv6 range; pods and services take an IPv4 range like 10.203.0.0/16"
+            ));
+        }
+        Err(_) => return Err(format!("{text:?} is not an IPv4 range like 10.203.0.0/16")),
+    };
+    if !(8..=30).contains(&range.prefix_len()) {
+        return Err(format!("prefix /{} must be 8..30", range.prefix_len()));
+    }
+    Ok(range.trunc())
 }
 
-impl Cidr {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (address, prefix) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not an IPv4 range like 10.203.0.0/16"))?;
-        let address: Ipv4Addr = address
-            .parse()
-            .map_err(|_| format!("{address:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| format!("prefix /{prefix} must be 8..30"))?;
-        let mask = u32::MAX << (32 - prefix);
-        Ok(Self {
-            base: Ipv4Addr::from(u32::from(address) & mask),
-            prefix,
-        })
-    }
-
-    /// The `index`-th address after the network address, if inside the
-    /// range and not its broadcast address.
-    pub fn host(&self, index: u32) -> Option<Ipv4Addr> {
-        let size = 1u64 << (32 - self.prefix);
-        (index >= 1 && u64::from(index) < size - 1)
-            .then(|| Ipv4Addr::from(u32::from(self.base) + index))
-    }
-
-    pub fn contains(&self, address: Ipv4Addr) -> bool {
-        let mask = u32::MAX << (32 - self.prefix);
-        u32::from(address) & mask == u32::from(self.base)
-    }
-
-    fn overlaps(&self, other: &Cidr) -> bool {
-        self.contains(other.base) || other.contains(self.base)
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix)
-    }
+/// The `index`-th address after the network address, if inside the range
+/// and not its broadcast address.
+pub fn host(range: &Ipv4Net, index: u32) -> Option<Ipv4Addr> {
+    let after_network = usize::try_from(index.checked_sub(1)?).ok()?;
+    range.hosts().nth(after_network)
 }
 
 /// Reads and checks `dir/mesh.yaml`. Every error is one line per problem,
@@ -287,7 +268,8 @@ fn check(mesh: &MeshFile) -> Vec<(String, String)> {
         &mut problem,
     );
     if let (Some(pods), Some(services)) = (pod_cidr, service_cidr)
-        && pods.overlaps(&services)
+        // Aligned ranges overlap only when one holds the other.
+        && (pods.contains(&services) || services.contains(&pods))
     {
         problem(
             "spec.serviceCidr".into(),
@@ -453,7 +435,7 @@ fn check(mesh: &MeshFile) -> Vec<(String, String)> {
         }
     }
     if let Some(pods) = pod_cidr
-        && pods.host(instances + 1).is_none()
+        && host(&pods, instances + 1).is_none()
     {
         problem(
             "spec.podCidr".into(),
@@ -462,7 +444,7 @@ fn check(mesh: &MeshFile) -> Vec<(String, String)> {
     }
     let service_count = u32::try_from(spec.services.len()).unwrap_or(u32::MAX);
     if let Some(range) = service_cidr
-        && range.host(service_count).is_none()
+        && host(&range, service_count).is_none()
         && service_count > 0
     {
         problem(
@@ -478,8 +460,8 @@ fn check_cidr(
     default: &str,
     field: &str,
     problem: &mut impl FnMut(String, String),
-) -> Option<Cidr> {
-    match Cidr::parse(given.as_deref().unwrap_or(default)) {
+) -> Option<Ipv4Net> {
+    match parse_range(given.as_deref().unwrap_or(default)) {
         Ok(cidr) => Some(cidr),
         Err(message) => {
             problem(field.into(), message);
@@ -683,14 +665,36 @@ spec:
 
     #[test]
     fn ranges_hand_out_host_addresses_only() {
-        let cidr = Cidr::parse("10.203.7.9/30").expect("cidr");
-        assert_eq!(cidr.to_string(), "10.203.7.8/30");
-        assert_eq!(cidr.host(1), Some(Ipv4Addr::new(10, 203, 7, 9)));
-        assert_eq!(cidr.host(2), Some(Ipv4Addr::new(10, 203, 7, 10)));
-        assert_eq!(cidr.host(3), None);
-        assert_eq!(cidr.host(0), None);
-        assert!(Cidr::parse("10.0.0.0").is_err());
-        assert!(Cidr::parse("10.0.0.0/31").is_err());
+        let range = parse_range("10.203.7.9/30").expect("range");
+        assert_eq!(range.to_string(), "10.203.7.8/30");
+        assert_eq!(host(&range, 1), Some(Ipv4Addr::new(10, 203, 7, 9)));
+        assert_eq!(host(&range, 2), Some(Ipv4Addr::new(10, 203, 7, 10)));
+        assert_eq!(host(&range, 3), None);
+        assert_eq!(host(&range, 0), None);
+        assert_eq!(
+            parse_range("10.0.0.0").expect_err("no prefix"),
+            "\"10.0.0.0\" is not an IPv4 range like 10.203.0.0/16"
+        );
+        assert_eq!(
+            parse_range("10.0.0.0/31").expect_err("too small"),
+            "prefix /31 must be 8..30"
+        );
+        assert!(
+            parse_range("fd00::/64")
+                .expect_err("IPv6")
+                .contains("is an IPv6 range")
+        );
+        assert_eq!(
+            parse_range(DEFAULT_POD_CIDR).expect("the default"),
+            FALLBACK_POD_RANGE
+        );
+        // A wide range: the look-up is arithmetic, not a walk.
+        let wide = parse_range("10.0.0.0/8").expect("range");
+        assert_eq!(
+            host(&wide, 16_777_214),
+            Some(Ipv4Addr::new(10, 255, 255, 254))
+        );
+        assert_eq!(host(&wide, 16_777_215), None);
     }
 
     #[test]

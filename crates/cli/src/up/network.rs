@@ -62,7 +62,7 @@ pub fn create_node(plan: &Plan) -> anyhow::Result<()> {
     disable_ipv6(ns)?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&["-n", ns, "link", "add", BRIDGE, "type", "bridge"])?;
-    let address = format!("{}/{}", plan.bridge, plan.pod_cidr.prefix);
+    let address = format!("{}/{}", plan.bridge, plan.pod_cidr.prefix_len());
     ip(&["-n", ns, "addr", "add", &address, "dev", BRIDGE])?;
     ip(&["-n", ns, "link", "set", BRIDGE, "up"])
 }
@@ -83,7 +83,7 @@ pub fn create_pod(plan: &Plan, pod: &Pod) -> anyhow::Result<()> {
     ])?;
     ip(&["-n", node, "link", "set", &pod.veth, "master", BRIDGE])?;
     ip(&["-n", node, "link", "set", &pod.veth, "up"])?;
-    let address = format!("{}/{}", pod.ip, plan.pod_cidr.prefix);
+    let address = format!("{}/{}", pod.ip, plan.pod_cidr.prefix_len());
     ip(&["-n", ns, "addr", "add", &address, "dev", "eth0"])?;
     ip(&["-n", ns, "link", "set", "eth0", "up"])?;
     ip(&[

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
-use super::meshfile::{self, Cidr, Expose, MeshFile};
+use super::meshfile::{self, Expose, MeshFile, host};
 
 /// The port sidecars reach weftd at, on the bridge address: Istio's
 /// istiod TLS port for discovery and certificates (weftd's `--xds`,
@@ -25,7 +26,7 @@ pub struct Plan {
     pub name: String,
     /// Absolute.
     pub dir: PathBuf,
-    pub pod_cidr: Cidr,
+    pub pod_cidr: Ipv4Net,
     pub bridge: Ipv4Addr,
     pub node_netns: String,
     pub pods: Vec<Pod>,
@@ -115,10 +116,8 @@ impl Plan {
         let spec = &mesh.spec;
         // Checked by meshfile::check; the defaults always parse.
         let parse = |given: &Option<String>, default| {
-            Cidr::parse(given.as_deref().unwrap_or(default)).unwrap_or(Cidr {
-                base: Ipv4Addr::new(10, 203, 0, 0),
-                prefix: 16,
-            })
+            meshfile::parse_range(given.as_deref().unwrap_or(default))
+                .unwrap_or(meshfile::FALLBACK_POD_RANGE)
         };
         let pod_cidr = parse(&spec.pod_cidr, meshfile::DEFAULT_POD_CIDR);
         let service_cidr = parse(&spec.service_cidr, meshfile::DEFAULT_SERVICE_CIDR);
@@ -129,7 +128,7 @@ impl Plan {
             .map(|(i, service)| ServicePlan {
                 name: service.name.clone(),
                 namespace: meshfile::namespace_of(&service.namespace).to_string(),
-                vip: service_cidr.host(i as u32 + 1).unwrap_or(service_cidr.base),
+                vip: host(&service_cidr, i as u32 + 1).unwrap_or(service_cidr.network()),
                 ports: service
                     .ports
                     .iter()
@@ -170,7 +169,7 @@ impl Plan {
                        workload: &str,
                        index: u32,
                        make: &dyn Fn(Ipv4Addr, &str) -> Pod| {
-            let ip = pod_cidr.host(next_ip).unwrap_or(pod_cidr.base);
+            let ip = host(&pod_cidr, next_ip).unwrap_or(pod_cidr.network());
             let veth = format!("wv{}", pods.len());
             next_ip += 1;
             let pod_name = format!("{workload}-{index}");
@@ -262,7 +261,7 @@ impl Plan {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             pod_cidr,
-            bridge: pod_cidr.host(1).unwrap_or(pod_cidr.base),
+            bridge: host(&pod_cidr, 1).unwrap_or(pod_cidr.network()),
             node_netns: format!("weft-{name}-node"),
             pods,
             services,

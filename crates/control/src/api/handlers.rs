@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use http::StatusCode;
-use serde_json::{Value, json};
-use weft_api::reply::{AppliedObject, ApplyReply, ProblemsReply};
+use weft_api::wire::{
+    self, AppliedObject, ApplyReply, DeleteReply, DeletedReply, ListReply, ObjectKey,
+    ProblemsReply, ProxiesReply, ProxyStatus, Refusal,
+};
 
 use super::{Failure, Reply, canonical_kind, error, json_reply, known_kinds};
 use crate::status::StatusBoard;
@@ -19,14 +21,14 @@ pub(super) async fn apply(store: Arc<Store>, text: String, source: String) -> Re
     match blocking(work).await {
         Ok(Ok((applied, warnings))) => json_reply(
             StatusCode::OK,
-            &typed(&ApplyReply {
+            &wire::to_value(&ApplyReply {
                 applied: applied.iter().map(applied_object).collect(),
                 warnings,
             }),
         ),
         Ok(Err(StoreError::Invalid(problems))) => json_reply(
             StatusCode::UNPROCESSABLE_ENTITY,
-            &typed(&ProblemsReply {
+            &wire::to_value(&ProblemsReply {
                 problems: problems.iter().map(ToString::to_string).collect(),
             }),
         ),
@@ -44,7 +46,7 @@ pub(super) async fn delete_named(store: Arc<Store>, text: &str, source: &str) ->
         Err(problems) => {
             return json_reply(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({ "problems": problems }),
+                &wire::to_value(&ProblemsReply { problems }),
             );
         }
     };
@@ -52,8 +54,8 @@ pub(super) async fn delete_named(store: Arc<Store>, text: &str, source: &str) ->
         let (mut deleted, mut not_found) = (Vec::new(), Vec::new());
         for key in named.keys {
             match store.delete(&key)? {
-                Some(applied) => deleted.push(applied_json(&applied)),
-                None => not_found.push(key_json(&key)),
+                Some(applied) => deleted.push(applied_object(&applied)),
+                None => not_found.push(object_key(&key)),
             }
         }
         Ok::<_, StoreError>((deleted, not_found, named.skipped))
@@ -62,7 +64,11 @@ pub(super) async fn delete_named(store: Arc<Store>, text: &str, source: &str) ->
     match outcome {
         Ok(Ok((deleted, not_found, skipped))) => json_reply(
             StatusCode::OK,
-            &json!({ "deleted": deleted, "notFound": not_found, "skipped": skipped }),
+            &wire::to_value(&DeleteReply {
+                deleted,
+                not_found,
+                skipped,
+            }),
         ),
         Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
         Err(failure) => failure.reply(),
@@ -84,7 +90,9 @@ pub(super) async fn delete_one(
     match blocking(move || store.delete(&key)).await {
         Ok(Ok(Some(applied))) => json_reply(
             StatusCode::OK,
-            &json!({ "deleted": applied_json(&applied) }),
+            &wire::to_value(&DeletedReply {
+                deleted: applied_object(&applied),
+            }),
         ),
         Ok(Ok(None)) => missing,
         Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
@@ -107,12 +115,12 @@ pub(super) fn list(store: &Store, query: &str) -> Reply {
             _ => {}
         }
     }
-    let items: Vec<Value> = store
+    let items = store
         .list(kind, namespace)
         .iter()
         .map(|stored| stored.to_versioned_value())
         .collect();
-    json_reply(StatusCode::OK, &json!({ "items": items }))
+    json_reply(StatusCode::OK, &wire::to_value(&ListReply { items }))
 }
 
 /// `GET /v1/resources/<Kind>/<namespace>/<name>`.
@@ -128,20 +136,34 @@ pub(super) fn get(store: &Store, kind: &str, namespace: &str, name: &str) -> Rep
 
 /// `GET /v1/proxies`.
 pub(super) fn proxies(status: &StatusBoard) -> Reply {
-    let proxies: Vec<Value> = status
+    let proxies = status
         .list()
-        .iter()
-        .map(|proxy| {
-            let mut value = serde_json::to_value(proxy).unwrap_or(Value::Null);
-            if let Some(object) = value.as_object_mut() {
-                object.insert("synced".into(), Value::Bool(proxy.synced()));
-            }
-            value
+        .into_iter()
+        .map(|proxy| ProxyStatus {
+            synced: proxy.synced(),
+            id: proxy.id,
+            workload: proxy.workload,
+            namespace: proxy.namespace,
+            connected: proxy.connected,
+            sent_version: proxy.sent_version,
+            acked_version: proxy.acked_version,
+            error: proxy.error,
+        })
+        .collect();
+    let refused = status
+        .refusals()
+        .into_iter()
+        .map(|refused| Refusal {
+            time: refused.time,
+            peer: refused.peer,
+            id: refused.id,
+            code: refused.code,
+            reason: refused.reason,
         })
         .collect();
     json_reply(
         StatusCode::OK,
-        &json!({ "proxies": proxies, "refused": status.refusals() }),
+        &wire::to_value(&ProxiesReply { proxies, refused }),
     )
 }
 
@@ -186,8 +208,12 @@ fn not_found(key: &ResourceKey) -> Reply {
     error(StatusCode::NOT_FOUND, format!("{key} not found"))
 }
 
-fn key_json(key: &ResourceKey) -> Value {
-    json!({ "kind": key.kind, "namespace": key.namespace, "name": key.name })
+fn object_key(key: &ResourceKey) -> ObjectKey {
+    ObjectKey {
+        kind: key.kind.clone(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
 }
 
 fn change_name(change: &Change) -> &'static str {
@@ -207,16 +233,6 @@ fn applied_object(applied: &Applied) -> AppliedObject {
         change: change_name(&applied.change).to_string(),
         resource_version: applied.resource_version,
     }
-}
-
-/// A reply struct as JSON. These structs hold only strings and numbers, so
-/// encoding cannot fail; the fallback only keeps this panic-free.
-fn typed(reply: &impl serde::Serialize) -> Value {
-    serde_json::to_value(reply).unwrap_or_default()
-}
-
-fn applied_json(applied: &Applied) -> Value {
-    typed(&applied_object(applied))
 }
 
 /// Store changes may write to disk: run them off the async threads.

@@ -2,7 +2,8 @@
 //! `GET /v1/proxies/<id>/config`.
 
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
+use weft_api::wire::{self, AnalyzeMessage, AnalyzeReply, AnalyzeRequest, PushedConfig};
 
 use super::{Reply, error, json_reply};
 use crate::analyze::{self, Input};
@@ -15,17 +16,17 @@ use crate::store::Store;
 /// optional): `weft analyze` without `-f`, or
 /// with `-f FILES --use-weftd`.
 pub(super) fn analyze(store: &Store, status: &StatusBoard, body: &str) -> Reply {
-    let request: Value = if body.trim().is_empty() {
-        Value::Null
+    let request: AnalyzeRequest = if body.trim().is_empty() {
+        AnalyzeRequest::default()
     } else {
-        match serde_json::from_str(body) {
-            Ok(value) => value,
-            Err(err) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("the analyze request is not JSON: {err}"),
-                );
-            }
+        let parsed = serde_json::from_str(body)
+            .map_err(|err| format!("the analyze request is not JSON: {err}"))
+            .and_then(|value| {
+                wire::decode("the analyze request", &value).map_err(|err| err.to_string())
+            });
+        match parsed {
+            Ok(request) => request,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
         }
     };
     let resources = store.resources();
@@ -38,27 +39,15 @@ pub(super) fn analyze(store: &Store, status: &StatusBoard, body: &str) -> Reply 
         });
         input.add_document(proxy, "weftd", 0, "default");
     }
-    let objects = request.get("objects").and_then(Value::as_array);
-    for item in objects.into_iter().flatten() {
-        let origin = item
-            .get("origin")
-            .and_then(Value::as_str)
-            .unwrap_or("request");
-        let document = item.get("document").and_then(Value::as_u64).unwrap_or(0);
-        if let Some(object) = item.get("object") {
-            let document = usize::try_from(document).unwrap_or(0);
-            input.add_document(object.clone(), origin, document, "default");
-        }
+    for item in request.objects {
+        input.add_document(item.object, &item.origin, item.document, "default");
     }
-    let only: Vec<&str> = request
-        .get("analyzers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let only: Vec<&str> = request.analyzers.iter().map(String::as_str).collect();
     match analyze::analyze(&input, &only) {
-        Ok(messages) => json_reply(StatusCode::OK, &json!({ "messages": messages })),
+        Ok(messages) => {
+            let messages = messages.iter().map(AnalyzeMessage::from).collect();
+            json_reply(StatusCode::OK, &wire::to_value(&AnalyzeReply { messages }))
+        }
         Err(message) => error(StatusCode::BAD_REQUEST, message),
     }
 }
@@ -109,7 +98,11 @@ pub(super) fn pushed_config(status: &StatusBoard, id: &str) -> Reply {
     match serde_json::to_value(&config) {
         Ok(config) => json_reply(
             StatusCode::OK,
-            &json!({ "source": "weftd (last pushed)", "version": version, "config": config }),
+            &wire::to_value(&PushedConfig {
+                source: "weftd (last pushed)".into(),
+                version,
+                config,
+            }),
         ),
         Err(err) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

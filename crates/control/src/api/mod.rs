@@ -24,7 +24,7 @@
 //! name and line numbers).
 //!
 //! An accepted apply answers `{"applied": [...], "warnings": [...]}`
-//! (`weft_api::reply::ApplyReply`): one warning per field Weft accepts
+//! (`weft_api::wire::ApplyReply`): one warning per field Weft accepts
 //! without honouring it (`weft_api::unimplemented`), as Kubernetes returns
 //! warnings with an accepted request.
 //!
@@ -54,7 +54,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
@@ -77,7 +77,7 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// Largest request body accepted: far above any real config (an apply of
 /// 110,000 objects is ~30 MiB), low enough that a runaway client cannot
 /// exhaust weftd's memory. Shared with `weft apply`, which checks it first.
-pub const MAX_BODY: usize = weft_api::reply::MAX_REQUEST_BODY;
+pub const MAX_BODY: usize = weft_api::wire::MAX_REQUEST_BODY;
 
 /// Header naming the file an apply or delete body came from, for messages
 /// (the `source` field of a `{"text", "source"}` body does the same).
@@ -391,7 +391,12 @@ fn json_reply(status: StatusCode, body: &Value) -> Reply {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Reply {
-    json_reply(status, &json!({ "error": message.into() }))
+    json_reply(
+        status,
+        &weft_api::wire::to_value(&weft_api::wire::ErrorReply {
+            error: message.into(),
+        }),
+    )
 }
 
 #[cfg(test)]

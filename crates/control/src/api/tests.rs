@@ -576,3 +576,79 @@ spec:
     );
     assert!(reply.warnings[1].message.contains("not implemented"));
 }
+
+/// What weftd sends is what the CLI's types read: every answer of a
+/// session decoded with `weft_api::wire`, as `weft` decodes it.
+#[tokio::test]
+async fn answers_decode_as_the_weft_cli_reads_them() {
+    use weft_api::wire::{
+        AnalyzeReply, ApplyReply, DeleteReply, DeletedReply, ErrorReply, ListReply, ProblemsReply,
+        ProxiesReply, Sync, decode,
+    };
+    let api = Api::start().await;
+    let (status, reply) = api.call(Method::POST, "/v1/apply", REVIEWS).await;
+    assert_eq!(status, StatusCode::OK);
+    let applied: ApplyReply = decode("apply", &reply).expect("apply reply");
+    assert_eq!(applied.applied.len(), 2);
+    assert_eq!(applied.applied[0].change, "created");
+
+    let (status, reply) = api.call(Method::POST, "/v1/apply", BROKEN).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let refused: ProblemsReply = decode("refusal", &reply).expect("problems");
+    assert!(
+        refused.problems.iter().any(|p| p.contains("weight")),
+        "{refused:?}"
+    );
+
+    let (_, reply) = api.call(Method::GET, "/v1/resources?kind=vs", "").await;
+    let listed: ListReply = decode("list", &reply).expect("list");
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0]["metadata"]["name"], "reviews");
+
+    let (_, reply) = api
+        .call(Method::DELETE, "/v1/resources/dr/shop/reviews", "")
+        .await;
+    let deleted: DeletedReply = decode("delete", &reply).expect("deleted");
+    assert_eq!(deleted.deleted.kind, "DestinationRule");
+    let (_, reply) = api
+        .call(
+            Method::POST,
+            "/v1/delete",
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge}\n",
+        )
+        .await;
+    let deleted: DeleteReply = decode("delete", &reply).expect("delete by documents");
+    assert!(deleted.deleted.is_empty());
+    assert_eq!(deleted.not_found[0].name, "edge");
+
+    api.status.update("ratings-1.shop", |p| {
+        p.connected = true;
+        p.sent_version = "7".into();
+        p.acked_version = "6".into();
+        p.error = Some("bad route".into());
+    });
+    let (_, reply) = api.call(Method::GET, "/v1/proxies", "").await;
+    let proxies: ProxiesReply = decode("proxies", &reply).expect("proxies");
+    assert_eq!(proxies.proxies[0].sync(), Sync::Nack);
+    assert!(!proxies.proxies[0].synced);
+
+    let (status, reply) = api.call(Method::POST, "/v1/analyze", "{}").await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let _: AnalyzeReply = decode("analysis", &reply).expect("analysis");
+    let (status, reply) = api
+        .call(
+            Method::POST,
+            "/v1/analyze",
+            r#"{"objects": [{"document": "two"}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error: ErrorReply = decode("error", &reply).expect("error");
+    assert!(
+        error
+            .error
+            .starts_with("the analyze request is not understood: field objects[0].document"),
+        "{}",
+        error.error
+    );
+}

@@ -8,29 +8,15 @@
 //! - `GET /v1/tokens` lists the unexpired tokens (never their values).
 //! - `DELETE /v1/tokens/<id>` revokes one.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::StatusCode;
-use serde::Deserialize;
-use serde_json::json;
+use weft_api::wire::{self, TokenInfo, TokenList, TokenMinted, TokenRequest, TokenRevoked};
 
 use super::{Reply, error, json_reply};
 use crate::ca::Ca;
-use crate::ca::token::{MintRequest, RevokeError};
+use crate::ca::token::{MintRequest, MintedToken, RevokeError};
 use crate::store::Store;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TokenRequest {
-    namespace: String,
-    workload_group: String,
-    #[serde(default)]
-    address: Option<IpAddr>,
-    /// A duration as people write it: "10m", "1h", "7d".
-    #[serde(default)]
-    ttl: Option<String>,
-}
 
 const SHAPE: &str =
     r#"expected {"namespace": ..., "workloadGroup": ..., "address"?: IP, "ttl"?: "1h"}"#;
@@ -104,13 +90,13 @@ pub(super) async fn mint(ca: Option<Arc<Ca>>, store: &Store, body: &str, who: St
     match tokio::task::spawn_blocking(move || ca.tokens().mint(&mint)).await {
         Ok(Ok(minted)) => json_reply(
             StatusCode::OK,
-            &json!({
-                "token": minted.token,
-                "id": minted.record.id,
-                "identity": minted.identity,
-                "workloadGroup": minted.record.workload_group,
-                "address": minted.record.address,
-                "expires": minted.record.expires,
+            &wire::to_value(&TokenMinted {
+                token: minted.token,
+                id: minted.record.id,
+                identity: minted.identity,
+                workload_group: minted.record.workload_group,
+                address: minted.record.address,
+                expires: minted.record.expires,
             }),
         ),
         Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
@@ -124,7 +110,10 @@ pub(super) async fn mint(ca: Option<Arc<Ca>>, store: &Store, body: &str, who: St
 /// `GET /v1/tokens`.
 pub(super) fn list(ca: Option<&Ca>) -> Reply {
     match ca {
-        Some(ca) => json_reply(StatusCode::OK, &json!({ "tokens": ca.tokens().list() })),
+        Some(ca) => {
+            let tokens = ca.tokens().list().into_iter().map(token_info).collect();
+            json_reply(StatusCode::OK, &wire::to_value(&TokenList { tokens }))
+        }
         None => no_ca(),
     }
 }
@@ -136,13 +125,34 @@ pub(super) async fn revoke(ca: Option<Arc<Ca>>, id: &str) -> Reply {
     };
     let id = id.to_string();
     match tokio::task::spawn_blocking(move || ca.tokens().revoke(&id)).await {
-        Ok(Ok(token)) => json_reply(StatusCode::OK, &json!({ "revoked": token })),
+        Ok(Ok(token)) => json_reply(
+            StatusCode::OK,
+            &wire::to_value(&TokenRevoked {
+                revoked: token_info(token),
+            }),
+        ),
         Ok(Err(err @ RevokeError::NotFound(_))) => error(StatusCode::NOT_FOUND, err.to_string()),
         Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
         Err(err) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("revoking failed: {err}"),
         ),
+    }
+}
+
+/// The token list's record as the API shows it. The record is also what
+/// weftd keeps on disk, so the wire type is its own struct.
+fn token_info(token: MintedToken) -> TokenInfo {
+    TokenInfo {
+        id: token.id,
+        namespace: token.namespace,
+        service_account: token.service_account,
+        workload_group: token.workload_group,
+        address: token.address,
+        issued: token.issued,
+        expires: token.expires,
+        minted_by: token.minted_by,
+        revoked: token.revoked,
     }
 }
 
