@@ -343,6 +343,39 @@ fn targets(http: &HttpRoute) -> Vec<Target> {
     destinations
 }
 
+/// Istio's JWT claim routing: `@request.auth.claims.a.b` (or
+/// `@request.auth.claims[a][b]`) names the claim `b` inside `a` of the
+/// validated token; claim names keep their case. Empty: not a claim, or a
+/// malformed one (then the header check refuses the name).
+fn claim_path(name: &str) -> Vec<String> {
+    let Some(rest) = name.strip_prefix(CLAIM_HEADER) else {
+        return Vec::new();
+    };
+    let path: Vec<String> = if let Some(dotted) = rest.strip_prefix('.') {
+        dotted.split('.').map(str::to_string).collect()
+    } else {
+        let mut path = Vec::new();
+        let mut rest = rest;
+        while let Some(inner) = rest.strip_prefix('[') {
+            let Some((name, after)) = inner.split_once(']') else {
+                return Vec::new();
+            };
+            path.push(name.to_string());
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Vec::new();
+        }
+        path
+    };
+    match path.iter().any(String::is_empty) {
+        true => Vec::new(),
+        false => path,
+    }
+}
+
+const CLAIM_HEADER: &str = "@request.auth.claims";
+
 /// The block as proxy conditions, or the first condition the proxy model
 /// cannot express.
 fn match_rule(m: &HttpMatchRequest) -> Result<MatchRule, String> {
@@ -370,6 +403,7 @@ fn match_rule(m: &HttpMatchRequest) -> Result<MatchRule, String> {
             name: name.to_ascii_lowercase(),
             value: string_match(value).map(pb_string_match),
             invert,
+            claim: claim_path(name),
         })
         .collect();
     let mut query_params = Vec::new();

@@ -13,6 +13,8 @@ use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 use weft_proto::proxy::v1 as pb;
 
+use crate::policy::jwt::Verified;
+
 use super::snapshot::Problems;
 
 /// The parts of a request that routes look at, borrowed from it.
@@ -26,6 +28,9 @@ pub struct RequestView<'a> {
     /// `http` until the proxy terminates TLS itself.
     pub scheme: &'a str,
     pub headers: &'a HeaderMap,
+    /// The JWT a RequestAuthentication validated for this request, if any:
+    /// what `@request.auth.claims.*` matches read (never a client's header).
+    pub claims: Option<&'a Verified>,
 }
 
 /// A compiled `RouteMatch`; the default matches every request.
@@ -88,6 +93,8 @@ enum HeaderKey {
     Method,
     Path,
     Scheme,
+    /// A claim of the validated JWT, by path (outermost name first).
+    Claim(Vec<String>),
 }
 
 #[derive(Debug)]
@@ -242,6 +249,7 @@ impl StringMatcher {
 impl HeaderMatcher {
     fn compile(m: &pb::HeaderMatch, path: &str, problems: &mut Problems) -> Option<Self> {
         let name = match m.name.to_ascii_lowercase().as_str() {
+            _ if !m.claim.is_empty() => HeaderKey::Claim(m.claim.clone()),
             "" => {
                 problems.push(format!("{path}.name"), "is required");
                 return None;
@@ -285,6 +293,16 @@ impl HeaderMatcher {
                 None => check(request.path),
                 Some(query) => check(&format!("{}?{query}", request.path)),
             },
+            HeaderKey::Claim(path) => {
+                let values = request
+                    .claims
+                    .map(|token| token.claim_strings(path))
+                    .unwrap_or_default();
+                match &self.value {
+                    None => !values.is_empty(),
+                    Some(matcher) => values.iter().any(|v| matcher.matches(v)),
+                }
+            }
             HeaderKey::Header(name) => {
                 let mut values = request.headers.get_all(name).iter();
                 match (values.next(), values.next()) {
@@ -455,6 +473,7 @@ mod tests {
                 authority: self.authority,
                 scheme: "http",
                 headers: &self.headers,
+                claims: None,
             })
         }
     }
