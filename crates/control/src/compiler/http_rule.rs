@@ -187,9 +187,22 @@ fn build(
                 .map_or(Ok(()), checks::route_match)
                 .map(|()| rule)
         });
-        matches.push(rule.map_err(|what| {
+        let rule = rule.map_err(|what| {
             format!("match[{m_index}] uses {what}, which the proxy cannot match on yet")
-        })?);
+        })?;
+        // As in Istio, only gateways validate a token before routing.
+        if audience == Audience::Mesh
+            && rule
+                .conditions
+                .as_ref()
+                .is_some_and(|c| c.headers.iter().any(|h| !h.claim.is_empty()))
+        {
+            warnings.push(format!(
+                "{at}.match[{m_index}]: @request.auth.claims matches work on gateways only; \
+                 on sidecars this block never matches"
+            ));
+        }
+        matches.push(rule);
     }
     if !http.matches.is_empty() && matches.is_empty() {
         return Ok(None);
@@ -345,7 +358,8 @@ fn targets(http: &HttpRoute) -> Vec<Target> {
 
 /// Istio's JWT claim routing: `@request.auth.claims.a.b` (or
 /// `@request.auth.claims[a][b]`) names the claim `b` inside `a` of the
-/// validated token; claim names keep their case. Empty: not a claim, or a
+/// validated token (weft-api, as for every header key, refuses upper
+/// case). Empty: not a claim, or a
 /// malformed one (then the header check refuses the name).
 fn claim_path(name: &str) -> Vec<String> {
     let Some(rest) = name.strip_prefix(CLAIM_HEADER) else {

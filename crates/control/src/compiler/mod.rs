@@ -309,6 +309,8 @@ mod corpus_tests;
 #[cfg(test)]
 mod dr_tests;
 #[cfg(test)]
+mod gateway_policy_tests;
+#[cfg(test)]
 mod gateway_tests;
 #[cfg(test)]
 mod route_tests;
