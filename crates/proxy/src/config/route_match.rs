@@ -293,16 +293,14 @@ impl HeaderMatcher {
                 None => check(request.path),
                 Some(query) => check(&format!("{}?{query}", request.path)),
             },
-            HeaderKey::Claim(path) => {
-                let values = request
-                    .claims
-                    .map(|token| token.claim_strings(path))
-                    .unwrap_or_default();
-                match &self.value {
-                    None => !values.is_empty(),
-                    Some(matcher) => values.iter().any(|v| matcher.matches(v)),
+            HeaderKey::Claim(path) => match (request.claims, &self.value) {
+                (None, _) => false,
+                (Some(token), None) => token.claim(path).is_some(),
+                // A list claim matches when one of its items does.
+                (Some(token), Some(matcher)) => {
+                    token.claim_strings(path).iter().any(|v| matcher.matches(v))
                 }
-            }
+            },
             HeaderKey::Header(name) => {
                 let mut values = request.headers.get_all(name).iter();
                 match (values.next(), values.next()) {
@@ -466,6 +464,10 @@ mod tests {
         }
 
         fn matched_by(&self, m: &RouteMatch) -> bool {
+            self.matched_with(m, None)
+        }
+
+        fn matched_with(&self, m: &RouteMatch, claims: Option<&Verified>) -> bool {
             m.matches(&RequestView {
                 path: self.path,
                 query: self.query,
@@ -473,7 +475,7 @@ mod tests {
                 authority: self.authority,
                 scheme: "http",
                 headers: &self.headers,
-                claims: None,
+                claims,
             })
         }
     }
@@ -526,6 +528,42 @@ mod tests {
         let host =
             compile("headers: [{name: ':authority', value: {prefix: REVIEWS}}]").expect("valid");
         assert!(req("/").matched_by(&host));
+    }
+
+    #[test]
+    fn claims_match_the_validated_token_never_a_header() {
+        let beta = compile(
+            "headers: [{name: '@request.auth.claims.org.team', claim: [org, team], \
+             value: {exact: beta}}]",
+        )
+        .expect("valid");
+        let token = |claims| Verified::for_test(claims);
+        let nested = token(serde_json::json!({"org": {"team": "beta"}}));
+        let listed = token(serde_json::json!({"org": {"team": ["alpha", "beta"]}}));
+        let other = token(serde_json::json!({"org": {"team": "alpha"}, "team": "beta"}));
+        let request = req("/");
+        assert!(request.matched_with(&beta, Some(&nested)));
+        assert!(request.matched_with(&beta, Some(&listed)));
+        assert!(!request.matched_with(&beta, Some(&other)));
+        assert!(!request.matched_with(&beta, None));
+        // A header of any similar name is not the claim.
+        let spoof = req("/")
+            .header("org.team", "beta")
+            .header("team", "beta")
+            .header("request.auth.claims.org.team", "beta");
+        assert!(!spoof.matched_with(&beta, None));
+        // Presence and withoutHeaders on a claim.
+        let present =
+            compile("headers: [{name: '@request.auth.claims.org', claim: [org]}]").expect("valid");
+        assert!(request.matched_with(&present, Some(&nested)));
+        assert!(!request.matched_with(&present, None));
+        let without = compile(
+            "headers: [{name: '@request.auth.claims.org.team', claim: [org, team], \
+             value: {exact: beta}, invert: true}]",
+        )
+        .expect("valid");
+        assert!(request.matched_with(&without, None));
+        assert!(!request.matched_with(&without, Some(&nested)));
     }
 
     #[test]
