@@ -56,6 +56,8 @@ pub fn pieces(config: ProxyConfig) -> Vec<(String, Body)> {
         Body::Settings(Settings {
             outbound_traffic_policy: config.outbound_traffic_policy,
             protocol_detection_timeout: config.protocol_detection_timeout,
+            gateway_security: config.gateway_security,
+            num_trusted_proxies: config.num_trusted_proxies,
             telemetry: config.telemetry,
         }),
     );
@@ -80,6 +82,8 @@ pub fn assemble<'a>(
             Some(Body::Settings(settings)) => {
                 config.outbound_traffic_policy = settings.outbound_traffic_policy;
                 config.protocol_detection_timeout = settings.protocol_detection_timeout;
+                config.gateway_security = settings.gateway_security;
+                config.num_trusted_proxies = settings.num_trusted_proxies;
                 config.telemetry = settings.telemetry;
             }
             None => {}

@@ -191,6 +191,12 @@ struct NodeArgs {
     /// the Gateway resources whose selector matches this proxy's labels.
     #[arg(long, conflicts_with = "capture")]
     router: bool,
+    /// With --router: how many proxies (load balancers) in front of the
+    /// gateway append to X-Forwarded-For; the client address policies
+    /// (`remoteIpBlocks`) and the mesh see is that many entries from the
+    /// end. Istio's gatewayTopology.numTrustedProxies.
+    #[arg(long, default_value_t = 0, requires = "router")]
+    num_trusted_proxies: u32,
     /// Where the workload runs, REGION/ZONE/SUBZONE, for locality-aware
     /// load balancing.
     #[arg(long, default_value = "")]
@@ -275,6 +281,7 @@ impl NodeArgs {
             locality: self.locality,
             inbound_listeners: self.inbound,
             mtls,
+            num_trusted_proxies: self.num_trusted_proxies,
         }
         .into_node()
     }

@@ -14,7 +14,9 @@ const PSEUDO_HEADERS: [&str; 5] = [":authority", ":method", ":path", ":scheme", 
 const REDIRECT_CODES: [u32; 5] = [301, 302, 303, 307, 308];
 
 pub(super) fn route_match(m: &pb::RouteMatch) -> Result<(), String> {
-    for header in &m.headers {
+    // A claim (`@request.auth.claims.*`) is read from the validated JWT,
+    // not from a header.
+    for header in m.headers.iter().filter(|h| h.claim.is_empty()) {
         let name = header.name.as_str();
         if !PSEUDO_HEADERS.contains(&name) && HeaderName::try_from(name).is_err() {
             return Err(format!("an invalid header name {name:?}"));

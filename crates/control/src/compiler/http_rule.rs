@@ -187,9 +187,22 @@ fn build(
                 .map_or(Ok(()), checks::route_match)
                 .map(|()| rule)
         });
-        matches.push(rule.map_err(|what| {
+        let rule = rule.map_err(|what| {
             format!("match[{m_index}] uses {what}, which the proxy cannot match on yet")
-        })?);
+        })?;
+        // As in Istio, only gateways validate a token before routing.
+        if audience == Audience::Mesh
+            && rule
+                .conditions
+                .as_ref()
+                .is_some_and(|c| c.headers.iter().any(|h| !h.claim.is_empty()))
+        {
+            warnings.push(format!(
+                "{at}.match[{m_index}]: @request.auth.claims matches work on gateways only; \
+                 on sidecars this block never matches"
+            ));
+        }
+        matches.push(rule);
     }
     if !http.matches.is_empty() && matches.is_empty() {
         return Ok(None);
@@ -343,6 +356,40 @@ fn targets(http: &HttpRoute) -> Vec<Target> {
     destinations
 }
 
+/// Istio's JWT claim routing: `@request.auth.claims.a.b` (or
+/// `@request.auth.claims[a][b]`) names the claim `b` inside `a` of the
+/// validated token (weft-api, as for every header key, refuses upper
+/// case). Empty: not a claim, or a
+/// malformed one (then the header check refuses the name).
+fn claim_path(name: &str) -> Vec<String> {
+    let Some(rest) = name.strip_prefix(CLAIM_HEADER) else {
+        return Vec::new();
+    };
+    let path: Vec<String> = if let Some(dotted) = rest.strip_prefix('.') {
+        dotted.split('.').map(str::to_string).collect()
+    } else {
+        let mut path = Vec::new();
+        let mut rest = rest;
+        while let Some(inner) = rest.strip_prefix('[') {
+            let Some((name, after)) = inner.split_once(']') else {
+                return Vec::new();
+            };
+            path.push(name.to_string());
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Vec::new();
+        }
+        path
+    };
+    match path.iter().any(String::is_empty) {
+        true => Vec::new(),
+        false => path,
+    }
+}
+
+const CLAIM_HEADER: &str = "@request.auth.claims";
+
 /// The block as proxy conditions, or the first condition the proxy model
 /// cannot express.
 fn match_rule(m: &HttpMatchRequest) -> Result<MatchRule, String> {
@@ -370,6 +417,7 @@ fn match_rule(m: &HttpMatchRequest) -> Result<MatchRule, String> {
             name: name.to_ascii_lowercase(),
             value: string_match(value).map(pb_string_match),
             invert,
+            claim: claim_path(name),
         })
         .collect();
     let mut query_params = Vec::new();

@@ -326,6 +326,8 @@ mod corpus_tests;
 #[cfg(test)]
 mod dr_tests;
 #[cfg(test)]
+mod gateway_policy_tests;
+#[cfg(test)]
 mod gateway_tests;
 #[cfg(test)]
 mod gateway_tls_tests;

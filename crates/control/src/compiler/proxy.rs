@@ -157,11 +157,16 @@ impl MeshIndex {
     fn compile_router(&self, node: &Node) -> ProxyOutput {
         let (listeners, services, warnings) = self.gateways.for_node(node);
         let clusters = self.clusters_for(&services, node);
+        // Policies select a gateway by its labels as they select a sidecar.
+        let namespace = namespace_or_default(&node.namespace);
+        let gateway_security = self.inbound_security(namespace, &node.labels);
         ProxyOutput {
             config: ProxyConfig {
                 listeners,
                 services,
                 clusters,
+                gateway_security,
+                num_trusted_proxies: node.num_trusted_proxies,
                 telemetry: self
                     .telemetry
                     .for_node(namespace_or_default(&node.namespace), &node.labels),

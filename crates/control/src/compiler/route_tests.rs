@@ -70,6 +70,7 @@ fn bookinfo_header_match_routes_jason_to_v2() {
     assert_eq!(
         first.headers,
         [pb::HeaderMatch {
+            claim: Vec::new(),
             name: "end-user".into(),
             value: exact("jason"),
             invert: false,
@@ -377,6 +378,7 @@ fn delegate_routes_are_inlined_under_the_root_match() {
     let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["api-v2", "api", "reviews.1"]);
     let header = [pb::HeaderMatch {
+        claim: Vec::new(),
         name: "x-team".into(),
         value: exact("a"),
         invert: false,

@@ -61,6 +61,9 @@ pub struct Options {
     /// `sidecar.istio.io/rewriteAppHTTPProbers: "false"`: app probes stay
     /// as written instead of going through the sidecar's 15020.
     pub keep_probes: bool,
+    /// `gatewayTopology.numTrustedProxies` (gateways only:
+    /// `--num-trusted-proxies`).
+    pub num_trusted_proxies: Option<u32>,
 }
 
 /// [`Options`] plus the warnings for what was said but is not implemented.
@@ -223,8 +226,37 @@ fn proxy_config(
                     format!("{at}: {text:?} is not a duration like \"5s\" or \"1.5s\"")
                 })?);
             }
+            "gatewayTopology" => gateway_topology(&value, &at, options, warnings)?,
             _ => warnings.push(format!(
                 "{PROXY_CONFIG}: field {field} is not implemented by Weft; it has no effect"
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// `gatewayTopology`: Weft reads `numTrustedProxies`; the rest is a warning.
+fn gateway_topology(
+    value: &Value,
+    at: &str,
+    options: &mut Options,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    let Value::Object(fields) = value else {
+        return Err(format!("{at}: expected an object"));
+    };
+    for (field, value) in fields {
+        match field.as_str() {
+            "numTrustedProxies" => {
+                let n = value
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| format!("{at}.numTrustedProxies: expected a whole number"))?;
+                options.num_trusted_proxies = Some(n);
+            }
+            _ => warnings.push(format!(
+                "{PROXY_CONFIG}: field gatewayTopology.{field} is not implemented by Weft; \
+                 it has no effect"
             )),
         }
     }

@@ -109,7 +109,13 @@ pub fn proxy_container(
         Role::Sidecar { .. } => {
             args.extend(["--capture", "--merged-metrics", "0.0.0.0:15020"].map(String::from))
         }
-        Role::Gateway => args.push("--router".into()),
+        Role::Gateway => {
+            args.push("--router".into());
+            // The client address policies see behind a load balancer.
+            if let Some(n) = options.num_trusted_proxies.filter(|n| *n > 0) {
+                args.extend(["--num-trusted-proxies".into(), n.to_string()]);
+            }
+        }
     }
     for (key, value) in workload.labels {
         args.push("--label".into());

@@ -385,3 +385,45 @@ fn workload_names_follow_the_controller() {
     assert!(!supports_native_sidecars("1", "28"));
     assert!(!supports_native_sidecars("", ""));
 }
+
+#[test]
+fn a_gateway_reads_its_trusted_proxy_hops_from_proxy_config() {
+    let read = annotations::read(&std::collections::BTreeMap::from([(
+        "proxy.istio.io/config".to_string(),
+        "gatewayTopology: {numTrustedProxies: 2, proxyProtocol: {}}".to_string(),
+    )]))
+    .expect("read");
+    assert_eq!(read.options.num_trusted_proxies, Some(2));
+    // What Weft does not do is said, not dropped.
+    assert!(
+        read.warnings
+            .iter()
+            .any(|w| w.contains("gatewayTopology.proxyProtocol")),
+        "{:?}",
+        read.warnings
+    );
+    let labels = std::collections::BTreeMap::new();
+    let workload = template::Workload {
+        name: "ingress",
+        labels: &labels,
+    };
+    let container = |role| {
+        template::proxy_container(&Settings::default(), &read.options, &workload, &[], role)
+            .args
+            .unwrap_or_default()
+    };
+    let gateway = container(template::Role::Gateway);
+    assert_eq!(flag(&gateway, "--num-trusted-proxies"), ["2"]);
+    // A sidecar has no X-Forwarded-For to trust: the flag is for gateways.
+    let sidecar = container(template::Role::Sidecar { native: false });
+    assert!(flag(&sidecar, "--num-trusted-proxies").is_empty());
+
+    let bad = annotations::read(&std::collections::BTreeMap::from([(
+        "proxy.istio.io/config".to_string(),
+        "gatewayTopology: {numTrustedProxies: -1}".to_string(),
+    )]));
+    assert!(
+        bad.is_err_and(|e| e.contains("gatewayTopology.numTrustedProxies")),
+        "a negative count is refused by name"
+    );
+}

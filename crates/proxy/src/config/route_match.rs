@@ -13,6 +13,8 @@ use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 use weft_proto::proxy::v1 as pb;
 
+use crate::policy::jwt::Verified;
+
 use super::snapshot::Problems;
 
 /// The parts of a request that routes look at, borrowed from it.
@@ -26,6 +28,9 @@ pub struct RequestView<'a> {
     /// `http` until the proxy terminates TLS itself.
     pub scheme: &'a str,
     pub headers: &'a HeaderMap,
+    /// The JWT a RequestAuthentication validated for this request, if any:
+    /// what `@request.auth.claims.*` matches read (never a client's header).
+    pub claims: Option<&'a Verified>,
 }
 
 /// A compiled `RouteMatch`; the default matches every request.
@@ -88,6 +93,8 @@ enum HeaderKey {
     Method,
     Path,
     Scheme,
+    /// A claim of the validated JWT, by path (outermost name first).
+    Claim(Vec<String>),
 }
 
 #[derive(Debug)]
@@ -242,6 +249,7 @@ impl StringMatcher {
 impl HeaderMatcher {
     fn compile(m: &pb::HeaderMatch, path: &str, problems: &mut Problems) -> Option<Self> {
         let name = match m.name.to_ascii_lowercase().as_str() {
+            _ if !m.claim.is_empty() => HeaderKey::Claim(m.claim.clone()),
             "" => {
                 problems.push(format!("{path}.name"), "is required");
                 return None;
@@ -284,6 +292,14 @@ impl HeaderMatcher {
             HeaderKey::Path => match request.query {
                 None => check(request.path),
                 Some(query) => check(&format!("{}?{query}", request.path)),
+            },
+            HeaderKey::Claim(path) => match (request.claims, &self.value) {
+                (None, _) => false,
+                (Some(token), None) => token.claim(path).is_some(),
+                // A list claim matches when one of its items does.
+                (Some(token), Some(matcher)) => {
+                    token.claim_strings(path).iter().any(|v| matcher.matches(v))
+                }
             },
             HeaderKey::Header(name) => {
                 let mut values = request.headers.get_all(name).iter();
@@ -448,6 +464,10 @@ mod tests {
         }
 
         fn matched_by(&self, m: &RouteMatch) -> bool {
+            self.matched_with(m, None)
+        }
+
+        fn matched_with(&self, m: &RouteMatch, claims: Option<&Verified>) -> bool {
             m.matches(&RequestView {
                 path: self.path,
                 query: self.query,
@@ -455,6 +475,7 @@ mod tests {
                 authority: self.authority,
                 scheme: "http",
                 headers: &self.headers,
+                claims,
             })
         }
     }
@@ -507,6 +528,42 @@ mod tests {
         let host =
             compile("headers: [{name: ':authority', value: {prefix: REVIEWS}}]").expect("valid");
         assert!(req("/").matched_by(&host));
+    }
+
+    #[test]
+    fn claims_match_the_validated_token_never_a_header() {
+        let beta = compile(
+            "headers: [{name: '@request.auth.claims.org.team', claim: [org, team], \
+             value: {exact: beta}}]",
+        )
+        .expect("valid");
+        let token = |claims| Verified::for_test(claims);
+        let nested = token(serde_json::json!({"org": {"team": "beta"}}));
+        let listed = token(serde_json::json!({"org": {"team": ["alpha", "beta"]}}));
+        let other = token(serde_json::json!({"org": {"team": "alpha"}, "team": "beta"}));
+        let request = req("/");
+        assert!(request.matched_with(&beta, Some(&nested)));
+        assert!(request.matched_with(&beta, Some(&listed)));
+        assert!(!request.matched_with(&beta, Some(&other)));
+        assert!(!request.matched_with(&beta, None));
+        // A header of any similar name is not the claim.
+        let spoof = req("/")
+            .header("org.team", "beta")
+            .header("team", "beta")
+            .header("request.auth.claims.org.team", "beta");
+        assert!(!spoof.matched_with(&beta, None));
+        // Presence and withoutHeaders on a claim.
+        let present =
+            compile("headers: [{name: '@request.auth.claims.org', claim: [org]}]").expect("valid");
+        assert!(request.matched_with(&present, Some(&nested)));
+        assert!(!request.matched_with(&present, None));
+        let without = compile(
+            "headers: [{name: '@request.auth.claims.org.team', claim: [org, team], \
+             value: {exact: beta}, invert: true}]",
+        )
+        .expect("valid");
+        assert!(request.matched_with(&without, None));
+        assert!(!request.matched_with(&without, Some(&nested)));
     }
 
     #[test]

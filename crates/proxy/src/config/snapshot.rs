@@ -129,6 +129,9 @@ pub struct Snapshot {
     services_by_cidr: Vec<(ipnet::IpNet, Arc<Service>)>,
     clusters: HashMap<String, Arc<Cluster>>,
     inbound: HashMap<u16, InboundPort>,
+    /// What GATEWAY listeners check before routing (policies selecting the
+    /// gateway); None: nothing.
+    gateway_guard: Option<Arc<crate::policy::authz::InboundGuard>>,
 }
 
 impl Snapshot {
@@ -142,6 +145,11 @@ impl Snapshot {
         let (services_by_host, services_by_vip, services_by_cidr) =
             compile_services(&config, &clusters, &mut problems);
         let inbound = compile_inbound(&config, &mut problems);
+        let gateway_guard = super::authz::compile_security(
+            config.gateway_security.as_ref(),
+            "gatewaySecurity",
+            &mut problems,
+        );
         let listeners = compile_listeners(&config, &services_by_host, &mut problems);
         let detect_timeout = duration(
             config.protocol_detection_timeout.as_ref(),
@@ -168,6 +176,7 @@ impl Snapshot {
             services_by_cidr,
             clusters,
             inbound,
+            gateway_guard,
         })
     }
 
@@ -249,6 +258,11 @@ impl Snapshot {
             Some(declared) => declared.guard.clone(),
             None => self.inbound.values().find_map(|p| p.guard.clone()),
         }
+    }
+
+    /// The authorization guarding every GATEWAY listener.
+    pub fn gateway_guard(&self) -> Option<Arc<crate::policy::authz::InboundGuard>> {
+        self.gateway_guard.clone()
     }
 
     pub fn listener(&self, address: SocketAddr) -> Option<&ListenerSpec> {

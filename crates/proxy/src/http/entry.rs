@@ -202,20 +202,23 @@ pub fn forwarded_for(
     client
 }
 
+/// The client address a gateway's entry wrote (see [`forwarded_for`]).
+pub fn external_address(headers: &HeaderMap) -> Option<IpAddr> {
+    headers
+        .get(EXTERNAL_ADDRESS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// `remote.ip` for authorization on the inbound side: what the gateway in
 /// front decided when the request came from a mesh peer, else the peer.
 pub fn remote_address(headers: &HeaderMap, peer: Option<IpAddr>, trust: &Trust) -> Option<IpAddr> {
     let decided = trust
         .is_mesh_peer()
-        .then(|| {
-            headers
-                .get(EXTERNAL_ADDRESS)?
-                .to_str()
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        })
+        .then(|| external_address(headers))
         .flatten();
     decided.or(peer)
 }

@@ -5,8 +5,8 @@
 //!
 //! 1. [`entry`]: absolute-form target, mesh-only headers, [`normalize`]d
 //!    path, the gateway's XFF;
-//! 2. `policy`: the workload's JWT rules and AuthorizationPolicy
-//!    (`crate::policy`), inbound only;
+//! 2. `policy`: the workload's (inbound) or the gateway's JWT rules and
+//!    AuthorizationPolicy (`crate::policy`);
 //! 3. [`route`]: service, route and cluster, or NR, or the route's own
 //!    redirect or direct response (built by [`rewrite`]);
 //! 4. [`cors`]: allowed preflights answered;

@@ -6,7 +6,7 @@
 //! | # | phase          | module        | may stop with                          |
 //! |---|----------------|---------------|----------------------------------------|
 //! | 1 | entry          | `entry`       | 400 DPE (a target that cannot be normalized) |
-//! | 2 | inbound policy | `policy`      | 401/403 (JWT, AuthorizationPolicy)     |
+//! | 2 | policy         | `policy`      | 401/403 (JWT, AuthorizationPolicy)     |
 //! | 3 | route          | `route`       | 404 NR; a redirect or direct response  |
 //! | 4 | CORS preflight | `cors`        | the preflight's answer                 |
 //! | 5 | rewrite        | `rewrite`     | —                                      |
@@ -87,7 +87,8 @@ async fn phases(
         true => HttpVersion::Http1,
         false => conn.version,
     };
-    // 2. Inbound policy: the workload's JWT rules and policies.
+    // 2. Policy: the workload's (inbound) or the gateway's JWT rules and
+    // policies.
     let mut request = policy::check(state, conn, request)
         .await
         .map_err(Early::answer)?;

@@ -1,14 +1,19 @@
 //! Phase 2, inbound policy: a request for the local workload passes its
 //! port's guard (RequestAuthentication's JWT rules, then
 //! AuthorizationPolicy, both compiled into the snapshot) before it is
-//! routed. Outbound and gateway requests have no guard here.
+//! routed; on a gateway listener, the policies selecting the gateway do
+//! the same. Outbound requests have no guard here.
 //!
 //! Contract: the policies see the request entry made (normalized path,
 //! mesh-only headers gone); `remote.ip` is what a gateway in front decided
 //! when the caller is a mesh peer, else the connection's peer, never a
-//! client's `X-Forwarded-For`; a port the workload did not declare falls
+//! client's `X-Forwarded-For`; on a gateway it is the client entry names
+//! (`numTrustedProxies` hops back in `X-Forwarded-For`, else the peer) and
+//! `destination.port` the gateway server's port; a port the workload did not declare falls
 //! back to the workload's policies, as the TCP path does. A refusal is the
 //! policy's own answer (401 or 403, no response flag).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use http::{Request, Response};
 
@@ -26,17 +31,37 @@ pub(super) async fn check<B>(
     conn: &HttpConn,
     request: Request<B>,
 ) -> Result<Request<B>, Response<ProxyBody>> {
-    let Target::Inbound { port, original_dst } = &conn.target else {
-        return Ok(request);
+    let (guard, remote, destination) = match &conn.target {
+        Target::Inbound { port, original_dst } => (
+            state.snapshot().inbound_guard(*port),
+            entry::remote_address(request.headers(), conn.peer, &conn.trust),
+            *original_dst,
+        ),
+        Target::Gateway { port } => (
+            state.snapshot().gateway_guard(),
+            // Entry decided it (numTrustedProxies hops back in the
+            // X-Forwarded-For it completed) after dropping a client's own.
+            entry::external_address(request.headers()).or(conn.peer),
+            // `ports` in a policy is the gateway server's port.
+            SocketAddr::new(
+                conn.downstream
+                    .local
+                    .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |l| l.ip()),
+                *port,
+            ),
+        ),
+        Target::Outbound { .. } | Target::Service { .. } => return Ok(request),
     };
-    let Some(guard) = state.snapshot().inbound_guard(*port) else {
+    let Some(guard) = guard else {
         return Ok(request);
     };
     let caller = Caller {
         peer: conn.peer,
-        remote: entry::remote_address(request.headers(), conn.peer, &conn.trust),
+        remote,
+        // Only a certificate the handshake verified (mesh mTLS, or a
+        // gateway's MUTUAL server) names a principal.
         principal: conn.downstream.mesh_principal(),
-        destination: *original_dst,
+        destination,
     };
     authz::authorize_request(&guard, &caller, request).await
 }

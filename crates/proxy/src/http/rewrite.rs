@@ -222,6 +222,7 @@ mod tests {
             authority: Some("web:8080"),
             scheme: "http",
             headers,
+            claims: None,
         }
     }
 

@@ -18,6 +18,7 @@ use super::rewrite;
 use crate::body::ProxyBody;
 use crate::config::{Cluster, Destination, RequestView, Route, RouteAction, Service, Snapshot};
 use crate::flags::ResponseFlag;
+use crate::policy::jwt::Verified;
 use crate::reply::LocalReply;
 
 /// Where a downstream connection's requests go; fixed when it is accepted.
@@ -104,6 +105,11 @@ pub fn decide<B>(
         // TLS itself.
         scheme: "http",
         headers: request.headers(),
+        // Put there by the policy phase, only for a token it validated.
+        claims: request
+            .extensions()
+            .get::<Arc<Verified>>()
+            .map(|token| &**token),
     };
     resolve(snapshot, target, authority, &view)
 }

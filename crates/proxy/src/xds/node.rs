@@ -89,6 +89,8 @@ pub struct NodeFlags {
     pub inbound_listeners: Vec<InboundListener>,
     /// Holds (or is getting) a workload certificate.
     pub mtls: bool,
+    /// A gateway's trusted hops in X-Forwarded-For.
+    pub num_trusted_proxies: u32,
 }
 
 impl NodeFlags {
@@ -115,6 +117,7 @@ impl NodeFlags {
             locality: self.locality,
             inbound_listeners: self.inbound_listeners,
             mtls: self.mtls,
+            num_trusted_proxies: self.num_trusted_proxies,
         }
     }
 }

@@ -70,6 +70,11 @@ pub async fn authorize_request<B>(
             return Err(denied_response());
         }
     }
+    if let Some(verified) = verified {
+        // For routing on claims (a gateway's `@request.auth.claims.*`):
+        // an extension, which no client can send.
+        parts.extensions.insert(std::sync::Arc::new(verified));
+    }
     Ok(Request::from_parts(parts, body))
 }
 

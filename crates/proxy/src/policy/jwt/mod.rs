@@ -117,6 +117,19 @@ impl Verified {
         }
     }
 
+    /// A token with these claims, as if a rule without extra
+    /// space-delimited claims had validated it (for tests elsewhere).
+    #[cfg(test)]
+    pub(crate) fn for_test(claims: Value) -> Self {
+        Self {
+            principal: String::new(),
+            audiences: Vec::new(),
+            presenter: None,
+            claims,
+            space_delimited: Vec::new(),
+        }
+    }
+
     /// [`claim_strings`](Self::claim_strings) as policies see them: a
     /// space-delimited claim (`scope`, `permission`, the rule's
     /// `spaceDelimitedClaims`) is one value per word.
@@ -132,16 +145,18 @@ impl Verified {
         }
     }
 
+    /// The claim at `path` (outermost name first), of any type.
+    pub fn claim(&self, path: &[String]) -> Option<&Value> {
+        path.iter()
+            .try_fold(&self.claims, |value, name| value.get(name))
+    }
+
     /// The claim at `path` as strings: a string, each string of a list, or
     /// a number or boolean written out. Nothing for objects or absence.
     pub fn claim_strings(&self, path: &[String]) -> Vec<String> {
-        let mut value = &self.claims;
-        for name in path {
-            match value.get(name) {
-                Some(inner) => value = inner,
-                None => return Vec::new(),
-            }
-        }
+        let Some(value) = self.claim(path) else {
+            return Vec::new();
+        };
         match value {
             Value::String(text) => vec![text.clone()],
             Value::Array(items) => items.iter().filter_map(scalar_text).collect(),
