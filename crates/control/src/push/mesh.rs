@@ -77,9 +77,18 @@ impl Mesh {
             .entry(shape_key(node, &self.index))
             .or_default()
             .clone();
-        cell.get_or_init(|| async { self.interner.encode(self.index.proxy_config(node)) })
-            .await
-            .clone()
+        cell.get_or_init(|| async {
+            let output = self.index.compile(node);
+            // Problems of one proxy's config (a gateway credential that is
+            // missing, ...) are said here, once per shape and build, so
+            // nothing is left out in silence.
+            for warning in &output.warnings {
+                tracing::warn!(proxy = %node.id, "{warning}");
+            }
+            self.interner.encode(output.config)
+        })
+        .await
+        .clone()
     }
 
     /// What a proxy holding `held` is sent to hold `to`.

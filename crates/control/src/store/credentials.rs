@@ -73,8 +73,12 @@ impl CredentialSource for Layered {
                 ca_certificates: found.ca_certificates.clone(),
             });
         }
+        // Both sources are named: under Kubernetes the Secret is what an
+        // operator looks for, the directory is the fallback.
         match &self.dir {
-            Some(dir) => dir.lookup(namespace, name),
+            Some(dir) => dir
+                .lookup(namespace, name)
+                .map_err(|why| format!("no Secret {namespace}/{name} ({why})")),
             None => Err(format!("no Secret {namespace}/{name}")),
         }
     }
@@ -220,6 +224,13 @@ mod tests {
             cluster: Arc::new(ClusterSnapshot::default()),
             dir: None,
         };
+        let err = layered
+            .lookup("istio-system", "other")
+            .expect_err("in neither source");
+        assert!(
+            err.contains("no Secret istio-system/other") && err.contains("no directory"),
+            "{err}"
+        );
         let err = without_dir.lookup("istio-system", "web").expect_err("none");
         assert!(err.contains("no Secret istio-system/web"), "{err}");
     }
