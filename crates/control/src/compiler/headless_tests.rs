@@ -56,7 +56,11 @@ fn none_with_endpoints_is_passthrough_matched_by_each_endpoint_address() {
     let cluster = db_cluster(&config);
     let policy = cluster.load_balancer.as_ref().map(|lb| lb.policy());
     assert_eq!(policy, Some(pb::load_balancer::Policy::Passthrough));
-    let addresses: Vec<&str> = cluster.endpoints.iter().map(|e| e.address.as_str()).collect();
+    let addresses: Vec<&str> = cluster
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
     assert_eq!(addresses, ["10.1.0.5:5432", "10.1.0.6:5432"]);
     let db = service(&config, HOST).expect("db service");
     assert_eq!(db.cidrs, ["10.1.0.5/32", "10.1.0.6/32"]);
