@@ -188,14 +188,21 @@ fn by_sni<'s>(
     Some((service, port))
 }
 
-/// A `resolution: NONE` service's cluster (passthrough, no endpoints)
-/// sends the connection where the client dialled it.
+/// A `resolution: NONE` service's cluster (PASSTHROUGH) sends the
+/// connection where the client dialled it: to the endpoint dialled (a
+/// headless service's pod, perhaps through its proxy's inbound listener),
+/// else to the address itself. The mesh TLS decision for that address
+/// still applies (see `config::upstream_tls`).
 fn to_original(cluster: Arc<Cluster>, original: SocketAddr) -> Arc<Cluster> {
-    if cluster.balancing.policy == Policy::Passthrough && cluster.endpoints.is_empty() {
-        Arc::new(Cluster::passthrough(original))
-    } else {
-        cluster
+    if cluster.balancing.policy != Policy::Passthrough {
+        return cluster;
     }
+    let target = cluster
+        .endpoints
+        .iter()
+        .find(|e| e.dialled == Some(original))
+        .map_or(original, |e| e.address);
+    Arc::new(Cluster::passthrough(target))
 }
 
 /// An ingress gateway port: HTTP only, routed by host among the virtual

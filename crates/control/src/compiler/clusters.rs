@@ -226,6 +226,7 @@ fn cluster(
                     u32::from(number)
                 },
                 hostname,
+                dialled: String::new(),
             })
         })
         .collect();
@@ -243,9 +244,12 @@ fn cluster(
         });
     }
     let mut load_balancer = balancer::load_balancer(policies, port.number, &name, warnings);
-    // `resolution: NONE` without endpoints: the connection goes where the
-    // client sent it (Istio's ORIGINAL_DST), as the declared service.
-    if service.resolution == Resolution::None && endpoints.is_empty() {
+    // `resolution: NONE`: the connection goes where the client sent it
+    // (Istio's ORIGINAL_DST), as the declared service. Endpoints, when
+    // known (a headless Kubernetes Service's pods), stay: they carry each
+    // pod's mesh TLS decision, and the proxy matches them by the address
+    // the client dialled rather than balancing across them.
+    if service.resolution == Resolution::None {
         load_balancer.get_or_insert_with(Default::default).policy =
             pb::load_balancer::Policy::Passthrough as i32;
     }
@@ -267,6 +271,24 @@ fn cluster(
         outlier_detection: limits::outlier_detection(policies, port.number),
         tls: super::tls::client_tls(policies, port.number),
     }
+}
+
+/// The address ranges a proxy matches a dialled address against for
+/// `service`: its own `cidrs`, plus for `resolution: NONE` each endpoint
+/// address on its own. A headless Kubernetes Service has no VIP; clients
+/// dial a pod's address (found by DNS), so the pods' addresses are what
+/// identifies the service, as Istio's per-endpoint listeners do.
+pub(super) fn match_ranges(service: &ServiceDef, endpoints: &[EndpointDef]) -> Vec<String> {
+    let mut ranges: Vec<String> = service.cidrs.iter().map(ToString::to_string).collect();
+    if service.resolution == Resolution::None {
+        for endpoint in endpoints.iter().filter(|e| e.hostname.is_empty()) {
+            let single = ipnet::IpNet::from(endpoint.address).to_string();
+            if !ranges.contains(&single) {
+                ranges.push(single);
+            }
+        }
+    }
+    ranges
 }
 
 /// An empty cluster for a route destination nothing defines: requests to it

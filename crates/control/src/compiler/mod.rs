@@ -246,7 +246,7 @@ impl MeshIndex {
                 aliases: kube_aliases(&key),
                 short: kube_parts(&key).map(|(short, ns)| (short.to_string(), ns.to_string())),
                 vips: service.vips.iter().map(ToString::to_string).collect(),
-                cidrs: service.cidrs.iter().map(ToString::to_string).collect(),
+                cidrs: clusters::match_ranges(service, registry.endpoints(&service.id())),
                 plain_ports: service
                     .ports
                     .iter()
@@ -331,6 +331,8 @@ mod gateway_policy_tests;
 mod gateway_tests;
 #[cfg(test)]
 mod gateway_tls_tests;
+#[cfg(test)]
+mod headless_tests;
 #[cfg(test)]
 mod route_tests;
 #[cfg(test)]

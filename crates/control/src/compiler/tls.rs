@@ -137,7 +137,9 @@ pub(super) fn secure_endpoints(
             // A workload with a proxy: peer metadata may go to it.
             endpoint.mesh = true;
             if let Some(inbound) = peer.inbound.get(&port) {
-                endpoint.address.clone_from(inbound);
+                // Kept so a passthrough (headless) cluster can still tell
+                // which endpoint a client dialled.
+                endpoint.dialled = std::mem::replace(&mut endpoint.address, inbound.clone());
             }
             let Some(identity) = &peer.identity else {
                 continue;

@@ -30,6 +30,10 @@ pub struct Live {
     balancer: Balancer,
     /// The endpoint addresses the balancer's indexes refer to.
     addresses: Vec<SocketAddr>,
+    /// Where clients dial an endpoint → its address, for endpoints reached
+    /// elsewhere (their proxy's inbound listener): PASSTHROUGH sends a
+    /// connection for the dialled address to its endpoint.
+    dialled: HashMap<SocketAddr, SocketAddr>,
 }
 
 impl Live {
@@ -76,6 +80,11 @@ impl Live {
             outlier,
             balancer,
             addresses: cluster.endpoints.iter().map(|e| e.address).collect(),
+            dialled: cluster
+                .endpoints
+                .iter()
+                .filter_map(|e| Some((e.dialled?, e.address)))
+                .collect(),
         }
     }
 
@@ -98,7 +107,7 @@ impl Live {
     ) -> Option<SocketAddr> {
         if let (Policy::Passthrough, Some(dst), None) = (self.balancer.policy(), original_dst, hash)
         {
-            return Some(dst);
+            return Some(self.dialled.get(&dst).copied().unwrap_or(dst));
         }
         let tried: Vec<usize> = tried
             .iter()

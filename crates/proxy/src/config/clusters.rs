@@ -66,6 +66,7 @@ impl Cluster {
                 priority: 0,
                 workload: None,
                 mesh: false,
+                dialled: None,
             }],
         )
     }
@@ -135,6 +136,10 @@ pub struct Endpoint {
     pub workload: Option<Arc<crate::workload::Workload>>,
     /// A workload with a Weft proxy: peer metadata may be sent to it.
     pub mesh: bool,
+    /// Where clients dial the workload when `address` is its proxy's
+    /// inbound listener (PASSTHROUGH clusters match it to the dialled
+    /// address).
+    pub dialled: Option<SocketAddr>,
 }
 
 pub(super) fn compile_clusters(
@@ -182,6 +187,8 @@ pub(super) fn compile_clusters(
                         ))
                     }),
                     mesh: endpoint.mesh,
+                    // Unparsable: no match by dialled address, as if unset.
+                    dialled: endpoint.dialled.parse().ok(),
                 }),
                 Err(_) => problems.push(
                     format!("{path}.endpoints[{e_index}].address"),

@@ -501,6 +501,7 @@ fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap
                 priority: 0,
                 workload: None,
                 mesh: false,
+                dialled: None,
             }],
         );
         let compiled = InboundPort {
