@@ -418,7 +418,7 @@ impl ClientCertVerifier for ClientNames {
         if self.names.is_empty() {
             return Ok(verified);
         }
-        let presented = subject_alt_names(end_entity);
+        let presented = crate::identity::subject_alt_names(end_entity);
         if presented.iter().any(|san| self.names.contains(san)) {
             Ok(verified)
         } else {
@@ -447,36 +447,6 @@ impl ClientCertVerifier for ClientNames {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
-}
-
-/// Every DNS, URI, email and IP SAN of a certificate, as text.
-fn subject_alt_names(der: &[u8]) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::DNSName(n) | GeneralName::URI(n) | GeneralName::RFC822Name(n) => {
-                Some(n.to_string())
-            }
-            GeneralName::IPAddress(bytes) => match bytes.len() {
-                4 => <[u8; 4]>::try_from(*bytes)
-                    .ok()
-                    .map(|b| std::net::IpAddr::from(b).to_string()),
-                16 => <[u8; 16]>::try_from(*bytes)
-                    .ok()
-                    .map(|b| std::net::IpAddr::from(b).to_string()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::watch;
 use trust::HeldRoot;
+use x509_parser::extensions::GeneralName;
 
 /// One issued certificate with its key, ready for rustls.
 pub struct WorkloadCert {
@@ -209,22 +210,42 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// The SPIFFE URI SANs of a DER certificate.
+/// The SPIFFE URI SANs of a DER certificate (URI SANs only: a DNS or
+/// email SAN spelled like a SPIFFE id is not one).
 pub fn spiffe_ids(der: &[u8]) -> Vec<String> {
+    sans(der, |name| match name {
+        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(uri.to_string()),
+        _ => None,
+    })
+}
+
+/// Every DNS, URI, email and IP SAN of a certificate, as text.
+pub fn subject_alt_names(der: &[u8]) -> Vec<String> {
+    sans(der, |name| match name {
+        GeneralName::DNSName(n) | GeneralName::URI(n) | GeneralName::RFC822Name(n) => {
+            Some(n.to_string())
+        }
+        GeneralName::IPAddress(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(*bytes)
+                .ok()
+                .map(|b| std::net::IpAddr::from(b).to_string()),
+            16 => <[u8; 16]>::try_from(*bytes)
+                .ok()
+                .map(|b| std::net::IpAddr::from(b).to_string()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// The SANs of a DER certificate that `pick` turns into text; none when the
+/// certificate does not parse.
+fn sans(der: &[u8], pick: impl Fn(&GeneralName<'_>) -> Option<String>) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
     };
     let Ok(Some(san)) = cert.subject_alternative_name() else {
         return Vec::new();
     };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
-                Some(uri.to_string())
-            }
-            _ => None,
-        })
-        .collect()
+    san.value.general_names.iter().filter_map(pick).collect()
 }
