@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use weft_testkit::backend::HttpBackend;
 use weft_testkit::client::{self, Reply};
-use weft_testkit::free_addr;
+use weft_testkit::free_wildcard_port;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 use weft_testkit::weftd::WeftdProcess;
 
@@ -125,8 +125,8 @@ async fn gateway_routes_by_host_and_path_from_bound_virtual_services() {
     let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
         .await
         .expect("weftd");
-    let port = free_addr().port();
-    let other_port = free_addr().port();
+    let port = free_wildcard_port();
+    let other_port = free_wildcard_port();
     let yaml = registry(&[("productpage", &productpage), ("reviews", &reviews)])
         + "---\n"
         + &gateways(port, other_port);

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_proxy::jwt::jsonwebtoken::{self, Algorithm, EncodingKey, Header};
 use weft_testkit::backend::HttpBackend;
-use weft_testkit::free_addr;
+use weft_testkit::free_wildcard_port;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 use weft_testkit::weftd::WeftdProcess;
 
@@ -154,7 +154,7 @@ async fn start(yaml: impl Fn(u16) -> String, extra: &[&str]) -> Edge {
     let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
         .await
         .expect("weftd");
-    let port = free_addr().port();
+    let port = free_wildcard_port();
     let all = registry(&[("stable", &stable), ("beta", &beta)]) + &gateway(port) + &yaml(port);
     let reply = weftd.apply(&all).await.expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());

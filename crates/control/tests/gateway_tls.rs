@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use weft_testkit::backend::{HttpBackend, TcpEcho};
-use weft_testkit::free_addr;
+use weft_testkit::free_wildcard_port;
 
 use gateway_tls_support::{
     Client, Mesh, Pki, TlsBackend, eventually, local, passthrough_read, service, spawn_gateway,
@@ -43,7 +43,7 @@ async fn https_servers_are_chosen_by_sni_and_serve_http1_and_h2() {
     let (wildcard_crt, wildcard_key) = pki.write("wildcard", &wildcard);
     let productpage = HttpBackend::start("productpage").await;
     let reviews = HttpBackend::start("reviews").await;
-    let port = free_addr().port();
+    let port = free_wildcard_port();
     // Istio's secure-ingress shape: one port, two hosts, two certificates.
     let yaml = service("productpage", "HTTP", productpage.addr.port())
         + &service("reviews", "HTTP", reviews.addr.port())
@@ -153,7 +153,7 @@ async fn mutual_tls_requires_a_trusted_client_certificate_with_a_listed_san() {
     let server = servers.issue(&["secure.example.com"]);
     let (crt, key) = servers.write("secure", &server);
     let backend = HttpBackend::start("vault").await;
-    let (port, optional_port) = (free_addr().port(), free_addr().port());
+    let (port, optional_port) = (free_wildcard_port(), free_wildcard_port());
     let yaml = service("vault", "HTTP", backend.addr.port())
         + &mutual_yaml(
             port,
@@ -229,7 +229,7 @@ async fn a_renewed_certificate_is_served_without_failing_a_request() {
     let first = pki.issue(&["renew.example.com"]);
     let (crt, key) = pki.write("renew", &first);
     let backend = HttpBackend::start("app").await;
-    let port = free_addr().port();
+    let port = free_wildcard_port();
     let yaml = service("app", "HTTP", backend.addr.port())
         + &format!(
             "apiVersion: networking.istio.io/v1
@@ -322,8 +322,11 @@ async fn passthrough_tcp_and_https_redirect_servers() {
     let alpha = TlsBackend::start("alpha", &pki.issue(&["alpha.example.com"])).await;
     let beta = TlsBackend::start("beta", &pki.issue(&["beta.example.com"])).await;
     let echo = TcpEcho::start().await;
-    let (tls_port, tcp_port, http_port) =
-        (free_addr().port(), free_addr().port(), free_addr().port());
+    let (tls_port, tcp_port, http_port) = (
+        free_wildcard_port(),
+        free_wildcard_port(),
+        free_wildcard_port(),
+    );
     let yaml = service("alpha", "TLS", alpha.addr.port())
         + &service("beta", "TLS", beta.addr.port())
         + &service("echo", "TCP", echo.addr.port())
@@ -425,7 +428,7 @@ async fn credential_names_come_from_weftd_and_reach_only_the_selected_gateway() 
     let pki = Pki::new(dir.path(), "edge");
     let clients = Pki::new(dir.path(), "clients");
     let backend = HttpBackend::start("httpbin").await;
-    let (port, mutual_port) = (free_addr().port(), free_addr().port());
+    let (port, mutual_port) = (free_wildcard_port(), free_wildcard_port());
     // Istio's secure-ingress task, outside Kubernetes: the Gateway names
     // credentials; weftd holds them (for MUTUAL, the CA in `<name>-cacert`).
     let yaml = service("httpbin", "HTTP", backend.addr.port())

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use serde_json::{Value, json};
 use weft_testkit::backend::HttpBackend;
-use weft_testkit::free_addr;
 use weft_testkit::kube::{KubeCluster, apiserver_or_skip};
 use weft_testkit::weftd::WeftdProcess;
+use weft_testkit::{free_addr, free_wildcard_port};
 
 use gateway_tls_support::{Client, Issued, Pki, WEFTD, eventually, local, spawn_gateway};
 
@@ -151,7 +151,7 @@ async fn scenario(binary: &Path) -> anyhow::Result<()> {
     cluster.create("shop", tls_secret(&decoy)).await?;
 
     let backend = HttpBackend::start("web").await;
-    let port = free_addr().port();
+    let port = free_wildcard_port();
     for (namespace, object) in istio_objects(port, backend.addr.port()) {
         cluster.create(namespace, object).await?;
     }

@@ -32,6 +32,26 @@ pub fn free_addr() -> SocketAddr {
         .unwrap_or_else(|err| panic!("no free port on {ip}: {err}"))
 }
 
+/// A port free on every address, for a listener on `0.0.0.0` (a gateway's
+/// server port).
+///
+/// `free_addr` ports are only free on one loopback address, and the kernel
+/// hands the same number to other tests' ephemeral sockets on other
+/// addresses, which then make a wildcard bind fail with "address in use".
+/// So this picks below the kernel's ephemeral range (32768 and up on Linux),
+/// where only explicit binds land, and checks the wildcard bind succeeds.
+pub fn free_wildcard_port() -> u16 {
+    let state = RandomState::new();
+    for attempt in 0..200u64 {
+        let offset = state.hash_one((std::process::id(), attempt)) % 12_000;
+        let port = 20_000 + u16::try_from(offset).unwrap_or(0);
+        if TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000 on 0.0.0.0 after 200 tries")
+}
+
 /// A loopback address nothing listens on (connections are refused).
 pub fn dead_addr() -> SocketAddr {
     free_addr()
