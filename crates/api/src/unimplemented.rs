@@ -79,11 +79,6 @@ pub const TABLE: &[Unimplemented] = &[
     ),
     ignored(
         DR,
-        "spec.**.tls.credentialName",
-        "not implemented (no Kubernetes Secrets); use clientCertificate, privateKey and caCertificates files",
-    ),
-    ignored(
-        DR,
         "spec.**.tls.caCrl",
         "not implemented; upstream certificates are not checked against a revocation list",
     ),

@@ -78,6 +78,23 @@ impl RuleClusters {
         Some(found.unwrap_or_else(|| empty(name, &held.service, &held.subset)))
     }
 
+    /// Whether the DestinationRule a proxy in `namespace` with `labels` gets
+    /// for cluster `name` selects it by `workloadSelector`.
+    pub(super) fn chosen_by_selector(
+        &self,
+        name: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        let Some(&service) = self.service_of.get(name) else {
+            return false;
+        };
+        let (service_namespace, _) = &self.base_rule[service];
+        self.rules
+            .choose(service, service_namespace, namespace, labels)
+            .is_some_and(|id| self.rules.rule(id).selector.is_some())
+    }
+
     /// Applies `secure` (mesh TLS of endpoints) to every cluster held here.
     pub(super) fn for_each_mut(
         &mut self,

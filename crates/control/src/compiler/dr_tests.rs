@@ -183,3 +183,79 @@ fn selector_rules_shadow_the_others_for_proxies_they_do_not_select() {
     // Elsewhere the service's rule still applies.
     assert_eq!(timeout_for(&index, "elsewhere", &[]), 2);
 }
+
+/// `tls.credentialName`, resolved in each proxy's namespace: MUTUAL takes
+/// the certificate, key and CA; SIMPLE only a CA, from `<name>-cacert` when
+/// the credential has none; a sidecar takes it only from a rule with a
+/// `workloadSelector` (Istio), and is told otherwise.
+#[test]
+fn credential_names_fill_the_selected_proxies_tls_from_their_namespace() {
+    use crate::store::credentials::CredentialDir;
+    let state = tempfile::tempdir().expect("tempdir");
+    let write = |namespace: &str, name: &str, files: &[(&str, &str)]| {
+        let dir = state.path().join("credentials").join(namespace).join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text).expect("write");
+        }
+    };
+    write(
+        "shop",
+        "client",
+        &[("tls.crt", "CERT"), ("tls.key", "KEY"), ("ca.crt", "CA")],
+    );
+    write("shop", "roots-cacert", &[("ca.crt", "ROOTS")]);
+    let yaml = format!(
+        "{REVIEWS}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egress, namespace: shop}}
+spec:
+  host: reviews
+  workloadSelector: {{matchLabels: {{app: egress}}}}
+  trafficPolicy: {{tls: {{mode: MUTUAL, credentialName: client}}}}
+  subsets: [{{name: v1, labels: {{version: v1}}, trafficPolicy: {{tls: {{mode: SIMPLE, credentialName: roots}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: everyone, namespace: front}}
+spec:
+  host: {REVIEWS_HOST}
+  trafficPolicy: {{tls: {{mode: MUTUAL, credentialName: client, clientCertificate: /c.pem, privateKey: /k.pem}}}}
+{}",
+        route_to("v1")
+    );
+    let decoded = weft_api::decode_str(&yaml, "test.yaml");
+    assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
+    let index = MeshIndex::build_with_credentials(
+        &decoded.resources,
+        &Default::default(),
+        &[],
+        &Default::default(),
+        std::sync::Arc::new(CredentialDir::new(state.path())),
+    );
+    let selected = config(&index, &node("shop", &[("app", "egress")]));
+    let tls = cluster(&selected, ALL).tls.clone().expect("tls");
+    assert_eq!(
+        (tls.certificate_pem.as_str(), tls.private_key_pem.as_str()),
+        ("CERT", "KEY")
+    );
+    assert_eq!(tls.ca_certificates_pem, "CA");
+    let subset = "outbound|9080|v1|reviews.shop.svc.cluster.local";
+    let simple = cluster(&selected, subset).tls.clone().expect("tls");
+    assert_eq!(simple.ca_certificates_pem, "ROOTS");
+    assert!(simple.private_key_pem.is_empty(), "SIMPLE sends no key");
+
+    // front's rule has no selector: its sidecars keep the files.
+    let out = super::tests::compile(&index, &node("front", &[]));
+    let tls = cluster(&out.config, ALL).tls.clone().expect("tls");
+    assert!(tls.private_key_pem.is_empty());
+    assert_eq!(tls.private_key, "/k.pem");
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("only with a workloadSelector")),
+        "{:?}",
+        out.warnings
+    );
+}

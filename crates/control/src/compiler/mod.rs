@@ -69,6 +69,8 @@ pub struct MeshIndex {
     peer_policies: PeerPolicies,
     /// The label pairs any selector names (see [`shape`]).
     selector_labels: shape::SelectorLabels,
+    /// Where DestinationRule `credentialName`s are found, per proxy.
+    credentials: crate::store::credentials::Credentials,
 }
 
 /// One service, ready to hand out.
@@ -267,7 +269,7 @@ impl MeshIndex {
             services,
             hosts: &hosts,
             delegates: &delegates,
-            credentials,
+            credentials: credentials.clone(),
         };
         let gateways = gateway::Gateways::build(&gateway_inputs, &mut clusters, &mut warnings);
         let authz = authz::AuthzPolicies::build(
@@ -298,6 +300,7 @@ impl MeshIndex {
             warnings,
             peer_policies,
             selector_labels,
+            credentials: crate::store::credentials::Credentials(credentials),
         }
     }
 

@@ -109,7 +109,7 @@ impl MeshIndex {
             }
         }
 
-        let clusters = self.clusters_for(&services, node);
+        let clusters = self.clusters_for(&services, node, &mut warnings);
         let mut listeners = listeners(node, namespace, &services, &claimed, &mut warnings);
         for listener in scope
             .map(|s| s.bound_listeners(&mut warnings))
@@ -155,8 +155,8 @@ impl MeshIndex {
     /// A gateway proxy: the listeners and virtual hosts of the Gateways
     /// selecting it, and the clusters their routes use.
     fn compile_router(&self, node: &Node) -> ProxyOutput {
-        let (listeners, services, warnings) = self.gateways.for_node(node);
-        let clusters = self.clusters_for(&services, node);
+        let (listeners, services, mut warnings) = self.gateways.for_node(node);
+        let clusters = self.clusters_for(&services, node, &mut warnings);
         // Policies select a gateway by its labels as they select a sidecar.
         let namespace = namespace_or_default(&node.namespace);
         let gateway_security = self.inbound_security(namespace, &node.labels);
@@ -194,8 +194,14 @@ impl MeshIndex {
     /// The clusters `services` refer to: each port's default cluster and
     /// every route destination (HTTP, TCP, TLS) and mirror, in name order.
     /// Each service's DestinationRule is the one `node` gets (its namespace
-    /// and labels) and locality-aware balancing is applied for it here.
-    fn clusters_for(&self, services: &[pb::Service], node: &Node) -> Vec<pb::Cluster> {
+    /// and labels); locality-aware balancing and the rule's TLS credential
+    /// are applied for it here.
+    fn clusters_for(
+        &self,
+        services: &[pb::Service],
+        node: &Node,
+        warnings: &mut Vec<String>,
+    ) -> Vec<pb::Cluster> {
         let namespace = namespace_or_default(&node.namespace);
         let mut names = BTreeSet::new();
         for service in services {
@@ -218,6 +224,25 @@ impl MeshIndex {
             })
             .map(|mut cluster| {
                 super::locality::apply(&mut cluster, node);
+                if cluster
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| !t.credential_name.is_empty())
+                {
+                    let selected = self.rule_clusters.chosen_by_selector(
+                        &cluster.name,
+                        namespace,
+                        &node.labels,
+                    );
+                    super::tls::attach_credential(
+                        &mut cluster,
+                        namespace,
+                        node.router,
+                        selected,
+                        self.credentials.0.as_ref(),
+                        warnings,
+                    );
+                }
                 cluster
             })
             .collect()

@@ -18,6 +18,7 @@ use weft_proto::proxy::v1 as pb;
 
 use super::peer_authentication::PeerPolicies;
 use crate::registry::namespace_or_default;
+use crate::store::credentials::CredentialSource;
 
 /// What weftd knows of the connected proxies' mesh TLS, by the workload
 /// address and port their endpoints carry.
@@ -108,6 +109,78 @@ fn to_pb(settings: &ClientTlsSettings) -> pb::ClientTls {
         sni: settings.sni.clone(),
         subject_alt_names: settings.subject_alt_names.clone(),
         insecure_skip_verify: settings.insecure_skip_verify.unwrap_or(false),
+        credential_name: settings.credential_name.clone(),
+        ..Default::default()
+    }
+}
+
+/// DestinationRule `tls.credentialName`: the client certificate, key and
+/// CA of the credential of that name in the calling proxy's namespace (as
+/// Istio looks the Secret up beside the proxy), pushed with the cluster.
+/// Istio honours it at gateways, and at sidecars only when the rule has a
+/// `workloadSelector` (`selected`); other sidecars keep the file paths.
+/// A missing credential leaves the files too, with a warning: connections
+/// then fail the way a missing Secret makes them fail in Istio.
+pub(super) fn attach_credential(
+    cluster: &mut pb::Cluster,
+    namespace: &str,
+    router: bool,
+    selected: bool,
+    credentials: &dyn CredentialSource,
+    warnings: &mut Vec<String>,
+) {
+    let Some(tls) = cluster.tls.as_mut() else {
+        return;
+    };
+    let name = tls.credential_name.clone();
+    if name.is_empty() {
+        return;
+    }
+    if !router && !selected {
+        warnings.push(format!(
+            "cluster {}: DestinationRule tls.credentialName {name:?} applies at sidecars only with a workloadSelector (as in Istio); the certificate files are used",
+            cluster.name
+        ));
+        return;
+    }
+    let mut missing = |why: String| {
+        warnings.push(format!(
+            "cluster {}: tls.credentialName {name:?} in namespace {namespace}: {why}",
+            cluster.name
+        ));
+    };
+    // Istio's convention: the CA may sit in a `<name>-cacert` credential.
+    let companion_ca = || {
+        credentials
+            .lookup(namespace, &format!("{name}-cacert"))
+            .map(|ca| ca.ca_certificates)
+            .ok()
+            .filter(|ca| !ca.is_empty())
+    };
+    let found = credentials.lookup(namespace, &name);
+    if tls.mode == pb::client_tls::Mode::Mutual as i32 {
+        let found = match found {
+            Ok(found) if !found.certificate.is_empty() && !found.private_key.is_empty() => found,
+            Ok(_) => return missing("MUTUAL needs tls.crt and tls.key".to_string()),
+            Err(why) => return missing(why),
+        };
+        tls.certificate_pem = found.certificate;
+        tls.private_key_pem = found.private_key;
+        // No CA anywhere: the server is verified against the system roots.
+        tls.ca_certificates_pem = Some(found.ca_certificates)
+            .filter(|ca| !ca.is_empty())
+            .or_else(companion_ca)
+            .unwrap_or_default();
+        return;
+    }
+    // SIMPLE: the credential only says which CA verifies the server.
+    let ca = match found {
+        Ok(found) if !found.ca_certificates.is_empty() => Some(found.ca_certificates),
+        _ => companion_ca(),
+    };
+    match ca {
+        Some(ca) => tls.ca_certificates_pem = ca,
+        None => missing(format!("no ca.crt in it or in {name}-cacert")),
     }
 }
 

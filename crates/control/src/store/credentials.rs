@@ -43,6 +43,16 @@ pub trait CredentialSource: Send + Sync + std::fmt::Debug {
     fn lookup(&self, namespace: &str, name: &str) -> Result<Credential, String>;
 }
 
+/// A credential source held by the compiler; none by default.
+#[derive(Debug, Clone)]
+pub struct Credentials(pub Arc<dyn CredentialSource>);
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Self(Arc::new(NoCredentials))
+    }
+}
+
 /// No credentials at all (weftd without a state directory, tests).
 #[derive(Debug, Default)]
 pub struct NoCredentials;

@@ -252,15 +252,23 @@ fn certs(state: &ProxyState) -> Response<Full<Bytes>> {
 fn config_dump(state: &ProxyState) -> Response<Full<Bytes>> {
     let snapshot = state.snapshot_full();
     let status = state.status();
-    // Gateway private keys pushed by weftd stay out of the dump, as Envoy
-    // redacts secrets in its own.
+    // Private keys pushed by weftd (gateway servers, DestinationRule
+    // credentials) stay out of the dump, as Envoy redacts secrets in its own.
     let mut config = snapshot.config.clone();
-    for listener in &mut config.listeners {
-        for server in &mut listener.tls_servers {
-            if !server.private_key_pem.is_empty() {
-                server.private_key_pem = "[redacted]".into();
-            }
-        }
+    let keys = config
+        .listeners
+        .iter_mut()
+        .flat_map(|listener| &mut listener.tls_servers)
+        .map(|server| &mut server.private_key_pem)
+        .chain(
+            config
+                .clusters
+                .iter_mut()
+                .filter_map(|cluster| cluster.tls.as_mut())
+                .map(|tls| &mut tls.private_key_pem),
+        );
+    for key in keys.filter(|key| !key.is_empty()) {
+        *key = "[redacted]".into();
     }
     let dump = serde_json::json!({
         "source": status.source,

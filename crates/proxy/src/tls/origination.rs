@@ -1,7 +1,8 @@
 //! TLS origination to servers outside the mesh (DestinationRule `tls`
 //! SIMPLE and MUTUAL): certificates and keys are files on the proxy's
 //! side, read when a setting is first used (a change of the files needs a
-//! config change or a restart to be seen).
+//! config change or a restart to be seen), or PEM weftd pushes from a
+//! `credentialName` (a renewed credential arrives as a new config).
 
 use std::collections::HashMap;
 use std::io;
@@ -66,20 +67,23 @@ fn build(context: &MeshTls, origination: &Origination, alpn: &str) -> Result<Cli
     let verifier: Arc<dyn ServerCertVerifier> = if settings.insecure_skip_verify {
         Arc::new(AcceptAny(provider.clone()))
     } else {
-        let path = if settings.ca_certificates.is_empty() {
-            SYSTEM_ROOTS
+        // Pushed PEM (credentialName) first, then the file, then the system.
+        let source = if !settings.ca_certificates_pem.is_empty() {
+            Source::Pushed(&settings.ca_certificates_pem, &settings.credential_name)
+        } else if settings.ca_certificates.is_empty() {
+            Source::File(SYSTEM_ROOTS)
         } else {
-            &settings.ca_certificates
+            Source::File(&settings.ca_certificates)
         };
         let mut roots = RootCertStore::empty();
-        for der in certificates("caCertificates", path)? {
+        for der in certificates("caCertificates", &source)? {
             roots
                 .add(der)
-                .map_err(|err| format!("caCertificates {path}: {err}"))?;
+                .map_err(|err| format!("caCertificates {source}: {err}"))?;
         }
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
-            .map_err(|err| format!("caCertificates {path}: {err}"))?;
+            .map_err(|err| format!("caCertificates {source}: {err}"))?;
         if settings.subject_alt_names.is_empty() {
             inner
         } else {
@@ -95,9 +99,17 @@ fn build(context: &MeshTls, origination: &Origination, alpn: &str) -> Result<Cli
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut config = if settings.mode() == Mode::Mutual {
-        let chain = certificates("clientCertificate", &settings.client_certificate)?;
-        let key = PrivateKeyDer::from_pem_file(&settings.private_key)
-            .map_err(|err| format!("privateKey {}: {err}", settings.private_key))?;
+        let (chain, key) = if settings.certificate_pem.is_empty() {
+            let source = Source::File(&settings.client_certificate);
+            let key = PrivateKeyDer::from_pem_file(&settings.private_key)
+                .map_err(|err| format!("privateKey {}: {err}", settings.private_key))?;
+            (certificates("clientCertificate", &source)?, key)
+        } else {
+            let source = Source::Pushed(&settings.certificate_pem, &settings.credential_name);
+            let key = PrivateKeyDer::from_pem_slice(settings.private_key_pem.as_bytes())
+                .map_err(|err| format!("privateKey {source}: {err}"))?;
+            (certificates("clientCertificate", &source)?, key)
+        };
         builder
             .with_client_auth_cert(chain, key)
             .map_err(|err| format!("clientCertificate/privateKey: {err}"))?
@@ -110,12 +122,30 @@ fn build(context: &MeshTls, origination: &Origination, alpn: &str) -> Result<Cli
     Ok(config)
 }
 
-/// Every certificate in the PEM file `path`; an error names the setting
-/// `field` and the file.
-fn certificates(field: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect())
-        .map_err(|err| format!("{field} {path}: {err}"))
+/// Where PEM comes from: a file on the proxy's side, or pushed by weftd
+/// from a credential (PEM, credential name).
+enum Source<'a> {
+    File(&'a str),
+    Pushed(&'a str, &'a str),
+}
+
+impl std::fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.write_str(path),
+            Self::Pushed(_, name) => write!(f, "from credentialName {name:?}"),
+        }
+    }
+}
+
+/// Every certificate in `source`; an error names the setting `field` and
+/// where the PEM came from.
+fn certificates(field: &str, source: &Source<'_>) -> Result<Vec<CertificateDer<'static>>, String> {
+    let found = match source {
+        Source::File(path) => CertificateDer::pem_file_iter(path).and_then(|certs| certs.collect()),
+        Source::Pushed(pem, _) => CertificateDer::pem_slice_iter(pem.as_bytes()).collect(),
+    };
+    found.map_err(|err| format!("{field} {source}: {err}"))
 }
 
 /// `subjectAltNames`: the server is accepted when its certificate is valid
