@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -15,7 +14,7 @@ use http_body_util::Full;
 use weft_testkit::backend::{Served, serve};
 use weft_testkit::client::Http1Client;
 use weft_testkit::free_addr;
-use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
+use weft_testkit::proxy::ProxyProcess;
 use weft_testkit::weftd::WeftdProcess;
 
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
@@ -82,7 +81,6 @@ spec:
 async fn caller(weftd: &WeftdProcess, namespace: &str) -> (ProxyProcess, SocketAddr) {
     let listen = free_addr();
     let listen_flag = format!("{listen}={HOST}:80");
-    let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
     let id = format!("caller-{namespace}");
     let flags = [
         "--node-id",
@@ -94,12 +92,7 @@ async fn caller(weftd: &WeftdProcess, namespace: &str) -> (ProxyProcess, SocketA
         "--listen",
         &listen_flag,
     ];
-    let proxy = ProxyProcess::spawn_ready(
-        ProxyOptions::control_plane(&binary, weftd.grpc, &flags),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("proxy ready");
+    let proxy = weftd.plaintext_proxy(&flags).await.expect("proxy ready");
     (proxy, listen)
 }
 

@@ -12,7 +12,6 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_tls_support::{Issued, Pki, eventually};
@@ -23,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use weft_testkit::client::Http1Client;
 use weft_testkit::free_addr;
-use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
+use weft_testkit::proxy::ProxyProcess;
 use weft_testkit::weftd::WeftdProcess;
 
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
@@ -100,7 +99,6 @@ async fn sidecar(weftd: &WeftdProcess, app: &str) -> (ProxyProcess, SocketAddr) 
     let listen = free_addr();
     let listen_flag = listen.to_string();
     let label = format!("app={app}");
-    let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
     let flags = [
         "--workload",
         app,
@@ -111,12 +109,7 @@ async fn sidecar(weftd: &WeftdProcess, app: &str) -> (ProxyProcess, SocketAddr) 
         "--listen",
         &listen_flag,
     ];
-    let proxy = ProxyProcess::spawn_ready(
-        ProxyOptions::control_plane(&binary, weftd.grpc, &flags),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("sidecar ready");
+    let proxy = weftd.plaintext_proxy(&flags).await.expect("sidecar ready");
     (proxy, listen)
 }
 

@@ -32,6 +32,8 @@ pub struct WeftdProcess {
     /// The admin bearer token, read after start.
     pub token: String,
     log: PathBuf,
+    /// The weftd binary; weft-proxy is built beside it.
+    binary: PathBuf,
 }
 
 /// A token `POST /v1/tokens` minted.
@@ -121,6 +123,7 @@ impl WeftdProcess {
             state_dir: state_dir.to_path_buf(),
             token: String::new(),
             log,
+            binary: binary.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -147,6 +150,17 @@ impl WeftdProcess {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// A weft-proxy (the one built beside this weftd) taking its config
+    /// from the plaintext discovery port with `args`, once it is ready.
+    pub async fn plaintext_proxy(
+        &self,
+        args: &[&str],
+    ) -> anyhow::Result<crate::proxy::ProxyProcess> {
+        let binary = self.binary.with_file_name("weft-proxy");
+        let options = crate::proxy::ProxyOptions::control_plane(&binary, self.grpc, args);
+        crate::proxy::ProxyProcess::spawn_ready(options, Duration::from_secs(20)).await
     }
 
     pub fn logs(&self) -> String {
