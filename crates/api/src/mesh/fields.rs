@@ -118,6 +118,13 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
                 .into(),
         );
     }
+    if config.protocol_detection_timeout() == Some(std::time::Duration::ZERO) {
+        out.push(
+            "protocolDetectionTimeout: 0s (wait for ever) is not applied: Weft keeps its 100ms \
+             bound so that server-first protocols on undeclared ports still work"
+                .into(),
+        );
+    }
     if let Some(defaults) = &config.default_config {
         defaults.warnings("defaultConfig", &mut out);
     }

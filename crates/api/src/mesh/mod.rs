@@ -27,6 +27,11 @@ use crate::networking::LocalityLbSetting;
 pub use self::providers::{ExtensionProvider, Kind};
 pub use self::proxy_defaults::{GatewayTopology, ProxyDefaults};
 
+/// The MeshConfig file weftd reads in its config directory (`weft up
+/// DIR` passes DIR): not an Istio resource file, so resource readers skip
+/// it there.
+pub const FILE_NAME: &str = "meshconfig.yaml";
+
 /// Istio's defaults.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
