@@ -96,9 +96,10 @@ pub(super) fn build(
     registry: &Registry,
     hosts: &HostIndex,
     resources: &[Resource],
+    root: &str,
     warnings: &mut Vec<String>,
 ) -> (BTreeMap<String, pb::Cluster>, RuleClusters) {
-    let rules = DestinationRules::build(resources, hosts);
+    let rules = DestinationRules::build(resources, hosts, root);
     // The same rule may be compiled for several callers: each warning once.
     let mut said = Vec::new();
     let warnings_out = warnings;

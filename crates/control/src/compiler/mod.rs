@@ -196,9 +196,14 @@ impl MeshIndex {
         let mut warnings = registry.warnings().to_vec();
         let services = registry.services();
         let hosts = HostIndex::new(services);
-        let (mut clusters, mut rule_clusters) =
-            clusters::build(&registry, &hosts, resources, &mut warnings);
-        let peer_policies = PeerPolicies::new(resources);
+        let (mut clusters, mut rule_clusters) = clusters::build(
+            &registry,
+            &hosts,
+            resources,
+            &mesh.root_namespace,
+            &mut warnings,
+        );
+        let peer_policies = PeerPolicies::new(resources).with_root(&mesh.root_namespace);
         tls::secure_endpoints(&mut clusters, peers, &peer_policies);
         rule_clusters.for_each_mut(|map| tls::secure_endpoints(map, peers, &peer_policies));
 
@@ -296,7 +301,7 @@ impl MeshIndex {
                 key,
             });
         }
-        let sidecars = Sidecars::build(resources, &mut warnings);
+        let sidecars = Sidecars::build(resources, &mut warnings).with_root(&mesh.root_namespace);
         let gateway_inputs = gateway::Inputs {
             resources,
             services,
@@ -311,15 +316,18 @@ impl MeshIndex {
                 _ => None,
             }),
             &mut warnings,
-        );
+        )
+        .with_root(&mesh.root_namespace);
         let jwt = request_authn::JwtPolicies::build(
             resources.iter().filter_map(|r| match r {
                 Resource::RequestAuthentication(object) => Some(object),
                 _ => None,
             }),
             &mut warnings,
-        );
-        let telemetry = telemetry::Policies::build(resources, &mut warnings);
+        )
+        .with_root(&mesh.root_namespace);
+        let telemetry =
+            telemetry::Policies::build(resources, &mut warnings).with_root(&mesh.root_namespace);
         let selector_labels = shape::SelectorLabels::collect(resources);
         Self {
             services: compiled,
@@ -369,6 +377,8 @@ mod gateway_tests;
 mod gateway_tls_tests;
 #[cfg(test)]
 mod headless_tests;
+#[cfg(test)]
+mod mesh_config_tests;
 #[cfg(test)]
 mod route_tests;
 #[cfg(test)]
