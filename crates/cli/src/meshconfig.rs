@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use http::StatusCode;
+use weft_api::analyze;
 use weft_api::wire::MeshConfigReply;
 
 use crate::client::Weftd;
@@ -31,6 +32,34 @@ pub fn get(weftd: &Weftd, output: Output) -> anyhow::Result<ExitCode> {
         Output::Yaml | Output::Table => print!("{}", render(&reply)?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `weft analyze -f DIR` offline: the MeshConfig file of each directory
+/// given (`DIR/meshconfig.yaml`, as weftd reads it), its errors and the
+/// fields Weft does not apply. Mesh-wide: no namespace.
+pub fn offline_messages(paths: &[std::path::PathBuf]) -> Vec<analyze::Message> {
+    let mut out = Vec::new();
+    for dir in paths.iter().filter(|p| p.is_dir()) {
+        let file = dir.join(weft_api::mesh::FILE_NAME);
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let origin = file.display().to_string();
+        let (code, lines) = match weft_api::mesh::parse(&text) {
+            Ok(loaded) => (analyze::NOT_IMPLEMENTED, loaded.warnings),
+            Err(errors) => (analyze::SCHEMA_VALIDATION_ERROR, errors),
+        };
+        out.extend(lines.into_iter().map(|text| analyze::Message {
+            code: code.code,
+            name: code.name,
+            level: code.level,
+            resource: "MeshConfig".into(),
+            namespace: String::new(),
+            text,
+            origin: origin.clone(),
+        }));
+    }
+    out
 }
 
 /// YAML a user can edit and give back as the MeshConfig file, its source
@@ -73,5 +102,23 @@ mod tests {
         assert!(text.contains("#   m: rootNamespace: bad\n"));
         let yaml: serde_json::Value = serde_saphyr::from_str(&text).expect("YAML");
         assert_eq!(yaml["outboundTrafficPolicy"]["mode"], "REGISTRY_ONLY");
+    }
+
+    #[test]
+    fn offline_analysis_reads_the_directorys_mesh_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("meshconfig.yaml");
+        std::fs::write(&file, "dnsRefreshRate: 5s\n").expect("write");
+        let messages = offline_messages(&[dir.path().to_path_buf()]);
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert_eq!(messages[0].code, "WEFT0001");
+        assert!(messages[0].text.starts_with("dnsRefreshRate"));
+        std::fs::write(&file, "connectTimeout: x\n").expect("write");
+        let messages = offline_messages(&[dir.path().to_path_buf()]);
+        assert_eq!(messages[0].code, "IST0106");
+        assert!(
+            messages[0].text.starts_with("connectTimeout: "),
+            "{messages:?}"
+        );
     }
 }

@@ -56,13 +56,13 @@ pub(super) fn analyze(
             // did not ask for some analyzers only.
             if let Some(in_force) = mesh_config.filter(|_| only.is_empty()) {
                 let in_force = in_force.borrow().clone();
-                let config = &in_force.loaded.config;
                 for warning in &in_force.loaded.warnings {
                     messages.push(AnalyzeMessage {
                         code: weft_api::analyze::NOT_IMPLEMENTED.code.into(),
                         name: weft_api::analyze::NOT_IMPLEMENTED.name.into(),
                         resource: "MeshConfig".into(),
-                        namespace: config.root_namespace().to_string(),
+                        // Mesh-wide: shown whatever namespace is analyzed.
+                        namespace: String::new(),
                         text: warning.clone(),
                         origin: in_force.source.clone(),
                     });
