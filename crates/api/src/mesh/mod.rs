@@ -135,6 +135,9 @@ pub struct DefaultProviders {
     pub access_logging: Vec<String>,
 }
 
+/// A `defaultProviders` list: its field, its names, the kinds it takes.
+type ProviderList<'a> = (&'a str, &'a [String], fn(Kind) -> bool);
+
 /// A MeshConfig that passed validation, and what in it is not applied.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Loaded {
@@ -263,7 +266,7 @@ impl MeshConfig {
             }
         }
         if let Some(defaults) = &self.default_providers {
-            let lists: [(&str, &[String], fn(Kind) -> bool); 3] = [
+            let lists: [ProviderList<'_>; 3] = [
                 ("tracing", &defaults.tracing, Kind::is_tracing),
                 ("metrics", &defaults.metrics, Kind::is_metrics),
                 (
