@@ -2,8 +2,9 @@
 //! file weftd watches is rewritten while a proxy serves, and the change
 //! reaches the proxy (outboundTrafficPolicy ALLOW_ANY → REGISTRY_ONLY); an
 //! invalid edit is refused whole, named by its field path, while the
-//! previous MeshConfig keeps applying; `weft get meshconfig` and `weft
-//! analyze` show what is in force and what is not applied.
+//! previous MeshConfig keeps applying; `accessLogFile`/`accessLogEncoding`
+//! switch the proxy's access log on, in JSON; `weft get meshconfig` and
+//! `weft analyze` show what is in force and what is not applied.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -165,6 +166,33 @@ spec:
         "REGISTRY_ONLY"
     );
     assert_eq!(in_force.source, format!("file {}", file.display()));
+
+    // Access logs: off so far (no --access-log, no Telemetry); the
+    // MeshConfig switches them on, in JSON.
+    assert!(!proxy.logs().contains("\"authority\":\"shop.example.test\""));
+    write(
+        &file,
+        "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\naccessLogFile: /dev/stdout\n\
+         accessLogEncoding: JSON\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        assert_eq!(ask(listen, "shop.example.test").await.0, StatusCode::OK);
+        let logs = proxy.logs();
+        if let Some(line) = logs
+            .lines()
+            .find(|l| l.contains("\"authority\":\"shop.example.test\""))
+        {
+            break line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no JSON access log line:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(entry["response_code"], 200, "{line}");
 
     // What users see: `weft get meshconfig` and `weft analyze`.
     write(

@@ -1,7 +1,7 @@
 //! Which MeshConfig fields exist in Istio, which Weft reads, and the
 //! warnings naming what Weft accepts without acting on it.
 
-use super::{AccessLogEncoding, Kind, MeshConfig};
+use super::{Kind, MeshConfig};
 
 /// Top-level fields with a typed home in [`MeshConfig`].
 pub(super) const TYPED: &[&str] = &[
@@ -108,13 +108,6 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
     {
         out.push(
             "accessLogFormat: custom formats are not implemented; proxies log Istio's default fields"
-                .into(),
-        );
-    }
-    if config.access_log_encoding == Some(AccessLogEncoding::Json) {
-        out.push(
-            "accessLogEncoding: JSON is chosen per proxy (--access-log-format json); the mesh \
-             setting is not pushed yet"
                 .into(),
         );
     }

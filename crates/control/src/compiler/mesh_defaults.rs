@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use weft_api::mesh::{MeshConfig, Normalization, OutboundMode};
-use weft_proto::proxy::v1::{self as pb, telemetry::AccessLog};
+use weft_api::mesh::{AccessLogEncoding, MeshConfig, Normalization, OutboundMode};
+use weft_proto::proxy::v1::telemetry::{AccessLog, AccessLogEncoding as Encoding};
+use weft_proto::proxy::v1::{self as pb};
 
 /// The trust domain Istio's own policies are written for: a principal in
 /// it means the mesh's trust domain, whatever that is.
@@ -25,6 +26,9 @@ pub struct MeshDefaults {
     pub num_trusted_proxies: Option<u32>,
     /// Access logs on where no Telemetry says.
     pub access_log: bool,
+    /// `accessLogEncoding` when the MeshConfig sets it (else each proxy's
+    /// `--access-log-format`).
+    pub access_log_encoding: Encoding,
     /// Clusters whose DestinationRule has no localityLbSetting.
     pub locality: Option<pb::LocalityLb>,
     /// The trust domain first, then its aliases.
@@ -66,6 +70,11 @@ impl From<&MeshConfig> for MeshDefaults {
             connect_timeout: mesh.connect_timeout(),
             num_trusted_proxies: mesh.num_trusted_proxies(),
             access_log: mesh.access_log_on(),
+            access_log_encoding: match mesh.access_log_encoding {
+                None => Encoding::Unspecified,
+                Some(AccessLogEncoding::Text) => Encoding::Text,
+                Some(AccessLogEncoding::Json) => Encoding::Json,
+            },
             locality: mesh
                 .locality_lb_setting
                 .as_ref()
@@ -90,13 +99,15 @@ impl MeshDefaults {
 
     /// Access logs on where no Telemetry resource says.
     pub(super) fn fill_telemetry(&self, telemetry: Option<pb::Telemetry>) -> Option<pb::Telemetry> {
-        if !self.access_log {
+        let encoding = self.access_log_encoding != Encoding::Unspecified;
+        if !self.access_log && !encoding {
             return telemetry;
         }
         let mut telemetry = telemetry.unwrap_or_default();
-        if telemetry.access_log == AccessLog::Unspecified as i32 {
+        if self.access_log && telemetry.access_log == AccessLog::Unspecified as i32 {
             telemetry.access_log = AccessLog::Enabled as i32;
         }
+        telemetry.access_log_encoding = self.access_log_encoding as i32;
         Some(telemetry)
     }
 
@@ -208,6 +219,12 @@ mod tests {
             Some(AccessLog::Enabled as i32)
         );
         assert_eq!(MeshDefaults::default().fill_telemetry(None), None);
+        let json = defaults("accessLogEncoding: JSON").fill_telemetry(None);
+        assert_eq!(
+            json.map(|t| (t.access_log, t.access_log_encoding)),
+            Some((AccessLog::Unspecified as i32, Encoding::Json as i32)),
+            "the encoding alone does not switch logs on"
+        );
         assert_eq!(
             defaults("protocolDetectionTimeout: 0s").protocol_detection_timeout,
             None

@@ -135,6 +135,7 @@ impl Policies {
             random_sampling_percentage: sampling.unwrap_or(0.0),
             has_random_sampling_percentage: sampling.is_some(),
             disable_span_reporting: disable_span_reporting.unwrap_or(false),
+            ..Default::default()
         })
     }
 }
