@@ -95,7 +95,12 @@ pub(super) fn mesh_config(held: Option<&crate::meshconfig::Receiver>) -> Reply {
 /// `GET /v1/describe?service=NAME&namespace=NS`: what applies to one
 /// service and why ([`analyze::describe`]), over the store and the
 /// workloads of the proxies connected now.
-pub(super) fn describe(store: &Store, status: &StatusBoard, query: &str) -> Reply {
+pub(super) fn describe(
+    store: &Store,
+    status: &StatusBoard,
+    mesh_config: Option<&crate::meshconfig::Receiver>,
+    query: &str,
+) -> Reply {
     let mut service = None;
     let mut namespace = "default".to_string();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -115,10 +120,25 @@ pub(super) fn describe(store: &Store, status: &StatusBoard, query: &str) -> Repl
     let resources = store.resources();
     let workloads = status.workloads();
     let cluster = store.cluster_discovery();
-    match analyze::describe_with_cluster(&resources, &cluster, &workloads, &service, &namespace) {
+    // Under the MeshConfig's root namespace, as the compiler sees it.
+    let root = api_root(mesh_config);
+    let target = analyze::Target {
+        name: &service,
+        namespace: &namespace,
+        root: &root,
+    };
+    match analyze::describe_in(&resources, &cluster, &workloads, &target) {
         Ok(described) => json_reply(StatusCode::OK, &described),
         Err(message) => error(StatusCode::NOT_FOUND, message),
     }
+}
+
+/// The root namespace of the MeshConfig in force (Istio's without one).
+fn api_root(mesh_config: Option<&crate::meshconfig::Receiver>) -> String {
+    mesh_config.map_or_else(
+        || weft_api::mesh::DEFAULT_ROOT_NAMESPACE.to_string(),
+        |held| held.borrow().loaded.config.root_namespace().to_string(),
+    )
 }
 
 /// `GET /v1/proxies/<id>/config`: the config weftd last pushed to a proxy,

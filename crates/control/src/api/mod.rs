@@ -300,7 +300,9 @@ async fn route(parts: http::request::Parts, body: Incoming, peer: &Peer, api: Ar
         (&Method::GET, ["v1", "tokens"]) => tokens::list(ca.as_deref()),
         (&Method::DELETE, ["v1", "tokens", id]) => tokens::revoke(ca, id).await,
         (&Method::GET, ["v1", "proxies", id, "config"]) => inspect::pushed_config(status, id),
-        (&Method::GET, ["v1", "describe"]) => inspect::describe(&store, status, &query),
+        (&Method::GET, ["v1", "describe"]) => {
+            inspect::describe(&store, status, api.mesh_config.as_ref(), &query)
+        }
         (&Method::GET, ["v1", "meshconfig"]) => inspect::mesh_config(api.mesh_config.as_ref()),
         (&Method::POST, ["v1", "analyze"]) => match read_body(&parts.headers, body).await {
             Ok(text) => inspect::analyze(&store, status, api.mesh_config.as_ref(), &text),
