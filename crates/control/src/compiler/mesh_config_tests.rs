@@ -192,3 +192,68 @@ spec:
         ["new.org/ns/web/sa/web", "old.org/ns/web/sa/web"]
     );
 }
+
+/// `enableAutoMtls: false`: a caller secures an endpoint with a proxy
+/// only where a DestinationRule asks for ISTIO_MUTUAL.
+#[test]
+fn auto_mtls_off_leaves_mesh_endpoints_plaintext_unless_istio_mutual() {
+    use weft_proto::discovery::v1::{Node, WorkloadPort};
+    let yaml = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: data}
+spec:
+  hosts: [db.data.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  endpoints: [{address: 10.1.0.6}]
+";
+    let istio_mutual = "
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: data}
+spec:
+  host: db.data.svc.cluster.local
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+";
+    let pod = Node {
+        id: "db".into(),
+        namespace: "data".into(),
+        service_account: "db".into(),
+        address: "10.1.0.6".into(),
+        ports: vec![WorkloadPort {
+            port: 5432,
+            ..Default::default()
+        }],
+        mtls: true,
+        ..Default::default()
+    };
+    let identity = |yaml: &str, mesh: &str| {
+        let decoded = weft_api::decode_str(yaml, "test.yaml");
+        let config = weft_api::mesh::parse(mesh).expect("valid").config;
+        let mut peers = super::tls::MeshPeers::new("cluster.local", std::slice::from_ref(&pod));
+        peers.auto_mtls_off = !config.auto_mtls();
+        let inputs = BuildInputs {
+            cluster: &Default::default(),
+            workloads: &[],
+            peers: &peers,
+            credentials: std::sync::Arc::new(crate::store::credentials::NoCredentials),
+        };
+        let index = MeshIndex::build_with_mesh(&decoded.resources, inputs, &config);
+        let proxy = compile(&index, &node("front", &[])).config;
+        let cluster = proxy
+            .clusters
+            .iter()
+            .find(|c| c.name == "outbound|5432||db.data.svc.cluster.local")
+            .expect("db cluster")
+            .clone();
+        cluster.endpoints[0].identity.clone()
+    };
+    let spiffe = "spiffe://cluster.local/ns/data/sa/db";
+    assert_eq!(identity(yaml, ""), spiffe, "auto-mTLS by default");
+    assert_eq!(identity(yaml, "enableAutoMtls: false"), "");
+    let with_rule = format!("{yaml}{istio_mutual}");
+    assert_eq!(identity(&with_rule, "enableAutoMtls: false"), spiffe);
+}
