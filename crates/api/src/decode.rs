@@ -88,6 +88,9 @@ impl Decoded {
 pub fn config_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();
     walk(dir, &mut out)?;
+    // The directory's MeshConfig is weftd's, not a resource file.
+    let mesh_config = dir.join(crate::mesh::FILE_NAME);
+    out.retain(|path| *path != mesh_config);
     Ok(out)
 }
 

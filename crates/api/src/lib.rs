@@ -13,6 +13,7 @@ pub mod analyze;
 pub mod common;
 pub mod decode;
 pub mod field;
+pub mod mesh;
 pub mod meta;
 pub mod networking;
 pub mod wire;

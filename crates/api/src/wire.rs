@@ -292,6 +292,25 @@ pub struct PushedConfig {
     pub config: Value,
 }
 
+/// `GET /v1/meshconfig` → 200: the MeshConfig in force.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeshConfigReply {
+    /// Where it came from: `file PATH`, `ConfigMap NS/istio key mesh`, or
+    /// `defaults (...)`.
+    pub source: String,
+    /// In force: what was written, Istio's defaults filled in.
+    pub config: Value,
+    /// As written (validated).
+    #[serde(default)]
+    pub written: Value,
+    /// Fields accepted but not (fully) applied, one line each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The last change refused since this one took effect, with its errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
 /// A body that does not fit its type, naming the field.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} is not understood: {path}: {source}")]

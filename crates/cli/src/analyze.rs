@@ -120,7 +120,11 @@ fn analyze_and_print(address: &crate::client::Target, request: &Args) -> anyhow:
         for (value, origin, document) in objects {
             input.add_document(value, &origin, document, &request.namespace);
         }
-        analyze::analyze(&input, &only).map_err(anyhow::Error::msg)?
+        let mut messages = analyze::analyze(&input, &only).map_err(anyhow::Error::msg)?;
+        if only.is_empty() {
+            messages.extend(crate::meshconfig::offline_messages(&request.paths));
+        }
+        messages
     };
     let messages: Vec<Message> = messages
         .into_iter()

@@ -29,6 +29,9 @@ pub struct Query<'a> {
 
 pub fn get(weftd: &Weftd, query: &Query) -> anyhow::Result<ExitCode> {
     let kind = query.kind;
+    if crate::meshconfig::is_kind(kind) {
+        return crate::meshconfig::get(weftd, query.output);
+    }
     let (answer, single) = match (query.name, query.namespace) {
         (Some(_), None) => {
             bail!("a resource cannot be retrieved by name across all namespaces")

@@ -20,6 +20,7 @@ mod get;
 mod install;
 mod intercept;
 mod kube_inject;
+mod meshconfig;
 mod proxy_config;
 mod token;
 mod up;
@@ -88,7 +89,7 @@ enum Command {
         paths: Vec<PathBuf>,
     },
     /// List resources of a kind (`virtualservices`, `vs`, `dr`, ...), or
-    /// show one by name.
+    /// show one by name; `weft get meshconfig` shows the MeshConfig in force.
     Get {
         kind: String,
         name: Option<String>,

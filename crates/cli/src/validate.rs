@@ -28,6 +28,17 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
         decoded: total,
         unreadable,
     } = inputs;
+    let mut unreadable = unreadable;
+    // A directory's MeshConfig (DIR/meshconfig.yaml), checked as weftd
+    // checks it: its errors are problems, its warnings warnings.
+    for message in crate::meshconfig::offline_messages(paths) {
+        let line = format!("{}: MeshConfig {}", message.origin, message.text);
+        if message.level == weft_api::analyze::Level::Error {
+            unreadable.push(line);
+        } else {
+            eprintln!("Warning: {line}");
+        }
+    }
     for line in &unreadable {
         println!("{line}");
     }

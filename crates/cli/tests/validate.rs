@@ -111,3 +111,27 @@ fn a_file_that_is_not_yaml_is_reported() {
         "{out}"
     );
 }
+
+/// A directory's `meshconfig.yaml` is weftd's MeshConfig, not a resource
+/// file: `weft validate -f DIR` checks it as weftd will (errors with their
+/// field paths fail the run, fields Weft does not apply are warnings).
+#[test]
+fn the_directorys_mesh_config_is_checked_as_weftd_checks_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("shop.yaml"), GOOD).expect("write");
+    let file = dir.path().join("meshconfig.yaml");
+    std::fs::write(&file, "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n").expect("write");
+    let (code, text) = validate(&[dir.path()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("1 valid resources in 1 files"), "{text}");
+    std::fs::write(&file, "outboundTrafficPolicy: {mode: OPEN}\n").expect("write");
+    let (code, text) = validate(&[dir.path()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}: MeshConfig outboundTrafficPolicy.mode: unknown variant `OPEN`",
+            file.display()
+        )),
+        "{text}"
+    );
+}

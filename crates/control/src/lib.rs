@@ -13,6 +13,7 @@ pub mod api;
 pub mod ca;
 pub mod compiler;
 pub mod durable;
+pub mod meshconfig;
 pub mod push;
 pub mod registry;
 pub mod status;

@@ -79,9 +79,20 @@ struct Args {
     /// root kept in <state-dir>/ca/.
     #[arg(long)]
     cacerts: Option<PathBuf>,
-    /// The SPIFFE trust domain of workload identities.
-    #[arg(long, default_value = "cluster.local")]
-    trust_domain: String,
+    /// The SPIFFE trust domain of workload identities (default: the
+    /// MeshConfig's trustDomain, else cluster.local).
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Istio's MeshConfig (YAML or JSON), watched: a valid change applies
+    /// live, an invalid one is refused whole. Default: `meshconfig.yaml`
+    /// in --config-dir; on Kubernetes without either, the `mesh` key of
+    /// the `istio` ConfigMap in the root namespace.
+    #[arg(long, value_name = "PATH")]
+    mesh_config: Option<PathBuf>,
+    /// Kubernetes mode: the namespace of the `istio` MeshConfig ConfigMap
+    /// (Istio's root namespace).
+    #[arg(long, default_value = weft_api::mesh::DEFAULT_ROOT_NAMESPACE)]
+    mesh_config_namespace: String,
     /// Lifetime of workload certificates (at most 90 days).
     #[arg(long, default_value = "24h")]
     workload_cert_ttl: humantime::Duration,
@@ -162,10 +173,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     let store = Arc::new(Store::open(&args.state_dir)?);
+    // The MeshConfig first: its trustDomain is the CA's.
+    let mesh_config_file = args.mesh_config.clone().or_else(|| {
+        args.config_dir
+            .as_ref()
+            .map(|dir| dir.join(weft_control::meshconfig::FILE_NAME))
+    });
+    let kube_client = kubernetes_client(&args).await?;
+    let mesh_config = match (&mesh_config_file, &kube_client) {
+        (None, Some(client)) => {
+            let namespace = &args.mesh_config_namespace;
+            let text = weft_kube::mesh_config::get(client.clone(), namespace).await?;
+            weft_control::meshconfig::initial_config_map(namespace, text.as_deref())
+        }
+        (file, _) => weft_control::meshconfig::initial(file.as_deref()),
+    }
+    .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let trust_domain = trust_domain(args.trust_domain.as_deref(), &mesh_config)?;
+    tracing::info!(
+        "MeshConfig from {}; trust domain {trust_domain}",
+        mesh_config.source
+    );
+    for warning in &mesh_config.loaded.warnings {
+        tracing::warn!("MeshConfig ({}): {warning}", mesh_config.source);
+    }
+    let (mesh_config_held, mesh_config_seen) = watch::channel(Arc::new(mesh_config));
     let ca = Arc::new(Ca::open(&CaOptions {
         state_dir: args.state_dir.clone(),
         cacerts: args.cacerts.clone(),
-        trust_domain: args.trust_domain.clone(),
+        trust_domain: trust_domain.clone(),
         workload_ttl: args.workload_cert_ttl.into(),
     })?);
     tracing::info!(
@@ -189,7 +225,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Kubernetes mode: nothing is built or served before the cluster's
     // caches synced, so a (re)started weftd never pushes a cluster without
     // its Services (Istio waits the same way).
-    let kube_client = kubernetes_client(&args).await?;
     if let Some(client) = &kube_client {
         let options = weft_kube::source::Options {
             cluster_domain: args.cluster_domain.clone(),
@@ -230,6 +265,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
 
+    match (&mesh_config_file, &kube_client) {
+        (Some(path), _) => {
+            tokio::spawn(weft_control::meshconfig::watch_file(
+                path.clone(),
+                args.config_interval.into(),
+                mesh_config_held.clone(),
+                trust_domain.clone(),
+            ));
+        }
+        (None, Some(client)) => {
+            let (changes, changed) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(weft_kube::mesh_config::watch(
+                client.clone(),
+                args.mesh_config_namespace.clone(),
+                changes,
+            ));
+            tokio::spawn(weft_control::meshconfig::follow_config_map(
+                changed,
+                args.mesh_config_namespace.clone(),
+                mesh_config_held.clone(),
+                trust_domain.clone(),
+            ));
+        }
+        (None, None) => {}
+    }
+
     let status = Arc::new(StatusBoard::default());
     let registrations = Arc::new(Registrations::new(
         args.registration_grace.into(),
@@ -268,7 +329,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             registrations: registrations.clone(),
             status: status.clone(),
             state_dir: Some(args.state_dir.clone()),
-            trust_domain: args.trust_domain.clone(),
+            trust_domain: trust_domain.clone(),
+            mesh_config: mesh_config_seen.clone(),
         },
         args.debounce.into(),
         publish,
@@ -281,7 +343,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         admin_token = cluster_admin_token(client, &args.leader_namespace, admin_token).await;
     }
     let api = Arc::new(
-        weft_control::api::Api::new(store.clone(), status.clone(), admin_token).with_ca(ca.clone()),
+        weft_control::api::Api::new(store.clone(), status.clone(), admin_token)
+            .with_ca(ca.clone())
+            .with_mesh_config(mesh_config_seen),
     );
     let socket_path = args
         .api_socket
@@ -340,7 +404,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         certificates = certificates.with_kubernetes(KubeIdentity::new(
             reviewer,
             store.clone(),
-            args.trust_domain.clone(),
+            trust_domain.clone(),
         ));
     }
     let (stop, stopped) = watch::channel(false);
@@ -362,7 +426,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ))
         .add_service(CertificatesServer::new(certificates))
         .serve_with_incoming_shutdown(
-            listener::tls_incoming(xds, tls, args.trust_domain.clone()),
+            listener::tls_incoming(xds, tls, trust_domain.clone()),
             shutdown(stopped.clone()),
         );
     let secure = tokio::spawn(secure);
@@ -409,7 +473,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(plaintext) = plaintext {
         plaintext.await??;
     }
+    // Held to here: the build loop stops when the MeshConfig's sender goes.
+    drop(mesh_config_held);
     Ok(())
+}
+
+/// `--trust-domain`, else the MeshConfig's, else Istio's default; both
+/// given and different is an error (which would the CA issue in?).
+fn trust_domain(
+    flag: Option<&str>,
+    mesh_config: &weft_control::meshconfig::InForce,
+) -> anyhow::Result<String> {
+    let config = &mesh_config.loaded.config;
+    match (flag, config.trust_domain.as_deref()) {
+        (Some(flag), Some(mesh)) if flag != mesh => anyhow::bail!(
+            "--trust-domain {flag:?} and the MeshConfig's trustDomain {mesh:?} ({}) differ; \
+             give one",
+            mesh_config.source
+        ),
+        (Some(flag), _) => Ok(flag.to_string()),
+        (None, _) => Ok(config.trust_domain().to_string()),
+    }
 }
 
 /// Also accepts the token of weftd's Secret in its namespace (made here

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod inject;
 pub mod install;
 pub mod leader;
+pub mod mesh_config;
 pub mod source;
 pub mod webhook;
 

@@ -18,8 +18,8 @@ pub use http_route::{HttpMatchRequest, HttpRoute, HttpRouteDestination, Redirect
 pub use service_entry::{Location, Resolution, ServiceEntry};
 pub use sidecar::{OutboundMode, Sidecar};
 pub use traffic_policy::{
-    ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, OutlierDetection, SimpleLb,
-    TrafficPolicy,
+    ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, LocalityLbSetting,
+    OutlierDetection, SimpleLb, TrafficPolicy,
 };
 pub use types::{ClientTlsMode, ClientTlsSettings, Destination, Port, PortSelector, StringMatch};
 pub use virtual_service::VirtualService;

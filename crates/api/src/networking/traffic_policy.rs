@@ -349,7 +349,7 @@ pub struct LocalityLbSetting {
 }
 
 impl LocalityLbSetting {
-    fn validate(&self, path: &str, errors: &mut FieldErrors) {
+    pub fn validate(&self, path: &str, errors: &mut FieldErrors) {
         if !self.distribute.is_empty() && !self.failover.is_empty() {
             errors.push(
                 path,

@@ -123,8 +123,9 @@ fn prepare(args: &UpArgs) -> Result<Plan, String> {
     Ok(Plan::new(&mesh, &name, &dir, &bin_dir))
 }
 
-/// The Istio resources weftd will load from DIR (`--config-dir`), checked
-/// now so that a typo stops `weft up` before anything starts.
+/// The Istio resources (and MeshConfig) weftd will load from DIR
+/// (`--config-dir`), checked now so that a typo stops `weft up` before
+/// anything starts.
 fn check_istio_files(dir: &Path) -> Result<(), String> {
     let files = weft_api::config_files(dir)
         .map_err(|err| format!("weft up: cannot list {}: {err}", dir.display()))?;
@@ -135,6 +136,12 @@ fn check_istio_files(dir: &Path) -> Result<(), String> {
         }
         let decoded = weft_api::decode_file(&file);
         problems.extend(decoded.problems.iter().map(ToString::to_string));
+    }
+    // DIR/meshconfig.yaml: weftd would refuse to start with an invalid one.
+    for message in crate::meshconfig::offline_messages(&[dir.to_path_buf()]) {
+        if message.level == weft_api::analyze::Level::Error {
+            problems.push(format!("{}: MeshConfig {}", message.origin, message.text));
+        }
     }
     if problems.is_empty() {
         Ok(())
@@ -218,5 +225,29 @@ async fn run(plan: Plan, args: &UpArgs) -> ExitCode {
         code
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_mesh_config_stops_weft_up_before_anything_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(weft_api::mesh::FILE_NAME);
+        std::fs::write(&file, "connectTimeout: 3s\nenablePrometheusMerge: true\n").expect("write");
+        assert_eq!(
+            check_istio_files(dir.path()),
+            Ok(()),
+            "warnings do not stop it"
+        );
+        std::fs::write(&file, "connectTimeout: later\n").expect("write");
+        let err = check_istio_files(dir.path()).expect_err("refused");
+        assert!(
+            err.contains("MeshConfig connectTimeout: \"later\" is not a duration")
+                && err.contains("nothing started"),
+            "{err}"
+        );
     }
 }

@@ -39,6 +39,34 @@ pub fn describe_with_cluster(
     name: &str,
     namespace: &str,
 ) -> Result<Value, String> {
+    let target = Target {
+        name,
+        namespace,
+        root: ROOT_NAMESPACE,
+    };
+    describe_in(resources, cluster, workloads, &target)
+}
+
+/// The service [`describe_in`] describes: `name` as seen from `namespace`,
+/// `root` being the mesh's root namespace (MeshConfig `rootNamespace`).
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub root: &'a str,
+}
+
+/// [`describe_with_cluster`] under a MeshConfig's root namespace.
+pub fn describe_in(
+    resources: &[Resource],
+    cluster: &weft_kube::convert::ClusterSnapshot,
+    workloads: &[Workload],
+    target: &Target<'_>,
+) -> Result<Value, String> {
+    let Target {
+        name,
+        namespace,
+        root,
+    } = *target;
     let registry = Registry::build_with_cluster(resources, cluster, workloads);
     let wanted = hosts::fqdn(namespace, name);
     let service = registry
@@ -63,7 +91,7 @@ pub fn describe_with_cluster(
     let input = Input::from_resources(resources, "weftd");
     let host = hosts::fqdn(&service.namespace, &service.hostname);
     let endpoints = registry.endpoints(&service.id());
-    let rules = destination_rules(&input, &host, namespace, &service.namespace);
+    let rules = destination_rules(&input, &host, (namespace, root), &service.namespace);
     let subsets: Vec<(String, BTreeMap<String, String>)> = rules
         .iter()
         .filter(|r| r["applies"] == Value::Bool(true))
@@ -79,7 +107,7 @@ pub fn describe_with_cluster(
         "destinationRules": rules,
         "endpoints": endpoints.iter().map(|e| endpoint_json(e, service, &subsets)).collect::<Vec<_>>(),
         "gateways": gateways(&input, &host),
-        "policies": policies(&input, endpoints, &service.namespace),
+        "policies": policies(&input, endpoints, &service.namespace, root),
     }))
 }
 
@@ -190,7 +218,7 @@ fn http_rules(spec: &Value) -> Vec<Value> {
 fn destination_rules(
     input: &Input,
     host: &str,
-    caller: &str,
+    (caller, root): (&str, &str),
     service_namespace: &str,
 ) -> Vec<Value> {
     let mut found: Vec<(usize, &Object)> = input
@@ -202,11 +230,11 @@ fn destination_rules(
         .map(|rule| {
             let export = strings(rule.spec.get("exportTo"));
             let seen_by_caller = hosts::visible(&export, &rule.namespace, caller);
-            let rank = if rule.namespace == caller && caller != ROOT_NAMESPACE {
+            let rank = if rule.namespace == caller && caller != root {
                 0
             } else if rule.namespace == service_namespace && seen_by_caller {
                 1
-            } else if rule.namespace == ROOT_NAMESPACE && seen_by_caller {
+            } else if rule.namespace == root && seen_by_caller {
                 2
             } else {
                 3
@@ -232,7 +260,7 @@ fn destination_rules(
                 "host matches; applies only to the caller's workloads its workloadSelector selects".to_string()
             } else if *rank == 3 {
                 format!(
-                    "host matches, but Istio consults only the caller's namespace, the service's ({service_namespace}) and {ROOT_NAMESPACE}, each as far as exportTo allows"
+                    "host matches, but Istio consults only the caller's namespace, the service's ({service_namespace}) and {root}, each as far as exportTo allows"
                 )
             } else if !applies {
                 "host matches, but a DestinationRule nearer the caller takes precedence".to_string()
@@ -243,7 +271,7 @@ fn destination_rules(
                 match rank {
                     0 => format!("host matches; in the caller's namespace {caller}"),
                     1 => "host matches; in the service's namespace".to_string(),
-                    _ => format!("host matches; mesh-wide from {ROOT_NAMESPACE}"),
+                    _ => format!("host matches; mesh-wide from {root}"),
                 }
             };
             let policy = rule.spec.get("trafficPolicy").cloned().unwrap_or(Value::Null);
@@ -349,15 +377,13 @@ fn gateways(input: &Input, host: &str) -> Vec<Value> {
 /// PeerAuthentications and AuthorizationPolicies that select at least
 /// one of the service's endpoints: mesh-wide (root namespace, no
 /// selector), namespace-wide (no selector), or by workload labels.
-fn policies(input: &Input, endpoints: &[EndpointDef], namespace: &str) -> Vec<Value> {
+fn policies(input: &Input, endpoints: &[EndpointDef], namespace: &str, root: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for kind in ["PeerAuthentication", "AuthorizationPolicy"] {
         for policy in input.istio(kind) {
             let selector = string_map(policy.spec.pointer("/selector/matchLabels"));
-            let why = if policy.namespace == ROOT_NAMESPACE && selector.is_empty() {
-                Some(format!(
-                    "mesh-wide (namespace {ROOT_NAMESPACE}, no selector)"
-                ))
+            let why = if policy.namespace == root && selector.is_empty() {
+                Some(format!("mesh-wide (namespace {root}, no selector)"))
             } else if policy.namespace != namespace {
                 None
             } else if selector.is_empty() {
@@ -413,11 +439,20 @@ mod tests {
     }
 
     fn applying(yaml: &str, caller: &str) -> Vec<String> {
-        destination_rules(&input(yaml), "shop.shop.svc.cluster.local", caller, "shop")
-            .iter()
-            .filter(|r| r["applies"] == Value::Bool(true))
-            .map(|r| r["namespace"].as_str().unwrap_or("").to_string())
-            .collect()
+        applying_under(yaml, caller, ROOT_NAMESPACE)
+    }
+
+    fn applying_under(yaml: &str, caller: &str, root: &str) -> Vec<String> {
+        destination_rules(
+            &input(yaml),
+            "shop.shop.svc.cluster.local",
+            (caller, root),
+            "shop",
+        )
+        .iter()
+        .filter(|r| r["applies"] == Value::Bool(true))
+        .map(|r| r["namespace"].as_str().unwrap_or("").to_string())
+        .collect()
     }
 
     #[test]
@@ -431,5 +466,8 @@ mod tests {
         // shop keeps its rule to itself; another namespace's rule is never
         // consulted, so the root namespace's applies.
         assert_eq!(applying(&yaml, "team"), ["istio-system"]);
+        // Under MeshConfig `rootNamespace: other`, other's rule is the
+        // mesh-wide one.
+        assert_eq!(applying_under(&yaml, "team", "other"), ["other"]);
     }
 }

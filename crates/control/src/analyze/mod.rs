@@ -4,5 +4,5 @@
 
 mod describe;
 
-pub use describe::{describe, describe_with_cluster};
+pub use describe::{Target, describe, describe_in, describe_with_cluster};
 pub use weft_api::analyze::*;

@@ -15,7 +15,12 @@ use crate::store::Store;
 /// FILE, "document": N, "object": {...}}], "analyzers": [NAME]}`, all
 /// optional): `weft analyze` without `-f`, or
 /// with `-f FILES --use-weftd`.
-pub(super) fn analyze(store: &Store, status: &StatusBoard, body: &str) -> Reply {
+pub(super) fn analyze(
+    store: &Store,
+    status: &StatusBoard,
+    mesh_config: Option<&crate::meshconfig::Receiver>,
+    body: &str,
+) -> Reply {
     let request: AnalyzeRequest = if body.trim().is_empty() {
         AnalyzeRequest::default()
     } else {
@@ -45,17 +50,57 @@ pub(super) fn analyze(store: &Store, status: &StatusBoard, body: &str) -> Reply 
     let only: Vec<&str> = request.analyzers.iter().map(String::as_str).collect();
     match analyze::analyze(&input, &only) {
         Ok(messages) => {
-            let messages = messages.iter().map(AnalyzeMessage::from).collect();
+            let mut messages: Vec<AnalyzeMessage> =
+                messages.iter().map(AnalyzeMessage::from).collect();
+            // The MeshConfig's fields Weft does not apply, when the caller
+            // did not ask for some analyzers only.
+            if let Some(in_force) = mesh_config.filter(|_| only.is_empty()) {
+                let in_force = in_force.borrow().clone();
+                for warning in &in_force.loaded.warnings {
+                    messages.push(AnalyzeMessage {
+                        code: weft_api::analyze::NOT_IMPLEMENTED.code.into(),
+                        name: weft_api::analyze::NOT_IMPLEMENTED.name.into(),
+                        resource: "MeshConfig".into(),
+                        // Mesh-wide: shown whatever namespace is analyzed.
+                        namespace: String::new(),
+                        text: warning.clone(),
+                        origin: in_force.source.clone(),
+                    });
+                }
+            }
             json_reply(StatusCode::OK, &wire::to_value(&AnalyzeReply { messages }))
         }
         Err(message) => error(StatusCode::BAD_REQUEST, message),
     }
 }
 
+/// `GET /v1/meshconfig`: the MeshConfig in force, its source, warnings
+/// and the last change refused.
+pub(super) fn mesh_config(held: Option<&crate::meshconfig::Receiver>) -> Reply {
+    let in_force = held.map_or_else(
+        || std::sync::Arc::new(crate::meshconfig::InForce::defaults()),
+        |held| held.borrow().clone(),
+    );
+    let config = &in_force.loaded.config;
+    let reply = wire::MeshConfigReply {
+        source: in_force.source.clone(),
+        config: wire::to_value(&config.effective()),
+        written: wire::to_value(config),
+        warnings: in_force.loaded.warnings.clone(),
+        refused: in_force.refused.clone(),
+    };
+    json_reply(StatusCode::OK, &wire::to_value(&reply))
+}
+
 /// `GET /v1/describe?service=NAME&namespace=NS`: what applies to one
 /// service and why ([`analyze::describe`]), over the store and the
 /// workloads of the proxies connected now.
-pub(super) fn describe(store: &Store, status: &StatusBoard, query: &str) -> Reply {
+pub(super) fn describe(
+    store: &Store,
+    status: &StatusBoard,
+    mesh_config: Option<&crate::meshconfig::Receiver>,
+    query: &str,
+) -> Reply {
     let mut service = None;
     let mut namespace = "default".to_string();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -75,10 +120,25 @@ pub(super) fn describe(store: &Store, status: &StatusBoard, query: &str) -> Repl
     let resources = store.resources();
     let workloads = status.workloads();
     let cluster = store.cluster_discovery();
-    match analyze::describe_with_cluster(&resources, &cluster, &workloads, &service, &namespace) {
+    // Under the MeshConfig's root namespace, as the compiler sees it.
+    let root = api_root(mesh_config);
+    let target = analyze::Target {
+        name: &service,
+        namespace: &namespace,
+        root: &root,
+    };
+    match analyze::describe_in(&resources, &cluster, &workloads, &target) {
         Ok(described) => json_reply(StatusCode::OK, &described),
         Err(message) => error(StatusCode::NOT_FOUND, message),
     }
+}
+
+/// The root namespace of the MeshConfig in force (Istio's without one).
+fn api_root(mesh_config: Option<&crate::meshconfig::Receiver>) -> String {
+    mesh_config.map_or_else(
+        || weft_api::mesh::DEFAULT_ROOT_NAMESPACE.to_string(),
+        |held| held.borrow().loaded.config.root_namespace().to_string(),
+    )
 }
 
 /// `GET /v1/proxies/<id>/config`: the config weftd last pushed to a proxy,

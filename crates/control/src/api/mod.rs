@@ -101,6 +101,7 @@ pub struct Api {
     status: Arc<StatusBoard>,
     ca: Option<Arc<Ca>>,
     admin_token: AdminToken,
+    mesh_config: Option<crate::meshconfig::Receiver>,
 }
 
 impl Api {
@@ -110,12 +111,20 @@ impl Api {
             status,
             ca: None,
             admin_token,
+            mesh_config: None,
         }
     }
 
     /// Serves `/v1/tokens` from `ca`.
     pub fn with_ca(mut self, ca: Arc<Ca>) -> Self {
         self.ca = Some(ca);
+        self
+    }
+
+    /// Serves `/v1/meshconfig` and adds the MeshConfig's warnings to
+    /// `/v1/analyze`.
+    pub fn with_mesh_config(mut self, mesh_config: crate::meshconfig::Receiver) -> Self {
+        self.mesh_config = Some(mesh_config);
         self
     }
 }
@@ -291,16 +300,19 @@ async fn route(parts: http::request::Parts, body: Incoming, peer: &Peer, api: Ar
         (&Method::GET, ["v1", "tokens"]) => tokens::list(ca.as_deref()),
         (&Method::DELETE, ["v1", "tokens", id]) => tokens::revoke(ca, id).await,
         (&Method::GET, ["v1", "proxies", id, "config"]) => inspect::pushed_config(status, id),
-        (&Method::GET, ["v1", "describe"]) => inspect::describe(&store, status, &query),
+        (&Method::GET, ["v1", "describe"]) => {
+            inspect::describe(&store, status, api.mesh_config.as_ref(), &query)
+        }
+        (&Method::GET, ["v1", "meshconfig"]) => inspect::mesh_config(api.mesh_config.as_ref()),
         (&Method::POST, ["v1", "analyze"]) => match read_body(&parts.headers, body).await {
-            Ok(text) => inspect::analyze(&store, status, &text),
+            Ok(text) => inspect::analyze(&store, status, api.mesh_config.as_ref(), &text),
             Err(failure) => failure.reply(),
         },
         (
             _,
             [
                 "v1",
-                "apply" | "delete" | "proxies" | "tokens" | "analyze" | "describe",
+                "apply" | "delete" | "proxies" | "tokens" | "analyze" | "describe" | "meshconfig",
             ]
             | ["v1", "resources" | "tokens", ..]
             | ["v1", "proxies", _, "config"],

@@ -30,6 +30,8 @@ pub(super) struct PolicyScope {
     selector: Option<BTreeMap<String, String>>,
     /// targetRef(s) set: applies to no sidecar.
     gateways_only: bool,
+    /// MeshConfig `rootNamespace`; empty: Istio's.
+    root: String,
 }
 
 impl PolicyScope {
@@ -42,6 +44,21 @@ impl PolicyScope {
             namespace: namespace_or_default(namespace).to_string(),
             selector: selector.cloned(),
             gateways_only: has_target_ref,
+            root: String::new(),
+        }
+    }
+
+    /// Under MeshConfig's `rootNamespace`.
+    pub(super) fn set_root(&mut self, root: &str) {
+        self.root = root.to_string();
+    }
+
+    /// The root namespace (MeshConfig `rootNamespace`; unset: Istio's).
+    fn root(&self) -> &str {
+        if self.root.is_empty() {
+            ROOT_NAMESPACE
+        } else {
+            &self.root
         }
     }
 
@@ -49,7 +66,7 @@ impl PolicyScope {
         if self.gateways_only {
             return false;
         }
-        let namespace_ok = self.namespace == ROOT_NAMESPACE || self.namespace == namespace;
+        let namespace_ok = self.namespace == self.root() || self.namespace == namespace;
         namespace_ok
             && self
                 .selector
@@ -87,6 +104,14 @@ impl AuthzPolicies {
             .collect();
         out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         Self(out)
+    }
+
+    /// Policies in `root` apply mesh-wide (MeshConfig `rootNamespace`).
+    pub(super) fn with_root(mut self, root: &str) -> Self {
+        for (scope, _) in &mut self.0 {
+            scope.set_root(root);
+        }
+        self
     }
 
     /// The policies of a workload in `namespace` with `labels`.

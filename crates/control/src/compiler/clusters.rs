@@ -6,7 +6,7 @@
 //! Connection-pool limits and outlier detection are mapped in [`limits`],
 //! the load balancer in [`balancer`].
 
-mod balancer;
+pub(super) mod balancer;
 mod limits;
 mod rules;
 
@@ -113,9 +113,10 @@ pub(super) fn build(
     registry: &Registry,
     hosts: &HostIndex,
     resources: &[Resource],
+    root: &str,
     warnings: &mut Vec<String>,
 ) -> (BTreeMap<String, pb::Cluster>, RuleClusters) {
-    let rules = DestinationRules::build(resources, hosts);
+    let rules = DestinationRules::build(resources, hosts, root);
     // The same rule may be compiled for several callers: each warning once.
     let mut said = Vec::new();
     let warnings_out = warnings;
@@ -280,7 +281,9 @@ fn cluster(
             port.protocol,
             upstream_protocol(port.protocol),
         ) as i32,
-        connect_timeout: Some(connect_timeout(policies, port.number).into()),
+        // Unset when no DestinationRule says: MeshConfig's connectTimeout
+        // is filled in for the whole mesh (`mesh_defaults`).
+        connect_timeout: connect_timeout(policies, port.number).map(Into::into),
         endpoints,
         service: service.hostname.clone(),
         subset: subset.to_string(),
@@ -322,24 +325,20 @@ pub(super) fn empty(name: &str, host: &str, subset: &str) -> pb::Cluster {
 
 /// The first `connectTimeout` set, most specific policy first (subset, then
 /// the rule), each checking its `portLevelSettings` for `port` before its
-/// top level.
-fn connect_timeout(policies: &[Option<&TrafficPolicy>], port: u32) -> Duration {
-    policies
-        .iter()
-        .flatten()
-        .find_map(|policy| {
-            let port_level = policy
-                .port_level_settings
-                .iter()
-                .filter(|p| p.port.as_ref().is_some_and(|s| s.number == port))
-                .find_map(|p| p.connection_pool.as_ref());
-            [port_level, policy.connection_pool.as_ref()]
-                .into_iter()
-                .flatten()
-                .find_map(|pool| {
-                    let tcp = pool.tcp.as_ref()?;
-                    weft_api::field::parse_duration(&tcp.connect_timeout)
-                })
-        })
-        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+/// top level; `None` when none sets it.
+fn connect_timeout(policies: &[Option<&TrafficPolicy>], port: u32) -> Option<Duration> {
+    policies.iter().flatten().find_map(|policy| {
+        let port_level = policy
+            .port_level_settings
+            .iter()
+            .filter(|p| p.port.as_ref().is_some_and(|s| s.number == port))
+            .find_map(|p| p.connection_pool.as_ref());
+        [port_level, policy.connection_pool.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(|pool| {
+                let tcp = pool.tcp.as_ref()?;
+                weft_api::field::parse_duration(&tcp.connect_timeout)
+            })
+    })
 }

@@ -23,6 +23,7 @@ mod gateway_tls;
 mod hosts;
 mod http_rule;
 mod locality;
+pub mod mesh_defaults;
 pub mod peer_authentication;
 mod ports;
 mod proxy;
@@ -50,6 +51,15 @@ use crate::registry::{Registry, Workload};
 
 pub use self::proxy::ProxyOutput;
 
+/// What a build reads besides the resources and the MeshConfig.
+pub struct BuildInputs<'a> {
+    pub cluster: &'a weft_kube::convert::ClusterSnapshot,
+    pub workloads: &'a [Workload],
+    pub peers: &'a tls::MeshPeers,
+    /// Where Gateway servers' `credentialName`s are found.
+    pub credentials: std::sync::Arc<dyn crate::store::credentials::CredentialSource>,
+}
+
 /// Everything proxy-independent, compiled once per mesh change.
 #[derive(Debug, Default)]
 pub struct MeshIndex {
@@ -67,6 +77,8 @@ pub struct MeshIndex {
     warnings: Vec<String>,
     /// PeerAuthentication, for each proxy's inbound ports.
     peer_policies: PeerPolicies,
+    /// MeshConfig's defaults, where no resource says otherwise.
+    mesh: mesh_defaults::MeshDefaults,
     /// The label pairs any selector names (see [`shape`]).
     selector_labels: shape::SelectorLabels,
     /// Where DestinationRule `credentialName`s are found, per proxy.
@@ -159,13 +171,41 @@ impl MeshIndex {
         peers: &tls::MeshPeers,
         credentials: std::sync::Arc<dyn crate::store::credentials::CredentialSource>,
     ) -> Self {
+        let inputs = BuildInputs {
+            cluster,
+            workloads,
+            peers,
+            credentials,
+        };
+        Self::build_with_mesh(resources, inputs, &weft_api::mesh::MeshConfig::default())
+    }
+
+    /// [`build_with_credentials`](Self::build_with_credentials) under a
+    /// MeshConfig: its defaults apply where no resource says otherwise.
+    pub fn build_with_mesh(
+        resources: &[Resource],
+        inputs: BuildInputs<'_>,
+        mesh_config: &weft_api::mesh::MeshConfig,
+    ) -> Self {
+        let BuildInputs {
+            cluster,
+            workloads,
+            peers,
+            credentials,
+        } = inputs;
+        let mesh = mesh_defaults::MeshDefaults::from(mesh_config);
         let registry = Registry::build_with_cluster(resources, cluster, workloads);
         let mut warnings = registry.warnings().to_vec();
         let services = registry.services();
         let hosts = HostIndex::new(services);
-        let (mut clusters, mut rule_clusters) =
-            clusters::build(&registry, &hosts, resources, &mut warnings);
-        let peer_policies = PeerPolicies::new(resources);
+        let (mut clusters, mut rule_clusters) = clusters::build(
+            &registry,
+            &hosts,
+            resources,
+            &mesh.root_namespace,
+            &mut warnings,
+        );
+        let peer_policies = PeerPolicies::new(resources).with_root(&mesh.root_namespace);
         tls::secure_endpoints(&mut clusters, peers, &peer_policies);
         rule_clusters.for_each_mut(|map| tls::secure_endpoints(map, peers, &peer_policies));
 
@@ -263,7 +303,7 @@ impl MeshIndex {
                 key,
             });
         }
-        let sidecars = Sidecars::build(resources, &mut warnings);
+        let sidecars = Sidecars::build(resources, &mut warnings).with_root(&mesh.root_namespace);
         let gateway_inputs = gateway::Inputs {
             resources,
             services,
@@ -278,15 +318,18 @@ impl MeshIndex {
                 _ => None,
             }),
             &mut warnings,
-        );
+        )
+        .with_root(&mesh.root_namespace);
         let jwt = request_authn::JwtPolicies::build(
             resources.iter().filter_map(|r| match r {
                 Resource::RequestAuthentication(object) => Some(object),
                 _ => None,
             }),
             &mut warnings,
-        );
-        let telemetry = telemetry::Policies::build(resources, &mut warnings);
+        )
+        .with_root(&mesh.root_namespace);
+        let telemetry =
+            telemetry::Policies::build(resources, &mut warnings).with_root(&mesh.root_namespace);
         let selector_labels = shape::SelectorLabels::collect(resources);
         Self {
             services: compiled,
@@ -299,6 +342,7 @@ impl MeshIndex {
             telemetry,
             warnings,
             peer_policies,
+            mesh,
             selector_labels,
             credentials: crate::store::credentials::Credentials(credentials),
         }
@@ -336,6 +380,8 @@ mod gateway_tests;
 mod gateway_tls_tests;
 #[cfg(test)]
 mod headless_tests;
+#[cfg(test)]
+mod mesh_config_tests;
 #[cfg(test)]
 mod route_tests;
 #[cfg(test)]

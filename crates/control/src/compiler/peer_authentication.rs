@@ -18,6 +18,8 @@ use crate::registry::{ROOT_NAMESPACE, labels_match, namespace_or_default};
 pub struct PeerPolicies {
     /// Sorted by namespace and name.
     policies: Vec<Policy>,
+    /// MeshConfig `rootNamespace`; empty: Istio's.
+    root: String,
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +46,25 @@ impl PeerPolicies {
             })
             .collect();
         policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        Self { policies }
+        Self {
+            policies,
+            root: String::new(),
+        }
+    }
+
+    /// Under MeshConfig's `rootNamespace`.
+    pub fn with_root(mut self, root: &str) -> Self {
+        self.root = root.to_string();
+        self
+    }
+
+    /// The root namespace (MeshConfig `rootNamespace`; unset: Istio's).
+    fn root(&self) -> &str {
+        if self.root.is_empty() {
+            ROOT_NAMESPACE
+        } else {
+            &self.root
+        }
     }
 
     /// The resolved mode (never UNSET) of `port` of a workload in
@@ -55,7 +75,7 @@ impl PeerPolicies {
                 .iter()
                 .find(|p| p.namespace == ns && p.spec.selector.is_none())
         };
-        let mesh = without_selector(ROOT_NAMESPACE);
+        let mesh = without_selector(self.root());
         let namespace_wide = without_selector(namespace);
         let workload = self.policies.iter().find(|p| {
             // `selector: {}` selects every workload (still at the

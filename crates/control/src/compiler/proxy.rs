@@ -135,7 +135,7 @@ impl MeshIndex {
         }
         let outbound_traffic_policy = scope
             .and_then(|s| s.outbound_policy)
-            .unwrap_or(pb::OutboundTrafficPolicy::AllowAny);
+            .unwrap_or(self.mesh.outbound);
         ProxyOutput {
             config: ProxyConfig {
                 version: String::new(),
@@ -144,8 +144,11 @@ impl MeshIndex {
                 clusters,
                 inbound_ports,
                 outbound_traffic_policy: outbound_traffic_policy as i32,
-                protocol_detection_timeout: None,
-                telemetry: self.telemetry.for_node(namespace, &node.labels),
+                protocol_detection_timeout: self.mesh.protocol_detection_timeout.map(Into::into),
+                path_normalization: self.mesh.path_normalization as i32,
+                telemetry: self
+                    .mesh
+                    .fill_telemetry(self.telemetry.for_node(namespace, &node.labels)),
                 ..Default::default()
             },
             warnings,
@@ -166,10 +169,16 @@ impl MeshIndex {
                 services,
                 clusters,
                 gateway_security,
-                num_trusted_proxies: node.num_trusted_proxies,
-                telemetry: self
-                    .telemetry
-                    .for_node(namespace_or_default(&node.namespace), &node.labels),
+                // The proxy's own flag, else MeshConfig's gatewayTopology.
+                num_trusted_proxies: match node.num_trusted_proxies {
+                    0 => self.mesh.num_trusted_proxies.unwrap_or(0),
+                    set => set,
+                },
+                path_normalization: self.mesh.path_normalization as i32,
+                telemetry: self.mesh.fill_telemetry(
+                    self.telemetry
+                        .for_node(namespace_or_default(&node.namespace), &node.labels),
+                ),
                 ..Default::default()
             },
             warnings,
@@ -183,7 +192,10 @@ impl MeshIndex {
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> Option<pb::InboundSecurity> {
-        let policies = self.authz.for_workload(namespace, labels);
+        let mut policies = self.authz.for_workload(namespace, labels);
+        for policy in &mut policies {
+            self.mesh.expand_principals(policy);
+        }
         let jwt_rules = self.jwt.for_workload(namespace, labels);
         (!policies.is_empty() || !jwt_rules.is_empty()).then_some(pb::InboundSecurity {
             policies,
@@ -223,6 +235,7 @@ impl MeshIndex {
                     .resolve(name, &self.clusters, namespace, &node.labels)
             })
             .map(|mut cluster| {
+                self.mesh.fill_cluster(&mut cluster);
                 super::locality::apply(&mut cluster, node);
                 if cluster
                     .tls

@@ -21,6 +21,14 @@ use super::authz::PolicyScope;
 pub(super) struct JwtPolicies(Vec<(PolicyScope, Vec<pb::JwtRule>)>);
 
 impl JwtPolicies {
+    /// Rules in `root` apply mesh-wide (MeshConfig `rootNamespace`).
+    pub(super) fn with_root(mut self, root: &str) -> Self {
+        for (scope, _) in &mut self.0 {
+            scope.set_root(root);
+        }
+        self
+    }
+
     pub(super) fn build<'a>(
         objects: impl Iterator<Item = &'a Object<RequestAuthentication>>,
         warnings: &mut Vec<String>,

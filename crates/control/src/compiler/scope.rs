@@ -296,6 +296,8 @@ struct NamespaceSidecars {
 #[derive(Debug, Default)]
 pub(super) struct Sidecars {
     by_namespace: BTreeMap<String, NamespaceSidecars>,
+    /// MeshConfig `rootNamespace`; empty: Istio's.
+    root: String,
 }
 
 impl Sidecars {
@@ -327,7 +329,25 @@ impl Sidecars {
                 _ => entry.default = Some(scope),
             }
         }
-        Self { by_namespace }
+        Self {
+            by_namespace,
+            root: String::new(),
+        }
+    }
+
+    /// Under MeshConfig's `rootNamespace`.
+    pub(super) fn with_root(mut self, root: &str) -> Self {
+        self.root = root.to_string();
+        self
+    }
+
+    /// The root namespace (MeshConfig `rootNamespace`; unset: Istio's).
+    fn root(&self) -> &str {
+        if self.root.is_empty() {
+            ROOT_NAMESPACE
+        } else {
+            &self.root
+        }
     }
 
     /// The Sidecar for a proxy: a selecting one in its namespace, else the
@@ -347,7 +367,7 @@ impl Sidecars {
         .or_else(|| own.and_then(|n| n.default.as_ref()))
         .or_else(|| {
             self.by_namespace
-                .get(ROOT_NAMESPACE)
+                .get(self.root())
                 .and_then(|n| n.default.as_ref())
         })
     }

@@ -47,6 +47,8 @@ struct Entry {
 pub(super) struct Policies {
     /// Sorted by (namespace, name).
     entries: Vec<Entry>,
+    /// MeshConfig `rootNamespace`; empty: Istio's.
+    root: String,
 }
 
 impl Policies {
@@ -78,7 +80,25 @@ impl Policies {
             })
             .collect();
         entries.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        Self { entries }
+        Self {
+            entries,
+            root: String::new(),
+        }
+    }
+
+    /// Under MeshConfig's `rootNamespace`.
+    pub(super) fn with_root(mut self, root: &str) -> Self {
+        self.root = root.to_string();
+        self
+    }
+
+    /// The root namespace (MeshConfig `rootNamespace`; unset: Istio's).
+    fn root(&self) -> &str {
+        if self.root.is_empty() {
+            ROOT_NAMESPACE
+        } else {
+            &self.root
+        }
     }
 
     /// The settings for a proxy of `namespace` with `labels`; `None` when
@@ -99,7 +119,7 @@ impl Policies {
                 .iter()
                 .find(|e| e.namespace == ns && e.selector.is_none())
         };
-        let levels: Vec<&Settings> = [workload, level(namespace), level(ROOT_NAMESPACE)]
+        let levels: Vec<&Settings> = [workload, level(namespace), level(self.root())]
             .into_iter()
             .flatten()
             .map(|e| &e.settings)
@@ -115,6 +135,7 @@ impl Policies {
             random_sampling_percentage: sampling.unwrap_or(0.0),
             has_random_sampling_percentage: sampling.is_some(),
             disable_span_reporting: disable_span_reporting.unwrap_or(false),
+            ..Default::default()
         })
     }
 }

@@ -25,6 +25,9 @@ use crate::store::credentials::CredentialSource;
 #[derive(Debug, Default, Clone)]
 pub struct MeshPeers {
     pub trust_domain: String,
+    /// MeshConfig `enableAutoMtls: false`: callers use mTLS only where a
+    /// DestinationRule asks for ISTIO_MUTUAL.
+    pub auto_mtls_off: bool,
     by_endpoint: HashMap<(IpAddr, u32), Peer>,
 }
 
@@ -75,6 +78,7 @@ impl MeshPeers {
         }
         Self {
             trust_domain: trust_domain.to_string(),
+            auto_mtls_off: false,
             by_endpoint,
         }
     }
@@ -220,7 +224,8 @@ pub(super) fn secure_endpoints(
             let secured = match mode {
                 pb::client_tls::Mode::IstioMutual => true,
                 pb::client_tls::Mode::Auto => {
-                    policies.mode(&peer.namespace, &peer.labels, port) != MtlsMode::Disable
+                    !peers.auto_mtls_off
+                        && policies.mode(&peer.namespace, &peer.labels, port) != MtlsMode::Disable
                 }
                 _ => false,
             };

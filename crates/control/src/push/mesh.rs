@@ -134,6 +134,8 @@ pub struct BuildInputs {
     /// Where the registrations file is written; `None` keeps them in memory.
     pub state_dir: Option<PathBuf>,
     pub trust_domain: String,
+    /// The MeshConfig in force; a change rebuilds.
+    pub mesh_config: crate::meshconfig::Receiver,
 }
 
 /// Rebuilds the mesh whenever the store or the registrations change,
@@ -157,6 +159,7 @@ pub async fn build_loop(
         status,
         state_dir,
         trust_domain,
+        mut mesh_config,
     } = inputs;
     let mut store_changes = store.subscribe();
     let mut workload_changes = registrations.subscribe();
@@ -174,6 +177,7 @@ pub async fn build_loop(
         // Read before the store and workloads: the build then includes at
         // least these registrations and every store change before them.
         let sequence = *workload_changes.borrow_and_update();
+        let in_force = mesh_config.borrow_and_update().clone();
         let resources = store.resources();
         generation += 1;
         let started = std::time::Instant::now();
@@ -200,19 +204,20 @@ pub async fn build_loop(
                 Err(err) => tracing::error!("saving registrations: {err}"),
             }
         }
-        let peers = MeshPeers::new(&trust_domain, &nodes);
+        let mut peers = MeshPeers::new(&trust_domain, &nodes);
+        peers.auto_mtls_off = !in_force.loaded.config.auto_mtls();
         let cluster = store.cluster_discovery();
         let credentials: Arc<dyn CredentialSource> = Arc::new(Layered {
             cluster: cluster.clone(),
             dir: credential_dir.clone(),
         });
-        let index = MeshIndex::build_with_credentials(
-            &resources,
-            &cluster,
-            &workloads,
-            &peers,
+        let inputs = crate::compiler::BuildInputs {
+            cluster: &cluster,
+            workloads: &workloads,
+            peers: &peers,
             credentials,
-        );
+        };
+        let index = MeshIndex::build_with_mesh(&resources, inputs, &in_force.loaded.config);
         status.set_workloads(workloads);
         tracing::debug!(
             generation,
@@ -239,6 +244,7 @@ pub async fn build_loop(
         tokio::select! {
             changed = store_changes.changed() => if changed.is_err() { return },
             changed = workload_changes.changed() => if changed.is_err() { return },
+            changed = mesh_config.changed() => if changed.is_err() { return },
             () = credentials_changed(credential_dir.as_ref(), &mut credential_files) => {}
         }
         let burst = std::time::Instant::now();

@@ -183,6 +183,25 @@ impl std::fmt::Display for Flags {
     }
 }
 
+/// One line's destination and the encoding it is written in.
+pub struct AccessLogger<'a> {
+    sink: &'a AccessLogSink,
+    format: Format,
+}
+
+impl<'a> AccessLogger<'a> {
+    pub fn new(sink: &'a AccessLogSink, format: Option<Format>) -> Self {
+        Self {
+            format: format.unwrap_or(sink.format),
+            sink,
+        }
+    }
+
+    pub fn log(&self, entry: &Entry<'_>) {
+        self.sink.log_as(entry, self.format);
+    }
+}
+
 /// Where lines go, and in which format.
 pub struct AccessLogSink {
     format: Format,
@@ -218,7 +237,13 @@ impl AccessLogSink {
     }
 
     pub fn log(&self, entry: &Entry<'_>) {
-        let line = match self.format {
+        self.log_as(entry, self.format);
+    }
+
+    /// [`log`](Self::log) in `format` rather than the sink's own (the
+    /// pushed MeshConfig `accessLogEncoding`).
+    pub fn log_as(&self, entry: &Entry<'_>, format: Format) {
+        let line = match format {
             Format::Text => entry.text(),
             Format::Json => entry.json(),
         };

@@ -30,8 +30,9 @@ use std::sync::{Arc, OnceLock};
 
 use http::HeaderValue;
 use weft_proto::proxy::v1::telemetry::AccessLog as AccessLogSwitch;
+use weft_proto::proxy::v1::telemetry::AccessLogEncoding;
 
-use self::access_log::{AccessLogSink, Format};
+use self::access_log::{AccessLogSink, AccessLogger, Format};
 use self::otlp::Exporter;
 use self::peer::PeerCache;
 use crate::config::Snapshot;
@@ -144,8 +145,9 @@ impl Telemetry {
         }
     }
 
-    /// Where this request's access-log line goes, if it is logged.
-    pub fn access_log(&self, snapshot: &Snapshot) -> Option<&AccessLogSink> {
+    /// Where this request's access-log line goes and in which encoding
+    /// (the pushed one, else the flag's), if it is logged.
+    pub fn access_log(&self, snapshot: &Snapshot) -> Option<AccessLogger<'_>> {
         let on = match self.access_override() {
             Override::On => true,
             Override::Off => false,
@@ -155,7 +157,14 @@ impl Telemetry {
                 _ => self.flag_access_log.get().copied().unwrap_or(false),
             },
         };
-        on.then(|| self.access_log.get()).flatten()
+        let encoding = match pushed(snapshot).map(|t| t.access_log_encoding()) {
+            Some(AccessLogEncoding::Text) => Some(Format::Text),
+            Some(AccessLogEncoding::Json) => Some(Format::Json),
+            _ => None,
+        };
+        on.then(|| self.access_log.get())
+            .flatten()
+            .map(|sink| AccessLogger::new(sink, encoding))
     }
 
     /// Percent of new traces sampled.

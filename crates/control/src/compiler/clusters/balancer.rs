@@ -2,7 +2,7 @@
 //! the same precedence as the connection pool: subset over rule, a
 //! port-level block over the top level (replacing it whole).
 
-use weft_api::networking::{LoadBalancerSettings, SimpleLb, TrafficPolicy};
+use weft_api::networking::{LoadBalancerSettings, LocalityLbSetting, SimpleLb, TrafficPolicy};
 use weft_proto::proxy::v1 as pb;
 
 use pb::consistent_hash::{Algorithm, Key};
@@ -65,29 +65,7 @@ pub(super) fn load_balancer(
             algorithm,
         })
     });
-    let locality = lb
-        .locality_lb_setting
-        .as_ref()
-        .map(|setting| pb::LocalityLb {
-            distribute: setting
-                .distribute
-                .iter()
-                .map(|d| pb::LocalityDistribute {
-                    from: d.from.clone(),
-                    to: d.to.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                })
-                .collect(),
-            failover: setting
-                .failover
-                .iter()
-                .map(|f| pb::LocalityFailover {
-                    from: f.from.clone(),
-                    to: f.to.clone(),
-                })
-                .collect(),
-            failover_priority: setting.failover_priority.clone(),
-            disabled: setting.enabled == Some(false),
-        });
+    let locality = lb.locality_lb_setting.as_ref().map(locality_lb);
     // `warmup` replaces the deprecated `warmupDurationSecs`.
     let warmup = match (&lb.warmup, lb.warmup_duration_secs.as_str()) {
         (Some(warmup), _) => Some(pb::Warmup {
@@ -110,6 +88,31 @@ pub(super) fn load_balancer(
         locality,
         warmup,
     })
+}
+
+/// A `localityLbSetting` (a DestinationRule's, or MeshConfig's default)
+/// as the proxy config carries it.
+pub(in crate::compiler) fn locality_lb(setting: &LocalityLbSetting) -> pb::LocalityLb {
+    pb::LocalityLb {
+        distribute: setting
+            .distribute
+            .iter()
+            .map(|d| pb::LocalityDistribute {
+                from: d.from.clone(),
+                to: d.to.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            })
+            .collect(),
+        failover: setting
+            .failover
+            .iter()
+            .map(|f| pb::LocalityFailover {
+                from: f.from.clone(),
+                to: f.to.clone(),
+            })
+            .collect(),
+        failover_priority: setting.failover_priority.clone(),
+        disabled: setting.enabled == Some(false),
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use weft_api::networking::DestinationRule;
 use weft_api::{Object, Resource};
 
 use crate::compiler::hosts::{HostIndex, fqdn};
-use crate::registry::{ROOT_NAMESPACE, labels_match, namespace_or_default};
+use crate::registry::{labels_match, namespace_or_default};
 
 /// Rules of one namespace for one host, merged.
 #[derive(Debug, Clone)]
@@ -101,10 +101,18 @@ pub(in crate::compiler) struct DestinationRules {
     exported: BTreeMap<String, NamespaceRules>,
     /// The root namespace's private rules (step 1 for root-namespace proxies).
     root_local: NamespaceRules,
+    /// MeshConfig `rootNamespace`.
+    root: String,
 }
 
 impl DestinationRules {
-    pub(in crate::compiler) fn build(resources: &[Resource], hosts: &HostIndex) -> Self {
+    /// Every rule, `root` being the root namespace (MeshConfig
+    /// `rootNamespace`).
+    pub(in crate::compiler) fn build(
+        resources: &[Resource],
+        hosts: &HostIndex,
+        root: &str,
+    ) -> Self {
         let mut objects: Vec<&Object<DestinationRule>> = resources
             .iter()
             .filter_map(|r| match r {
@@ -116,7 +124,10 @@ impl DestinationRules {
             (&a.metadata.namespace, &a.metadata.name)
                 .cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
-        let mut rules = Self::default();
+        let mut rules = Self {
+            root: root.to_string(),
+            ..Self::default()
+        };
         for object in objects {
             let namespace = namespace_or_default(&object.metadata.namespace).to_string();
             let export = Export::of(&object.spec, &namespace);
@@ -127,7 +138,7 @@ impl DestinationRules {
             if !export.private_to(&namespace) {
                 let index = rules.exported.entry(namespace.clone()).or_default();
                 merge(&mut rules.arena, index, object, &namespace, &export);
-            } else if namespace == ROOT_NAMESPACE {
+            } else if namespace == root {
                 merge(
                     &mut rules.arena,
                     &mut rules.root_local,
@@ -195,7 +206,7 @@ impl DestinationRules {
             let everyone = index.exports.get(key).is_some_and(|e| e.everyone);
             Some((everyone, catch_all(&index.by_host[key])))
         };
-        let root_covers = matches!(exported(ROOT_NAMESPACE), Some((true, true)));
+        let root_covers = matches!(exported(&self.root), Some((true, true)));
         let fallback = match exported(service_namespace) {
             Some((_, false)) => false,
             Some((true, true)) => true,
@@ -231,7 +242,7 @@ impl DestinationRules {
         caller: &str,
         labels: &BTreeMap<String, String>,
     ) -> Option<usize> {
-        let first = if caller == ROOT_NAMESPACE {
+        let first = if caller == self.root {
             Some(&self.root_local)
         } else {
             self.local.get(caller)
@@ -239,7 +250,7 @@ impl DestinationRules {
         let list = first
             .and_then(|index| index.best.get(&service).map(|key| &index.by_host[key]))
             .or_else(|| self.exported_to(service_namespace, service, caller))
-            .or_else(|| self.exported_to(ROOT_NAMESPACE, service, caller))?;
+            .or_else(|| self.exported_to(&self.root, service, caller))?;
         let mut catch_all = None;
         for &id in list {
             let rule = &self.arena[id];

@@ -1,0 +1,259 @@
+//! MeshConfig defaults as the compiled proxy config shows them: each
+//! applies where no resource says, and a resource that says wins.
+
+use std::time::Duration;
+
+use weft_api::mesh::MeshConfig;
+use weft_proto::proxy::v1::{self as pb, telemetry::AccessLog};
+
+use super::tests::{REVIEWS, REVIEWS_HOST, compile, node};
+use super::{BuildInputs, MeshIndex};
+
+fn build(yaml: &str, mesh: &str) -> MeshIndex {
+    let decoded = weft_api::decode_str(yaml, "test.yaml");
+    assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
+    let config: MeshConfig = weft_api::mesh::parse(mesh)
+        .expect("valid MeshConfig")
+        .config;
+    let inputs = BuildInputs {
+        cluster: &Default::default(),
+        workloads: &[],
+        peers: &Default::default(),
+        credentials: std::sync::Arc::new(crate::store::credentials::NoCredentials),
+    };
+    MeshIndex::build_with_mesh(&decoded.resources, inputs, &config)
+}
+
+fn reviews_cluster(config: &pb::ProxyConfig) -> &pb::Cluster {
+    config
+        .clusters
+        .iter()
+        .find(|c| c.name == format!("outbound|9080||{REVIEWS_HOST}"))
+        .expect("the reviews cluster")
+}
+
+const SIDECAR_ALLOW_ANY_IN_SHOP: &str = "
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: shop}
+spec:
+  outboundTrafficPolicy: {mode: ALLOW_ANY}
+";
+
+#[test]
+fn outbound_traffic_policy_is_the_mesh_default_under_a_sidecars() {
+    let yaml = format!("{REVIEWS}{SIDECAR_ALLOW_ANY_IN_SHOP}");
+    let index = build(&yaml, "outboundTrafficPolicy: {mode: REGISTRY_ONLY}");
+    let elsewhere = compile(&index, &node("default", &[])).config;
+    assert_eq!(
+        elsewhere.outbound_traffic_policy,
+        pb::OutboundTrafficPolicy::RegistryOnly as i32
+    );
+    let shop = compile(&index, &node("shop", &[])).config;
+    assert_eq!(
+        shop.outbound_traffic_policy,
+        pb::OutboundTrafficPolicy::AllowAny as i32,
+        "the Sidecar's wins"
+    );
+    let istio = build(&yaml, "");
+    let default = compile(&istio, &node("default", &[])).config;
+    assert_eq!(
+        default.outbound_traffic_policy,
+        pb::OutboundTrafficPolicy::AllowAny as i32
+    );
+}
+
+#[test]
+fn timeouts_normalization_and_access_log_defaults_reach_the_proxy() {
+    let dr = "
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews.shop.svc.cluster.local
+  trafficPolicy: {connectionPool: {tcp: {connectTimeout: 7s}}}
+";
+    let mesh = "connectTimeout: 2s\nprotocolDetectionTimeout: 250ms\n\
+                pathNormalization: {normalization: DECODE_AND_MERGE_SLASHES}\n\
+                accessLogFile: /dev/stdout\n\
+                localityLbSetting: {failover: [{from: us-east, to: eu-west}]}";
+    let plain = compile(&build(REVIEWS, mesh), &node("default", &[])).config;
+    let cluster = reviews_cluster(&plain);
+    assert_eq!(cluster.connect_timeout, Some(Duration::from_secs(2).into()));
+    let locality = cluster
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.locality.as_ref())
+        .expect("the mesh's localityLbSetting");
+    assert_eq!(locality.failover[0].to, "eu-west");
+    assert_eq!(
+        plain.protocol_detection_timeout,
+        Some(Duration::from_millis(250).into())
+    );
+    assert_eq!(
+        plain.path_normalization,
+        pb::PathNormalization::DecodeAndMergeSlashes as i32
+    );
+    assert_eq!(
+        plain.telemetry.map(|t| t.access_log),
+        Some(AccessLog::Enabled as i32)
+    );
+    let with_rule = compile(
+        &build(&format!("{REVIEWS}{dr}"), mesh),
+        &node("default", &[]),
+    );
+    assert_eq!(
+        reviews_cluster(&with_rule.config).connect_timeout,
+        Some(Duration::from_secs(7).into()),
+        "the DestinationRule's wins"
+    );
+    let istio = compile(&build(REVIEWS, ""), &node("default", &[])).config;
+    assert_eq!(
+        reviews_cluster(&istio).connect_timeout,
+        Some(Duration::from_secs(10).into())
+    );
+    assert_eq!(istio.telemetry, None, "no access log unless asked");
+}
+
+#[test]
+fn root_namespace_decides_which_namespace_speaks_for_the_mesh() {
+    let policies = "
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: mesh-admin}
+spec: {}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: mesh-admin}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+";
+    let yaml = format!("{REVIEWS}{policies}");
+    let mut proxy = node("default", &[]);
+    proxy.ports = vec![weft_proto::discovery::v1::WorkloadPort {
+        port: 8080,
+        protocol: 0,
+        name: "http".into(),
+    }];
+    let istio = compile(&build(&yaml, ""), &proxy).config;
+    assert_eq!(
+        istio.outbound_traffic_policy,
+        pb::OutboundTrafficPolicy::AllowAny as i32,
+        "mesh-admin is an ordinary namespace under Istio's root"
+    );
+    assert!(istio.inbound_ports[0].security.is_none());
+    let rooted = compile(&build(&yaml, "rootNamespace: mesh-admin"), &proxy).config;
+    assert_eq!(
+        rooted.outbound_traffic_policy,
+        pb::OutboundTrafficPolicy::RegistryOnly as i32
+    );
+    let security = rooted.inbound_ports[0].security.as_ref().expect("policies");
+    assert_eq!(security.policies[0].name, "mesh-admin/deny-all");
+}
+
+#[test]
+fn gateways_take_the_mesh_num_trusted_proxies_unless_told() {
+    let mesh = "defaultConfig: {gatewayTopology: {numTrustedProxies: 2}}";
+    let index = build(REVIEWS, mesh);
+    let mut gateway = node("istio-system", &[("istio", "ingressgateway")]);
+    gateway.router = true;
+    assert_eq!(compile(&index, &gateway).config.num_trusted_proxies, 2);
+    gateway.num_trusted_proxies = 1;
+    assert_eq!(compile(&index, &gateway).config.num_trusted_proxies, 1);
+}
+
+#[test]
+fn trust_domain_aliases_widen_policy_principals() {
+    let policy = "
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: from-web, namespace: default}
+spec:
+  rules: [{from: [{source: {principals: [cluster.local/ns/web/sa/web]}}]}]
+";
+    let yaml = format!("{REVIEWS}{policy}");
+    let mut proxy = node("default", &[]);
+    proxy.ports = vec![weft_proto::discovery::v1::WorkloadPort {
+        port: 8080,
+        protocol: 0,
+        name: "http".into(),
+    }];
+    let mesh = "trustDomain: new.org\ntrustDomainAliases: [old.org]";
+    let config = compile(&build(&yaml, mesh), &proxy).config;
+    let security = config.inbound_ports[0].security.as_ref().expect("policy");
+    let condition = &security.policies[0].rules[0].from[0].conditions[0];
+    assert_eq!(
+        condition.values,
+        ["new.org/ns/web/sa/web", "old.org/ns/web/sa/web"]
+    );
+}
+
+/// `enableAutoMtls: false`: a caller secures an endpoint with a proxy
+/// only where a DestinationRule asks for ISTIO_MUTUAL.
+#[test]
+fn auto_mtls_off_leaves_mesh_endpoints_plaintext_unless_istio_mutual() {
+    use weft_proto::discovery::v1::{Node, WorkloadPort};
+    let yaml = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: data}
+spec:
+  hosts: [db.data.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  endpoints: [{address: 10.1.0.6}]
+";
+    let istio_mutual = "
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: data}
+spec:
+  host: db.data.svc.cluster.local
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+";
+    let pod = Node {
+        id: "db".into(),
+        namespace: "data".into(),
+        service_account: "db".into(),
+        address: "10.1.0.6".into(),
+        ports: vec![WorkloadPort {
+            port: 5432,
+            ..Default::default()
+        }],
+        mtls: true,
+        ..Default::default()
+    };
+    let identity = |yaml: &str, mesh: &str| {
+        let decoded = weft_api::decode_str(yaml, "test.yaml");
+        let config = weft_api::mesh::parse(mesh).expect("valid").config;
+        let mut peers = super::tls::MeshPeers::new("cluster.local", std::slice::from_ref(&pod));
+        peers.auto_mtls_off = !config.auto_mtls();
+        let inputs = BuildInputs {
+            cluster: &Default::default(),
+            workloads: &[],
+            peers: &peers,
+            credentials: std::sync::Arc::new(crate::store::credentials::NoCredentials),
+        };
+        let index = MeshIndex::build_with_mesh(&decoded.resources, inputs, &config);
+        let proxy = compile(&index, &node("front", &[])).config;
+        let cluster = proxy
+            .clusters
+            .iter()
+            .find(|c| c.name == "outbound|5432||db.data.svc.cluster.local")
+            .expect("db cluster")
+            .clone();
+        cluster.endpoints[0].identity.clone()
+    };
+    let spiffe = "spiffe://cluster.local/ns/data/sa/db";
+    assert_eq!(identity(yaml, ""), spiffe, "auto-mTLS by default");
+    assert_eq!(identity(yaml, "enableAutoMtls: false"), "");
+    let with_rule = format!("{yaml}{istio_mutual}");
+    assert_eq!(identity(&with_rule, "enableAutoMtls: false"), spiffe);
+}
