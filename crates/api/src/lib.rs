@@ -15,6 +15,7 @@ pub mod decode;
 pub mod field;
 pub mod meta;
 pub mod networking;
+pub mod ratelimit;
 pub mod wire;
 
 /// The apply types' first home; other branches still name it.

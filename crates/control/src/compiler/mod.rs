@@ -26,6 +26,7 @@ mod locality;
 pub mod peer_authentication;
 mod ports;
 mod proxy;
+mod ratelimit;
 mod request_authn;
 mod resilience;
 mod routes;
@@ -64,6 +65,8 @@ pub struct MeshIndex {
     authz: authz::AuthzPolicies,
     jwt: request_authn::JwtPolicies,
     telemetry: telemetry::Policies,
+    /// RateLimit resources, by scope.
+    rate_limits: ratelimit::Policies,
     warnings: Vec<String>,
     /// PeerAuthentication, for each proxy's inbound ports.
     peer_policies: PeerPolicies,
@@ -286,6 +289,7 @@ impl MeshIndex {
         );
         let telemetry = telemetry::Policies::build(resources, &mut warnings);
         let selector_labels = shape::SelectorLabels::collect(resources);
+        let rate_limits = ratelimit::Policies::build(resources);
         Self {
             services: compiled,
             clusters,
@@ -295,6 +299,7 @@ impl MeshIndex {
             authz,
             jwt,
             telemetry,
+            rate_limits,
             warnings,
             peer_policies,
             selector_labels,
@@ -333,6 +338,8 @@ mod gateway_tests;
 mod gateway_tls_tests;
 #[cfg(test)]
 mod headless_tests;
+#[cfg(test)]
+mod ratelimit_tests;
 #[cfg(test)]
 mod route_tests;
 #[cfg(test)]
