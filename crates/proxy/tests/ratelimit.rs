@@ -369,3 +369,41 @@ async fn a_bad_rate_limit_config_is_refused_naming_the_field() {
         "{logs}"
     );
 }
+
+#[tokio::test]
+async fn a_sidecar_limits_its_inbound_port_by_path_and_method() {
+    let backend = HttpBackend::start("backend").await;
+    let inbound = free_addr();
+    let config = format!(
+        r#"
+version: inbound
+listeners:
+- {{name: inbound, address: "{inbound}", kind: INBOUND_CAPTURE}}
+inboundPorts:
+- port: {port}
+  protocol: HTTP
+  target: "{backend}"
+rateLimits:
+  rules:
+  - name: web/login[0]
+    match: {{paths: [/login], methods: [GET], ports: [{port}]}}
+    local: {{maxTokens: 1, fillInterval: 60s}}
+"#,
+        port = inbound.port(),
+        backend = backend.addr,
+    );
+    let _proxy = start(&config).await;
+    let mut client = Http1Client::connect(inbound).await.expect("connect");
+    let mut seen = Vec::new();
+    for path in ["/login", "/login", "/login/other", "/home"] {
+        let reply = client.get("web", path).await.expect("reply");
+        seen.push(reply.status.as_u16());
+    }
+    // Exact path and method: the second login is refused, others pass.
+    assert_eq!(seen, [200, 429, 200, 200]);
+    let post = http::Request::post("/login")
+        .header("host", "web")
+        .body(client::empty())
+        .expect("request");
+    assert_eq!(client.send(post).await.expect("reply").status, 200);
+}
