@@ -422,3 +422,27 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod envoy_filter_tests {
+    use crate::decode::decode_str;
+
+    #[test]
+    fn a_rate_limit_envoy_filter_is_skipped_with_a_pointer_to_rate_limit() {
+        let yaml = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: rl, namespace: shop}\nspec:\n  configPatches:\n  - applyTo: HTTP_FILTER\n    patch:\n      operation: INSERT_BEFORE\n      value: {name: envoy.filters.http.local_ratelimit}\n";
+        let decoded = decode_str(yaml, "rl.yaml");
+        assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
+        assert!(
+            decoded.notices[0].contains("write a RateLimit (weft.io/v1alpha1"),
+            "{:?}",
+            decoded.notices
+        );
+        let other = yaml.replace("local_ratelimit", "lua");
+        let decoded = decode_str(&other, "rl.yaml");
+        assert!(
+            !decoded.notices[0].contains("RateLimit"),
+            "{:?}",
+            decoded.notices
+        );
+    }
+}
