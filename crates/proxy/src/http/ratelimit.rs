@@ -57,11 +57,12 @@ pub(super) async fn check(
         Target::Inbound { port, .. } | Target::Gateway { port } => port,
         Target::Outbound { .. } | Target::Service { .. } => return Ok(()),
     };
-    let snapshot = state.snapshot_full();
-    let limits = &snapshot.rate_limits;
-    if limits.is_empty() {
+    // Most proxies have no limits: a cheap look before holding the snapshot.
+    if state.snapshot().rate_limits.is_empty() {
         return Ok(());
     }
+    let snapshot = state.snapshot_full();
+    let limits = &snapshot.rate_limits;
     let input = RuleInput {
         route: routed.route,
         host: routed.host,
@@ -72,7 +73,12 @@ pub(super) async fn check(
     let mut descriptors = Vec::new();
     for rule in limits.rules.iter().filter(|r| r.matches.matches(&input)) {
         if let Some(spec) = rule.local
-            && !state.rate_limit_buckets.get(&rule.name, spec).try_take()
+            && !state
+                .rate_limit_buckets
+                .get(&rule.name, spec, |name| {
+                    limits.rules.iter().any(|r| r.name == name)
+                })
+                .try_take()
         {
             let reply = LocalReply::new(
                 StatusCode::TOO_MANY_REQUESTS,

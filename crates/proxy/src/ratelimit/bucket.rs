@@ -98,8 +98,16 @@ pub struct Buckets {
 
 impl Buckets {
     /// The bucket of `rule` with shape `spec`: the one already in use when
-    /// the shape is unchanged, else a new full one replacing it.
-    pub fn get(&self, rule: &str, spec: TokenBucketSpec) -> Arc<TokenBucket> {
+    /// the shape is unchanged, else a new full one replacing it. Creating
+    /// one (the first request after a config change) also drops the buckets
+    /// of rules for which `current` is false, so removed or renamed rules
+    /// do not accumulate.
+    pub fn get(
+        &self,
+        rule: &str,
+        spec: TokenBucketSpec,
+        current: impl Fn(&str) -> bool,
+    ) -> Arc<TokenBucket> {
         {
             let map = self.by_rule.read().unwrap_or_else(|p| p.into_inner());
             if let Some(bucket) = map.get(rule).filter(|b| b.spec == spec) {
@@ -111,6 +119,7 @@ impl Buckets {
         if let Some(bucket) = map.get(rule).filter(|b| b.spec == spec) {
             return bucket.clone();
         }
+        map.retain(|name, _| current(name));
         let bucket = Arc::new(TokenBucket::new(spec));
         map.insert(rule.to_string(), bucket.clone());
         bucket
@@ -172,9 +181,16 @@ mod tests {
     #[test]
     fn buckets_survive_an_unchanged_rule_and_restart_on_a_new_shape() {
         let buckets = Buckets::default();
-        let first = buckets.get("ns/a[0]", spec(1, 1, 60_000));
+        let all = |_: &str| true;
+        let first = buckets.get("ns/a[0]", spec(1, 1, 60_000), all);
         assert!(first.try_take());
-        assert!(!buckets.get("ns/a[0]", spec(1, 1, 60_000)).try_take());
-        assert!(buckets.get("ns/a[0]", spec(2, 1, 60_000)).try_take());
+        assert!(!buckets.get("ns/a[0]", spec(1, 1, 60_000), all).try_take());
+        assert!(buckets.get("ns/a[0]", spec(2, 1, 60_000), all).try_take());
+        assert!(buckets.get("ns/a[0]", spec(2, 1, 60_000), all).try_take());
+        assert!(!buckets.get("ns/a[0]", spec(2, 1, 60_000), all).try_take());
+        // A rule gone from the config loses its (empty) bucket when another
+        // is made: coming back, it starts full.
+        let _ = buckets.get("ns/b[0]", spec(1, 1, 60_000), |name| name == "ns/b[0]");
+        assert!(buckets.get("ns/a[0]", spec(2, 1, 60_000), all).try_take());
     }
 }
