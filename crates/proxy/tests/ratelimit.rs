@@ -259,7 +259,7 @@ async fn the_global_service_sees_the_descriptors_and_its_over_limit_is_429() {
     let _proxy = start(&gateway(listen, backend.addr, rls, limits)).await;
     let mut client = Http1Client::connect(listen).await.expect("connect");
     let mut statuses = Vec::new();
-    let mut last = None;
+    let (mut first, mut last) = (None, None);
     for _ in 0..4 {
         let request = http::Request::get("/limited/x")
             .header("host", "shop.example.com")
@@ -268,9 +268,22 @@ async fn the_global_service_sees_the_descriptors_and_its_over_limit_is_429() {
             .expect("request");
         let reply = client.send(request).await.expect("reply");
         statuses.push(reply.status.as_u16());
-        last = Some(reply);
+        if first.is_none() {
+            first = Some(reply);
+        } else {
+            last = Some(reply);
+        }
     }
     assert_eq!(statuses, [200, 200, 429, 429]);
+    let first = first.expect("a reply");
+    // Admitted responses carry the service's headers too (its budget).
+    assert_eq!(
+        first.header("x-ratelimit-limit"),
+        Some("2"),
+        "{:?}",
+        first.headers
+    );
+    assert_eq!(first.header("x-envoy-ratelimited"), None);
     let last = last.expect("a reply");
     assert_eq!(last.header("x-envoy-ratelimited"), Some("true"));
     assert_eq!(last.header("x-ratelimit-limit"), Some("2"));

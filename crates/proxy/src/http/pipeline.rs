@@ -122,7 +122,7 @@ async fn phases(
         host: authority.as_ref().map(|a| a.host()),
         service: &forwarding.service,
     };
-    ratelimit::check(state, conn, &mut request, routed)
+    let limit_headers = ratelimit::check(state, conn, &mut request, routed)
         .await
         .map_err(|(response, flags)| Early::Answer(response, flags))?;
     // 4. CORS acts first, as Envoy's filter precedes fault injection and the
@@ -192,5 +192,7 @@ async fn phases(
         downstream_version,
         downstream_upgrade,
     };
-    Ok((finish.apply(state, response), flags))
+    let mut response = finish.apply(state, response);
+    limit_headers.apply(&mut response);
+    Ok((response, flags))
 }

@@ -6,6 +6,8 @@
 //! - a local bucket empty: 429 with the `RL` flag;
 //! - the service answering OVER_LIMIT: 429, `RL`, `x-envoy-ratelimited:
 //!   true` and the headers the service asked for;
+//! - the service answering OK: its request headers go upstream and its
+//!   response headers (`x-ratelimit-remaining`, ...) on the response;
 //! - the service failing or slow (past its timeout): the request goes on
 //!   (logged at debug), or with `failureModeDeny` 500 with `RLSE`
 //!   (Envoy's status and flag for that case).
@@ -28,7 +30,7 @@ use super::route::Target;
 use crate::body::ProxyBody;
 use crate::config::ratelimit::{Descriptor, RateLimitService, RuleInput, Source};
 use crate::flags::{ResponseFlag, ResponseFlags};
-use crate::ratelimit::rls::{self, Verdict};
+use crate::ratelimit::rls::{self, Headers, Verdict};
 use crate::reply::LocalReply;
 use crate::state::ProxyState;
 
@@ -45,21 +47,36 @@ pub(super) struct Routed<'a> {
     pub service: &'a str,
 }
 
+/// Headers the rate-limit service asked to add to the response of an
+/// admitted request.
+#[derive(Default)]
+pub(super) struct ResponseHeaders(Headers);
+
+impl ResponseHeaders {
+    pub(super) fn apply(self, response: &mut Response<ProxyBody>) {
+        let target = response.headers_mut();
+        for (name, value) in self.0 {
+            target.append(name, value);
+        }
+    }
+}
+
 /// Checks `request` against this proxy's rate limits; on admission the
-/// service's request headers (if any) are added to it.
+/// service's request headers (if any) are added to it, and its response
+/// headers returned for the response.
 pub(super) async fn check(
     state: &Arc<ProxyState>,
     conn: &HttpConn,
     request: &mut Request<Incoming>,
     routed: Routed<'_>,
-) -> Result<(), Refusal> {
+) -> Result<ResponseHeaders, Refusal> {
     let port = match conn.target {
         Target::Inbound { port, .. } | Target::Gateway { port } => port,
-        Target::Outbound { .. } | Target::Service { .. } => return Ok(()),
+        Target::Outbound { .. } | Target::Service { .. } => return Ok(ResponseHeaders::default()),
     };
     // Most proxies have no limits: a cheap look before holding the snapshot.
     if state.snapshot().rate_limits.is_empty() {
-        return Ok(());
+        return Ok(ResponseHeaders::default());
     }
     let snapshot = state.snapshot_full();
     let limits = &snapshot.rate_limits;
@@ -94,15 +111,18 @@ pub(super) async fn check(
         );
     }
     let Some(service) = limits.service.as_ref().filter(|_| !descriptors.is_empty()) else {
-        return Ok(());
+        return Ok(ResponseHeaders::default());
     };
     match ask(state, service, descriptors).await {
-        Ok(Verdict::Admit(headers)) => {
+        Ok(Verdict::Admit {
+            request: upstream,
+            response,
+        }) => {
             let target = request.headers_mut();
-            for (name, value) in headers {
+            for (name, value) in upstream {
                 target.insert(name, value);
             }
-            Ok(())
+            Ok(ResponseHeaders(response))
         }
         Ok(Verdict::OverLimit(headers)) => {
             let reply = LocalReply::new(
@@ -137,7 +157,7 @@ pub(super) async fn check(
                 "rate-limit service (cluster {}) failed, request allowed: {err}",
                 service.cluster.name
             );
-            Ok(())
+            Ok(ResponseHeaders::default())
         }
     }
 }

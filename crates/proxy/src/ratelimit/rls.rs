@@ -41,8 +41,10 @@ pub type Headers = Vec<(HeaderName, HeaderValue)>;
 /// The service's verdict.
 #[derive(Debug)]
 pub enum Verdict {
-    /// Admit, adding these headers to the upstream request.
-    Admit(Headers),
+    /// Admit, adding `request` headers to the upstream request and
+    /// `response` headers to the response (the service's budget, as
+    /// `x-ratelimit-*`), as Envoy does.
+    Admit { request: Headers, response: Headers },
     /// Refuse with 429, adding these headers to the reply.
     OverLimit(Headers),
 }
@@ -155,7 +157,10 @@ fn verdict(answer: RateLimitResponse) -> Verdict {
     match answer.overall_code() {
         Code::OverLimit => Verdict::OverLimit(headers(&answer.response_headers_to_add)),
         // UNKNOWN is not a refusal (Envoy admits it too).
-        Code::Ok | Code::Unknown => Verdict::Admit(headers(&answer.request_headers_to_add)),
+        Code::Ok | Code::Unknown => Verdict::Admit {
+            request: headers(&answer.request_headers_to_add),
+            response: headers(&answer.response_headers_to_add),
+        },
     }
 }
 
