@@ -180,6 +180,16 @@ pub fn decode_document(value: Value, file: &str, document: usize) -> Decoded {
     walk_document(value, file, document, Mode::Decode)
 }
 
+/// Whether an EnvoyFilter patches in one of Envoy's rate-limit filters.
+fn mentions_rate_limit(spec: &Value) -> bool {
+    match spec {
+        Value::String(text) => text.contains("ratelimit"),
+        Value::Array(items) => items.iter().any(mentions_rate_limit),
+        Value::Object(map) => map.values().any(mentions_rate_limit),
+        _ => false,
+    }
+}
+
 fn walk_document(mut value: Value, file: &str, document: usize, mode: Mode) -> Decoded {
     let mut decoded = Decoded::default();
     let Value::Object(map) = &value else {
@@ -237,7 +247,11 @@ fn walk_document(mut value: Value, file: &str, document: usize, mode: Mode) -> D
         .split_once('/')
         .unwrap_or(("", api_version.as_str()));
     let Some(expected) = Resource::group_of(&kind).filter(|g| g.name() == group) else {
-        let why = if ISTIO_GROUPS.contains(&group) {
+        let why = if kind == "EnvoyFilter" && map.get("spec").is_some_and(mentions_rate_limit) {
+            // Istio's only way to rate-limit; Weft has a resource for it.
+            "an Istio kind Weft does not use; for its rate limit, write a RateLimit \
+             (weft.io/v1alpha1, see docs/rate-limiting.md)"
+        } else if ISTIO_GROUPS.contains(&group) {
             "an Istio kind Weft does not use"
         } else {
             "not an Istio resource"

@@ -16,6 +16,7 @@ pub mod field;
 pub mod mesh;
 pub mod meta;
 pub mod networking;
+pub mod ratelimit;
 pub mod wire;
 
 /// The apply types' first home; other branches still name it.

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::field::{FieldError, FieldErrors};
 use crate::meta::ObjectMeta;
-use crate::{networking, security, telemetry};
+use crate::{networking, ratelimit, security, telemetry};
 
 /// Istio API groups and the versions Istio serves for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub enum Group {
     Networking,
     Security,
     Telemetry,
+    /// Weft's own kinds (`weft.io`): what Istio expresses with EnvoyFilter.
+    Weft,
 }
 
 impl Group {
@@ -23,6 +25,7 @@ impl Group {
             Self::Networking => "networking.istio.io",
             Self::Security => "security.istio.io",
             Self::Telemetry => "telemetry.istio.io",
+            Self::Weft => "weft.io",
         }
     }
 
@@ -31,6 +34,7 @@ impl Group {
             Self::Networking => &["v1", "v1beta1", "v1alpha3"],
             Self::Security => &["v1", "v1beta1"],
             Self::Telemetry => &["v1", "v1alpha1"],
+            Self::Weft => &["v1alpha1"],
         }
     }
 }
@@ -185,6 +189,7 @@ kinds! {
     RequestAuthentication => security::RequestAuthentication,
     AuthorizationPolicy => security::AuthorizationPolicy,
     Telemetry => telemetry::Telemetry,
+    RateLimit => ratelimit::RateLimit,
 }
 
 impl Resource {

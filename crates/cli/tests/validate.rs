@@ -135,3 +135,41 @@ fn the_directorys_mesh_config_is_checked_as_weftd_checks_it() {
         "{text}"
     );
 }
+
+#[test]
+fn a_rate_limit_is_validated_like_the_istio_kinds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = r#"
+apiVersion: weft.io/v1alpha1
+kind: RateLimit
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  service: {host: ratelimit.infra.svc.cluster.local, port: 8081, domain: edge}
+  limits:
+  - match: {routes: [checkout]}
+    local: {maxTokens: 10, tokensPerFill: 10, fillInterval: 1s}
+    descriptors: [{entries: [{sourceAddress: {}}]}]
+"#;
+    let path = dir.path().join("rl.yaml");
+    std::fs::write(&path, good).expect("write");
+    let (code, out) = validate(&[&path]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 valid resources in 1 files"), "{out}");
+    let bad = good
+        .replace("fillInterval: 1s", "fillInterval: 10ms")
+        .replace("{sourceAddress: {}}", "{sourceAddress: {}, method: {}}");
+    std::fs::write(&path, bad).expect("write");
+    let (code, out) = validate(&[&path]);
+    assert_eq!(code, 1, "{out}");
+    let file = path.display().to_string();
+    for field in [
+        "spec.limits[0].local.fillInterval: must be a valid duration greater than 50ms",
+        "spec.limits[0].descriptors[0].entries[0]: exactly one of",
+    ] {
+        assert!(
+            out.contains(&format!("{file}: RateLimit istio-system/edge: {field}")),
+            "{field} not in {out}"
+        );
+    }
+}

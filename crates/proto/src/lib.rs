@@ -23,5 +23,36 @@ pub mod discovery {
     }
 }
 
+/// Envoy's rate-limit service API (the subset Weft speaks): the proxy's
+/// client for global rate limits, and test servers.
+pub mod envoy {
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
+            }
+        }
+    }
+    pub mod extensions {
+        pub mod common {
+            pub mod ratelimit {
+                pub mod v3 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/envoy.extensions.common.ratelimit.v3.rs"
+                    ));
+                }
+            }
+        }
+    }
+    pub mod service {
+        pub mod ratelimit {
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.ratelimit.v3.rs"));
+            }
+        }
+    }
+}
+
 pub mod encoded;
 pub mod resources;

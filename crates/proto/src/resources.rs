@@ -59,6 +59,7 @@ pub fn pieces(config: ProxyConfig) -> Vec<(String, Body)> {
             gateway_security: config.gateway_security,
             num_trusted_proxies: config.num_trusted_proxies,
             telemetry: config.telemetry,
+            rate_limits: config.rate_limits,
         }),
     );
     out
@@ -85,6 +86,7 @@ pub fn assemble<'a>(
                 config.gateway_security = settings.gateway_security;
                 config.num_trusted_proxies = settings.num_trusted_proxies;
                 config.telemetry = settings.telemetry;
+                config.rate_limits = settings.rate_limits;
             }
             None => {}
         }
@@ -133,6 +135,14 @@ mod tests {
                 name: "c".into(),
                 ..Cluster::default()
             }],
+            // Settings carry the rate limits too.
+            rate_limits: Some(crate::proxy::v1::RateLimits {
+                rules: vec![crate::proxy::v1::RateLimitRule {
+                    name: "r".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
             ..ProxyConfig::default()
         }
     }

@@ -29,9 +29,15 @@ pub enum ResponseFlag {
     /// DPE: the downstream request could not be used (a path that cannot
     /// be normalized).
     DownstreamProtocolError,
+    /// RL: a rate limit (local token bucket or the global service) refused
+    /// the request.
+    RateLimited,
+    /// RLSE: the global rate-limit service failed and failureModeDeny
+    /// refused the request.
+    RateLimitServiceError,
 }
 
-const ALL: [ResponseFlag; 11] = [
+const ALL: [ResponseFlag; 13] = [
     ResponseFlag::NoRoute,
     ResponseFlag::NoHealthyUpstream,
     ResponseFlag::UpstreamConnectFailure,
@@ -43,6 +49,8 @@ const ALL: [ResponseFlag; 11] = [
     ResponseFlag::UpstreamRetryLimitExceeded,
     ResponseFlag::UpstreamOverflow,
     ResponseFlag::DownstreamProtocolError,
+    ResponseFlag::RateLimited,
+    ResponseFlag::RateLimitServiceError,
 ];
 
 impl ResponseFlag {
@@ -59,6 +67,8 @@ impl ResponseFlag {
             Self::UpstreamRetryLimitExceeded => "URX",
             Self::UpstreamOverflow => "UO",
             Self::DownstreamProtocolError => "DPE",
+            Self::RateLimited => "RL",
+            Self::RateLimitServiceError => "RLSE",
         }
     }
 }

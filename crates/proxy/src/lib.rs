@@ -31,6 +31,7 @@ pub mod outbound;
 pub mod own_port;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reply;
 pub mod state;
 pub mod tcp;

@@ -111,7 +111,9 @@ fn classify(flag: ResponseFlag) -> (Source, RetrySafety) {
         F::DownstreamDisconnect | F::DownstreamProtocolError => {
             (Source::Downstream, RetrySafety::Pointless)
         }
-        F::UpstreamOverflow => (Source::Proxy, RetrySafety::Safe),
+        F::UpstreamOverflow | F::RateLimitServiceError => (Source::Proxy, RetrySafety::Safe),
+        // The same bucket or service answers an immediate retry the same.
+        F::RateLimited => (Source::Proxy, RetrySafety::Pointless),
         F::UpstreamConnectFailure => (Source::Upstream, RetrySafety::Safe),
         F::NoHealthyUpstream | F::UpstreamRetryLimitExceeded => {
             (Source::Upstream, RetrySafety::Pointless)

@@ -13,6 +13,7 @@ use weft_proto::proxy::v1::ProxyConfig;
 use crate::balance::Clusters;
 use crate::config::{ConfigError, Snapshot};
 use crate::listener::drain::Drain;
+use crate::ratelimit::Buckets;
 use crate::telemetry::Recorder;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::MeshTls;
@@ -38,6 +39,8 @@ pub struct ProxyState {
     pub tls: Arc<MeshTls>,
     pub metrics: Metrics,
     pub drain: Drain,
+    /// Local rate limits' token buckets, kept across config changes.
+    pub rate_limit_buckets: Buckets,
     ready: AtomicBool,
     status: Mutex<ConfigStatus>,
 }
@@ -56,6 +59,7 @@ impl ProxyState {
             tls,
             metrics: Metrics::default(),
             drain: Drain::default(),
+            rate_limit_buckets: Buckets::default(),
             ready: AtomicBool::new(false),
             status: Mutex::default(),
         })

@@ -6,8 +6,8 @@ use super::{Input, Message, SCHEMA_VALIDATION_ERROR};
 /// on apply; each problem becomes one message on that object.
 pub fn analyze(input: &Input, out: &mut Vec<Message>) {
     for object in &input.objects {
-        if crate::Resource::group_of(&object.kind).is_none() || !object.group.ends_with("istio.io")
-        {
+        let ours = object.group.ends_with("istio.io") || object.group == "weft.io";
+        if crate::Resource::group_of(&object.kind).is_none() || !ours {
             continue;
         }
         let decoded =

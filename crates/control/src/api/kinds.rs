@@ -25,6 +25,7 @@ pub fn canonical_kind(name: &str) -> Option<&'static str> {
         .strip_suffix(".networking.istio.io")
         .or_else(|| lower.strip_suffix(".security.istio.io"))
         .or_else(|| lower.strip_suffix(".telemetry.istio.io"))
+        .or_else(|| lower.strip_suffix(".weft.io"))
         .unwrap_or(&lower);
     if let Some((_, kind)) = SHORT_NAMES.iter().find(|(short, _)| *short == lower) {
         return Some(kind);

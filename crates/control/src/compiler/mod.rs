@@ -27,6 +27,7 @@ pub mod mesh_defaults;
 pub mod peer_authentication;
 mod ports;
 mod proxy;
+mod ratelimit;
 mod request_authn;
 mod resilience;
 mod routes;
@@ -74,6 +75,8 @@ pub struct MeshIndex {
     authz: authz::AuthzPolicies,
     jwt: request_authn::JwtPolicies,
     telemetry: telemetry::Policies,
+    /// RateLimit resources, by scope.
+    rate_limits: ratelimit::Policies,
     warnings: Vec<String>,
     /// PeerAuthentication, for each proxy's inbound ports.
     peer_policies: PeerPolicies,
@@ -331,6 +334,7 @@ impl MeshIndex {
         let telemetry =
             telemetry::Policies::build(resources, &mut warnings).with_root(&mesh.root_namespace);
         let selector_labels = shape::SelectorLabels::collect(resources);
+        let rate_limits = ratelimit::Policies::build(resources);
         Self {
             services: compiled,
             clusters,
@@ -340,6 +344,7 @@ impl MeshIndex {
             authz,
             jwt,
             telemetry,
+            rate_limits,
             warnings,
             peer_policies,
             mesh,
@@ -382,6 +387,8 @@ mod gateway_tls_tests;
 mod headless_tests;
 #[cfg(test)]
 mod mesh_config_tests;
+#[cfg(test)]
+mod ratelimit_tests;
 #[cfg(test)]
 mod route_tests;
 #[cfg(test)]

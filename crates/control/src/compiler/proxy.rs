@@ -136,7 +136,7 @@ impl MeshIndex {
         let outbound_traffic_policy = scope
             .and_then(|s| s.outbound_policy)
             .unwrap_or(self.mesh.outbound);
-        ProxyOutput {
+        let mut output = ProxyOutput {
             config: ProxyConfig {
                 version: String::new(),
                 listeners,
@@ -152,7 +152,9 @@ impl MeshIndex {
                 ..Default::default()
             },
             warnings,
-        }
+        };
+        self.attach_rate_limits(node, &mut output);
+        output
     }
 
     /// A gateway proxy: the listeners and virtual hosts of the Gateways
@@ -163,7 +165,7 @@ impl MeshIndex {
         // Policies select a gateway by its labels as they select a sidecar.
         let namespace = namespace_or_default(&node.namespace);
         let gateway_security = self.inbound_security(namespace, &node.labels);
-        ProxyOutput {
+        let mut output = ProxyOutput {
             config: ProxyConfig {
                 listeners,
                 services,
@@ -182,7 +184,9 @@ impl MeshIndex {
                 ..Default::default()
             },
             warnings,
-        }
+        };
+        self.attach_rate_limits(node, &mut output);
+        output
     }
 
     /// The AuthorizationPolicies and JWT rules that guard this workload's

@@ -50,6 +50,7 @@ const ISTIO_GROUPS: &[&str] = &[
     "networking.istio.io",
     "security.istio.io",
     "telemetry.istio.io",
+    "weft.io",
 ];
 
 /// The cluster-wide rules.

@@ -319,8 +319,9 @@ fn weft_crds_come_right_after_the_namespace() {
         .take_while(|o| o["kind"] == "CustomResourceDefinition")
         .filter_map(|o| o["metadata"]["name"].as_str())
         .collect();
-    assert_eq!(crds.len(), 11, "{crds:?}");
+    assert_eq!(crds.len(), 12, "{crds:?}");
     for name in [
+        "ratelimits.weft.io",
         "virtualservices.networking.istio.io",
         "authorizationpolicies.security.istio.io",
         "telemetries.telemetry.istio.io",

@@ -70,6 +70,7 @@ pub fn validating() -> ValidatingWebhookConfiguration {
                     "networking.istio.io",
                     "security.istio.io",
                     "telemetry.istio.io",
+                    "weft.io",
                 ])),
                 api_versions: Some(strings(&["*"])),
                 operations: Some(strings(&["CREATE", "UPDATE"])),

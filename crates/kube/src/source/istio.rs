@@ -20,6 +20,7 @@ pub const KINDS: &[(&str, &str)] = &[
     ("security.istio.io", "PeerAuthentication"),
     ("security.istio.io", "RequestAuthentication"),
     ("telemetry.istio.io", "Telemetry"),
+    ("weft.io", "RateLimit"),
 ];
 
 /// Annotations that only tools read; kept out so that `kubectl apply`

@@ -17,6 +17,7 @@ mod hardening;
 mod load;
 pub mod mirror;
 mod policies;
+pub mod ratelimit;
 mod resilience;
 mod route;
 mod route_match;

@@ -132,6 +132,8 @@ pub struct Snapshot {
     /// What GATEWAY listeners check before routing (policies selecting the
     /// gateway); None: nothing.
     gateway_guard: Option<Arc<crate::policy::authz::InboundGuard>>,
+    /// Rate limits of inbound and gateway requests.
+    pub rate_limits: super::ratelimit::RateLimits,
 }
 
 impl Snapshot {
@@ -159,6 +161,11 @@ impl Snapshot {
         .unwrap_or(DEFAULT_DETECT_TIMEOUT);
         let hardening = super::Hardening::compile(&config, &mut problems);
         let upstream_tls = super::upstream_tls::decisions(&config);
+        let rate_limits = super::ratelimit::RateLimits::compile(
+            config.rate_limits.as_ref(),
+            &clusters,
+            &mut problems,
+        );
         let outbound_policy = pb::OutboundTrafficPolicy::try_from(config.outbound_traffic_policy)
             .unwrap_or(pb::OutboundTrafficPolicy::AllowAny);
         if !problems.0.is_empty() {
@@ -177,6 +184,7 @@ impl Snapshot {
             clusters,
             inbound,
             gateway_guard,
+            rate_limits,
         })
     }
 

@@ -9,6 +9,8 @@
 //!    AuthorizationPolicy (`crate::policy`);
 //! 3. [`route`]: service, route and cluster, or NR, or the route's own
 //!    redirect or direct response (built by [`rewrite`]);
+//!    then `ratelimit`: local token buckets and the global rate-limit
+//!    service (429 RL, 500 RLSE);
 //! 4. [`cors`]: allowed preflights answered;
 //! 5. [`rewrite`]: path/authority rewrites, request header operations;
 //! 6. `fault`: delay or abort (DI, FI);
@@ -30,6 +32,7 @@ pub mod mirror;
 pub mod normalize;
 pub mod pipeline;
 mod policy;
+mod ratelimit;
 mod response;
 pub mod retry;
 mod retry_body;

@@ -8,6 +8,7 @@
 //! | 1 | entry          | `entry`       | 400 DPE (a target that cannot be normalized) |
 //! | 2 | policy         | `policy`      | 401/403 (JWT, AuthorizationPolicy)     |
 //! | 3 | route          | `route`       | 404 NR; a redirect or direct response  |
+//! | 3b| rate limit     | `ratelimit`   | 429 RL; 500 RLSE (failureModeDeny)     |
 //! | 4 | CORS preflight | `cors`        | the preflight's answer                 |
 //! | 5 | rewrite        | `rewrite`     | —                                      |
 //! | 6 | fault          | `fault`       | the abort (FI); a delay adds DI        |
@@ -30,7 +31,7 @@ use super::HttpConn;
 use super::entry;
 use super::head::{self, UpstreamHead};
 use super::route::{self, Decision};
-use super::{cors, fault, mirror, policy, response, retry, rewrite};
+use super::{cors, fault, mirror, policy, ratelimit, response, retry, rewrite};
 use crate::body::ProxyBody;
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::reply::LocalReply;
@@ -115,6 +116,15 @@ async fn phases(
         &forwarding.cluster,
         request.headers_mut(),
     );
+    // 3b. Rate limits, once the route is known (rules may name it).
+    let routed = ratelimit::Routed {
+        route: route.as_deref().map(|r| r.name.as_str()),
+        host: authority.as_ref().map(|a| a.host()),
+        service: &forwarding.service,
+    };
+    let limit_headers = ratelimit::check(state, conn, &mut request, routed)
+        .await
+        .map_err(|(response, flags)| Early::Answer(response, flags))?;
     // 4. CORS acts first, as Envoy's filter precedes fault injection and the
     // router: an allowed preflight is answered without going upstream.
     let cors = cors::Allowed::check(route.as_deref(), &request);
@@ -182,5 +192,7 @@ async fn phases(
         downstream_version,
         downstream_upgrade,
     };
-    Ok((finish.apply(state, response), flags))
+    let mut response = finish.apply(state, response);
+    limit_headers.apply(&mut response);
+    Ok((response, flags))
 }
