@@ -113,6 +113,49 @@ struct Args {
         value_name = "ADDR"
     )]
     dns_servers: Vec<std::net::SocketAddr>,
+    #[command(flatten)]
+    dns: DnsArgs,
+}
+
+/// DNS proxying (Istio's ISTIO_META_DNS_CAPTURE; see docs/dns.md).
+#[derive(clap::Args, Debug)]
+struct DnsArgs {
+    /// Serve DNS for the app (its port-53 traffic is redirected here): answer
+    /// the names of mesh services and ServiceEntry hosts weftd sends, forward
+    /// the rest to the upstream resolvers.
+    #[arg(long, env = "ISTIO_META_DNS_CAPTURE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    dns_capture: bool,
+    /// Where the DNS server listens (UDP and TCP), with --dns-capture.
+    #[arg(long, default_value = weft_proxy::dns::DEFAULT_LISTEN, value_name = "ADDR")]
+    dns_listen: SocketAddr,
+    /// Resolvers names the proxy does not know are forwarded to (ip:port,
+    /// repeatable or comma-separated); none: the nameservers of
+    /// /etc/resolv.conf.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR")]
+    dns_upstream: Vec<SocketAddr>,
+    /// Istio's automatic VIPs for ServiceEntries without addresses: not
+    /// implemented by Weft; given, the proxy says so and runs without it.
+    #[arg(long, env = "ISTIO_META_DNS_AUTO_ALLOCATE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    dns_auto_allocate: bool,
+}
+
+impl DnsArgs {
+    /// The upstream resolvers: the flag's, else /etc/resolv.conf's.
+    fn upstreams(&self) -> anyhow::Result<weft_proxy::dns::Upstreams> {
+        use weft_proxy::dns::Upstreams;
+        if !self.dns_upstream.is_empty() {
+            return Ok(Upstreams::new(self.dns_upstream.clone(), self.dns_listen));
+        }
+        let upstreams = Upstreams::from_file("/etc/resolv.conf", self.dns_listen)
+            .map_err(|err| anyhow::anyhow!("--dns-capture: {err}; give --dns-upstream ADDR"))?;
+        if upstreams.servers().is_empty() {
+            anyhow::bail!(
+                "--dns-capture: /etc/resolv.conf names no resolver other than this proxy; \
+                 give --dns-upstream ADDR"
+            );
+        }
+        Ok(upstreams)
+    }
 }
 
 /// The workload identity (mTLS). Without --token-file the proxy has none:
@@ -264,7 +307,7 @@ impl NodeArgs {
         }
     }
 
-    fn into_node(self, mtls: bool) -> weft_proto::discovery::v1::Node {
+    fn into_node(self, mtls: bool, dns_capture: bool) -> weft_proto::discovery::v1::Node {
         node::NodeFlags {
             id: self.node_id,
             workload: self.workload,
@@ -282,6 +325,7 @@ impl NodeArgs {
             inbound_listeners: self.inbound,
             mtls,
             num_trusted_proxies: self.num_trusted_proxies,
+            dns_capture,
         }
         .into_node()
     }
@@ -413,6 +457,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         &args.telemetry,
         identity.as_ref().map(|id| id.spiffe.as_str()),
     ))?;
+    if args.dns.dns_auto_allocate {
+        tracing::warn!(
+            "ISTIO_META_DNS_AUTO_ALLOCATE: automatic VIPs for ServiceEntries without \
+             addresses are not implemented by Weft; such hosts are resolved upstream"
+        );
+    }
+    if args.dns.dns_capture {
+        let upstreams = args.dns.upstreams()?;
+        let listen = args.dns.dns_listen;
+        let server = data
+            .block_on(weft_proxy::dns::DnsServer::bind(listen, upstreams.clone()))
+            .map_err(|err| anyhow::anyhow!("cannot listen on {listen} for DNS: {err}"))?;
+        tracing::info!(%listen, upstreams = ?upstreams.servers(), "DNS proxy serving");
+        data.spawn(server.serve(state.clone()));
+    }
     // At start-up there is no last good config to fall back on: refuse to run.
     let initial = args.config.as_deref().map(read_config).transpose()?;
 
@@ -492,7 +551,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }));
             }
             (None, Some(address)) => {
-                let node = args.node.into_node(identity.is_some());
+                let node = args
+                    .node
+                    .into_node(identity.is_some(), args.dns.dns_capture);
                 let proxy = proxy.clone();
                 let identity = identity.clone();
                 tokio::spawn(async move {

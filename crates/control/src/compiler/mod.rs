@@ -18,6 +18,7 @@ mod authz;
 mod checks;
 mod clusters;
 mod delegate;
+mod dns_table;
 mod gateway;
 mod gateway_tls;
 mod hosts;

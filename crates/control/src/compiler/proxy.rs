@@ -133,6 +133,12 @@ impl MeshIndex {
         for port in &mut inbound_ports {
             port.security.clone_from(&security);
         }
+        // DNS proxying: only a proxy the app's queries are captured to.
+        let dns_hosts = if node.dns_capture {
+            super::dns_table::dns_hosts(&services, namespace)
+        } else {
+            Vec::new()
+        };
         let outbound_traffic_policy = scope
             .and_then(|s| s.outbound_policy)
             .unwrap_or(pb::OutboundTrafficPolicy::AllowAny);
@@ -146,6 +152,7 @@ impl MeshIndex {
                 outbound_traffic_policy: outbound_traffic_policy as i32,
                 protocol_detection_timeout: None,
                 telemetry: self.telemetry.for_node(namespace, &node.labels),
+                dns_hosts,
                 ..Default::default()
             },
             warnings,

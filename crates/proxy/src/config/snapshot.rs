@@ -132,6 +132,8 @@ pub struct Snapshot {
     /// What GATEWAY listeners check before routing (policies selecting the
     /// gateway); None: nothing.
     gateway_guard: Option<Arc<crate::policy::authz::InboundGuard>>,
+    /// The names the DNS server answers itself (empty without DNS capture).
+    pub names: Arc<super::dns::NameTable>,
 }
 
 impl Snapshot {
@@ -158,6 +160,7 @@ impl Snapshot {
         )
         .unwrap_or(DEFAULT_DETECT_TIMEOUT);
         let hardening = super::Hardening::compile(&config, &mut problems);
+        let names = Arc::new(super::dns::compile_names(&config.dns_hosts, &mut problems));
         let upstream_tls = super::upstream_tls::decisions(&config);
         let outbound_policy = pb::OutboundTrafficPolicy::try_from(config.outbound_traffic_policy)
             .unwrap_or(pb::OutboundTrafficPolicy::AllowAny);
@@ -177,6 +180,7 @@ impl Snapshot {
             clusters,
             inbound,
             gateway_guard,
+            names,
         })
     }
 

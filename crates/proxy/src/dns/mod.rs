@@ -1,0 +1,173 @@
+//! DNS proxying (Istio's `ISTIO_META_DNS_CAPTURE`): the proxy serves DNS on
+//! 127.0.0.1:15053, UDP and TCP, and the interception rules send the app's
+//! port-53 traffic there (not the proxy's own: its UID is exempt).
+//!
+//! Each query is read against the name table of the snapshot current when
+//! it arrives ([`answer::decide`]): names of mesh services and ServiceEntry
+//! hosts the proxy can see are answered here; everything else is forwarded
+//! to the upstream resolvers ([`forward::Upstreams`]) and their reply
+//! returned unchanged. A query no upstream answers gets SERVFAIL.
+//!
+//! One task per UDP query and per TCP connection; nothing here holds state
+//! between queries but the sockets.
+
+pub mod answer;
+pub mod forward;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::config::dns::NameTable;
+use crate::state::ProxyState;
+use answer::Decision;
+pub use forward::Upstreams;
+
+/// Istio's DNS proxy address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:15053";
+
+/// How long a TCP client may stay silent between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// The bound sockets of the DNS server, and where it forwards.
+pub struct DnsServer {
+    udp: Arc<UdpSocket>,
+    tcp: TcpListener,
+    upstreams: Arc<Upstreams>,
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `listen` (call within the runtime that serves).
+    pub async fn bind(listen: SocketAddr, upstreams: Upstreams) -> std::io::Result<Self> {
+        let udp = UdpSocket::bind(listen).await?;
+        let tcp = TcpListener::bind(listen).await?;
+        Ok(Self {
+            udp: Arc::new(udp),
+            tcp,
+            upstreams: Arc::new(upstreams),
+        })
+    }
+
+    /// Serves until the process ends, reading names from `state`'s current
+    /// snapshot.
+    pub async fn serve(self, state: Arc<ProxyState>) {
+        let tables = move || state.snapshot().names.clone();
+        let udp = serve_udp(self.udp, self.upstreams.clone(), tables.clone());
+        let tcp = serve_tcp(self.tcp, self.upstreams, tables);
+        tokio::join!(udp, tcp);
+    }
+}
+
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    upstreams: Arc<Upstreams>,
+    tables: impl Fn() -> Arc<NameTable>,
+) {
+    // The largest UDP DNS message (EDNS allows up to 65535).
+    let mut buffer = vec![0u8; usize::from(u16::MAX)];
+    loop {
+        let (len, client) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            Err(err) => {
+                // An ICMP error from an earlier send shows up here; the
+                // socket still works.
+                tracing::debug!("DNS UDP receive: {err}");
+                continue;
+            }
+        };
+        let query = buffer[..len].to_vec();
+        let table = tables();
+        let socket = socket.clone();
+        let upstreams = upstreams.clone();
+        tokio::spawn(async move {
+            let reply = match answer::decide(&query, &table, true) {
+                Decision::Answer(reply) => Some(reply),
+                Decision::Drop => None,
+                Decision::Forward => match upstreams.forward_udp(&query).await {
+                    Some(reply) => Some(reply),
+                    None => no_upstream(&query, &upstreams),
+                },
+            };
+            if let Some(reply) = reply
+                && let Err(err) = socket.send_to(&reply, client).await
+            {
+                tracing::debug!(%client, "DNS UDP reply: {err}");
+            }
+        });
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    upstreams: Arc<Upstreams>,
+    tables: impl Fn() -> Arc<NameTable> + Clone + Send + 'static,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                tracing::warn!("DNS TCP accept: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let upstreams = upstreams.clone();
+        let tables = tables.clone();
+        tokio::spawn(async move {
+            if let Err(err) = serve_connection(stream, &upstreams, tables).await {
+                tracing::debug!("DNS TCP connection: {err}");
+            }
+        });
+    }
+}
+
+/// Length-prefixed queries (RFC 1035 §4.2.2) until the client closes or
+/// stays idle.
+async fn serve_connection(
+    mut stream: TcpStream,
+    upstreams: &Upstreams,
+    tables: impl Fn() -> Arc<NameTable>,
+) -> std::io::Result<()> {
+    loop {
+        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
+            Ok(Ok(len)) => len,
+            // Closed or idle: done.
+            Ok(Err(_)) | Err(_) => return Ok(()),
+        };
+        let mut query = vec![0u8; usize::from(len)];
+        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query))
+            .await
+            .map_err(|_| std::io::Error::other("query not received in time"))??;
+        let reply = match answer::decide(&query, &tables(), false) {
+            Decision::Answer(reply) => reply,
+            Decision::Drop => return Ok(()),
+            Decision::Forward => match upstreams.forward_tcp(&query).await {
+                Some(reply) => reply,
+                None => match no_upstream(&query, upstreams) {
+                    Some(reply) => reply,
+                    None => return Ok(()),
+                },
+            },
+        };
+        let len = u16::try_from(reply.len())
+            .map_err(|_| std::io::Error::other("reply longer than 65535 bytes"))?;
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&reply);
+        stream.write_all(&framed).await?;
+    }
+}
+
+/// SERVFAIL, with the resolvers named in the log so the operator knows
+/// which one to check.
+fn no_upstream(query: &[u8], upstreams: &Upstreams) -> Option<Vec<u8>> {
+    tracing::warn!(
+        upstreams = ?upstreams.servers(),
+        "DNS: no upstream resolver answered a forwarded query; answering SERVFAIL \
+         (are the resolvers reachable from the proxy's UID?)"
+    );
+    answer::server_failure(query)
+}
