@@ -4,13 +4,15 @@
 //!
 //! Contract: built from the services the proxy already sees (its Sidecar
 //! scope and `exportTo` applied by [`super::MeshIndex::compile`]), so a
-//! proxy answers exactly the hosts it can route. A host is answered when it
-//! has addresses: a Kubernetes Service's cluster IP, a ServiceEntry's
-//! `addresses` (single IPs; CIDR ranges name no one address), the VIP
-//! `weft up` gives a service. Left out, and so forwarded upstream by the
-//! proxy: wildcard hosts (no one name to answer), hosts without addresses
-//! (headless services, `resolution: DNS` entries without `addresses`:
-//! automatic VIP allocation is not implemented, see docs/dns.md).
+//! proxy answers exactly the hosts it can route. A host is answered with
+//! its single-IP addresses ([`answerable`]): a Kubernetes Service's cluster
+//! IP, a ServiceEntry's `addresses` (CIDR ranges name no one address), the
+//! VIP `weft up` gives a service, or the VIP weftd allocated in
+//! 240.240.0.0/16 for a host that declared none — as Istio 1.25+ does
+//! (`PILOT_ENABLE_IP_AUTOALLOCATE`), and only where that VIP can be routed:
+//! not for `resolution: NONE` (the proxy would forward to the VIP itself)
+//! nor a headless Service. Left out, and so forwarded upstream by the
+//! proxy: those, and wildcard hosts (no one name to answer).
 //!
 //! Names are the full host and, for `name.ns.svc.cluster.local`, the short
 //! forms a pod's resolver search path produces: `name.ns.svc`, `name.ns`,
@@ -22,24 +24,40 @@ use std::net::IpAddr;
 use weft_proto::proxy::v1 as pb;
 
 use super::hosts::kube_parts;
+use crate::registry::{Resolution, ServiceDef};
 
-/// The DNS hosts for a proxy in `namespace` that sees `services`, in the
-/// services' order. A name claimed by an earlier host is not given to a
-/// later one (the proxy answers one set of addresses per name).
-pub(super) fn dns_hosts(services: &[pb::Service], namespace: &str) -> Vec<pb::DnsHost> {
+/// The addresses DNS proxying may answer for `service` (empty: none).
+pub(super) fn answerable(service: &ServiceDef) -> Vec<String> {
+    if service.is_wildcard() || (service.auto_vip && service.resolution == Resolution::None) {
+        return Vec::new();
+    }
+    service
+        .vips
+        .iter()
+        .filter(|ip| !ip.is_unspecified())
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// The DNS hosts for a proxy in `namespace` that sees `services` (host
+/// name, answerable addresses), in that order. A name claimed by an
+/// earlier host is not given to a later one (the proxy answers one set of
+/// addresses per name).
+pub(super) fn dns_hosts<'a>(
+    services: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    namespace: &str,
+) -> Vec<pb::DnsHost> {
     let mut claimed = BTreeSet::new();
     let mut hosts = Vec::new();
-    for service in services {
-        let full = service.name.trim_end_matches('.').to_ascii_lowercase();
+    for (name, addresses) in services {
+        let full = name.trim_end_matches('.').to_ascii_lowercase();
         if full.is_empty() || full.contains('*') {
             continue;
         }
-        let addresses: Vec<String> = service
-            .vips
+        let addresses: Vec<String> = addresses
             .iter()
-            .filter_map(|vip| vip.parse::<IpAddr>().ok())
-            .filter(|ip| !ip.is_unspecified())
-            .map(|ip| ip.to_string())
+            .filter(|text| text.parse::<IpAddr>().is_ok())
+            .cloned()
             .collect();
         if addresses.is_empty() {
             continue;
@@ -73,16 +91,19 @@ fn names_for(full: &str, namespace: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn service(name: &str, vips: &[&str]) -> pb::Service {
-        pb::Service {
-            name: name.into(),
-            vips: vips.iter().map(|v| v.to_string()).collect(),
-            ..Default::default()
-        }
+    fn service(name: &str, vips: &[&str]) -> (String, Vec<String>) {
+        (
+            name.to_string(),
+            vips.iter().map(|v| v.to_string()).collect(),
+        )
     }
 
-    fn table(services: &[pb::Service], namespace: &str) -> Vec<(Vec<String>, Vec<String>)> {
-        dns_hosts(services, namespace)
+    fn table(
+        services: &[(String, Vec<String>)],
+        namespace: &str,
+    ) -> Vec<(Vec<String>, Vec<String>)> {
+        let pairs = services.iter().map(|(n, a)| (n.as_str(), a.as_slice()));
+        dns_hosts(pairs, namespace)
             .into_iter()
             .map(|h| (h.names, h.addresses))
             .collect()
@@ -129,6 +150,93 @@ mod tests {
                 strings(&["api.example.com"]),
                 strings(&["203.0.113.7", "2001:db8::7"]),
             )]
+        );
+    }
+
+    #[test]
+    fn only_a_proxy_that_captures_dns_gets_the_hosts_it_can_see() {
+        let yaml = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: app}
+spec:
+  hosts: [db]
+  addresses: [10.1.2.3]
+  resolution: STATIC
+  endpoints: [{address: 10.9.9.9}]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: app}
+spec:
+  hosts: [api.example.com]
+  resolution: DNS
+  ports: [{number: 443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: passthrough, namespace: app}
+spec:
+  hosts: [none.example.com]
+  resolution: NONE
+  ports: [{number: 443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: app}
+spec:
+  hosts: [reviews.app.svc.cluster.local]
+  addresses: [10.1.2.5]
+  resolution: STATIC
+  endpoints: [{address: 10.9.9.7}]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: private, namespace: other}
+spec:
+  hosts: [private.example.com]
+  addresses: [10.1.2.4]
+  exportTo: [\".\"]
+  resolution: STATIC
+  endpoints: [{address: 10.9.9.8}]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+";
+        let index = crate::compiler::tests::mesh(yaml, &[]);
+        let mut captured = crate::compiler::tests::node("app", &[]);
+        captured.dns_capture = true;
+        let config = crate::compiler::tests::config(&index, &captured);
+        let hosts: Vec<(Vec<String>, Vec<String>)> = config
+            .dns_hosts
+            .into_iter()
+            .map(|h| (h.names, h.addresses))
+            .collect();
+        // The DNS entry without addresses: the VIP weftd allocated (and
+        // routes); the NONE one: nothing (its VIP would be dialled as the
+        // destination itself); the other namespace's private one: unseen.
+        let auto = crate::registry::auto_vip("api.example.com").to_string();
+        assert_eq!(
+            hosts,
+            vec![
+                (strings(&["api.example.com"]), vec![auto]),
+                (strings(&["db"]), strings(&["10.1.2.3"])),
+                (
+                    strings(&[
+                        "reviews.app.svc.cluster.local",
+                        "reviews.app.svc",
+                        "reviews.app",
+                        "reviews",
+                    ]),
+                    strings(&["10.1.2.5"]),
+                ),
+            ]
+        );
+        let plain = crate::compiler::tests::node("app", &[]);
+        assert!(
+            crate::compiler::tests::config(&index, &plain)
+                .dns_hosts
+                .is_empty()
         );
     }
 

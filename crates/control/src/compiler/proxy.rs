@@ -135,7 +135,8 @@ impl MeshIndex {
         }
         // DNS proxying: only a proxy the app's queries are captured to.
         let dns_hosts = if node.dns_capture {
-            super::dns_table::dns_hosts(&services, namespace)
+            let answerable = kept.iter().map(|s| (s.name.as_str(), &s.dns_addresses[..]));
+            super::dns_table::dns_hosts(answerable, namespace)
         } else {
             Vec::new()
         };
