@@ -133,8 +133,9 @@ struct DnsArgs {
     /// /etc/resolv.conf.
     #[arg(long, value_delimiter = ',', value_name = "ADDR")]
     dns_upstream: Vec<SocketAddr>,
-    /// Istio's automatic VIPs for ServiceEntries without addresses: not
-    /// implemented by Weft; given, the proxy says so and runs without it.
+    /// Istio's older per-proxy switch for automatic VIPs: no effect (weftd
+    /// always allocates them for ServiceEntries without addresses, as
+    /// Istio 1.25+ does); given, the proxy says so.
     #[arg(long, env = "ISTIO_META_DNS_AUTO_ALLOCATE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     dns_auto_allocate: bool,
 }
@@ -459,8 +460,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     ))?;
     if args.dns.dns_auto_allocate {
         tracing::warn!(
-            "ISTIO_META_DNS_AUTO_ALLOCATE: automatic VIPs for ServiceEntries without \
-             addresses are not implemented by Weft; such hosts are resolved upstream"
+            "ISTIO_META_DNS_AUTO_ALLOCATE has no effect: weftd always allocates VIPs for \
+             ServiceEntries without addresses (as Istio 1.25+), and DNS capture answers them"
         );
     }
     if args.dns.dns_capture {

@@ -5,7 +5,9 @@
 //! - `ISTIO_META_DNS_CAPTURE: "true"`: DNS proxying. The init container
 //!   redirects the app's port-53 traffic (`weft intercept --capture-dns`)
 //!   and weft-proxy serves DNS on 127.0.0.1:15053 (it reads the variable).
-//! - `ISTIO_META_DNS_AUTO_ALLOCATE`: not implemented (a warning).
+//! - `ISTIO_META_DNS_AUTO_ALLOCATE`: no effect (a warning): weftd always
+//!   allocates VIPs for ServiceEntries without addresses, as Istio 1.25+
+//!   does, and DNS capture answers them.
 //!
 //! Any other entry is passed on and reported: weft-proxy does not read it.
 
@@ -41,13 +43,12 @@ pub(super) fn read(
         match name.as_str() {
             DNS_CAPTURE => options.capture.dns = truthy(&text, &format!("{at}.{name}"))?,
             DNS_AUTO_ALLOCATE => {
-                if truthy(&text, &format!("{at}.{name}"))? {
-                    warnings.push(format!(
-                        "{PROXY_CONFIG}: proxyMetadata.{name}: automatic VIP allocation for \
-                         ServiceEntries without addresses is not implemented by Weft; their \
-                         names are resolved by the upstream resolvers"
-                    ));
-                }
+                truthy(&text, &format!("{at}.{name}"))?;
+                warnings.push(format!(
+                    "{PROXY_CONFIG}: proxyMetadata.{name} has no effect in Weft: weftd always \
+                     allocates VIPs (240.240.0.0/16) for ServiceEntries without addresses, as \
+                     Istio 1.25+ does, and DNS capture answers them"
+                ));
             }
             _ => warnings.push(format!(
                 "{PROXY_CONFIG}: proxyMetadata.{name} is passed to the proxy's environment \
@@ -102,9 +103,7 @@ mod tests {
         .expect("read");
         assert_eq!(read.warnings.len(), 2, "{:?}", read.warnings);
         let warned = |what: &str| read.warnings.iter().any(|w| w.contains(what));
-        assert!(warned(
-            "ISTIO_META_DNS_AUTO_ALLOCATE: automatic VIP allocation"
-        ));
+        assert!(warned("ISTIO_META_DNS_AUTO_ALLOCATE has no effect"));
         assert!(warned("proxyMetadata.FOO"));
         let err = self::read("proxyMetadata: {ISTIO_META_DNS_CAPTURE: maybe}").expect_err("bad");
         assert!(err.contains("ISTIO_META_DNS_CAPTURE"), "{err}");
