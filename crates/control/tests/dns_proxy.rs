@@ -365,6 +365,7 @@ spec:
         "{}",
         proxy.logs()
     );
+    assert_eq!(reviews.requests(), 1);
 
     // A ServiceEntry host: its declared address. The search-path
     // expansions the resolver tries first are not the mesh's: forwarded.
