@@ -467,8 +467,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.dns.dns_capture {
         let upstreams = args.dns.upstreams()?;
         let listen = args.dns.dns_listen;
+        // The pod's search path, for answering its expansions of known
+        // hosts (none when the file cannot be read).
+        let search = std::fs::read_to_string("/etc/resolv.conf")
+            .map(|text| weft_proxy::dns::Upstreams::search_domains(&text))
+            .unwrap_or_default();
         let server = data
-            .block_on(weft_proxy::dns::DnsServer::bind(listen, upstreams.clone()))
+            .block_on(weft_proxy::dns::DnsServer::bind(
+                listen,
+                upstreams.clone(),
+                search,
+            ))
             .map_err(|err| anyhow::anyhow!("cannot listen on {listen} for DNS: {err}"))?;
         tracing::info!(%listen, upstreams = ?upstreams.servers(), "DNS proxy serving");
         data.spawn(server.serve(state.clone()));

@@ -6,14 +6,19 @@
 //! IPv4 addresses, AAAA with its IPv6 ones, and any other type (or a
 //! family the host has no address in) with an empty NOERROR answer, never
 //! forwarded, so the app does not get a different answer from elsewhere
-//! for a name the mesh owns. Everything else (unknown names, anything but a
-//! plain one-question query) is forwarded as the app sent it.
+//! for a name the mesh owns. A name the pod's search path expanded
+//! (`api.example.com.default.svc.cluster.local`: a table name with more
+//! than one label, then one of the search domains) is answered with a
+//! CNAME to the table name and its addresses, as Istio's agent does, which
+//! saves the app one upstream round trip per search domain. Everything else
+//! (unknown names, anything but a plain one-question query) is forwarded as
+//! the app sent it.
 
 use std::sync::Arc;
 
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, AAAA};
-use hickory_resolver::proto::rr::{RData, Record, RecordType};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
 use crate::config::dns::{HostAddresses, NameTable};
 
@@ -35,10 +40,11 @@ pub enum Decision {
     Drop,
 }
 
-/// Decides for `query` (the bytes the app sent) against `table`. `udp`:
-/// the answer must fit the client's UDP size or be marked truncated (the
-/// client then asks again over TCP).
-pub fn decide(query: &[u8], table: &NameTable, udp: bool) -> Decision {
+/// Decides for `query` (the bytes the app sent) against `table` and the
+/// pod resolver's `search` domains. `udp`: the answer must fit the
+/// client's UDP size or be marked truncated (the client then asks again
+/// over TCP).
+pub fn decide(query: &[u8], table: &NameTable, search: &[String], udp: bool) -> Decision {
     let Ok(message) = Message::from_vec(query) else {
         return Decision::Drop;
     };
@@ -50,10 +56,14 @@ pub fn decide(query: &[u8], table: &NameTable, udp: bool) -> Decision {
     }
     let question = &message.queries[0];
     let name = question.name().to_ascii();
-    let Some(addresses) = table.lookup(&name) else {
-        return Decision::Forward;
+    let (addresses, alias) = match table.lookup(&name) {
+        Some(addresses) => (addresses, None),
+        None => match expanded(&name, table, search) {
+            Some((target, addresses)) => (addresses, Some(target)),
+            None => return Decision::Forward,
+        },
     };
-    let reply = local_answer(&message, addresses);
+    let reply = local_answer(&message, addresses, alias);
     let limit = if udp {
         message
             .edns
@@ -88,14 +98,42 @@ pub fn server_failure(query: &[u8]) -> Option<Vec<u8>> {
     reply.to_vec().ok()
 }
 
-fn local_answer(query: &Message, addresses: &Arc<HostAddresses>) -> Message {
+/// `name` as a table name with one of `search` appended: that table name
+/// (a bare short name is left out: `x.svc.cluster.local` is no one's).
+fn expanded<'t>(
+    name: &str,
+    table: &'t NameTable,
+    search: &[String],
+) -> Option<(Name, &'t Arc<HostAddresses>)> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    search.iter().find_map(|domain| {
+        let prefix = name.strip_suffix(domain.as_str())?.strip_suffix('.')?;
+        if !prefix.contains('.') {
+            return None;
+        }
+        let addresses = table.lookup(prefix)?;
+        Some((Name::from_ascii(format!("{prefix}.")).ok()?, addresses))
+    })
+}
+
+/// The answer from the table; with `alias`, the asked name is a CNAME of
+/// it and the addresses are the alias's.
+fn local_answer(query: &Message, addresses: &Arc<HostAddresses>, alias: Option<Name>) -> Message {
     let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
     reply.metadata.recursion_desired = query.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
     reply.metadata.authoritative = true;
     reply.metadata.response_code = ResponseCode::NoError;
     let question = query.queries[0].clone();
-    let name = question.name().clone();
+    let mut name = question.name().clone();
+    if let Some(target) = alias {
+        reply.add_answer(Record::from_rdata(
+            name,
+            TTL_SECONDS,
+            RData::CNAME(CNAME(target.clone())),
+        ));
+        name = target;
+    }
     match question.query_type() {
         RecordType::A => {
             for ip in &addresses.v4 {
@@ -164,7 +202,12 @@ mod tests {
 
     #[test]
     fn a_known_name_is_answered_with_its_addresses_and_a_short_ttl() {
-        let reply = answered(decide(&query("Reviews.", RecordType::A), &reviews(), true));
+        let reply = answered(decide(
+            &query("Reviews.", RecordType::A),
+            &reviews(),
+            &[],
+            true,
+        ));
         assert_eq!(reply.metadata.id, 4242);
         assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
         assert!(reply.metadata.authoritative);
@@ -186,20 +229,61 @@ mod tests {
     #[test]
     fn other_types_of_a_known_name_are_answered_empty_not_forwarded() {
         for kind in [RecordType::AAAA, RecordType::MX, RecordType::TXT] {
-            let reply = answered(decide(&query("reviews", kind), &reviews(), true));
+            let reply = answered(decide(&query("reviews", kind), &reviews(), &[], true));
             assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
             assert!(reply.answers.is_empty(), "{kind}: {:?}", reply.answers);
         }
     }
 
     #[test]
+    fn a_search_path_expansion_of_a_known_host_is_a_cname_to_it() {
+        let table = table(vec![pb::DnsHost {
+            names: vec!["api.example.com".into(), "reviews".into()],
+            addresses: vec!["10.1.2.3".into()],
+        }]);
+        let search = [
+            "default.svc.cluster.local".to_string(),
+            "cluster.local".into(),
+        ];
+        let asked = "api.example.com.default.svc.cluster.local.";
+        let reply = answered(decide(&query(asked, RecordType::A), &table, &search, true));
+        let records: Vec<_> = reply
+            .answers
+            .iter()
+            .map(|r| (r.name.to_ascii(), r.data.clone()))
+            .collect();
+        let target = Name::from_ascii("api.example.com.").expect("name");
+        assert_eq!(
+            records,
+            vec![
+                (asked.to_string(), RData::CNAME(CNAME(target))),
+                (
+                    "api.example.com.".to_string(),
+                    RData::A(A(Ipv4Addr::new(10, 1, 2, 3)))
+                ),
+            ]
+        );
+        // A bare short name plus a search domain is no one's; a domain
+        // outside the search path is not stripped.
+        for other in ["reviews.cluster.local", "api.example.com.elsewhere.test"] {
+            assert!(
+                matches!(
+                    decide(&query(other, RecordType::A), &table, &search, true),
+                    Decision::Forward
+                ),
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_names_and_odd_messages_go_upstream() {
         assert!(matches!(
-            decide(&query("example.com", RecordType::A), &reviews(), true),
+            decide(&query("example.com", RecordType::A), &reviews(), &[], true),
             Decision::Forward
         ));
         assert!(matches!(
-            decide(b"not dns", &reviews(), true),
+            decide(b"not dns", &reviews(), &[], true),
             Decision::Drop
         ));
         let failure = server_failure(&query("example.com", RecordType::A)).expect("servfail");
@@ -215,11 +299,17 @@ mod tests {
             names: vec!["big.example.com".into()],
             addresses: many,
         }]);
-        let over_udp = answered(decide(&query("big.example.com", RecordType::A), &big, true));
+        let over_udp = answered(decide(
+            &query("big.example.com", RecordType::A),
+            &big,
+            &[],
+            true,
+        ));
         assert!(over_udp.metadata.truncation);
         let over_tcp = answered(decide(
             &query("big.example.com", RecordType::A),
             &big,
+            &[],
             false,
         ));
         assert_eq!(over_tcp.answers.len(), 60);

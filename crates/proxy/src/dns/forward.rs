@@ -59,6 +59,20 @@ impl Upstreams {
         Self::parse_resolv_conf(&text, listen).map_err(|err| format!("{path}: {err}"))
     }
 
+    /// The search domains of a resolv.conf text, lower case without the
+    /// root dot (none when it cannot be read).
+    pub fn search_domains(text: &str) -> Vec<String> {
+        hickory_resolver::system_conf::parse_resolv_conf(text)
+            .map(|(config, _)| {
+                config
+                    .search()
+                    .iter()
+                    .map(|name| name.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn servers(&self) -> &[SocketAddr] {
         &self.servers
     }
@@ -146,6 +160,12 @@ mod tests {
                 "10.96.0.10:53".parse::<SocketAddr>().expect("addr"),
                 "[fd00::a]:53".parse().expect("addr"),
             ]
+        );
+        assert_eq!(
+            Upstreams::search_domains(
+                "nameserver 10.96.0.10\nsearch Default.svc.cluster.local. cluster.local\n"
+            ),
+            ["default.svc.cluster.local", "cluster.local"]
         );
         let itself = Upstreams::new(vec![listen], listen);
         assert!(itself.servers().is_empty());

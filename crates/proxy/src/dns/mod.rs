@@ -37,34 +37,57 @@ pub struct DnsServer {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
     upstreams: Arc<Upstreams>,
+    /// The pod resolver's search domains (see [`answer::decide`]).
+    search: Arc<[String]>,
 }
 
 impl DnsServer {
     /// Binds UDP and TCP on `listen` (call within the runtime that serves).
-    pub async fn bind(listen: SocketAddr, upstreams: Upstreams) -> std::io::Result<Self> {
+    pub async fn bind(
+        listen: SocketAddr,
+        upstreams: Upstreams,
+        search: Vec<String>,
+    ) -> std::io::Result<Self> {
         let udp = UdpSocket::bind(listen).await?;
         let tcp = TcpListener::bind(listen).await?;
         Ok(Self {
             udp: Arc::new(udp),
             tcp,
             upstreams: Arc::new(upstreams),
+            search: search.into(),
         })
     }
 
     /// Serves until the process ends, reading names from `state`'s current
     /// snapshot.
     pub async fn serve(self, state: Arc<ProxyState>) {
-        let tables = move || state.snapshot().names.clone();
-        let udp = serve_udp(self.udp, self.upstreams.clone(), tables.clone());
-        let tcp = serve_tcp(self.tcp, self.upstreams, tables);
+        let search = self.search;
+        let lookups = move || Lookups {
+            table: state.snapshot().names.clone(),
+            search: search.clone(),
+        };
+        let udp = serve_udp(self.udp, self.upstreams.clone(), lookups.clone());
+        let tcp = serve_tcp(self.tcp, self.upstreams, lookups);
         tokio::join!(udp, tcp);
+    }
+}
+
+/// What one query is decided against: the table current when it arrived.
+struct Lookups {
+    table: Arc<NameTable>,
+    search: Arc<[String]>,
+}
+
+impl Lookups {
+    fn decide(&self, query: &[u8], udp: bool) -> Decision {
+        answer::decide(query, &self.table, &self.search, udp)
     }
 }
 
 async fn serve_udp(
     socket: Arc<UdpSocket>,
     upstreams: Arc<Upstreams>,
-    tables: impl Fn() -> Arc<NameTable>,
+    lookups: impl Fn() -> Lookups,
 ) {
     // The largest UDP DNS message (EDNS allows up to 65535).
     let mut buffer = vec![0u8; usize::from(u16::MAX)];
@@ -79,11 +102,11 @@ async fn serve_udp(
             }
         };
         let query = buffer[..len].to_vec();
-        let table = tables();
+        let lookups = lookups();
         let socket = socket.clone();
         let upstreams = upstreams.clone();
         tokio::spawn(async move {
-            let reply = match answer::decide(&query, &table, true) {
+            let reply = match lookups.decide(&query, true) {
                 Decision::Answer(reply) => Some(reply),
                 Decision::Drop => None,
                 Decision::Forward => match upstreams.forward_udp(&query).await {
@@ -103,7 +126,7 @@ async fn serve_udp(
 async fn serve_tcp(
     listener: TcpListener,
     upstreams: Arc<Upstreams>,
-    tables: impl Fn() -> Arc<NameTable> + Clone + Send + 'static,
+    lookups: impl Fn() -> Lookups + Clone + Send + 'static,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -115,9 +138,9 @@ async fn serve_tcp(
             }
         };
         let upstreams = upstreams.clone();
-        let tables = tables.clone();
+        let lookups = lookups.clone();
         tokio::spawn(async move {
-            if let Err(err) = serve_connection(stream, &upstreams, tables).await {
+            if let Err(err) = serve_connection(stream, &upstreams, lookups).await {
                 tracing::debug!("DNS TCP connection: {err}");
             }
         });
@@ -129,7 +152,7 @@ async fn serve_tcp(
 async fn serve_connection(
     mut stream: TcpStream,
     upstreams: &Upstreams,
-    tables: impl Fn() -> Arc<NameTable>,
+    lookups: impl Fn() -> Lookups,
 ) -> std::io::Result<()> {
     loop {
         let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
@@ -141,7 +164,7 @@ async fn serve_connection(
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query))
             .await
             .map_err(|_| std::io::Error::other("query not received in time"))??;
-        let reply = match answer::decide(&query, &tables(), false) {
+        let reply = match lookups().decide(&query, false) {
             Decision::Answer(reply) => reply,
             Decision::Drop => return Ok(()),
             Decision::Forward => match upstreams.forward_tcp(&query).await {
