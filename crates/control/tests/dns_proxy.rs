@@ -39,6 +39,9 @@ const PROXY_UID: &str = "1337";
 const RESOLVER: &str = "127.0.0.53";
 /// Where the "reviews" service's one endpoint listens.
 const REVIEWS_ENDPOINT: &str = "127.0.0.70:9080";
+/// Where `web.outside.test` (a `resolution: DNS` entry) really is, as the
+/// upstream resolver says.
+const WEB_ENDPOINT: &str = "127.0.0.72:9080";
 
 /// The cluster's resolver: answers A queries from a fixed table, NXDOMAIN
 /// for everything else, and remembers every name it was asked.
@@ -228,11 +231,12 @@ async fn tcp_lookup(name: &str) -> (ResponseCode, Vec<IpAddr>) {
     (reply.metadata.response_code, addresses)
 }
 
-/// The `x-backend` of a GET to `to` (captured to the sidecar's 15001).
-async fn backend_at(to: SocketAddr) -> Option<String> {
+/// The `x-backend` of a GET for `host` to `to` (captured to the sidecar's
+/// 15001), as an app that resolved `host` to `to` sends it.
+async fn backend_at(to: SocketAddr, host: &str) -> Option<String> {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(to).await?;
-        let request = "GET / HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n";
+        let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await?;
@@ -290,10 +294,14 @@ async fn captured(netns: &NetNs) {
 
     let upstream = UpstreamDns::start(
         format!("{RESOLVER}:53").parse().expect("addr"),
-        HashMap::from([("outside.test".to_string(), Ipv4Addr::new(198, 51, 100, 9))]),
+        HashMap::from([
+            ("outside.test".to_string(), Ipv4Addr::new(198, 51, 100, 9)),
+            ("web.outside.test".to_string(), Ipv4Addr::new(127, 0, 0, 72)),
+        ]),
     )
     .await;
     let reviews = HttpBackend::start_on(REVIEWS_ENDPOINT.parse().expect("addr"), "reviews").await;
+    let web = HttpBackend::start_on(WEB_ENDPOINT.parse().expect("addr"), "web").await;
 
     let state = tempfile::tempdir().expect("tempdir");
     let weftd = WeftdProcess::start_in(Path::new(WEFTD), state.path())
@@ -319,6 +327,15 @@ spec:
   resolution: STATIC
   endpoints: [{address: 127.0.0.71}]
   ports: [{number: 443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.outside.test]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 9080, name: http, protocol: HTTP}]
 ";
     let reply = weftd.apply(yaml).await.expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -360,7 +377,9 @@ spec:
     );
     // ... and that VIP is routed: the app reaches the service through it.
     assert_eq!(
-        backend_at(SocketAddr::new(vip, 9080)).await.as_deref(),
+        backend_at(SocketAddr::new(vip, 9080), "reviews")
+            .await
+            .as_deref(),
         Some("reviews"),
         "{}",
         proxy.logs()
@@ -393,6 +412,27 @@ spec:
     );
     assert!(upstream.asked("outside.test") > 0);
     assert!(lookup(netns, None, "nowhere.test").await.is_empty());
+
+    // A `resolution: DNS` entry without addresses: the app gets weftd's VIP
+    // for it from the sidecar, and the sidecar resolves the host itself
+    // (its own lookup reaching the real resolver) to send the connection
+    // there.
+    let web_vips = lookup(netns, None, "web.outside.test").await;
+    assert_eq!(web_vips.len(), 1, "{web_vips:?}");
+    assert!(
+        matches!(web_vips[0], IpAddr::V4(v4) if v4.octets()[..2] == [240, 240]),
+        "{web_vips:?}"
+    );
+    let mut reached = None;
+    for _ in 0..50 {
+        reached = backend_at(SocketAddr::new(web_vips[0], 9080), "web.outside.test").await;
+        if reached.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reached.as_deref(), Some("web"), "{}", proxy.logs());
+    assert!(web.requests() >= 1);
 
     // The sidecar's UID is never captured: its lookups reach the real
     // resolver, which does not know the mesh's names.
