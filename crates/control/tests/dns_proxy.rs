@@ -449,4 +449,24 @@ spec:
         "{}",
         proxy.logs()
     );
+
+    // Counted under Istio's agent metric names.
+    let metrics = proxy
+        .admin_get("/stats/prometheus")
+        .await
+        .expect("metrics")
+        .text();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    let (all, forwarded) = (
+        value("istio_agent_dns_requests_total"),
+        value("istio_agent_dns_upstream_requests_total"),
+    );
+    assert!(all > forwarded && forwarded >= 1.0, "{all} {forwarded}");
+    assert_eq!(value("istio_agent_dns_upstream_failures_total"), 0.0);
 }

@@ -65,6 +65,7 @@ impl DnsServer {
         let lookups = move || Lookups {
             table: state.snapshot().names.clone(),
             search: search.clone(),
+            state: state.clone(),
         };
         let udp = serve_udp(self.udp, self.upstreams.clone(), lookups.clone());
         let tcp = serve_tcp(self.tcp, self.upstreams, lookups);
@@ -76,11 +77,18 @@ impl DnsServer {
 struct Lookups {
     table: Arc<NameTable>,
     search: Arc<[String]>,
+    /// For the DNS metrics.
+    state: Arc<ProxyState>,
 }
 
 impl Lookups {
     fn decide(&self, query: &[u8], udp: bool) -> Decision {
         answer::decide(query, &self.table, &self.search, udp)
+    }
+
+    fn count(&self, decision: &Decision, failed: bool) {
+        let forwarded = matches!(decision, Decision::Forward);
+        self.state.metrics.record_dns_query(forwarded, failed);
     }
 }
 
@@ -106,14 +114,16 @@ async fn serve_udp(
         let socket = socket.clone();
         let upstreams = upstreams.clone();
         tokio::spawn(async move {
-            let reply = match lookups.decide(&query, true) {
-                Decision::Answer(reply) => Some(reply),
-                Decision::Drop => None,
+            let decision = lookups.decide(&query, true);
+            let (reply, failed) = match &decision {
+                Decision::Answer(reply) => (Some(reply.clone()), false),
+                Decision::Drop => (None, false),
                 Decision::Forward => match upstreams.forward_udp(&query).await {
-                    Some(reply) => Some(reply),
-                    None => no_upstream(&query, &upstreams),
+                    Some(reply) => (Some(reply), false),
+                    None => (no_upstream(&query, &upstreams), true),
                 },
             };
+            lookups.count(&decision, failed);
             if let Some(reply) = reply
                 && let Err(err) = socket.send_to(&reply, client).await
             {
@@ -164,16 +174,19 @@ async fn serve_connection(
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query))
             .await
             .map_err(|_| std::io::Error::other("query not received in time"))??;
-        let reply = match lookups().decide(&query, false) {
-            Decision::Answer(reply) => reply,
-            Decision::Drop => return Ok(()),
+        let lookups = lookups();
+        let decision = lookups.decide(&query, false);
+        let (reply, failed) = match &decision {
+            Decision::Answer(reply) => (Some(reply.clone()), false),
+            Decision::Drop => (None, false),
             Decision::Forward => match upstreams.forward_tcp(&query).await {
-                Some(reply) => reply,
-                None => match no_upstream(&query, upstreams) {
-                    Some(reply) => reply,
-                    None => return Ok(()),
-                },
+                Some(reply) => (Some(reply), false),
+                None => (no_upstream(&query, upstreams), true),
             },
+        };
+        lookups.count(&decision, failed);
+        let Some(reply) = reply else {
+            return Ok(());
         };
         let len = u16::try_from(reply.len())
             .map_err(|_| std::io::Error::other("reply longer than 65535 bytes"))?;
