@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 use crate::config::dns::NameTable;
 use crate::state::ProxyState;
@@ -31,6 +32,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:15053";
 
 /// How long a TCP client may stay silent between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Most UDP queries and TCP connections served at once: a flood (or a
+/// resolver that stopped answering, each forward waiting out its timeout)
+/// cannot grow tasks without bound. A UDP query beyond it is dropped (the
+/// client retries); a TCP connection waits to be accepted.
+const MAX_IN_FLIGHT: usize = 1024;
 
 /// The bound sockets of the DNS server, and where it forwards.
 pub struct DnsServer {
@@ -67,8 +73,18 @@ impl DnsServer {
             search: search.clone(),
             state: state.clone(),
         };
-        let udp = serve_udp(self.udp, self.upstreams.clone(), lookups.clone());
-        let tcp = serve_tcp(self.tcp, self.upstreams, lookups);
+        let udp = serve_udp(
+            self.udp,
+            self.upstreams.clone(),
+            lookups.clone(),
+            Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        );
+        let tcp = serve_tcp(
+            self.tcp,
+            self.upstreams,
+            lookups,
+            Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        );
         tokio::join!(udp, tcp);
     }
 }
@@ -96,6 +112,7 @@ async fn serve_udp(
     socket: Arc<UdpSocket>,
     upstreams: Arc<Upstreams>,
     lookups: impl Fn() -> Lookups,
+    in_flight: Arc<Semaphore>,
 ) {
     // The largest UDP DNS message (EDNS allows up to 65535).
     let mut buffer = vec![0u8; usize::from(u16::MAX)];
@@ -108,6 +125,10 @@ async fn serve_udp(
                 tracing::debug!("DNS UDP receive: {err}");
                 continue;
             }
+        };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            tracing::debug!(%client, "DNS: {MAX_IN_FLIGHT} queries in flight; query dropped");
+            continue;
         };
         let query = buffer[..len].to_vec();
         let lookups = lookups();
@@ -124,6 +145,7 @@ async fn serve_udp(
                 },
             };
             lookups.count(&decision, failed);
+            drop(permit);
             if let Some(reply) = reply
                 && let Err(err) = socket.send_to(&reply, client).await
             {
@@ -137,8 +159,12 @@ async fn serve_tcp(
     listener: TcpListener,
     upstreams: Arc<Upstreams>,
     lookups: impl Fn() -> Lookups + Clone + Send + 'static,
+    in_flight: Arc<Semaphore>,
 ) {
     loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
@@ -153,6 +179,7 @@ async fn serve_tcp(
             if let Err(err) = serve_connection(stream, &upstreams, lookups).await {
                 tracing::debug!("DNS TCP connection: {err}");
             }
+            drop(permit);
         });
     }
 }
