@@ -140,25 +140,6 @@ struct DnsArgs {
     dns_auto_allocate: bool,
 }
 
-impl DnsArgs {
-    /// The upstream resolvers: the flag's, else /etc/resolv.conf's.
-    fn upstreams(&self) -> anyhow::Result<weft_proxy::dns::Upstreams> {
-        use weft_proxy::dns::Upstreams;
-        if !self.dns_upstream.is_empty() {
-            return Ok(Upstreams::new(self.dns_upstream.clone(), self.dns_listen));
-        }
-        let upstreams = Upstreams::from_file("/etc/resolv.conf", self.dns_listen)
-            .map_err(|err| anyhow::anyhow!("--dns-capture: {err}; give --dns-upstream ADDR"))?;
-        if upstreams.servers().is_empty() {
-            anyhow::bail!(
-                "--dns-capture: /etc/resolv.conf names no resolver other than this proxy; \
-                 give --dns-upstream ADDR"
-            );
-        }
-        Ok(upstreams)
-    }
-}
-
 /// The workload identity (mTLS). Without --token-file the proxy has none:
 /// a plaintext-only workload.
 #[derive(clap::Args, Debug)]
@@ -465,21 +446,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     if args.dns.dns_capture {
-        let upstreams = args.dns.upstreams()?;
-        let listen = args.dns.dns_listen;
-        // The pod's search path, for answering its expansions of known
-        // hosts (none when the file cannot be read).
-        let search = std::fs::read_to_string("/etc/resolv.conf")
-            .map(|text| weft_proxy::dns::Upstreams::search_domains(&text))
-            .unwrap_or_default();
+        let (listen, upstreams) = (args.dns.dns_listen, &args.dns.dns_upstream);
         let server = data
-            .block_on(weft_proxy::dns::DnsServer::bind(
-                listen,
-                upstreams.clone(),
-                search,
-            ))
-            .map_err(|err| anyhow::anyhow!("cannot listen on {listen} for DNS: {err}"))?;
-        tracing::info!(%listen, upstreams = ?upstreams.servers(), "DNS proxy serving");
+            .block_on(weft_proxy::dns::DnsServer::start(listen, upstreams))
+            .map_err(|err| anyhow::anyhow!("--dns-capture: {err}"))?;
         data.spawn(server.serve(state.clone()));
     }
     // At start-up there is no last good config to fall back on: refuse to run.

@@ -29,6 +29,9 @@ pub use forward::Upstreams;
 
 /// Istio's DNS proxy address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:15053";
+/// The pod's resolver configuration (as `ip netns exec` or the container
+/// runtime arranges it).
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// How long a TCP client may stay silent between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -48,6 +51,36 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
+    /// The server `weft-proxy --dns-capture` runs: on `listen`, forwarding
+    /// to `upstreams` or else the nameservers of /etc/resolv.conf, whose
+    /// search domains it also reads. An error says what to give instead.
+    pub async fn start(listen: SocketAddr, upstreams: &[SocketAddr]) -> Result<Self, String> {
+        let upstreams = if upstreams.is_empty() {
+            let found = Upstreams::from_file(RESOLV_CONF, listen)
+                .map_err(|err| format!("{err}; give --dns-upstream ADDR"))?;
+            if found.servers().is_empty() {
+                return Err(format!(
+                    "{RESOLV_CONF} names no resolver other than this proxy; \
+                     give --dns-upstream ADDR"
+                ));
+            }
+            found
+        } else {
+            Upstreams::new(upstreams.to_vec(), listen)
+        };
+        // The pod's search path, for answering its expansions of known
+        // hosts (none when the file cannot be read).
+        let search = std::fs::read_to_string(RESOLV_CONF)
+            .map(|text| Upstreams::search_domains(&text))
+            .unwrap_or_default();
+        let servers = upstreams.servers().to_vec();
+        let server = Self::bind(listen, upstreams, search)
+            .await
+            .map_err(|err| format!("cannot listen on {listen} for DNS: {err}"))?;
+        tracing::info!(%listen, upstreams = ?servers, "DNS proxy serving");
+        Ok(server)
+    }
+
     /// Binds UDP and TCP on `listen` (call within the runtime that serves).
     pub async fn bind(
         listen: SocketAddr,
