@@ -37,6 +37,11 @@ pub struct InterceptArgs {
     /// Outbound ports left alone (Istio's `-o`).
     #[arg(long, default_value = "")]
     exclude_outbound_ports: String,
+    /// Redirect the app's DNS (UDP and TCP port 53) to the proxy's DNS
+    /// server on 15053 (Istio's ISTIO_META_DNS_CAPTURE); the proxy's own
+    /// lookups are left alone.
+    #[arg(long)]
+    capture_dns: bool,
     /// Print the rules instead of installing them.
     #[arg(long)]
     dry_run: bool,
@@ -79,6 +84,7 @@ impl InterceptArgs {
             )
             .map_err(err)?,
             proxy_uid: self.proxy_uid,
+            dns: self.capture_dns,
         })
     }
 }
@@ -99,8 +105,11 @@ pub fn intercept(args: &InterceptArgs) -> ExitCode {
     match network::restore_rules(&rules, None) {
         Ok(()) => {
             println!(
-                "weft intercept: rules installed (inbound {} -> 15006, outbound {} -> 15001, UID {} exempt)",
-                capture.include_inbound_ports, capture.include_outbound_ranges, capture.proxy_uid
+                "weft intercept: rules installed (inbound {} -> 15006, outbound {} -> 15001{}, UID {} exempt)",
+                capture.include_inbound_ports,
+                capture.include_outbound_ranges,
+                if capture.dns { ", DNS 53 -> 15053" } else { "" },
+                capture.proxy_uid
             );
             ExitCode::SUCCESS
         }

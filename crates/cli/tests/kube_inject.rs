@@ -108,7 +108,8 @@ fn the_init_container_installs_the_annotated_capture_in_its_namespace() {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: db-client\n  annotations:\n    \
          traffic.sidecar.istio.io/excludeOutboundPorts: \"5432\"\n    \
          traffic.sidecar.istio.io/includeInboundPorts: \"9080\"\n    \
-         traffic.sidecar.istio.io/excludeOutboundIPRanges: \"169.254.169.254/32\"\n\
+         traffic.sidecar.istio.io/excludeOutboundIPRanges: \"169.254.169.254/32\"\n    \
+         proxy.istio.io/config: '{\"proxyMetadata\": {\"ISTIO_META_DNS_CAPTURE\": \"true\"}}'\n\
          spec:\n  containers:\n  - name: app\n    image: app\n",
     )
     .expect("write");
@@ -150,6 +151,10 @@ fn the_init_container_installs_the_annotated_capture_in_its_namespace() {
         "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
         "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
         "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+        // DNS capture (proxyMetadata ISTIO_META_DNS_CAPTURE).
+        "-A OUTPUT -p udp -m udp --dport 53 -m owner --uid-owner 1337 -j RETURN",
+        "-A OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053",
+        "-A ISTIO_OUTPUT -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053",
     ] {
         assert!(rules.contains(wanted), "{wanted} missing from\n{rules}");
     }

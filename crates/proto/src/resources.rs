@@ -51,6 +51,10 @@ pub fn pieces(config: ProxyConfig) -> Vec<(String, Body)> {
             Body::InboundPort(inbound),
         );
     }
+    for host in config.dns_hosts {
+        let name = host.names.first().cloned().unwrap_or_default();
+        add(format!("dns/{name}"), Body::DnsHost(host));
+    }
     add(
         SETTINGS.to_string(),
         Body::Settings(Settings {
@@ -88,6 +92,7 @@ pub fn assemble<'a>(
                 config.telemetry = settings.telemetry;
                 config.rate_limits = settings.rate_limits;
             }
+            Some(Body::DnsHost(host)) => config.dns_hosts.push(host),
             None => {}
         }
     }

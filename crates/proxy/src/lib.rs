@@ -14,13 +14,14 @@
 //! leaves ([`body`], [`flags`], [`reply`], [`workload`], [`identity`]) →
 //! [`policy`] → [`config`] (the compiled snapshot, plain data) →
 //! [`balance`] (the clusters' runtime) → [`tls`], [`telemetry`],
-//! [`upstream`], [`listener`] → [`state`] (data only) → [`http`], [`tcp`] → [`inbound`], [`outbound`] → [`gateway`] → [`proxy`]
+//! [`upstream`], [`listener`] → [`state`] (data only) → [`dns`], [`http`], [`tcp`] → [`inbound`], [`outbound`] → [`gateway`] → [`proxy`]
 //! (state + listeners, applying configs) → [`xds`], [`admin`], `main.rs`.
 
 pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod dns;
 pub mod flags;
 pub mod gateway;
 pub mod http;

@@ -113,6 +113,31 @@ struct Args {
         value_name = "ADDR"
     )]
     dns_servers: Vec<std::net::SocketAddr>,
+    #[command(flatten)]
+    dns: DnsArgs,
+}
+
+/// DNS proxying (Istio's ISTIO_META_DNS_CAPTURE; see docs/dns.md).
+#[derive(clap::Args, Debug)]
+struct DnsArgs {
+    /// Serve DNS for the app (its port-53 traffic is redirected here): answer
+    /// the names of mesh services and ServiceEntry hosts weftd sends, forward
+    /// the rest to the upstream resolvers.
+    #[arg(long, env = "ISTIO_META_DNS_CAPTURE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    dns_capture: bool,
+    /// Where the DNS server listens (UDP and TCP), with --dns-capture.
+    #[arg(long, default_value = weft_proxy::dns::DEFAULT_LISTEN, value_name = "ADDR")]
+    dns_listen: SocketAddr,
+    /// Resolvers names the proxy does not know are forwarded to (ip:port,
+    /// repeatable or comma-separated); none: the nameservers of
+    /// /etc/resolv.conf.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR")]
+    dns_upstream: Vec<SocketAddr>,
+    /// Istio's older per-proxy switch for automatic VIPs: no effect (weftd
+    /// always allocates them for ServiceEntries without addresses, as
+    /// Istio 1.25+ does); given, the proxy says so.
+    #[arg(long, env = "ISTIO_META_DNS_AUTO_ALLOCATE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    dns_auto_allocate: bool,
 }
 
 /// The workload identity (mTLS). Without --token-file the proxy has none:
@@ -264,7 +289,7 @@ impl NodeArgs {
         }
     }
 
-    fn into_node(self, mtls: bool) -> weft_proto::discovery::v1::Node {
+    fn into_node(self, mtls: bool, dns_capture: bool) -> weft_proto::discovery::v1::Node {
         node::NodeFlags {
             id: self.node_id,
             workload: self.workload,
@@ -282,6 +307,7 @@ impl NodeArgs {
             inbound_listeners: self.inbound,
             mtls,
             num_trusted_proxies: self.num_trusted_proxies,
+            dns_capture,
         }
         .into_node()
     }
@@ -413,6 +439,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         &args.telemetry,
         identity.as_ref().map(|id| id.spiffe.as_str()),
     ))?;
+    if args.dns.dns_auto_allocate {
+        tracing::warn!(
+            "ISTIO_META_DNS_AUTO_ALLOCATE has no effect: weftd always allocates VIPs for \
+             ServiceEntries without addresses (as Istio 1.25+), and DNS capture answers them"
+        );
+    }
+    if args.dns.dns_capture {
+        let (listen, upstreams) = (args.dns.dns_listen, &args.dns.dns_upstream);
+        let server = data
+            .block_on(weft_proxy::dns::DnsServer::start(listen, upstreams))
+            .map_err(|err| anyhow::anyhow!("--dns-capture: {err}"))?;
+        data.spawn(server.serve(state.clone()));
+    }
     // At start-up there is no last good config to fall back on: refuse to run.
     let initial = args.config.as_deref().map(read_config).transpose()?;
 
@@ -492,7 +531,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }));
             }
             (None, Some(address)) => {
-                let node = args.node.into_node(identity.is_some());
+                let node = args
+                    .node
+                    .into_node(identity.is_some(), args.dns.dns_capture);
                 let proxy = proxy.clone();
                 let identity = identity.clone();
                 tokio::spawn(async move {

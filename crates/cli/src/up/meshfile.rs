@@ -60,6 +60,12 @@ pub struct MeshSpec {
     pub workloads: Vec<Workload>,
     #[serde(default)]
     pub gateways: Vec<Gateway>,
+    /// DNS proxying in every workload pod (Istio's ISTIO_META_DNS_CAPTURE):
+    /// the app's port-53 traffic goes to its sidecar, which answers mesh
+    /// and ServiceEntry names. Default off: names resolve from the pod's
+    /// hosts file only.
+    #[serde(default)]
+    pub dns_capture: bool,
 }
 
 /// A Kubernetes-style Service: a name, ports, and the pods it selects.

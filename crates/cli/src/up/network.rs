@@ -137,8 +137,8 @@ fn in_netns<T: Send>(
 
 /// The rules Istio's init container installs, in one atomic
 /// `iptables-restore`: all of them or none (fail closed).
-pub fn intercept(pod: &Pod) -> anyhow::Result<()> {
-    restore_rules(&interception_rules(), Some(&pod.netns))
+pub fn intercept(pod: &Pod, dns: bool) -> anyhow::Result<()> {
+    restore_rules(&interception_rules(dns), Some(&pod.netns))
         .with_context(|| format!("pod {}: cannot install the interception rules", pod.name))
 }
 
@@ -157,9 +157,11 @@ pub fn restore_rules(rules: &str, netns: Option<&str>) -> anyhow::Result<()> {
 
 /// What `weft up` captures: everything, as Istio does without annotations
 /// (the same rules `weft intercept` builds, from [`Capture`]).
-fn interception_rules() -> String {
+/// `dns`: the mesh file's `dnsCapture`.
+fn interception_rules(dns: bool) -> String {
     Capture {
         proxy_uid: PROXY_UID,
+        dns,
         ..Capture::default()
     }
     .rules()
@@ -282,7 +284,7 @@ mod tests {
 
     #[test]
     fn rules_leave_the_proxy_and_loopback_alone() {
-        let rules = interception_rules();
+        let rules = interception_rules(false);
         let at = |needle: &str| {
             rules
                 .find(needle)

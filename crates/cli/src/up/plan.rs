@@ -35,6 +35,9 @@ pub struct Plan {
     pub bin_dir: PathBuf,
     /// `/run/weft/NAME`.
     pub runtime_dir: PathBuf,
+    /// The mesh file's `dnsCapture`: workload pods capture DNS to their
+    /// sidecar.
+    pub dns_capture: bool,
 }
 
 pub struct Pod {
@@ -267,6 +270,7 @@ impl Plan {
             services,
             bin_dir: bin_dir.to_path_buf(),
             runtime_dir,
+            dns_capture: spec.dns_capture,
         }
     }
 

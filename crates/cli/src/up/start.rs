@@ -151,7 +151,7 @@ impl Running {
                 .with_context(|| format!("pod {}: cannot set up its network", pod.name))?;
             network::write_etc(pod, &self.plan.hosts_file(pod))?;
             if matches!(pod.role, Role::Workload { .. }) {
-                network::intercept(pod)?;
+                network::intercept(pod, self.plan.dns_capture)?;
             }
         }
 
@@ -378,6 +378,9 @@ impl Running {
         match &pod.role {
             Role::Workload { ports, metrics, .. } => {
                 flags.push("--capture".into());
+                if self.plan.dns_capture {
+                    flags.push("--dns-capture".into());
+                }
                 // Istio's merged metrics port, with the app's when declared.
                 flags.push("--merged-metrics".into());
                 flags.push("0.0.0.0:15020".into());

@@ -18,6 +18,7 @@ mod authz;
 mod checks;
 mod clusters;
 mod delegate;
+mod dns_table;
 mod gateway;
 mod gateway_tls;
 mod hosts;
@@ -101,6 +102,8 @@ struct CompiledService {
     /// `(short name, its namespace)`: `x` works only from inside `ns`.
     short: Option<(String, String)>,
     vips: Vec<String>,
+    /// The addresses DNS proxying answers for this host (see `dns_table`).
+    dns_addresses: Vec<String>,
     cidrs: Vec<String>,
     /// Ports without any VirtualService.
     plain_ports: Vec<pb::ServicePort>,
@@ -291,6 +294,7 @@ impl MeshIndex {
                 aliases: kube_aliases(&key),
                 short: kube_parts(&key).map(|(short, ns)| (short.to_string(), ns.to_string())),
                 vips: service.vips.iter().map(ToString::to_string).collect(),
+                dns_addresses: dns_table::answerable(service),
                 cidrs: clusters::match_ranges(service, registry.endpoints(&service.id())),
                 plain_ports: service
                     .ports

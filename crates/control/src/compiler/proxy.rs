@@ -133,6 +133,13 @@ impl MeshIndex {
         for port in &mut inbound_ports {
             port.security.clone_from(&security);
         }
+        // DNS proxying: only a proxy the app's queries are captured to.
+        let dns_hosts = if node.dns_capture {
+            let answerable = kept.iter().map(|s| (s.name.as_str(), &s.dns_addresses[..]));
+            super::dns_table::dns_hosts(answerable, namespace)
+        } else {
+            Vec::new()
+        };
         let outbound_traffic_policy = scope
             .and_then(|s| s.outbound_policy)
             .unwrap_or(self.mesh.outbound);
@@ -149,6 +156,7 @@ impl MeshIndex {
                 telemetry: self
                     .mesh
                     .fill_telemetry(self.telemetry.for_node(namespace, &node.labels)),
+                dns_hosts,
                 ..Default::default()
             },
             warnings,

@@ -104,6 +104,7 @@ fn add_service(service: &KubeService, registry: &mut Registry) -> Option<Service
         ServiceKind::ExternalName(_) => return None,
     };
     let def = ServiceDef {
+        auto_vip: false,
         cidrs: Vec::new(),
         hostname: service.hostname.clone(),
         namespace: service.namespace.clone(),
@@ -178,6 +179,7 @@ pub(super) fn add_aliases(cluster: &ClusterSnapshot, registry: &mut Registry) {
             // Callers resolve the name to the target's address (a DNS
             // CNAME); the alias only needs its own host.
             vips: Vec::new(),
+            auto_vip: false,
             export_to: service.export_to.clone(),
             ..aliased
         };

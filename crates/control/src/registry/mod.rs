@@ -188,6 +188,10 @@ pub struct ServiceDef {
     pub export_to: Vec<String>,
     pub resolution: Resolution,
     pub location: Location,
+    /// `vips` is the one weftd allocated (the service declared none), not
+    /// a declared address: DNS proxying answers it only where traffic to
+    /// it can be routed (not for `resolution: NONE`).
+    pub auto_vip: bool,
 }
 
 impl ServiceDef {

@@ -202,6 +202,7 @@ fn add_service_entry(
             export_to: spec.export_to.clone(),
             resolution,
             location,
+            auto_vip: false,
         };
         let id = service.id();
         registry.add_service(service, &source);

@@ -73,6 +73,7 @@ pub(super) fn resolve(services: &mut [ServiceDef], warnings: &mut Vec<String>) {
             Some(vip) => {
                 owners.insert(vip, service.id());
                 service.vips.push(vip);
+                service.auto_vip = true;
             }
             None => warnings.push(format!(
                 "service {:?}: no free VIP left in 240.240.0.0/16",

@@ -64,6 +64,9 @@ pub struct Options {
     /// `gatewayTopology.numTrustedProxies` (gateways only:
     /// `--num-trusted-proxies`).
     pub num_trusted_proxies: Option<u32>,
+    /// `proxyMetadata`: environment variables of the proxy container (see
+    /// `proxy_metadata`; DNS capture is read from it into `capture.dns`).
+    pub proxy_metadata: BTreeMap<String, String>,
 }
 
 /// [`Options`] plus the warnings for what was said but is not implemented.
@@ -227,6 +230,7 @@ fn proxy_config(
                 })?);
             }
             "gatewayTopology" => gateway_topology(&value, &at, options, warnings)?,
+            "proxyMetadata" => super::proxy_metadata::read(&value, &at, options, warnings)?,
             _ => warnings.push(format!(
                 "{PROXY_CONFIG}: field {field} is not implemented by Weft; it has no effect"
             )),

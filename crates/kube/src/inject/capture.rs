@@ -20,6 +20,9 @@ pub const PROXY_UID: u32 = 1337;
 pub const OUTBOUND_PORT: u16 = 15001;
 /// Where captured inbound traffic goes (the proxy's inbound listener).
 pub const INBOUND_PORT: u16 = 15006;
+/// Where the app's DNS queries go with DNS capture (the proxy's DNS server,
+/// Istio's 15053).
+pub const DNS_PORT: u16 = 15053;
 
 /// A set of ports: `*` (all) or a list (empty: none).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,9 @@ pub struct Capture {
     pub exclude_outbound_ranges: Vec<Ipv4Net>,
     pub exclude_outbound_ports: Vec<u16>,
     pub proxy_uid: u32,
+    /// DNS capture (Istio's `ISTIO_META_DNS_CAPTURE`): the app's port-53
+    /// traffic, UDP and TCP, goes to the proxy's DNS server.
+    pub dns: bool,
 }
 
 impl Default for Capture {
@@ -56,6 +62,7 @@ impl Default for Capture {
             exclude_outbound_ranges: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             proxy_uid: PROXY_UID,
+            dns: false,
         }
     }
 }
@@ -188,6 +195,9 @@ impl Capture {
             join(&self.exclude_outbound_ranges),
         );
         flag("exclude-outbound-ports", join(&self.exclude_outbound_ports));
+        if self.dns {
+            args.push("--capture-dns".into());
+        }
         args
     }
 
@@ -226,14 +236,34 @@ impl Capture {
         line(format!(
             "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {INBOUND_PORT}"
         ));
-        line("-A OUTPUT -p tcp -j ISTIO_OUTPUT".into());
         let uid = self.proxy_uid;
+        if self.dns {
+            // UDP DNS from anyone but the proxy (whose own lookups and
+            // forwarded queries must reach the real resolvers: no loop),
+            // whatever resolver the app names, loopback included.
+            for owner in ["uid", "gid"] {
+                line(format!(
+                    "-A OUTPUT -p udp --dport 53 -m owner --{owner}-owner {uid} -j RETURN"
+                ));
+            }
+            line(format!(
+                "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports {DNS_PORT}"
+            ));
+        }
+        line("-A OUTPUT -p tcp -j ISTIO_OUTPUT".into());
         line(format!(
             "-A ISTIO_OUTPUT -m owner --uid-owner {uid} -j RETURN"
         ));
         line(format!(
             "-A ISTIO_OUTPUT -m owner --gid-owner {uid} -j RETURN"
         ));
+        if self.dns {
+            // TCP DNS (a retry after a truncated answer): after the
+            // proxy's exemption, before loopback is let through.
+            line(format!(
+                "-A ISTIO_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports {DNS_PORT}"
+            ));
+        }
         line("-A ISTIO_OUTPUT -d 127.0.0.0/8 -j RETURN".into());
         for port in &self.exclude_outbound_ports {
             line(format!("-A ISTIO_OUTPUT -p tcp --dport {port} -j RETURN"));
@@ -289,6 +319,7 @@ mod tests {
             exclude_outbound_ranges: parse_range_list("exr", "10.96.0.10/32").expect("ranges").0,
             exclude_outbound_ports: parse_port_list("exp", "5432").expect("ports"),
             proxy_uid: 1337,
+            dns: false,
         };
         let rules = capture.rules();
         assert!(rules.contains("-A ISTIO_INBOUND -p tcp --dport 9080 -j ISTIO_IN_REDIRECT"));
@@ -312,6 +343,50 @@ mod tests {
         assert!(err.0.contains("IPv4 only"), "{err}");
         assert!(parse_ranges("x", "10.0.0.0/33").is_err());
         assert_eq!(parse_ranges("x", "").expect("empty"), Ranges::Only(vec![]));
+    }
+
+    #[test]
+    fn dns_capture_redirects_port_53_except_the_proxys_own() {
+        assert!(!Capture::default().rules().contains("15053"));
+        let capture = Capture {
+            dns: true,
+            ..Capture::default()
+        };
+        let rules = capture.rules();
+        let udp = at(
+            &rules,
+            "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053",
+        );
+        assert!(
+            at(
+                &rules,
+                "-p udp --dport 53 -m owner --uid-owner 1337 -j RETURN"
+            ) < udp
+        );
+        assert!(
+            at(
+                &rules,
+                "-p udp --dport 53 -m owner --gid-owner 1337 -j RETURN"
+            ) < udp
+        );
+        let tcp = at(
+            &rules,
+            "-A ISTIO_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
+        );
+        assert!(
+            at(
+                &rules,
+                "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"
+            ) < tcp
+        );
+        // A resolver on loopback (127.0.0.53) is captured too.
+        assert!(tcp < at(&rules, "-A ISTIO_OUTPUT -d 127.0.0.0/8 -j RETURN"));
+        assert!(capture.to_args().contains(&"--capture-dns".to_string()));
+        assert!(
+            !Capture::default()
+                .to_args()
+                .contains(&"--capture-dns".to_string())
+        );
     }
 
     #[test]

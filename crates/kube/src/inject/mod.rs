@@ -14,6 +14,7 @@ pub mod capture;
 pub mod objects;
 pub mod policy;
 pub mod probes;
+pub mod proxy_metadata;
 pub mod template;
 
 use std::collections::BTreeMap;

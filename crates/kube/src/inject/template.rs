@@ -140,6 +140,15 @@ pub fn proxy_container(
         field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         field_env("HOST_IP", "status.hostIP"),
     ];
+    // proxyMetadata reaches the proxy as environment, as in Istio (weft-proxy
+    // reads ISTIO_META_DNS_CAPTURE from it).
+    for (name, value) in &options.proxy_metadata {
+        env.push(EnvVar {
+            name: name.clone(),
+            value: Some(value.clone()),
+            ..EnvVar::default()
+        });
+    }
     if let Some(level) = &options.log_level {
         env.push(EnvVar {
             name: "RUST_LOG".into(),

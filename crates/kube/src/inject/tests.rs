@@ -228,6 +228,38 @@ fn annotations_reach_the_containers() {
 }
 
 #[test]
+fn dns_capture_from_proxy_metadata_reaches_the_init_rules_and_the_proxy_env() {
+    let annotated = pod(&[(
+        "proxy.istio.io/config",
+        "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n",
+    )]);
+    let (pod, warnings) = injected(&annotated, &Settings::default());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let inits = pod.spec.expect("spec").init_containers.expect("inits");
+    let init_args = inits[0].args.clone().expect("args");
+    assert!(
+        init_args.contains(&"--capture-dns".to_string()),
+        "{init_args:?}"
+    );
+    let proxy = find(&inits, "weft-proxy");
+    let env = proxy.env.as_ref().expect("env");
+    assert!(
+        env.iter()
+            .any(|e| e.name == "ISTIO_META_DNS_CAPTURE" && e.value.as_deref() == Some("true"))
+    );
+    // Without it: no DNS rules.
+    let (plain, _) = injected(&self::pod(&[]), &Settings::default());
+    let inits = plain.spec.expect("spec").init_containers.expect("inits");
+    assert!(
+        !inits[0]
+            .args
+            .clone()
+            .expect("args")
+            .contains(&"--capture-dns".to_string())
+    );
+}
+
+#[test]
 fn unknown_annotations_are_warned_never_silent() {
     let (pod, warnings) = injected(
         &pod(&[("sidecar.istio.io/userVolumeMount", "{}")]),

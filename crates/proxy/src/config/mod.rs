@@ -13,6 +13,7 @@ mod authz;
 mod cluster;
 mod clusters;
 pub mod cors;
+pub mod dns;
 mod hardening;
 mod load;
 pub mod mirror;

@@ -134,6 +134,8 @@ pub struct Snapshot {
     gateway_guard: Option<Arc<crate::policy::authz::InboundGuard>>,
     /// Rate limits of inbound and gateway requests.
     pub rate_limits: super::ratelimit::RateLimits,
+    /// The names the DNS server answers itself (empty without DNS capture).
+    pub names: Arc<super::dns::NameTable>,
 }
 
 impl Snapshot {
@@ -160,6 +162,7 @@ impl Snapshot {
         )
         .unwrap_or(DEFAULT_DETECT_TIMEOUT);
         let hardening = super::Hardening::compile(&config, &mut problems);
+        let names = Arc::new(super::dns::compile_names(&config.dns_hosts, &mut problems));
         let upstream_tls = super::upstream_tls::decisions(&config);
         let rate_limits = super::ratelimit::RateLimits::compile(
             config.rate_limits.as_ref(),
@@ -185,6 +188,7 @@ impl Snapshot {
             inbound,
             gateway_guard,
             rate_limits,
+            names,
         })
     }
 

@@ -117,6 +117,11 @@ pub struct Metrics {
     tcp_received: Family<Labels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
     dns_lookups: Family<DnsLabels, Counter>,
+    /// DNS proxying (Istio's agent names, so its dashboards work): every
+    /// query, those forwarded, and those no upstream answered.
+    dns_requests: Counter,
+    dns_upstream_requests: Counter,
+    dns_upstream_failures: Counter,
     downstream_active: Gauge,
     outlier_ejections: Family<ClusterLabels, Counter>,
     loops_refused: Family<ReporterLabels, Counter>,
@@ -200,6 +205,21 @@ impl Default for Metrics {
                 "weft_dns_lookups",
                 "Lookups of DNS endpoint hosts, by host and result (ok, failed)",
                 Family::default()
+            ),
+            dns_requests: register!(
+                "istio_agent_dns_requests",
+                "DNS queries the app sent to the proxy (DNS capture)",
+                Counter::default()
+            ),
+            dns_upstream_requests: register!(
+                "istio_agent_dns_upstream_requests",
+                "DNS queries forwarded to the upstream resolvers",
+                Counter::default()
+            ),
+            dns_upstream_failures: register!(
+                "istio_agent_dns_upstream_failures",
+                "Forwarded DNS queries no upstream resolver answered (SERVFAIL to the app)",
+                Counter::default()
             ),
             downstream_active: register!(
                 "weft_downstream_connections_active",
@@ -314,6 +334,18 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// One query to the DNS proxy; `forwarded`: it went upstream, `failed`:
+    /// no upstream answered it.
+    pub fn record_dns_query(&self, forwarded: bool, failed: bool) {
+        self.dns_requests.inc();
+        if forwarded {
+            self.dns_upstream_requests.inc();
+        }
+        if failed {
+            self.dns_upstream_failures.inc();
+        }
     }
 
     /// A connection to one of the proxy's own ports, closed at once.

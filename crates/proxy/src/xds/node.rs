@@ -91,6 +91,8 @@ pub struct NodeFlags {
     pub mtls: bool,
     /// A gateway's trusted hops in X-Forwarded-For.
     pub num_trusted_proxies: u32,
+    /// The app's DNS queries are captured to this proxy: ask for names.
+    pub dns_capture: bool,
 }
 
 impl NodeFlags {
@@ -118,6 +120,7 @@ impl NodeFlags {
             inbound_listeners: self.inbound_listeners,
             mtls: self.mtls,
             num_trusted_proxies: self.num_trusted_proxies,
+            dns_capture: self.dns_capture,
         }
     }
 }
