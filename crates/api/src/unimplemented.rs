@@ -357,7 +357,7 @@ pub const TABLE: &[Unimplemented] = &[
         kind: GATEWAY,
         pattern: "spec.servers[].tls.mode",
         treatment: Treatment::Ignored,
-        message: "ISTIO_MUTUAL and AUTO_PASSTHROUGH are not implemented on gateways; the server is left out",
+        message: "AUTO_PASSTHROUGH is not implemented on gateways (SNI `outbound_.PORT_._.HOST` routing without a VirtualService); the server is left out",
         when: Some(is_unserved_gateway_mode),
     },
 ];
@@ -389,7 +389,8 @@ fn is_unserved_gateway_protocol(value: &Value) -> bool {
 }
 
 fn is_unserved_gateway_mode(value: &Value) -> bool {
-    matches!(value.as_str(), Some("ISTIO_MUTUAL" | "AUTO_PASSTHROUGH"))
+    // ISTIO_MUTUAL is served (egress gateways); AUTO_PASSTHROUGH is not yet.
+    matches!(value.as_str(), Some("AUTO_PASSTHROUGH"))
 }
 
 /// One field Weft does not honour, as weftd's apply API returns it and
