@@ -199,9 +199,7 @@ async fn terminate(
             .map_err(|err| format!("TLS handshake (SNI {sni:?}): {err}"))?;
         let mesh_peer = if is_mesh {
             let principal = crate::tls::peer_principal(tls.get_ref().1.peer_certificates())
-                .ok_or_else(|| {
-                    format!("mTLS peer (SNI {sni:?}) presented no SPIFFE identity")
-                })?;
+                .ok_or_else(|| format!("mTLS peer (SNI {sni:?}) presented no SPIFFE identity"))?;
             Some(Arc::from(format!("spiffe://{principal}")))
         } else {
             None
