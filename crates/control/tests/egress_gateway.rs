@@ -40,6 +40,8 @@ use mtls_support::{Control, proxy_binary};
 const EXTERNAL: &str = "edition.example.test";
 const GATEWAY_ID: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway";
 const SLEEP_ID: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+/// A second external TLS host, on the same gateway port (third test).
+const API: &str = "api.example.test";
 
 /// The task's resources: the external host, the egress gateway's own
 /// service (Istio installs it with the gateway), the Gateway, the
@@ -157,12 +159,16 @@ impl Egress {
         let control = Control::start(&[]).await;
         let http = ExternalHttp::start("edition").await;
         let undeclared = ExternalHttp::start("undeclared").await;
-        let (tls, tls_root) = external_tls(EXTERNAL).await;
-        assert_ne!(http.addr.port(), tls.port());
         let external = Ipv4Addr::new(127, 0, 0, 2);
+        let (tls, tls_root) = external_tls(external, EXTERNAL).await;
+        assert_ne!(http.addr.port(), tls.port());
         // Only the gateway's resolver knows the external names.
-        let gateway_dns =
-            Dns::start(&[(EXTERNAL, external), ("undeclared.example.test", external)]).await;
+        let gateway_dns = Dns::start(&[
+            (EXTERNAL, external),
+            ("undeclared.example.test", external),
+            (API, Ipv4Addr::new(127, 0, 0, 3)),
+        ])
+        .await;
         let sidecar_dns = Dns::start(&[]).await;
         let (gw_http, gw_tls) = (free_wildcard_port(), free_wildcard_port());
         control
@@ -375,4 +381,133 @@ fn foreign_certificate(
         cert.der().clone(),
         rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
     )
+}
+
+/// A second external TLS host through the same ISTIO_MUTUAL port (another
+/// Gateway's server, picked by the sidecar's `sni`, routed by a gateway
+/// `tls` route on that SNI), and an AuthorizationPolicy at the gateway
+/// admitting only the sleep app's identity.
+fn api_and_policy_yaml(api_port: u16, gw_http: u16, gw_tls: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api}}
+spec:
+  hosts: [{API}]
+  ports: [{{number: {api_port}, name: tls, protocol: TLS}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: api-egress}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: {gw_tls}, name: tls-api, protocol: TLS}}
+    hosts: [{API}]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egressgateway-for-edition}}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: edition
+    trafficPolicy:
+      portLevelSettings:
+      - port: {{number: {gw_http}}}
+        tls: {{mode: ISTIO_MUTUAL, sni: {EXTERNAL}}}
+      - port: {{number: {gw_tls}}}
+        tls: {{mode: ISTIO_MUTUAL, sni: {EXTERNAL}}}
+  - name: api
+    trafficPolicy:
+      tls: {{mode: ISTIO_MUTUAL, sni: {API}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api-through-egress-gateway}}
+spec:
+  hosts: [{API}]
+  gateways: [api-egress, mesh]
+  tls:
+  - match: [{{gateways: [mesh], sniHosts: [{API}]}}]
+    route:
+    - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, subset: api, port: {{number: {gw_tls}}}}}
+  - match: [{{gateways: [api-egress], sniHosts: [{API}]}}]
+    route:
+    - destination: {{host: {API}, port: {{number: {api_port}}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: egress-callers, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: egressgateway}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/default/sa/sleep]}}}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mtls_port_serves_two_hosts_by_sni_and_policy_sees_the_callers_identity() {
+    let mesh = Egress::start().await;
+    let (api, api_root) = external_tls(Ipv4Addr::new(127, 0, 0, 3), API).await;
+    mesh.control
+        .apply(&api_and_policy_yaml(api.port(), mesh.gw_http, mesh.gw_tls))
+        .await;
+    let listen = free_addr();
+    let listen_flag = listen.to_string();
+    let dns = Dns::start(&[]).await;
+    let dns_flag = dns.addr.to_string();
+    let intruder = mesh
+        .control
+        .ready_proxy(
+            "intruder",
+            &["--listen", &listen_flag, "--dns-server", &dns_flag],
+        )
+        .await;
+
+    // Both hosts share the gateway's TLS port: the sidecar's `sni` picks
+    // the server, and the gateway's `tls` route on that SNI the host.
+    let app_side = mesh.listen;
+    let greeting = eventually(|| tls_read(app_side, API, &api_root))
+        .await
+        .unwrap_or_else(|why| panic!("api never reached: {why}\n{}", mesh.logs()));
+    assert_eq!(greeting, format!("hello from {API}"));
+    let greeting = eventually(|| tls_read(app_side, EXTERNAL, &mesh.tls_root))
+        .await
+        .unwrap_or_else(|why| panic!("edition never reached: {why}\n{}", mesh.logs()));
+    assert_eq!(greeting, format!("hello from {EXTERNAL}"));
+
+    // Another mesh workload holds a valid certificate, but the gateway's
+    // policy admits only sleep's identity: HTTP gets 403, bytes are closed.
+    let host = format!("{EXTERNAL}:{}", mesh.http.addr.port());
+    let before = mesh.http.requests().len();
+    let denied = eventually(|| async {
+        let mut client = Http1Client::connect(listen)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let reply = client
+            .get(&host, "/politics")
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        match reply.status.as_u16() {
+            403 => Ok(reply.text()),
+            status => Err(format!("{status} {}", reply.text())),
+        }
+    })
+    .await
+    .unwrap_or_else(|why| panic!("intruder not denied: {why}\n{}", intruder.logs()));
+    assert!(denied.contains("RBAC"), "{denied}");
+    assert_eq!(mesh.http.requests().len(), before, "nothing got out");
+    let closed = tls_read(listen, API, &api_root).await;
+    assert!(closed.is_err(), "{closed:?}");
+    let logs = mesh.gateway.logs();
+    assert!(logs.contains("denied by authorization policy"), "{logs}");
+    // The sleep app still passes, for HTTP and bytes.
+    let (status, body) = mesh.get(&host, "/politics").await.expect("an answer");
+    assert_eq!((status, body.as_str()), (200, "edition /politics"));
+    assert!(tls_read(app_side, API, &api_root).await.is_ok());
 }

@@ -19,7 +19,7 @@
 //! handshake's SNI (which a sidecar sets from its DestinationRule's `sni`),
 //! then `tcp` routes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -34,6 +34,7 @@ use crate::http::entry::Trust;
 use crate::http::route::Target;
 use crate::http::server;
 use crate::listener::classify::{Carry, classify};
+use crate::policy::authz::{Caller, authorize_connection};
 use crate::state::ProxyState;
 use crate::telemetry::Downstream;
 use crate::telemetry::metrics::Reporter;
@@ -101,6 +102,9 @@ pub(crate) async fn serve(
             };
             let mut tls = done.tls;
             downstream.principal = done.mesh_peer;
+            if !authorized(&state, &downstream, listen_addr.port(), done.sni.as_deref()) {
+                return;
+            }
             // `tls` routes match the SNI of the handshake that ended here.
             let cluster = port.tls_target(done.sni.as_deref(), None);
             tcp::proxy(
@@ -134,6 +138,13 @@ pub(crate) async fn serve(
                 );
                 return;
             }
+            let sni = match &carry {
+                Carry::Tls(sni) => sni.as_deref(),
+                _ => None,
+            };
+            if !authorized(&state, &downstream, listen_addr.port(), sni) {
+                return;
+            }
             let cluster = carry.cluster(port, None);
             tcp::proxy(
                 &mut io,
@@ -146,6 +157,35 @@ pub(crate) async fn serve(
             .await;
         }
     }
+}
+
+/// Whether AuthorizationPolicy selecting this gateway lets a connection
+/// carried as bytes go on: the caller's address, its mesh identity (after
+/// an ISTIO_MUTUAL handshake), the SNI, and the gateway server's port as
+/// `ports`. Rules naming HTTP attributes cannot match bytes (as in Istio).
+fn authorized(state: &ProxyState, downstream: &Downstream, port: u16, sni: Option<&str>) -> bool {
+    let Some(guard) = state.snapshot().gateway_guard() else {
+        return true;
+    };
+    let peer = downstream.remote.map(|a| a.ip());
+    let local = downstream
+        .local
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |l| l.ip());
+    let caller = Caller {
+        peer,
+        remote: peer,
+        principal: downstream.mesh_principal(),
+        destination: SocketAddr::new(local, port),
+    };
+    let allowed = authorize_connection(&guard, &caller, sni);
+    if !allowed {
+        tracing::info!(
+            flag = "RBAC",
+            "gateway port {port}: closing a connection from {peer:?} ({}): denied by authorization policy",
+            caller.principal.unwrap_or("no mesh identity")
+        );
+    }
+    allowed
 }
 
 /// The service port whose TCP/TLS routes a TCP-carrying gateway port

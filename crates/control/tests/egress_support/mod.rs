@@ -133,9 +133,9 @@ impl Drop for ExternalHttp {
     }
 }
 
-/// An external TLS server on 127.0.0.2 with a certificate for `name` (its
-/// own self-signed one, returned): writes `hello from <name>` and closes.
-pub async fn external_tls(name: &str) -> (SocketAddr, CertificateDer<'static>) {
+/// An external TLS server on `ip` with a certificate for `name` (its own
+/// self-signed one, returned): writes `hello from <name>` and closes.
+pub async fn external_tls(ip: Ipv4Addr, name: &str) -> (SocketAddr, CertificateDer<'static>) {
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = rcgen::CertificateParams::new(vec![name.to_string()])
         .expect("params")
@@ -153,7 +153,7 @@ pub async fn external_tls(name: &str) -> (SocketAddr, CertificateDer<'static>) {
         )
         .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.2:0").await.expect("bind");
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let greeting = format!("hello from {name}");
     tokio::spawn(async move {
