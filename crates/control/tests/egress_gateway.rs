@@ -511,3 +511,67 @@ async fn one_mtls_port_serves_two_hosts_by_sni_and_policy_sees_the_callers_ident
     assert_eq!((status, body.as_str()), (200, "edition /politics"));
     assert!(tls_read(app_side, API, &api_root).await.is_ok());
 }
+
+/// Istio's task without the mTLS hop (its default today): a plain HTTP
+/// server on the egress gateway, and a DestinationRule subset with no
+/// `tls`. The gateway proxy holds a workload certificate, yet the sidecar
+/// must not wrap this hop in auto-mTLS: a gateway serves mTLS only where
+/// a server says ISTIO_MUTUAL (as Istio's gateways carry no sidecar).
+fn plain_http_yaml(http: u16, gw_http: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: {gw_http}, name: http, protocol: HTTP}}
+    hosts: [{EXTERNAL}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egressgateway-for-edition}}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets: [{{name: edition}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-edition-through-egress-gateway}}
+spec:
+  hosts: [{EXTERNAL}]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{{gateways: [mesh], port: {http}}}]
+    route:
+    - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, subset: edition, port: {{number: {gw_http}}}}}
+  - match: [{{gateways: [istio-egressgateway], port: {gw_http}}}]
+    route:
+    - destination: {{host: {EXTERNAL}, port: {{number: {http}}}}}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_egress_is_not_wrapped_in_auto_mtls() {
+    let mesh = Egress::start().await;
+    mesh.control
+        .apply(&plain_http_yaml(mesh.http.addr.port(), mesh.gw_http))
+        .await;
+    let host = format!("{EXTERNAL}:{}", mesh.http.addr.port());
+    // Through the gateway (the external name resolves nowhere else), and
+    // plaintext on the way: the gateway forwards no client certificate.
+    // (Until the new config arrives, requests take the mTLS path.)
+    eventually(|| async {
+        match mesh.get(&host, "/plain").await? {
+            (200, body) if body == "edition /plain" => {}
+            (status, body) => return Err(format!("{status} {body}")),
+        }
+        match mesh.http.requests().last() {
+            Some(None) => Ok(()),
+            last => Err(format!("still over mTLS: {last:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|why| panic!("never through the plain gateway: {why}\n{}", mesh.logs()));
+}

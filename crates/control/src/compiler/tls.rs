@@ -35,6 +35,10 @@ struct Peer {
     identity: Option<String>,
     /// Workload port → inbound listener address for mesh callers.
     inbound: BTreeMap<u32, String>,
+    /// A gateway proxy: it speaks mesh mTLS only on ISTIO_MUTUAL servers,
+    /// so callers use it when a DestinationRule asks, never by auto-mTLS
+    /// (Istio's gateways carry no sidecar either).
+    router: bool,
 }
 
 impl MeshPeers {
@@ -60,6 +64,7 @@ impl MeshPeers {
                     .uri()
                 }),
                 namespace,
+                router: node.router,
                 labels: node.labels.clone(),
                 inbound: node
                     .inbound_listeners
@@ -147,7 +152,8 @@ pub(super) fn secure_endpoints(
             let secured = match mode {
                 pb::client_tls::Mode::IstioMutual => true,
                 pb::client_tls::Mode::Auto => {
-                    policies.mode(&peer.namespace, &peer.labels, port) != MtlsMode::Disable
+                    !peer.router
+                        && policies.mode(&peer.namespace, &peer.labels, port) != MtlsMode::Disable
                 }
                 _ => false,
             };
