@@ -328,6 +328,17 @@ impl Layer<'_> {
             }
             return;
         }
+        if self.plan.auto_passthrough {
+            // Istio's AUTO_PASSTHROUGH ignores VirtualServices: the SNI
+            // names the cluster.
+            port.tls_routes.extend(super::gateway_auto::routes(
+                self.server,
+                self.namespace,
+                services,
+                clusters,
+            ));
+            return;
+        }
         for vs in bound {
             let served = served_hosts(self.server, vs, self.namespace);
             if served.is_empty() {

@@ -22,6 +22,9 @@ pub(super) struct ServerPlan {
     pub(super) tls: Option<PendingTls>,
     /// `httpsRedirect`: every host of the server answers 301 to https.
     pub(super) https_redirect: bool,
+    /// AUTO_PASSTHROUGH: routed by `outbound_.PORT_.SUBSET_.HOST` SNI
+    /// (`gateway_auto.rs`), not by VirtualServices.
+    pub(super) auto_passthrough: bool,
 }
 
 /// A terminating server's settings; with `credentialName`, the PEM is
@@ -121,6 +124,7 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
             port: def(inner),
             tls: Some(tls),
             https_redirect: false,
+            auto_passthrough: false,
         })
     };
     match protocol {
@@ -129,6 +133,7 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
             port: def(protocol),
             tls: None,
             https_redirect,
+            auto_passthrough: false,
         }),
         PortProtocol::Https | PortProtocol::Tls => {
             let Some(settings) = tls else {
@@ -144,6 +149,7 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
                     port: def(PortProtocol::Tls),
                     tls: None,
                     https_redirect: false,
+                    auto_passthrough: false,
                 }),
                 ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
                     if protocol == PortProtocol::Https {
@@ -153,9 +159,19 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
                     }
                 }
                 ServerTlsMode::IstioMutual => None, // planned above
+                // Istio takes AUTO_PASSTHROUGH on TLS servers only.
+                ServerTlsMode::AutoPassthrough if protocol == PortProtocol::Tls => {
+                    Some(ServerPlan {
+                        mode: GatewayMode::GatewayTlsPassthrough,
+                        port: def(PortProtocol::Tls),
+                        tls: None,
+                        https_redirect: false,
+                        auto_passthrough: true,
+                    })
+                }
                 ServerTlsMode::AutoPassthrough => {
                     warnings.push(format!(
-                        "{at}: tls.mode AUTO_PASSTHROUGH is not implemented on gateways; server left out"
+                        "{at}: tls.mode AUTO_PASSTHROUGH needs protocol TLS (it routes by SNI without terminating); server left out"
                     ));
                     None
                 }
@@ -166,6 +182,7 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
             port: def(PortProtocol::Tcp),
             tls: None,
             https_redirect: false,
+            auto_passthrough: false,
         }),
         _ => {
             warnings.push(format!(
@@ -220,6 +237,7 @@ fn istio_mutual(
             credential: None,
         }),
         https_redirect: false,
+        auto_passthrough: false,
     })
 }
 

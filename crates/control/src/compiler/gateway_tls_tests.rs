@@ -156,7 +156,7 @@ fn servers_that_cannot_be_served_are_warnings_naming_them() {
     tls: {mode: PASSTHROUGH}
   - port: {number: 27017, name: mongo, protocol: MONGO}
     hosts: ['*']
-  - port: {number: 8443, name: mesh, protocol: TLS}
+  - port: {number: 8443, name: mesh, protocol: HTTPS}
     hosts: ['*']
     tls: {mode: AUTO_PASSTHROUGH}
   - port: {number: 9443, name: mutual, protocol: HTTPS}
@@ -173,7 +173,7 @@ fn servers_that_cannot_be_served_are_warnings_naming_them() {
     for expected in [
         "servers[1]: port 443 already carries HTTPS",
         "servers[2]: protocol \"MONGO\" is not supported",
-        "servers[3]: tls.mode AUTO_PASSTHROUGH is not implemented",
+        "servers[3]: tls.mode AUTO_PASSTHROUGH needs protocol TLS",
         "servers[4]: MUTUAL and OPTIONAL_MUTUAL need tls.caCertificates",
     ] {
         assert!(warnings.contains(expected), "{expected:?} in\n{warnings}");
@@ -254,4 +254,57 @@ fn istio_mutual_servers_end_mesh_tls_with_the_workload_certificate() {
         ),
         "{warnings}"
     );
+}
+
+#[test]
+fn auto_passthrough_routes_each_admitted_cluster_by_its_sni() {
+    let index = mesh(
+        &format!(
+            "{SERVICES}apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: eastwest, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 15443, name: tls, protocol: TLS}}
+    hosts: ['*.local']
+    tls: {{mode: AUTO_PASSTHROUGH}}
+"
+        ),
+        &[],
+    );
+    assert!(index.warnings().is_empty(), "{:?}", index.warnings());
+    let out = compile(&index, &router());
+    let [listener] = out.config.listeners.as_slice() else {
+        panic!("{:?}", out.config.listeners);
+    };
+    assert_eq!(
+        listener.gateway_mode(),
+        pb::GatewayMode::GatewayTlsPassthrough
+    );
+    let l4 = out
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == listener.service)
+        .expect("the listener's routes");
+    let route = &l4.ports[0].tls_routes[0];
+    assert_eq!(
+        route.sni_hosts,
+        ["outbound_.443_._.shop.web.svc.cluster.local"]
+    );
+    let cluster = &route.clusters[0].cluster;
+    assert_eq!(cluster, "auto-passthrough|443||shop.web.svc.cluster.local");
+    // The gateway forwards the caller's mTLS as it is: no TLS of its own.
+    let held = out
+        .config
+        .clusters
+        .iter()
+        .find(|c| &c.name == cluster)
+        .expect("the cluster is pushed");
+    assert_eq!(
+        held.tls.as_ref().map(|t| t.mode()),
+        Some(pb::client_tls::Mode::Disable)
+    );
+    assert_eq!(held.endpoints[0].address, "10.0.0.1:443");
 }

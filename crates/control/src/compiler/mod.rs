@@ -19,6 +19,7 @@ mod checks;
 mod clusters;
 mod delegate;
 mod gateway;
+mod gateway_auto;
 mod gateway_tls;
 mod hosts;
 mod http_rule;
