@@ -350,10 +350,10 @@ pub const TABLE: &[Unimplemented] = &[
     },
     Unimplemented {
         kind: GATEWAY,
-        pattern: "spec.servers[].tls.mode",
+        pattern: "spec.servers[]",
         treatment: Treatment::Ignored,
-        message: "ISTIO_MUTUAL and AUTO_PASSTHROUGH are not implemented on gateways; the server is left out",
-        when: Some(is_unserved_gateway_mode),
+        message: "tls.mode AUTO_PASSTHROUGH is served on protocol TLS servers only (it routes by SNI without terminating); the server is left out",
+        when: Some(is_unserved_auto_passthrough),
     },
 ];
 
@@ -383,8 +383,13 @@ fn is_unserved_gateway_protocol(value: &Value) -> bool {
     })
 }
 
-fn is_unserved_gateway_mode(value: &Value) -> bool {
-    matches!(value.as_str(), Some("ISTIO_MUTUAL" | "AUTO_PASSTHROUGH"))
+/// A server (the whole object: the mode and the protocol together) with
+/// AUTO_PASSTHROUGH on a protocol other than TLS. ISTIO_MUTUAL is served
+/// on every protocol gateways serve.
+fn is_unserved_auto_passthrough(server: &Value) -> bool {
+    let mode = server.pointer("/tls/mode").and_then(Value::as_str);
+    let protocol = server.pointer("/port/protocol").and_then(Value::as_str);
+    mode == Some("AUTO_PASSTHROUGH") && !protocol.is_some_and(|p| p.eq_ignore_ascii_case("TLS"))
 }
 
 /// One field Weft does not honour, as weftd's apply API returns it and

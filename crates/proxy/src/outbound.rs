@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use weft_proto::proxy::v1::OutboundTrafficPolicy;
 
-use crate::config::{Cluster, Policy, Service, ServicePort, Snapshot};
+use crate::config::{Cluster, Policy, PortProtocol, Service, ServicePort, Snapshot};
 use crate::http::HttpConn;
 use crate::http::entry::Trust;
 use crate::http::route::Target;
@@ -183,7 +183,15 @@ fn by_sni<'s>(
     let port = match (service.port(port), service.ports.as_slice()) {
         (Some(port), _) => port,
         (None, [only]) => only,
-        (None, _) => return None,
+        // A host declaring HTTP and HTTPS (Istio's `ports: [80, 443]`):
+        // TLS goes to its one TLS port.
+        (None, ports) => {
+            let mut tls = ports.iter().filter(|p| p.protocol == PortProtocol::Tls);
+            match (tls.next(), tls.next()) {
+                (Some(only), None) => only,
+                _ => return None,
+            }
+        }
     };
     Some((service, port))
 }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use weft_kube::inject::capture::Capture;
 
-use super::plan::{PROXY_UID, Plan, Pod};
+use super::plan::{PROXY_UID, Plan, Pod, Role};
 
 const BRIDGE: &str = "weft0";
 
@@ -75,6 +75,9 @@ pub fn create_pod(plan: &Plan, pod: &Pod) -> anyhow::Result<()> {
     // Before any link exists: links made later take `default`.
     disable_ipv6(ns)?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    if let Role::Gateway { .. } = pod.role {
+        low_ports_for_all(ns)?;
+    }
     // Made inside the node namespace with its peer sent straight into the
     // pod: no veth ever appears in the host namespace, and the short
     // names only need to be unique within this node.
@@ -95,6 +98,19 @@ pub fn create_pod(plan: &Plan, pod: &Pod) -> anyhow::Result<()> {
         "via",
         &plan.bridge.to_string(),
     ])
+}
+
+/// Lets an unprivileged gateway proxy bind ports below 1024 in its own
+/// namespace (Gateway servers on 80 and 443, as in Istio's egress task):
+/// what Istio's gateway pods get from the
+/// `net.ipv4.ip_unprivileged_port_start=0` sysctl. The namespace holds
+/// only the gateway, so nothing else gains from it.
+fn low_ports_for_all(netns: &str) -> anyhow::Result<()> {
+    in_netns(netns, || {
+        let path = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+        std::fs::write(path, "0").map_err(|err| std::io::Error::other(format!("{path}: {err}")))
+    })
+    .with_context(|| format!("cannot open low ports to the gateway in namespace {netns}"))
 }
 
 /// Turns IPv6 off in a namespace (`all`, and `default` for links made

@@ -182,6 +182,13 @@ impl Gateways {
                     continue;
                 }
                 for pending in &plan.tls_servers {
+                    if pending.tls.mode == pb::server_tls::Mode::IstioMutual as i32 && !node.mtls {
+                        warnings.push(format!(
+                            "{}: tls.mode ISTIO_MUTUAL needs the gateway proxy's workload certificate, and this proxy has none (start it with a token); server left out",
+                            pending.tls.origin
+                        ));
+                        continue;
+                    }
                     listener.tls_servers.extend(pending.resolve(
                         namespace,
                         self.credentials.as_ref(),
@@ -321,6 +328,17 @@ impl Layer<'_> {
             }
             return;
         }
+        if self.plan.auto_passthrough {
+            // Istio's AUTO_PASSTHROUGH ignores VirtualServices: the SNI
+            // names the cluster.
+            port.tls_routes.extend(super::gateway_auto::routes(
+                self.server,
+                self.namespace,
+                services,
+                clusters,
+            ));
+            return;
+        }
         for vs in bound {
             let served = served_hosts(self.server, vs, self.namespace);
             if served.is_empty() {
@@ -330,7 +348,12 @@ impl Layer<'_> {
                 let (tcp, tls) = vs.l4_routes(&self.plan.port, services, hosts, clusters, warnings);
                 port.tcp_routes
                     .extend(tcp.into_iter().map(|(route, _)| route));
-                if self.plan.mode == GatewayMode::GatewayTlsPassthrough {
+                // Terminated TLS too: `sniHosts` then match the handshake's
+                // SNI (the egress pattern's ISTIO_MUTUAL servers).
+                if matches!(
+                    self.plan.mode,
+                    GatewayMode::GatewayTlsPassthrough | GatewayMode::GatewayTlsTerminate
+                ) {
                     port.tls_routes
                         .extend(tls.into_iter().map(|(route, _)| route));
                 }

@@ -22,6 +22,9 @@ pub(super) struct ServerPlan {
     pub(super) tls: Option<PendingTls>,
     /// `httpsRedirect`: every host of the server answers 301 to https.
     pub(super) https_redirect: bool,
+    /// AUTO_PASSTHROUGH: routed by `outbound_.PORT_.SUBSET_.HOST` SNI
+    /// (`gateway_auto.rs`), not by VirtualServices.
+    pub(super) auto_passthrough: bool,
 }
 
 /// A terminating server's settings; with `credentialName`, the PEM is
@@ -109,6 +112,11 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
     };
     let tls = server.tls.as_ref();
     let https_redirect = tls.is_some_and(|tls| tls.https_redirect == Some(true));
+    if let Some(settings) = tls
+        && settings.mode == ServerTlsMode::IstioMutual
+    {
+        return istio_mutual(server, protocol, &def, at, warnings);
+    }
     let mut terminated = |mode, inner| {
         let tls = server_tls(server, tls?, at, warnings)?;
         Some(ServerPlan {
@@ -116,6 +124,7 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
             port: def(inner),
             tls: Some(tls),
             https_redirect: false,
+            auto_passthrough: false,
         })
     };
     match protocol {
@@ -124,6 +133,7 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
             port: def(protocol),
             tls: None,
             https_redirect,
+            auto_passthrough: false,
         }),
         PortProtocol::Https | PortProtocol::Tls => {
             let Some(settings) = tls else {
@@ -139,6 +149,7 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
                     port: def(PortProtocol::Tls),
                     tls: None,
                     https_redirect: false,
+                    auto_passthrough: false,
                 }),
                 ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
                     if protocol == PortProtocol::Https {
@@ -147,10 +158,20 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
                         terminated(GatewayMode::GatewayTlsTerminate, PortProtocol::Tcp)
                     }
                 }
-                ServerTlsMode::IstioMutual | ServerTlsMode::AutoPassthrough => {
+                ServerTlsMode::IstioMutual => None, // planned above
+                // Istio takes AUTO_PASSTHROUGH on TLS servers only.
+                ServerTlsMode::AutoPassthrough if protocol == PortProtocol::Tls => {
+                    Some(ServerPlan {
+                        mode: GatewayMode::GatewayTlsPassthrough,
+                        port: def(PortProtocol::Tls),
+                        tls: None,
+                        https_redirect: false,
+                        auto_passthrough: true,
+                    })
+                }
+                ServerTlsMode::AutoPassthrough => {
                     warnings.push(format!(
-                        "{at}: tls.mode {:?} is not implemented on gateways; server left out",
-                        settings.mode
+                        "{at}: tls.mode AUTO_PASSTHROUGH needs protocol TLS (it routes by SNI without terminating); server left out"
                     ));
                     None
                 }
@@ -161,6 +182,7 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
             port: def(PortProtocol::Tcp),
             tls: None,
             https_redirect: false,
+            auto_passthrough: false,
         }),
         _ => {
             warnings.push(format!(
@@ -170,6 +192,63 @@ pub(super) fn plan(server: &Server, at: &str, warnings: &mut Vec<String>) -> Opt
             None
         }
     }
+}
+
+/// An ISTIO_MUTUAL server: the mesh's mutual TLS ends here with the
+/// gateway proxy's own workload certificate (the egress pattern: sidecars
+/// reach the gateway over mTLS). What is inside follows the protocol:
+/// HTTP (HTTP, HTTP2, GRPC and HTTPS servers, as Istio's egress task
+/// declares port 80 either way) routed by host, or bytes (TLS, TCP) by the
+/// `tls` routes (on the handshake's SNI, which the sidecar sets from its
+/// DestinationRule's `sni`) and `tcp` routes.
+fn istio_mutual(
+    server: &Server,
+    protocol: PortProtocol,
+    def: &dyn Fn(PortProtocol) -> ServicePortDef,
+    at: &str,
+    warnings: &mut Vec<String>,
+) -> Option<ServerPlan> {
+    let (mode, inner) = match protocol {
+        PortProtocol::Http | PortProtocol::Http2 | PortProtocol::Grpc | PortProtocol::Https => {
+            (GatewayMode::GatewayHttps, PortProtocol::Http)
+        }
+        PortProtocol::Tls | PortProtocol::Tcp => {
+            (GatewayMode::GatewayTlsTerminate, PortProtocol::Tcp)
+        }
+        _ => {
+            warnings.push(format!(
+                "{at}: tls.mode ISTIO_MUTUAL on protocol {:?} is not supported (HTTP, HTTP2, GRPC, HTTPS, TLS and TCP are); server left out",
+                server.port.as_ref().map(|p| p.protocol.as_str()).unwrap_or_default()
+            ));
+            return None;
+        }
+    };
+    let tls = pb::ServerTls {
+        sni_hosts: server_sni_hosts(server),
+        mode: pb::server_tls::Mode::IstioMutual as i32,
+        origin: at.to_string(),
+        ..Default::default()
+    };
+    Some(ServerPlan {
+        mode,
+        port: def(inner),
+        tls: Some(PendingTls {
+            tls,
+            credential: None,
+        }),
+        https_redirect: false,
+        auto_passthrough: false,
+    })
+}
+
+/// A server's hosts without their `namespace/` part, as SNI names.
+fn server_sni_hosts(server: &Server) -> Vec<String> {
+    server
+        .hosts
+        .iter()
+        .map(|h| h.split_once('/').map_or(h.as_str(), |(_, host)| host))
+        .map(str::to_ascii_lowercase)
+        .collect()
 }
 
 /// The proxy's settings for a server that terminates TLS.
@@ -212,12 +291,7 @@ fn server_tls(
         }
     };
     let tls = pb::ServerTls {
-        sni_hosts: server
-            .hosts
-            .iter()
-            .map(|h| h.split_once('/').map_or(h.as_str(), |(_, host)| host))
-            .map(str::to_ascii_lowercase)
-            .collect(),
+        sni_hosts: server_sni_hosts(server),
         mode: mode as i32,
         certificate_file: file(&tls.server_certificate),
         private_key_file: file(&tls.private_key),

@@ -158,7 +158,7 @@ fn servers_that_cannot_be_served_are_warnings_naming_them() {
     hosts: ['*']
   - port: {number: 8443, name: mesh, protocol: HTTPS}
     hosts: ['*']
-    tls: {mode: ISTIO_MUTUAL}
+    tls: {mode: AUTO_PASSTHROUGH}
   - port: {number: 9443, name: mutual, protocol: HTTPS}
     hosts: ['*']
     tls: {mode: MUTUAL, serverCertificate: /c, privateKey: /k}
@@ -173,7 +173,7 @@ fn servers_that_cannot_be_served_are_warnings_naming_them() {
     for expected in [
         "servers[1]: port 443 already carries HTTPS",
         "servers[2]: protocol \"MONGO\" is not supported",
-        "servers[3]: tls.mode IstioMutual is not implemented",
+        "servers[3]: tls.mode AUTO_PASSTHROUGH needs protocol TLS",
         "servers[4]: MUTUAL and OPTIONAL_MUTUAL need tls.caCertificates",
     ] {
         assert!(warnings.contains(expected), "{expected:?} in\n{warnings}");
@@ -192,4 +192,119 @@ fn servers_that_cannot_be_served_are_warnings_naming_them() {
         .map(|l| l.address.as_str())
         .collect();
     assert_eq!(ports, ["0.0.0.0:443"], "only the servable port listens");
+}
+
+#[test]
+fn istio_mutual_servers_end_mesh_tls_with_the_workload_certificate() {
+    let index = mesh(
+        &gateway(
+            "  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['*.example.com']
+    tls: {mode: ISTIO_MUTUAL}
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: [a.example.com]
+    tls: {mode: ISTIO_MUTUAL}
+",
+        ),
+        &[],
+    );
+    assert!(index.warnings().is_empty(), "{:?}", index.warnings());
+    let mut with_certificate = router();
+    with_certificate.mtls = true;
+    let out = compile(&index, &with_certificate);
+    let listener = |port: &str| {
+        out.config
+            .listeners
+            .iter()
+            .find(|l| l.address.ends_with(port))
+            .unwrap_or_else(|| panic!("{port} listens: {:?}", out.config.listeners))
+    };
+    // Port 80: mesh mTLS, then HTTP by host.
+    let http = listener(":80");
+    assert_eq!(http.gateway_mode(), pb::GatewayMode::GatewayHttps);
+    assert_eq!(
+        http.tls_servers[0].mode(),
+        pb::server_tls::Mode::IstioMutual
+    );
+    assert_eq!(http.tls_servers[0].sni_hosts, ["*.example.com"]);
+    assert!(http.tls_servers[0].certificate_file.is_empty());
+    // Port 443: mesh mTLS, then the bytes by the handshake's SNI.
+    let tls = listener(":443");
+    assert_eq!(tls.gateway_mode(), pb::GatewayMode::GatewayTlsTerminate);
+    let l4 = out
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == tls.service)
+        .expect("the listener's routes");
+    assert_eq!(l4.ports[0].tls_routes[0].sni_hosts, ["a.example.com"]);
+
+    // A gateway proxy without a workload certificate cannot serve them,
+    // and says so.
+    let out = compile(&index, &router());
+    assert!(
+        out.config.listeners.is_empty(),
+        "{:?}",
+        out.config.listeners
+    );
+    let warnings = out.warnings.join("\n");
+    assert!(
+        warnings.contains(
+            "servers[0]: tls.mode ISTIO_MUTUAL needs the gateway proxy's workload certificate"
+        ),
+        "{warnings}"
+    );
+}
+
+#[test]
+fn auto_passthrough_routes_each_admitted_cluster_by_its_sni() {
+    let index = mesh(
+        &format!(
+            "{SERVICES}apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: eastwest, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 15443, name: tls, protocol: TLS}}
+    hosts: ['*.local']
+    tls: {{mode: AUTO_PASSTHROUGH}}
+"
+        ),
+        &[],
+    );
+    assert!(index.warnings().is_empty(), "{:?}", index.warnings());
+    let out = compile(&index, &router());
+    let [listener] = out.config.listeners.as_slice() else {
+        panic!("{:?}", out.config.listeners);
+    };
+    assert_eq!(
+        listener.gateway_mode(),
+        pb::GatewayMode::GatewayTlsPassthrough
+    );
+    let l4 = out
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == listener.service)
+        .expect("the listener's routes");
+    let route = &l4.ports[0].tls_routes[0];
+    assert_eq!(
+        route.sni_hosts,
+        ["outbound_.443_._.shop.web.svc.cluster.local"]
+    );
+    let cluster = &route.clusters[0].cluster;
+    assert_eq!(cluster, "auto-passthrough|443||shop.web.svc.cluster.local");
+    // The gateway forwards the caller's mTLS as it is: no TLS of its own.
+    let held = out
+        .config
+        .clusters
+        .iter()
+        .find(|c| &c.name == cluster)
+        .expect("the cluster is pushed");
+    assert_eq!(
+        held.tls.as_ref().map(|t| t.mode()),
+        Some(pb::client_tls::Mode::Disable)
+    );
+    assert_eq!(held.endpoints[0].address, "10.0.0.1:443");
 }

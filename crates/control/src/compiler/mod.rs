@@ -20,6 +20,7 @@ mod clusters;
 mod delegate;
 mod dns_table;
 mod gateway;
+mod gateway_auto;
 mod gateway_tls;
 mod hosts;
 mod http_rule;

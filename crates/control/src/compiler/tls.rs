@@ -39,6 +39,10 @@ struct Peer {
     identity: Option<String>,
     /// Workload port → inbound listener address for mesh callers.
     inbound: BTreeMap<u32, String>,
+    /// A gateway proxy: it speaks mesh mTLS only on ISTIO_MUTUAL servers,
+    /// so callers use it when a DestinationRule asks, never by auto-mTLS
+    /// (Istio's gateways carry no sidecar either).
+    router: bool,
 }
 
 impl MeshPeers {
@@ -64,6 +68,7 @@ impl MeshPeers {
                     .uri()
                 }),
                 namespace,
+                router: node.router,
                 labels: node.labels.clone(),
                 inbound: node
                     .inbound_listeners
@@ -225,6 +230,7 @@ pub(super) fn secure_endpoints(
                 pb::client_tls::Mode::IstioMutual => true,
                 pb::client_tls::Mode::Auto => {
                     !peers.auto_mtls_off
+                        && !peer.router
                         && policies.mode(&peer.namespace, &peer.labels, port) != MtlsMode::Disable
                 }
                 _ => false,

@@ -42,7 +42,7 @@ pub use route::{
     RouteAction,
 };
 pub use route_match::{PathMatch, RequestView, RouteMatch};
-pub use server_tls::GatewayTls;
+pub use server_tls::{GatewayTls, Terminator};
 pub use snapshot::{
     Cluster, Endpoint, InboundPort, ListenerSpec, PortProtocol, Service, ServicePort, Snapshot,
     UpstreamProtocol,

@@ -1,6 +1,8 @@
 //! TLS terminated at a gateway port (Istio Gateway servers with `tls.mode`
-//! SIMPLE, MUTUAL or OPTIONAL_MUTUAL): the servers of one port, the one a
-//! ClientHello's SNI picks, and its rustls `ServerConfig`.
+//! SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL): the servers of one
+//! port, the one a ClientHello's SNI picks, and its rustls `ServerConfig`
+//! (or, for ISTIO_MUTUAL, word that the mesh's own mTLS server config is
+//! to be used: this plain-data module holds no workload certificate).
 //!
 //! Certificates from files are re-read when a file changes: each handshake
 //! compares the files' metadata with what was loaded (a few `stat`s, far
@@ -33,6 +35,15 @@ use super::tcp_route::sni_matches;
 /// ALPN offered on HTTPS servers: HTTP/2 (and so gRPC) or HTTP/1.1.
 const ALPN_HTTPS: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
+/// How the server a ClientHello picked terminates it.
+pub enum Terminator {
+    /// With the server's own certificate (SIMPLE, MUTUAL, OPTIONAL_MUTUAL).
+    Own(Arc<ServerConfig>),
+    /// With the proxy's workload certificate, requiring a mesh client
+    /// certificate (ISTIO_MUTUAL): the caller uses its mesh TLS context.
+    Mesh,
+}
+
 /// The TLS servers of one gateway port.
 pub struct GatewayTls {
     servers: Vec<TlsServer>,
@@ -62,6 +73,8 @@ enum Source {
         key: String,
         ca: String,
     },
+    /// ISTIO_MUTUAL: the proxy's workload certificate, held elsewhere.
+    Mesh,
 }
 
 struct Loaded {
@@ -105,13 +118,16 @@ impl GatewayTls {
     /// exact name, else the longest `*.suffix` covering it, else one listing
     /// `*`. Without SNI (clients dialling an IP address): the `*` server,
     /// else the port's first server. None: no server for that name.
-    pub fn config_for(&self, sni: Option<&str>) -> Result<Arc<ServerConfig>, String> {
+    pub fn config_for(&self, sni: Option<&str>) -> Result<Terminator, String> {
         let server = match sni {
             Some(name) => self.by_name(name),
             None => self.catch_all().or(self.servers.first()),
         }
         .ok_or_else(|| format!("no TLS server on this port for SNI {sni:?}"))?;
-        server.current()
+        match server.source {
+            Source::Mesh => Ok(Terminator::Mesh),
+            _ => server.current().map(Terminator::Own),
+        }
     }
 
     fn by_name(&self, name: &str) -> Option<&TlsServer> {
@@ -141,7 +157,9 @@ impl TlsServer {
     fn compile(server: &pb::ServerTls, http: bool) -> Result<Self, (String, String)> {
         let mode = Mode::try_from(server.mode)
             .map_err(|_| ("mode".to_string(), format!("unknown mode {}", server.mode)))?;
-        let source = if !server.certificate_pem.is_empty() {
+        let source = if mode == Mode::IstioMutual {
+            Source::Mesh
+        } else if !server.certificate_pem.is_empty() {
             Source::Inline {
                 cert: server.certificate_pem.clone(),
                 key: server.private_key_pem.clone(),
@@ -193,7 +211,7 @@ impl TlsServer {
     fn current(&self) -> Result<Arc<ServerConfig>, String> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         let stamps = match &self.source {
-            Source::Inline { .. } => Vec::new(),
+            Source::Inline { .. } | Source::Mesh => Vec::new(),
             Source::Files { cert, key, ca } => [cert, key, ca]
                 .iter()
                 .filter(|p| !p.is_empty())
@@ -242,6 +260,9 @@ impl TlsServer {
             .map_err(|err| format!("TLS versions: {err}"))?;
         let builder = match self.mode {
             Mode::Simple => builder.with_no_client_auth(),
+            Mode::IstioMutual => {
+                return Err("ISTIO_MUTUAL uses the workload certificate, not files".into());
+            }
             Mode::Mutual | Mode::OptionalMutual => {
                 let mut roots = RootCertStore::empty();
                 for der in ca {
@@ -309,6 +330,9 @@ impl TlsServer {
                 key.as_bytes().to_vec(),
                 ca.as_bytes().to_vec(),
             ),
+            Source::Mesh => {
+                return Err("ISTIO_MUTUAL uses the workload certificate, not files".into());
+            }
         };
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
             .collect::<Result<_, _>>()
@@ -487,7 +511,10 @@ mod tests {
 
     /// Which server (by index) a ClientHello with `sni` gets.
     fn picked(tls: &GatewayTls, sni: Option<&str>) -> Option<usize> {
-        let config = tls.config_for(sni).ok()?;
+        let config = match tls.config_for(sni).ok()? {
+            Terminator::Own(config) => config,
+            Terminator::Mesh => return None,
+        };
         tls.servers
             .iter()
             .position(|s| s.current().is_ok_and(|c| Arc::ptr_eq(&c, &config)))
@@ -537,5 +564,27 @@ mod tests {
             "{problems:?}"
         );
         assert!(problems[2].1.contains("does not match"), "{problems:?}");
+    }
+
+    #[test]
+    fn istio_mutual_servers_defer_to_the_mesh_context_by_sni() {
+        let mesh = pb::ServerTls {
+            sni_hosts: vec!["edition.example.test".into()],
+            mode: Mode::IstioMutual as i32,
+            ..Default::default()
+        };
+        // No certificate of its own is needed, and it shares the port with
+        // a SIMPLE server chosen by another name.
+        let tls = compiled(&[mesh, server(&["shop.example.test"])]);
+        assert!(matches!(
+            tls.config_for(Some("edition.example.test")),
+            Ok(Terminator::Mesh)
+        ));
+        assert!(matches!(
+            tls.config_for(Some("shop.example.test")),
+            Ok(Terminator::Own(_))
+        ));
+        assert!(tls.config_for(Some("other.example.test")).is_err());
+        assert!(matches!(tls.config_for(None), Ok(Terminator::Mesh)));
     }
 }

@@ -20,7 +20,13 @@ pub enum UpstreamTls {
     #[default]
     Plain,
     /// Mesh mTLS; the server must present `identity` (empty: any mesh id).
-    Mesh { identity: Arc<str> },
+    /// `sni`: the DestinationRule's `sni` with ISTIO_MUTUAL, sent so a
+    /// gateway can pick its server by it (Istio's egress pattern); None:
+    /// no SNI, as between sidecars.
+    Mesh {
+        identity: Arc<str>,
+        sni: Option<Arc<str>>,
+    },
     /// TLS origination (DestinationRule SIMPLE or MUTUAL).
     Originate(Arc<Origination>),
 }
@@ -73,6 +79,11 @@ pub(super) fn decisions(config: &pb::ProxyConfig) -> Decisions {
             })),
             _ => None,
         };
+        let mesh_sni: Option<Arc<str>> = cluster
+            .tls
+            .as_ref()
+            .filter(|t| !t.sni.is_empty())
+            .map(|t| Arc::from(t.sni.as_str()));
         for endpoint in &cluster.endpoints {
             let Ok(addr) = endpoint.address.parse::<SocketAddr>() else {
                 continue;
@@ -81,9 +92,11 @@ pub(super) fn decisions(config: &pb::ProxyConfig) -> Decisions {
                 (_, Some(origination)) => UpstreamTls::Originate(origination.clone()),
                 (Mode::IstioMutual, _) => UpstreamTls::Mesh {
                     identity: Arc::from(endpoint.identity.as_str()),
+                    sni: mesh_sni.clone(),
                 },
                 (Mode::Auto, _) if !endpoint.identity.is_empty() => UpstreamTls::Mesh {
                     identity: Arc::from(endpoint.identity.as_str()),
+                    sni: None,
                 },
                 _ => UpstreamTls::Plain,
             };

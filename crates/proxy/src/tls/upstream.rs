@@ -65,7 +65,7 @@ pub async fn secure(
 ) -> io::Result<UpstreamIo> {
     let (config, server_name) = match tls {
         UpstreamTls::Plain => return Ok(UpstreamIo::Plain(stream)),
-        UpstreamTls::Mesh { identity } => {
+        UpstreamTls::Mesh { identity, sni } => {
             let alpn = match carries {
                 Carries::Tcp => ALPN_TCP,
                 Carries::Http1 => ALPN_HTTP1,
@@ -74,7 +74,17 @@ pub async fn secure(
             let config = mesh
                 .client_config(identity, alpn)
                 .ok_or_else(|| io::Error::other("mTLS: this proxy holds no certificate"))?;
-            (config, ServerName::IpAddress(addr.ip().into()))
+            // The identity is checked by SPIFFE id, never by this name:
+            // the SNI only tells a gateway which of its servers is meant.
+            let name = match sni {
+                Some(sni) => ServerName::try_from(sni.to_string()).map_err(|_| {
+                    io::Error::other(format!(
+                        "mTLS: DestinationRule sni {sni:?} is not a valid server name"
+                    ))
+                })?,
+                None => ServerName::IpAddress(addr.ip().into()),
+            };
+            (config, name)
         }
         UpstreamTls::Originate(origination) => {
             let config = mesh.origination_config(origination, carries)?;
