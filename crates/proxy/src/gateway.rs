@@ -89,6 +89,7 @@ pub(crate) async fn serve(
                 peer,
                 downstream,
                 trust,
+                tls: true,
             };
             server::serve(tls, conn, state).await;
         }

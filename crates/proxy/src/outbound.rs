@@ -63,6 +63,7 @@ pub(crate) async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream
                 peer,
                 downstream,
                 trust: Trust::Client,
+                tls: false,
             };
             server::serve(io, conn, state).await;
         }
@@ -129,6 +130,7 @@ pub(crate) async fn explicit(
                 peer,
                 downstream,
                 trust: Trust::Client,
+                tls: false,
             };
             server::serve(io, conn, state).await;
         }
@@ -253,6 +255,7 @@ pub(crate) async fn gateway(
         peer,
         downstream,
         trust: Trust::Client,
+        tls: false,
     };
     server::serve(io, conn, state).await;
 }

@@ -407,7 +407,7 @@ clusters:
 }
 
 #[tokio::test]
-async fn the_gateway_appends_its_peer_and_trusted_hops_pick_the_client() {
+async fn the_gateway_appends_its_peer_and_trusted_hops_pick_the_client_and_scheme() {
     let echo = echo().await;
     let (plain, behind_lb) = (free_addr(), free_addr());
     let _plain = start(&gateway(plain, echo.addr, "")).await;
@@ -415,8 +415,11 @@ async fn the_gateway_appends_its_peer_and_trusted_hops_pick_the_client() {
     let forged = [
         "X-Forwarded-For: 9.9.9.9, 1.2.3.4",
         "x-envoy-external-address: 5.5.5.5",
+        "X-Forwarded-Proto: https",
     ];
     let (status, body) = get(plain, "/", &forged).await;
+    // The client's scheme claim is replaced by the connection's.
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("x-forwarded-for: 9.9.9.9, 1.2.3.4, 127.0.0.1\n"),
@@ -433,6 +436,8 @@ async fn the_gateway_appends_its_peer_and_trusted_hops_pick_the_client() {
         body.contains("x-envoy-external-address: 1.2.3.4\n"),
         "{body}"
     );
+    // Behind it, the scheme the load balancer saw is kept.
+    assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
 }
 
 #[tokio::test]

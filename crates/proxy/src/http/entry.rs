@@ -17,6 +17,11 @@
 //!   in `x-envoy-external-address`, picked `numTrustedProxies` entries from
 //!   the end; that header is what a sidecar behind it (reached over mTLS)
 //!   uses as `remote.ip`.
+//! - `X-Forwarded-Proto` says the scheme of the connection the request came
+//!   on (`https` for TLS this proxy ended), as Envoy sets it; a value already
+//!   there is kept only from a mesh peer, or at a gateway behind trusted
+//!   proxies (the first of them set it). Apps build redirects and `Secure`
+//!   cookies from it, so a client may not choose it.
 
 use std::net::IpAddr;
 
@@ -34,6 +39,7 @@ use crate::tls::CLIENT_PROTOCOL_HEADER;
 
 pub const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
 pub const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+pub const XFP: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 /// The client address the edge of the mesh decided on (Envoy's name).
 pub const EXTERNAL_ADDRESS: http::HeaderName =
     http::HeaderName::from_static("x-envoy-external-address");
@@ -153,14 +159,30 @@ pub fn enter<B>(
     hardening: &Hardening,
 ) -> Result<bool, LocalReply> {
     let app_http1 = prepare(request, &conn.trust, hardening.path_normalization)?;
-    if let Target::Gateway { .. } = conn.target {
+    let gateway = matches!(conn.target, Target::Gateway { .. });
+    if gateway {
         forwarded_for(
             request.headers_mut(),
             conn.peer,
             hardening.num_trusted_proxies,
         );
     }
+    let believed = match gateway {
+        true => hardening.num_trusted_proxies > 0,
+        false => conn.trust.is_mesh_peer(),
+    };
+    forwarded_proto(request.headers_mut(), conn.tls, believed);
     Ok(app_http1)
+}
+
+/// Sets `X-Forwarded-Proto` to the connection's scheme unless the value
+/// already there is `believed` (see the module doc).
+pub fn forwarded_proto(headers: &mut HeaderMap, tls: bool, believed: bool) {
+    if believed && headers.contains_key(XFP) {
+        return;
+    }
+    let scheme = HeaderValue::from_static(if tls { "https" } else { "http" });
+    headers.insert(XFP, scheme);
 }
 
 /// The gateway's part: appends `peer` to `X-Forwarded-For` and writes the
@@ -247,6 +269,20 @@ mod tests {
         forwarded_for(&mut headers, Some(peer), 0);
         assert_eq!(headers[XFF], "1.2.3.4, 5.6.7.8, 10.0.0.9");
         assert_eq!(headers[EXTERNAL_ADDRESS], "10.0.0.9");
+    }
+
+    #[test]
+    fn forwarded_proto_is_the_connections_unless_believed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(XFP, HeaderValue::from_static("https"));
+        forwarded_proto(&mut headers, false, false);
+        assert_eq!(headers[XFP], "http", "a client's claim is replaced");
+        headers.insert(XFP, HeaderValue::from_static("https"));
+        forwarded_proto(&mut headers, false, true);
+        assert_eq!(headers[XFP], "https", "a believed hop's value is kept");
+        let mut fresh = HeaderMap::new();
+        forwarded_proto(&mut fresh, true, true);
+        assert_eq!(fresh[XFP], "https", "absent: the connection's scheme");
     }
 
     #[test]

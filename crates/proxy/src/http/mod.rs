@@ -59,4 +59,7 @@ pub struct HttpConn {
     pub downstream: Downstream,
     /// Whether the caller is a mesh peer proven by mTLS.
     pub trust: Trust,
+    /// The request came over TLS this proxy terminated (gateway HTTPS,
+    /// mesh mTLS): `X-Forwarded-Proto: https` where the header is set.
+    pub tls: bool,
 }

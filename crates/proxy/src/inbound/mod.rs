@@ -183,6 +183,7 @@ async fn inbound_plaintext<S>(
                 peer,
                 downstream,
                 trust: Trust::Client,
+                tls: false,
             };
             let serving = server::serve(io, conn, state.clone());
             until_strict(serving, &state, original.port()).await;

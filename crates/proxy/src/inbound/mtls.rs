@@ -177,6 +177,7 @@ async fn serve_http<I>(
         // The caller's proxy proved itself: what it says is believed, and
         // the app learns who called in `x-forwarded-client-cert`.
         trust: Trust::MeshPeer { xfcc },
+        tls: true,
     };
     server::serve(io, conn, state).await;
 }
