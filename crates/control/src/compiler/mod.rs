@@ -19,6 +19,7 @@ mod checks;
 mod clusters;
 mod delegate;
 mod dns_table;
+pub mod ext_authz;
 mod gateway;
 mod gateway_auto;
 mod gateway_tls;
