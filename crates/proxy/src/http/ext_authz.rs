@@ -7,9 +7,6 @@
 
 use std::sync::Arc;
 
-use http::Uri;
-use http::uri::{Authority, Scheme};
-
 use crate::policy::ext_authz::{Answer, Call, Provider, Transport, grpc};
 use crate::ratelimit::rls;
 use crate::state::ProxyState;
@@ -48,15 +45,8 @@ impl PoolTransport<'_> {
             Call::Grpc(message) => rls::unary(target, grpc::CHECK, &message)
                 .await
                 .map(Answer::Grpc),
-            Call::Http(mut request) => {
-                let mut uri = request.uri().clone().into_parts();
-                uri.scheme = Some(Scheme::HTTP);
-                uri.authority = Some(
-                    Authority::try_from(addr.to_string())
-                        .map_err(|err| format!("bad authority {addr}: {err}"))?,
-                );
-                *request.uri_mut() =
-                    Uri::from_parts(uri).map_err(|err| format!("bad check URI: {err}"))?;
+            // HTTP/1 shape: origin-form path, the original Host.
+            Call::Http(request) => {
                 let response = target
                     .pool
                     .send(

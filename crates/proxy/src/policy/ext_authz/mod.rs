@@ -67,7 +67,7 @@ pub struct Provider {
 /// A check request, ready for the wire.
 pub enum Call {
     Grpc(CheckRequest),
-    /// Path, method and headers set; the transport sets the authority.
+    /// HTTP/1 shape: method, origin-form path, the original Host.
     Http(Request<ProxyBody>),
 }
 
