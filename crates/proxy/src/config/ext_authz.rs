@@ -49,7 +49,7 @@ fn compile_one(
         problems.push(format!("{path}.name"), "required");
         return None;
     }
-    let Some(cluster) = clusters.get(&provider.cluster) else {
+    if !clusters.contains_key(&provider.cluster) {
         problems.push(
             format!("{path}.cluster"),
             format!("no cluster named {:?}", provider.cluster),
@@ -112,7 +112,7 @@ fn compile_one(
         } else {
             Protocol::Http
         },
-        cluster: cluster.clone(),
+        cluster: Arc::from(provider.cluster.as_str()),
         timeout,
         fail_open: provider.fail_open,
         status_on_error,

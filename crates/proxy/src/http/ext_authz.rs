@@ -28,7 +28,13 @@ impl Transport for PoolTransport<'_> {
 impl PoolTransport<'_> {
     async fn send(&self, provider: &Provider, call: Call) -> Result<Answer, String> {
         let state = self.0;
-        let cluster = &provider.cluster;
+        // Snapshot guards are not held across the call.
+        let cluster = state
+            .snapshot()
+            .cluster(&provider.cluster)
+            .cloned()
+            .ok_or_else(|| format!("no cluster {}", provider.cluster))?;
+        let cluster = &cluster;
         let live = state.clusters().live(cluster);
         let addr = live
             .pick_endpoint(cluster)

@@ -32,7 +32,6 @@ use bytes::Bytes;
 use weft_proto::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
 use crate::body::ProxyBody;
-use crate::config::Cluster;
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::policy::authz::Pattern;
 
@@ -49,7 +48,9 @@ pub enum Protocol {
 pub struct Provider {
     pub name: Arc<str>,
     pub protocol: Protocol,
-    pub cluster: Arc<Cluster>,
+    /// A cluster of the same snapshot (checked when it was compiled);
+    /// named, not held, so that policy does not depend on config.
+    pub cluster: Arc<str>,
     pub timeout: Duration,
     pub fail_open: bool,
     pub status_on_error: StatusCode,

@@ -2,7 +2,7 @@
 //! do, without a network (the transport is a closure).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -13,15 +13,13 @@ use weft_proto::envoy::r#type::v3::HttpStatus;
 use weft_proto::google::rpc::Status;
 
 use super::*;
-use crate::config::Cluster;
 use crate::flags::ResponseFlag;
 
 fn provider(protocol: Protocol) -> Provider {
     Provider {
         name: "authz".into(),
         protocol,
-        // The transport is faked: any cluster does.
-        cluster: Arc::new(Cluster::black_hole()),
+        cluster: "outbound|9000||authz.default.svc.cluster.local".into(),
         timeout: Duration::from_secs(1),
         fail_open: false,
         status_on_error: StatusCode::SERVICE_UNAVAILABLE,
