@@ -114,6 +114,11 @@ impl AuthzPolicies {
         self
     }
 
+    /// Every policy, in name order.
+    pub(super) fn policies(&self) -> impl Iterator<Item = &pb::AuthzPolicy> {
+        self.0.iter().map(|(_, policy)| policy)
+    }
+
     /// The policies of a workload in `namespace` with `labels`.
     pub(super) fn for_workload(
         &self,

@@ -59,6 +59,46 @@ impl From<&MeshConfig> for Providers {
     }
 }
 
+impl Providers {
+    /// Mesh-wide (what `weft analyze` and apply report): each CUSTOM
+    /// policy whose provider cannot be used, before any proxy connects.
+    pub(super) fn check_policies<'a>(
+        &self,
+        policies: impl Iterator<Item = &'a pb::AuthzPolicy>,
+        warnings: &mut Vec<String>,
+    ) {
+        for policy in policies {
+            if pb::AuthzAction::try_from(policy.action) != Ok(pb::AuthzAction::Custom) {
+                continue;
+            }
+            if let Some(problem) = self.problem(&policy.provider) {
+                warnings.push(denial(policy, &problem));
+            }
+        }
+    }
+
+    /// Why `name` cannot be used by a CUSTOM policy; None when it can.
+    fn problem(&self, name: &str) -> Option<String> {
+        match self.0.get(name) {
+            _ if name.is_empty() => Some("names no provider".to_string()),
+            None => Some("is not in MeshConfig extensionProviders".to_string()),
+            Some(Provider::OtherKind(kind)) => Some(format!(
+                "is a {kind} provider, not envoyExtAuthzGrpc or envoyExtAuthzHttp"
+            )),
+            Some(Provider::ExtAuthz(_)) => None,
+        }
+    }
+}
+
+/// The warning for a CUSTOM policy whose provider cannot be used.
+fn denial(policy: &pb::AuthzPolicy, problem: &str) -> String {
+    format!(
+        "AuthorizationPolicy {}: spec.provider.name {:?} {problem}; requests this CUSTOM \
+         policy matches are denied (fail closed)",
+        policy.name, policy.provider
+    )
+}
+
 /// `ns/host` or `host` (Istio accepts both) → the service's cluster name.
 fn service_cluster(service: &str, port: u32, root: &str) -> String {
     let (namespace, host) = service.split_once('/').unwrap_or((root, service));
@@ -143,12 +183,7 @@ impl super::MeshIndex {
         let mut reported = BTreeSet::new();
         for policy in custom {
             let problem = match self.mesh.ext_authz.0.get(&policy.provider) {
-                _ if policy.provider.is_empty() => Some("names no provider".to_string()),
-                None => Some("is not in MeshConfig extensionProviders".to_string()),
-                Some(Provider::OtherKind(kind)) => Some(format!(
-                    "is a {kind} provider, not envoyExtAuthzGrpc or envoyExtAuthzHttp"
-                )),
-                Some(Provider::ExtAuthz(provider)) => {
+                Some(Provider::ExtAuthz(provider)) if !policy.provider.is_empty() => {
                     if used.contains_key(&provider.name) {
                         None
                     } else if let Some(cluster) = self.rule_clusters.resolve(
@@ -174,14 +209,11 @@ impl super::MeshIndex {
                         ))
                     }
                 }
+                _ => self.mesh.ext_authz.problem(&policy.provider),
             };
             if let Some(problem) = problem {
                 if reported.insert((policy.name.clone(), policy.provider.clone())) {
-                    output.warnings.push(format!(
-                        "AuthorizationPolicy {}: spec.provider.name {:?} {problem}; requests \
-                         this CUSTOM policy matches are denied (fail closed)",
-                        policy.name, policy.provider
-                    ));
+                    output.warnings.push(denial(policy, &problem));
                 }
                 policy.provider.clear();
             }

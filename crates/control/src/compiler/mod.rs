@@ -329,6 +329,8 @@ impl MeshIndex {
             &mut warnings,
         )
         .with_root(&mesh.root_namespace);
+        mesh.ext_authz
+            .check_policies(authz.policies(), &mut warnings);
         let jwt = request_authn::JwtPolicies::build(
             resources.iter().filter_map(|r| match r {
                 Resource::RequestAuthentication(object) => Some(object),
