@@ -390,6 +390,21 @@ async fn custom_policies_ask_grpc_and_http_authorizers_and_fail_as_configured() 
     let (status, text) = get(port, "/closed/x", "alice").await;
     assert_eq!(status, 503, "{text}");
 
+    // Denials by an authorizer and refused failures are flagged UAEX.
+    let metrics = weft_testkit::client::get(gateway.metrics, "metrics", "/stats/prometheus")
+        .await
+        .expect("scrape")
+        .text();
+    for code in ["418", "451", "503"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.contains("response_flags=\"UAEX\"")
+                    && l.contains(&format!("response_code=\"{code}\""))),
+            "no UAEX {code} in:\n{metrics}"
+        );
+    }
+
     // A provider MeshConfig does not have: denied, and weftd says why.
     let (status, text) = get(port, "/unknown/x", "alice").await;
     assert_eq!(status, 403, "{text}");
