@@ -99,10 +99,10 @@ fn denial(policy: &pb::AuthzPolicy, problem: &str) -> String {
     )
 }
 
-/// `ns/host` or `host` (Istio accepts both) → the service's cluster name.
-fn service_cluster(service: &str, port: u32, root: &str) -> String {
+/// `ns/host` or `host` (Istio accepts both) → the service's host.
+fn service_host(service: &str, root: &str) -> String {
     let (namespace, host) = service.split_once('/').unwrap_or((root, service));
-    cluster_name(port, "", &fqdn(host, namespace))
+    fqdn(host, namespace)
 }
 
 fn timeout(value: Option<&str>) -> std::time::Duration {
@@ -128,7 +128,9 @@ fn from_grpc(name: &str, grpc: &ExtAuthzGrpc, root: &str) -> pb::ExtAuthzProvide
     pb::ExtAuthzProvider {
         name: name.to_string(),
         grpc: true,
-        cluster: service_cluster(&grpc.service, grpc.port, root),
+        cluster: cluster_name(grpc.port, "", &service_host(&grpc.service, root)),
+        // Istio names the service host as the gRPC authority.
+        authority: service_host(&grpc.service, root),
         timeout: Some(timeout(grpc.timeout.as_deref()).into()),
         fail_open: grpc.fail_open,
         status_on_error: status(&grpc.status_on_error),
@@ -148,7 +150,7 @@ fn from_http(name: &str, http: &ExtAuthzHttp, root: &str) -> pb::ExtAuthzProvide
     pb::ExtAuthzProvider {
         name: name.to_string(),
         grpc: false,
-        cluster: service_cluster(&http.service, http.port, root),
+        cluster: cluster_name(http.port, "", &service_host(&http.service, root)),
         timeout: Some(timeout(http.timeout.as_deref()).into()),
         fail_open: http.fail_open,
         status_on_error: status(&http.status_on_error),
@@ -159,6 +161,7 @@ fn from_http(name: &str, http: &ExtAuthzHttp, root: &str) -> pb::ExtAuthzProvide
         headers_to_downstream_on_allow: lower(&http.headers_to_downstream_on_allow),
         path_prefix: http.path_prefix.clone(),
         include_request_body: body(http.include_request_body_in_check.as_ref()),
+        authority: String::new(),
     }
 }
 

@@ -328,6 +328,7 @@ spec:
     assert!(opa.grpc);
     assert_eq!(opa.cluster, cluster);
     assert_eq!(opa.status_on_error, 503);
+    assert_eq!(opa.authority, REVIEWS_HOST, "Istio's gRPC authority");
     assert_eq!(
         opa.timeout.as_ref().map(|t| t.seconds),
         Some(2),

@@ -95,6 +95,14 @@ fn compile_one(
             ),
         }
     }
+    if !provider.authority.is_empty() && provider.authority.parse::<http::uri::Authority>().is_err()
+    {
+        problems.push(
+            format!("{path}.authority"),
+            format!("{:?} is not a host[:port]", provider.authority),
+        );
+        return None;
+    }
     let prefix = &provider.path_prefix;
     if !prefix.is_empty()
         && (!prefix.starts_with('/') || format!("{prefix}/").parse::<http::Uri>().is_err())
@@ -113,6 +121,7 @@ fn compile_one(
             Protocol::Http
         },
         cluster: Arc::from(provider.cluster.as_str()),
+        authority: provider.authority.clone(),
         timeout,
         fail_open: provider.fail_open,
         status_on_error,

@@ -46,6 +46,7 @@ impl PoolTransport<'_> {
             addr,
             tls: state.snapshot().upstream_tls(&cluster.name, addr),
             connect_timeout: cluster.connect_timeout.min(provider.timeout),
+            authority: Some(provider.authority.as_str()).filter(|a| !a.is_empty()),
         };
         match call {
             Call::Grpc(message) => rls::unary(target, grpc::CHECK, &message)

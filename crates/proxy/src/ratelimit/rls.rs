@@ -56,6 +56,8 @@ pub struct Target<'a> {
     pub addr: SocketAddr,
     pub tls: UpstreamTls,
     pub connect_timeout: Duration,
+    /// The call's `:authority`; None: `addr`.
+    pub authority: Option<&'a str>,
 }
 
 /// Asks the service about `descriptors` in `domain`, within `timeout`.
@@ -87,7 +89,11 @@ pub async fn unary<Req: Message, Resp: Message + Default>(
 ) -> Result<Resp, String> {
     let uri = Uri::builder()
         .scheme("http")
-        .authority(target.addr.to_string())
+        .authority(
+            target
+                .authority
+                .map_or_else(|| target.addr.to_string(), str::to_string),
+        )
         .path_and_query(path)
         .build()
         .map_err(|err| format!("bad request URI: {err}"))?;

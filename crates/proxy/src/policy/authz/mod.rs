@@ -109,21 +109,6 @@ pub enum Decision {
     },
 }
 
-impl PartialEq for Provider {
-    /// The same compiled provider (for comparing decisions).
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self, other)
-    }
-}
-
-impl Eq for Provider {}
-
-impl std::fmt::Debug for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Provider({})", self.name)
-    }
-}
-
 impl Decision {
     pub fn is_allow(&self) -> bool {
         *self == Self::Allow

@@ -51,6 +51,9 @@ pub struct Provider {
     /// A cluster of the same snapshot (checked when it was compiled);
     /// named, not held, so that policy does not depend on config.
     pub cluster: Arc<str>,
+    /// gRPC: the `:authority` of check calls (the provider's host, as
+    /// Istio sets it); empty: the endpoint's address.
+    pub authority: String,
     pub timeout: Duration,
     pub fail_open: bool,
     pub status_on_error: StatusCode,
@@ -63,6 +66,21 @@ pub struct Provider {
     pub downstream_on_deny: Vec<Pattern>,
     pub downstream_on_allow: Vec<Pattern>,
     pub path_prefix: String,
+}
+
+impl PartialEq for Provider {
+    /// The same compiled provider (for comparing decisions).
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for Provider {}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Provider({})", self.name)
+    }
 }
 
 /// A check request, ready for the wire.

@@ -20,6 +20,7 @@ fn provider(protocol: Protocol) -> Provider {
         name: "authz".into(),
         protocol,
         cluster: "outbound|9000||authz.default.svc.cluster.local".into(),
+        authority: "authz.default.svc.cluster.local".into(),
         timeout: Duration::from_secs(1),
         fail_open: false,
         status_on_error: StatusCode::SERVICE_UNAVAILABLE,
