@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weft/proxy/v1/config.proto",
         "proto/weft/discovery/v1/discovery.proto",
         "proto/envoy/service/ratelimit/v3/rls.proto",
+        "proto/envoy/service/auth/v3/external_auth.proto",
     ];
     // The whole tree: imported files (authz.proto, ...) change the output too.
     println!("cargo:rerun-if-changed=proto");

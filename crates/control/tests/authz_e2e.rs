@@ -203,7 +203,8 @@ fn dry_run_custom_and_untranslatable_policies() {
         let web = Workload::start(&format!("{dry}{custom}"), "default", &["app=web"]).await;
         // Dry-run: evaluated and logged, not enforced.
         assert_eq!(get("/plain").await.status, StatusCode::OK);
-        // CUSTOM without an authorizer fails closed on what it covers.
+        // CUSTOM naming a provider MeshConfig does not have fails closed on
+        // what it covers.
         assert_eq!(get("/ext/a").await.status, StatusCode::FORBIDDEN);
         // A DENY rule weftd cannot translate denies everything (fail
         // closed), and weftd says which resource and field.
@@ -217,7 +218,10 @@ fn dry_run_custom_and_untranslatable_policies() {
             "{logs}"
         );
         assert!(
-            logs.contains("AuthorizationPolicy default/ext: spec.action: CUSTOM"),
+            logs.contains(
+                "AuthorizationPolicy default/ext: spec.provider.name \"my-ext-authz\" is not in \
+                 MeshConfig extensionProviders"
+            ),
             "{logs}"
         );
         let proxy_logs = web.proxy.logs();

@@ -64,6 +64,7 @@ pub fn pieces(config: ProxyConfig) -> Vec<(String, Body)> {
             num_trusted_proxies: config.num_trusted_proxies,
             telemetry: config.telemetry,
             rate_limits: config.rate_limits,
+            ext_authz_providers: config.ext_authz_providers,
         }),
     );
     out
@@ -91,6 +92,7 @@ pub fn assemble<'a>(
                 config.num_trusted_proxies = settings.num_trusted_proxies;
                 config.telemetry = settings.telemetry;
                 config.rate_limits = settings.rate_limits;
+                config.ext_authz_providers = settings.ext_authz_providers;
             }
             Some(Body::DnsHost(host)) => config.dns_hosts.push(host),
             None => {}
@@ -140,7 +142,11 @@ mod tests {
                 name: "c".into(),
                 ..Cluster::default()
             }],
-            // Settings carry the rate limits too.
+            // Settings carry the rate limits and ext_authz providers too.
+            ext_authz_providers: vec![crate::proxy::v1::ExtAuthzProvider {
+                name: "authz".into(),
+                ..Default::default()
+            }],
             rate_limits: Some(crate::proxy::v1::RateLimits {
                 rules: vec![crate::proxy::v1::RateLimitRule {
                     name: "r".into(),

@@ -35,9 +35,12 @@ pub enum ResponseFlag {
     /// RLSE: the global rate-limit service failed and failureModeDeny
     /// refused the request.
     RateLimitServiceError,
+    /// UAEX: the external authorizer (a CUSTOM AuthorizationPolicy's
+    /// provider) denied the request, or failed without failOpen.
+    UnauthorizedExternalService,
 }
 
-const ALL: [ResponseFlag; 13] = [
+const ALL: [ResponseFlag; 14] = [
     ResponseFlag::NoRoute,
     ResponseFlag::NoHealthyUpstream,
     ResponseFlag::UpstreamConnectFailure,
@@ -51,6 +54,7 @@ const ALL: [ResponseFlag; 13] = [
     ResponseFlag::DownstreamProtocolError,
     ResponseFlag::RateLimited,
     ResponseFlag::RateLimitServiceError,
+    ResponseFlag::UnauthorizedExternalService,
 ];
 
 impl ResponseFlag {
@@ -69,6 +73,7 @@ impl ResponseFlag {
             Self::DownstreamProtocolError => "DPE",
             Self::RateLimited => "RL",
             Self::RateLimitServiceError => "RLSE",
+            Self::UnauthorizedExternalService => "UAEX",
         }
     }
 }

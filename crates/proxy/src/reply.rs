@@ -114,6 +114,8 @@ fn classify(flag: ResponseFlag) -> (Source, RetrySafety) {
         F::UpstreamOverflow | F::RateLimitServiceError => (Source::Proxy, RetrySafety::Safe),
         // The same bucket or service answers an immediate retry the same.
         F::RateLimited => (Source::Proxy, RetrySafety::Pointless),
+        // The authorizer answers the same request the same way.
+        F::UnauthorizedExternalService => (Source::Proxy, RetrySafety::Pointless),
         F::UpstreamConnectFailure => (Source::Upstream, RetrySafety::Safe),
         F::NoHealthyUpstream | F::UpstreamRetryLimitExceeded => {
             (Source::Upstream, RetrySafety::Pointless)

@@ -131,11 +131,7 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
             kind.key()
         );
         let why = match kind {
-            Kind::EnvoyExtAuthzHttp | Kind::EnvoyExtAuthzGrpc => Some(
-                "external authorization is not implemented yet: CUSTOM AuthorizationPolicies \
-                 naming this provider deny what they match (fail closed)",
-            ),
-            Kind::Prometheus => None,
+            Kind::Prometheus | Kind::EnvoyExtAuthzHttp | Kind::EnvoyExtAuthzGrpc => None,
             Kind::EnvoyFileAccessLog => Some(
                 "usable as a default access-log provider (logs on); its path and logFormat are \
                  not applied",

@@ -114,6 +114,11 @@ impl AuthzPolicies {
         self
     }
 
+    /// Every policy, in name order.
+    pub(super) fn policies(&self) -> impl Iterator<Item = &pb::AuthzPolicy> {
+        self.0.iter().map(|(_, policy)| policy)
+    }
+
     /// The policies of a workload in `namespace` with `labels`.
     pub(super) fn for_workload(
         &self,
@@ -138,15 +143,9 @@ fn compile(
         Action::Allow => pb::AuthzAction::Allow,
         Action::Deny => pb::AuthzAction::Deny,
         Action::Audit => pb::AuthzAction::Audit,
-        Action::Custom => {
-            let provider = spec.provider.as_ref().map_or("", |p| p.name.as_str());
-            warnings.push(format!(
-                "AuthorizationPolicy {name}: spec.action: CUSTOM (provider {provider:?}) is not \
-                 supported: Weft has no external authorizer, so requests this policy matches \
-                 are denied"
-            ));
-            pb::AuthzAction::Custom
-        }
+        // The provider is resolved per proxy (`ext_authz`), which warns
+        // when it cannot be used.
+        Action::Custom => pb::AuthzAction::Custom,
     };
     let fail_closed = matches!(spec.action, Action::Deny | Action::Custom);
     let namespace = namespace_or_default(&object.metadata.namespace);
@@ -176,6 +175,10 @@ fn compile(
             .get(DRY_RUN_ANNOTATION)
             .is_some_and(|v| v.eq_ignore_ascii_case("true")),
         rules,
+        provider: match spec.action {
+            Action::Custom => spec.provider.as_ref().map_or("", |p| &p.name).to_string(),
+            _ => String::new(),
+        },
     }
 }
 

@@ -257,3 +257,114 @@ spec:
     let with_rule = format!("{yaml}{istio_mutual}");
     assert_eq!(identity(&with_rule, "enableAutoMtls: false"), spiffe);
 }
+
+/// CUSTOM policies get their MeshConfig provider with its cluster (outside
+/// any Sidecar scope); unusable providers are cleared and reported, so the
+/// proxy denies what those policies match.
+#[test]
+fn custom_policies_resolve_their_ext_authz_provider() {
+    let custom = |name: &str, provider: &str| {
+        format!(
+            "
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  action: CUSTOM
+  provider: {{name: {provider}}}
+  rules: [{{to: [{{operation: {{paths: [/{name}/*]}}}}]}}]
+"
+        )
+    };
+    let yaml = format!(
+        "{REVIEWS}{}{}{}{}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: default}}
+spec:
+  egress: [{{hosts: [./*]}}]
+",
+        custom("grpc", "opa"),
+        custom("http", "oauth"),
+        custom("tracer", "zipkin"),
+        custom("missing", "nobody"),
+    );
+    let mesh = "extensionProviders:
+- {name: opa, envoyExtAuthzGrpc: {service: reviews.shop.svc.cluster.local, port: 9080, timeout: 2s, statusOnError: \"503\"}}
+- name: oauth
+  envoyExtAuthzHttp:
+    service: shop/reviews.shop.svc.cluster.local
+    port: 9080
+    includeRequestHeadersInCheck: [X-User]
+    headersToUpstreamOnAllow: [x-auth-*]
+- {name: zipkin, zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}}
+";
+    let mut proxy = node("default", &[]);
+    proxy.ports = vec![weft_proto::discovery::v1::WorkloadPort {
+        port: 8080,
+        protocol: 0,
+        name: "http".into(),
+    }];
+    let index = build(&yaml, mesh);
+    // Mesh-wide too (apply, `weft analyze`), before any proxy connects.
+    let mesh_wide = index.warnings().join("\n");
+    assert!(
+        mesh_wide.contains("default/missing: spec.provider.name \"nobody\""),
+        "{mesh_wide}"
+    );
+    assert!(!mesh_wide.contains("default/grpc"), "{mesh_wide}");
+    let out = compile(&index, &proxy);
+    let config = out.config;
+    let cluster = format!("outbound|9080||{REVIEWS_HOST}");
+    assert!(
+        config.clusters.iter().any(|c| c.name == cluster),
+        "the authorizer's cluster is added outside the Sidecar's scope"
+    );
+    let providers: Vec<_> = config.ext_authz_providers.iter().collect();
+    assert_eq!(providers.len(), 2, "{providers:?}");
+    let (oauth, opa) = (providers[0], providers[1]);
+    assert!(opa.grpc);
+    assert_eq!(opa.cluster, cluster);
+    assert_eq!(opa.status_on_error, 503);
+    assert_eq!(opa.authority, REVIEWS_HOST, "Istio's gRPC authority");
+    assert_eq!(
+        opa.timeout.as_ref().map(|t| t.seconds),
+        Some(2),
+        "the provider's timeout"
+    );
+    assert!(!oauth.grpc);
+    assert_eq!(oauth.cluster, cluster);
+    assert_eq!(oauth.status_on_error, 403, "Istio's default");
+    assert_eq!(
+        oauth.timeout.as_ref().map(|t| t.seconds),
+        Some(600),
+        "Istio's default timeout"
+    );
+    assert_eq!(oauth.include_request_headers_in_check, ["x-user"]);
+    let security = config.inbound_ports[0].security.as_ref().expect("policies");
+    let provider_of = |name: &str| {
+        security
+            .policies
+            .iter()
+            .find(|p| p.name == format!("default/{name}"))
+            .map(|p| p.provider.as_str())
+            .expect("policy")
+    };
+    assert_eq!(provider_of("grpc"), "opa");
+    assert_eq!(provider_of("http"), "oauth");
+    assert_eq!(provider_of("tracer"), "", "another kind: fails closed");
+    assert_eq!(provider_of("missing"), "", "unknown: fails closed");
+    let warnings = out.warnings.join("\n");
+    assert!(
+        warnings.contains("default/tracer: spec.provider.name \"zipkin\" is a zipkin provider"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains(
+            "default/missing: spec.provider.name \"nobody\" is not in MeshConfig extensionProviders"
+        ),
+        "{warnings}"
+    );
+}

@@ -33,6 +33,8 @@ pub struct MeshDefaults {
     pub locality: Option<pb::LocalityLb>,
     /// The trust domain first, then its aliases.
     pub trust_domains: Vec<String>,
+    /// `extensionProviders`, as CUSTOM AuthorizationPolicies name them.
+    pub ext_authz: super::ext_authz::Providers,
 }
 
 impl Default for MeshDefaults {
@@ -80,6 +82,7 @@ impl From<&MeshConfig> for MeshDefaults {
                 .as_ref()
                 .map(super::clusters::balancer::locality_lb),
             trust_domains,
+            ext_authz: super::ext_authz::Providers::from(mesh),
         }
     }
 }

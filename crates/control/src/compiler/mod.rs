@@ -19,6 +19,7 @@ mod checks;
 mod clusters;
 mod delegate;
 mod dns_table;
+pub mod ext_authz;
 mod gateway;
 mod gateway_auto;
 mod gateway_tls;
@@ -328,6 +329,8 @@ impl MeshIndex {
             &mut warnings,
         )
         .with_root(&mesh.root_namespace);
+        mesh.ext_authz
+            .check_policies(authz.policies(), &mut warnings);
         let jwt = request_authn::JwtPolicies::build(
             resources.iter().filter_map(|r| match r {
                 Resource::RequestAuthentication(object) => Some(object),

@@ -162,6 +162,7 @@ impl MeshIndex {
             warnings,
         };
         self.attach_rate_limits(node, &mut output);
+        self.attach_ext_authz(node, &mut output);
         output
     }
 
@@ -194,6 +195,7 @@ impl MeshIndex {
             warnings,
         };
         self.attach_rate_limits(node, &mut output);
+        self.attach_ext_authz(node, &mut output);
         output
     }
 

@@ -20,6 +20,7 @@ use crate::policy::jwt::{
 pub(super) fn compile_security(
     security: Option<&pb::InboundSecurity>,
     path: &str,
+    providers: &super::ext_authz::Providers,
     problems: &mut Problems,
 ) -> Option<Arc<InboundGuard>> {
     let security = security?;
@@ -30,7 +31,9 @@ pub(super) fn compile_security(
         .policies
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| compile_policy(p, &format!("{path}.policies[{i}]"), problems))
+        .filter_map(|(i, p)| {
+            compile_policy(p, &format!("{path}.policies[{i}]"), providers, problems)
+        })
         .collect();
     let rules: Vec<JwtRule> = security
         .jwt_rules
@@ -44,19 +47,17 @@ pub(super) fn compile_security(
     }))
 }
 
-fn compile_policy(policy: &pb::AuthzPolicy, path: &str, problems: &mut Problems) -> Option<Policy> {
+fn compile_policy(
+    policy: &pb::AuthzPolicy,
+    path: &str,
+    providers: &super::ext_authz::Providers,
+    problems: &mut Problems,
+) -> Option<Policy> {
     let action = match pb::AuthzAction::try_from(policy.action) {
         Ok(pb::AuthzAction::Allow) => Action::Allow,
         Ok(pb::AuthzAction::Deny) => Action::Deny,
         Ok(pb::AuthzAction::Audit) => Action::Audit,
-        Ok(pb::AuthzAction::Custom) => {
-            tracing::warn!(
-                policy = %policy.name,
-                "CUSTOM authorization is not supported (no external authorizer): \
-                 requests this policy matches are denied"
-            );
-            Action::Custom
-        }
+        Ok(pb::AuthzAction::Custom) => Action::Custom,
         Err(_) => {
             problems.push(format!("{path}.action"), "unknown action");
             return None;
@@ -80,11 +81,32 @@ fn compile_policy(policy: &pb::AuthzPolicy, path: &str, problems: &mut Problems)
             .unwrap_or_default();
         rules.push(Rule { from, to, when });
     }
+    let provider = match action {
+        Action::Custom if policy.provider.is_empty() => {
+            tracing::warn!(
+                policy = %policy.name,
+                "CUSTOM policy without a provider: requests it matches are denied"
+            );
+            None
+        }
+        Action::Custom => match providers.get(&policy.provider) {
+            Some(provider) => Some(provider.clone()),
+            None => {
+                problems.push(
+                    format!("{path}.provider"),
+                    format!("no extAuthzProviders entry named {:?}", policy.provider),
+                );
+                return None;
+            }
+        },
+        _ => None,
+    };
     Some(Policy {
         name: Arc::from(policy.name.as_str()),
         action,
         dry_run: policy.dry_run,
         rules,
+        provider,
     })
 }
 

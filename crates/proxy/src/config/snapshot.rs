@@ -148,10 +148,12 @@ impl Snapshot {
         let clusters = compile_clusters(&config, &mut problems);
         let (services_by_host, services_by_vip, services_by_cidr) =
             compile_services(&config, &clusters, &mut problems);
-        let inbound = compile_inbound(&config, &mut problems);
+        let providers = super::ext_authz::compile(&config, &clusters, &mut problems);
+        let inbound = compile_inbound(&config, &providers, &mut problems);
         let gateway_guard = super::authz::compile_security(
             config.gateway_security.as_ref(),
             "gatewaySecurity",
+            &providers,
             &mut problems,
         );
         let listeners = compile_listeners(&config, &services_by_host, &mut problems);
@@ -480,7 +482,11 @@ fn compile_service_port(
     })
 }
 
-fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap<u16, InboundPort> {
+fn compile_inbound(
+    config: &pb::ProxyConfig,
+    providers: &super::ext_authz::Providers,
+    problems: &mut Problems,
+) -> HashMap<u16, InboundPort> {
     let mut inbound = HashMap::new();
     for (index, port) in config.inbound_ports.iter().enumerate() {
         let path = format!("inboundPorts[{index}]");
@@ -525,6 +531,7 @@ fn compile_inbound(config: &pb::ProxyConfig, problems: &mut Problems) -> HashMap
             guard: super::authz::compile_security(
                 port.security.as_ref(),
                 &format!("{path}.security"),
+                providers,
                 problems,
             ),
         };

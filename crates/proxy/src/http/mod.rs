@@ -26,6 +26,7 @@
 
 pub mod cors;
 pub mod entry;
+mod ext_authz;
 mod fault;
 mod head;
 pub mod mirror;

@@ -90,9 +90,9 @@ async fn phases(
     };
     // 2. Policy: the workload's (inbound) or the gateway's JWT rules and
     // policies.
-    let mut request = policy::check(state, conn, request)
+    let (mut request, authz_headers) = policy::check(state, conn, request)
         .await
-        .map_err(Early::answer)?;
+        .map_err(|(response, flags)| Early::Answer(response, flags))?;
     // 3. Route.
     let mut authority = head::request_authority(&request);
     let downstream_version = request.version();
@@ -194,5 +194,10 @@ async fn phases(
     };
     let mut response = finish.apply(state, response);
     limit_headers.apply(&mut response);
+    // An external authorizer's response headers (headersToDownstreamOnAllow).
+    let target = response.headers_mut();
+    for (name, value) in authz_headers {
+        target.append(name, value);
+    }
     Ok((response, flags))
 }

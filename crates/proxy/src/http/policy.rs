@@ -11,26 +11,32 @@
 //! (`numTrustedProxies` hops back in `X-Forwarded-For`, else the peer) and
 //! `destination.port` the gateway server's port; a port the workload did not declare falls
 //! back to the workload's policies, as the TCP path does. A refusal is the
-//! policy's own answer (401 or 403, no response flag).
+//! policy's own answer (401 or 403, no response flag), or a CUSTOM
+//! policy's external authorizer's (flagged UAEX).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use http::{Request, Response};
+use std::sync::Arc;
+
+use http::Request;
 
 use super::HttpConn;
 use super::entry;
+use super::ext_authz::PoolTransport;
 use super::route::Target;
-use crate::body::ProxyBody;
-use crate::policy::authz::{self, Caller};
+use crate::policy::authz::{self, Caller, Refusal};
+use crate::policy::ext_authz::Headers;
 use crate::state::ProxyState;
 
 /// `Ok` with the request (JWT output headers set, those a client sent
-/// removed) when it may go on; `Err` with the refusal otherwise.
+/// removed, an external authorizer's added) and the headers the authorizer
+/// wants on the response, when it may go on; `Err` with the refusal and
+/// its flags otherwise.
 pub(super) async fn check<B>(
-    state: &ProxyState,
+    state: &Arc<ProxyState>,
     conn: &HttpConn,
     request: Request<B>,
-) -> Result<Request<B>, Response<ProxyBody>> {
+) -> Result<(Request<B>, Headers), Refusal> {
     let (guard, remote, destination) = match &conn.target {
         Target::Inbound { port, original_dst } => (
             state.snapshot().inbound_guard(*port),
@@ -50,10 +56,10 @@ pub(super) async fn check<B>(
                 *port,
             ),
         ),
-        Target::Outbound { .. } | Target::Service { .. } => return Ok(request),
+        Target::Outbound { .. } | Target::Service { .. } => return Ok((request, Headers::new())),
     };
     let Some(guard) = guard else {
-        return Ok(request);
+        return Ok((request, Headers::new()));
     };
     let caller = Caller {
         peer: conn.peer,
@@ -63,5 +69,5 @@ pub(super) async fn check<B>(
         principal: conn.downstream.mesh_principal(),
         destination,
     };
-    authz::authorize_request(&guard, &caller, request).await
+    authz::authorize_request(&guard, &caller, request, &PoolTransport(state)).await
 }

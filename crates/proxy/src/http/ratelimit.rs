@@ -180,6 +180,7 @@ async fn ask(
         addr,
         tls: state.snapshot().upstream_tls(&cluster.name, addr),
         connect_timeout: cluster.connect_timeout.min(service.timeout),
+        authority: None,
     };
     rls::should_rate_limit(target, &service.domain, descriptors, service.timeout).await
 }

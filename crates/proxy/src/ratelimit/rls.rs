@@ -56,6 +56,8 @@ pub struct Target<'a> {
     pub addr: SocketAddr,
     pub tls: UpstreamTls,
     pub connect_timeout: Duration,
+    /// The call's `:authority`; None: `addr`.
+    pub authority: Option<&'a str>,
 }
 
 /// Asks the service about `descriptors` in `domain`, within `timeout`.
@@ -70,22 +72,33 @@ pub async fn should_rate_limit(
         descriptors,
         hits_addend: 0,
     };
-    let call = call(target, message);
+    let call = unary::<_, RateLimitResponse>(target, SHOULD_RATE_LIMIT, &message);
     match tokio::time::timeout(timeout, call).await {
-        Ok(result) => result,
+        Ok(result) => result.map(verdict),
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
 
-async fn call(target: Target<'_>, message: RateLimitRequest) -> Result<Verdict, String> {
+/// One unary gRPC call of `path` (no timeout: the caller bounds it). Also
+/// used by external authorization (`http::ext_authz`), which speaks
+/// another Envoy API the same way.
+pub async fn unary<Req: Message, Resp: Message + Default>(
+    target: Target<'_>,
+    path: &'static str,
+    message: &Req,
+) -> Result<Resp, String> {
     let uri = Uri::builder()
         .scheme("http")
-        .authority(target.addr.to_string())
-        .path_and_query(SHOULD_RATE_LIMIT)
+        .authority(
+            target
+                .authority
+                .map_or_else(|| target.addr.to_string(), str::to_string),
+        )
+        .path_and_query(path)
         .build()
         .map_err(|err| format!("bad request URI: {err}"))?;
     let mut request = Request::new(
-        Full::new(frame(&message))
+        Full::new(frame(message))
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
@@ -132,10 +145,9 @@ async fn call(target: Target<'_>, message: RateLimitRequest) -> Result<Verdict, 
             .unwrap_or("");
         return Err(format!("{addr} answered gRPC status {status:?} {message}"));
     }
-    let answer = unframe(data)
-        .and_then(|bytes| RateLimitResponse::decode(bytes).map_err(|err| err.to_string()))
-        .map_err(|err| format!("{addr} sent an unreadable answer: {err}"))?;
-    Ok(verdict(answer))
+    unframe(data)
+        .and_then(|bytes| Resp::decode(bytes).map_err(|err| err.to_string()))
+        .map_err(|err| format!("{addr} sent an unreadable answer: {err}"))
 }
 
 fn verdict(answer: RateLimitResponse) -> Verdict {
@@ -166,7 +178,7 @@ fn verdict(answer: RateLimitResponse) -> Verdict {
 
 /// The whole (small) answer body and its trailers, at most
 /// [`MAX_RESPONSE`] bytes.
-async fn read_all(mut body: ProxyBody) -> Result<(Bytes, HeaderMap), String> {
+pub async fn read_all(mut body: ProxyBody) -> Result<(Bytes, HeaderMap), String> {
     let mut data = BytesMut::new();
     let mut trailers = HeaderMap::new();
     while let Some(frame) = body.frame().await {
@@ -189,7 +201,7 @@ async fn read_all(mut body: ProxyBody) -> Result<(Bytes, HeaderMap), String> {
 }
 
 /// One uncompressed gRPC message frame.
-fn frame(message: &RateLimitRequest) -> Bytes {
+fn frame<M: Message>(message: &M) -> Bytes {
     let len = message.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);

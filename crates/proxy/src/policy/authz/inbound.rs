@@ -4,11 +4,14 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
-use super::{Attributes, HttpAttributes, InboundGuard, denied_response};
+use super::{Attributes, Decision, HttpAttributes, InboundGuard, denied_response};
 use crate::body::ProxyBody;
-use crate::policy::jwt::JwtError;
+use crate::flags::ResponseFlags;
+use crate::policy::ext_authz::{self, Headers, Peers, Transport};
+use crate::policy::jwt::{JwtError, Verified};
 
 /// Who is calling and what they reached.
 pub struct Caller<'a> {
@@ -21,14 +24,20 @@ pub struct Caller<'a> {
     pub destination: SocketAddr,
 }
 
+/// A refused request's reply and the flags to record.
+pub type Refusal = (Response<ProxyBody>, ResponseFlags);
+
 /// Authenticates and authorizes one request. `Ok`: the request to forward
-/// (token removed or output headers added as the JWT rules say); `Err`: the
-/// answer to give instead (401 for a bad token, 403 for a denial).
-pub async fn authorize_request<B>(
+/// (token removed, JWT output and external-authorizer headers added) and
+/// the headers the authorizer wants on the response; `Err`: the answer to
+/// give instead (401 for a bad token, 403 for a denial, the authorizer's
+/// reply).
+pub async fn authorize_request<B, T: Transport>(
     guard: &InboundGuard,
     caller: &Caller<'_>,
     request: Request<B>,
-) -> Result<Request<B>, Response<ProxyBody>> {
+    transport: &T,
+) -> Result<(Request<B>, Headers), Refusal> {
     let (mut parts, body) = request.into_parts();
     if let Some(authenticator) = &guard.jwt {
         // Only a verified token may fill these: a client's own are dropped.
@@ -39,35 +48,38 @@ pub async fn authorize_request<B>(
             Ok(verified) => verified,
             Err(err) => {
                 tracing::info!(path = parts.uri.path(), "request refused: {err}");
-                return Err(unauthenticated(&err));
+                return Err((unauthenticated(&err), ResponseFlags::default()));
             }
         },
         None => None,
     };
+    let mut downstream = Headers::new();
     if !guard.policies.is_empty() {
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
-            .map(str::to_ascii_lowercase);
-        let attrs = Attributes {
-            peer_ip: caller.peer,
-            remote_ip: caller.remote,
-            principal: caller.principal,
-            destination: Some(caller.destination),
-            sni: None,
-            http: Some(HttpAttributes {
-                method: parts.method.as_str(),
-                // Normalized when the request entered the proxy.
-                path: parts.uri.path(),
-                authority: authority.as_deref(),
-                headers: &parts.headers,
-                auth: verified.as_ref(),
-            }),
-        };
-        if !guard.policies.evaluate(&attrs).is_allow() {
-            return Err(denied_response());
+        let mut asked = false;
+        loop {
+            let decision = decide(guard, caller, &parts, verified.as_ref(), asked);
+            match decision {
+                Decision::Allow => break,
+                Decision::Deny { .. } => return Err((denied_response(), ResponseFlags::default())),
+                // Asked once at most: after an approval, CUSTOM no longer
+                // decides (`evaluate`'s `custom_asked`).
+                Decision::Ask { provider, .. } if !asked => {
+                    let peers = Peers {
+                        // The connection's peer, as Envoy reports it (the
+                        // client's address is in x-forwarded-for).
+                        source: caller.peer.map(|ip| SocketAddr::new(ip, 0)),
+                        source_principal: caller.principal,
+                        destination: caller.destination,
+                    };
+                    let allowed = ext_authz::check(transport, &provider, &parts, &peers).await?;
+                    // Before DENY and ALLOW, which see the headers the
+                    // authorizer set (as Envoy's filter order has it).
+                    allowed.apply(&mut parts.headers);
+                    downstream = allowed.downstream;
+                    asked = true;
+                }
+                Decision::Ask { .. } => return Err((denied_response(), ResponseFlags::default())),
+            }
         }
     }
     if let Some(verified) = verified {
@@ -75,7 +87,39 @@ pub async fn authorize_request<B>(
         // an extension, which no client can send.
         parts.extensions.insert(std::sync::Arc::new(verified));
     }
-    Ok(Request::from_parts(parts, body))
+    Ok((Request::from_parts(parts, body), downstream))
+}
+
+/// The policies' decision on one request.
+fn decide(
+    guard: &InboundGuard,
+    caller: &Caller<'_>,
+    parts: &Parts,
+    verified: Option<&Verified>,
+    custom_asked: bool,
+) -> Decision {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let attrs = Attributes {
+        peer_ip: caller.peer,
+        remote_ip: caller.remote,
+        principal: caller.principal,
+        destination: Some(caller.destination),
+        sni: None,
+        http: Some(HttpAttributes {
+            method: parts.method.as_str(),
+            // Normalized when the request entered the proxy.
+            path: parts.uri.path(),
+            authority: authority.as_deref(),
+            headers: &parts.headers,
+            auth: verified,
+        }),
+    };
+    guard.policies.evaluate(&attrs, custom_asked)
 }
 
 /// Whether an opaque connection may go on; a denial is logged.
@@ -91,7 +135,7 @@ pub fn authorize_connection(guard: &InboundGuard, caller: &Caller<'_>, sni: Opti
         sni,
         http: None,
     };
-    guard.policies.evaluate(&attrs).is_allow()
+    guard.policies.evaluate(&attrs, false).is_allow()
 }
 
 /// 401 with the reason, and the `WWW-Authenticate` challenge RFC 6750 asks for.

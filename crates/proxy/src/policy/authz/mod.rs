@@ -1,8 +1,12 @@
 //! Authorization of inbound requests and connections (Istio's
 //! AuthorizationPolicy), evaluated in Istio's order:
 //!
-//! 1. CUSTOM: Weft has no external authorizer, so a request a CUSTOM policy
-//!    matches is denied (fail closed; weftd warns about every such policy).
+//! 1. CUSTOM: a request a CUSTOM policy matches is checked by the policy's
+//!    external authorizer ([`crate::policy::ext_authz`]); its denial is
+//!    final, its approval goes on to DENY and ALLOW. A CUSTOM policy
+//!    without a usable provider denies (fail closed, as Istio), and so does
+//!    one matching an opaque TCP connection (Weft asks authorizers about
+//!    HTTP requests only).
 //! 2. Any DENY policy matches → deny.
 //! 3. No ALLOW policy → allow.
 //! 4. Any ALLOW policy matches → allow; otherwise deny.
@@ -28,8 +32,9 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 pub use self::attributes::{Attribute, Attributes, Condition, HttpAttributes, Pattern, ValueMatch};
-pub use self::inbound::{Caller, authorize_connection, authorize_request};
+pub use self::inbound::{Caller, Refusal, authorize_connection, authorize_request};
 use crate::body::ProxyBody;
+use crate::policy::ext_authz::Provider;
 use crate::policy::jwt::Authenticator;
 
 /// The body of a denied HTTP request, as Envoy writes it (clients and
@@ -64,6 +69,8 @@ pub struct Policy {
     pub action: Action,
     pub dry_run: bool,
     pub rules: Vec<Rule>,
+    /// CUSTOM: the external authorizer to ask; None denies.
+    pub provider: Option<Arc<Provider>>,
 }
 
 /// Matches when one of `from`, one of `to` and all of `when` match (an
@@ -95,6 +102,11 @@ pub enum Decision {
     Deny {
         policy: Option<Arc<str>>,
     },
+    /// A CUSTOM policy matched: its provider decides first.
+    Ask {
+        policy: Arc<str>,
+        provider: Arc<Provider>,
+    },
 }
 
 impl Decision {
@@ -110,6 +122,9 @@ impl Decision {
                 format!("rbac_access_denied_matched_policy[{name}]")
             }
             Self::Deny { policy: None } => "rbac_access_denied_matched_policy[none]".to_string(),
+            Self::Ask { policy, provider } => {
+                format!("ext_authz[{}] asked for policy {policy}", provider.name)
+            }
         }
     }
 }
@@ -138,15 +153,17 @@ impl Policies {
 
     /// Decides, and logs what Istio users look for: denials with the policy,
     /// AUDIT matches, and dry-run policies that would change the outcome.
-    pub fn evaluate(&self, attrs: &Attributes<'_>) -> Decision {
-        let decision = self.decide(attrs, false);
+    /// `custom_asked`: the CUSTOM policies' authorizer already allowed the
+    /// request (their match no longer decides).
+    pub fn evaluate(&self, attrs: &Attributes<'_>, custom_asked: bool) -> Decision {
+        let decision = self.decide(attrs, false, custom_asked);
         for policy in &self.audit {
             if policy.matches(attrs) {
                 tracing::info!(policy = %policy.name, "AUDIT policy matched");
             }
         }
         if self.any_dry_run {
-            let shadow = self.decide(attrs, true);
+            let shadow = self.decide(attrs, true, custom_asked);
             if shadow != decision {
                 tracing::info!(
                     real = %decision.detail(),
@@ -155,7 +172,7 @@ impl Policies {
                 );
             }
         }
-        if !decision.is_allow() {
+        if matches!(decision, Decision::Deny { .. }) {
             tracing::info!(detail = %decision.detail(), "request denied by authorization policy");
         }
         decision
@@ -163,13 +180,26 @@ impl Policies {
 
     /// The decision, counting dry-run policies as enforced when
     /// `with_dry_run`.
-    fn decide(&self, attrs: &Attributes<'_>, with_dry_run: bool) -> Decision {
+    fn decide(&self, attrs: &Attributes<'_>, with_dry_run: bool, custom_asked: bool) -> Decision {
         let counts = |p: &&Policy| with_dry_run || !p.dry_run;
         for policy in self.custom.iter().filter(counts) {
-            if policy.matches(attrs) {
-                return Decision::Deny {
-                    policy: Some(policy.name.clone()),
-                };
+            if !policy.matches(attrs) {
+                continue;
+            }
+            match &policy.provider {
+                // Only HTTP requests are checked externally.
+                Some(_) if custom_asked && attrs.http.is_some() => continue,
+                Some(provider) if attrs.http.is_some() => {
+                    return Decision::Ask {
+                        policy: policy.name.clone(),
+                        provider: provider.clone(),
+                    };
+                }
+                _ => {
+                    return Decision::Deny {
+                        policy: Some(policy.name.clone()),
+                    };
+                }
             }
         }
         for policy in self.deny.iter().filter(counts) {

@@ -30,6 +30,7 @@ fn policy(name: &str, action: Action, rules: Vec<Rule>) -> Policy {
         action,
         dry_run: false,
         rules,
+        provider: None,
     }
 }
 
@@ -82,7 +83,7 @@ impl Req {
 
 fn decide(policies: Vec<Policy>, req: &Req) -> bool {
     Policies::new(policies)
-        .evaluate(&req.attrs(true))
+        .evaluate(&req.attrs(true), false)
         .is_allow()
 }
 
@@ -285,11 +286,11 @@ fn on_tcp_http_only_conditions_never_allow_and_always_deny() {
     let req = Req::get("/");
     let on_path = || to(vec![cond(Attribute::Path, &["/x"])]);
     let allow = Policies::new(vec![policy("ns/a", Action::Allow, vec![on_path()])]);
-    assert!(!allow.evaluate(&req.attrs(false)).is_allow());
+    assert!(!allow.evaluate(&req.attrs(false), false).is_allow());
     let deny = Policies::new(vec![policy("ns/d", Action::Deny, vec![on_path()])]);
-    assert!(!deny.evaluate(&req.attrs(false)).is_allow());
+    assert!(!deny.evaluate(&req.attrs(false), false).is_allow());
     // The same DENY on HTTP only catches its path.
-    assert!(deny.evaluate(&req.attrs(true)).is_allow());
+    assert!(deny.evaluate(&req.attrs(true), false).is_allow());
     // Scoped by port, the DENY leaves other ports alone.
     let other_port = Condition {
         attribute: Attribute::DestinationPort,
@@ -301,7 +302,7 @@ fn on_tcp_http_only_conditions_never_allow_and_always_deny() {
         Action::Deny,
         vec![to(vec![other_port, cond(Attribute::Path, &["/x"])])],
     )]);
-    assert!(scoped.evaluate(&req.attrs(false)).is_allow());
+    assert!(scoped.evaluate(&req.attrs(false), false).is_allow());
 }
 
 /// Per-request cost of a 10-rule ALLOW policy whose last rule matches
@@ -336,7 +337,11 @@ fn ten_rule_policy_cost() {
     let started = Instant::now();
     let mut allowed = 0;
     for _ in 0..rounds {
-        allowed += usize::from(policies.evaluate(std::hint::black_box(&attrs)).is_allow());
+        allowed += usize::from(
+            policies
+                .evaluate(std::hint::black_box(&attrs), false)
+                .is_allow(),
+        );
     }
     let per = started.elapsed() / rounds;
     assert_eq!(allowed, rounds as usize);
@@ -359,7 +364,9 @@ fn path_templates_match_segments() {
         )])
     };
     let check = |policies: &Policies, path: &'static str| {
-        policies.evaluate(&Req::get(path).attrs(true)).is_allow()
+        policies
+            .evaluate(&Req::get(path).attrs(true), false)
+            .is_allow()
     };
     let one = allow(one);
     assert!(check(&one, "/api/v1/items"));

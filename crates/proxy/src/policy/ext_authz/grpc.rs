@@ -1,0 +1,141 @@
+//! The gRPC provider: `Authorization/Check` requests and answers
+//! (envoy.service.auth.v3, the subset in weft-proto).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, StatusCode, Version, header};
+use weft_proto::envoy::config::core::v3::{Address, HeaderValueOption, SocketAddress};
+use weft_proto::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use weft_proto::envoy::service::auth::v3::check_response::HttpResponse;
+use weft_proto::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+
+use super::{Allowed, Headers, Outcome, Peers, Provider, reply};
+
+/// The method's path: package, service and method are Envoy's.
+pub const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// The check for the request `parts` describe.
+pub fn check_request(provider: &Provider, parts: &Parts, peers: &Peers<'_>) -> CheckRequest {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        headers
+            .entry(name.as_str().to_string())
+            // Repeated headers are joined, as Envoy does.
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    for (name, value) in &provider.additional_headers {
+        headers.insert(
+            name.as_str().to_string(),
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        );
+    }
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| headers.get(header::HOST.as_str()).cloned())
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    // Envoy's map carries the pseudo-headers too; authorizers read them.
+    headers.insert(":method".into(), parts.method.as_str().to_string());
+    headers.insert(":path".into(), path.clone());
+    headers.insert(":authority".into(), host.clone());
+    let http = HttpRequest {
+        id: headers.get("x-request-id").cloned().unwrap_or_default(),
+        method: parts.method.as_str().to_string(),
+        headers,
+        path,
+        host,
+        scheme: parts.uri.scheme_str().unwrap_or("http").to_string(),
+        size: -1,
+        protocol: match parts.version {
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        }
+        .to_string(),
+        body: String::new(),
+        raw_body: Vec::new(),
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(peer(peers.source, peers.source_principal)),
+            destination: Some(peer(Some(peers.destination), None)),
+            request: Some(Request { http: Some(http) }),
+        }),
+    }
+}
+
+fn peer(addr: Option<SocketAddr>, principal: Option<&str>) -> Peer {
+    Peer {
+        address: addr.map(|a| Address {
+            socket_address: Some(SocketAddress {
+                address: a.ip().to_string(),
+                port_value: u32::from(a.port()),
+            }),
+        }),
+        principal: principal.map_or_else(String::new, |p| format!("spiffe://{p}")),
+    }
+}
+
+/// Status 0 allows; anything else denies, with DeniedHttpResponse's
+/// status (403 when unset), headers and body.
+pub fn outcome(answer: CheckResponse) -> Outcome {
+    let code = answer.status.as_ref().map_or(0, |s| s.code);
+    if code == 0 {
+        let mut allowed = Allowed::default();
+        if let Some(HttpResponse::OkResponse(ok)) = answer.http_response {
+            allowed.upstream = headers(&ok.headers);
+            allowed.downstream = headers(&ok.response_headers_to_add);
+            allowed.remove = ok
+                .headers_to_remove
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                // An authorizer may not strip what routing needs.
+                .filter(|h| *h != header::HOST)
+                .collect();
+        }
+        return Outcome::Allow(allowed);
+    }
+    let (status, extra, body) = match answer.http_response {
+        Some(HttpResponse::DeniedResponse(denied)) => (
+            denied
+                .status
+                .and_then(|s| u16::try_from(s.code).ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::FORBIDDEN),
+            headers(&denied.headers),
+            Bytes::from(denied.body),
+        ),
+        _ => (StatusCode::FORBIDDEN, Vec::new(), Bytes::new()),
+    };
+    Outcome::Deny(reply(status, body, extra))
+}
+
+fn headers(list: &[HeaderValueOption]) -> Headers {
+    list.iter()
+        .filter_map(|option| {
+            let h = option.header.as_ref()?;
+            let value = if h.raw_value.is_empty() {
+                h.value.as_bytes()
+            } else {
+                &h.raw_value
+            };
+            Some((
+                HeaderName::from_bytes(h.key.as_bytes()).ok()?,
+                HeaderValue::from_bytes(value).ok()?,
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,209 @@
+//! External authorization: what a CUSTOM AuthorizationPolicy's provider
+//! (Istio's envoyExtAuthzGrpc / envoyExtAuthzHttp) is asked, and what its
+//! answer does to the request. Pure: the call itself is a [`Transport`]'s
+//! (`http::ext_authz` sends it through the proxy's upstream pool).
+//!
+//! As Envoy's ext_authz filter, which Istio configures for CUSTOM:
+//! - gRPC: `envoy.service.auth.v3.Authorization/Check` with the request's
+//!   method, path, host, scheme, protocol and every header, and the
+//!   source and destination addresses and principals ([`grpc`]).
+//! - HTTP: the original method to `pathPrefix` + the original path, with
+//!   Host, Authorization, `Content-Length: 0` and the headers
+//!   `includeRequestHeadersInCheck` names ([`http`]).
+//! - Allowed: the authorizer's headers go upstream (gRPC: OkHttpResponse;
+//!   HTTP: those `headersToUpstreamOnAllow` names) and to the client's
+//!   response (gRPC: `response_headers_to_add`; HTTP:
+//!   `headersToDownstreamOnAllow`).
+//! - Denied: the authorizer's status, headers and body go to the client,
+//!   flagged `UAEX`.
+//! - No answer (connect failure, timeout, gRPC error, bad frame): the
+//!   request goes on with `failOpen`, else `statusOnError` (403) with
+//!   `UAEX`.
+
+pub mod grpc;
+pub mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use bytes::Bytes;
+use weft_proto::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+
+use crate::body::ProxyBody;
+use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::policy::authz::Pattern;
+
+/// Headers to set or append, in order.
+pub type Headers = Vec<(HeaderName, HeaderValue)>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+/// One provider, compiled from the proxy config (`config::ext_authz`).
+pub struct Provider {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    /// A cluster of the same snapshot (checked when it was compiled);
+    /// named, not held, so that policy does not depend on config.
+    pub cluster: Arc<str>,
+    /// gRPC: the `:authority` of check calls (the provider's host, as
+    /// Istio sets it); empty: the endpoint's address.
+    pub authority: String,
+    pub timeout: Duration,
+    pub fail_open: bool,
+    pub status_on_error: StatusCode,
+    /// HTTP: headers sent besides the ones always sent.
+    pub include_headers: Vec<Pattern>,
+    /// Added to every check request.
+    pub additional_headers: Headers,
+    pub upstream_on_allow: Vec<Pattern>,
+    /// Empty: every header of the authorizer's answer.
+    pub downstream_on_deny: Vec<Pattern>,
+    pub downstream_on_allow: Vec<Pattern>,
+    pub path_prefix: String,
+}
+
+impl PartialEq for Provider {
+    /// The same compiled provider (for comparing decisions).
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for Provider {}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Provider({})", self.name)
+    }
+}
+
+/// A check request, ready for the wire.
+pub enum Call {
+    Grpc(CheckRequest),
+    /// HTTP/1 shape: method, origin-form path, the original Host.
+    Http(Request<ProxyBody>),
+}
+
+/// The authorizer's answer.
+pub enum Answer {
+    Grpc(CheckResponse),
+    Http(::http::response::Parts, Bytes),
+}
+
+/// Sends one check to a provider within its timeout. `Err`: no usable
+/// answer, naming why.
+pub trait Transport: Sync {
+    fn call(
+        &self,
+        provider: &Provider,
+        call: Call,
+    ) -> impl Future<Output = Result<Answer, String>> + Send;
+}
+
+/// What the request gets.
+pub enum Outcome {
+    Allow(Allowed),
+    /// The reply to give, flagged UAEX.
+    Deny(Response<ProxyBody>),
+}
+
+/// An allowed request's changes.
+#[derive(Default, Debug)]
+pub struct Allowed {
+    /// Set on the upstream request (replacing a client's own).
+    pub upstream: Headers,
+    pub remove: Vec<HeaderName>,
+    /// Appended to the client's response.
+    pub downstream: Headers,
+}
+
+impl Allowed {
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.upstream {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Asks `provider` about the request `parts` describe, and decides.
+pub async fn check<T: Transport>(
+    transport: &T,
+    provider: &Provider,
+    parts: &::http::request::Parts,
+    peer: &Peers<'_>,
+) -> Result<Allowed, (Response<ProxyBody>, ResponseFlags)> {
+    let call = match provider.protocol {
+        Protocol::Grpc => Call::Grpc(grpc::check_request(provider, parts, peer)),
+        Protocol::Http => Call::Http(http::check_request(provider, parts)),
+    };
+    let outcome = match transport.call(provider, call).await {
+        Ok(Answer::Grpc(answer)) => grpc::outcome(answer),
+        Ok(Answer::Http(head, body)) => http::outcome(provider, head, body),
+        Err(err) if provider.fail_open => {
+            tracing::info!(
+                provider = %provider.name,
+                "external authorizer failed, request allowed (failOpen): {err}"
+            );
+            return Ok(Allowed::default());
+        }
+        Err(err) => {
+            tracing::info!(
+                provider = %provider.name,
+                "external authorizer failed, request refused: {err}"
+            );
+            let reply = crate::reply::answer(provider.status_on_error, Bytes::new());
+            return Err((reply, ResponseFlag::UnauthorizedExternalService.into()));
+        }
+    };
+    match outcome {
+        Outcome::Allow(allowed) => Ok(allowed),
+        Outcome::Deny(reply) => {
+            tracing::info!(
+                provider = %provider.name,
+                status = reply.status().as_u16(),
+                "request denied by the external authorizer"
+            );
+            Err((reply, ResponseFlag::UnauthorizedExternalService.into()))
+        }
+    }
+}
+
+/// Source and destination, as the gRPC check reports them.
+pub struct Peers<'a> {
+    pub source: Option<std::net::SocketAddr>,
+    /// mTLS identity without `spiffe://`.
+    pub source_principal: Option<&'a str>,
+    pub destination: std::net::SocketAddr,
+}
+
+/// Whether any of `patterns` matches the lower-case `name`.
+fn named(patterns: &[Pattern], name: &HeaderName) -> bool {
+    patterns.iter().any(|p| p.matches(name.as_str()))
+}
+
+/// A reply with `status` and `body`, and `headers` appended.
+fn reply(status: StatusCode, body: Bytes, headers: Headers) -> Response<ProxyBody> {
+    let mut response = crate::reply::answer(status, body);
+    let target = response.headers_mut();
+    for (name, value) in headers {
+        // The authorizer's own type replaces the plain-text default.
+        if name == ::http::header::CONTENT_TYPE {
+            target.insert(name, value);
+        } else {
+            target.append(name, value);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests;
