@@ -19,7 +19,7 @@ use weft_api::security::AuthorizationPolicy;
 use weft_api::security::authorization_policy::{Action, Condition, Operation, Rule, Source};
 use weft_proto::proxy::v1 as pb;
 
-use crate::registry::{ROOT_NAMESPACE, labels_match, namespace_or_default};
+use crate::registry::{RootNamespace, labels_match, namespace_or_default};
 
 const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
@@ -30,8 +30,8 @@ pub(super) struct PolicyScope {
     selector: Option<BTreeMap<String, String>>,
     /// targetRef(s) set: applies to no sidecar.
     gateways_only: bool,
-    /// MeshConfig `rootNamespace`; empty: Istio's.
-    root: String,
+    /// MeshConfig `rootNamespace`.
+    root: RootNamespace,
 }
 
 impl PolicyScope {
@@ -44,29 +44,20 @@ impl PolicyScope {
             namespace: namespace_or_default(namespace).to_string(),
             selector: selector.cloned(),
             gateways_only: has_target_ref,
-            root: String::new(),
+            root: RootNamespace::default(),
         }
     }
 
     /// Under MeshConfig's `rootNamespace`.
     pub(super) fn set_root(&mut self, root: &str) {
-        self.root = root.to_string();
-    }
-
-    /// The root namespace (MeshConfig `rootNamespace`; unset: Istio's).
-    fn root(&self) -> &str {
-        if self.root.is_empty() {
-            ROOT_NAMESPACE
-        } else {
-            &self.root
-        }
+        self.root = RootNamespace::new(root);
     }
 
     pub(super) fn applies(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
         if self.gateways_only {
             return false;
         }
-        let namespace_ok = self.namespace == self.root() || self.namespace == namespace;
+        let namespace_ok = self.namespace == self.root.as_str() || self.namespace == namespace;
         namespace_ok
             && self
                 .selector

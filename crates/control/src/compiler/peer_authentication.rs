@@ -12,14 +12,14 @@ use weft_api::Resource;
 use weft_api::security::peer_authentication::{MtlsMode, PeerAuthentication};
 use weft_proto::proxy::v1 as pb;
 
-use crate::registry::{ROOT_NAMESPACE, labels_match, namespace_or_default};
+use crate::registry::{RootNamespace, labels_match, namespace_or_default};
 
 #[derive(Debug, Default, Clone)]
 pub struct PeerPolicies {
     /// Sorted by namespace and name.
     policies: Vec<Policy>,
-    /// MeshConfig `rootNamespace`; empty: Istio's.
-    root: String,
+    /// MeshConfig `rootNamespace`.
+    root: RootNamespace,
 }
 
 #[derive(Debug, Clone)]
@@ -48,23 +48,14 @@ impl PeerPolicies {
         policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         Self {
             policies,
-            root: String::new(),
+            root: RootNamespace::default(),
         }
     }
 
     /// Under MeshConfig's `rootNamespace`.
     pub fn with_root(mut self, root: &str) -> Self {
-        self.root = root.to_string();
+        self.root = RootNamespace::new(root);
         self
-    }
-
-    /// The root namespace (MeshConfig `rootNamespace`; unset: Istio's).
-    fn root(&self) -> &str {
-        if self.root.is_empty() {
-            ROOT_NAMESPACE
-        } else {
-            &self.root
-        }
     }
 
     /// The resolved mode (never UNSET) of `port` of a workload in
@@ -75,7 +66,7 @@ impl PeerPolicies {
                 .iter()
                 .find(|p| p.namespace == ns && p.spec.selector.is_none())
         };
-        let mesh = without_selector(self.root());
+        let mesh = without_selector(self.root.as_str());
         let namespace_wide = without_selector(namespace);
         let workload = self.policies.iter().find(|p| {
             // `selector: {}` selects every workload (still at the

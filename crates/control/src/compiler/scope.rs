@@ -21,7 +21,7 @@ use super::hosts::wildcard_matches;
 use super::ports::{is_server_first, protocol};
 use weft_api::networking::OutboundMode;
 
-use crate::registry::{PortProtocol, ROOT_NAMESPACE, labels_match, namespace_or_default};
+use crate::registry::{PortProtocol, RootNamespace, labels_match, namespace_or_default};
 
 /// The compiled form of one Sidecar.
 #[derive(Debug)]
@@ -296,8 +296,8 @@ struct NamespaceSidecars {
 #[derive(Debug, Default)]
 pub(super) struct Sidecars {
     by_namespace: BTreeMap<String, NamespaceSidecars>,
-    /// MeshConfig `rootNamespace`; empty: Istio's.
-    root: String,
+    /// MeshConfig `rootNamespace`.
+    root: RootNamespace,
 }
 
 impl Sidecars {
@@ -331,23 +331,14 @@ impl Sidecars {
         }
         Self {
             by_namespace,
-            root: String::new(),
+            root: RootNamespace::default(),
         }
     }
 
     /// Under MeshConfig's `rootNamespace`.
     pub(super) fn with_root(mut self, root: &str) -> Self {
-        self.root = root.to_string();
+        self.root = RootNamespace::new(root);
         self
-    }
-
-    /// The root namespace (MeshConfig `rootNamespace`; unset: Istio's).
-    fn root(&self) -> &str {
-        if self.root.is_empty() {
-            ROOT_NAMESPACE
-        } else {
-            &self.root
-        }
     }
 
     /// The Sidecar for a proxy: a selecting one in its namespace, else the
@@ -367,7 +358,7 @@ impl Sidecars {
         .or_else(|| own.and_then(|n| n.default.as_ref()))
         .or_else(|| {
             self.by_namespace
-                .get(self.root())
+                .get(self.root.as_str())
                 .and_then(|n| n.default.as_ref())
         })
     }

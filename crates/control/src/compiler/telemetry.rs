@@ -19,7 +19,7 @@ use weft_api::Resource;
 use weft_api::telemetry::Telemetry;
 use weft_proto::proxy::v1::{self as pb, telemetry::AccessLog};
 
-use crate::registry::{ROOT_NAMESPACE, namespace_or_default};
+use crate::registry::{RootNamespace, namespace_or_default};
 
 /// The access-log provider every Istio mesh has (Envoy's file log).
 const ENVOY_PROVIDER: &str = "envoy";
@@ -47,8 +47,8 @@ struct Entry {
 pub(super) struct Policies {
     /// Sorted by (namespace, name).
     entries: Vec<Entry>,
-    /// MeshConfig `rootNamespace`; empty: Istio's.
-    root: String,
+    /// MeshConfig `rootNamespace`.
+    root: RootNamespace,
 }
 
 impl Policies {
@@ -82,23 +82,14 @@ impl Policies {
         entries.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         Self {
             entries,
-            root: String::new(),
+            root: RootNamespace::default(),
         }
     }
 
     /// Under MeshConfig's `rootNamespace`.
     pub(super) fn with_root(mut self, root: &str) -> Self {
-        self.root = root.to_string();
+        self.root = RootNamespace::new(root);
         self
-    }
-
-    /// The root namespace (MeshConfig `rootNamespace`; unset: Istio's).
-    fn root(&self) -> &str {
-        if self.root.is_empty() {
-            ROOT_NAMESPACE
-        } else {
-            &self.root
-        }
     }
 
     /// The settings for a proxy of `namespace` with `labels`; `None` when
@@ -119,7 +110,7 @@ impl Policies {
                 .iter()
                 .find(|e| e.namespace == ns && e.selector.is_none())
         };
-        let levels: Vec<&Settings> = [workload, level(namespace), level(self.root())]
+        let levels: Vec<&Settings> = [workload, level(namespace), level(self.root.as_str())]
             .into_iter()
             .flatten()
             .map(|e| &e.settings)

@@ -26,6 +26,22 @@ pub use vip::{AUTO_VIP_RANGE, auto_vip};
 
 /// Where Istio keeps mesh-wide config (root Sidecar, ...).
 pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// MeshConfig's `rootNamespace` as the compiler's parts hold it: the
+/// namespace whose resources speak for the whole mesh, Istio's
+/// [`ROOT_NAMESPACE`] unless MeshConfig names another.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootNamespace(Option<String>);
+
+impl RootNamespace {
+    pub fn new(name: &str) -> Self {
+        Self((!name.is_empty() && name != ROOT_NAMESPACE).then(|| name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or(ROOT_NAMESPACE)
+    }
+}
 /// Namespace of a resource or proxy that does not name one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
