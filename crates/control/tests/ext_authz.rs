@@ -30,7 +30,6 @@ use weft_proto::envoy::service::auth::v3::{
 use weft_proto::envoy::r#type::v3::HttpStatus;
 use weft_proto::google::rpc::Status;
 use weft_testkit::backend::serve;
-use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 use weft_testkit::weftd::WeftdProcess;
 use weft_testkit::{free_addr, free_wildcard_port};
 
@@ -304,22 +303,10 @@ async fn custom_policies_ask_grpc_and_http_authorizers_and_fail_as_configured() 
         .await
         .expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
-    let args = [
-        "--router",
-        "--workload",
-        "istio-ingressgateway",
-        "--namespace",
-        "istio-system",
-        "--label",
-        "istio=ingressgateway",
-    ];
-    let gateway = ProxyProcess::spawn_ready(
-        ProxyOptions::control_plane(&binary, weftd.grpc, &args),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("gateway ready");
+    let gateway = weftd
+        .ingress_gateway("istio=ingressgateway", &[])
+        .await
+        .expect("gateway ready");
     // Policies are in force once the gRPC authorizer answers a stranger.
     let deadline = Instant::now() + Duration::from_secs(15);
     let denied = loop {

@@ -9,7 +9,6 @@ use http::StatusCode;
 use weft_testkit::backend::HttpBackend;
 use weft_testkit::client::{self, Reply};
 use weft_testkit::free_wildcard_port;
-use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 use weft_testkit::weftd::WeftdProcess;
 
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
@@ -133,22 +132,10 @@ async fn gateway_routes_by_host_and_path_from_bound_virtual_services() {
     let reply = weftd.apply(&yaml).await.expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 
-    let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
-    let args = [
-        "--router",
-        "--workload",
-        "istio-ingressgateway",
-        "--namespace",
-        "istio-system",
-        "--label",
-        "istio=ingressgateway",
-    ];
-    let gateway = ProxyProcess::spawn_ready(
-        ProxyOptions::control_plane(&binary, weftd.grpc, &args),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("gateway ready");
+    let gateway = weftd
+        .ingress_gateway("istio=ingressgateway", &[])
+        .await
+        .expect("gateway ready");
     let edge: SocketAddr = ([127, 0, 0, 1], port).into();
     wait_for_route(edge, "anything", "/productpage").await;
 

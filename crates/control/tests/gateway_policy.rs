@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_proxy::jwt::jsonwebtoken::{self, Algorithm, EncodingKey, Header};
 use weft_testkit::backend::HttpBackend;
 use weft_testkit::free_wildcard_port;
-use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
+use weft_testkit::proxy::ProxyProcess;
 use weft_testkit::weftd::WeftdProcess;
 
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
@@ -158,23 +158,10 @@ async fn start(yaml: impl Fn(u16) -> String, extra: &[&str]) -> Edge {
     let all = registry(&[("stable", &stable), ("beta", &beta)]) + &gateway(port) + &yaml(port);
     let reply = weftd.apply(&all).await.expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
-    let mut args = vec![
-        "--router",
-        "--workload",
-        "istio-ingressgateway",
-        "--namespace",
-        "istio-system",
-        "--label",
-        GATEWAY_LABEL,
-    ];
-    args.extend_from_slice(extra);
-    let gateway = ProxyProcess::spawn_ready(
-        ProxyOptions::control_plane(&binary, weftd.grpc, &args),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("gateway ready");
+    let gateway = weftd
+        .ingress_gateway(GATEWAY_LABEL, extra)
+        .await
+        .expect("gateway ready");
     Edge {
         _state: state,
         weftd,

@@ -19,7 +19,6 @@ use weft_proto::envoy::service::ratelimit::v3::rate_limit_service_server::{
 use weft_proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use weft_testkit::backend::HttpBackend;
 use weft_testkit::free_wildcard_port;
-use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 use weft_testkit::weftd::WeftdProcess;
 
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
@@ -193,22 +192,10 @@ async fn a_rate_limit_applied_to_weftd_limits_the_gateway_per_route_and_globally
         .await
         .expect("apply");
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
-    let args = [
-        "--router",
-        "--workload",
-        "istio-ingressgateway",
-        "--namespace",
-        "istio-system",
-        "--label",
-        "istio=ingressgateway",
-    ];
-    let gateway = ProxyProcess::spawn_ready(
-        ProxyOptions::control_plane(&binary, weftd.grpc, &args),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("gateway ready");
+    let gateway = weftd
+        .ingress_gateway("istio=ingressgateway", &[])
+        .await
+        .expect("gateway ready");
     // The global limit is in force once a greedy user is refused.
     let deadline = Instant::now() + Duration::from_secs(15);
     let refused = loop {

@@ -163,6 +163,27 @@ impl WeftdProcess {
         crate::proxy::ProxyProcess::spawn_ready(options, Duration::from_secs(20)).await
     }
 
+    /// Istio's ingress gateway on the plaintext discovery port: a
+    /// `weft-proxy --router` in istio-system labelled `label` (what Gateway
+    /// resources select), with `extra` flags, once it is ready.
+    pub async fn ingress_gateway(
+        &self,
+        label: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<crate::proxy::ProxyProcess> {
+        let mut args = vec![
+            "--router",
+            "--workload",
+            "istio-ingressgateway",
+            "--namespace",
+            "istio-system",
+            "--label",
+            label,
+        ];
+        args.extend_from_slice(extra);
+        self.plaintext_proxy(&args).await
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

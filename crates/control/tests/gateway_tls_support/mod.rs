@@ -18,7 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
+use weft_testkit::proxy::ProxyProcess;
 use weft_testkit::weftd::WeftdProcess;
 
 pub const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
@@ -367,22 +367,10 @@ impl Mesh {
 
 /// A gateway proxy in istio-system labelled `label`, ready.
 pub async fn spawn_gateway(weftd: &WeftdProcess, label: &str) -> ProxyProcess {
-    let binary = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
-    let args = [
-        "--router",
-        "--workload",
-        "istio-ingressgateway",
-        "--namespace",
-        "istio-system",
-        "--label",
-        label,
-    ];
-    ProxyProcess::spawn_ready(
-        ProxyOptions::control_plane(&binary, weftd.grpc, &args),
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("gateway ready")
+    weftd
+        .ingress_gateway(label, &[])
+        .await
+        .expect("gateway ready")
 }
 
 /// Writes a credential as weftd's directory source reads it.
