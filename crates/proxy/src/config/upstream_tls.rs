@@ -36,6 +36,26 @@ pub struct Origination {
     pub settings: pb::ClientTls,
     /// Server name to send and verify: `sni`, else the service host.
     pub server_name: String,
+    /// The settings and server name as bytes, made once per snapshot: the
+    /// key of the proxy's cache of rustls configs, so a new upstream
+    /// connection looks its config up without formatting the (possibly
+    /// pushed PEM) settings. Exact, not a digest: two settings share a
+    /// config only when they are equal.
+    pub cache_key: Arc<[u8]>,
+}
+
+impl Origination {
+    fn new(settings: &pb::ClientTls, server_name: String) -> Self {
+        // ClientTls has no map fields, so prost's encoding is deterministic.
+        let mut key = prost::Message::encode_to_vec(settings);
+        key.push(0);
+        key.extend_from_slice(server_name.as_bytes());
+        Self {
+            settings: settings.clone(),
+            server_name,
+            cache_key: key.into(),
+        }
+    }
 }
 
 /// Every endpoint's decision under one config.
@@ -69,14 +89,14 @@ pub(super) fn decisions(config: &pb::ProxyConfig) -> Decisions {
     for cluster in clusters {
         let mode = cluster.tls.as_ref().map_or(Mode::Auto, |t| t.mode());
         let origination = match (&cluster.tls, mode) {
-            (Some(settings), Mode::Simple | Mode::Mutual) => Some(Arc::new(Origination {
-                server_name: if settings.sni.is_empty() {
+            (Some(settings), Mode::Simple | Mode::Mutual) => {
+                let server_name = if settings.sni.is_empty() {
                     cluster.service.clone()
                 } else {
                     settings.sni.clone()
-                },
-                settings: settings.clone(),
-            })),
+                };
+                Some(Arc::new(Origination::new(settings, server_name)))
+            }
             _ => None,
         };
         let mesh_sni: Option<Arc<str>> = cluster

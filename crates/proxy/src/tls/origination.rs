@@ -22,9 +22,12 @@ use super::upstream::{Carries, Origination};
 /// `caCertificates` is given (as Envoy uses the system's).
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// `Origination::cache_key` and the ALPN protocol offered.
+type CacheKey = (Arc<[u8]>, &'static str);
+
 #[derive(Default)]
 pub(crate) struct Cache {
-    configs: Mutex<HashMap<(String, &'static str), Arc<ClientConfig>>>,
+    configs: Mutex<HashMap<CacheKey, Arc<ClientConfig>>>,
 }
 
 impl MeshTls {
@@ -38,10 +41,7 @@ impl MeshTls {
             Carries::Http1 => "http/1.1",
             Carries::Http2 => "h2",
         };
-        let key = (
-            format!("{:?}|{}", origination.settings, origination.server_name),
-            alpn,
-        );
+        let key = (origination.cache_key.clone(), alpn);
         let mut configs = self
             .origination
             .configs
