@@ -28,6 +28,10 @@ pub struct Args {
     /// The `istio.io/rev` recorded in `sidecar.istio.io/status`.
     #[arg(long, default_value = "default")]
     revision: String,
+    /// A MeshConfig file (as `istioctl kube-inject --meshConfigFile`): its
+    /// `defaultConfig` is what each pod's `proxy.istio.io/config` starts from.
+    #[arg(long, alias = "meshConfigFile", value_name = "FILE")]
+    mesh_config: Option<PathBuf>,
 }
 
 pub fn run(args: &Args) -> ExitCode {
@@ -49,11 +53,19 @@ pub fn run(args: &Args) -> ExitCode {
         let (major, minor) = version.split_once('.').unwrap_or((version, ""));
         supports_native_sidecars(major, minor)
     });
+    let proxy_defaults = match args.mesh_config.as_deref().map(mesh_defaults).transpose() {
+        Ok(defaults) => defaults.unwrap_or_default(),
+        Err(err) => {
+            eprintln!("weft kube-inject: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let settings = Settings {
         image: args.proxy_image.clone(),
         control_plane: args.control_plane.clone(),
         native_sidecars: native,
         revision: args.revision.clone(),
+        proxy_defaults,
         ..Settings::default()
     };
     let mut out = String::new();
@@ -108,4 +120,22 @@ fn read(path: &PathBuf) -> Result<(String, String), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
     Ok((path.display().to_string(), text))
+}
+
+/// `--mesh-config FILE`'s `defaultConfig`; an invalid MeshConfig is refused
+/// with its field paths, as weftd would refuse it.
+fn mesh_defaults(path: &std::path::Path) -> Result<weft_api::mesh::ProxyDefaults, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("--mesh-config {}: {err}", path.display()))?;
+    let loaded = weft_api::mesh::parse(&text).map_err(|errors| {
+        format!(
+            "--mesh-config {}: MeshConfig {}",
+            path.display(),
+            errors.join("; ")
+        )
+    })?;
+    for warning in &loaded.warnings {
+        eprintln!("Warning: {}: MeshConfig {warning}", path.display());
+    }
+    Ok(loaded.config.default_config.unwrap_or_default())
 }

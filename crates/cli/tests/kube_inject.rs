@@ -97,6 +97,61 @@ fn bad_annotations_fail_with_the_object_and_annotation_named() {
 }
 
 #[test]
+fn a_mesh_config_file_gives_every_pod_its_default_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  \
+         - name: web\n    image: web\n",
+    )
+    .expect("write");
+    let mesh = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        "defaultConfig:\n  concurrency: 2\n  proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}\n",
+    )
+    .expect("write");
+    let (pod, mesh) = (pod.to_str().expect("path"), mesh.to_str().expect("path"));
+    let out = weft(&["kube-inject", "-f", pod, "--meshConfigFile", mesh]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let injected = &documents(&out.stdout)[0];
+    let inits = injected["spec"]["initContainers"]
+        .as_array()
+        .expect("inits");
+    let args = |name: &str| -> Vec<String> {
+        let container = inits.iter().find(|c| c["name"] == name).expect(name);
+        serde_json::from_value(container["args"].clone()).expect("args")
+    };
+    let proxy = args("weft-proxy");
+    let at = proxy
+        .iter()
+        .position(|a| a == "--workers")
+        .expect("--workers");
+    assert_eq!(proxy[at + 1], "2");
+    assert!(args("weft-init").contains(&"--capture-dns".to_string()));
+
+    // Without the file: the sidecar's own defaults.
+    let out = weft(&["kube-inject", "-f", pod]);
+    let plain = String::from_utf8_lossy(&out.stdout);
+    assert!(!plain.contains("--workers") && !plain.contains("--capture-dns"));
+
+    // An invalid MeshConfig is refused with its field named.
+    std::fs::write(mesh, "defaultConfig: {terminationDrainDuration: soon}\n").expect("write");
+    let out = weft(&["kube-inject", "-f", pod, "--mesh-config", mesh]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("defaultConfig.terminationDrainDuration"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_init_container_installs_the_annotated_capture_in_its_namespace() {
     if !privileged_or_skip("kube_inject init container") {
         return;

@@ -385,6 +385,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         provider.clone(),
         ca.roots_pem(),
         kube_client.clone(),
+        mesh_config_held.subscribe(),
     )
     .await?;
     let tls = listener::server_config(serving, ca.roots_pem(), provider)?;

@@ -98,12 +98,13 @@ pub async fn start(
     provider: Arc<CryptoProvider>,
     roots_pem: &str,
     client: Option<weft_kube::kube::Client>,
+    mesh: crate::meshconfig::Receiver,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let Some(address) = args.address else {
         return Ok(None);
     };
     let tls = server_config(serving, provider)?;
-    let task = listen(address, args.settings(), tls).await?;
+    let task = listen(address, args.settings(), tls, mesh).await?;
     if let Some(client) = client {
         let roots = roots_pem.to_string();
         tokio::spawn(async move {
@@ -119,10 +120,13 @@ pub async fn start(
 }
 
 /// Binds `address` and serves the webhooks until the task is dropped.
+/// Each pod is injected with the MeshConfig `defaultConfig` in force when
+/// it is admitted (`mesh`), as Istio's injector does.
 pub async fn listen(
     address: SocketAddr,
     settings: Settings,
     tls: Arc<ServerConfig>,
+    mesh: crate::meshconfig::Receiver,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(address)
         .await
@@ -132,10 +136,15 @@ pub async fn listen(
         listener.local_addr().unwrap_or(address),
         settings.native_sidecars
     );
-    Ok(tokio::spawn(serve(listener, Arc::new(settings), tls)))
+    Ok(tokio::spawn(serve(listener, Arc::new(settings), tls, mesh)))
 }
 
-async fn serve(listener: TcpListener, settings: Arc<Settings>, tls: Arc<ServerConfig>) {
+async fn serve(
+    listener: TcpListener,
+    settings: Arc<Settings>,
+    tls: Arc<ServerConfig>,
+    mesh: crate::meshconfig::Receiver,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -146,7 +155,7 @@ async fn serve(listener: TcpListener, settings: Arc<Settings>, tls: Arc<ServerCo
                 continue;
             }
         };
-        let (acceptor, settings) = (acceptor.clone(), settings.clone());
+        let (acceptor, settings, mesh) = (acceptor.clone(), settings.clone(), mesh.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
@@ -165,7 +174,14 @@ async fn serve(listener: TcpListener, settings: Arc<Settings>, tls: Arc<ServerCo
                 }
             };
             let service = service_fn(move |request| {
-                let settings = settings.clone();
+                let mut settings = (*settings).clone();
+                let in_force = mesh.borrow().clone();
+                settings.proxy_defaults = in_force
+                    .loaded
+                    .config
+                    .default_config
+                    .clone()
+                    .unwrap_or_default();
                 async move { Ok::<_, Infallible>(respond(request, &settings).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -146,6 +146,82 @@ async fn webhooks_answer_over_tls_with_weftds_root() {
     assert_eq!(status, 404);
 }
 
+/// The sidecar's `--workers` in the pod the webhook returns for `pod`.
+async fn injected_workers(weftd: &WeftdProcess, webhook: SocketAddr, pod: &[u8]) -> Vec<String> {
+    let (status, body) = post(webhook, &weftd.root_cert, "/inject", pod.to_vec())
+        .await
+        .expect("inject answers");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).expect("review");
+    let patch: Vec<u8> =
+        serde_json::from_value(answer["response"]["patch"].clone()).expect("patch bytes");
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("json patch");
+    let mut object =
+        serde_json::from_slice::<Value>(pod).expect("pod")["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch).expect("applies");
+    let proxy = object["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "weft-proxy")
+        .cloned()
+        .expect("the native sidecar");
+    let args: Vec<String> = serde_json::from_value(proxy["args"].clone()).expect("args");
+    args.iter()
+        .position(|a| a == "--workers")
+        .and_then(|at| args.get(at + 1))
+        .cloned()
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn injection_follows_the_mesh_default_config_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = dir.path().join("meshconfig.yaml");
+    std::fs::write(&mesh, "defaultConfig: {concurrency: 3}\n").expect("write");
+    let mesh_flag = mesh.display().to_string();
+    let (weftd, webhook) = weftd_with_webhook(
+        dir.path(),
+        &["--mesh-config", &mesh_flag, "--config-interval", "100ms"],
+    )
+    .await;
+    let plain = review(
+        ("", "v1", "Pod"),
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "ratings", "namespace": "bookinfo", "labels": {"app": "ratings"}},
+               "spec": {"containers": [{"name": "ratings", "image": "ratings:1"}]}}),
+    );
+    assert_eq!(injected_workers(&weftd, webhook, &plain).await, ["3"]);
+    // The pod's own proxy.istio.io/config wins over the mesh's.
+    let annotated = review(
+        ("", "v1", "Pod"),
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "ratings", "namespace": "bookinfo", "labels": {"app": "ratings"},
+                            "annotations": {"proxy.istio.io/config": "concurrency: 1"}},
+               "spec": {"containers": [{"name": "ratings", "image": "ratings:1"}]}}),
+    );
+    assert_eq!(injected_workers(&weftd, webhook, &annotated).await, ["1"]);
+
+    // A MeshConfig change reaches the next pod admitted, without a restart.
+    std::fs::write(&mesh, "defaultConfig: {concurrency: 5}\n").expect("write");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let workers = injected_workers(&weftd, webhook, &plain).await;
+        if workers == ["5"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {workers:?} 10 s after the change\n{}",
+            weftd.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_does_not_hold_weftds_root_cannot_talk_to_the_webhook() {
     let dir = tempfile::tempdir().expect("tempdir");

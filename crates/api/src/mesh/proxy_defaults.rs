@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::field::FieldErrors;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyDefaults {
     /// Worker threads; 0: every core. Unset: the CPU limit.
@@ -36,7 +36,7 @@ pub struct ProxyDefaults {
     pub other: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayTopology {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,25 +114,19 @@ impl ProxyDefaults {
         }
     }
 
-    /// Each field that is not applied, with why.
+    /// Each field that is not applied, with why. `concurrency`,
+    /// `terminationDrainDuration`, `holdApplicationUntilProxyStarts`,
+    /// `proxyMetadata` and `gatewayTopology.numTrustedProxies` apply where
+    /// a proxy is started (Kubernetes injection, `weft kube-inject
+    /// --mesh-config`, `weft up`), as in Istio: a running proxy keeps what
+    /// it started with.
     pub(super) fn warnings(&self, path: &str, out: &mut Vec<String>) {
-        let injection =
-            "applies where the proxy is started (injection, `weft up`); weftd does not push it";
         let mut say = |field: &str, why: &str| out.push(format!("{path}.{field}: {why}"));
-        if self.concurrency.is_some() {
-            say("concurrency", injection);
-        }
         if self.drain_duration.is_some() {
-            say("drainDuration", injection);
-        }
-        if self.termination_drain_duration.is_some() {
-            say("terminationDrainDuration", injection);
-        }
-        if self.hold_application_until_proxy_starts.is_some() {
-            say("holdApplicationUntilProxyStarts", injection);
-        }
-        if !self.proxy_metadata.is_empty() {
-            say("proxyMetadata", injection);
+            say(
+                "drainDuration",
+                "not implemented: weft-proxy drains for terminationDrainDuration alone",
+            );
         }
         if self.tracing.is_some() {
             say(

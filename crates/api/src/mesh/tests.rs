@@ -88,14 +88,23 @@ fn an_istio_mesh_config_is_read_whole_and_what_weft_skips_is_named() {
     for field in [
         "enablePrometheusMerge: not implemented",
         "dnsRefreshRate: not implemented",
-        "defaultConfig.concurrency",
-        "defaultConfig.holdApplicationUntilProxyStarts",
-        "defaultConfig.proxyMetadata",
+        "defaultConfig.drainDuration: not implemented",
         "defaultConfig.discoveryAddress: not implemented",
         "extensionProviders[2] (\"otel\").opentelemetry: tracing providers are not applied",
         "extensionProviders[4] (\"otel-als\").envoyOtelAls: not implemented",
     ] {
         assert!(said.contains(field), "no warning {field:?} in:\n{said}");
+    }
+    for applied in [
+        "concurrency",
+        "holdApplicationUntilProxyStarts",
+        "proxyMetadata",
+        "numTrustedProxies",
+    ] {
+        assert!(
+            !said.contains(&format!("defaultConfig.{applied}")),
+            "{applied} applies at injection and `weft up`: {said}"
+        );
     }
     assert!(
         !said.contains("prom"),

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use weft_kube::inject::annotations::Options;
 
 pub use down::down;
 
@@ -120,7 +121,30 @@ fn prepare(args: &UpArgs) -> Result<Plan, String> {
             ));
         }
     }
-    Ok(Plan::new(&mesh, &name, &dir, &bin_dir))
+    let mut plan = Plan::new(&mesh, &name, &dir, &bin_dir);
+    plan.proxy_defaults = mesh_proxy_defaults(&dir)?;
+    plan.dns_capture |= plan.proxy_defaults.capture.dns;
+    Ok(plan)
+}
+
+/// DIR/meshconfig.yaml's `defaultConfig`, read as injection reads it on
+/// Kubernetes (the file was checked by [`check_istio_files`]).
+fn mesh_proxy_defaults(dir: &Path) -> Result<Options, String> {
+    let path = dir.join(weft_api::mesh::FILE_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Options::default()),
+        Err(err) => return Err(format!("weft up: {}: {err}", path.display())),
+    };
+    let loaded = weft_api::mesh::parse(&text)
+        .map_err(|errors| format!("weft up: {}: {}", path.display(), errors.join("; ")))?;
+    let defaults = loaded.config.default_config.unwrap_or_default();
+    let read = weft_kube::inject::annotations::read_with_defaults(&Default::default(), &defaults)
+        .map_err(|err| format!("weft up: {}: {err}", path.display()))?;
+    for warning in read.warnings {
+        eprintln!("weft up: warning: {}: {warning}", path.display());
+    }
+    Ok(read.options)
 }
 
 /// The Istio resources (and MeshConfig) weftd will load from DIR
@@ -249,5 +273,24 @@ mod tests {
                 && err.contains("nothing started"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_mesh_default_config_reaches_every_proxy_weft_up_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(mesh_proxy_defaults(dir.path()), Ok(Options::default()));
+        let file = dir.path().join(weft_api::mesh::FILE_NAME);
+        std::fs::write(
+            &file,
+            "defaultConfig:\n  concurrency: 2\n  terminationDrainDuration: 1.5s\n  \
+             proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}\n",
+        )
+        .expect("write");
+        let options = mesh_proxy_defaults(dir.path()).expect("read");
+        assert_eq!(
+            options.proxy_flags(),
+            ["--workers", "2", "--drain-timeout", "1500ms"]
+        );
+        assert!(options.capture.dns, "DNS capture for every workload pod");
     }
 }

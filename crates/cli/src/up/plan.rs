@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
+use weft_kube::inject::annotations::Options;
+
 use super::meshfile::{self, Expose, MeshFile, host};
 
 /// The port sidecars reach weftd at, on the bridge address: Istio's
@@ -35,9 +37,13 @@ pub struct Plan {
     pub bin_dir: PathBuf,
     /// `/run/weft/NAME`.
     pub runtime_dir: PathBuf,
-    /// The mesh file's `dnsCapture`: workload pods capture DNS to their
-    /// sidecar.
+    /// The mesh file's `dnsCapture` (or MeshConfig's `defaultConfig`
+    /// `proxyMetadata.ISTIO_META_DNS_CAPTURE`): workload pods capture DNS
+    /// to their sidecar.
     pub dns_capture: bool,
+    /// MeshConfig `defaultConfig` as injection reads it (`concurrency`,
+    /// `terminationDrainDuration`): every sidecar and gateway starts with it.
+    pub proxy_defaults: Options,
 }
 
 pub struct Pod {
@@ -271,6 +277,7 @@ impl Plan {
             bin_dir: bin_dir.to_path_buf(),
             runtime_dir,
             dns_capture: spec.dns_capture,
+            proxy_defaults: Options::default(),
         }
     }
 

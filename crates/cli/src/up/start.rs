@@ -398,6 +398,8 @@ impl Running {
             }
             Role::Gateway { .. } => flags.push("--router".into()),
         }
+        // MeshConfig defaultConfig, as injection applies it on Kubernetes.
+        flags.extend(self.plan.proxy_defaults.proxy_flags());
         // The bootstrap token: the sidecar gets its certificate with it.
         flags.push("--token-file".into());
         flags.push(self.plan.token_path(pod).display().to_string());

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use weft_api::mesh::ProxyDefaults;
 
 use super::capture::{self, Capture};
 
@@ -69,6 +70,21 @@ pub struct Options {
     pub proxy_metadata: BTreeMap<String, String>,
 }
 
+impl Options {
+    /// weft-proxy's flags for `concurrency` and `terminationDrainDuration`
+    /// (injection and `weft up` start the proxy with them).
+    pub fn proxy_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(workers) = self.concurrency.filter(|n| *n > 0) {
+            flags.extend(["--workers".into(), workers.to_string()]);
+        }
+        if let Some(drain) = &self.drain {
+            flags.extend(["--drain-timeout".into(), drain.clone()]);
+        }
+        flags
+    }
+}
+
 /// [`Options`] plus the warnings for what was said but is not implemented.
 #[derive(Debug, Clone, Default)]
 pub struct Read {
@@ -77,7 +93,17 @@ pub struct Read {
 }
 
 pub fn read(annotations: &BTreeMap<String, String>) -> Result<Read, String> {
+    read_with_defaults(annotations, &ProxyDefaults::default())
+}
+
+/// [`read`] over the mesh's `defaultConfig`: each field the annotations
+/// set overrides the mesh's.
+pub fn read_with_defaults(
+    annotations: &BTreeMap<String, String>,
+    defaults: &ProxyDefaults,
+) -> Result<Read, String> {
     let mut read = Read::default();
+    super::mesh_defaults::apply(defaults, &mut read.options, &mut read.warnings)?;
     let options = &mut read.options;
     for (key, value) in annotations {
         if !FAMILIES.iter().any(|family| key.starts_with(family)) {
@@ -268,7 +294,7 @@ fn gateway_topology(
 }
 
 /// A protobuf-style duration (`5s`, `1.5s`, `500ms`, `2m`, `1h`) as `<N>ms`.
-fn duration_ms(text: &str) -> Option<String> {
+pub(super) fn duration_ms(text: &str) -> Option<String> {
     let text = text.trim();
     let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
         (n, 1.0)

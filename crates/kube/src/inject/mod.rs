@@ -11,6 +11,7 @@
 
 pub mod annotations;
 pub mod capture;
+pub mod mesh_defaults;
 pub mod objects;
 pub mod policy;
 pub mod probes;
@@ -45,6 +46,9 @@ pub struct Settings {
     pub cluster_id: String,
     /// The config map weftd keeps in every namespace (key `root-cert.pem`).
     pub root_config_map: String,
+    /// MeshConfig `defaultConfig`: what a pod's `proxy.istio.io/config`
+    /// starts from (see [`mesh_defaults`]).
+    pub proxy_defaults: weft_api::mesh::ProxyDefaults,
 }
 
 impl Default for Settings {
@@ -57,6 +61,7 @@ impl Default for Settings {
             revision: "default".into(),
             cluster_id: "Kubernetes".into(),
             root_config_map: "weft-ca-root-cert".into(),
+            proxy_defaults: Default::default(),
         }
     }
 }
@@ -156,7 +161,7 @@ pub fn inject_template(
         ));
     }
     let annotations = meta.annotations.clone().unwrap_or_default();
-    let read = annotations::read(&annotations)?;
+    let read = annotations::read_with_defaults(&annotations, &settings.proxy_defaults)?;
     let mut warnings = read.warnings;
     let options = read.options;
     let native = options.native_sidecar.unwrap_or(settings.native_sidecars);

@@ -11,16 +11,16 @@
 //!
 //! Any other entry is passed on and reported: weft-proxy does not read it.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
-use super::annotations::{Options, PROXY_CONFIG};
+use super::annotations::Options;
 
 pub const DNS_CAPTURE: &str = "ISTIO_META_DNS_CAPTURE";
 pub const DNS_AUTO_ALLOCATE: &str = "ISTIO_META_DNS_AUTO_ALLOCATE";
 
-/// Reads `proxyMetadata` (at `at`) into `options`.
+/// Reads `proxyMetadata` (at `at`, the annotation or MeshConfig) into
+/// `options`, over the entries already there: the pod's annotation adds to
+/// and overrides the mesh's defaults entry by entry, as in Istio.
 pub(super) fn read(
     value: &Value,
     at: &str,
@@ -30,7 +30,6 @@ pub(super) fn read(
     let Value::Object(entries) = value else {
         return Err(format!("{at}: expected a map of names to strings"));
     };
-    let mut metadata = BTreeMap::new();
     for (name, value) in entries {
         // Istio's field is map<string, string>; a YAML `true` is taken as
         // the string it reads as.
@@ -45,19 +44,18 @@ pub(super) fn read(
             DNS_AUTO_ALLOCATE => {
                 truthy(&text, &format!("{at}.{name}"))?;
                 warnings.push(format!(
-                    "{PROXY_CONFIG}: proxyMetadata.{name} has no effect in Weft: weftd always \
+                    "{at}.{name} has no effect in Weft: weftd always \
                      allocates VIPs (240.240.0.0/16) for ServiceEntries without addresses, as \
                      Istio 1.25+ does, and DNS capture answers them"
                 ));
             }
             _ => warnings.push(format!(
-                "{PROXY_CONFIG}: proxyMetadata.{name} is passed to the proxy's environment \
+                "{at}.{name} is passed to the proxy's environment \
                  but weft-proxy does not read it; it has no effect"
             )),
         }
-        metadata.insert(name.clone(), text);
+        options.proxy_metadata.insert(name.clone(), text);
     }
-    options.proxy_metadata = metadata;
     Ok(())
 }
 

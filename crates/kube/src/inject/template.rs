@@ -125,14 +125,7 @@ pub fn proxy_container(
         args.push("--port".into());
         args.push(port.clone());
     }
-    if let Some(workers) = options.concurrency.filter(|n| *n > 0) {
-        args.push("--workers".into());
-        args.push(workers.to_string());
-    }
-    if let Some(drain) = &options.drain {
-        args.push("--drain-timeout".into());
-        args.push(drain.clone());
-    }
+    args.extend(options.proxy_flags());
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),

@@ -260,6 +260,63 @@ fn dns_capture_from_proxy_metadata_reaches_the_init_rules_and_the_proxy_env() {
 }
 
 #[test]
+fn mesh_default_config_is_the_base_the_pod_annotation_overrides() {
+    let mesh = weft_api::mesh::parse(
+        "defaultConfig:\n  concurrency: 4\n  terminationDrainDuration: 30s\n  \
+         proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\", TEAM: payments}\n",
+    )
+    .expect("MeshConfig");
+    let settings = Settings {
+        proxy_defaults: mesh.config.default_config.expect("defaultConfig"),
+        ..Settings::default()
+    };
+    let args_env = |pod: Pod| {
+        let inits = pod.spec.expect("spec").init_containers.expect("inits");
+        let init_args = inits[0].args.clone().expect("args");
+        let proxy = find(&inits, "weft-proxy");
+        let env: BTreeMap<String, String> = proxy
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
+        (init_args, proxy.args.clone().expect("args"), env)
+    };
+
+    // No annotation: the mesh's defaults, DNS capture included.
+    let (init_args, args, env) = args_env(injected(&pod(&[]), &settings).0);
+    assert_eq!(flag(&args, "--workers"), ["4"]);
+    assert_eq!(flag(&args, "--drain-timeout"), ["30000ms"]);
+    assert!(init_args.contains(&"--capture-dns".to_string()));
+    assert_eq!(env.get("TEAM").map(String::as_str), Some("payments"));
+
+    // The pod's annotation wins field by field, metadata entry by entry.
+    let annotated = pod(&[(
+        "proxy.istio.io/config",
+        "concurrency: 1\nproxyMetadata: {ISTIO_META_DNS_CAPTURE: \"false\", OWNER: me}\n",
+    )]);
+    let (init_args, args, env) = args_env(injected(&annotated, &settings).0);
+    assert_eq!(flag(&args, "--workers"), ["1"]);
+    assert_eq!(
+        flag(&args, "--drain-timeout"),
+        ["30000ms"],
+        "kept from the mesh"
+    );
+    assert!(!init_args.contains(&"--capture-dns".to_string()));
+    assert_eq!(env.get("TEAM").map(String::as_str), Some("payments"));
+    assert_eq!(env.get("OWNER").map(String::as_str), Some("me"));
+    assert_eq!(
+        env.get("ISTIO_META_DNS_CAPTURE").map(String::as_str),
+        Some("false")
+    );
+
+    // Without the mesh's defaults nothing of it appears.
+    let (_, args, env) = args_env(injected(&pod(&[]), &Settings::default()).0);
+    assert!(flag(&args, "--workers").is_empty());
+    assert!(!env.contains_key("TEAM"));
+}
+
+#[test]
 fn unknown_annotations_are_warned_never_silent() {
     let (pod, warnings) = injected(
         &pod(&[("sidecar.istio.io/userVolumeMount", "{}")]),
