@@ -49,23 +49,6 @@ fn sibling(name: &str) -> PathBuf {
     weft_testkit::cli::sibling(WEFT, name)
 }
 
-fn crds() -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("manifests/crds")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            let text = std::fs::read_to_string(f).expect("CRD file");
-            weft_api::decode::parse_documents(&text).expect("CRD YAML")
-        })
-        .filter(|doc| doc.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
-        .collect()
-}
-
 #[test]
 fn weft_inspects_a_cluster_through_its_api_server() {
     let test = "kube_inspect";
@@ -304,7 +287,7 @@ async fn eventually(args: &[&str], check: impl Fn(&Run) -> bool) -> anyhow::Resu
 
 async fn scenario(binary: PathBuf) -> anyhow::Result<()> {
     let cluster = KubeCluster::start(&binary).await?;
-    cluster.install_crds(&crds()).await?;
+    cluster.install_weft_crds().await?;
     cluster.namespace("weft-system", &[]).await?;
     shop(&cluster).await?;
     let api_port = 15014;

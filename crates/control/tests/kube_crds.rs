@@ -25,16 +25,6 @@ fn crd_documents(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn weft_crds() -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("manifests/crds")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    files.iter().flat_map(|f| crd_documents(f)).collect()
-}
-
 /// The first valid object of each kind in the corpus's samples, tests and
 /// validation data, keyed by kind.
 fn corpus_objects(root: &Path) -> BTreeMap<String, Value> {
@@ -152,7 +142,7 @@ async fn weft_crds_take_every_kind_in_every_version_and_weftd_reads_them() -> an
         return Ok(());
     };
     let cluster = KubeCluster::start(&binary).await?;
-    let crds = weft_crds();
+    let crds = weft_testkit::kube::weft_crds()?;
     assert_eq!(
         crds.len(),
         weft_api::resource::KINDS.len(),
@@ -254,7 +244,7 @@ async fn crds_installed_after_weftd_started_are_read() -> anyhow::Result<()> {
         &["--kubeconfig", &kubeconfig],
     )
     .await?;
-    cluster.install_crds(&weft_crds()).await?;
+    cluster.install_weft_crds().await?;
     cluster
         .create(
             "late",

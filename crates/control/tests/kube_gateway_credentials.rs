@@ -21,7 +21,7 @@
 
 mod gateway_tls_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -35,23 +35,6 @@ use gateway_tls_support::{Client, Issued, Pki, WEFTD, eventually, local, spawn_g
 
 const HOST: &str = "web.example.com";
 const SECRET: &str = "web-credential";
-
-fn crds() -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("manifests/crds")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            let text = std::fs::read_to_string(f).expect("CRD file");
-            weft_api::decode::parse_documents(&text).expect("CRD YAML")
-        })
-        .filter(|doc| doc.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
-        .collect()
-}
 
 /// A `kubernetes.io/tls` Secret named [`SECRET`] holding `issued`.
 fn tls_secret(issued: &Issued) -> Value {
@@ -138,7 +121,7 @@ async fn gateway_serves_renews_and_drops_a_kubernetes_secret_of_its_namespace() 
 
 async fn scenario(binary: &Path) -> anyhow::Result<()> {
     let cluster = KubeCluster::start(binary).await?;
-    cluster.install_crds(&crds()).await?;
+    cluster.install_weft_crds().await?;
     cluster.namespace("istio-system", &[]).await?;
     cluster.namespace("shop", &[]).await?;
     let dir = tempfile::tempdir()?;

@@ -91,23 +91,6 @@ struct Mesh {
     dir: tempfile::TempDir,
 }
 
-fn crds() -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("manifests/crds")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            let text = std::fs::read_to_string(f).expect("CRD file");
-            weft_api::decode::parse_documents(&text).expect("CRD YAML")
-        })
-        .filter(|doc| doc.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
-        .collect()
-}
-
 fn pod(name: &str, account: &str, app: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -139,7 +122,7 @@ fn endpoint_slice(ip: Option<IpAddr>, port: u16) -> Value {
 impl Mesh {
     async fn start(binary: &Path) -> anyhow::Result<Self> {
         let cluster = KubeCluster::start(binary).await?;
-        cluster.install_crds(&crds()).await?;
+        cluster.install_weft_crds().await?;
         cluster
             .namespace("shop", &[("istio-injection", "enabled")])
             .await?;

@@ -6,7 +6,7 @@
 //!
 //! Skipped plainly when `WEFT_TEST_KUBE_APISERVER` is not set.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -16,23 +16,6 @@ use weft_testkit::kube::{KubeCluster, apiserver_or_skip};
 use weft_testkit::weftd::WeftdProcess;
 
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
-
-fn crds() -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("manifests/crds")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            let text = std::fs::read_to_string(f).expect("CRD file");
-            weft_api::decode::parse_documents(&text).expect("CRD YAML")
-        })
-        .filter(|doc| doc.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
-        .collect()
-}
 
 fn config_map(mesh: &str) -> Value {
     json!({
@@ -84,7 +67,7 @@ async fn the_istio_config_map_is_followed_live() {
 
 async fn scenario(binary: &Path) -> anyhow::Result<()> {
     let cluster = KubeCluster::start(binary).await?;
-    cluster.install_crds(&crds()).await?;
+    cluster.install_weft_crds().await?;
     cluster.namespace("istio-system", &[]).await?;
     cluster
         .create(

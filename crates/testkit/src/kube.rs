@@ -33,6 +33,27 @@ pub const AUDIENCES: &[&str] = &["https://kubernetes.default.svc.cluster.local",
 /// The static admin token (group `system:masters`).
 const ADMIN_TOKEN: &str = "weft-test-admin";
 
+/// Every CustomResourceDefinition in the repository's `manifests/crds/`
+/// (Istio's and Weft's), in file order.
+pub fn weft_crds() -> anyhow::Result<Vec<serde_json::Value>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    let mut crds = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+            .with_context(|| format!("{}: not YAML", file.display()))?;
+        crds.extend(documents.into_iter().filter(|doc| {
+            doc.get("kind").and_then(serde_json::Value::as_str) == Some("CustomResourceDefinition")
+        }));
+    }
+    Ok(crds)
+}
+
 /// The `kube-apiserver` binary, or `None` after saying plainly that `test`
 /// skipped (CI has no API server; the tests that need one say so).
 pub fn apiserver_or_skip(test: &str) -> Option<PathBuf> {
@@ -271,6 +292,11 @@ impl KubeCluster {
             .await
             .with_context(|| format!("deleting {} {namespace}/{name}", resource.kind))?;
         Ok(())
+    }
+
+    /// Installs Weft's own CRDs ([`weft_crds`]), as `weft install` does.
+    pub async fn install_weft_crds(&self) -> anyhow::Result<()> {
+        self.install_crds(&weft_crds()?).await
     }
 
     /// Creates CustomResourceDefinitions (JSON objects) and waits until the
