@@ -1,0 +1,220 @@
+//! Evaluation of the Telemetry customisation compiled with the snapshot
+//! (`config/telemetry.rs`).
+//!
+//! Per request, nothing here runs unless the side of the proxy the request
+//! is on has an override or a filter (`Side::needs_facts`): only then are
+//! the request's attributes captured ([`RequestFacts`]) and, at its end,
+//! turned into a CEL activation with Envoy's attribute names
+//! (`request.host`, `request.headers['x']`, `response.code`,
+//! `source.address`, `connection.mtls`, `upstream_peer.app`, ...).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cel::{Context, Value};
+use http::HeaderMap;
+
+use super::labels::{Call, Labels};
+use crate::config::telemetry::{MetricRule, Side};
+use crate::workload::Workload;
+
+/// What a label gets when its expression fails (Istio's behaviour).
+const UNKNOWN: &str = "unknown";
+
+/// A request's attributes, kept from its start only when a side needs
+/// them.
+#[derive(Debug, Default)]
+pub struct RequestFacts {
+    pub method: String,
+    /// Path and query as received.
+    pub path: String,
+    pub host: String,
+    pub scheme: String,
+    pub protocol: &'static str,
+    pub headers: HeaderMap,
+}
+
+/// Everything an expression may read about one finished request or TCP
+/// connection.
+pub struct Facts<'a> {
+    pub request: Option<&'a RequestFacts>,
+    pub labels: &'a Labels,
+    pub duration_ms: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub downstream_local: Option<SocketAddr>,
+    pub downstream_remote: Option<SocketAddr>,
+    pub upstream_host: Option<SocketAddr>,
+    pub route_name: Option<&'a str>,
+    pub cluster_name: Option<&'a str>,
+}
+
+fn string(value: &str) -> Value {
+    Value::String(Arc::new(value.to_string()))
+}
+
+fn map(entries: Vec<(&str, Value)>) -> Value {
+    let map: HashMap<String, Value> = entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    map.into()
+}
+
+fn address(addr: Option<SocketAddr>) -> Value {
+    match addr {
+        Some(addr) => map(vec![
+            ("address", string(&addr.to_string())),
+            ("port", Value::Int(i64::from(addr.port()))),
+        ]),
+        None => map(Vec::new()),
+    }
+}
+
+fn peer(workload: &Workload) -> Value {
+    let mut entries = Vec::new();
+    let fields = [
+        ("workload", &workload.name),
+        ("name", &workload.name),
+        ("namespace", &workload.namespace),
+        ("app", &workload.app),
+        ("version", &workload.version),
+        ("service", &workload.canonical_service),
+        ("revision", &workload.canonical_revision),
+        ("cluster", &workload.cluster),
+    ];
+    for (key, value) in fields {
+        if let Some(value) = value {
+            entries.push((key, string(value)));
+        }
+    }
+    map(entries)
+}
+
+impl Facts<'_> {
+    /// The CEL activation: Envoy's attribute names.
+    fn context(&self) -> Context<'static, 'static> {
+        let mut context = Context::default();
+        if let Some(request) = self.request {
+            let headers: HashMap<String, Value> = request
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((name.as_str().to_string(), string(value.to_str().ok()?)))
+                })
+                .collect();
+            let (url_path, query) = request
+                .path
+                .split_once('?')
+                .unwrap_or((request.path.as_str(), ""));
+            let header = |name: &str| {
+                request
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(string)
+            };
+            let mut entries = vec![
+                ("method", string(&request.method)),
+                ("path", string(&request.path)),
+                ("url_path", string(url_path)),
+                ("query", string(query)),
+                ("host", string(&request.host)),
+                ("scheme", string(&request.scheme)),
+                ("protocol", string(request.protocol)),
+                ("headers", headers.into()),
+                ("size", Value::Int(self.bytes_received as i64)),
+                ("total_size", Value::Int(self.bytes_received as i64)),
+                ("duration_ms", Value::Int(self.duration_ms as i64)),
+            ];
+            for (key, name) in [
+                ("useragent", "user-agent"),
+                ("id", "x-request-id"),
+                ("referer", "referer"),
+            ] {
+                if let Some(value) = header(name) {
+                    entries.push((key, value));
+                }
+            }
+            context.add_variable_from_value("request", map(entries));
+        }
+        let labels = self.labels;
+        if let Call::Http {
+            response_code,
+            grpc_status,
+            ..
+        } = labels.call
+        {
+            let mut entries = vec![
+                ("code", Value::Int(i64::from(response_code))),
+                (
+                    "code_details",
+                    string(if self.upstream_host.is_some() {
+                        "via_upstream"
+                    } else {
+                        "local_reply"
+                    }),
+                ),
+                ("flags", string(&labels.response_flags.codes())),
+                ("size", Value::Int(self.bytes_sent as i64)),
+                ("total_size", Value::Int(self.bytes_sent as i64)),
+            ];
+            if let Some(status) = grpc_status {
+                entries.push(("grpc_status", Value::Int(i64::from(status))));
+            }
+            context.add_variable_from_value("response", map(entries));
+        }
+        context.add_variable_from_value("source", address(self.downstream_remote));
+        context.add_variable_from_value("destination", address(self.downstream_local));
+        context.add_variable_from_value("upstream", address(self.upstream_host));
+        let mut connection = vec![("mtls", Value::Bool(labels.mutual_tls))];
+        if let Some(principal) = &labels.source_principal {
+            connection.push(("uri_san_peer_certificate", string(principal)));
+        }
+        context.add_variable_from_value("connection", map(connection));
+        // The caller and the callee as the labels know them (Istio's peer
+        // metadata views).
+        context.add_variable_from_value("downstream_peer", peer(&labels.source));
+        context.add_variable_from_value("upstream_peer", peer(&labels.destination));
+        if let Some(route) = self.route_name {
+            context.add_variable_from_value("route_name", string(route));
+        }
+        if let Some(cluster) = self.cluster_name {
+            context.add_variable_from_value("cluster_name", string(cluster));
+        }
+        context
+    }
+
+    /// Whether a finished request (connection) is logged on this side.
+    pub fn logs(&self, side: &Side) -> bool {
+        if side.log_disabled {
+            return false;
+        }
+        match &side.log_filter {
+            None => true,
+            // An error counts as false, as Envoy's CEL filter does.
+            Some(expr) => matches!(expr.value(&self.context()), Some(Value::Bool(true))),
+        }
+    }
+
+    /// The label values of `rule`'s upserts for this request, in order;
+    /// `unknown` where an expression fails or gives no printable value.
+    pub fn tag_values(&self, rule: &MetricRule) -> Vec<(String, Option<String>)> {
+        let context = self.context();
+        rule.tags
+            .iter()
+            .map(|(name, expr)| {
+                let value = expr.as_ref().map(|expr| match expr.value(&context) {
+                    Some(Value::String(s)) => s.to_string(),
+                    Some(Value::Int(i)) => i.to_string(),
+                    Some(Value::UInt(u)) => u.to_string(),
+                    Some(Value::Float(f)) => f.to_string(),
+                    Some(Value::Bool(b)) => b.to_string(),
+                    _ => UNKNOWN.to_string(),
+                });
+                (name.clone(), value)
+            })
+            .collect()
+    }
+}
