@@ -128,6 +128,7 @@ async fn telemetry_overrides_change_labels_disable_metrics_and_filter_logs() {
     let (listen, inbound) = (free_addr(), free_addr());
     let listen_flag = format!("{listen}=reviews.default.svc.cluster.local:9080");
     let inbound_flag = format!("{inbound}={}", productpage.addr.port());
+    let port_flag = format!("{}/http", productpage.addr.port());
     let binary = proxy_binary();
     let options = ProxyOptions::control_plane(
         &binary,
@@ -143,6 +144,8 @@ async fn telemetry_overrides_change_labels_disable_metrics_and_filter_logs() {
             "version=v1",
             "--listen",
             &listen_flag,
+            "--port",
+            &port_flag,
             "--inbound",
             &inbound_flag,
             "--access-log",
