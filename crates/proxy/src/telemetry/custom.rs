@@ -218,3 +218,165 @@ impl Facts<'_> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use weft_proto::proxy::v1 as pb;
+
+    use super::*;
+    use crate::config::telemetry::Custom;
+    use crate::flags::ResponseFlags;
+    use crate::telemetry::metrics::Reporter;
+
+    fn labels(code: u16) -> Labels {
+        let mut web = Workload::unknown();
+        web.name = Some("web-v1".into());
+        web.app = Some("web".into());
+        let web = Arc::new(web.sealed());
+        Labels {
+            reporter: Reporter::Source,
+            source: web,
+            source_principal: None,
+            destination: Arc::new(Workload::unknown()),
+            destination_principal: None,
+            destination_service: "reviews.shop.svc.cluster.local".into(),
+            call: Call::Http {
+                grpc: false,
+                response_code: code,
+                grpc_status: None,
+            },
+            response_flags: ResponseFlags::default(),
+            mutual_tls: false,
+            custom: None,
+        }
+    }
+
+    fn request() -> RequestFacts {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user-tier", "gold".parse().expect("value"));
+        headers.insert("debug", "1".parse().expect("value"));
+        RequestFacts {
+            method: "POST".into(),
+            path: "/cart/items?id=7".into(),
+            host: "reviews:9080".into(),
+            scheme: "http".into(),
+            protocol: "HTTP/1.1",
+            headers,
+        }
+    }
+
+    fn facts<'a>(request: &'a RequestFacts, labels: &'a Labels) -> Facts<'a> {
+        Facts {
+            request: Some(request),
+            labels,
+            duration_ms: 3,
+            bytes_received: 10,
+            bytes_sent: 20,
+            downstream_local: Some("127.0.0.1:15006".parse().expect("addr")),
+            downstream_remote: Some("127.0.0.2:40000".parse().expect("addr")),
+            upstream_host: None,
+            route_name: Some("default"),
+            cluster_name: None,
+        }
+    }
+
+    fn side(tags: &[(&str, &str)], filter: &str) -> Custom {
+        let metrics = pb::MetricOverrides {
+            metrics: vec![pb::MetricOverride {
+                metric: pb::StandardMetric::RequestCount as i32,
+                disabled: false,
+                tags: tags
+                    .iter()
+                    .map(|(name, value)| pb::TagOverride {
+                        name: name.to_string(),
+                        remove: value.is_empty(),
+                        value: value.to_string(),
+                    })
+                    .collect(),
+            }],
+        };
+        Custom::compile(Some(&pb::Telemetry {
+            client_metrics: Some(metrics),
+            client_access_log: Some(pb::AccessLogSide {
+                disabled: false,
+                filter: filter.to_string(),
+            }),
+            ..Default::default()
+        }))
+        .expect("compiles")
+    }
+
+    /// The expression forms of Istio's docs, over Envoy's attribute names.
+    #[test]
+    fn expressions_read_envoy_attributes_and_fail_to_unknown() {
+        let custom = side(
+            &[
+                ("tier", "request.headers['x-user-tier']"),
+                ("port", "string(destination.port)"),
+                ("path", "request.url_path"),
+                ("method", "request.method"),
+                ("code", "response.code"),
+                ("debug", "has(request.headers.debug)"),
+                ("literal", "'fixed'"),
+                ("caller", "downstream_peer.app"),
+                ("missing", "request.headers['x-none']"),
+                ("wrong_type", "request.method + 1"),
+                ("removed", ""),
+            ],
+            "response.code >= 400",
+        );
+        let rule = custom
+            .client
+            .rule(pb::StandardMetric::RequestCount)
+            .expect("rule");
+        let request = request();
+        let labels = labels(503);
+        let values = facts(&request, &labels).tag_values(rule);
+        let expected = [
+            ("tier", Some("gold")),
+            ("port", Some("15006")),
+            ("path", Some("/cart/items")),
+            ("method", Some("POST")),
+            ("code", Some("503")),
+            ("debug", Some("true")),
+            ("literal", Some("fixed")),
+            ("caller", Some("web")),
+            ("missing", Some("unknown")),
+            ("wrong_type", Some("unknown")),
+            ("removed", None),
+        ];
+        let values: Vec<(&str, Option<&str>)> = values
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_deref()))
+            .collect();
+        assert_eq!(values, expected);
+    }
+
+    #[test]
+    fn filters_keep_matching_requests_and_drop_on_errors() {
+        let request = request();
+        let errors = side(&[], "response.code >= 400");
+        let (failed, fine) = (labels(503), labels(200));
+        assert!(facts(&request, &failed).logs(&errors.client));
+        assert!(!facts(&request, &fine).logs(&errors.client));
+        assert!(
+            facts(&request, &fine).logs(&errors.server),
+            "the server side has no filter"
+        );
+        // Envoy: an expression that errors does not log.
+        let broken = side(&[], "request.headers['x-none'] == 'a'");
+        assert!(!facts(&request, &fine).logs(&broken.client));
+        // A bad expression rejects the config.
+        let bad = Custom::compile(Some(&pb::Telemetry {
+            server_access_log: Some(pb::AccessLogSide {
+                disabled: false,
+                filter: "response.code >=".into(),
+            }),
+            ..Default::default()
+        }));
+        assert!(
+            bad.is_err_and(|e| e.contains("telemetry.server: access-log filter")),
+            "bad filter accepted"
+        );
+    }
+}
