@@ -3,7 +3,9 @@
 //! snapshot: CEL programs parsed (a bad one rejects the config), metric
 //! rules indexed by metric. Evaluation is `telemetry/custom.rs`.
 
-use cel::{Context, Program, Value};
+use std::sync::Arc;
+
+use cel::{Context, Env, Program, Value};
 use weft_proto::proxy::v1 as pb;
 
 /// One parsed CEL expression.
@@ -22,6 +24,16 @@ impl Expr {
         Program::compile(source)
             .map(|program| Self { program })
             .map_err(|errors| errors.to_string().trim().replace('\n', "; "))
+    }
+
+    /// The top-level variables the expression reads.
+    fn variables(&self) -> Vec<String> {
+        self.program
+            .references()
+            .variables()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn value(&self, context: &Context) -> Option<Value> {
@@ -44,8 +56,45 @@ pub struct MetricRule {
 /// The standard metrics, in `pb::StandardMetric` order (index = number - 1).
 pub const METRICS: usize = 10;
 
+/// The attribute roots an expression may read, as a bit set, so that an
+/// evaluation builds only those its side's expressions name.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted(u16);
+
+impl Wanted {
+    pub const ROOTS: [&'static str; 10] = [
+        "request",
+        "response",
+        "source",
+        "destination",
+        "upstream",
+        "connection",
+        "downstream_peer",
+        "upstream_peer",
+        "route_name",
+        "cluster_name",
+    ];
+
+    fn add(&mut self, expr: &Expr) {
+        for variable in expr.variables() {
+            if let Some(bit) = Self::ROOTS.iter().position(|root| *root == variable) {
+                self.0 |= 1 << bit;
+            }
+        }
+    }
+
+    pub fn wants(self, root: &str) -> bool {
+        Self::ROOTS
+            .iter()
+            .position(|r| *r == root)
+            .is_some_and(|bit| self.0 & (1 << bit) != 0)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Side {
+    /// What this side's expressions read.
+    pub wanted: Wanted,
     /// `None` for a metric nothing changes.
     pub metrics: [Option<MetricRule>; METRICS],
     pub log_disabled: bool,
@@ -53,9 +102,10 @@ pub struct Side {
 }
 
 impl Side {
-    /// Whether a request on this side needs its attributes kept.
+    /// Whether a request on this side needs its attributes (headers,
+    /// method, path) kept from its start.
     pub fn needs_facts(&self) -> bool {
-        self.log_filter.is_some() || self.metrics.iter().flatten().any(|m| !m.tags.is_empty())
+        self.wanted.wants("request")
     }
 
     /// Whether requests on this side take the customised path at all.
@@ -97,6 +147,9 @@ impl Side {
                 };
                 tags.push((tag.name.clone(), value));
             }
+            for expr in tags.iter().filter_map(|(_, e)| e.as_ref()) {
+                side.wanted.add(expr);
+            }
             *slot = Some(MetricRule {
                 disabled: metric.disabled,
                 tags,
@@ -105,10 +158,10 @@ impl Side {
         if let Some(log) = log {
             side.log_disabled = log.disabled;
             if !log.filter.is_empty() {
-                side.log_filter = Some(
-                    Expr::parse(&log.filter)
-                        .map_err(|e| format!("access-log filter {:?}: {e}", log.filter))?,
-                );
+                let expr = Expr::parse(&log.filter)
+                    .map_err(|e| format!("access-log filter {:?}: {e}", log.filter))?;
+                side.wanted.add(&expr);
+                side.log_filter = Some(expr);
             }
         }
         Ok(side)
@@ -116,10 +169,22 @@ impl Side {
 }
 
 /// Both sides; the default changes nothing.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Custom {
     pub client: Side,
     pub server: Side,
+    /// CEL's standard library, built once: making it per evaluation cost
+    /// more than the rest of the request.
+    pub env: Arc<Env>,
+}
+
+impl std::fmt::Debug for Custom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Custom")
+            .field("client", &self.client)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Custom {
@@ -129,6 +194,7 @@ impl Custom {
             return Ok(Self::default());
         };
         Ok(Self {
+            env: Arc::new(Env::stdlib()),
             client: Side::compile(t.client_metrics.as_ref(), t.client_access_log.as_ref())
                 .map_err(|e| format!("telemetry.client: {e}"))?,
             server: Side::compile(t.server_metrics.as_ref(), t.server_access_log.as_ref())

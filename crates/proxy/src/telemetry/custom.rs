@@ -12,11 +12,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cel::{Context, Value};
+use std::cell::OnceCell;
+
+use cel::{Context, Env, Value};
 use http::HeaderMap;
 
 use super::labels::{Call, Labels};
-use crate::config::telemetry::{MetricRule, Side};
+use crate::config::telemetry::{MetricRule, Side, Wanted};
 use crate::workload::Workload;
 
 /// What a label gets when its expression fails (Istio's behaviour).
@@ -38,6 +40,10 @@ pub struct RequestFacts {
 /// Everything an expression may read about one finished request or TCP
 /// connection.
 pub struct Facts<'a> {
+    /// The snapshot's CEL environment (`Custom::env`).
+    pub env: &'a Arc<Env>,
+    /// The attribute roots the side's expressions read; only those are built.
+    pub wanted: Wanted,
     pub request: Option<&'a RequestFacts>,
     pub labels: &'a Labels,
     pub duration_ms: u64,
@@ -48,6 +54,8 @@ pub struct Facts<'a> {
     pub upstream_host: Option<SocketAddr>,
     pub route_name: Option<&'a str>,
     pub cluster_name: Option<&'a str>,
+    /// Built on first use, then shared by every expression of the request.
+    pub context: OnceCell<Context<'static, 'static>>,
 }
 
 fn string(value: &str) -> Value {
@@ -94,9 +102,14 @@ fn peer(workload: &Workload) -> Value {
 
 impl Facts<'_> {
     /// The CEL activation: Envoy's attribute names.
-    fn context(&self) -> Context<'static, 'static> {
-        let mut context = Context::default();
-        if let Some(request) = self.request {
+    fn context(&self) -> &Context<'static, 'static> {
+        self.context.get_or_init(|| self.build_context())
+    }
+
+    fn build_context(&self) -> Context<'static, 'static> {
+        let mut context = Context::with_env(self.env.clone());
+        let wants = |root| self.wanted.wants(root);
+        if let Some(request) = self.request.filter(|_| wants("request")) {
             let headers: HashMap<String, Value> = request
                 .headers
                 .iter()
@@ -145,6 +158,7 @@ impl Facts<'_> {
             grpc_status,
             ..
         } = labels.call
+            && wants("response")
         {
             let mut entries = vec![
                 ("code", Value::Int(i64::from(response_code))),
@@ -165,22 +179,34 @@ impl Facts<'_> {
             }
             context.add_variable_from_value("response", map(entries));
         }
-        context.add_variable_from_value("source", address(self.downstream_remote));
-        context.add_variable_from_value("destination", address(self.downstream_local));
-        context.add_variable_from_value("upstream", address(self.upstream_host));
-        let mut connection = vec![("mtls", Value::Bool(labels.mutual_tls))];
-        if let Some(principal) = &labels.source_principal {
-            connection.push(("uri_san_peer_certificate", string(principal)));
+        for (root, addr) in [
+            ("source", self.downstream_remote),
+            ("destination", self.downstream_local),
+            ("upstream", self.upstream_host),
+        ] {
+            if wants(root) {
+                context.add_variable_from_value(root, address(addr));
+            }
         }
-        context.add_variable_from_value("connection", map(connection));
+        if wants("connection") {
+            let mut connection = vec![("mtls", Value::Bool(labels.mutual_tls))];
+            if let Some(principal) = &labels.source_principal {
+                connection.push(("uri_san_peer_certificate", string(principal)));
+            }
+            context.add_variable_from_value("connection", map(connection));
+        }
         // The caller and the callee as the labels know them (Istio's peer
         // metadata views).
-        context.add_variable_from_value("downstream_peer", peer(&labels.source));
-        context.add_variable_from_value("upstream_peer", peer(&labels.destination));
-        if let Some(route) = self.route_name {
+        if wants("downstream_peer") {
+            context.add_variable_from_value("downstream_peer", peer(&labels.source));
+        }
+        if wants("upstream_peer") {
+            context.add_variable_from_value("upstream_peer", peer(&labels.destination));
+        }
+        if let Some(route) = self.route_name.filter(|_| wants("route_name")) {
             context.add_variable_from_value("route_name", string(route));
         }
-        if let Some(cluster) = self.cluster_name {
+        if let Some(cluster) = self.cluster_name.filter(|_| wants("cluster_name")) {
             context.add_variable_from_value("cluster_name", string(cluster));
         }
         context
@@ -194,7 +220,7 @@ impl Facts<'_> {
         match &side.log_filter {
             None => true,
             // An error counts as false, as Envoy's CEL filter does.
-            Some(expr) => matches!(expr.value(&self.context()), Some(Value::Bool(true))),
+            Some(expr) => matches!(expr.value(self.context()), Some(Value::Bool(true))),
         }
     }
 
@@ -205,7 +231,7 @@ impl Facts<'_> {
         rule.tags
             .iter()
             .map(|(name, expr)| {
-                let value = expr.as_ref().map(|expr| match expr.value(&context) {
+                let value = expr.as_ref().map(|expr| match expr.value(context) {
                     Some(Value::String(s)) => s.to_string(),
                     Some(Value::Int(i)) => i.to_string(),
                     Some(Value::UInt(u)) => u.to_string(),
@@ -265,8 +291,12 @@ mod tests {
         }
     }
 
-    fn facts<'a>(request: &'a RequestFacts, labels: &'a Labels) -> Facts<'a> {
+    fn facts<'a>(request: &'a RequestFacts, labels: &'a Labels, wanted: Wanted) -> Facts<'a> {
+        // Leaked: a test's few bytes, for a `'a` environment.
+        let env: &'a Arc<Env> = Box::leak(Box::new(Arc::new(Env::stdlib())));
         Facts {
+            env,
+            wanted,
             request: Some(request),
             labels,
             duration_ms: 3,
@@ -277,6 +307,7 @@ mod tests {
             upstream_host: None,
             route_name: Some("default"),
             cluster_name: None,
+            context: OnceCell::new(),
         }
     }
 
@@ -331,7 +362,7 @@ mod tests {
             .expect("rule");
         let request = request();
         let labels = labels(503);
-        let values = facts(&request, &labels).tag_values(rule);
+        let values = facts(&request, &labels, custom.client.wanted).tag_values(rule);
         let expected = [
             ("tier", Some("gold")),
             ("port", Some("15006")),
@@ -357,15 +388,15 @@ mod tests {
         let request = request();
         let errors = side(&[], "response.code >= 400");
         let (failed, fine) = (labels(503), labels(200));
-        assert!(facts(&request, &failed).logs(&errors.client));
-        assert!(!facts(&request, &fine).logs(&errors.client));
+        assert!(facts(&request, &failed, errors.client.wanted).logs(&errors.client));
+        assert!(!facts(&request, &fine, errors.client.wanted).logs(&errors.client));
         assert!(
-            facts(&request, &fine).logs(&errors.server),
+            facts(&request, &fine, errors.server.wanted).logs(&errors.server),
             "the server side has no filter"
         );
         // Envoy: an expression that errors does not log.
         let broken = side(&[], "request.headers['x-none'] == 'a'");
-        assert!(!facts(&request, &fine).logs(&broken.client));
+        assert!(!facts(&request, &fine, broken.client.wanted).logs(&broken.client));
         // A bad expression rejects the config.
         let bad = Custom::compile(Some(&pb::Telemetry {
             server_access_log: Some(pb::AccessLogSide {

@@ -30,6 +30,7 @@ use super::peer::{PEER_HEADER, SERVICE_HEADER};
 use super::trace::{self, SpanContext};
 use super::{Downstream, Recorder, Telemetry};
 use crate::body::{BoxError, ProxyBody};
+use crate::config::telemetry::Side;
 use crate::config::{Cluster, PASSTHROUGH_CLUSTER};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::reply::LocalReply;
@@ -398,7 +399,7 @@ impl Finish {
             let side = snapshot
                 .custom_telemetry
                 .side(self.labels.reporter == Reporter::Source);
-            let facts = self.facts(&sample, elapsed);
+            let facts = self.facts(&snapshot.custom_telemetry.env, side, &sample, elapsed);
             if side.changes_metrics() {
                 metrics.record_request_custom(&self.labels, &sample, side, &facts);
             } else {
@@ -427,8 +428,16 @@ impl Finish {
     }
 
     /// What expressions read about this request.
-    fn facts(&self, sample: &RequestSample, elapsed: Duration) -> Facts<'_> {
+    fn facts<'a>(
+        &'a self,
+        env: &'a Arc<cel::Env>,
+        side: &Side,
+        sample: &RequestSample,
+        elapsed: Duration,
+    ) -> Facts<'a> {
         Facts {
+            env,
+            wanted: side.wanted,
             request: self.facts.as_deref(),
             labels: &self.labels,
             duration_ms: elapsed.as_millis() as u64,
@@ -439,6 +448,7 @@ impl Finish {
             upstream_host: self.upstream_host,
             route_name: self.route_name.as_deref(),
             cluster_name: self.cluster.as_deref().map(|c| c.name.as_str()),
+            context: Default::default(),
         }
     }
 

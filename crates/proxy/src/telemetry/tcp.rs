@@ -98,7 +98,7 @@ impl<'a> TcpRecord<'a> {
             let side = self.side(&snapshot);
             self.state
                 .metrics()
-                .record_tcp_open_custom(&self.labels, side, &self.facts());
+                .record_tcp_open_custom(&self.labels, side, &self.facts(&snapshot));
         } else {
             self.state.metrics().record_tcp_open(&self.labels);
         }
@@ -114,7 +114,7 @@ impl<'a> TcpRecord<'a> {
                 &self.labels,
                 (sent, received),
                 side,
-                &self.facts(),
+                &self.facts(&snapshot),
             );
         } else {
             self.state
@@ -130,9 +130,12 @@ impl<'a> TcpRecord<'a> {
     }
 
     /// What expressions read about this connection.
-    fn facts(&self) -> Facts<'_> {
+    fn facts<'f>(&'f self, snapshot: &'f Snapshot) -> Facts<'f> {
+        let env = &snapshot.custom_telemetry.env;
         let (sent, received) = self.bytes;
         Facts {
+            env,
+            wanted: self.side(snapshot).wanted,
             request: None,
             labels: &self.labels,
             duration_ms: self.start.elapsed().as_millis() as u64,
@@ -143,6 +146,7 @@ impl<'a> TcpRecord<'a> {
             upstream_host: self.upstream_host,
             route_name: None,
             cluster_name: Some(&self.cluster),
+            context: Default::default(),
         }
     }
 }
@@ -154,7 +158,7 @@ impl Drop for TcpRecord<'_> {
         let Some(sink) = telemetry.access_log(&snapshot) else {
             return;
         };
-        if self.custom && !self.facts().logs(self.side(&snapshot)) {
+        if self.custom && !self.facts(&snapshot).logs(self.side(&snapshot)) {
             return;
         }
         let (sent, received) = self.bytes;
