@@ -281,4 +281,29 @@ mod tests {
         }
         assert_eq!(found.len(), expect.len(), "{found:#?}");
     }
+
+    /// What Weft does not implement is a warning at decoding (apply,
+    /// validate) and in `weft analyze`, never silence.
+    #[test]
+    fn unimplemented_metric_fields_are_warned() {
+        let yaml = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: shop}\nspec:\n  metrics:\n  - providers: [{name: prometheus}, {name: stackdriver}]\n    reportingInterval: 10s\n    overrides: [{match: {customMetric: mine}, disabled: true}]\n";
+        let decoded = decode_str(yaml, "t.yaml");
+        assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
+        let warnings: Vec<String> = decoded.warnings.iter().map(ToString::to_string).collect();
+        for field in [
+            "spec.metrics[0].providers[1].name",
+            "spec.metrics[0].reportingInterval",
+            "spec.metrics[0].overrides[0].match.customMetric",
+        ] {
+            assert!(
+                warnings.iter().any(|w| w.contains(field)),
+                "{field} not warned: {warnings:#?}"
+            );
+        }
+        assert_eq!(
+            warnings.len(),
+            3,
+            "prometheus itself is not warned: {warnings:#?}"
+        );
+    }
 }
