@@ -57,6 +57,7 @@ const DR: &str = "DestinationRule";
 const VS: &str = "VirtualService";
 const SIDECAR: &str = "Sidecar";
 const GATEWAY: &str = "Gateway";
+const TELEMETRY: &str = "Telemetry";
 
 /// Every field Weft does not honour. Keep it in step with the compiler:
 /// a row leaves when the field is implemented.
@@ -355,7 +356,30 @@ pub const TABLE: &[Unimplemented] = &[
         message: "tls.mode AUTO_PASSTHROUGH is served on protocol TLS servers only (it routes by SNI without terminating); the server is left out",
         when: Some(is_unserved_auto_passthrough),
     },
+    // Telemetry metrics: Istio's standard metrics on the prometheus provider
+    // are implemented (see weft-control's compiler/telemetry_metrics.rs).
+    ignored(
+        TELEMETRY,
+        "spec.metrics[].reportingInterval",
+        "not implemented; Prometheus reads Weft's metrics when it scrapes",
+    ),
+    ignored(
+        TELEMETRY,
+        "spec.metrics[].overrides[].match.customMetric",
+        "custom metrics are not implemented; the override is left out",
+    ),
+    Unimplemented {
+        kind: TELEMETRY,
+        pattern: "spec.metrics[].providers[].name",
+        treatment: Treatment::Ignored,
+        message: "only the prometheus metrics provider is implemented; an entry naming only other providers is left out",
+        when: Some(is_not_prometheus),
+    },
 ];
+
+fn is_not_prometheus(value: &Value) -> bool {
+    value.as_str().is_some_and(|name| name != "prometheus")
+}
 
 fn is_any_address(value: &Value) -> bool {
     value

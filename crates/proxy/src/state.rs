@@ -87,7 +87,16 @@ impl ProxyState {
         // Runtime first: a request that finds the new snapshot finds its
         // clusters' runtime too.
         self.clusters.store(Arc::new(clusters));
+        let relabelled = !crate::config::telemetry::Custom::same_metrics(
+            self.snapshot.load().config.telemetry.as_ref(),
+            snapshot.config.telemetry.as_ref(),
+        );
         self.snapshot.store(snapshot);
+        // Telemetry overrides changed the families' label sets: start them
+        // afresh rather than mix old and new label sets in one family.
+        if relabelled {
+            self.metrics.reset_standard();
+        }
         self.ready.store(true, Ordering::Release);
     }
 

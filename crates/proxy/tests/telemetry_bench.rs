@@ -1,6 +1,7 @@
 //! What telemetry costs on the data path: `wrk` through one weft-proxy at
 //! saturation, with access logs off, on (to a file), and on with every
-//! request traced to an OTLP collector. Not part of the test suite
+//! request traced to an OTLP collector; and with Telemetry overrides (a
+//! label upserted from a request header, an access-log filter). Not part of the test suite
 //! (`#[ignore]`); run it with
 //!
 //! ```text
@@ -24,6 +25,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_weft-proxy");
 const SECONDS: &str = "5";
 /// Every case runs this many times, interleaved, to spread out noise.
 const ROUNDS: usize = 2;
+
+/// Telemetry `tagOverrides` as weftd pushes it: REQUEST_COUNT of the
+/// client side gets a label from the User-Agent header.
+const TAG_OVERRIDE: &str = r#"telemetry:
+  clientMetrics:
+    metrics: [{metric: REQUEST_COUNT, tags: [{name: user_agent, value: "request.headers['user-agent']"}]}]"#;
+
+/// An access-log filter no request of the run passes (all are 200s).
+const LOG_FILTER: &str = r#"telemetry:
+  clientAccessLog: {filter: "response.code >= 400"}"#;
 
 struct Run {
     requests_per_second: f64,
@@ -77,7 +88,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-async fn measure(binary: &Path, backend: &HttpBackend, args: &[String]) -> Run {
+async fn measure(binary: &Path, backend: &HttpBackend, args: &[String], extra: &str) -> Run {
     let listen = free_addr();
     let config = format!(
         r#"
@@ -88,6 +99,7 @@ services:
 - {{name: web.test.svc.cluster.local, hosts: [web], ports: [{{port: 80, protocol: HTTP}}]}}
 clusters:
 - {{name: "outbound|80||web.test.svc.cluster.local", endpoints: [{{address: "{}"}}]}}
+{extra}
 "#,
         backend.addr
     );
@@ -122,9 +134,14 @@ async fn telemetry_cost_at_saturation() {
         .display()
         .to_string();
     let workers = vec!["--workers".to_string(), "1".to_string()];
-    let mut cases: Vec<(String, std::path::PathBuf, Vec<String>)> = Vec::new();
+    let mut cases: Vec<(String, std::path::PathBuf, Vec<String>, &str)> = Vec::new();
     if let Ok(baseline) = std::env::var("WEFT_BENCH_BASELINE") {
-        cases.push(("baseline binary".into(), baseline.into(), workers.clone()));
+        cases.push((
+            "baseline binary".into(),
+            baseline.into(),
+            workers.clone(),
+            "",
+        ));
     }
     let with = |more: &[&str]| {
         let mut args = workers.clone();
@@ -132,11 +149,24 @@ async fn telemetry_cost_at_saturation() {
         args
     };
     let otlp = collector.addr.to_string();
-    cases.push(("metrics, access log off".into(), BIN.into(), with(&[])));
+    cases.push(("metrics, access log off".into(), BIN.into(), with(&[]), ""));
+    cases.push((
+        "metrics + tagOverride from a header (CEL)".into(),
+        BIN.into(),
+        with(&[]),
+        TAG_OVERRIDE,
+    ));
     cases.push((
         "metrics + access log (file)".into(),
         BIN.into(),
         with(&["--access-log", &log]),
+        "",
+    ));
+    cases.push((
+        "metrics + access log, filter code >= 400".into(),
+        BIN.into(),
+        with(&["--access-log", &log]),
+        LOG_FILTER,
     ));
     cases.push((
         "metrics + access log + 100% traced (OTLP)".into(),
@@ -149,10 +179,11 @@ async fn telemetry_cost_at_saturation() {
             "--otlp",
             &otlp,
         ]),
+        "",
     ));
     for round in 1..=ROUNDS {
-        for (name, binary, args) in &cases {
-            let run = measure(binary, &backend, args).await;
+        for (name, binary, args, extra) in &cases {
+            let run = measure(binary, &backend, args, extra).await;
             println!(
                 "round {round}: {name:45} {:>7.0} req/s   p99 {:>8}   proxy CPU {:>5.0} µs/request",
                 run.requests_per_second, run.p99, run.cpu_us_per_request

@@ -1,7 +1,10 @@
 //! Telemetry (`telemetry.istio.io`): access logging, tracing and metrics
 //! settings for a workload, a namespace, or (in the root namespace) the
-//! whole mesh. Weft applies `accessLogging` and the sampling fields of
-//! `tracing`; the rest is accepted as written.
+//! whole mesh. Weft applies `accessLogging` (with its `filter`), `metrics`
+//! overrides (see [`metrics`]) and the sampling fields of `tracing`; the
+//! rest is accepted as written.
+
+pub mod metrics;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -25,9 +28,8 @@ pub struct Telemetry {
     pub target_refs: Vec<PolicyTargetReference>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracing: Vec<Tracing>,
-    /// Accepted as written; Weft's metrics are not configurable yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub metrics: Vec<Value>,
+    pub metrics: Vec<metrics::Metrics>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_logging: Vec<AccessLogging>,
 }
@@ -68,9 +70,18 @@ pub struct AccessLogging {
     pub providers: Vec<ProviderRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
-    /// v1alpha1 only: `{expression: CEL}`.
+    /// Only requests (and TCP connections) for which the expression is
+    /// true are logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filter: Option<Value>,
+    pub filter: Option<AccessLogFilter>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogFilter {
+    /// CEL over the request's (or connection's) attributes.
+    #[serde(default)]
+    pub expression: String,
 }
 
 impl Spec for Telemetry {
@@ -91,11 +102,46 @@ impl Spec for Telemetry {
                 );
             }
         }
+        for (index, entry) in self.metrics.iter().enumerate() {
+            entry.validate(&format!("spec.metrics[{index}]"), errors);
+        }
+        for (index, entry) in self.access_logging.iter().enumerate() {
+            let mode = entry
+                .match_
+                .as_ref()
+                .and_then(|m| m.get("mode"))
+                .and_then(|m| m.as_str());
+            if let Some(mode) = mode
+                && !metrics::MODES.contains(&mode)
+            {
+                errors.push(
+                    format!("spec.accessLogging[{index}].match.mode"),
+                    format!(
+                        "unknown mode {mode:?}; one of {}",
+                        metrics::MODES.join(", ")
+                    ),
+                );
+            }
+            if let Some(filter) = &entry.filter
+                && let Err(message) = metrics::check_expression(&filter.expression)
+            {
+                errors.push(
+                    format!("spec.accessLogging[{index}].filter.expression"),
+                    format!("not a CEL expression: {message}"),
+                );
+            }
+        }
         let providers = self
             .tracing
             .iter()
             .enumerate()
             .map(|(i, t)| (format!("spec.tracing[{i}]"), &t.providers))
+            .chain(
+                self.metrics
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (format!("spec.metrics[{i}]"), &m.providers)),
+            )
             .chain(
                 self.access_logging
                     .iter()

@@ -37,6 +37,7 @@ mod routes;
 mod scope;
 mod shape;
 mod telemetry;
+mod telemetry_metrics;
 pub mod tls;
 
 use std::collections::BTreeMap;

@@ -12,6 +12,8 @@
 //! `accessLogging`: an entry with `disabled: true` turns logs off; an entry
 //! naming the `envoy` provider (or none: the default provider) turns them
 //! on; other providers are not supported and are left out with a warning.
+//! `match.mode` and `filter.expression` make the per-side settings (see
+//! `telemetry_metrics.rs`, which also merges `metrics` overrides).
 
 use std::collections::BTreeMap;
 
@@ -30,6 +32,10 @@ struct Settings {
     access_log: Option<AccessLog>,
     sampling: Option<f64>,
     disable_span_reporting: Option<bool>,
+    /// Client and server access-log sides, from the same level as
+    /// `access_log`.
+    access_sides: Option<[pb::AccessLogSide; 2]>,
+    metrics: Vec<super::telemetry_metrics::Rule>,
 }
 
 #[derive(Debug)]
@@ -116,12 +122,30 @@ impl Policies {
             .map(|e| &e.settings)
             .collect();
         let access_log = levels.iter().find_map(|s| s.access_log);
+        let access_sides = levels
+            .iter()
+            .find(|s| s.access_log.is_some())
+            .and_then(|s| s.access_sides.clone());
         let sampling = levels.iter().find_map(|s| s.sampling);
         let disable_span_reporting = levels.iter().find_map(|s| s.disable_span_reporting);
-        if access_log.is_none() && sampling.is_none() && disable_span_reporting.is_none() {
+        // Root first: Istio applies metric overrides mesh → namespace → workload.
+        let rules: Vec<&[_]> = levels.iter().rev().map(|s| s.metrics.as_slice()).collect();
+        let (client_metrics, server_metrics) = super::telemetry_metrics::merge(&rules);
+        if access_log.is_none()
+            && sampling.is_none()
+            && disable_span_reporting.is_none()
+            && client_metrics.is_none()
+            && server_metrics.is_none()
+        {
             return None;
         }
+        let [client_access_log, server_access_log] =
+            access_sides.map_or([None, None], |s| s.map(Some));
         Some(pb::Telemetry {
+            client_metrics,
+            server_metrics,
+            client_access_log,
+            server_access_log,
             access_log: access_log.unwrap_or(AccessLog::Unspecified) as i32,
             random_sampling_percentage: sampling.unwrap_or(0.0),
             has_random_sampling_percentage: sampling.is_some(),
@@ -132,31 +156,20 @@ impl Policies {
 }
 
 fn settings(spec: &Telemetry, label: &str, warnings: &mut Vec<String>) -> Settings {
-    let mut out = Settings::default();
-    if !spec.metrics.is_empty() {
-        warnings.push(format!(
-            "{label}: spec.metrics is not supported yet (Istio's standard metrics are always on); ignored"
-        ));
-    }
-    // The proxy has one switch for both sides of its traffic.
-    for (index, entry) in spec.access_logging.iter().enumerate() {
-        let mode = entry
-            .match_
-            .as_ref()
-            .and_then(|m| m.get("mode"))
-            .and_then(|m| m.as_str());
-        if let Some(mode @ ("CLIENT" | "SERVER")) = mode {
-            warnings.push(format!(
-                "{label}: spec.accessLogging[{index}].match.mode {mode}: Weft applies it to both client and server traffic"
-            ));
-        }
-    }
+    let mut out = Settings {
+        metrics: super::telemetry_metrics::rules(spec, label, warnings),
+        ..Settings::default()
+    };
     if !spec.access_logging.is_empty() {
-        let disabled = spec.access_logging.iter().any(|a| a.disabled == Some(true));
-        let envoy = spec.access_logging.iter().any(|a| {
+        let is_envoy = |a: &weft_api::telemetry::AccessLogging| {
             a.providers.is_empty() || a.providers.iter().any(|p| p.name == ENVOY_PROVIDER)
-        });
-        out.access_log = if disabled {
+        };
+        let disabled = spec.access_logging.iter().any(|a| a.disabled == Some(true));
+        let envoy = spec.access_logging.iter().any(is_envoy);
+        let sides = super::telemetry_metrics::access_sides(spec, is_envoy);
+        let all = sides.iter().all(|s| !s.disabled && s.filter.is_empty());
+        out.access_sides = (!all).then_some(sides.clone());
+        out.access_log = if sides.iter().all(|s| s.disabled) && (disabled || envoy) {
             Some(AccessLog::Disabled)
         } else if envoy {
             Some(AccessLog::Enabled)

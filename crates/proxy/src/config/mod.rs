@@ -26,6 +26,7 @@ mod route_match;
 mod server_tls;
 mod snapshot;
 mod tcp_route;
+pub mod telemetry;
 mod upstream_tls;
 pub mod watch;
 

@@ -136,6 +136,8 @@ pub struct Snapshot {
     pub rate_limits: super::ratelimit::RateLimits,
     /// The names the DNS server answers itself (empty without DNS capture).
     pub names: Arc<super::dns::NameTable>,
+    /// Telemetry metric overrides and access-log filters, compiled.
+    pub custom_telemetry: super::telemetry::Custom,
 }
 
 impl Snapshot {
@@ -171,6 +173,11 @@ impl Snapshot {
             &clusters,
             &mut problems,
         );
+        let custom_telemetry = super::telemetry::Custom::compile(config.telemetry.as_ref())
+            .unwrap_or_else(|problem| {
+                problems.0.push(problem);
+                Default::default()
+            });
         let outbound_policy = pb::OutboundTrafficPolicy::try_from(config.outbound_traffic_policy)
             .unwrap_or(pb::OutboundTrafficPolicy::AllowAny);
         if !problems.0.is_empty() {
@@ -191,6 +198,7 @@ impl Snapshot {
             gateway_guard,
             rate_limits,
             names,
+            custom_telemetry,
         })
     }
 

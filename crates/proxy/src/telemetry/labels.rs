@@ -45,6 +45,9 @@ pub struct Labels {
     pub call: Call,
     pub response_flags: ResponseFlags,
     pub mutual_tls: bool,
+    /// The whole label set when a Telemetry `tagOverrides` changed it for
+    /// one metric family (see `custom.rs`); `None` on the standard path.
+    pub custom: Option<Arc<[(String, String)]>>,
 }
 
 impl Labels {
@@ -81,66 +84,51 @@ fn put(encoder: &mut LabelSetEncoder, key: &str, value: &str) -> std::fmt::Resul
 
 use prometheus_client::encoding::EncodeLabel as _;
 
-impl EncodeLabelSet for Labels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+impl Labels {
+    /// Each standard label in Istio's order (what [`EncodeLabelSet`]
+    /// writes, and what Telemetry overrides start from).
+    pub fn visit(&self, put: &mut dyn FnMut(&str, &str) -> std::fmt::Result) -> std::fmt::Result {
         let (src, dst) = (&*self.source, &*self.destination);
         let (service_name, service_namespace) = self.service_parts();
-        put(encoder, "reporter", self.reporter.as_str())?;
-        put(encoder, "source_workload", or_unknown(&src.name))?;
+        put("reporter", self.reporter.as_str())?;
+        put("source_workload", or_unknown(&src.name))?;
         put(
-            encoder,
             "source_canonical_service",
             or_unknown(&src.canonical_service),
         )?;
         put(
-            encoder,
             "source_canonical_revision",
             or_unknown(&src.canonical_revision),
         )?;
+        put("source_workload_namespace", or_unknown(&src.namespace))?;
+        put("source_principal", principal(&self.source_principal))?;
+        put("source_app", or_unknown(&src.app))?;
+        put("source_version", or_unknown(&src.version))?;
+        put("source_cluster", or_unknown(&src.cluster))?;
+        put("destination_workload", or_unknown(&dst.name))?;
+        put("destination_workload_namespace", or_unknown(&dst.namespace))?;
         put(
-            encoder,
-            "source_workload_namespace",
-            or_unknown(&src.namespace),
-        )?;
-        put(
-            encoder,
-            "source_principal",
-            principal(&self.source_principal),
-        )?;
-        put(encoder, "source_app", or_unknown(&src.app))?;
-        put(encoder, "source_version", or_unknown(&src.version))?;
-        put(encoder, "source_cluster", or_unknown(&src.cluster))?;
-        put(encoder, "destination_workload", or_unknown(&dst.name))?;
-        put(
-            encoder,
-            "destination_workload_namespace",
-            or_unknown(&dst.namespace),
-        )?;
-        put(
-            encoder,
             "destination_principal",
             principal(&self.destination_principal),
         )?;
-        put(encoder, "destination_app", or_unknown(&dst.app))?;
-        put(encoder, "destination_version", or_unknown(&dst.version))?;
+        put("destination_app", or_unknown(&dst.app))?;
+        put("destination_version", or_unknown(&dst.version))?;
         let service = match &*self.destination_service {
             "" => UNKNOWN,
             host => host,
         };
-        put(encoder, "destination_service", service)?;
+        put("destination_service", service)?;
         put(
-            encoder,
             "destination_canonical_service",
             or_unknown(&dst.canonical_service),
         )?;
         put(
-            encoder,
             "destination_canonical_revision",
             or_unknown(&dst.canonical_revision),
         )?;
-        put(encoder, "destination_service_name", service_name)?;
-        put(encoder, "destination_service_namespace", service_namespace)?;
-        put(encoder, "destination_cluster", or_unknown(&dst.cluster))?;
+        put("destination_service_name", service_name)?;
+        put("destination_service_namespace", service_namespace)?;
+        put("destination_cluster", or_unknown(&dst.cluster))?;
         let mut number = String::new();
         match self.call {
             Call::Http {
@@ -148,13 +136,9 @@ impl EncodeLabelSet for Labels {
                 response_code,
                 grpc_status,
             } => {
-                put(
-                    encoder,
-                    "request_protocol",
-                    if grpc { "grpc" } else { "http" },
-                )?;
+                put("request_protocol", if grpc { "grpc" } else { "http" })?;
                 let _ = write!(number, "{response_code}");
-                put(encoder, "response_code", &number)?;
+                put("response_code", &number)?;
                 number.clear();
                 let grpc_status = match grpc_status {
                     Some(code) => {
@@ -163,17 +147,29 @@ impl EncodeLabelSet for Labels {
                     }
                     None => "",
                 };
-                put(encoder, "grpc_response_status", grpc_status)?;
+                put("grpc_response_status", grpc_status)?;
             }
             // Istio's TCP metrics carry no response code or gRPC status.
-            Call::Tcp => put(encoder, "request_protocol", "tcp")?,
+            Call::Tcp => put("request_protocol", "tcp")?,
         }
-        put(encoder, "response_flags", &self.response_flags.codes())?;
+        put("response_flags", &self.response_flags.codes())?;
         let security = if self.mutual_tls {
             "mutual_tls"
         } else {
             UNKNOWN
         };
-        put(encoder, "connection_security_policy", security)
+        put("connection_security_policy", security)
+    }
+}
+
+impl EncodeLabelSet for Labels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        match &self.custom {
+            // A Telemetry override made this series' label set.
+            Some(custom) => custom
+                .iter()
+                .try_for_each(|(key, value)| put(encoder, key, value)),
+            None => self.visit(&mut |key, value| put(encoder, key, value)),
+        }
     }
 }

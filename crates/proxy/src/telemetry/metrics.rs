@@ -13,6 +13,7 @@
 //! [`Metrics`] also carries the rest of the proxy's telemetry (access log,
 //! tracing, its own workload's identity) in [`Metrics::telemetry`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -24,8 +25,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::balance::Clusters;
+use weft_proto::proxy::v1::StandardMetric as M;
+
 use crate::config::Snapshot;
+use crate::config::telemetry::{MetricRule, Side};
 use crate::telemetry::Telemetry;
+use crate::telemetry::custom::Facts;
 pub use crate::telemetry::labels::{Call, Labels};
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
@@ -308,6 +313,95 @@ impl Metrics {
             .clone()
     }
 
+    /// One finished HTTP request on a side whose metrics a Telemetry
+    /// override changes: each family gets its own label set, or nothing
+    /// when disabled. Slower than [`Self::record_request`] (label sets are
+    /// built per request), and only used where an override exists.
+    pub fn record_request_custom(
+        &self,
+        labels: &Labels,
+        sample: &RequestSample,
+        side: &Side,
+        facts: &Facts<'_>,
+    ) {
+        let series = |metric| custom_labels(labels, side.rule(metric), facts);
+        if let Some(l) = series(M::RequestCount) {
+            self.requests.get_or_create(&l).inc();
+        }
+        if let Some(l) = series(M::RequestDuration) {
+            self.duration.get_or_create(&l).observe(sample.duration_ms);
+        }
+        if let Some(l) = series(M::RequestSize) {
+            self.request_bytes
+                .get_or_create(&l)
+                .observe(sample.request_bytes as f64);
+        }
+        if let Some(l) = series(M::ResponseSize) {
+            self.response_bytes
+                .get_or_create(&l)
+                .observe(sample.response_bytes as f64);
+        }
+        if matches!(labels.call, Call::Http { grpc: true, .. }) {
+            if let Some(l) = series(M::GrpcRequestMessages) {
+                self.request_messages
+                    .get_or_create(&l)
+                    .inc_by(sample.request_messages);
+            }
+            if let Some(l) = series(M::GrpcResponseMessages) {
+                self.response_messages
+                    .get_or_create(&l)
+                    .inc_by(sample.response_messages);
+            }
+        }
+    }
+
+    /// [`Self::record_tcp_open`] on a side with overrides.
+    pub fn record_tcp_open_custom(&self, labels: &Labels, side: &Side, facts: &Facts<'_>) {
+        if let Some(l) = custom_labels(labels, side.rule(M::TcpOpenedConnections), facts) {
+            self.tcp_opened.get_or_create(&l).inc();
+        }
+    }
+
+    /// [`Self::record_tcp_close`] on a side with overrides.
+    pub fn record_tcp_close_custom(
+        &self,
+        labels: &Labels,
+        (sent, received): (u64, u64),
+        side: &Side,
+        facts: &Facts<'_>,
+    ) {
+        if let Some(l) = custom_labels(labels, side.rule(M::TcpClosedConnections), facts) {
+            self.tcp_closed.get_or_create(&l).inc();
+        }
+        if let Some(l) = custom_labels(labels, side.rule(M::TcpSentBytes), facts) {
+            self.tcp_sent.get_or_create(&l).inc_by(sent);
+        }
+        if let Some(l) = custom_labels(labels, side.rule(M::TcpReceivedBytes), facts) {
+            self.tcp_received.get_or_create(&l).inc_by(received);
+        }
+    }
+
+    /// Forgets every series of the standard families: called when a push
+    /// changes their label sets, so that one family never mixes the old
+    /// label set with the new (counters restart from zero, which
+    /// Prometheus' `rate()` reads as a counter reset).
+    pub fn reset_standard(&self) {
+        self.request_series
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+        self.requests.clear();
+        self.duration.clear();
+        self.request_bytes.clear();
+        self.response_bytes.clear();
+        self.request_messages.clear();
+        self.response_messages.clear();
+        self.tcp_opened.clear();
+        self.tcp_closed.clear();
+        self.tcp_sent.clear();
+        self.tcp_received.clear();
+    }
+
     pub fn record_tcp_open(&self, labels: &Labels) {
         self.tcp_opened.get_or_create(labels).inc();
     }
@@ -412,6 +506,41 @@ impl Metrics {
         }
         out
     }
+}
+
+/// `labels` as `rule` changes them for one family; `None`: the family is
+/// disabled on this side.
+fn custom_labels<'a>(
+    labels: &'a Labels,
+    rule: Option<&MetricRule>,
+    facts: &Facts<'_>,
+) -> Option<Cow<'a, Labels>> {
+    let Some(rule) = rule else {
+        return Some(Cow::Borrowed(labels));
+    };
+    if rule.disabled {
+        return None;
+    }
+    if rule.tags.is_empty() {
+        return Some(Cow::Borrowed(labels));
+    }
+    let mut pairs: Vec<(String, String)> = Vec::with_capacity(26);
+    let _ = labels.visit(&mut |key, value| {
+        pairs.push((key.to_string(), value.to_string()));
+        Ok(())
+    });
+    for (name, value) in facts.tag_values(rule) {
+        match value {
+            None => pairs.retain(|(key, _)| *key != name),
+            Some(value) => match pairs.iter_mut().find(|(key, _)| *key == name) {
+                Some(pair) => pair.1 = value,
+                None => pairs.push((name, value)),
+            },
+        }
+    }
+    let mut custom = labels.clone();
+    custom.custom = Some(pairs.into());
+    Some(Cow::Owned(custom))
 }
 
 /// Decrements the active-connection gauge when the connection ends.

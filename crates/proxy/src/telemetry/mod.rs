@@ -16,6 +16,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod custom;
 pub mod labels;
 pub mod metrics;
 pub mod otlp;

@@ -23,12 +23,14 @@ use opentelemetry_proto::tonic::trace::v1::{Span, Status, span, status};
 
 use super::access_log::Entry;
 use super::body::{CountedRequest, Counts, MessageCounter};
+use super::custom::{Facts, RequestFacts};
 use super::labels::{Call, Labels};
 use super::otlp::{attribute, int_attribute};
 use super::peer::{PEER_HEADER, SERVICE_HEADER};
 use super::trace::{self, SpanContext};
 use super::{Downstream, Recorder, Telemetry};
 use crate::body::{BoxError, ProxyBody};
+use crate::config::telemetry::Side;
 use crate::config::{Cluster, PASSTHROUGH_CLUSTER};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::reply::LocalReply;
@@ -76,6 +78,10 @@ pub struct RequestRecord {
     detail: Option<Box<Detail>>,
     route_name: Option<String>,
     cluster: Option<Arc<Cluster>>,
+    /// This side has Telemetry overrides or an access-log filter.
+    custom: bool,
+    /// The request's attributes, when an expression of this side reads them.
+    facts: Option<Box<RequestFacts>>,
     done: bool,
 }
 
@@ -111,7 +117,27 @@ impl RequestRecord {
             }
         }
         let span = trace::continue_or_start(headers, telemetry.sampling(&snapshot));
-        let log = telemetry.access_log(&snapshot).is_some();
+        let side = snapshot.custom_telemetry.side(reporter == Reporter::Source);
+        let custom = side.is_custom();
+        let log = telemetry.access_log(&snapshot).is_some() && !side.log_disabled;
+        let facts = side.needs_facts().then(|| {
+            Box::new(RequestFacts {
+                method: request.method().as_str().to_string(),
+                path: request
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+                host: request
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .or_else(|| header_text(request.headers(), header::HOST))
+                    .unwrap_or_default(),
+                scheme: request.uri().scheme_str().unwrap_or("http").to_string(),
+                protocol: protocol_name(request.version()),
+                headers: request.headers().clone(),
+            })
+        });
         let traced = span.sampled && telemetry.exporter(&snapshot).is_some();
         let authority = (log || traced || reporter == Reporter::Destination)
             .then(|| {
@@ -166,6 +192,8 @@ impl RequestRecord {
             detail,
             route_name: None,
             cluster: None,
+            custom,
+            facts,
             done: false,
         }
     }
@@ -299,6 +327,7 @@ impl RequestRecord {
             },
             response_flags: flags.union(self.extra),
             mutual_tls: principal.is_some(),
+            custom: None,
         };
         Finish {
             state: self.state.clone(),
@@ -313,6 +342,8 @@ impl RequestRecord {
             cluster: self.cluster.take(),
             upstream_host,
             downstream: std::mem::take(&mut self.downstream),
+            custom: self.custom,
+            facts: self.facts.take(),
         }
     }
 
@@ -347,6 +378,8 @@ struct Finish {
     cluster: Option<Arc<Cluster>>,
     upstream_host: Option<SocketAddr>,
     downstream: Downstream,
+    custom: bool,
+    facts: Option<Box<RequestFacts>>,
 }
 
 impl Finish {
@@ -360,13 +393,29 @@ impl Finish {
             response_messages,
         };
         let metrics = &self.state.metrics();
-        metrics.record_request(&self.labels, &sample);
+        let mut logged = true;
+        if self.custom {
+            let snapshot = self.state.snapshot();
+            let side = snapshot
+                .custom_telemetry
+                .side(self.labels.reporter == Reporter::Source);
+            let facts = self.facts(&snapshot.custom_telemetry.env, side, &sample, elapsed);
+            if side.changes_metrics() {
+                metrics.record_request_custom(&self.labels, &sample, side, &facts);
+            } else {
+                metrics.record_request(&self.labels, &sample);
+            }
+            logged = facts.logs(side);
+        } else {
+            metrics.record_request(&self.labels, &sample);
+        }
         let Some(detail) = self.detail.take() else {
             return;
         };
         let snapshot = self.state.snapshot();
         let telemetry: &Telemetry = &metrics.telemetry;
         if detail.log
+            && logged
             && let Some(sink) = telemetry.access_log(&snapshot)
         {
             sink.log(&self.entry(&detail, &sample, elapsed));
@@ -375,6 +424,31 @@ impl Finish {
             && let Some(exporter) = telemetry.exporter(&snapshot)
         {
             exporter.export(self.span(&detail, elapsed, telemetry));
+        }
+    }
+
+    /// What expressions read about this request.
+    fn facts<'a>(
+        &'a self,
+        env: &'a Arc<cel::Env>,
+        side: &Side,
+        sample: &RequestSample,
+        elapsed: Duration,
+    ) -> Facts<'a> {
+        Facts {
+            env,
+            wanted: side.wanted,
+            request: self.facts.as_deref(),
+            labels: &self.labels,
+            duration_ms: elapsed.as_millis() as u64,
+            bytes_received: sample.request_bytes,
+            bytes_sent: sample.response_bytes,
+            downstream_local: self.downstream.local,
+            downstream_remote: self.downstream.remote,
+            upstream_host: self.upstream_host,
+            route_name: self.route_name.as_deref(),
+            cluster_name: self.cluster.as_deref().map(|c| c.name.as_str()),
+            context: Default::default(),
         }
     }
 

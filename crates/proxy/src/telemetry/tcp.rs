@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use super::access_log::Entry;
+use super::custom::Facts;
 use super::labels::{Call, Labels};
 use super::{Downstream, Recorder};
-use crate::config::{Cluster, Endpoint};
+use crate::config::telemetry::Side;
+use crate::config::{Cluster, Endpoint, Snapshot};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::telemetry::metrics::Reporter;
 
@@ -24,6 +26,8 @@ pub struct TcpRecord<'a> {
     start_wall: SystemTime,
     upstream_host: Option<SocketAddr>,
     bytes: (u64, u64),
+    /// This side has Telemetry overrides or an access-log filter.
+    custom: bool,
 }
 
 impl<'a> TcpRecord<'a> {
@@ -60,6 +64,7 @@ impl<'a> TcpRecord<'a> {
                 call: Call::Tcp,
                 response_flags: ResponseFlags::default(),
                 mutual_tls: principal.is_some(),
+                custom: None,
             },
             cluster: cluster.name.clone(),
             downstream: downstream.clone(),
@@ -67,6 +72,11 @@ impl<'a> TcpRecord<'a> {
             start_wall: SystemTime::now(),
             upstream_host: None,
             bytes: (0, 0),
+            custom: state
+                .snapshot()
+                .custom_telemetry
+                .side(reporter == Reporter::Source)
+                .is_custom(),
         }
     }
 
@@ -83,15 +93,61 @@ impl<'a> TcpRecord<'a> {
         {
             self.labels.destination = workload.clone();
         }
-        self.state.metrics().record_tcp_open(&self.labels);
+        if self.custom {
+            let snapshot = self.state.snapshot();
+            let side = self.side(&snapshot);
+            self.state
+                .metrics()
+                .record_tcp_open_custom(&self.labels, side, &self.facts(&snapshot));
+        } else {
+            self.state.metrics().record_tcp_open(&self.labels);
+        }
     }
 
     /// Bytes sent to and received from the downstream, at close.
     pub fn closed(&mut self, sent: u64, received: u64) {
         self.bytes = (sent, received);
-        self.state
-            .metrics()
-            .record_tcp_close(&self.labels, sent, received);
+        if self.custom {
+            let snapshot = self.state.snapshot();
+            let side = self.side(&snapshot);
+            self.state.metrics().record_tcp_close_custom(
+                &self.labels,
+                (sent, received),
+                side,
+                &self.facts(&snapshot),
+            );
+        } else {
+            self.state
+                .metrics()
+                .record_tcp_close(&self.labels, sent, received);
+        }
+    }
+
+    fn side<'s>(&self, snapshot: &'s Snapshot) -> &'s Side {
+        snapshot
+            .custom_telemetry
+            .side(self.labels.reporter == Reporter::Source)
+    }
+
+    /// What expressions read about this connection.
+    fn facts<'f>(&'f self, snapshot: &'f Snapshot) -> Facts<'f> {
+        let env = &snapshot.custom_telemetry.env;
+        let (sent, received) = self.bytes;
+        Facts {
+            env,
+            wanted: self.side(snapshot).wanted,
+            request: None,
+            labels: &self.labels,
+            duration_ms: self.start.elapsed().as_millis() as u64,
+            bytes_received: received,
+            bytes_sent: sent,
+            downstream_local: self.downstream.local,
+            downstream_remote: self.downstream.remote,
+            upstream_host: self.upstream_host,
+            route_name: None,
+            cluster_name: Some(&self.cluster),
+            context: Default::default(),
+        }
     }
 }
 
@@ -102,6 +158,9 @@ impl Drop for TcpRecord<'_> {
         let Some(sink) = telemetry.access_log(&snapshot) else {
             return;
         };
+        if self.custom && !self.facts(&snapshot).logs(self.side(&snapshot)) {
+            return;
+        }
         let (sent, received) = self.bytes;
         sink.log(&Entry {
             start: Some(self.start_wall),
