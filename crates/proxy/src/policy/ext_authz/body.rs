@@ -210,14 +210,16 @@ impl Body for Replay {
 
     fn size_hint(&self) -> SizeHint {
         let held: u64 = self.chunks.iter().map(|c| c.len() as u64).sum();
-        let mut hint = self
+        let rest = self
             .rest
             .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |rest| rest.size_hint());
-        hint.set_lower(hint.lower() + held);
-        if let Some(upper) = hint.upper() {
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        // The upper bound first: a lower bound above it would be refused.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
             hint.set_upper(upper + held);
         }
+        hint.set_lower(rest.lower() + held);
         hint
     }
 }
@@ -256,7 +258,9 @@ mod tests {
             .expect("read");
         assert_eq!(read.shown(), "abcd");
         assert!(!read.partial());
-        assert_eq!(collect(read.replay(body)).await, "abcd");
+        let replay = read.replay(body);
+        assert_eq!(replay.size_hint().exact(), Some(4));
+        assert_eq!(collect(replay).await, "abcd");
     }
 
     #[tokio::test]
@@ -267,7 +271,10 @@ mod tests {
             .expect("read");
         assert_eq!(read.shown(), "abcde");
         assert!(read.partial());
-        assert_eq!(collect(read.replay(body)).await, "abcdefghijkl");
+        let replay = read.replay(body);
+        // What was read is known; the rest of this stream is not.
+        assert_eq!(replay.size_hint().lower(), 6);
+        assert_eq!(collect(replay).await, "abcdefghijkl");
     }
 
     #[tokio::test]
