@@ -34,7 +34,6 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reply;
-pub mod runtime;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;

@@ -401,8 +401,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)));
-    // One worker: a current-thread runtime (see `runtime`).
-    let data = weft_proxy::runtime::DataRuntime::build(workers)?;
+    let data = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .thread_name("weft-data")
+        .enable_all()
+        .build()?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
