@@ -44,6 +44,7 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
             value: value.into(),
             raw_value: Vec::new(),
         }),
+        ..Default::default()
     }
 }
 
@@ -405,6 +406,254 @@ async fn custom_policies_ask_grpc_and_http_authorizers_and_fail_as_configured() 
     );
     assert!(
         !logs.contains("external authorization is not implemented"),
+        "{logs}"
+    );
+}
+
+/// Records what a body-reading authorizer was shown: "body=... partial=...".
+struct BodyJudge(Seen);
+
+fn with_append(key: &str, value: &str, append: bool) -> HeaderValueOption {
+    HeaderValueOption {
+        append: Some(pbjson_types::BoolValue { value: append }),
+        ..header(key, value)
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for BodyJudge {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let attributes = request.into_inner().attributes.unwrap_or_default();
+        let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
+        let partial = http.headers.get("x-envoy-auth-partial-body").cloned();
+        self.0
+            .lock()
+            .expect("seen")
+            .push(format!("body={} partial={partial:?}", http.body));
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(Status::default()),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: vec![
+                    with_append("x-tag", "authz", true),
+                    with_append("x-set", "authz", false),
+                ],
+                ..Default::default()
+            })),
+        }))
+    }
+}
+
+/// The backend of the body test: echoes the body and the two headers the
+/// authorizer edits.
+async fn echo_backend() -> weft_testkit::backend::Served {
+    use http_body_util::BodyExt as _;
+    serve(|request: Request<Incoming>| async move {
+        let values = |name: &str| -> Vec<String> {
+            request
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect()
+        };
+        let (tag, set) = (values("x-tag").join(","), values("x-set").join(","));
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = format!(
+            "x-tag={tag} x-set={set} body={}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+    })
+    .await
+}
+
+/// The HTTP authorizer of the body test: allows, recording the body.
+async fn http_body_authorizer(seen: Seen) -> weft_testkit::backend::Served {
+    use http_body_util::BodyExt as _;
+    serve(move |request: Request<Incoming>| {
+        let seen = seen.clone();
+        async move {
+            let partial = request
+                .headers()
+                .get("x-envoy-auth-partial-body")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            seen.lock().expect("seen").push(format!(
+                "body={} partial={partial:?}",
+                String::from_utf8_lossy(&body)
+            ));
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }
+    })
+    .await
+}
+
+/// Status and lower-cased response of one POST; `chunked` sends the body
+/// in two chunks without a Content-Length.
+async fn post(port: u16, path: &str, body: &str, chunked: bool) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: shop.example\r\nx-tag: client\r\nx-set: client\r\n\
+         connection: close\r\n"
+    );
+    let request = if chunked {
+        let (first, second) = body.split_at(body.len() / 2);
+        format!(
+            "{head}transfer-encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+            first.len(),
+            second.len()
+        )
+    } else {
+        format!("{head}content-length: {}\r\n\r\n{body}", body.len())
+    };
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+const BODY_MESH_CONFIG: &str = "extensionProviders:
+- name: grpc-body
+  envoyExtAuthzGrpc:
+    service: authz-grpc.infra.svc.cluster.local
+    port: 9191
+    timeout: 2s
+    includeRequestBodyInCheck: {maxRequestBytes: 16, allowPartialMessage: true}
+- name: http-body
+  envoyExtAuthzHttp:
+    service: authz-http.infra.svc.cluster.local
+    port: 8000
+    timeout: 2s
+    includeRequestBodyInCheck: {maxRequestBytes: 16}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizers_see_the_request_body_up_to_the_limit_and_grpc_headers_append_or_set() {
+    let shop = echo_backend().await;
+    let grpc_seen = Seen::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let grpc = listener.local_addr().expect("addr");
+    let service = AuthorizationServer::new(BodyJudge(grpc_seen.clone()));
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    let http_seen = Seen::default();
+    let http = http_body_authorizer(http_seen.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh_file = dir.path().join("meshconfig.yaml");
+    std::fs::write(&mesh_file, BODY_MESH_CONFIG).expect("meshconfig");
+    let mesh_flag = mesh_file.display().to_string();
+    let weftd = WeftdProcess::start_with(
+        Path::new(WEFTD),
+        &dir.path().join("store"),
+        free_addr(),
+        free_addr(),
+        &["--mesh-config", &mesh_flag],
+    )
+    .await
+    .expect("weftd");
+    let port = free_wildcard_port();
+    let mut yaml = mesh(port, shop.addr.port(), grpc.port(), http.addr.port(), 1);
+    // Only the two body providers guard this gateway's paths.
+    yaml = yaml
+        .split("---\n")
+        .filter(|doc| !doc.contains("action: CUSTOM"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    yaml += &custom("grpc-body", "grpc-body", "/gb");
+    yaml += &custom("http-body", "http-body", "/hb");
+    let reply = weftd.apply(&yaml).await.expect("apply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let gateway = weftd
+        .ingress_gateway("istio=ingressgateway", &[])
+        .await
+        .expect("gateway ready");
+    // Policies are in force once the authorizer is asked.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (status, text) = loop {
+        let answer = post(port, "/gb/a", "hello", false).await;
+        let asked = !grpc_seen.lock().expect("seen").is_empty();
+        if asked || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 200, "{text}\n{}", gateway.logs());
+    // gRPC `append: true` adds a value, `append: false` replaces the
+    // client's; the body reaches the backend once.
+    assert!(
+        text.ends_with("x-tag=client,authz x-set=authz body=hello"),
+        "{text}"
+    );
+    assert_eq!(
+        grpc_seen.lock().expect("seen").last().cloned(),
+        Some("body=hello partial=Some(\"false\")".to_string())
+    );
+
+    // Over the limit with allowPartialMessage: the check carries the first
+    // 16 bytes, the backend gets all of them (chunked or not).
+    let long = "0123456789abcdefghijklmnopqrstuvwxyz";
+    for chunked in [false, true] {
+        let (status, text) = post(port, "/gb/b", long, chunked).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.ends_with(&format!("body={long}")), "{text}");
+        assert_eq!(
+            grpc_seen.lock().expect("seen").last().cloned(),
+            Some("body=0123456789abcdef partial=Some(\"true\")".to_string())
+        );
+    }
+
+    // HTTP: the body is the check's own body.
+    let (status, text) = post(port, "/hb/c", "name=alice", false).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("body=name=alice"), "{text}");
+    assert_eq!(
+        http_seen.lock().expect("seen").last().cloned(),
+        Some("body=name=alice partial=Some(\"false\")".to_string())
+    );
+    // Over the limit without allowPartialMessage: 413, the authorizer is
+    // not asked and nothing reaches the backend.
+    let asked = http_seen.lock().expect("seen").len();
+    for chunked in [false, true] {
+        let (status, text) = post(port, "/hb/d", long, chunked).await;
+        assert_eq!(status, 413, "{text}");
+        assert!(!text.contains("body="), "{text}");
+    }
+    assert_eq!(http_seen.lock().expect("seen").len(), asked);
+
+    // Two CUSTOM providers on one gateway: weftd says Istio takes one.
+    let logs = weftd.logs();
+    assert!(
+        logs.contains("CUSTOM AuthorizationPolicies name 2 providers (grpc-body, http-body)"),
         "{logs}"
     );
 }

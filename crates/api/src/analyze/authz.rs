@@ -2,8 +2,11 @@
 
 use serde_json::Value;
 
+use std::collections::BTreeSet;
+
 use super::{
-    Input, Message, NO_MATCHING_WORKLOADS, REFERENCED_RESOURCE_NOT_FOUND, string_map, strings,
+    Input, MULTIPLE_CUSTOM_PROVIDERS, Message, NO_MATCHING_WORKLOADS,
+    REFERENCED_RESOURCE_NOT_FOUND, string_map, strings,
 };
 use super::{ROOT_NAMESPACE, labels_match};
 
@@ -64,6 +67,48 @@ pub fn policies(input: &Input, out: &mut Vec<Message>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// WEFT0003: a workload that CUSTOM policies send to more than one
+/// provider. Istio configures one ext_authz filter per workload and so
+/// takes one provider; Weft asks each policy's own, which a config written
+/// for Istio does not expect. Reported on each policy involved.
+pub fn custom_providers(input: &Input, out: &mut Vec<Message>) {
+    let custom: Vec<_> = input
+        .istio("AuthorizationPolicy")
+        .filter(|p| p.spec.get("action").and_then(Value::as_str) == Some("CUSTOM"))
+        .filter(|p| p.spec.get("targetRef").is_none() && p.spec.get("targetRefs").is_none())
+        .filter_map(|p| {
+            let provider = p.spec.pointer("/provider/name")?.as_str()?.to_string();
+            let selector = string_map(p.spec.pointer("/selector/matchLabels"));
+            Some((p, provider, selector))
+        })
+        .collect();
+    for (namespace, name, labels) in input.workloads_named() {
+        let applying: Vec<_> = custom
+            .iter()
+            .filter(|(p, _, selector)| {
+                (p.namespace == ROOT_NAMESPACE || p.namespace == namespace)
+                    && labels_match(selector, &labels)
+            })
+            .collect();
+        let providers: BTreeSet<&str> = applying.iter().map(|(_, n, _)| n.as_str()).collect();
+        if providers.len() < 2 {
+            continue;
+        }
+        let list: Vec<&str> = providers.into_iter().collect();
+        for (policy, _, _) in applying {
+            out.push(policy.message(
+                MULTIPLE_CUSTOM_PROVIDERS,
+                format!(
+                    "workload {namespace}/{name} is sent by CUSTOM policies to {} providers ({}); \
+                     Istio allows one provider per workload, Weft asks each policy's own",
+                    list.len(),
+                    list.join(", ")
+                ),
+            ));
         }
     }
 }

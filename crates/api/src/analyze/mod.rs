@@ -78,6 +78,13 @@ pub const GATEWAY_SERVER_NOT_SERVED: Code = Code {
     name: "GatewayServerNotServed",
     level: Level::Warning,
 };
+/// Weft's own code: CUSTOM AuthorizationPolicies naming more than one
+/// provider for one workload (Istio takes one; Weft asks each policy's).
+pub const MULTIPLE_CUSTOM_PROVIDERS: Code = Code {
+    code: "WEFT0003",
+    name: "MultipleCustomProviders",
+    level: Level::Warning,
+};
 pub const REFERENCED_RESOURCE_NOT_FOUND: Code = Code {
     code: "IST0101",
     name: "ReferencedResourceNotFound",
@@ -424,6 +431,11 @@ pub const ANALYZERS: &[Analyzer] = &[
         name: "authz.AuthorizationPoliciesAnalyzer",
         codes: &[NO_MATCHING_WORKLOADS, REFERENCED_RESOURCE_NOT_FOUND],
         run: authz::policies,
+    },
+    Analyzer {
+        name: "weft.CustomProvidersAnalyzer",
+        codes: &[MULTIPLE_CUSTOM_PROVIDERS],
+        run: authz::custom_providers,
     },
     Analyzer {
         name: "gateway.ConflictingGatewayAnalyzer",

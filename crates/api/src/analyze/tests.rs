@@ -80,3 +80,35 @@ fn servers_of_another_kind_on_a_used_port_are_reported() {
         ]
     );
 }
+
+#[test]
+fn a_workload_sent_to_two_custom_providers_is_reported_on_both_policies() {
+    let custom = |name: &str, namespace: &str, provider: &str, labels: Value| {
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+               "metadata": {"name": name, "namespace": namespace},
+               "spec": {"selector": {"matchLabels": labels}, "action": "CUSTOM",
+                        "provider": {"name": provider}, "rules": [{}]}})
+    };
+    let input = input(&[
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}}}),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "db-1", "namespace": "shop", "labels": {"app": "db"}}}),
+        custom("opa", "shop", "opa", json!({"app": "web"})),
+        custom("oauth", "istio-system", "oauth2", json!({"app": "web"})),
+        // Same provider twice on db: nothing to report.
+        custom("db-a", "shop", "opa", json!({"app": "db"})),
+        custom("db-b", "shop", "opa", json!({"app": "db"})),
+    ]);
+    let messages = analyze(&input, &["weft.CustomProvidersAnalyzer"]).expect("analyze");
+    let lines: Vec<String> = messages.iter().map(ToString::to_string).collect();
+    let text = "workload shop/web-1 is sent by CUSTOM policies to 2 providers (oauth2, opa); \
+                Istio allows one provider per workload, Weft asks each policy's own";
+    assert_eq!(
+        lines,
+        [
+            format!("Warning [WEFT0003] (AuthorizationPolicy istio-system/oauth) {text}"),
+            format!("Warning [WEFT0003] (AuthorizationPolicy shop/opa) {text}"),
+        ]
+    );
+}

@@ -251,6 +251,29 @@ impl ExtensionProvider {
             check_timeout(&at, grpc.timeout.as_deref(), errors);
             check_status(&at, &grpc.status_on_error, errors);
         }
+        // Envoy refuses a body limit of 0, so Istio's config would not load.
+        let bodies = [
+            (
+                "envoyExtAuthzHttp",
+                self.envoy_ext_authz_http
+                    .as_ref()
+                    .and_then(|h| h.include_request_body_in_check.as_ref()),
+            ),
+            (
+                "envoyExtAuthzGrpc",
+                self.envoy_ext_authz_grpc
+                    .as_ref()
+                    .and_then(|g| g.include_request_body_in_check.as_ref()),
+            ),
+        ];
+        for (kind, body) in bodies {
+            if body.is_some_and(|b| b.max_request_bytes == 0) {
+                errors.push(
+                    format!("{path}.{kind}.includeRequestBodyInCheck.maxRequestBytes"),
+                    "must be greater than 0",
+                );
+            }
+        }
         if let Some(otel) = &self.opentelemetry
             && let Some(http) = &otel.http
         {

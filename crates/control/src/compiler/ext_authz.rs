@@ -99,6 +99,17 @@ fn denial(policy: &pb::AuthzPolicy, problem: &str) -> String {
     )
 }
 
+/// Istio configures one ext_authz filter per workload, so it takes one
+/// CUSTOM provider per workload; Weft asks each policy's own.
+fn several_providers(namespace: &str, name: &str, providers: &[&str]) -> String {
+    format!(
+        "workload {namespace}/{name}: CUSTOM AuthorizationPolicies name {} providers ({}); \
+         Istio allows one per workload, Weft asks each policy's own provider",
+        providers.len(),
+        providers.join(", ")
+    )
+}
+
 /// `ns/host` or `host` (Istio accepts both) → the service's host.
 fn service_host(service: &str, root: &str) -> String {
     let (namespace, host) = service.split_once('/').unwrap_or((root, service));
@@ -116,12 +127,15 @@ fn status(value: &str) -> u32 {
     value.parse().unwrap_or(403)
 }
 
+/// Envoy requires a positive `maxRequestBytes`: without one the body is
+/// not sent (weft-api refuses such a MeshConfig when it loads).
 fn body(body: Option<&RequestBody>) -> Option<pb::ExtAuthzBody> {
-    body.map(|b| pb::ExtAuthzBody {
-        max_request_bytes: b.max_request_bytes,
-        allow_partial_message: b.allow_partial_message,
-        pack_as_bytes: b.pack_as_bytes,
-    })
+    body.filter(|b| b.max_request_bytes > 0)
+        .map(|b| pb::ExtAuthzBody {
+            max_request_bytes: b.max_request_bytes,
+            allow_partial_message: b.allow_partial_message,
+            pack_as_bytes: b.pack_as_bytes,
+        })
 }
 
 fn from_grpc(name: &str, grpc: &ExtAuthzGrpc, root: &str) -> pb::ExtAuthzProvider {
@@ -196,13 +210,6 @@ impl super::MeshIndex {
                         &node.labels,
                     ) {
                         add_cluster(&mut config.clusters, cluster, node);
-                        if provider.include_request_body.is_some() {
-                            output.warnings.push(format!(
-                                "MeshConfig extensionProviders {:?}: includeRequestBodyInCheck \
-                                 is not applied yet; checks carry no request body",
-                                provider.name
-                            ));
-                        }
                         used.insert(provider.name.clone(), (**provider).clone());
                         None
                     } else {
@@ -220,6 +227,12 @@ impl super::MeshIndex {
                 }
                 policy.provider.clear();
             }
+        }
+        if used.len() > 1 {
+            let names: Vec<&str> = used.keys().map(String::as_str).collect();
+            output
+                .warnings
+                .push(several_providers(&node.namespace, &node.workload, &names));
         }
         config.ext_authz_providers = used.into_values().collect();
     }

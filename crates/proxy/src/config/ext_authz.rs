@@ -10,7 +10,7 @@ use weft_proto::proxy::v1 as pb;
 
 use super::snapshot::{Cluster, Problems, duration};
 use crate::policy::authz::Pattern;
-use crate::policy::ext_authz::{Protocol, Provider};
+use crate::policy::ext_authz::{BodyLimit, Protocol, Provider};
 
 /// Istio's default when a provider sets no timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -113,6 +113,22 @@ fn compile_one(
         );
         return None;
     }
+    let body = match &provider.include_request_body {
+        None => None,
+        // Envoy requires a positive limit; an empty one cannot be honoured.
+        Some(body) if body.max_request_bytes == 0 => {
+            problems.push(
+                format!("{path}.includeRequestBody.maxRequestBytes"),
+                "must be greater than 0",
+            );
+            return None;
+        }
+        Some(body) => Some(BodyLimit {
+            max_bytes: body.max_request_bytes as usize,
+            allow_partial: body.allow_partial_message,
+            pack_as_bytes: body.pack_as_bytes,
+        }),
+    };
     Some(Provider {
         name: Arc::from(provider.name.as_str()),
         protocol: if provider.grpc {
@@ -131,5 +147,6 @@ fn compile_one(
         downstream_on_deny: patterns(&provider.headers_to_downstream_on_deny),
         downstream_on_allow: patterns(&provider.headers_to_downstream_on_allow),
         path_prefix: prefix.clone(),
+        body,
     })
 }

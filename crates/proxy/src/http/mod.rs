@@ -24,6 +24,7 @@
 //! Every early stop is a [`crate::reply::LocalReply`] (with its response
 //! flag) or an answer the phase gives by design.
 
+mod coarse_timer;
 pub mod cors;
 pub mod entry;
 mod ext_authz;

@@ -90,7 +90,7 @@ async fn phases(
     };
     // 2. Policy: the workload's (inbound) or the gateway's JWT rules and
     // policies.
-    let (mut request, authz_headers) = policy::check(state, conn, request)
+    let (mut request, granted) = policy::check(state, conn, request)
         .await
         .map_err(|(response, flags)| Early::Answer(response, flags))?;
     // 3. Route.
@@ -153,7 +153,12 @@ async fn phases(
     let live = state.clusters().live(cluster);
     let (hash, set_cookie) = live.affinity(request.headers(), request.uri().query(), conn.peer);
     let (parts, body) = request.into_parts();
-    let mut body = record.count_request(ProxyBody::new(body.map_err(Into::into)));
+    let mut body = ProxyBody::new(body.map_err(Into::into));
+    // What an external authorizer was shown goes first.
+    if let Some(read) = granted.body {
+        body = read.replay(body);
+    }
+    let mut body = record.count_request(body);
     // 7. Mirror (an upgrade is a connection, not a request to copy).
     if let Some(mirrors) = forward
         .map(|f| &f.mirrors)
@@ -195,9 +200,6 @@ async fn phases(
     let mut response = finish.apply(state, response);
     limit_headers.apply(&mut response);
     // An external authorizer's response headers (headersToDownstreamOnAllow).
-    let target = response.headers_mut();
-    for (name, value) in authz_headers {
-        target.append(name, value);
-    }
+    crate::policy::ext_authz::apply_edits(&granted.response, response.headers_mut());
     Ok((response, flags))
 }

@@ -25,18 +25,23 @@ use super::entry;
 use super::ext_authz::PoolTransport;
 use super::route::Target;
 use crate::policy::authz::{self, Caller, Refusal};
-use crate::policy::ext_authz::Headers;
+use crate::policy::ext_authz::Granted;
 use crate::state::ProxyState;
 
 /// `Ok` with the request (JWT output headers set, those a client sent
-/// removed, an external authorizer's added) and the headers the authorizer
-/// wants on the response, when it may go on; `Err` with the refusal and
-/// its flags otherwise.
+/// removed, an external authorizer's added) and what the authorizer left
+/// for later (response headers; the body it was shown, to forward before
+/// the rest), when it may go on; `Err` with the refusal and its flags
+/// otherwise.
 pub(super) async fn check<B>(
     state: &Arc<ProxyState>,
     conn: &HttpConn,
     request: Request<B>,
-) -> Result<(Request<B>, Headers), Refusal> {
+) -> Result<(Request<B>, Granted), Refusal>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<crate::body::BoxError>,
+{
     let (guard, remote, destination) = match &conn.target {
         Target::Inbound { port, original_dst } => (
             state.snapshot().inbound_guard(*port),
@@ -56,10 +61,12 @@ pub(super) async fn check<B>(
                 *port,
             ),
         ),
-        Target::Outbound { .. } | Target::Service { .. } => return Ok((request, Headers::new())),
+        Target::Outbound { .. } | Target::Service { .. } => {
+            return Ok((request, Granted::default()));
+        }
     };
     let Some(guard) = guard else {
-        return Ok((request, Headers::new()));
+        return Ok((request, Granted::default()));
     };
     let caller = Caller {
         peer: conn.peer,

@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::coarse_timer::CoarseTimer;
 use super::{HttpConn, pipeline};
 use crate::state::ProxyState;
 use crate::upstream::HttpVersion;
@@ -73,7 +74,7 @@ where
     match version {
         HttpVersion::Http1 => {
             let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
+                .timer(CoarseTimer::for_timeout(header_timeout))
                 .header_read_timeout(header_timeout)
                 .serve_connection(io, service)
                 .with_upgrades();

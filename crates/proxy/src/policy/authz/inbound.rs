@@ -8,9 +8,9 @@ use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
 use super::{Attributes, Decision, HttpAttributes, InboundGuard, denied_response};
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 use crate::flags::ResponseFlags;
-use crate::policy::ext_authz::{self, Headers, Peers, Transport};
+use crate::policy::ext_authz::{self, Granted, Peers, Transport};
 use crate::policy::jwt::{JwtError, Verified};
 
 /// Who is calling and what they reached.
@@ -29,16 +29,21 @@ pub type Refusal = (Response<ProxyBody>, ResponseFlags);
 
 /// Authenticates and authorizes one request. `Ok`: the request to forward
 /// (token removed, JWT output and external-authorizer headers added) and
-/// the headers the authorizer wants on the response; `Err`: the answer to
-/// give instead (401 for a bad token, 403 for a denial, the authorizer's
-/// reply).
+/// what the authorizer left for later (its response headers, the body it
+/// was shown, which must be forwarded before the rest of `body`); `Err`:
+/// the answer to give instead (401 for a bad token, 403 for a denial, 413
+/// for a body over an authorizer's limit, the authorizer's reply).
 pub async fn authorize_request<B, T: Transport>(
     guard: &InboundGuard,
     caller: &Caller<'_>,
     request: Request<B>,
     transport: &T,
-) -> Result<(Request<B>, Headers), Refusal> {
-    let (mut parts, body) = request.into_parts();
+) -> Result<(Request<B>, Granted), Refusal>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, mut body) = request.into_parts();
     if let Some(authenticator) = &guard.jwt {
         // Only a verified token may fill these: a client's own are dropped.
         authenticator.strip_outputs(&mut parts.headers);
@@ -53,7 +58,7 @@ pub async fn authorize_request<B, T: Transport>(
         },
         None => None,
     };
-    let mut downstream = Headers::new();
+    let mut granted = Granted::default();
     if !guard.policies.is_empty() {
         let mut asked = false;
         loop {
@@ -71,11 +76,28 @@ pub async fn authorize_request<B, T: Transport>(
                         source_principal: caller.principal,
                         destination: caller.destination,
                     };
-                    let allowed = ext_authz::check(transport, &provider, &parts, &peers).await?;
+                    if let Some(limit) = provider.body {
+                        let read = ext_authz::body::buffer(&parts.headers, &mut body, limit)
+                            .await
+                            .map_err(|err| {
+                                tracing::info!(provider = %provider.name, "request refused: {err}");
+                                let reply = crate::reply::answer(err.status(), Bytes::new());
+                                (reply, ResponseFlags::default())
+                            })?;
+                        granted.body = Some(read);
+                    }
+                    let allowed = ext_authz::check(
+                        transport,
+                        &provider,
+                        &parts,
+                        granted.body.as_ref(),
+                        &peers,
+                    )
+                    .await?;
                     // Before DENY and ALLOW, which see the headers the
                     // authorizer set (as Envoy's filter order has it).
                     allowed.apply(&mut parts.headers);
-                    downstream = allowed.downstream;
+                    granted.response = allowed.downstream;
                     asked = true;
                 }
                 Decision::Ask { .. } => return Err((denied_response(), ResponseFlags::default())),
@@ -87,7 +109,7 @@ pub async fn authorize_request<B, T: Transport>(
         // an extension, which no client can send.
         parts.extensions.insert(std::sync::Arc::new(verified));
     }
-    Ok((Request::from_parts(parts, body), downstream))
+    Ok((Request::from_parts(parts, body), granted))
 }
 
 /// The policies' decision on one request.

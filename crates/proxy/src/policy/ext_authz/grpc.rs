@@ -7,18 +7,26 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, StatusCode, Version, header};
+use weft_proto::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use weft_proto::envoy::config::core::v3::{Address, HeaderValueOption, SocketAddress};
 use weft_proto::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use weft_proto::envoy::service::auth::v3::check_response::HttpResponse;
 use weft_proto::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 
-use super::{Allowed, Headers, Outcome, Peers, Provider, reply};
+use super::body::PARTIAL_HEADER;
+use super::{Allowed, Buffered, Edit, Edits, Outcome, Peers, Provider, reply};
 
 /// The method's path: package, service and method are Envoy's.
 pub const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
 
-/// The check for the request `parts` describe.
-pub fn check_request(provider: &Provider, parts: &Parts, peers: &Peers<'_>) -> CheckRequest {
+/// The check for the request `parts` describe (and `body`, what was read
+/// of its body when the provider asks for it).
+pub fn check_request(
+    provider: &Provider,
+    parts: &Parts,
+    body: Option<&Buffered>,
+    peers: &Peers<'_>,
+) -> CheckRequest {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes());
@@ -51,6 +59,19 @@ pub fn check_request(provider: &Provider, parts: &Parts, peers: &Peers<'_>) -> C
     headers.insert(":method".into(), parts.method.as_str().to_string());
     headers.insert(":path".into(), path.clone());
     headers.insert(":authority".into(), host.clone());
+    let (mut text, mut raw_body) = (String::new(), Vec::new());
+    if let Some(body) = body {
+        headers.insert(
+            PARTIAL_HEADER.into(),
+            if body.partial() { "true" } else { "false" }.into(),
+        );
+        match provider.body.is_some_and(|b| b.pack_as_bytes) {
+            true => raw_body = body.shown().to_vec(),
+            // A proto string must be UTF-8: invalid bytes are replaced
+            // (packAsBytes carries them as they are).
+            false => text = String::from_utf8_lossy(body.shown()).into_owned(),
+        }
+    }
     let http = HttpRequest {
         id: headers.get("x-request-id").cloned().unwrap_or_default(),
         method: parts.method.as_str().to_string(),
@@ -65,8 +86,8 @@ pub fn check_request(provider: &Provider, parts: &Parts, peers: &Peers<'_>) -> C
             _ => "HTTP/1.1",
         }
         .to_string(),
-        body: String::new(),
-        raw_body: Vec::new(),
+        body: text,
+        raw_body,
     };
     CheckRequest {
         attributes: Some(AttributeContext {
@@ -96,8 +117,8 @@ pub fn outcome(answer: CheckResponse) -> Outcome {
     if code == 0 {
         let mut allowed = Allowed::default();
         if let Some(HttpResponse::OkResponse(ok)) = answer.http_response {
-            allowed.upstream = headers(&ok.headers);
-            allowed.downstream = headers(&ok.response_headers_to_add);
+            allowed.upstream = edits(&ok.headers, Side::Upstream);
+            allowed.downstream = edits(&ok.response_headers_to_add, Side::Response);
             allowed.remove = ok
                 .headers_to_remove
                 .iter()
@@ -115,7 +136,10 @@ pub fn outcome(answer: CheckResponse) -> Outcome {
                 .and_then(|s| u16::try_from(s.code).ok())
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::FORBIDDEN),
-            headers(&denied.headers),
+            edits(&denied.headers, Side::Response)
+                .into_iter()
+                .map(|(name, value, _)| (name, value))
+                .collect(),
             Bytes::from(denied.body),
         ),
         _ => (StatusCode::FORBIDDEN, Vec::new(), Bytes::new()),
@@ -123,7 +147,14 @@ pub fn outcome(answer: CheckResponse) -> Outcome {
     Outcome::Deny(reply(status, body, extra))
 }
 
-fn headers(list: &[HeaderValueOption]) -> Headers {
+/// Which message a header goes to: the defaults differ.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Upstream,
+    Response,
+}
+
+fn edits(list: &[HeaderValueOption], side: Side) -> Edits {
     list.iter()
         .filter_map(|option| {
             let h = option.header.as_ref()?;
@@ -135,7 +166,29 @@ fn headers(list: &[HeaderValueOption]) -> Headers {
             Some((
                 HeaderName::from_bytes(h.key.as_bytes()).ok()?,
                 HeaderValue::from_bytes(value).ok()?,
+                edit(option, side),
             ))
         })
         .collect()
+}
+
+/// Envoy's reading of `append` and `append_action`: `append` wins when
+/// set; unset, the default action is the one OkHttpResponse documents
+/// (upstream headers replace the request's, response headers are added).
+fn edit(option: &HeaderValueOption, side: Side) -> Edit {
+    // On a response, Envoy "adds" where it appends on a request: the same
+    // for a header map that keeps every value.
+    if let Some(append) = option.append.as_ref().map(|b| b.value) {
+        return if append { Edit::Append } else { Edit::Set };
+    }
+    match HeaderAppendAction::try_from(option.append_action) {
+        Ok(HeaderAppendAction::AddIfAbsent) => Edit::AddIfAbsent,
+        Ok(HeaderAppendAction::OverwriteIfExists) => Edit::OverwriteIfExists,
+        Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => Edit::Set,
+        // The default (or a value this proto does not know).
+        _ => match side {
+            Side::Upstream => Edit::Set,
+            Side::Response => Edit::Append,
+        },
+    }
 }

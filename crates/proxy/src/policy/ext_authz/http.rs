@@ -1,14 +1,16 @@
 //! The HTTP provider: the check is the original request's method to
-//! `pathPrefix` + its path (query included), with no body; a 200 allows,
-//! any other status denies with that status.
+//! `pathPrefix` + its path (query included), with no body unless
+//! `includeRequestBodyInCheck` asks for it; a 200 allows, any other status
+//! denies with that status.
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::response::Parts as ResponseParts;
 use http::{HeaderName, HeaderValue, Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 
-use super::{Allowed, Headers, Outcome, Provider, named, reply};
+use super::body::PARTIAL_HEADER;
+use super::{Allowed, Buffered, Edit, Headers, Outcome, Provider, named, reply};
 use crate::body::ProxyBody;
 
 /// Sent whatever `includeRequestHeadersInCheck` says (Envoy's list; Host,
@@ -27,9 +29,15 @@ fn framing(name: &HeaderName) -> bool {
     .contains(name)
 }
 
-pub fn check_request(provider: &Provider, parts: &Parts) -> Request<ProxyBody> {
+pub fn check_request(
+    provider: &Provider,
+    parts: &Parts,
+    body: Option<&Buffered>,
+) -> Request<ProxyBody> {
+    let shown = body.map_or_else(Bytes::new, |b| b.shown().clone());
+    let length = HeaderValue::from(shown.len());
     let mut request = Request::new(
-        Empty::<Bytes>::new()
+        Full::new(shown)
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
@@ -62,7 +70,13 @@ pub fn check_request(provider: &Provider, parts: &Parts) -> Request<ProxyBody> {
     for (name, value) in &provider.additional_headers {
         headers.insert(name.clone(), value.clone());
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if let Some(body) = body {
+        headers.insert(
+            HeaderName::from_static(PARTIAL_HEADER),
+            body.partial_value(),
+        );
+    }
+    headers.insert(header::CONTENT_LENGTH, length);
     request
 }
 
@@ -75,11 +89,17 @@ pub fn outcome(provider: &Provider, head: ResponseParts, body: Bytes) -> Outcome
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect()
     };
+    let with = |headers: Headers, edit: Edit| {
+        headers
+            .into_iter()
+            .map(|(name, value)| (name, value, edit))
+            .collect()
+    };
     if head.status == StatusCode::OK {
         return Outcome::Allow(Allowed {
-            upstream: pick(&provider.upstream_on_allow, false),
+            upstream: with(pick(&provider.upstream_on_allow, false), Edit::Set),
             remove: Vec::new(),
-            downstream: pick(&provider.downstream_on_allow, false),
+            downstream: with(pick(&provider.downstream_on_allow, false), Edit::Append),
         });
     }
     Outcome::Deny(reply(

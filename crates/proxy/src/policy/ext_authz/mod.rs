@@ -8,18 +8,26 @@
 //!   method, path, host, scheme, protocol and every header, and the
 //!   source and destination addresses and principals ([`grpc`]).
 //! - HTTP: the original method to `pathPrefix` + the original path, with
-//!   Host, Authorization, `Content-Length: 0` and the headers
-//!   `includeRequestHeadersInCheck` names ([`http`]).
+//!   Host, Authorization and the headers `includeRequestHeadersInCheck`
+//!   names ([`http`]); no body unless asked for.
+//! - `includeRequestBodyInCheck`: the body, read up to `maxRequestBytes`
+//!   ([`body`]), goes in the check (gRPC: `body`, or `raw_body` with
+//!   `packAsBytes`; HTTP: the check's own body) with
+//!   `x-envoy-auth-partial-body`; a longer body is cut with
+//!   `allowPartialMessage`, else answered 413 before asking (whatever
+//!   `failOpen` says, as Envoy). The upstream gets the whole body.
 //! - Allowed: the authorizer's headers go upstream (gRPC: OkHttpResponse;
 //!   HTTP: those `headersToUpstreamOnAllow` names) and to the client's
 //!   response (gRPC: `response_headers_to_add`; HTTP:
-//!   `headersToDownstreamOnAllow`).
+//!   `headersToDownstreamOnAllow`). gRPC headers follow their
+//!   `append`/`append_action` ([`Edit`]).
 //! - Denied: the authorizer's status, headers and body go to the client,
 //!   flagged `UAEX`.
 //! - No answer (connect failure, timeout, gRPC error, bad frame): the
 //!   request goes on with `failOpen`, else `statusOnError` (403) with
 //!   `UAEX`.
 
+pub mod body;
 pub mod grpc;
 pub mod http;
 
@@ -35,8 +43,48 @@ use crate::body::ProxyBody;
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::policy::authz::Pattern;
 
+pub use self::body::{BodyLimit, Buffered};
+
 /// Headers to set or append, in order.
 pub type Headers = Vec<(HeaderName, HeaderValue)>;
+
+/// What an authorizer's header does to a message that may have it
+/// (Envoy's HeaderValueOption actions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// Replace any value, or add.
+    Set,
+    /// Another value besides any there.
+    Append,
+    /// Only when the message has no such header.
+    AddIfAbsent,
+    /// Only when the message has the header.
+    OverwriteIfExists,
+}
+
+/// Header edits, applied in order.
+pub type Edits = Vec<(HeaderName, HeaderValue, Edit)>;
+
+/// Applies `edits` to `headers` in order.
+pub fn apply_edits(edits: &Edits, headers: &mut HeaderMap) {
+    for (name, value, edit) in edits {
+        match edit {
+            Edit::Set => {
+                headers.insert(name.clone(), value.clone());
+            }
+            Edit::Append => {
+                headers.append(name.clone(), value.clone());
+            }
+            Edit::AddIfAbsent if !headers.contains_key(name) => {
+                headers.insert(name.clone(), value.clone());
+            }
+            Edit::OverwriteIfExists if headers.contains_key(name) => {
+                headers.insert(name.clone(), value.clone());
+            }
+            Edit::AddIfAbsent | Edit::OverwriteIfExists => {}
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -66,6 +114,8 @@ pub struct Provider {
     pub downstream_on_deny: Vec<Pattern>,
     pub downstream_on_allow: Vec<Pattern>,
     pub path_prefix: String,
+    /// `includeRequestBodyInCheck`: None sends no body.
+    pub body: Option<BodyLimit>,
 }
 
 impl PartialEq for Provider {
@@ -116,11 +166,11 @@ pub enum Outcome {
 /// An allowed request's changes.
 #[derive(Default, Debug)]
 pub struct Allowed {
-    /// Set on the upstream request (replacing a client's own).
-    pub upstream: Headers,
+    /// On the upstream request (by default replacing a client's own).
+    pub upstream: Edits,
     pub remove: Vec<HeaderName>,
-    /// Appended to the client's response.
-    pub downstream: Headers,
+    /// On the client's response (by default appended).
+    pub downstream: Edits,
 }
 
 impl Allowed {
@@ -128,10 +178,17 @@ impl Allowed {
         for name in &self.remove {
             headers.remove(name);
         }
-        for (name, value) in &self.upstream {
-            headers.insert(name.clone(), value.clone());
-        }
+        apply_edits(&self.upstream, headers);
     }
+}
+
+/// What an allowed request still owes the later phases.
+#[derive(Default, Debug)]
+pub struct Granted {
+    /// The authorizer's edits to the client's response.
+    pub response: Edits,
+    /// The body read for the check, to forward before the rest.
+    pub body: Option<Buffered>,
 }
 
 /// Asks `provider` about the request `parts` describe, and decides.
@@ -139,11 +196,12 @@ pub async fn check<T: Transport>(
     transport: &T,
     provider: &Provider,
     parts: &::http::request::Parts,
+    body: Option<&Buffered>,
     peer: &Peers<'_>,
 ) -> Result<Allowed, (Response<ProxyBody>, ResponseFlags)> {
     let call = match provider.protocol {
-        Protocol::Grpc => Call::Grpc(grpc::check_request(provider, parts, peer)),
-        Protocol::Http => Call::Http(http::check_request(provider, parts)),
+        Protocol::Grpc => Call::Grpc(grpc::check_request(provider, parts, body, peer)),
+        Protocol::Http => Call::Http(http::check_request(provider, parts, body)),
     };
     let outcome = match transport.call(provider, call).await {
         Ok(Answer::Grpc(answer)) => grpc::outcome(answer),

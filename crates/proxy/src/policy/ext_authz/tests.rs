@@ -36,6 +36,7 @@ fn provider(protocol: Protocol) -> Provider {
         downstream_on_deny: Vec::new(),
         downstream_on_allow: vec![Pattern::parse("x-auth-note", true)],
         path_prefix: "/check".into(),
+        body: None,
     }
 }
 
@@ -96,12 +97,13 @@ fn option(key: &str, value: &str) -> HeaderValueOption {
             value: value.into(),
             raw_value: Vec::new(),
         }),
+        ..Default::default()
     }
 }
 
 #[test]
 fn grpc_check_carries_the_request_and_the_peers() {
-    let check = grpc::check_request(&provider(Protocol::Grpc), &parts(), &peers());
+    let check = grpc::check_request(&provider(Protocol::Grpc), &parts(), None, &peers());
     let attributes = check.attributes.expect("attributes");
     let http = attributes.request.and_then(|r| r.http).expect("http");
     assert_eq!(http.method, "DELETE");
@@ -132,7 +134,7 @@ fn grpc_check_carries_the_request_and_the_peers() {
 
 #[test]
 fn http_check_keeps_the_method_prefixes_the_path_and_filters_headers() {
-    let request = http::check_request(&provider(Protocol::Http), &parts());
+    let request = http::check_request(&provider(Protocol::Http), &parts(), None);
     assert_eq!(request.method(), Method::DELETE);
     assert_eq!(request.uri(), "/check/items/7?force=1");
     let headers = request.headers();
@@ -158,7 +160,9 @@ async fn grpc_ok_adds_headers_and_denied_carries_status_headers_and_body() {
         })),
     };
     let fake = Fake::new(Ok(Answer::Grpc(ok)));
-    let allowed = check(&fake, &p, &parts(), &peers()).await.expect("allowed");
+    let allowed = check(&fake, &p, &parts(), None, &peers())
+        .await
+        .expect("allowed");
     let mut headers = parts().headers;
     allowed.apply(&mut headers);
     assert_eq!(headers["x-auth-user"], "alice");
@@ -181,7 +185,7 @@ async fn grpc_ok_adds_headers_and_denied_carries_status_headers_and_body() {
         })),
     };
     let fake = Fake::new(Ok(Answer::Grpc(denied)));
-    let (reply, flags) = check(&fake, &p, &parts(), &peers())
+    let (reply, flags) = check(&fake, &p, &parts(), None, &peers())
         .await
         .expect_err("denied");
     assert_eq!(reply.status(), 451);
@@ -202,7 +206,7 @@ async fn grpc_ok_adds_headers_and_denied_carries_status_headers_and_body() {
         http_response: None,
     };
     let fake = Fake::new(Ok(Answer::Grpc(bare)));
-    let (reply, _) = check(&fake, &p, &parts(), &peers())
+    let (reply, _) = check(&fake, &p, &parts(), None, &peers())
         .await
         .expect_err("denied");
     assert_eq!(reply.status(), StatusCode::FORBIDDEN);
@@ -220,7 +224,9 @@ async fn http_answers_pass_only_the_named_headers() {
         .expect("response")
         .into_parts();
     let fake = Fake::new(Ok(Answer::Http(head, Bytes::new())));
-    let allowed = check(&fake, &p, &parts(), &peers()).await.expect("allowed");
+    let allowed = check(&fake, &p, &parts(), None, &peers())
+        .await
+        .expect("allowed");
     assert_eq!(allowed.upstream.len(), 1);
     assert_eq!(allowed.upstream[0].0, "x-auth-user");
     assert_eq!(allowed.downstream.len(), 1);
@@ -235,7 +241,7 @@ async fn http_answers_pass_only_the_named_headers() {
         .expect("response")
         .into_parts();
     let fake = Fake::new(Ok(Answer::Http(head, Bytes::from_static(b"log in"))));
-    let (reply, flags) = check(&fake, &p, &parts(), &peers())
+    let (reply, flags) = check(&fake, &p, &parts(), None, &peers())
         .await
         .expect_err("denied");
     assert_eq!(reply.status(), 401);
@@ -247,13 +253,141 @@ async fn http_answers_pass_only_the_named_headers() {
 async fn failures_follow_fail_open_and_status_on_error() {
     let mut p = provider(Protocol::Grpc);
     let fake = Fake::new(Err("connection refused".into()));
-    let (reply, flags) = check(&fake, &p, &parts(), &peers())
+    let (reply, flags) = check(&fake, &p, &parts(), None, &peers())
         .await
         .expect_err("closed");
     assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(flags.contains(ResponseFlag::UnauthorizedExternalService));
     p.fail_open = true;
     let fake = Fake::new(Err("timeout".into()));
-    let allowed = check(&fake, &p, &parts(), &peers()).await.expect("open");
+    let allowed = check(&fake, &p, &parts(), None, &peers())
+        .await
+        .expect("open");
     assert!(allowed.upstream.is_empty());
+}
+
+#[test]
+fn grpc_header_options_follow_append_and_append_action() {
+    use weft_proto::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+    let with = |key: &str, append: Option<bool>, action: HeaderAppendAction| HeaderValueOption {
+        append: append.map(|value| pbjson_types::BoolValue { value }),
+        append_action: action as i32,
+        ..option(key, "authz")
+    };
+    let ok = CheckResponse {
+        status: Some(Status::default()),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: vec![
+                // Unset: replaces (OkHttpResponse's documented default).
+                with("x-user", None, HeaderAppendAction::AppendIfExistsOrAdd),
+                with(
+                    "accept",
+                    Some(true),
+                    HeaderAppendAction::AppendIfExistsOrAdd,
+                ),
+                // `append` wins over the action.
+                with("x-b3-traceid", Some(false), HeaderAppendAction::AddIfAbsent),
+                with("cookie", None, HeaderAppendAction::AddIfAbsent),
+                with("x-new", None, HeaderAppendAction::AddIfAbsent),
+                with("x-missing", None, HeaderAppendAction::OverwriteIfExists),
+                with("authorization", None, HeaderAppendAction::OverwriteIfExists),
+            ],
+            response_headers_to_add: vec![
+                with("x-note", None, HeaderAppendAction::AppendIfExistsOrAdd),
+                with(
+                    "x-only",
+                    Some(false),
+                    HeaderAppendAction::AppendIfExistsOrAdd,
+                ),
+            ],
+            ..Default::default()
+        })),
+    };
+    let Outcome::Allow(allowed) = grpc::outcome(ok) else {
+        panic!("denied");
+    };
+    let mut headers = parts().headers;
+    allowed.apply(&mut headers);
+    let all = |name: &str| -> Vec<&str> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("ascii"))
+            .collect()
+    };
+    assert_eq!(all("x-user"), ["authz"]);
+    assert_eq!(all("accept"), ["a", "b", "authz"]);
+    assert_eq!(all("x-b3-traceid"), ["authz"]);
+    assert_eq!(all("cookie"), ["secret"]);
+    assert_eq!(all("x-new"), ["authz"]);
+    assert!(all("x-missing").is_empty());
+    assert_eq!(all("authorization"), ["authz"]);
+    let mut response = ::http::HeaderMap::new();
+    response.insert("x-note", HeaderValue::from_static("app"));
+    response.insert("x-only", HeaderValue::from_static("app"));
+    apply_edits(&allowed.downstream, &mut response);
+    assert_eq!(response.get_all("x-note").iter().count(), 2);
+    assert_eq!(
+        response.get_all("x-only").iter().collect::<Vec<_>>(),
+        ["authz"]
+    );
+}
+
+async fn read_ahead(max_bytes: usize, pack_as_bytes: bool, sent: &'static [u8]) -> Buffered {
+    use http_body_util::BodyExt as _;
+    let limit = BodyLimit {
+        max_bytes,
+        allow_partial: true,
+        pack_as_bytes,
+    };
+    let mut body = http_body_util::Full::new(bytes::Bytes::from_static(sent))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    body::buffer(&::http::HeaderMap::new(), &mut body, limit)
+        .await
+        .expect("read")
+}
+
+#[tokio::test]
+async fn checks_carry_the_body_read_ahead() {
+    let mut p = provider(Protocol::Grpc);
+    let read = read_ahead(4, false, b"caf\xc3\xa9!").await;
+    p.body = Some(BodyLimit {
+        max_bytes: 4,
+        allow_partial: true,
+        pack_as_bytes: false,
+    });
+    let check = grpc::check_request(&p, &parts(), Some(&read), &peers());
+    let http = check
+        .attributes
+        .and_then(|a| a.request?.http)
+        .expect("http");
+    // Cut at 4 bytes, inside the é: the string replaces the half byte.
+    assert_eq!(http.body, "caf\u{fffd}");
+    assert!(http.raw_body.is_empty());
+    assert_eq!(http.headers["x-envoy-auth-partial-body"], "true");
+
+    p.body = p.body.map(|b| BodyLimit {
+        pack_as_bytes: true,
+        ..b
+    });
+    let read = read_ahead(16, true, b"\x00\xff").await;
+    let check = grpc::check_request(&p, &parts(), Some(&read), &peers());
+    let http = check
+        .attributes
+        .and_then(|a| a.request?.http)
+        .expect("http");
+    assert_eq!(http.raw_body, b"\x00\xff");
+    assert!(http.body.is_empty());
+    assert_eq!(http.headers["x-envoy-auth-partial-body"], "false");
+
+    let read = read_ahead(16, false, b"name=alice").await;
+    let request = http::check_request(&provider(Protocol::Http), &parts(), Some(&read));
+    assert_eq!(request.headers()["content-length"], "10");
+    assert_eq!(request.headers()["x-envoy-auth-partial-body"], "false");
+    let sent = http_body_util::BodyExt::collect(request.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(sent, "name=alice");
 }
