@@ -38,6 +38,7 @@ mod scope;
 mod shape;
 mod telemetry;
 pub mod tls;
+mod trace_providers;
 
 use std::collections::BTreeMap;
 
@@ -341,6 +342,7 @@ impl MeshIndex {
         .with_root(&mesh.root_namespace);
         let telemetry =
             telemetry::Policies::build(resources, &mut warnings).with_root(&mesh.root_namespace);
+        trace_providers::check_telemetry(resources, &mesh.tracing, &mut warnings);
         let selector_labels = shape::SelectorLabels::collect(resources);
         let rate_limits = ratelimit::Policies::build(resources);
         Self {

@@ -30,6 +30,8 @@ struct Settings {
     access_log: Option<AccessLog>,
     sampling: Option<f64>,
     disable_span_reporting: Option<bool>,
+    /// Providers, customTags, match.mode (`trace_providers.rs`).
+    tracing: super::trace_providers::TraceSettings,
 }
 
 #[derive(Debug)]
@@ -118,16 +120,24 @@ impl Policies {
         let access_log = levels.iter().find_map(|s| s.access_log);
         let sampling = levels.iter().find_map(|s| s.sampling);
         let disable_span_reporting = levels.iter().find_map(|s| s.disable_span_reporting);
-        if access_log.is_none() && sampling.is_none() && disable_span_reporting.is_none() {
+        let tracing =
+            super::trace_providers::TraceSettings::merge(levels.iter().map(|s| &s.tracing));
+        if access_log.is_none()
+            && sampling.is_none()
+            && disable_span_reporting.is_none()
+            && tracing.is_empty()
+        {
             return None;
         }
-        Some(pb::Telemetry {
+        let mut telemetry = pb::Telemetry {
             access_log: access_log.unwrap_or(AccessLog::Unspecified) as i32,
             random_sampling_percentage: sampling.unwrap_or(0.0),
             has_random_sampling_percentage: sampling.is_some(),
             disable_span_reporting: disable_span_reporting.unwrap_or(false),
             ..Default::default()
-        })
+        };
+        tracing.apply(&mut telemetry);
+        Some(telemetry)
     }
 }
 
@@ -171,6 +181,7 @@ fn settings(spec: &Telemetry, label: &str, warnings: &mut Vec<String>) -> Settin
         out.sampling = tracing.random_sampling_percentage;
         out.disable_span_reporting = tracing.disable_span_reporting;
     }
+    out.tracing = super::trace_providers::TraceSettings::from_spec(spec, label, warnings);
     out
 }
 
