@@ -219,7 +219,11 @@ mod tests {
             access_log: AccessLog::Disabled as i32,
             ..Default::default()
         };
-        assert_eq!(mesh.fill_telemetry(Some(off)), Some(off), "Telemetry wins");
+        assert_eq!(
+            mesh.fill_telemetry(Some(off.clone())),
+            Some(off),
+            "Telemetry wins"
+        );
         assert_eq!(
             mesh.fill_telemetry(None).map(|t| t.access_log),
             Some(AccessLog::Enabled as i32)

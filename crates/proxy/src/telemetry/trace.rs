@@ -32,6 +32,7 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use opentelemetry_zipkin::{B3Encoding, Propagator as B3Propagator};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const B3: HeaderName = HeaderName::from_static("b3");
 const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
@@ -170,6 +171,11 @@ fn sample(ids: &RandomIdGenerator, percent: f64) -> bool {
 fn write(headers: &mut HeaderMap, span: &SpanContext, state: TraceState, style: Style) {
     let cx = Context::new().with_remote_span_context(span.otel(state));
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    // The propagator writes `tracestate` even when empty; a caller without
+    // one should not gain one.
+    if headers.get(TRACESTATE).is_some_and(|v| v.is_empty()) {
+        headers.remove(TRACESTATE);
+    }
     if style == Style::W3c {
         return;
     }
@@ -239,7 +245,7 @@ mod tests {
                 TRACEPARENT,
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
             ),
-            (HeaderName::from_static("tracestate"), "vendor=abc"),
+            (TRACESTATE, "vendor=abc"),
         ]);
         let span = continue_or_start(&mut map, 100.0);
         assert_eq!(hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -295,8 +301,11 @@ mod tests {
 
     #[test]
     fn a_new_trace_samples_at_the_rate() {
-        let never = continue_or_start(&mut HeaderMap::new(), 0.0);
+        let mut fresh = HeaderMap::new();
+        let never = continue_or_start(&mut fresh, 0.0);
         assert!(!never.sampled && never.parent_span_id.is_none());
+        assert!(fresh.contains_key(TRACEPARENT));
+        assert!(!fresh.contains_key(TRACESTATE), "no empty tracestate");
         assert!(continue_or_start(&mut HeaderMap::new(), 100.0).sampled);
         let mut bad = headers(&[(TRACEPARENT, "00-zz-00f067aa0ba902b7-01")]);
         assert!(continue_or_start(&mut bad, 0.0).parent_span_id.is_none());
