@@ -55,6 +55,7 @@ use self::scope::Sidecars;
 use crate::registry::{Registry, Workload};
 
 pub use self::proxy::ProxyOutput;
+pub use self::trace_providers::telemetry_provider_warnings;
 
 /// What a build reads besides the resources and the MeshConfig.
 pub struct BuildInputs<'a> {

@@ -249,14 +249,15 @@ pub(super) fn check_telemetry(
             ));
         }
     }
-    if let Some(name) = &mesh.default
-        && mesh.providers.get(name).is_none()
-    {
-        warnings.push(format!(
-            "MeshConfig defaultProviders.tracing {name:?} is not a tracing provider in \
-             extensionProviders; proxies report no spans"
-        ));
-    }
+}
+
+/// For `weft analyze` (weftd's): the Telemetry resources naming a tracing
+/// provider proxies cannot export to under `mesh`. (MeshConfig's own
+/// `defaultProviders.tracing` is in its load warnings.)
+pub fn telemetry_provider_warnings(resources: &[Resource], mesh: &MeshConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    check_telemetry(resources, &MeshTracing::from(mesh), &mut out);
+    out
 }
 
 impl MeshTracing {
