@@ -245,3 +245,116 @@ async fn a_config_change_switches_the_exporter_live() {
     assert_eq!(fallback.wait_for(1, Duration::from_secs(10)).await.len(), 1);
     assert_eq!(second.spans().len(), 1);
 }
+
+/// B3 multi headers in: both proxies continue the caller's trace in B3,
+/// their spans are linked, and the application behind the second proxy
+/// sees that proxy's span as the B3 parent.
+#[tokio::test]
+async fn b3_multi_context_crosses_two_proxies_linked() {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+
+    let collector = Collector::start().await;
+    // The app answers with the B3 headers it received.
+    let app = weft_testkit::backend::serve(|request: Request<Incoming>| async move {
+        let seen: Vec<String> = [
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+        ]
+        .iter()
+        .map(|name| {
+            let value = request.headers().get(*name).and_then(|v| v.to_str().ok());
+            format!("{name}={}", value.unwrap_or("-"))
+        })
+        .collect();
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(seen.join(" ")))))
+    })
+    .await;
+    let telemetry = format!(
+        "telemetry: {{randomSamplingPercentage: 0, hasRandomSamplingPercentage: true, {OTEL}}}"
+    );
+    let inbound = free_addr();
+    let server = format!(
+        r#"
+version: server
+{telemetry}
+listeners:
+- {{name: inbound, address: "{inbound}", kind: INBOUND_CAPTURE}}
+inboundPorts: [{{port: {port}, protocol: HTTP, target: "{app}"}}]
+clusters:
+- {{name: tracer, endpoints: [{{address: "{collector}"}}]}}
+"#,
+        port = inbound.port(),
+        app = app.addr,
+        collector = collector.addr
+    );
+    let listen = free_addr();
+    let service = "reviews.shop.svc.cluster.local";
+    let client = format!(
+        r#"
+version: client
+{telemetry}
+listeners:
+- {{name: out, address: "{listen}", kind: EXPLICIT, service: {service}}}
+services:
+- {{name: {service}, ports: [{{port: 9080, protocol: HTTP}}]}}
+clusters:
+- {{name: "outbound|9080||{service}", endpoints: [{{address: "{inbound}", mesh: true}}]}}
+- {{name: tracer, endpoints: [{{address: "{collector}"}}]}}
+"#,
+        collector = collector.addr
+    );
+    let workload = |name: &'static str| ["--workload", name, "--namespace", "shop"];
+    let _server = start(&server, &[], &workload("reviews-v1")).await;
+    let _client = start(&client, &[], &workload("productpage-v1")).await;
+
+    let request = client::request_with_headers(
+        Method::GET,
+        "reviews",
+        "/",
+        &[
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "1"),
+        ],
+        client::empty(),
+    );
+    let mut http = Http1Client::connect(listen).await.expect("connect");
+    let reply = http.send(request).await.expect("request");
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+
+    let spans = collector.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(
+        spans.len(),
+        2,
+        "sampled by the caller despite 0%: {spans:#?}"
+    );
+    let trace = "0000000000000000463ac35c9f6413ad";
+    const SERVER: i32 = 2;
+    const CLIENT: i32 = 3;
+    let find = |kind: i32| {
+        spans
+            .iter()
+            .find(|s| s.span.kind == kind)
+            .unwrap_or_else(|| panic!("no span of kind {kind}: {spans:#?}"))
+    };
+    let (outbound, inbound_span) = (find(CLIENT), find(SERVER));
+    assert_eq!(outbound.trace_id(), trace);
+    assert_eq!(inbound_span.trace_id(), trace);
+    assert_eq!(outbound.parent_span_id(), "a2fb4a1d1a96d312");
+    assert_eq!(inbound_span.parent_span_id(), outbound.span_id());
+    assert_eq!(
+        reply.text(),
+        format!(
+            "x-b3-traceid={trace} x-b3-spanid={} x-b3-parentspanid={} x-b3-sampled=1",
+            inbound_span.span_id(),
+            outbound.span_id()
+        )
+    );
+}

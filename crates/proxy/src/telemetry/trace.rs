@@ -125,7 +125,9 @@ pub fn continue_or_start(headers: &mut HeaderMap, percent: f64) -> SpanContext {
     span
 }
 
-/// The first valid context among W3C, B3 single, B3 multi, with its style.
+/// The first valid context among W3C, B3 single, B3 multi, and the B3
+/// style to write back: B3 headers that came with `traceparent` (a proxy
+/// before this one writes both) are rewritten too, never left stale.
 fn read(headers: &HeaderMap) -> (Option<OtelSpanContext>, Style) {
     let valid = |cx: Context| {
         let span = cx.span();
@@ -133,18 +135,21 @@ fn read(headers: &HeaderMap) -> (Option<OtelSpanContext>, Style) {
         found.is_valid().then(|| found.clone())
     };
     let extractor = HeaderExtractor(headers);
-    if headers.contains_key(TRACEPARENT)
-        && let Some(found) = valid(TraceContextPropagator::new().extract(&extractor))
-    {
-        return (Some(found), Style::W3c);
-    }
     let b3 = if headers.contains_key(B3) {
         Style::B3Single
     } else if headers.contains_key(B3_TRACE_ID) {
         Style::B3Multi
     } else {
-        return (None, Style::W3c);
+        Style::W3c
     };
+    if headers.contains_key(TRACEPARENT)
+        && let Some(found) = valid(TraceContextPropagator::new().extract(&extractor))
+    {
+        return (Some(found), b3);
+    }
+    if b3 == Style::W3c {
+        return (None, Style::W3c);
+    }
     match valid(b3_propagator(b3).extract(&extractor)) {
         Some(found) => (Some(found), b3),
         None => (None, Style::W3c),
