@@ -2,9 +2,9 @@
 //! Telemetry `tracing` fields beyond sampling (`providers`, `customTags`,
 //! `match.mode`).
 //!
-//! A proxy's provider is the one its Telemetry names (workload > namespace
-//! > root namespace, the first provider of the first `tracing` entry, as
-//! Istio uses one), else MeshConfig `defaultProviders.tracing[0]`. A
+//! A proxy's provider is the one its Telemetry names (by workload, else
+//! namespace, else root namespace; the first provider of the first
+//! `tracing` entry, as Istio uses one), else MeshConfig `defaultProviders.tracing[0]`. A
 //! `zipkin` or `opentelemetry` provider becomes `Telemetry.tracing_provider`
 //! with its service port's cluster added to the proxy's clusters (whatever
 //! its Sidecar scope says, as for ext_authz). Any other kind, or a name
