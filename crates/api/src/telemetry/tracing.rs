@@ -29,6 +29,9 @@ pub struct Tracing {
     /// Newer Istio: add Istio's own tags (on by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_istio_tags: Option<bool>,
+    /// Newer Istio: neither read nor write trace headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_context_propagation: Option<bool>,
 }
 
 /// `match: {mode: ...}`: which side of the proxy the entry is for.
@@ -60,6 +63,9 @@ pub struct CustomTag {
     pub environment: Option<FromSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<FromSource>,
+    /// Newer Istio: an access-log formatter expression (`%REQ(...)%`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formatter: Option<Literal>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -99,16 +105,17 @@ impl Tracing {
                 value.literal.is_some(),
                 value.environment.is_some(),
                 value.header.is_some(),
+                value.formatter.is_some(),
             ];
             match sources.iter().filter(|set| **set).count() {
                 1 => {}
                 0 => errors.push(
                     at.clone(),
-                    "one of literal, environment or header is required",
+                    "one of literal, environment, header or formatter is required",
                 ),
                 _ => errors.push(
                     at.clone(),
-                    "only one of literal, environment or header may be set",
+                    "only one of literal, environment, header or formatter may be set",
                 ),
             }
             for (field, source) in [

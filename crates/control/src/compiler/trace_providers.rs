@@ -143,13 +143,27 @@ impl TraceSettings {
                 "{label}: spec.tracing[0].useRequestIdForTraceSampling is not implemented; ignored"
             ));
         }
+        if tracing.disable_context_propagation == Some(true) {
+            warnings.push(format!(
+                "{label}: spec.tracing[0].disableContextPropagation is not implemented; trace \
+                 headers are still read and written"
+            ));
+        }
+        for (name, tag) in &tracing.custom_tags {
+            if tag.formatter.is_some() {
+                warnings.push(format!(
+                    "{label}: spec.tracing[0].customTags[{name:?}].formatter is not \
+                     implemented; the tag is left out"
+                ));
+            }
+        }
         Self {
             provider: tracing.providers.first().map(|p| p.name.clone()),
             custom_tags: (!tracing.custom_tags.is_empty()).then(|| {
                 tracing
                     .custom_tags
                     .iter()
-                    .map(|(name, tag)| (name.clone(), custom_tag(name, tag)))
+                    .filter_map(|(name, tag)| Some((name.clone(), custom_tag(name, tag)?)))
                     .collect()
             }),
             mode: tracing.match_.as_ref().map(|m| match m.mode {
@@ -197,7 +211,8 @@ impl TraceSettings {
     }
 }
 
-fn custom_tag(name: &str, tag: &CustomTag) -> pb::CustomTag {
+/// `None` for a formatter tag (not implemented, warned).
+fn custom_tag(name: &str, tag: &CustomTag) -> Option<pb::CustomTag> {
     let source = |s: &weft_api::telemetry::tracing::FromSource| pb::CustomTagSource {
         name: s.name.clone(),
         default_value: s.default_value.clone(),
@@ -212,13 +227,12 @@ fn custom_tag(name: &str, tag: &CustomTag) -> pb::CustomTag {
     } else if let Some(environment) = &tag.environment {
         TagValue::Environment(source(environment))
     } else {
-        // weft-api refused a tag without a source.
-        TagValue::Literal(String::new())
+        return None;
     };
-    pb::CustomTag {
+    Some(pb::CustomTag {
         tag: name.to_string(),
         value: Some(value),
-    }
+    })
 }
 
 /// Mesh-wide (apply, `weft analyze`): each Telemetry whose tracing
@@ -372,6 +386,7 @@ spec:
   - customTags:
       team: {literal: {value: platform}}
       env: {environment: {name: STAGE, defaultValue: dev}}
+      path: {formatter: {value: '%REQ(:PATH)%'}}
 ---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
@@ -450,6 +465,10 @@ spec:
             "Telemetry over the mesh"
         );
         let warnings = index.warnings().join("\n");
+        assert!(
+            warnings.contains("customTags[\"path\"].formatter is not implemented"),
+            "{warnings}"
+        );
         assert!(
             warnings.contains(
                 "legacy/legacy: spec.tracing[0].providers[0] \"sky\" is a skywalking provider"
