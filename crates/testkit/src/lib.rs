@@ -14,6 +14,7 @@ pub mod otlp;
 pub mod prometheus;
 pub mod proxy;
 pub mod weftd;
+pub mod zipkin;
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};

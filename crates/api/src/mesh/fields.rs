@@ -136,8 +136,13 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
                 "usable as a default access-log provider (logs on); its path and logFormat are \
                  not applied",
             ),
+            Kind::Zipkin | Kind::OpenTelemetry => {
+                super::tracing::provider_warnings(provider, &path, &mut out);
+                None
+            }
             kind if kind.is_tracing() => Some(
-                "tracing providers are not applied yet: spans go to each proxy's --otlp collector",
+                "this tracing provider kind is not implemented by Weft: proxies it is selected \
+                 for report no spans (use opentelemetry or zipkin)",
             ),
             _ => Some("not implemented by Weft; ignored"),
         };
@@ -146,12 +151,7 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
         }
     }
     if let Some(defaults) = &config.default_providers {
-        if !defaults.tracing.is_empty() {
-            out.push(
-                "defaultProviders.tracing: not applied yet (spans go to each proxy's --otlp collector)"
-                    .into(),
-            );
-        }
+        super::tracing::default_warnings(config, &defaults.tracing, &mut out);
         for name in &defaults.metrics {
             if config.provider_kind(name) != Some(Kind::Prometheus) {
                 out.push(format!(

@@ -14,6 +14,7 @@ pub mod providers;
 pub mod proxy_defaults;
 #[cfg(test)]
 mod tests;
+pub mod tracing;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

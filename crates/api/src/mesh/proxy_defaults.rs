@@ -88,6 +88,12 @@ pub const OTHER_PROXY_FIELDS: &[&str] = &[
 ];
 
 impl ProxyDefaults {
+    /// `tracing.sampling`: the percent of new traces sampled where no
+    /// Telemetry sets `randomSamplingPercentage` (as in Istio).
+    pub fn trace_sampling(&self) -> Option<f64> {
+        self.tracing.as_ref()?.get("sampling")?.as_f64()
+    }
+
     pub(super) fn validate(&self, path: &str, errors: &mut FieldErrors) {
         for (field, value) in [
             ("drainDuration", &self.drain_duration),
@@ -128,11 +134,14 @@ impl ProxyDefaults {
                 "not implemented: weft-proxy drains for terminationDrainDuration alone",
             );
         }
-        if self.tracing.is_some() {
-            say(
-                "tracing",
-                "not applied yet (sampling comes from Telemetry or the proxy's --trace-sampling)",
-            );
+        if let Some(Value::Object(tracing)) = &self.tracing {
+            for key in tracing.keys().filter(|k| k.as_str() != "sampling") {
+                say(
+                    &format!("tracing.{key}"),
+                    "not applied (Weft takes tracing providers from extensionProviders and \
+                     Telemetry; only tracing.sampling is applied)",
+                );
+            }
         }
         if let Some(topology) = &self.gateway_topology {
             if topology.forward_client_cert_details.is_some() {

@@ -1,10 +1,13 @@
 //! Telemetry (`telemetry.istio.io`): access logging, tracing and metrics
 //! settings for a workload, a namespace, or (in the root namespace) the
 //! whole mesh. Weft applies `accessLogging` (with its `filter`), `metrics`
-//! overrides (see [`metrics`]) and the sampling fields of `tracing`; the
-//! rest is accepted as written.
+//! overrides (see [`metrics`]) and `tracing` (providers, sampling,
+//! `customTags`: [`tracing`]); the rest is accepted as written.
 
 pub mod metrics;
+pub mod tracing;
+
+pub use self::tracing::{CustomTag, Tracing, TracingMatch, WorkloadMode};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -43,25 +46,6 @@ pub struct ProviderRef {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Tracing {
-    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
-    pub match_: Option<Value>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub providers: Vec<ProviderRef>,
-    /// 0..100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub random_sampling_percentage: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disable_span_reporting: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_tags: Option<Value>,
-    /// v1alpha1 only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub use_request_id_for_trace_sampling: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccessLogging {
     /// `{mode: CLIENT|SERVER|CLIENT_AND_SERVER}`.
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
@@ -93,14 +77,7 @@ impl Spec for Telemetry {
             selector.validate("spec.selector", errors);
         }
         for (index, tracing) in self.tracing.iter().enumerate() {
-            if let Some(percent) = tracing.random_sampling_percentage
-                && !(0.0..=100.0).contains(&percent)
-            {
-                errors.push(
-                    format!("spec.tracing[{index}].randomSamplingPercentage"),
-                    format!("must be in range [0.0, 100.0], got {percent}"),
-                );
-            }
+            tracing.validate(&format!("spec.tracing[{index}]"), errors);
         }
         for (index, entry) in self.metrics.iter().enumerate() {
             entry.validate(&format!("spec.metrics[{index}]"), errors);

@@ -67,6 +67,18 @@ pub(super) fn analyze(
                         origin: in_force.source.clone(),
                     });
                 }
+                // Telemetry naming a tracing provider that gives no spans.
+                let config = &in_force.loaded.config;
+                for warning in crate::compiler::telemetry_provider_warnings(&resources, config) {
+                    messages.push(AnalyzeMessage {
+                        code: weft_api::analyze::NOT_IMPLEMENTED.code.into(),
+                        name: weft_api::analyze::NOT_IMPLEMENTED.name.into(),
+                        resource: "Telemetry".into(),
+                        namespace: String::new(),
+                        text: warning,
+                        origin: "weftd".into(),
+                    });
+                }
             }
             json_reply(StatusCode::OK, &wire::to_value(&AnalyzeReply { messages }))
         }

@@ -111,7 +111,7 @@ fn several_providers(namespace: &str, name: &str, providers: &[&str]) -> String 
 }
 
 /// `ns/host` or `host` (Istio accepts both) → the service's host.
-fn service_host(service: &str, root: &str) -> String {
+pub(super) fn service_host(service: &str, root: &str) -> String {
     let (namespace, host) = service.split_once('/').unwrap_or((root, service));
     fqdn(host, namespace)
 }
@@ -239,7 +239,11 @@ impl super::MeshIndex {
 }
 
 /// Adds `cluster` unless there (clusters stay in name order).
-fn add_cluster(clusters: &mut Vec<pb::Cluster>, mut cluster: pb::Cluster, node: &super::Node) {
+pub(super) fn add_cluster(
+    clusters: &mut Vec<pb::Cluster>,
+    mut cluster: pb::Cluster,
+    node: &super::Node,
+) {
     if clusters.iter().any(|c| c.name == cluster.name) {
         return;
     }

@@ -35,6 +35,8 @@ pub struct MeshDefaults {
     pub trust_domains: Vec<String>,
     /// `extensionProviders`, as CUSTOM AuthorizationPolicies name them.
     pub ext_authz: super::ext_authz::Providers,
+    /// Tracing providers, `defaultProviders.tracing`, default sampling.
+    pub tracing: super::trace_providers::MeshTracing,
 }
 
 impl Default for MeshDefaults {
@@ -83,6 +85,7 @@ impl From<&MeshConfig> for MeshDefaults {
                 .map(super::clusters::balancer::locality_lb),
             trust_domains,
             ext_authz: super::ext_authz::Providers::from(mesh),
+            tracing: super::trace_providers::MeshTracing::from(mesh),
         }
     }
 }

@@ -39,6 +39,7 @@ mod shape;
 mod telemetry;
 mod telemetry_metrics;
 pub mod tls;
+mod trace_providers;
 
 use std::collections::BTreeMap;
 
@@ -55,6 +56,7 @@ use self::scope::Sidecars;
 use crate::registry::{Registry, Workload};
 
 pub use self::proxy::ProxyOutput;
+pub use self::trace_providers::telemetry_provider_warnings;
 
 /// What a build reads besides the resources and the MeshConfig.
 pub struct BuildInputs<'a> {
@@ -342,6 +344,7 @@ impl MeshIndex {
         .with_root(&mesh.root_namespace);
         let telemetry =
             telemetry::Policies::build(resources, &mut warnings).with_root(&mesh.root_namespace);
+        trace_providers::check_telemetry(resources, &mesh.tracing, &mut warnings);
         let selector_labels = shape::SelectorLabels::collect(resources);
         let rate_limits = ratelimit::Policies::build(resources);
         Self {

@@ -163,6 +163,7 @@ impl MeshIndex {
         };
         self.attach_rate_limits(node, &mut output);
         self.attach_ext_authz(node, &mut output);
+        self.attach_tracing(node, &mut output);
         output
     }
 
@@ -196,6 +197,7 @@ impl MeshIndex {
         };
         self.attach_rate_limits(node, &mut output);
         self.attach_ext_authz(node, &mut output);
+        self.attach_tracing(node, &mut output);
         output
     }
 

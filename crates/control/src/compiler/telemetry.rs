@@ -36,6 +36,8 @@ struct Settings {
     /// `access_log`.
     access_sides: Option<[pb::AccessLogSide; 2]>,
     metrics: Vec<super::telemetry_metrics::Rule>,
+    /// Providers, customTags, match.mode (`trace_providers.rs`).
+    tracing: super::trace_providers::TraceSettings,
 }
 
 #[derive(Debug)]
@@ -131,17 +133,20 @@ impl Policies {
         // Root first: Istio applies metric overrides mesh → namespace → workload.
         let rules: Vec<&[_]> = levels.iter().rev().map(|s| s.metrics.as_slice()).collect();
         let (client_metrics, server_metrics) = super::telemetry_metrics::merge(&rules);
+        let tracing =
+            super::trace_providers::TraceSettings::merge(levels.iter().map(|s| &s.tracing));
         if access_log.is_none()
             && sampling.is_none()
             && disable_span_reporting.is_none()
             && client_metrics.is_none()
             && server_metrics.is_none()
+            && tracing.is_empty()
         {
             return None;
         }
         let [client_access_log, server_access_log] =
             access_sides.map_or([None, None], |s| s.map(Some));
-        Some(pb::Telemetry {
+        let mut telemetry = pb::Telemetry {
             client_metrics,
             server_metrics,
             client_access_log,
@@ -151,7 +156,9 @@ impl Policies {
             has_random_sampling_percentage: sampling.is_some(),
             disable_span_reporting: disable_span_reporting.unwrap_or(false),
             ..Default::default()
-        })
+        };
+        tracing.apply(&mut telemetry);
+        Some(telemetry)
     }
 }
 
@@ -184,6 +191,7 @@ fn settings(spec: &Telemetry, label: &str, warnings: &mut Vec<String>) -> Settin
         out.sampling = tracing.random_sampling_percentage;
         out.disable_span_reporting = tracing.disable_span_reporting;
     }
+    out.tracing = super::trace_providers::TraceSettings::from_spec(spec, label, warnings);
     out
 }
 

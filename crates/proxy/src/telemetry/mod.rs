@@ -17,13 +17,15 @@
 pub mod access_log;
 pub mod body;
 pub mod custom;
+pub mod export;
 pub mod labels;
 pub mod metrics;
-pub mod otlp;
 pub mod peer;
 pub mod request;
+pub mod span;
 pub mod tcp;
 pub mod trace;
+pub mod tracer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -34,8 +36,10 @@ use weft_proto::proxy::v1::telemetry::AccessLog as AccessLogSwitch;
 use weft_proto::proxy::v1::telemetry::AccessLogEncoding;
 
 use self::access_log::{AccessLogSink, AccessLogger, Format};
-use self::otlp::Exporter;
+use self::export::Exporter;
+use self::metrics::Reporter;
 use self::peer::PeerCache;
+use self::tracer::Tracers;
 use crate::config::Snapshot;
 use crate::workload::Workload;
 
@@ -60,7 +64,8 @@ pub struct Settings {
     pub access_log_format: Format,
     /// `--trace-sampling`, percent.
     pub trace_sampling: f64,
-    /// `--otlp`: the OTLP/gRPC collector address.
+    /// `--otlp`: the OTLP/gRPC collector address, used when weftd pushes
+    /// no tracing provider.
     pub otlp: Option<String>,
 }
 
@@ -89,7 +94,7 @@ pub struct Telemetry {
     access_log: OnceLock<AccessLogSink>,
     admin_override: AtomicU8,
     trace_sampling: OnceLock<f64>,
-    exporter: OnceLock<Exporter>,
+    tracers: OnceLock<Tracers>,
     unknown: OnceLock<Arc<Workload>>,
 }
 
@@ -112,9 +117,7 @@ impl Telemetry {
         let _ = self
             .trace_sampling
             .set(settings.trace_sampling.clamp(0.0, 100.0));
-        if let Some(address) = settings.otlp {
-            let _ = self.exporter.set(Exporter::start(address, self.local()));
-        }
+        let _ = self.tracers.set(Tracers::new(settings.otlp));
         Ok(())
     }
 
@@ -178,13 +181,16 @@ impl Telemetry {
         }
     }
 
-    /// The span exporter, unless none is configured or the pushed settings
-    /// turn span reporting off.
-    pub fn exporter(&self, snapshot: &Snapshot) -> Option<&Exporter> {
-        if pushed(snapshot).is_some_and(|t| t.disable_span_reporting) {
+    /// The span exporter for requests `reporter` records, unless none is
+    /// configured or the pushed settings turn span reporting off (or leave
+    /// this side out: `match.mode`).
+    pub fn exporter(&self, snapshot: &Snapshot, reporter: Reporter) -> Option<Arc<Exporter>> {
+        if let Some(t) = pushed(snapshot)
+            && (t.disable_span_reporting || !span::reports(t.trace_mode, reporter))
+        {
             return None;
         }
-        self.exporter.get()
+        self.tracers.get()?.exporter(snapshot, self.local())
     }
 }
 

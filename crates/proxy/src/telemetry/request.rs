@@ -13,20 +13,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry_proto::tonic::trace::v1::{Span, Status, span, status};
 
 use super::access_log::Entry;
 use super::body::{CountedRequest, Counts, MessageCounter};
 use super::custom::{Facts, RequestFacts};
 use super::labels::{Call, Labels};
-use super::otlp::{attribute, int_attribute};
 use super::peer::{PEER_HEADER, SERVICE_HEADER};
+use super::span::{self as span_data, Facts as SpanFacts};
 use super::trace::{self, SpanContext};
 use super::{Downstream, Recorder, Telemetry};
 use crate::body::{BoxError, ProxyBody};
@@ -54,6 +53,8 @@ struct Detail {
     request_id: Option<String>,
     start_wall: SystemTime,
     log: bool,
+    /// Telemetry `customTags`, when the span is reported.
+    tags: Vec<opentelemetry::KeyValue>,
 }
 
 pub struct RequestRecord {
@@ -138,7 +139,7 @@ impl RequestRecord {
                 headers: request.headers().clone(),
             })
         });
-        let traced = span.sampled && telemetry.exporter(&snapshot).is_some();
+        let traced = span.sampled && telemetry.exporter(&snapshot, reporter).is_some();
         let authority = (log || traced || reporter == Reporter::Destination)
             .then(|| {
                 request
@@ -174,6 +175,10 @@ impl RequestRecord {
                 request_id: header_text(headers, trace::REQUEST_ID),
                 start_wall: SystemTime::now(),
                 log,
+                tags: match snapshot.config.telemetry.as_ref() {
+                    Some(pushed) if traced => span_data::custom_tags(&pushed.custom_tags, headers),
+                    _ => Vec::new(),
+                },
             })
         });
         Self {
@@ -421,9 +426,9 @@ impl Finish {
             sink.log(&self.entry(&detail, &sample, elapsed));
         }
         if self.span.sampled
-            && let Some(exporter) = telemetry.exporter(&snapshot)
+            && let Some(exporter) = telemetry.exporter(&snapshot, self.labels.reporter)
         {
-            exporter.export(self.span(&detail, elapsed, telemetry));
+            exporter.export(self.span(&detail, elapsed, telemetry, exporter.scope()));
         }
     }
 
@@ -496,62 +501,35 @@ impl Finish {
         }
     }
 
-    fn span(&self, detail: &Detail, elapsed: Duration, telemetry: &Telemetry) -> Span {
-        let start = detail
-            .start_wall
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let code = self.response_code();
+    fn span(
+        &self,
+        detail: &Detail,
+        elapsed: Duration,
+        telemetry: &Telemetry,
+        scope: &opentelemetry::InstrumentationScope,
+    ) -> opentelemetry_sdk::trace::SpanData {
         let host = match &*self.labels.destination_service {
             "" => detail.authority.as_deref().map_or("unknown", host_of_str),
             service => service,
         };
-        let mut attributes = vec![
-            attribute("http.method", detail.method.clone()),
-            attribute("http.url", detail.path.clone()),
-            attribute("http.protocol", detail.protocol),
-            int_attribute("http.status_code", i64::from(code)),
-            attribute("response_flags", self.labels.response_flags.codes()),
-            attribute("node_id", telemetry.local().node_id.clone()),
-            attribute("component", "proxy"),
-        ];
-        if let Some(id) = &detail.request_id {
-            attributes.push(attribute("guid:x-request-id", id.clone()));
-        }
-        if let Some(cluster) = &self.cluster {
-            attributes.push(attribute("upstream_cluster", cluster.name.clone()));
-        }
-        if let Some(host) = self.upstream_host {
-            attributes.push(attribute("upstream_address", host.to_string()));
-        }
-        let kind = match self.labels.reporter {
-            Reporter::Source => span::SpanKind::Client,
-            Reporter::Destination => span::SpanKind::Server,
-        };
-        let error = code == 0 || code >= 500;
-        Span {
-            trace_id: self.span.trace_id.to_vec(),
-            span_id: self.span.span_id.to_vec(),
-            parent_span_id: self
-                .span
-                .parent_span_id
-                .map(|p| p.to_vec())
-                .unwrap_or_default(),
+        let facts = SpanFacts {
+            context: &self.span,
+            reporter: self.labels.reporter,
             name: format!("{host}/*"),
-            kind: kind as i32,
-            start_time_unix_nano: start.as_nanos() as u64,
-            end_time_unix_nano: (start + elapsed).as_nanos() as u64,
-            attributes,
-            status: Some(Status {
-                code: if error {
-                    status::StatusCode::Error
-                } else {
-                    status::StatusCode::Unset
-                } as i32,
-                message: String::new(),
-            }),
-            ..Span::default()
-        }
+            start: detail.start_wall,
+            elapsed,
+            method: &detail.method,
+            path: &detail.path,
+            protocol: detail.protocol,
+            status: self.response_code(),
+            response_flags: self.labels.response_flags.codes(),
+            node_id: &telemetry.local().node_id,
+            request_id: detail.request_id.as_deref(),
+            cluster: self.cluster.as_deref().map(|c| c.name.as_str()),
+            upstream: self.upstream_host,
+            tags: &detail.tags,
+        };
+        span_data::build(facts, scope)
     }
 }
 

@@ -2,26 +2,50 @@
 //! B3 (single `b3` header, or `x-b3-*` headers) trace, decide sampling, and
 //! hand the next hop this proxy's span as its parent.
 //!
+//! The header formats are OpenTelemetry's: `TraceContextPropagator` from
+//! `opentelemetry_sdk` for W3C, the B3 propagator of `opentelemetry-zipkin`
+//! for B3. What stays here is the proxy's policy: which style a request
+//! arrived with (it leaves with `traceparent` plus that style), when this
+//! proxy decides sampling, and `x-request-id`.
+//!
 //! Each proxy makes one span per request: a CLIENT span on the source side,
 //! a SERVER span on the destination side. The incoming context is the
 //! parent; the outgoing headers carry the new span, so an application that
 //! forwards the headers (as Istio requires) links the whole call tree into
 //! one trace. An incoming sampling decision is always honoured; without one
-//! the proxy samples at its configured rate. `x-request-id` is generated
-//! (a UUID v4) when absent.
+//! (B3's deferred decision, or no context) the proxy samples at its
+//! configured rate. `x-request-id` is generated (a UUID v4) when absent.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::trace::TraceId;
+use opentelemetry::Context;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{
+    SpanContext as OtelSpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+// The OpenTelemetry project's B3 propagator lives in the Zipkin exporter
+// crate, deprecated upstream with that exporter; no maintained B3
+// propagator exists for opentelemetry 0.33 elsewhere.
+#[allow(deprecated)]
+use opentelemetry_zipkin::{B3Encoding, Propagator as B3Propagator};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const B3: HeaderName = HeaderName::from_static("b3");
 const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
-const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+#[cfg(test)]
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+#[cfg(test)]
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
-const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+/// The B3 propagator marks "the caller left the decision to you" and
+/// "debug" with trace-flag bits of its own (W3C defines only `sampled`).
+const B3_DEFERRED: u8 = 0x02;
+const B3_DEBUG: u8 = 0x04;
 
 /// Which propagation style the request arrived with (and leaves with, in
 /// addition to `traceparent`).
@@ -42,13 +66,22 @@ pub struct SpanContext {
     pub sampled: bool,
 }
 
-/// What an incoming request carried.
-struct Incoming {
-    trace_id: [u8; 16],
-    span_id: Option<[u8; 8]>,
-    /// `None`: the caller left the decision to us.
-    sampled: Option<bool>,
-    style: Style,
+impl SpanContext {
+    /// As OpenTelemetry writes it (`tracestate` is the caller's, passed on).
+    fn otel(&self, state: TraceState) -> OtelSpanContext {
+        let flags = if self.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        OtelSpanContext::new(
+            TraceId::from_bytes(self.trace_id),
+            SpanId::from_bytes(self.span_id),
+            flags,
+            false,
+            state,
+        )
+    }
 }
 
 /// Reads the incoming context, decides sampling (`percent` for new
@@ -61,32 +94,74 @@ pub fn continue_or_start(headers: &mut HeaderMap, percent: f64) -> SpanContext {
     {
         headers.insert(REQUEST_ID, value);
     }
-    let incoming = read_w3c(headers)
-        .or_else(|| read_b3_single(headers))
-        .or_else(|| read_b3_multi(headers));
+    let (incoming, style) = read(headers);
     let span_id = ids.new_span_id().to_bytes();
-    let (trace_id, parent_span_id, sampled, style) = match incoming {
-        Some(found) => (
-            found.trace_id,
-            found.span_id,
-            found.sampled.unwrap_or_else(|| sample(&ids, percent)),
-            found.style,
-        ),
-        None => (
-            ids.new_trace_id().to_bytes(),
-            None,
-            sample(&ids, percent),
-            Style::W3c,
-        ),
+    let span = match &incoming {
+        Some(found) => {
+            let flags = found.trace_flags().to_u8();
+            let decided = flags & B3_DEFERRED == 0;
+            SpanContext {
+                trace_id: found.trace_id().to_bytes(),
+                span_id,
+                parent_span_id: Some(found.span_id().to_bytes()),
+                sampled: if decided {
+                    found.is_sampled() || flags & B3_DEBUG != 0
+                } else {
+                    sample(&ids, percent)
+                },
+            }
+        }
+        None => SpanContext {
+            trace_id: ids.new_trace_id().to_bytes(),
+            span_id,
+            parent_span_id: None,
+            sampled: sample(&ids, percent),
+        },
     };
-    let span = SpanContext {
-        trace_id,
-        span_id,
-        parent_span_id,
-        sampled,
-    };
-    write(headers, &span, style);
+    let state = incoming
+        .map(|found| found.trace_state().clone())
+        .unwrap_or_default();
+    write(headers, &span, state, style);
     span
+}
+
+/// The first valid context among W3C, B3 single, B3 multi, and the B3
+/// style to write back: B3 headers that came with `traceparent` (a proxy
+/// before this one writes both) are rewritten too, never left stale.
+fn read(headers: &HeaderMap) -> (Option<OtelSpanContext>, Style) {
+    let valid = |cx: Context| {
+        let span = cx.span();
+        let found = span.span_context();
+        found.is_valid().then(|| found.clone())
+    };
+    let extractor = HeaderExtractor(headers);
+    let b3 = if headers.contains_key(B3) {
+        Style::B3Single
+    } else if headers.contains_key(B3_TRACE_ID) {
+        Style::B3Multi
+    } else {
+        Style::W3c
+    };
+    if headers.contains_key(TRACEPARENT)
+        && let Some(found) = valid(TraceContextPropagator::new().extract(&extractor))
+    {
+        return (Some(found), b3);
+    }
+    if b3 == Style::W3c {
+        return (None, Style::W3c);
+    }
+    match valid(b3_propagator(b3).extract(&extractor)) {
+        Some(found) => (Some(found), b3),
+        None => (None, Style::W3c),
+    }
+}
+
+#[allow(deprecated)]
+fn b3_propagator(style: Style) -> B3Propagator {
+    B3Propagator::with_encoding(match style {
+        Style::B3Single => B3Encoding::SingleHeader,
+        _ => B3Encoding::MultipleHeader,
+    })
 }
 
 /// True for `percent` of calls.
@@ -98,134 +173,32 @@ fn sample(ids: &RandomIdGenerator, percent: f64) -> bool {
     percent > 0.0 && draw * 100.0 < percent
 }
 
-fn read_w3c(headers: &HeaderMap) -> Option<Incoming> {
-    let value = headers.get(TRACEPARENT)?.to_str().ok()?;
-    let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version.len() != 2 || version == "ff" || flags.len() != 2 {
-        return None;
-    }
-    let trace_id = hex_array::<16>(trace).filter(|id| *id != [0; 16])?;
-    let span_id = hex_array::<8>(span).filter(|id| *id != [0; 8])?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some(Incoming {
-        trace_id,
-        span_id: Some(span_id),
-        sampled: Some(flags & 1 == 1),
-        style: Style::W3c,
-    })
-}
-
-/// `b3: {traceid}-{spanid}[-{sampled}[-{parentspanid}]]`, or `b3: 0|1|d`.
-fn read_b3_single(headers: &HeaderMap) -> Option<Incoming> {
-    let value = headers.get(B3)?.to_str().ok()?;
-    let mut parts = value.trim().split('-');
-    let trace = parts.next()?;
-    let span = parts.next()?;
-    Some(Incoming {
-        trace_id: b3_trace_id(trace)?,
-        span_id: Some(hex_array::<8>(span)?),
-        sampled: parts.next().and_then(b3_sampled),
-        style: Style::B3Single,
-    })
-}
-
-fn read_b3_multi(headers: &HeaderMap) -> Option<Incoming> {
-    let get = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let trace_id = b3_trace_id(get(B3_TRACE_ID)?)?;
-    let debug = get(B3_FLAGS) == Some("1");
-    Some(Incoming {
-        trace_id,
-        span_id: get(B3_SPAN_ID).and_then(hex_array::<8>),
-        sampled: if debug {
-            Some(true)
-        } else {
-            get(B3_SAMPLED).and_then(b3_sampled)
-        },
-        style: Style::B3Multi,
-    })
-}
-
-/// 64-bit B3 trace ids are left-padded to 128 bits, as Zipkin does.
-fn b3_trace_id(text: &str) -> Option<[u8; 16]> {
-    let id = match text.len() {
-        16 => {
-            let low = hex_array::<8>(text)?;
-            let mut id = [0; 16];
-            id[8..].copy_from_slice(&low);
-            id
-        }
-        32 => hex_array::<16>(text)?,
-        _ => return None,
-    };
-    (id != [0; 16]).then_some(id)
-}
-
-fn b3_sampled(text: &str) -> Option<bool> {
-    match text {
-        "1" | "d" | "true" => Some(true),
-        "0" | "false" => Some(false),
-        _ => None,
-    }
-}
-
-fn write(headers: &mut HeaderMap, span: &SpanContext, style: Style) {
-    if let Ok(value) = HeaderValue::from_bytes(&traceparent(span)) {
-        headers.insert(TRACEPARENT, value);
+fn write(headers: &mut HeaderMap, span: &SpanContext, state: TraceState, style: Style) {
+    let cx = Context::new().with_remote_span_context(span.otel(state));
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    // The propagator writes `tracestate` even when empty; a caller without
+    // one should not gain one.
+    if headers.get(TRACESTATE).is_some_and(|v| v.is_empty()) {
+        headers.remove(TRACESTATE);
     }
     if style == Style::W3c {
         return;
     }
-    let trace = hex(&span.trace_id);
-    let id = hex(&span.span_id);
-    let sampled = if span.sampled { "1" } else { "0" };
-    let mut set = |name: HeaderName, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    };
-    match style {
-        Style::W3c => {}
-        Style::B3Single => set(B3, format!("{trace}-{id}-{sampled}")),
-        Style::B3Multi => {
-            set(B3_TRACE_ID, trace);
-            set(B3_SPAN_ID, id);
-            match span.parent_span_id {
-                Some(parent) => set(B3_PARENT_SPAN_ID, hex(&parent)),
-                None => {
-                    headers.remove(B3_PARENT_SPAN_ID);
-                }
+    b3_propagator(style).inject_context(&cx, &mut HeaderInjector(headers));
+    // The B3 propagator does not write the parent; Zipkin's UI uses it.
+    if style == Style::B3Multi {
+        match span
+            .parent_span_id
+            .and_then(|parent| HeaderValue::from_str(&hex(&parent)).ok())
+        {
+            Some(parent) => {
+                headers.insert(B3_PARENT_SPAN_ID, parent);
             }
-            headers.insert(
-                B3_SAMPLED,
-                HeaderValue::from_static(if span.sampled { "1" } else { "0" }),
-            );
+            None => {
+                headers.remove(B3_PARENT_SPAN_ID);
+            }
         }
     }
-}
-
-fn hex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != N * 2 {
-        return None;
-    }
-    let mut out = [0; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// `00-{trace id}-{span id}-{flags}`, written in place: every request
-/// sends one, and the formatting machinery costs more than the proxying.
-fn traceparent(span: &SpanContext) -> [u8; 55] {
-    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    hex_into(&span.trace_id, &mut text[3..35]);
-    hex_into(&span.span_id, &mut text[36..52]);
-    if span.sampled {
-        text[54] = b'1';
-    }
-    text
 }
 
 /// Lower-case hex of `bytes` into `out` (twice as long).
@@ -271,11 +244,14 @@ mod tests {
     }
 
     #[test]
-    fn a_w3c_parent_is_continued_with_its_decision() {
-        let mut map = headers(&[(
-            TRACEPARENT,
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
-        )]);
+    fn a_w3c_parent_is_continued_with_its_decision_and_state() {
+        let mut map = headers(&[
+            (
+                TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            ),
+            (TRACESTATE, "vendor=abc"),
+        ]);
         let span = continue_or_start(&mut map, 100.0);
         assert_eq!(hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
@@ -291,6 +267,7 @@ mod tests {
                 hex(&span.span_id)
             )
         );
+        assert_eq!(map["tracestate"], "vendor=abc");
         let id = map[REQUEST_ID].to_str().expect("ascii");
         assert_eq!((id.len(), &id[14..15]), (36, "4"), "{id}");
     }
@@ -315,12 +292,25 @@ mod tests {
         assert_eq!(hex(&span.trace_id), "0000000000000000463ac35c9f6413ad");
         assert_eq!(multi[B3_PARENT_SPAN_ID], "a2fb4a1d1a96d312");
         assert_eq!(multi[B3_SPAN_ID].to_str().expect("id"), hex(&span.span_id));
+        assert_eq!(multi[B3_SAMPLED], "1");
+        assert!(multi.contains_key(TRACEPARENT));
+    }
+
+    #[test]
+    fn a_deferred_b3_decision_is_ours() {
+        let mut deferred = headers(&[(B3, "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1")]);
+        assert!(!continue_or_start(&mut deferred, 0.0).sampled);
+        let mut debug = headers(&[(B3, "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-d")]);
+        assert!(continue_or_start(&mut debug, 0.0).sampled);
     }
 
     #[test]
     fn a_new_trace_samples_at_the_rate() {
-        let never = continue_or_start(&mut HeaderMap::new(), 0.0);
+        let mut fresh = HeaderMap::new();
+        let never = continue_or_start(&mut fresh, 0.0);
         assert!(!never.sampled && never.parent_span_id.is_none());
+        assert!(fresh.contains_key(TRACEPARENT));
+        assert!(!fresh.contains_key(TRACESTATE), "no empty tracestate");
         assert!(continue_or_start(&mut HeaderMap::new(), 100.0).sampled);
         let mut bad = headers(&[(TRACEPARENT, "00-zz-00f067aa0ba902b7-01")]);
         assert!(continue_or_start(&mut bad, 0.0).parent_span_id.is_none());
