@@ -20,7 +20,8 @@ use crate::compiler::incremental::Patched;
 use crate::compiler::tls::MeshPeers;
 use crate::meshconfig::InForce;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{ResourceKey, Store};
+use weft_api::Resource;
 
 /// What a patched build keeps of the build before it.
 pub struct ShapePatch {
@@ -94,6 +95,56 @@ impl Previous {
             .index
             .patch_endpoints(&self.registry, registry, peers)?;
         Some((self.mesh, patched))
+    }
+}
+
+/// The store's resources as the build loop holds them between builds:
+/// brought up to date from the store's change log (only the changed
+/// objects are copied), read whole only at start or when the log cannot
+/// say what changed. In the store's order (by kind, namespace, name).
+#[derive(Default)]
+pub struct Resources {
+    /// `None` until read whole.
+    revision: Option<u64>,
+    keys: Vec<ResourceKey>,
+    resources: Vec<Resource>,
+}
+
+impl Resources {
+    /// Brought up to (at least) the store's current revision, returned.
+    pub fn refresh(&mut self, store: &Store) -> u64 {
+        let revision = store.revision();
+        let changed = self.revision.and_then(|held| store.changed_since(held));
+        let Some(changed) = changed else {
+            let (revision, resources) = store.snapshot();
+            self.keys = resources.iter().map(ResourceKey::of).collect();
+            self.resources = resources;
+            self.revision = Some(revision);
+            return revision;
+        };
+        // Keys changed after `revision` may be among these: they are
+        // fetched as they are now, and again next time (the same result).
+        for key in changed {
+            let at = self.keys.binary_search(&key);
+            match (store.get(&key), at) {
+                (Some(stored), Ok(at)) => self.resources[at] = stored.resource,
+                (Some(stored), Err(at)) => {
+                    self.keys.insert(at, key);
+                    self.resources.insert(at, stored.resource);
+                }
+                (None, Ok(at)) => {
+                    self.keys.remove(at);
+                    self.resources.remove(at);
+                }
+                (None, Err(_)) => {}
+            }
+        }
+        self.revision = Some(revision);
+        revision
+    }
+
+    pub fn as_slice(&self) -> &[Resource] {
+        &self.resources
     }
 }
 

@@ -147,3 +147,39 @@ async fn endpoint_changes_are_patched_and_push_what_a_full_build_would() {
     assert_eq!(b4.version, full(&store, &b).await.version);
     builds.abort();
 }
+
+/// The build loop's copy of the store, patched from the change log, is
+/// always what reading the store whole gives.
+#[test]
+fn held_resources_follow_the_store() {
+    use crate::store::ResourceKey;
+    let store = Store::in_memory();
+    let mut held = super::Resources::default();
+    store.apply_text(MESH, "t.yaml").expect("valid");
+    held.refresh(&store);
+    assert_eq!(held.as_slice(), store.resources().as_slice());
+    for round in 0..20u32 {
+        // Created, changed, unchanged and deleted objects, in one refresh.
+        store
+            .apply_text(&entry(round % 3, "v1"), "t.yaml")
+            .expect("valid");
+        let name = format!("e-{}", round % 4);
+        let other = entry(round, "v2").replace("shop-1", &name);
+        store.apply_text(&other, "t.yaml").expect("valid");
+        if round % 3 == 0 {
+            let key = ResourceKey::new("WorkloadEntry", "ns-a", &format!("e-{}", round % 5));
+            store.delete(&key).expect("deleted");
+        }
+        if round % 7 == 0 {
+            let key = ResourceKey::new("Sidecar", "ns-b", "default");
+            store.delete(&key).expect("deleted");
+        }
+        let revision = held.refresh(&store);
+        assert_eq!(revision, store.revision());
+        assert_eq!(
+            held.as_slice(),
+            store.resources().as_slice(),
+            "round {round}"
+        );
+    }
+}

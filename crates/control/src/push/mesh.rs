@@ -224,13 +224,15 @@ pub async fn build_loop(
     // What the last build was made of, for patching the next one when only
     // endpoints changed; `None` forces a full build.
     let mut previous: Option<super::incremental::Previous> = None;
+    let mut held = super::incremental::Resources::default();
     loop {
         store_changes.mark_unchanged();
         // Read before the store and workloads: the build then includes at
         // least these registrations and every store change before them.
         let sequence = *workload_changes.borrow_and_update();
         let in_force = mesh_config.borrow_and_update().clone();
-        let (revision, resources) = store.snapshot();
+        let revision = held.refresh(&store);
+        let resources = held.as_slice();
         generation += 1;
         let started = std::time::Instant::now();
         let saved = registrations.saved();
@@ -270,7 +272,7 @@ pub async fn build_loop(
             credentials,
         };
         let registry = crate::registry::Registry::build_with_cluster(
-            &resources,
+            resources,
             inputs.cluster,
             inputs.workloads,
         );
@@ -285,7 +287,7 @@ pub async fn build_loop(
             None => {
                 let index = MeshIndex::build_from_registry(
                     &registry,
-                    &resources,
+                    resources,
                     inputs,
                     &in_force.loaded.config,
                 );
@@ -323,7 +325,6 @@ pub async fn build_loop(
             in_force,
             mesh: mesh.clone(),
         });
-        drop(resources);
         // The build before is dropped once its last stream moves on; what
         // only it held is forgotten at the next build.
         drop(publish.send_replace(mesh));
