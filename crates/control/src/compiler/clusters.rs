@@ -12,6 +12,7 @@ mod rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use weft_api::Resource;
@@ -30,22 +31,25 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The clusters that depend on the caller's DestinationRule, for the
 /// per-proxy step ([`RuleClusters::resolve`]).
-#[derive(Debug, Default)]
+///
+/// Shared (`Arc`) so that an index patched for an endpoint change copies
+/// only the maps of the rules whose clusters it rebuilt.
+#[derive(Debug, Default, Clone)]
 pub(super) struct RuleClusters {
-    rules: DestinationRules,
+    rules: Arc<DestinationRules>,
     /// Cluster name → the service it was built for.
-    service_of: HashMap<String, usize>,
+    service_of: Arc<HashMap<String, usize>>,
     /// Per service: its namespace and the rule the base map was built with
     /// (the one a caller in the service's own namespace, without labels,
     /// gets).
-    base_rule: Vec<(String, Option<usize>)>,
+    base_rule: Arc<Vec<(String, Option<usize>)>>,
     /// Clusters built under each other rule, by rule.
-    by_rule: BTreeMap<usize, BTreeMap<String, pb::Cluster>>,
+    by_rule: BTreeMap<usize, Arc<BTreeMap<String, pb::Cluster>>>,
     /// Clusters without any rule, for services whose base has one.
-    no_rule: BTreeMap<String, pb::Cluster>,
+    no_rule: Arc<BTreeMap<String, pb::Cluster>>,
     /// Subset clusters put in the base map only so that routes naming them
     /// find them; the base rule does not define them.
-    borrowed: BTreeSet<String>,
+    borrowed: Arc<BTreeSet<String>>,
 }
 
 impl RuleClusters {
@@ -55,20 +59,20 @@ impl RuleClusters {
     pub(super) fn resolve(
         &self,
         name: &str,
-        base: &BTreeMap<String, pb::Cluster>,
+        base: &BTreeMap<String, Arc<pb::Cluster>>,
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> Option<pb::Cluster> {
         let held = base.get(name)?;
         let Some(&service) = self.service_of.get(name) else {
-            return Some(held.clone());
+            return Some((**held).clone());
         };
         let (service_namespace, base_rule) = &self.base_rule[service];
         let chosen = self
             .rules
             .choose(service, service_namespace, namespace, labels);
         let found = if chosen == *base_rule {
-            (!self.borrowed.contains(name)).then(|| held.clone())
+            (!self.borrowed.contains(name)).then(|| (**held).clone())
         } else {
             match chosen {
                 Some(id) => self.by_rule.get(&id).and_then(|m| m.get(name)).cloned(),
@@ -101,10 +105,106 @@ impl RuleClusters {
         mut secure: impl FnMut(&mut BTreeMap<String, pb::Cluster>),
     ) {
         for map in self.by_rule.values_mut() {
-            secure(map);
+            secure(Arc::make_mut(map));
         }
-        secure(&mut self.no_rule);
+        secure(Arc::make_mut(&mut self.no_rule));
     }
+
+    /// Service `index`'s clusters rebuilt for `endpoints` (the service and
+    /// every rule unchanged): the variants held here are replaced, and the
+    /// clusters the mesh-wide map holds for it are returned. `secure`
+    /// (mesh TLS of endpoints) is applied to every rebuilt cluster, as a
+    /// full build does.
+    pub(super) fn rebuild_service(
+        &mut self,
+        index: usize,
+        service: &ServiceDef,
+        endpoints: &[EndpointDef],
+        mut secure: impl FnMut(&mut BTreeMap<String, pb::Cluster>),
+    ) -> BTreeMap<String, pb::Cluster> {
+        let base = self.base_rule[index].1;
+        // Warnings depend on the rules only, which did not change: said
+        // by the full build already.
+        let built = variants(
+            &self.rules,
+            index,
+            service,
+            endpoints,
+            base,
+            &mut Vec::new(),
+        );
+        let mut base_map: BTreeMap<String, pb::Cluster> = by_name(built.base);
+        secure(&mut base_map);
+        for (id, list) in built.others {
+            let mut map = by_name(list);
+            secure(&mut map);
+            let held = Arc::make_mut(self.by_rule.entry(id).or_default());
+            for (name, cluster) in map {
+                // A subset only another rule defines: the base map holds
+                // the first such rule's (`borrowed`), as `build` puts it.
+                if !base_map.contains_key(&name) {
+                    base_map.insert(name.clone(), cluster.clone());
+                }
+                held.insert(name, cluster);
+            }
+        }
+        if !built.no_rule.is_empty() {
+            let mut map = by_name(built.no_rule);
+            secure(&mut map);
+            Arc::make_mut(&mut self.no_rule).extend(map);
+        }
+        base_map
+    }
+}
+
+fn by_name(clusters: Vec<pb::Cluster>) -> BTreeMap<String, pb::Cluster> {
+    clusters.into_iter().map(|c| (c.name.clone(), c)).collect()
+}
+
+/// One service's clusters under each rule a caller may get.
+struct Variants {
+    /// Under the rule of the service's own namespace (the base map's).
+    base: Vec<pb::Cluster>,
+    /// Under each other candidate rule, in candidate order.
+    others: Vec<(usize, Vec<pb::Cluster>)>,
+    /// Without any rule, when the base has one and some caller gets none.
+    no_rule: Vec<pb::Cluster>,
+}
+
+fn variants(
+    rules: &DestinationRules,
+    index: usize,
+    service: &ServiceDef,
+    endpoints: &[EndpointDef],
+    base: Option<usize>,
+    warnings: &mut Vec<String>,
+) -> Variants {
+    let build_under = |rule: Option<usize>, warnings: &mut Vec<String>| {
+        service_clusters(
+            service,
+            endpoints,
+            rule.map(|id| &rules.rule(id).spec),
+            warnings,
+        )
+    };
+    let mut out = Variants {
+        base: build_under(base, warnings),
+        others: Vec::new(),
+        no_rule: Vec::new(),
+    };
+    let candidates = rules.candidates(index);
+    if candidates.is_empty() {
+        return out;
+    }
+    // Other callers' variants; their warnings are the same rule's
+    // (already said) or another rule's, said once by the caller.
+    for &id in candidates.iter().filter(|id| Some(**id) != base) {
+        out.others.push((id, build_under(Some(id), warnings)));
+    }
+    if base.is_some() && rules.some_caller_gets_none(index, &service.namespace) {
+        out.no_rule = build_under(None, &mut Vec::new());
+    }
+    out
 }
 
 /// Every cluster of every service, by name, as a caller in the service's
@@ -124,46 +224,42 @@ pub(super) fn build(
     let empty_labels = BTreeMap::new();
     let mut clusters = BTreeMap::new();
     let mut out = RuleClusters::default();
+    let mut service_of = HashMap::new();
+    let mut base_rule = Vec::with_capacity(registry.services().len());
+    let mut borrowed = BTreeSet::new();
+    let mut by_rule: BTreeMap<usize, BTreeMap<String, pb::Cluster>> = BTreeMap::new();
+    let mut no_rule = BTreeMap::new();
     for (index, service) in registry.services().iter().enumerate() {
         let endpoints = registry.endpoints(&service.id());
         let base = rules.choose(index, &service.namespace, &service.namespace, &empty_labels);
-        out.base_rule.push((service.namespace.clone(), base));
-        let candidates = rules.candidates(index);
-        let build_under = |rule: Option<usize>, warnings: &mut Vec<String>| {
-            service_clusters(
-                service,
-                endpoints,
-                rule.map(|id| &rules.rule(id).spec),
-                warnings,
-            )
-        };
-        for built in build_under(base, warnings) {
-            out.service_of.insert(built.name.clone(), index);
-            clusters.insert(built.name.clone(), built);
+        base_rule.push((service.namespace.clone(), base));
+        let built = variants(&rules, index, service, endpoints, base, warnings);
+        for cluster in built.base {
+            service_of.insert(cluster.name.clone(), index);
+            clusters.insert(cluster.name.clone(), cluster);
         }
-        if candidates.is_empty() {
-            continue;
-        }
-        // Other callers' variants; their warnings are the same rule's
-        // (already said) or another rule's, said once here.
-        for &id in candidates.iter().filter(|id| Some(**id) != base) {
-            let map = out.by_rule.entry(id).or_default();
-            for built in build_under(Some(id), warnings) {
-                out.service_of.insert(built.name.clone(), index);
-                if !clusters.contains_key(&built.name) {
-                    out.borrowed.insert(built.name.clone());
-                    clusters.insert(built.name.clone(), built.clone());
+        for (id, list) in built.others {
+            let map = by_rule.entry(id).or_default();
+            for cluster in list {
+                service_of.insert(cluster.name.clone(), index);
+                if !clusters.contains_key(&cluster.name) {
+                    borrowed.insert(cluster.name.clone());
+                    clusters.insert(cluster.name.clone(), cluster.clone());
                 }
-                map.insert(built.name.clone(), built);
+                map.insert(cluster.name.clone(), cluster);
             }
         }
-        if base.is_some() && rules.some_caller_gets_none(index, &service.namespace) {
-            for built in build_under(None, &mut Vec::new()) {
-                out.no_rule.insert(built.name.clone(), built);
-            }
-        }
+        no_rule.extend(by_name(built.no_rule));
     }
-    out.rules = rules;
+    out.service_of = Arc::new(service_of);
+    out.base_rule = Arc::new(base_rule);
+    out.borrowed = Arc::new(borrowed);
+    out.by_rule = by_rule
+        .into_iter()
+        .map(|(id, map)| (id, Arc::new(map)))
+        .collect();
+    out.no_rule = Arc::new(no_rule);
+    out.rules = Arc::new(rules);
     for warning in said {
         if !warnings_out.contains(&warning) {
             warnings_out.push(warning);

@@ -25,6 +25,7 @@ mod gateway_auto;
 mod gateway_tls;
 mod hosts;
 mod http_rule;
+pub mod incremental;
 mod locality;
 pub mod mesh_defaults;
 pub mod peer_authentication;
@@ -42,6 +43,7 @@ pub mod tls;
 mod trace_providers;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use weft_api::Resource;
 use weft_proto::discovery::v1::Node;
@@ -68,28 +70,32 @@ pub struct BuildInputs<'a> {
 }
 
 /// Everything proxy-independent, compiled once per mesh change.
-#[derive(Debug, Default)]
+///
+/// Its parts are shared (`Arc`) so that an index patched for an endpoint
+/// change ([`incremental`]) shares everything but the changed clusters
+/// with the index it was patched from.
+#[derive(Debug, Default, Clone)]
 pub struct MeshIndex {
     /// Sorted by (hostname, namespace).
-    services: Vec<CompiledService>,
-    clusters: BTreeMap<String, pb::Cluster>,
+    services: Arc<Vec<CompiledService>>,
+    clusters: BTreeMap<String, Arc<pb::Cluster>>,
     /// Clusters under the DestinationRule other callers get.
     rule_clusters: clusters::RuleClusters,
-    sidecars: Sidecars,
-    gateways: gateway::Gateways,
+    sidecars: Arc<Sidecars>,
+    gateways: Arc<gateway::Gateways>,
     /// AuthorizationPolicy and RequestAuthentication, by scope.
-    authz: authz::AuthzPolicies,
-    jwt: request_authn::JwtPolicies,
-    telemetry: telemetry::Policies,
+    authz: Arc<authz::AuthzPolicies>,
+    jwt: Arc<request_authn::JwtPolicies>,
+    telemetry: Arc<telemetry::Policies>,
     /// RateLimit resources, by scope.
-    rate_limits: ratelimit::Policies,
-    warnings: Vec<String>,
+    rate_limits: Arc<ratelimit::Policies>,
+    warnings: Arc<Vec<String>>,
     /// PeerAuthentication, for each proxy's inbound ports.
-    peer_policies: PeerPolicies,
+    peer_policies: Arc<PeerPolicies>,
     /// MeshConfig's defaults, where no resource says otherwise.
-    mesh: mesh_defaults::MeshDefaults,
+    mesh: Arc<mesh_defaults::MeshDefaults>,
     /// The label pairs any selector names (see [`shape`]).
-    selector_labels: shape::SelectorLabels,
+    selector_labels: Arc<shape::SelectorLabels>,
     /// Where DestinationRule `credentialName`s are found, per proxy.
     credentials: crate::store::credentials::Credentials,
 }
@@ -198,19 +204,27 @@ impl MeshIndex {
         inputs: BuildInputs<'_>,
         mesh_config: &weft_api::mesh::MeshConfig,
     ) -> Self {
+        let registry = Registry::build_with_cluster(resources, inputs.cluster, inputs.workloads);
+        Self::build_from_registry(&registry, resources, inputs, mesh_config)
+    }
+
+    /// [`build_with_mesh`](Self::build_with_mesh) from a registry already
+    /// built of `resources` and the inputs' cluster and workloads.
+    pub(crate) fn build_from_registry(
+        registry: &Registry,
+        resources: &[Resource],
+        inputs: BuildInputs<'_>,
+        mesh_config: &weft_api::mesh::MeshConfig,
+    ) -> Self {
         let BuildInputs {
-            cluster,
-            workloads,
-            peers,
-            credentials,
+            peers, credentials, ..
         } = inputs;
         let mesh = mesh_defaults::MeshDefaults::from(mesh_config);
-        let registry = Registry::build_with_cluster(resources, cluster, workloads);
         let mut warnings = registry.warnings().to_vec();
         let services = registry.services();
         let hosts = HostIndex::new(services);
         let (mut clusters, mut rule_clusters) = clusters::build(
-            &registry,
+            registry,
             &hosts,
             resources,
             &mesh.root_namespace,
@@ -348,19 +362,22 @@ impl MeshIndex {
         let selector_labels = shape::SelectorLabels::collect(resources);
         let rate_limits = ratelimit::Policies::build(resources);
         Self {
-            services: compiled,
-            clusters,
+            services: Arc::new(compiled),
+            clusters: clusters
+                .into_iter()
+                .map(|(name, cluster)| (name, Arc::new(cluster)))
+                .collect(),
             rule_clusters,
-            sidecars,
-            gateways,
-            authz,
-            jwt,
-            telemetry,
-            rate_limits,
-            warnings,
-            peer_policies,
-            mesh,
-            selector_labels,
+            sidecars: Arc::new(sidecars),
+            gateways: Arc::new(gateways),
+            authz: Arc::new(authz),
+            jwt: Arc::new(jwt),
+            telemetry: Arc::new(telemetry),
+            rate_limits: Arc::new(rate_limits),
+            warnings: Arc::new(warnings),
+            peer_policies: Arc::new(peer_policies),
+            mesh: Arc::new(mesh),
+            selector_labels: Arc::new(selector_labels),
             credentials: crate::store::credentials::Credentials(credentials),
         }
     }

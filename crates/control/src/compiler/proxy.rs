@@ -246,35 +246,43 @@ impl MeshIndex {
         }
         names
             .iter()
-            .filter_map(|name| {
-                self.rule_clusters
-                    .resolve(name, &self.clusters, namespace, &node.labels)
-            })
-            .map(|mut cluster| {
-                self.mesh.fill_cluster(&mut cluster);
-                super::locality::apply(&mut cluster, node);
-                if cluster
-                    .tls
-                    .as_ref()
-                    .is_some_and(|t| !t.credential_name.is_empty())
-                {
-                    let selected = self.rule_clusters.chosen_by_selector(
-                        &cluster.name,
-                        namespace,
-                        &node.labels,
-                    );
-                    super::tls::attach_credential(
-                        &mut cluster,
-                        namespace,
-                        node.router,
-                        selected,
-                        self.credentials.0.as_ref(),
-                        warnings,
-                    );
-                }
-                cluster
-            })
+            .filter_map(|name| self.cluster_for(name, node, namespace, warnings))
             .collect()
+    }
+
+    /// Cluster `name` as `node` (in `namespace`) gets it: its
+    /// DestinationRule's variant, with locality-aware balancing and the
+    /// rule's TLS credential applied for it.
+    pub(super) fn cluster_for(
+        &self,
+        name: &str,
+        node: &Node,
+        namespace: &str,
+        warnings: &mut Vec<String>,
+    ) -> Option<pb::Cluster> {
+        let mut cluster =
+            self.rule_clusters
+                .resolve(name, &self.clusters, namespace, &node.labels)?;
+        self.mesh.fill_cluster(&mut cluster);
+        super::locality::apply(&mut cluster, node);
+        if cluster
+            .tls
+            .as_ref()
+            .is_some_and(|t| !t.credential_name.is_empty())
+        {
+            let selected =
+                self.rule_clusters
+                    .chosen_by_selector(&cluster.name, namespace, &node.labels);
+            super::tls::attach_credential(
+                &mut cluster,
+                namespace,
+                node.router,
+                selected,
+                self.credentials.0.as_ref(),
+                warnings,
+            );
+        }
+        Some(cluster)
     }
 }
 

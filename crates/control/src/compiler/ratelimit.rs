@@ -46,6 +46,11 @@ pub(super) struct ForNode {
 }
 
 impl Policies {
+    /// No RateLimit resource at all.
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub(super) fn build(resources: &[Resource]) -> Self {
         let mut keyed: Vec<((String, String), Entry)> = resources
             .iter()

@@ -40,6 +40,9 @@ pub struct Mesh {
     /// Deltas by (held set version, target set version): proxies holding
     /// the same config and due the same one share one delta.
     deltas: Mutex<HashMap<DeltaKey, Shared<Arc<Delta>>>>,
+    /// Set when this build's index was patched for an endpoint change:
+    /// shapes are then patched from the build before ([`incremental`]).
+    patch: Option<super::incremental::ShapePatch>,
 }
 
 impl Mesh {
@@ -61,6 +64,38 @@ impl Mesh {
             interner,
             compiled: Mutex::default(),
             deltas: Mutex::default(),
+            patch: None,
+        }
+    }
+
+    /// A build whose index was patched from `before`'s, where only the
+    /// `clusters` named differ: each shape `before` compiled is patched
+    /// rather than compiled again.
+    pub fn patched_from(
+        before: &Mesh,
+        patched: crate::compiler::incremental::Patched,
+        generation: u64,
+        registrations: u64,
+    ) -> Self {
+        let patch = patched
+            .index
+            .clusters_patchable()
+            .then(|| super::incremental::ShapePatch {
+                compiled: before
+                    .compiled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                clusters: patched.clusters,
+            });
+        Self {
+            patch,
+            ..Self::with_interner(
+                patched.index,
+                generation,
+                registrations,
+                before.interner.clone(),
+            )
         }
     }
 
@@ -70,14 +105,22 @@ impl Mesh {
 
     /// This proxy's config, compiled once per shape and build.
     pub async fn config_for(&self, node: &Node) -> Config {
+        let key = shape_key(node, &self.index);
         let cell = self
             .compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(shape_key(node, &self.index))
+            .entry(key.clone())
             .or_default()
             .clone();
         cell.get_or_init(|| async {
+            let patched = self
+                .patch
+                .as_ref()
+                .and_then(|patch| patch.config_for(&key, node, &self.index, &self.interner));
+            if let Some(config) = patched {
+                return config;
+            }
             let output = self.index.compile(node);
             // Problems of one proxy's config (a gateway credential that is
             // missing, ...) are said here, once per shape and build, so
@@ -89,6 +132,12 @@ impl Mesh {
         })
         .await
         .clone()
+    }
+
+    /// Whether this build's index was patched from the build before (an
+    /// endpoint-only change) rather than built in full.
+    pub fn is_patched(&self) -> bool {
+        self.patch.is_some()
     }
 
     /// What a proxy holding `held` is sent to hold `to`.
@@ -172,13 +221,18 @@ pub async fn build_loop(
     let mut last_saved = None;
     // Resources live across builds: an unchanged one keeps its bytes.
     let interner = Arc::new(Interner::default());
+    // What the last build was made of, for patching the next one when only
+    // endpoints changed; `None` forces a full build.
+    let mut previous: Option<super::incremental::Previous> = None;
+    let mut held = super::incremental::Resources::default();
     loop {
         store_changes.mark_unchanged();
         // Read before the store and workloads: the build then includes at
         // least these registrations and every store change before them.
         let sequence = *workload_changes.borrow_and_update();
         let in_force = mesh_config.borrow_and_update().clone();
-        let resources = store.resources();
+        let revision = held.refresh(&store);
+        let resources = held.as_slice();
         generation += 1;
         let started = std::time::Instant::now();
         let saved = registrations.saved();
@@ -217,11 +271,37 @@ pub async fn build_loop(
             peers: &peers,
             credentials,
         };
-        let index = MeshIndex::build_with_mesh(&resources, inputs, &in_force.loaded.config);
+        let registry = crate::registry::Registry::build_with_cluster(
+            resources,
+            inputs.cluster,
+            inputs.workloads,
+        );
+        let patched = previous.take().and_then(|before| {
+            before.patch(&store, revision, &nodes, &in_force, &registry, &peers)
+        });
+        let (mesh, patched) = match patched {
+            Some((before, patched)) => (
+                Mesh::patched_from(&before, patched, generation, sequence),
+                true,
+            ),
+            None => {
+                let index = MeshIndex::build_from_registry(
+                    &registry,
+                    resources,
+                    inputs,
+                    &in_force.loaded.config,
+                );
+                let mesh = Mesh::with_interner(index, generation, sequence, interner.clone());
+                (mesh, false)
+            }
+        };
+        let mesh = Arc::new(mesh);
+        let index = &mesh.index;
         status.set_workloads(workloads);
         tracing::debug!(
             generation,
             resources = resources.len(),
+            patched,
             "mesh rebuilt in {:?}",
             started.elapsed()
         );
@@ -236,16 +316,26 @@ pub async fn build_loop(
             }
             last_warnings = index.warnings().to_vec();
         }
-        let mesh = Mesh::with_interner(index, generation, sequence, interner.clone());
+        // Gateway credential changes are not seen in the store: the next
+        // build after one is a full one.
+        previous = Some(super::incremental::Previous {
+            revision,
+            registry,
+            nodes,
+            in_force,
+            mesh: mesh.clone(),
+        });
         // The build before is dropped once its last stream moves on; what
         // only it held is forgotten at the next build.
-        drop(publish.send_replace(Arc::new(mesh)));
+        drop(publish.send_replace(mesh));
         interner.prune();
         tokio::select! {
             changed = store_changes.changed() => if changed.is_err() { return },
             changed = workload_changes.changed() => if changed.is_err() { return },
             changed = mesh_config.changed() => if changed.is_err() { return },
-            () = credentials_changed(credential_dir.as_ref(), &mut credential_files) => {}
+            () = credentials_changed(credential_dir.as_ref(), &mut credential_files) => {
+                previous = None;
+            }
         }
         let burst = std::time::Instant::now();
         loop {

@@ -20,6 +20,7 @@
 //! so a WorkloadGroup's edits (or deletion) reach its proxies' registrations.
 
 pub mod admission;
+mod incremental;
 pub mod mesh;
 pub mod registrations;
 mod session;

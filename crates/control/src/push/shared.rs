@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
+use weft_proto::discovery::v1::resource::Body;
 use weft_proto::encoded::{
     Encoded, EncodedSet, encode_body, push_head, removed_fields, trust_bundle_field,
 };
@@ -28,9 +29,27 @@ pub struct Interner {
 impl Interner {
     /// `config` as shared encoded resources.
     pub fn encode(&self, config: ProxyConfig) -> Config {
-        let pieces = pieces(config);
+        Arc::new(EncodedSet::new(
+            self.intern(pieces(config), BTreeMap::new()),
+        ))
+    }
+
+    /// `base` with the resources `replaced` (name, body) put in: a proxy
+    /// shape's config patched for a change that touched only these.
+    pub fn replace(&self, base: &Config, replaced: Vec<(String, Body)>) -> Config {
+        Arc::new(EncodedSet::new(
+            self.intern(replaced, base.resources.clone()),
+        ))
+    }
+
+    /// `bodies` encoded and interned, added to `out`.
+    fn intern(
+        &self,
+        bodies: Vec<(String, Body)>,
+        mut out: BTreeMap<String, Arc<Encoded>>,
+    ) -> BTreeMap<String, Arc<Encoded>> {
         // Encoded (and hashed) outside the lock; only the lookups inside.
-        let bodies: Vec<(String, String, Vec<u8>)> = pieces
+        let bodies: Vec<(String, String, Vec<u8>)> = bodies
             .into_iter()
             .map(|(name, body)| {
                 let bytes = encode_body(&body);
@@ -38,7 +57,6 @@ impl Interner {
             })
             .collect();
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = BTreeMap::new();
         for (name, version, bytes) in bodies {
             let key = (name, version);
             let shared = match known.get(&key).and_then(Weak::upgrade) {
@@ -55,7 +73,7 @@ impl Interner {
             };
             out.insert(key.0, shared);
         }
-        Arc::new(EncodedSet::new(out))
+        out
     }
 
     /// Forgets resources no config holds any more (after each build).

@@ -106,6 +106,8 @@ impl Store {
             state.cluster.discovery = discovery;
         }
         state.revision = revision;
+        // Not logged key by key: a build after this rebuilds everything.
+        state.changes.forget(revision);
         self.revisions.send_replace(revision);
         true
     }

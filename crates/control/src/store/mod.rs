@@ -8,12 +8,13 @@
 //!   revision (a `watch`, so a slow reader only ever sees the latest).
 //! - Re-applying an identical object changes nothing and keeps its version.
 
+mod changes;
 mod cluster;
 pub mod credentials;
 mod disk;
 pub mod files;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::RwLock;
@@ -109,6 +110,8 @@ struct State {
     revision: u64,
     /// What a Kubernetes cluster holds (cluster.rs): in memory only.
     cluster: cluster::ClusterLayer,
+    /// Which keys changed at which revision (changes.rs).
+    changes: changes::ChangeLog,
 }
 
 pub struct Store {
@@ -133,6 +136,7 @@ impl Store {
                 .resources
                 .insert(ResourceKey::of(&stored.resource), stored);
         }
+        state.changes = changes::ChangeLog::starting_at(state.revision);
         Ok(Self::with(state, Some(disk)))
     }
 
@@ -229,6 +233,9 @@ impl Store {
                 .map_err(StoreError::Persist)?;
         }
         if revision != state.revision {
+            for (key, stored) in &pending {
+                state.changes.record(stored.resource_version, key.clone());
+            }
             state.resources.extend(pending);
             state.revision = revision;
             self.revisions.send_replace(revision);
@@ -248,6 +255,7 @@ impl Store {
         state.resources.remove(key);
         state.revision += 1;
         let revision = state.revision;
+        state.changes.record(revision, key.clone());
         self.revisions.send_replace(revision);
         Ok(Some(Applied {
             key: key.clone(),
@@ -271,6 +279,24 @@ impl Store {
             .into_iter()
             .map(|stored| stored.resource)
             .collect()
+    }
+
+    /// Every stored resource and the revision they are as of, read
+    /// together (what a build compares with [`changed_since`](Self::changed_since)).
+    pub fn snapshot(&self) -> (u64, Vec<Resource>) {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let revision = state.revision;
+        drop(state);
+        // The list below may see later changes than `revision`: a later
+        // build then sees them as changed again, which costs nothing wrong.
+        (revision, self.resources())
+    }
+
+    /// The keys changed (applied, deleted) after `revision`; `None` when
+    /// that is not known key by key (too long ago, a cluster-layer change).
+    pub fn changed_since(&self, revision: u64) -> Option<BTreeSet<ResourceKey>> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state.changes.since(revision)
     }
 
     /// Resources of a kind (any kind if `None`) in a namespace (any if

@@ -175,14 +175,18 @@ spec:
         let index = mesh(&yaml, &[v2]);
         for cluster in index.clusters.values() {
             let config = ProxyConfig {
-                clusters: vec![cluster.clone()],
+                clusters: vec![(**cluster).clone()],
                 ..Default::default()
             };
             if let Err(err) = weft_proxy::config::Snapshot::compile(config, "x") {
                 panic!("proxy rejects {}: {}", cluster.name, err.message);
             }
         }
-        index.clusters.clone()
+        index
+            .clusters
+            .iter()
+            .map(|(name, cluster)| (name.clone(), (**cluster).clone()))
+            .collect()
     }
 
     #[test]
