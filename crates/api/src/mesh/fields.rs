@@ -101,16 +101,6 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
              --access-log flag says (stdout without it)"
         ));
     }
-    if config
-        .access_log_format
-        .as_deref()
-        .is_some_and(|f| !f.is_empty())
-    {
-        out.push(
-            "accessLogFormat: custom formats are not implemented; proxies log Istio's default fields"
-                .into(),
-        );
-    }
     if config.protocol_detection_timeout() == Some(std::time::Duration::ZERO) {
         out.push(
             "protocolDetectionTimeout: 0s (wait for ever) is not applied: Weft keeps its 100ms \

@@ -19,6 +19,7 @@ pub mod body;
 pub mod custom;
 pub mod export;
 pub mod labels;
+pub mod log_format;
 pub mod metrics;
 pub mod peer;
 pub mod request;
@@ -96,6 +97,8 @@ pub struct Telemetry {
     trace_sampling: OnceLock<f64>,
     tracers: OnceLock<Tracers>,
     unknown: OnceLock<Arc<Workload>>,
+    /// The pushed access-log format, parsed when it changes.
+    log_format: log_format::Cache,
 }
 
 impl Telemetry {
@@ -166,9 +169,10 @@ impl Telemetry {
             Some(AccessLogEncoding::Json) => Some(Format::Json),
             _ => None,
         };
+        let custom = pushed(snapshot).and_then(|t| self.log_format.get(t));
         on.then(|| self.access_log.get())
             .flatten()
-            .map(|sink| AccessLogger::new(sink, encoding))
+            .map(|sink| AccessLogger::new(sink, encoding).with_custom(custom))
     }
 
     /// Percent of new traces sampled.
