@@ -102,7 +102,14 @@ spec:
     let listen = free_addr();
     let listen_flag = listen.to_string();
     let binary: PathBuf = weft_testkit::cli::sibling(WEFTD, "weft-proxy");
-    let flags = ["--node-id", "caller", "--workload", "caller", "--listen", &listen_flag];
+    let flags = [
+        "--node-id",
+        "caller",
+        "--workload",
+        "caller",
+        "--listen",
+        &listen_flag,
+    ];
     let proxy = ProxyProcess::spawn_ready(
         ProxyOptions::control_plane(&binary, weftd.grpc, &flags),
         Duration::from_secs(20),
@@ -152,5 +159,8 @@ spec:
     assert_eq!(entry["code"], 200, "{line}");
     assert_eq!(entry["peer"], serde_json::Value::Null, "{line}");
     assert_eq!(entry["host"], "shop.example.test", "{line}");
-    assert!(!proxy.logs().contains("BAD "), "the bad format never applied");
+    assert!(
+        !proxy.logs().contains("BAD "),
+        "the bad format never applied"
+    );
 }

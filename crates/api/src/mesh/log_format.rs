@@ -51,7 +51,10 @@ pub fn problem(format: &str) -> Option<String> {
             None
         });
         let Some(end) = end else {
-            return Some(format!("unterminated command operator at {:?}", &rest[at..]));
+            return Some(format!(
+                "unterminated command operator at {:?}",
+                &rest[at..]
+            ));
         };
         let token = &body[..end];
         let name = token.split('(').next().unwrap_or(token);
@@ -70,7 +73,9 @@ pub fn problem(format: &str) -> Option<String> {
                     return Some(format!("%{token}%: {name} takes no argument"));
                 }
                 if !tail.is_empty()
-                    && tail.strip_prefix(':').is_none_or(|n| n.parse::<usize>().is_err())
+                    && tail
+                        .strip_prefix(':')
+                        .is_none_or(|n| n.parse::<usize>().is_err())
                 {
                     return Some(format!("%{token}%: expected ':length' after ')'"));
                 }

@@ -203,7 +203,10 @@ impl<'a> AccessLogger<'a> {
         }
     }
 
-    pub fn with_custom(mut self, custom: Option<std::sync::Arc<super::log_format::LogFormat>>) -> Self {
+    pub fn with_custom(
+        mut self,
+        custom: Option<std::sync::Arc<super::log_format::LogFormat>>,
+    ) -> Self {
         self.custom = custom;
         self
     }

@@ -91,13 +91,11 @@ impl LogFormat {
 
     /// Whether rendering reads headers beyond those the entry keeps anyway.
     pub fn reads_headers(&self) -> bool {
-        let pieces: Box<dyn Iterator<Item = &Piece>> = match self {
+        let mut pieces: Box<dyn Iterator<Item = &Piece>> = match self {
             Self::Text(pieces) => Box::new(pieces.iter()),
             Self::Json(fields) => Box::new(fields.iter().flat_map(|(_, p)| p.iter())),
         };
-        pieces
-            .into_iter()
-            .any(|p| matches!(p, Piece::Op(Op::Req(_) | Op::Resp(_))))
+        pieces.any(|p| matches!(p, Piece::Op(Op::Req(_) | Op::Resp(_))))
     }
 
     pub fn render(&self, entry: &Entry<'_>) -> String {
@@ -143,7 +141,7 @@ fn render_text(pieces: &[Piece], entry: &Entry<'_>) -> String {
 }
 
 fn value<'a>(op: &'a Op, entry: &'a Entry<'a>) -> Value<'a> {
-    let str = |v: Option<&'a str>| v.map_or(Value::Missing, |s| Value::Str(s.into()));
+    let text = |v: Option<&'a str>| v.map_or(Value::Missing, |s| Value::Str(s.into()));
     let addr = |v: Option<std::net::SocketAddr>| {
         v.map_or(Value::Missing, |a| Value::Str(a.to_string().into()))
     };
@@ -168,17 +166,17 @@ fn value<'a>(op: &'a Op, entry: &'a Entry<'a>) -> Value<'a> {
                 Value::Str(entry.response_flags.codes().into())
             }
         }
-        Op::ResponseCodeDetails => str(entry.response_code_details),
+        Op::ResponseCodeDetails => text(entry.response_code_details),
         Op::Duration => Value::Num(entry.duration_ms),
         Op::BytesReceived => Value::Num(entry.bytes_received),
         Op::BytesSent => Value::Num(entry.bytes_sent),
-        Op::Protocol => str(entry.protocol),
+        Op::Protocol => text(entry.protocol),
         Op::UpstreamHost => addr(entry.upstream_host),
-        Op::UpstreamCluster => str(entry.upstream_cluster),
+        Op::UpstreamCluster => text(entry.upstream_cluster),
         Op::DownstreamRemoteAddress => addr(entry.downstream_remote),
         Op::DownstreamLocalAddress => addr(entry.downstream_local),
-        Op::RequestedServerName => str(entry.requested_server_name),
-        Op::RouteName => str(entry.route_name),
+        Op::RequestedServerName => text(entry.requested_server_name),
+        Op::RouteName => text(entry.route_name),
         // Not known to the entry today: printed as Envoy prints an unset value.
         Op::UpstreamLocalAddress
         | Op::DownstreamPeerUriSan
@@ -224,7 +222,10 @@ fn lookup<'a>(headers: Option<&'a HeaderMap>, header: &Header) -> Value<'a> {
 
 fn cut(text: &str, max: Option<usize>) -> &str {
     match max {
-        Some(max) => text.char_indices().nth(max).map_or(text, |(i, _)| &text[..i]),
+        Some(max) => text
+            .char_indices()
+            .nth(max)
+            .map_or(text, |(i, _)| &text[..i]),
         None => text,
     }
 }
@@ -239,9 +240,8 @@ pub fn parse(format: &str) -> Result<Vec<Piece>, String> {
             pieces.push(Piece::Literal(rest[..at].to_string()));
         }
         let body = &rest[at + 1..];
-        let end = closing(body).ok_or_else(|| {
-            format!("unterminated command operator at {:?}", &rest[at..])
-        })?;
+        let end = closing(body)
+            .ok_or_else(|| format!("unterminated command operator at {:?}", &rest[at..]))?;
         pieces.push(Piece::Op(operator(&body[..end])?));
         rest = &body[end + 1..];
     }

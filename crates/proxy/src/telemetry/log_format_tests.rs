@@ -50,11 +50,13 @@ fn text_format_renders_operators_and_dashes() {
 fn request_headers_alternatives_and_length_limits() {
     let mut headers = HeaderMap::new();
     headers.insert("x-tenant", "acme-corporation".parse().expect("value"));
-    let format =
-        LogFormat::text("%REQ(X-TENANT):4% %REQ(X-MISSING?X-TENANT)% %REQ(:AUTHORITY):3%")
-            .expect("parses");
+    let format = LogFormat::text("%REQ(X-TENANT):4% %REQ(X-MISSING?X-TENANT)% %REQ(:AUTHORITY):3%")
+        .expect("parses");
     assert!(format.reads_headers());
-    assert_eq!(format.render(&entry(Some(&headers))), "acme acme-corporation web");
+    assert_eq!(
+        format.render(&entry(Some(&headers))),
+        "acme acme-corporation web"
+    );
     // Without the header map a header the entry does not know is `-`.
     assert_eq!(format.render(&entry(None)), "- - web");
 }
