@@ -123,8 +123,9 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
         let why = match kind {
             Kind::Prometheus | Kind::EnvoyExtAuthzHttp | Kind::EnvoyExtAuthzGrpc => None,
             Kind::EnvoyFileAccessLog => Some(
-                "usable as a default access-log provider (logs on); its path and logFormat are \
-                 not applied",
+                "usable as a default access-log provider (logs on; its logFormat is applied when \
+                 defaultProviders.accessLogging names it, not when a Telemetry does); its path is \
+                 not applied: lines go where each proxy's --access-log says",
             ),
             Kind::Zipkin | Kind::OpenTelemetry => {
                 super::tracing::provider_warnings(provider, &path, &mut out);

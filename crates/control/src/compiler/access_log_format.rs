@@ -14,6 +14,9 @@ pub struct MeshFormat {
 
 impl From<&MeshConfig> for MeshFormat {
     fn from(mesh: &MeshConfig) -> Self {
+        if let Some(chosen) = default_provider_format(mesh) {
+            return chosen;
+        }
         let Some(format) = mesh.access_log_format.as_deref().filter(|f| !f.is_empty()) else {
             return Self::default();
         };
@@ -31,6 +34,27 @@ impl From<&MeshConfig> for MeshFormat {
     }
 }
 
+/// The `logFormat` of the first `envoyFileAccessLog` provider that
+/// `defaultProviders.accessLogging` names and that has one: its lines are
+/// the ones Istio writes where no Telemetry says otherwise. (Its `path` is
+/// not applied: the warning says so.)
+fn default_provider_format(mesh: &MeshConfig) -> Option<MeshFormat> {
+    let defaults = mesh.default_providers.as_ref()?;
+    defaults.access_logging.iter().find_map(|name| {
+        let provider = mesh.extension_providers.iter().find(|p| &p.name == name)?;
+        let format = provider
+            .envoy_file_access_log
+            .as_ref()?
+            .log_format
+            .as_ref()?;
+        if let Some(Value::Object(fields)) = &format.labels {
+            return Some(MeshFormat::json(labels(fields)));
+        }
+        let text = format.text.as_deref().filter(|t| !t.is_empty())?;
+        Some(MeshFormat::text(text))
+    })
+}
+
 /// `logFormat.labels` (or a JSON `accessLogFormat`) in the order written;
 /// values that are not strings were refused at apply time.
 pub fn labels(fields: &serde_json::Map<String, Value>) -> Vec<pb::AccessLogLabel> {
@@ -46,6 +70,20 @@ pub fn labels(fields: &serde_json::Map<String, Value>) -> Vec<pb::AccessLogLabel
 }
 
 impl MeshFormat {
+    fn json(labels: Vec<pb::AccessLogLabel>) -> Self {
+        Self {
+            text: String::new(),
+            labels,
+        }
+    }
+
+    fn text(text: &str) -> Self {
+        Self {
+            text: text.to_string(),
+            labels: Vec::new(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.text.is_empty() && self.labels.is_empty()
     }
@@ -89,5 +127,34 @@ mod tests {
             }]
         );
         assert!(MeshFormat::from(&mesh("{}")).is_empty());
+    }
+
+    #[test]
+    fn a_default_file_provider_brings_its_log_format() {
+        let chosen = MeshFormat::from(&mesh(
+            "accessLogFormat: '%DURATION%'
+extensionProviders:
+- name: plain
+  envoyFileAccessLog: {path: /dev/stdout}
+- name: json
+  envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: '%RESPONSE_CODE%'}}}
+defaultProviders: {accessLogging: [plain, json]}
+",
+        ));
+        assert_eq!(
+            chosen,
+            MeshFormat::json(vec![pb::AccessLogLabel {
+                name: "code".into(),
+                format: "%RESPONSE_CODE%".into()
+            }])
+        );
+        let unselected = MeshFormat::from(&mesh(
+            "accessLogFormat: '%DURATION%'
+extensionProviders:
+- name: text
+  envoyFileAccessLog: {logFormat: {text: '%RESPONSE_CODE%'}}
+",
+        ));
+        assert_eq!(unselected, MeshFormat::text("%DURATION%"));
     }
 }
