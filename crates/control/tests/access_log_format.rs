@@ -2,7 +2,9 @@
 //! a custom Envoy text format shapes the proxy's access-log lines, the same
 //! MeshConfig with `accessLogEncoding: JSON` writes the object's fields
 //! with their types, and a format naming an operator Envoy does not have is
-//! refused with its field path while the previous format keeps applying.
+//! refused with its field path while the previous format keeps applying;
+//! an `envoyFileAccessLog` provider chosen by `defaultProviders` writes its
+//! JSON labels to its own file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -162,5 +164,47 @@ spec:
     assert!(
         !proxy.logs().contains("BAD "),
         "the bad format never applied"
+    );
+
+    // An envoyFileAccessLog provider chosen by defaultProviders: its file,
+    // its labels as JSON; the proxy's stdout gets no more lines.
+    let log_file = dir.path().join("provider.log");
+    write(
+        &file,
+        &format!(
+            "accessLogFile: /dev/stdout\naccessLogFormat: 'STDOUT %RESPONSE_CODE%'\n\
+             extensionProviders:\n- name: shop-file\n  envoyFileAccessLog:\n    path: {}\n    \
+             logFormat:\n      labels: {{provider: 'file %REQ(:METHOD)%', code: '%RESPONSE_CODE%', \
+             cluster: '%UPSTREAM_CLUSTER%'}}\ndefaultProviders: {{accessLogging: [shop-file]}}\n",
+            log_file.display()
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        assert_eq!(ask(listen, "shop.example.test").await, StatusCode::OK);
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing in {}:\n{}",
+            log_file.display(),
+            weftd.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(entry["provider"], "file GET", "{line}");
+    assert_eq!(entry["code"], 200, "{line}");
+    assert_eq!(entry["cluster"], "outbound|80||shop.example.test", "{line}");
+    assert!(
+        !proxy.logs().contains("STDOUT "),
+        "accessLogFormat is the envoy provider's only"
+    );
+    let warnings = mesh_config(&weftd).await.warnings;
+    assert!(
+        !warnings.iter().any(|w| w.contains("shop-file")),
+        "{warnings:?}"
     );
 }

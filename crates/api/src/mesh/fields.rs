@@ -111,6 +111,15 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
     if let Some(defaults) = &config.default_config {
         defaults.warnings("defaultConfig", &mut out);
     }
+    // The file provider whose path and logFormat the proxies apply.
+    let chosen_file_log = config.default_providers.as_ref().and_then(|d| {
+        d.access_logging.iter().find(|name| {
+            config
+                .extension_providers
+                .iter()
+                .any(|p| &p.name == *name && p.envoy_file_access_log.is_some())
+        })
+    });
     for (index, provider) in config.extension_providers.iter().enumerate() {
         let Some(kind) = provider.kind() else {
             continue;
@@ -122,10 +131,10 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
         );
         let why = match kind {
             Kind::Prometheus | Kind::EnvoyExtAuthzHttp | Kind::EnvoyExtAuthzGrpc => None,
+            Kind::EnvoyFileAccessLog if chosen_file_log == Some(&provider.name) => None,
             Kind::EnvoyFileAccessLog => Some(
-                "usable as a default access-log provider (logs on; its logFormat is applied when \
-                 defaultProviders.accessLogging names it, not when a Telemetry does); its path is \
-                 not applied: lines go where each proxy's --access-log says",
+                "its path and logFormat apply only as the first envoyFileAccessLog provider in \
+                 defaultProviders.accessLogging (a Telemetry accessLogging naming it is left out)",
             ),
             Kind::Zipkin | Kind::OpenTelemetry => {
                 super::tracing::provider_warnings(provider, &path, &mut out);

@@ -10,6 +10,8 @@ use weft_proto::proxy::v1 as pb;
 pub struct MeshFormat {
     text: String,
     labels: Vec<pb::AccessLogLabel>,
+    /// The selected provider's `path`; empty: the proxy's `--access-log`.
+    path: String,
 }
 
 impl From<&MeshConfig> for MeshFormat {
@@ -22,36 +24,34 @@ impl From<&MeshConfig> for MeshFormat {
         };
         let json = mesh.access_log_encoding == Some(AccessLogEncoding::Json);
         match serde_json::from_str::<Value>(format) {
-            Ok(Value::Object(fields)) if json => Self {
-                text: String::new(),
-                labels: labels(&fields),
-            },
-            _ => Self {
-                text: format.to_string(),
-                labels: Vec::new(),
-            },
+            Ok(Value::Object(fields)) if json => Self::json(labels(&fields)),
+            _ => Self::text(format),
         }
     }
 }
 
-/// The `logFormat` of the first `envoyFileAccessLog` provider that
-/// `defaultProviders.accessLogging` names and that has one: its lines are
-/// the ones Istio writes where no Telemetry says otherwise. (Its `path` is
-/// not applied: the warning says so.)
+/// The first `envoyFileAccessLog` provider `defaultProviders.accessLogging`
+/// names: its `path` and `logFormat` (none: Istio's default line;
+/// `accessLogFormat` belongs to the built-in `envoy` provider only). Weft
+/// writes one line per request, so later ones add nothing (docs say so).
 fn default_provider_format(mesh: &MeshConfig) -> Option<MeshFormat> {
     let defaults = mesh.default_providers.as_ref()?;
     defaults.access_logging.iter().find_map(|name| {
         let provider = mesh.extension_providers.iter().find(|p| &p.name == name)?;
-        let format = provider
-            .envoy_file_access_log
-            .as_ref()?
-            .log_format
-            .as_ref()?;
-        if let Some(Value::Object(fields)) = &format.labels {
-            return Some(MeshFormat::json(labels(fields)));
-        }
-        let text = format.text.as_deref().filter(|t| !t.is_empty())?;
-        Some(MeshFormat::text(text))
+        let file = provider.envoy_file_access_log.as_ref()?;
+        let mut chosen = match file.log_format.as_ref() {
+            Some(format) => match (&format.labels, format.text.as_deref()) {
+                (Some(Value::Object(fields)), _) => MeshFormat::json(labels(fields)),
+                (_, Some(text)) => MeshFormat::text(text),
+                _ => MeshFormat::default(),
+            },
+            None => MeshFormat::default(),
+        };
+        chosen.path = match file.path.as_str() {
+            "" => "/dev/stdout".to_string(),
+            path => path.to_string(),
+        };
+        Some(chosen)
     })
 }
 
@@ -72,20 +72,20 @@ pub fn labels(fields: &serde_json::Map<String, Value>) -> Vec<pb::AccessLogLabel
 impl MeshFormat {
     fn json(labels: Vec<pb::AccessLogLabel>) -> Self {
         Self {
-            text: String::new(),
             labels,
+            ..Self::default()
         }
     }
 
     fn text(text: &str) -> Self {
         Self {
             text: text.to_string(),
-            labels: Vec::new(),
+            ..Self::default()
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.text.is_empty() && self.labels.is_empty()
+        self.text.is_empty() && self.labels.is_empty() && self.path.is_empty()
     }
 
     /// Sets the format where no Telemetry provider chose one.
@@ -93,6 +93,9 @@ impl MeshFormat {
         if telemetry.access_log_text_format.is_empty() && telemetry.access_log_labels.is_empty() {
             telemetry.access_log_text_format = self.text.clone();
             telemetry.access_log_labels = self.labels.clone();
+        }
+        if telemetry.access_log_path.is_empty() {
+            telemetry.access_log_path = self.path.clone();
         }
     }
 }
@@ -130,23 +133,34 @@ mod tests {
     }
 
     #[test]
-    fn a_default_file_provider_brings_its_log_format() {
+    fn the_first_default_file_provider_brings_its_path_and_format() {
         let chosen = MeshFormat::from(&mesh(
             "accessLogFormat: '%DURATION%'
 extensionProviders:
-- name: plain
-  envoyFileAccessLog: {path: /dev/stdout}
 - name: json
-  envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: '%RESPONSE_CODE%'}}}
-defaultProviders: {accessLogging: [plain, json]}
+  envoyFileAccessLog: {path: /var/log/x.log, logFormat: {labels: {code: '%RESPONSE_CODE%'}}}
+- name: plain
+  envoyFileAccessLog: {}
+defaultProviders: {accessLogging: [json, plain]}
+",
+        ));
+        let mut wanted = MeshFormat::json(vec![pb::AccessLogLabel {
+            name: "code".into(),
+            format: "%RESPONSE_CODE%".into(),
+        }]);
+        wanted.path = "/var/log/x.log".into();
+        assert_eq!(chosen, wanted);
+        let plain = MeshFormat::from(&mesh(
+            "accessLogFormat: '%DURATION%'
+extensionProviders:
+- name: plain
+  envoyFileAccessLog: {}
+defaultProviders: {accessLogging: [plain]}
 ",
         ));
         assert_eq!(
-            chosen,
-            MeshFormat::json(vec![pb::AccessLogLabel {
-                name: "code".into(),
-                format: "%RESPONSE_CODE%".into()
-            }])
+            (plain.text.as_str(), plain.path.as_str()),
+            ("", "/dev/stdout")
         );
         let unselected = MeshFormat::from(&mesh(
             "accessLogFormat: '%DURATION%'

@@ -192,6 +192,8 @@ pub struct AccessLogger<'a> {
     format: Format,
     /// The pushed Envoy format string, parsed; it wins over `format`.
     custom: Option<std::sync::Arc<super::log_format::LogFormat>>,
+    /// The selected provider's file, over `sink`.
+    own: Option<std::sync::Arc<AccessLogSink>>,
 }
 
 impl<'a> AccessLogger<'a> {
@@ -200,14 +202,14 @@ impl<'a> AccessLogger<'a> {
             format: format.unwrap_or(sink.format),
             sink,
             custom: None,
+            own: None,
         }
     }
 
-    pub fn with_custom(
-        mut self,
-        custom: Option<std::sync::Arc<super::log_format::LogFormat>>,
-    ) -> Self {
-        self.custom = custom;
+    /// The pushed format and provider destination, when there are.
+    pub fn with_pushed(mut self, pushed: super::log_format::Pushed) -> Self {
+        self.custom = pushed.format;
+        self.own = pushed.sink;
         self
     }
 
@@ -217,9 +219,10 @@ impl<'a> AccessLogger<'a> {
     }
 
     pub fn log(&self, entry: &Entry<'_>) {
+        let sink = self.own.as_deref().unwrap_or(self.sink);
         match &self.custom {
-            Some(custom) => self.sink.send(custom.render(entry)),
-            None => self.sink.log_as(entry, self.format),
+            Some(custom) => sink.send(custom.render(entry)),
+            None => sink.log_as(entry, self.format),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use weft_proto::proxy::v1 as pb;
 
-use super::access_log::{Entry, rfc3339_millis};
+use super::access_log::{AccessLogSink, Entry, Format, rfc3339_millis};
 
 /// A parsed format.
 #[derive(Debug, Clone, PartialEq)]
@@ -377,24 +377,38 @@ fn strftime(pattern: &str, time: SystemTime) -> String {
     out
 }
 
-/// The last pushed format and its parse: a new snapshot with the same
-/// format reuses it, so requests never parse.
+/// The last pushed format and its parse, and the file it is written to:
+/// a new snapshot with the same settings reuses them, so requests never
+/// parse and files are opened once.
 #[derive(Default)]
 pub struct Cache(arc_swap::ArcSwapOption<Parsed>);
+
+/// What the pushed settings make of access-log lines.
+#[derive(Clone, Default)]
+pub struct Pushed {
+    pub format: Option<Arc<LogFormat>>,
+    /// The selected provider's own destination (else the proxy's sink).
+    pub sink: Option<Arc<AccessLogSink>>,
+}
 
 struct Parsed {
     text: String,
     labels: Vec<(String, String)>,
-    format: Option<Arc<LogFormat>>,
+    path: String,
+    pushed: Pushed,
 }
 
 impl Cache {
-    pub fn get(&self, pushed: &pb::Telemetry) -> Option<Arc<LogFormat>> {
-        if pushed.access_log_text_format.is_empty() && pushed.access_log_labels.is_empty() {
-            return None;
+    pub fn get(&self, pushed: &pb::Telemetry) -> Pushed {
+        if pushed.access_log_text_format.is_empty()
+            && pushed.access_log_labels.is_empty()
+            && pushed.access_log_path.is_empty()
+        {
+            return Pushed::default();
         }
         let same = |p: &Parsed| {
             p.text == pushed.access_log_text_format
+                && p.path == pushed.access_log_path
                 && p.labels.len() == pushed.access_log_labels.len()
                 && p.labels
                     .iter()
@@ -404,31 +418,48 @@ impl Cache {
         if let Some(parsed) = &*self.0.load()
             && same(parsed)
         {
-            return parsed.format.clone();
+            return parsed.pushed.clone();
         }
         let labels: Vec<(String, String)> = pushed
             .access_log_labels
             .iter()
             .map(|l| (l.name.clone(), l.format.clone()))
             .collect();
-        let result = if labels.is_empty() {
-            LogFormat::text(&pushed.access_log_text_format)
+        let format = if !labels.is_empty() {
+            LogFormat::json(labels.iter().map(|(n, f)| (n.as_str(), f.as_str()))).map(Some)
+        } else if !pushed.access_log_text_format.is_empty() {
+            LogFormat::text(&pushed.access_log_text_format).map(Some)
         } else {
-            LogFormat::json(labels.iter().map(|(n, f)| (n.as_str(), f.as_str())))
+            Ok(None)
         };
-        let format = match result {
-            Ok(format) => Some(Arc::new(format)),
+        let format = match format {
+            Ok(format) => format.map(Arc::new),
             Err(err) => {
                 tracing::warn!(%err, "pushed access log format refused; writing Istio's default");
                 None
             }
         };
+        let sink = match pushed.access_log_path.as_str() {
+            "" => None,
+            path => {
+                let path = if path == "/dev/stdout" { "-" } else { path };
+                match AccessLogSink::open(path, Format::Text) {
+                    Ok(sink) => Some(Arc::new(sink)),
+                    Err(err) => {
+                        tracing::warn!(%err, "access log provider path unusable; writing to the proxy's own log");
+                        None
+                    }
+                }
+            }
+        };
+        let result = Pushed { format, sink };
         self.0.store(Some(Arc::new(Parsed {
             text: pushed.access_log_text_format.clone(),
             labels,
-            format: format.clone(),
+            path: pushed.access_log_path.clone(),
+            pushed: result.clone(),
         })));
-        format
+        result
     }
 }
 

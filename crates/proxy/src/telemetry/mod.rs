@@ -169,10 +169,12 @@ impl Telemetry {
             Some(AccessLogEncoding::Json) => Some(Format::Json),
             _ => None,
         };
-        let custom = pushed(snapshot).and_then(|t| self.log_format.get(t));
-        on.then(|| self.access_log.get())
-            .flatten()
-            .map(|sink| AccessLogger::new(sink, encoding).with_custom(custom))
+        if !on {
+            return None;
+        }
+        let sink = self.access_log.get()?;
+        let custom = pushed(snapshot).map(|t| self.log_format.get(t));
+        Some(AccessLogger::new(sink, encoding).with_pushed(custom.unwrap_or_default()))
     }
 
     /// Percent of new traces sampled.
