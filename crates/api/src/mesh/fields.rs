@@ -101,16 +101,6 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
              --access-log flag says (stdout without it)"
         ));
     }
-    if config
-        .access_log_format
-        .as_deref()
-        .is_some_and(|f| !f.is_empty())
-    {
-        out.push(
-            "accessLogFormat: custom formats are not implemented; proxies log Istio's default fields"
-                .into(),
-        );
-    }
     if config.protocol_detection_timeout() == Some(std::time::Duration::ZERO) {
         out.push(
             "protocolDetectionTimeout: 0s (wait for ever) is not applied: Weft keeps its 100ms \
@@ -121,6 +111,15 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
     if let Some(defaults) = &config.default_config {
         defaults.warnings("defaultConfig", &mut out);
     }
+    // The file provider whose path and logFormat the proxies apply.
+    let chosen_file_log = config.default_providers.as_ref().and_then(|d| {
+        d.access_logging.iter().find(|name| {
+            config
+                .extension_providers
+                .iter()
+                .any(|p| &p.name == *name && p.envoy_file_access_log.is_some())
+        })
+    });
     for (index, provider) in config.extension_providers.iter().enumerate() {
         let Some(kind) = provider.kind() else {
             continue;
@@ -132,9 +131,10 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
         );
         let why = match kind {
             Kind::Prometheus | Kind::EnvoyExtAuthzHttp | Kind::EnvoyExtAuthzGrpc => None,
+            Kind::EnvoyFileAccessLog if chosen_file_log == Some(&provider.name) => None,
             Kind::EnvoyFileAccessLog => Some(
-                "usable as a default access-log provider (logs on); its path and logFormat are \
-                 not applied",
+                "its path and logFormat apply only as the first envoyFileAccessLog provider in \
+                 defaultProviders.accessLogging (a Telemetry accessLogging naming it is left out)",
             ),
             Kind::Zipkin | Kind::OpenTelemetry => {
                 super::tracing::provider_warnings(provider, &path, &mut out);

@@ -10,6 +10,7 @@
 //! Istio's defaults: what is in force when the file says nothing.
 
 mod fields;
+pub mod log_format;
 pub mod providers;
 pub mod proxy_defaults;
 #[cfg(test)]
@@ -243,6 +244,16 @@ impl MeshConfig {
                 "accessLogFormat",
                 "with accessLogEncoding JSON the format must be a JSON object of fields",
             );
+        }
+        if let Some(format) = self.access_log_format.as_deref().filter(|f| !f.is_empty()) {
+            match serde_json::from_str::<Value>(format) {
+                Ok(labels @ Value::Object(_))
+                    if self.access_log_encoding == Some(AccessLogEncoding::Json) =>
+                {
+                    log_format::check_labels("accessLogFormat", &labels, errors)
+                }
+                _ => log_format::check_text("accessLogFormat", format, errors),
+            }
         }
         if let Some(defaults) = &self.default_config {
             defaults.validate("defaultConfig", errors);

@@ -209,6 +209,23 @@ fn mistakes_are_refused_with_their_field_paths() {
             "accessLogEncoding: JSON\naccessLogFormat: '%START_TIME%'",
             "accessLogFormat: with accessLogEncoding JSON",
         ),
+        (
+            "accessLogFormat: '[%START_TIME%] %PATH% %RESPONSE_CODE%'",
+            "accessLogFormat: %PATH%: unknown command operator PATH",
+        ),
+        (
+            "accessLogEncoding: JSON\naccessLogFormat: '{\"who\": \"%REQ%\"}'",
+            "accessLogFormat.who: %REQ%: REQ needs (header)",
+        ),
+        (
+            "extensionProviders:\n- name: a\n  prometheus: {}\n- name: b\n  prometheus: {}\n\
+             - name: file\n  envoyFileAccessLog: {path: /tmp/x, logFormat: {text: '%BOGUS%'}}",
+            "extensionProviders[2].envoyFileAccessLog.logFormat.text: %BOGUS%: unknown command operator",
+        ),
+        (
+            "extensionProviders:\n- name: file\n  envoyFileAccessLog: {logFormat: {labels: {code: '%CODE%'}}}",
+            "extensionProviders[0].envoyFileAccessLog.logFormat.labels.code: %CODE%",
+        ),
         ("- a list", "expected an object"),
     ];
     for (yaml, expected) in cases {

@@ -29,6 +29,8 @@ pub struct MeshDefaults {
     /// `accessLogEncoding` when the MeshConfig sets it (else each proxy's
     /// `--access-log-format`).
     pub access_log_encoding: Encoding,
+    /// `accessLogFormat`: a text format, or with JSON encoding the fields.
+    pub access_log_format: super::access_log_format::MeshFormat,
     /// Clusters whose DestinationRule has no localityLbSetting.
     pub locality: Option<pb::LocalityLb>,
     /// The trust domain first, then its aliases.
@@ -79,6 +81,7 @@ impl From<&MeshConfig> for MeshDefaults {
                 Some(AccessLogEncoding::Text) => Encoding::Text,
                 Some(AccessLogEncoding::Json) => Encoding::Json,
             },
+            access_log_format: super::access_log_format::MeshFormat::from(mesh),
             locality: mesh
                 .locality_lb_setting
                 .as_ref()
@@ -106,7 +109,7 @@ impl MeshDefaults {
     /// Access logs on where no Telemetry resource says.
     pub(super) fn fill_telemetry(&self, telemetry: Option<pb::Telemetry>) -> Option<pb::Telemetry> {
         let encoding = self.access_log_encoding != Encoding::Unspecified;
-        if !self.access_log && !encoding {
+        if !self.access_log && !encoding && self.access_log_format.is_empty() {
             return telemetry;
         }
         let mut telemetry = telemetry.unwrap_or_default();
@@ -114,6 +117,7 @@ impl MeshDefaults {
             telemetry.access_log = AccessLog::Enabled as i32;
         }
         telemetry.access_log_encoding = self.access_log_encoding as i32;
+        self.access_log_format.fill(&mut telemetry);
         Some(telemetry)
     }
 

@@ -14,6 +14,7 @@
 //! expressed is left out and reported by [`MeshIndex::warnings`] (mesh-wide)
 //! or [`ProxyOutput::warnings`] (one proxy).
 
+mod access_log_format;
 mod authz;
 mod checks;
 mod clusters;

@@ -65,6 +65,9 @@ pub struct Entry<'a> {
     pub downstream_remote: Option<SocketAddr>,
     pub requested_server_name: Option<&'a str>,
     pub route_name: Option<&'a str>,
+    /// Kept only when a custom format reads headers (`%REQ(..)%`).
+    pub request_headers: Option<&'a http::HeaderMap>,
+    pub response_headers: Option<&'a http::HeaderMap>,
 }
 
 impl Entry<'_> {
@@ -187,6 +190,10 @@ impl std::fmt::Display for Flags {
 pub struct AccessLogger<'a> {
     sink: &'a AccessLogSink,
     format: Format,
+    /// The pushed Envoy format string, parsed; it wins over `format`.
+    custom: Option<std::sync::Arc<super::log_format::LogFormat>>,
+    /// The selected provider's file, over `sink`.
+    own: Option<std::sync::Arc<AccessLogSink>>,
 }
 
 impl<'a> AccessLogger<'a> {
@@ -194,11 +201,29 @@ impl<'a> AccessLogger<'a> {
         Self {
             format: format.unwrap_or(sink.format),
             sink,
+            custom: None,
+            own: None,
         }
     }
 
+    /// The pushed format and provider destination, when there are.
+    pub fn with_pushed(mut self, pushed: super::log_format::Pushed) -> Self {
+        self.custom = pushed.format;
+        self.own = pushed.sink;
+        self
+    }
+
+    /// Whether the record should keep its header maps for this line.
+    pub fn reads_headers(&self) -> bool {
+        self.custom.as_ref().is_some_and(|c| c.reads_headers())
+    }
+
     pub fn log(&self, entry: &Entry<'_>) {
-        self.sink.log_as(entry, self.format);
+        let sink = self.own.as_deref().unwrap_or(self.sink);
+        match &self.custom {
+            Some(custom) => sink.send(custom.render(entry)),
+            None => sink.log_as(entry, self.format),
+        }
     }
 }
 
@@ -247,6 +272,10 @@ impl AccessLogSink {
             Format::Text => entry.text(),
             Format::Json => entry.json(),
         };
+        self.send(line);
+    }
+
+    fn send(&self, line: String) {
         if let Err(TrySendError::Full(_)) = self.queue.try_send(line) {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {

@@ -19,6 +19,7 @@ pub mod body;
 pub mod custom;
 pub mod export;
 pub mod labels;
+pub mod log_format;
 pub mod metrics;
 pub mod peer;
 pub mod request;
@@ -96,6 +97,8 @@ pub struct Telemetry {
     trace_sampling: OnceLock<f64>,
     tracers: OnceLock<Tracers>,
     unknown: OnceLock<Arc<Workload>>,
+    /// The pushed access-log format, parsed when it changes.
+    log_format: log_format::Cache,
 }
 
 impl Telemetry {
@@ -166,9 +169,12 @@ impl Telemetry {
             Some(AccessLogEncoding::Json) => Some(Format::Json),
             _ => None,
         };
-        on.then(|| self.access_log.get())
-            .flatten()
-            .map(|sink| AccessLogger::new(sink, encoding))
+        if !on {
+            return None;
+        }
+        let sink = self.access_log.get()?;
+        let custom = pushed(snapshot).map(|t| self.log_format.get(t));
+        Some(AccessLogger::new(sink, encoding).with_pushed(custom.unwrap_or_default()))
     }
 
     /// Percent of new traces sampled.

@@ -53,6 +53,8 @@ struct Detail {
     request_id: Option<String>,
     start_wall: SystemTime,
     log: bool,
+    /// The request headers, when the access-log format reads them.
+    headers: Option<HeaderMap>,
     /// Telemetry `customTags`, when the span is reported.
     tags: Vec<opentelemetry::KeyValue>,
 }
@@ -120,7 +122,10 @@ impl RequestRecord {
         let span = trace::continue_or_start(headers, telemetry.sampling(&snapshot));
         let side = snapshot.custom_telemetry.side(reporter == Reporter::Source);
         let custom = side.is_custom();
-        let log = telemetry.access_log(&snapshot).is_some() && !side.log_disabled;
+        let logger = telemetry.access_log(&snapshot);
+        let log = logger.is_some() && !side.log_disabled;
+        // A custom format reading arbitrary headers needs them at the end.
+        let keep_headers = log && logger.is_some_and(|l| l.reads_headers());
         let facts = side.needs_facts().then(|| {
             Box::new(RequestFacts {
                 method: request.method().as_str().to_string(),
@@ -175,6 +180,7 @@ impl RequestRecord {
                 request_id: header_text(headers, trace::REQUEST_ID),
                 start_wall: SystemTime::now(),
                 log,
+                headers: keep_headers.then(|| headers.clone()),
                 tags: match snapshot.config.telemetry.as_ref() {
                     Some(pushed) if traced => span_data::custom_tags(&pushed.custom_tags, headers),
                     _ => Vec::new(),
@@ -498,6 +504,8 @@ impl Finish {
             downstream_remote: self.downstream.remote,
             requested_server_name: None,
             route_name: self.route_name.as_deref(),
+            request_headers: detail.headers.as_ref(),
+            response_headers: None,
         }
     }
 
