@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use crate::unimplemented::FieldWarning;
 
+mod describe;
+pub use describe::*;
+
 /// Largest request body weftd's API accepts (`413` above it): room for an
 /// apply of about half a million objects (110,000 ServiceEntries and
 /// WorkloadEntries are ~30 MiB), and a bound on what one request can make

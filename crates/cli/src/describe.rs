@@ -13,11 +13,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use weft_kube::k8s_openapi::api::core::v1::{Pod, Service};
 use weft_kube::kube::api::{Api, ListParams};
 
-use weft_api::wire::ProxiesReply;
+use weft_api::wire::{
+    DescribedDestinationRule, DescribedEndpoint, DescribedGateway, DescribedPolicy,
+    DescribedVirtualService, PolicySummary, ProxiesReply, ServiceDescription,
+};
 
 use crate::client::Weftd;
 use crate::get::Output;
@@ -38,7 +42,6 @@ pub struct Args {
 
 pub fn describe(weftd: &Weftd, args: &Args) -> anyhow::Result<ExitCode> {
     let name = args.target.last().map_or("", String::as_str);
-    let output = args.output;
     if args.target.len() == 2 {
         match args.target[0].as_str() {
             "svc" | "service" => {}
@@ -49,31 +52,67 @@ pub fn describe(weftd: &Weftd, args: &Args) -> anyhow::Result<ExitCode> {
             ),
         }
     }
-    let Some(body) = service(weftd, name, &args.namespace)? else {
+    let Some(described) = service(weftd, name, &args.namespace)? else {
         return Ok(ExitCode::FAILURE);
     };
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
-        Output::Yaml => print!("{}", serde_saphyr::to_string(&body)?),
-        Output::Table => print!("{}", text(&body)),
-    }
+    print_as(args.output, &described, || service_text(&described))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `described` as JSON, YAML, or the table `table` makes.
+fn print_as(
+    output: Output,
+    described: &impl Serialize,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(described)?),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(described)?),
+        Output::Table => print!("{}", table()),
+    }
+    Ok(())
 }
 
 /// weftd's description of `service` seen from `namespace`; `None` after
 /// saying so when weftd knows no such service.
-fn service(weftd: &Weftd, service: &str, namespace: &str) -> anyhow::Result<Option<Value>> {
+fn service(
+    weftd: &Weftd,
+    service: &str,
+    namespace: &str,
+) -> anyhow::Result<Option<ServiceDescription>> {
     let answer = weftd.get(&format!(
         "/v1/describe?service={service}&namespace={namespace}"
     ))?;
     match answer.status {
-        StatusCode::OK => Ok(Some(answer.body)),
+        StatusCode::OK => Ok(Some(answer.decode("weftd's service description")?)),
         StatusCode::NOT_FOUND => {
             eprintln!("weft describe: {}", answer.error());
             Ok(None)
         }
         _ => bail!("weftd: {}", answer.error()),
     }
+}
+
+/// What `weft describe pod` prints (`-o json` shows these keys).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PodDescription {
+    pod: String,
+    namespace: String,
+    ip: Option<String>,
+    service_account: Option<String>,
+    labels: BTreeMap<String, String>,
+    injected: bool,
+    /// Its sidecar in weftd, `None` when none registered.
+    proxy: Option<PodProxy>,
+    services: Vec<ServiceDescription>,
+}
+
+#[derive(Serialize)]
+struct PodProxy {
+    id: String,
+    status: &'static str,
+    version: String,
 }
 
 /// The pod from the API server, its sidecar in weftd, and its Services.
@@ -117,8 +156,8 @@ fn describe_pod(weftd: &Weftd, name: &str, args: &Args) -> anyhow::Result<ExitCo
     let proxy = proxies.proxies.iter().find(|proxy| proxy.id == id);
     let mut described = Vec::new();
     for service_name in &selecting {
-        if let Some(body) = service(weftd, service_name, namespace)? {
-            described.push(body);
+        if let Some(service) = service(weftd, service_name, namespace)? {
+            described.push(service);
         }
     }
     let status = pod.status.clone().unwrap_or_default();
@@ -127,25 +166,24 @@ fn describe_pod(weftd: &Weftd, name: &str, args: &Args) -> anyhow::Result<ExitCo
         .annotations
         .as_ref()
         .is_some_and(|a| a.contains_key("sidecar.istio.io/status"));
-    let summary = json!({
-        "pod": name,
-        "namespace": namespace,
-        "ip": status.pod_ip,
-        "serviceAccount": pod.spec.as_ref().and_then(|spec| spec.service_account_name.clone()),
-        "labels": labels,
-        "injected": injected,
-        "proxy": proxy.map(|proxy| json!({
-            "id": id,
-            "status": proxy.sync().as_str(),
-            "version": proxy.acked_version,
-        })),
-        "services": described,
-    });
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
-        Output::Yaml => print!("{}", serde_saphyr::to_string(&summary)?),
-        Output::Table => print!("{}", pod_text(&summary, &id)),
-    }
+    let summary = PodDescription {
+        pod: name.to_string(),
+        namespace: namespace.clone(),
+        ip: status.pod_ip,
+        service_account: pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.service_account_name.clone()),
+        labels,
+        injected,
+        proxy: proxy.map(|proxy| PodProxy {
+            id: id.clone(),
+            status: proxy.sync().as_str(),
+            version: proxy.acked_version.clone(),
+        }),
+        services: described,
+    };
+    print_as(args.output, &summary, || pod_text(&summary, &id))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -161,229 +199,213 @@ fn selects(service: &Service, labels: &BTreeMap<String, String>) -> bool {
     })
 }
 
-fn pod_text(summary: &Value, id: &str) -> String {
-    let mut out = format!(
-        "Pod: {} (namespace {})\n",
-        s(&summary["pod"]),
-        s(&summary["namespace"])
-    );
-    out.push_str(&format!("   IP: {}\n", s(&summary["ip"])));
+fn pod_text(summary: &PodDescription, id: &str) -> String {
+    let mut out = format!("Pod: {} (namespace {})\n", summary.pod, summary.namespace);
+    out.push_str(&format!(
+        "   IP: {}\n",
+        summary.ip.as_deref().unwrap_or_default()
+    ));
     out.push_str(&format!(
         "   Service account: {}\n",
-        s(&summary["serviceAccount"])
+        summary.service_account.as_deref().unwrap_or_default()
     ));
-    out.push_str(&format!("   Labels: {}\n", labels(&summary["labels"])));
-    let sidecar = if summary["injected"] == true {
+    out.push_str(&format!("   Labels: {}\n", labels(&summary.labels)));
+    let sidecar = if summary.injected {
         "injected"
     } else {
         "not injected (no sidecar.istio.io/status annotation)"
     };
     out.push_str(&format!("   Sidecar: {sidecar}\n"));
-    match summary["proxy"].as_object() {
+    match &summary.proxy {
         Some(proxy) => out.push_str(&format!(
             "   Proxy: {id} {} (version {})\n",
-            proxy.get("status").map_or("", s),
-            proxy.get("version").map_or("", s),
+            proxy.status, proxy.version,
         )),
         None => out.push_str(&format!("   Proxy: {id} is not registered with weftd\n")),
     }
-    let services = items(&summary["services"]);
-    if services.is_empty() {
+    if summary.services.is_empty() {
         out.push_str("\nNo Service in its namespace selects this pod.\n");
     }
-    for service in services {
+    for service in &summary.services {
         out.push('\n');
-        out.push_str(&text(service));
+        out.push_str(&service_text(service));
     }
     out
 }
 
 /// The description as indented text, one fact a line.
-fn text(body: &Value) -> String {
+fn service_text(described: &ServiceDescription) -> String {
     let mut out = String::new();
     let mut line = |depth: usize, text: String| {
         out.push_str(&"   ".repeat(depth));
         out.push_str(&text);
         out.push('\n');
     };
-    let service = &body["service"];
+    let service = &described.service;
     line(
         0,
         format!(
             "Service: {} (namespace {})",
-            s(&service["host"]),
-            s(&service["namespace"])
+            service.host, service.namespace
         ),
     );
-    line(1, format!("VIPs: {}", join(&service["vips"])));
-    for port in items(&service["ports"]) {
+    line(1, format!("VIPs: {}", service.vips.join(", ")));
+    for port in &service.ports {
         line(
             1,
-            format!(
-                "Port: {} {}/{}",
-                s(&port["name"]),
-                port["number"],
-                s(&port["protocol"])
-            ),
+            format!("Port: {} {}/{}", port.name, port.number, port.protocol),
         );
     }
-
     line(0, "VirtualServices:".into());
-    if items(&body["virtualServices"]).is_empty() {
+    if described.virtual_services.is_empty() {
         line(
             1,
             "none: traffic goes to every endpoint by the default route".into(),
         );
     }
-    for vs in items(&body["virtualServices"]) {
-        line(
-            1,
-            format!(
-                "{}{}/{}: {}",
-                mark(vs),
-                s(&vs["namespace"]),
-                s(&vs["name"]),
-                s(&vs["why"])
-            ),
-        );
-        for rule in items(&vs["rules"]) {
-            let matched = match_text(&rule["match"]);
-            line(
-                2,
-                format!(
-                    "{} rule, match {matched}:",
-                    s(&rule["protocol"]).to_uppercase()
-                ),
-            );
-            for route in items(&rule["routes"]) {
-                let mut to = s(&route["host"]).to_string();
-                if let Some(subset) = route["subset"].as_str() {
-                    to.push_str(&format!(" subset {subset}"));
-                }
-                if !route["port"].is_null() {
-                    to.push_str(&format!(" port {}", route["port"]));
-                }
-                if !route["weight"].is_null() {
-                    to.push_str(&format!(" weight {}%", route["weight"]));
-                }
-                line(3, format!("-> {to}"));
-            }
-        }
+    for vs in &described.virtual_services {
+        virtual_service_lines(vs, &mut line);
     }
-
     line(0, "DestinationRules:".into());
-    if items(&body["destinationRules"]).is_empty() {
+    if described.destination_rules.is_empty() {
         line(
             1,
             "none: round robin, no connection limits, no outlier detection".into(),
         );
     }
-    for rule in items(&body["destinationRules"]) {
-        line(
-            1,
-            format!(
-                "{}{}/{}: {}",
-                mark(rule),
-                s(&rule["namespace"]),
-                s(&rule["name"]),
-                s(&rule["why"])
-            ),
-        );
-        policy_lines(&rule["policy"], 2, &mut line);
-        for subset in items(&rule["subsets"]) {
-            line(
-                2,
-                format!(
-                    "subset {} (labels {})",
-                    s(&subset["name"]),
-                    labels(&subset["labels"])
-                ),
-            );
-            policy_lines(&subset["policy"], 3, &mut line);
-        }
+    for rule in &described.destination_rules {
+        destination_rule_lines(rule, &mut line);
     }
-
     line(0, "Endpoints:".into());
-    if items(&body["endpoints"]).is_empty() {
+    if described.endpoints.is_empty() {
         line(1, "none".into());
     }
-    for endpoint in items(&body["endpoints"]) {
-        let subsets = join(&endpoint["subsets"]);
-        line(
-            1,
-            format!(
-                "{} workload {} labels {}{}{}",
-                join(&endpoint["addresses"]),
-                s(&endpoint["workload"]),
-                labels(&endpoint["labels"]),
-                match s(&endpoint["locality"]) {
-                    "" => String::new(),
-                    locality => format!(" locality {locality}"),
-                },
-                if subsets.is_empty() {
-                    String::new()
-                } else {
-                    format!(" subsets {subsets}")
-                },
-            ),
-        );
+    for endpoint in &described.endpoints {
+        line(1, endpoint_line(endpoint));
     }
-
     line(0, "Gateways:".into());
-    if items(&body["gateways"]).is_empty() {
+    if described.gateways.is_empty() {
         line(1, "none: not exposed through a gateway".into());
     }
-    for gateway in items(&body["gateways"]) {
-        let found = if gateway["found"] == Value::Bool(true) {
-            ""
-        } else {
-            " (NOT FOUND)"
-        };
-        line(
-            1,
-            format!(
-                "{}/{}{found} via {}",
-                s(&gateway["namespace"]),
-                s(&gateway["name"]),
-                s(&gateway["via"])
-            ),
-        );
-        for server in items(&gateway["servers"]) {
-            line(2, format!("server {}", s(server)));
-        }
+    for gateway in &described.gateways {
+        gateway_lines(gateway, &mut line);
     }
-
     line(0, "Policies:".into());
-    if items(&body["policies"]).is_empty() {
+    if described.policies.is_empty() {
         line(1, "none select this service's workloads".into());
     }
-    for policy in items(&body["policies"]) {
-        let mut detail = String::new();
-        if let Some(action) = policy["action"].as_str() {
-            detail.push_str(&format!(" action {action}"));
-        }
-        if let Some(mode) = policy["mtls"].as_str() {
-            detail.push_str(&format!(" mtls {mode}"));
-        }
-        line(
-            1,
-            format!(
-                "{} {}/{}{detail}: {}",
-                s(&policy["kind"]),
-                s(&policy["namespace"]),
-                s(&policy["name"]),
-                s(&policy["why"])
-            ),
-        );
+    for policy in &described.policies {
+        line(1, policy_line(policy));
     }
     out
 }
 
+fn virtual_service_lines(vs: &DescribedVirtualService, line: &mut impl FnMut(usize, String)) {
+    line(
+        1,
+        format!(
+            "{}{}/{}: {}",
+            mark(vs.applies),
+            vs.namespace,
+            vs.name,
+            vs.why
+        ),
+    );
+    for rule in &vs.rules {
+        let matched = match_text(&rule.matches);
+        line(
+            2,
+            format!("{} rule, match {matched}:", rule.protocol.to_uppercase()),
+        );
+        for route in &rule.routes {
+            let mut to = route.host.clone();
+            if let Some(subset) = &route.subset {
+                to.push_str(&format!(" subset {subset}"));
+            }
+            if let Some(port) = route.port {
+                to.push_str(&format!(" port {port}"));
+            }
+            if let Some(weight) = route.weight {
+                to.push_str(&format!(" weight {weight}%"));
+            }
+            line(3, format!("-> {to}"));
+        }
+    }
+}
+
+fn destination_rule_lines(rule: &DescribedDestinationRule, line: &mut impl FnMut(usize, String)) {
+    line(
+        1,
+        format!(
+            "{}{}/{}: {}",
+            mark(rule.applies),
+            rule.namespace,
+            rule.name,
+            rule.why
+        ),
+    );
+    policy_lines(&rule.policy, 2, line);
+    for subset in &rule.subsets {
+        line(
+            2,
+            format!("subset {} (labels {})", subset.name, labels(&subset.labels)),
+        );
+        policy_lines(&subset.policy, 3, line);
+    }
+}
+
+fn endpoint_line(endpoint: &DescribedEndpoint) -> String {
+    let locality = match endpoint.locality.as_str() {
+        "" => String::new(),
+        locality => format!(" locality {locality}"),
+    };
+    let subsets = match endpoint.subsets.as_slice() {
+        [] => String::new(),
+        subsets => format!(" subsets {}", subsets.join(", ")),
+    };
+    format!(
+        "{} workload {} labels {}{locality}{subsets}",
+        endpoint.addresses.join(", "),
+        endpoint.workload,
+        labels(&endpoint.labels),
+    )
+}
+
+fn gateway_lines(gateway: &DescribedGateway, line: &mut impl FnMut(usize, String)) {
+    let found = if gateway.found { "" } else { " (NOT FOUND)" };
+    line(
+        1,
+        format!(
+            "{}/{}{found} via {}",
+            gateway.namespace, gateway.name, gateway.via
+        ),
+    );
+    for server in &gateway.servers {
+        line(2, format!("server {server}"));
+    }
+}
+
+fn policy_line(policy: &DescribedPolicy) -> String {
+    let mut detail = String::new();
+    if let Some(action) = &policy.action {
+        detail.push_str(&format!(" action {action}"));
+    }
+    if let Some(mode) = &policy.mtls {
+        detail.push_str(&format!(" mtls {mode}"));
+    }
+    format!(
+        "{} {}/{}{detail}: {}",
+        policy.kind, policy.namespace, policy.name, policy.why
+    )
+}
+
 /// `uri prefix /api, header end-user exact jason` or `any request`; the
-/// alternatives of a rule's match list joined by ` OR `.
+/// alternatives of a rule's match list (as written) joined by ` OR `.
 fn match_text(matches: &Value) -> String {
-    let alternatives: Vec<String> = items(matches)
-        .iter()
+    let alternatives: Vec<String> = matches
+        .as_array()
+        .into_iter()
+        .flatten()
         .map(|one| {
             let mut parts = Vec::new();
             for (key, value) in one.as_object().into_iter().flatten() {
@@ -432,51 +454,24 @@ fn condition_text(condition: &Value) -> String {
     }
 }
 
-fn policy_lines(policy: &Value, depth: usize, line: &mut impl FnMut(usize, String)) {
-    if let Some(parts) = policy.as_object() {
-        for (key, value) in parts {
-            line(depth, format!("{key}: {value}"));
-        }
+/// A traffic policy's sections, as written.
+fn policy_lines(policy: &PolicySummary, depth: usize, line: &mut impl FnMut(usize, String)) {
+    for (key, value) in policy {
+        line(depth, format!("{key}: {value}"));
     }
 }
 
 /// `* ` before what applies, `  ` before what does not.
-fn mark(item: &Value) -> &'static str {
-    if item["applies"] == Value::Bool(true) {
-        "* "
-    } else {
-        "  "
+fn mark(applies: bool) -> &'static str {
+    if applies { "* " } else { "  " }
+}
+
+fn labels(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "none".to_string();
     }
-}
-
-fn s(value: &Value) -> &str {
-    value.as_str().unwrap_or("")
-}
-
-fn items(value: &Value) -> &[Value] {
-    value.as_array().map(Vec::as_slice).unwrap_or_default()
-}
-
-fn join(value: &Value) -> String {
-    items(value)
-        .iter()
-        .map(|v| s(v).to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn labels(value: &Value) -> String {
-    let pairs: Vec<String> = value
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", s(v)))
-        .collect();
-    if pairs.is_empty() {
-        "none".to_string()
-    } else {
-        pairs.join(",")
-    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
 }
 
 #[cfg(test)]

@@ -232,6 +232,38 @@ async fn proxy_config_describe_and_analyze_against_a_live_mesh() {
             "{text}"
         );
 
+        // `-o json` is the same description, in keys scripts can rely on.
+        let json = weft(&[
+            "--weftd",
+            &api,
+            "--token-file",
+            &token_file,
+            "describe",
+            "svc",
+            "shop",
+            "-o",
+            "json",
+        ]);
+        assert_eq!(json.code, 0, "{}", json.stderr);
+        let parsed: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
+        assert_eq!(
+            parsed["service"]["host"], "shop.default.svc.cluster.local",
+            "{parsed}"
+        );
+        let applying: Vec<&serde_json::Value> = parsed["destinationRules"]
+            .as_array()
+            .expect("destinationRules")
+            .iter()
+            .filter(|rule| rule["applies"] == true)
+            .collect();
+        assert_eq!(applying.len(), 1, "{parsed}");
+        assert_eq!(
+            applying[0]["subsets"][0]["labels"]["version"], "v1",
+            "{parsed}"
+        );
+        let routes = &parsed["virtualServices"][0]["rules"][0]["routes"];
+        assert_eq!(routes[0]["subset"], "v2", "{parsed}");
+
         let missing = weft(&[
             "--weftd",
             &api,

@@ -10,8 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use weft_api::Resource;
+use weft_api::wire::{
+    DescribedDestinationRule, DescribedEndpoint, DescribedGateway, DescribedPolicy, DescribedPort,
+    DescribedRoute, DescribedRule, DescribedService, DescribedSubset, DescribedVirtualService,
+    PolicySummary, ServiceDescription,
+};
 
 use weft_api::analyze::virtual_service::destinations;
 use weft_api::analyze::{Input, Object, hosts, string_map, strings};
@@ -26,7 +31,7 @@ pub fn describe(
     workloads: &[Workload],
     name: &str,
     namespace: &str,
-) -> Result<Value, String> {
+) -> Result<ServiceDescription, String> {
     describe_with_cluster(resources, &Default::default(), workloads, name, namespace)
 }
 
@@ -38,7 +43,7 @@ pub fn describe_with_cluster(
     workloads: &[Workload],
     name: &str,
     namespace: &str,
-) -> Result<Value, String> {
+) -> Result<ServiceDescription, String> {
     let target = Target {
         name,
         namespace,
@@ -61,7 +66,7 @@ pub fn describe_in(
     cluster: &weft_kube::convert::ClusterSnapshot,
     workloads: &[Workload],
     target: &Target<'_>,
-) -> Result<Value, String> {
+) -> Result<ServiceDescription, String> {
     let Target {
         name,
         namespace,
@@ -94,39 +99,45 @@ pub fn describe_in(
     let rules = destination_rules(&input, &host, (namespace, root), &service.namespace);
     let subsets: Vec<(String, BTreeMap<String, String>)> = rules
         .iter()
-        .filter(|r| r["applies"] == Value::Bool(true))
-        .flat_map(|r| r["subsets"].as_array().cloned().unwrap_or_default())
-        .map(|s| {
-            let labels = string_map(s.get("labels"));
-            (s["name"].as_str().unwrap_or("").to_string(), labels)
-        })
+        .filter(|rule| rule.applies)
+        .flat_map(|rule| &rule.subsets)
+        .map(|subset| (subset.name.clone(), subset.labels.clone()))
         .collect();
-    Ok(json!({
-        "service": service_json(service),
-        "virtualServices": virtual_services(&input, &host),
-        "destinationRules": rules,
-        "endpoints": endpoints.iter().map(|e| endpoint_json(e, service, &subsets)).collect::<Vec<_>>(),
-        "gateways": gateways(&input, &host),
-        "policies": policies(&input, endpoints, &service.namespace, root),
-    }))
+    Ok(ServiceDescription {
+        service: described_service(service),
+        virtual_services: virtual_services(&input, &host),
+        destination_rules: rules,
+        endpoints: endpoints
+            .iter()
+            .map(|e| described_endpoint(e, service, &subsets))
+            .collect(),
+        gateways: gateways(&input, &host),
+        policies: policies(&input, endpoints, &service.namespace, root),
+    })
 }
 
-fn service_json(service: &ServiceDef) -> Value {
-    json!({
-        "host": service.hostname,
-        "namespace": service.namespace,
-        "vips": service.vips.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "ports": service.ports.iter().map(|p| json!({
-            "number": p.number, "name": p.name, "protocol": format!("{:?}", p.protocol).to_uppercase(),
-        })).collect::<Vec<_>>(),
-        "exportTo": service.export_to,
-    })
+fn described_service(service: &ServiceDef) -> DescribedService {
+    DescribedService {
+        host: service.hostname.clone(),
+        namespace: service.namespace.clone(),
+        vips: service.vips.iter().map(ToString::to_string).collect(),
+        ports: service
+            .ports
+            .iter()
+            .map(|p| DescribedPort {
+                number: p.number,
+                name: p.name.clone(),
+                protocol: format!("{:?}", p.protocol).to_uppercase(),
+            })
+            .collect(),
+        export_to: service.export_to.clone(),
+    }
 }
 
 /// Every VirtualService with a host covering the service; the one the
 /// sidecars use is marked `applies` (exact host first, then by
 /// namespace and name), the others say why not.
-fn virtual_services(input: &Input, host: &str) -> Vec<Value> {
+fn virtual_services(input: &Input, host: &str) -> Vec<DescribedVirtualService> {
     let mut candidates: Vec<(bool, &Object, String)> = Vec::new();
     for vs in input.istio("VirtualService") {
         let matched = strings(vs.spec.get("hosts"))
@@ -155,10 +166,14 @@ fn virtual_services(input: &Input, host: &str) -> Vec<Value> {
                 format!("host {matched} matches, but another VirtualService already routes this host for the sidecars")
             };
             mesh_taken |= applies;
-            json!({
-                "name": vs.name, "namespace": vs.namespace, "applies": applies, "why": why,
-                "gateways": gateways, "rules": http_rules(&vs.spec),
-            })
+            DescribedVirtualService {
+                name: vs.name.clone(),
+                namespace: vs.namespace.clone(),
+                applies,
+                why,
+                gateways,
+                rules: http_rules(&vs.spec),
+            }
         })
         .collect()
 }
@@ -173,7 +188,7 @@ fn export_text(spec: &Value) -> String {
 }
 
 /// Each rule: its matches (as written) and weighted destinations.
-fn http_rules(spec: &Value) -> Vec<Value> {
+fn http_rules(spec: &Value) -> Vec<DescribedRule> {
     let mut out = Vec::new();
     for section in ["http", "tcp", "tls"] {
         for rule in spec
@@ -182,27 +197,30 @@ fn http_rules(spec: &Value) -> Vec<Value> {
             .into_iter()
             .flatten()
         {
-            let routes: Vec<Value> = rule
+            let routes = rule
                 .get("route")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .map(|r| {
-                    let d = r.get("destination").cloned().unwrap_or(Value::Null);
-                    json!({
-                        "host": d.get("host").cloned().unwrap_or(Value::Null),
-                        "subset": d.get("subset").cloned().unwrap_or(Value::Null),
-                        "port": d.pointer("/port/number").cloned().unwrap_or(Value::Null),
-                        "weight": r.get("weight").cloned().unwrap_or(Value::Null),
-                    })
+                    let destination = r.get("destination").unwrap_or(&Value::Null);
+                    DescribedRoute {
+                        host: text(destination.get("host")),
+                        subset: destination
+                            .get("subset")
+                            .and_then(Value::as_str)
+                            .map(String::from),
+                        port: number(destination.pointer("/port/number")),
+                        weight: number(r.get("weight")),
+                    }
                 })
                 .collect();
-            out.push(json!({
-                "protocol": section,
-                "name": rule.get("name").cloned().unwrap_or(Value::Null),
-                "match": rule.get("match").cloned().unwrap_or(Value::Null),
-                "routes": routes,
-            }));
+            out.push(DescribedRule {
+                protocol: section.to_string(),
+                name: rule.get("name").and_then(Value::as_str).map(String::from),
+                matches: rule.get("match").cloned().unwrap_or(Value::Null),
+                routes,
+            });
         }
     }
     out
@@ -220,7 +238,7 @@ fn destination_rules(
     host: &str,
     (caller, root): (&str, &str),
     service_namespace: &str,
-) -> Vec<Value> {
+) -> Vec<DescribedDestinationRule> {
     let mut found: Vec<(usize, &Object)> = input
         .istio("DestinationRule")
         .filter(|rule| {
@@ -274,60 +292,82 @@ fn destination_rules(
                     _ => format!("host matches; mesh-wide from {root}"),
                 }
             };
-            let policy = rule.spec.get("trafficPolicy").cloned().unwrap_or(Value::Null);
-            json!({
-                "name": rule.name, "namespace": rule.namespace, "applies": applies, "why": why,
-                "policy": policy_summary(&policy),
-                "subsets": rule.spec.get("subsets").and_then(Value::as_array).into_iter().flatten().map(|s| json!({
-                    "name": s.get("name").cloned().unwrap_or(Value::Null),
-                    "labels": s.get("labels").cloned().unwrap_or(json!({})),
-                    "policy": policy_summary(s.get("trafficPolicy").unwrap_or(&Value::Null)),
-                })).collect::<Vec<_>>(),
-            })
+            let subsets = rule
+                .spec
+                .get("subsets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|subset| DescribedSubset {
+                    name: text(subset.get("name")),
+                    labels: string_map(subset.get("labels")),
+                    policy: policy_summary(subset.get("trafficPolicy")),
+                })
+                .collect();
+            DescribedDestinationRule {
+                name: rule.name.clone(),
+                namespace: rule.namespace.clone(),
+                applies,
+                why,
+                policy: policy_summary(rule.spec.get("trafficPolicy")),
+                subsets,
+            }
         })
         .collect()
 }
 
 /// The parts of a traffic policy a reader looks for, as written.
-fn policy_summary(policy: &Value) -> Value {
-    let mut out = serde_json::Map::new();
-    for (key, label) in [
-        ("loadBalancer", "loadBalancer"),
-        ("connectionPool", "connectionPool"),
-        ("outlierDetection", "outlierDetection"),
-        ("tls", "tls"),
-    ] {
-        if let Some(value) = policy.get(key) {
-            out.insert(label.to_string(), value.clone());
-        }
-    }
-    Value::Object(out)
+fn policy_summary(policy: Option<&Value>) -> PolicySummary {
+    let Some(policy) = policy else {
+        return PolicySummary::new();
+    };
+    ["loadBalancer", "connectionPool", "outlierDetection", "tls"]
+        .into_iter()
+        .filter_map(|key| Some((key.to_string(), policy.get(key)?.clone())))
+        .collect()
 }
 
-fn endpoint_json(
+/// A string field as written, empty when absent.
+fn text(value: Option<&Value>) -> String {
+    value
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A port number or weight as written (validated at apply time).
+fn number(value: Option<&Value>) -> Option<u32> {
+    value
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+}
+
+fn described_endpoint(
     endpoint: &EndpointDef,
     service: &ServiceDef,
     subsets: &[(String, BTreeMap<String, String>)],
-) -> Value {
+) -> DescribedEndpoint {
     let ports: Vec<String> = service
         .ports
         .iter()
         .map(|p| format!("{}:{}", endpoint.address, endpoint.port_for(p)))
         .collect();
-    let selected: Vec<&str> = subsets
-        .iter()
-        .filter(|(_, labels)| labels_match(labels, &endpoint.labels))
-        .map(|(name, _)| name.as_str())
-        .collect();
-    json!({
-        "addresses": ports, "workload": endpoint.workload, "labels": endpoint.labels,
-        "locality": endpoint.locality, "subsets": selected,
-    })
+    DescribedEndpoint {
+        addresses: ports,
+        workload: endpoint.workload.clone(),
+        labels: endpoint.labels.clone(),
+        locality: endpoint.locality.clone(),
+        subsets: subsets
+            .iter()
+            .filter(|(_, labels)| labels_match(labels, &endpoint.labels))
+            .map(|(name, _)| name.clone())
+            .collect(),
+    }
 }
 
 /// Gateways that expose the service: those bound by a VirtualService
 /// that routes to it.
-fn gateways(input: &Input, host: &str) -> Vec<Value> {
+fn gateways(input: &Input, host: &str) -> Vec<DescribedGateway> {
     let mut out = Vec::new();
     for vs in input.istio("VirtualService") {
         let routes_here = destinations(&vs.spec).iter().any(|d| {
@@ -365,10 +405,13 @@ fn gateways(input: &Input, host: &str) -> Vec<Value> {
                     )
                 })
                 .collect();
-            out.push(json!({
-                "name": name, "namespace": namespace, "found": gateway.is_some(),
-                "via": format!("VirtualService {}/{}", vs.namespace, vs.name), "servers": servers,
-            }));
+            out.push(DescribedGateway {
+                name,
+                namespace,
+                found: gateway.is_some(),
+                via: format!("VirtualService {}/{}", vs.namespace, vs.name),
+                servers,
+            });
         }
     }
     out
@@ -377,7 +420,12 @@ fn gateways(input: &Input, host: &str) -> Vec<Value> {
 /// PeerAuthentications and AuthorizationPolicies that select at least
 /// one of the service's endpoints: mesh-wide (root namespace, no
 /// selector), namespace-wide (no selector), or by workload labels.
-fn policies(input: &Input, endpoints: &[EndpointDef], namespace: &str, root: &str) -> Vec<Value> {
+fn policies(
+    input: &Input,
+    endpoints: &[EndpointDef],
+    namespace: &str,
+    root: &str,
+) -> Vec<DescribedPolicy> {
     let mut out = Vec::new();
     for kind in ["PeerAuthentication", "AuthorizationPolicy"] {
         for policy in input.istio(kind) {
@@ -405,11 +453,22 @@ fn policies(input: &Input, endpoints: &[EndpointDef], namespace: &str, root: &st
                 })
             };
             if let Some(why) = why {
-                out.push(json!({
-                    "kind": kind, "name": policy.name, "namespace": policy.namespace, "why": why,
-                    "action": policy.spec.get("action").cloned().unwrap_or(Value::Null),
-                    "mtls": policy.spec.pointer("/mtls/mode").cloned().unwrap_or(Value::Null),
-                }));
+                out.push(DescribedPolicy {
+                    kind: kind.to_string(),
+                    name: policy.name.clone(),
+                    namespace: policy.namespace.clone(),
+                    why,
+                    action: policy
+                        .spec
+                        .get("action")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                    mtls: policy
+                        .spec
+                        .pointer("/mtls/mode")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                });
             }
         }
     }
@@ -449,9 +508,9 @@ mod tests {
             (caller, root),
             "shop",
         )
-        .iter()
-        .filter(|r| r["applies"] == Value::Bool(true))
-        .map(|r| r["namespace"].as_str().unwrap_or("").to_string())
+        .into_iter()
+        .filter(|rule| rule.applies)
+        .map(|rule| rule.namespace)
         .collect()
     }
 

@@ -140,7 +140,7 @@ pub(super) fn describe(
         root: &root,
     };
     match analyze::describe_in(&resources, &cluster, &workloads, &target) {
-        Ok(described) => json_reply(StatusCode::OK, &described),
+        Ok(described) => json_reply(StatusCode::OK, &wire::to_value(&described)),
         Err(message) => error(StatusCode::NOT_FOUND, message),
     }
 }
