@@ -311,6 +311,9 @@ fn parse_clusters(text: &str) -> Health {
 }
 
 /// `health` is `None` when the proxy was not asked (weftd's copy).
+/// The dump is read field by field, not decoded into weft-proto's types:
+/// their decoder refuses unknown fields (right for a config file, where an
+/// unknown field is a typo), and a proxy newer than this CLI adds fields.
 fn rows(section: Section, config: &Value, health: Option<&Health>) -> Vec<Value> {
     match section {
         Section::All => Vec::new(),
