@@ -281,7 +281,14 @@ spec:
         client_args.extend(["--listen", flag.as_str()]);
     }
     let client = control.ready_proxy("sleep", &client_args).await;
-    let logs = || format!("{}\n{}\n{}", server.logs(), client.logs(), control.weftd.logs());
+    let logs = || {
+        format!(
+            "{}\n{}\n{}",
+            server.logs(),
+            client.logs(),
+            control.weftd.logs()
+        )
+    };
 
     // Allowed: sleep's identity, through mTLS; bytes flow both ways.
     let echoed = exchange_until(listens[0], |out| out == b"ping").await;
@@ -289,7 +296,7 @@ spec:
     let asked = seen.lock().expect("seen").clone();
     let expected = format!("source={CLIENT_ID} ip=127.0.0.1 destination={SERVER_ID} http=false");
     assert!(
-        asked.iter().any(|s| *s == expected),
+        asked.contains(&expected),
         "no check with the caller's identity and no request: {asked:?}"
     );
 
@@ -299,7 +306,10 @@ spec:
     let out = exchange(inbound[0]).await;
     assert!(out.is_empty(), "a denied connection echoed {out:?}");
     let after = (checked.accepted(), seen.lock().expect("seen").len());
-    assert_eq!(after.0, before.0, "a denied connection reached the workload");
+    assert_eq!(
+        after.0, before.0,
+        "a denied connection reached the workload"
+    );
     assert_eq!(after.1, before.1 + 1, "one check per connection");
     let last = seen.lock().expect("seen").last().cloned();
     assert_eq!(

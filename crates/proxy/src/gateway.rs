@@ -29,12 +29,12 @@ use tokio_rustls::server::TlsStream;
 use weft_proto::proxy::v1::GatewayMode;
 
 use crate::config::{ListenerSpec, PortProtocol, ServicePort, Snapshot, Terminator};
+use crate::flags::ResponseFlags;
 use crate::http::HttpConn;
 use crate::http::entry::Trust;
 use crate::http::route::Target;
 use crate::http::server;
 use crate::listener::classify::{Carry, classify};
-use crate::flags::ResponseFlags;
 use crate::state::ProxyState;
 use crate::telemetry::Downstream;
 use crate::telemetry::metrics::Reporter;
@@ -108,7 +108,14 @@ pub(crate) async fn serve(
             let sni = done.sni.as_deref();
             if let Err(flags) = authorized(&state, &downstream, listen_addr.port(), sni).await {
                 let reporter = Reporter::Source;
-                return tcp::refused_by_policy(&state, &cluster, name, reporter, &downstream, flags);
+                return tcp::refused_by_policy(
+                    &state,
+                    &cluster,
+                    name,
+                    reporter,
+                    &downstream,
+                    flags,
+                );
             }
             tcp::proxy(
                 &mut tls,
@@ -148,7 +155,14 @@ pub(crate) async fn serve(
             let cluster = carry.cluster(port, None);
             if let Err(flags) = authorized(&state, &downstream, listen_addr.port(), sni).await {
                 let reporter = Reporter::Source;
-                return tcp::refused_by_policy(&state, &cluster, name, reporter, &downstream, flags);
+                return tcp::refused_by_policy(
+                    &state,
+                    &cluster,
+                    name,
+                    reporter,
+                    &downstream,
+                    flags,
+                );
             }
             tcp::proxy(
                 &mut io,

@@ -270,7 +270,9 @@ fn http_providers_on_tcp(
     for ((policy, provider), ports) in ports {
         let ports: Vec<String> = ports.iter().map(u32::to_string).collect();
         warnings.push(format!(
-            "AuthorizationPolicy {policy}: provider {provider:?} is envoyExtAuthzHttp, which              cannot check TCP connections; the CUSTOM policy does nothing on TCP port(s) {}              (as in Istio; use an envoyExtAuthzGrpc provider)",
+            "AuthorizationPolicy {policy}: provider {provider:?} is envoyExtAuthzHttp, which \
+             cannot check TCP connections; the CUSTOM policy does nothing on TCP port(s) {} \
+             (as in Istio; use an envoyExtAuthzGrpc provider)",
             ports.join(", ")
         ));
     }
