@@ -361,3 +361,107 @@ spec:
         "no UAEX closed connection in:\n{metrics}"
     );
 }
+
+/// A gateway's TCP servers are guarded the same way: the CUSTOM policy
+/// selecting the gateway asks its gRPC authorizer per connection (a
+/// plaintext caller has no identity: denied, the backend never dialled);
+/// a dead authorizer with failOpen lets connections through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn custom_policies_guard_a_gateways_tcp_servers() {
+    let (authorizer, seen) = grpc_authorizer().await;
+    let dead = free_addr().port();
+    let (checked, open) = (Echo::start().await, Echo::start().await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh_file = dir.path().join("meshconfig.yaml");
+    std::fs::write(&mesh_file, mesh_config()).expect("meshconfig");
+    let mesh_flag = mesh_file.display().to_string();
+    let weftd = weft_testkit::weftd::WeftdProcess::start_with(
+        std::path::Path::new(mtls_support::WEFTD),
+        &dir.path().join("store"),
+        free_addr(),
+        free_addr(),
+        &["--mesh-config", &mesh_flag],
+    )
+    .await
+    .expect("weftd");
+    let (checked_port, open_port) = (
+        weft_testkit::free_wildcard_port(),
+        weft_testkit::free_wildcard_port(),
+    );
+    let mut yaml = entry("echo-checked", 9000, "TCP", checked.addr.port());
+    yaml += &entry("echo-open", 9000, "TCP", open.addr.port());
+    yaml += &entry("authz-grpc", 9191, "GRPC", authorizer.port());
+    yaml += &entry("authz-dead", 9192, "GRPC", dead);
+    yaml += &format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {checked_port}, name: tcp-checked, protocol: TCP}}
+    hosts: ['*']
+  - port: {{number: {open_port}, name: tcp-open, protocol: TCP}}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: istio-system}}
+spec:
+  hosts: ['*']
+  gateways: [istio-system/edge]
+  tcp:
+  - match: [{{port: {checked_port}}}]
+    route: [{{destination: {{host: echo-checked.infra.svc.cluster.local, port: {{number: 9000}}}}}}]
+  - match: [{{port: {open_port}}}]
+    route: [{{destination: {{host: echo-open.infra.svc.cluster.local, port: {{number: 9000}}}}}}]
+---
+"
+    );
+    for (name, provider, port) in [
+        ("gw-checked", "grpc-authz", checked_port),
+        ("gw-open", "dead-open", open_port),
+    ] {
+        yaml += &format!(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: CUSTOM
+  provider: {{name: {provider}}}
+  rules:
+  - to: [{{operation: {{ports: [\"{port}\"]}}}}]
+---
+"
+        );
+    }
+    let reply = weftd.apply(&yaml).await.expect("apply");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let gateway = weftd
+        .ingress_gateway("istio=ingressgateway", &[])
+        .await
+        .expect("gateway ready");
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+
+    // failOpen: the dead authorizer lets bytes through (once routes are in).
+    let echoed = exchange_until(local(open_port), |out| out == b"ping").await;
+    assert_eq!(echoed, b"ping", "{}", gateway.logs());
+    // Asked and denied: closed before the backend is dialled.
+    let asked_once = || !seen.lock().expect("seen").is_empty();
+    let out = exchange_until(local(checked_port), |out| out.is_empty() && asked_once()).await;
+    assert!(out.is_empty(), "denied connection echoed {out:?}");
+    assert_eq!(
+        checked.accepted(),
+        0,
+        "a denied connection reached the backend"
+    );
+    let asked = seen.lock().expect("seen").clone();
+    assert!(
+        asked
+            .iter()
+            .any(|s| s == "source= ip=127.0.0.1 destination= http=false"),
+        "the gateway asked about the connection: {asked:?}\n{}",
+        gateway.logs()
+    );
+}
