@@ -335,6 +335,19 @@ spec:
         "{weftd_logs}"
     );
 
+    // The check's cost per connection (printed, not asserted: debug
+    // builds on a shared machine): through both sidecars, checked by the
+    // authorizer (port 9000) against left out (port 9003).
+    let mean = |listen: SocketAddr| async move {
+        let started = Instant::now();
+        for _ in 0..50 {
+            assert_eq!(exchange(listen).await, b"ping");
+        }
+        started.elapsed() / 50
+    };
+    let (with_check, without) = (mean(listens[0]).await, mean(listens[3]).await);
+    eprintln!("TCP connection with a gRPC check: {with_check:?}; without: {without:?}");
+
     // Refusals by the authorizer are flagged UAEX: access log and metrics.
     let deadline = Instant::now() + Duration::from_secs(10);
     let log = loop {
