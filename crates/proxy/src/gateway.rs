@@ -29,12 +29,12 @@ use tokio_rustls::server::TlsStream;
 use weft_proto::proxy::v1::GatewayMode;
 
 use crate::config::{ListenerSpec, PortProtocol, ServicePort, Snapshot, Terminator};
+use crate::flags::ResponseFlags;
 use crate::http::HttpConn;
 use crate::http::entry::Trust;
 use crate::http::route::Target;
 use crate::http::server;
 use crate::listener::classify::{Carry, classify};
-use crate::policy::authz::{Caller, authorize_connection};
 use crate::state::ProxyState;
 use crate::telemetry::Downstream;
 use crate::telemetry::metrics::Reporter;
@@ -103,11 +103,20 @@ pub(crate) async fn serve(
             };
             let mut tls = done.tls;
             downstream.principal = done.mesh_peer;
-            if !authorized(&state, &downstream, listen_addr.port(), done.sni.as_deref()) {
-                return;
-            }
             // `tls` routes match the SNI of the handshake that ended here.
             let cluster = port.tls_target(done.sni.as_deref(), None);
+            let sni = done.sni.as_deref();
+            if let Err(flags) = authorized(&state, &downstream, listen_addr.port(), sni).await {
+                let reporter = Reporter::Source;
+                return tcp::refused_by_policy(
+                    &state,
+                    &cluster,
+                    name,
+                    reporter,
+                    &downstream,
+                    flags,
+                );
+            }
             tcp::proxy(
                 &mut tls,
                 &cluster,
@@ -143,10 +152,18 @@ pub(crate) async fn serve(
                 Carry::Tls(sni) => sni.as_deref(),
                 _ => None,
             };
-            if !authorized(&state, &downstream, listen_addr.port(), sni) {
-                return;
-            }
             let cluster = carry.cluster(port, None);
+            if let Err(flags) = authorized(&state, &downstream, listen_addr.port(), sni).await {
+                let reporter = Reporter::Source;
+                return tcp::refused_by_policy(
+                    &state,
+                    &cluster,
+                    name,
+                    reporter,
+                    &downstream,
+                    flags,
+                );
+            }
             tcp::proxy(
                 &mut io,
                 &cluster,
@@ -163,30 +180,23 @@ pub(crate) async fn serve(
 /// Whether AuthorizationPolicy selecting this gateway lets a connection
 /// carried as bytes go on: the caller's address, its mesh identity (after
 /// an ISTIO_MUTUAL handshake), the SNI, and the gateway server's port as
-/// `ports`. Rules naming HTTP attributes cannot match bytes (as in Istio).
-fn authorized(state: &ProxyState, downstream: &Downstream, port: u16, sni: Option<&str>) -> bool {
+/// `ports`. Rules naming HTTP attributes cannot match bytes (as in Istio);
+/// a CUSTOM policy asks its gRPC authorizer (`tcp::authorize_with`).
+/// `Err`: close it, with these flags.
+async fn authorized(
+    state: &ProxyState,
+    downstream: &Downstream,
+    port: u16,
+    sni: Option<&str>,
+) -> Result<(), ResponseFlags> {
     let Some(guard) = state.snapshot().gateway_guard() else {
-        return true;
+        return Ok(());
     };
-    let peer = downstream.remote.map(|a| a.ip());
     let local = downstream
         .local
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |l| l.ip());
-    let caller = Caller {
-        peer,
-        remote: peer,
-        principal: downstream.mesh_principal(),
-        destination: SocketAddr::new(local, port),
-    };
-    let allowed = authorize_connection(&guard, &caller, sni);
-    if !allowed {
-        tracing::info!(
-            flag = "RBAC",
-            "gateway port {port}: closing a connection from {peer:?} ({}): denied by authorization policy",
-            caller.principal.unwrap_or("no mesh identity")
-        );
-    }
-    allowed
+    let destination = SocketAddr::new(local, port);
+    tcp::authorize_with(&guard, state, downstream, destination, sni).await
 }
 
 /// The service port whose TCP/TLS routes a TCP-carrying gateway port

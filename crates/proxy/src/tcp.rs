@@ -15,7 +15,9 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Cluster;
-use crate::flags::ResponseFlag;
+use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::http::ext_authz::PoolTransport;
+use crate::policy::authz::{Caller, Connection, InboundGuard, authorize_connection};
 use crate::reply::LocalReply;
 use crate::state::ProxyState;
 use crate::telemetry::Downstream;
@@ -25,7 +27,7 @@ use crate::upstream::{self, Resource, TryResult};
 
 /// An inbound opaque connection to the local workload (a declared port or
 /// passed through to an undeclared one, dialled at `destination`):
-/// authorized as the caller in `conn`, then proxied.
+/// authorized as the caller in `conn` ([`authorize`]), then proxied.
 pub async fn proxy_inbound<D>(
     downstream: &mut D,
     cluster: &Cluster,
@@ -35,23 +37,87 @@ pub async fn proxy_inbound<D>(
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    let guard = state.snapshot().inbound_guard(destination.port());
-    if let Some(guard) = guard {
-        let who = crate::policy::authz::Caller {
-            peer: conn.remote.map(|a| a.ip()),
-            remote: conn.remote.map(|a| a.ip()),
-            principal: conn.mesh_principal(),
-            destination,
-        };
-        if !crate::policy::authz::authorize_connection(&guard, &who, None) {
-            tracing::info!(
-                destination = %destination,
-                "closing TCP connection: denied by authorization policy"
-            );
-            return;
-        }
+    let reporter = Reporter::Destination;
+    if let Err(flags) = authorize(state, conn, destination, None).await {
+        return refused_by_policy(state, cluster, "", reporter, conn, flags);
     }
-    proxy(downstream, cluster, "", Reporter::Destination, state, conn).await;
+    proxy(downstream, cluster, "", reporter, state, conn).await;
+}
+
+/// The authorization phase of an opaque connection, before any upstream
+/// is dialled: AuthorizationPolicy on `destination`'s port, asking a CUSTOM
+/// policy's gRPC authorizer (`policy::authz::authorize_connection`).
+/// `Err`: close it, with these flags. A sidecar's inbound guard decides;
+/// `gateway` has its own guard and calls the phase with it.
+pub async fn authorize(
+    state: &ProxyState,
+    conn: &Downstream,
+    destination: SocketAddr,
+    sni: Option<&str>,
+) -> Result<(), ResponseFlags> {
+    let Some(guard) = state.snapshot().inbound_guard(destination.port()) else {
+        return Ok(());
+    };
+    authorize_with(&guard, state, conn, destination, sni).await
+}
+
+/// [`authorize`] with `guard`.
+pub async fn authorize_with(
+    guard: &InboundGuard,
+    state: &ProxyState,
+    conn: &Downstream,
+    destination: SocketAddr,
+    sni: Option<&str>,
+) -> Result<(), ResponseFlags> {
+    let peer = conn.remote.map(|a| a.ip());
+    let caller = Caller {
+        peer,
+        remote: peer,
+        principal: conn.mesh_principal(),
+        destination,
+    };
+    let own = state.tls.identity.as_ref().map(|i| i.spiffe.as_str());
+    let facts = Connection {
+        source: conn.remote,
+        sni,
+        // Only a mesh mTLS connection presented this proxy's certificate.
+        local_principal: own
+            .filter(|_| caller.principal.is_some())
+            .map(|id| id.strip_prefix("spiffe://").unwrap_or(id)),
+    };
+    let decided = authorize_connection(guard, &caller, &facts, &PoolTransport(state)).await;
+    if decided.is_err() {
+        tracing::info!(
+            destination = %destination,
+            source = ?conn.remote,
+            principal = caller.principal.unwrap_or("none"),
+            "closing TCP connection: denied by authorization policy"
+        );
+    }
+    decided
+}
+
+/// Records a connection the authorization phase closed: an access-log
+/// line and a closed connection in the metrics, with `flags` (`UAEX` when
+/// the external authorizer refused it, as Envoy's network ext_authz
+/// filter sets). A plain policy denial sets none and is only logged, as
+/// before.
+pub fn refused_by_policy(
+    state: &ProxyState,
+    cluster: &Cluster,
+    service: &str,
+    reporter: Reporter,
+    conn: &Downstream,
+    flags: ResponseFlags,
+) {
+    // The one flag this phase sets.
+    let flag = ResponseFlag::UnauthorizedExternalService;
+    if !flags.contains(flag) {
+        return;
+    }
+    let mut record = TcpRecord::start(state, reporter, service, cluster, conn);
+    record.refused(flag);
+    record.closed(0, 0);
 }
 
 pub async fn proxy<D>(

@@ -29,6 +29,14 @@ use crate::registry::{
 /// Istio's `connectionPool.tcp.connectTimeout` default.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A cluster as one proxy gets it ([`RuleClusters::resolve_chosen`]).
+pub(super) struct Resolved {
+    pub cluster: pb::Cluster,
+    /// The DestinationRule chosen for the proxy selects it by
+    /// `workloadSelector`.
+    pub by_selector: bool,
+}
+
 /// The clusters that depend on the caller's DestinationRule, for the
 /// per-proxy step ([`RuleClusters::resolve`]).
 ///
@@ -63,9 +71,26 @@ impl RuleClusters {
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> Option<pb::Cluster> {
+        self.resolve_chosen(name, base, namespace, labels)
+            .map(|r| r.cluster)
+    }
+
+    /// [`resolve`](Self::resolve), also telling whether the DestinationRule
+    /// chosen for the proxy selects it by `workloadSelector` (which decides
+    /// where a TLS credential may come from), from the one choice made.
+    pub(super) fn resolve_chosen(
+        &self,
+        name: &str,
+        base: &BTreeMap<String, Arc<pb::Cluster>>,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<Resolved> {
         let held = base.get(name)?;
         let Some(&service) = self.service_of.get(name) else {
-            return Some((**held).clone());
+            return Some(Resolved {
+                cluster: (**held).clone(),
+                by_selector: false,
+            });
         };
         let (service_namespace, base_rule) = &self.base_rule[service];
         let chosen = self
@@ -79,24 +104,10 @@ impl RuleClusters {
                 None => self.no_rule.get(name).cloned(),
             }
         };
-        Some(found.unwrap_or_else(|| empty(name, &held.service, &held.subset)))
-    }
-
-    /// Whether the DestinationRule a proxy in `namespace` with `labels` gets
-    /// for cluster `name` selects it by `workloadSelector`.
-    pub(super) fn chosen_by_selector(
-        &self,
-        name: &str,
-        namespace: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> bool {
-        let Some(&service) = self.service_of.get(name) else {
-            return false;
-        };
-        let (service_namespace, _) = &self.base_rule[service];
-        self.rules
-            .choose(service, service_namespace, namespace, labels)
-            .is_some_and(|id| self.rules.rule(id).selector.is_some())
+        Some(Resolved {
+            cluster: found.unwrap_or_else(|| empty(name, &held.service, &held.subset)),
+            by_selector: chosen.is_some_and(|id| self.rules.rule(id).selector.is_some()),
+        })
     }
 
     /// Applies `secure` (mesh TLS of endpoints) to every cluster held here.

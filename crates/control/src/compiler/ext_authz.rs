@@ -228,6 +228,7 @@ impl super::MeshIndex {
                 policy.provider.clear();
             }
         }
+        http_providers_on_tcp(config, &used, &mut output.warnings);
         if used.len() > 1 {
             let names: Vec<&str> = used.keys().map(String::as_str).collect();
             output
@@ -235,6 +236,45 @@ impl super::MeshIndex {
                 .push(several_providers(&node.namespace, &node.workload, &names));
         }
         config.ext_authz_providers = used.into_values().collect();
+    }
+}
+
+/// Istio leaves a CUSTOM policy whose provider is envoyExtAuthzHttp out of
+/// TCP filter chains (only envoyExtAuthzGrpc has a network filter): on a
+/// TCP or TLS port the proxy does the same, and the operator is told
+/// which policy does nothing where.
+fn http_providers_on_tcp(
+    config: &pb::ProxyConfig,
+    used: &BTreeMap<String, pb::ExtAuthzProvider>,
+    warnings: &mut Vec<String>,
+) {
+    let mut ports: BTreeMap<(&str, &str), Vec<u32>> = BTreeMap::new();
+    for port in &config.inbound_ports {
+        let opaque = matches!(
+            pb::Protocol::try_from(port.protocol),
+            Ok(pb::Protocol::Tcp | pb::Protocol::Tls)
+        );
+        let Some(security) = port.security.as_ref().filter(|_| opaque) else {
+            continue;
+        };
+        for policy in &security.policies {
+            let custom = pb::AuthzAction::try_from(policy.action) == Ok(pb::AuthzAction::Custom);
+            if custom && used.get(&policy.provider).is_some_and(|p| !p.grpc) {
+                ports
+                    .entry((&policy.name, &policy.provider))
+                    .or_default()
+                    .push(port.port);
+            }
+        }
+    }
+    for ((policy, provider), ports) in ports {
+        let ports: Vec<String> = ports.iter().map(u32::to_string).collect();
+        warnings.push(format!(
+            "AuthorizationPolicy {policy}: provider {provider:?} is envoyExtAuthzHttp, which \
+             cannot check TCP connections; the CUSTOM policy does nothing on TCP port(s) {} \
+             (as in Istio; use an envoyExtAuthzGrpc provider)",
+            ports.join(", ")
+        ));
     }
 }
 

@@ -260,9 +260,10 @@ impl MeshIndex {
         namespace: &str,
         warnings: &mut Vec<String>,
     ) -> Option<pb::Cluster> {
-        let mut cluster =
+        let resolved =
             self.rule_clusters
-                .resolve(name, &self.clusters, namespace, &node.labels)?;
+                .resolve_chosen(name, &self.clusters, namespace, &node.labels)?;
+        let mut cluster = resolved.cluster;
         self.mesh.fill_cluster(&mut cluster);
         super::locality::apply(&mut cluster, node);
         if cluster
@@ -270,14 +271,11 @@ impl MeshIndex {
             .as_ref()
             .is_some_and(|t| !t.credential_name.is_empty())
         {
-            let selected =
-                self.rule_clusters
-                    .chosen_by_selector(&cluster.name, namespace, &node.labels);
             super::tls::attach_credential(
                 &mut cluster,
                 namespace,
                 node.router,
-                selected,
+                resolved.by_selector,
                 self.credentials.0.as_ref(),
                 warnings,
             );

@@ -5,15 +5,14 @@
 //! HTTP/2 as `ratelimit::rls` calls do; HTTP checks over HTTP/1.1.
 //! What the answer means is `policy::ext_authz`'s.
 
-use std::sync::Arc;
-
 use crate::policy::ext_authz::{Answer, Call, Provider, Transport, grpc};
 use crate::ratelimit::rls;
 use crate::state::ProxyState;
 use crate::upstream::HttpVersion;
 
-/// Checks through this proxy's pool.
-pub(super) struct PoolTransport<'a>(pub &'a Arc<ProxyState>);
+/// Checks through this proxy's pool (for HTTP requests, and for opaque
+/// connections in `tcp` and `gateway`).
+pub(crate) struct PoolTransport<'a>(pub &'a ProxyState);
 
 impl Transport for PoolTransport<'_> {
     async fn call(&self, provider: &Provider, call: Call) -> Result<Answer, String> {

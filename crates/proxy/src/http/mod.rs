@@ -27,7 +27,7 @@
 mod coarse_timer;
 pub mod cors;
 pub mod entry;
-mod ext_authz;
+pub(crate) mod ext_authz;
 mod fault;
 mod head;
 pub mod mirror;

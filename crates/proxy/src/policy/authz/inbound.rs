@@ -75,6 +75,7 @@ where
                         source: caller.peer.map(|ip| SocketAddr::new(ip, 0)),
                         source_principal: caller.principal,
                         destination: caller.destination,
+                        destination_principal: None,
                     };
                     if let Some(limit) = provider.body {
                         let read = ext_authz::body::buffer(&parts.headers, &mut body, limit)
@@ -144,20 +145,61 @@ fn decide(
     guard.policies.evaluate(&attrs, custom_asked)
 }
 
-/// Whether an opaque connection may go on; a denial is logged.
-pub fn authorize_connection(guard: &InboundGuard, caller: &Caller<'_>, sni: Option<&str>) -> bool {
+/// What an opaque connection shows besides its [`Caller`].
+#[derive(Default)]
+pub struct Connection<'a> {
+    /// The peer's address and port (the external authorizer's `source`).
+    pub source: Option<SocketAddr>,
+    /// The SNI of a TLS connection carried as bytes.
+    pub sni: Option<&'a str>,
+    /// This proxy's identity without `spiffe://`, when the connection is
+    /// mesh mTLS (the authorizer's `destination.principal`).
+    pub local_principal: Option<&'a str>,
+}
+
+/// Whether an opaque connection may go on: policies, with the CUSTOM
+/// phase asking a gRPC authorizer once (Envoy's network ext_authz filter)
+/// before DENY and ALLOW. `Err`: close it, recording these flags (`UAEX`
+/// for the authorizer's denial or failure; none for a policy's, as Envoy's
+/// RBAC filter sets none). A denial is logged.
+pub async fn authorize_connection<T: Transport>(
+    guard: &InboundGuard,
+    caller: &Caller<'_>,
+    conn: &Connection<'_>,
+    transport: &T,
+) -> Result<(), ResponseFlags> {
     if guard.policies.is_empty() {
-        return true;
+        return Ok(());
     }
     let attrs = Attributes {
         peer_ip: caller.peer,
         remote_ip: caller.remote,
         principal: caller.principal,
         destination: Some(caller.destination),
-        sni,
+        sni: conn.sni,
         http: None,
     };
-    guard.policies.evaluate(&attrs, false).is_allow()
+    let mut asked = false;
+    loop {
+        match guard.policies.evaluate(&attrs, asked) {
+            Decision::Allow => return Ok(()),
+            Decision::Deny { .. } => return Err(ResponseFlags::default()),
+            Decision::Ask { provider, .. } if !asked => {
+                let peers = Peers {
+                    source: conn
+                        .source
+                        .or_else(|| caller.peer.map(|ip| SocketAddr::new(ip, 0))),
+                    source_principal: caller.principal,
+                    destination: caller.destination,
+                    destination_principal: conn.local_principal,
+                };
+                ext_authz::check_connection(transport, &provider, &peers).await?;
+                asked = true;
+            }
+            // Asked once at most (`evaluate`'s `custom_asked`).
+            Decision::Ask { .. } => return Err(ResponseFlags::default()),
+        }
+    }
 }
 
 /// 401 with the reason, and the `WWW-Authenticate` challenge RFC 6750 asks for.

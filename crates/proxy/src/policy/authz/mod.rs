@@ -1,12 +1,14 @@
 //! Authorization of inbound requests and connections (Istio's
 //! AuthorizationPolicy), evaluated in Istio's order:
 //!
-//! 1. CUSTOM: a request a CUSTOM policy matches is checked by the policy's
-//!    external authorizer ([`crate::policy::ext_authz`]); its denial is
-//!    final, its approval goes on to DENY and ALLOW. A CUSTOM policy
-//!    without a usable provider denies (fail closed, as Istio), and so does
-//!    one matching an opaque TCP connection (Weft asks authorizers about
-//!    HTTP requests only).
+//! 1. CUSTOM: a request or opaque connection a CUSTOM policy matches is
+//!    checked by the policy's external authorizer
+//!    ([`crate::policy::ext_authz`]); its denial is final, its approval
+//!    goes on to DENY and ALLOW. A CUSTOM policy without a usable provider
+//!    denies (fail closed, as Istio). On opaque TCP only a gRPC provider
+//!    is asked (Envoy's network ext_authz filter); a policy with an HTTP
+//!    provider is left out there, as Istio leaves it out of TCP filter
+//!    chains.
 //! 2. Any DENY policy matches → deny.
 //! 3. No ALLOW policy → allow.
 //! 4. Any ALLOW policy matches → allow; otherwise deny.
@@ -32,9 +34,9 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 pub use self::attributes::{Attribute, Attributes, Condition, HttpAttributes, Pattern, ValueMatch};
-pub use self::inbound::{Caller, Refusal, authorize_connection, authorize_request};
+pub use self::inbound::{Caller, Connection, Refusal, authorize_connection, authorize_request};
 use crate::body::ProxyBody;
-use crate::policy::ext_authz::Provider;
+use crate::policy::ext_authz::{Protocol, Provider};
 use crate::policy::jwt::Authenticator;
 
 /// The body of a denied HTTP request, as Envoy writes it (clients and
@@ -187,15 +189,19 @@ impl Policies {
                 continue;
             }
             match &policy.provider {
-                // Only HTTP requests are checked externally.
-                Some(_) if custom_asked && attrs.http.is_some() => continue,
-                Some(provider) if attrs.http.is_some() => {
+                // Istio builds no network filter for a CUSTOM policy whose
+                // provider is HTTP: on opaque TCP the policy does nothing.
+                Some(provider) if attrs.http.is_none() && provider.protocol == Protocol::Http => {
+                    continue;
+                }
+                Some(_) if custom_asked => continue,
+                Some(provider) => {
                     return Decision::Ask {
                         policy: policy.name.clone(),
                         provider: provider.clone(),
                     };
                 }
-                _ => {
+                None => {
                     return Decision::Deny {
                         policy: Some(policy.name.clone()),
                     };

@@ -377,3 +377,57 @@ fn path_templates_match_segments() {
     assert!(!check(&any, "/other/a"));
     assert!(ValueMatch::path_template("/plain").is_none());
 }
+
+fn provider(protocol: crate::policy::ext_authz::Protocol) -> Arc<Provider> {
+    Arc::new(Provider {
+        name: "authz".into(),
+        protocol,
+        cluster: "outbound|9000||authz.default.svc.cluster.local".into(),
+        authority: String::new(),
+        timeout: std::time::Duration::from_secs(1),
+        fail_open: false,
+        status_on_error: http::StatusCode::FORBIDDEN,
+        include_headers: Vec::new(),
+        additional_headers: Vec::new(),
+        upstream_on_allow: Vec::new(),
+        downstream_on_deny: Vec::new(),
+        downstream_on_allow: Vec::new(),
+        path_prefix: String::new(),
+        body: None,
+    })
+}
+
+#[test]
+fn on_tcp_custom_asks_a_grpc_provider_and_leaves_out_an_http_one() {
+    use crate::policy::ext_authz::Protocol;
+    let req = Req::get("/");
+    // A path condition counts as matched on TCP (Istio builds CUSTOM's TCP
+    // rules as DENY's), so the authorizer is asked.
+    let custom = |protocol: Option<Protocol>| {
+        let mut p = policy(
+            "ns/ext",
+            Action::Custom,
+            vec![to(vec![cond(Attribute::Path, &["/x"])])],
+        );
+        p.provider = protocol.map(provider);
+        Policies::new(vec![p])
+    };
+    let grpc = custom(Some(Protocol::Grpc));
+    assert!(matches!(
+        grpc.evaluate(&req.attrs(false), false),
+        Decision::Ask { .. }
+    ));
+    // Once the authorizer allowed, DENY and ALLOW decide (none here).
+    assert!(grpc.evaluate(&req.attrs(false), true).is_allow());
+    // Istio puts no network filter for an HTTP provider: the policy does
+    // nothing on TCP, while it still asks about HTTP requests it matches.
+    let http = custom(Some(Protocol::Http));
+    assert!(http.evaluate(&req.attrs(false), false).is_allow());
+    assert!(matches!(
+        http.evaluate(&Req::get("/x").attrs(true), false),
+        Decision::Ask { .. }
+    ));
+    // Without a usable provider it fails closed on TCP too.
+    let none = custom(None);
+    assert!(!none.evaluate(&req.attrs(false), false).is_allow());
+}

@@ -92,10 +92,28 @@ pub fn check_request(
     CheckRequest {
         attributes: Some(AttributeContext {
             source: Some(peer(peers.source, peers.source_principal)),
-            destination: Some(peer(Some(peers.destination), None)),
+            destination: Some(peer(Some(peers.destination), peers.destination_principal)),
             request: Some(Request { http: Some(http) }),
         }),
     }
+}
+
+/// The check for one opaque connection (Envoy's network ext_authz
+/// filter): source and destination only, no request.
+pub fn connection_request(peers: &Peers<'_>) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(peer(peers.source, peers.source_principal)),
+            destination: Some(peer(Some(peers.destination), peers.destination_principal)),
+            request: None,
+        }),
+    }
+}
+
+/// A connection goes on when the status is OK (0); the denial's HTTP
+/// parts have no one to go to.
+pub fn connection_allowed(answer: &CheckResponse) -> bool {
+    answer.status.as_ref().map_or(0, |s| s.code) == 0
 }
 
 fn peer(addr: Option<SocketAddr>, principal: Option<&str>) -> Peer {

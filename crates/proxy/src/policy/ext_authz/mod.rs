@@ -235,12 +235,55 @@ pub async fn check<T: Transport>(
     }
 }
 
+/// Asks `provider` about one opaque TCP connection, as Envoy's network
+/// ext_authz filter does: allowed, it goes on; denied, or no answer
+/// without `failOpen`, it is closed with `UAEX`. Only gRPC providers can
+/// check a connection (an HTTP provider is never asked: Istio leaves a
+/// CUSTOM policy with one off TCP ports, see `authz::Policies`).
+pub async fn check_connection<T: Transport>(
+    transport: &T,
+    provider: &Provider,
+    peers: &Peers<'_>,
+) -> Result<(), ResponseFlag> {
+    if provider.protocol != Protocol::Grpc {
+        return Ok(());
+    }
+    let call = Call::Grpc(grpc::connection_request(peers));
+    match transport.call(provider, call).await {
+        Ok(Answer::Grpc(answer)) if grpc::connection_allowed(&answer) => Ok(()),
+        Ok(_) => {
+            tracing::info!(
+                provider = %provider.name,
+                "TCP connection denied by the external authorizer"
+            );
+            Err(ResponseFlag::UnauthorizedExternalService)
+        }
+        Err(err) if provider.fail_open => {
+            tracing::info!(
+                provider = %provider.name,
+                "external authorizer failed, TCP connection allowed (failOpen): {err}"
+            );
+            Ok(())
+        }
+        Err(err) => {
+            tracing::info!(
+                provider = %provider.name,
+                "external authorizer failed, TCP connection refused: {err}"
+            );
+            Err(ResponseFlag::UnauthorizedExternalService)
+        }
+    }
+}
+
 /// Source and destination, as the gRPC check reports them.
 pub struct Peers<'a> {
     pub source: Option<std::net::SocketAddr>,
     /// mTLS identity without `spiffe://`.
     pub source_principal: Option<&'a str>,
     pub destination: std::net::SocketAddr,
+    /// This proxy's own identity without `spiffe://`, when the connection
+    /// is mesh mTLS (Envoy reports the local certificate's URI SAN).
+    pub destination_principal: Option<&'a str>,
 }
 
 /// Whether any of `patterns` matches the lower-case `name`.

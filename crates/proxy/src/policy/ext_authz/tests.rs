@@ -61,6 +61,7 @@ fn peers() -> Peers<'static> {
         source: Some(SocketAddr::from(([127, 0, 0, 9], 0))),
         source_principal: Some("cluster.local/ns/default/sa/client"),
         destination: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        destination_principal: None,
     }
 }
 
@@ -390,4 +391,55 @@ async fn checks_carry_the_body_read_ahead() {
         .expect("body")
         .to_bytes();
     assert_eq!(sent, "name=alice");
+}
+
+#[tokio::test]
+async fn a_connection_check_carries_only_the_peers_and_follows_the_status() {
+    let mut peers = peers();
+    peers.destination_principal = Some("cluster.local/ns/default/sa/server");
+    let deny = CheckResponse {
+        status: Some(Status {
+            code: 7,
+            message: "no".into(),
+        }),
+        http_response: None,
+    };
+    let grpc = provider(Protocol::Grpc);
+    let fake = Fake::new(Ok(Answer::Grpc(deny)));
+    let refused = check_connection(&fake, &grpc, &peers).await;
+    assert_eq!(refused, Err(ResponseFlag::UnauthorizedExternalService));
+    let Some(Call::Grpc(sent)) = fake.seen.lock().expect("lock").take() else {
+        panic!("no gRPC check sent");
+    };
+    let attributes = sent.attributes.expect("attributes");
+    assert!(attributes.request.is_none(), "a connection has no request");
+    assert_eq!(
+        attributes.destination.expect("destination").principal,
+        "spiffe://cluster.local/ns/default/sa/server"
+    );
+    assert_eq!(
+        attributes.source.expect("source").principal,
+        "spiffe://cluster.local/ns/default/sa/client"
+    );
+    let ok = Fake::new(Ok(Answer::Grpc(CheckResponse::default())));
+    assert_eq!(check_connection(&ok, &grpc, &peers).await, Ok(()));
+    // No answer: failOpen decides.
+    let dead = Fake::new(Err("refused".into()));
+    assert_eq!(
+        check_connection(&dead, &grpc, &peers).await,
+        Err(ResponseFlag::UnauthorizedExternalService)
+    );
+    let open = Provider {
+        fail_open: true,
+        ..provider(Protocol::Grpc)
+    };
+    let dead = Fake::new(Err("refused".into()));
+    assert_eq!(check_connection(&dead, &open, &peers).await, Ok(()));
+    // An HTTP provider cannot check a connection and is never called.
+    let http = Fake::new(Err("must not be called".into()));
+    assert_eq!(
+        check_connection(&http, &provider(Protocol::Http), &peers).await,
+        Ok(())
+    );
+    assert!(http.seen.lock().expect("lock").is_none());
 }
