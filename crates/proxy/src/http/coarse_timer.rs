@@ -1,15 +1,24 @@
-//! hyper's timer for server connections, with deadlines on a coarse grid.
+//! hyper's timer for server connections, with deadlines on a coarse grid
+//! and one timer entry per connection, reused from request to request.
 //!
-//! hyper re-arms the header-read timeout at every request on a keep-alive
-//! connection. With tokio's timer, each re-arm moves the entry in the
-//! timer wheel and wakes the I/O driver through its eventfd (one `write`
-//! per request: `bench/syscalls`). Deadlines rounded up to a grid step
-//! (an eighth of the timeout, at most a second) make most re-arms land on
-//! the deadline already set, which is then left alone. A timeout fires
-//! between its duration and one step later.
+//! hyper arms the header-read timeout anew for every request on a
+//! keep-alive connection (it drops the last request's sleep once a head is
+//! read). With tokio's timer each new sleep is a new entry in the timer
+//! wheel, and registering it may wake the I/O driver through its eventfd:
+//! one `write` for about every second request (`bench/syscalls`). So:
+//! - deadlines are rounded up to a grid step (an eighth of the timeout, at
+//!   most a second): a timeout fires between its duration and one step
+//!   later, and re-arms within one step land on the deadline already set;
+//! - the tokio sleep under a sleep hyper drops goes back to its connection's
+//!   timer, and the next request's sleep moves that entry's deadline
+//!   instead of registering a new one. tokio extends a registered entry's
+//!   deadline without touching the wheel (the entry is re-filed, by the
+//!   driver itself, only when the old deadline comes), so a request costs
+//!   no timer syscall and no allocation for the entry.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,10 +27,15 @@ use hyper::rt::{Sleep, Timer};
 /// The largest step: a timeout fires at most this much late.
 const MAX_STEP: Duration = Duration::from_secs(1);
 
+type Entry = Pin<Box<tokio::time::Sleep>>;
+
+/// One per connection (hyper keeps it in the connection's state).
 pub struct CoarseTimer {
     /// The grid's origin.
     origin: Instant,
     step: Duration,
+    /// The tokio sleep of the connection's last dropped sleep, if any.
+    spare: Arc<Mutex<Option<Entry>>>,
 }
 
 impl CoarseTimer {
@@ -30,6 +44,7 @@ impl CoarseTimer {
         Self {
             origin: Instant::now(),
             step: (timeout / 8).clamp(Duration::from_millis(1), MAX_STEP),
+            spare: Arc::default(),
         }
     }
 
@@ -42,18 +57,51 @@ impl CoarseTimer {
         let nanos = u64::try_from(steps.saturating_mul(step)).unwrap_or(u64::MAX);
         self.origin + Duration::from_nanos(nanos)
     }
+
+    /// A tokio sleep until `deadline` (on the grid): the spare one moved,
+    /// or a new one.
+    fn entry(&self, deadline: Instant) -> Entry {
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match spare {
+            Some(mut entry) => {
+                if entry.deadline().into_std() != deadline {
+                    entry.as_mut().reset(deadline.into());
+                }
+                entry
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline.into())),
+        }
+    }
 }
 
 struct CoarseSleep {
     deadline: Instant,
-    inner: Pin<Box<tokio::time::Sleep>>,
+    /// Always `Some` until dropped.
+    inner: Option<Entry>,
+    /// Where `inner` goes when this is dropped.
+    spare: Arc<Mutex<Option<Entry>>>,
 }
 
 impl Future for CoarseSleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.inner.as_mut().poll(cx)
+        match self.inner.as_mut() {
+            Some(inner) => inner.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for CoarseSleep {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            *self.spare.lock().unwrap_or_else(PoisonError::into_inner) = Some(inner);
+        }
     }
 }
 
@@ -68,7 +116,8 @@ impl Timer for CoarseTimer {
         let deadline = self.round_up(deadline);
         Box::pin(CoarseSleep {
             deadline,
-            inner: Box::pin(tokio::time::sleep_until(deadline.into())),
+            inner: Some(self.entry(deadline)),
+            spare: self.spare.clone(),
         })
     }
 
@@ -79,7 +128,9 @@ impl Timer for CoarseTimer {
             Some(coarse) if coarse.deadline == deadline => {}
             Some(mut coarse) => {
                 coarse.deadline = deadline;
-                coarse.inner.as_mut().reset(deadline.into());
+                if let Some(inner) = coarse.inner.as_mut() {
+                    inner.as_mut().reset(deadline.into());
+                }
             }
             None => *sleep = self.sleep_until(new_deadline),
         }
@@ -127,5 +178,39 @@ mod tests {
             .await
             .expect("fired");
         assert!(Instant::now() >= first + step);
+    }
+
+    /// The entry under a dropped sleep is the next sleep's: no new timer
+    /// registration per request, and the moved entry still fires on time.
+    #[tokio::test]
+    async fn a_dropped_sleeps_entry_serves_the_next_sleep_and_fires_at_its_deadline() {
+        let timer = CoarseTimer::for_timeout(Duration::from_millis(80));
+        let entry_of = |sleep: &mut Pin<Box<dyn Sleep>>| {
+            sleep
+                .as_mut()
+                .downcast_mut_pin::<CoarseSleep>()
+                .and_then(|s| s.inner.as_ref().map(|e| &**e as *const tokio::time::Sleep))
+        };
+        let mut first = timer.sleep(Duration::from_millis(80));
+        // Polled once, as hyper does, so the entry is registered.
+        let pending = std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx).is_pending()));
+        assert!(pending.await);
+        let first_entry = entry_of(&mut first).expect("coarse");
+        drop(first);
+        assert!(timer.spare.lock().expect("lock").is_some());
+        let start = Instant::now();
+        let mut second = timer.sleep(Duration::from_millis(80));
+        assert_eq!(entry_of(&mut second), Some(first_entry), "reused");
+        assert!(timer.spare.lock().expect("lock").is_none());
+        let deadline = second
+            .as_mut()
+            .downcast_mut_pin::<CoarseSleep>()
+            .map(|s| s.deadline)
+            .expect("coarse");
+        assert!(deadline >= start + Duration::from_millis(80));
+        tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("fired");
+        assert!(Instant::now() >= deadline);
     }
 }

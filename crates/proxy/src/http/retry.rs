@@ -62,35 +62,44 @@ pub(super) struct Exchange<'a> {
 pub(super) type Sent = Result<(Response<ProxyBody>, ResponseFlags), LocalReply>;
 
 pub(super) async fn send(exchange: Exchange<'_>, body: ProxyBody) -> Sent {
-    let started = Instant::now();
     let tries = tries(&exchange, body);
-    match exchange.timeout {
-        None => tries.await,
-        Some(timeout) => match tokio::time::timeout(timeout, tries).await {
-            // The route timeout covers the whole response, as Envoy's: the
-            // body is cut when it passes. (An upgrade is a connection, not
-            // a response, and is not cut.)
-            Ok(Ok((response, flags))) if response.status() != StatusCode::SWITCHING_PROTOCOLS => {
-                let deadline = tokio::time::Instant::from_std(started) + timeout;
-                let response = response.map(|inner| {
-                    ProxyBody::new(WithinRouteTimeout {
-                        inner,
-                        expiry: Box::pin(tokio::time::sleep_until(deadline)),
-                        timeout,
-                    })
-                });
-                Ok((response, flags))
-            }
-            Ok(sent) => sent,
-            Err(_) => Err(LocalReply::new(
+    let Some(timeout) = exchange.timeout else {
+        return tries.await;
+    };
+    // One timer entry bounds the wait for the response and then its body
+    // (a second one for the body would be a second registration in the
+    // timer wheel, which can cost a wake-up syscall: bench/syscalls).
+    let mut expiry = Box::pin(tokio::time::sleep(timeout));
+    let sent = tokio::select! {
+        // The response first when both are ready, as tokio::time::timeout.
+        biased;
+        sent = tries => sent,
+        () = expiry.as_mut() => {
+            return Err(LocalReply::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 ResponseFlag::UpstreamRequestTimeout,
                 format!(
                     "cluster {:?} did not answer within {timeout:?} (the route timeout)",
                     exchange.cluster.name
                 ),
-            )),
-        },
+            ));
+        }
+    };
+    match sent {
+        // The route timeout covers the whole response, as Envoy's: the
+        // body is cut when it passes. (An upgrade is a connection, not
+        // a response, and is not cut.)
+        Ok((response, flags)) if response.status() != StatusCode::SWITCHING_PROTOCOLS => {
+            let response = response.map(|inner| {
+                ProxyBody::new(WithinRouteTimeout {
+                    inner,
+                    expiry,
+                    timeout,
+                })
+            });
+            Ok((response, flags))
+        }
+        sent => sent,
     }
 }
 
