@@ -244,16 +244,6 @@ pub const TABLE: &[Unimplemented] = &[
         "spec.ingress[].tls",
         "not implemented (needs proxy support); the port keeps mesh mTLS as PeerAuthentication sets it",
     ),
-    ignored(
-        SIDECAR,
-        "spec.ingress[].connectionPool",
-        "not implemented (needs proxy support); inbound connections are not limited",
-    ),
-    ignored(
-        SIDECAR,
-        "spec.inboundConnectionPool",
-        "not implemented (needs proxy support); inbound connections are not limited",
-    ),
     Unimplemented {
         kind: SIDECAR,
         pattern: "spec.egress[].bind",

@@ -290,3 +290,50 @@ clusters:
     assert_eq!(local_tries.load(Ordering::SeqCst), 6);
     assert_eq!(remote_tries.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn inbound_connection_pool_limits_requests_toward_the_app() {
+    let app = Backend::start().await;
+    let inbound = free_addr();
+    let config = format!(
+        r#"
+version: inbound-pool-test
+listeners:
+- {{name: inbound, address: "{inbound}", kind: INBOUND_CAPTURE}}
+inboundPorts:
+- port: {port}
+  protocol: HTTP
+  target: "{app}"
+  connectionPool: {{maxRequests: 1}}
+"#,
+        port = inbound.port(),
+        app = app.addr,
+    );
+    let _proxy = ProxyProcess::start(Path::new(BIN), &config)
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let slow = tokio::spawn(async move { client::get(inbound, "app", "/slow").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let refused = client::get(inbound, "app", "/").await.expect("request");
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.header("x-weft-response-flags"), Some("UO"));
+    assert!(
+        refused.text().contains("limit http2MaxRequests=1"),
+        "{}",
+        refused.text()
+    );
+    let slow = slow.await.expect("slow").expect("request");
+    assert_eq!(slow.status, StatusCode::OK);
+    assert_eq!(
+        client::get(inbound, "app", "/")
+            .await
+            .expect("request")
+            .status,
+        StatusCode::OK
+    );
+}

@@ -132,6 +132,7 @@ impl MeshIndex {
         let security = self.inbound_security(namespace, &node.labels);
         for port in &mut inbound_ports {
             port.security.clone_from(&security);
+            port.connection_pool = scope.and_then(|s| s.inbound_pool(port.port));
         }
         // DNS proxying: only a proxy the app's queries are captured to.
         let dns_hosts = if node.dns_capture {
@@ -431,6 +432,7 @@ fn inbound_ports(node: &Node, warnings: &mut Vec<String>) -> Vec<pb::InboundPort
             target: String::new(),
             security: None,
             mtls_mode: 0,
+            connection_pool: None,
         });
     }
     inbound

@@ -515,7 +515,7 @@ fn compile_inbound(
                 }
             }
         };
-        let cluster = Cluster::new(
+        let mut cluster = Cluster::new(
             format!("inbound|{number}||"),
             String::new(),
             UpstreamProtocol::ClientProtocol,
@@ -529,6 +529,11 @@ fn compile_inbound(
                 mesh: false,
                 dialled: None,
             }],
+        );
+        cluster.limits = super::cluster::compile_limits(
+            port.connection_pool.as_ref(),
+            &format!("{path}.connectionPool"),
+            problems,
         );
         let compiled = InboundPort {
             port: number,

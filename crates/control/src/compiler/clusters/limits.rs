@@ -89,6 +89,12 @@ pub(super) fn connection_pool(
     port: u32,
 ) -> Option<pb::ConnectionPool> {
     let settings: &ConnectionPoolSettings = most_specific!(policies, port, connection_pool)?;
+    Some(pool_of(settings))
+}
+
+/// One `connectionPool` block as the proxy's limits (also a Sidecar's
+/// `inboundConnectionPool` and `ingress[].connectionPool`).
+pub(in crate::compiler) fn pool_of(settings: &ConnectionPoolSettings) -> pb::ConnectionPool {
     let tcp = settings.tcp.as_ref();
     let http = settings.http.as_ref();
     // One idle timeout for pooled upstream connections: the HTTP one, else
@@ -104,7 +110,7 @@ pub(super) fn connection_pool(
             time: positive(&k.time).map(Into::into),
             interval: positive(&k.interval).map(Into::into),
         });
-    Some(pb::ConnectionPool {
+    pb::ConnectionPool {
         max_connections: count(tcp.and_then(|t| t.max_connections)),
         max_pending_requests: count(http.and_then(|h| h.http1_max_pending_requests)),
         max_requests: count(http.and_then(|h| h.http2_max_requests)),
@@ -116,7 +122,7 @@ pub(super) fn connection_pool(
             .and_then(|t| positive(&t.max_connection_duration))
             .map(Into::into),
         max_concurrent_streams: count(http.and_then(|h| h.max_concurrent_streams)),
-    })
+    }
 }
 
 pub(super) fn outlier_detection(
