@@ -168,8 +168,8 @@ impl SidecarScope {
             .iter()
             .flatten()
             .find(|listener| listener.number == port)
-            .and_then(|listener| listener.pool.clone())
-            .or_else(|| self.inbound_pool.clone())
+            .and_then(|listener| listener.pool)
+            .or(self.inbound_pool)
     }
 
     /// Which ports of the service `name` of `namespace` a proxy in

@@ -189,7 +189,7 @@ spec:
             .inbound_ports
             .iter()
             .map(|p| {
-                let pool = p.connection_pool.clone().unwrap_or_default();
+                let pool = p.connection_pool.unwrap_or_default();
                 (
                     p.port,
                     pool.max_connections,
