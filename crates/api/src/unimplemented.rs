@@ -256,11 +256,6 @@ pub const TABLE: &[Unimplemented] = &[
         "spec.egress[].captureMode",
         "not implemented; outbound capture follows the proxy's mode",
     ),
-    ignored(
-        SIDECAR,
-        "spec.outboundTrafficPolicy.egressProxy",
-        "not implemented (needs proxy support); unknown destinations follow outboundTrafficPolicy.mode",
-    ),
     // Gateway.
     ignored(
         GATEWAY,

@@ -144,6 +144,12 @@ impl MeshIndex {
         let outbound_traffic_policy = scope
             .and_then(|s| s.outbound_policy)
             .unwrap_or(self.mesh.outbound);
+        let egress_proxy_cluster = super::egress_proxy::cluster(
+            scope.and_then(|s| s.egress_proxy.as_ref()),
+            outbound_traffic_policy,
+            &clusters,
+            &mut warnings,
+        );
         let mut output = ProxyOutput {
             config: ProxyConfig {
                 version: String::new(),
@@ -158,6 +164,7 @@ impl MeshIndex {
                     .mesh
                     .fill_telemetry(self.telemetry.for_node(namespace, &node.labels)),
                 dns_hosts,
+                egress_proxy_cluster,
                 ..Default::default()
             },
             warnings,

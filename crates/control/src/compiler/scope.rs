@@ -38,6 +38,8 @@ pub(super) struct SidecarScope {
     pub(super) outbound_policy: Option<pb::OutboundTrafficPolicy>,
     /// `inboundConnectionPool`: limits toward the app on every inbound port.
     inbound_pool: Option<pb::ConnectionPool>,
+    /// `outboundTrafficPolicy.egressProxy` (`egress_proxy.rs`).
+    pub(super) egress_proxy: Option<weft_api::networking::EgressProxy>,
 }
 
 /// One `namespace/host` of `egress[].hosts`, with its listener's port.
@@ -157,6 +159,10 @@ impl SidecarScope {
             ingress,
             outbound_policy,
             inbound_pool: sidecar.inbound_connection_pool.as_ref().map(pool_of),
+            egress_proxy: sidecar
+                .outbound_traffic_policy
+                .as_ref()
+                .and_then(|policy| policy.egress_proxy.clone()),
         }
     }
 

@@ -207,3 +207,39 @@ spec:
     // Without ingress listeners: the workload's own ports.
     assert_eq!(pools(&[]), [(8080, 3, 0, 0)]);
 }
+
+#[test]
+fn egress_proxy_takes_unknown_traffic_when_its_cluster_is_visible_under_allow_any() {
+    let compile = |policy: &str| {
+        let yaml = format!(
+            "{SERVICES}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: app}}
+spec:
+  egress:
+  - hosts: [./*]
+  outboundTrafficPolicy: {policy}
+"
+        );
+        let out = super::tests::compile(&mesh(&yaml, &[]), &node("app", &[]));
+        (out.config.egress_proxy_cluster, out.warnings)
+    };
+    let (cluster, _) = compile(
+        "{mode: ALLOW_ANY, egressProxy: {host: a.app.svc.cluster.local, port: {number: 8080}}}",
+    );
+    assert_eq!(cluster, "outbound|8080||a.app.svc.cluster.local");
+    // lib's service is outside the Sidecar's egress hosts: no cluster.
+    let (cluster, warnings) = compile(
+        "{mode: ALLOW_ANY, egressProxy: {host: b.lib.svc.cluster.local, port: {number: 80}}}",
+    );
+    assert_eq!(cluster, "");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("outbound|80||b.lib.svc.cluster.local")),
+        "{warnings:?}"
+    );
+    // No egressProxy: passthrough.
+    assert_eq!(compile("{mode: ALLOW_ANY}").0, "");
+}

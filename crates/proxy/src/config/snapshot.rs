@@ -152,6 +152,7 @@ impl Snapshot {
             compile_services(&config, &clusters, &mut problems);
         let providers = super::ext_authz::compile(&config, &clusters, &mut problems);
         let inbound = compile_inbound(&config, &providers, &mut problems);
+        super::egress_proxy::check(&config, &clusters, &mut problems);
         let gateway_guard = super::authz::compile_security(
             config.gateway_security.as_ref(),
             "gatewaySecurity",
