@@ -83,16 +83,6 @@ pub const TABLE: &[Unimplemented] = &[
         "spec.**.tls.caCrl",
         "not implemented; upstream certificates are not checked against a revocation list",
     ),
-    // Unsplit (Istio's default), local-origin failures count as 503s and
-    // `consecutiveLocalOriginFailures` is not consulted: weft-proxy does
-    // exactly that. Only splitting them out is missing.
-    Unimplemented {
-        kind: DR,
-        pattern: "spec.**.outlierDetection.splitExternalLocalOriginErrors",
-        treatment: Treatment::Ignored,
-        message: "true is not implemented (needs proxy support); local-origin failures (connect errors, resets) still count as 503s towards consecutive5xxErrors and consecutiveLocalOriginFailures is not consulted",
-        when: Some(is_true),
-    },
     ignored(
         DR,
         "spec.**.outlierDetection.outlierDetectionHttpErrorCodes",
@@ -102,16 +92,6 @@ pub const TABLE: &[Unimplemented] = &[
         DR,
         "spec.**.connectionPool.http.http2KeepAlive",
         "not implemented; no HTTP/2 PINGs are sent to upstreams",
-    ),
-    ignored(
-        DR,
-        "spec.**.connectionPool.http.maxConcurrentStreams",
-        "not implemented; HTTP/2 upstream connections use the server's stream limit",
-    ),
-    ignored(
-        DR,
-        "spec.**.connectionPool.tcp.maxConnectionDuration",
-        "not implemented; upstream connections live until idle or closed",
     ),
     ignored(
         DR,
@@ -129,11 +109,6 @@ pub const TABLE: &[Unimplemented] = &[
         "not implemented; use localityLbSetting",
     ),
     // VirtualService.
-    ignored(
-        VS,
-        "spec.http[].retries.retryRemoteLocalities",
-        "not implemented; retries may go to any locality the balancer picks",
-    ),
     ignored(
         VS,
         "spec.http[].retries.retryIgnorePreviousHosts",
@@ -269,16 +244,6 @@ pub const TABLE: &[Unimplemented] = &[
         "spec.ingress[].tls",
         "not implemented (needs proxy support); the port keeps mesh mTLS as PeerAuthentication sets it",
     ),
-    ignored(
-        SIDECAR,
-        "spec.ingress[].connectionPool",
-        "not implemented (needs proxy support); inbound connections are not limited",
-    ),
-    ignored(
-        SIDECAR,
-        "spec.inboundConnectionPool",
-        "not implemented (needs proxy support); inbound connections are not limited",
-    ),
     Unimplemented {
         kind: SIDECAR,
         pattern: "spec.egress[].bind",
@@ -290,11 +255,6 @@ pub const TABLE: &[Unimplemented] = &[
         SIDECAR,
         "spec.egress[].captureMode",
         "not implemented; outbound capture follows the proxy's mode",
-    ),
-    ignored(
-        SIDECAR,
-        "spec.outboundTrafficPolicy.egressProxy",
-        "not implemented (needs proxy support); unknown destinations follow outboundTrafficPolicy.mode",
     ),
     // Gateway.
     ignored(
@@ -389,10 +349,6 @@ fn is_any_address(value: &Value) -> bool {
 
 fn is_unix(value: &Value) -> bool {
     value.as_str().is_some_and(|s| s.starts_with("unix://"))
-}
-
-fn is_true(value: &Value) -> bool {
-    value.as_bool() == Some(true)
 }
 
 fn is_ignore(value: &Value) -> bool {

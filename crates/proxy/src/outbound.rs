@@ -83,7 +83,11 @@ pub(crate) async fn outbound(state: Arc<ProxyState>, snapshot: &Snapshot, stream
                     .await;
                 }
                 None if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
-                    let cluster = Cluster::passthrough(original);
+                    // Sidecar egressProxy: to the egress proxy, not the
+                    // dialled address.
+                    let cluster = crate::config::egress_proxy::cluster(snapshot)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Cluster::passthrough(original)));
                     tcp::proxy(&mut io, &cluster, "", Reporter::Source, &state, &downstream).await;
                 }
                 None => tracing::info!(

@@ -16,7 +16,7 @@ pub use destination_rule::{DestinationRule, Subset};
 pub use gateway::{Gateway, Server, ServerTlsMode, ServerTlsSettings, TlsProtocol};
 pub use http_route::{HttpMatchRequest, HttpRoute, HttpRouteDestination, RedirectPortSelection};
 pub use service_entry::{Location, Resolution, ServiceEntry};
-pub use sidecar::{OutboundMode, Sidecar};
+pub use sidecar::{EgressProxy, OutboundMode, Sidecar};
 pub use traffic_policy::{
     ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, LocalityLbSetting,
     OutlierDetection, SimpleLb, TrafficPolicy,

@@ -541,7 +541,7 @@ spec:
   host: ratings
   trafficPolicy:
     tunnel: {protocol: CONNECT, targetHost: egress.example, targetPort: 8080}
-    connectionPool: {tcp: {maxConnectionDuration: 30s}}
+    proxyProtocol: {version: V2}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -568,7 +568,7 @@ spec:
         [
             (
                 "DestinationRule shop/ratings",
-                "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration"
+                "spec.trafficPolicy.proxyProtocol"
             ),
             ("DestinationRule shop/ratings", "spec.trafficPolicy.tunnel"),
             ("VirtualService shop/ws", "spec.http[0].websocketUpgrade"),

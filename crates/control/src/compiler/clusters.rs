@@ -7,7 +7,7 @@
 //! the load balancer in [`balancer`].
 
 pub(super) mod balancer;
-mod limits;
+pub(super) mod limits;
 mod rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

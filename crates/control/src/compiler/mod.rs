@@ -20,6 +20,7 @@ mod checks;
 mod clusters;
 mod delegate;
 mod dns_table;
+mod egress_proxy;
 pub mod ext_authz;
 mod gateway;
 mod gateway_auto;

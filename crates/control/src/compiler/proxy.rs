@@ -132,6 +132,7 @@ impl MeshIndex {
         let security = self.inbound_security(namespace, &node.labels);
         for port in &mut inbound_ports {
             port.security.clone_from(&security);
+            port.connection_pool = scope.and_then(|s| s.inbound_pool(port.port));
         }
         // DNS proxying: only a proxy the app's queries are captured to.
         let dns_hosts = if node.dns_capture {
@@ -143,6 +144,12 @@ impl MeshIndex {
         let outbound_traffic_policy = scope
             .and_then(|s| s.outbound_policy)
             .unwrap_or(self.mesh.outbound);
+        let egress_proxy_cluster = super::egress_proxy::cluster(
+            scope.and_then(|s| s.egress_proxy.as_ref()),
+            outbound_traffic_policy,
+            &clusters,
+            &mut warnings,
+        );
         let mut output = ProxyOutput {
             config: ProxyConfig {
                 version: String::new(),
@@ -157,6 +164,7 @@ impl MeshIndex {
                     .mesh
                     .fill_telemetry(self.telemetry.for_node(namespace, &node.labels)),
                 dns_hosts,
+                egress_proxy_cluster,
                 ..Default::default()
             },
             warnings,
@@ -429,6 +437,7 @@ fn inbound_ports(node: &Node, warnings: &mut Vec<String>) -> Vec<pb::InboundPort
             target: String::new(),
             security: None,
             mtls_mode: 0,
+            connection_pool: None,
         });
     }
     inbound

@@ -43,6 +43,7 @@ pub(super) fn default_retry_policy() -> pb::RetryPolicy {
         retry_on: DEFAULT_RETRY_ON.iter().map(|s| s.to_string()).collect(),
         retriable_status_codes: Vec::new(),
         backoff: None,
+        retry_remote_localities: false,
     }
 }
 
@@ -68,6 +69,7 @@ pub(super) fn retry_policy(
     policy.backoff = parse_duration(&retries.backoff)
         .filter(|d| !d.is_zero())
         .map(Into::into);
+    policy.retry_remote_localities = retries.retry_remote_localities == Some(true);
     let entries: Vec<&str> = retries
         .retry_on
         .split(',')

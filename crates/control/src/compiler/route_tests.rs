@@ -462,7 +462,7 @@ fn retries_default_explicit_and_disabled() {
   - match: [{uri: {prefix: /default}}]
     route: [{destination: {host: reviews, subset: v1}}]
   - match: [{uri: {prefix: /explicit}}]
-    retries: {attempts: 3, perTryTimeout: 2s, retryOn: 'gateway-error, 409,connect-failure,503,retriable-headers', backoff: 50ms}
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: 'gateway-error, 409,connect-failure,503,retriable-headers', backoff: 50ms, retryRemoteLocalities: true}
     route: [{destination: {host: reviews, subset: v1}}]
   - match: [{uri: {prefix: /none}}]
     retries: {attempts: 0}
@@ -504,6 +504,8 @@ fn retries_default_explicit_and_disabled() {
         explicit.backoff,
         Some(std::time::Duration::from_millis(50).into())
     );
+    assert!(explicit.retry_remote_localities);
+    assert!(!default.retry_remote_localities);
     assert!(routes[2].retries.is_none(), "attempts: 0 disables retries");
     assert!(
         routes[3].retries.is_none(),

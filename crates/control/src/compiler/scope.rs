@@ -17,6 +17,7 @@ use weft_api::networking::Sidecar;
 use weft_api::{Object, Resource};
 use weft_proto::proxy::v1 as pb;
 
+use super::clusters::limits::pool_of;
 use super::hosts::wildcard_matches;
 use super::ports::{is_server_first, protocol};
 use weft_api::networking::OutboundMode;
@@ -35,6 +36,10 @@ pub(super) struct SidecarScope {
     /// `egress[]` listeners with `bind` and `port`: `(bind, port)`.
     bound: Vec<(String, u32)>,
     pub(super) outbound_policy: Option<pb::OutboundTrafficPolicy>,
+    /// `inboundConnectionPool`: limits toward the app on every inbound port.
+    inbound_pool: Option<pb::ConnectionPool>,
+    /// `outboundTrafficPolicy.egressProxy` (`egress_proxy.rs`).
+    pub(super) egress_proxy: Option<weft_api::networking::EgressProxy>,
 }
 
 /// One `namespace/host` of `egress[].hosts`, with its listener's port.
@@ -64,6 +69,8 @@ struct IngressPort {
     protocol: PortProtocol,
     /// `defaultEndpoint` as written.
     endpoint: String,
+    /// The listener's own `connectionPool`, over `inboundConnectionPool`.
+    pool: Option<pb::ConnectionPool>,
 }
 
 /// The service ports a Sidecar lets a proxy reach on one service.
@@ -134,6 +141,7 @@ impl SidecarScope {
                         number: port.number,
                         protocol: PortProtocol::parse(&port.protocol),
                         endpoint: listener.default_endpoint.clone(),
+                        pool: listener.connection_pool.as_ref().map(pool_of),
                     })
                 })
                 .collect()
@@ -150,7 +158,24 @@ impl SidecarScope {
             egress: (!sidecar.egress.is_empty()).then_some(hosts),
             ingress,
             outbound_policy,
+            inbound_pool: sidecar.inbound_connection_pool.as_ref().map(pool_of),
+            egress_proxy: sidecar
+                .outbound_traffic_policy
+                .as_ref()
+                .and_then(|policy| policy.egress_proxy.clone()),
         }
+    }
+
+    /// The limits of inbound port `port` toward the app, as Istio picks
+    /// them: the `ingress[]` listener's `connectionPool`, else the
+    /// Sidecar's `inboundConnectionPool`; `None`: no limits.
+    pub(super) fn inbound_pool(&self, port: u32) -> Option<pb::ConnectionPool> {
+        self.ingress
+            .iter()
+            .flatten()
+            .find(|listener| listener.number == port)
+            .and_then(|listener| listener.pool)
+            .or(self.inbound_pool)
     }
 
     /// Which ports of the service `name` of `namespace` a proxy in
@@ -249,6 +274,7 @@ impl SidecarScope {
                 target,
                 security: None,
                 mtls_mode: 0,
+                connection_pool: None,
             });
         }
         Some(out)

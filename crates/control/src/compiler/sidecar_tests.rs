@@ -1,5 +1,6 @@
 //! Sidecar egress listeners scoped by port, and ingress listeners: what a
-//! proxy sees and where its inbound ports forward, as Istio builds them.
+//! proxy sees and where its inbound ports forward (with which limits), as
+//! Istio builds them.
 
 use super::tests::{config, mesh, node};
 
@@ -149,4 +150,96 @@ fn an_egress_listener_with_bind_gets_its_own_listener_routing_by_host() {
         weft_proto::proxy::v1::ListenerKind::Explicit as i32
     );
     assert_eq!(ports(&config, "b.lib.svc.cluster.local"), [8080]);
+}
+
+#[test]
+fn inbound_connection_pool_limits_every_inbound_port_unless_the_listener_has_its_own() {
+    let yaml = format!(
+        "{SERVICES}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: ratings, namespace: app}}
+spec:
+  workloadSelector: {{labels: {{app: ratings}}}}
+  inboundConnectionPool: {{tcp: {{maxConnections: 7}}, http: {{http2MaxRequests: 9}}}}
+  ingress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:8080
+  - port: {{number: 9090, protocol: HTTP, name: admin}}
+    defaultEndpoint: 127.0.0.1:8081
+    connectionPool: {{http: {{http1MaxPendingRequests: 2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: app}}
+spec:
+  inboundConnectionPool: {{tcp: {{maxConnections: 3}}}}
+"
+    );
+    let index = mesh(&yaml, &[]);
+    let pools = |labels: &[(&str, &str)]| {
+        let mut workload = node("app", labels);
+        workload.ports = vec![weft_proto::discovery::v1::WorkloadPort {
+            port: 8080,
+            protocol: 0,
+            name: "http".into(),
+        }];
+        super::tests::compile(&index, &workload)
+            .config
+            .inbound_ports
+            .iter()
+            .map(|p| {
+                let pool = p.connection_pool.unwrap_or_default();
+                (
+                    p.port,
+                    pool.max_connections,
+                    pool.max_requests,
+                    pool.max_pending_requests,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // The listener's own block replaces inboundConnectionPool whole.
+    assert_eq!(
+        pools(&[("app", "ratings")]),
+        [(9080, 7, 9, 0), (9090, 0, 0, 2)]
+    );
+    // Without ingress listeners: the workload's own ports.
+    assert_eq!(pools(&[]), [(8080, 3, 0, 0)]);
+}
+
+#[test]
+fn egress_proxy_takes_unknown_traffic_when_its_cluster_is_visible_under_allow_any() {
+    let compile = |policy: &str| {
+        let yaml = format!(
+            "{SERVICES}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: app}}
+spec:
+  egress:
+  - hosts: [./*]
+  outboundTrafficPolicy: {policy}
+"
+        );
+        let out = super::tests::compile(&mesh(&yaml, &[]), &node("app", &[]));
+        (out.config.egress_proxy_cluster, out.warnings)
+    };
+    let (cluster, _) = compile(
+        "{mode: ALLOW_ANY, egressProxy: {host: a.app.svc.cluster.local, port: {number: 8080}}}",
+    );
+    assert_eq!(cluster, "outbound|8080||a.app.svc.cluster.local");
+    // lib's service is outside the Sidecar's egress hosts: no cluster.
+    let (cluster, warnings) = compile(
+        "{mode: ALLOW_ANY, egressProxy: {host: b.lib.svc.cluster.local, port: {number: 80}}}",
+    );
+    assert_eq!(cluster, "");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("outbound|80||b.lib.svc.cluster.local")),
+        "{warnings:?}"
+    );
+    // No egressProxy: passthrough.
+    assert_eq!(compile("{mode: ALLOW_ANY}").0, "");
 }

@@ -105,6 +105,19 @@ impl Live {
         original_dst: Option<SocketAddr>,
         tried: &[SocketAddr],
     ) -> Option<SocketAddr> {
+        self.choose_in(hash, original_dst, tried, &[])
+    }
+
+    /// As [`Self::choose`], the priority levels (for locality balancing:
+    /// localities) of the endpoints in `elsewhere` taking no traffic while
+    /// another level has healthy endpoints (retryRemoteLocalities).
+    pub fn choose_in(
+        &self,
+        hash: Option<u64>,
+        original_dst: Option<SocketAddr>,
+        tried: &[SocketAddr],
+        elsewhere: &[SocketAddr],
+    ) -> Option<SocketAddr> {
         if let (Policy::Passthrough, Some(dst), None) = (self.balancer.policy(), original_dst, hash)
         {
             return Some(self.dialled.get(&dst).copied().unwrap_or(dst));
@@ -113,14 +126,20 @@ impl Live {
             .iter()
             .filter_map(|a| self.balancer.index_of(*a))
             .collect();
+        let skip: Vec<u32> = elsewhere
+            .iter()
+            .filter_map(|a| self.balancer.level_of(self.balancer.index_of(*a)?))
+            .collect();
         let eligible = match &self.outlier {
             None => Eligible::All,
             Some(outlier) => outlier.eligible(Instant::now()),
         };
         let index = match &eligible {
-            Eligible::All => self.balancer.pick(None, hash, &tried),
+            Eligible::All => self.balancer.pick_among(None, hash, &tried, &skip),
             Eligible::None => None,
-            Eligible::Except(ejected) => self.balancer.pick(Some(ejected), hash, &tried),
+            Eligible::Except(ejected) => {
+                self.balancer.pick_among(Some(ejected), hash, &tried, &skip)
+            }
         }?;
         self.addresses.get(index).copied()
     }

@@ -178,6 +178,11 @@ impl Balancer {
         self.by_addr.get(&addr).copied()
     }
 
+    /// The priority level of endpoint `index`; `None` when all share one.
+    pub fn level_of(&self, index: usize) -> Option<u32> {
+        self.priorities.get(index).copied()
+    }
+
     /// Counts a request in flight on `addr` until the guard is dropped.
     pub fn track(&self, addr: SocketAddr) -> Option<Load> {
         let index = self.index_of(addr)?;
@@ -251,9 +256,22 @@ impl Balancer {
         hash: Option<u64>,
         tried: &[usize],
     ) -> Option<usize> {
+        self.pick_among(ejected, hash, tried, &[])
+    }
+
+    /// As [`Self::pick`], with the priority levels in `skip` taking no load
+    /// (retryRemoteLocalities); when that leaves nothing healthy, all
+    /// levels count again, as Envoy's previous_priorities resets.
+    pub fn pick_among(
+        &self,
+        ejected: Option<&[bool]>,
+        hash: Option<u64>,
+        tried: &[usize],
+        skip: &[u32],
+    ) -> Option<usize> {
         let ejected_at =
             |index: usize| ejected.is_some_and(|e| e.get(index).copied().unwrap_or(false));
-        let level = self.pick_level(&ejected_at);
+        let level = self.pick_level(&ejected_at, skip);
         let out = |index: usize| {
             ejected_at(index) || level.is_some_and(|l| self.priorities.get(index) != Some(&l))
         };
@@ -277,20 +295,29 @@ impl Balancer {
     /// levels: each level takes up to its health (healthy share × 1.4) of
     /// what the levels above left, and when all levels together are under
     /// 100% the loads are scaled up proportionally. `None` with one level.
-    fn pick_level(&self, ejected: &dyn Fn(usize) -> bool) -> Option<u32> {
+    fn pick_level(&self, ejected: &dyn Fn(usize) -> bool, skip: &[u32]) -> Option<u32> {
         if self.priorities.is_empty() {
             return None;
         }
         // Per level: its healthy share × 1.4, at most 100 %. Read from the
         // level member lists, so a pick allocates nothing.
+        let skipped = |members: &Vec<usize>| {
+            members
+                .first()
+                .and_then(|i| self.priorities.get(*i))
+                .is_some_and(|level| skip.contains(level))
+        };
         let health = |members: &Vec<usize>| -> u64 {
-            if members.is_empty() {
+            if members.is_empty() || skipped(members) {
                 return 0;
             }
             let healthy = members.iter().filter(|i| !ejected(**i)).count() as u64;
             (healthy * OVERPROVISIONING_PERCENT / members.len() as u64).min(100)
         };
         let sum: u64 = self.members.iter().map(health).sum();
+        if sum == 0 && !skip.is_empty() {
+            return self.pick_level(ejected, &[]);
+        }
         if sum == 0 {
             // Nothing healthy anywhere: the nearest level, whose ejected
             // endpoints outlier detection already reports as UH.

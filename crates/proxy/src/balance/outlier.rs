@@ -15,6 +15,12 @@
 //!   ejections are ignored and all endpoints are balanced over (panic mode).
 //!   With Istio's default 0 this never happens, so a cluster whose every
 //!   endpoint is ejected answers "no healthy upstream" (UH).
+//! - `splitExternalLocalOriginErrors`: connect failures, resets and
+//!   timeouts (local origin: the proxy saw them, the upstream answered
+//!   nothing) are counted apart, ejecting after
+//!   `consecutiveLocalOriginFailures` in a row, and no longer count towards
+//!   the 5xx or gateway-error runs; any HTTP response ends a local-origin run
+//!   (Envoy resets the counter on a successful connect).
 //! - Ejections end lazily: an endpoint whose time is up returns on the next
 //!   pick after it (no timer task); its consecutive counters restart.
 
@@ -38,6 +44,11 @@ pub enum TryResult {
 }
 
 impl TryResult {
+    /// Whether the proxy, not the upstream's answer, saw the failure.
+    fn is_local_origin(self) -> bool {
+        !matches!(self, Self::Status(_))
+    }
+
     /// The HTTP status Envoy's detector counts it as.
     fn code(self) -> u16 {
         match self {
@@ -52,6 +63,8 @@ impl TryResult {
 struct Host {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    /// Local-origin failures in a row (only counted when split out).
+    consecutive_local: u32,
     /// Times ejected so far: the ejection time multiplier.
     ejections: u32,
     ejected_until: Option<Instant>,
@@ -116,23 +129,20 @@ impl Outlier {
             // Only reached in panic mode; an ejected host is not re-judged.
             return None;
         }
-        let code = result.code();
-        if !(500..600).contains(&code) {
-            host.consecutive_5xx = 0;
-            host.consecutive_gateway = 0;
-            return None;
-        }
-        host.consecutive_5xx += 1;
-        if matches!(code, 502..=504) {
-            host.consecutive_gateway += 1;
-        } else {
-            host.consecutive_gateway = 0;
-        }
         let policy = &self.policy;
-        let tripped = (policy.consecutive_5xx > 0
-            && host.consecutive_5xx >= policy.consecutive_5xx)
-            || (policy.consecutive_gateway > 0
-                && host.consecutive_gateway >= policy.consecutive_gateway);
+        let tripped = match policy.local_origin {
+            Some(limit) if result.is_local_origin() => {
+                host.consecutive_local += 1;
+                limit > 0 && host.consecutive_local >= limit
+            }
+            split => {
+                if split.is_some() {
+                    // The upstream answered: the connection worked.
+                    host.consecutive_local = 0;
+                }
+                count_status(host, policy, result.code())
+            }
+        };
         if !tripped {
             return None;
         }
@@ -149,6 +159,7 @@ impl Outlier {
         host.ejected_until = Some(now + time);
         host.consecutive_5xx = 0;
         host.consecutive_gateway = 0;
+        host.consecutive_local = 0;
         Some(time)
     }
 
@@ -164,6 +175,7 @@ impl Outlier {
                     host.ejected_until = None;
                     host.consecutive_5xx = 0;
                     host.consecutive_gateway = 0;
+                    host.consecutive_local = 0;
                     ejected.push(false);
                 }
                 None => ejected.push(false),
@@ -190,6 +202,25 @@ impl Outlier {
             .and_then(|h| h.ejected_until)
             .is_some_and(|until| until > now)
     }
+}
+
+/// Counts an HTTP status (or a local-origin failure mapped to one) towards
+/// the 5xx and gateway-error runs; `true` when one of them trips.
+fn count_status(host: &mut Host, policy: &OutlierPolicy, code: u16) -> bool {
+    if !(500..600).contains(&code) {
+        host.consecutive_5xx = 0;
+        host.consecutive_gateway = 0;
+        return false;
+    }
+    host.consecutive_5xx += 1;
+    if matches!(code, 502..=504) {
+        host.consecutive_gateway += 1;
+    } else {
+        host.consecutive_gateway = 0;
+    }
+    (policy.consecutive_5xx > 0 && host.consecutive_5xx >= policy.consecutive_5xx)
+        || (policy.consecutive_gateway > 0
+            && host.consecutive_gateway >= policy.consecutive_gateway)
 }
 
 /// Whether one more endpoint may be ejected when `ejected` of `total` are:
@@ -221,6 +252,7 @@ mod tests {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_percent: 100,
             min_health_percent: 0,
+            local_origin: None,
         }
     }
 
@@ -296,6 +328,58 @@ mod tests {
                 .record(addr(1), TryResult::Status(503), now)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn split_local_origin_failures_count_apart_from_5xx() {
+        let mut policy = policy();
+        policy.consecutive_5xx = 3;
+        policy.local_origin = Some(2);
+        let outlier = Outlier::new(policy, [addr(1), addr(2)].into_iter());
+        let now = Instant::now();
+        // 5xx, local, 5xx, local: neither run reaches its limit (unsplit,
+        // the third 5xx-like result would have ejected).
+        assert_eq!(outlier.record(addr(1), TryResult::Status(503), now), None);
+        assert_eq!(
+            outlier.record(addr(1), TryResult::ConnectFailure, now),
+            None
+        );
+        assert_eq!(outlier.record(addr(1), TryResult::Status(500), now), None);
+        // An HTTP answer ended the local-origin run.
+        assert_eq!(outlier.record(addr(1), TryResult::Reset, now), None);
+        assert_eq!(outlier.record(addr(1), TryResult::Status(200), now), None);
+        assert_eq!(outlier.record(addr(1), TryResult::Timeout, now), None);
+        assert_eq!(
+            outlier.record(addr(1), TryResult::ConnectFailure, now),
+            Some(Duration::from_secs(30))
+        );
+        // 5xx alone still ejects, without help from local failures.
+        for _ in 0..2 {
+            assert_eq!(
+                outlier.record(addr(2), TryResult::Timeout, now + Duration::from_secs(1)),
+                None
+            );
+            outlier.record(addr(2), TryResult::Status(200), now);
+        }
+        for _ in 0..2 {
+            assert_eq!(outlier.record(addr(2), TryResult::Status(502), now), None);
+        }
+        assert!(
+            outlier
+                .record(addr(2), TryResult::Status(502), now)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn split_with_zero_count_never_ejects_for_local_failures() {
+        let mut policy = policy();
+        policy.local_origin = Some(0);
+        let outlier = Outlier::new(policy, [addr(1), addr(2)].into_iter());
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(outlier.record(addr(1), TryResult::Reset, now), None);
+        }
     }
 
     #[test]

@@ -51,6 +51,13 @@ pub(super) fn compile_limits(
         max_retries: pool.max_retries,
         idle_timeout,
         tcp_keepalive,
+        max_connection_duration: duration(
+            pool.max_connection_duration.as_ref(),
+            &format!("{path}.maxConnectionDuration"),
+            problems,
+        )
+        .filter(|d| !d.is_zero()),
+        max_concurrent_streams: pool.max_concurrent_streams,
     }
 }
 
@@ -93,6 +100,9 @@ pub(super) fn compile_outlier(
         base_ejection_time,
         max_ejection_percent: outlier.max_ejection_percent.min(100),
         min_health_percent: outlier.min_health_percent.min(100),
+        local_origin: outlier
+            .split_external_local_origin_errors
+            .then_some(outlier.consecutive_local_origin_failures),
     })
 }
 
@@ -244,8 +254,8 @@ mod tests {
 clusters:
 - name: c
   endpoints: [{address: 127.0.0.1:1}]
-  connectionPool: {maxConnections: 2, maxRequests: 3, idleTimeout: 5s, tcpKeepalive: {probes: 3}}
-  outlierDetection: {consecutive5xxErrors: 4}
+  connectionPool: {maxConnections: 2, maxRequests: 3, idleTimeout: 5s, tcpKeepalive: {probes: 3}, maxConnectionDuration: 7s, maxConcurrentStreams: 8}
+  outlierDetection: {consecutive5xxErrors: 4, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}
 ",
         )
         .expect("valid");
@@ -253,12 +263,15 @@ clusters:
         let limits = &cluster.limits;
         assert_eq!((limits.max_connections, limits.max_requests), (2, 3));
         assert_eq!(limits.idle_timeout.as_secs(), 5);
+        assert_eq!(limits.max_connection_duration.map(|d| d.as_secs()), Some(7));
+        assert_eq!(limits.max_concurrent_streams, 8);
         assert_eq!(
             limits.tcp_keepalive.as_ref().and_then(|k| k.probes),
             Some(3)
         );
         let outlier = cluster.outlier.as_ref().expect("outlier detection");
         assert_eq!(outlier.consecutive_5xx, 4);
+        assert_eq!(outlier.local_origin, Some(2));
         assert_eq!(outlier.base_ejection_time.as_secs(), 30);
         assert_eq!(outlier.interval.as_secs(), 10);
     }

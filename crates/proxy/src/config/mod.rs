@@ -14,6 +14,7 @@ mod cluster;
 mod clusters;
 pub mod cors;
 pub mod dns;
+pub mod egress_proxy;
 pub mod ext_authz;
 mod hardening;
 mod load;

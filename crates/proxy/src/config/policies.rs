@@ -86,6 +86,12 @@ pub struct Limits {
     /// Pooled HTTP/1 connections idle longer than this are closed.
     pub idle_timeout: Duration,
     pub tcp_keepalive: Option<Keepalive>,
+    /// Connections older than this take no new requests and are closed
+    /// once those in flight finish (`upstream/aging.rs`).
+    pub max_connection_duration: Option<Duration>,
+    /// HTTP/2: streams per upstream connection before another is opened;
+    /// 0: one shared connection per endpoint (the server's limit applies).
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -98,6 +104,8 @@ impl Default for Limits {
             max_retries: 0,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             tcp_keepalive: None,
+            max_connection_duration: None,
+            max_concurrent_streams: 0,
         }
     }
 }
@@ -124,4 +132,8 @@ pub struct OutlierPolicy {
     pub base_ejection_time: Duration,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
+    /// `splitExternalLocalOriginErrors`: `Some(n)` counts connect failures,
+    /// resets and timeouts apart, ejecting after `n` in a row (0: never);
+    /// `None`: they count as 503/504.
+    pub local_origin: Option<u32>,
 }

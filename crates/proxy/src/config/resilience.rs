@@ -66,6 +66,9 @@ pub struct RetryPolicy {
     pub status_codes: Vec<StatusCode>,
     /// The first backoff; later ones double, capped at 10×.
     pub backoff: Duration,
+    /// `retryRemoteLocalities`: later retries leave out the priority
+    /// levels already tried (`http/retry.rs`).
+    pub remote_localities: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -139,6 +142,7 @@ pub(super) fn compile_retries(
         on,
         status_codes,
         backoff,
+        remote_localities: policy.retry_remote_localities,
     })
 }
 

@@ -152,6 +152,7 @@ impl Snapshot {
             compile_services(&config, &clusters, &mut problems);
         let providers = super::ext_authz::compile(&config, &clusters, &mut problems);
         let inbound = compile_inbound(&config, &providers, &mut problems);
+        super::egress_proxy::check(&config, &clusters, &mut problems);
         let gateway_guard = super::authz::compile_security(
             config.gateway_security.as_ref(),
             "gatewaySecurity",
@@ -515,7 +516,7 @@ fn compile_inbound(
                 }
             }
         };
-        let cluster = Cluster::new(
+        let mut cluster = Cluster::new(
             format!("inbound|{number}||"),
             String::new(),
             UpstreamProtocol::ClientProtocol,
@@ -529,6 +530,11 @@ fn compile_inbound(
                 mesh: false,
                 dialled: None,
             }],
+        );
+        cluster.limits = super::cluster::compile_limits(
+            port.connection_pool.as_ref(),
+            &format!("{path}.connectionPool"),
+            problems,
         );
         let compiled = InboundPort {
             port: number,

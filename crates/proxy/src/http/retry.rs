@@ -36,6 +36,10 @@ use crate::upstream::{HttpVersion, Resource, Slot, TryResult, UpstreamError};
 
 /// Envoy's backoff ceiling: ten times the base.
 const MAX_BACKOFF_FACTOR: u32 = 10;
+/// Tries after which retryRemoteLocalities leaves out the localities
+/// tried (Istio's `update_frequency`).
+const REMOTE_UPDATE_FREQUENCY: usize = 2;
+
 /// How many picks to spend looking for an endpoint not tried yet.
 const HOST_SELECTION_ATTEMPTS: usize = 5;
 
@@ -253,10 +257,19 @@ fn record(exchange: &Exchange<'_>, addr: SocketAddr, result: Option<TryResult>) 
 /// (a consistent hash walks on to the next distinct entry by itself).
 fn pick(exchange: &Exchange<'_>, tried: &[SocketAddr]) -> Option<SocketAddr> {
     let cluster = exchange.cluster;
+    // retryRemoteLocalities, as Istio configures Envoy (previous
+    // priorities, update frequency 2): every second try, the localities
+    // tried so far are left out; the first retry still goes local.
+    let elsewhere = match exchange.policy {
+        Some(policy) if policy.remote_localities => {
+            &tried[..tried.len() / REMOTE_UPDATE_FREQUENCY * REMOTE_UPDATE_FREQUENCY]
+        }
+        _ => &[],
+    };
     let choose = || {
         exchange
             .live
-            .choose(exchange.hash, exchange.original_dst, tried)
+            .choose_in(exchange.hash, exchange.original_dst, tried, elsewhere)
     };
     let mut picked = choose()?;
     let picks = HOST_SELECTION_ATTEMPTS.max(cluster.endpoints.len());

@@ -178,7 +178,15 @@ pub fn resolve(
             }
             match original_dst {
                 Some(dst) if snapshot.outbound_policy == OutboundTrafficPolicy::AllowAny => {
-                    Ok(passthrough(*dst))
+                    Ok(match crate::config::egress_proxy::cluster(snapshot) {
+                        Some(egress) => Decision::Forward(Forwarding {
+                            service: String::new(),
+                            cluster: egress.clone(),
+                            timeout: None,
+                            matched: None,
+                        }),
+                        None => passthrough(*dst),
+                    })
                 }
                 // Istio sends what no ServiceEntry declares to its
                 // BlackHoleCluster: 502.

@@ -4,6 +4,7 @@
 
 mod connect;
 mod dns;
+mod h2_limited;
 mod pool;
 
 pub use crate::balance::limits::{Breaker, Overflow, Resource, Slot};

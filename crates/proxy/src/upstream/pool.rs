@@ -16,6 +16,11 @@
 //! nor after idling longer than idleTimeout (checked at checkout and
 //! checkin; there is no timer sweep).
 //!
+//! maxConnectionDuration: an HTTP/1 connection older than it is not reused
+//! (its request in flight finishes) and a timer closes it if it idles in the
+//! pool; HTTP/2 under that or maxConcurrentStreams goes through
+//! `h2_limited.rs`.
+//!
 //! TLS (`tls::upstream`): to an endpoint secured by mesh mTLS, requests go
 //! over multiplexed HTTP/2 connections ([`MESH_H2_SHARDS`] per endpoint)
 //! whatever HTTP version the app used (marked with `x-weft-client-protocol` so the far side gives the
@@ -40,6 +45,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::connect_secured;
+use super::h2_limited::{self, H2Set};
 use super::{Breaker, Keepalive, Resource, Slot, UpstreamError};
 use crate::body::ProxyBody;
 use crate::tls::CLIENT_PROTOCOL_HEADER;
@@ -69,6 +75,8 @@ struct Http1Conn {
     slot: Slot,
     served: u32,
     idle_since: Instant,
+    /// When it was opened, for maxConnectionDuration.
+    born: Instant,
     /// How the connection was secured.
     tls: UpstreamTls,
 }
@@ -80,6 +88,9 @@ impl Http1Conn {
             && (limits.max_requests_per_connection == 0
                 || self.served < limits.max_requests_per_connection)
             && now.saturating_duration_since(self.idle_since) < limits.idle_timeout
+            && limits
+                .max_connection_duration
+                .is_none_or(|age| now.saturating_duration_since(self.born) < age)
     }
 }
 
@@ -91,6 +102,8 @@ pub struct Pool {
     http2: Mutex<HashMap<(SocketAddr, usize), H2Slot>>,
     /// Spreads mesh HTTP/2 requests over [`MESH_H2_SHARDS`] connections.
     next_shard: std::sync::atomic::AtomicUsize,
+    /// HTTP/2 connections of clusters with a stream limit or lifetime.
+    h2_limited: Mutex<HashMap<SocketAddr, H2Set>>,
 }
 
 impl Pool {
@@ -100,6 +113,7 @@ impl Pool {
             idle_http1: Mutex::default(),
             http2: Mutex::default(),
             next_shard: Default::default(),
+            h2_limited: Mutex::default(),
         }
     }
 
@@ -152,6 +166,9 @@ impl Pool {
             let (mut conn, reused) = self
                 .checkout_http1(addr, breaker, connect_timeout, &tls)
                 .await?;
+            if let (false, Some(age)) = (reused, breaker.limits.max_connection_duration) {
+                self.expire_http1_after(addr, age);
+            }
             if conn.sender.ready().await.is_err() {
                 if reused {
                     continue;
@@ -219,6 +236,7 @@ impl Pool {
                         slot,
                         served: 0,
                         idle_since: Instant::now(),
+                        born: Instant::now(),
                         tls: tls.clone(),
                     };
                     return Ok((conn, false));
@@ -249,6 +267,26 @@ impl Pool {
         mut request: Request<ProxyBody>,
         tls: UpstreamTls,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let limits = &breaker.limits;
+        if limits.max_concurrent_streams > 0 || limits.max_connection_duration.is_some() {
+            let set = self
+                .h2_limited
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry(addr)
+                .or_default()
+                .clone();
+            return h2_limited::send(
+                &set,
+                addr,
+                breaker,
+                connect_timeout,
+                request,
+                tls,
+                &self.tls,
+            )
+            .await;
+        }
         // TLS records are sealed and opened by the task driving the
         // connection: more than one connection per endpoint lets that work
         // use more than one core.
@@ -337,6 +375,23 @@ impl Pool {
         evicted.is_some()
     }
 
+    /// Closes the connections to `addr` that idle in the pool past
+    /// maxConnectionDuration once `age` has passed (one opened now is then
+    /// due); those in use close at checkin.
+    fn expire_http1_after(self: &Arc<Self>, addr: SocketAddr, age: Duration) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(age).await;
+            if let Some(pool) = pool.upgrade() {
+                let now = Instant::now();
+                let mut idle = pool.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(stack) = idle.get_mut(&addr) {
+                    stack.retain(|conn| conn.reusable(now));
+                }
+            }
+        });
+    }
+
     fn return_http1(&self, addr: SocketAddr, mut conn: Http1Conn) {
         let now = Instant::now();
         conn.idle_since = now;
@@ -386,7 +441,7 @@ async fn connect_http1(
     Ok(sender)
 }
 
-async fn connect_http2(
+pub(super) async fn connect_http2(
     addr: SocketAddr,
     timeout: Duration,
     counted: Slot,

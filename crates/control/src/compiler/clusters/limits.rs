@@ -23,6 +23,8 @@ const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+/// Envoy's `consecutive_local_origin_failure` default.
+const DEFAULT_CONSECUTIVE_LOCAL_ORIGIN: u32 = 5;
 
 /// The most specific `$field` block: subset before rule, port-level before
 /// top level. (A macro, since the port-level type is not exported.)
@@ -87,6 +89,12 @@ pub(super) fn connection_pool(
     port: u32,
 ) -> Option<pb::ConnectionPool> {
     let settings: &ConnectionPoolSettings = most_specific!(policies, port, connection_pool)?;
+    Some(pool_of(settings))
+}
+
+/// One `connectionPool` block as the proxy's limits (also a Sidecar's
+/// `inboundConnectionPool` and `ingress[].connectionPool`).
+pub(in crate::compiler) fn pool_of(settings: &ConnectionPoolSettings) -> pb::ConnectionPool {
     let tcp = settings.tcp.as_ref();
     let http = settings.http.as_ref();
     // One idle timeout for pooled upstream connections: the HTTP one, else
@@ -102,7 +110,7 @@ pub(super) fn connection_pool(
             time: positive(&k.time).map(Into::into),
             interval: positive(&k.interval).map(Into::into),
         });
-    Some(pb::ConnectionPool {
+    pb::ConnectionPool {
         max_connections: count(tcp.and_then(|t| t.max_connections)),
         max_pending_requests: count(http.and_then(|h| h.http1_max_pending_requests)),
         max_requests: count(http.and_then(|h| h.http2_max_requests)),
@@ -110,7 +118,11 @@ pub(super) fn connection_pool(
         max_retries: count(http.and_then(|h| h.max_retries)),
         idle_timeout,
         tcp_keepalive,
-    })
+        max_connection_duration: tcp
+            .and_then(|t| positive(&t.max_connection_duration))
+            .map(Into::into),
+        max_concurrent_streams: count(http.and_then(|h| h.max_concurrent_streams)),
+    }
 }
 
 pub(super) fn outlier_detection(
@@ -127,6 +139,7 @@ pub(super) fn outlier_detection(
         DEFAULT_CONSECUTIVE_5XX
     });
     let consecutive_gateway_errors = outlier.consecutive_gateway_errors.unwrap_or(legacy);
+    let split = outlier.split_external_local_origin_errors == Some(true);
     let percent = |value: Option<i32>, default: u32| {
         value.map_or(default, |v| u32::try_from(v.clamp(0, 100)).unwrap_or(0))
     };
@@ -145,6 +158,17 @@ pub(super) fn outlier_detection(
         ),
         max_ejection_percent: percent(outlier.max_ejection_percent, DEFAULT_MAX_EJECTION_PERCENT),
         min_health_percent: percent(outlier.min_health_percent, 0),
+        // Envoy's counter is on (5) whenever the split is; Istio only
+        // overrides the count.
+        split_external_local_origin_errors: split,
+        consecutive_local_origin_failures: if split {
+            outlier
+                .consecutive_local_origin_failures
+                .filter(|n| *n > 0)
+                .unwrap_or(DEFAULT_CONSECUTIVE_LOCAL_ORIGIN)
+        } else {
+            0
+        },
     })
 }
 
@@ -265,6 +289,45 @@ spec:
         );
         assert_eq!((v2.max_ejection_percent, v2.min_health_percent), (50, 20));
         assert_eq!(v2.base_ejection_time.map(|d| d.seconds), Some(30));
+    }
+
+    #[test]
+    fn connection_duration_streams_and_local_origin_split_map() {
+        let clusters = clusters(
+            "  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnectionDuration: 90s}
+      http: {maxConcurrentStreams: 4}
+    outlierDetection: {splitExternalLocalOriginErrors: true}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      outlierDetection: {splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      outlierDetection: {consecutiveLocalOriginFailures: 2}
+",
+        );
+        let top = &clusters[&format!("outbound|9080||{HOST}")];
+        let pool = top.connection_pool.expect("pool");
+        assert_eq!(pool.max_connection_duration.map(|d| d.seconds), Some(90));
+        assert_eq!(pool.max_concurrent_streams, 4);
+        let split = |subset: &str| {
+            let outlier = clusters[&format!("outbound|9080|{subset}|{HOST}")]
+                .outlier_detection
+                .expect("outlier detection");
+            (
+                outlier.split_external_local_origin_errors,
+                outlier.consecutive_local_origin_failures,
+            )
+        };
+        // Envoy's default count when only the split is asked for.
+        assert_eq!(split(""), (true, 5));
+        assert_eq!(split("v2"), (true, 2));
+        // Not split: the count is not consulted.
+        assert_eq!(split("v1"), (false, 0));
     }
 
     #[test]
