@@ -2,11 +2,10 @@
 //! memory small (issue 14; figures in bench/RESULTS.md). Most of a
 //! sidecar's RSS is the binary's own pages, so:
 //!
-//! - It is linked as a position-dependent executable (`-no-pie`): no
-//!   relative relocations for the loader to apply at start, so the 0.8 MB
-//!   relocation table is never read and the 0.6 MB of constant pointer
-//!   tables (`.data.rel.ro`) stay clean file pages, read only where used,
-//!   instead of private copies written whole at start.
+//! - It stays a position-independent executable. Linking it `-no-pie`
+//!   saves about 0.8 MB of private pages (the loader's relocation of
+//!   `.data.rel.ro`), but puts the code of a process that parses untrusted
+//!   traffic at fixed addresses; a sidecar keeps ASLR (bench/RESULTS.md).
 //! - In release builds for x86_64 Linux (linked by rust-lld), functions the
 //!   proxy runs (listed in `symbol-order.txt`, made by `bench/symbol-order`
 //!   from a callgrind profile) are placed together at the start of `.text`.
@@ -28,7 +27,6 @@ fn main() {
     if os != "linux" {
         return;
     }
-    println!("cargo:rustc-link-arg-bin=weft-proxy=-no-pie");
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
     // rust-lld is the default linker of this target only; GNU ld does not
     // know the option.
