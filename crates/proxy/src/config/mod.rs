@@ -9,6 +9,7 @@
 //! exception: a gateway port's TLS servers ([`GatewayTls`]) re-read their
 //! certificate files when they change, so a renewal needs no new config.
 
+pub mod access_logs;
 mod authz;
 mod cluster;
 mod clusters;
@@ -17,6 +18,7 @@ pub mod dns;
 pub mod ext_authz;
 mod hardening;
 mod load;
+pub mod log_format;
 pub mod mirror;
 mod policies;
 pub mod ratelimit;

@@ -222,16 +222,21 @@ impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
 
 /// Istio names a proxy's service `<canonical service>.<namespace>`.
 fn resource(local: &Local) -> Resource {
+    Resource::builder_empty()
+        .with_attributes(resource_attributes(local))
+        .build()
+}
+
+/// `service.name` and `node_id`, for spans and access-log records alike.
+pub(super) fn resource_attributes(local: &Local) -> Vec<KeyValue> {
     let workload = &local.workload;
     let service = match (&workload.canonical_service, &workload.namespace) {
         (Some(service), Some(namespace)) => format!("{service}.{namespace}"),
         (Some(service), None) => service.clone(),
         _ => "weft-proxy".to_string(),
     };
-    Resource::builder_empty()
-        .with_attributes([
-            KeyValue::new("service.name", service),
-            KeyValue::new("node_id", local.node_id.clone()),
-        ])
-        .build()
+    vec![
+        KeyValue::new("service.name", service),
+        KeyValue::new("node_id", local.node_id.clone()),
+    ]
 }

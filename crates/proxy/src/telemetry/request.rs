@@ -122,7 +122,7 @@ impl RequestRecord {
         let span = trace::continue_or_start(headers, telemetry.sampling(&snapshot));
         let side = snapshot.custom_telemetry.side(reporter == Reporter::Source);
         let custom = side.is_custom();
-        let logger = telemetry.access_log(&snapshot);
+        let logger = telemetry.access_log(&snapshot, reporter == Reporter::Source);
         let log = logger.is_some() && !side.log_disabled;
         // A custom format reading arbitrary headers needs them at the end.
         let keep_headers = log && logger.is_some_and(|l| l.reads_headers());
@@ -404,9 +404,10 @@ impl Finish {
             response_messages,
         };
         let metrics = &self.state.metrics();
+        // One snapshot for the whole finish: metrics, filter, line, span.
+        let snapshot = self.state.snapshot();
         let mut logged = true;
         if self.custom {
-            let snapshot = self.state.snapshot();
             let side = snapshot
                 .custom_telemetry
                 .side(self.labels.reporter == Reporter::Source);
@@ -423,11 +424,11 @@ impl Finish {
         let Some(detail) = self.detail.take() else {
             return;
         };
-        let snapshot = self.state.snapshot();
         let telemetry: &Telemetry = &metrics.telemetry;
+        let client = self.labels.reporter == Reporter::Source;
         if detail.log
             && logged
-            && let Some(sink) = telemetry.access_log(&snapshot)
+            && let Some(sink) = telemetry.access_log(&snapshot, client)
         {
             sink.log(&self.entry(&detail, &sample, elapsed));
         }
