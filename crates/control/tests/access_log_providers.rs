@@ -5,7 +5,8 @@
 //! record (body and attributes from the provider's `logFormat`, as Envoy's
 //! OpenTelemetry access logger writes them) and one JSON line in the
 //! provider's file; a Telemetry change naming the file provider alone stops
-//! the records live, and `disabled: true` stops the lines too.
+//! the records live, and `disabled: true` stops the lines too; a Telemetry
+//! naming Envoy's gRPC ALS is warned at apply time and by `weft analyze`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,8 @@ async fn otel_and_file_providers_get_each_request_and_switch_live() {
   envoyFileAccessLog:
     path: {}
     logFormat: {{labels: {{who: 'audit %REQ(:METHOD)%', code: '%RESPONSE_CODE%'}}}}
+- name: als
+  envoyHttpAls: {{service: otel.example.test, port: 4317}}
 ",
             audit.display()
         ),
@@ -225,6 +228,32 @@ async fn otel_and_file_providers_get_each_request_and_switch_live() {
         }
         assert!(Instant::now() < deadline, "lines still flow");
     }
+
+    // A Telemetry naming Envoy's gRPC ALS: warned at apply and by analyze.
+    let legacy = "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: legacy, namespace: legacy}
+spec:
+  accessLogging: [{providers: [{name: als}]}]
+";
+    let applied = weftd.apply(legacy).await.expect("apply");
+    assert!(
+        applied
+            .text()
+            .contains("\\\"als\\\" is a envoyHttpAls provider"),
+        "{}",
+        applied.text()
+    );
+    let weft = weft_testkit::cli::sibling(WEFTD, "weft");
+    let api = weftd.api.to_string();
+    let token = weftd.token_file().display().to_string();
+    let analyzed =
+        weft_testkit::cli::run(&weft, &["--weftd", &api, "--token-file", &token, "analyze"]);
+    let all = format!("{}{}", analyzed.stdout, analyzed.stderr);
+    assert!(
+        all.contains("legacy/legacy") && all.contains("is a envoyHttpAls provider"),
+        "{all}"
+    );
     drop(proxy);
     drop(weftd);
 }

@@ -155,3 +155,80 @@ fn format(text: &str, labels: &[pb::AccessLogLabel]) -> Result<Option<LogFormat>
     }
     LogFormat::text(text).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(name: &str, format: &str) -> pb::AccessLogLabel {
+        pb::AccessLogLabel {
+            name: name.into(),
+            format: format.into(),
+        }
+    }
+
+    #[test]
+    fn providers_compile_with_their_formats_and_a_bad_one_names_its_provider() {
+        let mut pushed = pb::Telemetry {
+            access_log_providers: vec![
+                pb::AccessLogProvider {
+                    name: "audit".into(),
+                    client: true,
+                    path: "/tmp/audit.log".into(),
+                    labels: vec![label("code", "%RESPONSE_CODE%")],
+                    ..Default::default()
+                },
+                pb::AccessLogProvider {
+                    name: "otel".into(),
+                    server: true,
+                    otel_cluster: "outbound|4317||otel".into(),
+                    log_name: "mesh".into(),
+                    text_format: "%REQ(X-USER)%".into(),
+                    labels: vec![label("code", "%RESPONSE_CODE%")],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let logs = AccessLogs::compile(Some(&pushed)).expect("valid");
+        assert_eq!(logs.providers.len(), 2);
+        assert!(logs.providers[0].covers(true) && !logs.providers[0].covers(false));
+        assert!(matches!(
+            &logs.providers[0].kind,
+            LogKind::File { path, format: Some(LogFormat::Json(_)) } if path == "/tmp/audit.log"
+        ));
+        assert!(matches!(
+            &logs.providers[1].kind,
+            LogKind::Otel { body: Some(_), attributes, .. } if attributes.len() == 1
+        ));
+        assert!(logs.reads_headers(), "the OTel body reads x-user");
+
+        pushed.access_log_providers[1].labels = vec![label("bad", "%NOPE%")];
+        let err = AccessLogs::compile(Some(&pushed)).expect_err("bad operator");
+        assert!(
+            err.starts_with("telemetry.accessLogProviders[\"otel\"]: label bad:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn without_providers_the_older_fields_or_the_proxys_sink() {
+        let plain = AccessLogs::compile(None).expect("none");
+        assert!(matches!(
+            &plain.providers[..],
+            [LogProvider { kind: LogKind::File { path, format: None }, client: true, server: true, .. }]
+                if path.is_empty()
+        ));
+        let pushed = pb::Telemetry {
+            access_log_text_format: "%DURATION%".into(),
+            access_log_path: "/dev/stdout".into(),
+            ..Default::default()
+        };
+        let older = AccessLogs::compile(Some(&pushed)).expect("valid");
+        assert!(matches!(
+            &older.providers[0].kind,
+            LogKind::File { path, format: Some(LogFormat::Text(_)) } if path == "/dev/stdout"
+        ));
+        assert!(!older.reads_headers());
+    }
+}
