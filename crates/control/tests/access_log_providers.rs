@@ -6,7 +6,7 @@
 //! OpenTelemetry access logger writes them) and one JSON line in the
 //! provider's file; a Telemetry change naming the file provider alone stops
 //! the records live, and `disabled: true` stops the lines too; a Telemetry
-//! naming Envoy's gRPC ALS is warned at apply time and by `weft analyze`.
+//! naming Envoy's gRPC ALS is warned by `weft analyze`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -229,7 +229,8 @@ async fn otel_and_file_providers_get_each_request_and_switch_live() {
         assert!(Instant::now() < deadline, "lines still flow");
     }
 
-    // A Telemetry naming Envoy's gRPC ALS: warned at apply and by analyze.
+    // A Telemetry naming Envoy's gRPC ALS: warned by analyze (and in the
+    // compile warnings weftd logs), as tracing providers are.
     let legacy = "apiVersion: telemetry.istio.io/v1
 kind: Telemetry
 metadata: {name: legacy, namespace: legacy}
@@ -237,13 +238,7 @@ spec:
   accessLogging: [{providers: [{name: als}]}]
 ";
     let applied = weftd.apply(legacy).await.expect("apply");
-    assert!(
-        applied
-            .text()
-            .contains("\\\"als\\\" is a envoyHttpAls provider"),
-        "{}",
-        applied.text()
-    );
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.text());
     let weft = weft_testkit::cli::sibling(WEFTD, "weft");
     let api = weftd.api.to_string();
     let token = weftd.token_file().display().to_string();
