@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod kube;
 pub mod netns;
 pub mod otlp;
+pub mod otlp_logs;
 pub mod prometheus;
 pub mod proxy;
 pub mod weftd;

@@ -111,15 +111,6 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
     if let Some(defaults) = &config.default_config {
         defaults.warnings("defaultConfig", &mut out);
     }
-    // The file provider whose path and logFormat the proxies apply.
-    let chosen_file_log = config.default_providers.as_ref().and_then(|d| {
-        d.access_logging.iter().find(|name| {
-            config
-                .extension_providers
-                .iter()
-                .any(|p| &p.name == *name && p.envoy_file_access_log.is_some())
-        })
-    });
     for (index, provider) in config.extension_providers.iter().enumerate() {
         let Some(kind) = provider.kind() else {
             continue;
@@ -130,11 +121,14 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
             kind.key()
         );
         let why = match kind {
-            Kind::Prometheus | Kind::EnvoyExtAuthzHttp | Kind::EnvoyExtAuthzGrpc => None,
-            Kind::EnvoyFileAccessLog if chosen_file_log == Some(&provider.name) => None,
-            Kind::EnvoyFileAccessLog => Some(
-                "its path and logFormat apply only as the first envoyFileAccessLog provider in \
-                 defaultProviders.accessLogging (a Telemetry accessLogging naming it is left out)",
+            Kind::Prometheus
+            | Kind::EnvoyExtAuthzHttp
+            | Kind::EnvoyExtAuthzGrpc
+            | Kind::EnvoyFileAccessLog
+            | Kind::EnvoyOtelAls => None,
+            Kind::EnvoyHttpAls | Kind::EnvoyTcpAls => Some(
+                "Envoy's gRPC access-log service is not implemented by Weft: proxies it is \
+                 selected for send it nothing (use envoyOtelAls or envoyFileAccessLog)",
             ),
             Kind::Zipkin | Kind::OpenTelemetry => {
                 super::tracing::provider_warnings(provider, &path, &mut out);
@@ -152,17 +146,29 @@ pub(super) fn warnings(config: &MeshConfig) -> Vec<String> {
     }
     if let Some(defaults) = &config.default_providers {
         super::tracing::default_warnings(config, &defaults.tracing, &mut out);
+        let prometheus = defaults
+            .metrics
+            .iter()
+            .any(|name| config.provider_kind(name) == Some(Kind::Prometheus));
         for name in &defaults.metrics {
             if config.provider_kind(name) != Some(Kind::Prometheus) {
+                let then = if prometheus {
+                    "proxies report to prometheus only"
+                } else {
+                    "no prometheus provider is named, so proxies record no standard metrics \
+                     (unless a Telemetry metrics entry names prometheus)"
+                };
                 out.push(format!(
-                    "defaultProviders.metrics: {name:?} is not implemented; proxies expose Prometheus metrics only"
+                    "defaultProviders.metrics: {name:?} is not implemented; {then}"
                 ));
             }
         }
         for name in &defaults.access_logging {
-            if config.provider_kind(name) != Some(Kind::EnvoyFileAccessLog) {
+            let kind = config.provider_kind(name);
+            if kind != Some(Kind::EnvoyFileAccessLog) && kind != Some(Kind::EnvoyOtelAls) {
                 out.push(format!(
-                    "defaultProviders.accessLogging: {name:?} is not implemented; only file access logs are"
+                    "defaultProviders.accessLogging: {name:?} is not implemented (only \
+                     envoyFileAccessLog and envoyOtelAls are); left out"
                 ));
             }
         }

@@ -202,6 +202,19 @@ impl ExtensionProvider {
                 super::log_format::check_labels(&format!("{path}.labels"), labels, errors);
             }
         }
+        if let Some(format) = self
+            .envoy_otel_als
+            .as_ref()
+            .and_then(|f| f.log_format.as_ref())
+        {
+            let path = format!("{path}.envoyOtelAls.logFormat");
+            if let Some(text) = &format.text {
+                super::log_format::check_text(&format!("{path}.text"), text, errors);
+            }
+            if let Some(labels) = &format.labels {
+                super::log_format::check_labels(&format!("{path}.labels"), labels, errors);
+            }
+        }
         let kinds = self.kinds();
         match kinds.as_slice() {
             [] => errors.push(

@@ -69,7 +69,10 @@ pub(super) fn analyze(
                 }
                 // Telemetry naming a tracing provider that gives no spans.
                 let config = &in_force.loaded.config;
-                for warning in crate::compiler::telemetry_provider_warnings(&resources, config) {
+                let tracing = crate::compiler::telemetry_provider_warnings(&resources, config);
+                // ... or an access-log provider that takes no lines.
+                let logging = crate::compiler::telemetry_log_provider_warnings(&resources, config);
+                for warning in tracing.into_iter().chain(logging) {
                     messages.push(AnalyzeMessage {
                         code: weft_api::analyze::NOT_IMPLEMENTED.code.into(),
                         name: weft_api::analyze::NOT_IMPLEMENTED.name.into(),

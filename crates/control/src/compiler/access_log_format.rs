@@ -1,6 +1,8 @@
 //! MeshConfig `accessLogFormat` as pushed to proxies: Envoy format strings
 //! (weft-api has checked every operator), either one text line or, with
-//! `accessLogEncoding: JSON`, a JSON object of field → format.
+//! `accessLogEncoding: JSON`, a JSON object of field → format. It is the
+//! format of Istio's built-in `envoy` provider; the others bring their own
+//! (`access_log_providers.rs`).
 
 use serde_json::Value;
 use weft_api::mesh::{AccessLogEncoding, MeshConfig};
@@ -10,15 +12,10 @@ use weft_proto::proxy::v1 as pb;
 pub struct MeshFormat {
     text: String,
     labels: Vec<pb::AccessLogLabel>,
-    /// The selected provider's `path`; empty: the proxy's `--access-log`.
-    path: String,
 }
 
 impl From<&MeshConfig> for MeshFormat {
     fn from(mesh: &MeshConfig) -> Self {
-        if let Some(chosen) = default_provider_format(mesh) {
-            return chosen;
-        }
         let Some(format) = mesh.access_log_format.as_deref().filter(|f| !f.is_empty()) else {
             return Self::default();
         };
@@ -28,31 +25,6 @@ impl From<&MeshConfig> for MeshFormat {
             _ => Self::text(format),
         }
     }
-}
-
-/// The first `envoyFileAccessLog` provider `defaultProviders.accessLogging`
-/// names: its `path` and `logFormat` (none: Istio's default line;
-/// `accessLogFormat` belongs to the built-in `envoy` provider only). Weft
-/// writes one line per request, so later ones add nothing (docs say so).
-fn default_provider_format(mesh: &MeshConfig) -> Option<MeshFormat> {
-    let defaults = mesh.default_providers.as_ref()?;
-    defaults.access_logging.iter().find_map(|name| {
-        let provider = mesh.extension_providers.iter().find(|p| &p.name == name)?;
-        let file = provider.envoy_file_access_log.as_ref()?;
-        let mut chosen = match file.log_format.as_ref() {
-            Some(format) => match (&format.labels, format.text.as_deref()) {
-                (Some(Value::Object(fields)), _) => MeshFormat::json(labels(fields)),
-                (_, Some(text)) => MeshFormat::text(text),
-                _ => MeshFormat::default(),
-            },
-            None => MeshFormat::default(),
-        };
-        chosen.path = match file.path.as_str() {
-            "" => "/dev/stdout".to_string(),
-            path => path.to_string(),
-        };
-        Some(chosen)
-    })
 }
 
 /// `logFormat.labels` (or a JSON `accessLogFormat`) in the order written;
@@ -85,7 +57,15 @@ impl MeshFormat {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.text.is_empty() && self.labels.is_empty() && self.path.is_empty()
+        self.text.is_empty() && self.labels.is_empty()
+    }
+
+    pub fn text_format(&self) -> &str {
+        &self.text
+    }
+
+    pub fn labels(&self) -> &[pb::AccessLogLabel] {
+        &self.labels
     }
 
     /// Sets the format where no Telemetry provider chose one.
@@ -93,9 +73,6 @@ impl MeshFormat {
         if telemetry.access_log_text_format.is_empty() && telemetry.access_log_labels.is_empty() {
             telemetry.access_log_text_format = self.text.clone();
             telemetry.access_log_labels = self.labels.clone();
-        }
-        if telemetry.access_log_path.is_empty() {
-            telemetry.access_log_path = self.path.clone();
         }
     }
 }
@@ -130,45 +107,5 @@ mod tests {
             }]
         );
         assert!(MeshFormat::from(&mesh("{}")).is_empty());
-    }
-
-    #[test]
-    fn the_first_default_file_provider_brings_its_path_and_format() {
-        let chosen = MeshFormat::from(&mesh(
-            "accessLogFormat: '%DURATION%'
-extensionProviders:
-- name: json
-  envoyFileAccessLog: {path: /var/log/x.log, logFormat: {labels: {code: '%RESPONSE_CODE%'}}}
-- name: plain
-  envoyFileAccessLog: {}
-defaultProviders: {accessLogging: [json, plain]}
-",
-        ));
-        let mut wanted = MeshFormat::json(vec![pb::AccessLogLabel {
-            name: "code".into(),
-            format: "%RESPONSE_CODE%".into(),
-        }]);
-        wanted.path = "/var/log/x.log".into();
-        assert_eq!(chosen, wanted);
-        let plain = MeshFormat::from(&mesh(
-            "accessLogFormat: '%DURATION%'
-extensionProviders:
-- name: plain
-  envoyFileAccessLog: {}
-defaultProviders: {accessLogging: [plain]}
-",
-        ));
-        assert_eq!(
-            (plain.text.as_str(), plain.path.as_str()),
-            ("", "/dev/stdout")
-        );
-        let unselected = MeshFormat::from(&mesh(
-            "accessLogFormat: '%DURATION%'
-extensionProviders:
-- name: text
-  envoyFileAccessLog: {logFormat: {text: '%RESPONSE_CODE%'}}
-",
-        ));
-        assert_eq!(unselected, MeshFormat::text("%DURATION%"));
     }
 }

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use weft_api::mesh::providers::Kind;
 use weft_api::mesh::{AccessLogEncoding, MeshConfig, Normalization, OutboundMode};
 use weft_proto::proxy::v1::telemetry::{AccessLog, AccessLogEncoding as Encoding};
 use weft_proto::proxy::v1::{self as pb};
@@ -39,6 +40,11 @@ pub struct MeshDefaults {
     pub ext_authz: super::ext_authz::Providers,
     /// Tracing providers, `defaultProviders.tracing`, default sampling.
     pub tracing: super::trace_providers::MeshTracing,
+    /// Access-log providers and `defaultProviders.accessLogging`.
+    pub logging: super::access_log_providers::MeshLogging,
+    /// `defaultProviders.metrics` names no prometheus provider: proxies
+    /// record no standard metrics unless a Telemetry names prometheus.
+    pub metrics_off: bool,
 }
 
 impl Default for MeshDefaults {
@@ -89,6 +95,14 @@ impl From<&MeshConfig> for MeshDefaults {
             trust_domains,
             ext_authz: super::ext_authz::Providers::from(mesh),
             tracing: super::trace_providers::MeshTracing::from(mesh),
+            logging: super::access_log_providers::MeshLogging::from(mesh),
+            metrics_off: mesh.default_providers.as_ref().is_some_and(|d| {
+                !d.metrics.is_empty()
+                    && !d
+                        .metrics
+                        .iter()
+                        .any(|name| mesh.provider_kind(name) == Some(Kind::Prometheus))
+            }),
         }
     }
 }
@@ -119,6 +133,32 @@ impl MeshDefaults {
         telemetry.access_log_encoding = self.access_log_encoding as i32;
         self.access_log_format.fill(&mut telemetry);
         Some(telemetry)
+    }
+
+    /// With `defaultProviders.metrics` excluding prometheus, every standard
+    /// metric disabled on both sides (Istio's sidecars then have no
+    /// Prometheus stats), unless a Telemetry for the proxy names
+    /// prometheus.
+    pub(super) fn fill_metrics(
+        &self,
+        telemetry: &mut Option<pb::Telemetry>,
+        names_prometheus: bool,
+    ) {
+        if !self.metrics_off || names_prometheus {
+            return;
+        }
+        let all = || pb::MetricOverrides {
+            metrics: (1..=10)
+                .map(|metric| pb::MetricOverride {
+                    metric,
+                    disabled: true,
+                    tags: Vec::new(),
+                })
+                .collect(),
+        };
+        let telemetry = telemetry.get_or_insert_with(Default::default);
+        telemetry.client_metrics = Some(all());
+        telemetry.server_metrics = Some(all());
     }
 
     /// Istio's trust-domain aliases: a principal written in the trust

@@ -15,6 +15,7 @@
 //! or [`ProxyOutput::warnings`] (one proxy).
 
 mod access_log_format;
+mod access_log_providers;
 mod authz;
 mod checks;
 mod clusters;
@@ -59,6 +60,7 @@ use self::routes::CompiledVs;
 use self::scope::Sidecars;
 use crate::registry::{Registry, Workload};
 
+pub use self::access_log_providers::telemetry_log_provider_warnings;
 pub use self::proxy::ProxyOutput;
 pub use self::trace_providers::telemetry_provider_warnings;
 
@@ -358,9 +360,11 @@ impl MeshIndex {
             &mut warnings,
         )
         .with_root(&mesh.root_namespace);
-        let telemetry =
-            telemetry::Policies::build(resources, &mut warnings).with_root(&mesh.root_namespace);
+        let telemetry = telemetry::Policies::build(resources, &mut warnings)
+            .with_root(&mesh.root_namespace)
+            .with_log_defaults(&mesh.logging.defaults);
         trace_providers::check_telemetry(resources, &mesh.tracing, &mut warnings);
+        access_log_providers::check_telemetry(resources, &mesh.logging, &mut warnings);
         let selector_labels = shape::SelectorLabels::collect(resources);
         let rate_limits = ratelimit::Policies::build(resources);
         Self {

@@ -160,9 +160,7 @@ impl MeshIndex {
                 outbound_traffic_policy: outbound_traffic_policy as i32,
                 protocol_detection_timeout: self.mesh.protocol_detection_timeout.map(Into::into),
                 path_normalization: self.mesh.path_normalization as i32,
-                telemetry: self
-                    .mesh
-                    .fill_telemetry(self.telemetry.for_node(namespace, &node.labels)),
+                telemetry: self.node_telemetry(namespace, node),
                 dns_hosts,
                 egress_proxy_cluster,
                 ..Default::default()
@@ -172,7 +170,22 @@ impl MeshIndex {
         self.attach_rate_limits(node, &mut output);
         self.attach_ext_authz(node, &mut output);
         self.attach_tracing(node, &mut output);
+        self.attach_access_logs(node, &mut output);
         output
+    }
+
+    /// The Telemetry settings of a proxy: its resources', then MeshConfig's.
+    fn node_telemetry(
+        &self,
+        namespace: &str,
+        node: &Node,
+    ) -> Option<weft_proto::proxy::v1::Telemetry> {
+        let mut telemetry = self
+            .mesh
+            .fill_telemetry(self.telemetry.for_node(namespace, &node.labels));
+        let named = self.telemetry.names_prometheus(namespace, &node.labels);
+        self.mesh.fill_metrics(&mut telemetry, named);
+        telemetry
     }
 
     /// A gateway proxy: the listeners and virtual hosts of the Gateways
@@ -195,10 +208,7 @@ impl MeshIndex {
                     set => set,
                 },
                 path_normalization: self.mesh.path_normalization as i32,
-                telemetry: self.mesh.fill_telemetry(
-                    self.telemetry
-                        .for_node(namespace_or_default(&node.namespace), &node.labels),
-                ),
+                telemetry: self.node_telemetry(namespace, node),
                 ..Default::default()
             },
             warnings,
@@ -206,6 +216,7 @@ impl MeshIndex {
         self.attach_rate_limits(node, &mut output);
         self.attach_ext_authz(node, &mut output);
         self.attach_tracing(node, &mut output);
+        self.attach_access_logs(node, &mut output);
         output
     }
 

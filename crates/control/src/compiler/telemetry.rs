@@ -9,11 +9,10 @@
 //! times). Resources attached through `targetRef(s)` (gateways) are not
 //! applied to sidecars, and say so in the warnings.
 //!
-//! `accessLogging`: an entry with `disabled: true` turns logs off; an entry
-//! naming the `envoy` provider (or none: the default provider) turns them
-//! on; other providers are not supported and are left out with a warning.
-//! `match.mode` and `filter.expression` make the per-side settings (see
-//! `telemetry_metrics.rs`, which also merges `metrics` overrides).
+//! `accessLogging`: merged across the levels as Istio does, per side
+//! (`access_log_providers.rs`): the providers each side writes to, with
+//! `disabled` and `filter.expression`. `telemetry_metrics.rs` merges the
+//! `metrics` overrides.
 
 use std::collections::BTreeMap;
 
@@ -23,19 +22,17 @@ use weft_proto::proxy::v1::{self as pb, telemetry::AccessLog};
 
 use crate::registry::{RootNamespace, namespace_or_default};
 
-/// The access-log provider every Istio mesh has (Envoy's file log).
-const ENVOY_PROVIDER: &str = "envoy";
-
 /// What one Telemetry resource sets; `None`: says nothing.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Settings {
-    access_log: Option<AccessLog>,
+    /// `accessLogging` entries; empty: says nothing.
+    logging: Vec<super::access_log_providers::LogEntry>,
     sampling: Option<f64>,
     disable_span_reporting: Option<bool>,
-    /// Client and server access-log sides, from the same level as
-    /// `access_log`.
-    access_sides: Option<[pb::AccessLogSide; 2]>,
     metrics: Vec<super::telemetry_metrics::Rule>,
+    /// A `metrics` entry names `prometheus` (a MeshConfig whose default
+    /// metrics providers exclude it still gets metrics here).
+    names_prometheus: bool,
     /// Providers, customTags, match.mode (`trace_providers.rs`).
     tracing: super::trace_providers::TraceSettings,
 }
@@ -57,6 +54,8 @@ pub(super) struct Policies {
     entries: Vec<Entry>,
     /// MeshConfig `rootNamespace`.
     root: RootNamespace,
+    /// MeshConfig `defaultProviders.accessLogging`.
+    log_defaults: Vec<String>,
 }
 
 impl Policies {
@@ -91,7 +90,25 @@ impl Policies {
         Self {
             entries,
             root: RootNamespace::default(),
+            log_defaults: Vec::new(),
         }
+    }
+
+    /// With MeshConfig's `defaultProviders.accessLogging`.
+    pub(super) fn with_log_defaults(mut self, defaults: &[String]) -> Self {
+        self.log_defaults = defaults.to_vec();
+        self
+    }
+
+    /// Whether a Telemetry `metrics` entry for this proxy names prometheus.
+    pub(super) fn names_prometheus(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        self.levels(namespace, labels)
+            .iter()
+            .any(|s| s.names_prometheus)
     }
 
     /// Under MeshConfig's `rootNamespace`.
@@ -107,27 +124,31 @@ impl Policies {
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> Option<pb::Telemetry> {
-        let workload = self.entries.iter().find(|e| {
-            e.namespace == namespace
-                && e.selector
-                    .as_ref()
-                    .is_some_and(|s| crate::registry::labels_match(s, labels))
-        });
-        let level = |ns: &str| {
-            self.entries
-                .iter()
-                .find(|e| e.namespace == ns && e.selector.is_none())
-        };
-        let levels: Vec<&Settings> = [workload, level(namespace), level(self.root.as_str())]
-            .into_iter()
-            .flatten()
-            .map(|e| &e.settings)
-            .collect();
-        let access_log = levels.iter().find_map(|s| s.access_log);
-        let access_sides = levels
+        let levels = self.levels(namespace, labels);
+        // Root first: Istio merges access logging mesh → namespace → workload.
+        let logging: Vec<&[_]> = levels
             .iter()
-            .find(|s| s.access_log.is_some())
-            .and_then(|s| s.access_sides.clone());
+            .rev()
+            .map(|s| s.logging.as_slice())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let (access_log, access_sides, providers) = if logging.is_empty() {
+            (None, None, Vec::new())
+        } else {
+            use super::access_log_providers::{merge, selected, side};
+            let client = merge(&logging, &self.log_defaults, true);
+            let server = merge(&logging, &self.log_defaults, false);
+            let on = !client.is_empty() || !server.is_empty();
+            (
+                Some(if on {
+                    AccessLog::Enabled
+                } else {
+                    AccessLog::Disabled
+                }),
+                Some([side(&client), side(&server)]),
+                selected(&client, &server),
+            )
+        };
         let sampling = levels.iter().find_map(|s| s.sampling);
         let disable_span_reporting = levels.iter().find_map(|s| s.disable_span_reporting);
         // Root first: Istio applies metric overrides mesh → namespace → workload.
@@ -152,6 +173,7 @@ impl Policies {
             client_access_log,
             server_access_log,
             access_log: access_log.unwrap_or(AccessLog::Unspecified) as i32,
+            access_log_providers: providers,
             random_sampling_percentage: sampling.unwrap_or(0.0),
             has_random_sampling_percentage: sampling.is_some(),
             disable_span_reporting: disable_span_reporting.unwrap_or(false),
@@ -160,6 +182,26 @@ impl Policies {
         tracing.apply(&mut telemetry);
         Some(telemetry)
     }
+
+    /// The settings of the levels that apply, the most specific first.
+    fn levels(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<&Settings> {
+        let workload = self.entries.iter().find(|e| {
+            e.namespace == namespace
+                && e.selector
+                    .as_ref()
+                    .is_some_and(|s| crate::registry::labels_match(s, labels))
+        });
+        let level = |ns: &str| {
+            self.entries
+                .iter()
+                .find(|e| e.namespace == ns && e.selector.is_none())
+        };
+        [workload, level(namespace), level(self.root.as_str())]
+            .into_iter()
+            .flatten()
+            .map(|e| &e.settings)
+            .collect()
+    }
 }
 
 fn settings(spec: &Telemetry, label: &str, warnings: &mut Vec<String>) -> Settings {
@@ -167,26 +209,11 @@ fn settings(spec: &Telemetry, label: &str, warnings: &mut Vec<String>) -> Settin
         metrics: super::telemetry_metrics::rules(spec, label, warnings),
         ..Settings::default()
     };
-    if !spec.access_logging.is_empty() {
-        let is_envoy = |a: &weft_api::telemetry::AccessLogging| {
-            a.providers.is_empty() || a.providers.iter().any(|p| p.name == ENVOY_PROVIDER)
-        };
-        let disabled = spec.access_logging.iter().any(|a| a.disabled == Some(true));
-        let envoy = spec.access_logging.iter().any(is_envoy);
-        let sides = super::telemetry_metrics::access_sides(spec, is_envoy);
-        let all = sides.iter().all(|s| !s.disabled && s.filter.is_empty());
-        out.access_sides = (!all).then_some(sides.clone());
-        out.access_log = if sides.iter().all(|s| s.disabled) && (disabled || envoy) {
-            Some(AccessLog::Disabled)
-        } else if envoy {
-            Some(AccessLog::Enabled)
-        } else {
-            warnings.push(format!(
-                "{label}: spec.accessLogging: only the {ENVOY_PROVIDER:?} provider is supported; left out"
-            ));
-            None
-        };
-    }
+    out.logging = super::access_log_providers::entries(spec);
+    out.names_prometheus = spec
+        .metrics
+        .iter()
+        .any(|m| m.providers.iter().any(|p| p.name == "prometheus"));
     if let Some(tracing) = spec.tracing.first() {
         out.sampling = tracing.random_sampling_percentage;
         out.disable_span_reporting = tracing.disable_span_reporting;
@@ -196,10 +223,11 @@ fn settings(spec: &Telemetry, label: &str, warnings: &mut Vec<String>) -> Settin
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn policies(yaml: &str) -> (Policies, Vec<String>) {
+    /// The Telemetry resources of `yaml`, compiled, and their warnings.
+    pub(in crate::compiler) fn policies(yaml: &str) -> (Policies, Vec<String>) {
         let decoded = weft_api::decode_str(yaml, "t.yaml");
         assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
         let mut warnings = Vec::new();

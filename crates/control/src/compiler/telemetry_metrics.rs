@@ -1,4 +1,4 @@
-//! Telemetry `metrics` overrides and `accessLogging` sides/filters, compiled
+//! Telemetry `metrics` overrides, compiled
 //! for one proxy (the hierarchy itself is in `telemetry.rs`).
 //!
 //! Metrics follow Istio: the overrides of the root namespace's resource,
@@ -156,70 +156,13 @@ pub(super) fn merge(
     (merge_side(levels, true), merge_side(levels, false))
 }
 
-/// What one level's `accessLogging` entries (those for the `envoy`
-/// provider) say about each side, client first: logged or not, and the
-/// filter.
-pub(super) fn access_sides(
-    spec: &Telemetry,
-    is_envoy: impl Fn(&weft_api::telemetry::AccessLogging) -> bool,
-) -> [pb::AccessLogSide; 2] {
-    [true, false].map(|client| {
-        let covering: Vec<_> = spec
-            .access_logging
-            .iter()
-            .filter(|entry| {
-                let mode = entry
-                    .match_
-                    .as_ref()
-                    .and_then(|m| m.get("mode"))
-                    .and_then(|m| m.as_str());
-                let (c, s) = sides(mode);
-                if client { c } else { s }
-            })
-            .collect();
-        let disabled = covering.iter().any(|e| e.disabled == Some(true));
-        let enabled: Vec<_> = covering
-            .iter()
-            .filter(|e| e.disabled != Some(true) && is_envoy(e))
-            .collect();
-        if disabled || enabled.is_empty() {
-            return pb::AccessLogSide {
-                disabled: true,
-                filter: String::new(),
-            };
-        }
-        // Several entries: a request is logged when any of them logs it.
-        let filter = if enabled.iter().any(|e| e.filter.is_none()) {
-            String::new()
-        } else {
-            enabled
-                .iter()
-                .filter_map(|e| e.filter.as_ref())
-                .map(|f| format!("({})", f.expression))
-                .collect::<Vec<_>>()
-                .join(" || ")
-        };
-        pb::AccessLogSide {
-            disabled: false,
-            filter,
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use weft_proto::proxy::v1::{self as pb, StandardMetric};
 
-    use crate::compiler::telemetry::Policies;
-
-    fn policies(yaml: &str) -> (Policies, Vec<String>) {
-        let decoded = weft_api::decode_str(yaml, "t.yaml");
-        assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
-        let mut warnings = Vec::new();
-        (Policies::build(&decoded.resources, &mut warnings), warnings)
-    }
+    use crate::compiler::telemetry::tests::policies;
 
     fn tags(
         overrides: &pb::MetricOverrides,
@@ -344,37 +287,6 @@ spec:
                 ),
             ],
             "the workload's operations replace the parents' on the same tag"
-        );
-    }
-
-    #[test]
-    fn access_log_mode_and_filter_make_sides() {
-        let (policies, warnings) = policies(
-            r#"
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: errors, namespace: shop}
-spec:
-  accessLogging:
-  - providers: [{name: envoy}]
-    match: {mode: SERVER}
-    filter: {expression: "response.code >= 400"}
-  - providers: [{name: envoy}]
-    match: {mode: SERVER}
-    filter: {expression: "request.method == 'POST'"}
-"#,
-        );
-        assert!(warnings.is_empty(), "{warnings:?}");
-        let shop = policies
-            .for_node("shop", &BTreeMap::new())
-            .expect("namespace");
-        assert_eq!(shop.access_log(), pb::telemetry::AccessLog::Enabled);
-        assert!(shop.client_access_log.expect("client side").disabled);
-        let server = shop.server_access_log.expect("server side");
-        assert!(!server.disabled);
-        assert_eq!(
-            server.filter,
-            "(response.code >= 400) || (request.method == 'POST')"
         );
     }
 

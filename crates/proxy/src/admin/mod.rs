@@ -188,11 +188,12 @@ fn logging(state: &ProxyState, query: Option<&str>) -> Response<Full<Bytes>> {
     };
     state.metrics.telemetry.set_access_override(choice);
     tracing::info!("access logs switched to {choice:?} through the admin endpoint");
-    let on = state
-        .metrics
-        .telemetry
-        .access_log(&state.snapshot())
-        .is_some();
+    let snapshot = state.snapshot();
+    let telemetry = &state.metrics.telemetry;
+    // On when either side writes lines.
+    let on = [true, false]
+        .into_iter()
+        .any(|client| telemetry.access_log(&snapshot, client).is_some());
     text(
         StatusCode::OK,
         "text/plain",

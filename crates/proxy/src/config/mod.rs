@@ -9,6 +9,7 @@
 //! exception: a gateway port's TLS servers ([`GatewayTls`]) re-read their
 //! certificate files when they change, so a renewal needs no new config.
 
+pub mod access_logs;
 mod authz;
 mod cluster;
 mod clusters;
@@ -18,6 +19,7 @@ pub mod egress_proxy;
 pub mod ext_authz;
 mod hardening;
 mod load;
+pub mod log_format;
 pub mod mirror;
 mod policies;
 pub mod ratelimit;

@@ -39,10 +39,6 @@ impl Expr {
     pub fn value(&self, context: &Context) -> Option<Value> {
         self.program.execute(context).ok()
     }
-
-    fn _unused(&self, context: &Context) -> Option<Value> {
-        self.program.execute(context).ok()
-    }
 }
 
 /// One standard metric's changes on one side.
@@ -176,6 +172,9 @@ pub struct Custom {
     /// CEL's standard library, built once: making it per evaluation cost
     /// more than the rest of the request.
     pub env: Arc<Env>,
+    /// Where access-log records go, formats parsed (shared: the proxy keeps
+    /// the destinations it opened for it while a snapshot uses them).
+    pub access_logs: Arc<super::access_logs::AccessLogs>,
 }
 
 impl std::fmt::Debug for Custom {
@@ -194,6 +193,7 @@ impl Custom {
             return Ok(Self::default());
         };
         Ok(Self {
+            access_logs: Arc::new(super::access_logs::AccessLogs::compile(Some(t))?),
             env: Arc::new(Env::stdlib()),
             client: Side::compile(t.client_metrics.as_ref(), t.client_access_log.as_ref())
                 .map_err(|e| format!("telemetry.client: {e}"))?,

@@ -186,44 +186,106 @@ impl std::fmt::Display for Flags {
     }
 }
 
-/// One line's destination and the encoding it is written in.
+/// One record's destinations: every provider of the snapshot covering its
+/// side, each with its format.
 pub struct AccessLogger<'a> {
+    /// The proxy's own sink (`--access-log`, else stdout).
     sink: &'a AccessLogSink,
+    /// The encoding of Istio's default line (pushed, else the sink's).
     format: Format,
-    /// The pushed Envoy format string, parsed; it wins over `format`.
-    custom: Option<std::sync::Arc<super::log_format::LogFormat>>,
-    /// The selected provider's file, over `sink`.
-    own: Option<std::sync::Arc<AccessLogSink>>,
+    targets: std::sync::Arc<super::log_targets::Resolved>,
+    client: bool,
 }
 
 impl<'a> AccessLogger<'a> {
-    pub fn new(sink: &'a AccessLogSink, format: Option<Format>) -> Self {
+    /// `client`: the record is of the outbound side.
+    pub fn new(
+        sink: &'a AccessLogSink,
+        format: Option<Format>,
+        targets: std::sync::Arc<super::log_targets::Resolved>,
+        client: bool,
+    ) -> Self {
         Self {
             format: format.unwrap_or(sink.format),
             sink,
-            custom: None,
-            own: None,
+            targets,
+            client,
         }
     }
 
-    /// The pushed format and provider destination, when there are.
-    pub fn with_pushed(mut self, pushed: super::log_format::Pushed) -> Self {
-        self.custom = pushed.format;
-        self.own = pushed.sink;
-        self
+    /// Whether some provider writes this side's records.
+    pub fn writes(&self) -> bool {
+        self.targets
+            .logs
+            .providers
+            .iter()
+            .any(|p| p.covers(self.client))
     }
 
-    /// Whether the record should keep its header maps for this line.
+    /// Whether the record should keep its header maps for its line.
     pub fn reads_headers(&self) -> bool {
-        self.custom.as_ref().is_some_and(|c| c.reads_headers())
+        self.targets.logs.reads_headers()
     }
 
     pub fn log(&self, entry: &Entry<'_>) {
-        let sink = self.own.as_deref().unwrap_or(self.sink);
-        match &self.custom {
-            Some(custom) => sink.send(custom.render(entry)),
-            None => sink.log_as(entry, self.format),
+        use super::log_targets::Sink;
+        use crate::config::access_logs::LogKind;
+        let providers = self.targets.logs.providers.iter();
+        for (provider, sink) in providers.zip(&self.targets.sinks) {
+            if !provider.covers(self.client) {
+                continue;
+            }
+            match (&provider.kind, sink) {
+                (LogKind::File { format, .. }, Sink::Own | Sink::File(..)) => {
+                    let sink = match sink {
+                        Sink::File(_, file) => file,
+                        _ => self.sink,
+                    };
+                    match format {
+                        Some(format) => sink.send(format.render(entry)),
+                        None => sink.log_as(entry, self.format),
+                    }
+                }
+                (
+                    LogKind::Otel {
+                        body, attributes, ..
+                    },
+                    Sink::Otel(logs),
+                ) => {
+                    let body = match body {
+                        Some(pieces) => super::log_format::text(pieces, entry),
+                        None => entry.text(),
+                    };
+                    let attributes = attributes
+                        .iter()
+                        .map(|(name, pieces)| {
+                            (
+                                name.clone(),
+                                otel_value(super::log_format::field(pieces, entry)),
+                            )
+                        })
+                        .collect();
+                    logs.emit(entry.start, body, attributes);
+                }
+                _ => {}
+            }
         }
+    }
+}
+
+/// A rendered field as an OpenTelemetry value: numbers stay numbers; a
+/// value the record does not know is `-`, as in Envoy's text.
+fn otel_value(value: serde_json::Value) -> opentelemetry::logs::AnyValue {
+    use opentelemetry::logs::AnyValue;
+    match value {
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => AnyValue::Int(i),
+            None => AnyValue::from(n.to_string()),
+        },
+        serde_json::Value::String(s) => AnyValue::from(s),
+        serde_json::Value::Bool(b) => AnyValue::Boolean(b),
+        serde_json::Value::Null => AnyValue::from("-".to_string()),
+        other => AnyValue::from(other.to_string()),
     }
 }
 
@@ -275,7 +337,7 @@ impl AccessLogSink {
         self.send(line);
     }
 
-    fn send(&self, line: String) {
+    pub(super) fn send(&self, line: String) {
         if let Err(TrySendError::Full(_)) = self.queue.try_send(line) {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {

@@ -34,7 +34,8 @@ pub struct RequestFacts {
     pub host: String,
     pub scheme: String,
     pub protocol: &'static str,
-    pub headers: HeaderMap,
+    /// Shared with the access-log record when its format reads headers.
+    pub headers: std::sync::Arc<HeaderMap>,
 }
 
 /// Everything an expression may read about one finished request or TCP
@@ -287,7 +288,7 @@ mod tests {
             host: "reviews:9080".into(),
             scheme: "http".into(),
             protocol: "HTTP/1.1",
-            headers,
+            headers: headers.into(),
         }
     }
 

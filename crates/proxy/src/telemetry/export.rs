@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_http::hyper::HyperClient;
+use opentelemetry_otlp::SpanExporter;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor,
-};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanProcessor};
 
 use super::Local;
 
@@ -80,30 +79,20 @@ impl Exporter {
         let handle = runtime.handle().clone();
         // The clients spawn their connection tasks on the current runtime.
         let _entered = runtime.enter();
+        let failed = |err: opentelemetry_otlp::ExporterBuildError| format!("{target}: {err}");
         let processor = match &target {
-            Target::OtlpGrpc(url) => batch(
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(url.clone())
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .build()
-                    .map_err(|err| format!("{target}: {err}"))?,
-                &resource,
-                handle,
-                &target,
-            ),
-            Target::OtlpHttp(url) => batch(
-                opentelemetry_otlp::SpanExporter::builder()
+            Target::OtlpGrpc(url) => {
+                let builder = SpanExporter::builder().with_tonic();
+                let exporter = otlp(builder, url).build().map_err(failed)?;
+                batch(exporter, &resource, handle, &target)
+            }
+            Target::OtlpHttp(url) => {
+                let builder = SpanExporter::builder()
                     .with_http()
-                    .with_http_client(HyperClient::with_default_connector(EXPORT_TIMEOUT, None))
-                    .with_endpoint(url.clone())
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .build()
-                    .map_err(|err| format!("{target}: {err}"))?,
-                &resource,
-                handle,
-                &target,
-            ),
+                    .with_http_client(HyperClient::with_default_connector(EXPORT_TIMEOUT, None));
+                let exporter = otlp(builder, url).build().map_err(failed)?;
+                batch(exporter, &resource, handle, &target)
+            }
             Target::Zipkin(url) => batch(
                 opentelemetry_zipkin::ZipkinExporter::builder()
                     .with_http_client(HyperClient::with_default_connector(EXPORT_TIMEOUT, None))
@@ -161,7 +150,14 @@ impl Drop for Exporter {
     }
 }
 
-fn batch<E: SpanExporter + 'static>(
+/// The settings both OTLP transports share: where, and how long to wait.
+fn otlp<B: WithExportConfig>(builder: B, url: &str) -> B {
+    builder
+        .with_endpoint(url.to_string())
+        .with_timeout(EXPORT_TIMEOUT)
+}
+
+fn batch<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
     mut exporter: E,
     resource: &Resource,
     runtime: tokio::runtime::Handle,
@@ -196,7 +192,9 @@ impl<E> fmt::Debug for OnRuntime<E> {
     }
 }
 
-impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
+impl<E: opentelemetry_sdk::trace::SpanExporter + 'static> opentelemetry_sdk::trace::SpanExporter
+    for OnRuntime<E>
+{
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let inner = self.inner.clone();
         let count = batch.len();
@@ -222,16 +220,21 @@ impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
 
 /// Istio names a proxy's service `<canonical service>.<namespace>`.
 fn resource(local: &Local) -> Resource {
+    Resource::builder_empty()
+        .with_attributes(resource_attributes(local))
+        .build()
+}
+
+/// `service.name` and `node_id`, for spans and access-log records alike.
+pub(super) fn resource_attributes(local: &Local) -> Vec<KeyValue> {
     let workload = &local.workload;
     let service = match (&workload.canonical_service, &workload.namespace) {
         (Some(service), Some(namespace)) => format!("{service}.{namespace}"),
         (Some(service), None) => service.clone(),
         _ => "weft-proxy".to_string(),
     };
-    Resource::builder_empty()
-        .with_attributes([
-            KeyValue::new("service.name", service),
-            KeyValue::new("node_id", local.node_id.clone()),
-        ])
-        .build()
+    vec![
+        KeyValue::new("service.name", service),
+        KeyValue::new("node_id", local.node_id.clone()),
+    ]
 }

@@ -100,24 +100,3 @@ fn unknown_or_malformed_operators_are_errors() {
     let err = LogFormat::json([("who", "%NOPE%")]).expect_err("json");
     assert!(err.starts_with("who: "), "{err}");
 }
-
-#[test]
-fn cache_parses_once_per_change() {
-    let cache = Cache::default();
-    let mut pushed = pb::Telemetry {
-        access_log_text_format: "%RESPONSE_CODE%".into(),
-        ..Default::default()
-    };
-    let first = cache.get(&pushed).format.expect("format");
-    let again = cache.get(&pushed).format.expect("format");
-    assert!(Arc::ptr_eq(&first, &again), "same format parsed twice");
-    pushed.access_log_text_format = "%DURATION%".into();
-    let changed = cache.get(&pushed).format.expect("format");
-    assert!(!Arc::ptr_eq(&first, &changed));
-    pushed.access_log_text_format = "%BOGUS%".into();
-    assert!(
-        cache.get(&pushed).format.is_none(),
-        "a bad format falls back"
-    );
-    assert!(cache.get(&pushed).sink.is_none());
-}

@@ -19,7 +19,9 @@ pub mod body;
 pub mod custom;
 pub mod export;
 pub mod labels;
+pub mod log_export;
 pub mod log_format;
+pub mod log_targets;
 pub mod metrics;
 pub mod peer;
 pub mod request;
@@ -97,8 +99,8 @@ pub struct Telemetry {
     trace_sampling: OnceLock<f64>,
     tracers: OnceLock<Tracers>,
     unknown: OnceLock<Arc<Workload>>,
-    /// The pushed access-log format, parsed when it changes.
-    log_format: log_format::Cache,
+    /// The open destinations of the providers serving now.
+    log_targets: log_targets::Targets,
 }
 
 impl Telemetry {
@@ -152,9 +154,11 @@ impl Telemetry {
         }
     }
 
-    /// Where this request's access-log line goes and in which encoding
-    /// (the pushed one, else the flag's), if it is logged.
-    pub fn access_log(&self, snapshot: &Snapshot) -> Option<AccessLogger<'_>> {
+    /// Where this record's access-log line goes, if it is logged: the
+    /// snapshot's providers covering its side (`client`: outbound), each
+    /// in its format (Istio's default line in the pushed encoding, else
+    /// the flag's).
+    pub fn access_log(&self, snapshot: &Snapshot, client: bool) -> Option<AccessLogger<'_>> {
         let on = match self.access_override() {
             Override::On => true,
             Override::Off => false,
@@ -164,17 +168,18 @@ impl Telemetry {
                 _ => self.flag_access_log.get().copied().unwrap_or(false),
             },
         };
+        if !on {
+            return None;
+        }
         let encoding = match pushed(snapshot).map(|t| t.access_log_encoding()) {
             Some(AccessLogEncoding::Text) => Some(Format::Text),
             Some(AccessLogEncoding::Json) => Some(Format::Json),
             _ => None,
         };
-        if !on {
-            return None;
-        }
         let sink = self.access_log.get()?;
-        let custom = pushed(snapshot).map(|t| self.log_format.get(t));
-        Some(AccessLogger::new(sink, encoding).with_pushed(custom.unwrap_or_default()))
+        let targets = self.log_targets.resolve(snapshot, self.local());
+        let logger = AccessLogger::new(sink, encoding, targets, client);
+        logger.writes().then_some(logger)
     }
 
     /// Percent of new traces sampled.

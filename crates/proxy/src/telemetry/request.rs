@@ -53,8 +53,9 @@ struct Detail {
     request_id: Option<String>,
     start_wall: SystemTime,
     log: bool,
-    /// The request headers, when the access-log format reads them.
-    headers: Option<HeaderMap>,
+    /// The request headers, when an access-log format reads them (shared
+    /// with the expressions' facts).
+    headers: Option<Arc<HeaderMap>>,
     /// Telemetry `customTags`, when the span is reported.
     tags: Vec<opentelemetry::KeyValue>,
 }
@@ -122,28 +123,10 @@ impl RequestRecord {
         let span = trace::continue_or_start(headers, telemetry.sampling(&snapshot));
         let side = snapshot.custom_telemetry.side(reporter == Reporter::Source);
         let custom = side.is_custom();
-        let logger = telemetry.access_log(&snapshot);
+        let logger = telemetry.access_log(&snapshot, reporter == Reporter::Source);
         let log = logger.is_some() && !side.log_disabled;
         // A custom format reading arbitrary headers needs them at the end.
         let keep_headers = log && logger.is_some_and(|l| l.reads_headers());
-        let facts = side.needs_facts().then(|| {
-            Box::new(RequestFacts {
-                method: request.method().as_str().to_string(),
-                path: request
-                    .uri()
-                    .path_and_query()
-                    .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-                host: request
-                    .uri()
-                    .authority()
-                    .map(|a| a.as_str().to_string())
-                    .or_else(|| header_text(request.headers(), header::HOST))
-                    .unwrap_or_default(),
-                scheme: request.uri().scheme_str().unwrap_or("http").to_string(),
-                protocol: protocol_name(request.version()),
-                headers: request.headers().clone(),
-            })
-        });
         let traced = span.sampled && telemetry.exporter(&snapshot, reporter).is_some();
         let authority = (log || traced || reporter == Reporter::Destination)
             .then(|| {
@@ -163,6 +146,28 @@ impl RequestRecord {
                 .or_else(|| authority.as_deref().map(host_of)),
             Reporter::Source => None,
         };
+        // One copy of the headers (as the application gets them) for both
+        // the expressions and a format reading them.
+        let shared =
+            (side.needs_facts() || keep_headers).then(|| Arc::new(request.headers().clone()));
+        let facts = side.needs_facts().then(|| {
+            Box::new(RequestFacts {
+                method: request.method().as_str().to_string(),
+                path: request
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+                host: request
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .or_else(|| header_text(request.headers(), header::HOST))
+                    .unwrap_or_default(),
+                scheme: request.uri().scheme_str().unwrap_or("http").to_string(),
+                protocol: protocol_name(request.version()),
+                headers: shared.clone().unwrap_or_default(),
+            })
+        });
         let detail = (log || traced).then(|| {
             let headers = request.headers();
             Box::new(Detail {
@@ -180,7 +185,7 @@ impl RequestRecord {
                 request_id: header_text(headers, trace::REQUEST_ID),
                 start_wall: SystemTime::now(),
                 log,
-                headers: keep_headers.then(|| headers.clone()),
+                headers: shared.filter(|_| keep_headers),
                 tags: match snapshot.config.telemetry.as_ref() {
                     Some(pushed) if traced => span_data::custom_tags(&pushed.custom_tags, headers),
                     _ => Vec::new(),
@@ -404,9 +409,10 @@ impl Finish {
             response_messages,
         };
         let metrics = &self.state.metrics();
+        // One snapshot for the whole finish: metrics, filter, line, span.
+        let snapshot = self.state.snapshot();
         let mut logged = true;
         if self.custom {
-            let snapshot = self.state.snapshot();
             let side = snapshot
                 .custom_telemetry
                 .side(self.labels.reporter == Reporter::Source);
@@ -423,11 +429,11 @@ impl Finish {
         let Some(detail) = self.detail.take() else {
             return;
         };
-        let snapshot = self.state.snapshot();
         let telemetry: &Telemetry = &metrics.telemetry;
+        let client = self.labels.reporter == Reporter::Source;
         if detail.log
             && logged
-            && let Some(sink) = telemetry.access_log(&snapshot)
+            && let Some(sink) = telemetry.access_log(&snapshot, client)
         {
             sink.log(&self.entry(&detail, &sample, elapsed));
         }
@@ -504,7 +510,7 @@ impl Finish {
             downstream_remote: self.downstream.remote,
             requested_server_name: None,
             route_name: self.route_name.as_deref(),
-            request_headers: detail.headers.as_ref(),
+            request_headers: detail.headers.as_deref(),
             response_headers: None,
         }
     }

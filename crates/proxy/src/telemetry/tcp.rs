@@ -155,7 +155,8 @@ impl Drop for TcpRecord<'_> {
     fn drop(&mut self) {
         let telemetry = &self.state.metrics().telemetry;
         let snapshot = self.state.snapshot();
-        let Some(sink) = telemetry.access_log(&snapshot) else {
+        let client = self.labels.reporter == Reporter::Source;
+        let Some(sink) = telemetry.access_log(&snapshot, client) else {
             return;
         };
         if self.custom && !self.facts(&snapshot).logs(self.side(&snapshot)) {
