@@ -44,7 +44,7 @@ impl MeshIndex {
         peers: &MeshPeers,
     ) -> Option<Patched> {
         let services = after.services();
-        if before.services() != services || before.warnings() != after.warnings() {
+        if !before.same_services(after) || before.warnings() != after.warnings() {
             return None;
         }
         if services.len() != self.services.len() {
@@ -54,10 +54,12 @@ impl MeshIndex {
         let mut changed = BTreeSet::new();
         for (at, service) in services.iter().enumerate() {
             let id = service.id();
-            let endpoints = after.endpoints(&id);
-            if before.endpoints(&id) == endpoints {
+            // A pointer comparison for the services a registry patch did
+            // not touch.
+            if after.same_endpoints(before, &id) {
                 continue;
             }
+            let endpoints = after.endpoints(&id);
             let shares_host = [at.checked_sub(1), at.checked_add(1)]
                 .into_iter()
                 .flatten()

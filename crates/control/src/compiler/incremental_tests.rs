@@ -216,21 +216,52 @@ fn patch_config(before: ProxyConfig, patched: &super::Patched, node: &Node) -> O
     Some(config)
 }
 
+/// What changed from `before` to `after`, as the build loop hands it to
+/// [`Registry::patch_workload_entries`]: (before, after) by key.
+fn changes<'a>(
+    before: &'a [Resource],
+    after: &'a [Resource],
+) -> Vec<(Option<&'a Resource>, Option<&'a Resource>)> {
+    use crate::store::ResourceKey;
+    use std::collections::BTreeMap;
+    let mut by_key: BTreeMap<ResourceKey, (Option<&Resource>, Option<&Resource>)> = BTreeMap::new();
+    for r in before {
+        by_key.entry(ResourceKey::of(r)).or_default().0 = Some(r);
+    }
+    for r in after {
+        by_key.entry(ResourceKey::of(r)).or_default().1 = Some(r);
+    }
+    by_key.into_values().filter(|(b, a)| b != a).collect()
+}
+
 #[test]
 fn patched_endpoints_give_what_a_full_build_gives() {
     let (mut patches, mut fallbacks, mut shapes_patched) = (0, 0, 0);
+    let (mut registry_patches, mut registry_fallbacks) = (0, 0);
     for seed in 0..60u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut mesh = RandomMesh::new(&mut rng);
         let nodes = connected(&mut rng);
         let peers = MeshPeers::new("cluster.local", &nodes);
-        let (mut index, mut registry) = build(&mesh.resources(), &nodes);
+        let mut resources = mesh.resources();
+        let (mut index, mut registry) = build(&resources, &nodes);
         for step in 0..6 {
             for _ in 0..rng.random_range(1..4) {
                 mesh.edit(&mut rng);
             }
-            let resources = mesh.resources();
-            let (full, after) = build(&resources, &nodes);
+            let previous = std::mem::replace(&mut resources, mesh.resources());
+            let (full, mut after) = build(&resources, &nodes);
+            // The registry patched from the edited WorkloadEntries is the
+            // registry built in full; the index patch then runs on it (the
+            // build loop's path, where untouched services share endpoints).
+            match registry.patch_workload_entries(&changes(&previous, &resources)) {
+                Some(patched) => {
+                    registry_patches += 1;
+                    assert_eq!(patched, after, "seed {seed} step {step}: registry patch");
+                    after = patched;
+                }
+                None => registry_fallbacks += 1,
+            }
             let Some(patched) = index.patch_endpoints(&registry, &after, &peers) else {
                 fallbacks += 1;
                 (index, registry) = (full, after);
@@ -265,6 +296,10 @@ fn patched_endpoints_give_what_a_full_build_gives() {
         "NONE services and shared hosts must fall back"
     );
     assert!(shapes_patched > 500, "{shapes_patched} shapes patched");
+    assert!(
+        registry_patches > 200 && registry_fallbacks > 0,
+        "registry patched {registry_patches} times, built in full {registry_fallbacks}"
+    );
 }
 
 #[test]

@@ -14,12 +14,13 @@ use weft_proto::discovery::v1::Node;
 use weft_proto::discovery::v1::resource::Body;
 
 use super::mesh::Mesh;
+use super::registrations::Saved;
 use super::shared::{Config, Interner};
 use crate::compiler::MeshIndex;
 use crate::compiler::incremental::Patched;
 use crate::compiler::tls::MeshPeers;
 use crate::meshconfig::InForce;
-use crate::registry::Registry;
+use crate::registry::{Registry, Workload};
 use crate::store::{ResourceKey, Store};
 use weft_api::Resource;
 
@@ -65,7 +66,7 @@ pub struct Previous {
     pub revision: u64,
     pub registry: Registry,
     /// The registered proxies it was built with (its mesh TLS peers).
-    pub nodes: Vec<Node>,
+    pub nodes: Arc<Vec<Node>>,
     pub in_force: Arc<InForce>,
     pub mesh: Arc<Mesh>,
 }
@@ -78,12 +79,13 @@ impl Previous {
         self,
         store: &Store,
         revision: u64,
-        nodes: &[Node],
+        nodes: &Arc<Vec<Node>>,
         in_force: &Arc<InForce>,
         registry: &Registry,
         peers: &MeshPeers,
     ) -> Option<(Arc<Mesh>, Patched)> {
-        if self.nodes != nodes || *self.in_force != **in_force || revision < self.revision {
+        let same_nodes = Arc::ptr_eq(&self.nodes, nodes) || self.nodes == *nodes;
+        if !same_nodes || *self.in_force != **in_force || revision < self.revision {
             return None;
         }
         let changed = store.changed_since(self.revision)?;
@@ -110,9 +112,19 @@ pub struct Resources {
     resources: Vec<Resource>,
 }
 
+/// A resource as it was and as it is ((before, after), `None` for absent).
+pub type Change = (Option<Resource>, Option<Resource>);
+
 impl Resources {
     /// Brought up to (at least) the store's current revision, returned.
+    #[cfg(test)]
     pub fn refresh(&mut self, store: &Store) -> u64 {
+        self.refresh_with_changes(store).0
+    }
+
+    /// As [`refresh`](Self::refresh), with what changed since the last
+    /// refresh; `None` when it was read whole (the log could not say).
+    pub fn refresh_with_changes(&mut self, store: &Store) -> (u64, Option<Vec<Change>>) {
         let revision = store.revision();
         let changed = self.revision.and_then(|held| store.changed_since(held));
         let Some(changed) = changed else {
@@ -120,31 +132,87 @@ impl Resources {
             self.keys = resources.iter().map(ResourceKey::of).collect();
             self.resources = resources;
             self.revision = Some(revision);
-            return revision;
+            return (revision, None);
         };
+        let mut changes = Vec::with_capacity(changed.len());
         // Keys changed after `revision` may be among these: they are
         // fetched as they are now, and again next time (the same result).
         for key in changed {
             let at = self.keys.binary_search(&key);
             match (store.get(&key), at) {
-                (Some(stored), Ok(at)) => self.resources[at] = stored.resource,
+                (Some(stored), Ok(at)) => {
+                    let before = std::mem::replace(&mut self.resources[at], stored.resource);
+                    if before != self.resources[at] {
+                        changes.push((Some(before), Some(self.resources[at].clone())));
+                    }
+                }
                 (Some(stored), Err(at)) => {
                     self.keys.insert(at, key);
+                    changes.push((None, Some(stored.resource.clone())));
                     self.resources.insert(at, stored.resource);
                 }
                 (None, Ok(at)) => {
                     self.keys.remove(at);
-                    self.resources.remove(at);
+                    changes.push((Some(self.resources.remove(at)), None));
                 }
                 (None, Err(_)) => {}
             }
         }
         self.revision = Some(revision);
-        revision
+        (revision, Some(changes))
     }
 
     pub fn as_slice(&self) -> &[Resource] {
         &self.resources
+    }
+}
+
+/// What the build loop derives from the registrations (workloads, nodes,
+/// mesh TLS peers), kept across builds while the registrations and the
+/// MeshConfig's auto mTLS stay the same: at 5,000 proxies, deriving them
+/// again on every endpoint change was a large part of a build.
+pub struct Derived {
+    saved: Vec<Saved>,
+    auto_mtls_off: bool,
+    pub workloads: Arc<Vec<Workload>>,
+    pub nodes: Arc<Vec<Node>>,
+    pub peers: Arc<MeshPeers>,
+}
+
+impl Derived {
+    /// `held` brought up to date with `saved`; true when it was derived
+    /// again (the registrations or auto mTLS changed).
+    pub fn refresh(
+        held: &mut Option<Self>,
+        saved: Vec<Saved>,
+        trust_domain: &str,
+        auto_mtls_off: bool,
+    ) -> bool {
+        if let Some(derived) = held.as_ref()
+            && derived.auto_mtls_off == auto_mtls_off
+            && derived.saved == saved
+        {
+            return false;
+        }
+        let workloads = saved
+            .iter()
+            .filter_map(|entry| Workload::from_node(&entry.node))
+            .collect();
+        let nodes: Vec<Node> = saved.iter().map(|entry| entry.node.clone()).collect();
+        let mut peers = MeshPeers::new(trust_domain, &nodes);
+        peers.auto_mtls_off = auto_mtls_off;
+        *held = Some(Self {
+            saved,
+            auto_mtls_off,
+            workloads: Arc::new(workloads),
+            nodes: Arc::new(nodes),
+            peers: Arc::new(peers),
+        });
+        true
+    }
+
+    pub fn saved(&self) -> &[Saved] {
+        &self.saved
     }
 }
 

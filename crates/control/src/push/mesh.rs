@@ -12,8 +12,6 @@ use weft_proto::discovery::v1::Node;
 use super::registrations::{self, Registrations};
 use super::shared::{Config, Delta, Held, Interner};
 use crate::compiler::MeshIndex;
-use crate::compiler::tls::MeshPeers;
-use crate::registry::Workload;
 use crate::status::StatusBoard;
 use crate::store::Store;
 use crate::store::credentials::{CREDENTIALS_DIR, CredentialDir, CredentialSource, Layered};
@@ -225,32 +223,33 @@ pub async fn build_loop(
     // endpoints changed; `None` forces a full build.
     let mut previous: Option<super::incremental::Previous> = None;
     let mut held = super::incremental::Resources::default();
+    let mut derived: Option<super::incremental::Derived> = None;
     loop {
         store_changes.mark_unchanged();
         // Read before the store and workloads: the build then includes at
         // least these registrations and every store change before them.
         let sequence = *workload_changes.borrow_and_update();
         let in_force = mesh_config.borrow_and_update().clone();
-        let revision = held.refresh(&store);
+        let (revision, changes) = held.refresh_with_changes(&store);
         let resources = held.as_slice();
         generation += 1;
         let started = std::time::Instant::now();
         let saved = registrations.saved();
-        // One snapshot of the registrations serves the save below, the
-        // workloads and the mesh TLS peers.
-        let workloads: Vec<Workload> = saved
-            .iter()
-            .filter_map(|entry| Workload::from_node(&entry.node))
-            .collect();
-        let nodes: Vec<Node> = saved.iter().map(|entry| entry.node.clone()).collect();
+        let auto_mtls_off = !in_force.loaded.config.auto_mtls();
+        let registered =
+            super::incremental::Derived::refresh(&mut derived, saved, &trust_domain, auto_mtls_off);
+        let Some(state) = derived.as_ref() else {
+            continue;
+        };
+        let (workloads, nodes, peers) = (&state.workloads, &state.nodes, &state.peers);
         if let Some(dir) = &state_dir
-            && last_saved.as_ref() != Some(&saved)
+            && last_saved.as_deref() != Some(state.saved())
         {
-            let (target, to_write) = (dir.clone(), saved.clone());
+            let (target, to_write) = (dir.clone(), state.saved().to_vec());
             let written =
                 tokio::task::spawn_blocking(move || registrations::save(&target, &to_write)).await;
             match written {
-                Ok(Ok(())) => last_saved = Some(saved),
+                Ok(Ok(())) => last_saved = Some(state.saved().to_vec()),
                 Ok(Err(err)) => tracing::error!(
                     "cannot save registrations in {}: {err}; a restart would wait for proxies to reconnect",
                     dir.display()
@@ -258,8 +257,6 @@ pub async fn build_loop(
                 Err(err) => tracing::error!("saving registrations: {err}"),
             }
         }
-        let mut peers = MeshPeers::new(&trust_domain, &nodes);
-        peers.auto_mtls_off = !in_force.loaded.config.auto_mtls();
         let cluster = store.cluster_discovery();
         let credentials: Arc<dyn CredentialSource> = Arc::new(Layered {
             cluster: cluster.clone(),
@@ -267,18 +264,34 @@ pub async fn build_loop(
         });
         let inputs = crate::compiler::BuildInputs {
             cluster: &cluster,
-            workloads: &workloads,
-            peers: &peers,
+            workloads,
+            peers,
             credentials,
         };
-        let registry = crate::registry::Registry::build_with_cluster(
-            resources,
-            inputs.cluster,
-            inputs.workloads,
-        );
-        let patched = previous.take().and_then(|before| {
-            before.patch(&store, revision, &nodes, &in_force, &registry, &peers)
+        // Only WorkloadEntries changed and the same proxies are registered:
+        // the registry before, patched; else built over every resource.
+        let patched_registry = previous
+            .as_ref()
+            .filter(|before| Arc::ptr_eq(&before.nodes, nodes) && before.revision <= revision)
+            .zip(changes.as_ref())
+            .and_then(|(before, changes)| {
+                let changes: Vec<_> = changes
+                    .iter()
+                    .map(|(b, a)| (b.as_ref(), a.as_ref()))
+                    .collect();
+                before.registry.patch_workload_entries(&changes)
+            });
+        let registry_patched = patched_registry.is_some();
+        let registry = patched_registry.unwrap_or_else(|| {
+            crate::registry::Registry::build_with_cluster(
+                resources,
+                inputs.cluster,
+                inputs.workloads,
+            )
         });
+        let patched = previous
+            .take()
+            .and_then(|before| before.patch(&store, revision, nodes, &in_force, &registry, peers));
         let (mesh, patched) = match patched {
             Some((before, patched)) => (
                 Mesh::patched_from(&before, patched, generation, sequence),
@@ -297,11 +310,14 @@ pub async fn build_loop(
         };
         let mesh = Arc::new(mesh);
         let index = &mesh.index;
-        status.set_workloads(workloads);
+        if registered {
+            status.set_workloads(workloads.to_vec());
+        }
         tracing::debug!(
             generation,
             resources = resources.len(),
             patched,
+            registry_patched,
             "mesh rebuilt in {:?}",
             started.elapsed()
         );
@@ -321,7 +337,7 @@ pub async fn build_loop(
         previous = Some(super::incremental::Previous {
             revision,
             registry,
-            nodes,
+            nodes: nodes.clone(),
             in_force,
             mesh: mesh.clone(),
         });

@@ -43,12 +43,14 @@ use registrations::{Conflict, Registrations};
 use shared::Frame;
 pub use wire::DiscoveryServer;
 
-/// Large pushes (a proxy's first, full config) sent at once and not yet
-/// ACKed. Each stream's HTTP/2 send buffer holds up to 400 KiB of a push
-/// its proxy has not read yet: 5,000 proxies syncing at once would hold
-/// 2 GB. Limiting the large pushes in flight bounds that (about 13 MiB)
-/// while still keeping both ends busy.
-const LARGE_PUSHES_IN_FLIGHT: usize = 32;
+/// The bytes of large pushes (a proxy's first, full config) sent and not
+/// yet ACKed, in KiB permits. Each stream's HTTP/2 send buffer holds up to
+/// 400 KiB of a push its proxy has not read yet: 5,000 proxies syncing at
+/// once would hold 2 GB. A push takes as many permits as it weighs (at
+/// most all of them, [`session::LARGE_PUSH_BUDGET_KIB`]), so the bound is
+/// on bytes: a count of pushes (32 before) meant 32 × 8.7 MB when every
+/// proxy sees 10,000 services.
+const LARGE_PUSHES_IN_FLIGHT: usize = session::LARGE_PUSH_BUDGET_KIB as usize;
 
 /// How long a new stream may take to send its Hello.
 const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

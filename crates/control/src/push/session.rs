@@ -21,6 +21,9 @@ const FIRST_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// (`LARGE_PUSHES_IN_FLIGHT` in the module above) and holds it until its
 /// ACK.
 const LARGE_PUSH: usize = 256 * 1024;
+/// The bytes (in KiB) of large pushes sent and not yet ACKed, all streams
+/// together; a push larger than the whole budget waits for all of it.
+pub(super) const LARGE_PUSH_BUDGET_KIB: u32 = 48 * 1024;
 /// How long a large push waits for a permit; then it goes without one (a
 /// few proxies that never ACK must not stop everyone's first push).
 const PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -79,7 +82,7 @@ impl Session {
         self
     }
 
-    /// Large pushes take one of `permits` until their ACK.
+    /// Large pushes take their size in KiB of `permits` until their ACK.
     pub fn with_large_pushes(mut self, permits: Arc<Semaphore>) -> Self {
         self.large_pushes = permits;
         self
@@ -246,8 +249,12 @@ impl Session {
             return None;
         }
         let permit = if delta.len() >= LARGE_PUSH {
-            let waited =
-                tokio::time::timeout(PERMIT_WAIT, self.large_pushes.clone().acquire_owned()).await;
+            // Weighed in KiB: the budget bounds the bytes in flight.
+            let kib = u32::try_from(delta.len() / 1024)
+                .unwrap_or(u32::MAX)
+                .clamp(1, LARGE_PUSH_BUDGET_KIB);
+            let permits = self.large_pushes.clone().acquire_many_owned(kib);
+            let waited = tokio::time::timeout(PERMIT_WAIT, permits).await;
             waited.ok().and_then(Result::ok)
         } else {
             None

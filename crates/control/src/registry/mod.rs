@@ -12,11 +12,13 @@
 //! services.
 
 mod kube;
+mod patch;
 mod service_entry;
 mod vip;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use weft_api::Resource;
 use weft_kube::convert::ClusterSnapshot;
@@ -282,13 +284,28 @@ impl EndpointDef {
 }
 
 /// All services and their endpoints.
-#[derive(Debug, Default, Clone)]
+///
+/// Parts are behind `Arc` so that a registry patched for a WorkloadEntry
+/// change ([`patch`](Registry::patch_workload_entries)) shares all but the
+/// changed services' endpoints with the one before, and comparing the two
+/// is a pointer comparison for what was not touched.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Registry {
-    services: Vec<ServiceDef>,
-    ids: BTreeSet<ServiceId>,
-    endpoints: BTreeMap<ServiceId, Vec<EndpointDef>>,
+    services: Arc<Vec<ServiceDef>>,
+    ids: Arc<BTreeSet<ServiceId>>,
+    endpoints: BTreeMap<ServiceId, Arc<Vec<EndpointDef>>>,
     workload_groups: Vec<WorkloadGroupDef>,
     warnings: Vec<String>,
+    /// ServiceEntries whose endpoints a `workloadSelector` picks: what a
+    /// WorkloadEntry change can touch.
+    selectors: Arc<Vec<patch::Selector>>,
+    /// Services from a Kubernetes cluster (which select WorkloadEntries
+    /// too): a registry with any is not patched.
+    from_cluster: bool,
+    /// Services where two endpoints had the same address and ports and one
+    /// was dropped: which one stays depends on every candidate, so a
+    /// change there is not patched.
+    deduplicated: Arc<BTreeSet<ServiceId>>,
 }
 
 /// A WorkloadGroup, kept as metadata only: Weft does not auto-register VMs
@@ -316,7 +333,10 @@ impl Registry {
         cluster: &ClusterSnapshot,
         workloads: &[Workload],
     ) -> Self {
-        let mut registry = Self::default();
+        let mut registry = Self {
+            from_cluster: !cluster.services.is_empty(),
+            ..Self::default()
+        };
         kube::collect(cluster, resources, workloads, &mut registry);
         let mut workloads = workloads.to_vec();
         workloads.extend(kube::pod_workloads(cluster));
@@ -329,27 +349,30 @@ impl Registry {
     /// Adds a service; the first definition of a `(hostname, namespace)`
     /// wins, later ones are reported.
     pub fn add_service(&mut self, service: ServiceDef, source: &str) {
-        if !self.ids.insert(service.id()) {
+        if !Arc::make_mut(&mut self.ids).insert(service.id()) {
             self.warnings.push(format!(
                 "{source}: host {:?} is already defined in namespace {:?}; ignored",
                 service.hostname, service.namespace
             ));
             return;
         }
-        self.services.push(service);
+        Arc::make_mut(&mut self.services).push(service);
     }
 
     pub fn add_endpoint(&mut self, service: ServiceId, endpoint: EndpointDef) {
-        self.endpoints.entry(service).or_default().push(endpoint);
+        Arc::make_mut(self.endpoints.entry(service).or_default()).push(endpoint);
     }
 
     /// Sorts, removes VIP conflicts, and allocates VIPs for services that
     /// have none. Call once after all sources have added theirs.
     pub fn finish(&mut self) {
-        self.services
-            .sort_by(|a, b| (&a.hostname, &a.namespace).cmp(&(&b.hostname, &b.namespace)));
-        vip::resolve(&mut self.services, &mut self.warnings);
-        for endpoints in self.endpoints.values_mut() {
+        let services = Arc::make_mut(&mut self.services);
+        services.sort_by(|a, b| (&a.hostname, &a.namespace).cmp(&(&b.hostname, &b.namespace)));
+        vip::resolve(services, &mut self.warnings);
+        let deduplicated = Arc::make_mut(&mut self.deduplicated);
+        for (id, endpoints) in &mut self.endpoints {
+            let endpoints = Arc::make_mut(endpoints);
+            let before = endpoints.len();
             // Deterministic order, one entry per address and ports: a
             // workload both listed in a WorkloadEntry and connected is still
             // one endpoint, while workloads sharing an IP on different ports
@@ -360,6 +383,9 @@ impl Registry {
             endpoints.dedup_by(|later, first| {
                 later.address == first.address && later.ports == first.ports
             });
+            if endpoints.len() != before {
+                deduplicated.insert(id.clone());
+            }
         }
     }
 
@@ -368,7 +394,23 @@ impl Registry {
     }
 
     pub fn endpoints(&self, service: &ServiceId) -> &[EndpointDef] {
-        self.endpoints.get(service).map_or(&[], Vec::as_slice)
+        self.endpoints.get(service).map_or(&[], |e| e.as_slice())
+    }
+
+    /// Whether `service` has the same endpoints here as in `other`; a
+    /// pointer comparison when one registry was patched from the other
+    /// and the service was not touched.
+    pub fn same_endpoints(&self, other: &Registry, service: &ServiceId) -> bool {
+        match (self.endpoints.get(service), other.endpoints.get(service)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (a, b) => a.map_or(&[][..], |e| e.as_slice()) == b.map_or(&[][..], |e| e.as_slice()),
+        }
+    }
+
+    /// Whether both have the same services (a pointer comparison when one
+    /// was patched from the other).
+    pub fn same_services(&self, other: &Registry) -> bool {
+        Arc::ptr_eq(&self.services, &other.services) || self.services == other.services
     }
 
     pub fn workload_groups(&self) -> &[WorkloadGroupDef] {

@@ -150,7 +150,22 @@ fn add_service_entry(
             .iter()
             .filter_map(|entry| endpoint_of(entry, &object.metadata.name, &source, dns, registry))
             .collect(),
-        (None, Some(selector)) => candidates.select(namespace, &selector.labels),
+        (None, Some(selector)) => {
+            let ids = spec
+                .hosts
+                .iter()
+                .map(|host| super::ServiceId {
+                    hostname: host.clone(),
+                    namespace: namespace.to_string(),
+                })
+                .collect();
+            std::sync::Arc::make_mut(&mut registry.selectors).push(super::patch::Selector {
+                namespace: namespace.to_string(),
+                labels: selector.labels.clone(),
+                ids,
+            });
+            candidates.select(namespace, &selector.labels)
+        }
         (None, None) => Vec::new(),
     };
     if dns {
@@ -215,7 +230,7 @@ fn add_service_entry(
 /// An endpoint from a WorkloadEntry (standalone or inline); `None` when its
 /// address is neither an IP nor, in a `DNS` entry (`dns`), a DNS name the
 /// proxy resolves. `unix://` sockets cannot be reached from another proxy.
-fn endpoint_of(
+pub(super) fn endpoint_of(
     entry: &WorkloadEntry,
     name: &str,
     source: &str,

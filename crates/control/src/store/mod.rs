@@ -9,6 +9,7 @@
 //! - Re-applying an identical object changes nothing and keeps its version.
 
 mod changes;
+mod chunked;
 mod cluster;
 pub mod credentials;
 mod disk;
@@ -21,7 +22,7 @@ use std::sync::RwLock;
 
 use tokio::sync::watch;
 use weft_api::resource::KINDS;
-use weft_api::{Problem, Resource, decode_str};
+use weft_api::{Problem, Resource};
 
 pub use cluster::{POD_GROUP_PREFIX, follow as follow_cluster};
 use disk::Disk;
@@ -181,7 +182,9 @@ impl Store {
         text: &str,
         source: &str,
     ) -> Result<(Vec<Applied>, Vec<weft_api::FieldWarning>), StoreError> {
-        let decoded = decode_str(text, source);
+        // Sliced: a 110,000-object apply does not hold every parsed
+        // document at once.
+        let decoded = chunked::decode(text, source);
         if !decoded.problems.is_empty() {
             return Err(StoreError::Invalid(decoded.problems));
         }
