@@ -23,7 +23,11 @@ const FIRST_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const LARGE_PUSH: usize = 256 * 1024;
 /// The bytes (in KiB) of large pushes sent and not yet ACKed, all streams
 /// together; a push larger than the whole budget waits for all of it.
-pub(super) const LARGE_PUSH_BUDGET_KIB: u32 = 48 * 1024;
+/// 288 MiB is what the earlier count of 32 permits allowed for the largest
+/// first pushes measured (~9 MB at 10,000 services): a 48 MiB budget
+/// halved the mass sync's speed without lowering weftd's peak
+/// (bench/RESULTS.md), while smaller pushes now share the same bound.
+pub(super) const LARGE_PUSH_BUDGET_KIB: u32 = 288 * 1024;
 /// How long a large push waits for a permit; then it goes without one (a
 /// few proxies that never ACK must not stop everyone's first push).
 const PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
