@@ -16,7 +16,7 @@ use http::StatusCode;
 use weft_testkit::backend::HttpBackend;
 use weft_testkit::client::Http1Client;
 use weft_testkit::free_addr;
-use weft_testkit::otlp_logs::LogCollector;
+use weft_testkit::otlp::Collector;
 use weft_testkit::proxy::{ProxyOptions, ProxyProcess};
 use weft_testkit::weftd::WeftdProcess;
 
@@ -83,7 +83,7 @@ async fn until(listen: SocketAddr, mut done: impl FnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otel_and_file_providers_get_each_request_and_switch_live() {
-    let collector = LogCollector::start().await;
+    let collector = Collector::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = dir.path().join("audit.log");
     let file = dir.path().join("meshconfig.yaml");

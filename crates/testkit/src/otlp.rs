@@ -1,12 +1,13 @@
-//! An OTLP/gRPC trace collector for tests: a real `TraceService` server
-//! (tonic, with the OpenTelemetry protocol's own types) that decodes every
-//! export it receives and keeps the spans, so a test can check what a proxy
-//! really sent.
+//! An OTLP/gRPC collector for tests: real `TraceService` and `LogsService`
+//! servers on one port (tonic, with the OpenTelemetry protocol's own
+//! types) that decode every export they receive and keep the spans and log
+//! records, so a test can check what a proxy really sent.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -17,6 +18,8 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
+
+use crate::otlp_logs::{self, ReceivedLog};
 
 /// One span as received, with the `service.name` of its resource.
 #[derive(Debug, Clone)]
@@ -60,6 +63,7 @@ impl ReceivedSpan {
 #[derive(Default)]
 struct Receiver {
     spans: Mutex<Vec<ReceivedSpan>>,
+    logs: Arc<Mutex<Vec<ReceivedLog>>>,
 }
 
 /// The gRPC service, sharing the received spans with the [`Collector`].
@@ -115,10 +119,12 @@ impl Collector {
             .unwrap_or_else(|err| panic!("OTLP collector cannot bind: {err}"));
         let addr = listener.local_addr().unwrap_or_else(|err| panic!("{err}"));
         let receiver = Arc::new(Receiver::default());
-        let service = TraceServiceServer::new(Service(receiver.clone()));
+        let traces = TraceServiceServer::new(Service(receiver.clone()));
+        let logs = LogsServiceServer::new(otlp_logs::Service(receiver.logs.clone()));
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(service)
+                .add_service(traces)
+                .add_service(logs)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
@@ -132,6 +138,15 @@ impl Collector {
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.receiver
             .spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The log records received so far, in order.
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.receiver
+            .logs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

@@ -1,22 +1,6 @@
 use weft_proto::proxy::v1::telemetry::AccessLog;
 
-use super::super::tests::{REVIEWS, REVIEWS_HOST, compile, node};
-use super::super::{BuildInputs, MeshIndex};
-
-fn build(yaml: &str, mesh: &str) -> MeshIndex {
-    let decoded = weft_api::decode_str(yaml, "test.yaml");
-    assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
-    let config = weft_api::mesh::parse(mesh)
-        .expect("valid MeshConfig")
-        .config;
-    let inputs = BuildInputs {
-        cluster: &Default::default(),
-        workloads: &[],
-        peers: &Default::default(),
-        credentials: std::sync::Arc::new(crate::store::credentials::NoCredentials),
-    };
-    MeshIndex::build_with_mesh(&decoded.resources, inputs, &config)
-}
+use super::super::tests::{REVIEWS, REVIEWS_HOST, compile, mesh_with_config, node};
 
 const MESH: &str = "accessLogFormat: 'ENVOY %RESPONSE_CODE%'
 extensionProviders:
@@ -95,7 +79,7 @@ fn own(name: &str) -> (String, bool, bool) {
 
 #[test]
 fn providers_merge_down_the_hierarchy_as_istio_does() {
-    let index = build(&format!("{REVIEWS}{TELEMETRY}"), MESH);
+    let index = mesh_with_config(&format!("{REVIEWS}{TELEMETRY}"), MESH);
 
     // The root names envoy and audit: both get every line, each its way.
     let plain = compile(&index, &node("default", &[])).config;
@@ -167,7 +151,7 @@ fn providers_merge_down_the_hierarchy_as_istio_does() {
 
 #[test]
 fn without_telemetry_every_default_provider_logs() {
-    let index = build(REVIEWS, MESH);
+    let index = mesh_with_config(REVIEWS, MESH);
     let config = compile(&index, &node("default", &[])).config;
     assert_eq!(names(&config), [own("otel"), own("plain")]);
     let telemetry = config.telemetry.as_ref().expect("telemetry");
@@ -175,7 +159,7 @@ fn without_telemetry_every_default_provider_logs() {
     assert_eq!(telemetry.access_log_providers[1].path, "/dev/stdout");
 
     // No default providers, no Telemetry: nothing pushed.
-    let index = build(REVIEWS, "");
+    let index = mesh_with_config(REVIEWS, "");
     assert_eq!(names(&compile(&index, &node("default", &[])).config), []);
 }
 
@@ -183,7 +167,7 @@ fn without_telemetry_every_default_provider_logs() {
 fn metrics_off_when_default_metrics_providers_exclude_prometheus() {
     let mesh = "extensionProviders:\n- {name: sd, stackdriver: {}}\n\
                 defaultProviders: {metrics: [sd]}\n";
-    let index = build(REVIEWS, mesh);
+    let index = mesh_with_config(REVIEWS, mesh);
     let config = compile(&index, &node("default", &[])).config;
     let telemetry = config.telemetry.expect("telemetry");
     let client = telemetry.client_metrics.expect("client");
@@ -199,11 +183,11 @@ metadata: {name: prom, namespace: default}
 spec:
   metrics: [{providers: [{name: prometheus}]}]
 ";
-    let index = build(&format!("{REVIEWS}{named}"), mesh);
+    let index = mesh_with_config(&format!("{REVIEWS}{named}"), mesh);
     let config = compile(&index, &node("default", &[])).config;
     assert_eq!(config.telemetry.and_then(|t| t.client_metrics), None);
 
-    let index = build(REVIEWS, "defaultProviders: {metrics: [prometheus]}");
+    let index = mesh_with_config(REVIEWS, "defaultProviders: {metrics: [prometheus]}");
     let config = compile(&index, &node("default", &[])).config;
     assert_eq!(config.telemetry.and_then(|t| t.client_metrics), None);
 }

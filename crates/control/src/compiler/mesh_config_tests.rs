@@ -3,26 +3,10 @@
 
 use std::time::Duration;
 
-use weft_api::mesh::MeshConfig;
 use weft_proto::proxy::v1::{self as pb, telemetry::AccessLog};
 
-use super::tests::{REVIEWS, REVIEWS_HOST, compile, node};
+use super::tests::{REVIEWS, REVIEWS_HOST, compile, mesh_with_config, node};
 use super::{BuildInputs, MeshIndex};
-
-fn build(yaml: &str, mesh: &str) -> MeshIndex {
-    let decoded = weft_api::decode_str(yaml, "test.yaml");
-    assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
-    let config: MeshConfig = weft_api::mesh::parse(mesh)
-        .expect("valid MeshConfig")
-        .config;
-    let inputs = BuildInputs {
-        cluster: &Default::default(),
-        workloads: &[],
-        peers: &Default::default(),
-        credentials: std::sync::Arc::new(crate::store::credentials::NoCredentials),
-    };
-    MeshIndex::build_with_mesh(&decoded.resources, inputs, &config)
-}
 
 fn reviews_cluster(config: &pb::ProxyConfig) -> &pb::Cluster {
     config
@@ -44,7 +28,7 @@ spec:
 #[test]
 fn outbound_traffic_policy_is_the_mesh_default_under_a_sidecars() {
     let yaml = format!("{REVIEWS}{SIDECAR_ALLOW_ANY_IN_SHOP}");
-    let index = build(&yaml, "outboundTrafficPolicy: {mode: REGISTRY_ONLY}");
+    let index = mesh_with_config(&yaml, "outboundTrafficPolicy: {mode: REGISTRY_ONLY}");
     let elsewhere = compile(&index, &node("default", &[])).config;
     assert_eq!(
         elsewhere.outbound_traffic_policy,
@@ -56,7 +40,7 @@ fn outbound_traffic_policy_is_the_mesh_default_under_a_sidecars() {
         pb::OutboundTrafficPolicy::AllowAny as i32,
         "the Sidecar's wins"
     );
-    let istio = build(&yaml, "");
+    let istio = mesh_with_config(&yaml, "");
     let default = compile(&istio, &node("default", &[])).config;
     assert_eq!(
         default.outbound_traffic_policy,
@@ -79,7 +63,7 @@ spec:
                 pathNormalization: {normalization: DECODE_AND_MERGE_SLASHES}\n\
                 accessLogFile: /dev/stdout\n\
                 localityLbSetting: {failover: [{from: us-east, to: eu-west}]}";
-    let plain = compile(&build(REVIEWS, mesh), &node("default", &[])).config;
+    let plain = compile(&mesh_with_config(REVIEWS, mesh), &node("default", &[])).config;
     let cluster = reviews_cluster(&plain);
     assert_eq!(cluster.connect_timeout, Some(Duration::from_secs(2).into()));
     let locality = cluster
@@ -101,7 +85,7 @@ spec:
         Some(AccessLog::Enabled as i32)
     );
     let with_rule = compile(
-        &build(&format!("{REVIEWS}{dr}"), mesh),
+        &mesh_with_config(&format!("{REVIEWS}{dr}"), mesh),
         &node("default", &[]),
     );
     assert_eq!(
@@ -109,7 +93,7 @@ spec:
         Some(Duration::from_secs(7).into()),
         "the DestinationRule's wins"
     );
-    let istio = compile(&build(REVIEWS, ""), &node("default", &[])).config;
+    let istio = compile(&mesh_with_config(REVIEWS, ""), &node("default", &[])).config;
     assert_eq!(
         reviews_cluster(&istio).connect_timeout,
         Some(Duration::from_secs(10).into())
@@ -139,14 +123,18 @@ spec:
         protocol: 0,
         name: "http".into(),
     }];
-    let istio = compile(&build(&yaml, ""), &proxy).config;
+    let istio = compile(&mesh_with_config(&yaml, ""), &proxy).config;
     assert_eq!(
         istio.outbound_traffic_policy,
         pb::OutboundTrafficPolicy::AllowAny as i32,
         "mesh-admin is an ordinary namespace under Istio's root"
     );
     assert!(istio.inbound_ports[0].security.is_none());
-    let rooted = compile(&build(&yaml, "rootNamespace: mesh-admin"), &proxy).config;
+    let rooted = compile(
+        &mesh_with_config(&yaml, "rootNamespace: mesh-admin"),
+        &proxy,
+    )
+    .config;
     assert_eq!(
         rooted.outbound_traffic_policy,
         pb::OutboundTrafficPolicy::RegistryOnly as i32
@@ -158,7 +146,7 @@ spec:
 #[test]
 fn gateways_take_the_mesh_num_trusted_proxies_unless_told() {
     let mesh = "defaultConfig: {gatewayTopology: {numTrustedProxies: 2}}";
-    let index = build(REVIEWS, mesh);
+    let index = mesh_with_config(REVIEWS, mesh);
     let mut gateway = node("istio-system", &[("istio", "ingressgateway")]);
     gateway.router = true;
     assert_eq!(compile(&index, &gateway).config.num_trusted_proxies, 2);
@@ -184,7 +172,7 @@ spec:
         name: "http".into(),
     }];
     let mesh = "trustDomain: new.org\ntrustDomainAliases: [old.org]";
-    let config = compile(&build(&yaml, mesh), &proxy).config;
+    let config = compile(&mesh_with_config(&yaml, mesh), &proxy).config;
     let security = config.inbound_ports[0].security.as_ref().expect("policy");
     let condition = &security.policies[0].rules[0].from[0].conditions[0];
     assert_eq!(
@@ -307,7 +295,7 @@ spec:
         protocol: 0,
         name: "http".into(),
     }];
-    let index = build(&yaml, mesh);
+    let index = mesh_with_config(&yaml, mesh);
     // Mesh-wide too (apply, `weft analyze`), before any proxy connects.
     let mesh_wide = index.warnings().join("\n");
     assert!(

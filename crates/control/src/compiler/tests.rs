@@ -16,6 +16,22 @@ pub(super) fn mesh(yaml: &str, workloads: &[Workload]) -> MeshIndex {
     MeshIndex::build(&decoded.resources, workloads)
 }
 
+/// The index of `yaml` under the MeshConfig `mesh` (YAML), no workloads.
+pub(super) fn mesh_with_config(yaml: &str, mesh: &str) -> MeshIndex {
+    let decoded = weft_api::decode_str(yaml, "test.yaml");
+    assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
+    let config = weft_api::mesh::parse(mesh)
+        .expect("valid MeshConfig")
+        .config;
+    let inputs = super::BuildInputs {
+        cluster: &Default::default(),
+        workloads: &[],
+        peers: &Default::default(),
+        credentials: std::sync::Arc::new(crate::store::credentials::NoCredentials),
+    };
+    MeshIndex::build_with_mesh(&decoded.resources, inputs, &config)
+}
+
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()

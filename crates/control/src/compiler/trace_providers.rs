@@ -349,23 +349,7 @@ mod tests {
     use weft_proto::proxy::v1::telemetry::TraceMode;
     use weft_proto::proxy::v1::tracing_provider::Protocol;
 
-    use super::super::tests::{REVIEWS, REVIEWS_HOST, compile, node};
-    use super::super::{BuildInputs, MeshIndex};
-
-    fn build(yaml: &str, mesh: &str) -> MeshIndex {
-        let decoded = weft_api::decode_str(yaml, "test.yaml");
-        assert!(decoded.problems.is_empty(), "{:?}", decoded.problems);
-        let config = weft_api::mesh::parse(mesh)
-            .expect("valid MeshConfig")
-            .config;
-        let inputs = BuildInputs {
-            cluster: &Default::default(),
-            workloads: &[],
-            peers: &Default::default(),
-            credentials: std::sync::Arc::new(crate::store::credentials::NoCredentials),
-        };
-        MeshIndex::build_with_mesh(&decoded.resources, inputs, &config)
-    }
+    use super::super::tests::{REVIEWS, REVIEWS_HOST, compile, mesh_with_config, node};
 
     const MESH: &str = "extensionProviders:
 - {name: otel, opentelemetry: {service: reviews.shop.svc.cluster.local, port: 9080}}
@@ -408,7 +392,7 @@ spec:
 
     #[test]
     fn providers_resolve_down_the_hierarchy_with_their_cluster() {
-        let index = build(&format!("{REVIEWS}{TELEMETRY}"), MESH);
+        let index = mesh_with_config(&format!("{REVIEWS}{TELEMETRY}"), MESH);
         let cluster = format!("outbound|9080||{REVIEWS_HOST}");
 
         // The mesh default: zipkin at Istio's path, the mesh's sampling.
@@ -479,12 +463,12 @@ spec:
 
     #[test]
     fn without_providers_nothing_is_pushed_and_grpc_is_the_otel_default() {
-        let index = build(REVIEWS, "");
+        let index = mesh_with_config(REVIEWS, "");
         assert_eq!(
             compile(&index, &node("default", &[])).config.telemetry,
             None
         );
-        let index = build(
+        let index = mesh_with_config(
             REVIEWS,
             &MESH.replace("tracing: [zipkin]", "tracing: [otel]"),
         );
@@ -494,7 +478,7 @@ spec:
             .and_then(|t| t.tracing_provider)
             .expect("provider");
         assert_eq!(provider.protocol(), Protocol::OtlpGrpc);
-        let index = build(
+        let index = mesh_with_config(
             REVIEWS,
             &MESH.replace("tracing: [zipkin]", "tracing: [sky]"),
         );
