@@ -229,8 +229,8 @@ async fn otel_and_file_providers_get_each_request_and_switch_live() {
         assert!(Instant::now() < deadline, "lines still flow");
     }
 
-    // A Telemetry naming Envoy's gRPC ALS: warned by analyze (and in the
-    // compile warnings weftd logs), as tracing providers are.
+    // A Telemetry naming Envoy's gRPC ALS: warned by the apply, by analyze
+    // and in the compile warnings weftd logs, as tracing providers are.
     let legacy = "apiVersion: telemetry.istio.io/v1
 kind: Telemetry
 metadata: {name: legacy, namespace: legacy}
@@ -239,6 +239,19 @@ spec:
 ";
     let applied = weftd.apply(legacy).await.expect("apply");
     assert_eq!(applied.status, StatusCode::OK, "{}", applied.text());
+    // Said by the apply itself, naming the resource and field.
+    let reply: weft_api::wire::ApplyReply =
+        serde_json::from_str(&applied.text()).expect("apply reply");
+    assert!(
+        reply
+            .warnings
+            .iter()
+            .any(|w| w.resource == "Telemetry legacy/legacy"
+                && w.field == "spec.accessLogging[0].providers[0]"
+                && w.message.contains("is a envoyHttpAls provider")),
+        "{:?}",
+        reply.warnings
+    );
     let weft = weft_testkit::cli::sibling(WEFTD, "weft");
     let api = weftd.api.to_string();
     let token = weftd.token_file().display().to_string();

@@ -8,16 +8,28 @@ use weft_api::wire::{
     ProblemsReply, ProxiesReply, ProxyStatus, Refusal,
 };
 
+use weft_api::unimplemented::FieldWarning;
+
 use super::{Failure, Reply, canonical_kind, error, json_reply, known_kinds};
 use crate::status::StatusBoard;
 use crate::store::{Applied, Change, ResourceKey, Store, StoreError};
 
 /// `POST /v1/apply`: all or nothing, as the store guarantees. An accepted
 /// apply carries a warning for every field Weft does not honour (the
-/// table in `weft_api::unimplemented`), as Kubernetes answers with
-/// warnings.
-pub(super) async fn apply(store: Arc<Store>, text: String, source: String) -> Reply {
-    let work = move || store.apply_text_with_warnings(&text, &source);
+/// table in `weft_api::unimplemented`), and for every provider an applied
+/// Telemetry names that the proxies cannot use under the MeshConfig in
+/// force (`mesh`), as Kubernetes answers with warnings.
+pub(super) async fn apply(
+    store: Arc<Store>,
+    text: String,
+    source: String,
+    mesh: Arc<crate::meshconfig::InForce>,
+) -> Reply {
+    let work = move || {
+        let (applied, mut warnings) = store.apply_text_with_warnings(&text, &source)?;
+        warnings.extend(provider_warnings(&store, &applied, &mesh, &source));
+        Ok::<_, StoreError>((applied, warnings))
+    };
     match blocking(work).await {
         Ok(Ok((applied, warnings))) => json_reply(
             StatusCode::OK,
@@ -35,6 +47,31 @@ pub(super) async fn apply(store: Arc<Store>, text: String, source: String) -> Re
         Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
         Err(failure) => failure.reply(),
     }
+}
+
+/// The applied Telemetry resources' references to providers the proxies
+/// cannot use, as warnings of the apply from `file`.
+fn provider_warnings(
+    store: &Store,
+    applied: &[Applied],
+    mesh: &crate::meshconfig::InForce,
+    file: &str,
+) -> Vec<FieldWarning> {
+    let telemetry: Vec<weft_api::Resource> = applied
+        .iter()
+        .filter(|applied| applied.key.kind == "Telemetry")
+        .filter_map(|applied| store.get(&applied.key))
+        .map(|stored| stored.resource)
+        .collect();
+    crate::compiler::telemetry_provider_warnings(&telemetry, &mesh.loaded.config)
+        .into_iter()
+        .map(|warning| FieldWarning {
+            file: file.to_string(),
+            resource: warning.resource,
+            field: warning.field,
+            message: warning.message,
+        })
+        .collect()
 }
 
 /// `POST /v1/delete`: deletes every object the documents name. Only kind,

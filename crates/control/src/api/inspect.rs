@@ -69,16 +69,14 @@ pub(super) fn analyze(
                 }
                 // Telemetry naming a tracing provider that gives no spans.
                 let config = &in_force.loaded.config;
-                let tracing = crate::compiler::telemetry_provider_warnings(&resources, config);
                 // ... or an access-log provider that takes no lines.
-                let logging = crate::compiler::telemetry_log_provider_warnings(&resources, config);
-                for warning in tracing.into_iter().chain(logging) {
+                for warning in crate::compiler::telemetry_provider_warnings(&resources, config) {
                     messages.push(AnalyzeMessage {
                         code: weft_api::analyze::NOT_IMPLEMENTED.code.into(),
                         name: weft_api::analyze::NOT_IMPLEMENTED.name.into(),
                         resource: "Telemetry".into(),
                         namespace: String::new(),
-                        text: warning,
+                        text: warning.to_string(),
                         origin: "weftd".into(),
                     });
                 }

@@ -278,7 +278,13 @@ async fn route(parts: http::request::Parts, body: Incoming, peer: &Peer, api: Ar
     let (store, status, ca) = (api.store.clone(), &api.status, api.ca.clone());
     match (&method, segments.as_slice()) {
         (&Method::POST, ["v1", "apply"]) => match documents(&parts.headers, body).await {
-            Ok((text, source)) => handlers::apply(store, text, source).await,
+            Ok((text, source)) => {
+                let mesh = api.mesh_config.as_ref().map_or_else(
+                    || Arc::new(crate::meshconfig::InForce::defaults()),
+                    |held| held.borrow().clone(),
+                );
+                handlers::apply(store, text, source, mesh).await
+            }
             Err(failure) => failure.reply(),
         },
         (&Method::POST, ["v1", "delete"]) => match documents(&parts.headers, body).await {

@@ -300,7 +300,7 @@ impl MeshLogging {
 pub(super) fn check_telemetry(
     resources: &[Resource],
     mesh: &MeshLogging,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<super::ProviderWarning>,
 ) {
     for resource in resources {
         let Resource::Telemetry(object) = resource else {
@@ -309,23 +309,15 @@ pub(super) fn check_telemetry(
         for (index, entry) in object.spec.access_logging.iter().enumerate() {
             for (p, provider) in entry.providers.iter().enumerate() {
                 if let Some(problem) = mesh.problem(&provider.name) {
-                    warnings.push(format!(
-                        "{}: spec.accessLogging[{index}].providers[{p}] {:?} {problem}; left out",
-                        resource.label(),
-                        provider.name
-                    ));
+                    warnings.push(super::ProviderWarning {
+                        resource: resource.label(),
+                        field: format!("spec.accessLogging[{index}].providers[{p}]"),
+                        message: format!("{:?} {problem}; left out", provider.name),
+                    });
                 }
             }
         }
     }
-}
-
-/// For `weft analyze` (weftd's): Telemetry resources naming access-log
-/// providers proxies cannot write to under `mesh`.
-pub fn telemetry_log_provider_warnings(resources: &[Resource], mesh: &MeshConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    check_telemetry(resources, &MeshLogging::from(mesh), &mut out);
-    out
 }
 
 impl super::MeshIndex {

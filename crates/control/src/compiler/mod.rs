@@ -33,6 +33,7 @@ mod locality;
 pub mod mesh_defaults;
 pub mod peer_authentication;
 mod ports;
+mod provider_warnings;
 mod proxy;
 mod ratelimit;
 mod request_authn;
@@ -60,9 +61,8 @@ use self::routes::CompiledVs;
 use self::scope::Sidecars;
 use crate::registry::{Registry, Workload};
 
-pub use self::access_log_providers::telemetry_log_provider_warnings;
+pub use self::provider_warnings::{ProviderWarning, telemetry_provider_warnings};
 pub use self::proxy::ProxyOutput;
-pub use self::trace_providers::telemetry_provider_warnings;
 
 /// What a build reads besides the resources and the MeshConfig.
 pub struct BuildInputs<'a> {
@@ -363,8 +363,10 @@ impl MeshIndex {
         let telemetry = telemetry::Policies::build(resources, &mut warnings)
             .with_root(&mesh.root_namespace)
             .with_log_defaults(&mesh.logging.defaults);
-        trace_providers::check_telemetry(resources, &mesh.tracing, &mut warnings);
-        access_log_providers::check_telemetry(resources, &mesh.logging, &mut warnings);
+        let mut providers_left_out = Vec::new();
+        trace_providers::check_telemetry(resources, &mesh.tracing, &mut providers_left_out);
+        access_log_providers::check_telemetry(resources, &mesh.logging, &mut providers_left_out);
+        warnings.extend(providers_left_out.iter().map(ToString::to_string));
         let selector_labels = shape::SelectorLabels::collect(resources);
         let rate_limits = ratelimit::Policies::build(resources);
         Self {

@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 
 use weft_api::Resource;
 use weft_api::mesh::MeshConfig;
+
+use super::ProviderWarning;
 use weft_api::mesh::tracing::{OTLP_HTTP_DEFAULT_PATH, ZIPKIN_DEFAULT_PATH};
 use weft_api::telemetry::{CustomTag, Telemetry, WorkloadMode};
 use weft_proto::proxy::v1::custom_tag::Value as TagValue;
@@ -240,7 +242,7 @@ fn custom_tag(name: &str, tag: &CustomTag) -> Option<pb::CustomTag> {
 pub(super) fn check_telemetry(
     resources: &[Resource],
     mesh: &MeshTracing,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<ProviderWarning>,
 ) {
     for resource in resources {
         let Resource::Telemetry(object) = resource else {
@@ -256,22 +258,13 @@ pub(super) fn check_telemetry(
             continue;
         };
         if let Some(problem) = mesh.problem(name) {
-            warnings.push(format!(
-                "{}: spec.tracing[0].providers[0] {name:?} {problem}; the proxies it selects \
-                 report no spans",
-                resource.label()
-            ));
+            warnings.push(ProviderWarning {
+                resource: resource.label(),
+                field: "spec.tracing[0].providers[0]".into(),
+                message: format!("{name:?} {problem}; the proxies it selects report no spans"),
+            });
         }
     }
-}
-
-/// For `weft analyze` (weftd's): the Telemetry resources naming a tracing
-/// provider proxies cannot export to under `mesh`. (MeshConfig's own
-/// `defaultProviders.tracing` is in its load warnings.)
-pub fn telemetry_provider_warnings(resources: &[Resource], mesh: &MeshConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    check_telemetry(resources, &MeshTracing::from(mesh), &mut out);
-    out
 }
 
 impl MeshTracing {
