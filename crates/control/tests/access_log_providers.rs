@@ -8,6 +8,10 @@
 //! the records live, and `disabled: true` stops the lines too; a Telemetry
 //! naming Envoy's gRPC ALS is warned by `weft analyze`.
 
+mod telemetry_support;
+
+use telemetry_support::assert_apply_warns;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -240,17 +244,11 @@ spec:
     let applied = weftd.apply(legacy).await.expect("apply");
     assert_eq!(applied.status, StatusCode::OK, "{}", applied.text());
     // Said by the apply itself, naming the resource and field.
-    let reply: weft_api::wire::ApplyReply =
-        serde_json::from_str(&applied.text()).expect("apply reply");
-    assert!(
-        reply
-            .warnings
-            .iter()
-            .any(|w| w.resource == "Telemetry legacy/legacy"
-                && w.field == "spec.accessLogging[0].providers[0]"
-                && w.message.contains("is a envoyHttpAls provider")),
-        "{:?}",
-        reply.warnings
+    assert_apply_warns(
+        &applied,
+        "Telemetry legacy/legacy",
+        "spec.accessLogging[0].providers[0]",
+        "is a envoyHttpAls provider",
     );
     let weft = weft_testkit::cli::sibling(WEFTD, "weft");
     let api = weftd.api.to_string();

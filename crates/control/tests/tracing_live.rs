@@ -7,6 +7,10 @@
 //! Telemetry naming a skywalking provider stops them, and `weft analyze`
 //! says why.
 
+mod telemetry_support;
+
+use telemetry_support::assert_apply_warns;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -169,17 +173,11 @@ spec:
     let applied = weftd.apply(telemetry).await.expect("apply");
     assert_eq!(applied.status, StatusCode::OK, "{}", applied.text());
     // Said by the apply itself, naming the resource and field.
-    let reply: weft_api::wire::ApplyReply =
-        serde_json::from_str(&applied.text()).expect("apply reply");
-    assert!(
-        reply
-            .warnings
-            .iter()
-            .any(|w| w.resource == "Telemetry istio-system/mesh-default"
-                && w.field == "spec.tracing[0].providers[0]"
-                && w.message.contains("is a skywalking provider")),
-        "{:?}",
-        reply.warnings
+    assert_apply_warns(
+        &applied,
+        "Telemetry istio-system/mesh-default",
+        "spec.tracing[0].providers[0]",
+        "is a skywalking provider",
     );
     // Wait until a request no longer makes a Zipkin span.
     let deadline = Instant::now() + Duration::from_secs(10);
